@@ -1,0 +1,124 @@
+import { EventEmitter } from 'node:events';
+import type { Mesh, MeshNode, Policy, Service, Workload } from './model.js';
+import { emptyMesh } from './model.js';
+
+const key = (namespace: string, name: string): string => `${namespace}/${name}`;
+const addrKey = (ip: string, port: number): string => `${ip}:${port}`;
+
+/**
+ * The state in force: the last good mesh from the control plane, indexed for the lookups the data path
+ * makes per connection. Replaced whole on every change; readers never see a half-applied update.
+ */
+export class StateStore extends EventEmitter {
+  #mesh: Mesh = emptyMesh();
+  #version = 0;
+  #nodes = new Map<string, MeshNode>();
+  #workloads = new Map<string, Workload>();
+  #endpoints = new Map<string, Workload[]>();
+  #services = new Map<string, Service>();
+  #byIpPort = new Map<string, Workload>();
+  #byIp = new Map<string, Workload[]>();
+  #byUid = new Map<number, Workload[]>();
+  #vips = new Map<string, { service: Service; targetPort: number }>();
+  #policies = new Map<string, Policy[]>();
+
+  get mesh(): Mesh {
+    return this.#mesh;
+  }
+
+  /** Increments on every replace; lets callers cache derived data cheaply. */
+  get version(): number {
+    return this.#version;
+  }
+
+  replace(mesh: Mesh): void {
+    const nodes = new Map<string, MeshNode>();
+    for (const n of mesh.nodes) nodes.set(n.name, n);
+    const workloads = new Map<string, Workload>();
+    const endpoints = new Map<string, Workload[]>();
+    const byIpPort = new Map<string, Workload>();
+    const byIp = new Map<string, Workload[]>();
+    const byUid = new Map<number, Workload[]>();
+    for (const w of mesh.workloads) {
+      workloads.set(w.name, w);
+      push(endpoints, key(w.namespace, w.service), w);
+      for (const ip of w.addresses) {
+        push(byIp, ip, w);
+        for (const p of w.ports) byIpPort.set(addrKey(ip, p), w);
+      }
+      if (w.uid !== undefined) push(byUid, w.uid, w);
+    }
+    const services = new Map<string, Service>();
+    const vips = new Map<string, { service: Service; targetPort: number }>();
+    for (const s of mesh.services) {
+      services.set(key(s.namespace, s.name), s);
+      for (const vip of s.vips) for (const p of s.ports) vips.set(addrKey(vip, p.port), { service: s, targetPort: p.targetPort });
+    }
+    const policies = new Map<string, Policy[]>();
+    for (const p of mesh.policies) push(policies, key(p.namespace, p.service), p);
+
+    this.#mesh = mesh;
+    this.#nodes = nodes;
+    this.#workloads = workloads;
+    this.#endpoints = endpoints;
+    this.#services = services;
+    this.#byIpPort = byIpPort;
+    this.#byIp = byIp;
+    this.#byUid = byUid;
+    this.#vips = vips;
+    this.#policies = policies;
+    this.#version++;
+    this.emit('change', mesh);
+  }
+
+  node(name: string): MeshNode | undefined {
+    return this.#nodes.get(name);
+  }
+
+  workload(name: string): Workload | undefined {
+    return this.#workloads.get(name);
+  }
+
+  workloadsOn(node: string): Workload[] {
+    return this.#mesh.workloads.filter((w) => w.node === node);
+  }
+
+  /** The workload serving ip:port: an exact port match first, then a workload that serves every port of ip. */
+  workloadAt(ip: string, port: number): Workload | undefined {
+    const exact = this.#byIpPort.get(addrKey(ip, port));
+    if (exact) return exact;
+    const all = this.#byIp.get(ip);
+    return all?.find((w) => w.ports.length === 0);
+  }
+
+  workloadsByIp(ip: string): readonly Workload[] {
+    return this.#byIp.get(ip) ?? [];
+  }
+
+  workloadsByUid(uid: number): readonly Workload[] {
+    return this.#byUid.get(uid) ?? [];
+  }
+
+  service(namespace: string, name: string): Service | undefined {
+    return this.#services.get(key(namespace, name));
+  }
+
+  /** Every workload of a service, on any node. */
+  endpoints(namespace: string, service: string): readonly Workload[] {
+    return this.#endpoints.get(key(namespace, service)) ?? [];
+  }
+
+  vip(ip: string, port: number): { service: Service; targetPort: number } | undefined {
+    return this.#vips.get(addrKey(ip, port));
+  }
+
+  policiesFor(namespace: string, service: string): readonly Policy[] {
+    return this.#policies.get(key(namespace, service)) ?? [];
+  }
+}
+
+function push<K, V>(map: Map<K, V[]>, k: K, v: V): void {
+  const list = map.get(k);
+  if (list) list.push(v);
+  else map.set(k, [v]);
+}
