@@ -52,7 +52,10 @@ export class MeshFileError extends AmbitError {
 
 export class MeshLockedError extends AmbitError {
   constructor(lockFile: string) {
-    super('AMBIT_MESH_LOCKED', `another edit holds ${lockFile}; retry, or remove it if no ambit command is running`);
+    super(
+      'AMBIT_MESH_LOCKED',
+      `another edit holds ${lockFile}; retry, or remove it if no ambit command is running`,
+    );
   }
 }
 

@@ -52,7 +52,8 @@ export class StateStore extends EventEmitter {
     const vips = new Map<string, { service: Service; targetPort: number }>();
     for (const s of mesh.services) {
       services.set(key(s.namespace, s.name), s);
-      for (const vip of s.vips) for (const p of s.ports) vips.set(addrKey(vip, p.port), { service: s, targetPort: p.targetPort });
+      for (const vip of s.vips)
+        for (const p of s.ports) vips.set(addrKey(vip, p.port), { service: s, targetPort: p.targetPort });
     }
     const policies = new Map<string, Policy[]>();
     for (const p of mesh.policies) push(policies, key(p.namespace, p.service), p);

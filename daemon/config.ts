@@ -1,0 +1,282 @@
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { ConfigError } from './errors.js';
+import { LOG_LEVELS, type LogLevel } from './log.js';
+import { defaultMeshFile, defaultStateDir } from './paths.js';
+
+export interface Listen {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface DaemonConfig {
+  readonly role: 'node' | 'waypoint';
+  readonly nodeName: string;
+  readonly stateDir: string;
+  readonly meshFile: string;
+  /** Write this node's tunnel address into the mesh file at start (off where the file is distributed read-only). */
+  readonly registerNode: boolean;
+  /** Address other daemons reach this node's tunnel listener at. */
+  readonly advertiseAddress: string;
+  readonly trustDomain: string;
+  readonly datacenter: string;
+  readonly caDir: string;
+  readonly certTtlMs: number;
+  readonly logLevel: LogLevel;
+  readonly outbound: Listen;
+  readonly inboundPlaintext: Listen;
+  readonly tunnel: Listen;
+  readonly admin: Listen;
+  readonly metrics: Listen;
+  readonly ready: Listen;
+  readonly pool: {
+    readonly maxStreams: number;
+    readonly idleTimeoutMs: number;
+    readonly pingIntervalMs: number;
+  };
+  readonly connectTimeoutMs: number;
+  /** How long an endpoint whose daemon refused us is passed over. */
+  readonly ejectMs: number;
+  readonly maxAttempts: number;
+  readonly meshPollMs: number;
+}
+
+/** Every setting a file, the environment or a flag may give; all optional, validated field by field. */
+export type ConfigInput = Partial<{
+  role: string;
+  nodeName: string;
+  stateDir: string;
+  meshFile: string;
+  registerNode: boolean | string;
+  advertiseAddress: string;
+  trustDomain: string;
+  datacenter: string;
+  caDir: string;
+  certTtl: string | number;
+  logLevel: string;
+  outbound: string | number;
+  inboundPlaintext: string | number;
+  tunnel: string | number;
+  admin: string | number;
+  metrics: string | number;
+  ready: string | number;
+  maxStreams: number | string;
+  idleTimeout: string | number;
+  pingInterval: string | number;
+  connectTimeout: string | number;
+  ejectTime: string | number;
+  maxAttempts: number | string;
+  meshPoll: string | number;
+}>;
+
+const KEYS: readonly (keyof ConfigInput)[] = [
+  'role',
+  'nodeName',
+  'stateDir',
+  'meshFile',
+  'registerNode',
+  'advertiseAddress',
+  'trustDomain',
+  'datacenter',
+  'caDir',
+  'certTtl',
+  'logLevel',
+  'outbound',
+  'inboundPlaintext',
+  'tunnel',
+  'admin',
+  'metrics',
+  'ready',
+  'maxStreams',
+  'idleTimeout',
+  'pingInterval',
+  'connectTimeout',
+  'ejectTime',
+  'maxAttempts',
+  'meshPoll',
+];
+
+/** Environment variables, one per setting: AMBIT_NODE_NAME, AMBIT_TRUST_DOMAIN, AMBIT_TUNNEL, ... */
+export const envName = (k: keyof ConfigInput): string =>
+  `AMBIT_${k.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** `500ms`, `30s`, `5m`, `24h`, `7d`, or a bare number of milliseconds. */
+export function parseDuration(v: string | number, where: { file?: string; field: string }): number {
+  if (typeof v === 'number' && Number.isFinite(v) && v >= 0) return v;
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(String(v).trim());
+  if (!m) throw new ConfigError(`must be a duration such as 30s, 5m or 24h, got ${JSON.stringify(v)}`, where);
+  return Math.round(Number(m[1]) * UNITS[m[2] ?? 'ms']!);
+}
+
+/** `host:port`, `[v6]:port` or a bare port (bound on the default host). Port 0 picks a free port. */
+export function parseListen(
+  v: string | number,
+  defaultHost: string,
+  where: { file?: string; field: string },
+): Listen {
+  const text = String(v).trim();
+  let host = defaultHost;
+  let portText = text;
+  const bracket = /^\[([^\]]+)\]:(\d+)$/.exec(text);
+  if (bracket) {
+    host = bracket[1]!;
+    portText = bracket[2]!;
+  } else if (text.includes(':')) {
+    const i = text.lastIndexOf(':');
+    host = text.slice(0, i);
+    portText = text.slice(i + 1);
+  }
+  const port = Number(portText);
+  if (!/^\d+$/.test(portText) || port > 65535) {
+    throw new ConfigError(`must be host:port or a port number, got ${JSON.stringify(v)}`, where);
+  }
+  if (isIP(host) === 0 && host !== 'localhost')
+    throw new ConfigError(`host must be an IP address, got ${JSON.stringify(host)}`, where);
+  return { host, port };
+}
+
+function oneOf<T extends string>(
+  v: string,
+  allowed: readonly T[],
+  where: { file?: string; field: string },
+): T {
+  if ((allowed as readonly string[]).includes(v)) return v as T;
+  throw new ConfigError(`must be one of ${allowed.join(', ')}, got ${JSON.stringify(v)}`, where);
+}
+
+function positiveInt(v: number | string, where: { file?: string; field: string }): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1)
+    throw new ConfigError(`must be a positive integer, got ${JSON.stringify(v)}`, where);
+  return n;
+}
+
+function bool(v: boolean | string, where: { file?: string; field: string }): boolean {
+  if (typeof v === 'boolean') return v;
+  if (['true', '1', 'yes'].includes(v)) return true;
+  if (['false', '0', 'no'].includes(v)) return false;
+  throw new ConfigError(`must be true or false, got ${JSON.stringify(v)}`, where);
+}
+
+/** Reads a config file (YAML or JSON); unknown keys are errors so that a typo never passes silently. */
+export function readConfigFile(file: string): ConfigInput {
+  let raw: unknown;
+  try {
+    raw = parseYaml(readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new ConfigError(`cannot read: ${(err as Error).message}`, { file });
+  }
+  if (raw === null || raw === undefined) return {};
+  if (typeof raw !== 'object' || Array.isArray(raw))
+    throw new ConfigError('must be a mapping of settings', { file });
+  for (const k of Object.keys(raw)) {
+    if (!(KEYS as readonly string[]).includes(k)) {
+      throw new ConfigError(`unknown setting (known: ${KEYS.join(', ')})`, { file, field: k });
+    }
+  }
+  return raw as ConfigInput;
+}
+
+export function readEnv(env: NodeJS.ProcessEnv): ConfigInput {
+  const out: Record<string, string> = {};
+  for (const k of KEYS) {
+    const v = env[envName(k)];
+    if (v !== undefined && v !== '') out[k] = v;
+  }
+  return out as ConfigInput;
+}
+
+/**
+ * The one config loader: defaults, then the config file, then the environment, then flags. Each value is
+ * checked where it came from, so an error names the file (or variable, or flag) and the field.
+ */
+export function loadConfig(opts: {
+  flags?: ConfigInput;
+  env?: NodeJS.ProcessEnv;
+  configFile?: string | undefined;
+}): DaemonConfig {
+  const env = opts.env ?? process.env;
+  const layers: { source: string | undefined; input: ConfigInput }[] = [];
+  const file = opts.configFile ?? env.AMBIT_CONFIG;
+  if (file) layers.push({ source: file, input: readConfigFile(file) });
+  layers.push({ source: 'environment', input: readEnv(env) });
+  layers.push({ source: 'flags', input: opts.flags ?? {} });
+
+  const merged: ConfigInput = {};
+  const origin = new Map<string, string | undefined>();
+  for (const { source, input } of layers) {
+    for (const k of KEYS) {
+      const v = input[k];
+      if (v !== undefined) {
+        (merged as Record<string, unknown>)[k] = v;
+        origin.set(k, source);
+      }
+    }
+  }
+  const at = (field: keyof ConfigInput): { file?: string; field: string } => {
+    const src = origin.get(field);
+    const name =
+      src === 'environment'
+        ? envName(field)
+        : src === 'flags'
+          ? `--${field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`
+          : field;
+    return src && src !== 'environment' && src !== 'flags' ? { file: src, field: name } : { field: name };
+  };
+
+  const stateDir = merged.stateDir ?? defaultStateDir(env);
+  const role = oneOf(merged.role ?? 'node', ['node', 'waypoint'] as const, at('role'));
+  const hostListen = (k: keyof ConfigInput, def: number): Listen =>
+    parseListen((merged[k] as string | number | undefined) ?? def, '0.0.0.0', at(k));
+  const localListen = (k: keyof ConfigInput, def: number): Listen =>
+    parseListen((merged[k] as string | number | undefined) ?? def, '127.0.0.1', at(k));
+  const tunnel = hostListen('tunnel', 15008);
+  const advertise =
+    merged.advertiseAddress ??
+    (tunnel.host === '0.0.0.0' || tunnel.host === '::' ? '127.0.0.1' : tunnel.host);
+  if (isIP(advertise) === 0)
+    throw new ConfigError(`must be an IP address, got ${JSON.stringify(advertise)}`, at('advertiseAddress'));
+  const trustDomain = merged.trustDomain ?? 'ambit.local';
+  if (!/^[a-z0-9.\-_]+$/.test(trustDomain)) {
+    throw new ConfigError(
+      'must be lowercase letters, digits, dots, dashes and underscores',
+      at('trustDomain'),
+    );
+  }
+  const certTtlMs = parseDuration(merged.certTtl ?? '24h', at('certTtl'));
+  if (certTtlMs < 1000) throw new ConfigError('must be at least 1s', at('certTtl'));
+
+  return {
+    role,
+    nodeName: merged.nodeName ?? hostname(),
+    stateDir,
+    meshFile: merged.meshFile ?? defaultMeshFile(stateDir, env),
+    registerNode: bool(merged.registerNode ?? true, at('registerNode')),
+    advertiseAddress: advertise,
+    trustDomain,
+    datacenter: merged.datacenter ?? 'dc1',
+    caDir: merged.caDir ?? join(stateDir, 'ca'),
+    certTtlMs,
+    logLevel: oneOf(merged.logLevel ?? 'info', LOG_LEVELS, at('logLevel')),
+    outbound: localListen('outbound', 15001),
+    inboundPlaintext: hostListen('inboundPlaintext', 15006),
+    tunnel,
+    admin: localListen('admin', 15000),
+    metrics: hostListen('metrics', 15020),
+    ready: hostListen('ready', 15021),
+    pool: {
+      maxStreams: positiveInt(merged.maxStreams ?? 100, at('maxStreams')),
+      idleTimeoutMs: parseDuration(merged.idleTimeout ?? '5m', at('idleTimeout')),
+      pingIntervalMs: parseDuration(merged.pingInterval ?? '10s', at('pingInterval')),
+    },
+    connectTimeoutMs: parseDuration(merged.connectTimeout ?? '5s', at('connectTimeout')),
+    ejectMs: parseDuration(merged.ejectTime ?? '30s', at('ejectTime')),
+    maxAttempts: positiveInt(merged.maxAttempts ?? 3, at('maxAttempts')),
+    meshPollMs: parseDuration(merged.meshPoll ?? '1s', at('meshPoll')),
+  };
+}

@@ -1,0 +1,285 @@
+import { mkdir } from 'node:fs/promises';
+import type { Server } from 'node:http';
+import { isIP } from 'node:net';
+import type { SecureContext } from 'node:tls';
+import { type Reply, portOf, startHttp } from './admin/http.js';
+import type { DaemonConfig } from './config.js';
+import { EmbeddedCa } from './identity/ca.js';
+import { CertificateManager } from './identity/manager.js';
+import { spiffeId } from './identity/spiffe.js';
+import { LOG_LEVELS, type LogLevel, type Logger } from './log.js';
+import { Metrics } from './metrics/metrics.js';
+import { sniForIdentity } from './proxy/hbone.js';
+import { Inbound } from './proxy/inbound/inbound.js';
+import { TunnelServer } from './proxy/inbound/server.js';
+import { ExplicitListeners } from './proxy/outbound/explicit.js';
+import { Balancer } from './proxy/outbound/lb.js';
+import { Outbound } from './proxy/outbound/outbound.js';
+import { Pool } from './proxy/pool/pool.js';
+import { MeshFileSource } from './state/file-source.js';
+import { editMeshFile, setNode } from './state/mesh-edit.js';
+import type { Workload } from './state/model.js';
+import { StateStore } from './state/store.js';
+
+export interface BoundPorts {
+  tunnel: number;
+  admin: number;
+  metrics: number;
+  ready: number;
+}
+
+/**
+ * ambitd: wires the control plane (mesh file), identity (CA + certificate manager) and data path (tunnel
+ * server, outbound pool, explicit listeners) together, and serves admin, metrics and readiness.
+ */
+export class Ambitd {
+  readonly config: DaemonConfig;
+  readonly log: Logger;
+  readonly store = new StateStore();
+  readonly metrics = new Metrics();
+  readonly certs: CertificateManager;
+  readonly pool: Pool;
+  readonly inbound: Inbound;
+  readonly outbound: Outbound;
+  readonly listeners: ExplicitListeners;
+  readonly tunnel: TunnelServer;
+  readonly ports: BoundPorts = { tunnel: 0, admin: 0, metrics: 0, ready: 0 };
+  #source: MeshFileSource | undefined;
+  #http: Server[] = [];
+  #identities = new Map<string, string>();
+  #sni = new Map<string, string>();
+  #reconciling: Promise<void> = Promise.resolve();
+  #ready = false;
+
+  private constructor(config: DaemonConfig, logger: Logger, certs: CertificateManager) {
+    this.config = config;
+    this.log = logger;
+    this.certs = certs;
+    const identityOf = (w: Workload): string => this.identityOf(w);
+    this.pool = new Pool(
+      certs,
+      { ...config.pool, connectTimeoutMs: config.connectTimeoutMs },
+      logger,
+      this.metrics,
+    );
+    this.inbound = new Inbound({
+      store: this.store,
+      nodeName: config.nodeName,
+      metrics: this.metrics,
+      log: logger,
+      identityOf,
+      isSelf: (t) => this.#isSelf(t.ip, t.port),
+      connectTimeoutMs: config.connectTimeoutMs,
+    });
+    this.outbound = new Outbound({
+      store: this.store,
+      pool: this.pool,
+      balancer: new Balancer(config.ejectMs),
+      metrics: this.metrics,
+      log: logger,
+      identityOf,
+      maxAttempts: config.maxAttempts,
+      connectTimeoutMs: config.connectTimeoutMs,
+    });
+    this.listeners = new ExplicitListeners(this.outbound, logger);
+    this.tunnel = new TunnelServer({
+      inbound: this.inbound,
+      metrics: this.metrics,
+      log: logger,
+      roots: () => certs.trustBundle(),
+      contextForSni: (name) => this.#contextForSni(name),
+    });
+  }
+
+  static async start(config: DaemonConfig, logger: Logger): Promise<Ambitd> {
+    await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+    const ca = await EmbeddedCa.loadOrCreate(config.caDir, config.trustDomain, logger);
+    const certs = new CertificateManager(ca, { ttlMs: config.certTtlMs, logger });
+    await certs.start();
+    const d = new Ambitd(config, logger, certs);
+    try {
+      await d.#start();
+    } catch (err) {
+      await d.close();
+      throw err;
+    }
+    return d;
+  }
+
+  async #start(): Promise<void> {
+    const { config, log } = this;
+    this.certs.on('rotated', (identity: string) => {
+      // New connections from this identity get a session with the new certificate; open ones stay.
+      this.pool.drainSource(identity);
+      log.info({ identity }, 'certificate rotated');
+    });
+    this.certs.on('roots', () => {
+      this.tunnel.updateRoots();
+      this.pool.drainAll();
+    });
+    this.store.on('change', () => {
+      this.#reconciling = this.#reconciling
+        .then(() => this.#reconcile())
+        .catch((err: Error) => {
+          log.error({ err: err.message }, 'applying the mesh failed');
+        });
+    });
+    this.ports.tunnel = await this.tunnel.listen(config.tunnel);
+    this.#source = new MeshFileSource(config.meshFile, this.store, log, { pollMs: config.meshPollMs });
+    this.#source.on('applied', () => this.metrics.meshReloads.inc({ result: 'applied' }));
+    this.#source.on('rejected', () => this.metrics.meshReloads.inc({ result: 'rejected' }));
+    await this.#source.start();
+    await this.#reconciling;
+    if (config.registerNode) await this.#registerNode();
+    await this.#startHttp();
+    this.#ready = true;
+    log.info(
+      { node: config.nodeName, ports: this.ports, mesh: config.meshFile, role: config.role },
+      'ambitd ready',
+    );
+  }
+
+  /** Puts this node's tunnel address in the mesh file, unless it is already there as it is. */
+  async #registerNode(): Promise<void> {
+    const { nodeName, advertiseAddress } = this.config;
+    const current = this.store.node(nodeName);
+    if (current?.address === advertiseAddress && current.tunnelPort === this.ports.tunnel) return;
+    await editMeshFile(this.config.meshFile, (doc) => {
+      setNode(doc, { name: nodeName, address: advertiseAddress, tunnelPort: this.ports.tunnel });
+    });
+    this.log.info(
+      { node: nodeName, address: advertiseAddress, tunnelPort: this.ports.tunnel },
+      'node registered in mesh file',
+    );
+  }
+
+  identityOf(w: Workload): string {
+    const key = `${w.namespace}/${w.service}`;
+    let id = this.#identities.get(key);
+    if (id === undefined) {
+      id = spiffeId({
+        trustDomain: this.config.trustDomain,
+        namespace: w.namespace,
+        datacenter: this.config.datacenter,
+        service: w.service,
+      });
+      this.#identities.set(key, id);
+    }
+    return id;
+  }
+
+  localWorkloads(): Workload[] {
+    return this.store.workloadsOn(this.config.nodeName);
+  }
+
+  /** Certificates for exactly the local workloads' identities, listeners for their upstreams, policies re-checked. */
+  async #reconcile(): Promise<void> {
+    const local = this.localWorkloads();
+    const wanted = new Set(local.map((w) => this.identityOf(w)));
+    const sni = new Map<string, string>();
+    for (const id of wanted) sni.set(sniForIdentity(id), id);
+    await Promise.all(
+      [...wanted].map((id) =>
+        this.certs
+          .ensure(id)
+          .catch((err: Error) =>
+            this.log.error({ identity: id, err: err.message }, 'cannot issue certificate'),
+          ),
+      ),
+    );
+    this.#sni = sni;
+    for (const c of this.certs.list()) if (!wanted.has(c.identity)) this.certs.forget(c.identity);
+    await this.listeners.reconcile(local);
+    const closed = this.inbound.recheck();
+    if (closed > 0) this.log.info({ closed }, 'closed connections that policy no longer allows');
+  }
+
+  #contextForSni(servername: string): SecureContext | undefined {
+    const id = this.#sni.get(servername);
+    if (!id || !this.certs.has(id)) return undefined;
+    return this.certs.secureContext(id);
+  }
+
+  #isSelf(ip: string, port: number): boolean {
+    const own = new Set([this.ports.tunnel, this.ports.admin, this.ports.metrics, this.ports.ready]);
+    if (!own.has(port)) return false;
+    return ip === this.config.advertiseAddress || ip.startsWith('127.') || ip === '::1' || isIP(ip) === 0;
+  }
+
+  readiness(): { ready: boolean; checks: Record<string, string> } {
+    const checks: Record<string, string> = {};
+    checks.started = this.#ready ? 'ok' : 'starting';
+    checks.mesh = this.#source?.lastError ? `last edit rejected: ${this.#source.lastError.message}` : 'ok';
+    const missing = this.localWorkloads().filter((w) => !this.certs.has(this.identityOf(w)));
+    checks.certificates = missing.length ? `missing for ${missing.map((w) => w.name).join(', ')}` : 'ok';
+    const failed = this.listeners.failures();
+    checks.listeners = failed.length ? failed.map((f) => `${f.listen}: ${f.error}`).join('; ') : 'ok';
+    // A rejected mesh edit is reported but does not make the node unready: the last good state still serves.
+    const ready = this.#ready && missing.length === 0 && failed.length === 0;
+    return { ready, checks };
+  }
+
+  async #startHttp(): Promise<void> {
+    const { config } = this;
+    const certRows = (): unknown[] => {
+      const byId = new Map(this.certs.list().map((c) => [c.identity, c]));
+      return this.localWorkloads().map((w) => {
+        const c = byId.get(this.identityOf(w));
+        return { workload: w.name, ...(c ?? { identity: this.identityOf(w), serial: null, notAfter: null }) };
+      });
+    };
+    const admin = await startHttp(config.admin, {
+      'GET /config_dump': () => ({
+        json: {
+          node: config.nodeName,
+          role: config.role,
+          config,
+          mesh: this.store.mesh,
+          certificates: certRows(),
+          listeners: this.listeners.listening(),
+          pool: this.pool.stats(),
+          inbound: { open: this.inbound.openConnections },
+          readiness: this.readiness(),
+        },
+      }),
+      'GET /workloads': () => ({ json: this.localWorkloads() }),
+      'GET /certs': () => ({ json: certRows() }),
+      'GET /logging': () => ({ json: { level: this.log.level } }),
+      'POST /logging': (_req, url): Reply => {
+        const level = url.searchParams.get('level') ?? '';
+        if (!(LOG_LEVELS as readonly string[]).includes(level)) {
+          return { status: 400, json: { error: `level must be one of ${LOG_LEVELS.join(', ')}` } };
+        }
+        this.log.level = level as LogLevel;
+        return { json: { level } };
+      },
+    });
+    const metrics = await startHttp(config.metrics, {
+      'GET /metrics': async () => ({
+        text: await this.metrics.registry.metrics(),
+        contentType: this.metrics.registry.contentType,
+      }),
+    });
+    const ready = await startHttp(config.ready, {
+      'GET /healthz/ready': () => {
+        const r = this.readiness();
+        return { status: r.ready ? 200 : 503, json: r };
+      },
+    });
+    this.#http.push(admin, metrics, ready);
+    this.ports.admin = portOf(admin);
+    this.ports.metrics = portOf(metrics);
+    this.ports.ready = portOf(ready);
+  }
+
+  async close(): Promise<void> {
+    this.#ready = false;
+    this.#source?.close();
+    this.listeners.close();
+    this.tunnel.close();
+    this.pool.close();
+    this.certs.close();
+    for (const s of this.#http) s.closeAllConnections();
+    await Promise.all(this.#http.map((s) => new Promise((r) => s.close(r))));
+  }
+}

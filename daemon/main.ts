@@ -1,0 +1,69 @@
+#!/usr/bin/env node
+import { Command, Option } from 'commander';
+import { type ConfigInput, loadConfig } from './config.js';
+import { Ambitd } from './daemon.js';
+import { AmbitError } from './errors.js';
+import { createLogger } from './log.js';
+
+const program = new Command()
+  .name('ambitd')
+  .description(
+    'Ambit node daemon: carries the traffic of the workloads enrolled on this host inside mutual TLS\n' +
+      "to the destination host's daemon. Settings come from --config (YAML/JSON), AMBIT_* variables and\n" +
+      'these flags, flags winning.',
+  )
+  .option('-c, --config <file>', 'config file (YAML or JSON); env AMBIT_CONFIG')
+  .option('--node-name <name>', "this node's name in the mesh (default: host name)")
+  .option(
+    '--state-dir <dir>',
+    'state directory (default: /var/lib/ambit as root, ~/.local/state/ambit otherwise)',
+  )
+  .option('--mesh-file <file>', 'embedded mesh file (default: <state-dir>/mesh.yaml)')
+  .option('--advertise-address <ip>', "address other daemons reach this node's tunnel at")
+  .option('--no-register-node', "do not write this node's address into the mesh file")
+  .option('--trust-domain <domain>', 'SPIFFE trust domain (default: ambit.local)')
+  .option('--datacenter <dc>', 'datacenter in SPIFFE IDs (default: dc1)')
+  .option('--ca-dir <dir>', 'embedded CA directory (default: <state-dir>/ca)')
+  .option('--cert-ttl <duration>', 'workload certificate lifetime, rotated at half (default: 24h)')
+  .option('--log-level <level>', 'trace|debug|info|warn|error|fatal|silent (default: info)')
+  .option('--tunnel <[host:]port>', 'HBONE listener (default: 0.0.0.0:15008)')
+  .option('--admin <[host:]port>', 'admin API (default: 127.0.0.1:15000)')
+  .option('--metrics <[host:]port>', 'Prometheus /metrics (default: 0.0.0.0:15020)')
+  .option('--ready <[host:]port>', '/healthz/ready (default: 0.0.0.0:15021)')
+  .option('--connect-timeout <duration>', 'upstream and tunnel connect timeout (default: 5s)')
+  .addOption(new Option('--role <role>', 'node or waypoint').choices(['node', 'waypoint']))
+  .showHelpAfterError();
+
+async function main(): Promise<void> {
+  program.parse();
+  const opts = program.opts<ConfigInput & { config?: string }>();
+  const { config: configFile, ...rest } = opts;
+  const flags: ConfigInput = {};
+  for (const [k, v] of Object.entries(rest)) {
+    // commander sets registerNode=true by default for --no-register-node; only an explicit flag overrides.
+    if (k === 'registerNode' && v === true) continue;
+    if (v !== undefined) (flags as Record<string, unknown>)[k] = v;
+  }
+  const config = loadConfig({ flags, configFile });
+  const log = createLogger(config.logLevel);
+  const daemon = await Ambitd.start(config, log);
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    daemon.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+main().catch((err: unknown) => {
+  const message =
+    err instanceof AmbitError ? err.message : err instanceof Error ? (err.stack ?? err.message) : String(err);
+  process.stderr.write(`ambitd: ${message}\n`);
+  process.exit(err instanceof AmbitError && err.code === 'AMBIT_CONFIG_INVALID' ? 2 : 1);
+});

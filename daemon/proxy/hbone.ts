@@ -1,0 +1,74 @@
+import { createHash } from 'node:crypto';
+import type { Settings } from 'node:http2';
+import { isIP } from 'node:net';
+
+// HBONE as ztunnel speaks it: TLS 1.3, ALPN h2, an HTTP/2 CONNECT per tunneled connection whose :authority
+// is the destination workload's ip:port.
+
+export const ALPN = ['h2'];
+
+/** ztunnel's windows and frame size; bigger windows let one stream fill a fast link without stalling. */
+export const STREAM_WINDOW = 4 * 1024 * 1024;
+export const CONNECTION_WINDOW = 16 * 1024 * 1024;
+export const MAX_FRAME = 1024 * 1024 - 1;
+export const SERVER_MAX_STREAMS = 200;
+
+export const h2Settings = (maxConcurrentStreams: number): Settings => ({
+  initialWindowSize: STREAM_WINDOW,
+  maxFrameSize: MAX_FRAME,
+  maxConcurrentStreams,
+  enablePush: false,
+});
+
+export interface HostPort {
+  readonly ip: string;
+  readonly port: number;
+}
+
+/** `ip:port` or `[ipv6]:port`; anything else (names, missing port) is malformed. */
+export function parseAuthority(authority: string | undefined): HostPort | undefined {
+  if (!authority) return undefined;
+  let host: string;
+  let portText: string;
+  if (authority.startsWith('[')) {
+    const end = authority.indexOf(']');
+    if (end < 0 || authority[end + 1] !== ':') return undefined;
+    host = authority.slice(1, end);
+    portText = authority.slice(end + 2);
+  } else {
+    const colon = authority.lastIndexOf(':');
+    if (colon < 0) return undefined;
+    host = authority.slice(0, colon);
+    portText = authority.slice(colon + 1);
+  }
+  if (!/^\d{1,5}$/.test(portText)) return undefined;
+  const port = Number(portText);
+  if (port < 1 || port > 65535 || isIP(host) === 0) return undefined;
+  return { ip: host, port };
+}
+
+export const formatAuthority = (ip: string, port: number): string =>
+  isIP(ip) === 6 ? `[${ip}]:${port}` : `${ip}:${port}`;
+
+export const forwardedFor = (ip: string | undefined, port: number | undefined): string =>
+  `for="${formatAuthority(ip ?? 'unknown', port ?? 0)}"`;
+
+/** Parses the address out of `forwarded: for="ip:port"` (RFC 7239); only the first element counts. */
+export function parseForwardedFor(value: string | undefined): string | undefined {
+  if (!value) return undefined;
+  const m = /for="?\[?([^\]",;]+)\]?(?::\d+)?"?/i.exec(value);
+  return m?.[1];
+}
+
+/**
+ * Several workloads may share a node address, so the client names the identity it expects in SNI and the
+ * server answers with that workload's certificate. SNI must be a DNS name, hence a digest label.
+ */
+export function sniForIdentity(identity: string): string {
+  return `${createHash('sha256').update(identity).digest('hex').slice(0, 32)}.id.ambit`;
+}
+
+/** A W3C traceparent with fresh random ids, sampled flag off. */
+export function newTraceparent(random: (n: number) => Buffer): string {
+  return `00-${random(16).toString('hex')}-${random(8).toString('hex')}-00`;
+}

@@ -1,0 +1,111 @@
+import { type Server, createServer } from 'node:net';
+import type { Logger } from '../../log.js';
+import type { Upstream, Workload } from '../../state/model.js';
+import { formatAuthority } from '../hbone.js';
+import type { Outbound } from './outbound.js';
+
+interface Binding {
+  server: Server;
+  workload: Workload;
+  upstream: Upstream;
+  bound: boolean;
+  error: string | undefined;
+}
+
+/**
+ * Explicit mode, for hosts where ambitd cannot capture traffic: each local workload's upstreams become
+ * local listeners, and a connection to one is (that workload, that service) for the outbound path.
+ * Reconciled on every catalog change; removing a listener never cuts the connections it already accepted.
+ */
+export class ExplicitListeners {
+  readonly #outbound: Outbound;
+  readonly #log: Logger;
+  readonly #bindings = new Map<string, Binding>();
+
+  constructor(outbound: Outbound, logger: Logger) {
+    this.#outbound = outbound;
+    this.#log = logger;
+  }
+
+  async reconcile(local: readonly Workload[]): Promise<void> {
+    const wanted = new Map<string, { workload: Workload; upstream: Upstream }>();
+    for (const w of local)
+      for (const u of w.upstreams)
+        wanted.set(formatAuthority(u.listenHost, u.listenPort), { workload: w, upstream: u });
+    for (const [addr, b] of this.#bindings) {
+      if (!wanted.has(addr)) {
+        b.server.close();
+        this.#bindings.delete(addr);
+        this.#log.info({ listen: addr, workload: b.workload.name }, 'upstream listener removed');
+      }
+    }
+    const binds: Promise<void>[] = [];
+    for (const [addr, want] of wanted) {
+      const existing = this.#bindings.get(addr);
+      if (existing?.error !== undefined) {
+        // A listener that failed to bind (port taken) is tried again on every change.
+        this.#bindings.delete(addr);
+      } else if (existing) {
+        // Same address, maybe a new target: the next accepted connection follows the new definition.
+        existing.workload = want.workload;
+        existing.upstream = want.upstream;
+        continue;
+      }
+      binds.push(this.#bind(addr, want.workload, want.upstream));
+    }
+    await Promise.all(binds);
+  }
+
+  #bind(addr: string, workload: Workload, upstream: Upstream): Promise<void> {
+    const server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true });
+    const binding: Binding = { server, workload, upstream, bound: false, error: undefined };
+    this.#bindings.set(addr, binding);
+    server.on('connection', (socket) => {
+      const u = binding.upstream;
+      this.#outbound.handle(socket, binding.workload, {
+        kind: 'service',
+        namespace: u.namespace,
+        service: u.service,
+        port: u.port,
+      });
+    });
+    return new Promise((resolve) => {
+      server.once('error', (err) => {
+        binding.error = err.message;
+        this.#log.error(
+          { listen: addr, workload: workload.name, err: err.message },
+          'cannot bind upstream listener',
+        );
+        resolve();
+      });
+      server.listen(upstream.listenPort, upstream.listenHost, () => {
+        binding.bound = true;
+        this.#log.info(
+          { listen: addr, workload: workload.name, service: upstream.service },
+          'upstream listener bound',
+        );
+        resolve();
+      });
+    });
+  }
+
+  /** Listeners that failed to bind, for readiness. */
+  failures(): { listen: string; workload: string; error: string }[] {
+    const out: { listen: string; workload: string; error: string }[] = [];
+    for (const [listen, b] of this.#bindings)
+      if (b.error) out.push({ listen, workload: b.workload.name, error: b.error });
+    return out;
+  }
+
+  listening(): { listen: string; workload: string; service: string }[] {
+    const out: { listen: string; workload: string; service: string }[] = [];
+    for (const [listen, b] of this.#bindings)
+      if (b.bound) out.push({ listen, workload: b.workload.name, service: b.upstream.service });
+    return out;
+  }
+
+  close(): void {
+    for (const b of this.#bindings.values()) b.server.close();
+    this.#bindings.clear();
+  }
+}

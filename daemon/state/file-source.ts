@@ -1,0 +1,235 @@
+// The embedded control plane as seen by the daemon: the mesh file, watched, and applied to the state store
+// whenever it changes into something valid. An invalid edit never takes the mesh down: the last good state
+// stays in force and the error is reported (log, lastError, 'rejected').
+import { EventEmitter } from 'node:events';
+import { type FSWatcher, watch } from 'node:fs';
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import { basename, dirname } from 'node:path';
+import { MeshFileError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { parseMesh } from './meshfile.js';
+import type { Mesh } from './model.js';
+import { emptyMesh } from './model.js';
+import type { StateStore } from './store.js';
+
+export interface MeshFileSourceOptions {
+  /** Interval of the stat poll that backs up fs.watch (which misses events on some filesystems); default 1000. */
+  pollMs?: number;
+  /** Quiet time after a change event before reading, so that a burst of events is one reload; default 50. */
+  debounceMs?: number;
+}
+
+type Signature = string; // mtime|size|ino, or 'missing'
+
+/**
+ * Events: 'applied' (mesh) after a valid file is in force; 'rejected' (MeshFileError) when a change was
+ * refused and the previous state kept.
+ */
+export class MeshFileSource extends EventEmitter {
+  readonly path: string;
+  readonly #store: StateStore;
+  readonly #log: Logger;
+  readonly #pollMs: number;
+  readonly #debounceMs: number;
+  #watcher: FSWatcher | undefined;
+  #poll: NodeJS.Timeout | undefined;
+  #debounce: NodeJS.Timeout | undefined;
+  #signature: Signature | undefined;
+  /** Text last read (applied or rejected): the same bytes are not applied or reported twice. */
+  #lastText: string | undefined;
+  #lastErrorKey: string | undefined;
+  #lastError: MeshFileError | undefined;
+  #lastLoadedAt: Date | undefined;
+  #loading: Promise<void> | undefined;
+  #again = false;
+  #closed = false;
+
+  constructor(path: string, store: StateStore, logger: Logger, opts: MeshFileSourceOptions = {}) {
+    super();
+    this.path = path;
+    this.#store = store;
+    this.#log = logger.child({ component: 'mesh-file' });
+    this.#pollMs = opts.pollMs ?? 1000;
+    this.#debounceMs = opts.debounceMs ?? 50;
+  }
+
+  /** The error of the last change that was refused; cleared when a valid file is applied. */
+  get lastError(): MeshFileError | undefined {
+    return this.#lastError;
+  }
+
+  /** When a valid file was last applied. */
+  get lastLoadedAt(): Date | undefined {
+    return this.#lastLoadedAt;
+  }
+
+  /**
+   * Loads the file (missing = empty mesh) and starts watching. An invalid file at start throws: a daemon
+   * must not come up serving a mesh that is not the one its operator wrote.
+   */
+  async start(): Promise<void> {
+    const sig = await this.#stat();
+    const text = await this.#read();
+    if (text === undefined) {
+      this.#log.warn({ file: this.path }, 'mesh file does not exist yet; starting with an empty mesh');
+      this.#apply(emptyMesh(), undefined);
+    } else {
+      this.#apply(parseMesh(text, this.path), text);
+    }
+    this.#signature = sig;
+    // The directory must exist to be watched; the daemon owns it, and the CLI would create it anyway.
+    await mkdir(dirname(this.path), { recursive: true }).catch(() => {});
+    this.#watch();
+    this.#poll = setInterval(() => void this.#checkPoll(), this.#pollMs);
+    this.#poll.unref();
+  }
+
+  close(): void {
+    this.#closed = true;
+    this.#watcher?.close();
+    this.#watcher = undefined;
+    if (this.#poll) clearInterval(this.#poll);
+    if (this.#debounce) clearTimeout(this.#debounce);
+  }
+
+  #watch(): void {
+    const dir = dirname(this.path);
+    const name = basename(this.path);
+    try {
+      // The directory, not the file: an atomic rename replaces the file's inode, and a watch on the old
+      // inode would go silent after the first edit.
+      this.#watcher = watch(dir, { persistent: false }, (_event, changed) => {
+        if (changed === null || changed === name) this.#schedule();
+      });
+      this.#watcher.on('error', (err) => {
+        this.#log.warn({ file: this.path, err: err.message }, 'watching the mesh file failed; polling only');
+        this.#watcher?.close();
+        this.#watcher = undefined;
+      });
+    } catch (err) {
+      // No directory yet, inotify limits, ...: the poll still catches every change, just later.
+      this.#log.warn(
+        { file: this.path, err: (err as Error).message },
+        'cannot watch the mesh file; polling only',
+      );
+    }
+  }
+
+  #schedule(): void {
+    if (this.#closed) return;
+    if (this.#debounce) clearTimeout(this.#debounce);
+    this.#debounce = setTimeout(() => void this.#reload(), this.#debounceMs);
+    this.#debounce.unref();
+  }
+
+  async #checkPoll(): Promise<void> {
+    const sig = await this.#stat();
+    if (sig !== this.#signature) this.#schedule();
+  }
+
+  /** One reload at a time; a change that arrives during one causes exactly one more. */
+  async #reload(): Promise<void> {
+    if (this.#closed) return;
+    if (this.#loading) {
+      this.#again = true;
+      return;
+    }
+    this.#loading = this.#reloadOnce();
+    try {
+      await this.#loading;
+    } catch (err) {
+      // Never an unhandled rejection from a timer: a bug here must not take the data path down with it.
+      this.#log.error({ file: this.path, err: (err as Error).message }, 'reloading the mesh file failed');
+    } finally {
+      this.#loading = undefined;
+    }
+    if (this.#again) {
+      this.#again = false;
+      this.#schedule();
+    }
+  }
+
+  async #reloadOnce(): Promise<void> {
+    const sig = await this.#stat();
+    if (sig === 'missing') {
+      if (this.#signature !== 'missing') {
+        this.#log.warn({ file: this.path }, 'mesh file was removed; keeping the last good state in force');
+      }
+      this.#signature = sig;
+      return;
+    }
+    let text: string | undefined;
+    try {
+      text = await this.#read();
+    } catch (err) {
+      this.#reject(err as MeshFileError, sig);
+      return;
+    }
+    // Written in place by an editor while we read: wait for the writer to finish rather than apply a torso.
+    if ((await this.#stat()) !== sig) {
+      this.#schedule();
+      return;
+    }
+    this.#signature = sig;
+    if (text === undefined || text === this.#lastText) return;
+    try {
+      this.#apply(parseMesh(text, this.path), text);
+    } catch (err) {
+      if (!(err instanceof MeshFileError)) throw err;
+      this.#lastText = text;
+      this.#reject(err, sig);
+    }
+  }
+
+  #apply(mesh: Mesh, text: string | undefined): void {
+    this.#store.replace(mesh);
+    this.#lastText = text;
+    this.#lastError = undefined;
+    this.#lastErrorKey = undefined;
+    this.#lastLoadedAt = new Date();
+    this.#log.info(
+      {
+        file: this.path,
+        nodes: mesh.nodes.length,
+        workloads: mesh.workloads.length,
+        services: mesh.services.length,
+        policies: mesh.policies.length,
+      },
+      'mesh applied',
+    );
+    this.emit('applied', mesh);
+  }
+
+  #reject(err: MeshFileError, sig: Signature): void {
+    this.#signature = sig;
+    this.#lastError = err;
+    // Once per distinct error: a poll must not repeat the same complaint every second.
+    if (err.message !== this.#lastErrorKey) {
+      this.#lastErrorKey = err.message;
+      this.#log.error(
+        { file: err.file, field: err.field, reason: err.reason },
+        'mesh file change rejected; the last good state stays in force',
+      );
+    }
+    this.emit('rejected', err);
+  }
+
+  async #stat(): Promise<Signature> {
+    try {
+      const s = await stat(this.path);
+      return `${s.mtimeMs}|${s.size}|${s.ino}`;
+    } catch {
+      return 'missing';
+    }
+  }
+
+  /** The file's text; undefined if it does not exist. */
+  async #read(): Promise<string | undefined> {
+    try {
+      return await readFile(this.path, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw new MeshFileError(this.path, '(file)', `cannot read: ${(e as Error).message}`);
+    }
+  }
+}

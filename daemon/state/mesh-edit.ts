@@ -1,0 +1,296 @@
+// The one way anything changes the mesh file: under a lock, on the YAML document (so that users' comments and
+// layout survive), validated before it is written, and written atomically (the daemon's watcher must never
+// read a half-written file).
+import { randomBytes } from 'node:crypto';
+import {
+  type FileHandle,
+  chmod,
+  mkdir,
+  open,
+  readFile,
+  realpath,
+  rename,
+  stat,
+  unlink,
+} from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { type Document, YAMLMap, type Node as YamlNode, isMap, isNode, isScalar, isSeq } from 'yaml';
+import { AmbitError, ConfigError, MeshFileError, MeshLockedError } from '../errors.js';
+import {
+  meshFormat,
+  meshFromDocument,
+  nodeToDoc,
+  parseMesh,
+  parseMeshDocument,
+  policyToDoc,
+  workloadToDoc,
+} from './meshfile.js';
+import type { Mesh, MeshNode, Policy, PolicyAction, Workload } from './model.js';
+
+/** A lock older than this is left over from a crashed or hung editor (an edit takes milliseconds). */
+export const LOCK_STALE_MS = 30_000;
+const LOCK_WAIT_MS = 5_000;
+
+export interface EditOptions {
+  /** How long to wait for another editor's lock before MeshLockedError; default 5 s. */
+  lockWaitMs?: number;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    // EPERM: the process exists but belongs to someone else.
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+async function acquireLock(lockFile: string, waitMs: number): Promise<{ ino: number }> {
+  const deadline = Date.now() + waitMs;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const fh = await open(lockFile, 'wx', 0o644);
+      try {
+        await fh.writeFile(`${process.pid}\n`);
+        return { ino: (await fh.stat()).ino };
+      } finally {
+        await fh.close();
+      }
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    if (await takeOverIfStale(lockFile)) continue;
+    if (Date.now() >= deadline) throw new MeshLockedError(lockFile);
+    // Jittered backoff so that several waiting editors do not retry in lockstep.
+    await sleep(Math.min(20 * 2 ** Math.min(attempt, 3), 150) + Math.random() * 20);
+  }
+}
+
+/** Removes the lock if its holder is dead or it is too old; true if the caller should retry at once. */
+async function takeOverIfStale(lockFile: string): Promise<boolean> {
+  let before: Awaited<ReturnType<typeof stat>>;
+  let content: string;
+  try {
+    before = await stat(lockFile);
+    content = await readFile(lockFile, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return true; // released meanwhile
+    throw e;
+  }
+  const pid = Number.parseInt(content.trim(), 10);
+  const old = Date.now() - before.mtimeMs > LOCK_STALE_MS;
+  // An empty lock file may be one whose creator has not written its pid yet: only age makes it stale.
+  const dead = Number.isInteger(pid) && pid > 0 && pid !== process.pid && !pidAlive(pid);
+  if (!old && !dead) return false;
+  try {
+    // Only remove the very file we judged stale, not a fresh lock another editor created since.
+    const now = await stat(lockFile);
+    if (now.ino !== before.ino || now.mtimeMs !== before.mtimeMs) return true;
+    await unlink(lockFile);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+  return true;
+}
+
+async function releaseLock(lockFile: string, held: { ino: number }): Promise<void> {
+  try {
+    const s = await stat(lockFile);
+    if (s.ino === held.ino) await unlink(lockFile);
+  } catch {
+    // Already gone (taken over as stale after a very long edit): nothing of ours to remove.
+  }
+}
+
+/** Writes a sibling temp file, fsyncs it and renames it over the target, then fsyncs the directory. */
+export async function writeFileAtomic(target: string, text: string): Promise<void> {
+  const dir = dirname(target);
+  const tmp = join(dir, `.${basename(target)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  let fh: FileHandle | undefined;
+  try {
+    fh = await open(tmp, 'wx', 0o644);
+    await fh.writeFile(text, 'utf8');
+    await fh.sync();
+    await fh.close();
+    fh = undefined;
+    await chmod(tmp, 0o644); // the umask may have narrowed it; the daemon may run as another user
+    await rename(tmp, target);
+  } catch (e) {
+    await fh?.close().catch(() => {});
+    await unlink(tmp).catch(() => {});
+    throw e;
+  }
+  try {
+    const d = await open(dir, 'r');
+    try {
+      await d.sync();
+    } finally {
+      await d.close();
+    }
+  } catch {
+    // Some filesystems refuse fsync on directories; the rename itself is still atomic.
+  }
+}
+
+/** File-system failures (permissions, a full disk) as a ConfigError that names the file; AmbitErrors pass. */
+function asWriteError(e: unknown, path: string): unknown {
+  if (e instanceof AmbitError || !(e instanceof Error) || !('code' in e)) return e;
+  const hint =
+    (e as NodeJS.ErrnoException).code === 'EACCES' ? ' (run as the user that owns the mesh file?)' : '';
+  return new ConfigError(`cannot write the mesh file: ${e.message}${hint}`, { file: path });
+}
+
+/**
+ * Applies `edit` to the mesh file's YAML document under an exclusive lock and writes the result atomically,
+ * only if it is a valid mesh; returns the new mesh. A missing file (and its directory) is created. Errors
+ * thrown by `edit` abort the edit with nothing written. JSON files are written back as JSON.
+ */
+export async function editMeshFile(
+  path: string,
+  edit: (doc: Document) => void | Promise<void>,
+  opts: EditOptions = {},
+): Promise<Mesh> {
+  const lockFile = `${path}.lock`;
+  let held: { ino: number };
+  try {
+    await mkdir(dirname(path), { recursive: true });
+    held = await acquireLock(lockFile, opts.lockWaitMs ?? LOCK_WAIT_MS);
+  } catch (e) {
+    throw asWriteError(e, path);
+  }
+  try {
+    // Write through a symlink rather than replacing it with a regular file.
+    let target = path;
+    let before = '';
+    try {
+      target = await realpath(path);
+      before = await readFile(target, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
+        throw new MeshFileError(path, '(file)', `cannot read: ${(e as Error).message}`);
+      }
+    }
+    // A syntax error stops here: rewriting a document we could not fully parse would lose what we did not
+    // understand. Semantic errors do not: the edit may be the very fix.
+    const { doc } = parseMeshDocument(before, path);
+    if (!isMap(doc.contents)) {
+      if (doc.contents !== null && !(isScalar(doc.contents) && doc.contents.value === null)) {
+        meshFromDocument(doc, path); // throws the "must be a mapping" error with the right wording
+      }
+      doc.contents = new YAMLMap() as typeof doc.contents;
+    }
+    // `{}` (what an empty JSON file holds) would otherwise keep everything added to it on one line.
+    if (isMap(doc.contents) && doc.contents.items.length === 0) doc.contents.flow = false;
+    await edit(doc);
+    const after = meshFormat(path) === 'json' ? `${JSON.stringify(doc.toJS(), null, 2)}\n` : doc.toString();
+    let mesh: Mesh;
+    try {
+      // Without line numbers: they would point into text that was never written.
+      mesh = meshFromDocument(parseMeshDocument(after, path).doc, path);
+    } catch (err) {
+      // If the file was already invalid, report it as it is on disk (with its lines): that is what to fix.
+      if (err instanceof MeshFileError) parseMesh(before, path);
+      throw err;
+    }
+    if (after !== before)
+      await writeFileAtomic(target, after).catch((e) => Promise.reject(asWriteError(e, path)));
+    return mesh;
+  } finally {
+    await releaseLock(lockFile, held);
+  }
+}
+
+// ---- typed helpers for the CLI and the daemon. Each changes one entry and leaves the rest of the document,
+// comments included, as it was.
+
+/** The mapping at `section`, created (block style) if absent or null. */
+function section(doc: Document, key: string): YAMLMap {
+  const existing = doc.get(key, true);
+  if (isMap(existing)) return existing;
+  const map = new YAMLMap();
+  doc.set(key, map);
+  return map;
+}
+
+/**
+ * Lists of scalars read best inline (`addresses: [10.0.0.1]`), and list items that are small records
+ * (upstreams, policy sources) one per line, as in the documented format.
+ */
+function styled(doc: Document, value: unknown): YamlNode {
+  const node = doc.createNode(value) as YamlNode;
+  const visit = (n: unknown): void => {
+    if (isSeq(n)) {
+      if (n.items.every((i) => isScalar(i))) n.flow = true;
+      for (const i of n.items) {
+        if (isMap(i) && i.items.every((p) => isScalar(p.value))) i.flow = true;
+        else visit(i);
+      }
+    } else if (isMap(n)) {
+      for (const p of n.items) visit(p.value);
+    }
+  };
+  visit(node);
+  return node;
+}
+
+/**
+ * Makes `sec.name` equal `value`, updating an existing entry field by field so that comments on fields that
+ * did not change stay put; fields absent from `value` are removed. Returns whether the entry existed.
+ */
+function upsert(doc: Document, sec: string, name: string, value: object): boolean {
+  const map = section(doc, sec);
+  const existing = map.get(name, true);
+  if (!isMap(existing)) {
+    map.set(name, styled(doc, value));
+    return existing !== undefined;
+  }
+  const wanted = value as Record<string, unknown>;
+  for (const pair of [...existing.items]) {
+    const k = isScalar(pair.key) ? pair.key.value : pair.key;
+    if (typeof k !== 'string' || !(k in wanted)) existing.delete(pair.key);
+  }
+  for (const [k, v] of Object.entries(wanted)) {
+    if (v === undefined) continue;
+    const cur = existing.get(k, true);
+    if (isScalar(cur) && (typeof v !== 'object' || v === null)) {
+      if (cur.value !== v) cur.value = v;
+    } else if (cur === undefined || !isNode(cur) || JSON.stringify(cur.toJSON()) !== JSON.stringify(v)) {
+      existing.set(k, styled(doc, v));
+    }
+  }
+  return true;
+}
+
+function remove(doc: Document, sec: string, name: string): boolean {
+  const map = doc.get(sec, true);
+  if (!isMap(map) || !map.has(name)) return false;
+  map.delete(name);
+  return true;
+}
+
+/** Adds or updates a node; returns true if it already existed. */
+export const setNode = (doc: Document, node: MeshNode): boolean =>
+  upsert(doc, 'nodes', node.name, nodeToDoc(node));
+
+/** Adds or updates a workload (re-enrolling replaces it); returns true if it already existed. */
+export const upsertWorkload = (doc: Document, w: Workload): boolean =>
+  upsert(doc, 'workloads', w.name, workloadToDoc(w));
+
+/** Returns false if there was no such workload. */
+export const removeWorkload = (doc: Document, name: string): boolean => remove(doc, 'workloads', name);
+
+/** Adds or replaces a policy; returns true if one of that name already existed. */
+export const addPolicy = (doc: Document, p: Policy): boolean =>
+  upsert(doc, 'policies', p.name, policyToDoc(p));
+
+/** Returns false if there was no such policy. */
+export const removePolicy = (doc: Document, name: string): boolean => remove(doc, 'policies', name);
+
+export function setDefaultPolicy(doc: Document, action: PolicyAction): void {
+  const cur = doc.get('defaultPolicy', true);
+  if (isScalar(cur)) cur.value = action;
+  else if (isMap(doc.contents)) doc.contents.items.unshift(doc.createPair('defaultPolicy', action));
+  else doc.set('defaultPolicy', action);
+}

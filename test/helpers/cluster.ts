@@ -1,0 +1,196 @@
+import { createHash } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { type AddressInfo, type Server, type Socket, connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadConfig } from '../../daemon/config.js';
+import { Ambitd } from '../../daemon/daemon.js';
+import { createLogger, silentLogger } from '../../daemon/log.js';
+import { editMeshFile, upsertWorkload } from '../../daemon/state/mesh-edit.js';
+import type { Workload } from '../../daemon/state/model.js';
+
+export interface Cluster {
+  dir: string;
+  meshFile: string;
+  a: Ambitd;
+  b: Ambitd;
+  close(): Promise<void>;
+}
+
+/** Two daemons on loopback sharing one mesh file and one CA directory, as two hosts would in embedded mode. */
+export async function startCluster(opts: { certTtl?: string } = {}): Promise<Cluster> {
+  const dir = await mkdtemp(join(tmpdir(), 'ambit-test-'));
+  const meshFile = join(dir, 'mesh.yaml');
+  const start = (node: string): Promise<Ambitd> =>
+    Ambitd.start(
+      loadConfig({
+        env: {},
+        flags: {
+          nodeName: node,
+          stateDir: join(dir, node),
+          meshFile,
+          caDir: join(dir, 'ca'),
+          tunnel: '127.0.0.1:0',
+          admin: '127.0.0.1:0',
+          metrics: '127.0.0.1:0',
+          ready: '127.0.0.1:0',
+          certTtl: opts.certTtl ?? '24h',
+          meshPoll: '200ms',
+        },
+      }),
+      process.env.AMBIT_TEST_LOG ? createLogger('debug', 2) : silentLogger(),
+    );
+  // One at a time: the first creates the shared CA, the second loads it.
+  const a = await start('node-a');
+  const b = await start('node-b');
+  return {
+    dir,
+    meshFile,
+    a,
+    b,
+    async close() {
+      await Promise.all([a.close(), b.close()]);
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export function workload(p: Partial<Workload> & Pick<Workload, 'name' | 'service' | 'node'>): Workload {
+  return {
+    namespace: 'default',
+    addresses: ['127.0.0.1'],
+    ports: [],
+    uid: undefined,
+    mode: 'strict',
+    upstreams: [],
+    ...p,
+  };
+}
+
+export const enroll = (meshFile: string, ...ws: Workload[]): Promise<unknown> =>
+  editMeshFile(meshFile, (doc) => {
+    for (const w of ws) upsertWorkload(doc, w);
+  });
+
+/** An echo server: writes back what it reads, and ends its side when the client ends its own. */
+export async function echoServer(): Promise<{ server: Server; port: number; accepted: () => number }> {
+  let accepted = 0;
+  const server = createServer({ allowHalfOpen: true }, (s) => {
+    accepted++;
+    s.on('error', () => {});
+    s.pipe(s);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { server, port: (server.address() as AddressInfo).port, accepted: () => accepted };
+}
+
+export async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const { port } = s.address() as AddressInfo;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+/** Resolves once something accepts TCP on port (bounded: gives up after `ms`). */
+export async function waitForPort(port: number, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1');
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on port ${port} after ${ms} ms`);
+    await sleep(50);
+  }
+}
+
+/** Polls `check` until it holds (bounded in time). */
+export async function until(
+  check: () => boolean | Promise<boolean>,
+  ms = 5000,
+  what = 'condition',
+): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Sends `bytes` through a connection to port, half-closes, and collects everything that comes back.
+ * Resolves with the digest and length of the reply, or rejects if the connection is reset.
+ */
+export function roundTrip(port: number, payload: Buffer): Promise<{ length: number; sha256: string }> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    const hash = createHash('sha256');
+    let length = 0;
+    s.on('data', (chunk: Buffer) => {
+      length += chunk.length;
+      hash.update(chunk);
+    });
+    s.once('end', () => {
+      s.end();
+      resolve({ length, sha256: hash.digest('hex') });
+    });
+    s.once('error', reject);
+    s.once('connect', () => s.end(payload));
+  });
+}
+
+export const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+/** Opens a connection and waits for the first reply to `hello`; the socket stays open. */
+export function openEcho(port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    s.once('error', reject);
+    s.once('connect', () => s.write('hello'));
+    s.once('data', () => resolve(s));
+  });
+}
+
+/** Writes `text` on an open echo connection and waits for it to come back. */
+export function echoOnce(s: Socket, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let got = '';
+    const onData = (c: Buffer): void => {
+      got += c.toString();
+      if (got.length >= text.length) {
+        s.removeListener('data', onData);
+        s.removeListener('error', reject);
+        resolve(got);
+      }
+    };
+    s.on('data', onData);
+    s.once('error', reject);
+    s.write(text);
+  });
+}
+
+export async function metricsText(d: Ambitd): Promise<string> {
+  const res = await fetch(`http://127.0.0.1:${d.ports.metrics}/metrics`);
+  return res.text();
+}
+
+/** Sums a metric's samples whose label set includes every given label. */
+export function metricSum(text: string, name: string, labels: Record<string, string> = {}): number {
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name)) continue;
+    const m = /^([a-z_]+)(\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const body = m[3] ?? '';
+    if (Object.entries(labels).every(([k, v]) => body.includes(`${k}="${v}"`))) sum += Number(m[4]);
+  }
+  return sum;
+}

@@ -1,0 +1,369 @@
+import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { connect as h2connect } from 'node:http2';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
+import test from 'ava';
+import { EmbeddedCa } from '../daemon/identity/ca.js';
+import { sniForIdentity } from '../daemon/proxy/hbone.js';
+import { addPolicy, editMeshFile } from '../daemon/state/mesh-edit.js';
+import {
+  type Cluster,
+  echoOnce,
+  echoServer,
+  enroll,
+  freePort,
+  metricSum,
+  metricsText,
+  openEcho,
+  roundTrip,
+  sha256,
+  sleep,
+  startCluster,
+  until,
+  waitForPort,
+  workload,
+} from './helpers/cluster.js';
+
+interface Setup {
+  cluster: Cluster;
+  echoPort: number;
+  upstreamPort: number;
+  echoAccepted: () => number;
+  closeEcho: () => void;
+}
+
+/** Workload "client" (service web) on node-a with an upstream to service echo; workload "echo-1" on node-b. */
+async function setup(opts: { certTtl?: string } = {}): Promise<Setup> {
+  const cluster = await startCluster(opts);
+  const echo = await echoServer();
+  const upstreamPort = await freePort();
+  await enroll(
+    cluster.meshFile,
+    workload({
+      name: 'client',
+      service: 'web',
+      node: 'node-a',
+      upstreams: [
+        {
+          service: 'echo',
+          namespace: 'default',
+          port: undefined,
+          listenHost: '127.0.0.1',
+          listenPort: upstreamPort,
+        },
+      ],
+    }),
+    workload({ name: 'echo-1', service: 'echo', node: 'node-b', ports: [echo.port] }),
+  );
+  // Not by connecting to it: a probe connection would itself be tunneled and counted.
+  await until(() => cluster.a.listeners.listening().length === 1, 5000, 'upstream listener bound');
+  await until(() => cluster.b.readiness().ready && cluster.b.certs.list().length === 1, 5000, 'node-b ready');
+  return {
+    cluster,
+    echoPort: echo.port,
+    upstreamPort,
+    echoAccepted: echo.accepted,
+    closeEcho: () => echo.server.close(),
+  };
+}
+
+const teardown = async (s: Setup): Promise<void> => {
+  s.closeEcho();
+  await s.cluster.close();
+};
+
+test('bytes arrive intact both ways through the tunnel: 1 B, 64 KiB, 64 MiB', async (t) => {
+  const s = await setup();
+  try {
+    for (const size of [1, 64 * 1024, 64 * 1024 * 1024]) {
+      const payload = randomBytes(size);
+      const back = await roundTrip(s.upstreamPort, payload);
+      t.is(back.length, size, `length for ${size} B`);
+      t.is(back.sha256, sha256(payload), `content for ${size} B`);
+    }
+    const m = await metricsText(s.cluster.b);
+    t.true(
+      metricSum(m, 'istio_tcp_received_bytes_total', {
+        reporter: 'destination',
+        destination_workload: 'echo-1',
+      }) >=
+        64 * 1024 * 1024,
+    );
+    t.is(
+      metricSum(m, 'istio_tcp_connections_opened_total', {
+        reporter: 'destination',
+        connection_security_policy: 'mutual_tls',
+        response_flags: '-',
+      }),
+      3,
+    );
+    const ma = await metricsText(s.cluster.a);
+    t.is(
+      metricSum(ma, 'istio_tcp_connections_closed_total', {
+        reporter: 'source',
+        source_workload: 'client',
+        destination_service: 'echo.default',
+      }),
+      3,
+    );
+  } finally {
+    await teardown(s);
+  }
+});
+
+test('a client that stops writing still gets the whole reply (half-close)', async (t) => {
+  const s = await setup();
+  try {
+    const payload = Buffer.from('request then FIN');
+    const back = await roundTrip(s.upstreamPort, payload);
+    t.is(back.sha256, sha256(payload));
+  } finally {
+    await teardown(s);
+  }
+});
+
+test('50 connections from one workload share one TLS handshake', async (t) => {
+  const s = await setup();
+  try {
+    const before = metricSum(await metricsText(s.cluster.b), 'ambit_tls_handshakes_total', {
+      direction: 'inbound',
+    });
+    const sockets = await Promise.all(Array.from({ length: 50 }, () => openEcho(s.upstreamPort)));
+    const replies = await Promise.all(sockets.map((sock, i) => echoOnce(sock, `n${i}`)));
+    t.deepEqual(
+      replies,
+      sockets.map((_, i) => `n${i}`),
+    );
+    for (const sock of sockets) sock.destroy();
+    const after = metricSum(await metricsText(s.cluster.b), 'ambit_tls_handshakes_total', {
+      direction: 'inbound',
+    });
+    t.is(after - before, 1);
+    t.is(
+      metricSum(await metricsText(s.cluster.a), 'ambit_tls_handshakes_total', { direction: 'outbound' }),
+      1,
+    );
+    t.is(s.echoAccepted(), 50);
+  } finally {
+    await teardown(s);
+  }
+});
+
+test('a client certificate from another CA is refused', async (t) => {
+  const s = await setup();
+  const dir = await mkdtemp(join(tmpdir(), 'ambit-rogue-'));
+  try {
+    const rogue = await EmbeddedCa.loadOrCreate(join(dir, 'ca'), 'ambit.local');
+    const echoId = s.cluster.b.identityOf(s.cluster.b.store.workload('echo-1')!);
+    const leaf = await rogue.issue('spiffe://ambit.local/ns/default/dc/dc1/svc/web', 3_600_000);
+    const outcome = await new Promise<string>((resolve) => {
+      const session = h2connect(`https://127.0.0.1:${s.cluster.b.ports.tunnel}`, {
+        createConnection: () =>
+          tlsConnect({
+            host: '127.0.0.1',
+            port: s.cluster.b.ports.tunnel,
+            key: leaf.keyPem,
+            cert: leaf.certPem,
+            ALPNProtocols: ['h2'],
+            servername: sniForIdentity(echoId),
+            rejectUnauthorized: false,
+          }),
+      });
+      session.on('error', (err) => resolve(`error: ${err.message}`));
+      const req = session.request({ ':method': 'CONNECT', ':authority': `127.0.0.1:${s.echoPort}` });
+      req.on('response', (h) => resolve(`status ${h[':status']}`));
+      req.on('error', (err) => resolve(`error: ${err.message}`));
+      req.on('close', () => resolve('closed'));
+    });
+    t.notRegex(outcome, /status 200/);
+    t.is(s.echoAccepted(), 0);
+    await until(
+      async () =>
+        metricSum(await metricsText(s.cluster.b), 'ambit_connections_refused_total', {
+          reason: 'tls_failure',
+        }) >= 1,
+      3000,
+      'tls_failure counted',
+    );
+    t.pass();
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+    await teardown(s);
+  }
+});
+
+test('CONNECT to a target that is not enrolled on the node, or to the daemon itself, is refused', async (t) => {
+  const s = await setup();
+  try {
+    const { a, b } = s.cluster;
+    const key = {
+      source: a.identityOf(a.store.workload('client')!),
+      peer: b.identityOf(b.store.workload('echo-1')!),
+      address: '127.0.0.1',
+      port: b.ports.tunnel,
+    };
+    const notEnrolled = await a.pool.connect(key, {
+      ':method': 'CONNECT',
+      ':authority': `127.0.0.1:${await freePort()}`,
+    });
+    t.is(notEnrolled.status, 503);
+    notEnrolled.stream.close();
+    const self = await a.pool.connect(key, {
+      ':method': 'CONNECT',
+      ':authority': `127.0.0.1:${b.ports.admin}`,
+    });
+    t.is(self.status, 400);
+    self.stream.close();
+    const malformed = await a.pool.connect(key, { ':method': 'CONNECT', ':authority': 'example.com:80' });
+    t.is(malformed.status, 400);
+    malformed.stream.close();
+    const m = await metricsText(b);
+    t.is(
+      metricSum(m, 'ambit_connections_refused_total', { direction: 'inbound', reason: 'unknown_workload' }),
+      1,
+    );
+    t.is(metricSum(m, 'ambit_connections_refused_total', { direction: 'inbound', reason: 'bad_request' }), 2);
+    t.is(s.echoAccepted(), 0);
+  } finally {
+    await teardown(s);
+  }
+});
+
+test('a deny rule gives 401, resets the client, and shows response_flags="DENY"', async (t) => {
+  const s = await setup();
+  try {
+    const { a, b } = s.cluster;
+    await editMeshFile(s.cluster.meshFile, (doc) => {
+      addPolicy(doc, {
+        name: 'deny-web',
+        action: 'deny',
+        service: 'echo',
+        namespace: 'default',
+        ports: [],
+        from: [{ service: 'web', namespace: undefined, principal: undefined }],
+      });
+    });
+    await until(() => b.store.policiesFor('default', 'echo').length === 1, 5000, 'policy applied on node-b');
+    await t.throwsAsync(roundTrip(s.upstreamPort, Buffer.from('x')));
+    const key = {
+      source: a.identityOf(a.store.workload('client')!),
+      peer: b.identityOf(b.store.workload('echo-1')!),
+      address: '127.0.0.1',
+      port: b.ports.tunnel,
+    };
+    const raw = await a.pool.connect(key, { ':method': 'CONNECT', ':authority': `127.0.0.1:${s.echoPort}` });
+    t.is(raw.status, 401);
+    raw.stream.close();
+    const m = await metricsText(b);
+    t.is(
+      metricSum(m, 'istio_tcp_connections_opened_total', { reporter: 'destination', response_flags: 'DENY' }),
+      2,
+    );
+    const ma = await metricsText(a);
+    t.is(
+      metricSum(ma, 'istio_tcp_connections_opened_total', { reporter: 'source', response_flags: 'DENY' }),
+      1,
+    );
+    t.is(s.echoAccepted(), 0);
+  } finally {
+    await teardown(s);
+  }
+});
+
+test('a policy change closes open connections it no longer allows', async (t) => {
+  const s = await setup();
+  try {
+    const sock = await openEcho(s.upstreamPort);
+    const closed = new Promise<void>((r) => sock.once('close', () => r()));
+    sock.on('error', () => {});
+    await editMeshFile(s.cluster.meshFile, (doc) => {
+      addPolicy(doc, {
+        name: 'only-admin',
+        action: 'allow',
+        service: 'echo',
+        namespace: 'default',
+        ports: [],
+        from: [{ service: 'admin', namespace: undefined, principal: undefined }],
+      });
+    });
+    await closed;
+    t.pass();
+  } finally {
+    await teardown(s);
+  }
+});
+
+test('an edit of the mesh file takes effect live; a malformed edit keeps the last good state', async (t) => {
+  const s = await setup();
+  try {
+    const { a } = s.cluster;
+    // Live: a second upstream listener appears without a restart.
+    const second = await freePort();
+    await enroll(
+      s.cluster.meshFile,
+      workload({
+        name: 'client',
+        service: 'web',
+        node: 'node-a',
+        upstreams: [
+          {
+            service: 'echo',
+            namespace: 'default',
+            port: undefined,
+            listenHost: '127.0.0.1',
+            listenPort: s.upstreamPort,
+          },
+          {
+            service: 'echo',
+            namespace: 'default',
+            port: undefined,
+            listenHost: '127.0.0.1',
+            listenPort: second,
+          },
+        ],
+      }),
+    );
+    await waitForPort(second);
+    t.is((await roundTrip(second, Buffer.from('live'))).length, 4);
+
+    // Malformed: the file is broken by hand; the daemons keep serving with what they had.
+    await writeFile(
+      s.cluster.meshFile,
+      'workloads:\n  client:\n    node: node-a\n    addresses: [not-an-ip]\n',
+    );
+    await until(() => a.readiness().checks.mesh !== 'ok', 5000, 'rejection reported');
+    t.regex(a.readiness().checks.mesh!, /workloads\.client\.addresses\[0\]/);
+    t.true(a.readiness().ready);
+    t.is((await roundTrip(s.upstreamPort, Buffer.from('still'))).length, 5);
+    const ready = await fetch(`http://127.0.0.1:${a.ports.ready}/healthz/ready`);
+    t.is(ready.status, 200);
+  } finally {
+    await teardown(s);
+  }
+});
+
+test('a certificate rotation during an open connection leaves it open', async (t) => {
+  const s = await setup({ certTtl: '3s' });
+  try {
+    const { a, b } = s.cluster;
+    const sock = await openEcho(s.upstreamPort);
+    const serials = () => [...a.certs.list(), ...b.certs.list()].map((c) => c.serial).join();
+    const before = serials();
+    await until(
+      () => a.certs.list()[0]!.rotations >= 1 && b.certs.list()[0]!.rotations >= 1,
+      8000,
+      'both rotated',
+    );
+    t.not(serials(), before);
+    t.is(await echoOnce(sock, 'after rotation'), 'after rotation');
+    // New connections handshake with the new certificates.
+    t.is((await roundTrip(s.upstreamPort, Buffer.from('new'))).length, 3);
+    sock.destroy();
+    await sleep(10);
+  } finally {
+    await teardown(s);
+  }
+});
