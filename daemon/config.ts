@@ -13,7 +13,6 @@ export interface Listen {
 }
 
 export interface DaemonConfig {
-  readonly role: 'node' | 'waypoint';
   readonly nodeName: string;
   readonly stateDir: string;
   readonly meshFile: string;
@@ -46,7 +45,6 @@ export interface DaemonConfig {
 
 /** Every setting a file, the environment or a flag may give; all optional, validated field by field. */
 export type ConfigInput = Partial<{
-  role: string;
   nodeName: string;
   stateDir: string;
   meshFile: string;
@@ -73,7 +71,6 @@ export type ConfigInput = Partial<{
 }>;
 
 const KEYS: readonly (keyof ConfigInput)[] = [
-  'role',
   'nodeName',
   'stateDir',
   'meshFile',
@@ -230,7 +227,6 @@ export function loadConfig(opts: {
   };
 
   const stateDir = merged.stateDir ?? defaultStateDir(env);
-  const role = oneOf(merged.role ?? 'node', ['node', 'waypoint'] as const, at('role'));
   const hostListen = (k: keyof ConfigInput, def: number): Listen =>
     parseListen((merged[k] as string | number | undefined) ?? def, '0.0.0.0', at(k));
   const localListen = (k: keyof ConfigInput, def: number): Listen =>
@@ -252,7 +248,6 @@ export function loadConfig(opts: {
   if (certTtlMs < 1000) throw new ConfigError('must be at least 1s', at('certTtl'));
 
   return {
-    role,
     nodeName: merged.nodeName ?? hostname(),
     stateDir,
     meshFile: merged.meshFile ?? defaultMeshFile(stateDir, env),

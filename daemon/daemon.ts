@@ -111,6 +111,7 @@ export class Ambitd {
     this.certs.on('rotated', (identity: string) => {
       // New connections from this identity get a session with the new certificate; open ones stay.
       this.pool.drainSource(identity);
+      this.#exportCertExpiry();
       log.info({ identity }, 'certificate rotated');
     });
     this.certs.on('roots', () => {
@@ -134,7 +135,7 @@ export class Ambitd {
     await this.#startHttp();
     this.#ready = true;
     log.info(
-      { node: config.nodeName, ports: this.ports, mesh: config.meshFile, role: config.role },
+      { node: config.nodeName, ports: this.ports, mesh: config.meshFile },
       'ambitd ready',
     );
   }
@@ -189,9 +190,15 @@ export class Ambitd {
     );
     this.#sni = sni;
     for (const c of this.certs.list()) if (!wanted.has(c.identity)) this.certs.forget(c.identity);
+    this.#exportCertExpiry();
     await this.listeners.reconcile(local);
     const closed = this.inbound.recheck();
     if (closed > 0) this.log.info({ closed }, 'closed connections that policy no longer allows');
+  }
+
+  #exportCertExpiry(): void {
+    this.metrics.certExpiry.reset();
+    for (const c of this.certs.list()) this.metrics.certExpiry.set({ identity: c.identity }, Date.parse(c.notAfter) / 1000);
   }
 
   #contextForSni(servername: string): SecureContext | undefined {
@@ -232,7 +239,6 @@ export class Ambitd {
       'GET /config_dump': () => ({
         json: {
           node: config.nodeName,
-          role: config.role,
           config,
           mesh: this.store.mesh,
           certificates: certRows(),

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { Command, Option } from 'commander';
+import { Command } from 'commander';
 import { type ConfigInput, loadConfig } from './config.js';
 import { Ambitd } from './daemon.js';
 import { AmbitError } from './errors.js';
@@ -31,7 +31,6 @@ const program = new Command()
   .option('--metrics <[host:]port>', 'Prometheus /metrics (default: 0.0.0.0:15020)')
   .option('--ready <[host:]port>', '/healthz/ready (default: 0.0.0.0:15021)')
   .option('--connect-timeout <duration>', 'upstream and tunnel connect timeout (default: 5s)')
-  .addOption(new Option('--role <role>', 'node or waypoint').choices(['node', 'waypoint']))
   .showHelpAfterError();
 
 async function main(): Promise<void> {

@@ -138,10 +138,22 @@ export class Inbound {
     return w;
   }
 
-  #labels(peer: Peer | undefined, w: Workload | undefined, flags: ResponseFlag): ConnectionLabels {
+  /**
+   * The source workload's name, when the address in `forwarded` belongs to a workload whose identity is the
+   * one the peer proved; the header alone is never trusted.
+   */
+  #sourceWorkload(peer: Peer | undefined, src: string | undefined): string {
+    if (!peer) return 'unknown';
+    if (src) {
+      for (const w of this.#d.store.workloadsByIp(src)) if (this.#d.identityOf(w) === peer.principal) return w.name;
+    }
+    return peer.service ?? 'unknown';
+  }
+
+  #labels(peer: Peer | undefined, w: Workload | undefined, flags: ResponseFlag, src?: string): ConnectionLabels {
     return {
       reporter: 'destination',
-      source_workload: peer?.service ?? 'unknown',
+      source_workload: this.#sourceWorkload(peer, src),
       source_workload_namespace: peer?.namespace ?? 'unknown',
       source_principal: peer?.principal ?? 'unknown',
       source_app: peer?.service ?? 'unknown',
@@ -168,7 +180,7 @@ export class Inbound {
     const status = refusal.status ?? 503;
     const flag = refusal.flag ?? 'UF';
     const reason = REFUSAL_REASON[refusal.code] ?? 'upstream_failed';
-    this.#d.metrics.refusedConnection(this.#labels(peer, w, flag), 'inbound', reason);
+    this.#d.metrics.refusedConnection(this.#labels(peer, w, flag, src), 'inbound', reason);
     this.#d.log.info(
       {
         access: 'inbound',
@@ -225,7 +237,7 @@ export class Inbound {
         return;
       }
       stream.respond({ ':status': 200 });
-      const labels = this.#labels(peer, workload, '-');
+      const labels = this.#labels(peer, workload, '-', src);
       const d = this.#d;
       d.metrics.opened.inc(labels);
       d.metrics.activeConnections.inc({ direction: 'inbound' });
