@@ -134,10 +134,7 @@ export class Ambitd {
     if (config.registerNode) await this.#registerNode();
     await this.#startHttp();
     this.#ready = true;
-    log.info(
-      { node: config.nodeName, ports: this.ports, mesh: config.meshFile },
-      'ambitd ready',
-    );
+    log.info({ node: config.nodeName, ports: this.ports, mesh: config.meshFile }, 'ambitd ready');
   }
 
   /** Puts this node's tunnel address in the mesh file, unless it is already there as it is. */
@@ -198,7 +195,8 @@ export class Ambitd {
 
   #exportCertExpiry(): void {
     this.metrics.certExpiry.reset();
-    for (const c of this.certs.list()) this.metrics.certExpiry.set({ identity: c.identity }, Date.parse(c.notAfter) / 1000);
+    for (const c of this.certs.list())
+      this.metrics.certExpiry.set({ identity: c.identity }, Date.parse(c.notAfter) / 1000);
   }
 
   #contextForSni(servername: string): SecureContext | undefined {

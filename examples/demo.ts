@@ -36,14 +36,22 @@ function startDaemon(node: keyof typeof PORTS): ChildProcess {
     process.execPath,
     [
       ambitd,
-      '--node-name', node,
-      '--state-dir', join(dir, node),
-      '--ca-dir', join(dir, 'ca'),
-      '--mesh-file', mesh,
-      '--tunnel', `127.0.0.1:${p.tunnel}`,
-      '--admin', `127.0.0.1:${p.admin}`,
-      '--metrics', `127.0.0.1:${p.metrics}`,
-      '--ready', `127.0.0.1:${p.ready}`,
+      '--node-name',
+      node,
+      '--state-dir',
+      join(dir, node),
+      '--ca-dir',
+      join(dir, 'ca'),
+      '--mesh-file',
+      mesh,
+      '--tunnel',
+      `127.0.0.1:${p.tunnel}`,
+      '--admin',
+      `127.0.0.1:${p.admin}`,
+      '--metrics',
+      `127.0.0.1:${p.metrics}`,
+      '--ready',
+      `127.0.0.1:${p.ready}`,
     ],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );
@@ -72,7 +80,9 @@ async function waitReady(node: keyof typeof PORTS): Promise<void> {
 
 // Asynchronous on purpose: the demo's HTTP workload lives in this process and must keep answering.
 async function run(cmd: string, args: string[]): Promise<string> {
-  process.stdout.write(`$ ${[cmd === process.execPath ? 'ambit' : cmd, ...args.slice(cmd === process.execPath ? 1 : 0)].join(' ')}\n`);
+  process.stdout.write(
+    `$ ${[cmd === process.execPath ? 'ambit' : cmd, ...args.slice(cmd === process.execPath ? 1 : 0)].join(' ')}\n`,
+  );
   const { stdout: out } = await execFileAsync(cmd, args, { encoding: 'utf8' });
   process.stdout.write(out);
   return out;
@@ -94,14 +104,42 @@ async function main(): Promise<void> {
 
   say('enroll both workloads');
   const cli = ['--mesh', mesh];
-  await run(process.execPath, [ambit, ...cli, 'enroll', 'hello-1', '--service', 'hello', '--node', 'node-b', '--address', '127.0.0.1', '--port', String(APP_PORT)]);
-  await run(process.execPath, [ambit, ...cli, 'enroll', 'web-1', '--service', 'web', '--node', 'node-a', '--address', '127.0.0.1', '--upstream', `hello=${UPSTREAM_PORT}`]);
+  await run(process.execPath, [
+    ambit,
+    ...cli,
+    'enroll',
+    'hello-1',
+    '--service',
+    'hello',
+    '--node',
+    'node-b',
+    '--address',
+    '127.0.0.1',
+    '--port',
+    String(APP_PORT),
+  ]);
+  await run(process.execPath, [
+    ambit,
+    ...cli,
+    'enroll',
+    'web-1',
+    '--service',
+    'web',
+    '--node',
+    'node-a',
+    '--address',
+    '127.0.0.1',
+    '--upstream',
+    `hello=${UPSTREAM_PORT}`,
+  ]);
   await run(process.execPath, [ambit, ...cli, 'list']);
   await waitReady('node-a');
   await waitReady('node-b');
   await new Promise((r) => setTimeout(r, 500));
 
-  say(`curl through the tunnel: web-1's upstream 127.0.0.1:${UPSTREAM_PORT} -> node-a -> mTLS -> node-b -> hello-1`);
+  say(
+    `curl through the tunnel: web-1's upstream 127.0.0.1:${UPSTREAM_PORT} -> node-a -> mTLS -> node-b -> hello-1`,
+  );
   await run('curl', ['-sS', '--max-time', '5', `http://127.0.0.1:${UPSTREAM_PORT}/demo`]);
   await new Promise((r) => setTimeout(r, 300));
 
@@ -110,7 +148,8 @@ async function main(): Promise<void> {
 
   say("node-b's metrics (reporter=destination)");
   const metrics = await (await fetch(`http://127.0.0.1:${PORTS['node-b'].metrics}/metrics`)).text();
-  for (const line of metrics.split('\n')) if (line.startsWith('istio_tcp_connections_opened_total')) process.stdout.write(`${line}\n`);
+  for (const line of metrics.split('\n'))
+    if (line.startsWith('istio_tcp_connections_opened_total')) process.stdout.write(`${line}\n`);
 
   say('deny web -> hello, and try again');
   await run(process.execPath, [ambit, ...cli, 'policy', 'deny', '--to', 'hello', '--from', 'web']);
@@ -118,7 +157,9 @@ async function main(): Promise<void> {
   try {
     await run('curl', ['-sS', '--max-time', '5', `http://127.0.0.1:${UPSTREAM_PORT}/denied`]);
   } catch {
-    process.stdout.write('curl failed, as it should: the connection was reset by node-a after node-b answered 401\n');
+    process.stdout.write(
+      'curl failed, as it should: the connection was reset by node-a after node-b answered 401\n',
+    );
   }
   await new Promise((r) => setTimeout(r, 300));
   app.close();

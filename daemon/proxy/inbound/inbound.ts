@@ -145,12 +145,18 @@ export class Inbound {
   #sourceWorkload(peer: Peer | undefined, src: string | undefined): string {
     if (!peer) return 'unknown';
     if (src) {
-      for (const w of this.#d.store.workloadsByIp(src)) if (this.#d.identityOf(w) === peer.principal) return w.name;
+      for (const w of this.#d.store.workloadsByIp(src))
+        if (this.#d.identityOf(w) === peer.principal) return w.name;
     }
     return peer.service ?? 'unknown';
   }
 
-  #labels(peer: Peer | undefined, w: Workload | undefined, flags: ResponseFlag, src?: string): ConnectionLabels {
+  #labels(
+    peer: Peer | undefined,
+    w: Workload | undefined,
+    flags: ResponseFlag,
+    src?: string,
+  ): ConnectionLabels {
     return {
       reporter: 'destination',
       source_workload: this.#sourceWorkload(peer, src),
