@@ -41,6 +41,20 @@ export interface DaemonConfig {
   readonly ejectMs: number;
   readonly maxAttempts: number;
   readonly meshPollMs: number;
+  /** On SIGTERM, how long open connections may run to their end before they are reset. */
+  readonly drainMs: number;
+  /** Transparent capture (15001/15006 listeners, socket marks); rules come from `ambit capture install`. */
+  readonly capture: {
+    readonly enabled: boolean;
+    /** SO_MARK on every socket ambitd opens; the capture rules RETURN on it. */
+    readonly mark: number;
+    /** A captured connection whose source is not enrolled: carried untouched, or refused. */
+    readonly unenrolledSource: 'passthrough' | 'refuse';
+    readonly excludePorts: readonly number[];
+    readonly excludeCidrs: readonly string[];
+    readonly daemonUid: number | undefined;
+    readonly backend: 'auto' | 'nft' | 'legacy';
+  };
 }
 
 /** Every setting a file, the environment or a flag may give; all optional, validated field by field. */
@@ -68,6 +82,14 @@ export type ConfigInput = Partial<{
   ejectTime: string | number;
   maxAttempts: number | string;
   meshPoll: string | number;
+  drainTimeout: string | number;
+  capture: boolean | string;
+  captureMark: number | string;
+  unenrolledSource: string;
+  captureExcludePorts: string | readonly number[];
+  captureExcludeCidrs: string | readonly string[];
+  captureDaemonUid: number | string;
+  iptablesBackend: string;
 }>;
 
 const KEYS: readonly (keyof ConfigInput)[] = [
@@ -94,6 +116,14 @@ const KEYS: readonly (keyof ConfigInput)[] = [
   'ejectTime',
   'maxAttempts',
   'meshPoll',
+  'drainTimeout',
+  'capture',
+  'captureMark',
+  'unenrolledSource',
+  'captureExcludePorts',
+  'captureExcludeCidrs',
+  'captureDaemonUid',
+  'iptablesBackend',
 ];
 
 /** Environment variables, one per setting: AMBIT_NODE_NAME, AMBIT_TRUST_DOMAIN, AMBIT_TUNNEL, ... */
@@ -150,6 +180,30 @@ function positiveInt(v: number | string, where: { file?: string; field: string }
   const n = Number(v);
   if (!Number.isInteger(n) || n < 1)
     throw new ConfigError(`must be a positive integer, got ${JSON.stringify(v)}`, where);
+  return n;
+}
+
+/** SSH, DNS and Consul's ports (server RPC, Serf, HTTP/HTTPS/gRPC, DNS): never captured by default. */
+export const DEFAULT_EXCLUDE_PORTS: readonly number[] = [22, 53, 8300, 8301, 8302, 8500, 8501, 8502, 8503, 8600];
+
+/** A list from a file (a YAML list) or the environment / a flag (comma-separated). */
+function listOf(v: string | readonly (string | number)[], where: { file?: string; field: string }): string[] {
+  if (Array.isArray(v)) return v.map(String);
+  if (typeof v === 'string') return v.split(',').map((x) => x.trim()).filter((x) => x !== '');
+  throw new ConfigError(`must be a list or a comma-separated string, got ${JSON.stringify(v)}`, where);
+}
+
+function nonNegativeInt(v: number | string, where: { file?: string; field: string }): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new ConfigError(`must be an integer >= 0, got ${JSON.stringify(v)}`, where);
+  return n;
+}
+
+/** A socket mark: 1..0xffffffff, decimal or 0x hex. */
+function captureMark(v: number | string, where: { file?: string; field: string }): number {
+  const n = typeof v === 'number' ? v : Number(String(v).trim());
+  if (!Number.isInteger(n) || n < 1 || n > 0xffffffff)
+    throw new ConfigError(`must be a mark between 1 and 0xffffffff, got ${JSON.stringify(v)}`, where);
   return n;
 }
 
@@ -258,7 +312,9 @@ export function loadConfig(opts: {
     caDir: merged.caDir ?? join(stateDir, 'ca'),
     certTtlMs,
     logLevel: oneOf(merged.logLevel ?? 'info', LOG_LEVELS, at('logLevel')),
-    outbound: localListen('outbound', 15001),
+    // Bound on every address: iptables REDIRECT in PREROUTING sends a workload's connection to the address of
+    // the interface it arrived on. Connections that were not redirected there are refused (no original dst).
+    outbound: hostListen('outbound', 15001),
     inboundPlaintext: hostListen('inboundPlaintext', 15006),
     tunnel,
     admin: localListen('admin', 15000),
@@ -273,5 +329,36 @@ export function loadConfig(opts: {
     ejectMs: parseDuration(merged.ejectTime ?? '30s', at('ejectTime')),
     maxAttempts: positiveInt(merged.maxAttempts ?? 3, at('maxAttempts')),
     meshPollMs: parseDuration(merged.meshPoll ?? '1s', at('meshPoll')),
+    drainMs: parseDuration(merged.drainTimeout ?? '30s', at('drainTimeout')),
+    capture: {
+      enabled: bool(merged.capture ?? false, at('capture')),
+      mark: captureMark(merged.captureMark ?? 0x539, at('captureMark')),
+      unenrolledSource: oneOf(
+        merged.unenrolledSource ?? 'passthrough',
+        ['passthrough', 'refuse'] as const,
+        at('unenrolledSource'),
+      ),
+      excludePorts: listOf(merged.captureExcludePorts ?? DEFAULT_EXCLUDE_PORTS, at('captureExcludePorts')).map(
+        (p) => {
+          const n = Number(p);
+          if (!Number.isInteger(n) || n < 1 || n > 65535)
+            throw new ConfigError(`must list ports 1..65535, got ${JSON.stringify(p)}`, at('captureExcludePorts'));
+          return n;
+        },
+      ),
+      excludeCidrs: listOf(merged.captureExcludeCidrs ?? [], at('captureExcludeCidrs')).map((c) => {
+        const [ip, bits, extra] = String(c).split('/');
+        const fam = isIP(ip ?? '');
+        const max = fam === 6 ? 128 : 32;
+        if (fam === 0 || extra !== undefined || (bits !== undefined && !(Number(bits) >= 0 && Number(bits) <= max)))
+          throw new ConfigError(`must list CIDRs such as 10.0.0.0/8, got ${JSON.stringify(c)}`, at('captureExcludeCidrs'));
+        return String(c);
+      }),
+      daemonUid:
+        merged.captureDaemonUid === undefined || merged.captureDaemonUid === ''
+          ? undefined
+          : nonNegativeInt(merged.captureDaemonUid, at('captureDaemonUid')),
+      backend: oneOf(merged.iptablesBackend ?? 'auto', ['auto', 'nft', 'legacy'] as const, at('iptablesBackend')),
+    },
   };
 }

@@ -3,6 +3,8 @@ import type { Server } from 'node:http';
 import { isIP } from 'node:net';
 import type { SecureContext } from 'node:tls';
 import { type Reply, portOf, startHttp } from './admin/http.js';
+import { detectBackend, setGate } from './capture/iptables.js';
+import { setDaemonMark } from './capture/mark.js';
 import type { DaemonConfig } from './config.js';
 import { EmbeddedCa } from './identity/ca.js';
 import { CertificateManager } from './identity/manager.js';
@@ -11,7 +13,9 @@ import { LOG_LEVELS, type LogLevel, type Logger } from './log.js';
 import { Metrics } from './metrics/metrics.js';
 import { sniForIdentity } from './proxy/hbone.js';
 import { Inbound } from './proxy/inbound/inbound.js';
+import { PlaintextListener } from './proxy/inbound/plaintext.js';
 import { TunnelServer } from './proxy/inbound/server.js';
+import { CaptureListener } from './proxy/outbound/capture.js';
 import { ExplicitListeners } from './proxy/outbound/explicit.js';
 import { Balancer } from './proxy/outbound/lb.js';
 import { Outbound } from './proxy/outbound/outbound.js';
@@ -43,6 +47,8 @@ export class Ambitd {
   readonly outbound: Outbound;
   readonly listeners: ExplicitListeners;
   readonly tunnel: TunnelServer;
+  /** Transparent capture (15001 outbound, 15006 inbound plaintext); only when config.capture.enabled. */
+  readonly capture: { outbound: CaptureListener; plaintext: PlaintextListener } | undefined;
   readonly ports: BoundPorts = { tunnel: 0, admin: 0, metrics: 0, ready: 0 };
   #source: MeshFileSource | undefined;
   #http: Server[] = [];
@@ -89,6 +95,27 @@ export class Ambitd {
       roots: () => certs.trustBundle(),
       contextForSni: (name) => this.#contextForSni(name),
     });
+    this.capture = config.capture.enabled
+      ? {
+          outbound: new CaptureListener({
+            outbound: this.outbound,
+            store: this.store,
+            nodeName: config.nodeName,
+            metrics: this.metrics,
+            log: logger,
+            unenrolledSource: config.capture.unenrolledSource,
+            connectTimeoutMs: config.connectTimeoutMs,
+          }),
+          plaintext: new PlaintextListener({
+            store: this.store,
+            nodeName: config.nodeName,
+            metrics: this.metrics,
+            log: logger,
+            identityOf,
+            connectTimeoutMs: config.connectTimeoutMs,
+          }),
+        }
+      : undefined;
   }
 
   static async start(config: DaemonConfig, logger: Logger): Promise<Ambitd> {
@@ -125,6 +152,8 @@ export class Ambitd {
           log.error({ err: err.message }, 'applying the mesh failed');
         });
     });
+    // Marks first: every socket the daemon opens from here on must escape the capture rules.
+    if (this.capture) setDaemonMark(config.capture.mark);
     this.ports.tunnel = await this.tunnel.listen(config.tunnel);
     this.#source = new MeshFileSource(config.meshFile, this.store, log, { pollMs: config.meshPollMs });
     this.#source.on('applied', () => this.metrics.meshReloads.inc({ result: 'applied' }));
@@ -133,8 +162,34 @@ export class Ambitd {
     await this.#reconciling;
     if (config.registerNode) await this.#registerNode();
     await this.#startHttp();
+    if (this.capture) await this.#startCapture();
     this.#ready = true;
     log.info({ node: config.nodeName, ports: this.ports, mesh: config.meshFile }, 'ambitd ready');
+  }
+
+  async #startCapture(): Promise<void> {
+    const { config, log } = this;
+    const c = this.capture!;
+    const outbound = await c.outbound.listen(config.outbound);
+    const inbound = await c.plaintext.listen(config.inboundPlaintext);
+    log.info({ outbound, inbound, mark: config.capture.mark }, 'transparent capture listening');
+    // Fail-open workloads are redirected only while the gate is up (that is, while ambitd runs).
+    await this.#gate(true);
+  }
+
+  async #gate(up: boolean): Promise<void> {
+    if (!this.capture) return;
+    const { config } = this;
+    try {
+      const backend = await detectBackend(config.capture.backend);
+      await setGate(
+        backend,
+        { outboundPort: this.capture.outbound.port, inboundPort: this.capture.plaintext.port },
+        up,
+      );
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'cannot switch the fail-open gate of the capture rules');
+    }
   }
 
   /** Puts this node's tunnel address in the mesh file, unless it is already there as it is. */
@@ -276,14 +331,38 @@ export class Ambitd {
     this.ports.ready = portOf(ready);
   }
 
-  async close(): Promise<void> {
+  /**
+   * Stops the daemon. With `drainMs`, it first stops accepting (readiness goes 503, listeners close, peers
+   * get GOAWAY) and lets open connections finish for up to `drainMs`, so a restart or upgrade does not
+   * reset long-lived connections that end in time; whatever is still open then is reset.
+   */
+  async close(drainMs = 0): Promise<void> {
+    const wasReady = this.#ready;
     this.#ready = false;
+    if (this.capture) {
+      // Fail-open workloads pass untouched from now on; fail-closed ones are refused until ambitd is back.
+      if (wasReady) await this.#gate(false);
+      this.capture.outbound.close();
+      this.capture.plaintext.close();
+    }
     this.#source?.close();
     this.listeners.close();
-    this.tunnel.close();
+    if (drainMs > 0) {
+      const draining = this.tunnel.close(true);
+      this.pool.drainAll();
+      const deadline = Date.now() + drainMs;
+      while (Date.now() < deadline && this.#openConnections() > 0) await new Promise((r) => setTimeout(r, 100));
+      this.log.info({ remaining: this.#openConnections() }, 'drain finished');
+      void draining;
+    }
+    await this.tunnel.close(false);
     this.pool.close();
     this.certs.close();
     for (const s of this.#http) s.closeAllConnections();
     await Promise.all(this.#http.map((s) => new Promise((r) => s.close(r))));
+  }
+
+  #openConnections(): number {
+    return this.inbound.openConnections + this.pool.stats().streams;
   }
 }

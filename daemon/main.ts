@@ -31,6 +31,7 @@ const program = new Command()
   .option('--metrics <[host:]port>', 'Prometheus /metrics (default: 0.0.0.0:15020)')
   .option('--ready <[host:]port>', '/healthz/ready (default: 0.0.0.0:15021)')
   .option('--connect-timeout <duration>', 'upstream and tunnel connect timeout (default: 5s)')
+  .option('--drain-timeout <duration>', 'on SIGTERM, how long open connections may finish (default: 30s)')
   .showHelpAfterError();
 
 async function main(): Promise<void> {
@@ -51,7 +52,7 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stopping');
-    daemon.close().then(
+    daemon.close(config.drainMs).then(
       () => process.exit(0),
       () => process.exit(1),
     );

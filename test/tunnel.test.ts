@@ -367,3 +367,22 @@ test('a certificate rotation during an open connection leaves it open', async (t
     await teardown(s);
   }
 });
+
+test('stopping with a drain lets an open connection finish, and refuses new ones', async (t) => {
+  const s = await setup();
+  try {
+    const { b } = s.cluster;
+    const sock = await openEcho(s.upstreamPort);
+    const stopping = b.close(20_000);
+    await sleep(200);
+    t.false(b.readiness().ready);
+    t.is(await echoOnce(sock, 'still here'), 'still here');
+    // The pooled session got GOAWAY: a new connection cannot reach node-b any more.
+    await t.throwsAsync(roundTrip(s.upstreamPort, Buffer.from('new')));
+    sock.end();
+    await stopping;
+    t.is(b.inbound.openConnections, 0);
+  } finally {
+    await teardown(s);
+  }
+});
