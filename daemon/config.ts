@@ -3,6 +3,8 @@ import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
+import { consulBaseUrl } from './consul/client.js';
+import { Secret } from './consul/secret.js';
 import { ConfigError } from './errors.js';
 import { LOG_LEVELS, type LogLevel } from './log.js';
 import { defaultMeshFile, defaultStateDir } from './paths.js';
@@ -41,6 +43,10 @@ export interface DaemonConfig {
   readonly ejectMs: number;
   readonly maxAttempts: number;
   readonly meshPollMs: number;
+  /** Consul mode: what happens when no intention matches (as Consul's ACL default policy). */
+  readonly defaultPolicy: 'allow' | 'deny';
+  /** Consul as the control plane and CA; undefined runs the embedded mesh file and CA. */
+  readonly consul: ConsulSettings | undefined;
   /** On SIGTERM, how long open connections may run to their end before they are reset. */
   readonly drainMs: number;
   /** Transparent capture (15001/15006 listeners, socket marks); rules come from `ambit capture install`. */
@@ -82,6 +88,10 @@ export type ConfigInput = Partial<{
   ejectTime: string | number;
   maxAttempts: number | string;
   meshPoll: string | number;
+  consul: string;
+  consulToken: string;
+  consulTokenFile: string;
+  defaultPolicy: string;
   drainTimeout: string | number;
   capture: boolean | string;
   captureMark: number | string;
@@ -92,7 +102,7 @@ export type ConfigInput = Partial<{
   iptablesBackend: string;
 }>;
 
-const KEYS: readonly (keyof ConfigInput)[] = [
+export const CONFIG_KEYS: readonly (keyof ConfigInput)[] = [
   'nodeName',
   'stateDir',
   'meshFile',
@@ -116,6 +126,10 @@ const KEYS: readonly (keyof ConfigInput)[] = [
   'ejectTime',
   'maxAttempts',
   'meshPoll',
+  'consul',
+  'consulToken',
+  'consulTokenFile',
+  'defaultPolicy',
   'drainTimeout',
   'capture',
   'captureMark',
@@ -226,8 +240,8 @@ export function readConfigFile(file: string): ConfigInput {
   if (typeof raw !== 'object' || Array.isArray(raw))
     throw new ConfigError('must be a mapping of settings', { file });
   for (const k of Object.keys(raw)) {
-    if (!(KEYS as readonly string[]).includes(k)) {
-      throw new ConfigError(`unknown setting (known: ${KEYS.join(', ')})`, { file, field: k });
+    if (!(CONFIG_KEYS as readonly string[]).includes(k)) {
+      throw new ConfigError(`unknown setting (known: ${CONFIG_KEYS.join(', ')})`, { file, field: k });
     }
   }
   return raw as ConfigInput;
@@ -235,7 +249,7 @@ export function readConfigFile(file: string): ConfigInput {
 
 export function readEnv(env: NodeJS.ProcessEnv): ConfigInput {
   const out: Record<string, string> = {};
-  for (const k of KEYS) {
+  for (const k of CONFIG_KEYS) {
     const v = env[envName(k)];
     if (v !== undefined && v !== '') out[k] = v;
   }
@@ -255,13 +269,15 @@ export function loadConfig(opts: {
   const layers: { source: string | undefined; input: ConfigInput }[] = [];
   const file = opts.configFile ?? env.AMBIT_CONFIG;
   if (file) layers.push({ source: file, input: readConfigFile(file) });
+  // Consul's own variables, as its CLI reads them; AMBIT_CONSUL* and flags override them.
+  layers.push({ source: 'consul-environment', input: readConsulEnv(env) });
   layers.push({ source: 'environment', input: readEnv(env) });
   layers.push({ source: 'flags', input: opts.flags ?? {} });
 
   const merged: ConfigInput = {};
   const origin = new Map<string, string | undefined>();
   for (const { source, input } of layers) {
-    for (const k of KEYS) {
+    for (const k of CONFIG_KEYS) {
       const v = input[k];
       if (v !== undefined) {
         (merged as Record<string, unknown>)[k] = v;
@@ -274,10 +290,14 @@ export function loadConfig(opts: {
     const name =
       src === 'environment'
         ? envName(field)
+        : src === 'consul-environment'
+          ? (CONSUL_ENV[field] ?? envName(field))
         : src === 'flags'
           ? `--${field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`
           : field;
-    return src && src !== 'environment' && src !== 'flags' ? { file: src, field: name } : { field: name };
+    return src && src !== 'environment' && src !== 'consul-environment' && src !== 'flags'
+      ? { file: src, field: name }
+      : { field: name };
   };
 
   const stateDir = merged.stateDir ?? defaultStateDir(env);
@@ -329,6 +349,8 @@ export function loadConfig(opts: {
     ejectMs: parseDuration(merged.ejectTime ?? '30s', at('ejectTime')),
     maxAttempts: positiveInt(merged.maxAttempts ?? 3, at('maxAttempts')),
     meshPollMs: parseDuration(merged.meshPoll ?? '1s', at('meshPoll')),
+    defaultPolicy: oneOf(merged.defaultPolicy ?? 'allow', ['allow', 'deny'] as const, at('defaultPolicy')),
+    consul: consulSettings(merged, at),
     drainMs: parseDuration(merged.drainTimeout ?? '30s', at('drainTimeout')),
     capture: {
       enabled: bool(merged.capture ?? false, at('capture')),
@@ -360,5 +382,71 @@ export function loadConfig(opts: {
           : nonNegativeInt(merged.captureDaemonUid, at('captureDaemonUid')),
       backend: oneOf(merged.iptablesBackend ?? 'auto', ['auto', 'nft', 'legacy'] as const, at('iptablesBackend')),
     },
+  };
+}
+
+// --- Consul ----------------------------------------------------------------------------------------------
+
+export interface ConsulSettings {
+  /** The local agent: `host:port` or `http(s)://host:port`. */
+  readonly address: string;
+  /** ACL token; a Secret, so config dumps and logs print `[redacted]`. */
+  readonly token: Secret | undefined;
+  /** `wait` of each blocking query. */
+  readonly waitMs: number;
+  /** At most one request per watch per this interval. */
+  readonly minIntervalMs: number;
+  readonly backoffInitialMs: number;
+  readonly backoffMaxMs: number;
+  /** How long start waits for the first full view of the mesh. */
+  readonly startTimeoutMs: number;
+}
+
+const CONSUL_ENV: Partial<Record<keyof ConfigInput, string>> = {
+  consul: 'CONSUL_HTTP_ADDR',
+  consulToken: 'CONSUL_HTTP_TOKEN',
+  consulTokenFile: 'CONSUL_HTTP_TOKEN_FILE',
+};
+
+function readConsulEnv(env: NodeJS.ProcessEnv): ConfigInput {
+  const out: Record<string, string> = {};
+  for (const [k, name] of Object.entries(CONSUL_ENV)) {
+    const v = env[name];
+    if (v !== undefined && v !== '') out[k] = v;
+  }
+  return out as ConfigInput;
+}
+
+function consulSettings(
+  merged: ConfigInput,
+  at: (field: keyof ConfigInput) => { file?: string; field: string },
+): ConsulSettings | undefined {
+  if (merged.consul === undefined || merged.consul === '') {
+    if (merged.consulToken || merged.consulTokenFile) {
+      throw new ConfigError('a Consul token is set but no Consul address (--consul or CONSUL_HTTP_ADDR)', at('consulToken'));
+    }
+    return undefined;
+  }
+  consulBaseUrl(merged.consul, at('consul').field);
+  let token: Secret | undefined;
+  if (merged.consulToken) token = new Secret(merged.consulToken.trim());
+  else if (merged.consulTokenFile) {
+    let text: string;
+    try {
+      text = readFileSync(merged.consulTokenFile, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`cannot read the token file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, at('consulTokenFile'));
+    }
+    if (!text.trim()) throw new ConfigError('the token file is empty', at('consulTokenFile'));
+    token = new Secret(text.trim());
+  }
+  return {
+    address: merged.consul,
+    token,
+    waitMs: 300_000,
+    minIntervalMs: 1000,
+    backoffInitialMs: 1000,
+    backoffMaxMs: 30_000,
+    startTimeoutMs: 10_000,
   };
 }
