@@ -16,6 +16,7 @@ import {
 } from '../daemon/state/mesh-edit.js';
 import { DEFAULT_TUNNEL_PORT, fmtHostPort, readMeshFile } from '../daemon/state/meshfile.js';
 import type {
+  FailMode,
   MeshMode,
   Policy,
   PolicyAction,
@@ -37,13 +38,15 @@ import {
   parseUpstream,
   repeatable,
 } from './args.js';
+import { refreshCaptureAfterEnroll, registerCapture } from './capture.js';
+import { type ConsulCliOpts, consulClient, consulEnroll, consulUnenroll } from './consul.js';
 
 export const EXIT_OK = 0;
 export const EXIT_USER = 1;
 export const EXIT_MESH_INVALID = 2;
 export const EXIT_UNREACHABLE = 3;
 
-interface GlobalOpts {
+interface GlobalOpts extends ConsulCliOpts {
   stateDir: string;
   mesh: string | undefined;
   admin: string;
@@ -136,6 +139,17 @@ export function buildProgram(io: Io): Command {
         .default(DEFAULT_ADMIN)
         .argParser(parseAdmin),
     )
+    .addOption(
+      new Option('--consul <addr>', 'enroll through the Consul agent at addr instead of the mesh file').env(
+        'CONSUL_HTTP_ADDR',
+      ),
+    )
+    .addOption(new Option('--consul-token <token>', 'Consul ACL token').env('CONSUL_HTTP_TOKEN'))
+    .addOption(
+      new Option('--consul-token-file <file>', 'file holding the Consul ACL token').env(
+        'CONSUL_HTTP_TOKEN_FILE',
+      ),
+    )
     .showHelpAfterError('(run with --help for usage)')
     .configureOutput({
       writeOut: io.out,
@@ -154,7 +168,12 @@ export function buildProgram(io: Io): Command {
     .requiredOption('--service <svc>', 'service the workload belongs to; its identity is this service')
     .option('--namespace <ns>', 'namespace of the service', 'default')
     .option('--node <node>', 'node (host running ambitd) the workload runs on', hostname())
-    .requiredOption('--address <ip>', 'IP address of the workload (repeatable)', repeatable(parseIp))
+    .option('--address <ip>', 'IP address of the workload (repeatable)', repeatable(parseIp))
+    .option(
+      '--ip <ip>',
+      "same as --address; a --uid workload defaults to its node's address",
+      repeatable(parseIp),
+    )
     .option(
       '--port <port>',
       'port the workload serves (repeatable; none = every port)',
@@ -171,25 +190,46 @@ export function buildProgram(io: Io): Command {
       'explicit upstream listener (repeatable), e.g. api:8080=15101 or api.prod=127.0.0.1:15101',
       (v: string, prev: string[] | undefined) => [...(prev ?? []), v],
     )
+    .addOption(
+      new Option(
+        '--fail-mode <mode>',
+        'capture while ambitd is down [default: closed if strict, else open]',
+      ).choices(['open', 'closed']),
+    )
+    .option('--no-capture', 'do not update the capture rules installed on this host')
     .action(async (name: string, o: EnrollOpts, cmd: Command) => {
       flag(`workload name "${name}"`, () => checkObjectName(name, 'workload name'));
+      const given = [...(o.address ?? []), ...(o.ip ?? [])];
+      if (given.length === 0 && o.uid === undefined)
+        throw new ConfigError(
+          'give --ip (a workload with an address of its own) or --uid (a process on the host network)',
+        );
       flag(`--service "${o.service}"`, () => checkServiceName(o.service));
       flag(`--namespace "${o.namespace}"`, () => checkServiceName(o.namespace, 'namespace'));
       flag(`--node "${o.node}"`, () => checkObjectName(o.node, 'node name'));
       const upstreams: Upstream[] = (o.upstream ?? []).map((u) =>
         flag(`--upstream "${u}"`, () => parseUpstream(u, o.namespace)),
       );
-      const w: Workload = {
+      let w: Workload = {
         name,
         service: o.service,
         namespace: o.namespace,
         node: o.node,
-        addresses: [...new Set(o.address)],
+        addresses: [...new Set(given)],
         ports: [...new Set(o.port ?? [])],
         uid: o.uid,
         mode: o.mode,
+        ...(o.failMode ? { failMode: o.failMode } : {}),
         upstreams,
       };
+      const consul = consulClient(globals(cmd));
+      if (consul) {
+        await consulEnroll(consul, w);
+        io.out(
+          `registered workload ${name} (service ${w.service}) on node ${w.node} with Consul at ${consul.address}\n`,
+        );
+        return;
+      }
       const file = meshPath(globals(cmd));
       let existed = false;
       await editMeshFile(file, (doc) => {
@@ -198,6 +238,10 @@ export function buildProgram(io: Io): Command {
             `node "${o.node}" is not in the mesh: start ambitd on it, or add it with \`ambit node set ${o.node} --address <ip>\``,
           );
         }
+        if (w.addresses.length === 0) {
+          const nodeAddress = doc.getIn(['nodes', o.node, 'address']);
+          if (typeof nodeAddress === 'string') w = { ...w, addresses: [nodeAddress] };
+        }
         existed = upsertWorkload(doc, w);
       });
       const ports = w.ports.length ? ` ports ${w.ports.join(',')}` : '';
@@ -205,6 +249,10 @@ export function buildProgram(io: Io): Command {
         `${existed ? 'updated' : 'enrolled'} workload ${name} (service ${w.service}.${w.namespace}, ` +
           `${w.addresses.join(',')}${ports}) on node ${w.node}\n`,
       );
+      if (o.capture !== false) {
+        const updated = await refreshCaptureAfterEnroll(globals(cmd), w.node);
+        if (updated) io.out(updated);
+      }
     });
 
   program
@@ -212,6 +260,11 @@ export function buildProgram(io: Io): Command {
     .description('Remove a workload from the mesh.')
     .argument('<name>', 'workload name')
     .action(async (name: string, _o: unknown, cmd: Command) => {
+      const consul = consulClient(globals(cmd));
+      if (consul) {
+        await consulUnenroll(consul, name);
+        return io.out(`deregistered workload ${name} from Consul at ${consul.address}\n`);
+      }
       await editMeshFile(meshPath(globals(cmd)), (doc) => {
         if (!removeWorkload(doc, name)) throw new NotFoundError(`workload "${name}"`);
       });
@@ -414,6 +467,7 @@ export function buildProgram(io: Io): Command {
       );
     });
 
+  registerCapture(program, io);
   return program;
 }
 
@@ -421,7 +475,10 @@ interface EnrollOpts {
   service: string;
   namespace: string;
   node: string;
-  address: string[];
+  address?: string[];
+  ip?: string[];
+  failMode?: FailMode;
+  capture?: boolean;
   port?: number[];
   uid?: number;
   mode: MeshMode;

@@ -198,18 +198,25 @@ function positiveInt(v: number | string, where: { file?: string; field: string }
 }
 
 /** SSH, DNS and Consul's ports (server RPC, Serf, HTTP/HTTPS/gRPC, DNS): never captured by default. */
-export const DEFAULT_EXCLUDE_PORTS: readonly number[] = [22, 53, 8300, 8301, 8302, 8500, 8501, 8502, 8503, 8600];
+export const DEFAULT_EXCLUDE_PORTS: readonly number[] = [
+  22, 53, 8300, 8301, 8302, 8500, 8501, 8502, 8503, 8600,
+];
 
 /** A list from a file (a YAML list) or the environment / a flag (comma-separated). */
 function listOf(v: string | readonly (string | number)[], where: { file?: string; field: string }): string[] {
   if (Array.isArray(v)) return v.map(String);
-  if (typeof v === 'string') return v.split(',').map((x) => x.trim()).filter((x) => x !== '');
+  if (typeof v === 'string')
+    return v
+      .split(',')
+      .map((x) => x.trim())
+      .filter((x) => x !== '');
   throw new ConfigError(`must be a list or a comma-separated string, got ${JSON.stringify(v)}`, where);
 }
 
 function nonNegativeInt(v: number | string, where: { file?: string; field: string }): number {
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new ConfigError(`must be an integer >= 0, got ${JSON.stringify(v)}`, where);
+  if (!Number.isInteger(n) || n < 0)
+    throw new ConfigError(`must be an integer >= 0, got ${JSON.stringify(v)}`, where);
   return n;
 }
 
@@ -292,9 +299,9 @@ export function loadConfig(opts: {
         ? envName(field)
         : src === 'consul-environment'
           ? (CONSUL_ENV[field] ?? envName(field))
-        : src === 'flags'
-          ? `--${field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`
-          : field;
+          : src === 'flags'
+            ? `--${field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`
+            : field;
     return src && src !== 'environment' && src !== 'consul-environment' && src !== 'flags'
       ? { file: src, field: name }
       : { field: name };
@@ -360,27 +367,42 @@ export function loadConfig(opts: {
         ['passthrough', 'refuse'] as const,
         at('unenrolledSource'),
       ),
-      excludePorts: listOf(merged.captureExcludePorts ?? DEFAULT_EXCLUDE_PORTS, at('captureExcludePorts')).map(
-        (p) => {
-          const n = Number(p);
-          if (!Number.isInteger(n) || n < 1 || n > 65535)
-            throw new ConfigError(`must list ports 1..65535, got ${JSON.stringify(p)}`, at('captureExcludePorts'));
-          return n;
-        },
-      ),
+      excludePorts: listOf(
+        merged.captureExcludePorts ?? DEFAULT_EXCLUDE_PORTS,
+        at('captureExcludePorts'),
+      ).map((p) => {
+        const n = Number(p);
+        if (!Number.isInteger(n) || n < 1 || n > 65535)
+          throw new ConfigError(
+            `must list ports 1..65535, got ${JSON.stringify(p)}`,
+            at('captureExcludePorts'),
+          );
+        return n;
+      }),
       excludeCidrs: listOf(merged.captureExcludeCidrs ?? [], at('captureExcludeCidrs')).map((c) => {
         const [ip, bits, extra] = String(c).split('/');
         const fam = isIP(ip ?? '');
         const max = fam === 6 ? 128 : 32;
-        if (fam === 0 || extra !== undefined || (bits !== undefined && !(Number(bits) >= 0 && Number(bits) <= max)))
-          throw new ConfigError(`must list CIDRs such as 10.0.0.0/8, got ${JSON.stringify(c)}`, at('captureExcludeCidrs'));
+        if (
+          fam === 0 ||
+          extra !== undefined ||
+          (bits !== undefined && !(Number(bits) >= 0 && Number(bits) <= max))
+        )
+          throw new ConfigError(
+            `must list CIDRs such as 10.0.0.0/8, got ${JSON.stringify(c)}`,
+            at('captureExcludeCidrs'),
+          );
         return String(c);
       }),
       daemonUid:
         merged.captureDaemonUid === undefined || merged.captureDaemonUid === ''
           ? undefined
           : nonNegativeInt(merged.captureDaemonUid, at('captureDaemonUid')),
-      backend: oneOf(merged.iptablesBackend ?? 'auto', ['auto', 'nft', 'legacy'] as const, at('iptablesBackend')),
+      backend: oneOf(
+        merged.iptablesBackend ?? 'auto',
+        ['auto', 'nft', 'legacy'] as const,
+        at('iptablesBackend'),
+      ),
     },
   };
 }
@@ -423,7 +445,10 @@ function consulSettings(
 ): ConsulSettings | undefined {
   if (merged.consul === undefined || merged.consul === '') {
     if (merged.consulToken || merged.consulTokenFile) {
-      throw new ConfigError('a Consul token is set but no Consul address (--consul or CONSUL_HTTP_ADDR)', at('consulToken'));
+      throw new ConfigError(
+        'a Consul token is set but no Consul address (--consul or CONSUL_HTTP_ADDR)',
+        at('consulToken'),
+      );
     }
     return undefined;
   }
@@ -435,7 +460,10 @@ function consulSettings(
     try {
       text = readFileSync(merged.consulTokenFile, 'utf8');
     } catch (err) {
-      throw new ConfigError(`cannot read the token file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, at('consulTokenFile'));
+      throw new ConfigError(
+        `cannot read the token file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+        at('consulTokenFile'),
+      );
     }
     if (!text.trim()) throw new ConfigError('the token file is empty', at('consulTokenFile'));
     token = new Secret(text.trim());

@@ -6,7 +6,7 @@ import { type Reply, portOf, startHttp } from './admin/http.js';
 import { detectBackend, setGate } from './capture/iptables.js';
 import { setDaemonMark } from './capture/mark.js';
 import type { DaemonConfig } from './config.js';
-import { EmbeddedCa } from './identity/ca.js';
+import { type CertificateAuthority, EmbeddedCa } from './identity/ca.js';
 import { CertificateManager } from './identity/manager.js';
 import { spiffeId } from './identity/spiffe.js';
 import { LOG_LEVELS, type LogLevel, type Logger } from './log.js';
@@ -20,6 +20,7 @@ import { ExplicitListeners } from './proxy/outbound/explicit.js';
 import { Balancer } from './proxy/outbound/lb.js';
 import { Outbound } from './proxy/outbound/outbound.js';
 import { Pool } from './proxy/pool/pool.js';
+import { ConsulControlPlane } from './state/consul-source.js';
 import { MeshFileSource } from './state/file-source.js';
 import { editMeshFile, setNode } from './state/mesh-edit.js';
 import type { Workload } from './state/model.js';
@@ -30,6 +31,9 @@ export interface BoundPorts {
   admin: number;
   metrics: number;
   ready: number;
+  /** Capture listeners (15001, 15006); 0 when capture is off. */
+  outbound: number;
+  plaintext: number;
 }
 
 /**
@@ -49,8 +53,10 @@ export class Ambitd {
   readonly tunnel: TunnelServer;
   /** Transparent capture (15001 outbound, 15006 inbound plaintext); only when config.capture.enabled. */
   readonly capture: { outbound: CaptureListener; plaintext: PlaintextListener } | undefined;
-  readonly ports: BoundPorts = { tunnel: 0, admin: 0, metrics: 0, ready: 0 };
+  readonly ports: BoundPorts = { tunnel: 0, admin: 0, metrics: 0, ready: 0, outbound: 0, plaintext: 0 };
   #source: MeshFileSource | undefined;
+  /** Consul mode: the control plane and CA (undefined: the embedded mesh file and CA). */
+  #consul: ConsulControlPlane | undefined;
   #http: Server[] = [];
   #identities = new Map<string, string>();
   #sni = new Map<string, string>();
@@ -118,12 +124,27 @@ export class Ambitd {
       : undefined;
   }
 
-  static async start(config: DaemonConfig, logger: Logger): Promise<Ambitd> {
-    await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
-    const ca = await EmbeddedCa.loadOrCreate(config.caDir, config.trustDomain, logger);
+  static async start(given: DaemonConfig, logger: Logger): Promise<Ambitd> {
+    await mkdir(given.stateDir, { recursive: true, mode: 0o700 });
+    let config = given;
+    let consul: ConsulControlPlane | undefined;
+    let ca: CertificateAuthority;
+    if (config.consul) {
+      consul = await ConsulControlPlane.open(config, logger);
+      config = consul.config; // Consul's trust domain and datacenter, so identities match its leaves
+      ca = consul.ca;
+    } else {
+      ca = await EmbeddedCa.loadOrCreate(config.caDir, config.trustDomain, logger);
+    }
     const certs = new CertificateManager(ca, { ttlMs: config.certTtlMs, logger });
-    await certs.start();
+    try {
+      await certs.start();
+    } catch (err) {
+      await consul?.close();
+      throw err;
+    }
     const d = new Ambitd(config, logger, certs);
+    d.#consul = consul;
     try {
       await d.#start();
     } catch (err) {
@@ -155,12 +176,19 @@ export class Ambitd {
     // Marks first: every socket the daemon opens from here on must escape the capture rules.
     if (this.capture) setDaemonMark(config.capture.mark);
     this.ports.tunnel = await this.tunnel.listen(config.tunnel);
-    this.#source = new MeshFileSource(config.meshFile, this.store, log, { pollMs: config.meshPollMs });
-    this.#source.on('applied', () => this.metrics.meshReloads.inc({ result: 'applied' }));
-    this.#source.on('rejected', () => this.metrics.meshReloads.inc({ result: 'rejected' }));
-    await this.#source.start();
+    if (this.#consul) {
+      await this.#consul.start(this.store, this.certs, this.metrics);
+    } else {
+      this.#source = new MeshFileSource(config.meshFile, this.store, log, { pollMs: config.meshPollMs });
+      this.#source.on('applied', () => this.metrics.meshReloads.inc({ result: 'applied' }));
+      this.#source.on('rejected', () => this.metrics.meshReloads.inc({ result: 'rejected' }));
+      await this.#source.start();
+    }
     await this.#reconciling;
-    if (config.registerNode) await this.#registerNode();
+    if (config.registerNode && this.#consul) {
+      const node = { name: config.nodeName, address: config.advertiseAddress, tunnelPort: this.ports.tunnel };
+      await this.#consul.registerNode(node, 'node');
+    } else if (config.registerNode) await this.#registerNode();
     await this.#startHttp();
     if (this.capture) await this.#startCapture();
     this.#ready = true;
@@ -172,6 +200,8 @@ export class Ambitd {
     const c = this.capture!;
     const outbound = await c.outbound.listen(config.outbound);
     const inbound = await c.plaintext.listen(config.inboundPlaintext);
+    this.ports.outbound = outbound;
+    this.ports.plaintext = inbound;
     log.info({ outbound, inbound, mark: config.capture.mark }, 'transparent capture listening');
     // Fail-open workloads are redirected only while the gate is up (that is, while ambitd runs).
     await this.#gate(true);
@@ -261,8 +291,7 @@ export class Ambitd {
   }
 
   #isSelf(ip: string, port: number): boolean {
-    const own = new Set([this.ports.tunnel, this.ports.admin, this.ports.metrics, this.ports.ready]);
-    if (!own.has(port)) return false;
+    if (port === 0 || !Object.values(this.ports).includes(port)) return false;
     return ip === this.config.advertiseAddress || ip.startsWith('127.') || ip === '::1' || isIP(ip) === 0;
   }
 
@@ -270,6 +299,8 @@ export class Ambitd {
     const checks: Record<string, string> = {};
     checks.started = this.#ready ? 'ok' : 'starting';
     checks.mesh = this.#source?.lastError ? `last edit rejected: ${this.#source.lastError.message}` : 'ok';
+    // Consul unreachable: reported here, but the last known state serves, so the node stays ready.
+    if (this.#consul) checks.consul = this.#consul.readiness();
     const missing = this.localWorkloads().filter((w) => !this.certs.has(this.identityOf(w)));
     checks.certificates = missing.length ? `missing for ${missing.map((w) => w.name).join(', ')}` : 'ok';
     const failed = this.listeners.failures();
@@ -294,6 +325,7 @@ export class Ambitd {
           node: config.nodeName,
           config,
           mesh: this.store.mesh,
+          consul: this.#consul?.dump(),
           certificates: certRows(),
           listeners: this.listeners.listening(),
           pool: this.pool.stats(),
@@ -346,12 +378,14 @@ export class Ambitd {
       this.capture.plaintext.close();
     }
     this.#source?.close();
+    await this.#consul?.close();
     this.listeners.close();
     if (drainMs > 0) {
       const draining = this.tunnel.close(true);
       this.pool.drainAll();
       const deadline = Date.now() + drainMs;
-      while (Date.now() < deadline && this.#openConnections() > 0) await new Promise((r) => setTimeout(r, 100));
+      while (Date.now() < deadline && this.#openConnections() > 0)
+        await new Promise((r) => setTimeout(r, 100));
       this.log.info({ remaining: this.#openConnections() }, 'drain finished');
       void draining;
     }

@@ -14,7 +14,12 @@ export type AmbitErrorCode =
   | 'AMBIT_UPSTREAM_FAILED'
   | 'AMBIT_TUNNEL_FAILED'
   | 'AMBIT_PEER_IDENTITY'
-  | 'AMBIT_ADMIN_UNREACHABLE';
+  | 'AMBIT_ADMIN_UNREACHABLE'
+  | 'AMBIT_CONSUL_UNAVAILABLE'
+  | 'AMBIT_CONSUL_FORBIDDEN'
+  | 'AMBIT_CONSUL_REQUEST'
+  | 'AMBIT_CAPTURE_UNAVAILABLE'
+  | 'AMBIT_CAPTURE_FAILED';
 
 export class AmbitError extends Error {
   readonly code: AmbitErrorCode;
@@ -121,5 +126,55 @@ export class PeerIdentityError extends AmbitError {
       'AMBIT_PEER_IDENTITY',
       `peer presented ${got.length ? got.join(', ') : 'no SPIFFE identity'}, expected ${expected.join(' or ')}`,
     );
+  }
+}
+
+/** Consul could not be reached or answered with a server error; the daemon keeps its last known state. */
+export class ConsulUnavailableError extends AmbitError {
+  readonly address: string;
+  constructor(address: string, reason: string, options?: { cause?: unknown }) {
+    super('AMBIT_CONSUL_UNAVAILABLE', `Consul at ${address} is unavailable: ${reason}`, options);
+    this.address = address;
+  }
+}
+
+/**
+ * Consul answered 403. `permission` names the ACL rule the token lacks (e.g. `service:write on "web"`), or
+ * says that Consul does not know the token at all. The token itself is never part of the message.
+ */
+export class ConsulPermissionError extends AmbitError {
+  readonly permission: string;
+  readonly request: string;
+  constructor(request: string, permission: string, detail: string) {
+    super(
+      'AMBIT_CONSUL_FORBIDDEN',
+      `Consul refused ${request} (403): the ACL token ${permission}` +
+        (detail ? ` (Consul said: ${detail})` : ''),
+    );
+    this.permission = permission;
+    this.request = request;
+  }
+}
+
+/** Consul refused a request as malformed or unknown (4xx other than 403). */
+export class ConsulRequestError extends AmbitError {
+  readonly status: number;
+  constructor(request: string, status: number, detail: string) {
+    super('AMBIT_CONSUL_REQUEST', `Consul refused ${request} (${status}): ${detail || 'no detail'}`);
+    this.status = status;
+  }
+}
+
+/** Transparent capture cannot work here: not Linux, or the native binding is not built. */
+export class CaptureUnavailableError extends AmbitError {
+  constructor(message: string) {
+    super('AMBIT_CAPTURE_UNAVAILABLE', message);
+  }
+}
+
+/** Installing, removing or reading the capture rules failed (an iptables command said no). */
+export class CaptureError extends AmbitError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('AMBIT_CAPTURE_FAILED', message, options);
   }
 }

@@ -46,7 +46,9 @@ export type RefusalReason =
   | 'no_endpoint'
   | 'upstream_failed'
   | 'tls_failure'
-  | 'peer_identity';
+  | 'peer_identity'
+  | 'plaintext'
+  | 'not_redirected';
 
 export class Metrics {
   readonly registry = new Registry();
@@ -60,6 +62,9 @@ export class Metrics {
   readonly tunnelSessions: Gauge<'state'>;
   readonly activeConnections: Gauge<'direction'>;
   readonly handshakes: Counter<'direction'>;
+  readonly consulRequests: Counter<'endpoint' | 'code'>;
+  readonly consulStale: Gauge;
+  readonly consulLastContact: Gauge;
 
   constructor(opts: { processMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -122,6 +127,22 @@ export class Metrics {
       name: 'ambit_tls_handshakes_total',
       help: 'Completed tunnel TLS handshakes (outbound: sessions this daemon opened; inbound: accepted)',
       labelNames: ['direction'],
+      registers,
+    });
+    this.consulRequests = new Counter({
+      name: 'ambit_consul_requests_total',
+      help: 'HTTP requests to the Consul agent, by endpoint family and status code (or error)',
+      labelNames: ['endpoint', 'code'],
+      registers,
+    });
+    this.consulStale = new Gauge({
+      name: 'ambit_consul_stale',
+      help: '1 while Consul cannot be reached and the last known state is serving, else 0',
+      registers,
+    });
+    this.consulLastContact = new Gauge({
+      name: 'ambit_consul_last_contact_timestamp_seconds',
+      help: 'When Consul last answered a query',
       registers,
     });
     if (opts.processMetrics !== false) collectDefaultMetrics({ register: this.registry });

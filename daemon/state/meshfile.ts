@@ -16,6 +16,7 @@
  *     ports: [8080]               # optional; integers 1..65535, no duplicates; empty = every port
  *     uid: 1001                   # optional owner uid (integer >= 0), for processes on the host network
  *     mode: strict                # strict | permissive; default strict
+ *     failMode: closed            # open | closed: capture while ambitd is down; default closed if strict, else open
  *     upstreams:                  # optional explicit upstreams: local listeners leading to a service
  *       - { service: api, namespace: default, port: 9090, listen: "127.0.0.1:15101" }
  *         # namespace defaults to the workload's; port is optional; listen is "ip:port",
@@ -48,6 +49,7 @@ import { extname } from 'node:path';
 import { type Document, LineCounter, parseDocument } from 'yaml';
 import { MeshFileError } from '../errors.js';
 import type {
+  FailMode,
   Mesh,
   MeshMode,
   MeshNode,
@@ -250,6 +252,7 @@ const WORKLOAD_KEYS = [
   'ports',
   'uid',
   'mode',
+  'failMode',
   'upstreams',
 ] as const;
 
@@ -281,6 +284,9 @@ function parseWorkload(key: string, v: unknown, path: PathSeg[]): Workload {
     ports: uniqueList(o.ports, [...path, 'ports'], port, 'port'),
     uid,
     mode: oneOf<MeshMode>(o.mode, [...path, 'mode'], ['strict', 'permissive'], 'strict'),
+    ...(o.failMode === undefined || o.failMode === null
+      ? {}
+      : { failMode: oneOf<FailMode>(o.failMode, [...path, 'failMode'], ['open', 'closed'], 'closed') }),
     upstreams: list(o.upstreams, [...path, 'upstreams']).map((u, i) =>
       parseUpstream(u, [...path, 'upstreams', i], namespace),
     ),
@@ -573,6 +579,7 @@ export interface WorkloadDoc {
   ports?: number[];
   uid?: number;
   mode?: MeshMode;
+  failMode?: FailMode;
   upstreams?: UpstreamDoc[];
 }
 
@@ -628,6 +635,7 @@ export function workloadToDoc(w: Workload): WorkloadDoc {
   if (w.ports.length) d.ports = [...w.ports];
   if (w.uid !== undefined) d.uid = w.uid;
   if (w.mode !== 'strict') d.mode = w.mode;
+  if (w.failMode !== undefined) d.failMode = w.failMode;
   if (w.upstreams.length) d.upstreams = w.upstreams.map((u) => upstreamToDoc(u, w.namespace));
   return d as WorkloadDoc;
 }

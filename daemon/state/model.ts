@@ -2,6 +2,7 @@
 // produce exactly this, so the data path never knows which one is in use.
 
 export type MeshMode = 'strict' | 'permissive';
+export type FailMode = 'open' | 'closed';
 export type PolicyAction = 'allow' | 'deny';
 
 /** A host running ambitd. The tunnel (HBONE) listener of its daemon is at address:tunnelPort. */
@@ -32,6 +33,11 @@ export interface Workload {
   /** Owner uid, for processes that share the host's network (transparent capture). */
   readonly uid: number | undefined;
   readonly mode: MeshMode;
+  /**
+   * What transparent capture does with this workload's traffic while ambitd is down: `closed` refuses it,
+   * `open` lets it pass untouched. Absent: closed for strict workloads, open for permissive ones.
+   */
+  readonly failMode?: FailMode;
   readonly upstreams: readonly Upstream[];
 }
 

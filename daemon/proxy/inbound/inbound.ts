@@ -1,22 +1,15 @@
 import type { IncomingHttpHeaders, ServerHttp2Session, ServerHttp2Stream } from 'node:http2';
-import { connect as netConnect } from 'node:net';
+import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import {
-  type ConnectionRefusal,
-  type ResponseFlag,
-  badRequest,
-  denied,
-  unknownWorkload,
-  upstreamFailed,
-} from '../../errors.js';
+import { type ConnectionRefusal, badRequest, denied, unknownWorkload, upstreamFailed } from '../../errors.js';
 import { parseSpiffeId, uriSans } from '../../identity/spiffe.js';
 import type { Logger } from '../../log.js';
-import type { ConnectionLabels, Metrics, RefusalReason } from '../../metrics/metrics.js';
+import type { Metrics, RefusalReason } from '../../metrics/metrics.js';
 import { type Peer, authorize } from '../../rbac.js';
 import type { Workload } from '../../state/model.js';
 import type { StateStore } from '../../state/store.js';
-import { type HostPort, parseAuthority, parseForwardedFor } from '../hbone.js';
-import { pipeBoth } from '../pipe.js';
+import { ConnectionAccount, type Party, connectUpstream } from '../account.js';
+import { type HostPort, formatAuthority, parseAuthority, parseForwardedFor } from '../hbone.js';
 
 export interface InboundDeps {
   readonly store: StateStore;
@@ -112,7 +105,7 @@ export class Inbound {
       this.#refuse(stream, refusal, peer, workload, authority, src, started);
       return;
     }
-    this.#connect(stream, peer, workload, target, src, started);
+    void this.#connect(stream, peer, workload, target, src, started);
   }
 
   #peer(session: ServerHttp2Session): Peer | undefined {
@@ -142,36 +135,38 @@ export class Inbound {
    * The source workload's name, when the address in `forwarded` belongs to a workload whose identity is the
    * one the peer proved; the header alone is never trusted.
    */
-  #sourceWorkload(peer: Peer | undefined, src: string | undefined): string {
-    if (!peer) return 'unknown';
+  #sourceWorkload(peer: Peer, src: string | undefined): string | undefined {
     if (src) {
       for (const w of this.#d.store.workloadsByIp(src))
         if (this.#d.identityOf(w) === peer.principal) return w.name;
     }
-    return peer.service ?? 'unknown';
+    return peer.service;
   }
 
-  #labels(
+  #account(
     peer: Peer | undefined,
     w: Workload | undefined,
-    flags: ResponseFlag,
-    src?: string,
-  ): ConnectionLabels {
-    return {
-      reporter: 'destination',
-      source_workload: this.#sourceWorkload(peer, src),
-      source_workload_namespace: peer?.namespace ?? 'unknown',
-      source_principal: peer?.principal ?? 'unknown',
-      source_app: peer?.service ?? 'unknown',
-      destination_service: w ? `${w.service}.${w.namespace}` : 'unknown',
-      destination_service_name: w?.service ?? 'unknown',
-      destination_service_namespace: w?.namespace ?? 'unknown',
-      destination_workload: w?.name ?? 'unknown',
-      destination_principal: w ? this.#d.identityOf(w) : 'unknown',
-      request_protocol: 'tcp',
-      connection_security_policy: 'mutual_tls',
-      response_flags: flags,
+    authority: string | undefined,
+    src: string | undefined,
+    started: number,
+  ): ConnectionAccount {
+    const from: Party = peer
+      ? {
+          addr: src,
+          workload: this.#sourceWorkload(peer, src),
+          namespace: peer.namespace,
+          service: peer.service,
+          principal: peer.principal,
+        }
+      : { addr: src };
+    const to: Party = {
+      addr: authority,
+      workload: w?.name,
+      namespace: w?.namespace,
+      service: w?.service,
+      principal: w ? this.#d.identityOf(w) : undefined,
     };
+    return new ConnectionAccount(this.#d, 'inbound', from, to, 'mutual_tls', started);
   }
 
   #refuse(
@@ -183,97 +178,41 @@ export class Inbound {
     src: string | undefined,
     started: number,
   ): void {
-    const status = refusal.status ?? 503;
-    const flag = refusal.flag ?? 'UF';
     const reason = REFUSAL_REASON[refusal.code] ?? 'upstream_failed';
-    this.#d.metrics.refusedConnection(this.#labels(peer, w, flag, src), 'inbound', reason);
-    this.#d.log.info(
-      {
-        access: 'inbound',
-        src: { addr: src, identity: peer?.principal },
-        dst: { authority, workload: w?.name },
-        status,
-        response_flags: flag,
-        reason: refusal.message,
-        duration_ms: Date.now() - started,
-      },
-      'connection refused',
-    );
-    if (!stream.destroyed && !stream.headersSent) stream.respond({ ':status': status }, { endStream: true });
+    this.#account(peer, w, authority, src, started).refused(refusal.flag, reason, refusal.message, {
+      status: refusal.status,
+    });
+    if (!stream.destroyed && !stream.headersSent)
+      stream.respond({ ':status': refusal.status }, { endStream: true });
   }
 
-  #connect(
+  async #connect(
     stream: ServerHttp2Stream,
     peer: Peer,
     workload: Workload,
     target: HostPort,
     src: string | undefined,
     started: number,
-  ): void {
-    const upstream = netConnect({ host: target.ip, port: target.port, allowHalfOpen: true });
-    upstream.setNoDelay(true);
-    const timer = setTimeout(
-      () => upstream.destroy(new Error('connect timed out')),
-      this.#d.connectTimeoutMs,
-    );
-    const onStreamGone = (): void => {
-      clearTimeout(timer);
+  ): Promise<void> {
+    const authority = formatAuthority(target.ip, target.port);
+    let upstream: Socket;
+    try {
+      // Marked (when capture is on) so that the capture rules do not take it for plaintext inbound.
+      upstream = await connectUpstream(target.ip, target.port, this.#d.connectTimeoutMs);
+    } catch (err) {
+      const failed = upstreamFailed(`connect to ${authority} failed: ${(err as Error).message}`);
+      return this.#refuse(stream, failed, peer, workload, authority, src, started);
+    }
+    if (stream.destroyed) {
       upstream.destroy();
-    };
-    stream.once('close', onStreamGone);
-    upstream.once('error', (err) => {
-      clearTimeout(timer);
-      stream.removeListener('close', onStreamGone);
-      this.#refuse(
-        stream,
-        upstreamFailed(`connect to ${target.ip}:${target.port} failed: ${err.message}`),
-        peer,
-        workload,
-        `${target.ip}:${target.port}`,
-        src,
-        started,
-      );
-    });
-    upstream.once('connect', () => {
-      clearTimeout(timer);
-      stream.removeListener('close', onStreamGone);
-      upstream.removeAllListeners('error');
-      if (stream.destroyed) {
-        upstream.destroy();
-        return;
-      }
-      stream.respond({ ':status': 200 });
-      const labels = this.#labels(peer, workload, '-', src);
-      const d = this.#d;
-      d.metrics.opened.inc(labels);
-      d.metrics.activeConnections.inc({ direction: 'inbound' });
-      const entry: OpenConnection = { peer, workload, port: target.port, stream };
-      this.#open.add(entry);
-      pipeBoth(upstream, stream, (err) => {
-        this.#open.delete(entry);
-        d.metrics.activeConnections.dec({ direction: 'inbound' });
-        // Seen from the workload's socket: what it wrote went to the client, what it read came from it.
-        const fromClient = upstream.bytesWritten;
-        const toClient = upstream.bytesRead;
-        d.metrics.connectionClosed(labels, fromClient, toClient);
-        d.log.info(
-          {
-            access: 'inbound',
-            src: { addr: src, identity: peer.principal },
-            dst: {
-              workload: workload.name,
-              addr: `${target.ip}:${target.port}`,
-              identity: labels.destination_principal,
-            },
-            bytes_sent: toClient,
-            bytes_received: fromClient,
-            duration_ms: Date.now() - started,
-            outcome: err ? 'reset' : 'closed',
-            err: err?.message,
-          },
-          'connection closed',
-        );
-      });
-    });
+      return;
+    }
+    stream.respond({ ':status': 200 });
+    const entry: OpenConnection = { peer, workload, port: target.port, stream };
+    this.#open.add(entry);
+    // The TCP side here faces the workload: what it wrote came from the client.
+    this.#account(peer, workload, authority, src, started).carry(upstream, stream, upstream, false, () =>
+      this.#open.delete(entry),
+    );
   }
 }

@@ -1,14 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import type { OutgoingHttpHeaders } from 'node:http2';
-import { type Socket, connect as netConnect } from 'node:net';
-import type { Duplex } from 'node:stream';
+import type { Socket } from 'node:net';
 import { type ResponseFlag, TunnelError } from '../../errors.js';
 import type { Logger } from '../../log.js';
-import type { ConnectionLabels, Metrics, RefusalReason } from '../../metrics/metrics.js';
+import type { Metrics, RefusalReason } from '../../metrics/metrics.js';
 import type { Workload } from '../../state/model.js';
 import type { StateStore } from '../../state/store.js';
+import { ConnectionAccount, type Party, connectUpstream } from '../account.js';
 import { formatAuthority, forwardedFor, newTraceparent } from '../hbone.js';
-import { pipeBoth } from '../pipe.js';
 import type { Pool } from '../pool/pool.js';
 import type { Balancer } from './lb.js';
 
@@ -103,36 +102,38 @@ export class Outbound {
 
   async #run(client: Socket, source: Workload, target: OutboundTarget): Promise<void> {
     const d = this.#d;
-    const started = Date.now();
     const sourceId = d.identityOf(source);
+    const src: Party = {
+      addr: `${client.remoteAddress}:${client.remotePort}`,
+      workload: source.name,
+      namespace: source.namespace,
+      service: source.service,
+      principal: sourceId,
+    };
+    const toService = (plan: Plan | undefined, ep?: Workload): Party => ({
+      addr: targetText(target),
+      service: plan?.service?.name,
+      namespace: plan?.service?.namespace,
+      workload: ep?.name,
+      principal: ep ? d.identityOf(ep) : undefined,
+    });
+    const refuse = (
+      plan: Plan | undefined,
+      reason: RefusalReason,
+      flag: ResponseFlag,
+      why: string,
+      ep?: Workload,
+    ) => {
+      new ConnectionAccount(d, 'outbound', src, toService(plan, ep), 'mutual_tls').refused(flag, reason, why);
+      if (!client.destroyed) client.resetAndDestroy();
+    };
+
     const plan = this.#plan(target);
     if (!plan) {
-      if (target.kind === 'address') return this.#passthrough(client, source, target, started);
-      return this.#refuse(
-        client,
-        source,
-        sourceId,
-        target,
-        undefined,
-        'no_endpoint',
-        'UH',
-        started,
-        'no such service',
-      );
+      if (target.kind === 'address') return this.passthrough(client, src, target);
+      return refuse(undefined, 'no_endpoint', 'UH', 'no such service');
     }
-    if (plan.endpoints.length === 0) {
-      return this.#refuse(
-        client,
-        source,
-        sourceId,
-        target,
-        plan,
-        'no_endpoint',
-        'UH',
-        started,
-        'service has no endpoints',
-      );
-    }
+    if (plan.endpoints.length === 0) return refuse(plan, 'no_endpoint', 'UH', 'service has no endpoints');
 
     const tried = new Set<string>();
     let lastError = 'no endpoint could be tried';
@@ -151,7 +152,6 @@ export class Outbound {
           : `endpoint ${ep.name} has no port to reach`;
         continue;
       }
-      const peerId = d.identityOf(ep);
       const headers: OutgoingHttpHeaders = {
         ':method': 'CONNECT',
         ':authority': formatAuthority(ip, port),
@@ -162,7 +162,7 @@ export class Outbound {
       let answer: Awaited<ReturnType<Pool['connect']>>;
       try {
         answer = await d.pool.connect(
-          { source: sourceId, peer: peerId, address: node.address, port: node.tunnelPort },
+          { source: sourceId, peer: d.identityOf(ep), address: node.address, port: node.tunnelPort },
           headers,
         );
       } catch (err) {
@@ -183,183 +183,40 @@ export class Outbound {
           return;
         }
         d.balancer.succeeded(ep.name);
-        return this.#carry(client, stream, source, sourceId, plan, ep, peerId, started, 'mutual_tls');
+        d.balancer.opened(ep.name);
+        const account = new ConnectionAccount(d, 'outbound', src, toService(plan, ep), 'mutual_tls');
+        return account.carry(client, stream, client, true, () => d.balancer.closed(ep.name));
       }
       stream.close();
-      if (status === 401 || status === 400) {
-        const flag: ResponseFlag = status === 401 ? 'DENY' : 'BAD_REQUEST';
-        const why = status === 401 ? 'denied' : 'bad_request';
-        return this.#refuse(
-          client,
-          source,
-          sourceId,
-          target,
-          plan,
-          why,
-          flag,
-          started,
-          `peer answered ${status}`,
-          ep,
-          peerId,
-        );
-      }
+      if (status === 401) return refuse(plan, 'denied', 'DENY', 'peer answered 401', ep);
+      if (status === 400) return refuse(plan, 'bad_request', 'BAD_REQUEST', 'peer answered 400', ep);
       d.balancer.eject(ep.name);
       lastError = `peer answered ${status}`;
       lastFlag = 'UF';
       reason = 'upstream_failed';
     }
-    return this.#refuse(client, source, sourceId, target, plan, reason, lastFlag, started, lastError);
+    return refuse(plan, reason, lastFlag, lastError);
   }
 
-  #labels(
-    source: Workload,
-    sourceId: string,
-    plan: Plan | undefined,
-    dest: Workload | undefined,
-    destId: string,
-    security: ConnectionLabels['connection_security_policy'],
-    flags: ResponseFlag,
-  ): ConnectionLabels {
-    const svcName = plan?.service?.name ?? 'unknown';
-    const svcNs = plan?.service?.namespace ?? 'unknown';
-    return {
-      reporter: 'source',
-      source_workload: source.name,
-      source_workload_namespace: source.namespace,
-      source_principal: sourceId,
-      source_app: source.service,
-      destination_service: plan?.service ? `${svcName}.${svcNs}` : 'unknown',
-      destination_service_name: svcName,
-      destination_service_namespace: svcNs,
-      destination_workload: dest?.name ?? 'unknown',
-      destination_principal: destId,
-      request_protocol: 'tcp',
-      connection_security_policy: security,
-      response_flags: flags,
-    };
-  }
-
-  #refuse(
-    client: Socket,
-    source: Workload,
-    sourceId: string,
-    target: OutboundTarget,
-    plan: Plan | undefined,
-    reason: RefusalReason,
-    flag: ResponseFlag,
-    started: number,
-    why: string,
-    dest?: Workload,
-    destId = 'unknown',
-  ): void {
+  /** A destination outside the mesh, or a source that is not enrolled: carried as it is, without a tunnel. */
+  async passthrough(client: Socket, src: Party, target: { ip: string; port: number }): Promise<void> {
     const d = this.#d;
-    d.metrics.refusedConnection(
-      this.#labels(source, sourceId, plan, dest, destId, 'mutual_tls', flag),
+    const account = new ConnectionAccount(
+      d,
       'outbound',
-      reason,
+      src,
+      { addr: formatAuthority(target.ip, target.port) },
+      'unknown',
     );
-    d.log.info(
-      {
-        access: 'outbound',
-        src: {
-          workload: source.name,
-          identity: sourceId,
-          addr: `${client.remoteAddress}:${client.remotePort}`,
-        },
-        dst: { target: targetText(target), workload: dest?.name, identity: destId },
-        response_flags: flag,
-        reason: why,
-        duration_ms: Date.now() - started,
-        bytes_sent: 0,
-        bytes_received: 0,
-      },
-      'connection refused',
-    );
-    if (!client.destroyed) client.resetAndDestroy();
-  }
-
-  #carry(
-    client: Socket,
-    stream: Duplex,
-    source: Workload,
-    sourceId: string,
-    plan: Plan | undefined,
-    dest: Workload | undefined,
-    destId: string,
-    started: number,
-    security: ConnectionLabels['connection_security_policy'],
-  ): void {
-    const d = this.#d;
-    const labels = this.#labels(source, sourceId, plan, dest, destId, security, '-');
-    d.metrics.opened.inc(labels);
-    d.metrics.activeConnections.inc({ direction: 'outbound' });
-    if (dest) d.balancer.opened(dest.name);
-    pipeBoth(client, stream, (err) => {
-      if (dest) d.balancer.closed(dest.name);
-      d.metrics.activeConnections.dec({ direction: 'outbound' });
-      const fromClient = client.bytesRead;
-      const toClient = client.bytesWritten;
-      d.metrics.connectionClosed(labels, fromClient, toClient);
-      d.log.info(
-        {
-          access: 'outbound',
-          src: {
-            workload: source.name,
-            identity: sourceId,
-            addr: `${client.remoteAddress}:${client.remotePort}`,
-          },
-          dst: {
-            service: labels.destination_service,
-            workload: labels.destination_workload,
-            identity: destId,
-          },
-          security,
-          bytes_sent: fromClient,
-          bytes_received: toClient,
-          duration_ms: Date.now() - started,
-          outcome: err ? 'reset' : 'closed',
-          err: err?.message,
-        },
-        'connection closed',
-      );
-    });
-    client.resume();
-  }
-
-  /** A destination outside the mesh: carried as it is, without a tunnel, and labelled so. */
-  #passthrough(
-    client: Socket,
-    source: Workload,
-    target: { ip: string; port: number },
-    started: number,
-  ): void {
-    const d = this.#d;
-    const upstream = netConnect({ host: target.ip, port: target.port, allowHalfOpen: true });
-    upstream.setNoDelay(true);
-    const timer = setTimeout(
-      () => upstream.destroy(new Error('connect timeout')),
-      d.connectTimeoutMs,
-    ).unref();
-    const sourceId = d.identityOf(source);
-    upstream.once('error', (err) => {
-      clearTimeout(timer);
-      this.#refuse(
-        client,
-        source,
-        sourceId,
-        { kind: 'address', ...target },
-        undefined,
-        'upstream_failed',
-        'UF',
-        started,
-        err.message,
-      );
-    });
-    upstream.once('connect', () => {
-      clearTimeout(timer);
-      upstream.removeAllListeners('error');
-      this.#carry(client, upstream, source, sourceId, undefined, undefined, 'unknown', started, 'unknown');
-    });
+    let upstream: Socket;
+    try {
+      upstream = await connectUpstream(target.ip, target.port, d.connectTimeoutMs);
+    } catch (err) {
+      account.refused('UF', 'upstream_failed', (err as Error).message);
+      if (!client.destroyed) client.resetAndDestroy();
+      return;
+    }
+    account.carry(client, upstream, client, true);
   }
 }
 

@@ -5,6 +5,7 @@ import {
   connect,
 } from 'node:http2';
 import { type PeerCertificate, connect as tlsConnect } from 'node:tls';
+import { connectTcp } from '../../capture/mark.js';
 import { PeerIdentityError, TunnelError } from '../../errors.js';
 import type { CertificateManager } from '../../identity/manager.js';
 import { uriSans } from '../../identity/spiffe.js';
@@ -51,6 +52,8 @@ export class TunnelSession {
         settings: h2Settings(opts.maxStreams),
         createConnection: () =>
           tlsConnect({
+            // Marked (when capture is on) so that the capture rules never redirect the tunnel itself.
+            socket: connectTcp({ host: key.address, port: key.port }),
             host: key.address,
             port: key.port,
             secureContext: certs.secureContext(key.source),

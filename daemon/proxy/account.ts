@@ -1,0 +1,151 @@
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { connectTcp } from '../capture/mark.js';
+import type { ResponseFlag } from '../errors.js';
+import type { Logger } from '../log.js';
+import type {
+  ConnectionLabels,
+  Metrics,
+  RefusalReason,
+  Reporter,
+  SecurityPolicy,
+} from '../metrics/metrics.js';
+import { pipeBoth } from './pipe.js';
+
+/** One end of a connection as far as the daemon knows it; anything unknown is reported as "unknown". */
+export interface Party {
+  readonly addr?: string | undefined;
+  readonly workload?: string | undefined;
+  readonly namespace?: string | undefined;
+  readonly service?: string | undefined;
+  readonly principal?: string | undefined;
+}
+
+export type Direction = 'inbound' | 'outbound';
+
+/**
+ * The account of one connection, whatever its entry (explicit upstream, capture, tunnel, plaintext):
+ * the same metric labels, the same access-log line, the same open/close bookkeeping. Built once per
+ * connection, when both ends are known.
+ */
+export class ConnectionAccount {
+  readonly #metrics: Metrics;
+  readonly #log: Logger;
+  readonly #direction: Direction;
+  readonly #src: Party;
+  readonly #dst: Party;
+  readonly #security: SecurityPolicy;
+  readonly #started: number;
+
+  constructor(
+    deps: { metrics: Metrics; log: Logger },
+    direction: Direction,
+    src: Party,
+    dst: Party,
+    security: SecurityPolicy,
+    started = Date.now(),
+  ) {
+    this.#started = started;
+    this.#metrics = deps.metrics;
+    this.#log = deps.log;
+    this.#direction = direction;
+    this.#src = src;
+    this.#dst = dst;
+    this.#security = security;
+  }
+
+  labels(flags: ResponseFlag): ConnectionLabels {
+    const s = this.#src;
+    const d = this.#dst;
+    const reporter: Reporter = this.#direction === 'outbound' ? 'source' : 'destination';
+    return {
+      reporter,
+      source_workload: s.workload ?? 'unknown',
+      source_workload_namespace: s.namespace ?? 'unknown',
+      source_principal: s.principal ?? 'unknown',
+      source_app: s.service ?? 'unknown',
+      destination_service: d.service && d.namespace ? `${d.service}.${d.namespace}` : 'unknown',
+      destination_service_name: d.service ?? 'unknown',
+      destination_service_namespace: d.namespace ?? 'unknown',
+      destination_workload: d.workload ?? 'unknown',
+      destination_principal: d.principal ?? 'unknown',
+      request_protocol: 'tcp',
+      connection_security_policy: this.#security,
+      response_flags: flags,
+    };
+  }
+
+  /** A connection that carried nothing: counted opened and closed with its flag, logged with the reason. */
+  refused(flag: ResponseFlag, reason: RefusalReason, why: string, extra?: Record<string, unknown>): void {
+    this.#metrics.refusedConnection(this.labels(flag), this.#direction, reason);
+    this.#log.info(
+      {
+        access: this.#direction,
+        src: this.#src,
+        dst: this.#dst,
+        security: this.#security,
+        response_flags: flag,
+        reason: why,
+        duration_ms: Date.now() - this.#started,
+        bytes_sent: 0,
+        bytes_received: 0,
+        ...extra,
+      },
+      'connection refused',
+    );
+  }
+
+  /**
+   * Pipes `socket` and `other` both ways and accounts for the connection until both close. `tcp` is the
+   * socket whose byte counters are read at the end; `clientSide` says whether it faces the client (so
+   * what it read came from the client) or the workload (what it wrote came from the client).
+   */
+  carry(socket: Socket, other: Duplex, tcp: Socket, clientSide: boolean, onClose?: () => void): void {
+    const m = this.#metrics;
+    const labels = this.labels('-');
+    m.opened.inc(labels);
+    m.activeConnections.inc({ direction: this.#direction });
+    pipeBoth(socket, other, (err) => {
+      onClose?.();
+      m.activeConnections.dec({ direction: this.#direction });
+      const fromClient = clientSide ? tcp.bytesRead : tcp.bytesWritten;
+      const toClient = clientSide ? tcp.bytesWritten : tcp.bytesRead;
+      m.connectionClosed(labels, fromClient, toClient);
+      this.#log.info(
+        {
+          access: this.#direction,
+          src: this.#src,
+          dst: this.#dst,
+          security: this.#security,
+          bytes_sent: fromClient,
+          bytes_received: toClient,
+          duration_ms: Date.now() - this.#started,
+          outcome: err ? 'reset' : 'closed',
+          err: err?.message,
+        },
+        'connection closed',
+      );
+    });
+    socket.resume();
+  }
+}
+
+/**
+ * Connects to a workload or a destination outside the mesh: marked (never captured again), half-close
+ * allowed, no Nagle, bounded by a timeout. Resolves once the TCP connection is up.
+ */
+export function connectUpstream(ip: string, port: number, timeoutMs: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const upstream = connectTcp({ host: ip, port, allowHalfOpen: true, noDelay: true });
+    const timer = setTimeout(() => upstream.destroy(new Error('connect timed out')), timeoutMs);
+    upstream.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    upstream.once('connect', () => {
+      clearTimeout(timer);
+      upstream.removeAllListeners('error');
+      resolve(upstream);
+    });
+  });
+}

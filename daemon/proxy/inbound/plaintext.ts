@@ -1,0 +1,144 @@
+// 15006: plaintext connections to a workload enrolled here that did not come through a tunnel (iptables
+// redirected them). Strict workloads refuse them (counted, logged with the reason); permissive ones take
+// them, labelled connection_security_policy="none". The source has no identity here: an ALLOW policy that
+// names identities therefore refuses plaintext, as ztunnel's does.
+import type { Server, Socket } from 'node:net';
+import { originalDestination } from '../../capture/native.js';
+import type { Listen } from '../../config.js';
+import type { ResponseFlag } from '../../errors.js';
+import type { Logger } from '../../log.js';
+import type { Metrics, RefusalReason } from '../../metrics/metrics.js';
+import { authorize } from '../../rbac.js';
+import type { Workload } from '../../state/model.js';
+import type { StateStore } from '../../state/store.js';
+import { ConnectionAccount, connectUpstream } from '../account.js';
+import { formatAuthority } from '../hbone.js';
+import { listenCapture } from '../outbound/capture.js';
+
+export interface PlaintextDeps {
+  readonly store: StateStore;
+  readonly nodeName: string;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  readonly identityOf: (w: Workload) => string;
+  readonly connectTimeoutMs: number;
+}
+
+const unmap = (ip: string): string => (ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip);
+
+export class PlaintextListener {
+  readonly #d: PlaintextDeps;
+  #servers: Server[] = [];
+  port = 0;
+
+  constructor(deps: PlaintextDeps) {
+    this.#d = deps;
+  }
+
+  async listen(listen: Listen): Promise<number> {
+    const r = await listenCapture(listen, (s) => this.#accept(s));
+    this.#servers = r.servers;
+    this.port = r.port;
+    return r.port;
+  }
+
+  close(): void {
+    for (const s of this.#servers) s.close();
+    this.#servers = [];
+  }
+
+  /** For labels only: a workload known by the client's address (it is not authenticated). */
+  #account(client: Socket, w: Workload | undefined, dst: string, started: number): ConnectionAccount {
+    const ip = unmap(client.remoteAddress ?? '');
+    const ws = this.#d.store.workloadsByIp(ip);
+    const source = ws.length === 1 ? ws[0] : undefined;
+    return new ConnectionAccount(
+      this.#d,
+      'inbound',
+      {
+        addr: `${ip}:${client.remotePort}`,
+        workload: source?.name,
+        namespace: source?.namespace,
+        service: source?.service,
+      },
+      {
+        addr: dst,
+        workload: w?.name,
+        namespace: w?.namespace,
+        service: w?.service,
+        principal: w ? this.#d.identityOf(w) : undefined,
+      },
+      'none',
+      started,
+    );
+  }
+
+  #accept(client: Socket): void {
+    client.on('error', () => {});
+    void this.#serve(client).catch((err: Error) => {
+      this.#d.log.error({ err: err.message }, 'plaintext connection failed unexpectedly');
+      if (!client.destroyed) client.resetAndDestroy();
+    });
+  }
+
+  async #serve(client: Socket): Promise<void> {
+    const d = this.#d;
+    const started = Date.now();
+    const refuse = (
+      w: Workload | undefined,
+      dst: string,
+      reason: RefusalReason,
+      flag: ResponseFlag,
+      why: string,
+    ) => {
+      this.#account(client, w, dst, started).refused(flag, reason, why);
+      if (!client.destroyed) client.resetAndDestroy();
+    };
+    let dst: { ip: string; port: number } | undefined;
+    try {
+      dst = originalDestination(client);
+    } catch (err) {
+      d.log.error({ err: (err as Error).message }, 'cannot read the original destination');
+    }
+    if (!dst) {
+      const here = `${client.localAddress}:${client.localPort}`;
+      return refuse(
+        undefined,
+        here,
+        'not_redirected',
+        'NR',
+        'connection was not redirected by the capture rules',
+      );
+    }
+    const authority = formatAuthority(dst.ip, dst.port);
+    const w = d.store.workloadAt(dst.ip, dst.port);
+    if (!w || w.node !== d.nodeName) {
+      const why = `${authority} is not a workload enrolled on node ${d.nodeName}`;
+      return refuse(undefined, authority, 'unknown_workload', 'NR', why);
+    }
+    if (w.mode === 'strict') {
+      const why = `plaintext connection to strict workload ${w.name} (mTLS required)`;
+      return refuse(w, authority, 'plaintext', 'DENY', why);
+    }
+    const decision = authorize(
+      d.store.policiesFor(w.namespace, w.service),
+      d.store.mesh.defaultPolicy,
+      { principal: '', namespace: undefined, service: undefined },
+      dst.port,
+    );
+    if (!decision.allowed) return refuse(w, authority, 'denied', 'DENY', `plaintext: ${decision.reason}`);
+    let upstream: Socket;
+    try {
+      upstream = await connectUpstream(dst.ip, dst.port, d.connectTimeoutMs);
+    } catch (err) {
+      return refuse(
+        w,
+        authority,
+        'upstream_failed',
+        'UF',
+        `connect to ${authority} failed: ${(err as Error).message}`,
+      );
+    }
+    this.#account(client, w, authority, started).carry(client, upstream, client, true);
+  }
+}

@@ -1,0 +1,597 @@
+// Consul as the control plane, as seen by the daemon: blocking-query watches through the local agent,
+// turned into the one catalog model (`StateStore.replace(mesh)`) that the mesh file also produces.
+//
+// Long polls per host are bounded by what the host runs, never by the size of the mesh:
+//   1  /v1/catalog/services            which services exist; tags `ambit-node=<node>` say which run here
+//   1  /v1/health/service/ambit        where each node's daemon (tunnel listener) is
+//   4  /v1/config/<kind>               service-defaults, -router, -splitter, -resolver
+//   per local service:   /v1/health/service/<svc> (all instances; remote ones kept only when passing),
+//                        /v1/connect/intentions/match?by=destination&name=<svc>
+//   per upstream of a local workload: /v1/health/service/<svc>?passing
+//   and in the Consul CA: roots, and one leaf per local service.
+//
+// Every answer is kept in the state directory (ConsulCache); when Consul is unreachable the last known
+// state keeps serving, staleness is reported (metric, log, readiness), and the watches recover by themselves.
+
+import { EventEmitter } from 'node:events';
+import type { DaemonConfig } from '../config.js';
+import { ConsulCache } from '../consul/cache.js';
+import {
+  type ConsulHealthEntry,
+  META,
+  NODE_SERVICE,
+  fallbackNode,
+  healthEntries,
+  isPassing,
+  isRecord,
+  nodeFromEntry,
+  nodeRegistration,
+  nodeTag,
+  workloadFromEntry,
+} from '../consul/catalog.js';
+import { ConsulClient, Watch, type WatchOptions } from '../consul/client.js';
+import { compileIntentions, parseIntentions } from '../consul/intentions.js';
+import { AmbitError } from '../errors.js';
+import { ConsulCa } from '../identity/consul-ca.js';
+import type { CertificateManager } from '../identity/manager.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics/metrics.js';
+import type { Mesh, MeshNode, Policy, PolicyAction, Service, ServicePort, Workload } from './model.js';
+import type { StateStore } from './store.js';
+
+export const CONFIG_KINDS = [
+  'service-defaults',
+  'service-router',
+  'service-splitter',
+  'service-resolver',
+] as const;
+
+const CATALOG = '/v1/catalog/services';
+const healthPath = (svc: string): string => `/v1/health/service/${encodeURIComponent(svc)}`;
+const intentionsKey = (svc: string): string => `/v1/connect/intentions/match?by=destination&name=${svc}`;
+
+interface WatchSpec {
+  key: string;
+  path: string;
+  query?: Record<string, string | boolean>;
+  allow404?: boolean;
+}
+
+export interface ConsulStatus {
+  /** True while some watch cannot reach Consul, or before any answer since a start from the cache. */
+  stale: boolean;
+  /** Since when the state in force may be out of date. */
+  staleSince: string | undefined;
+  /** Last successful answer from Consul. */
+  lastContact: string | undefined;
+  lastError: string | undefined;
+  /** Long polls open now (catalog, health, intentions, config entries, roots, leaves). */
+  watches: number;
+}
+
+export interface ConsulSourceOptions {
+  nodeName: string;
+  defaultPolicy: PolicyAction;
+  log: Logger;
+  cache: ConsulCache;
+  watch?: WatchOptions;
+  /** How long start() waits for the first complete view of the mesh; default 10 s. */
+  startTimeoutMs?: number;
+}
+
+export interface ConsulSourceEvents {
+  applied: [mesh: Mesh];
+  /** Services with a workload on this node (their leaves are watched). */
+  localServices: [services: string[]];
+  status: [status: ConsulStatus];
+}
+
+export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
+  readonly #client: ConsulClient;
+  readonly #store: StateStore;
+  readonly #opts: ConsulSourceOptions;
+  readonly #log: Logger;
+  readonly #cache: ConsulCache;
+  readonly #watches = new Map<string, Watch<unknown>>();
+  readonly #results = new Map<string, unknown>();
+  readonly #failing = new Map<string, string>();
+  #extraWatches: () => number = () => 0;
+  #lastMeshText: string | undefined;
+  #rebuildTimer: NodeJS.Timeout | undefined;
+  #localServices: string[] = [];
+  #lastContact: Date | undefined;
+  #staleSince: Date | undefined;
+  #lastError: string | undefined;
+  #closed = false;
+  #fromCache = false;
+
+  constructor(client: ConsulClient, store: StateStore, opts: ConsulSourceOptions) {
+    super();
+    this.#client = client;
+    this.#store = store;
+    this.#opts = opts;
+    this.#log = opts.log.child({ component: 'consul' });
+    this.#cache = opts.cache;
+  }
+
+  /** Counts the CA's long polls in the status too. */
+  countAlso(extra: () => number): void {
+    this.#extraWatches = extra;
+  }
+
+  /**
+   * Applies the cached state (if any), starts the watches and waits, bounded, until every watch has
+   * answered once and no new watch was needed, or until Consul proves unreachable while a cached state serves.
+   */
+  async start(): Promise<void> {
+    for (const key of this.#cache.keys()) {
+      if (
+        key === CATALOG ||
+        key.startsWith('/v1/health/') ||
+        key.startsWith('/v1/connect/') ||
+        key.startsWith('/v1/config/')
+      )
+        this.#results.set(key, this.#cache.get(key)?.body);
+    }
+    if (this.#results.size > 0) {
+      this.#fromCache = true;
+      this.#staleSince = this.#cache.savedAt ?? new Date();
+      this.#rebuild();
+      this.#log.info(
+        { file: this.#cache.file, savedAt: this.#cache.savedAt?.toISOString() },
+        'serving the cached Consul state until Consul answers',
+      );
+    }
+    this.#reconcileWatches();
+    const deadline = Date.now() + (this.#opts.startTimeoutMs ?? 10_000);
+    // Bounded: at most startTimeoutMs, in 20 ms steps.
+    while (Date.now() < deadline && !this.#closed) {
+      this.#flushRebuild();
+      const all = [...this.#watches.values()];
+      if (all.every((w) => w.synced) && this.#reconcileWatches() === 0) break;
+      if (this.#fromCache && all.some((w) => w.failing)) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    this.#flushRebuild();
+    if (!this.#fromCache && this.#results.size === 0) this.#store.replace(this.#build());
+  }
+
+  close(): void {
+    this.#closed = true;
+    if (this.#rebuildTimer) clearTimeout(this.#rebuildTimer);
+    for (const w of this.#watches.values()) w.stop();
+    this.#watches.clear();
+  }
+
+  get localServices(): readonly string[] {
+    return this.#localServices;
+  }
+
+  /** Raw config entries by kind, as Consul last gave them (for the waypoint and the config dump). */
+  configEntries(): Record<string, unknown> {
+    const out: Record<string, unknown> = {};
+    for (const kind of CONFIG_KINDS) out[kind] = this.#results.get(`/v1/config/${kind}`) ?? [];
+    return out;
+  }
+
+  status(): ConsulStatus {
+    return {
+      stale: this.#staleSince !== undefined,
+      staleSince: this.#staleSince?.toISOString(),
+      lastContact: this.#lastContact?.toISOString(),
+      lastError: this.#lastError,
+      watches: this.#watches.size + this.#extraWatches(),
+    };
+  }
+
+  /** Watch health reporting shared with the CA's watches. */
+  noteError(key: string, err: Error): void {
+    const wasStale = this.#staleSince !== undefined;
+    this.#failing.set(key, err.message);
+    this.#lastError = err.message;
+    this.#staleSince ??= new Date();
+    if (!wasStale || (err instanceof AmbitError && err.code === 'AMBIT_CONSUL_FORBIDDEN')) {
+      const level = err instanceof AmbitError && err.code === 'AMBIT_CONSUL_FORBIDDEN' ? 'error' : 'warn';
+      this.#log[level](
+        { consul: this.#client.address, err: err.message, lastContact: this.#lastContact?.toISOString() },
+        'Consul query failed; serving the last known state until it answers again',
+      );
+    }
+    this.emit('status', this.status());
+  }
+
+  noteOk(key: string): void {
+    this.#failing.delete(key);
+    this.#lastContact = new Date();
+    if (this.#staleSince !== undefined && this.#failing.size === 0) {
+      this.#log.info(
+        { consul: this.#client.address, staleForMs: Date.now() - this.#staleSince.getTime() },
+        'Consul answers again; state is current',
+      );
+      this.#staleSince = undefined;
+      this.#lastError = undefined;
+      this.#fromCache = false;
+    }
+    this.emit('status', this.status());
+  }
+
+  // --- watches -------------------------------------------------------------------------------------------
+
+  #wanted(): WatchSpec[] {
+    const specs: WatchSpec[] = [
+      { key: CATALOG, path: CATALOG },
+      { key: healthPath(NODE_SERVICE), path: healthPath(NODE_SERVICE) },
+      ...CONFIG_KINDS.map((k) => ({ key: `/v1/config/${k}`, path: `/v1/config/${k}`, allow404: true })),
+    ];
+    const local = new Set(this.#localServiceNames());
+    for (const svc of local) {
+      specs.push({ key: healthPath(svc), path: healthPath(svc) });
+      specs.push({
+        key: intentionsKey(svc),
+        path: '/v1/connect/intentions/match',
+        query: { by: 'destination', name: svc },
+      });
+    }
+    for (const svc of this.#upstreamServices()) {
+      if (local.has(svc) || svc === NODE_SERVICE) continue;
+      specs.push({ key: `${healthPath(svc)}?passing`, path: healthPath(svc), query: { passing: true } });
+    }
+    return specs;
+  }
+
+  /** Starts missing watches and stops unneeded ones; returns how many were started. */
+  #reconcileWatches(): number {
+    if (this.#closed) return 0;
+    const wanted = this.#wanted();
+    const keys = new Set(wanted.map((s) => s.key));
+    for (const [key, w] of this.#watches) {
+      if (keys.has(key)) continue;
+      w.stop();
+      this.#watches.delete(key);
+      this.#results.delete(key);
+      this.#failing.delete(key);
+      this.#cache.delete(key);
+    }
+    let started = 0;
+    for (const spec of wanted) {
+      if (this.#watches.has(spec.key)) continue;
+      const w = new Watch<unknown>(this.#client, spec.path, {
+        ...this.#opts.watch,
+        query: spec.query,
+        allow404: spec.allow404 ?? false,
+      });
+      w.on('change', (body) => {
+        this.#results.set(spec.key, body);
+        this.#cache.set(spec.key, body);
+        this.#scheduleRebuild();
+      });
+      w.on('ok', () => this.noteOk(spec.key));
+      w.on('error', (err) => this.noteError(spec.key, err));
+      this.#watches.set(spec.key, w.start());
+      started++;
+    }
+    return started;
+  }
+
+  #localServiceNames(): string[] {
+    const catalog = this.#results.get(CATALOG);
+    if (!isRecord(catalog)) return [];
+    const tag = nodeTag(this.#opts.nodeName);
+    return Object.entries(catalog)
+      .filter(([, tags]) => Array.isArray(tags) && tags.includes(tag))
+      .map(([name]) => name)
+      .sort();
+  }
+
+  #upstreamServices(): Set<string> {
+    const out = new Set<string>();
+    for (const w of this.#localWorkloads()) for (const u of w.upstreams) out.add(u.service);
+    return out;
+  }
+
+  #localWorkloads(): Workload[] {
+    const out: Workload[] = [];
+    for (const svc of this.#localServiceNames()) {
+      for (const e of healthEntries(this.#results.get(healthPath(svc)))) {
+        if (e.Service.Meta?.[META.node] !== this.#opts.nodeName) continue;
+        const w = this.#decode(e);
+        if (w) out.push(w);
+      }
+    }
+    return out;
+  }
+
+  #decode(e: ConsulHealthEntry): Workload | undefined {
+    try {
+      return workloadFromEntry(e);
+    } catch (err) {
+      this.#log.warn(
+        { service: e.Service.Service, id: e.Service.ID, err: (err as Error).message },
+        'ignoring a Consul service instance',
+      );
+      return undefined;
+    }
+  }
+
+  // --- building the mesh ----------------------------------------------------------------------------------
+
+  #scheduleRebuild(): void {
+    if (this.#rebuildTimer || this.#closed) return;
+    // Answers that arrive together (a registration wakes several watches) become one replace().
+    this.#rebuildTimer = setTimeout(() => this.#flushRebuild(), 10);
+    this.#rebuildTimer.unref();
+  }
+
+  #flushRebuild(): void {
+    if (this.#rebuildTimer) {
+      clearTimeout(this.#rebuildTimer);
+      this.#rebuildTimer = undefined;
+    }
+    if (this.#closed) return;
+    this.#rebuild();
+    this.#reconcileWatches();
+  }
+
+  #rebuild(): void {
+    const mesh = this.#build();
+    const text = JSON.stringify(mesh);
+    const local = this.#localServiceNames();
+    if (local.join(',') !== this.#localServices.join(',')) {
+      this.#localServices = local;
+      this.emit('localServices', local);
+    }
+    if (text === this.#lastMeshText) return;
+    this.#lastMeshText = text;
+    this.#store.replace(mesh);
+    this.#log.info(
+      {
+        nodes: mesh.nodes.length,
+        workloads: mesh.workloads.length,
+        services: mesh.services.length,
+        policies: mesh.policies.length,
+      },
+      'mesh applied from Consul',
+    );
+    this.emit('applied', mesh);
+  }
+
+  #build(): Mesh {
+    const me = this.#opts.nodeName;
+    const nodes = new Map<string, MeshNode>();
+    for (const e of healthEntries(this.#results.get(healthPath(NODE_SERVICE)))) {
+      const n = nodeFromEntry(e);
+      if (n) nodes.set(n.name, n);
+    }
+    const workloads = new Map<string, Workload>();
+    const waypoints = new Map<string, string>();
+    const consider = (e: ConsulHealthEntry, requirePassing: boolean): void => {
+      const local = e.Service.Meta?.[META.node] === me;
+      // Local workloads are enrolled here whatever their health; remote ones are endpoints only when passing.
+      if (!local && requirePassing && !isPassing(e)) return;
+      const w = this.#decode(e);
+      if (!w) return;
+      workloads.set(w.name, w);
+      if (!nodes.has(w.node)) {
+        const n = fallbackNode(e, w.node);
+        if (n) nodes.set(n.name, n);
+      }
+      const wp = e.Service.Meta?.[META.waypoint];
+      if (wp) waypoints.set(`${w.namespace}/${w.service}`, wp);
+    };
+    for (const [key, body] of this.#results) {
+      if (!key.startsWith('/v1/health/service/') || key === healthPath(NODE_SERVICE)) continue;
+      for (const e of healthEntries(body)) consider(e, !key.endsWith('?passing'));
+    }
+    const policies: Policy[] = [];
+    for (const svc of this.#localServiceNames()) {
+      const intentions = parseIntentions(this.#results.get(intentionsKey(svc)), svc);
+      const compiled = compileIntentions(
+        { service: svc, namespace: 'default' },
+        intentions,
+        this.#opts.defaultPolicy,
+      );
+      if (compiled.conflicts.length) {
+        this.#log.warn(
+          { destination: svc, denied: compiled.conflicts },
+          'intentions the L4 model cannot express exactly; denying',
+        );
+      }
+      policies.push(...compiled.policies);
+    }
+    return {
+      defaultPolicy: this.#opts.defaultPolicy,
+      nodes: [...nodes.values()].sort((a, b) => a.name.localeCompare(b.name)),
+      workloads: [...workloads.values()].sort((a, b) => a.name.localeCompare(b.name)),
+      services: this.#services(waypoints),
+      policies,
+    };
+  }
+
+  /** Services with VIPs or a waypoint: `service-defaults` Meta (ambit-vips, ambit-service-ports, ambit-waypoint) or instance Meta. */
+  #services(waypoints: Map<string, string>): Service[] {
+    const out = new Map<string, Service>();
+    const defaults = this.#results.get('/v1/config/service-defaults');
+    for (const entry of Array.isArray(defaults) ? defaults : []) {
+      if (!isRecord(entry) || typeof entry.Name !== 'string' || !isRecord(entry.Meta)) continue;
+      const meta = entry.Meta as Record<string, unknown>;
+      const vips =
+        typeof meta[META.vips] === 'string' ? (meta[META.vips] as string).split(',').filter(Boolean) : [];
+      const ports: ServicePort[] = [];
+      if (typeof meta[META.servicePorts] === 'string') {
+        for (const p of (meta[META.servicePorts] as string).split(',')) {
+          const [a, b] = p.split(':').map(Number);
+          if (a && Number.isInteger(a)) ports.push({ port: a, targetPort: b && Number.isInteger(b) ? b : a });
+        }
+      }
+      const wp = typeof meta[META.waypoint] === 'string' ? (meta[META.waypoint] as string) : undefined;
+      if (!vips.length && !wp) continue;
+      out.set(`default/${entry.Name}`, { name: entry.Name, namespace: 'default', vips, ports, waypoint: wp });
+    }
+    for (const [key, wp] of waypoints) {
+      const [namespace, name] = key.split('/') as [string, string];
+      const s = out.get(key);
+      if (s) {
+        if (!s.waypoint) out.set(key, { ...s, waypoint: wp });
+      } else out.set(key, { name, namespace, vips: [], ports: [], waypoint: wp });
+    }
+    return [...out.values()].sort((a, b) => a.name.localeCompare(b.name));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+/**
+ * Everything the daemon needs for Consul mode, made in one place: the client, the cache, the Consul CA, and
+ * (once the store and certificate manager exist) the source. Keeps daemon.ts's part to a few lines.
+ */
+export class ConsulControlPlane {
+  readonly client: ConsulClient;
+  readonly cache: ConsulCache;
+  readonly ca: ConsulCa;
+  /** The daemon's config with Consul's trust domain and datacenter, so identities match Consul's leaves. */
+  readonly config: DaemonConfig;
+  source: ConsulSource | undefined;
+  readonly #log: Logger;
+  #registration: NodeJS.Timeout | undefined;
+  #closed = false;
+
+  private constructor(
+    config: DaemonConfig,
+    client: ConsulClient,
+    cache: ConsulCache,
+    ca: ConsulCa,
+    log: Logger,
+  ) {
+    this.client = client;
+    this.cache = cache;
+    this.ca = ca;
+    this.#log = log;
+    this.config = { ...config, trustDomain: ca.trustDomain, datacenter: ca.datacenter };
+  }
+
+  static async open(config: DaemonConfig, log: Logger): Promise<ConsulControlPlane> {
+    const settings = config.consul;
+    if (!settings) throw new Error('ConsulControlPlane.open without consul settings');
+    const client = new ConsulClient({ address: settings.address, token: settings.token });
+    const cache = new ConsulCache(config.stateDir, log);
+    await cache.load();
+    try {
+      const ca = await ConsulCa.open(client, cache, { log, watch: watchOptions(config) });
+      return new ConsulControlPlane(config, client, cache, ca, log);
+    } catch (err) {
+      client.close();
+      throw err;
+    }
+  }
+
+  /** Wires the CA to the certificate manager, starts the watches and applies the first view of the mesh. */
+  async start(store: StateStore, certs: CertificateManager, metrics: Metrics): Promise<void> {
+    const { config, ca } = this;
+    const consul = config.consul!;
+    this.client.onRequest = (endpoint, code) => metrics.consulRequests.inc({ endpoint, code });
+    const source = new ConsulSource(this.client, store, {
+      nodeName: config.nodeName,
+      defaultPolicy: config.defaultPolicy,
+      log: this.#log,
+      cache: this.cache,
+      watch: watchOptions(config),
+      startTimeoutMs: consul.startTimeoutMs,
+    });
+    this.source = source;
+    source.countAlso(() => ca.watches);
+    ca.on('roots', (roots) => {
+      try {
+        certs.setRoots(roots);
+      } catch (err) {
+        this.#log.error({ err: (err as Error).message }, 'cannot use the roots Consul sent');
+      }
+    });
+    ca.on('leaf', (identity) => {
+      if (certs.has(identity)) {
+        certs
+          .rotate(identity)
+          .catch((err: Error) => this.#log.error({ identity, err: err.message }, 'leaf rotation failed'));
+      }
+    });
+    ca.on('watchError', (path, err) => source.noteError(path, err));
+    ca.on('watchOk', (path) => source.noteOk(path));
+    source.on('localServices', (services) => ca.watchLeaves(services));
+    const report = (): void => {
+      const s = source.status();
+      metrics.consulStale.set(s.stale ? 1 : 0);
+      if (s.lastContact) metrics.consulLastContact.set(Date.parse(s.lastContact) / 1000);
+    };
+    source.on('status', report);
+    ca.start();
+    await source.start();
+    ca.watchLeaves(source.localServices);
+    report();
+  }
+
+  /** Registers this node's daemon (the `ambit` service at its tunnel address); retried in the background. */
+  registerNode(node: MeshNode, role: string): Promise<void> {
+    const body = nodeRegistration(node, { role });
+    const attempt = async (n: number): Promise<void> => {
+      try {
+        await this.client.put('/v1/agent/service/register', {
+          body,
+          permission: `service:write on "${NODE_SERVICE}"`,
+        });
+        this.#log.info(
+          { node: node.name, address: node.address, tunnelPort: node.tunnelPort },
+          'node registered in Consul',
+        );
+      } catch (err) {
+        if (this.#closed) return;
+        const delay = Math.min(30_000, 1000 * 2 ** Math.min(n, 5));
+        this.#log.warn(
+          { err: (err as Error).message, retryInMs: delay },
+          'cannot register the node in Consul; retrying',
+        );
+        this.#registration = setTimeout(() => void attempt(n + 1), delay).unref();
+      }
+    };
+    return attempt(0);
+  }
+
+  /** For the admin config dump: status, local services, raw config entries. */
+  dump(): unknown {
+    return {
+      address: this.client.address,
+      status: this.source?.status(),
+      localServices: this.source?.localServices,
+      configEntries: this.source?.configEntries(),
+      cache: this.cache.file,
+    };
+  }
+
+  /** The readiness detail: `ok`, or how stale the state in force is and why. */
+  readiness(): string {
+    const s = this.source?.status();
+    if (!s) return 'starting';
+    if (!s.stale) return 'ok';
+    return (
+      `stale since ${s.staleSince}: serving the last known state` +
+      (s.lastContact ? ` (last answer from Consul ${s.lastContact})` : ' (no answer from Consul yet)') +
+      (s.lastError ? `: ${s.lastError}` : '')
+    );
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#registration) clearTimeout(this.#registration);
+    this.source?.close();
+    this.ca.close();
+    await this.cache.flush();
+    this.client.close();
+  }
+}
+
+function watchOptions(config: DaemonConfig): WatchOptions {
+  const c = config.consul!;
+  return {
+    waitMs: c.waitMs,
+    minIntervalMs: c.minIntervalMs,
+    backoff: { initialMs: c.backoffInitialMs, maxMs: c.backoffMaxMs },
+  };
+}

@@ -1,0 +1,9 @@
+{
+  "targets": [
+    {
+      "target_name": "ambit_native",
+      "sources": ["src/ambit_native.c"],
+      "cflags": ["-Wall", "-Wextra", "-O2"]
+    }
+  ]
+}

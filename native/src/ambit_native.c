@@ -1,0 +1,157 @@
+/*
+ * ambit_native: the socket options Node has no API for, on a socket's file descriptor.
+ *   originalDst(fd, family)   -> { address, port }  SO_ORIGINAL_DST (4) / IP6T_SO_ORIGINAL_DST (6)
+ *   setMark(fd, mark)         -> undefined          SO_MARK (needs CAP_NET_ADMIN)
+ *   markedSocket(family, mark)-> fd                 a new non-blocking TCP socket, marked before connect
+ * Errors are thrown as Error objects whose `code` is the errno name (ENOENT, EPERM, ...).
+ * On anything but Linux the module loads and every call throws ENOSYS with a clear message.
+ */
+#include <node_api.h>
+#include <errno.h>
+#include <string.h>
+#include <stdio.h>
+
+#ifdef __linux__
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <linux/netfilter_ipv4.h>
+#ifndef IP6T_SO_ORIGINAL_DST
+#define IP6T_SO_ORIGINAL_DST 80
+#endif
+#endif
+
+static const char *errno_name(int e) {
+  switch (e) {
+    case ENOENT: return "ENOENT";
+    case EPERM: return "EPERM";
+    case EBADF: return "EBADF";
+    case EINVAL: return "EINVAL";
+    case ENOTSOCK: return "ENOTSOCK";
+    case ENOPROTOOPT: return "ENOPROTOOPT";
+    case EAFNOSUPPORT: return "EAFNOSUPPORT";
+    case ENOTCONN: return "ENOTCONN";
+    case EMFILE: return "EMFILE";
+    case ENOSYS: return "ENOSYS";
+    default: return "EIO";
+  }
+}
+
+static napi_value throw_errno(napi_env env, const char *what, int e) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s failed: %s", what, strerror(e));
+  napi_throw_error(env, errno_name(e), msg);
+  return NULL;
+}
+
+static int get_int(napi_env env, napi_value v, int32_t *out) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number) return 0;
+  return napi_get_value_int32(env, v, out) == napi_ok;
+}
+
+static int args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) {
+    napi_throw_type_error(env, "EINVAL", "missing arguments");
+    return 0;
+  }
+  return 1;
+}
+
+#ifdef __linux__
+static napi_value OriginalDst(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t fd, family;
+  if (!args(env, info, 2, argv)) return NULL;
+  if (!get_int(env, argv[0], &fd) || !get_int(env, argv[1], &family) || (family != 4 && family != 6)) {
+    napi_throw_type_error(env, "EINVAL", "originalDst(fd: number, family: 4 | 6)");
+    return NULL;
+  }
+  char text[INET6_ADDRSTRLEN];
+  int port;
+  if (family == 4) {
+    struct sockaddr_in sa;
+    socklen_t len = sizeof sa;
+    memset(&sa, 0, sizeof sa);
+    if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &sa, &len) != 0)
+      return throw_errno(env, "getsockopt(SO_ORIGINAL_DST)", errno);
+    inet_ntop(AF_INET, &sa.sin_addr, text, sizeof text);
+    port = ntohs(sa.sin_port);
+  } else {
+    struct sockaddr_in6 sa;
+    socklen_t len = sizeof sa;
+    memset(&sa, 0, sizeof sa);
+    if (getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &sa, &len) != 0)
+      return throw_errno(env, "getsockopt(IP6T_SO_ORIGINAL_DST)", errno);
+    inet_ntop(AF_INET6, &sa.sin6_addr, text, sizeof text);
+    port = ntohs(sa.sin6_port);
+  }
+  napi_value obj, addr, p;
+  napi_create_object(env, &obj);
+  napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &addr);
+  napi_create_int32(env, port, &p);
+  napi_set_named_property(env, obj, "address", addr);
+  napi_set_named_property(env, obj, "port", p);
+  return obj;
+}
+
+static napi_value SetMark(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t fd;
+  uint32_t mark;
+  if (!args(env, info, 2, argv)) return NULL;
+  if (!get_int(env, argv[0], &fd) || napi_get_value_uint32(env, argv[1], &mark) != napi_ok) {
+    napi_throw_type_error(env, "EINVAL", "setMark(fd: number, mark: number)");
+    return NULL;
+  }
+  if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark) != 0)
+    return throw_errno(env, "setsockopt(SO_MARK)", errno);
+  return NULL;
+}
+
+static napi_value MarkedSocket(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t family;
+  uint32_t mark;
+  if (!args(env, info, 2, argv)) return NULL;
+  if (!get_int(env, argv[0], &family) || (family != 4 && family != 6) ||
+      napi_get_value_uint32(env, argv[1], &mark) != napi_ok) {
+    napi_throw_type_error(env, "EINVAL", "markedSocket(family: 4 | 6, mark: number)");
+    return NULL;
+  }
+  int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket()", errno);
+  if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark) != 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, "setsockopt(SO_MARK)", e);
+  }
+  napi_value out;
+  napi_create_int32(env, fd, &out);
+  return out;
+}
+#else
+static napi_value Unsupported(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_throw_error(env, "ENOSYS",
+                   "transparent capture needs Linux (SO_ORIGINAL_DST, SO_MARK); this platform has neither");
+  return NULL;
+}
+#define OriginalDst Unsupported
+#define SetMark Unsupported
+#define MarkedSocket Unsupported
+#endif
+
+static napi_value Init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    {"originalDst", NULL, OriginalDst, NULL, NULL, NULL, napi_default, NULL},
+    {"setMark", NULL, SetMark, NULL, NULL, NULL, napi_default, NULL},
+    {"markedSocket", NULL, MarkedSocket, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)

@@ -1,0 +1,260 @@
+// The emulator's own behaviour (as Consul documents it), the client layer's blocking-query rules, and the
+// intentions compiler. Emulator-only cases skip against a real agent.
+import { X509Certificate } from 'node:crypto';
+import test from 'ava';
+import { ConsulClient, Watch, describe403 } from '../daemon/consul/client.js';
+import { type ConsulIntention, compileIntentions } from '../daemon/consul/intentions.js';
+import { Secret } from '../daemon/consul/secret.js';
+import { authorize } from '../daemon/rbac.js';
+import { ConsulEmulator, startConsul } from './helpers/consul-emulator.js';
+
+const reg = (id: string, name: string, status = 'passing') => ({
+  body: {
+    ID: id,
+    Name: name,
+    Address: '127.0.0.1',
+    Port: 8080,
+    Tags: ['t'],
+    Check: { Name: 'c', TTL: '30s', Status: status },
+  },
+});
+
+test('registration shows in catalog and health; ?passing filters; blocking returns on change with a higher index', async (t) => {
+  const consul = await startConsul();
+  t.teardown(() => consul.close());
+  const c = new ConsulClient({ address: consul.address });
+  t.teardown(() => c.close());
+  await c.put('/v1/agent/service/register', reg('api-1', 'api'));
+  await c.put('/v1/agent/service/register', reg('api-2', 'api', 'critical'));
+  const cat = await c.get<Record<string, string[]>>('/v1/catalog/services');
+  t.deepEqual(cat.body.api, ['t']);
+  t.true((cat.index ?? 0) >= 2);
+  t.true(cat.knownLeader);
+  const all = await c.get<unknown[]>('/v1/health/service/api');
+  const passing = await c.get<unknown[]>('/v1/health/service/api', { query: { passing: true } });
+  t.is(all.body.length, 2);
+  t.is(passing.body.length, 1);
+  const started = Date.now();
+  const blocked = c.get<Record<string, string[]>>('/v1/catalog/services', {
+    index: cat.index!,
+    waitMs: 30_000,
+  });
+  setTimeout(() => void c.put('/v1/agent/service/register', reg('db-1', 'db')), 200);
+  const next = await blocked;
+  t.true(next.index! > cat.index!);
+  t.truthy(next.body.db);
+  t.true(Date.now() - started >= 150);
+  // wait expires: same index back, no change.
+  const idle = await c.get<unknown>('/v1/catalog/services', { index: next.index!, waitMs: 1000 });
+  t.is(idle.index, next.index);
+  await c.put('/v1/agent/service/deregister/db-1');
+  t.falsy((await c.get<Record<string, string[]>>('/v1/catalog/services')).body.db);
+});
+
+test('Connect CA: roots, a leaf with the SPIFFE URI and validity, released on rotation', async (t) => {
+  const emu = await ConsulEmulator.start({ leafTtlMs: 3600_000 });
+  t.teardown(() => emu.close());
+  const c = new ConsulClient({ address: emu.address });
+  t.teardown(() => c.close());
+  const roots = await c.get<{
+    TrustDomain: string;
+    ActiveRootID: string;
+    Roots: { RootCert: string; Active: boolean }[];
+  }>('/v1/agent/connect/ca/roots');
+  t.is(roots.body.Roots.length, 1);
+  const leaf = await c.get<{ CertPEM: string; ServiceURI: string; ValidAfter: string; ValidBefore: string }>(
+    '/v1/agent/connect/ca/leaf/web',
+  );
+  t.is(leaf.body.ServiceURI, `spiffe://${roots.body.TrustDomain}/ns/default/dc/dc1/svc/web`);
+  const cert = new X509Certificate(leaf.body.CertPEM);
+  t.is(cert.subjectAltName, `URI:${leaf.body.ServiceURI}`);
+  t.true(cert.checkIssued(new X509Certificate(roots.body.Roots[0]!.RootCert)));
+  t.true(Date.parse(leaf.body.ValidBefore) - Date.parse(leaf.body.ValidAfter) >= 3600_000);
+  const blockedLeaf = c.get<{ CertPEM: string }>('/v1/agent/connect/ca/leaf/web', {
+    index: leaf.index!,
+    waitMs: 30_000,
+  });
+  const blockedRoots = c.get<{ Roots: unknown[] }>('/v1/agent/connect/ca/roots', {
+    index: roots.index!,
+    waitMs: 30_000,
+  });
+  await emu.rotateRoots();
+  const [l2, r2] = await Promise.all([blockedLeaf, blockedRoots]);
+  t.is(r2.body.Roots.length, 2);
+  t.not(l2.body.CertPEM, leaf.body.CertPEM);
+});
+
+test('intentions: exact and match in precedence order; config entries with cas; KV', async (t) => {
+  const consul = await startConsul();
+  t.teardown(() => consul.close());
+  const c = new ConsulClient({ address: consul.address });
+  t.teardown(() => c.close());
+  await c.put('/v1/connect/intentions/exact', {
+    query: { source: '*', destination: 'api' },
+    body: { Action: 'deny' },
+  });
+  await c.put('/v1/connect/intentions/exact', {
+    query: { source: 'web', destination: 'api' },
+    body: { Action: 'allow' },
+  });
+  const m = await c.get<Record<string, ConsulIntention[]>>('/v1/connect/intentions/match', {
+    query: { by: 'destination', name: 'api' },
+  });
+  t.deepEqual(
+    m.body.api!.map((i) => [i.SourceName, i.Action]),
+    [
+      ['web', 'allow'],
+      ['*', 'deny'],
+    ],
+  );
+  const one = await c.get<ConsulIntention>('/v1/connect/intentions/exact', {
+    query: { source: 'web', destination: 'api' },
+  });
+  t.is(one.body.Action, 'allow');
+  // cas=0: create only if absent.
+  const entry = { Kind: 'service-defaults', Name: 'api', Protocol: 'http' };
+  t.true((await c.put<boolean>('/v1/config', { body: entry, query: { cas: 0 } })).body);
+  t.false((await c.put<boolean>('/v1/config', { body: entry, query: { cas: 0 } })).body);
+  const got = await c.get<{ ModifyIndex: number; Protocol: string }>('/v1/config/service-defaults/api');
+  t.is(got.body.Protocol, 'http');
+  t.true(
+    (
+      await c.put<boolean>('/v1/config', {
+        body: { ...entry, Protocol: 'grpc' },
+        query: { cas: got.body.ModifyIndex },
+      })
+    ).body,
+  );
+  t.false((await c.put<boolean>('/v1/config', { body: entry, query: { cas: got.body.ModifyIndex } })).body);
+  const list = await c.get<{ Name: string }[]>('/v1/config/service-defaults');
+  t.deepEqual(
+    list.body.map((e) => e.Name),
+    ['api'],
+  );
+  t.is((await c.get('/v1/config/service-router/none', { allow404: true })).status, 404);
+  // KV: base64 values, 404 when missing.
+  t.true((await c.put<boolean>('/v1/kv/a/b', { body: 'hello' })).body);
+  const kv = await c.get<{ Value: string }[]>('/v1/kv/a/b');
+  t.is(Buffer.from(kv.body[0]!.Value, 'base64').toString(), 'hello');
+  t.is((await c.get('/v1/kv/missing', { allow404: true })).status, 404);
+});
+
+test('403 by token: unknown token and missing permission, named in the error; the token never in it', async (t) => {
+  const emu = await ConsulEmulator.start({ acl: { tokens: { good: { 'service:read': '*' } } } });
+  t.teardown(() => emu.close());
+  const bad = new ConsulClient({ address: emu.address, token: new Secret('s3cr3t-value') });
+  const limited = new ConsulClient({ address: emu.address, token: new Secret('good') });
+  t.teardown(() => {
+    bad.close();
+    limited.close();
+  });
+  const e1 = await t.throwsAsync(bad.get('/v1/catalog/services'));
+  t.regex(e1!.message, /not known to Consul \(ACL not found\)/);
+  t.notRegex(e1!.message, /s3cr3t/);
+  const e2 = await t.throwsAsync(limited.get('/v1/agent/connect/ca/leaf/web'));
+  t.regex(e2!.message, /lacks service:write on "web"/);
+  t.is(describe403('Permission denied', 'intentions:read'), 'lacks intentions:read');
+  t.is(JSON.stringify({ token: new Secret('x') }), '{"token":"[redacted]"}');
+});
+
+test('a watch resets when the index goes backwards, never sends index 0 after a read, and does not spin', async (t) => {
+  const emu = await ConsulEmulator.start();
+  t.teardown(() => emu.close());
+  const c = new ConsulClient({ address: emu.address });
+  t.teardown(() => c.close());
+  await c.put('/v1/agent/service/register', reg('a-1', 'a'));
+  const w = new Watch<Record<string, string[]>>(c, '/v1/catalog/services', {
+    minIntervalMs: 50,
+    waitMs: 10_000,
+  });
+  const seen: string[][] = [];
+  w.on('change', (body) => seen.push(Object.keys(body).sort()));
+  w.start();
+  t.teardown(() => w.stop());
+  const until = async (f: () => boolean): Promise<void> => {
+    for (let i = 0; i < 200 && !f(); i++) await new Promise((r) => setTimeout(r, 25));
+  };
+  await until(() => w.index > 1 && emu.requestLog.some((r) => r.blocking));
+  await new Promise((r) => setTimeout(r, 50));
+  const high = w.index;
+  emu.setIndexBackwards();
+  await until(() => w.resets === 1 && w.index >= 1 && w.index < high);
+  t.is(w.resets, 1);
+  t.true(w.index < high);
+  await c.put('/v1/agent/service/register', reg('b-1', 'b'));
+  await until(() => seen.some((s) => s.includes('b')));
+  t.true(seen.some((s) => s.includes('b')));
+  const blocking = emu.requestLog.filter((r) => r.path === '/v1/catalog/services');
+  // Only the first read and the one right after the reset are non-blocking.
+  t.is(blocking.filter((r) => !r.blocking).length, 2);
+  const n = emu.requests;
+  await new Promise((r) => setTimeout(r, 500));
+  t.true(emu.requests - n <= 2, 'an idle watch makes no requests beyond its parked one');
+});
+
+test('a watch backs off with jitter while Consul is down and recovers when it is back', async (t) => {
+  const emu = await ConsulEmulator.start();
+  t.teardown(() => emu.close());
+  const c = new ConsulClient({ address: emu.address });
+  t.teardown(() => c.close());
+  const w = new Watch<unknown>(c, '/v1/catalog/services', {
+    minIntervalMs: 10,
+    backoff: { initialMs: 50, maxMs: 200 },
+  });
+  let errors = 0;
+  let oks = 0;
+  w.on('error', () => errors++);
+  w.on('ok', () => oks++);
+  w.start();
+  t.teardown(() => w.stop());
+  for (let i = 0; i < 100 && oks === 0; i++) await new Promise((r) => setTimeout(r, 20));
+  await emu.down();
+  await new Promise((r) => setTimeout(r, 1000));
+  // Backoff bounded at 200 ms (100–200 ms with equal jitter): at most ~10 attempts a second, not a spin.
+  t.true(errors >= 2 && errors <= 12, `${errors} errors in 1 s`);
+  const before = oks;
+  await emu.up();
+  for (let i = 0; i < 100 && oks === before; i++) await new Promise((r) => setTimeout(r, 20));
+  t.true(oks > before);
+});
+
+test('intentions compile to policies that decide exactly as Consul would', (t) => {
+  const i = (
+    SourceName: string,
+    Action: string,
+    Precedence: number,
+    Permissions?: unknown[],
+  ): ConsulIntention => ({
+    SourceName,
+    DestinationName: 'api',
+    Action,
+    Precedence,
+    Permissions: Permissions ?? null,
+  });
+  const peer = (service: string) => ({
+    principal: `spiffe://td/ns/default/dc/dc1/svc/${service}`,
+    namespace: 'default',
+    service,
+  });
+  const decide = (list: ConsulIntention[], def: 'allow' | 'deny', who: string): boolean => {
+    const { policies } = compileIntentions({ service: 'api', namespace: 'default' }, list, def);
+    return authorize(policies, def, peer(who), 80).allowed;
+  };
+  for (const def of ['allow', 'deny'] as const) {
+    // No intentions: the default.
+    t.is(decide([], def, 'web'), def === 'allow');
+    // Specific beats wildcard, both ways.
+    const a = [i('web', 'allow', 9), i('*', 'deny', 8)];
+    t.true(decide(a, def, 'web'));
+    t.false(decide(a, def, 'db'));
+    const b = [i('web', 'deny', 9), i('*', 'allow', 8)];
+    t.false(decide(b, def, 'web'));
+    t.true(decide(b, def, 'db'));
+    // Only a named allow: others fall to the default.
+    t.true(decide([i('web', 'allow', 9)], def, 'web'));
+    t.is(decide([i('web', 'allow', 9)], def, 'db'), def === 'allow');
+    t.is(decide([i('web', 'deny', 9)], def, 'db'), def === 'allow');
+    // L7 (Permissions) denies at L4.
+    t.false(decide([i('web', '', 9, [{ Action: 'allow' }])], def, 'web'));
+  }
+});

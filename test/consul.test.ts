@@ -1,0 +1,444 @@
+// Two daemons with Consul as the control plane: against the Consul API emulator, or against a real
+// `consul agent -dev` when a consul binary is on PATH or CONSUL_BIN names one (hook-dependent tests skip).
+import { X509Certificate } from 'node:crypto';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import type { Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import test, { type ExecutionContext } from 'ava';
+import { run } from '../agent-cli/cli.js';
+import { type DaemonConfig, loadConfig } from '../daemon/config.js';
+import { ConsulClient } from '../daemon/consul/client.js';
+import { Ambitd } from '../daemon/daemon.js';
+import { ConsulPermissionError } from '../daemon/errors.js';
+import { createLogger, silentLogger } from '../daemon/log.js';
+import { echoOnce, echoServer, freePort, openEcho, roundTrip, sha256, until } from './helpers/cluster.js';
+import { ConsulEmulator, type ConsulUnderTest, startConsul } from './helpers/consul-emulator.js';
+
+const log = () => (process.env.AMBIT_TEST_LOG ? createLogger('debug', 2) : silentLogger());
+
+interface Env {
+  consul: ConsulUnderTest;
+  dir: string;
+  daemons: Ambitd[];
+  start(
+    node: string,
+    extra?: Partial<{ tunnel: string; token: string; defaultPolicy: 'allow' | 'deny' }>,
+  ): Promise<Ambitd>;
+  cli(...args: string[]): Promise<{ code: number; out: string; err: string }>;
+  client(): ConsulClient;
+}
+
+async function env(t: ExecutionContext, opts: { acl?: boolean } = {}): Promise<Env> {
+  const consul = await startConsul(opts);
+  const dir = await mkdtemp(join(tmpdir(), 'ambit-consul-'));
+  const daemons: Ambitd[] = [];
+  t.teardown(async () => {
+    await Promise.all(daemons.map((d) => d.close()));
+    await consul.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  const e: Env = {
+    consul,
+    dir,
+    daemons,
+    async start(node, extra = {}) {
+      const base = loadConfig({
+        env: {},
+        flags: {
+          nodeName: node,
+          stateDir: join(dir, node),
+          tunnel: extra.tunnel ?? '127.0.0.1:0',
+          admin: '127.0.0.1:0',
+          metrics: '127.0.0.1:0',
+          ready: '127.0.0.1:0',
+          consul: consul.address,
+          ...((extra.token ?? consul.managementToken)
+            ? { consulToken: extra.token ?? consul.managementToken }
+            : {}),
+          defaultPolicy: extra.defaultPolicy ?? 'allow',
+        },
+      });
+      // Short retry and rate-limit intervals so that tests of outages do not wait for production backoffs.
+      const config: DaemonConfig = {
+        ...base,
+        consul: {
+          ...base.consul!,
+          minIntervalMs: 50,
+          backoffInitialMs: 100,
+          backoffMaxMs: 400,
+          startTimeoutMs: 5000,
+        },
+      };
+      const d = await Ambitd.start(config, log());
+      daemons.push(d);
+      return d;
+    },
+    async cli(...args) {
+      let out = '';
+      let err = '';
+      const token = consul.managementToken ? ['--consul-token', consul.managementToken] : [];
+      const code = await run(['--consul', consul.address, ...token, ...args], {
+        out: (s) => {
+          out += s;
+        },
+        err: (s) => {
+          err += s;
+        },
+      });
+      return { code, out, err };
+    },
+    client: () => new ConsulClient({ address: consul.address }),
+  };
+  return e;
+}
+
+interface Mesh {
+  e: Env;
+  a: Ambitd;
+  b: Ambitd;
+  upstreamPort: number;
+  echoPort: number;
+  bTunnel: number;
+  closeEcho(): void;
+}
+
+/** node-a runs `client` (service web) with an upstream to echo; node-b runs `echo-1` (service echo). */
+async function mesh(t: ExecutionContext, opts: { acl?: boolean } = {}): Promise<Mesh> {
+  const e = await env(t, opts);
+  const echo = await echoServer();
+  t.teardown(() => echo.server.close());
+  const upstreamPort = await freePort();
+  const bTunnel = await freePort();
+  const a = await e.start('node-a');
+  const b = await e.start('node-b', { tunnel: `127.0.0.1:${bTunnel}` });
+  let r = await e.cli(
+    'enroll',
+    'echo-1',
+    '--service',
+    'echo',
+    '--node',
+    'node-b',
+    '--address',
+    '127.0.0.1',
+    '--port',
+    String(echo.port),
+  );
+  t.is(r.code, 0, r.err);
+  r = await e.cli(
+    'enroll',
+    'client',
+    '--service',
+    'web',
+    '--node',
+    'node-a',
+    '--address',
+    '127.0.0.1',
+    '--upstream',
+    `echo=${upstreamPort}`,
+  );
+  t.is(r.code, 0, r.err);
+  await until(() => a.listeners.listening().length === 1, 10_000, 'upstream listener on node-a');
+  await until(() => b.readiness().ready && b.certs.list().length === 1, 10_000, 'echo certificate on node-b');
+  await until(
+    () => a.store.endpoints('default', 'echo').length === 1 && a.store.node('node-b') !== undefined,
+    10_000,
+    'node-a knows echo',
+  );
+  return { e, a, b, upstreamPort, echoPort: echo.port, bTunnel, closeEcho: () => echo.server.close() };
+}
+
+const closedPromise = (s: Socket): Promise<void> => new Promise((r) => s.once('close', () => r()));
+
+test('two daemons enrolled through Consul carry traffic with Consul-issued certificates', async (t) => {
+  const m = await mesh(t);
+  const payload = Buffer.from('through consul '.repeat(1000));
+  const back = await roundTrip(m.upstreamPort, payload);
+  t.is(back.sha256, sha256(payload));
+  // Identities are Consul's: its trust domain, and a chain to its root.
+  const roots = await m.e
+    .client()
+    .get<{ TrustDomain: string; Roots: { RootCert: string }[] }>('/v1/agent/connect/ca/roots');
+  const id = m.b.certs.list()[0]!.identity;
+  t.is(id, `spiffe://${roots.body.TrustDomain}/ns/default/dc/dc1/svc/echo`);
+  t.deepEqual(
+    m.a.certs.trustBundle().map((p) => new X509Certificate(p).fingerprint256),
+    roots.body.Roots.map((r) => new X509Certificate(r.RootCert).fingerprint256),
+  );
+  // The node registered itself, the workloads carry their Meta, and the state is kept on disk, private.
+  const nodes = await m.e
+    .client()
+    .get<{ Service: { Meta: Record<string, string> } }[]>('/v1/health/service/ambit');
+  t.deepEqual(nodes.body.map((n) => n.Service.Meta['ambit-node']).sort(), ['node-a', 'node-b']);
+  t.is(m.b.readiness().checks.consul, 'ok');
+  await until(
+    async () =>
+      (await stat(join(m.e.dir, 'node-a', 'consul-cache.json')).catch(() => undefined)) !== undefined,
+    5000,
+    'cache written',
+  );
+  t.is((await stat(join(m.e.dir, 'node-a', 'consul-cache.json'))).mode & 0o777, 0o600);
+  // Unenroll: the workload leaves every daemon's view.
+  const r = await m.e.cli('unenroll', 'echo-1');
+  t.is(r.code, 0, r.err);
+  await until(() => m.a.store.endpoints('default', 'echo').length === 0, 10_000, 'echo gone from node-a');
+});
+
+test('a deny intention refuses new connections and closes an open one; deleting it allows again', async (t) => {
+  const m = await mesh(t);
+  const sock = await openEcho(m.upstreamPort);
+  sock.on('error', () => {});
+  const closed = closedPromise(sock);
+  const c = m.e.client();
+  await c.put('/v1/connect/intentions/exact', {
+    query: { source: 'web', destination: 'echo' },
+    body: { Action: 'deny' },
+  });
+  await closed;
+  await t.throwsAsync(roundTrip(m.upstreamPort, Buffer.from('x')));
+  t.true(m.b.store.policiesFor('default', 'echo').some((p) => p.action === 'deny'));
+  await c.delete('/v1/connect/intentions/exact', { query: { source: 'web', destination: 'echo' } });
+  await until(() => m.b.store.policiesFor('default', 'echo').length === 0, 10_000, 'intention removed');
+  const back = await roundTrip(m.upstreamPort, Buffer.from('again'));
+  t.is(back.length, 5);
+});
+
+test('intentions: precedence, the configured default, and L7 intentions deny at L4', async (t) => {
+  const e = await env(t);
+  const echo = await echoServer();
+  t.teardown(() => echo.server.close());
+  const upstreamPort = await freePort();
+  const a = await e.start('node-a');
+  const b = await e.start('node-b', { defaultPolicy: 'deny' });
+  t.is(
+    (
+      await e.cli(
+        'enroll',
+        'echo-1',
+        '--service',
+        'echo',
+        '--node',
+        'node-b',
+        '--address',
+        '127.0.0.1',
+        '--port',
+        String(echo.port),
+      )
+    ).code,
+    0,
+  );
+  t.is(
+    (
+      await e.cli(
+        'enroll',
+        'client',
+        '--service',
+        'web',
+        '--node',
+        'node-a',
+        '--address',
+        '127.0.0.1',
+        '--upstream',
+        `echo=${upstreamPort}`,
+      )
+    ).code,
+    0,
+  );
+  await until(
+    () =>
+      a.listeners.listening().length === 1 &&
+      b.certs.list().length === 1 &&
+      a.store.endpoints('default', 'echo').length === 1,
+    10_000,
+    'mesh up',
+  );
+  // default deny (the daemon's config, as Consul's ACL default policy): refused.
+  await t.throwsAsync(roundTrip(upstreamPort, Buffer.from('x')));
+  const c = e.client();
+  // `* -> echo deny` (precedence 8) loses to `web -> echo allow` (precedence 9).
+  await c.put('/v1/connect/intentions/exact', {
+    query: { source: '*', destination: 'echo' },
+    body: { Action: 'deny' },
+  });
+  await c.put('/v1/connect/intentions/exact', {
+    query: { source: 'web', destination: 'echo' },
+    body: { Action: 'allow' },
+  });
+  await until(
+    () =>
+      b.store.policiesFor('default', 'echo').length > 0 &&
+      b.store.mesh.policies.some((p) => p.action === 'allow'),
+    10_000,
+    'intentions applied',
+  );
+  t.is((await roundTrip(upstreamPort, Buffer.from('ok'))).length, 2);
+  // An L7 intention (Permissions) for web: denied at L4 until a waypoint enforces it.
+  await c.put('/v1/connect/intentions/exact', {
+    query: { source: 'web', destination: 'echo' },
+    body: { Permissions: [{ Action: 'allow', HTTP: { PathPrefix: '/api' } }] },
+  });
+  await until(() => !b.store.mesh.policies.some((p) => p.action === 'allow'), 10_000, 'L7 intention applied');
+  await t.throwsAsync(roundTrip(upstreamPort, Buffer.from('x')));
+});
+
+test('with Consul down traffic goes on, staleness is reported, a restarted daemon serves, and it recovers', async (t) => {
+  const m0 = await mesh(t);
+  const emu = m0.e.consul.emulator;
+  if (!emu) return t.pass('needs the emulator (down/up hooks)');
+  const { e } = m0;
+  let { a, b } = m0;
+  const open = await openEcho(m0.upstreamPort);
+  await emu.down();
+  await until(
+    () => a.readiness().checks.consul !== 'ok' && b.readiness().checks.consul !== 'ok',
+    10_000,
+    'staleness noticed',
+  );
+  t.regex(a.readiness().checks.consul!, /stale since .*serving the last known state/);
+  t.true(a.readiness().ready);
+  const metrics = await (await fetch(`http://127.0.0.1:${a.ports.metrics}/metrics`)).text();
+  t.regex(metrics, /ambit_consul_stale 1/);
+  t.is(await echoOnce(open, 'still'), 'still');
+  t.is((await roundTrip(m0.upstreamPort, Buffer.from('new conn'))).length, 8);
+  // Restart both daemons while Consul is down: they start from the cached state and serve.
+  await Promise.all([a.close(), b.close()]);
+  open.destroy();
+  e.daemons.length = 0;
+  a = await e.start('node-a');
+  b = await e.start('node-b', { tunnel: `127.0.0.1:${m0.bTunnel}` });
+  t.not(a.readiness().checks.consul, 'ok');
+  await until(
+    () => a.listeners.listening().length === 1 && b.certs.list().length === 1,
+    10_000,
+    'restarted from cache',
+  );
+  t.is((await roundTrip(m0.upstreamPort, Buffer.from('after restart'))).length, 13);
+  // Consul comes back: the daemons catch up by themselves, and see changes again.
+  await emu.up();
+  await until(
+    () => a.readiness().checks.consul === 'ok' && b.readiness().checks.consul === 'ok',
+    15_000,
+    'recovered',
+  );
+  await e.client().put('/v1/connect/intentions/exact', {
+    query: { source: 'web', destination: 'echo' },
+    body: { Action: 'deny' },
+  });
+  await until(() => b.store.mesh.policies.some((p) => p.action === 'deny'), 10_000, 'change after recovery');
+  await t.throwsAsync(roundTrip(m0.upstreamPort, Buffer.from('x')));
+});
+
+test('an index that goes backwards is reset and later changes are still seen', async (t) => {
+  const m = await mesh(t);
+  const emu = m.e.consul.emulator;
+  if (!emu) return t.pass('needs the emulator (index hook)');
+  const before = emu.index;
+  const logged = emu.requestLog.length;
+  emu.setIndexBackwards();
+  t.true(emu.index < before);
+  // The released queries come back with the low index; each watch starts over with a non-blocking read.
+  const rereads = (): Set<string> =>
+    new Set(
+      emu.requestLog
+        .slice(logged)
+        .filter((r) => !r.blocking)
+        .map((r) => r.path),
+    );
+  await until(
+    () => rereads().has('/v1/catalog/services') && rereads().has('/v1/health/service/echo'),
+    5000,
+    're-reads',
+  );
+  await new Promise((r) => setTimeout(r, 300));
+  await m.e.client().put('/v1/connect/intentions/exact', {
+    query: { source: 'web', destination: 'echo' },
+    body: { Action: 'deny' },
+  });
+  await until(
+    () => m.b.store.mesh.policies.some((p) => p.action === 'deny'),
+    10_000,
+    'change after the reset',
+  );
+  await t.throwsAsync(roundTrip(m.upstreamPort, Buffer.from('x')));
+  // No spin: the request rate stays bounded after the reset.
+  const n = emu.requests;
+  await new Promise((r) => setTimeout(r, 1000));
+  t.true(emu.requests - n < 40, `${emu.requests - n} requests in 1 s`);
+});
+
+test('leaf and root rotations mid-connection drop nothing', async (t) => {
+  const m = await mesh(t);
+  const emu = m.e.consul.emulator;
+  if (!emu) return t.pass('needs the emulator (rotation hooks)');
+  const sock = await openEcho(m.upstreamPort);
+  let dropped = false;
+  sock.on('close', () => {
+    dropped = true;
+  });
+  const serialB = m.b.certs.list()[0]!.serial;
+  const serialA = m.a.certs.list()[0]!.serial;
+  await emu.rotateLeaf('echo');
+  await emu.rotateLeaf('web');
+  await until(
+    () => m.b.certs.list()[0]!.serial !== serialB && m.a.certs.list()[0]!.serial !== serialA,
+    10_000,
+    'leaves rotated',
+  );
+  t.is(await echoOnce(sock, 'after leaf rotation'), 'after leaf rotation');
+  t.is((await roundTrip(m.upstreamPort, Buffer.from('new'))).length, 3);
+  // A root rotation: both roots trusted while it lasts; leaves re-signed by the new root.
+  await emu.rotateRoots();
+  await until(
+    () => m.a.certs.trustBundle().length === 2 && m.b.certs.trustBundle().length === 2,
+    10_000,
+    'both roots trusted',
+  );
+  await until(
+    () => m.b.certs.list()[0]!.rotations >= 2 && m.a.certs.list()[0]!.rotations >= 2,
+    10_000,
+    'leaves re-signed',
+  );
+  t.is(await echoOnce(sock, 'after root rotation'), 'after root rotation');
+  t.is((await roundTrip(m.upstreamPort, Buffer.from('new root'))).length, 8);
+  t.false(dropped);
+  sock.destroy();
+});
+
+test('a bad token gives an error naming the problem; a token without a permission names the permission', async (t) => {
+  const e = await env(t, { acl: true });
+  const err = await t.throwsAsync(e.start('node-a', { token: 'not-a-token' }));
+  t.true(err instanceof ConsulPermissionError, String(err));
+  t.regex(err!.message, /ACL not found/);
+  t.notRegex(err!.message, /not-a-token/);
+  if (e.consul.emulator) {
+    // The emulator can make a token with exactly one permission; a real agent would need an ACL policy.
+    const limited = await ConsulEmulator.start({ acl: { tokens: { reader: { 'service:read': '*' } } } });
+    let msg = '';
+    t.teardown(() => limited.close());
+    const r = await run(
+      [
+        '--consul',
+        limited.address,
+        '--consul-token',
+        'reader',
+        'enroll',
+        'w1',
+        '--service',
+        'web',
+        '--node',
+        'n',
+        '--address',
+        '127.0.0.1',
+      ],
+      {
+        out: () => {},
+        err: (s) => {
+          msg += s;
+        },
+      },
+    );
+    t.is(r, 1);
+    t.regex(msg, /lacks service:write on "web"/);
+    t.notRegex(msg, /reader/);
+  }
+});

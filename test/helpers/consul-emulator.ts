@@ -1,0 +1,864 @@
+// A Consul HTTP API emulator for tests: a real HTTP server on 127.0.0.1 that follows Consul's documented
+// behaviour for the endpoints Ambit uses. It is NOT Consul: no Raft, no gossip, no health checking (checks
+// keep the status they were registered with until a test changes it), one datacenter, no namespaces.
+//
+// What it covers: one monotonic index (X-Consul-Index) with per-table indexes; blocking queries with
+// `index` and `wait` (default 5m, max 10m, plus up to wait/16 jitter); X-Consul-KnownLeader and
+// X-Consul-LastContact; agent service registration mirrored into the catalog and health (with `passing`);
+// Connect CA roots and leaf signing (SPIFFE URI SAN, ValidAfter/ValidBefore; leaf renewal at 60–90% of its
+// lifetime) with blocking roots and leaf queries released on a rotation; intentions (`exact`, `match`,
+// precedence); config entries (`cas`); KV; ACL tokens (403 "ACL not found" / "Permission denied: ... lacks
+// permission"). Hooks for tests: setIndexBackwards(), down(), up(), rotateRoots(), rotateLeaf(service),
+// setCheckStatus(id, status).
+//
+// startConsul() gives a real `consul agent -dev` instead whenever a consul binary is on PATH or CONSUL_BIN
+// names one, so the same suite runs against the real thing; hook-dependent tests then skip.
+
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { X509Certificate, randomUUID } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { EmbeddedCa } from '../../daemon/identity/ca.js';
+import { spiffeId } from '../../daemon/identity/spiffe.js';
+
+type Json = null | boolean | number | string | Json[] | { [k: string]: Json | undefined };
+
+/** Permission name (`service:read`, `service:write`, `key:read`, ...) → resources, or '*' for all. */
+export type TokenRules = 'management' | Record<string, readonly string[] | '*'>;
+
+export interface EmulatorOptions {
+  datacenter?: string;
+  nodeName?: string;
+  leafTtlMs?: number;
+  /** ACLs on, default deny: only these tokens are known. */
+  acl?: { tokens: Record<string, TokenRules> };
+}
+
+interface Registered {
+  reg: Record<string, Json | undefined>;
+  checks: { CheckID: string; Name: string; Status: string; ServiceID: string; ServiceName: string }[];
+}
+
+interface Root {
+  id: string;
+  ca: EmbeddedCa;
+  dir: string;
+  pem: string;
+  active: boolean;
+  createIndex: number;
+  notBefore: string;
+  notAfter: string;
+}
+
+interface Leaf {
+  body: Record<string, Json>;
+  index: number;
+  timer: NodeJS.Timeout | undefined;
+}
+
+interface Waiter {
+  wake: () => void;
+}
+
+const MAX_WAIT_MS = 600_000;
+const DEFAULT_WAIT_MS = 300_000;
+
+export class ConsulEmulator {
+  readonly datacenter: string;
+  readonly nodeName: string;
+  readonly trustDomain = `${randomUUID()}.consul`;
+  readonly #opts: EmulatorOptions;
+  #server: Server | undefined;
+  #port = 0;
+  #index = 1;
+  #epoch = 0;
+  readonly #tables = new Map<string, number>();
+  readonly #services = new Map<string, Registered>();
+  readonly #intentions = new Map<string, Record<string, Json>>();
+  readonly #config = new Map<string, Record<string, Json>>();
+  readonly #kv = new Map<
+    string,
+    { Value: string | null; Flags: number; CreateIndex: number; ModifyIndex: number }
+  >();
+  readonly #roots: Root[] = [];
+  readonly #leaves = new Map<string, Leaf>();
+  readonly #waiters = new Set<Waiter>();
+  /** Every request received, by `METHOD /path`. */
+  readonly requestLog: { at: number; method: string; path: string; blocking: boolean }[] = [];
+
+  private constructor(opts: EmulatorOptions) {
+    this.#opts = opts;
+    this.datacenter = opts.datacenter ?? 'dc1';
+    this.nodeName = opts.nodeName ?? 'emulator-node';
+  }
+
+  static async start(opts: EmulatorOptions = {}): Promise<ConsulEmulator> {
+    const e = new ConsulEmulator(opts);
+    await e.#newRoot();
+    await e.up();
+    return e;
+  }
+
+  get port(): number {
+    return this.#port;
+  }
+
+  get address(): string {
+    return `127.0.0.1:${this.#port}`;
+  }
+
+  get index(): number {
+    return this.#index;
+  }
+
+  get requests(): number {
+    return this.requestLog.length;
+  }
+
+  // --- hooks ---------------------------------------------------------------------------------------------
+
+  /** Stops answering: closes the listener and every connection (blocking queries included). */
+  async down(): Promise<void> {
+    const s = this.#server;
+    if (!s) return;
+    this.#server = undefined;
+    for (const w of this.#waiters) w.wake();
+    s.closeAllConnections();
+    await new Promise((r) => s.close(r));
+  }
+
+  /** Listens again, on the same port as before. */
+  async up(): Promise<void> {
+    if (this.#server) return;
+    const server = createServer((req, res) => this.#handle(req, res));
+    server.keepAliveTimeout = 60_000;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.#port, '127.0.0.1', () => resolve());
+    });
+    this.#port = (server.address() as AddressInfo).port;
+    this.#server = server;
+  }
+
+  /** As after a snapshot restore: every index drops to 1, and blocked queries are released with it. */
+  setIndexBackwards(): void {
+    this.#index = 1;
+    for (const k of this.#tables.keys()) this.#tables.set(k, 1);
+    for (const leaf of this.#leaves.values()) leaf.index = 1;
+    this.#epoch++;
+    this.#notify();
+  }
+
+  /** A CA rotation: a new active root (the old one stays listed, inactive) and every leaf re-signed by it. */
+  async rotateRoots(): Promise<void> {
+    const old = this.#roots.filter((r) => r.active);
+    await this.#newRoot();
+    for (const r of old) r.active = false;
+    this.#touch('roots');
+    for (const svc of this.#leaves.keys()) await this.#sign(svc);
+  }
+
+  /** The agent renews the leaf of `service` now (as it does 60–90% into its lifetime). */
+  async rotateLeaf(service: string): Promise<void> {
+    await this.#sign(service);
+  }
+
+  setCheckStatus(serviceId: string, status: 'passing' | 'warning' | 'critical'): void {
+    const s = this.#services.get(serviceId);
+    if (!s) throw new Error(`no service ${serviceId}`);
+    for (const c of s.checks) c.Status = status;
+    // Health lives in the checks table: the catalog's service list (and its index) does not change.
+    this.#touch(`svc:${String(s.reg.Service)}`);
+  }
+
+  /** Registers a service without going through HTTP (bench setup). Same effect as the register endpoint. */
+  register(body: Record<string, Json | undefined>): void {
+    this.#register(body);
+  }
+
+  async close(): Promise<void> {
+    await this.down();
+    for (const l of this.#leaves.values()) clearTimeout(l.timer);
+    await Promise.all(this.#roots.map((r) => rm(r.dir, { recursive: true, force: true })));
+  }
+
+  // --- state ---------------------------------------------------------------------------------------------
+
+  #touch(...tables: string[]): number {
+    const idx = ++this.#index;
+    for (const t of tables) this.#tables.set(t, idx);
+    this.#notify();
+    return idx;
+  }
+
+  #table(name: string, fallback = 'services'): number {
+    return this.#tables.get(name) ?? this.#tables.get(fallback) ?? 1;
+  }
+
+  #notify(): void {
+    for (const w of [...this.#waiters]) w.wake();
+  }
+
+  async #newRoot(): Promise<void> {
+    const dir = await mkdtemp(join(tmpdir(), 'consul-emu-ca-'));
+    const ca = await EmbeddedCa.loadOrCreate(dir, this.trustDomain);
+    const pem = (await ca.roots())[0]!;
+    const cert = new X509Certificate(pem);
+    // Pushed active; rotateRoots() retires the previous one right after, in the same turn.
+    this.#roots.push({
+      id: cert.fingerprint256.toLowerCase(),
+      ca,
+      dir,
+      pem,
+      active: true,
+      createIndex: this.#index,
+      notBefore: new Date(cert.validFrom).toISOString(),
+      notAfter: new Date(cert.validTo).toISOString(),
+    });
+  }
+
+  async #sign(service: string): Promise<Leaf> {
+    const root = this.#roots.find((r) => r.active)!;
+    const uri = spiffeId({
+      trustDomain: this.trustDomain,
+      namespace: 'default',
+      datacenter: this.datacenter,
+      service,
+    });
+    const ttl = this.#opts.leafTtlMs ?? 72 * 3600_000;
+    const issued = await root.ca.issue(uri, ttl);
+    const index = this.#touch(`leaf:${service}`);
+    const previous = this.#leaves.get(service);
+    clearTimeout(previous?.timer);
+    const leaf: Leaf = {
+      index,
+      timer: undefined,
+      body: {
+        SerialNumber: issued.serial.match(/../g)!.join(':').toLowerCase(),
+        CertPEM: issued.certPem,
+        PrivateKeyPEM: issued.keyPem,
+        Service: service,
+        ServiceURI: uri,
+        ValidAfter: issued.notBefore.toISOString(),
+        ValidBefore: issued.notAfter.toISOString(),
+        CreateIndex: index,
+        ModifyIndex: index,
+      },
+    };
+    // The agent renews at a random point between 60% and 90% of the lifetime.
+    const life = issued.notAfter.getTime() - Date.now();
+    const renewIn = life * (0.6 + Math.random() * 0.3);
+    if (renewIn < 2 ** 31 - 1) leaf.timer = setTimeout(() => void this.#sign(service), renewIn).unref();
+    this.#leaves.set(service, leaf);
+    this.#notify();
+    return leaf;
+  }
+
+  #register(body: Record<string, Json | undefined>): void {
+    const name = String(body.Name ?? '');
+    const id = String(body.ID ?? name);
+    const checks: Registered['checks'] = [];
+    const defs = [...(Array.isArray(body.Checks) ? body.Checks : []), ...(body.Check ? [body.Check] : [])];
+    defs.forEach((c, i) => {
+      const def = (c ?? {}) as Record<string, Json>;
+      checks.push({
+        CheckID: String(def.CheckID ?? `service:${id}${defs.length > 1 ? `:${i + 1}` : ''}`),
+        Name: String(def.Name ?? `Service '${name}' check`),
+        // Consul starts a check as critical unless Status says otherwise.
+        Status: String(def.Status ?? 'critical'),
+        ServiceID: id,
+        ServiceName: name,
+      });
+    });
+    const previous = this.#services.get(id);
+    this.#services.set(id, {
+      reg: {
+        ID: id,
+        Service: name,
+        Tags: (body.Tags as Json[]) ?? [],
+        Address: String(body.Address ?? ''),
+        Port: Number(body.Port ?? 0),
+        Meta: (body.Meta as Json) ?? {},
+        TaggedAddresses: (body.TaggedAddresses as Json) ?? {},
+        Kind: (body.Kind as Json) ?? '',
+      },
+      checks,
+    });
+    const tables = ['services', `svc:${name}`];
+    if (previous && previous.reg.Service !== name) tables.push(`svc:${String(previous.reg.Service)}`);
+    this.#touch(...tables);
+  }
+
+  // --- HTTP ----------------------------------------------------------------------------------------------
+
+  #handle(req: IncomingMessage, res: ServerResponse): void {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const url = new URL(req.url ?? '/', 'http://emulator');
+      this.requestLog.push({
+        at: Date.now(),
+        method: req.method ?? 'GET',
+        path: url.pathname,
+        blocking: Number(url.searchParams.get('index') ?? 0) > 0,
+      });
+      Promise.resolve()
+        .then(() => this.#route(req.method ?? 'GET', url, Buffer.concat(chunks), req, res))
+        .catch((err: Error) => {
+          if (!res.headersSent) this.#send(res, 500, err.message);
+        });
+    });
+  }
+
+  #send(res: ServerResponse, status: number, body: Json | string, index?: number): void {
+    if (res.destroyed) return;
+    const headers: Record<string, string> = {
+      'X-Consul-KnownLeader': 'true',
+      'X-Consul-LastContact': '0',
+      'X-Consul-Effective-Consistency': 'leader',
+    };
+    if (index !== undefined) headers['X-Consul-Index'] = String(index);
+    if (typeof body === 'string' && status >= 400) {
+      headers['Content-Type'] = 'text/plain; charset=utf-8';
+      res.writeHead(status, headers).end(body);
+      return;
+    }
+    headers['Content-Type'] = 'application/json';
+    res.writeHead(status, headers).end(JSON.stringify(body));
+  }
+
+  /** Answers now if the result's index is past `index`, else when it is (or the wait ends, or a reset). */
+  async #blocking(
+    url: URL,
+    res: ServerResponse,
+    compute: () => { index: number; body: Json; status?: number },
+  ): Promise<void> {
+    const want = Number(url.searchParams.get('index') ?? 0);
+    let r = compute();
+    if (want > 0 && r.index <= want) {
+      const waitMs = Math.min(parseWait(url.searchParams.get('wait')), MAX_WAIT_MS);
+      const deadline = Date.now() + waitMs + Math.random() * (waitMs / 16);
+      const epoch = this.#epoch;
+      // Bounded by the deadline; wakes on every change and re-evaluates.
+      while (
+        r.index <= want &&
+        Date.now() < deadline &&
+        this.#epoch === epoch &&
+        !res.destroyed &&
+        this.#server
+      ) {
+        await new Promise<void>((resolve) => {
+          const w: Waiter = { wake: () => done() };
+          const done = (): void => {
+            clearTimeout(timer);
+            this.#waiters.delete(w);
+            res.removeListener('close', done);
+            resolve();
+          };
+          const timer = setTimeout(done, Math.max(0, deadline - Date.now()));
+          this.#waiters.add(w);
+          res.once('close', done);
+        });
+        r = compute();
+      }
+      if (!this.#server) {
+        res.destroy();
+        return;
+      }
+    }
+    this.#send(res, r.status ?? 200, r.body, r.index);
+  }
+
+  #authorize(req: IncomingMessage, url: URL, perm: string | undefined, resource: string): string | undefined {
+    const acl = this.#opts.acl;
+    if (!acl) return undefined;
+    const token =
+      (req.headers['x-consul-token'] as string | undefined) ?? url.searchParams.get('token') ?? '';
+    const rules = acl.tokens[token];
+    if (rules === undefined)
+      return token === '' ? this.#denied(perm, resource, 'anonymous') : 'ACL not found';
+    if (perm === undefined || rules === 'management') return undefined;
+    const granted = (p: string): boolean => {
+      const r = rules[p];
+      return (
+        r === '*' ||
+        r?.some((x) => x === resource || (x.endsWith('*') && resource.startsWith(x.slice(0, -1))))
+      );
+    };
+    // write implies read, as in Consul's policy language.
+    if (granted(perm) || (perm.endsWith(':read') && granted(perm.replace(/:read$/, ':write'))))
+      return undefined;
+    return this.#denied(perm, resource, token);
+  }
+
+  #denied(perm: string | undefined, resource: string, accessor: string): string {
+    return `Permission denied: token with AccessorID '${accessor === 'anonymous' ? '00000000-0000-0000-0000-000000000002' : 'emulator'}' lacks permission '${perm ?? 'read'}' on "${resource}"`;
+  }
+
+  #can(req: IncomingMessage, url: URL, perm: string, resource: string): boolean {
+    return this.#authorize(req, url, perm, resource) === undefined;
+  }
+
+  async #route(
+    method: string,
+    url: URL,
+    raw: Buffer,
+    req: IncomingMessage,
+    res: ServerResponse,
+  ): Promise<void> {
+    const p = url.pathname;
+    const q = url.searchParams;
+    const json = (): Record<string, Json | undefined> => (raw.length ? JSON.parse(raw.toString('utf8')) : {});
+    const deny = (perm: string | undefined, resource: string): boolean => {
+      const why = this.#authorize(req, url, perm, resource);
+      if (why === undefined) return false;
+      this.#send(res, 403, why);
+      return true;
+    };
+    let m = [] as unknown as RegExpExecArray;
+    const hit = (re: RegExp): boolean => {
+      const r = re.exec(p);
+      if (r) m = r;
+      return r !== null;
+    };
+
+    if (p === '/v1/status/leader') return this.#send(res, 200, '127.0.0.1:8300');
+    if (p === '/v1/agent/self' && method === 'GET') {
+      if (deny('agent:read', this.nodeName)) return;
+      return this.#send(res, 200, {
+        Config: { Datacenter: this.datacenter, NodeName: this.nodeName, Server: true, Version: 'emulator' },
+        Member: { Name: this.nodeName, Addr: '127.0.0.1' },
+      });
+    }
+    if (p === '/v1/agent/service/register' && method === 'PUT') {
+      const body = json();
+      if (typeof body.Name !== 'string' || !body.Name) return this.#send(res, 400, 'Missing service name');
+      if (deny('service:write', body.Name)) return;
+      this.#register(body);
+      return this.#send(res, 200, null);
+    }
+    if (hit(/^\/v1\/agent\/service\/deregister\/(.+)$/) && method === 'PUT') {
+      const id = decodeURIComponent(m[1]!);
+      const s = this.#services.get(id);
+      if (!s)
+        return this.#send(
+          res,
+          404,
+          `Unknown service ID "${id}". Ensure that the service ID is passed, not the service name.`,
+        );
+      if (deny('service:write', String(s.reg.Service))) return;
+      this.#services.delete(id);
+      this.#touch('services', `svc:${String(s.reg.Service)}`);
+      return this.#send(res, 200, null);
+    }
+    if (p === '/v1/agent/services' && method === 'GET') {
+      if (deny(undefined, '')) return;
+      const out: Record<string, Json> = {};
+      for (const [id, s] of this.#services)
+        if (this.#can(req, url, 'service:read', String(s.reg.Service))) out[id] = s.reg as Json;
+      return this.#send(res, 200, out);
+    }
+    if (p === '/v1/catalog/services' && method === 'GET') {
+      if (deny(undefined, '')) return;
+      return this.#blocking(url, res, () => {
+        const out: Record<string, Json> = { consul: [] };
+        for (const s of this.#services.values()) {
+          const name = String(s.reg.Service);
+          if (!this.#can(req, url, 'service:read', name)) continue;
+          const tags = new Set([
+            ...((out[name] as string[] | undefined) ?? []),
+            ...((s.reg.Tags as string[]) ?? []),
+          ]);
+          out[name] = [...tags];
+        }
+        return { index: this.#table('services'), body: out };
+      });
+    }
+    if (hit(/^\/v1\/(health|catalog)\/service\/(.+)$/) && method === 'GET') {
+      const name = decodeURIComponent(m[2]!);
+      const health = m[1] === 'health';
+      if (deny(undefined, '')) return;
+      return this.#blocking(url, res, () => {
+        const out: Json[] = [];
+        if (this.#can(req, url, 'service:read', name)) {
+          for (const s of this.#services.values()) {
+            if (s.reg.Service !== name) continue;
+            const checks = [
+              {
+                Node: this.nodeName,
+                CheckID: 'serfHealth',
+                Name: 'Serf Health Status',
+                Status: 'passing',
+                ServiceID: '',
+                ServiceName: '',
+              },
+              ...s.checks.map((c) => ({ Node: this.nodeName, ...c })),
+            ];
+            if (health && q.has('passing') && checks.some((c) => c.Status !== 'passing')) continue;
+            if (health) {
+              out.push({
+                Node: { Node: this.nodeName, Address: '127.0.0.1', Datacenter: this.datacenter },
+                Service: s.reg as Json,
+                Checks: checks,
+              });
+            } else {
+              out.push({
+                Node: this.nodeName,
+                Address: '127.0.0.1',
+                ServiceID: s.reg.ID as Json,
+                ServiceName: name,
+                ServiceAddress: s.reg.Address as Json,
+                ServicePort: s.reg.Port as Json,
+                ServiceTags: s.reg.Tags as Json,
+                ServiceMeta: s.reg.Meta as Json,
+              });
+            }
+          }
+        }
+        return { index: this.#table(`svc:${name}`), body: out };
+      });
+    }
+    if ((p === '/v1/agent/connect/ca/roots' || p === '/v1/connect/ca/roots') && method === 'GET') {
+      if (deny(undefined, '')) return;
+      return this.#blocking(url, res, () => ({
+        index: this.#table('roots', 'roots'),
+        body: {
+          ActiveRootID: this.#roots.find((r) => r.active)!.id,
+          TrustDomain: this.trustDomain,
+          Roots: this.#roots.map((r) => ({
+            ID: r.id,
+            Name: 'Consul CA Primary Cert',
+            RootCert: r.pem,
+            IntermediateCerts: [],
+            Active: r.active,
+            NotBefore: r.notBefore,
+            NotAfter: r.notAfter,
+            CreateIndex: r.createIndex,
+            ModifyIndex: r.createIndex,
+          })),
+        },
+      }));
+    }
+    if (hit(/^\/v1\/agent\/connect\/ca\/leaf\/(.+)$/) && method === 'GET') {
+      const service = decodeURIComponent(m[1]!);
+      if (deny('service:write', service)) return;
+      if (!this.#leaves.has(service)) await this.#sign(service);
+      return this.#blocking(url, res, () => {
+        const leaf = this.#leaves.get(service)!;
+        return { index: leaf.index, body: leaf.body };
+      });
+    }
+    if (p === '/v1/connect/intentions/match' && method === 'GET') {
+      const by = q.get('by');
+      const names = q.getAll('name');
+      if (by !== 'source' && by !== 'destination')
+        return this.#send(res, 400, "'by' must be 'source' or 'destination'");
+      if (names.length === 0) return this.#send(res, 400, 'required query parameter "name" not set');
+      for (const n of names) if (deny('intentions:read', n)) return;
+      return this.#blocking(url, res, () => {
+        const out: Record<string, Json> = {};
+        for (const n of names) {
+          out[n] = [...this.#intentions.values()]
+            .filter((i) =>
+              by === 'destination'
+                ? [n, '*'].includes(String(i.DestinationName))
+                : [n, '*'].includes(String(i.SourceName)),
+            )
+            .sort((a, b) => Number(b.Precedence) - Number(a.Precedence));
+        }
+        return { index: this.#table('intentions', 'intentions'), body: out };
+      });
+    }
+    if (p === '/v1/connect/intentions/exact') {
+      const source = q.get('source');
+      const destination = q.get('destination');
+      if (!source || !destination)
+        return this.#send(res, 400, 'required query parameters "source" and "destination" not set');
+      const key = `${source}|${destination}`;
+      if (method === 'GET') {
+        if (deny('intentions:read', destination)) return;
+        const i = this.#intentions.get(key);
+        return i
+          ? this.#send(res, 200, i, this.#table('intentions', 'intentions'))
+          : this.#send(res, 404, 'Intention not found');
+      }
+      if (deny('intentions:write', destination)) return;
+      if (method === 'DELETE') {
+        this.#intentions.delete(key);
+        this.#touch('intentions');
+        return this.#send(res, 200, true);
+      }
+      if (method === 'PUT') {
+        const body = json();
+        const perms = Array.isArray(body.Permissions) ? body.Permissions : [];
+        if (body.Action && perms.length)
+          return this.#send(res, 400, 'Action and Permissions cannot both be set');
+        if (!body.Action && !perms.length)
+          return this.#send(res, 400, 'Action must be set to "allow" or "deny"');
+        if (body.Action && body.Action !== 'allow' && body.Action !== 'deny')
+          return this.#send(res, 400, 'Action must be set to "allow" or "deny"');
+        const prev = this.#intentions.get(key);
+        const idx = this.#touch('intentions');
+        this.#intentions.set(key, {
+          ID: (prev?.ID as string) ?? randomUUID(),
+          Description: String(body.Description ?? ''),
+          SourceNS: 'default',
+          SourceName: source,
+          DestinationNS: 'default',
+          DestinationName: destination,
+          SourceType: 'consul',
+          Action: (body.Action as string) ?? '',
+          Permissions: perms,
+          Precedence: precedence(source, destination),
+          CreateIndex: (prev?.CreateIndex as number) ?? idx,
+          ModifyIndex: idx,
+        });
+        return this.#send(res, 200, true);
+      }
+    }
+    if (p === '/v1/config' && method === 'PUT') {
+      const body = json();
+      const kind = String(body.Kind ?? '');
+      const name = String(body.Name ?? '');
+      if (!kind || !name) return this.#send(res, 400, 'Kind and Name are required');
+      if (deny(kind.startsWith('service-') ? 'service:write' : 'operator:write', name)) return;
+      const key = `${kind}/${name}`;
+      const prev = this.#config.get(key);
+      if (q.has('cas')) {
+        const cas = Number(q.get('cas'));
+        if (cas === 0 ? prev !== undefined : prev?.ModifyIndex !== cas) return this.#send(res, 200, false);
+      }
+      const idx = this.#touch(`config:${kind}`);
+      this.#config.set(key, {
+        ...(body as Record<string, Json>),
+        CreateIndex: (prev?.CreateIndex as number) ?? idx,
+        ModifyIndex: idx,
+      });
+      return this.#send(res, 200, true);
+    }
+    if (hit(/^\/v1\/config\/([^/]+)(?:\/(.+))?$/)) {
+      const kind = decodeURIComponent(m[1]!);
+      const name = m[2] !== undefined ? decodeURIComponent(m[2]) : undefined;
+      const perm = kind.startsWith('service-') ? 'service:read' : 'operator:read';
+      if (method === 'GET' && name === undefined) {
+        if (deny(undefined, '')) return;
+        return this.#blocking(url, res, () => ({
+          index: this.#table(`config:${kind}`, 'config'),
+          body: [...this.#config.values()].filter(
+            (e) => e.Kind === kind && this.#can(req, url, perm, String(e.Name)),
+          ),
+        }));
+      }
+      if (method === 'GET' && name !== undefined) {
+        if (deny(perm, name)) return;
+        return this.#blocking(url, res, () => {
+          const e = this.#config.get(`${kind}/${name}`);
+          return e
+            ? { index: this.#table(`config:${kind}`, 'config'), body: e }
+            : {
+                index: this.#table(`config:${kind}`, 'config'),
+                body: `Config entry not found for "${kind}" / "${name}"`,
+                status: 404,
+              };
+        });
+      }
+      if (method === 'DELETE' && name !== undefined) {
+        if (deny(perm.replace(':read', ':write'), name)) return;
+        const key = `${kind}/${name}`;
+        const prev = this.#config.get(key);
+        if (q.has('cas') && prev?.ModifyIndex !== Number(q.get('cas'))) return this.#send(res, 200, false);
+        this.#config.delete(key);
+        this.#touch(`config:${kind}`);
+        return this.#send(res, 200, true);
+      }
+    }
+    if (hit(/^\/v1\/kv\/(.*)$/)) {
+      const key = decodeURIComponent(m[1]!);
+      if (method === 'GET') {
+        if (deny('key:read', key)) return;
+        return this.#blocking(url, res, () => {
+          const hits = [...this.#kv.entries()]
+            .filter(([k]) => (q.has('recurse') ? k.startsWith(key) : k === key))
+            .map(([k, v]) => ({ Key: k, LockIndex: 0, ...v }));
+          const index = this.#table('kv', 'kv');
+          if (hits.length === 0) return { index, body: '', status: 404 };
+          if (q.has('raw') && !q.has('recurse'))
+            return { index, body: Buffer.from(hits[0]!.Value ?? '', 'base64').toString('utf8') };
+          return { index, body: hits };
+        });
+      }
+      if (deny('key:write', key)) return;
+      if (method === 'PUT') {
+        const prev = this.#kv.get(key);
+        if (q.has('cas')) {
+          const cas = Number(q.get('cas'));
+          if (cas === 0 ? prev !== undefined : prev?.ModifyIndex !== cas) return this.#send(res, 200, false);
+        }
+        const idx = this.#touch('kv');
+        this.#kv.set(key, {
+          Value: raw.length ? raw.toString('base64') : null,
+          Flags: Number(q.get('flags') ?? 0),
+          CreateIndex: prev?.CreateIndex ?? idx,
+          ModifyIndex: idx,
+        });
+        return this.#send(res, 200, true);
+      }
+      if (method === 'DELETE') {
+        for (const k of [...this.#kv.keys()])
+          if (q.has('recurse') ? k.startsWith(key) : k === key) this.#kv.delete(k);
+        this.#touch('kv');
+        return this.#send(res, 200, true);
+      }
+    }
+    this.#send(res, 404, `no such endpoint: ${method} ${p}`);
+  }
+}
+
+/** Consul's precedence without namespaces: exact/exact 9, * → exact 8, exact → * 6, * → * 5. */
+function precedence(source: string, destination: string): number {
+  if (destination !== '*') return source !== '*' ? 9 : 8;
+  return source !== '*' ? 6 : 5;
+}
+
+function parseWait(v: string | null): number {
+  if (!v) return DEFAULT_WAIT_MS;
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(v);
+  if (!m) return DEFAULT_WAIT_MS;
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
+  return Number(m[1]) * unit;
+}
+
+// --- the same suite against a real agent ------------------------------------------------------------------
+
+export interface ConsulUnderTest {
+  readonly kind: 'emulator' | 'real';
+  readonly address: string;
+  /** The emulator, for hooks; undefined against a real agent (hook-dependent tests skip). */
+  readonly emulator: ConsulEmulator | undefined;
+  /** The management token when ACLs are on. */
+  readonly managementToken: string | undefined;
+  close(): Promise<void>;
+}
+
+/** The consul binary to test against: CONSUL_BIN, or `consul` on PATH; undefined if neither. */
+export function consulBinary(): string | undefined {
+  if (process.env.CONSUL_BIN) return process.env.CONSUL_BIN;
+  const r = spawnSync('consul', ['version'], { stdio: 'ignore', timeout: 5000 });
+  return r.status === 0 ? 'consul' : undefined;
+}
+
+/**
+ * A Consul to test against: a real `consul agent -dev` on loopback when a binary is available, else the
+ * emulator. With `acl`, ACLs are on (default deny) and `managementToken` is the only token known.
+ */
+export async function startConsul(
+  opts: { acl?: boolean; leafTtlMs?: number } = {},
+): Promise<ConsulUnderTest> {
+  const bin = consulBinary();
+  const managementToken = opts.acl ? randomUUID() : undefined;
+  if (!bin) {
+    const emulator = await ConsulEmulator.start({
+      leafTtlMs: opts.leafTtlMs,
+      acl: managementToken ? { tokens: { [managementToken]: 'management' } } : undefined,
+    });
+    return {
+      kind: 'emulator',
+      address: emulator.address,
+      emulator,
+      managementToken,
+      close: () => emulator.close(),
+    };
+  }
+  return startRealAgent(bin, managementToken);
+}
+
+async function freeLoopbackPort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const { port } = s.address() as AddressInfo;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+async function startRealAgent(bin: string, managementToken: string | undefined): Promise<ConsulUnderTest> {
+  const [http, serfLan, serfWan, server] = [
+    await freeLoopbackPort(),
+    await freeLoopbackPort(),
+    await freeLoopbackPort(),
+    await freeLoopbackPort(),
+  ];
+  const dir = await mkdtemp(join(tmpdir(), 'consul-dev-'));
+  const args = [
+    'agent',
+    '-dev',
+    '-bind',
+    '127.0.0.1',
+    '-client',
+    '127.0.0.1',
+    '-http-port',
+    String(http),
+    '-dns-port',
+    '-1',
+    '-grpc-port',
+    '-1',
+    '-serf-lan-port',
+    String(serfLan),
+    '-serf-wan-port',
+    String(serfWan),
+    '-server-port',
+    String(server),
+    '-data-dir',
+    dir,
+  ];
+  if (managementToken) {
+    args.push(
+      '-hcl',
+      `acl { enabled = true default_policy = "deny" tokens { initial_management = "${managementToken}" } }`,
+    );
+  }
+  const child: ChildProcess = spawn(bin, args, { stdio: 'ignore' });
+  const address = `127.0.0.1:${http}`;
+  const close = async (): Promise<void> => {
+    if (child.exitCode === null) {
+      child.kill('SIGTERM');
+      await new Promise((r) => {
+        const t = setTimeout(() => {
+          child.kill('SIGKILL');
+          r(undefined);
+        }, 5000);
+        child.once('exit', () => {
+          clearTimeout(t);
+          r(undefined);
+        });
+      });
+    }
+    await rm(dir, { recursive: true, force: true });
+  };
+  // As Consul's own tests do: a leader, an index of at least 2, and an active CA root. Bounded: 30 s.
+  const headers: Record<string, string> = managementToken ? { 'x-consul-token': managementToken } : {};
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      const leader = await (await fetch(`http://${address}/v1/status/leader`, { headers })).json();
+      const cat = await fetch(`http://${address}/v1/catalog/services`, { headers });
+      const idx = Number(cat.headers.get('x-consul-index') ?? 0);
+      const roots = (await (
+        await fetch(`http://${address}/v1/agent/connect/ca/roots`, { headers })
+      ).json()) as {
+        Roots?: { Active: boolean }[];
+      };
+      if (leader && idx >= 2 && roots.Roots?.some((r) => r.Active)) break;
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > deadline || child.exitCode !== null) {
+      await close();
+      throw new Error(`consul agent -dev did not become ready at ${address}`);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  return { kind: 'real', address, emulator: undefined, managementToken, close };
+}
