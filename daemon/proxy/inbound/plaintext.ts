@@ -2,9 +2,8 @@
 // redirected them). Strict workloads refuse them (counted, logged with the reason); permissive ones take
 // them, labelled connection_security_policy="none". The source has no identity here: an ALLOW policy that
 // names identities therefore refuses plaintext, as ztunnel's does.
-import type { Server, Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { originalDestination } from '../../capture/native.js';
-import type { Listen } from '../../config.js';
 import type { ResponseFlag } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { Metrics, RefusalReason } from '../../metrics/metrics.js';
@@ -13,7 +12,7 @@ import type { Workload } from '../../state/model.js';
 import type { StateStore } from '../../state/store.js';
 import { ConnectionAccount, connectUpstream } from '../account.js';
 import { formatAuthority } from '../hbone.js';
-import { listenCapture } from '../outbound/capture.js';
+import { RedirectListener } from '../redirect-listener.js';
 
 export interface PlaintextDeps {
   readonly store: StateStore;
@@ -26,25 +25,12 @@ export interface PlaintextDeps {
 
 const unmap = (ip: string): string => (ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip);
 
-export class PlaintextListener {
+export class PlaintextListener extends RedirectListener {
   readonly #d: PlaintextDeps;
-  #servers: Server[] = [];
-  port = 0;
 
   constructor(deps: PlaintextDeps) {
+    super();
     this.#d = deps;
-  }
-
-  async listen(listen: Listen): Promise<number> {
-    const r = await listenCapture(listen, (s) => this.#accept(s));
-    this.#servers = r.servers;
-    this.port = r.port;
-    return r.port;
-  }
-
-  close(): void {
-    for (const s of this.#servers) s.close();
-    this.#servers = [];
   }
 
   /** For labels only: a workload known by the client's address (it is not authenticated). */
@@ -73,7 +59,7 @@ export class PlaintextListener {
     );
   }
 
-  #accept(client: Socket): void {
+  protected override accept(client: Socket): void {
     client.on('error', () => {});
     void this.#serve(client).catch((err: Error) => {
       this.#d.log.error({ err: err.message }, 'plaintext connection failed unexpectedly');

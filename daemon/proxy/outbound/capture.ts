@@ -1,14 +1,14 @@
 // 15001: connections that iptables redirected from enrolled workloads. The original destination comes
 // from the kernel (SO_ORIGINAL_DST), the source workload from the source address or owner uid.
-import { type Server, type Socket, createServer } from 'node:net';
+import type { Socket } from 'node:net';
 import { originalDestination } from '../../capture/native.js';
 import { sourceWorkload } from '../../capture/source.js';
-import type { Listen } from '../../config.js';
 import type { Logger } from '../../log.js';
 import type { Metrics, RefusalReason } from '../../metrics/metrics.js';
 import type { StateStore } from '../../state/store.js';
 import { ConnectionAccount, type Party } from '../account.js';
 import { formatAuthority } from '../hbone.js';
+import { RedirectListener } from '../redirect-listener.js';
 import type { Outbound } from './outbound.js';
 
 export interface CaptureListenerDeps {
@@ -22,53 +22,15 @@ export interface CaptureListenerDeps {
   readonly connectTimeoutMs: number;
 }
 
-/** Listens where iptables REDIRECTs to: the given address, plus [::] (IPv6 only) when that is 0.0.0.0. */
-export async function listenCapture(
-  listen: Listen,
-  onConnection: (s: Socket) => void,
-): Promise<{ servers: Server[]; port: number }> {
-  const servers: Server[] = [];
-  const first = createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConnection);
-  await new Promise<void>((resolve, reject) => {
-    first.once('error', reject);
-    first.listen({ host: listen.host, port: listen.port, ipv6Only: listen.host === '::' }, () => resolve());
-  });
-  servers.push(first);
-  const addr = first.address();
-  const port = typeof addr === 'object' && addr ? addr.port : listen.port;
-  if (listen.host === '0.0.0.0') {
-    const v6 = createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConnection);
-    const bound = await new Promise<boolean>((resolve) => {
-      v6.once('error', () => resolve(false));
-      v6.listen({ host: '::', port, ipv6Only: true }, () => resolve(true));
-    });
-    if (bound) servers.push(v6);
-  }
-  return { servers, port };
-}
-
-export class CaptureListener {
+export class CaptureListener extends RedirectListener {
   readonly #d: CaptureListenerDeps;
-  #servers: Server[] = [];
-  port = 0;
 
   constructor(deps: CaptureListenerDeps) {
+    super();
     this.#d = deps;
   }
 
-  async listen(listen: Listen): Promise<number> {
-    const r = await listenCapture(listen, (s) => this.#accept(s));
-    this.#servers = r.servers;
-    this.port = r.port;
-    return r.port;
-  }
-
-  close(): void {
-    for (const s of this.#servers) s.close();
-    this.#servers = [];
-  }
-
-  #accept(client: Socket): void {
+  protected override accept(client: Socket): void {
     client.on('error', () => {});
     this.#route(client).catch((err: Error) => {
       this.#d.log.error({ err: err.message }, 'captured connection failed unexpectedly');

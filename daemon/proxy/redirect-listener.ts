@@ -1,0 +1,40 @@
+import { type Server, type Socket, createServer } from 'node:net';
+import type { Listen } from '../config.js';
+
+/**
+ * A listener for connections iptables REDIRECTed to the daemon (15001 outbound, 15006 plaintext inbound):
+ * bound on the given address, plus [::] (IPv6 only) when that is 0.0.0.0, so IPv6 capture lands too.
+ * Sockets arrive paused: nothing is read before the subclass has decided where they go.
+ */
+export abstract class RedirectListener {
+  #servers: Server[] = [];
+  port = 0;
+
+  protected abstract accept(client: Socket): void;
+
+  async listen(listen: Listen): Promise<number> {
+    const onConnection = (s: Socket): void => this.accept(s);
+    const first = createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConnection);
+    await new Promise<void>((resolve, reject) => {
+      first.once('error', reject);
+      first.listen({ host: listen.host, port: listen.port, ipv6Only: listen.host === '::' }, () => resolve());
+    });
+    this.#servers.push(first);
+    const addr = first.address();
+    this.port = typeof addr === 'object' && addr ? addr.port : listen.port;
+    if (listen.host === '0.0.0.0') {
+      const v6 = createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConnection);
+      const bound = await new Promise<boolean>((resolve) => {
+        v6.once('error', () => resolve(false));
+        v6.listen({ host: '::', port: this.port, ipv6Only: true }, () => resolve(true));
+      });
+      if (bound) this.#servers.push(v6);
+    }
+    return this.port;
+  }
+
+  close(): void {
+    for (const s of this.#servers) s.close();
+    this.#servers = [];
+  }
+}
