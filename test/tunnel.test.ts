@@ -100,6 +100,11 @@ test('bytes arrive intact both ways through the tunnel: 1 B, 64 KiB, 64 MiB', as
       }),
       3,
     );
+    // The destination names the source workload: its forwarded address matched to the identity it proved.
+    t.is(
+      metricSum(m, 'istio_tcp_connections_opened_total', { reporter: 'destination', source_workload: 'client' }),
+      3,
+    );
     const ma = await metricsText(s.cluster.a);
     t.is(
       metricSum(ma, 'istio_tcp_connections_closed_total', {

@@ -56,8 +56,13 @@ export const forwardedFor = (ip: string | undefined, port: number | undefined): 
 /** Parses the address out of `forwarded: for="ip:port"` (RFC 7239); only the first element counts. */
 export function parseForwardedFor(value: string | undefined): string | undefined {
   if (!value) return undefined;
-  const m = /for="?\[?([^\]",;]+)\]?(?::\d+)?"?/i.exec(value);
-  return m?.[1];
+  const m = /for=(?:"([^"]*)"|([^;,\s]*))/i.exec(value);
+  const node = m?.[1] ?? m?.[2];
+  if (!node) return undefined;
+  if (isIP(node) !== 0) return node;
+  if (node.startsWith('['))
+    return parseAuthority(node)?.ip ?? (isIP(node.slice(1, -1)) === 6 ? node.slice(1, -1) : undefined);
+  return parseAuthority(node)?.ip;
 }
 
 /**
