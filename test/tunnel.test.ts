@@ -102,7 +102,10 @@ test('bytes arrive intact both ways through the tunnel: 1 B, 64 KiB, 64 MiB', as
     );
     // The destination names the source workload: its forwarded address matched to the identity it proved.
     t.is(
-      metricSum(m, 'istio_tcp_connections_opened_total', { reporter: 'destination', source_workload: 'client' }),
+      metricSum(m, 'istio_tcp_connections_opened_total', {
+        reporter: 'destination',
+        source_workload: 'client',
+      }),
       3,
     );
     const ma = await metricsText(s.cluster.a);
