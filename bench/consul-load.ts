@@ -23,7 +23,7 @@ const INSTANCES = 10;
 const NODES = 100;
 const LOCAL = Number(process.env.LOCAL ?? 5);
 const UPSTREAMS = Number(process.env.UPSTREAMS ?? 2);
-const STEADY_S = Math.min(Number(process.env.STEADY_S ?? 60), 300);
+const STEADY_S = Math.min(Number(process.env.STEADY_S ?? 60), 900);
 const INTENTION_ROUNDS = 10;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
