@@ -221,7 +221,7 @@ if (why) {
       const m = metrics(world, world.hb);
       t.regex(
         m,
-        /istio_tcp_connections_opened_total\{[^}]*reporter="destination"[^}]*source_workload="web"[^}]*connection_security_policy="mutual_tls"/,
+        /istio_tcp_connections_opened_total\{[^}]*reporter="destination"[^}]*source_workload="client"[^}]*connection_security_policy="mutual_tls"/,
       );
     },
   );
