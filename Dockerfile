@@ -14,5 +14,4 @@ COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/package.json ./
 ENV AMBIT_STATE_DIR=/var/lib/ambit
 EXPOSE 15008 15020 15021
-# V8 flags: see daemon/node-flags.ts.
-ENTRYPOINT ["node", "--max-semi-space-size=64", "--initial-old-space-size=256", "/opt/ambit/dist/daemon/main.js"]
+ENTRYPOINT ["node", "/opt/ambit/dist/daemon/main.js"]

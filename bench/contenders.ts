@@ -10,7 +10,6 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { EmbeddedCa } from '../daemon/identity/ca.js';
-import { NODE_FLAGS } from '../daemon/node-flags.js';
 import { editMeshFile, upsertWorkload } from '../daemon/state/mesh-edit.js';
 import type { Workload } from '../daemon/state/model.js';
 import {
@@ -228,7 +227,6 @@ const ambit: Contender = {
       for (const node of ['node-a', 'node-b']) {
         ready[node] = await freePort();
         const args = [
-          ...NODE_FLAGS,
           ...ctx.nodeArgs,
           join(ctx.root, 'dist/daemon/main.js'),
           '--node-name',

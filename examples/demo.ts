@@ -8,7 +8,6 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { NODE_FLAGS } from '../daemon/node-flags.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -36,7 +35,6 @@ function startDaemon(node: keyof typeof PORTS): ChildProcess {
   const child = spawn(
     process.execPath,
     [
-      ...NODE_FLAGS,
       ambitd,
       '--node-name',
       node,

@@ -6,7 +6,6 @@ import { promisify } from 'node:util';
 import test from 'ava';
 import { parseAllDocuments, parse as parseYaml } from 'yaml';
 import { CONFIG_KEYS, envName, loadConfig } from '../daemon/config.js';
-import { NODE_FLAGS } from '../daemon/node-flags.js';
 
 // The deployment artifacts are checked against the daemon they deploy: the settings they pass must load,
 // and the ports and paths they name must be the ones ambitd serves.
@@ -61,7 +60,7 @@ test('the Kubernetes DaemonSet runs on the host network with the ports and probe
 
 test('the systemd unit passes systemd-analyze verify and starts the built daemon', async (t) => {
   const unit = readFileSync(join(root, 'systemd/ambitd.service'), 'utf8');
-  t.true(unit.includes(`ExecStart=/usr/bin/node ${NODE_FLAGS.join(' ')} /opt/ambit/dist/daemon/main.js`));
+  t.regex(unit, /^ExecStart=\/usr\/bin\/node \/opt\/ambit\/dist\/daemon\/main\.js$/m);
   t.true(existsSync(join(root, 'dist/daemon/main.js')));
   if (!existsSync('/usr/bin/systemd-analyze') || !existsSync('/usr/bin/node')) {
     t.log('systemd-analyze or /usr/bin/node missing: only the static checks ran');
@@ -79,16 +78,4 @@ test('the Ansible role templates only settings that ambitd knows', (t) => {
   t.true(keys.length >= 4);
   for (const k of keys)
     t.true((CONFIG_KEYS as readonly string[]).includes(k), `${k} is not a setting of ambitd`);
-});
-
-test('every way of starting ambitd passes the same V8 flags', async (t) => {
-  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as {
-    scripts: Record<string, string>;
-  };
-  t.true(pkg.scripts.start!.includes(`node ${NODE_FLAGS.join(' ')} dist/daemon/main.js`));
-  const docker = readFileSync(join(root, 'Dockerfile'), 'utf8');
-  t.true(docker.includes(`ENTRYPOINT ["node", ${NODE_FLAGS.map((f) => JSON.stringify(f)).join(', ')}, `));
-  // This node accepts them (an unknown V8 flag would stop the daemon from starting).
-  const { stderr } = await run(process.execPath, [...NODE_FLAGS, '-e', '0']);
-  t.is(stderr, '');
 });
