@@ -2,65 +2,110 @@ import { constants, type Http2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 
+/** A shared no-op error listener: an emitter with none would crash the daemon on a peer's bytes. */
+export function ignoreError(): void {}
+
 const isHttp2Stream = (s: Duplex): s is Http2Stream => 'session' in s;
+
+/** What one piped pair shares; both ends point at it. */
+interface Link {
+  readonly socket: Socket;
+  readonly stream: Duplex;
+  readonly done: (err: Error | undefined) => void;
+  failure: Error | undefined;
+  open: number;
+}
+
+const kLink = Symbol('ambit.link');
+type Linked<T> = T & { [kLink]: Link };
 
 /**
  * Pipes a TCP socket and a tunnel stream both ways. Each direction ends on its own (half-close: a client
  * that stops writing still gets the reply); an error on either side resets the other rather than leaving
  * it hanging. `done` runs once, after both sides have closed.
  *
- * Hand-rolled rather than two stream.pipe() calls: pipe() costs nine closures and their listener entries
- * per direction, which is most of an idle tunneled connection's heap. These ten closures share one
- * context, and `on` is used rather than `once` (each `once` allocates a bound wrapper).
+ * Hand-rolled rather than two stream.pipe() calls, and with module-level listeners that find their pair
+ * through `this` (emitters call listeners with `this` set to themselves): pipe() costs nine closures and
+ * their listener entries per direction, most of an idle tunneled connection's heap; this costs one object.
  */
 export function pipeBoth(socket: Socket, stream: Duplex, done: (err: Error | undefined) => void): void {
-  let failure: Error | undefined;
-  let open = 2;
-  const closed = (): void => {
-    if (--open === 0) done(failure);
-  };
-  const fail = (err: Error): void => {
-    failure ??= err;
-    // After our FIN, libuv cannot send an RST (EINVAL, and the socket never closes): plain destroy then.
-    if (!socket.destroyed) {
-      if (socket.writableEnded) socket.destroy();
-      else socket.resetAndDestroy();
-    }
-    // destroy(err) sends RST_STREAM alone; close(code) would first send END_STREAM, a clean end to the peer.
-    if (!stream.destroyed) stream.destroy(err);
-  };
-  // Backpressure: a side that cannot take more pauses the other until it drains.
-  socket.on('data', (chunk: Buffer) => {
-    if (!stream.write(chunk)) socket.pause();
-  });
-  stream.on('drain', () => socket.resume());
-  stream.on('data', (chunk: Buffer) => {
-    if (!socket.write(chunk)) stream.pause();
-  });
-  socket.on('drain', () => stream.resume());
-  socket.on('end', () => {
-    if (!stream.writableEnded) stream.end();
-  });
-  stream.on('end', () => {
-    if (!socket.writableEnded) socket.end();
-  });
-  socket.on('error', fail);
-  stream.on('error', fail);
+  const link: Link = { socket, stream, done, failure: undefined, open: 2 };
+  (socket as Linked<Socket>)[kLink] = link;
+  (stream as Linked<Duplex>)[kLink] = link;
+  socket.on('data', onSocketData);
+  socket.on('drain', onSocketDrain);
+  socket.on('end', onSocketEnd);
+  socket.on('error', onError);
+  socket.on('close', onSocketClose);
+  stream.on('data', onStreamData);
+  stream.on('drain', onStreamDrain);
+  stream.on('end', onStreamEnd);
+  stream.on('error', onError);
   // An HTTP/2 stream reset by the peer closes without an error event on some paths; treat an abort as one.
-  stream.on('aborted', () => fail(new Error('tunnel stream aborted by peer')));
-  socket.on('close', () => {
-    // The client went away while the tunnel still had data for it: nothing more can be delivered.
-    if (!stream.destroyed && !stream.writableEnded) stream.end();
-    closed();
-  });
-  stream.on('close', () => {
-    // A stream reset by the peer (any code but NO_ERROR) resets the client too: a clean FIN would make a
-    // truncated reply look complete.
-    const rst = isHttp2Stream(stream) ? stream.rstCode : 0;
-    if (rst !== undefined && rst !== constants.NGHTTP2_NO_ERROR)
-      fail(new Error(`tunnel stream reset (code ${rst})`));
-    else if (!socket.destroyed && !stream.readableEnded) socket.resetAndDestroy();
-    else if (!socket.destroyed && !socket.writableEnded) socket.end();
-    closed();
-  });
+  stream.on('aborted', onAborted);
+  stream.on('close', onStreamClose);
+}
+
+// Backpressure: a side that cannot take more pauses the other until it drains.
+function onSocketData(this: Linked<Socket>, chunk: Buffer): void {
+  if (!this[kLink].stream.write(chunk)) this.pause();
+}
+function onStreamData(this: Linked<Duplex>, chunk: Buffer): void {
+  if (!this[kLink].socket.write(chunk)) this.pause();
+}
+function onSocketDrain(this: Linked<Socket>): void {
+  this[kLink].stream.resume();
+}
+function onStreamDrain(this: Linked<Duplex>): void {
+  this[kLink].socket.resume();
+}
+function onSocketEnd(this: Linked<Socket>): void {
+  const { stream } = this[kLink];
+  if (!stream.writableEnded) stream.end();
+}
+function onStreamEnd(this: Linked<Duplex>): void {
+  const { socket } = this[kLink];
+  if (!socket.writableEnded) socket.end();
+}
+function onError(this: Linked<Duplex>, err: Error): void {
+  fail(this[kLink], err);
+}
+function onAborted(this: Linked<Duplex>): void {
+  fail(this[kLink], new Error('tunnel stream aborted by peer'));
+}
+
+function fail(link: Link, err: Error): void {
+  link.failure ??= err;
+  const { socket, stream } = link;
+  // After our FIN, libuv cannot send an RST (EINVAL, and the socket never closes): plain destroy then.
+  if (!socket.destroyed) {
+    if (socket.writableEnded) socket.destroy();
+    else socket.resetAndDestroy();
+  }
+  // destroy(err) sends RST_STREAM alone; close(code) would first send END_STREAM, a clean end to the peer.
+  if (!stream.destroyed) stream.destroy(err);
+}
+
+function closed(link: Link): void {
+  if (--link.open === 0) link.done(link.failure);
+}
+
+function onSocketClose(this: Linked<Socket>): void {
+  const link = this[kLink];
+  // The client went away while the tunnel still had data for it: nothing more can be delivered.
+  if (!link.stream.destroyed && !link.stream.writableEnded) link.stream.end();
+  closed(link);
+}
+
+function onStreamClose(this: Linked<Duplex>): void {
+  const link = this[kLink];
+  const { socket } = link;
+  // A stream reset by the peer (any code but NO_ERROR) resets the client too: a clean FIN would make a
+  // truncated reply look complete.
+  const rst = isHttp2Stream(this) ? this.rstCode : 0;
+  if (rst !== undefined && rst !== constants.NGHTTP2_NO_ERROR)
+    fail(link, new Error(`tunnel stream reset (code ${rst})`));
+  else if (!socket.destroyed && !this.readableEnded) socket.resetAndDestroy();
+  else if (!socket.destroyed && !socket.writableEnded) socket.end();
+  closed(link);
 }

@@ -10,6 +10,7 @@ import type { Workload } from '../../state/model.js';
 import type { StateStore } from '../../state/store.js';
 import { ConnectionAccount, type Party, connectUpstream } from '../account.js';
 import { type HostPort, formatAuthority, parseAuthority, parseForwardedFor } from '../hbone.js';
+import { ignoreError } from '../pipe.js';
 
 export interface InboundDeps {
   readonly store: StateStore;
@@ -81,7 +82,7 @@ export class Inbound {
   }
 
   handleStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
-    stream.on('error', () => {});
+    stream.on('error', ignoreError);
     const started = Date.now();
     const peer = this.#peer(stream.session as ServerHttp2Session);
     const authority = headers[':authority'];

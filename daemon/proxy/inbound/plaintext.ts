@@ -12,6 +12,7 @@ import type { Workload } from '../../state/model.js';
 import type { StateStore } from '../../state/store.js';
 import { ConnectionAccount, connectUpstream } from '../account.js';
 import { formatAuthority } from '../hbone.js';
+import { ignoreError } from '../pipe.js';
 import { RedirectListener } from '../redirect-listener.js';
 
 export interface PlaintextDeps {
@@ -60,7 +61,7 @@ export class PlaintextListener extends RedirectListener {
   }
 
   protected override accept(client: Socket): void {
-    client.on('error', () => {});
+    client.on('error', ignoreError);
     void this.#serve(client).catch((err: Error) => {
       this.#d.log.error({ err: err.message }, 'plaintext connection failed unexpectedly');
       if (!client.destroyed) client.resetAndDestroy();

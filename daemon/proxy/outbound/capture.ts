@@ -8,6 +8,7 @@ import type { Metrics, RefusalReason } from '../../metrics/metrics.js';
 import type { StateStore } from '../../state/store.js';
 import { ConnectionAccount, type Party } from '../account.js';
 import { formatAuthority } from '../hbone.js';
+import { ignoreError } from '../pipe.js';
 import { RedirectListener } from '../redirect-listener.js';
 import type { Outbound } from './outbound.js';
 
@@ -31,7 +32,7 @@ export class CaptureListener extends RedirectListener {
   }
 
   protected override accept(client: Socket): void {
-    client.on('error', () => {});
+    client.on('error', ignoreError);
     this.#route(client).catch((err: Error) => {
       this.#d.log.error({ err: err.message }, 'captured connection failed unexpectedly');
       if (!client.destroyed) client.resetAndDestroy();
@@ -67,7 +68,7 @@ export class CaptureListener extends RedirectListener {
       return refuse('unknown_workload', from.reason, formatAuthority(dst.ip, dst.port));
     }
     // Not enrolled: carried to where it was going, untouched, outside the mesh.
-    client.on('error', () => {});
+    client.on('error', ignoreError);
     await d.outbound.passthrough(client, src, dst);
   }
 }

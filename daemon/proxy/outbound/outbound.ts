@@ -8,6 +8,7 @@ import type { Workload } from '../../state/model.js';
 import type { StateStore } from '../../state/store.js';
 import { ConnectionAccount, type Party, connectUpstream } from '../account.js';
 import { formatAuthority, forwardedFor, newTraceparent } from '../hbone.js';
+import { ignoreError } from '../pipe.js';
 import type { Pool } from '../pool/pool.js';
 import type { Balancer } from './lb.js';
 
@@ -62,7 +63,7 @@ export class Outbound {
   }
 
   handle(client: Socket, source: Workload, target: OutboundTarget): void {
-    client.on('error', () => {});
+    client.on('error', ignoreError);
     client.setNoDelay(true);
     this.#run(client, source, target).catch((err: Error) => {
       this.#d.log.error({ err }, 'outbound connection failed unexpectedly');

@@ -63,7 +63,7 @@ export class Pool {
         cause: err,
       });
     }
-    stream.once('close', () => this.#release(session));
+    stream.on('close', () => this.#release(session));
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => {
         stream.removeListener('response', onResponse);
