@@ -394,3 +394,42 @@ test('stopping with a drain lets an open connection finish, and refuses new ones
     await teardown(s);
   }
 });
+
+test('the tunnel speaks TLS 1.3 with AES-128-GCM and ALPN h2, and presents the workload identity asked for', async (t) => {
+  const s = await setup();
+  try {
+    const { a, b } = s.cluster;
+    const echoId = b.identityOf(b.store.workload('echo-1')!);
+    const sock = tlsConnect({
+      host: '127.0.0.1',
+      port: b.ports.tunnel,
+      secureContext: a.certs.secureContext(a.identityOf(a.store.workload('client')!)),
+      servername: sniForIdentity(echoId),
+      ALPNProtocols: ['h2'],
+      checkServerIdentity: () => undefined,
+    });
+    await new Promise<void>((resolve, reject) => {
+      sock.once('secureConnect', resolve);
+      setTimeout(() => reject(new Error('no secureConnect')), 3000);
+      sock.once('error', reject);
+    });
+    const seen = {
+      protocol: sock.getProtocol(),
+      cipher: sock.getCipher().standardName,
+      alpn: sock.alpnProtocol,
+      authorized: sock.authorized,
+      san: sock.getPeerX509Certificate()?.subjectAltName,
+    };
+    // Closed before asserting: an open socket would keep the daemon from stopping.
+    sock.destroy();
+    t.deepEqual(seen, {
+      protocol: 'TLSv1.3',
+      cipher: 'TLS_AES_128_GCM_SHA256',
+      alpn: 'h2',
+      authorized: true,
+      san: `URI:${echoId}`,
+    });
+  } finally {
+    await teardown(s);
+  }
+});

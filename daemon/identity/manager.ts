@@ -13,6 +13,12 @@ import type { CertificateAuthority, IssuedCertificate } from './ca.js';
 import { Limiter } from './limiter.js';
 import { uriSans } from './spiffe.js';
 
+/**
+ * The suites ztunnel allows, AES-128-GCM first: both ends are ours, and it costs less CPU per byte than
+ * AES-256-GCM (OpenSSL's default first choice) for the same TLS 1.3 AEAD guarantees.
+ */
+export const TLS13_CIPHERSUITES = 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384';
+
 export interface CertificateInfo {
   identity: string;
   serial: string;
@@ -360,7 +366,14 @@ export class CertificateManager extends EventEmitter<CertificateManagerEvents> {
 
   private buildContext(identity: string, cert: IssuedCertificate, roots: string[]): SecureContext {
     try {
-      return createSecureContext({ key: cert.keyPem, cert: cert.certPem, ca: roots, minVersion: 'TLSv1.3' });
+      return createSecureContext({
+        key: cert.keyPem,
+        cert: cert.certPem,
+        ca: roots,
+        minVersion: 'TLSv1.3',
+        ciphers: TLS13_CIPHERSUITES,
+        honorCipherOrder: true,
+      });
     } catch (err) {
       throw new CaError(`the certificate for ${identity} cannot be used: ${messageOf(err)}`, { cause: err });
     }

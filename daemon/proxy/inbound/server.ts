@@ -2,6 +2,7 @@ import { type Http2SecureServer, type ServerHttp2Session, createSecureServer } f
 import type { AddressInfo } from 'node:net';
 import type { SecureContext } from 'node:tls';
 import type { Listen } from '../../config.js';
+import { TLS13_CIPHERSUITES } from '../../identity/manager.js';
 import type { Logger } from '../../log.js';
 import type { Metrics } from '../../metrics/metrics.js';
 import { ALPN, CONNECTION_WINDOW, SERVER_MAX_STREAMS, h2Settings } from '../hbone.js';
@@ -32,6 +33,9 @@ export class TunnelServer {
       allowHTTP1: false,
       ALPNProtocols: ALPN,
       minVersion: 'TLSv1.3',
+      // The suites are fixed by this default context: an SNI context swaps the certificate, not the suites.
+      ciphers: TLS13_CIPHERSUITES,
+      honorCipherOrder: true,
       requestCert: true,
       rejectUnauthorized: true,
       ca: deps.roots(),
@@ -59,7 +63,12 @@ export class TunnelServer {
 
   /** The trust bundle changed (root rotation): new handshakes check against the new set. */
   updateRoots(): void {
-    this.server.setSecureContext({ ca: this.#d.roots(), minVersion: 'TLSv1.3' });
+    this.server.setSecureContext({
+      ca: this.#d.roots(),
+      minVersion: 'TLSv1.3',
+      ciphers: TLS13_CIPHERSUITES,
+      honorCipherOrder: true,
+    });
   }
 
   listen(at: Listen): Promise<number> {
