@@ -433,3 +433,65 @@ test('the tunnel speaks TLS 1.3 with AES-128-GCM and ALPN h2, and presents the w
     await teardown(s);
   }
 });
+
+test('connections spread over a service endpoints; an endpoint that refuses is retried elsewhere and skipped', async (t) => {
+  const cluster = await startCluster();
+  const one = await echoServer();
+  const two = await echoServer();
+  const deadPort = await freePort();
+  const upstreamPort = await freePort();
+  try {
+    await enroll(
+      cluster.meshFile,
+      workload({
+        name: 'client',
+        service: 'web',
+        node: 'node-a',
+        upstreams: [
+          {
+            service: 'echo',
+            namespace: 'default',
+            port: undefined,
+            listenHost: '127.0.0.1',
+            listenPort: upstreamPort,
+          },
+        ],
+      }),
+      workload({ name: 'echo-1', service: 'echo', node: 'node-b', ports: [one.port] }),
+      workload({ name: 'echo-2', service: 'echo', node: 'node-b', ports: [two.port] }),
+    );
+    await until(() => cluster.a.listeners.listening().length === 1, 5000, 'upstream listener');
+    await until(
+      () => cluster.b.readiness().ready && cluster.b.certs.list().length === 1,
+      5000,
+      'node-b ready',
+    );
+    // Least connections: ten connections held open at once land five and five.
+    const held = await Promise.all(Array.from({ length: 10 }, () => openEcho(upstreamPort)));
+    t.is(one.accepted(), 5);
+    t.is(two.accepted(), 5);
+    for (const s of held) s.destroy();
+
+    // A third endpoint whose workload refuses: node-b answers 503, node-a moves on to a live endpoint
+    // without losing the client's bytes, and passes the refusing one over for the following connections.
+    await enroll(
+      cluster.meshFile,
+      workload({ name: 'echo-dead', service: 'echo', node: 'node-b', ports: [deadPort] }),
+    );
+    await until(() => cluster.a.store.endpoints('default', 'echo').length === 3, 5000, 'third endpoint');
+    for (let i = 0; i < 9; i++) {
+      const payload = Buffer.from(`attempt ${i}`);
+      t.is((await roundTrip(upstreamPort, payload)).sha256, sha256(payload));
+    }
+    const m = await metricsText(cluster.b);
+    t.is(
+      metricSum(m, 'ambit_connections_refused_total', { direction: 'inbound', reason: 'upstream_failed' }),
+      1,
+    );
+    t.is(one.accepted() + two.accepted(), 10 + 9);
+  } finally {
+    one.server.close();
+    two.server.close();
+    await cluster.close();
+  }
+});

@@ -160,6 +160,8 @@ export class Outbound {
         traceparent: newTraceparent(randomBytes),
         baggage: baggageOf(source),
       };
+      // Counted from the pick, so that connections still being set up weigh in the next choice.
+      d.balancer.opened(ep.name);
       let answer: Awaited<ReturnType<Pool['connect']>>;
       try {
         answer = await d.pool.connect(
@@ -167,6 +169,7 @@ export class Outbound {
           headers,
         );
       } catch (err) {
+        d.balancer.closed(ep.name);
         d.balancer.eject(ep.name);
         lastError = (err as Error).message;
         lastFlag = err instanceof TunnelError ? err.flag : 'TLS_FAILURE';
@@ -180,15 +183,16 @@ export class Outbound {
       const { stream, status } = answer;
       if (status === 200) {
         if (client.destroyed) {
+          d.balancer.closed(ep.name);
           stream.close();
           return;
         }
         d.balancer.succeeded(ep.name);
-        d.balancer.opened(ep.name);
         const account = new ConnectionAccount(d, 'outbound', src, toService(plan, ep), 'mutual_tls');
         return account.carry(client, stream, client, true, () => d.balancer.closed(ep.name));
       }
       stream.close();
+      d.balancer.closed(ep.name);
       if (status === 401) return refuse(plan, 'denied', 'DENY', 'peer answered 401', ep);
       if (status === 400) return refuse(plan, 'bad_request', 'BAD_REQUEST', 'peer answered 400', ep);
       d.balancer.eject(ep.name);
