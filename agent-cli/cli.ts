@@ -39,7 +39,18 @@ import {
   repeatable,
 } from './args.js';
 import { refreshCaptureAfterEnroll, registerCapture } from './capture.js';
-import { type ConsulCliOpts, consulClient, consulEnroll, consulUnenroll } from './consul.js';
+import {
+  CONSUL_DEFAULT_POLICY_REFUSED,
+  type ConsulCliOpts,
+  consulClient,
+  consulEnroll,
+  consulIntentions,
+  consulRemoveIntention,
+  consulSetIntentions,
+  consulUnenroll,
+  consulWorkloads,
+  intentionAction,
+} from './consul.js';
 
 export const EXIT_OK = 0;
 export const EXIT_USER = 1;
@@ -96,6 +107,24 @@ export function humanDuration(ms: number): string {
   return neg ? `expired ${txt} ago` : txt;
 }
 
+/** `ambit list`'s output, whichever backend the workloads come from; `where` names it when there are none. */
+function workloadsText(workloads: readonly Workload[], json: boolean | undefined, where: string): string {
+  if (json) return `${JSON.stringify(workloads, null, 2)}\n`;
+  if (!workloads.length) return `no workloads enrolled (${where})\n`;
+  return table(
+    ['NAME', 'SERVICE', 'NAMESPACE', 'NODE', 'ADDRESSES', 'PORTS', 'MODE'],
+    workloads.map((w) => [
+      w.name,
+      w.service,
+      w.namespace,
+      w.node,
+      w.addresses.join(','),
+      w.ports.length ? w.ports.join(',') : '*',
+      w.mode,
+    ]),
+  );
+}
+
 function policyName(
   action: PolicyAction,
   to: { service: string; namespace: string },
@@ -120,7 +149,9 @@ export function buildProgram(io: Io): Command {
     .description(
       'Enroll workloads in the Ambit mesh and manage its policy.\n\n' +
         'Changes are written to the mesh file, which ambitd watches and applies within a second;\n' +
-        'an edit that would make the file invalid is refused and nothing is written.\n\n' +
+        'an edit that would make the file invalid is refused and nothing is written.\n' +
+        'With --consul (or CONSUL_HTTP_ADDR), enroll, unenroll and list use the Consul catalog and\n' +
+        'policy uses Consul intentions instead.\n\n' +
         'Exit codes: 0 ok, 1 usage error or not found, 2 invalid mesh file, 3 ambitd unreachable.',
     )
     .addOption(
@@ -140,9 +171,10 @@ export function buildProgram(io: Io): Command {
         .argParser(parseAdmin),
     )
     .addOption(
-      new Option('--consul <addr>', 'enroll through the Consul agent at addr instead of the mesh file').env(
-        'CONSUL_HTTP_ADDR',
-      ),
+      new Option(
+        '--consul <addr>',
+        'use the Consul agent at addr instead of the mesh file (enroll, unenroll, list, policy)',
+      ).env('CONSUL_HTTP_ADDR'),
     )
     .addOption(new Option('--consul-token <token>', 'Consul ACL token').env('CONSUL_HTTP_TOKEN'))
     .addOption(
@@ -276,24 +308,14 @@ export function buildProgram(io: Io): Command {
     .description('List enrolled workloads.')
     .option('--json', 'print the workloads as JSON')
     .action(async (o: { json?: boolean }, cmd: Command) => {
+      const consul = consulClient(globals(cmd));
+      if (consul) {
+        const { workloads, skipped } = await consulWorkloads(consul);
+        for (const s of skipped) io.err(`ambit: ignoring Consul service instance ${s}\n`);
+        return io.out(workloadsText(workloads, o.json, `Consul at ${consul.address}`));
+      }
       const file = meshPath(globals(cmd));
-      const mesh = await readMeshFile(file);
-      if (o.json) return io.out(`${JSON.stringify(mesh.workloads, null, 2)}\n`);
-      if (!mesh.workloads.length) return io.out(`no workloads enrolled (${file})\n`);
-      io.out(
-        table(
-          ['NAME', 'SERVICE', 'NAMESPACE', 'NODE', 'ADDRESSES', 'PORTS', 'MODE'],
-          mesh.workloads.map((w) => [
-            w.name,
-            w.service,
-            w.namespace,
-            w.node,
-            w.addresses.join(','),
-            w.ports.length ? w.ports.join(',') : '*',
-            w.mode,
-          ]),
-        ),
-      );
+      io.out(workloadsText((await readMeshFile(file)).workloads, o.json, file));
     });
 
   const node = program.command('node').description('Manage the nodes (hosts running ambitd) of the mesh.');
@@ -349,7 +371,9 @@ export function buildProgram(io: Io): Command {
       .description(
         `${action === 'allow' ? 'Allow' : 'Deny'} connections to a service (a deny wins over an allow).\n` +
           'Sources are ANDed within one flag and ORed across flags; no source = every peer.\n' +
-          'A --from without a namespace means that service in the destination namespace; svc.* means any namespace.',
+          'A --from without a namespace means that service in the destination namespace; svc.* means any namespace.\n' +
+          'In Consul mode: one intention per source (none = *), decided in Consul precedence order;\n' +
+          '--port, --name, --from-principal and namespaces other than default are refused.',
       )
       .requiredOption('--to <svc[.ns]>', 'destination service')
       .option(
@@ -380,6 +404,16 @@ export function buildProgram(io: Io): Command {
           ...(o.fromPrincipal ?? []).map((p) => ({ service: undefined, namespace: undefined, principal: p })),
         ];
         const ports = [...new Set(o.port ?? [])];
+        const consul = consulClient(globals(cmd));
+        if (consul) {
+          const req = { to: { service: to.service, namespace: ns }, from, ports, name: o.name };
+          const changes = await consulSetIntentions(consul, action, req);
+          for (const c of changes)
+            io.out(
+              `${c.existed ? 'updated' : 'added'} intention ${c.source}->${c.destination}: ${c.action}\n`,
+            );
+          return;
+        }
         const name = o.name ?? policyName(action, { service: to.service, namespace: ns }, from, ports);
         flag(`policy name "${name}"`, () => checkObjectName(name, 'policy name'));
         const p: Policy = { name, action, service: to.service, namespace: ns, ports, from };
@@ -399,6 +433,25 @@ export function buildProgram(io: Io): Command {
     .description('List policies and the default action.')
     .option('--json', 'print {defaultPolicy, policies} as JSON')
     .action(async (o: { json?: boolean }, cmd: Command) => {
+      const consul = consulClient(globals(cmd));
+      if (consul) {
+        const intentions = await consulIntentions(consul);
+        if (o.json) return io.out(`${JSON.stringify(intentions, null, 2)}\n`);
+        io.out(
+          intentions.length
+            ? table(
+                ['SOURCE', 'DESTINATION', 'ACTION', 'PRECEDENCE'],
+                intentions.map((i) => [
+                  i.SourceName,
+                  i.DestinationName,
+                  intentionAction(i),
+                  String(i.Precedence ?? ''),
+                ]),
+              )
+            : `no intentions (Consul at ${consul.address})\n`,
+        );
+        return io.out("default: ambitd's defaultPolicy setting (when no intention matches)\n");
+      }
       const mesh = await readMeshFile(meshPath(globals(cmd)));
       if (o.json) {
         return io.out(
@@ -426,8 +479,13 @@ export function buildProgram(io: Io): Command {
   policy
     .command('remove')
     .description('Remove a policy.')
-    .argument('<name>', 'policy name (see `ambit policy list`)')
+    .argument('<name>', 'policy name (see `ambit policy list`); in Consul mode <source>-><destination>')
     .action(async (name: string, _o: unknown, cmd: Command) => {
+      const consul = consulClient(globals(cmd));
+      if (consul) {
+        const i = await consulRemoveIntention(consul, name);
+        return io.out(`removed intention ${i.source}->${i.destination}\n`);
+      }
       await editMeshFile(meshPath(globals(cmd)), (doc) => {
         if (!removePolicy(doc, name)) throw new NotFoundError(`policy "${name}"`);
       });
@@ -438,6 +496,11 @@ export function buildProgram(io: Io): Command {
     .description('Set what happens to a connection that no policy matches.')
     .addArgument(new Argument('<action>', 'allow or deny').choices(['allow', 'deny']))
     .action(async (action: PolicyAction, _o: unknown, cmd: Command) => {
+      const consul = consulClient(globals(cmd));
+      if (consul) {
+        consul.close();
+        throw new ConfigError(CONSUL_DEFAULT_POLICY_REFUSED);
+      }
       await editMeshFile(meshPath(globals(cmd)), (doc) => setDefaultPolicy(doc, action));
       io.out(`default policy is now ${action}\n`);
     });

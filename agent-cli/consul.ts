@@ -1,11 +1,20 @@
-// `ambit enroll` / `ambit unenroll` against Consul: the workload becomes (or stops being) a Consul service
-// instance registered with the local agent. Every daemon learns it from Consul's health API.
+// The CLI against Consul. `ambit enroll` / `ambit unenroll`: the workload becomes (or stops being) a Consul
+// service instance registered with the local agent; every daemon learns it from Consul's health API.
+// `ambit list` reads the Ambit-tagged instances of the catalog; `ambit policy` reads and writes intentions.
 import { readFileSync } from 'node:fs';
-import { workloadRegistration } from '../daemon/consul/catalog.js';
+import {
+  AMBIT_TAG,
+  NODE_SERVICE,
+  healthEntries,
+  isRecord,
+  workloadFromEntry,
+  workloadRegistration,
+} from '../daemon/consul/catalog.js';
 import { ConsulClient, DEFAULT_CONSUL_ADDRESS } from '../daemon/consul/client.js';
+import type { ConsulIntention } from '../daemon/consul/intentions.js';
 import { Secret } from '../daemon/consul/secret.js';
-import { ConfigError } from '../daemon/errors.js';
-import type { Workload } from '../daemon/state/model.js';
+import { ConfigError, NotFoundError } from '../daemon/errors.js';
+import type { PolicyAction, PolicySource, Workload } from '../daemon/state/model.js';
 
 export interface ConsulCliOpts {
   consul?: string | undefined;
@@ -57,6 +66,201 @@ export async function consulUnenroll(client: ConsulClient, name: string): Promis
     await client.put(`/v1/agent/service/deregister/${encodeURIComponent(name)}`, {
       permission: `service:write on the service of ${name}`,
     });
+  } finally {
+    client.close();
+  }
+}
+
+// --- `ambit list` -------------------------------------------------------------------------------------------
+
+export interface ConsulWorkloads {
+  workloads: Workload[];
+  /** Ambit-tagged instances whose Meta could not be read: `service/id: why`. */
+  skipped: string[];
+}
+
+/** Every workload registered through Ambit, across all nodes: the `ambit`-tagged instances in the catalog. */
+export async function consulWorkloads(client: ConsulClient): Promise<ConsulWorkloads> {
+  try {
+    const catalog = await client.get<unknown>('/v1/catalog/services', { permission: 'service:read' });
+    const names = Object.entries(isRecord(catalog.body) ? catalog.body : {})
+      .filter(([name, tags]) => name !== NODE_SERVICE && Array.isArray(tags) && tags.includes(AMBIT_TAG))
+      .map(([name]) => name)
+      .sort();
+    const answers = await Promise.all(
+      names.map((name) =>
+        client.get<unknown>(`/v1/health/service/${encodeURIComponent(name)}`, {
+          permission: `service:read on "${name}"`,
+        }),
+      ),
+    );
+    const workloads: Workload[] = [];
+    const skipped: string[] = [];
+    for (const answer of answers) {
+      for (const e of healthEntries(answer.body)) {
+        // Instances of the same service registered by other tools are not Ambit workloads.
+        if (!e.Service.Tags?.includes(AMBIT_TAG)) continue;
+        try {
+          workloads.push(workloadFromEntry(e));
+        } catch (err) {
+          skipped.push(`${e.Service.Service}/${e.Service.ID}: ${(err as Error).message}`);
+        }
+      }
+    }
+    workloads.sort((a, b) => a.name.localeCompare(b.name));
+    return { workloads, skipped };
+  } finally {
+    client.close();
+  }
+}
+
+// --- `ambit policy` ----------------------------------------------------------------------------------------
+// A policy is a set of intentions: one per source, on the destination. Consul decides by precedence (an
+// exact source before `*`), the first match wins, and no match leaves the decision to ambitd's
+// defaultPolicy. What intentions cannot say at L4 is refused rather than dropped.
+
+export const CONSUL_DEFAULT_POLICY_REFUSED =
+  "in Consul mode the default comes from ambitd's defaultPolicy setting (match your Consul ACL default policy)";
+
+export interface ConsulPolicyRequest {
+  to: { service: string; namespace: string };
+  from: readonly PolicySource[];
+  ports: readonly number[];
+  name: string | undefined;
+}
+
+export interface IntentionChange {
+  source: string;
+  destination: string;
+  action: PolicyAction;
+  existed: boolean;
+}
+
+const exactQuery = (source: string, destination: string): Record<string, string> => ({
+  source,
+  destination,
+});
+
+/** The intention sources of a policy; throws ConfigError (one line, with the reason) for what they cannot say. */
+export function intentionSources(p: ConsulPolicyRequest): string[] {
+  if (p.ports.length) {
+    throw new ConfigError(
+      '--port: in Consul mode policy is intentions, which have no ports (an L4 intention covers every port of the destination); leave out --port',
+    );
+  }
+  if (p.name !== undefined) {
+    throw new ConfigError(
+      '--name: in Consul mode an intention is named by its source and destination (e.g. web->api), it has no name of its own; leave out --name',
+    );
+  }
+  if (p.to.namespace !== 'default') {
+    throw new ConfigError(
+      `--to "${p.to.service}.${p.to.namespace}": Consul CE has no namespaces; use "default"`,
+    );
+  }
+  const sources: string[] = [];
+  for (const f of p.from) {
+    if (f.principal !== undefined) {
+      throw new ConfigError(
+        `--from-principal "${f.principal}": an intention's source is a Consul service name, not a SPIFFE ID; use --from <service>`,
+      );
+    }
+    if (f.namespace !== undefined && f.namespace !== 'default') {
+      const what =
+        f.service !== undefined
+          ? `--from "${f.service}.${f.namespace}"`
+          : `--from-namespace "${f.namespace}"`;
+      throw new ConfigError(`${what}: Consul CE has no namespaces; only "default" can be given`);
+    }
+    // A service (in the one namespace there is), or every service: source `*`.
+    sources.push(f.service ?? '*');
+  }
+  // No source means every peer, as in the mesh file.
+  return sources.length ? [...new Set(sources)] : ['*'];
+}
+
+/** `ambit policy allow|deny` in Consul mode: upserts one intention per source. */
+export async function consulSetIntentions(
+  client: ConsulClient,
+  action: PolicyAction,
+  p: ConsulPolicyRequest,
+): Promise<IntentionChange[]> {
+  try {
+    const sources = intentionSources(p);
+    const destination = p.to.service;
+    const changes: IntentionChange[] = [];
+    for (const source of sources) {
+      const query = exactQuery(source, destination);
+      const prev = await client.get<unknown>('/v1/connect/intentions/exact', {
+        query,
+        allow404: true,
+        permission: `intentions:read on "${destination}"`,
+      });
+      await client.put('/v1/connect/intentions/exact', {
+        query,
+        body: {
+          Action: action,
+          Description: `ambit policy ${action} --to ${destination}${source === '*' ? '' : ` --from ${source}`}`,
+        },
+        permission: `intentions:write on "${destination}"`,
+      });
+      changes.push({ source, destination, action, existed: prev.status !== 404 });
+    }
+    return changes;
+  } finally {
+    client.close();
+  }
+}
+
+/** `ambit policy list` in Consul mode: every intention the token may read, in Consul's order. */
+export async function consulIntentions(client: ConsulClient): Promise<ConsulIntention[]> {
+  try {
+    const res = await client.get<unknown>('/v1/connect/intentions', { permission: 'intentions:read' });
+    if (!Array.isArray(res.body)) return [];
+    return res.body.filter(
+      (i): i is ConsulIntention =>
+        isRecord(i) && typeof i.SourceName === 'string' && typeof i.DestinationName === 'string',
+    );
+  } finally {
+    client.close();
+  }
+}
+
+/** What an intention decides: allow, deny, or l7 (it has Permissions; L4 denies until a waypoint enforces it). */
+export const intentionAction = (i: ConsulIntention): string =>
+  (i.Permissions?.length ?? 0) > 0 ? 'l7' : (i.Action ?? '');
+
+/** `web->api` → source web, destination api. */
+export function parseIntentionName(name: string): { source: string; destination: string } {
+  const m = /^([^>]+)->([^>]+)$/.exec(name.trim());
+  if (!m) {
+    throw new ConfigError(
+      `policy "${name}": in Consul mode a policy is an intention, named <source>-><destination> (e.g. web->api; see \`ambit policy list\`)`,
+    );
+  }
+  return { source: m[1]!.trim(), destination: m[2]!.trim() };
+}
+
+/** `ambit policy remove <source>-><destination>` in Consul mode. */
+export async function consulRemoveIntention(
+  client: ConsulClient,
+  name: string,
+): Promise<{ source: string; destination: string }> {
+  try {
+    const { source, destination } = parseIntentionName(name);
+    const query = exactQuery(source, destination);
+    // Consul's DELETE answers true whether or not the intention was there: look first.
+    const prev = await client.get<unknown>('/v1/connect/intentions/exact', {
+      query,
+      allow404: true,
+      permission: `intentions:read on "${destination}"`,
+    });
+    if (prev.status === 404) throw new NotFoundError(`intention ${source}->${destination}`);
+    await client.delete('/v1/connect/intentions/exact', {
+      query,
+      permission: `intentions:write on "${destination}"`,
+    });
+    return { source, destination };
   } finally {
     client.close();
   }

@@ -6,10 +6,10 @@
 // `index` and `wait` (default 5m, max 10m, plus up to wait/16 jitter); X-Consul-KnownLeader and
 // X-Consul-LastContact; agent service registration mirrored into the catalog and health (with `passing`);
 // Connect CA roots and leaf signing (SPIFFE URI SAN, ValidAfter/ValidBefore; leaf renewal at 60–90% of its
-// lifetime) with blocking roots and leaf queries released on a rotation; intentions (`exact`, `match`,
-// precedence); config entries (`cas`); KV; ACL tokens (403 "ACL not found" / "Permission denied: ... lacks
-// permission"). Hooks for tests: setIndexBackwards(), down(), up(), rotateRoots(), rotateLeaf(service),
-// setCheckStatus(id, status).
+// lifetime) with blocking roots and leaf queries released on a rotation; intentions (list, `exact`,
+// `match`, precedence); config entries (`cas`); KV; ACL tokens (403 "ACL not found" / "Permission denied:
+// ... lacks permission"). Hooks for tests: setIndexBackwards(), down(), up(), rotateRoots(),
+// rotateLeaf(service), setCheckStatus(id, status).
 //
 // startConsul() gives a real `consul agent -dev` instead whenever a consul binary is on PATH or CONSUL_BIN
 // names one, so the same suite runs against the real thing; hook-dependent tests then skip.
@@ -550,6 +550,22 @@ export class ConsulEmulator {
         const leaf = this.#leaves.get(service)!;
         return { index: leaf.index, body: leaf.body };
       });
+    }
+    if (p === '/v1/connect/intentions' && method === 'GET') {
+      // Every intention the token may read (intentions:read on its destination), highest precedence
+      // first, ties by source then destination name, as Consul sorts them.
+      if (deny(undefined, '')) return;
+      return this.#blocking(url, res, () => ({
+        index: this.#table('intentions', 'intentions'),
+        body: [...this.#intentions.values()]
+          .filter((i) => this.#can(req, url, 'intentions:read', String(i.DestinationName)))
+          .sort(
+            (a, b) =>
+              Number(b.Precedence) - Number(a.Precedence) ||
+              String(a.SourceName).localeCompare(String(b.SourceName)) ||
+              String(a.DestinationName).localeCompare(String(b.DestinationName)),
+          ),
+      }));
     }
     if (p === '/v1/connect/intentions/match' && method === 'GET') {
       const by = q.get('by');
