@@ -31,6 +31,7 @@ export class TunnelServer {
     this.#d = deps;
     this.server = createSecureServer({
       allowHTTP1: false,
+      noDelay: true,
       ALPNProtocols: ALPN,
       minVersion: 'TLSv1.3',
       // The suites are fixed by this default context: an SNI context swaps the certificate, not the suites.

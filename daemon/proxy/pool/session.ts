@@ -53,7 +53,8 @@ export class TunnelSession {
         createConnection: () =>
           tlsConnect({
             // Marked (when capture is on) so that the capture rules never redirect the tunnel itself.
-            socket: connectTcp({ host: key.address, port: key.port }),
+            // No Nagle: a frame must not wait for the ACK of the previous one (interactive traffic).
+            socket: connectTcp({ host: key.address, port: key.port, noDelay: true }),
             host: key.address,
             port: key.port,
             secureContext: certs.secureContext(key.source),
