@@ -152,7 +152,7 @@ async function mesh(t: ExecutionContext, opts: { acl?: boolean } = {}): Promise<
     `echo=${upstreamPort}`,
   );
   t.is(r.code, 0, r.err);
-  await until(() => a.listeners.listening().length === 1, 10_000, 'upstream listener on node-a');
+  await until(() => a.listeners.listening().length === 1, 20_000, 'upstream listener on node-a');
   await until(() => b.readiness().ready && b.certs.list().length === 1, 10_000, 'echo certificate on node-b');
   await until(
     () => a.store.endpoints('default', 'echo').length === 1 && a.store.node('node-b') !== undefined,

@@ -478,7 +478,12 @@ test('connections spread over a service endpoints; an endpoint that refuses is r
       cluster.meshFile,
       workload({ name: 'echo-dead', service: 'echo', node: 'node-b', ports: [deadPort] }),
     );
-    await until(() => cluster.a.store.endpoints('default', 'echo').length === 3, 5000, 'third endpoint');
+    // Both daemons must know it: node-b to try it (and fail), node-a to pick it.
+    await until(
+      () => cluster.a.store.endpoints('default', 'echo').length === 3 && !!cluster.b.store.workload('echo-dead'),
+      5000,
+      'third endpoint',
+    );
     for (let i = 0; i < 9; i++) {
       const payload = Buffer.from(`attempt ${i}`);
       t.is((await roundTrip(upstreamPort, payload)).sha256, sha256(payload));

@@ -23,6 +23,9 @@ export interface Party {
 
 export type Direction = 'inbound' | 'outbound';
 
+const LABEL_CACHE_MAX = 10_000;
+const labelCache = new Map<string, Readonly<ConnectionLabels>>();
+
 /**
  * The account of one connection, whatever its entry (explicit upstream, capture, tunnel, plaintext):
  * the same metric labels, the same access-log line, the same open/close bookkeeping. Built once per
@@ -54,25 +57,36 @@ export class ConnectionAccount {
     this.#security = security;
   }
 
+  /**
+   * The metric labels of this connection. Connections between the same pair share one frozen object, so an
+   * open connection holds a reference rather than thirteen fields of its own.
+   */
   labels(flags: ResponseFlag): ConnectionLabels {
     const s = this.#src;
     const d = this.#dst;
-    const reporter: Reporter = this.#direction === 'outbound' ? 'source' : 'destination';
-    return {
-      reporter,
-      source_workload: s.workload ?? 'unknown',
-      source_workload_namespace: s.namespace ?? 'unknown',
-      source_principal: s.principal ?? 'unknown',
-      source_app: s.service ?? 'unknown',
-      destination_service: d.service && d.namespace ? `${d.service}.${d.namespace}` : 'unknown',
-      destination_service_name: d.service ?? 'unknown',
-      destination_service_namespace: d.namespace ?? 'unknown',
-      destination_workload: d.workload ?? 'unknown',
-      destination_principal: d.principal ?? 'unknown',
-      request_protocol: 'tcp',
-      connection_security_policy: this.#security,
-      response_flags: flags,
-    };
+    const key = `${this.#direction}|${s.workload}|${s.namespace}|${s.principal}|${s.service}|${d.service}|${d.namespace}|${d.workload}|${d.principal}|${this.#security}|${flags}`;
+    let labels = labelCache.get(key);
+    if (labels === undefined) {
+      labels = Object.freeze({
+        reporter: (this.#direction === 'outbound' ? 'source' : 'destination') as Reporter,
+        source_workload: s.workload ?? 'unknown',
+        source_workload_namespace: s.namespace ?? 'unknown',
+        source_principal: s.principal ?? 'unknown',
+        source_app: s.service ?? 'unknown',
+        destination_service: d.service && d.namespace ? `${d.service}.${d.namespace}` : 'unknown',
+        destination_service_name: d.service ?? 'unknown',
+        destination_service_namespace: d.namespace ?? 'unknown',
+        destination_workload: d.workload ?? 'unknown',
+        destination_principal: d.principal ?? 'unknown',
+        request_protocol: 'tcp' as const,
+        connection_security_policy: this.#security,
+        response_flags: flags,
+      });
+      // Bounded like any label cache: the mesh's pairs, not its connections; a flood of new pairs starts over.
+      if (labelCache.size >= LABEL_CACHE_MAX) labelCache.clear();
+      labelCache.set(key, labels);
+    }
+    return labels;
   }
 
   /** A connection that carried nothing: counted opened and closed with its flag, logged with the reason. */
