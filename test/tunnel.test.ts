@@ -480,7 +480,8 @@ test('connections spread over a service endpoints; an endpoint that refuses is r
     );
     // Both daemons must know it: node-b to try it (and fail), node-a to pick it.
     await until(
-      () => cluster.a.store.endpoints('default', 'echo').length === 3 && !!cluster.b.store.workload('echo-dead'),
+      () =>
+        cluster.a.store.endpoints('default', 'echo').length === 3 && !!cluster.b.store.workload('echo-dead'),
       5000,
       'third endpoint',
     );
