@@ -26,6 +26,9 @@ import { editMeshFile, setNode } from './state/mesh-edit.js';
 import type { Workload } from './state/model.js';
 import { StateStore } from './state/store.js';
 
+/** How soon a failed certificate issue is tried again (the certificate manager backs off on its own after). */
+const RECONCILE_RETRY_MS = 5_000;
+
 export interface BoundPorts {
   tunnel: number;
   admin: number;
@@ -61,6 +64,8 @@ export class Ambitd {
   #identities = new Map<string, string>();
   #sni = new Map<string, string>();
   #reconciling: Promise<void> = Promise.resolve();
+  #retryTimer: NodeJS.Timeout | undefined;
+  #closing = false;
   #ready = false;
 
   private constructor(config: DaemonConfig, logger: Logger, certs: CertificateManager) {
@@ -166,13 +171,7 @@ export class Ambitd {
       this.tunnel.updateRoots();
       this.pool.drainAll();
     });
-    this.store.on('change', () => {
-      this.#reconciling = this.#reconciling
-        .then(() => this.#reconcile())
-        .catch((err: Error) => {
-          log.error({ err: err.message }, 'applying the mesh failed');
-        });
-    });
+    this.store.on('change', () => this.#scheduleReconcile());
     // Marks first: every socket the daemon opens from here on must escape the capture rules.
     if (this.capture) setDaemonMark(config.capture.mark);
     this.ports.tunnel = await this.tunnel.listen(config.tunnel);
@@ -261,21 +260,40 @@ export class Ambitd {
     const wanted = new Set(local.map((w) => this.identityOf(w)));
     const sni = new Map<string, string>();
     for (const id of wanted) sni.set(sniForIdentity(id), id);
+    let failed = 0;
     await Promise.all(
       [...wanted].map((id) =>
-        this.certs
-          .ensure(id)
-          .catch((err: Error) =>
-            this.log.error({ identity: id, err: err.message }, 'cannot issue certificate'),
-          ),
+        this.certs.ensure(id).catch((err: Error) => {
+          failed++;
+          this.log.error({ identity: id, err: err.message }, 'cannot issue certificate');
+        }),
       ),
     );
+    // A first issue that failed (CA briefly unreachable) is tried again without waiting for a mesh change.
+    if (failed > 0) this.#retryReconcile();
     this.#sni = sni;
     for (const c of this.certs.list()) if (!wanted.has(c.identity)) this.certs.forget(c.identity);
     this.#exportCertExpiry();
     await this.listeners.reconcile(local);
     const closed = this.inbound.recheck();
     if (closed > 0) this.log.info({ closed }, 'closed connections that policy no longer allows');
+  }
+
+  /** Reconciles after any reconcile already under way: changes apply in order, never concurrently. */
+  #scheduleReconcile(): void {
+    this.#reconciling = this.#reconciling
+      .then(() => this.#reconcile())
+      .catch((err: Error) => {
+        this.log.error({ err: err.message }, 'applying the mesh failed');
+      });
+  }
+
+  #retryReconcile(): void {
+    if (this.#retryTimer) return;
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined;
+      if (!this.#closing) this.#scheduleReconcile();
+    }, RECONCILE_RETRY_MS).unref();
   }
 
   #exportCertExpiry(): void {
