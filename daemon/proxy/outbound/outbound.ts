@@ -111,30 +111,16 @@ export class Outbound {
       service: source.service,
       principal: sourceId,
     };
-    const toService = (plan: Plan | undefined, ep?: Workload): Party => ({
-      addr: targetText(target),
-      service: plan?.service?.name,
-      namespace: plan?.service?.namespace,
-      workload: ep?.name,
-      principal: ep ? d.identityOf(ep) : undefined,
-    });
-    const refuse = (
-      plan: Plan | undefined,
-      reason: RefusalReason,
-      flag: ResponseFlag,
-      why: string,
-      ep?: Workload,
-    ) => {
-      new ConnectionAccount(d, 'outbound', src, toService(plan, ep), 'mutual_tls').refused(flag, reason, why);
-      if (!client.destroyed) client.resetAndDestroy();
-    };
-
+    // Helpers are methods and module functions, not closures: a closure here would keep this whole frame
+    // alive for as long as the connection lasts.
     const plan = this.#plan(target);
     if (!plan) {
       if (target.kind === 'address') return this.passthrough(client, src, target);
-      return refuse(undefined, 'no_endpoint', 'UH', 'no such service');
+      return this.#refuse(client, src, target, undefined, 'no_endpoint', 'UH', 'no such service');
     }
-    if (plan.endpoints.length === 0) return refuse(plan, 'no_endpoint', 'UH', 'service has no endpoints');
+    if (plan.endpoints.length === 0) {
+      return this.#refuse(client, src, target, plan, 'no_endpoint', 'UH', 'service has no endpoints');
+    }
 
     const tried = new Set<string>();
     let lastError = 'no endpoint could be tried';
@@ -188,19 +174,47 @@ export class Outbound {
           return;
         }
         d.balancer.succeeded(ep.name);
-        const account = new ConnectionAccount(d, 'outbound', src, toService(plan, ep), 'mutual_tls');
+        const account = new ConnectionAccount(
+          d,
+          'outbound',
+          src,
+          toService(d, target, plan, ep),
+          'mutual_tls',
+        );
         return account.carry(client, stream, client, true, () => d.balancer.closed(ep.name));
       }
       stream.close();
       d.balancer.closed(ep.name);
-      if (status === 401) return refuse(plan, 'denied', 'DENY', 'peer answered 401', ep);
-      if (status === 400) return refuse(plan, 'bad_request', 'BAD_REQUEST', 'peer answered 400', ep);
+      if (status === 401)
+        return this.#refuse(client, src, target, plan, 'denied', 'DENY', 'peer answered 401', ep);
+      if (status === 400) {
+        return this.#refuse(client, src, target, plan, 'bad_request', 'BAD_REQUEST', 'peer answered 400', ep);
+      }
       d.balancer.eject(ep.name);
       lastError = `peer answered ${status}`;
       lastFlag = 'UF';
       reason = 'upstream_failed';
     }
-    return refuse(plan, reason, lastFlag, lastError);
+    return this.#refuse(client, src, target, plan, reason, lastFlag, lastError);
+  }
+
+  #refuse(
+    client: Socket,
+    src: Party,
+    target: OutboundTarget,
+    plan: Plan | undefined,
+    reason: RefusalReason,
+    flag: ResponseFlag,
+    why: string,
+    ep?: Workload,
+  ): void {
+    const d = this.#d;
+    new ConnectionAccount(d, 'outbound', src, toService(d, target, plan, ep), 'mutual_tls').refused(
+      flag,
+      reason,
+      why,
+    );
+    if (!client.destroyed) client.resetAndDestroy();
   }
 
   /** A destination outside the mesh, or a source that is not enrolled: carried as it is, without a tunnel. */
@@ -224,6 +238,19 @@ export class Outbound {
     account.carry(client, upstream, client, true);
   }
 }
+
+const toService = (
+  d: OutboundDeps,
+  target: OutboundTarget,
+  plan: Plan | undefined,
+  ep?: Workload,
+): Party => ({
+  addr: targetText(target),
+  service: plan?.service?.name,
+  namespace: plan?.service?.namespace,
+  workload: ep?.name,
+  principal: ep ? d.identityOf(ep) : undefined,
+});
 
 const targetText = (t: OutboundTarget): string =>
   t.kind === 'service'
