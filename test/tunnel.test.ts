@@ -27,18 +27,28 @@ import {
   workload,
 } from './helpers/cluster.js';
 
+interface Echo {
+  port: number;
+  accepted: () => number;
+}
+
 interface Setup {
   cluster: Cluster;
   echoPort: number;
   upstreamPort: number;
   echoAccepted: () => number;
+  /** Every echo endpoint: echo-1, echo-2, ... */
+  echoes: Echo[];
   closeEcho: () => void;
 }
 
-/** Workload "client" (service web) on node-a with an upstream to service echo; workload "echo-1" on node-b. */
-async function setup(opts: { certTtl?: string } = {}): Promise<Setup> {
+/**
+ * Workload "client" (service web) on node-a with an upstream to service echo; workloads echo-1..echo-N on
+ * node-b, each an echo server of its own.
+ */
+async function setup(opts: { certTtl?: string; echoes?: number } = {}): Promise<Setup> {
   const cluster = await startCluster(opts);
-  const echo = await echoServer();
+  const servers = await Promise.all(Array.from({ length: opts.echoes ?? 1 }, () => echoServer()));
   const upstreamPort = await freePort();
   await enroll(
     cluster.meshFile,
@@ -56,17 +66,23 @@ async function setup(opts: { certTtl?: string } = {}): Promise<Setup> {
         },
       ],
     }),
-    workload({ name: 'echo-1', service: 'echo', node: 'node-b', ports: [echo.port] }),
+    ...servers.map((e, i) =>
+      workload({ name: `echo-${i + 1}`, service: 'echo', node: 'node-b', ports: [e.port] }),
+    ),
   );
   // Not by connecting to it: a probe connection would itself be tunneled and counted.
   await until(() => cluster.a.listeners.listening().length === 1, 5000, 'upstream listener bound');
   await until(() => cluster.b.readiness().ready && cluster.b.certs.list().length === 1, 5000, 'node-b ready');
+  const first = servers[0]!;
   return {
     cluster,
-    echoPort: echo.port,
+    echoPort: first.port,
     upstreamPort,
-    echoAccepted: echo.accepted,
-    closeEcho: () => echo.server.close(),
+    echoAccepted: first.accepted,
+    echoes: servers.map((e) => ({ port: e.port, accepted: e.accepted })),
+    closeEcho: () => {
+      for (const e of servers) e.server.close();
+    },
   };
 }
 
@@ -435,42 +451,16 @@ test('the tunnel speaks TLS 1.3 with AES-128-GCM and ALPN h2, and presents the w
 });
 
 test('connections spread over a service endpoints; an endpoint that refuses is retried elsewhere and skipped', async (t) => {
-  const cluster = await startCluster();
-  const one = await echoServer();
-  const two = await echoServer();
+  const s = await setup({ echoes: 2 });
+  const { cluster, upstreamPort } = s;
+  const [one, two] = s.echoes as [Echo, Echo];
   const deadPort = await freePort();
-  const upstreamPort = await freePort();
   try {
-    await enroll(
-      cluster.meshFile,
-      workload({
-        name: 'client',
-        service: 'web',
-        node: 'node-a',
-        upstreams: [
-          {
-            service: 'echo',
-            namespace: 'default',
-            port: undefined,
-            listenHost: '127.0.0.1',
-            listenPort: upstreamPort,
-          },
-        ],
-      }),
-      workload({ name: 'echo-1', service: 'echo', node: 'node-b', ports: [one.port] }),
-      workload({ name: 'echo-2', service: 'echo', node: 'node-b', ports: [two.port] }),
-    );
-    await until(() => cluster.a.listeners.listening().length === 1, 5000, 'upstream listener');
-    await until(
-      () => cluster.b.readiness().ready && cluster.b.certs.list().length === 1,
-      5000,
-      'node-b ready',
-    );
     // Least connections: ten connections held open at once land five and five.
     const held = await Promise.all(Array.from({ length: 10 }, () => openEcho(upstreamPort)));
     t.is(one.accepted(), 5);
     t.is(two.accepted(), 5);
-    for (const s of held) s.destroy();
+    for (const sock of held) sock.destroy();
 
     // A third endpoint whose workload refuses: node-b answers 503, node-a moves on to a live endpoint
     // without losing the client's bytes, and passes the refusing one over for the following connections.
@@ -496,8 +486,6 @@ test('connections spread over a service endpoints; an endpoint that refuses is r
     );
     t.is(one.accepted() + two.accepted(), 10 + 9);
   } finally {
-    one.server.close();
-    two.server.close();
-    await cluster.close();
+    await teardown(s);
   }
 });
