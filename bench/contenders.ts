@@ -11,7 +11,7 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { EmbeddedCa } from '../daemon/identity/ca.js';
 import { editMeshFile, upsertWorkload } from '../daemon/state/mesh-edit.js';
-import type { Workload } from '../daemon/state/model.js';
+import { workload } from '../test/helpers/cluster.js';
 import {
   type Spawned,
   commandLine,
@@ -186,16 +186,6 @@ function ambitEnv(): NodeJS.ProcessEnv {
   env.AMBIT_MESH_POLL = '200ms';
   return env;
 }
-
-const workload = (p: Pick<Workload, 'name' | 'service' | 'node'> & Partial<Workload>): Workload => ({
-  namespace: 'default',
-  addresses: ['127.0.0.1'],
-  ports: [],
-  uid: undefined,
-  mode: 'strict',
-  upstreams: [],
-  ...p,
-});
 
 const ambit: Contender = {
   name: 'ambit',

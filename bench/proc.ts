@@ -3,8 +3,10 @@
 
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { constants, accessSync, createWriteStream, readFileSync } from 'node:fs';
-import { type AddressInfo, connect, createServer } from 'node:net';
 import { cpus, release, totalmem } from 'node:os';
+import { sleep } from '../test/helpers/net.js';
+
+export { freePort, sleep, waitForPort } from '../test/helpers/net.js';
 
 const children = new Set<ChildProcess>();
 let closing = false;
@@ -160,35 +162,6 @@ export function raiseFileLimit(wanted: number): number {
     return Number.isFinite(soft) ? soft : 0;
   } catch {
     return 0;
-  }
-}
-
-export async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address() as AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** Resolves once something accepts TCP on 127.0.0.1:port; throws after `ms`. */
-export async function waitForPort(port: number, ms: number, what: string): Promise<void> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = connect(port, '127.0.0.1');
-      s.once('connect', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return;
-    if (Date.now() > deadline)
-      throw new Error(`${what}: nothing listens on 127.0.0.1:${port} after ${ms} ms`);
-    await sleep(50);
   }
 }
 

@@ -8,6 +8,9 @@ import { Ambitd } from '../../daemon/daemon.js';
 import { createLogger, silentLogger } from '../../daemon/log.js';
 import { editMeshFile, upsertWorkload } from '../../daemon/state/mesh-edit.js';
 import type { Workload } from '../../daemon/state/model.js';
+import { sleep } from './net.js';
+
+export { freePort, sleep, waitForPort } from './net.js';
 
 export interface Cluster {
   dir: string;
@@ -84,32 +87,6 @@ export async function echoServer(): Promise<{ server: Server; port: number; acce
   return { server, port: (server.address() as AddressInfo).port, accepted: () => accepted };
 }
 
-export async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address() as AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
-/** Resolves once something accepts TCP on port (bounded: gives up after `ms`). */
-export async function waitForPort(port: number, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = connect(port, '127.0.0.1');
-      s.once('connect', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return;
-    if (Date.now() > deadline) throw new Error(`nothing listens on port ${port} after ${ms} ms`);
-    await sleep(50);
-  }
-}
-
 /** Polls `check` until it holds (bounded in time). */
 export async function until(
   check: () => boolean | Promise<boolean>,
@@ -122,8 +99,6 @@ export async function until(
     await sleep(25);
   }
 }
-
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /**
  * Sends `bytes` through a connection to port, half-closes, and collects everything that comes back.
