@@ -19,7 +19,8 @@ export type AmbitErrorCode =
   | 'AMBIT_CONSUL_FORBIDDEN'
   | 'AMBIT_CONSUL_REQUEST'
   | 'AMBIT_CAPTURE_UNAVAILABLE'
-  | 'AMBIT_CAPTURE_FAILED';
+  | 'AMBIT_CAPTURE_FAILED'
+  | 'AMBIT_H2_PROTOCOL';
 
 export class AmbitError extends Error {
   readonly code: AmbitErrorCode;
@@ -176,5 +177,18 @@ export class CaptureUnavailableError extends AmbitError {
 export class CaptureError extends AmbitError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('AMBIT_CAPTURE_FAILED', message, options);
+  }
+}
+
+/**
+ * A peer broke the HTTP/2 (HBONE) protocol or its HPACK header compression. `h2Code` is the RFC 9113 error
+ * code sent to the peer in GOAWAY or RST_STREAM (1 PROTOCOL_ERROR, 3 FLOW_CONTROL_ERROR, 6 FRAME_SIZE_ERROR,
+ * 9 COMPRESSION_ERROR, ...). Only ever ends that session or stream, never the daemon.
+ */
+export class H2ProtocolError extends AmbitError {
+  readonly h2Code: number;
+  constructor(h2Code: number, message: string) {
+    super('AMBIT_H2_PROTOCOL', message);
+    this.h2Code = h2Code;
   }
 }

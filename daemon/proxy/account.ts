@@ -1,5 +1,4 @@
 import type { Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
 import { connectTcp } from '../capture/mark.js';
 import type { ResponseFlag } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -10,7 +9,7 @@ import type {
   Reporter,
   SecurityPolicy,
 } from '../metrics/metrics.js';
-import { pipeBoth } from './pipe.js';
+import { type PipeEnd, pipeBoth } from './pipe.js';
 
 /** One end of a connection as far as the daemon knows it; anything unknown is reported as "unknown". */
 export interface Party {
@@ -114,7 +113,7 @@ export class ConnectionAccount {
    * socket whose byte counters are read at the end; `clientSide` says whether it faces the client (so
    * what it read came from the client) or the workload (what it wrote came from the client).
    */
-  carry(socket: Socket, other: Duplex, tcp: Socket, clientSide: boolean, onClose?: () => void): void {
+  carry(socket: Socket, other: PipeEnd, tcp: Socket, clientSide: boolean, onClose?: () => void): void {
     const m = this.#metrics;
     const labels = this.labels('-');
     m.opened.inc(labels);

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import type { Settings } from 'node:http2';
 import { isIP } from 'node:net';
+import type { H2SessionOptions } from './h2/session.js';
 
 // HBONE as ztunnel speaks it: TLS 1.3, ALPN h2, an HTTP/2 CONNECT per tunneled connection whose :authority
 // is the destination workload's ip:port.
@@ -13,11 +13,11 @@ export const CONNECTION_WINDOW = 16 * 1024 * 1024;
 export const MAX_FRAME = 1024 * 1024 - 1;
 export const SERVER_MAX_STREAMS = 200;
 
-export const h2Settings = (maxConcurrentStreams: number): Settings => ({
-  initialWindowSize: STREAM_WINDOW,
-  maxFrameSize: MAX_FRAME,
+export const h2Options = (maxConcurrentStreams: number): H2SessionOptions => ({
   maxConcurrentStreams,
-  enablePush: false,
+  streamWindow: STREAM_WINDOW,
+  connectionWindow: CONNECTION_WINDOW,
+  maxFrameSize: MAX_FRAME,
 });
 
 export interface HostPort {

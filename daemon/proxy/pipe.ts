@@ -1,16 +1,17 @@
-import { constants, type Http2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
+import { ErrorCode } from './h2/frame.js';
+import { H2Stream } from './h2/stream.js';
 
 /** A shared no-op error listener: an emitter with none would crash the daemon on a peer's bytes. */
 export function ignoreError(): void {}
 
-const isHttp2Stream = (s: Duplex): s is Http2Stream => 'session' in s;
+/** The far side of a pipe: another socket (passthrough) or a tunnel stream. */
+export type PipeEnd = Socket | H2Stream;
 
 /** What one piped pair shares; both ends point at it. */
 interface Link {
   readonly socket: Socket;
-  readonly stream: Duplex;
+  readonly stream: PipeEnd;
   readonly done: (err: Error | undefined) => void;
   failure: Error | undefined;
   open: number;
@@ -28,10 +29,10 @@ type Linked<T> = T & { [kLink]: Link };
  * through `this` (emitters call listeners with `this` set to themselves): pipe() costs nine closures and
  * their listener entries per direction, most of an idle tunneled connection's heap; this costs one object.
  */
-export function pipeBoth(socket: Socket, stream: Duplex, done: (err: Error | undefined) => void): void {
+export function pipeBoth(socket: Socket, stream: PipeEnd, done: (err: Error | undefined) => void): void {
   const link: Link = { socket, stream, done, failure: undefined, open: 2 };
   (socket as Linked<Socket>)[kLink] = link;
-  (stream as Linked<Duplex>)[kLink] = link;
+  (stream as Linked<PipeEnd>)[kLink] = link;
   socket.on('data', onSocketData);
   socket.on('drain', onSocketDrain);
   socket.on('end', onSocketEnd);
@@ -44,33 +45,35 @@ export function pipeBoth(socket: Socket, stream: Duplex, done: (err: Error | und
   // An HTTP/2 stream reset by the peer closes without an error event on some paths; treat an abort as one.
   stream.on('aborted', onAborted);
   stream.on('close', onStreamClose);
+  // A tunnel stream holds what arrived before anyone listened; this lets it flow.
+  stream.resume();
 }
 
 // Backpressure: a side that cannot take more pauses the other until it drains.
 function onSocketData(this: Linked<Socket>, chunk: Buffer): void {
   if (!this[kLink].stream.write(chunk)) this.pause();
 }
-function onStreamData(this: Linked<Duplex>, chunk: Buffer): void {
+function onStreamData(this: Linked<PipeEnd>, chunk: Buffer): void {
   if (!this[kLink].socket.write(chunk)) this.pause();
 }
 function onSocketDrain(this: Linked<Socket>): void {
   this[kLink].stream.resume();
 }
-function onStreamDrain(this: Linked<Duplex>): void {
+function onStreamDrain(this: Linked<PipeEnd>): void {
   this[kLink].socket.resume();
 }
 function onSocketEnd(this: Linked<Socket>): void {
   const { stream } = this[kLink];
   if (!stream.writableEnded) stream.end();
 }
-function onStreamEnd(this: Linked<Duplex>): void {
+function onStreamEnd(this: Linked<PipeEnd>): void {
   const { socket } = this[kLink];
   if (!socket.writableEnded) socket.end();
 }
-function onError(this: Linked<Duplex>, err: Error): void {
+function onError(this: Linked<PipeEnd>, err: Error): void {
   fail(this[kLink], err);
 }
-function onAborted(this: Linked<Duplex>): void {
+function onAborted(this: Linked<PipeEnd>): void {
   fail(this[kLink], new Error('tunnel stream aborted by peer'));
 }
 
@@ -82,7 +85,7 @@ function fail(link: Link, err: Error): void {
     if (socket.writableEnded) socket.destroy();
     else socket.resetAndDestroy();
   }
-  // destroy(err) sends RST_STREAM alone; close(code) would first send END_STREAM, a clean end to the peer.
+  // destroy(err) sends RST_STREAM (CANCEL): the peer sees an abort, never a clean end of a truncated stream.
   if (!stream.destroyed) stream.destroy(err);
 }
 
@@ -97,13 +100,13 @@ function onSocketClose(this: Linked<Socket>): void {
   closed(link);
 }
 
-function onStreamClose(this: Linked<Duplex>): void {
+function onStreamClose(this: Linked<PipeEnd>): void {
   const link = this[kLink];
   const { socket } = link;
   // A stream reset by the peer (any code but NO_ERROR) resets the client too: a clean FIN would make a
   // truncated reply look complete.
-  const rst = isHttp2Stream(this) ? this.rstCode : 0;
-  if (rst !== undefined && rst !== constants.NGHTTP2_NO_ERROR)
+  const rst = this instanceof H2Stream ? this.rstCode : 0;
+  if (rst !== undefined && rst !== ErrorCode.NO_ERROR)
     fail(link, new Error(`tunnel stream reset (code ${rst})`));
   else if (!socket.destroyed && !this.readableEnded) socket.resetAndDestroy();
   else if (!socket.destroyed && !socket.writableEnded) socket.end();

@@ -1,6 +1,4 @@
-import type { IncomingHttpHeaders, ServerHttp2Session, ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
-import type { TLSSocket } from 'node:tls';
 import { type ConnectionRefusal, badRequest, denied, unknownWorkload, upstreamFailed } from '../../errors.js';
 import { parseSpiffeId, uriSans } from '../../identity/spiffe.js';
 import type { Logger } from '../../log.js';
@@ -9,6 +7,8 @@ import { type Peer, authorize } from '../../rbac.js';
 import type { Workload } from '../../state/model.js';
 import type { StateStore } from '../../state/store.js';
 import { ConnectionAccount, type Party, connectUpstream } from '../account.js';
+import type { H2Session } from '../h2/session.js';
+import type { H2Headers, H2Stream } from '../h2/stream.js';
 import { type HostPort, formatAuthority, parseAuthority, parseForwardedFor } from '../hbone.js';
 import { ignoreError } from '../pipe.js';
 
@@ -27,10 +27,10 @@ interface OpenConnection {
   readonly peer: Peer;
   readonly workload: Workload;
   readonly port: number;
-  readonly stream: ServerHttp2Stream;
+  readonly stream: H2Stream;
 }
 
-const peerOf = new WeakMap<ServerHttp2Session, Peer | null>();
+const peerOf = new WeakMap<H2Session, Peer | null>();
 
 const REFUSAL_REASON: Record<string, RefusalReason> = {
   AMBIT_BAD_REQUEST: 'bad_request',
@@ -81,13 +81,13 @@ export class Inbound {
     return this.#open.size;
   }
 
-  handleStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
+  handleStream(stream: H2Stream, headers: H2Headers, session: H2Session): void {
     stream.on('error', ignoreError);
     const started = Date.now();
-    const peer = this.#peer(stream.session as ServerHttp2Session);
+    const peer = this.#peer(session);
     const authority = headers[':authority'];
     const target = parseAuthority(authority);
-    const src = parseForwardedFor(headers.forwarded as string | undefined);
+    const src = parseForwardedFor(headers.forwarded);
     let workload: Workload | undefined;
     try {
       if (headers[':method'] !== 'CONNECT') throw badRequest(`method ${headers[':method']} is not CONNECT`);
@@ -109,10 +109,10 @@ export class Inbound {
     void this.#connect(stream, peer, workload, target, src, started);
   }
 
-  #peer(session: ServerHttp2Session): Peer | undefined {
+  #peer(session: H2Session): Peer | undefined {
     let peer = peerOf.get(session);
     if (peer === undefined) {
-      const cert = (session.socket as TLSSocket).getPeerCertificate();
+      const cert = session.socket.getPeerCertificate();
       const principal = uriSans(cert).find((u) => u.startsWith('spiffe://'));
       const parsed = principal ? parseSpiffeId(principal) : undefined;
       peer = principal ? { principal, namespace: parsed?.namespace, service: parsed?.service } : null;
@@ -171,7 +171,7 @@ export class Inbound {
   }
 
   #refuse(
-    stream: ServerHttp2Stream,
+    stream: H2Stream,
     refusal: ConnectionRefusal,
     peer: Peer | undefined,
     w: Workload | undefined,
@@ -184,11 +184,11 @@ export class Inbound {
       status: refusal.status,
     });
     if (!stream.destroyed && !stream.headersSent)
-      stream.respond({ ':status': refusal.status }, { endStream: true });
+      stream.respond({ ':status': String(refusal.status) }, { endStream: true });
   }
 
   async #connect(
-    stream: ServerHttp2Stream,
+    stream: H2Stream,
     peer: Peer,
     workload: Workload,
     target: HostPort,
@@ -208,7 +208,7 @@ export class Inbound {
       upstream.destroy();
       return;
     }
-    stream.respond({ ':status': 200 });
+    stream.respond({ ':status': '200' });
     const entry: OpenConnection = { peer, workload, port: target.port, stream };
     this.#open.add(entry);
     // The TCP side here faces the workload: what it wrote came from the client.

@@ -1,11 +1,11 @@
-import { type Http2SecureServer, type ServerHttp2Session, createSecureServer } from 'node:http2';
 import type { AddressInfo } from 'node:net';
-import type { SecureContext } from 'node:tls';
+import { type SecureContext, type Server, type TLSSocket, createServer } from 'node:tls';
 import type { Listen } from '../../config.js';
 import { TLS13_CIPHERSUITES } from '../../identity/manager.js';
 import type { Logger } from '../../log.js';
 import type { Metrics } from '../../metrics/metrics.js';
-import { ALPN, CONNECTION_WINDOW, SERVER_MAX_STREAMS, h2Settings } from '../hbone.js';
+import { H2Session } from '../h2/session.js';
+import { ALPN, SERVER_MAX_STREAMS, h2Options } from '../hbone.js';
 import type { Inbound } from './inbound.js';
 
 export interface TunnelServerDeps {
@@ -23,14 +23,13 @@ export interface TunnelServerDeps {
  * trust bundle. Bytes from a peer never crash the daemon: a bad handshake or a bad frame ends that session.
  */
 export class TunnelServer {
-  readonly server: Http2SecureServer;
+  readonly server: Server;
   readonly #d: TunnelServerDeps;
-  readonly #sessions = new Set<ServerHttp2Session>();
+  readonly #sessions = new Set<H2Session>();
 
   constructor(deps: TunnelServerDeps) {
     this.#d = deps;
-    this.server = createSecureServer({
-      allowHTTP1: false,
+    this.server = createServer({
       noDelay: true,
       ALPNProtocols: ALPN,
       minVersion: 'TLSv1.3',
@@ -40,26 +39,35 @@ export class TunnelServer {
       requestCert: true,
       rejectUnauthorized: true,
       ca: deps.roots(),
-      settings: h2Settings(SERVER_MAX_STREAMS),
       SNICallback: (servername, cb) => {
         const ctx = deps.contextForSni(servername);
         if (ctx) cb(null, ctx);
         else cb(new Error(`no local workload answers to ${servername}`), undefined);
       },
     });
-    this.server.on('session', (session) => {
-      this.#sessions.add(session);
-      session.once('close', () => this.#sessions.delete(session));
-      session.setLocalWindowSize(CONNECTION_WINDOW);
-      session.on('error', (err) => deps.log.debug({ err: err.message }, 'tunnel session error'));
-    });
-    this.server.on('secureConnection', () => deps.metrics.handshakes.inc({ direction: 'inbound' }));
-    this.server.on('stream', (stream, headers) => deps.inbound.handleStream(stream, headers));
+    this.server.on('secureConnection', (socket: TLSSocket) => this.#accept(socket));
     this.server.on('tlsClientError', (err, socket) => {
       deps.metrics.refused.inc({ direction: 'inbound', reason: 'tls_failure' });
       deps.log.warn({ src: socket.remoteAddress, err: err.message }, 'tunnel handshake refused');
     });
-    this.server.on('sessionError', (err) => deps.log.debug({ err: err.message }, 'tunnel session error'));
+  }
+
+  #accept(socket: TLSSocket): void {
+    const d = this.#d;
+    d.metrics.handshakes.inc({ direction: 'inbound' });
+    socket.setNoDelay(true);
+    if (socket.alpnProtocol !== 'h2') {
+      // HBONE is HTTP/2 only: a client that did not negotiate h2 would read our frames as garbage.
+      d.metrics.refused.inc({ direction: 'inbound', reason: 'tls_failure' });
+      d.log.warn({ src: socket.remoteAddress, alpn: socket.alpnProtocol }, 'tunnel refused: ALPN is not h2');
+      socket.destroy();
+      return;
+    }
+    const session = new H2Session(socket, 'server', h2Options(SERVER_MAX_STREAMS));
+    this.#sessions.add(session);
+    session.once('close', () => this.#sessions.delete(session));
+    session.on('error', (err: Error) => d.log.debug({ err: err.message }, 'tunnel session error'));
+    session.on('stream', (stream, headers) => d.inbound.handleStream(stream, headers, session));
   }
 
   /** The trust bundle changed (root rotation): new handshakes check against the new set. */

@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import type { OutgoingHttpHeaders } from 'node:http2';
 import type { Socket } from 'node:net';
 import { type ResponseFlag, TunnelError } from '../../errors.js';
 import type { Logger } from '../../log.js';
@@ -7,6 +6,7 @@ import type { Metrics, RefusalReason } from '../../metrics/metrics.js';
 import type { Workload } from '../../state/model.js';
 import type { StateStore } from '../../state/store.js';
 import { ConnectionAccount, type Party, connectUpstream } from '../account.js';
+import type { H2Headers } from '../h2/stream.js';
 import { formatAuthority, forwardedFor, newTraceparent } from '../hbone.js';
 import { ignoreError } from '../pipe.js';
 import type { Pool } from '../pool/pool.js';
@@ -139,7 +139,7 @@ export class Outbound {
           : `endpoint ${ep.name} has no port to reach`;
         continue;
       }
-      const headers: OutgoingHttpHeaders = {
+      const headers: H2Headers = {
         ':method': 'CONNECT',
         ':authority': formatAuthority(ip, port),
         forwarded: forwardedFor(client.remoteAddress, client.remotePort),

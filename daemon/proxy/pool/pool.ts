@@ -1,8 +1,8 @@
-import type { ClientHttp2Stream, OutgoingHttpHeaders } from 'node:http2';
 import { TunnelError } from '../../errors.js';
 import type { CertificateManager } from '../../identity/manager.js';
 import type { Logger } from '../../log.js';
 import type { Metrics } from '../../metrics/metrics.js';
+import type { H2Headers, H2Stream } from '../h2/stream.js';
 import { type PoolKey, TunnelSession, poolKeyString } from './session.js';
 
 export interface PoolOptions {
@@ -23,7 +23,7 @@ export const DEFAULT_POOL_OPTIONS: PoolOptions = {
 };
 
 export interface TunnelResponse {
-  readonly stream: ClientHttp2Stream;
+  readonly stream: H2Stream;
   readonly status: number;
 }
 
@@ -50,11 +50,11 @@ export class Pool {
   }
 
   /** Opens a CONNECT stream through a pooled session and waits for the peer's answer. */
-  async connect(key: PoolKey, headers: OutgoingHttpHeaders): Promise<TunnelResponse> {
+  async connect(key: PoolKey, headers: H2Headers): Promise<TunnelResponse> {
     const session = await this.#acquire(key);
     session.active++;
     this.#clearIdle(session);
-    let stream: ClientHttp2Stream;
+    let stream: H2Stream;
     try {
       stream = session.request(headers);
     } catch (err) {
@@ -70,7 +70,7 @@ export class Pool {
         reject(new TunnelError(`tunnel stream failed: ${err.message}`, 'UF', undefined, { cause: err }));
       };
       const onClose = (): void => onError(new Error(`stream closed with code ${stream.rstCode}`));
-      const onResponse = (h: { ':status'?: number }): void => {
+      const onResponse = (h: H2Headers): void => {
         stream.removeListener('error', onError);
         stream.removeListener('close', onClose);
         resolve({ stream, status: Number(h[':status'] ?? 0) });

@@ -1,0 +1,252 @@
+import { EventEmitter } from 'node:events';
+import { ErrorCode } from './frame.js';
+
+/** Request or response headers as a plain object; a repeated field is joined with ", " (RFC 9110 §5.3). */
+export type H2Headers = Record<string, string>;
+
+/** What a stream needs from the session that carries it. */
+export interface StreamHost {
+  /** Sends as much of `chunk` as the windows allow; returns how many bytes went out. */
+  sendData(stream: H2Stream, chunk: Buffer, offset: number, endStream: boolean): number;
+  sendHeaders(stream: H2Stream, headers: H2Headers, endStream: boolean): void;
+  sendReset(stream: H2Stream, code: number): void;
+  /** The stream's reader took `bytes` off the wire: the peer may send that much more. */
+  release(stream: H2Stream, bytes: number): void;
+  /** Credit is returned in batches of at least this much (a WINDOW_UPDATE per chunk would double the frames). */
+  readonly ackThreshold: number;
+  /** True while the session's socket holds more than it wants (every stream waits for its drain). */
+  readonly blocked: boolean;
+  streamClosed(stream: H2Stream): void;
+}
+
+/**
+ * One HTTP/2 stream (one tunneled connection), with the part of the Duplex interface the data path uses:
+ * write/end/pause/resume/destroy and the events 'data', 'drain', 'end', 'close' (plus 'response' on the
+ * client side). Deliberately not a stream.Duplex: the Readable/Writable machinery costs more per chunk and per
+ * idle connection than the tunnel itself. Incoming DATA goes straight to 'data' while flowing; a paused
+ * stream keeps what arrives and withholds WINDOW_UPDATE, so the peer is held to one window per stream.
+ */
+export class H2Stream extends EventEmitter {
+  readonly id: number;
+  readonly #host: StreamHost;
+  /** Bytes we may still send (peer's window for this stream). */
+  sendWindow: number;
+  /** Bytes the peer may still send us on this stream. */
+  recvWindow = 0;
+  /** Received while paused or before anyone listens, in order. */
+  #held: Buffer[] | undefined;
+  #flowing = false;
+  /** Received and handed to the reader, not yet acknowledged with WINDOW_UPDATE. */
+  #unacked = 0;
+  /** Written by the caller, waiting for flow-control credit. */
+  #queue: Buffer[] | undefined;
+  #queueOffset = 0;
+  #needDrain = false;
+  #endRequested = false;
+  localEnded = false;
+  remoteEnded = false;
+  #endEmitted = false;
+  #closed = false;
+  headersSent = false;
+  /** The RST_STREAM code that ended the stream (sent or received); 0 for a clean end. */
+  rstCode: number | undefined;
+  /** The peer's request (server side) or response (client side) headers. */
+  headers: H2Headers | undefined;
+
+  constructor(id: number, host: StreamHost, sendWindow: number) {
+    super();
+    this.id = id;
+    this.#host = host;
+    this.sendWindow = sendWindow;
+  }
+
+  get destroyed(): boolean {
+    return this.#closed;
+  }
+  get writableEnded(): boolean {
+    return this.#endRequested;
+  }
+  get readableEnded(): boolean {
+    return this.#endEmitted;
+  }
+  /** Bytes written and not yet sent for want of flow-control credit. */
+  get queuedBytes(): number {
+    let n = -this.#queueOffset;
+    if (this.#queue) for (const b of this.#queue) n += b.length;
+    return n;
+  }
+
+  /** Server side: answers the CONNECT. With `endStream` the stream is over once sent (a refusal). */
+  respond(headers: H2Headers, opts: { endStream?: boolean } = {}): void {
+    if (this.#closed || this.headersSent) return;
+    this.headersSent = true;
+    const end = opts.endStream === true;
+    if (end) this.#endRequested = true;
+    this.#host.sendHeaders(this, headers, end);
+    if (end) {
+      this.localEnded = true;
+      // The answer is complete: tell the client to stop sending rather than leave the stream half open.
+      if (!this.remoteEnded) this.close(ErrorCode.NO_ERROR);
+      else this.#maybeClose();
+    }
+  }
+
+  write(chunk: Buffer): boolean {
+    if (this.#closed || this.#endRequested) return false;
+    if (chunk.length > 0) {
+      if (this.#queue === undefined) {
+        const sent = this.#host.sendData(this, chunk, 0, false);
+        if (sent < chunk.length) {
+          this.#queue = [chunk];
+          this.#queueOffset = sent;
+        }
+      } else {
+        this.#queue.push(chunk);
+      }
+    }
+    if (this.#queue !== undefined || this.#host.blocked) {
+      this.#needDrain = true;
+      return false;
+    }
+    return true;
+  }
+
+  /** Half-close: END_STREAM once everything written has gone out. */
+  end(): void {
+    if (this.#closed || this.#endRequested) return;
+    this.#endRequested = true;
+    if (this.#queue === undefined) this.#sendEnd();
+  }
+
+  pause(): this {
+    this.#flowing = false;
+    return this;
+  }
+
+  resume(): this {
+    if (this.#flowing || this.#closed) return this;
+    this.#flowing = true;
+    const held = this.#held;
+    if (held !== undefined) {
+      this.#held = undefined;
+      for (let i = 0; i < held.length; i++) {
+        const chunk = held[i]!;
+        this.#unacked += chunk.length;
+        this.emit('data', chunk);
+        if (!this.#flowing) {
+          // Paused again by a reader that is full: keep the rest, in order.
+          const rest = held.slice(i + 1);
+          if (rest.length > 0) this.#held = rest;
+          return this;
+        }
+      }
+    }
+    if (this.#unacked >= this.#host.ackThreshold) this.#ack();
+    if (this.remoteEnded && !this.#endEmitted) this.#emitEnd();
+    return this;
+  }
+
+  /** Ends the stream now with RST_STREAM (CANCEL unless told otherwise); the peer sees an abort. */
+  destroy(err?: Error, code: number = ErrorCode.CANCEL): void {
+    if (this.#closed) return;
+    this.close(code);
+    // After closing, so that a listener that destroys in turn finds the stream already gone.
+    if (err && this.listenerCount('error') > 0) this.emit('error', err);
+  }
+
+  /** Ends the stream now with RST_STREAM `code` (NO_ERROR: "not needed any more"). */
+  close(code: number = ErrorCode.NO_ERROR): void {
+    if (this.#closed) return;
+    this.#host.sendReset(this, code);
+    this.#finish(code);
+  }
+
+  // ---- called by the session
+
+  /** DATA payload for this stream. */
+  onData(chunk: Buffer): void {
+    if (this.#flowing) {
+      this.#unacked += chunk.length;
+      this.emit('data', chunk);
+      if (this.#flowing && this.#unacked >= this.#host.ackThreshold) this.#ack();
+    } else if (this.#held === undefined) {
+      this.#held = [chunk];
+    } else {
+      this.#held.push(chunk);
+    }
+  }
+
+  onRemoteEnd(): void {
+    if (this.remoteEnded) return;
+    this.remoteEnded = true;
+    if (this.#flowing && this.#held === undefined) this.#emitEnd();
+  }
+
+  /** More credit (WINDOW_UPDATE or the session's socket drained): send what waits, then tell the writer. */
+  onWritable(): void {
+    if (this.#closed) return;
+    const q = this.#queue;
+    if (q !== undefined) {
+      while (q.length > 0) {
+        const chunk = q[0]!;
+        const sent = this.#host.sendData(this, chunk, this.#queueOffset, false);
+        this.#queueOffset += sent;
+        if (this.#queueOffset < chunk.length) return;
+        q.shift();
+        this.#queueOffset = 0;
+      }
+      this.#queue = undefined;
+      if (this.#endRequested) this.#sendEnd();
+    }
+    if (this.#needDrain && !this.#host.blocked) {
+      this.#needDrain = false;
+      this.emit('drain');
+    }
+  }
+
+  /** The peer reset the stream, or the session went away under it. */
+  onReset(code: number): void {
+    if (this.#closed) return;
+    if (code !== ErrorCode.NO_ERROR) this.emit('aborted');
+    this.#finish(code);
+  }
+
+  #ack(): void {
+    const n = this.#unacked;
+    this.#unacked = 0;
+    this.#host.release(this, n);
+  }
+
+  #emitEnd(): void {
+    this.#endEmitted = true;
+    this.emit('end');
+    this.#maybeClose();
+  }
+
+  #sendEnd(): void {
+    if (this.localEnded) return;
+    this.#host.sendData(this, EMPTY, 0, true);
+    this.localEnded = true;
+    this.#maybeClose();
+  }
+
+  #maybeClose(): void {
+    if (this.localEnded && this.remoteEnded && !this.#closed) this.#finish(ErrorCode.NO_ERROR);
+  }
+
+  #finish(code: number): void {
+    this.#closed = true;
+    this.rstCode = code;
+    this.#queue = undefined;
+    this.#held = undefined;
+    this.#host.streamClosed(this);
+    // 'close' after whatever else this turn emits ('end', 'error'), as Node's streams do.
+    process.nextTick(emitClose, this);
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+function emitClose(s: H2Stream): void {
+  s.emit('close');
+}
