@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import { ErrorCode } from './h2/frame.js';
 import { H2Stream } from './h2/stream.js';
+import { noteCarried } from './reclaim.js';
 
 /** A shared no-op error listener: an emitter with none would crash the daemon on a peer's bytes. */
 export function ignoreError(): void {}
@@ -51,10 +52,35 @@ export function pipeBoth(socket: Socket, stream: PipeEnd, done: (err: Error | un
 
 // Backpressure: a side that cannot take more pauses the other until it drains.
 function onSocketData(this: Linked<Socket>, chunk: Buffer): void {
+  noteCarried(chunk.length);
   if (!this[kLink].stream.write(chunk)) this.pause();
 }
 function onStreamData(this: Linked<PipeEnd>, chunk: Buffer): void {
-  if (!this[kLink].socket.write(chunk)) this.pause();
+  noteCarried(chunk.length);
+  const { socket } = this[kLink];
+  if (!socket.writableCorked) corkUntilIdle(socket);
+  if (!socket.write(chunk)) this.pause();
+}
+
+// TLS hands the tunnel's bytes over a record (16 KiB) at a time, each in a callback of its own. Writing each
+// at once costs a syscall, and a wake-up of the workload, per record; corked until the event loop has run
+// its I/O, the records of one read go out in one writev. A check-phase flush adds no round trip.
+const corked: Socket[] = [];
+let flushScheduled = false;
+
+function corkUntilIdle(socket: Socket): void {
+  socket.cork();
+  corked.push(socket);
+  if (!flushScheduled) {
+    flushScheduled = true;
+    setImmediate(uncorkAll);
+  }
+}
+
+function uncorkAll(): void {
+  flushScheduled = false;
+  for (let i = 0; i < corked.length; i++) corked[i]!.uncork();
+  corked.length = 0;
 }
 function onSocketDrain(this: Linked<Socket>): void {
   this[kLink].stream.resume();

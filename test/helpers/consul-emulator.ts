@@ -338,7 +338,9 @@ export class ConsulEmulator {
   ): Promise<void> {
     const want = Number(url.searchParams.get('index') ?? 0);
     let r = compute();
-    if (want > 0 && r.index <= want) {
+    // An index this server never issued was handed out before a reset (a snapshot restore): answer at once,
+    // so that the client sees its index go backwards now rather than when the wait runs out.
+    if (want > 0 && r.index <= want && want <= this.#index) {
       const waitMs = Math.min(parseWait(url.searchParams.get('wait')), MAX_WAIT_MS);
       const deadline = Date.now() + waitMs + Math.random() * (waitMs / 16);
       const epoch = this.#epoch;
