@@ -23,25 +23,17 @@ export const currentDaemonMark = (): number | undefined => daemonMark;
  * Opens a TCP connection like net.connect, marked with the daemon's mark when one is set. The socket is
  * created and marked first, then connected, so that even its SYN carries the mark.
  */
-export type TcpConnectOptions = NetConnectOpts & {
-  host: string;
-  port: number;
-  /** Node honours it (a Duplex option); its connect types leave it out. */
-  writableHighWaterMark?: number;
-};
-
-export function connectTcp(opts: TcpConnectOptions): Socket {
+export function connectTcp(opts: NetConnectOpts & { host: string; port: number }): Socket {
   const mark = daemonMark;
   if (mark === undefined) return connect(opts);
   const family: 4 | 6 = isIP(opts.host) === 6 ? 6 : 4;
   const fd = loadNative().markedSocket(family, mark);
-  const { host, port, ...rest } = opts;
+  const { host, port, ...rest } = opts as NetConnectOpts & { host: string; port: number };
   const socket = new Socket({
     fd,
     readable: true,
     writable: true,
     allowHalfOpen: rest.allowHalfOpen ?? false,
-    writableHighWaterMark: rest.writableHighWaterMark,
-  } as ConstructorParameters<typeof Socket>[0]);
+  });
   return socket.connect({ ...rest, host, port } as NetConnectOpts);
 }

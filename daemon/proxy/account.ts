@@ -144,24 +144,12 @@ export class ConnectionAccount {
 }
 
 /**
- * What a workload's socket may hold before the tunnel stream is paused: a few TLS records, so that the records
- * of one read are written together (pipe.ts corks) rather than each stopping the stream at Node's 16 KiB.
- */
-const UPSTREAM_HIGH_WATER = 256 * 1024;
-
-/**
  * Connects to a workload or a destination outside the mesh: marked (never captured again), half-close
  * allowed, no Nagle, bounded by a timeout. Resolves once the TCP connection is up.
  */
 export function connectUpstream(ip: string, port: number, timeoutMs: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const upstream = connectTcp({
-      host: ip,
-      port,
-      allowHalfOpen: true,
-      noDelay: true,
-      writableHighWaterMark: UPSTREAM_HIGH_WATER,
-    });
+    const upstream = connectTcp({ host: ip, port, allowHalfOpen: true, noDelay: true });
     const timer = setTimeout(() => upstream.destroy(new Error('connect timed out')), timeoutMs);
     upstream.once('error', (err) => {
       clearTimeout(timer);

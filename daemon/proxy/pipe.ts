@@ -50,16 +50,28 @@ export function pipeBoth(socket: Socket, stream: PipeEnd, done: (err: Error | un
   stream.resume();
 }
 
+/**
+ * What a socket may hold before the other side is paused. Node's own mark (16 KiB) would stop the tunnel at
+ * every record; a socket that passed it refused a write, so its 'drain' still comes.
+ */
+const HIGH_WATER = 256 * 1024;
+
+function writeTo(end: PipeEnd, chunk: Buffer): boolean {
+  if (end instanceof H2Stream) return end.write(chunk);
+  end.write(chunk);
+  return end.writableLength < HIGH_WATER;
+}
+
 // Backpressure: a side that cannot take more pauses the other until it drains.
 function onSocketData(this: Linked<Socket>, chunk: Buffer): void {
   noteCarried(chunk.length);
-  if (!this[kLink].stream.write(chunk)) this.pause();
+  if (!writeTo(this[kLink].stream, chunk)) this.pause();
 }
 function onStreamData(this: Linked<PipeEnd>, chunk: Buffer): void {
   noteCarried(chunk.length);
   const { socket } = this[kLink];
   if (!socket.writableCorked) corkUntilIdle(socket);
-  if (!socket.write(chunk)) this.pause();
+  if (!writeTo(socket, chunk)) this.pause();
 }
 
 // TLS hands the tunnel's bytes over a record (16 KiB) at a time, each in a callback of its own. Writing each

@@ -4,13 +4,34 @@ import { type AddressInfo, connect, createServer } from 'node:net';
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** A port nothing listens on right now: bound by the OS for us, then released. */
+// Below Linux's ephemeral range (32768-60999 by default): a port the OS picked for us from that range can be
+// taken as the source port of any outgoing connection before we listen on it (EADDRINUSE, seen in CI).
+const LOW = 20_000;
+const HIGH = 32_767;
+const handedOut = new Set<number>();
+
+function bindable(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => {
+      const { port: got } = s.address() as AddressInfo;
+      s.close(() => resolve(got === port));
+    });
+  });
+}
+
+/** A port nothing listens on right now, outside the ephemeral range, never the same twice in a process. */
 export async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address() as AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
+  for (let i = 0; i < 200; i++) {
+    const port = LOW + Math.floor(Math.random() * (HIGH - LOW + 1));
+    if (handedOut.has(port)) continue;
+    if (await bindable(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error(`no free port found in ${LOW}-${HIGH} after 200 tries`);
 }
 
 /** Resolves once something accepts TCP on 127.0.0.1:port (bounded: gives up after `ms`). */

@@ -54,6 +54,14 @@ export interface H2SessionOptions {
   readonly prefaceTimeoutMs?: number;
 }
 
+/**
+ * What the TLS socket may hold before every stream is told to wait. Node's own mark (16 KiB) is one TLS record:
+ * TLS writes complete a turn of the event loop later, so at that mark nearly every chunk would stop the
+ * client's socket and start it again. The socket emits 'drain' once it is empty, as it must have refused a
+ * write (its own mark is lower) before this one is reached.
+ */
+const SOCKET_HIGH_WATER = 1024 * 1024;
+
 /** Largest header block (HEADERS plus CONTINUATION) we buffer from a peer: a CONNECT needs a few hundred bytes. */
 const MAX_HEADER_BLOCK = 64 * 1024;
 
@@ -252,8 +260,9 @@ export class H2Session extends EventEmitter implements StreamHost {
       // One writev: TLS seals header and payload into the same records.
       sock.cork();
       sock.write(frameHeader(n, DATA, flags, stream.id));
-      if (!sock.write(piece)) this.blocked = true;
+      sock.write(piece);
       sock.uncork();
+      if (sock.writableLength >= SOCKET_HIGH_WATER) this.blocked = true;
       stream.sendWindow -= n;
       this.#sendWindow -= n;
       off += n;
@@ -302,7 +311,8 @@ export class H2Session extends EventEmitter implements StreamHost {
   // ---- the socket
 
   #write(buf: Buffer): void {
-    if (!this.socket.write(buf)) this.blocked = true;
+    this.socket.write(buf);
+    if (this.socket.writableLength >= SOCKET_HIGH_WATER) this.blocked = true;
   }
 
   #onDrain(): void {
