@@ -136,6 +136,8 @@ export class H2Session extends EventEmitter implements StreamHost {
   #closing = false;
   #dead = false;
   #closeEmitted = false;
+  /** A connection error was sent: nothing more the peer says is read (RFC 9113 §5.4.1). */
+  #failed = false;
   #pings: Array<(err: Error | null, ms: number) => void> = [];
   #pingSent: number[] = [];
   #prefaceTimer: NodeJS.Timeout | undefined;
@@ -328,7 +330,7 @@ export class H2Session extends EventEmitter implements StreamHost {
   }
 
   #onSocketData(chunk: Buffer): void {
-    if (this.#dead) return;
+    if (this.#dead || this.#failed) return;
     try {
       this.#parse(chunk);
     } catch (err) {
@@ -364,7 +366,8 @@ export class H2Session extends EventEmitter implements StreamHost {
 
   /** A connection error: GOAWAY with the code, every stream ends, the socket closes. */
   #fail(err: Error): void {
-    if (this.#dead) return;
+    if (this.#dead || this.#failed) return;
+    this.#failed = true;
     const code = err instanceof H2ProtocolError ? err.h2Code : ErrorCode.INTERNAL_ERROR;
     this.#sendGoaway(code, err.message);
     this.#closing = true;
@@ -388,7 +391,7 @@ export class H2Session extends EventEmitter implements StreamHost {
       if (this.#prefaceLeft > 0) return;
       this.#state = State.Header;
     }
-    while (off < len && !this.#dead) {
+    while (off < len && !this.#dead && !this.#failed) {
       const state = this.#state;
       if (state === State.Data) {
         let n = len - off;

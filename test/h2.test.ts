@@ -1,0 +1,592 @@
+// The HBONE HTTP/2 stack (daemon/proxy/h2) against node:http2 over real TLS 1.3 on 127.0.0.1: our client
+// against Node's server, Node's client against our server, and a raw TLS peer sending malformed frames.
+
+import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import http2 from 'node:http2';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import tls from 'node:tls';
+import test from 'ava';
+import type { ExecutionContext } from 'ava';
+import { H2ProtocolError } from '../daemon/errors.js';
+import {
+  ErrorCode,
+  FLAG_END_HEADERS,
+  GOAWAY,
+  HEADERS,
+  PREFACE,
+  SETTINGS,
+  frame,
+  frameHeader,
+  settingsFrame,
+  windowUpdateFrame,
+} from '../daemon/proxy/h2/frame.js';
+import { H2Session, type H2SessionOptions } from '../daemon/proxy/h2/session.js';
+import type { H2Headers, H2Stream } from '../daemon/proxy/h2/stream.js';
+
+const HOST = '127.0.0.1';
+const MiB = 1024 * 1024;
+
+const OPTS: H2SessionOptions = {
+  maxConcurrentStreams: 100,
+  streamWindow: 256 * 1024,
+  connectionWindow: MiB,
+  maxFrameSize: 16_384,
+};
+
+// ---- a self-signed ECDSA P-256 certificate for 127.0.0.1, made once per run
+
+let dir = '';
+let key = '';
+let cert = '';
+
+test.before(() => {
+  dir = mkdtempSync(join(tmpdir(), 'ambit-h2-test-'));
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      join(dir, 'key.pem'),
+      '-out',
+      join(dir, 'cert.pem'),
+      '-days',
+      '1',
+      '-subj',
+      `/CN=${HOST}`,
+      '-addext',
+      `subjectAltName=IP:${HOST}`,
+    ],
+    { stdio: 'ignore' },
+  );
+  key = readFileSync(join(dir, 'key.pem'), 'utf8');
+  cert = readFileSync(join(dir, 'cert.pem'), 'utf8');
+});
+
+test.after.always(() => {
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+// ---- helpers
+
+/** `p`, or a rejection naming `what` once `ms` have passed. */
+function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** The first emission of `event`, as its arguments (never rejects: 'error' is not special here). */
+function next(emitter: NodeJS.EventEmitter, event: string): Promise<unknown[]> {
+  return new Promise((resolve) => emitter.once(event, (...args: unknown[]) => resolve(args)));
+}
+
+const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+function listen(server: tls.Server): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, HOST, () => {
+      server.removeListener('error', reject);
+      resolve((server.address() as AddressInfo).port);
+    });
+  });
+}
+
+function tlsConnect(port: number): tls.TLSSocket {
+  return tls.connect({ host: HOST, port, ca: cert, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3' });
+}
+
+interface OurServer {
+  port: number;
+  sessions: H2Session[];
+  /** Connection errors the sessions reported through 'error'. */
+  errors: Error[];
+}
+
+/** A TLS server running our H2Session on every connection; `onStream` answers each stream. */
+async function ourServer(
+  t: ExecutionContext,
+  onStream: (stream: H2Stream, headers: H2Headers, session: H2Session) => void,
+): Promise<OurServer> {
+  const s: OurServer = { port: 0, sessions: [], errors: [] };
+  const server = tls.createServer({ key, cert, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3' });
+  server.on('secureConnection', (socket: tls.TLSSocket) => {
+    if (socket.alpnProtocol !== 'h2' || socket.getProtocol() !== 'TLSv1.3') {
+      socket.destroy();
+      return;
+    }
+    const session = new H2Session(socket, 'server', OPTS);
+    s.sessions.push(session);
+    session.on('error', (err: Error) => s.errors.push(err));
+    session.on('stream', (stream: H2Stream, headers: H2Headers) => onStream(stream, headers, session));
+  });
+  t.teardown(() => {
+    for (const session of s.sessions) session.destroy();
+    server.close();
+  });
+  s.port = await listen(server);
+  return s;
+}
+
+/** Echoes a server stream back to its peer, with backpressure both ways. */
+function echo(stream: H2Stream): void {
+  stream.on('data', (chunk: Buffer) => {
+    if (!stream.write(chunk)) {
+      stream.pause();
+      stream.once('drain', () => stream.resume());
+    }
+  });
+  stream.on('end', () => stream.end());
+  stream.resume();
+}
+
+interface NodeServer {
+  port: number;
+  /** The request headers of every stream it saw. */
+  requests: http2.IncomingHttpHeaders[];
+}
+
+/** A node:http2 server that answers CONNECT with 200 and echoes the stream; a 64 KiB stream window. */
+async function nodeServer(t: ExecutionContext): Promise<NodeServer> {
+  const s: NodeServer = { port: 0, requests: [] };
+  const server = http2.createSecureServer({
+    key,
+    cert,
+    minVersion: 'TLSv1.3',
+    settings: { initialWindowSize: 65_535 },
+  });
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on('session', (session) => {
+    sessions.add(session);
+    session.on('error', () => {});
+    session.once('close', () => sessions.delete(session));
+  });
+  server.on('stream', (stream, headers) => {
+    stream.on('error', () => {});
+    s.requests.push(headers);
+    if (headers[':method'] !== 'CONNECT') {
+      stream.respond({ ':status': 405 }, { endStream: true });
+      return;
+    }
+    stream.respond({ ':status': 200 });
+    stream.pipe(stream);
+  });
+  t.teardown(() => {
+    for (const session of sessions) session.destroy();
+    server.close();
+  });
+  s.port = await new Promise<number>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, HOST, () => resolve((server.address() as AddressInfo).port));
+  });
+  return s;
+}
+
+/** Our client session over TLS 1.3 + ALPN h2, once the server's SETTINGS have arrived. */
+async function ourClient(t: ExecutionContext, port: number): Promise<H2Session> {
+  const socket = tlsConnect(port);
+  socket.on('error', () => {});
+  t.teardown(() => socket.destroy());
+  await within(next(socket, 'secureConnect'), 5000, 'the TLS handshake');
+  t.is(socket.alpnProtocol, 'h2');
+  t.is(socket.getProtocol(), 'TLSv1.3');
+  const session = new H2Session(socket, 'client', OPTS);
+  t.teardown(() => session.destroy());
+  await within(next(session, 'connect'), 5000, "the server's SETTINGS");
+  return session;
+}
+
+/** A node:http2 client whose connection is TLS 1.3 to 127.0.0.1 with ALPN h2. */
+async function nodeClient(t: ExecutionContext, port: number): Promise<http2.ClientHttp2Session> {
+  const client = http2.connect(`https://${HOST}:${port}`, { createConnection: () => tlsConnect(port) });
+  client.on('error', () => {});
+  t.teardown(() => client.destroy());
+  await within(next(client, 'connect'), 5000, 'the node:http2 client to connect');
+  return client;
+}
+
+/** Writes `data` to one of our streams in 64 KiB pieces, waiting for 'drain' whenever write() says so. */
+async function writeAll(stream: H2Stream, data: Buffer): Promise<void> {
+  const piece = 64 * 1024;
+  for (let off = 0; off < data.length; off += piece) {
+    if (!stream.write(data.subarray(off, off + piece)))
+      await within(next(stream, 'drain'), 10_000, "'drain'");
+  }
+}
+
+/** Everything a readable delivers until its 'end'. */
+function collect(stream: NodeJS.EventEmitter & { resume(): unknown }): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  stream.on('data', (c: Buffer) => chunks.push(c));
+  const done = next(stream, 'end').then(() => Buffer.concat(chunks));
+  stream.resume();
+  return done;
+}
+
+/**
+ * Writes `data` to a node:http2 stream in 64 KiB pieces with backpressure, then half-closes. (One big end(data)
+ * per stream would hold it all in the session's outbound queue: 20 such MiB exceed node:http2's default
+ * maxSessionMemory of 10 MB, and node:http2 then resets every stream with INTERNAL_ERROR whatever the server.)
+ */
+async function nodeWriteAll(req: http2.ClientHttp2Stream, data: Buffer): Promise<void> {
+  const piece = 64 * 1024;
+  for (let off = 0; off < data.length; off += piece) {
+    if (!req.write(data.subarray(off, off + piece))) await within(next(req, 'drain'), 10_000, "'drain'");
+  }
+  req.end();
+}
+
+/** One CONNECT through a node:http2 client: sends `data`, half-closes, returns what came back. */
+async function nodeEcho(
+  client: http2.ClientHttp2Session,
+  data: Buffer,
+  extra: http2.OutgoingHttpHeaders = {},
+): Promise<{ status: number | undefined; body: Buffer }> {
+  const req = client.request({ ':method': 'CONNECT', ':authority': '198.18.0.1:8080', ...extra });
+  req.on('error', () => {});
+  const response = next(req, 'response');
+  const body = collect(req);
+  await nodeWriteAll(req, data);
+  const [headers] = (await response) as [http2.IncomingHttpHeaders];
+  return { status: Number(headers[':status']), body: await body };
+}
+
+// ---- raw frames, for the robustness tests
+
+interface RawFrame {
+  type: number;
+  flags: number;
+  sid: number;
+  payload: Buffer;
+}
+
+function parseFrames(buf: Buffer): RawFrame[] {
+  const frames: RawFrame[] = [];
+  let off = 0;
+  while (off + 9 <= buf.length) {
+    const len = buf.readUIntBE(off, 3);
+    if (off + 9 + len > buf.length) break;
+    frames.push({
+      type: buf[off + 3]!,
+      flags: buf[off + 4]!,
+      sid: buf.readUInt32BE(off + 5) & 0x7fffffff,
+      payload: buf.subarray(off + 9, off + 9 + len),
+    });
+    off += 9 + len;
+  }
+  return frames;
+}
+
+/** Sends `bytes` on a raw TLS (ALPN h2) connection and returns every frame received until the server closes. */
+async function rawExchange(t: ExecutionContext, port: number, bytes: Buffer): Promise<RawFrame[]> {
+  const socket = tlsConnect(port);
+  socket.on('error', () => {});
+  t.teardown(() => socket.destroy());
+  await within(next(socket, 'secureConnect'), 5000, 'the TLS handshake');
+  t.is(socket.alpnProtocol, 'h2');
+  const chunks: Buffer[] = [];
+  socket.on('data', (c: Buffer) => chunks.push(c));
+  const closed = next(socket, 'close');
+  socket.write(bytes);
+  await within(closed, 3000, 'the server to close the connection');
+  return parseFrames(Buffer.concat(chunks));
+}
+
+/** A valid client start: the preface and an empty SETTINGS. */
+const hello = (): Buffer => Buffer.concat([PREFACE, settingsFrame([])]);
+
+/**
+ * The server answers `bytes` with GOAWAY(`code`) as its last frame, closes the connection, reports the error,
+ * and still serves a well-behaved node:http2 client afterwards.
+ */
+async function rejectsWithGoaway(t: ExecutionContext, bytes: Buffer, code: number): Promise<void> {
+  const server = await ourServer(t, (stream) => {
+    stream.respond({ ':status': '200' });
+    echo(stream);
+  });
+  const frames = await rawExchange(t, server.port, bytes);
+  t.true(frames.length > 0 && frames[0]!.type === SETTINGS, 'the server opened with SETTINGS');
+  const goaways = frames.filter((f) => f.type === GOAWAY);
+  t.is(goaways.length, 1, 'exactly one GOAWAY');
+  const last = frames[frames.length - 1]!;
+  t.is(last.type, GOAWAY, 'GOAWAY is the last frame');
+  t.is(last.sid, 0);
+  t.true(last.payload.length >= 8);
+  t.is(last.payload.readUInt32BE(4), code, 'GOAWAY error code');
+
+  t.is(server.sessions.length, 1);
+  const bad = server.sessions[0]!;
+  if (!bad.destroyed) await within(next(bad, 'close'), 3000, "the server session's 'close'");
+  t.true(bad.destroyed);
+  t.is(server.errors.length, 1);
+  t.true(server.errors[0] instanceof H2ProtocolError);
+  t.is((server.errors[0] as H2ProtocolError).h2Code, code);
+
+  // The same server still works.
+  const client = await nodeClient(t, server.port);
+  const data = randomBytes(256 * 1024);
+  const { status, body } = await within(nodeEcho(client, data), 10_000, 'an echo after the bad peer');
+  t.is(status, 200);
+  t.is(sha256(body), sha256(data));
+}
+
+// ---- 1. our client against node:http2
+
+test('our client tunnels 8 MiB through a node:http2 CONNECT server with 64 KiB windows, intact', async (t) => {
+  const server = await nodeServer(t);
+  const session = await ourClient(t, server.port);
+  const authority = `${HOST}:${server.port}`;
+  const stream = session.request({ ':method': 'CONNECT', ':authority': authority });
+  const events: string[] = [];
+  stream.on('end', () => events.push('end'));
+  const closed = next(stream, 'close').then(() => events.push('close'));
+  const response = next(stream, 'response');
+  const received = collect(stream);
+
+  const data = randomBytes(8 * MiB);
+  await within(writeAll(stream, data), 30_000, 'the 8 MiB to be written');
+  const [headers] = (await within(response, 5000, 'the response')) as [H2Headers];
+  t.is(headers[':status'], '200');
+  stream.end();
+  const body = await within(received, 30_000, 'the echo to end');
+  await within(closed, 5000, "the stream's 'close'");
+
+  t.is(body.length, data.length);
+  t.is(sha256(body), sha256(data));
+  t.deepEqual(events, ['end', 'close']);
+  t.is(stream.rstCode, 0);
+  t.true(stream.destroyed && stream.writableEnded && stream.readableEnded);
+  t.is(server.requests.length, 1);
+  t.is(server.requests[0]![':method'], 'CONNECT');
+  t.is(server.requests[0]![':authority'], authority);
+});
+
+// ---- 2. node:http2 client against our server
+
+test('a node:http2 client runs 20 concurrent 1 MiB CONNECT echoes through our server, headers forwarded', async (t) => {
+  const seen: H2Headers[] = [];
+  const server = await ourServer(t, (stream, headers) => {
+    seen.push(headers);
+    stream.respond({ ':status': '200' });
+    echo(stream);
+  });
+  const client = await nodeClient(t, server.port);
+  const traceparent = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+  const runs = Array.from({ length: 20 }, async (_, i) => {
+    const data = randomBytes(MiB);
+    const result = await nodeEcho(client, data, {
+      forwarded: `for="198.18.1.${i + 1}:40000"`,
+      traceparent,
+      baggage: `stream=${i},tenant=blue`,
+    });
+    return { i, data, ...result };
+  });
+  const results = await within(Promise.all(runs), 60_000, '20 echoes');
+  for (const { i, data, status, body } of results) {
+    t.is(status, 200, `stream ${i}`);
+    t.is(body.length, data.length, `stream ${i}`);
+    t.is(sha256(body), sha256(data), `stream ${i}`);
+  }
+  t.is(seen.length, 20);
+  for (let i = 0; i < 20; i++) {
+    const h = seen.find((x) => x.baggage === `stream=${i},tenant=blue`);
+    t.truthy(h, `headers of stream ${i}`);
+    t.is(h?.[':method'], 'CONNECT');
+    t.is(h?.[':authority'], '198.18.0.1:8080');
+    t.is(h?.forwarded, `for="198.18.1.${i + 1}:40000"`);
+    t.is(h?.traceparent, traceparent);
+  }
+  t.is(server.errors.length, 0);
+});
+
+// ---- 3. refusal
+
+test('our server refuses a CONNECT with 401: the node:http2 client sees 401 and the stream ends', async (t) => {
+  const server = await ourServer(t, (stream) => stream.respond({ ':status': '401' }, { endStream: true }));
+  const client = await nodeClient(t, server.port);
+  const req = client.request({ ':method': 'CONNECT', ':authority': '198.18.0.1:8080' });
+  let error: Error | undefined;
+  req.on('error', (err: Error) => {
+    error = err;
+  });
+  const response = next(req, 'response');
+  const ended = collect(req);
+  const closed = next(req, 'close');
+  const [headers] = (await within(response, 5000, 'the response')) as [http2.IncomingHttpHeaders];
+  t.is(Number(headers[':status']), 401);
+  const body = await within(ended, 5000, "the stream's 'end'");
+  t.is(body.length, 0);
+  await within(closed, 5000, "the stream's 'close'");
+  t.is(error, undefined);
+  t.is(req.rstCode, http2.constants.NGHTTP2_NO_ERROR);
+  // The refusal ends the stream, not the connection.
+  const again = await within(nodeEcho(client, Buffer.from('x')), 5000, 'a second request');
+  t.is(again.status, 401);
+});
+
+// ---- 4. resets
+
+test('a node:http2 client cancelling a stream closes our server stream with rstCode CANCEL (8)', async (t) => {
+  const streams: H2Stream[] = [];
+  const server = await ourServer(t, (stream) => {
+    streams.push(stream);
+    stream.respond({ ':status': '200' });
+    // Echo, but keep our side open when the client's ends: node:http2's close(code) sends END_STREAM just
+    // before RST_STREAM, and a stream closed cleanly in between would never see the reset.
+    stream.on('data', (chunk: Buffer) => stream.write(chunk));
+    stream.resume();
+  });
+  const client = await nodeClient(t, server.port);
+  const req = client.request({ ':method': 'CONNECT', ':authority': '198.18.0.1:8080' });
+  req.on('error', () => {});
+  const firstEcho = next(req, 'data');
+  req.write(Buffer.from('hello'));
+  await within(firstEcho, 5000, 'the first echo');
+  t.is(streams.length, 1);
+  const ours = streams[0]!;
+  let aborted = false;
+  ours.on('aborted', () => {
+    aborted = true;
+  });
+  const closed = next(ours, 'close');
+  req.close(http2.constants.NGHTTP2_CANCEL);
+  await within(closed, 5000, "our server stream's 'close'");
+  t.is(ours.rstCode, ErrorCode.CANCEL);
+  t.true(aborted);
+  t.true(ours.destroyed);
+  t.is(server.sessions[0]!.activeStreams, 0);
+  t.false(server.sessions[0]!.destroyed, 'the session outlives the stream');
+});
+
+test('our server destroying a stream resets it at the node:http2 client with CANCEL (8)', async (t) => {
+  const server = await ourServer(t, (stream) => {
+    stream.respond({ ':status': '200' });
+    stream.once('data', () => stream.destroy());
+    stream.resume();
+  });
+  const client = await nodeClient(t, server.port);
+  const req = client.request({ ':method': 'CONNECT', ':authority': '198.18.0.1:8080' });
+  req.on('error', () => {});
+  let aborted = false;
+  req.on('aborted', () => {
+    aborted = true;
+  });
+  const closed = next(req, 'close');
+  const [headers] = (await within(next(req, 'response'), 5000, 'the response')) as [
+    http2.IncomingHttpHeaders,
+  ];
+  t.is(Number(headers[':status']), 200);
+  req.write(Buffer.from('hello'));
+  await within(closed, 5000, "the client stream's 'close'");
+  t.is(req.rstCode, http2.constants.NGHTTP2_CANCEL);
+  t.true(aborted);
+  t.false(client.destroyed, 'the connection outlives the stream');
+});
+
+// ---- 5. robustness
+
+test('garbage instead of the client preface: GOAWAY PROTOCOL_ERROR, connection closed, server still serves', async (t) => {
+  await rejectsWithGoaway(
+    t,
+    Buffer.from('GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n', 'latin1'),
+    ErrorCode.PROTOCOL_ERROR,
+  );
+});
+
+test('a frame longer than our max frame size: GOAWAY FRAME_SIZE_ERROR, connection closed, server still serves', async (t) => {
+  // Only the header of a 16385-byte HEADERS frame: the length alone must be refused.
+  await rejectsWithGoaway(
+    t,
+    Buffer.concat([hello(), frameHeader(OPTS.maxFrameSize + 1, HEADERS, FLAG_END_HEADERS, 1)]),
+    ErrorCode.FRAME_SIZE_ERROR,
+  );
+});
+
+test('HEADERS with a corrupt HPACK block: GOAWAY COMPRESSION_ERROR, connection closed, server still serves', async (t) => {
+  // 0x82 is ':method: GET'; 0xbf is index 63, beyond the (empty) dynamic table.
+  const block = Buffer.from([0x82, 0xbf]);
+  await rejectsWithGoaway(
+    t,
+    Buffer.concat([hello(), frame(HEADERS, FLAG_END_HEADERS, 1, block)]),
+    ErrorCode.COMPRESSION_ERROR,
+  );
+});
+
+test('WINDOW_UPDATE of 0 on the connection: GOAWAY PROTOCOL_ERROR, connection closed, server still serves', async (t) => {
+  await rejectsWithGoaway(t, Buffer.concat([hello(), windowUpdateFrame(0, 0)]), ErrorCode.PROTOCOL_ERROR);
+});
+
+// ---- 6. PING
+
+test('our client PINGs a node:http2 server and gets the answer', async (t) => {
+  const server = await nodeServer(t);
+  const session = await ourClient(t, server.port);
+  const [err, ms] = await within(
+    new Promise<[Error | null, number]>((resolve) => {
+      t.true(session.ping((e, rtt) => resolve([e, rtt])));
+    }),
+    5000,
+    'the PING answer',
+  );
+  t.is(err, null);
+  t.true(typeof ms === 'number' && ms >= 0 && ms < 5000);
+});
+
+// ---- 7. graceful close
+
+test("our server's graceful close: GOAWAY to the node:http2 client, the open stream completes, then the connection closes", async (t) => {
+  let closeCalled = false;
+  const server = await ourServer(t, (stream, _headers, session) => {
+    stream.respond({ ':status': '200' });
+    echo(stream);
+    stream.once('data', () => {
+      closeCalled = true;
+      session.close();
+    });
+  });
+  const client = await nodeClient(t, server.port);
+  const goaway = next(client, 'goaway');
+  const clientClosed = next(client, 'close');
+  const req = client.request({ ':method': 'CONNECT', ':authority': '198.18.0.1:8080' });
+  req.on('error', () => {});
+  const response = next(req, 'response');
+  const body = collect(req);
+  const closed = next(req, 'close');
+
+  const first = randomBytes(64 * 1024);
+  req.write(first);
+  const [code, lastStreamId] = (await within(goaway, 5000, 'GOAWAY at the client')) as [number, number];
+  t.true(closeCalled);
+  t.is(code, http2.constants.NGHTTP2_NO_ERROR);
+  t.is(lastStreamId, req.id ?? -1);
+  t.false(req.destroyed, 'the open stream survives the GOAWAY');
+
+  const rest = randomBytes(MiB);
+  await within(nodeWriteAll(req, rest), 20_000, 'the rest to be written');
+  const [headers] = (await within(response, 5000, 'the response')) as [http2.IncomingHttpHeaders];
+  t.is(Number(headers[':status']), 200);
+  const echoed = await within(body, 20_000, 'the echo to complete');
+  const sent = Buffer.concat([first, rest]);
+  t.is(echoed.length, sent.length);
+  t.is(sha256(echoed), sha256(sent));
+  await within(closed, 5000, "the stream's 'close'");
+  t.is(req.rstCode, http2.constants.NGHTTP2_NO_ERROR);
+
+  await within(clientClosed, 5000, 'the client connection to close');
+  const session = server.sessions[0]!;
+  if (!session.destroyed) await within(next(session, 'close'), 5000, "the server session's 'close'");
+  t.true(session.destroyed);
+  t.is(server.errors.length, 0);
+});
