@@ -70,13 +70,15 @@ function onSocketData(this: Linked<Socket>, chunk: Buffer): void {
 function onStreamData(this: Linked<PipeEnd>, chunk: Buffer): void {
   noteCarried(chunk.length);
   const { socket } = this[kLink];
-  if (!socket.writableCorked) corkUntilIdle(socket);
+  // Only bulk is worth holding back: a small chunk is a whole message, and goes out now.
+  if (!socket.writableCorked && chunk.length >= CORK_FROM) corkUntilIdle(socket);
   if (!writeTo(socket, chunk)) this.pause();
 }
 
 // TLS hands the tunnel's bytes over a record (16 KiB) at a time, each in a callback of its own. Writing each
 // at once costs a syscall, and a wake-up of the workload, per record; corked until the event loop has run
 // its I/O, the records of one read go out in one writev. A check-phase flush adds no round trip.
+const CORK_FROM = 8 * 1024;
 const corked: Socket[] = [];
 let flushScheduled = false;
 
