@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { LoadGen, type Sink, startSink } from './children.js';
 import {
   ALL,
   CONTENDERS,
@@ -23,7 +24,6 @@ import {
   issuePeerCerts,
 } from './contenders.js';
 import {
-  type Spawned,
   backgroundCpuPercent,
   cpuPressure60,
   describeMachine,
@@ -32,21 +32,11 @@ import {
   raiseFileLimit,
   refuseNewProcesses,
   sleep,
-  startProcess,
   stopProcess,
   sumCpu,
   sumRss,
 } from './proc.js';
-import type {
-  BulkResult,
-  ConnRateResult,
-  IdleResult,
-  Job,
-  JobReply,
-  JobResult,
-  LatencyResult,
-  SinkReady,
-} from './protocol.js';
+import type { BulkResult, ConnRateResult, IdleResult, LatencyResult } from './protocol.js';
 import {
   type Report,
   type RoundResult,
@@ -116,89 +106,6 @@ const SMOKE: Profile = {
 const log = (msg: string): void => {
   process.stderr.write(`[bench] ${msg}\n`);
 };
-
-// ---- the load generator and sink, child processes spoken to over IPC
-
-class LoadGen {
-  #proc: Spawned | undefined;
-  #next = 1;
-  #pending = new Map<number, { resolve: (r: JobResult) => void; reject: (e: Error) => void }>();
-
-  #start(): Spawned {
-    const p = startProcess('loadgen', process.execPath, ['--expose-gc', join(here, 'loadgen.js')], {
-      ipc: true,
-    });
-    p.child.on('message', (m: JobReply) => {
-      const waiter = this.#pending.get(m.id);
-      if (!waiter) return;
-      this.#pending.delete(m.id);
-      if (m.error !== undefined) waiter.reject(new Error(m.error));
-      else waiter.resolve(m.result!);
-    });
-    p.exited.then((status) => {
-      for (const w of this.#pending.values()) w.reject(new Error(`load generator exited (${status})`));
-      this.#pending.clear();
-      if (this.#proc === p) this.#proc = undefined;
-    });
-    this.#proc = p;
-    return p;
-  }
-
-  /** Runs one job; a job that overruns `timeoutMs` kills the generator (the next job gets a fresh one). */
-  async run<T extends JobResult>(job: Job, timeoutMs: number): Promise<T> {
-    const p = this.#proc ?? this.#start();
-    const id = this.#next++;
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      return (await new Promise<JobResult>((resolve, reject) => {
-        this.#pending.set(id, { resolve, reject });
-        timer = setTimeout(() => {
-          this.#pending.delete(id);
-          reject(new Error(`${job.kind} did not finish within ${Math.round(timeoutMs / 1000)} s`));
-          void stopProcess(p, 500);
-        }, timeoutMs);
-        p.child.send({ id, job });
-      })) as T;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  async close(): Promise<void> {
-    if (this.#proc) await stopProcess(this.#proc, 1000);
-  }
-}
-
-interface Sink {
-  proc: Spawned;
-  ports: Record<string, number>;
-  /** A full GC in the sink, now rather than during the next latency measurement. */
-  collect(): Promise<void>;
-}
-
-async function startSink(names: readonly string[]): Promise<Sink> {
-  const proc = startProcess('sink', process.execPath, ['--expose-gc', join(here, 'sink.js'), ...names], {
-    ipc: true,
-  });
-  const ports = await new Promise<Record<string, number>>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`sink did not start:\n${proc.output()}`)), 10_000);
-    proc.child.once('message', (m: SinkReady) => {
-      clearTimeout(timer);
-      resolve(m.ports);
-    });
-    proc.exited.then((s) => reject(new Error(`sink exited (${s}):\n${proc.output()}`)));
-  });
-  const collect = (): Promise<void> =>
-    new Promise((resolve) => {
-      const timer = setTimeout(resolve, 5000);
-      proc.child.once('message', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      proc.child.send('gc');
-    });
-  return { proc, ports, collect };
-}
 
 // ---- one contender, one round
 
