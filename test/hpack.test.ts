@@ -300,6 +300,20 @@ const C5_C6_TABLES: readonly (readonly HeaderField[])[] = [
 ];
 const C5_C6_SIZES = [222, 222, 215];
 
+/** C.5 and C.6 are the same three responses, plain and Huffman-coded: one expectation for both. */
+function responseSeries(t: ExecutionContext, wires: readonly string[]): void {
+  runSeries(
+    t,
+    256,
+    wires.map((wire, i) => ({
+      wire,
+      headers: C5_C6_HEADERS[i],
+      table: C5_C6_TABLES[i],
+      tableSize: C5_C6_SIZES[i],
+    })),
+  );
+}
+
 test('C.5: responses without Huffman coding evict from a 256-octet table', (t) => {
   const wires = [
     `4803 3330 3258 0770 7269 7661 7465 611d 4d6f 6e2c 2032 3120 4f63 7420 3230 3133
@@ -311,16 +325,7 @@ test('C.5: responses without Huffman coding evict from a 256-octet table', (t) =
      5541 5851 5745 4f49 553b 206d 6178 2d61 6765 3d33 3630 303b 2076 6572 7369 6f6e
      3d31`,
   ];
-  runSeries(
-    t,
-    256,
-    wires.map((wire, i) => ({
-      wire,
-      headers: C5_C6_HEADERS[i],
-      table: C5_C6_TABLES[i],
-      tableSize: C5_C6_SIZES[i],
-    })),
-  );
+  responseSeries(t, wires);
 });
 
 test('C.6: responses with Huffman coding evict from a 256-octet table', (t) => {
@@ -332,16 +337,7 @@ test('C.6: responses with Huffman coding evict from a 256-octet table', (t) => {
      77ad 94e7 821d d7f2 e6c7 b335 dfdf cd5b 3960 d5af 2708 7f36 72c1 ab27 0fb5 291f
      9587 3160 65c0 03ed 4ee5 b106 3d50 07`,
   ];
-  runSeries(
-    t,
-    256,
-    wires.map((wire, i) => ({
-      wire,
-      headers: C5_C6_HEADERS[i],
-      table: C5_C6_TABLES[i],
-      tableSize: C5_C6_SIZES[i],
-    })),
-  );
+  responseSeries(t, wires);
 });
 
 // --- dynamic table mechanics ---

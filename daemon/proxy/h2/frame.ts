@@ -52,28 +52,24 @@ export const DEFAULT_MAX_FRAME = 16_384;
 export const MAX_WINDOW = 2 ** 31 - 1;
 export const MAX_FRAME_LIMIT = 2 ** 24 - 1;
 
-/** A frame header: allocUnsafe takes it from Node's shared pool, so a small header costs no allocation of its own. */
-export function frameHeader(length: number, type: number, flags: number, streamId: number): Buffer {
-  const h = Buffer.allocUnsafe(FRAME_HEADER);
-  h[0] = length >>> 16;
-  h[1] = (length >>> 8) & 0xff;
-  h[2] = length & 0xff;
-  h[3] = type;
-  h[4] = flags;
-  h.writeUInt32BE(streamId & 0x7fffffff, 5);
-  return h;
-}
-
-/** A whole small frame in one buffer (control frames, which are never on the bulk path). */
-export function frame(type: number, flags: number, streamId: number, payload?: Uint8Array): Buffer {
-  const len = payload ? payload.length : 0;
-  const b = Buffer.allocUnsafe(FRAME_HEADER + len);
-  b[0] = len >>> 16;
-  b[1] = (len >>> 8) & 0xff;
-  b[2] = len & 0xff;
+function putHeader(b: Buffer, length: number, type: number, flags: number, streamId: number): Buffer {
+  b[0] = length >>> 16;
+  b[1] = (length >>> 8) & 0xff;
+  b[2] = length & 0xff;
   b[3] = type;
   b[4] = flags;
   b.writeUInt32BE(streamId & 0x7fffffff, 5);
+  return b;
+}
+
+/** A frame header: allocUnsafe takes it from Node's shared pool, so a small header costs no allocation of its own. */
+export const frameHeader = (length: number, type: number, flags: number, streamId: number): Buffer =>
+  putHeader(Buffer.allocUnsafe(FRAME_HEADER), length, type, flags, streamId);
+
+/** A whole small frame in one buffer (control frames, small DATA). */
+export function frame(type: number, flags: number, streamId: number, payload?: Uint8Array): Buffer {
+  const len = payload ? payload.length : 0;
+  const b = putHeader(Buffer.allocUnsafe(FRAME_HEADER + len), len, type, flags, streamId);
   if (payload) b.set(payload, FRAME_HEADER);
   return b;
 }

@@ -21,6 +21,8 @@ export class ExplicitListeners {
   readonly #outbound: Outbound;
   readonly #log: Logger;
   readonly #bindings = new Map<string, Binding>();
+  /** Set by close(): a reconcile still in flight (it awaits certificates first) must not bind again. */
+  #closed = false;
 
   constructor(outbound: Outbound, logger: Logger) {
     this.#outbound = outbound;
@@ -28,6 +30,7 @@ export class ExplicitListeners {
   }
 
   async reconcile(local: readonly Workload[]): Promise<void> {
+    if (this.#closed) return;
     const wanted = new Map<string, { workload: Workload; upstream: Upstream }>();
     for (const w of local)
       for (const u of w.upstreams)
@@ -79,6 +82,11 @@ export class ExplicitListeners {
         resolve();
       });
       server.listen(upstream.listenPort, upstream.listenHost, () => {
+        if (this.#closed) {
+          server.close();
+          resolve();
+          return;
+        }
         binding.bound = true;
         this.#log.info(
           { listen: addr, workload: workload.name, service: upstream.service },
@@ -105,6 +113,7 @@ export class ExplicitListeners {
   }
 
   close(): void {
+    this.#closed = true;
     for (const b of this.#bindings.values()) b.server.close();
     this.#bindings.clear();
   }

@@ -40,6 +40,7 @@ export class Pool {
   readonly #idleTimers = new Map<TunnelSession, NodeJS.Timeout>();
   readonly #pinger: NodeJS.Timeout;
   readonly #metrics: Metrics;
+  #closed = false;
 
   constructor(certs: CertificateManager, opts: PoolOptions, logger: Logger, metrics: Metrics) {
     this.#certs = certs;
@@ -105,6 +106,11 @@ export class Pool {
 
   async #open(key: PoolKey, k: string): Promise<TunnelSession> {
     const session = await TunnelSession.open(key, this.#certs, this.#opts);
+    if (this.#closed) {
+      // The daemon stopped during the handshake: nothing may outlive it.
+      session.destroy();
+      throw new TunnelError('the daemon is stopping', 'UF');
+    }
     this.#metrics.handshakes.inc({ direction: 'outbound' });
     const list = this.#sessions.get(k);
     if (list) list.push(session);
@@ -188,6 +194,7 @@ export class Pool {
   }
 
   close(): void {
+    this.#closed = true;
     clearInterval(this.#pinger);
     for (const list of this.#sessions.values()) for (const s of list) s.destroy();
     this.#sessions.clear();
