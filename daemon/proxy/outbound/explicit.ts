@@ -73,6 +73,8 @@ export class ExplicitListeners {
       });
     });
     return new Promise((resolve) => {
+      // Closed before it was listening (the daemon stopped meanwhile): listen's callback never comes.
+      server.once('close', () => resolve());
       server.once('error', (err) => {
         binding.error = err.message;
         this.#log.error(
