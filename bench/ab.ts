@@ -20,6 +20,7 @@ import { LoadGen, startSink } from './children.js';
 import { ALL, type ContenderName, issuePeerCerts } from './contenders.js';
 import { killAll, raiseFileLimit, stopProcess, sumCpu } from './proc.js';
 import type { BulkResult, ConnRateResult, LatencyResult } from './protocol.js';
+import { median } from './report.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const thisRoot = resolve(here, '..', '..');
@@ -29,12 +30,6 @@ interface Entry {
   readonly contender: ContenderName;
   readonly root: string;
 }
-
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length === 0 ? Number.NaN : s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -137,7 +132,7 @@ async function main(): Promise<void> {
       : '64 B ping-pong and new connections';
   console.log(`\nmedians (${what}, ${rounds} rounds × ${reps})${idle ? `, after ${idle} idle` : ''}:`);
   for (const [label, rows] of results) {
-    const col = (i: number): number => median(rows.map((r) => r[i]!));
+    const col = (i: number): number => median(rows.map((r) => r[i]!)) ?? Number.NaN;
     console.log(
       job === 'bulk'
         ? `  ${label}: ${col(0).toFixed(1)} MB/s, ${col(1).toFixed(2)} CPU s/GB`

@@ -167,6 +167,22 @@ function runSeries(t: ExecutionContext, maxTableSize: number, steps: readonly St
   }
 }
 
+/** Appendix C.3-C.6: the same expectations, once for the plain encoding and once for the Huffman one. */
+function appendixSeries(
+  t: ExecutionContext,
+  maxTableSize: number,
+  wires: readonly string[],
+  headers: readonly (readonly HeaderField[])[],
+  tables: readonly (readonly HeaderField[])[],
+  sizes: readonly number[],
+): void {
+  runSeries(
+    t,
+    maxTableSize,
+    wires.map((wire, i) => ({ wire, headers: headers[i]!, table: tables[i]!, tableSize: sizes[i]! })),
+  );
+}
+
 test('C.2: one representation of each kind', (t) => {
   const cases: readonly (readonly [string, HeaderField, number])[] = [
     ['400a 6375 7374 6f6d 2d6b 6579 0d63 7573 746f 6d2d 6865 6164 6572', ['custom-key', 'custom-header'], 55],
@@ -223,16 +239,7 @@ test('C.3: requests without Huffman coding share one decoder', (t) => {
     '8286 84be 5808 6e6f 2d63 6163 6865',
     '8287 85bf 400a 6375 7374 6f6d 2d6b 6579 0c63 7573 746f 6d2d 7661 6c75 65',
   ];
-  runSeries(
-    t,
-    4096,
-    wires.map((wire, i) => ({
-      wire,
-      headers: C3_C4_HEADERS[i],
-      table: C3_C4_TABLES[i],
-      tableSize: C3_C4_SIZES[i],
-    })),
-  );
+  appendixSeries(t, 4096, wires, C3_C4_HEADERS, C3_C4_TABLES, C3_C4_SIZES);
 });
 
 test('C.4: requests with Huffman coding share one decoder', (t) => {
@@ -241,16 +248,7 @@ test('C.4: requests with Huffman coding share one decoder', (t) => {
     '8286 84be 5886 a8eb 1064 9cbf',
     '8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf',
   ];
-  runSeries(
-    t,
-    4096,
-    wires.map((wire, i) => ({
-      wire,
-      headers: C3_C4_HEADERS[i],
-      table: C3_C4_TABLES[i],
-      tableSize: C3_C4_SIZES[i],
-    })),
-  );
+  appendixSeries(t, 4096, wires, C3_C4_HEADERS, C3_C4_TABLES, C3_C4_SIZES);
 });
 
 const DATE_21 = 'Mon, 21 Oct 2013 20:13:21 GMT';
@@ -300,20 +298,6 @@ const C5_C6_TABLES: readonly (readonly HeaderField[])[] = [
 ];
 const C5_C6_SIZES = [222, 222, 215];
 
-/** C.5 and C.6 are the same three responses, plain and Huffman-coded: one expectation for both. */
-function responseSeries(t: ExecutionContext, wires: readonly string[]): void {
-  runSeries(
-    t,
-    256,
-    wires.map((wire, i) => ({
-      wire,
-      headers: C5_C6_HEADERS[i],
-      table: C5_C6_TABLES[i],
-      tableSize: C5_C6_SIZES[i],
-    })),
-  );
-}
-
 test('C.5: responses without Huffman coding evict from a 256-octet table', (t) => {
   const wires = [
     `4803 3330 3258 0770 7269 7661 7465 611d 4d6f 6e2c 2032 3120 4f63 7420 3230 3133
@@ -325,7 +309,7 @@ test('C.5: responses without Huffman coding evict from a 256-octet table', (t) =
      5541 5851 5745 4f49 553b 206d 6178 2d61 6765 3d33 3630 303b 2076 6572 7369 6f6e
      3d31`,
   ];
-  responseSeries(t, wires);
+  appendixSeries(t, 256, wires, C5_C6_HEADERS, C5_C6_TABLES, C5_C6_SIZES);
 });
 
 test('C.6: responses with Huffman coding evict from a 256-octet table', (t) => {
@@ -337,7 +321,7 @@ test('C.6: responses with Huffman coding evict from a 256-octet table', (t) => {
      77ad 94e7 821d d7f2 e6c7 b335 dfdf cd5b 3960 d5af 2708 7f36 72c1 ab27 0fb5 291f
      9587 3160 65c0 03ed 4ee5 b106 3d50 07`,
   ];
-  responseSeries(t, wires);
+  appendixSeries(t, 256, wires, C5_C6_HEADERS, C5_C6_TABLES, C5_C6_SIZES);
 });
 
 // --- dynamic table mechanics ---

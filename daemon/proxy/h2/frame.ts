@@ -97,10 +97,9 @@ export function goawayFrame(lastStreamId: number, code: number, debug?: string):
 }
 
 export function rstStreamFrame(streamId: number, code: number): Buffer {
-  const b = frameHeader(4, RST_STREAM, 0, streamId);
   const p = Buffer.allocUnsafe(4);
   p.writeUInt32BE(code >>> 0, 0);
-  return Buffer.concat([b, p]);
+  return frame(RST_STREAM, 0, streamId, p);
 }
 
 export function windowUpdateFrame(streamId: number, increment: number): Buffer {

@@ -38,7 +38,7 @@ import {
   settingsFrame,
   windowUpdateFrame,
 } from './frame.js';
-import { type HeaderField, HpackDecoder, HpackEncoder } from './hpack.js';
+import { DEFAULT_MAX_HEADER_LIST_SIZE, type HeaderField, HpackDecoder, HpackEncoder } from './hpack.js';
 import { type H2Headers, H2Stream, type StreamHost } from './stream.js';
 
 export interface H2SessionOptions {
@@ -139,6 +139,8 @@ export class H2Session extends EventEmitter implements StreamHost {
   #closing = false;
   #dead = false;
   #closeEmitted = false;
+  /** FIN sent and the cut-off timer armed: once is enough, whoever asks again. */
+  #ending = false;
   /** A connection error was sent: nothing more the peer says is read (RFC 9113 §5.4.1). */
   #failed = false;
   #pings: Array<(err: Error | null, ms: number) => void> = [];
@@ -160,7 +162,8 @@ export class H2Session extends EventEmitter implements StreamHost {
       [SETTINGS_MAX_CONCURRENT_STREAMS, opts.maxConcurrentStreams],
       [SETTINGS_INITIAL_WINDOW_SIZE, opts.streamWindow],
       [SETTINGS_MAX_FRAME_SIZE, opts.maxFrameSize],
-      [SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_BLOCK],
+      // What our decoder enforces, so a peer that honours it is never refused.
+      [SETTINGS_MAX_HEADER_LIST_SIZE, DEFAULT_MAX_HEADER_LIST_SIZE],
     ];
     if (!this.isServer) settings.push([SETTINGS_ENABLE_PUSH, 0]);
     const hello = [settingsFrame(settings)];
@@ -361,7 +364,8 @@ export class H2Session extends EventEmitter implements StreamHost {
 
   /** FIN once everything queued is out; a peer that never closes its side is cut off after a while. */
   #end(): void {
-    if (this.#dead) return;
+    if (this.#dead || this.#ending) return;
+    this.#ending = true;
     this.socket.end();
     setTimeout(() => this.destroy(), 5_000).unref();
   }

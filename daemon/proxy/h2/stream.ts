@@ -69,13 +69,6 @@ export class H2Stream extends EventEmitter {
   get readableEnded(): boolean {
     return this.#endEmitted;
   }
-  /** Bytes written and not yet sent for want of flow-control credit. */
-  get queuedBytes(): number {
-    let n = -this.#queueOffset;
-    if (this.#queue) for (const b of this.#queue) n += b.length;
-    return n;
-  }
-
   /** Server side: answers the CONNECT. With `endStream` the stream is over once sent (a refusal). */
   respond(headers: H2Headers, opts: { endStream?: boolean } = {}): void {
     if (this.#closed || this.headersSent) return;

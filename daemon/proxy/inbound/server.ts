@@ -30,6 +30,7 @@ export class TunnelServer {
   constructor(deps: TunnelServerDeps) {
     this.#d = deps;
     this.server = createServer({
+      // No Nagle on accepted sockets (net.Server applies it at accept, before the handshake).
       noDelay: true,
       ALPNProtocols: ALPN,
       minVersion: 'TLSv1.3',
@@ -55,7 +56,6 @@ export class TunnelServer {
   #accept(socket: TLSSocket): void {
     const d = this.#d;
     d.metrics.handshakes.inc({ direction: 'inbound' });
-    socket.setNoDelay(true);
     if (socket.alpnProtocol !== 'h2') {
       // HBONE is HTTP/2 only: a client that did not negotiate h2 would read our frames as garbage.
       d.metrics.refused.inc({ direction: 'inbound', reason: 'tls_failure' });
