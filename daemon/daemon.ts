@@ -1,7 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { isIP } from 'node:net';
-import type { SecureContext } from 'node:tls';
+import type { TlsContext } from './tls/context.js';
 import { type Reply, portOf, startHttp } from './admin/http.js';
 import { detectBackend, setGate } from './capture/iptables.js';
 import { setDaemonMark } from './capture/mark.js';
@@ -302,10 +302,10 @@ export class Ambitd {
       this.metrics.certExpiry.set({ identity: c.identity }, Date.parse(c.notAfter) / 1000);
   }
 
-  #contextForSni(servername: string): SecureContext | undefined {
+  #contextForSni(servername: string): TlsContext | undefined {
     const id = this.#sni.get(servername);
     if (!id || !this.certs.has(id)) return undefined;
-    return this.certs.secureContext(id);
+    return this.certs.tlsContext(id);
   }
 
   #isSelf(ip: string, port: number): boolean {

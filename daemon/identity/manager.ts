@@ -1,23 +1,17 @@
 // Holds one certificate per enrolled workload identity, whichever CA issues them, and keeps each fresh.
 //
-// A rotation swaps the SecureContext that *new* handshakes get from secureContext(); a TLS connection
+// A rotation swaps the TlsContext that *new* handshakes get from tlsContext(); a TLS connection
 // keeps the context it was established with, so live connections never notice.
 
 import { X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { type SecureContext, createSecureContext } from 'node:tls';
 import { AmbitError, CaError, CertUnavailableError } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
+import { TlsContext } from '../tls/context.js';
 import { type BackoffOptions, backoffDelay } from './backoff.js';
 import type { CertificateAuthority, IssuedCertificate } from './ca.js';
 import { Limiter } from './limiter.js';
 import { uriSans } from './spiffe.js';
-
-/**
- * The suites ztunnel allows, AES-128-GCM first: both ends are ours, and it costs less CPU per byte than
- * AES-256-GCM (OpenSSL's default first choice) for the same TLS 1.3 AEAD guarantees.
- */
-export const TLS13_CIPHERSUITES = 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384';
 
 export interface CertificateInfo {
   identity: string;
@@ -52,7 +46,7 @@ export interface CertificateManagerEvents {
 interface Held {
   readonly identity: string;
   cert: IssuedCertificate | undefined;
-  context: SecureContext | undefined;
+  context: TlsContext | undefined;
   rotations: number;
   failures: number;
   nextAttemptAt: number | undefined;
@@ -135,14 +129,14 @@ export class CertificateManager extends EventEmitter<CertificateManagerEvents> {
     }
   }
 
-  /** Whether a valid certificate is held, i.e. whether secureContext() will succeed. */
+  /** Whether a valid certificate is held, i.e. whether tlsContext() will succeed. */
   has(identity: string): boolean {
     const entry = this.held.get(identity);
     return entry !== undefined && this.usable(entry);
   }
 
   /** The context for new TLS connections as `identity`: its key and chain, trusting the current bundle. */
-  secureContext(identity: string): SecureContext {
+  tlsContext(identity: string): TlsContext {
     const entry = this.held.get(identity);
     if (!entry?.context || !this.usable(entry)) throw new CertUnavailableError(identity);
     return entry.context;
@@ -185,7 +179,7 @@ export class CertificateManager extends EventEmitter<CertificateManagerEvents> {
       }
     }
     if (roots.length === this.roots.length && roots.every((r, i) => r === this.roots[i])) return;
-    const rebuilt = new Map<Held, SecureContext>();
+    const rebuilt = new Map<Held, TlsContext>();
     for (const entry of this.held.values()) {
       if (entry.cert) rebuilt.set(entry, this.buildContext(entry.identity, entry.cert, roots));
     }
@@ -364,16 +358,9 @@ export class CertificateManager extends EventEmitter<CertificateManagerEvents> {
     this.issueNow(entry).catch(() => undefined);
   }
 
-  private buildContext(identity: string, cert: IssuedCertificate, roots: string[]): SecureContext {
+  private buildContext(identity: string, cert: IssuedCertificate, roots: string[]): TlsContext {
     try {
-      return createSecureContext({
-        key: cert.keyPem,
-        cert: cert.certPem,
-        ca: roots,
-        minVersion: 'TLSv1.3',
-        ciphers: TLS13_CIPHERSUITES,
-        honorCipherOrder: true,
-      });
+      return new TlsContext({ key: cert.keyPem, cert: cert.certPem, roots });
     } catch (err) {
       throw new CaError(`the certificate for ${identity} cannot be used: ${messageOf(err)}`, { cause: err });
     }

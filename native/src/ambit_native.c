@@ -144,6 +144,8 @@ static napi_value Unsupported(napi_env env, napi_callback_info info) {
 #define MarkedSocket Unsupported
 #endif
 
+void ambit_tls_init(napi_env env, napi_value exports);
+
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"originalDst", NULL, OriginalDst, NULL, NULL, NULL, napi_default, NULL},
@@ -151,6 +153,7 @@ static napi_value Init(napi_env env, napi_value exports) {
     {"markedSocket", NULL, MarkedSocket, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  ambit_tls_init(env, exports);
   return exports;
 }
 

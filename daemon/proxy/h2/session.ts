@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
-import type { TLSSocket } from 'node:tls';
 import { H2ProtocolError } from '../../errors.js';
+import type { TlsConnection } from '../../tls/connection.js';
 import {
   CONTINUATION,
   DATA,
@@ -54,17 +54,6 @@ export interface H2SessionOptions {
   readonly prefaceTimeoutMs?: number;
 }
 
-/**
- * What the TLS socket may hold before every stream is told to wait. Node's own mark (16 KiB) is one TLS record:
- * TLS writes complete a turn of the event loop later, so at that mark nearly every chunk would stop the
- * client's socket and start it again. The socket emits 'drain' once it is empty, as it must have refused a
- * write (its own mark is lower) before this one is reached.
- */
-const SOCKET_HIGH_WATER = 1024 * 1024;
-
-/** DATA up to this size goes out copied into one buffer with its header (Node's pool serves it). */
-const SMALL_FRAME = 2048;
-
 /** Largest header block (HEADERS plus CONTINUATION) we buffer from a peer: a CONNECT needs a few hundred bytes. */
 const MAX_HEADER_BLOCK = 64 * 1024;
 
@@ -97,7 +86,7 @@ const CONNECTION_HEADERS = new Set([
  * 'goaway' (code, lastStreamId), 'close'.
  */
 export class H2Session extends EventEmitter implements StreamHost {
-  readonly socket: TLSSocket;
+  readonly socket: TlsConnection;
   readonly isServer: boolean;
   readonly #opts: H2SessionOptions;
   readonly #streams = new Map<number, H2Stream>();
@@ -147,7 +136,7 @@ export class H2Session extends EventEmitter implements StreamHost {
   #pingSent: number[] = [];
   #prefaceTimer: NodeJS.Timeout | undefined;
 
-  constructor(socket: TLSSocket, role: 'client' | 'server', opts: H2SessionOptions) {
+  constructor(socket: TlsConnection, role: 'client' | 'server', opts: H2SessionOptions) {
     super();
     this.socket = socket;
     this.isServer = role === 'server';
@@ -169,10 +158,8 @@ export class H2Session extends EventEmitter implements StreamHost {
     const hello = [settingsFrame(settings)];
     if (opts.connectionWindow > DEFAULT_WINDOW)
       hello.push(windowUpdateFrame(0, opts.connectionWindow - DEFAULT_WINDOW));
-    socket.cork();
     if (!this.isServer) socket.write(PREFACE);
     for (const f of hello) socket.write(f);
-    socket.uncork();
 
     socket.on('data', (chunk: Buffer) => this.#onSocketData(chunk));
     socket.on('drain', () => this.#onDrain());
@@ -265,17 +252,10 @@ export class H2Session extends EventEmitter implements StreamHost {
       if (n <= 0) break;
       const piece = off === 0 && n === len ? chunk : chunk.subarray(off, off + n);
       const flags = endStream && off + n === len ? FLAG_END_STREAM : 0;
-      if (n <= SMALL_FRAME) {
-        // Interactive traffic: one small buffer is one write, cheaper than a writev of two.
-        sock.write(frame(DATA, flags, stream.id, piece));
-      } else {
-        // One writev: TLS seals header and payload into the same records, and the payload is not copied here.
-        sock.cork();
-        sock.write(frameHeader(n, DATA, flags, stream.id));
-        sock.write(piece);
-        sock.uncork();
-      }
-      if (sock.writableLength >= SOCKET_HIGH_WATER) this.blocked = true;
+      // Header and payload leave in the same write (the connection batches a turn's writes) and the same
+      // records; the payload is not copied here.
+      sock.write(frameHeader(n, DATA, flags, stream.id));
+      if (!sock.write(piece)) this.blocked = true;
       stream.sendWindow -= n;
       this.#sendWindow -= n;
       off += n;
@@ -324,8 +304,7 @@ export class H2Session extends EventEmitter implements StreamHost {
   // ---- the socket
 
   #write(buf: Buffer): void {
-    this.socket.write(buf);
-    if (this.socket.writableLength >= SOCKET_HIGH_WATER) this.blocked = true;
+    if (!this.socket.write(buf)) this.blocked = true;
   }
 
   #onDrain(): void {

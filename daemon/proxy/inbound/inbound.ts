@@ -112,8 +112,8 @@ export class Inbound {
   #peer(session: H2Session): Peer | undefined {
     let peer = peerOf.get(session);
     if (peer === undefined) {
-      const cert = session.socket.getPeerCertificate();
-      const principal = uriSans(cert).find((u) => u.startsWith('spiffe://'));
+      const cert = session.socket.peerCertificate;
+      const principal = (cert ? uriSans(cert) : []).find((u) => u.startsWith('spiffe://'));
       const parsed = principal ? parseSpiffeId(principal) : undefined;
       peer = principal ? { principal, namespace: parsed?.namespace, service: parsed?.service } : null;
       peerOf.set(session, peer);

@@ -1,11 +1,11 @@
-import type { AddressInfo } from 'node:net';
-import { type SecureContext, type Server, type TLSSocket, createServer } from 'node:tls';
+import { type AddressInfo, type Server, type Socket, createServer } from 'node:net';
 import type { Listen } from '../../config.js';
-import { TLS13_CIPHERSUITES } from '../../identity/manager.js';
 import type { Logger } from '../../log.js';
 import type { Metrics } from '../../metrics/metrics.js';
+import { TlsConnection } from '../../tls/connection.js';
+import { TlsContext } from '../../tls/context.js';
 import { H2Session } from '../h2/session.js';
-import { ALPN, SERVER_MAX_STREAMS, h2Options } from '../hbone.js';
+import { SERVER_MAX_STREAMS, h2Options } from '../hbone.js';
 import type { Inbound } from './inbound.js';
 
 export interface TunnelServerDeps {
@@ -15,8 +15,11 @@ export interface TunnelServerDeps {
   /** Trust bundle every client certificate must chain to. */
   readonly roots: () => string[];
   /** The certificate to present for the identity a client names in SNI, if it is a local workload's. */
-  readonly contextForSni: (servername: string) => SecureContext | undefined;
+  readonly contextForSni: (servername: string) => TlsContext | undefined;
 }
+
+/** A client that has not finished its handshake by then is cut off (Node's own TLS server waits 120 s). */
+const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 /**
  * The HBONE listener (15008): TLS 1.3 only, ALPN h2, a client certificate required and verified against the
@@ -26,44 +29,60 @@ export class TunnelServer {
   readonly server: Server;
   readonly #d: TunnelServerDeps;
   readonly #sessions = new Set<H2Session>();
+  readonly #handshaking = new Set<TlsConnection>();
+  /** Starts each handshake; the certificate comes from the workload's own context once SNI names it. */
+  #context: TlsContext | undefined;
 
   constructor(deps: TunnelServerDeps) {
     this.#d = deps;
-    this.server = createServer({
-      // No Nagle on accepted sockets (net.Server applies it at accept, before the handshake).
-      noDelay: true,
-      ALPNProtocols: ALPN,
-      minVersion: 'TLSv1.3',
-      // The suites are fixed by this default context: an SNI context swaps the certificate, not the suites.
-      ciphers: TLS13_CIPHERSUITES,
-      honorCipherOrder: true,
-      requestCert: true,
-      rejectUnauthorized: true,
-      ca: deps.roots(),
-      SNICallback: (servername, cb) => {
-        const ctx = deps.contextForSni(servername);
-        if (ctx) cb(null, ctx);
-        else cb(new Error(`no local workload answers to ${servername}`), undefined);
-      },
-    });
-    this.server.on('secureConnection', (socket: TLSSocket) => this.#accept(socket));
-    this.server.on('tlsClientError', (err, socket) => {
-      deps.metrics.refused.inc({ direction: 'inbound', reason: 'tls_failure' });
-      deps.log.warn({ src: socket.remoteAddress, err: err.message }, 'tunnel handshake refused');
+    // Paused: the TLS connection reads the socket's descriptor itself, from the first byte.
+    // No Nagle on accepted sockets (applied at accept, before the handshake).
+    this.server = createServer({ pauseOnConnect: true, noDelay: true }, (socket) => this.#accept(socket));
+  }
+
+  #ctx(): TlsContext {
+    if (!this.#context) {
+      const d = this.#d;
+      this.#context = new TlsContext({ roots: d.roots(), sni: (name) => d.contextForSni(name) });
+    }
+    return this.#context;
+  }
+
+  #accept(socket: Socket): void {
+    const d = this.#d;
+    let tls: TlsConnection;
+    try {
+      tls = new TlsConnection(socket, this.#ctx(), 'server', { handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS });
+    } catch (err) {
+      d.metrics.refused.inc({ direction: 'inbound', reason: 'tls_failure' });
+      d.log.warn({ src: socket.remoteAddress, err: (err as Error).message }, 'tunnel connection dropped');
+      return;
+    }
+    this.#handshaking.add(tls);
+    const refused = (err: Error): void => {
+      d.metrics.refused.inc({ direction: 'inbound', reason: 'tls_failure' });
+      d.log.warn({ src: tls.remoteAddress, err: err.message }, 'tunnel handshake refused');
+    };
+    tls.once('error', refused);
+    tls.once('close', () => this.#handshaking.delete(tls));
+    tls.once('secure', () => {
+      this.#handshaking.delete(tls);
+      tls.removeListener('error', refused);
+      this.#secured(tls);
     });
   }
 
-  #accept(socket: TLSSocket): void {
+  #secured(tls: TlsConnection): void {
     const d = this.#d;
     d.metrics.handshakes.inc({ direction: 'inbound' });
-    if (socket.alpnProtocol !== 'h2') {
+    if (tls.alpnProtocol !== 'h2') {
       // HBONE is HTTP/2 only: a client that did not negotiate h2 would read our frames as garbage.
       d.metrics.refused.inc({ direction: 'inbound', reason: 'tls_failure' });
-      d.log.warn({ src: socket.remoteAddress, alpn: socket.alpnProtocol }, 'tunnel refused: ALPN is not h2');
-      socket.destroy();
+      d.log.warn({ src: tls.remoteAddress, alpn: tls.alpnProtocol }, 'tunnel refused: ALPN is not h2');
+      tls.destroy();
       return;
     }
-    const session = new H2Session(socket, 'server', h2Options(SERVER_MAX_STREAMS));
+    const session = new H2Session(tls, 'server', h2Options(SERVER_MAX_STREAMS));
     this.#sessions.add(session);
     session.once('close', () => this.#sessions.delete(session));
     session.on('error', (err: Error) => d.log.debug({ err: err.message }, 'tunnel session error'));
@@ -72,12 +91,7 @@ export class TunnelServer {
 
   /** The trust bundle changed (root rotation): new handshakes check against the new set. */
   updateRoots(): void {
-    this.server.setSecureContext({
-      ca: this.#d.roots(),
-      minVersion: 'TLSv1.3',
-      ciphers: TLS13_CIPHERSUITES,
-      honorCipherOrder: true,
-    });
+    this.#context = undefined;
   }
 
   listen(at: Listen): Promise<number> {
@@ -96,6 +110,7 @@ export class TunnelServer {
    */
   close(graceful = false): Promise<void> {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const t of this.#handshaking) t.destroy();
     for (const s of this.#sessions) {
       if (graceful) s.close();
       else s.destroy();

@@ -1,11 +1,11 @@
-import { type PeerCertificate, connect as tlsConnect } from 'node:tls';
 import { connectTcp } from '../../capture/mark.js';
 import { PeerIdentityError, TunnelError } from '../../errors.js';
 import type { CertificateManager } from '../../identity/manager.js';
 import { uriSans } from '../../identity/spiffe.js';
+import { TlsConnection } from '../../tls/connection.js';
 import { H2Session } from '../h2/session.js';
 import type { H2Headers, H2Stream } from '../h2/stream.js';
-import { ALPN, formatAuthority, h2Options, sniForIdentity } from '../hbone.js';
+import { formatAuthority, h2Options, sniForIdentity } from '../hbone.js';
 
 /** Which tunnel a connection may share: same source identity, same peer daemon, same expected peer identity. */
 export interface PoolKey {
@@ -44,23 +44,12 @@ export class TunnelSession {
   ): Promise<TunnelSession> {
     return new Promise((resolve, reject) => {
       let settled = false;
+      let tls: TlsConnection | undefined;
+      let h2: H2Session | undefined;
       const where = formatAuthority(key.address, key.port);
-      const socket = tlsConnect({
-        // Marked (when capture is on) so that the capture rules never redirect the tunnel itself.
-        // No Nagle: a frame must not wait for the ACK of the previous one (interactive traffic).
-        socket: connectTcp({ host: key.address, port: key.port, noDelay: true }),
-        host: key.address,
-        port: key.port,
-        secureContext: certs.secureContext(key.source),
-        ALPNProtocols: ALPN,
-        servername: sniForIdentity(key.peer),
-        minVersion: 'TLSv1.3',
-        checkServerIdentity: (_host: string, cert: PeerCertificate) => {
-          const sans = uriSans(cert);
-          return sans.includes(key.peer) ? undefined : new PeerIdentityError([key.peer], sans);
-        },
-      });
-      const h2 = new H2Session(socket, 'client', h2Options(opts.maxStreams));
+      // Marked (when capture is on) so that the capture rules never redirect the tunnel itself.
+      // No Nagle: a frame must not wait for the ACK of the previous one (interactive traffic).
+      const tcp = connectTcp({ host: key.address, port: key.port, noDelay: true });
       const timer = setTimeout(() => {
         fail(new TunnelError(`tunnel to ${where} timed out`, 'UF'));
       }, opts.connectTimeoutMs);
@@ -68,26 +57,49 @@ export class TunnelSession {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
-        h2.destroy();
+        tcp.destroy();
+        if (h2) h2.destroy();
+        else tls?.destroy();
         reject(
           err instanceof TunnelError || err instanceof PeerIdentityError
             ? err
             : new TunnelError(`tunnel to ${where} failed: ${err.message}`, 'UF', undefined, { cause: err }),
         );
       };
-      socket.once('error', fail);
-      h2.once('close', () => fail(new Error('closed during handshake')));
-      // Ready once TLS is: requests may go out before the server's SETTINGS (they start from the defaults).
-      socket.once('secureConnect', () => {
-        if (socket.alpnProtocol !== 'h2') {
-          fail(new TunnelError(`tunnel to ${where}: the peer does not speak h2 (ALPN)`, 'UF'));
+      tcp.once('error', fail);
+      tcp.once('connect', () => {
+        tcp.removeListener('error', fail);
+        if (settled) return;
+        try {
+          tls = new TlsConnection(tcp, certs.tlsContext(key.source), 'client', {
+            servername: sniForIdentity(key.peer),
+          });
+        } catch (err) {
+          fail(err as Error);
           return;
         }
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        socket.removeListener('error', fail);
-        resolve(new TunnelSession(h2, key, opts.maxStreams));
+        const session = new H2Session(tls, 'client', h2Options(opts.maxStreams));
+        h2 = session;
+        tls.once('error', fail);
+        session.once('close', () => fail(new Error('closed during handshake')));
+        // Ready once TLS is: requests may go out before the server's SETTINGS (they start from the defaults).
+        tls.once('secure', () => {
+          const peer = tls as TlsConnection;
+          if (peer.alpnProtocol !== 'h2') {
+            fail(new TunnelError(`tunnel to ${where}: the peer does not speak h2 (ALPN)`, 'UF'));
+            return;
+          }
+          const sans = peer.peerCertificate ? uriSans(peer.peerCertificate) : [];
+          if (!sans.includes(key.peer)) {
+            fail(new PeerIdentityError([key.peer], sans));
+            return;
+          }
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          peer.removeListener('error', fail);
+          resolve(new TunnelSession(session, key, opts.maxStreams));
+        });
       });
     });
   }

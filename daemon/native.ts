@@ -1,0 +1,84 @@
+// The native binding (native/src): the socket options Node has no API for (capture), and the tunnel's TLS
+// connection (tls.c). Loaded once, on first use; what is missing is said in one message.
+import { existsSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** An opaque handle owned by the binding (an SSL_CTX or a connection). */
+export type NativeHandle = { readonly __native: unique symbol };
+
+export interface TlsContextOptions {
+  /** PEM: every certificate a peer's chain may end at. */
+  readonly roots: string;
+  /** TLS 1.3 suites, OpenSSL names separated by ':'. */
+  readonly ciphersuites: string;
+  /** PEM: leaf first, then intermediates. */
+  readonly cert?: string;
+  readonly key?: string;
+  /** Server: the context for the name a client sent in SNI (its handle), undefined to refuse. */
+  readonly sni?: (servername: string) => NativeHandle | undefined;
+}
+
+export interface Addon {
+  originalDst(fd: number, family: 4 | 6): { address: string; port: number };
+  setMark(fd: number, mark: number): void;
+  markedSocket(family: 4 | 6, mark: number): number;
+  tlsInit(dispatch: (owner: object, event: number, a: unknown, b: unknown) => void, allocSlab: () => Buffer): void;
+  tlsContext(opts: TlsContextOptions): NativeHandle;
+  tlsConnect(ctx: NativeHandle, fd: number, server: boolean, servername: string | null, owner: object): NativeHandle;
+  tlsWrite(conn: NativeHandle, buffers: Buffer[]): number;
+  tlsPause(conn: NativeHandle): void;
+  tlsResume(conn: NativeHandle): boolean;
+  tlsPump(conn: NativeHandle): void;
+  tlsEnd(conn: NativeHandle): void;
+  tlsDestroy(conn: NativeHandle): void;
+}
+
+const ADDON = join('native', 'build', 'Release', 'ambit_native.node');
+
+/** The project root: the nearest directory above this file that holds native/binding.gyp. */
+function projectRoot(): string | undefined {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 8; i++) {
+    if (existsSync(join(dir, 'native', 'binding.gyp'))) return dir;
+    const up = dirname(dir);
+    if (up === dir) break;
+    dir = up;
+  }
+  return undefined;
+}
+
+let cached: Addon | string | undefined;
+
+/** The binding, or a sentence that says why there is none (not Linux, not built, does not load). */
+export function addon(): Addon | string {
+  if (cached === undefined) cached = tryLoad();
+  return cached;
+}
+
+function tryLoad(): Addon | string {
+  if (process.platform !== 'linux') return `the native binding needs Linux; this is ${process.platform}`;
+  const root = projectRoot();
+  const file = process.env.AMBIT_NATIVE_ADDON ?? (root ? join(root, ADDON) : undefined);
+  if (!file || !existsSync(file)) {
+    return (
+      `the native binding is not built (${file ?? ADDON} is missing): run \`npm ci\` (or ` +
+      '`node native/build.mjs`) on a host with python3, make and a C compiler'
+    );
+  }
+  try {
+    return createRequire(import.meta.url)(file) as Addon;
+  } catch (err) {
+    return `cannot load the native binding ${file}: ${(err as Error).message}`;
+  }
+}
+
+/** The file descriptor under a connected net.Socket (Node keeps it on the internal handle). */
+export function fdOf(socket: Socket): number {
+  const handle = (socket as unknown as { _handle?: { fd?: unknown } })._handle;
+  const fd = handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) throw new Error('socket has no file descriptor');
+  return fd;
+}

@@ -1,0 +1,34 @@
+// The TLS half of the native binding, ready to use: initialised once with the dispatcher that turns its
+// events into calls on the TlsConnection that owns them.
+import { TunnelError } from '../errors.js';
+import { type Addon, addon } from '../native.js';
+
+/** What the binding calls back into: a connection object with one method. */
+export interface NativeOwner {
+  onNative(event: number, a: unknown, b: unknown): void;
+}
+
+/**
+ * The buffer decrypted bytes land in, shared by every connection; 'data' hands out views of it. A new one
+ * is made when it fills (the old one lives as long as some view of it does).
+ */
+const SLAB = 1024 * 1024;
+export let slab: Buffer = Buffer.alloc(0);
+
+let ready: Addon | undefined;
+
+/** The binding, initialised; a TunnelError that says what is missing if there is none. */
+export function tlsBinding(): Addon {
+  if (ready) return ready;
+  const a = addon();
+  if (typeof a === 'string') throw new TunnelError(`the tunnel's TLS is unavailable: ${a}`, 'UF');
+  a.tlsInit(
+    (owner, event, x, y) => (owner as NativeOwner).onNative(event, x, y),
+    () => {
+      slab = Buffer.allocUnsafeSlow(SLAB);
+      return slab;
+    },
+  );
+  ready = a;
+  return a;
+}
