@@ -1,7 +1,6 @@
 import { mkdir } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { isIP } from 'node:net';
-import type { TlsContext } from './tls/context.js';
 import { type Reply, portOf, startHttp } from './admin/http.js';
 import { detectBackend, setGate } from './capture/iptables.js';
 import { setDaemonMark } from './capture/mark.js';
@@ -25,6 +24,7 @@ import { MeshFileSource } from './state/file-source.js';
 import { editMeshFile, setNode } from './state/mesh-edit.js';
 import type { Workload } from './state/model.js';
 import { StateStore } from './state/store.js';
+import type { TlsContext } from './tls/context.js';
 
 /** How soon a failed certificate issue is tried again (the certificate manager backs off on its own after). */
 const RECONCILE_RETRY_MS = 5_000;

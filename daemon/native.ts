@@ -1,8 +1,8 @@
 // The native binding (native/src): the socket options Node has no API for (capture), and the tunnel's TLS
 // connection (tls.c). Loaded once, on first use; what is missing is said in one message.
 import { existsSync } from 'node:fs';
-import type { Socket } from 'node:net';
 import { createRequire } from 'node:module';
+import type { Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -25,9 +25,18 @@ export interface Addon {
   originalDst(fd: number, family: 4 | 6): { address: string; port: number };
   setMark(fd: number, mark: number): void;
   markedSocket(family: 4 | 6, mark: number): number;
-  tlsInit(dispatch: (owner: object, event: number, a: unknown, b: unknown) => void, allocSlab: () => Buffer): void;
+  tlsInit(
+    dispatch: (owner: object, event: number, a: unknown, b: unknown) => void,
+    allocSlab: () => Buffer,
+  ): void;
   tlsContext(opts: TlsContextOptions): NativeHandle;
-  tlsConnect(ctx: NativeHandle, fd: number, server: boolean, servername: string | null, owner: object): NativeHandle;
+  tlsConnect(
+    ctx: NativeHandle,
+    fd: number,
+    server: boolean,
+    servername: string | null,
+    owner: object,
+  ): NativeHandle;
   tlsWrite(conn: NativeHandle, buffers: Buffer[]): number;
   tlsPause(conn: NativeHandle): void;
   tlsResume(conn: NativeHandle): boolean;

@@ -1,11 +1,12 @@
-// The HBONE HTTP/2 stack (daemon/proxy/h2) against node:http2 over real TLS 1.3 on 127.0.0.1: our client
-// against Node's server, Node's client against our server, and a raw TLS peer sending malformed frames.
+// The HBONE HTTP/2 stack (daemon/proxy/h2) on the tunnel's own TLS (daemon/tls, native) against node:http2
+// over real TLS 1.3 on 127.0.0.1: our client against Node's server, Node's client against our server, and a
+// raw node:tls peer sending malformed frames.
 
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http2 from 'node:http2';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, type Server, connect as netConnect, createServer as netServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
@@ -26,6 +27,8 @@ import {
 } from '../daemon/proxy/h2/frame.js';
 import { H2Session, type H2SessionOptions } from '../daemon/proxy/h2/session.js';
 import type { H2Headers, H2Stream } from '../daemon/proxy/h2/stream.js';
+import { TlsConnection } from '../daemon/tls/connection.js';
+import { TlsContext } from '../daemon/tls/context.js';
 
 const HOST = '127.0.0.1';
 const MiB = 1024 * 1024;
@@ -94,7 +97,7 @@ function next(emitter: NodeJS.EventEmitter, event: string): Promise<unknown[]> {
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
-function listen(server: tls.Server): Promise<number> {
+function listen(server: Server): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(0, HOST, () => {
@@ -104,9 +107,13 @@ function listen(server: tls.Server): Promise<number> {
   });
 }
 
+/** node:tls to our server, which requires a client certificate (the same self-signed one). */
 function tlsConnect(port: number): tls.TLSSocket {
-  return tls.connect({ host: HOST, port, ca: cert, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3' });
+  return tls.connect({ host: HOST, port, ca: cert, key, cert, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3' });
 }
+
+/** The certificate as our end presents it, trusting itself. */
+const ourContext = (): TlsContext => new TlsContext({ roots: [cert], cert, key });
 
 interface OurServer {
   port: number;
@@ -121,16 +128,20 @@ async function ourServer(
   onStream: (stream: H2Stream, headers: H2Headers, session: H2Session) => void,
 ): Promise<OurServer> {
   const s: OurServer = { port: 0, sessions: [], errors: [] };
-  const server = tls.createServer({ key, cert, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3' });
-  server.on('secureConnection', (socket: tls.TLSSocket) => {
-    if (socket.alpnProtocol !== 'h2' || socket.getProtocol() !== 'TLSv1.3') {
-      socket.destroy();
-      return;
-    }
-    const session = new H2Session(socket, 'server', OPTS);
-    s.sessions.push(session);
-    session.on('error', (err: Error) => s.errors.push(err));
-    session.on('stream', (stream: H2Stream, headers: H2Headers) => onStream(stream, headers, session));
+  const ctx = ourContext();
+  const server = netServer({ pauseOnConnect: true }, (socket) => {
+    const conn = new TlsConnection(socket, ctx, 'server', { handshakeTimeoutMs: 5000 });
+    conn.on('error', () => {});
+    conn.once('secure', () => {
+      if (conn.alpnProtocol !== 'h2') {
+        conn.destroy();
+        return;
+      }
+      const session = new H2Session(conn, 'server', OPTS);
+      s.sessions.push(session);
+      session.on('error', (err: Error) => s.errors.push(err));
+      session.on('stream', (stream: H2Stream, headers: H2Headers) => onStream(stream, headers, session));
+    });
   });
   t.teardown(() => {
     for (const session of s.sessions) session.destroy();
@@ -196,12 +207,13 @@ async function nodeServer(t: ExecutionContext): Promise<NodeServer> {
 
 /** Our client session over TLS 1.3 + ALPN h2, once the server's SETTINGS have arrived. */
 async function ourClient(t: ExecutionContext, port: number): Promise<H2Session> {
-  const socket = tlsConnect(port);
+  const tcp = netConnect(port, HOST);
+  await within(next(tcp, 'connect'), 5000, 'the TCP connection');
+  const socket = new TlsConnection(tcp, ourContext(), 'client');
   socket.on('error', () => {});
   t.teardown(() => socket.destroy());
-  await within(next(socket, 'secureConnect'), 5000, 'the TLS handshake');
+  await within(next(socket, 'secure'), 5000, 'the TLS handshake');
   t.is(socket.alpnProtocol, 'h2');
-  t.is(socket.getProtocol(), 'TLSv1.3');
   const session = new H2Session(socket, 'client', OPTS);
   t.teardown(() => session.destroy());
   await within(next(session, 'connect'), 5000, "the server's SETTINGS");

@@ -416,10 +416,14 @@ test('the tunnel speaks TLS 1.3 with AES-128-GCM and ALPN h2, and presents the w
   try {
     const { a, b } = s.cluster;
     const echoId = b.identityOf(b.store.workload('echo-1')!);
+    // node:tls as an independent client: what the daemon's own TLS negotiates, seen from outside.
+    const { certPem, keyPem } = a.certs.credentials(a.identityOf(a.store.workload('client')!));
     const sock = tlsConnect({
       host: '127.0.0.1',
       port: b.ports.tunnel,
-      secureContext: a.certs.secureContext(a.identityOf(a.store.workload('client')!)),
+      cert: certPem,
+      key: keyPem,
+      ca: a.certs.trustBundle(),
       servername: sniForIdentity(echoId),
       ALPNProtocols: ['h2'],
       checkServerIdentity: () => undefined,

@@ -142,6 +142,16 @@ export class CertificateManager extends EventEmitter<CertificateManagerEvents> {
     return entry.context;
   }
 
+  /**
+   * The PEM certificate chain and key behind tlsContext(identity), for a TLS stack other than the tunnel's
+   * (node:tls as an independent peer in the tests). Never served over any API.
+   */
+  credentials(identity: string): { certPem: string; keyPem: string } {
+    const entry = this.held.get(identity);
+    if (!entry?.cert || !this.usable(entry)) throw new CertUnavailableError(identity);
+    return { certPem: entry.cert.certPem, keyPem: entry.cert.keyPem };
+  }
+
   trustBundle(): string[] {
     return [...this.roots];
   }
