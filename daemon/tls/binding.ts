@@ -12,7 +12,7 @@ export interface NativeOwner {
  * The buffer decrypted bytes land in, shared by every connection; 'data' hands out views of it. A new one
  * is made when it fills (the old one lives as long as some view of it does).
  */
-const SLAB = 1024 * 1024;
+const SLAB = 256 * 1024;
 export let slab: Buffer = Buffer.alloc(0);
 
 let ready: Addon | undefined;

@@ -1,9 +1,11 @@
 /*
- * The tunnel's TLS connection, in native code: OpenSSL (the copy inside Node) on a non-blocking socket that
- * libuv polls. Why not node:tls: it hands every 16 KiB record to JavaScript through a stream, and joins and
- * copies every write; on the tunnel that per-record cost was most of the daemon's CPU. Here one callback
- * carries everything readable at once (up to READ_BATCH), and a write seals the caller's buffers into
- * records and sends them with one syscall.
+ * The tunnel's TLS connection, in native code, on a non-blocking socket that libuv polls. OpenSSL (the copy
+ * inside Node) does the handshake; the records after it are ours (record.c), the way kernel TLS takes them
+ * over from a userspace handshake: a record is decrypted from the socket's bytes straight into the buffer
+ * JavaScript reads, and sealed from JavaScript's buffers straight into the one the socket sends from.
+ * Why not node:tls: it hands every 16 KiB record to JavaScript through a stream and copies each byte three
+ * times on the way; on the tunnel that was most of the daemon's CPU. Here one callback carries everything
+ * readable at once (up to READ_BATCH), and a write is one syscall for all its records.
  *
  * JavaScript side: daemon/tls/connection.ts. Everything runs on the main thread.
  *   tlsInit(dispatch, allocSlab)                 once: dispatch(owner, event, a, b), allocSlab() -> Buffer
@@ -29,6 +31,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "record.h"
+
 #define EV_SECURE 1
 #define EV_DATA 2
 #define EV_END 3
@@ -38,10 +42,12 @@
 /* What one 'data' event carries at most, and what one recv() reads. */
 #define READ_BATCH (256 * 1024)
 #define SOCKET_READ (256 * 1024)
-/* A record's worth of plaintext. */
-#define RECORD 16384
-/* Below this much room left in the slab, a new one is asked for. */
-#define SLAB_MIN (RECORD * 2)
+/* Below this much room left in the slab, a new one is asked for (more than a record's plaintext). */
+#define SLAB_MIN (REC_MAX_PLAIN * 2)
+/* A peer's post-handshake messages (tickets, key updates) are a few hundred bytes; more is refused. */
+#define HS_MAX 65536
+/* AES-GCM's limit per key is 2^24.5 records (RFC 8446 §5.5): we move to new keys well before. */
+#define TX_RECORDS_PER_KEY (1ull << 24)
 
 enum { S_HANDSHAKE = 0, S_OPEN = 1, S_CLOSED = 2 };
 
@@ -68,8 +74,14 @@ typedef struct conn {
   char *err;     /* why it closed, delivered with the close event */
   char *out;
   size_t out_off, out_len, out_cap;
-  char *in; /* ciphertext read from the socket, not yet taken by OpenSSL */
+  char *in; /* ciphertext read from the socket, not yet opened */
   size_t in_off, in_len;
+  int records;                  /* the handshake is done: records are ours (c->rec), OpenSSL is gone */
+  rec_t rec;
+  unsigned char secret_client[48], secret_server[48]; /* from the key log, until the records start */
+  size_t secret_client_len, secret_server_len;
+  unsigned char *hs;            /* a peer's post-handshake message, until it is whole */
+  size_t hs_len;
   uv_poll_t poll;
 } conn_t;
 
@@ -85,7 +97,6 @@ static BIO_METHOD *g_in_method;
 static char *g_spare_in;
 static char *g_spare_out;
 static size_t g_spare_out_cap;
-static unsigned char g_stage[RECORD];
 static const unsigned char ALPN_H2[] = {2, 'h', '2'};
 
 /* ---- errors */
@@ -203,9 +214,9 @@ static int out_create(BIO *b) {
 static size_t queued(conn_t *c) { return c->out_len - c->out_off; }
 
 /*
- * The incoming side: one recv() of up to SOCKET_READ bytes, handed to OpenSSL as it asks (a record header,
- * then its body). Not OpenSSL's socket BIO with read-ahead: with a large read-ahead buffer OpenSSL moves
- * what is left to the front of it before every record, which costs more than the decryption.
+ * The incoming side: one recv() of up to SOCKET_READ bytes. During the handshake OpenSSL takes from it what
+ * it asks for (a record header, then its body), so it never reads past its last handshake record: whatever
+ * follows stays here for our records.
  */
 static void in_release(conn_t *c) {
   if (c->in == NULL) return;
@@ -257,8 +268,13 @@ static long in_ctrl(BIO *b, int cmd, long num, void *ptr) {
   return cmd == BIO_CTRL_FLUSH ? 1 : 0;
 }
 
-/* Whether anything is readable without the socket saying so: in OpenSSL or in our input buffer. */
-static int has_pending(conn_t *c) { return SSL_has_pending(c->ssl) || c->in_off < c->in_len; }
+/* Whether a whole record is buffered: the socket will not say so again. */
+static int has_pending(conn_t *c) {
+  size_t avail = c->in_len - c->in_off;
+  if (avail < REC_HEADER) return 0;
+  const unsigned char *h = (const unsigned char *)c->in + c->in_off;
+  return avail >= REC_HEADER + (((size_t)h[3] << 8) | h[4]);
+}
 
 static void update_poll(conn_t *c);
 static void close_conn(conn_t *c);
@@ -292,6 +308,20 @@ static int flush_out(conn_t *c) {
     }
   }
   return 1;
+}
+
+/*
+ * Sends what is queued, from the event loop (not from a JavaScript call): if that empties a queue that
+ * JavaScript was told is not empty, it hears 'drain' whichever event got us here. Returns 0 if the
+ * connection is gone.
+ */
+static int flush_and_drain(conn_t *c) {
+  if (!flush_out(c)) return 0;
+  if (queued(c) == 0 && c->need_drain) {
+    c->need_drain = 0;
+    emit(c, EV_DRAIN, 0, NULL);
+  }
+  return !c->closing;
 }
 
 /* ---- the poll */
@@ -331,6 +361,12 @@ static void close_conn(conn_t *c) {
   uv_poll_stop(&c->poll);
   SSL_free(c->ssl);
   c->ssl = NULL;
+  if (c->records) rec_free(&c->rec);
+  c->records = 0;
+  OPENSSL_cleanse(c->secret_client, sizeof c->secret_client);
+  OPENSSL_cleanse(c->secret_server, sizeof c->secret_server);
+  free(c->hs);
+  c->hs = NULL;
   in_release(c);
   close(c->fd);
   c->fd = -1;
@@ -357,71 +393,248 @@ static int ensure_slab(napi_env env) {
   return 1;
 }
 
-/* Decrypts what is readable into the slab and hands it on, one event per batch. */
+/* ---- records out */
+
+/* Seals `len` bytes of `type` (an alert, a handshake message) as one record on the outgoing queue. */
+static int seal_one(conn_t *c, unsigned char type, const unsigned char *p, size_t len) {
+  if (!out_reserve(c, rec_sealed_size(len))) return 0;
+  unsigned char *o = (unsigned char *)c->out + c->out_len;
+  if (!rec_seal_begin(&c->rec, o, len) || !rec_seal_update(&c->rec, o + REC_HEADER, p, len) ||
+      !rec_seal_end(&c->rec, o + REC_HEADER + len, type))
+    return 0;
+  c->out_len += rec_sealed_size(len);
+  return 1;
+}
+
+/* KeyUpdate (RFC 8446 §4.6.3): ours goes under the old keys, then we move to the next ones. */
+static int send_key_update(conn_t *c, int request) {
+  const unsigned char msg[5] = {24, 0, 0, 1, (unsigned char)request};
+  return seal_one(c, REC_TYPE_HANDSHAKE, msg, sizeof msg) && rec_update(&c->rec, &c->rec.tx);
+}
+
+/* ---- records in */
+
+/* A peer's post-handshake messages: tickets are ignored (we never resume), key updates followed. */
+static int on_handshake_bytes(conn_t *c, const unsigned char *p, size_t len) {
+  if (c->hs_len + len > HS_MAX) {
+    set_err(c, "the peer sent an oversized post-handshake message");
+    return 0;
+  }
+  unsigned char *hs = realloc(c->hs, c->hs_len + len);
+  if (!hs) {
+    set_err(c, "out of memory");
+    return 0;
+  }
+  c->hs = hs;
+  memcpy(hs + c->hs_len, p, len);
+  c->hs_len += len;
+  size_t off = 0;
+  while (c->hs_len - off >= 4) {
+    const unsigned char *m = hs + off;
+    size_t mlen = ((size_t)m[1] << 16) | ((size_t)m[2] << 8) | m[3];
+    if (c->hs_len - off < 4 + mlen) break;
+    if (m[0] == 24) {
+      if (mlen != 1 || m[4] > 1 || !rec_update(&c->rec, &c->rec.rx) || (m[4] == 1 && !send_key_update(c, 0))) {
+        set_err(c, "the peer sent a bad KeyUpdate");
+        return 0;
+      }
+    } else if (m[0] != 4) {
+      char buf[96];
+      snprintf(buf, sizeof buf, "the peer sent an unexpected handshake message (type %u)", m[0]);
+      set_err(c, buf);
+      return 0;
+    }
+    off += 4 + mlen;
+  }
+  c->hs_len -= off;
+  if (c->hs_len > 0) memmove(hs, hs + off, c->hs_len);
+  else {
+    free(c->hs);
+    c->hs = NULL;
+  }
+  return 1;
+}
+
+/* Room for a whole record after what is buffered, moving the unread part to the front if needed. */
+static int in_room(conn_t *c) {
+  if (c->in == NULL) {
+    c->in = g_spare_in ? g_spare_in : malloc(SOCKET_READ);
+    g_spare_in = NULL;
+    c->in_off = c->in_len = 0;
+    if (c->in == NULL) return 0;
+  }
+  if (c->in_off > 0 && SOCKET_READ - c->in_len < REC_HEADER + REC_MAX_BODY) {
+    memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
+    c->in_len -= c->in_off;
+    c->in_off = 0;
+  }
+  return 1;
+}
+
+/* Hands what this batch decrypted to JavaScript. Returns 0 if the connection went away meanwhile. */
+static int emit_data(conn_t *c, size_t start, size_t *got) {
+  if (*got == 0) return 1;
+  napi_value a[2];
+  napi_create_uint32(c->env, (uint32_t)start, &a[0]);
+  napi_create_uint32(c->env, (uint32_t)*got, &a[1]);
+  g_slab_off += *got;
+  *got = 0;
+  emit(c, EV_DATA, 2, a);
+  return !c->closing;
+}
+
+/* The peer's end: close_notify, or FIN between records. */
+static void on_read_end(conn_t *c) {
+  c->read_eof = 1;
+  emit(c, EV_END, 0, NULL);
+  if (!c->closing && c->fin_sent) close_conn(c);
+}
+
+/*
+ * Opens every whole record that is buffered or readable, decrypting application data into the slab, and
+ * hands it on, one event per batch. Stops when the socket would block, on pause, on the peer's end.
+ */
 static void do_read(conn_t *c) {
   napi_env env = c->env;
-  /* SSL_get_error reads OpenSSL's error queue: it must hold nothing of ours from before. */
-  ERR_clear_error();
-  /* Until the socket and OpenSSL are both empty: records OpenSSL holds raise no poll event. */
+  size_t start = 0, got = 0;
+  int have_slab = 0;
   while (!c->closing && !c->paused && !c->read_eof) {
-    if (!ensure_slab(env)) {
-      set_err(c, "out of memory for the read buffer");
-      close_conn(c);
-      return;
-    }
-    size_t start = g_slab_off, got = 0, room = g_slab_len - g_slab_off;
-    if (room > READ_BATCH) room = READ_BATCH;
-    int stop = 0; /* 1 would block, 2 end, 3 error */
-    while (got < room) {
-      size_t n = 0;
-      errno = 0;
-      if (SSL_read_ex(c->ssl, g_slab_data + start + got, room - got, &n)) {
-        got += n;
-        continue;
-      }
-      int e = SSL_get_error(c->ssl, 0);
-      if (e == SSL_ERROR_WANT_READ) stop = 1;
-      else if (e == SSL_ERROR_ZERO_RETURN) stop = 2;
-      else if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && (errno == 0 || errno == EAGAIN)) stop = 2;
-      else if (e == SSL_ERROR_WANT_WRITE) stop = 1;
-      else {
-        set_ssl_err(c, "TLS read failed");
-        stop = 3;
-      }
-      break;
-    }
-    /* Post-handshake messages (tickets, key updates) may have queued records of ours. */
-    if (queued(c) > 0 && !flush_out(c)) return;
-    if (got > 0) {
-      g_slab_off += got;
-      napi_value a[2];
-      napi_create_uint32(env, (uint32_t)start, &a[0]);
-      napi_create_uint32(env, (uint32_t)got, &a[1]);
-      emit(c, EV_DATA, 2, a);
-      if (c->closing) return;
-    }
-    if (stop == 3) {
-      close_conn(c);
-      return;
-    }
-    if (stop == 2) {
-      c->read_eof = 1;
-      emit(c, EV_END, 0, NULL);
-      if (c->closing) return;
-      if (c->fin_sent) {
+    size_t avail = c->in_len - c->in_off;
+    if (avail >= REC_HEADER) {
+      const unsigned char *h = (const unsigned char *)c->in + c->in_off;
+      size_t body = ((size_t)h[3] << 8) | h[4];
+      if (h[0] != REC_TYPE_DATA || body > REC_MAX_BODY || body <= REC_TAG) {
+        set_err(c, "the peer sent a malformed TLS record");
         close_conn(c);
         return;
       }
+      if (avail >= REC_HEADER + body) {
+        /* Room in the slab for this record's plaintext, or a new batch in a new slab. */
+        if (!have_slab || g_slab_len - (start + got) < body || got >= READ_BATCH) {
+          if (have_slab && !emit_data(c, start, &got)) return;
+          if (c->paused) break;
+          if (!ensure_slab(env)) {
+            set_err(c, "out of memory for the read buffer");
+            close_conn(c);
+            return;
+          }
+          have_slab = 1;
+          start = g_slab_off;
+        }
+        unsigned char *plain = (unsigned char *)g_slab_data + start + got;
+        unsigned char type;
+        long n = rec_open(&c->rec, h, body, plain, &type);
+        c->in_off += REC_HEADER + body;
+        if (n < 0) {
+          set_err(c, "a TLS record from the peer does not authenticate (bad_record_mac)");
+          close_conn(c);
+          return;
+        }
+        if (type == REC_TYPE_DATA) {
+          got += (size_t)n;
+        } else if (type == REC_TYPE_ALERT) {
+          if (n == 2 && plain[1] == 0) {
+            if (!emit_data(c, start, &got)) return;
+            on_read_end(c);
+            if (c->closing) return;
+            break;
+          }
+          char buf[96];
+          snprintf(buf, sizeof buf, "the peer sent TLS alert %u", n == 2 ? plain[1] : 0);
+          set_err(c, buf);
+          close_conn(c);
+          return;
+        } else if (type != REC_TYPE_HANDSHAKE || !on_handshake_bytes(c, plain, (size_t)n)) {
+          if (type != REC_TYPE_HANDSHAKE) set_err(c, "the peer sent an unexpected TLS record type");
+          close_conn(c);
+          return;
+        }
+        continue;
+      }
+    }
+    /* Not a whole record buffered: read more. */
+    if (!in_room(c)) {
+      set_err(c, "out of memory for the socket buffer");
+      close_conn(c);
+      return;
+    }
+    ssize_t r;
+    do r = recv(c->fd, c->in + c->in_len, SOCKET_READ - c->in_len, 0);
+    while (r < 0 && errno == EINTR);
+    if (r > 0) {
+      c->in_len += (size_t)r;
+      continue;
+    }
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    if (!emit_data(c, start, &got)) return;
+    if (r == 0 && c->in_len == c->in_off) {
+      on_read_end(c); /* FIN without close_notify: the HTTP/2 above notices any truncation */
+      if (c->closing) return;
       break;
     }
-    if (stop == 1) {
-      /* Nothing more to read for now: OpenSSL's record buffers (~34 KiB) go until the next bytes come.
-       * Once per batch rather than per record, which is what SSL_MODE_RELEASE_BUFFERS would cost. */
-      if (!has_pending(c)) SSL_free_buffers(c->ssl);
-      break;
-    }
+    char buf[160];
+    snprintf(buf, sizeof buf, "read from the peer failed: %s",
+             r == 0 ? "connection closed in the middle of a record" : strerror(errno));
+    set_err(c, buf);
+    close_conn(c);
+    return;
   }
+  if (!emit_data(c, start, &got)) return;
+  if (c->in_off == c->in_len) in_release(c); /* an idle connection holds no buffer */
+  /* What we answered (a key update), and what was waiting for the socket anyway. */
+  if (queued(c) > 0 && !flush_and_drain(c)) return;
   update_poll(c);
+}
+
+/* The key log is where OpenSSL hands out the traffic secrets; the records after the handshake need them. */
+static void on_keylog(const SSL *ssl, const char *line) {
+  conn_t *c = SSL_get_app_data(ssl);
+  if (!c) return;
+  unsigned char *dst;
+  size_t *dst_len;
+  const char *p;
+  if (strncmp(line, "CLIENT_TRAFFIC_SECRET_0 ", 24) == 0) {
+    dst = c->secret_client, dst_len = &c->secret_client_len, p = line + 24;
+  } else if (strncmp(line, "SERVER_TRAFFIC_SECRET_0 ", 24) == 0) {
+    dst = c->secret_server, dst_len = &c->secret_server_len, p = line + 24;
+  } else {
+    return;
+  }
+  p = strchr(p, ' '); /* past the client random */
+  if (!p) return;
+  p++;
+  size_t n = 0;
+  while (p[0] && p[1] && n < 48) {
+    unsigned int byte;
+    if (sscanf(p, "%2x", &byte) != 1) return;
+    dst[n++] = (unsigned char)byte;
+    p += 2;
+  }
+  *dst_len = n;
+}
+
+/* After the handshake: the records become ours and OpenSSL's connection object is freed. */
+static int take_over(conn_t *c) {
+  const SSL_CIPHER *cipher = SSL_get_current_cipher(c->ssl);
+  int suite = cipher ? (int)(SSL_CIPHER_get_id(cipher) & 0xffff) : 0;
+  size_t want = suite == 0x1302 ? 48 : 32;
+  if (SSL_has_pending(c->ssl) || c->secret_client_len != want || c->secret_server_len != want) {
+    set_err(c, "TLS: the handshake's traffic secrets are not available");
+    return 0;
+  }
+  const unsigned char *rx = c->server ? c->secret_client : c->secret_server;
+  const unsigned char *tx = c->server ? c->secret_server : c->secret_client;
+  int ok = rec_init(&c->rec, suite, rx, tx);
+  OPENSSL_cleanse(c->secret_client, sizeof c->secret_client);
+  OPENSSL_cleanse(c->secret_server, sizeof c->secret_server);
+  if (!ok) {
+    set_err(c, "TLS: the negotiated cipher suite is not AES-GCM");
+    return 0;
+  }
+  c->records = 1;
+  SSL_free(c->ssl);
+  c->ssl = NULL;
+  return 1;
 }
 
 /* ---- handshake */
@@ -432,7 +645,6 @@ static void handshake(conn_t *c) {
   int r = SSL_do_handshake(c->ssl);
   if (r == 1) {
     c->state = S_OPEN;
-    if (!flush_out(c)) return;
     napi_env env = c->env;
     napi_value a[2];
     X509 *peer = SSL_get1_peer_certificate(c->ssl);
@@ -453,6 +665,11 @@ static void handshake(conn_t *c) {
     unsigned int alpn_len;
     SSL_get0_alpn_selected(c->ssl, &alpn, &alpn_len);
     napi_create_string_latin1(env, (const char *)alpn, alpn_len, &a[1]);
+    if (!take_over(c)) {
+      close_conn(c);
+      return;
+    }
+    if (!flush_out(c)) return;
     emit(c, EV_SECURE, 2, a);
     if (c->closing) return;
     if (has_pending(c) && !c->paused) do_read(c);
@@ -480,13 +697,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     set_err(c, buf);
     close_conn(c);
   } else {
-    if ((events & UV_WRITABLE) && !c->closing) {
-      size_t before = queued(c);
-      if (flush_out(c) && before > 0 && queued(c) == 0 && c->need_drain) {
-        c->need_drain = 0;
-        emit(c, EV_DRAIN, 0, NULL);
-      }
-    }
+    if ((events & UV_WRITABLE) && !c->closing) flush_and_drain(c);
     if (!c->closing) {
       if (c->state == S_HANDSHAKE) handshake(c);
       else if (events & UV_READABLE) do_read(c);
@@ -653,6 +864,7 @@ static napi_value TlsContext(napi_env env, napi_callback_info info) {
     }
   }
   SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+  SSL_CTX_set_keylog_callback(ctx, on_keylog);
   actx_t *a = calloc(1, sizeof *a);
   if (!a) {
     throw_msg(env, "ENOMEM", "tlsContext: out of memory");
@@ -740,6 +952,7 @@ static napi_value TlsConnect(napi_env env, napi_callback_info info) {
   BIO_set_data(wbio, c);
   BIO_set_data(rbio, c);
   SSL_set_bio(c->ssl, rbio, wbio);
+  SSL_set_app_data(c->ssl, c);
   c->poll.data = c;
   if (server) {
     SSL_set_verify(c->ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
@@ -764,24 +977,10 @@ static napi_value TlsConnect(napi_env env, napi_callback_info info) {
   return wrap_conn(env, c);
 }
 
-/* Seals `len` bytes into records (queued in c->out). */
-static int seal(conn_t *c, const unsigned char *p, size_t len) {
-  while (len > 0) {
-    size_t n = 0;
-    if (!SSL_write_ex(c->ssl, p, len, &n)) {
-      set_ssl_err(c, "TLS write failed");
-      return 0;
-    }
-    p += n;
-    len -= n;
-  }
-  return 1;
-}
-
 /*
- * tlsWrite(conn, buffers): the buffers become full records where it costs little. Small pieces (a frame header,
- * a control frame) are gathered with what follows them into one record; a large piece goes straight to
- * OpenSSL, which seals it from the caller's memory.
+ * tlsWrite(conn, buffers): everything becomes full records (16 KiB of plaintext, the last two of a write
+ * evened out so that none is tiny), sealed from the caller's buffers into the outgoing queue: a frame header
+ * and its payload share a record without being copied together first.
  */
 static napi_value TlsWrite(napi_env env, napi_callback_info info) {
   size_t argc = 2;
@@ -789,55 +988,67 @@ static napi_value TlsWrite(napi_env env, napi_callback_info info) {
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   conn_t *c = argc >= 2 ? get_conn(env, argv[0]) : NULL;
   if (!c) return throw_msg(env, "EINVAL", "tlsWrite(conn, buffers)");
-  if (c->closing || c->state != S_OPEN || c->ending) {
+  if (c->closing || !c->records || c->ending) {
     napi_create_int32(env, -1, &result);
     return result;
   }
   uint32_t count = 0;
   napi_get_array_length(env, argv[1], &count);
-  ERR_clear_error();
-  size_t staged = 0;
-  int ok = 1;
-  for (uint32_t i = 0; i < count && ok; i++) {
+  struct piece {
+    const unsigned char *p;
+    size_t len;
+  } stack[64], *pieces = count <= 64 ? stack : malloc(count * sizeof *pieces);
+  if (!pieces) return throw_msg(env, "ENOMEM", "tlsWrite: out of memory");
+  size_t total = 0;
+  for (uint32_t i = 0; i < count; i++) {
     napi_value item;
     void *data;
     size_t len;
     napi_get_element(env, argv[1], i, &item);
     if (napi_get_buffer_info(env, item, &data, &len) != napi_ok) {
+      if (pieces != stack) free(pieces);
       napi_throw_type_error(env, "EINVAL", "tlsWrite: every item must be a Buffer");
       return NULL;
     }
-    const unsigned char *p = data;
-    if (staged + len <= RECORD && (staged > 0 || len < 4096)) {
-      memcpy(g_stage + staged, p, len);
-      staged += len;
-      continue;
-    }
-    if (staged > 0) {
-      size_t fill = RECORD - staged;
-      memcpy(g_stage + staged, p, fill);
-      ok = seal(c, g_stage, RECORD);
-      staged = 0;
-      p += fill;
-      len -= fill;
-    }
-    /* Whole records straight from the caller's buffer; the tail waits for what follows. */
-    size_t whole = len - len % RECORD;
-    if (ok && whole > 0) ok = seal(c, p, whole);
-    if (ok && len > whole) {
-      memcpy(g_stage, p + whole, len - whole);
-      staged = len - whole;
-    }
+    pieces[i].p = data;
+    pieces[i].len = len;
+    total += len;
   }
-  if (ok && staged > 0) ok = seal(c, g_stage, staged);
+  size_t records = (total + REC_MAX_PLAIN - 1) / REC_MAX_PLAIN;
+  int ok = out_reserve(c, total + records * (REC_HEADER + 1 + REC_TAG) + 64);
+  uint32_t i = 0;
+  size_t at = 0, left = total;
+  while (ok && left > 0) {
+    size_t plen = left;
+    if (left > 2 * REC_MAX_PLAIN) plen = REC_MAX_PLAIN;
+    else if (left > REC_MAX_PLAIN) plen = (left + 1) / 2;
+    unsigned char *o = (unsigned char *)c->out + c->out_len;
+    ok = rec_seal_begin(&c->rec, o, plen);
+    size_t done = 0;
+    while (ok && done < plen) {
+      size_t n = pieces[i].len - at;
+      if (n > plen - done) n = plen - done;
+      ok = rec_seal_update(&c->rec, o + REC_HEADER + done, pieces[i].p + at, n);
+      done += n;
+      at += n;
+      if (at == pieces[i].len) i++, at = 0;
+    }
+    ok = ok && rec_seal_end(&c->rec, o + REC_HEADER + plen, REC_TYPE_DATA);
+    c->out_len += rec_sealed_size(plen);
+    left -= plen;
+    if (ok && c->rec.tx.seq >= TX_RECORDS_PER_KEY) ok = send_key_update(c, 0);
+  }
+  if (pieces != stack) free(pieces);
   if (!ok) {
+    set_err(c, "TLS: sealing a record failed");
     close_conn(c);
     napi_create_int32(env, -1, &result);
     return result;
   }
   if (flush_out(c)) update_poll(c);
   size_t q = c->closing ? 0 : queued(c);
-  if (q > 0) c->need_drain = 1;
+  /* JavaScript learns the queue's size from this answer; an empty one needs no 'drain' later. */
+  c->need_drain = q > 0;
   napi_create_double(env, (double)q, &result);
   return result;
 }
@@ -869,7 +1080,7 @@ static napi_value TlsResume(napi_env env, napi_callback_info info) {
   if (c && !c->closing) {
     c->paused = 0;
     update_poll(c);
-    held = c->state == S_OPEN && !c->read_eof && has_pending(c);
+    held = c->records && !c->read_eof && has_pending(c);
   }
   napi_get_boolean(env, held, &r);
   return r;
@@ -878,7 +1089,7 @@ static napi_value TlsResume(napi_env env, napi_callback_info info) {
 static napi_value TlsPump(napi_env env, napi_callback_info info) {
   conn_t *c;
   conn_arg(env, info, &c);
-  if (c && !c->closing && c->state == S_OPEN) do_read(c);
+  if (c && !c->closing && c->records) do_read(c);
   return NULL;
 }
 
@@ -887,9 +1098,11 @@ static napi_value TlsEnd(napi_env env, napi_callback_info info) {
   conn_arg(env, info, &c);
   if (!c || c->closing || c->ending) return NULL;
   c->ending = 1;
-  if (c->state == S_OPEN) {
-    ERR_clear_error();
-    SSL_shutdown(c->ssl); /* queues close_notify */
+  static const unsigned char close_notify[2] = {1, 0};
+  if (c->records && !seal_one(c, REC_TYPE_ALERT, close_notify, sizeof close_notify)) {
+    set_err(c, "TLS: sealing close_notify failed");
+    close_conn(c);
+    return NULL;
   }
   if (flush_out(c)) update_poll(c);
   return NULL;
