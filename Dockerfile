@@ -14,4 +14,4 @@ COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/package.json ./
 ENV AMBIT_STATE_DIR=/var/lib/ambit
 EXPOSE 15008 15020 15021
-ENTRYPOINT ["node", "/opt/ambit/dist/daemon/main.js"]
+ENTRYPOINT ["node", "--initial-old-space-size=64", "/opt/ambit/dist/daemon/main.js"]

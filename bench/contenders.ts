@@ -217,6 +217,8 @@ const ambit: Contender = {
       for (const node of ['node-a', 'node-b']) {
         ready[node] = await freePort();
         const args = [
+          // What ambitd's launchers pass (see daemon/proxy/reclaim.ts), then anything the caller adds.
+          '--initial-old-space-size=64',
           ...ctx.nodeArgs,
           join(ctx.root, 'dist/daemon/main.js'),
           '--node-name',

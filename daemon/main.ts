@@ -1,9 +1,10 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --initial-old-space-size=64
 import { Command } from 'commander';
 import { type ConfigInput, loadConfig } from './config.js';
 import { Ambitd } from './daemon.js';
 import { AmbitError } from './errors.js';
 import { createLogger } from './log.js';
+import { NODE_FLAGS, initialOldSpaceMb } from './proxy/reclaim.js';
 
 const program = new Command()
   .name('ambitd')
@@ -50,6 +51,12 @@ async function main(): Promise<void> {
   }
   const config = loadConfig({ flags, configFile });
   const log = createLogger(config.logLevel);
+  if ((initialOldSpaceMb() ?? 0) < 64) {
+    log.info(
+      { want: NODE_FLAGS.join(' ') },
+      'node was started without the flags ambitd is tuned for: expect more garbage collection under load',
+    );
+  }
   const daemon = await Ambitd.start(config, log);
   let stopping = false;
   const stop = (signal: string): void => {

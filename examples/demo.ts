@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { NODE_FLAGS } from '../daemon/proxy/reclaim.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -35,6 +36,7 @@ function startDaemon(node: keyof typeof PORTS): ChildProcess {
   const child = spawn(
     process.execPath,
     [
+      ...NODE_FLAGS,
       ambitd,
       '--node-name',
       node,

@@ -6,6 +6,7 @@ import { promisify } from 'node:util';
 import test from 'ava';
 import { parseAllDocuments, parse as parseYaml } from 'yaml';
 import { CONFIG_KEYS, envName, loadConfig } from '../daemon/config.js';
+import { NODE_FLAGS } from '../daemon/proxy/reclaim.js';
 
 // The deployment artifacts are checked against the daemon they deploy: the settings they pass must load,
 // and the ports and paths they name must be the ones ambitd serves.
@@ -60,7 +61,12 @@ test('the Kubernetes DaemonSet runs on the host network with the ports and probe
 
 test('the systemd unit passes systemd-analyze verify and starts the built daemon', async (t) => {
   const unit = readFileSync(join(root, 'systemd/ambitd.service'), 'utf8');
-  t.regex(unit, /^ExecStart=\/usr\/bin\/node \/opt\/ambit\/dist\/daemon\/main\.js$/m);
+  // The node flags the daemon is tuned for (daemon/proxy/reclaim.ts), in every launcher.
+  const flags = NODE_FLAGS.join(' ');
+  t.true(unit.includes(`\nExecStart=/usr/bin/node ${flags} /opt/ambit/dist/daemon/main.js\n`));
+  const dockerfile = readFileSync(join(root, 'Dockerfile'), 'utf8');
+  t.true(dockerfile.includes(`ENTRYPOINT ["node", ${NODE_FLAGS.map((f) => `"${f}"`).join(', ')}, `));
+  t.true(readFileSync(join(root, 'daemon/main.ts'), 'utf8').startsWith(`#!/usr/bin/env -S node ${flags}\n`));
   t.true(existsSync(join(root, 'dist/daemon/main.js')));
   if (!existsSync('/usr/bin/systemd-analyze') || !existsSync('/usr/bin/node')) {
     t.log('systemd-analyze or /usr/bin/node missing: only the static checks ran');

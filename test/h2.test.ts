@@ -126,6 +126,7 @@ interface OurServer {
 async function ourServer(
   t: ExecutionContext,
   onStream: (stream: H2Stream, headers: H2Headers, session: H2Session) => void,
+  opts: H2SessionOptions = OPTS,
 ): Promise<OurServer> {
   const s: OurServer = { port: 0, sessions: [], errors: [] };
   const ctx = ourContext();
@@ -137,7 +138,7 @@ async function ourServer(
         conn.destroy();
         return;
       }
-      const session = new H2Session(conn, 'server', OPTS);
+      const session = new H2Session(conn, 'server', opts);
       s.sessions.push(session);
       session.on('error', (err: Error) => s.errors.push(err));
       session.on('stream', (stream: H2Stream, headers: H2Headers) => onStream(stream, headers, session));
@@ -420,6 +421,51 @@ test('a node:http2 client runs 20 concurrent 1 MiB CONNECT echoes through our se
     t.is(h?.forwarded, `for="198.18.1.${i + 1}:40000"`);
     t.is(h?.traceparent, traceparent);
   }
+  t.is(server.errors.length, 0);
+});
+
+test('the stream window grows when the round trip needs it: 64 KiB to at least 1 MiB over a 40 ms path, data intact', async (t) => {
+  const server = await ourServer(
+    t,
+    (stream) => {
+      stream.respond({ ':status': '200' });
+      const hash = createHash('sha256');
+      stream.on('data', (c: Buffer) => hash.update(c));
+      stream.resume();
+      stream.on('end', () => {
+        stream.write(Buffer.from(hash.digest('hex')));
+        stream.end();
+      });
+    },
+    { ...OPTS, streamWindow: 64 * 1024, maxStreamWindow: 4 * MiB, connectionWindow: 16 * MiB },
+  );
+  // A relay that holds every chunk 20 ms each way: a long path, on loopback.
+  const relay = netServer((down) => {
+    const up = netConnect(server.port, HOST);
+    const delayed = (from: NodeJS.ReadableStream, to: NodeJS.WritableStream): void => {
+      from.on('data', (c: Buffer) => setTimeout(() => to.write(c), 20));
+      from.on('end', () => setTimeout(() => to.end(), 25));
+    };
+    up.on('error', () => down.destroy());
+    down.on('error', () => up.destroy());
+    delayed(down, up);
+    delayed(up, down);
+  });
+  t.teardown(() => relay.close());
+  const relayPort = await listen(relay);
+  const client = await nodeClient(t, relayPort);
+  const data = randomBytes(8 * MiB);
+  const req = client.request({ ':method': 'CONNECT', ':authority': '198.18.0.1:8080' });
+  req.on('error', () => {});
+  const chunks: Buffer[] = [];
+  req.on('data', (c: Buffer) => chunks.push(c));
+  const ended = next(req, 'end');
+  await nodeWriteAll(req, data);
+  await within(ended, 30_000, 'the digest');
+  t.is(Buffer.concat(chunks).toString(), sha256(data));
+  const session = server.sessions[0]!;
+  t.true(session.localStreamWindow >= MiB, `window ${session.localStreamWindow}`);
+  t.true(session.localStreamWindow <= 4 * MiB);
   t.is(server.errors.length, 0);
 });
 

@@ -7,8 +7,13 @@ import type { H2SessionOptions } from './h2/session.js';
 
 export const ALPN = ['h2'];
 
-/** ztunnel's windows and frame size; bigger windows let one stream fill a fast link without stalling. */
-export const STREAM_WINDOW = 4 * 1024 * 1024;
+/**
+ * Per-stream receive window: it starts small and grows to ztunnel's 4 MiB when a round trip needs it (a
+ * BDP sample in the session). On a short path (a LAN, one host) a slow reader then holds 256 KiB here
+ * rather than 4 MiB, which a garbage-collected daemon pays for; a long path still fills its link.
+ */
+export const STREAM_WINDOW = 256 * 1024;
+export const MAX_STREAM_WINDOW = 4 * 1024 * 1024;
 export const CONNECTION_WINDOW = 16 * 1024 * 1024;
 export const MAX_FRAME = 1024 * 1024 - 1;
 export const SERVER_MAX_STREAMS = 200;
@@ -16,6 +21,7 @@ export const SERVER_MAX_STREAMS = 200;
 export const h2Options = (maxConcurrentStreams: number): H2SessionOptions => ({
   maxConcurrentStreams,
   streamWindow: STREAM_WINDOW,
+  maxStreamWindow: MAX_STREAM_WINDOW,
   connectionWindow: CONNECTION_WINDOW,
   maxFrameSize: MAX_FRAME,
 });

@@ -44,8 +44,13 @@ import { type H2Headers, H2Stream, type StreamHost } from './stream.js';
 export interface H2SessionOptions {
   /** Streams the peer may open on us at once (server) / we advertise (client). */
   readonly maxConcurrentStreams: number;
-  /** Our receive window per stream. */
+  /** Our receive window per stream, to start with. */
   readonly streamWindow: number;
+  /**
+   * How far the per-stream window may grow when the path needs it (see the BDP sampler below); the
+   * starting window when absent.
+   */
+  readonly maxStreamWindow?: number;
   /** Our receive window for the whole connection. */
   readonly connectionWindow: number;
   /** Largest frame we accept. */
@@ -56,6 +61,10 @@ export interface H2SessionOptions {
 
 /** Largest header block (HEADERS plus CONTINUATION) we buffer from a peer: a CONNECT needs a few hundred bytes. */
 const MAX_HEADER_BLOCK = 64 * 1024;
+
+/** The payload that marks our BDP PINGs (ping() callers send zeros). */
+const BDP_PING = Buffer.from('ambitbdp');
+const BDP_INTERVAL_MS = 100;
 
 enum State {
   Preface = 0,
@@ -92,8 +101,15 @@ export class H2Session extends EventEmitter implements StreamHost {
   readonly #streams = new Map<number, H2Stream>();
   readonly #decoder = new HpackDecoder();
   readonly #encoder = new HpackEncoder();
-  readonly ackThreshold: number;
+  ackThreshold: number;
   readonly #connAckThreshold: number;
+  /** Our per-stream receive window now: it starts at opts.streamWindow and grows up to the max. */
+  #localWindow: number;
+  readonly #maxWindow: number;
+  /** BDP sample in flight: when its PING left (0: none), and the DATA bytes received since. */
+  #bdpSentAt = 0;
+  #bdpBytes = 0;
+  #bdpNextAt = 0;
 
   // Peer's settings.
   #remoteMaxStreams = Number.POSITIVE_INFINITY;
@@ -142,6 +158,8 @@ export class H2Session extends EventEmitter implements StreamHost {
     this.isServer = role === 'server';
     this.#opts = opts;
     this.ackThreshold = Math.max(1, Math.floor(opts.streamWindow / 4));
+    this.#localWindow = opts.streamWindow;
+    this.#maxWindow = Math.max(opts.streamWindow, opts.maxStreamWindow ?? opts.streamWindow);
     this.#connAckThreshold = Math.max(1, Math.floor(opts.connectionWindow / 4));
     this.#recvWindow = opts.connectionWindow;
     this.#state = this.isServer ? State.Preface : State.Header;
@@ -184,6 +202,10 @@ export class H2Session extends EventEmitter implements StreamHost {
   get activeStreams(): number {
     return this.#streams.size;
   }
+  /** Our per-stream receive window now (grows from the starting one when the path's BDP needs it). */
+  get localStreamWindow(): number {
+    return this.#localWindow;
+  }
   /** What the peer allows at once (Infinity until its SETTINGS say). */
   get remoteMaxConcurrentStreams(): number {
     return this.#remoteMaxStreams;
@@ -199,7 +221,7 @@ export class H2Session extends EventEmitter implements StreamHost {
     if (id > MAX_WINDOW) throw new Error('stream ids exhausted');
     this.#nextStreamId += 2;
     const stream = new H2Stream(id, this, this.#remoteInitialWindow);
-    stream.recvWindow = this.#opts.streamWindow;
+    stream.recvWindow = this.#localWindow;
     this.#streams.set(id, stream);
     this.sendHeaders(stream, headers, false);
     return stream;
@@ -474,6 +496,7 @@ export class H2Session extends EventEmitter implements StreamHost {
     this.#recvWindow -= length;
     if (this.#recvWindow < 0)
       throw new H2ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, 'peer overran the connection window');
+    if (this.#localWindow < this.#maxWindow) this.#bdpSample(length);
     this.#connUnacked += length;
     if (this.#connUnacked >= this.#connAckThreshold) {
       this.#write(windowUpdateFrame(0, this.#connUnacked));
@@ -496,6 +519,38 @@ export class H2Session extends EventEmitter implements StreamHost {
       return undefined;
     }
     return s;
+  }
+
+  // ---- window sizing: a BDP sample (a PING, and the DATA that arrives before its answer) at most every
+  // BDP_INTERVAL_MS while DATA flows. When a round trip carries two thirds of the window or more, the
+  // window is what limits the peer: it doubles (to twice the sample at least), up to the max, for every
+  // stream at once (SETTINGS_INITIAL_WINDOW_SIZE moves open streams' windows too, RFC 9113 §6.9.2).
+  // A short path keeps a small window, so a slow reader holds little here; a long one gets what it needs.
+
+  #bdpSample(bytes: number): void {
+    if (this.#bdpSentAt !== 0) {
+      this.#bdpBytes += bytes;
+      return;
+    }
+    const now = Date.now();
+    if (now < this.#bdpNextAt) return;
+    this.#bdpSentAt = now;
+    this.#bdpBytes = 0;
+    this.#write(pingFrame(BDP_PING, false));
+  }
+
+  #onBdpAck(): void {
+    const bdp = this.#bdpBytes;
+    this.#bdpSentAt = 0;
+    this.#bdpNextAt = Date.now() + BDP_INTERVAL_MS;
+    const current = this.#localWindow;
+    if (bdp * 3 < current * 2) return;
+    const next = Math.min(this.#maxWindow, Math.max(2 * bdp, 2 * current));
+    if (next <= current) return;
+    this.#localWindow = next;
+    this.ackThreshold = Math.max(1, Math.floor(next / 4));
+    this.#write(settingsFrame([[SETTINGS_INITIAL_WINDOW_SIZE, next]]));
+    for (const s of this.#streams.values()) s.recvWindow += next - current;
   }
 
   /** A stream id the peer cannot have used yet. */
@@ -535,7 +590,9 @@ export class H2Session extends EventEmitter implements StreamHost {
         if (sid !== 0) throw new H2ProtocolError(ErrorCode.PROTOCOL_ERROR, 'PING on a stream');
         if (p.length !== 8) throw new H2ProtocolError(ErrorCode.FRAME_SIZE_ERROR, 'PING of wrong size');
         if ((flags & FLAG_ACK) === 0) this.#write(pingFrame(p, true));
-        else {
+        else if (p.equals(BDP_PING)) {
+          if (this.#bdpSentAt !== 0) this.#onBdpAck();
+        } else {
           const cb = this.#pings.shift();
           const sent = this.#pingSent.shift();
           cb?.(null, sent === undefined ? 0 : Date.now() - sent);
@@ -626,7 +683,7 @@ export class H2Session extends EventEmitter implements StreamHost {
         return;
       }
       const stream = new H2Stream(sid, this, this.#remoteInitialWindow);
-      stream.recvWindow = this.#opts.streamWindow;
+      stream.recvWindow = this.#localWindow;
       stream.headers = headers;
       this.#streams.set(sid, stream);
       this.emit('stream', stream, headers);
