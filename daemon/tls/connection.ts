@@ -38,6 +38,11 @@ export class TlsConnection extends EventEmitter implements NativeOwner {
 
   /** The native connection; undefined once closed (the binding has freed it). */
   #h: NativeHandle | undefined;
+  /**
+   * Held so that the context outlives the handshake: OpenSSL keeps the SSL_CTX itself alive, but a server
+   * context's SNI callback reaches the JavaScript lookup through the context object, which GC must not free.
+   */
+  readonly #ctx: TlsContext;
   #pending: Buffer[] = [];
   #pendingBytes = 0;
   #nativeQueued = 0;
@@ -57,6 +62,7 @@ export class TlsConnection extends EventEmitter implements NativeOwner {
     this.remoteAddress = socket.remoteAddress;
     this.remotePort = socket.remotePort;
     this.isServer = role === 'server';
+    this.#ctx = ctx;
     try {
       this.#h = tlsBinding().tlsConnect(
         ctx.handle,
@@ -74,6 +80,11 @@ export class TlsConnection extends EventEmitter implements NativeOwner {
       }, opts.handshakeTimeoutMs);
       this.#timer.unref();
     }
+  }
+
+  /** The context the handshake started with. */
+  get context(): TlsContext {
+    return this.#ctx;
   }
 
   /** Queued and not yet on the wire (ours and the binding's). */

@@ -85,6 +85,7 @@ typedef struct conn {
   uv_poll_t poll;
 } conn_t;
 
+static napi_env g_env;
 static napi_ref g_dispatch;
 static napi_ref g_alloc_slab;
 static napi_ref g_slab;
@@ -1120,7 +1121,12 @@ static napi_value TlsInit(napi_env env, napi_callback_info info) {
   napi_value argv[2], name;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc < 2) return throw_msg(env, "EINVAL", "tlsInit(dispatch, allocSlab)");
-  if (g_dispatch) return NULL;
+  /* One JavaScript environment per process: the buffers and callbacks here are process-wide. */
+  if (g_dispatch) {
+    if (env != g_env) return throw_msg(env, "ENOTSUP", "the tunnel's TLS runs on the main thread only");
+    return NULL;
+  }
+  g_env = env;
   napi_create_reference(env, argv[0], 1, &g_dispatch);
   napi_create_reference(env, argv[1], 1, &g_alloc_slab);
   napi_create_string_utf8(env, "ambit:tls", NAPI_AUTO_LENGTH, &name);
