@@ -10,6 +10,9 @@ FROM node:20-bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends iptables iproute2 && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/ambit
 COPY --from=build /src/dist ./dist
+# The native binding (the tunnel's TLS, capture's socket options), found through native/binding.gyp.
+COPY --from=build /src/native/binding.gyp ./native/binding.gyp
+COPY --from=build /src/native/build/Release/ambit_native.node ./native/build/Release/ambit_native.node
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/package.json ./
 ENV AMBIT_STATE_DIR=/var/lib/ambit

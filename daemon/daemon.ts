@@ -24,6 +24,7 @@ import { MeshFileSource } from './state/file-source.js';
 import { editMeshFile, setNode } from './state/mesh-edit.js';
 import type { Workload } from './state/model.js';
 import { StateStore } from './state/store.js';
+import { tlsBinding } from './tls/binding.js';
 import type { TlsContext } from './tls/context.js';
 
 /** How soon a failed certificate issue is tried again (the certificate manager backs off on its own after). */
@@ -130,6 +131,8 @@ export class Ambitd {
   }
 
   static async start(given: DaemonConfig, logger: Logger): Promise<Ambitd> {
+    // Before anything else: without the native binding there is no tunnel, and the reason is one line.
+    tlsBinding();
     await mkdir(given.stateDir, { recursive: true, mode: 0o700 });
     let config = given;
     let consul: ConsulControlPlane | undefined;

@@ -66,6 +66,9 @@ test('the systemd unit passes systemd-analyze verify and starts the built daemon
   t.true(unit.includes(`\nExecStart=/usr/bin/node ${flags} /opt/ambit/dist/daemon/main.js\n`));
   const dockerfile = readFileSync(join(root, 'Dockerfile'), 'utf8');
   t.true(dockerfile.includes(`ENTRYPOINT ["node", ${NODE_FLAGS.map((f) => `"${f}"`).join(', ')}, `));
+  // The daemon cannot run without its native binding: the image carries it where the loader looks.
+  t.true(dockerfile.includes('./native/build/Release/ambit_native.node'));
+  t.true(dockerfile.includes('./native/binding.gyp'));
   t.true(readFileSync(join(root, 'daemon/main.ts'), 'utf8').startsWith(`#!/usr/bin/env -S node ${flags}\n`));
   t.true(existsSync(join(root, 'dist/daemon/main.js')));
   if (!existsSync('/usr/bin/systemd-analyze') || !existsSync('/usr/bin/node')) {
