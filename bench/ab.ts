@@ -101,17 +101,21 @@ async function main(): Promise<void> {
               results.get(e.label)!.push([r.mbps, cpu]);
               console.log(`round ${round} ${e.label}: ${r.mbps} MB/s, ${cpu.toFixed(2)} CPU s/GB`);
             } else {
+              const c0 = sumCpu(pids);
               const p = await gen.run<LatencyResult>(
                 { kind: 'pingpong', port, count: 5000, size: 64, warmup: 200 },
                 60_000,
               );
+              // CPU of both ends per round trip: on the serial path, so a floor under the added latency.
+              const cpuUs = ((sumCpu(pids) - c0) * 1e6) / (p.count + 200);
               const c = await gen.run<ConnRateResult>(
                 { kind: 'connrate', port, count: 1000, concurrency: 32, size: 64 },
                 60_000,
               );
-              results.get(e.label)!.push([p.p50us, p.p99us, c.perSecond]);
+              results.get(e.label)!.push([p.p50us, p.p99us, c.perSecond, cpuUs]);
               console.log(
-                `round ${round} ${e.label}: p50 ${p.p50us} µs, p99 ${p.p99us} µs, ${c.perSecond} conn/s`,
+                `round ${round} ${e.label}: p50 ${p.p50us} µs, p99 ${p.p99us} µs, ` +
+                  `${cpuUs.toFixed(1)} CPU µs per round trip, ${c.perSecond} conn/s`,
               );
             }
           }
@@ -136,7 +140,7 @@ async function main(): Promise<void> {
     console.log(
       job === 'bulk'
         ? `  ${label}: ${col(0).toFixed(1)} MB/s, ${col(1).toFixed(2)} CPU s/GB`
-        : `  ${label}: p50 ${col(0).toFixed(1)} µs, p99 ${col(1).toFixed(1)} µs, ${col(2).toFixed(0)} conn/s`,
+        : `  ${label}: p50 ${col(0).toFixed(1)} µs, p99 ${col(1).toFixed(1)} µs, ${col(3).toFixed(1)} CPU µs per round trip, ${col(2).toFixed(0)} conn/s`,
     );
   }
 }

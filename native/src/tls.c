@@ -498,7 +498,7 @@ static void on_read_end(conn_t *c) {
 static void do_read(conn_t *c) {
   napi_env env = c->env;
   size_t start = 0, got = 0;
-  int have_slab = 0;
+  int have_slab = 0, drained = 0;
   while (!c->closing && !c->paused && !c->read_eof) {
     size_t avail = c->in_len - c->in_off;
     if (avail >= REC_HEADER) {
@@ -553,16 +553,20 @@ static void do_read(conn_t *c) {
         continue;
       }
     }
-    /* Not a whole record buffered: read more. */
+    /* Not a whole record buffered: read more, unless the last read already emptied the socket (it came
+     * back short): the poll says when there is more, which saves a recv that would say EAGAIN. */
+    if (drained) break;
     if (!in_room(c)) {
       set_err(c, "out of memory for the socket buffer");
       close_conn(c);
       return;
     }
     ssize_t r;
-    do r = recv(c->fd, c->in + c->in_len, SOCKET_READ - c->in_len, 0);
+    size_t want = SOCKET_READ - c->in_len;
+    do r = recv(c->fd, c->in + c->in_len, want, 0);
     while (r < 0 && errno == EINTR);
     if (r > 0) {
+      drained = (size_t)r < want;
       c->in_len += (size_t)r;
       continue;
     }
