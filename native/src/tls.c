@@ -28,6 +28,8 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -935,6 +937,9 @@ static napi_value TlsConnect(napi_env env, napi_callback_info info) {
   int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (own < 0) return throw_msg(env, "EBADF", "tlsConnect: the socket's descriptor cannot be duplicated");
   fd = own;
+  /* No Nagle, whatever the socket's creator set: a record must not wait for the ACK of the one before. */
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   conn_t *c = calloc(1, sizeof *c);
   if (!c) {
     close(fd);
