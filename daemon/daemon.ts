@@ -8,6 +8,7 @@ import type { DaemonConfig } from './config.js';
 import { type CertificateAuthority, EmbeddedCa } from './identity/ca.js';
 import { CertificateManager } from './identity/manager.js';
 import { spiffeId } from './identity/spiffe.js';
+import { binding } from './io/binding.js';
 import { LOG_LEVELS, type LogLevel, type Logger } from './log.js';
 import { Metrics } from './metrics/metrics.js';
 import { sniForIdentity } from './proxy/hbone.js';
@@ -24,7 +25,6 @@ import { MeshFileSource } from './state/file-source.js';
 import { editMeshFile, setNode } from './state/mesh-edit.js';
 import type { Workload } from './state/model.js';
 import { StateStore } from './state/store.js';
-import { tlsBinding } from './tls/binding.js';
 import type { TlsContext } from './tls/context.js';
 
 /** How soon a failed certificate issue is tried again (the certificate manager backs off on its own after). */
@@ -132,7 +132,7 @@ export class Ambitd {
 
   static async start(given: DaemonConfig, logger: Logger): Promise<Ambitd> {
     // Before anything else: without the native binding there is no tunnel, and the reason is one line.
-    tlsBinding();
+    binding();
     await mkdir(given.stateDir, { recursive: true, mode: 0o700 });
     let config = given;
     let consul: ConsulControlPlane | undefined;

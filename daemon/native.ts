@@ -43,6 +43,10 @@ export interface Addon {
   tlsPump(conn: NativeHandle): void;
   tlsEnd(conn: NativeHandle): void;
   tlsDestroy(conn: NativeHandle): void;
+  /** An abortive close: RST rather than FIN. */
+  tlsReset(conn: NativeHandle): void;
+  /** A plain TCP connection on a duplicate of fd; the tls* calls above work on it too. Starts paused. */
+  plainConnect(fd: number, owner: object): NativeHandle;
 }
 
 const ADDON = join('native', 'build', 'Release', 'ambit_native.node');

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import { connectTcp } from '../capture/mark.js';
 import type { ResponseFlag } from '../errors.js';
+import { PlainConnection } from '../io/plain.js';
 import type { Logger } from '../log.js';
 import type {
   ConnectionLabels,
@@ -9,6 +10,7 @@ import type {
   Reporter,
   SecurityPolicy,
 } from '../metrics/metrics.js';
+import { H2Stream } from './h2/stream.js';
 import { type PipeEnd, pipeBoth } from './pipe.js';
 
 /** One end of a connection as far as the daemon knows it; anything unknown is reported as "unknown". */
@@ -109,16 +111,34 @@ export class ConnectionAccount {
   }
 
   /**
-   * Pipes `socket` and `other` both ways and accounts for the connection until both close. `tcp` is the
-   * socket whose byte counters are read at the end; `clientSide` says whether it faces the client (so
-   * what it read came from the client) or the workload (what it wrote came from the client).
+   * Pipes `socket` and `other` both ways and accounts for the connection until both close. From here the
+   * native binding carries the TCP side (`PlainConnection`); `clientSide` says whether `socket` faces the
+   * client (so what it read came from the client) or the workload (what it wrote came from the client).
    */
-  carry(socket: Socket, other: PipeEnd, tcp: Socket, clientSide: boolean, onClose?: () => void): void {
+  carry(socket: Socket, other: H2Stream | Socket, clientSide: boolean, onClose?: () => void): void {
     const m = this.#metrics;
     const labels = this.labels('-');
+    let tcp: PlainConnection;
+    let far: PipeEnd;
+    try {
+      tcp = new PlainConnection(socket);
+      far = other instanceof H2Stream ? other : new PlainConnection(other);
+    } catch (err) {
+      // The socket went away between the answer and here (no descriptor left): nothing to carry.
+      socket.destroy();
+      if (other instanceof H2Stream) other.destroy(err as Error);
+      else other.destroy();
+      onClose?.();
+      this.refused(
+        'CONNECT',
+        'upstream_failed',
+        `the connection closed before it was carried: ${(err as Error).message}`,
+      );
+      return;
+    }
     m.opened.inc(labels);
     m.activeConnections.inc({ direction: this.#direction });
-    pipeBoth(socket, other, (err) => {
+    pipeBoth(tcp, far, (err) => {
       onClose?.();
       m.activeConnections.dec({ direction: this.#direction });
       const fromClient = clientSide ? tcp.bytesRead : tcp.bytesWritten;
@@ -139,7 +159,7 @@ export class ConnectionAccount {
         'connection closed',
       );
     });
-    socket.resume();
+    tcp.resume();
   }
 }
 

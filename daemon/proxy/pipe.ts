@@ -1,4 +1,4 @@
-import type { Socket } from 'node:net';
+import type { PlainConnection } from '../io/plain.js';
 import { ErrorCode } from './h2/frame.js';
 import { H2Stream } from './h2/stream.js';
 import { noteCarried } from './reclaim.js';
@@ -6,12 +6,12 @@ import { noteCarried } from './reclaim.js';
 /** A shared no-op error listener: an emitter with none would crash the daemon on a peer's bytes. */
 export function ignoreError(): void {}
 
-/** The far side of a pipe: another socket (passthrough) or a tunnel stream. */
-export type PipeEnd = Socket | H2Stream;
+/** The far side of a pipe: another TCP connection (passthrough) or a tunnel stream. */
+export type PipeEnd = PlainConnection | H2Stream;
 
 /** What one piped pair shares; both ends point at it. */
 interface Link {
-  readonly socket: Socket;
+  readonly socket: PlainConnection;
   readonly stream: PipeEnd;
   readonly done: (err: Error | undefined) => void;
   failure: Error | undefined;
@@ -30,9 +30,13 @@ type Linked<T> = T & { [kLink]: Link };
  * through `this` (emitters call listeners with `this` set to themselves): pipe() costs nine closures and
  * their listener entries per direction, most of an idle tunneled connection's heap; this costs one object.
  */
-export function pipeBoth(socket: Socket, stream: PipeEnd, done: (err: Error | undefined) => void): void {
+export function pipeBoth(
+  socket: PlainConnection,
+  stream: PipeEnd,
+  done: (err: Error | undefined) => void,
+): void {
   const link: Link = { socket, stream, done, failure: undefined, open: 2 };
-  (socket as Linked<Socket>)[kLink] = link;
+  (socket as Linked<PlainConnection>)[kLink] = link;
   (stream as Linked<PipeEnd>)[kLink] = link;
   socket.on('data', onSocketData);
   socket.on('drain', onSocketDrain);
@@ -50,59 +54,23 @@ export function pipeBoth(socket: Socket, stream: PipeEnd, done: (err: Error | un
   stream.resume();
 }
 
-/**
- * What a socket may hold before the other side is paused. Node's own mark (16 KiB) would stop the tunnel at
- * every record; a socket that passed it refused a write, so its 'drain' still comes.
- */
-const HIGH_WATER = 256 * 1024;
-
-function writeTo(end: PipeEnd, chunk: Buffer): boolean {
-  if (end instanceof H2Stream) return end.write(chunk);
-  end.write(chunk);
-  return end.writableLength < HIGH_WATER;
-}
-
-// Backpressure: a side that cannot take more pauses the other until it drains.
-function onSocketData(this: Linked<Socket>, chunk: Buffer): void {
+// Backpressure: a side that cannot take more (write() says so) pauses the other until it drains. Writes of
+// one turn of the event loop leave together (the connections batch them), so nothing is corked here.
+function onSocketData(this: Linked<PlainConnection>, chunk: Buffer): void {
   noteCarried(chunk.length);
-  if (!writeTo(this[kLink].stream, chunk)) this.pause();
+  if (!this[kLink].stream.write(chunk)) this.pause();
 }
 function onStreamData(this: Linked<PipeEnd>, chunk: Buffer): void {
   noteCarried(chunk.length);
-  const { socket } = this[kLink];
-  // Only bulk is worth holding back: a small chunk is a whole message, and goes out now.
-  if (!socket.writableCorked && chunk.length >= CORK_FROM) corkUntilIdle(socket);
-  if (!writeTo(socket, chunk)) this.pause();
+  if (!this[kLink].socket.write(chunk)) this.pause();
 }
-
-// TLS hands the tunnel's bytes over a record (16 KiB) at a time, each in a callback of its own. Writing each
-// at once costs a syscall, and a wake-up of the workload, per record; corked until the event loop has run
-// its I/O, the records of one read go out in one writev. A check-phase flush adds no round trip.
-const CORK_FROM = 8 * 1024;
-const corked: Socket[] = [];
-let flushScheduled = false;
-
-function corkUntilIdle(socket: Socket): void {
-  socket.cork();
-  corked.push(socket);
-  if (!flushScheduled) {
-    flushScheduled = true;
-    setImmediate(uncorkAll);
-  }
-}
-
-function uncorkAll(): void {
-  flushScheduled = false;
-  for (let i = 0; i < corked.length; i++) corked[i]!.uncork();
-  corked.length = 0;
-}
-function onSocketDrain(this: Linked<Socket>): void {
+function onSocketDrain(this: Linked<PlainConnection>): void {
   this[kLink].stream.resume();
 }
 function onStreamDrain(this: Linked<PipeEnd>): void {
   this[kLink].socket.resume();
 }
-function onSocketEnd(this: Linked<Socket>): void {
+function onSocketEnd(this: Linked<PlainConnection>): void {
   const { stream } = this[kLink];
   if (!stream.writableEnded) stream.end();
 }
@@ -120,11 +88,7 @@ function onAborted(this: Linked<PipeEnd>): void {
 function fail(link: Link, err: Error): void {
   link.failure ??= err;
   const { socket, stream } = link;
-  // After our FIN, libuv cannot send an RST (EINVAL, and the socket never closes): plain destroy then.
-  if (!socket.destroyed) {
-    if (socket.writableEnded) socket.destroy();
-    else socket.resetAndDestroy();
-  }
+  if (!socket.destroyed) socket.resetAndDestroy();
   // destroy(err) sends RST_STREAM (CANCEL): the peer sees an abort, never a clean end of a truncated stream.
   if (!stream.destroyed) stream.destroy(err);
 }
@@ -133,7 +97,7 @@ function closed(link: Link): void {
   if (--link.open === 0) link.done(link.failure);
 }
 
-function onSocketClose(this: Linked<Socket>): void {
+function onSocketClose(this: Linked<PlainConnection>): void {
   const link = this[kLink];
   // The client went away while the tunnel still had data for it: nothing more can be delivered.
   if (!link.stream.destroyed && !link.stream.writableEnded) link.stream.end();

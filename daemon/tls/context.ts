@@ -1,7 +1,7 @@
+import { binding } from '../io/binding.js';
 // A TLS context in the native binding: one identity's certificate and key (or none, for a server that picks
 // one per SNI) and the trust bundle a peer must chain to. TLS 1.3 only.
 import type { NativeHandle } from '../native.js';
-import { tlsBinding } from './binding.js';
 
 /**
  * The suites ztunnel allows, AES-128-GCM first: both ends are ours, and it costs less CPU per byte than
@@ -25,7 +25,7 @@ export class TlsContext {
   /** Throws an Error naming what does not parse (a certificate, a key that does not match it, no roots). */
   constructor(init: TlsContextInit) {
     const sni = init.sni;
-    this.handle = tlsBinding().tlsContext({
+    this.handle = binding().tlsContext({
       roots: init.roots.join('\n'),
       ciphersuites: TLS13_CIPHERSUITES,
       cert: init.cert,

@@ -31,6 +31,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "record.h"
@@ -78,6 +79,7 @@ typedef struct conn {
   size_t out_off, out_len, out_cap;
   char *in; /* ciphertext read from the socket, not yet opened */
   size_t in_off, in_len;
+  int plain;                    /* a plain TCP connection (a workload's): no TLS at all */
   int records;                  /* the handshake is done: records are ours (c->rec), OpenSSL is gone */
   rec_t rec;
   unsigned char secret_client[48], secret_server[48]; /* from the key log, until the records start */
@@ -497,7 +499,13 @@ static void on_read_end(conn_t *c) {
  * Opens every whole record that is buffered or readable, decrypting application data into the slab, and
  * hands it on, one event per batch. Stops when the socket would block, on pause, on the peer's end.
  */
+static void do_read_plain(conn_t *c);
+
 static void do_read(conn_t *c) {
+  if (c->plain) {
+    do_read_plain(c);
+    return;
+  }
   napi_env env = c->env;
   size_t start = 0, got = 0;
   int have_slab = 0, drained = 0;
@@ -589,6 +597,42 @@ static void do_read(conn_t *c) {
   if (!emit_data(c, start, &got)) return;
   if (c->in_off == c->in_len) in_release(c); /* an idle connection holds no buffer */
   /* What we answered (a key update), and what was waiting for the socket anyway. */
+  if (queued(c) > 0 && !flush_and_drain(c)) return;
+  update_poll(c);
+}
+
+/* A plain connection: the socket's bytes go straight into the slab, one event per read. */
+static void do_read_plain(conn_t *c) {
+  napi_env env = c->env;
+  while (!c->closing && !c->paused && !c->read_eof) {
+    if (!ensure_slab(env)) {
+      set_err(c, "out of memory for the read buffer");
+      close_conn(c);
+      return;
+    }
+    size_t want = g_slab_len - g_slab_off;
+    if (want > READ_BATCH) want = READ_BATCH;
+    ssize_t r;
+    do r = recv(c->fd, g_slab_data + g_slab_off, want, 0);
+    while (r < 0 && errno == EINTR);
+    if (r > 0) {
+      size_t got = (size_t)r;
+      if (!emit_data(c, g_slab_off, &got)) return;
+      if ((size_t)r < want) break; /* short: the socket is empty for now */
+      continue;
+    }
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    if (r == 0) {
+      on_read_end(c);
+      if (c->closing) return;
+      break;
+    }
+    char buf[160];
+    snprintf(buf, sizeof buf, "read failed: %s", strerror(errno));
+    set_err(c, buf);
+    close_conn(c);
+    return;
+  }
   if (queued(c) > 0 && !flush_and_drain(c)) return;
   update_poll(c);
 }
@@ -987,6 +1031,65 @@ static napi_value TlsConnect(napi_env env, napi_callback_info info) {
   return wrap_conn(env, c);
 }
 
+typedef struct {
+  const unsigned char *p;
+  size_t len;
+} piece_t;
+
+/*
+ * A plain connection's write: straight from the caller's buffers with one writev when nothing is queued
+ * (the common case: no copy at all); what the socket does not take now is copied to the queue.
+ */
+static int write_plain(conn_t *c, const piece_t *pieces, uint32_t count) {
+  uint32_t i = 0;
+  size_t at = 0;
+  if (queued(c) == 0) {
+    while (i < count) {
+      struct iovec iov[64];
+      int n = 0;
+      for (uint32_t j = i; j < count && n < 64; j++, n++) {
+        iov[n].iov_base = (void *)(pieces[j].p + (j == i ? at : 0));
+        iov[n].iov_len = pieces[j].len - (j == i ? at : 0);
+      }
+      struct msghdr msg;
+      memset(&msg, 0, sizeof msg);
+      msg.msg_iov = iov;
+      msg.msg_iovlen = (size_t)n;
+      ssize_t w;
+      do w = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+      while (w < 0 && errno == EINTR);
+      if (w < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+        char buf[160];
+        snprintf(buf, sizeof buf, "write failed: %s", strerror(errno));
+        set_err(c, buf);
+        return 0;
+      }
+      size_t left = (size_t)w;
+      while (i < count && left >= pieces[i].len - at) {
+        left -= pieces[i].len - at;
+        i++;
+        at = 0;
+      }
+      at += left;
+      if (n < 64 && i < count) break; /* a short write: the socket is full */
+    }
+  }
+  for (; i < count; i++, at = 0) {
+    size_t n = pieces[i].len - at;
+    if (!out_reserve(c, n)) {
+      set_err(c, "out of memory for the send queue");
+      return 0;
+    }
+    memcpy(c->out + c->out_len, pieces[i].p + at, n);
+    c->out_len += n;
+  }
+  if (queued(c) > 0) return flush_out(c) || !c->closing;
+  /* Nothing queued: a pending end() can send its FIN now. */
+  if (c->ending && !c->fin_sent) return flush_out(c) || !c->closing;
+  return 1;
+}
+
 /*
  * tlsWrite(conn, buffers): everything becomes full records (16 KiB of plaintext, the last two of a write
  * evened out so that none is tiny), sealed from the caller's buffers into the outgoing queue: a frame header
@@ -998,16 +1101,13 @@ static napi_value TlsWrite(napi_env env, napi_callback_info info) {
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   conn_t *c = argc >= 2 ? get_conn(env, argv[0]) : NULL;
   if (!c) return throw_msg(env, "EINVAL", "tlsWrite(conn, buffers)");
-  if (c->closing || !c->records || c->ending) {
+  if (c->closing || !(c->records || c->plain) || c->ending) {
     napi_create_int32(env, -1, &result);
     return result;
   }
   uint32_t count = 0;
   napi_get_array_length(env, argv[1], &count);
-  struct piece {
-    const unsigned char *p;
-    size_t len;
-  } stack[64], *pieces = count <= 64 ? stack : malloc(count * sizeof *pieces);
+  piece_t stack[64], *pieces = count <= 64 ? stack : malloc(count * sizeof *pieces);
   if (!pieces) return throw_msg(env, "ENOMEM", "tlsWrite: out of memory");
   size_t total = 0;
   for (uint32_t i = 0; i < count; i++) {
@@ -1023,6 +1123,20 @@ static napi_value TlsWrite(napi_env env, napi_callback_info info) {
     pieces[i].p = data;
     pieces[i].len = len;
     total += len;
+  }
+  if (c->plain) {
+    int ok = write_plain(c, pieces, count);
+    if (pieces != stack) free(pieces);
+    if (!ok) {
+      close_conn(c);
+      napi_create_int32(env, -1, &result);
+      return result;
+    }
+    update_poll(c);
+    size_t q = c->closing ? 0 : queued(c);
+    c->need_drain = q > 0;
+    napi_create_double(env, (double)q, &result);
+    return result;
   }
   size_t records = (total + REC_MAX_PLAIN - 1) / REC_MAX_PLAIN;
   int ok = out_reserve(c, total + records * (REC_HEADER + 1 + REC_TAG) + 64);
@@ -1072,6 +1186,46 @@ static napi_value conn_arg(napi_env env, napi_callback_info info, conn_t **out) 
   return NULL;
 }
 
+/* plainConnect(fd, owner): a plain TCP connection on a duplicate of fd, paused until resumed. */
+static napi_value PlainConnect(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0)
+    return throw_msg(env, "EINVAL", "plainConnect(fd, owner)");
+  int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (own < 0) return throw_msg(env, "EBADF", "plainConnect: the socket's descriptor cannot be duplicated");
+  uv_loop_t *loop;
+  napi_get_uv_event_loop(env, &loop);
+  conn_t *c = calloc(1, sizeof *c);
+  if (!c || uv_poll_init_socket(loop, &c->poll, own) != 0) {
+    free(c);
+    close(own);
+    return throw_msg(env, "ENOMEM", "plainConnect: cannot watch the socket");
+  }
+  c->env = env;
+  c->fd = own;
+  c->plain = 1;
+  c->state = S_OPEN;
+  c->paused = 1;
+  c->poll.data = c;
+  napi_create_reference(env, argv[1], 1, &c->owner);
+  return wrap_conn(env, c);
+}
+
+/* tlsReset(conn): an abortive close (RST), for a connection whose other side failed. */
+static napi_value TlsReset(napi_env env, napi_callback_info info) {
+  conn_t *c;
+  conn_arg(env, info, &c);
+  if (c && !c->closing) {
+    struct linger l = {1, 0};
+    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    close_conn(c);
+  }
+  return NULL;
+}
+
 static napi_value TlsPause(napi_env env, napi_callback_info info) {
   conn_t *c;
   conn_arg(env, info, &c);
@@ -1091,6 +1245,7 @@ static napi_value TlsResume(napi_env env, napi_callback_info info) {
     c->paused = 0;
     update_poll(c);
     held = c->records && !c->read_eof && has_pending(c);
+    if (c->plain && !c->read_eof) held = 0; /* nothing is ever held: the poll says when to read */
   }
   napi_get_boolean(env, held, &r);
   return r;
@@ -1099,7 +1254,7 @@ static napi_value TlsResume(napi_env env, napi_callback_info info) {
 static napi_value TlsPump(napi_env env, napi_callback_info info) {
   conn_t *c;
   conn_arg(env, info, &c);
-  if (c && !c->closing && c->records) do_read(c);
+  if (c && !c->closing && (c->records || c->plain)) do_read(c);
   return NULL;
 }
 
@@ -1162,6 +1317,8 @@ void ambit_tls_init(napi_env env, napi_value exports) {
     {"tlsPump", NULL, TlsPump, NULL, NULL, NULL, napi_default, NULL},
     {"tlsEnd", NULL, TlsEnd, NULL, NULL, NULL, napi_default, NULL},
     {"tlsDestroy", NULL, TlsDestroy, NULL, NULL, NULL, napi_default, NULL},
+    {"tlsReset", NULL, TlsReset, NULL, NULL, NULL, napi_default, NULL},
+    {"plainConnect", NULL, PlainConnect, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }

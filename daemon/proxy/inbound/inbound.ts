@@ -212,7 +212,7 @@ export class Inbound {
     const entry: OpenConnection = { peer, workload, port: target.port, stream };
     this.#open.add(entry);
     // The TCP side here faces the workload: what it wrote came from the client.
-    this.#account(peer, workload, authority, src, started).carry(upstream, stream, upstream, false, () =>
+    this.#account(peer, workload, authority, src, started).carry(upstream, stream, false, () =>
       this.#open.delete(entry),
     );
   }

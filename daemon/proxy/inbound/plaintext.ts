@@ -126,6 +126,6 @@ export class PlaintextListener extends RedirectListener {
         `connect to ${authority} failed: ${(err as Error).message}`,
       );
     }
-    this.#account(client, w, authority, started).carry(client, upstream, client, true);
+    this.#account(client, w, authority, started).carry(client, upstream, true);
   }
 }

@@ -181,7 +181,7 @@ export class Outbound {
           toService(d, target, plan, ep),
           'mutual_tls',
         );
-        return account.carry(client, stream, client, true, () => d.balancer.closed(ep.name));
+        return account.carry(client, stream, true, () => d.balancer.closed(ep.name));
       }
       stream.close();
       d.balancer.closed(ep.name);
@@ -235,7 +235,7 @@ export class Outbound {
       if (!client.destroyed) client.resetAndDestroy();
       return;
     }
-    account.carry(client, upstream, client, true);
+    account.carry(client, upstream, true);
   }
 }
 

@@ -1,5 +1,5 @@
-// The TLS half of the native binding, ready to use: initialised once with the dispatcher that turns its
-// events into calls on the TlsConnection that owns them.
+// The connection half of the native binding (native/src/tls.c), ready to use: initialised once with the
+// dispatcher that turns its events into calls on the connection object (TLS or plain) that owns them.
 import { TunnelError } from '../errors.js';
 import { type Addon, addon } from '../native.js';
 
@@ -18,7 +18,7 @@ export let slab: Buffer = Buffer.alloc(0);
 let ready: Addon | undefined;
 
 /** The binding, initialised; a TunnelError that says what is missing if there is none. */
-export function tlsBinding(): Addon {
+export function binding(): Addon {
   if (ready) return ready;
   const a = addon();
   if (typeof a === 'string') throw new TunnelError(`the tunnel's TLS is unavailable: ${a}`, 'UF');

@@ -1,0 +1,198 @@
+// A connection whose socket the native binding reads and writes (native/src/tls.c): what the tunnel's TLS
+// connections and the workloads' plain TCP connections share. Node's net.Socket hands each read to
+// JavaScript through a Readable and each write through a Writable, which on a 64-byte message costs more
+// than the kernel does; here a read is one call into JavaScript with a view of the bytes, and the writes of
+// one turn of the event loop leave in one call out of it.
+//
+// The subset of a socket's surface the data path uses: write (false: wait for 'drain'), pause/resume,
+// end (FIN once everything queued is out), destroy, resetAndDestroy (RST), byte counts, and the events
+// 'data', 'end', 'drain', 'error', 'close'.
+import { EventEmitter } from 'node:events';
+import type { NativeHandle } from '../native.js';
+import { type NativeOwner, binding, slab } from './binding.js';
+
+export const EV_SECURE = 1;
+const EV_DATA = 2;
+const EV_END = 3;
+const EV_DRAIN = 4;
+const EV_CLOSE = 5;
+
+export abstract class NativeConnection extends EventEmitter implements NativeOwner {
+  readonly remoteAddress: string | undefined;
+  readonly remotePort: number | undefined;
+  destroyed = false;
+  bytesRead = 0;
+  bytesWritten = 0;
+  /** end() was called: nothing more is written. */
+  writableEnded = false;
+  /** The peer's end arrived. */
+  readableEnded = false;
+
+  /** The native connection; undefined once closed (the binding has freed it). */
+  protected h: NativeHandle | undefined;
+  /** Whether writes may go out yet (a TLS connection holds them until its handshake is done). */
+  protected ready = true;
+  #pending: Buffer[] = [];
+  #pendingBytes = 0;
+  #nativeQueued = 0;
+  #flushScheduled = false;
+  #needDrain = false;
+  #paused = false;
+  readonly #flush = (): void => this.flushPending();
+
+  /** Queued bytes (ours plus the binding's) above which write() says wait, and 'drain' follows. */
+  readonly #highWater: number;
+
+  protected constructor(
+    remoteAddress: string | undefined,
+    remotePort: number | undefined,
+    highWater: number,
+  ) {
+    super();
+    this.remoteAddress = remoteAddress;
+    this.remotePort = remotePort;
+    this.#highWater = highWater;
+  }
+
+  /** Queued and not yet on the wire (ours and the binding's). */
+  get writableLength(): number {
+    return this.#pendingBytes + this.#nativeQueued;
+  }
+
+  get isPaused(): boolean {
+    return this.#paused;
+  }
+
+  /** Queues `buf`; it goes out with everything else written in this turn, in one call. False: wait for 'drain'. */
+  write(buf: Buffer): boolean {
+    if (this.destroyed || this.writableEnded) return false;
+    this.#pending.push(buf);
+    this.#pendingBytes += buf.length;
+    this.bytesWritten += buf.length;
+    if (!this.#flushScheduled && this.ready) {
+      this.#flushScheduled = true;
+      queueMicrotask(this.#flush);
+    }
+    if (this.writableLength < this.#highWater) return true;
+    this.#needDrain = true;
+    return false;
+  }
+
+  /** FIN (after close_notify on TLS) once everything written is out. */
+  end(): void {
+    if (this.destroyed || this.writableEnded) return;
+    this.writableEnded = true;
+    if (!this.ready) {
+      this.destroy();
+      return;
+    }
+    this.flushPending();
+    if (this.h) binding().tlsEnd(this.h);
+  }
+
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.#pending = [];
+    this.#pendingBytes = 0;
+    if (this.h) binding().tlsDestroy(this.h);
+  }
+
+  /** An abortive close: the peer sees a reset, not the clean end of a possibly truncated stream. */
+  resetAndDestroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.#pending = [];
+    this.#pendingBytes = 0;
+    if (this.h) binding().tlsReset(this.h);
+  }
+
+  pause(): void {
+    if (this.#paused || !this.h) return;
+    this.#paused = true;
+    binding().tlsPause(this.h);
+  }
+
+  resume(): void {
+    if (!this.#paused || !this.h) return;
+    this.#paused = false;
+    // What the binding already holds raises no poll event: it is read on the next turn.
+    if (binding().tlsResume(this.h)) setImmediate(() => this.#pump());
+  }
+
+  #pump(): void {
+    if (this.h && !this.#paused && !this.destroyed) binding().tlsPump(this.h);
+  }
+
+  protected startPaused(): void {
+    this.#paused = true;
+  }
+
+  protected flushPending(): void {
+    this.#flushScheduled = false;
+    const h = this.h;
+    if (!h || this.#pending.length === 0) return;
+    const bufs = this.#pending;
+    this.#pending = [];
+    this.#pendingBytes = 0;
+    const queued = binding().tlsWrite(h, bufs);
+    this.#nativeQueued = queued < 0 ? 0 : queued;
+    if (queued === 0 && this.#needDrain) {
+      this.#needDrain = false;
+      this.emit('drain');
+    }
+  }
+
+  protected fail(err: Error): void {
+    if (this.destroyed) return;
+    this.emit('error', err);
+    this.destroy();
+  }
+
+  /** The peer's end of the stream: what a subclass does about its own side. */
+  protected abstract onPeerEnd(): void;
+
+  /** The binding's other events (a TLS handshake). */
+  protected onOther(_event: number, _a: unknown, _b: unknown): void {}
+
+  /** Called by the binding (see binding.ts); `a`, `b` depend on the event. */
+  onNative(event: number, a: unknown, b: unknown): void {
+    switch (event) {
+      case EV_DATA: {
+        const n = b as number;
+        this.bytesRead += n;
+        this.emit('data', slab.subarray(a as number, (a as number) + n));
+        return;
+      }
+      case EV_DRAIN:
+        this.#nativeQueued = 0;
+        if (this.#needDrain && this.#pendingBytes === 0) {
+          this.#needDrain = false;
+          this.emit('drain');
+        }
+        return;
+      case EV_END:
+        this.readableEnded = true;
+        this.emit('end');
+        this.onPeerEnd();
+        return;
+      case EV_CLOSE:
+        this.h = undefined;
+        this.closed();
+        if (typeof a === 'string' && !this.destroyed) this.emit('error', new Error(a));
+        this.destroyed = true;
+        this.emit('close', typeof a === 'string');
+        return;
+      default:
+        this.onOther(event, a, b);
+    }
+  }
+
+  /** The connection is gone (before 'close' is emitted). */
+  protected closed(): void {}
+
+  /** Writes held until ready go out now. */
+  protected flushHeld(): void {
+    if (!this.destroyed && this.#pending.length > 0) this.flushPending();
+  }
+}
