@@ -526,6 +526,7 @@ export class H2Session extends EventEmitter implements StreamHost {
   // window is what limits the peer: it doubles (to twice the sample at least), up to the max, for every
   // stream at once (SETTINGS_INITIAL_WINDOW_SIZE moves open streams' windows too, RFC 9113 §6.9.2).
   // A short path keeps a small window, so a slow reader holds little here; a long one gets what it needs.
+  // While any stream's reader is behind, the sample measures that reader's queue, and nothing grows.
 
   #bdpSample(bytes: number): void {
     if (this.#bdpSentAt !== 0) {
@@ -545,6 +546,8 @@ export class H2Session extends EventEmitter implements StreamHost {
     this.#bdpNextAt = Date.now() + BDP_INTERVAL_MS;
     const current = this.#localWindow;
     if (bdp * 3 < current * 2) return;
+    // A reader that is behind stretches the round trip with its queue, not the path: no growth then.
+    for (const s of this.#streams.values()) if (s.backlogged) return;
     const next = Math.min(this.#maxWindow, Math.max(2 * bdp, 2 * current));
     if (next <= current) return;
     this.#localWindow = next;

@@ -36,6 +36,11 @@ export class H2Stream extends EventEmitter {
   /** Received while paused or before anyone listens, in order. */
   #held: Buffer[] | undefined;
   #flowing = false;
+
+  /** Data arrived that its reader has not taken: the reader, not the window, is what limits this stream. */
+  get backlogged(): boolean {
+    return this.#held !== undefined;
+  }
   /** Received and handed to the reader, not yet acknowledged with WINDOW_UPDATE. */
   #unacked = 0;
   /** Written by the caller, waiting for flow-control credit. */
@@ -162,10 +167,12 @@ export class H2Stream extends EventEmitter {
       this.#unacked += chunk.length;
       this.emit('data', chunk);
       if (this.#flowing && this.#unacked >= this.#host.ackThreshold) this.#ack();
-    } else if (this.#held === undefined) {
-      this.#held = [chunk];
     } else {
-      this.#held.push(chunk);
+      // Copied: `chunk` is a view of the buffer a whole TLS read landed in (every stream's data), which a
+      // reader that is behind would otherwise keep alive for as long as it waits.
+      const own = Buffer.from(chunk);
+      if (this.#held === undefined) this.#held = [own];
+      else this.#held.push(own);
     }
   }
 
