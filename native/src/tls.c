@@ -960,6 +960,41 @@ static napi_value wrap_conn(napi_env env, conn_t *c) {
   return v;
 }
 
+/* A connection on our own duplicate of fd: the caller closes its socket (Node's) right after. NULL: thrown. */
+static conn_t *conn_alloc(napi_env env, int32_t fd) {
+  int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (own < 0) {
+    throw_msg(env, "EBADF", "the socket's descriptor cannot be duplicated");
+    return NULL;
+  }
+  conn_t *c = calloc(1, sizeof *c);
+  if (!c) {
+    close(own);
+    throw_msg(env, "ENOMEM", "out of memory for a connection");
+    return NULL;
+  }
+  c->env = env;
+  c->fd = own;
+  return c;
+}
+
+/* Watches the socket for `events` and ties the connection to its JavaScript owner; frees it on failure. */
+static napi_value conn_start(napi_env env, conn_t *c, napi_value owner, int events) {
+  uv_loop_t *loop;
+  napi_get_uv_event_loop(env, &loop);
+  if (uv_poll_init_socket(loop, &c->poll, c->fd) != 0) {
+    SSL_free(c->ssl);
+    close(c->fd);
+    free(c);
+    return throw_msg(env, "ENOMEM", "cannot watch the socket");
+  }
+  c->poll.data = c;
+  napi_create_reference(env, owner, 1, &c->owner);
+  c->events = events;
+  if (events) uv_poll_start(&c->poll, events, on_poll);
+  return wrap_conn(env, c);
+}
+
 /* tlsConnect(ctx, fd, server, servername | null, owner) */
 static napi_value TlsConnect(napi_env env, napi_callback_info info) {
   size_t argc = 5;
@@ -975,31 +1010,19 @@ static napi_value TlsConnect(napi_env env, napi_callback_info info) {
   if (!a || napi_get_value_int32(env, argv[1], &fd) != napi_ok || fd < 0 ||
       napi_get_value_bool(env, argv[2], &server) != napi_ok)
     return throw_msg(env, "EINVAL", "tlsConnect(ctx, fd, server, servername, owner)");
-  uv_loop_t *loop;
-  napi_get_uv_event_loop(env, &loop);
-  /* Our own descriptor: the caller closes its socket (Node's) right after this. */
-  int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (own < 0) return throw_msg(env, "EBADF", "tlsConnect: the socket's descriptor cannot be duplicated");
-  fd = own;
+  conn_t *c = conn_alloc(env, fd);
+  if (!c) return NULL;
   /* No Nagle, whatever the socket's creator set: a record must not wait for the ACK of the one before. */
   int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  conn_t *c = calloc(1, sizeof *c);
-  if (!c) {
-    close(fd);
-    return throw_msg(env, "ENOMEM", "tlsConnect: out of memory");
-  }
-  c->env = env;
-  c->fd = fd;
+  setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   c->server = server;
   c->ssl = SSL_new(a->ctx);
   BIO *wbio = c->ssl ? BIO_new(g_out_method) : NULL;
   BIO *rbio = wbio ? BIO_new(g_in_method) : NULL;
-  if (!rbio || uv_poll_init_socket(loop, &c->poll, fd) != 0) {
-    BIO_free(rbio);
+  if (!rbio) {
     BIO_free(wbio);
     SSL_free(c->ssl);
-    close(fd);
+    close(c->fd);
     free(c);
     return throw_ssl(env, "tlsConnect");
   }
@@ -1007,7 +1030,6 @@ static napi_value TlsConnect(napi_env env, napi_callback_info info) {
   BIO_set_data(rbio, c);
   SSL_set_bio(c->ssl, rbio, wbio);
   SSL_set_app_data(c->ssl, c);
-  c->poll.data = c;
   if (server) {
     SSL_set_verify(c->ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
     SSL_set_accept_state(c->ssl);
@@ -1023,12 +1045,9 @@ static napi_value TlsConnect(napi_env env, napi_callback_info info) {
     }
     SSL_set_connect_state(c->ssl);
   }
-  napi_create_reference(env, argv[4], 1, &c->owner);
   c->state = S_HANDSHAKE;
   /* The client speaks first; a server waits for its hello. Both go through the poll, never re-entering JS. */
-  c->events = UV_READABLE | UV_WRITABLE;
-  uv_poll_start(&c->poll, c->events, on_poll);
-  return wrap_conn(env, c);
+  return conn_start(env, c, argv[4], UV_READABLE | UV_WRITABLE);
 }
 
 typedef struct {
@@ -1084,10 +1103,37 @@ static int write_plain(conn_t *c, const piece_t *pieces, uint32_t count) {
     memcpy(c->out + c->out_len, pieces[i].p + at, n);
     c->out_len += n;
   }
-  if (queued(c) > 0) return flush_out(c) || !c->closing;
-  /* Nothing queued: a pending end() can send its FIN now. */
-  if (c->ending && !c->fin_sent) return flush_out(c) || !c->closing;
   return 1;
+}
+
+/* Seals the pieces into records on the outgoing queue. 0 (with the reason set) if that failed. */
+static int seal_records(conn_t *c, const piece_t *pieces, size_t total) {
+  size_t records = (total + REC_MAX_PLAIN - 1) / REC_MAX_PLAIN;
+  int ok = out_reserve(c, total + records * (REC_HEADER + 1 + REC_TAG) + 64);
+  uint32_t i = 0;
+  size_t at = 0, left = total;
+  while (ok && left > 0) {
+    size_t plen = left;
+    if (left > 2 * REC_MAX_PLAIN) plen = REC_MAX_PLAIN;
+    else if (left > REC_MAX_PLAIN) plen = (left + 1) / 2;
+    unsigned char *o = (unsigned char *)c->out + c->out_len;
+    ok = rec_seal_begin(&c->rec, o, plen);
+    size_t done = 0;
+    while (ok && done < plen) {
+      size_t n = pieces[i].len - at;
+      if (n > plen - done) n = plen - done;
+      ok = rec_seal_update(&c->rec, o + REC_HEADER + done, pieces[i].p + at, n);
+      done += n;
+      at += n;
+      if (at == pieces[i].len) i++, at = 0;
+    }
+    ok = ok && rec_seal_end(&c->rec, o + REC_HEADER + plen, REC_TYPE_DATA);
+    c->out_len += rec_sealed_size(plen);
+    left -= plen;
+    if (ok && c->rec.tx.seq >= TX_RECORDS_PER_KEY) ok = send_key_update(c, 0);
+  }
+  if (!ok) set_err(c, "TLS: sealing a record failed");
+  return ok;
 }
 
 /*
@@ -1124,47 +1170,9 @@ static napi_value TlsWrite(napi_env env, napi_callback_info info) {
     pieces[i].len = len;
     total += len;
   }
-  if (c->plain) {
-    int ok = write_plain(c, pieces, count);
-    if (pieces != stack) free(pieces);
-    if (!ok) {
-      close_conn(c);
-      napi_create_int32(env, -1, &result);
-      return result;
-    }
-    update_poll(c);
-    size_t q = c->closing ? 0 : queued(c);
-    c->need_drain = q > 0;
-    napi_create_double(env, (double)q, &result);
-    return result;
-  }
-  size_t records = (total + REC_MAX_PLAIN - 1) / REC_MAX_PLAIN;
-  int ok = out_reserve(c, total + records * (REC_HEADER + 1 + REC_TAG) + 64);
-  uint32_t i = 0;
-  size_t at = 0, left = total;
-  while (ok && left > 0) {
-    size_t plen = left;
-    if (left > 2 * REC_MAX_PLAIN) plen = REC_MAX_PLAIN;
-    else if (left > REC_MAX_PLAIN) plen = (left + 1) / 2;
-    unsigned char *o = (unsigned char *)c->out + c->out_len;
-    ok = rec_seal_begin(&c->rec, o, plen);
-    size_t done = 0;
-    while (ok && done < plen) {
-      size_t n = pieces[i].len - at;
-      if (n > plen - done) n = plen - done;
-      ok = rec_seal_update(&c->rec, o + REC_HEADER + done, pieces[i].p + at, n);
-      done += n;
-      at += n;
-      if (at == pieces[i].len) i++, at = 0;
-    }
-    ok = ok && rec_seal_end(&c->rec, o + REC_HEADER + plen, REC_TYPE_DATA);
-    c->out_len += rec_sealed_size(plen);
-    left -= plen;
-    if (ok && c->rec.tx.seq >= TX_RECORDS_PER_KEY) ok = send_key_update(c, 0);
-  }
+  int ok = c->plain ? write_plain(c, pieces, count) : seal_records(c, pieces, total);
   if (pieces != stack) free(pieces);
   if (!ok) {
-    set_err(c, "TLS: sealing a record failed");
     close_conn(c);
     napi_create_int32(env, -1, &result);
     return result;
@@ -1182,7 +1190,7 @@ static napi_value conn_arg(napi_env env, napi_callback_info info, conn_t **out) 
   napi_value v;
   napi_get_cb_info(env, info, &argc, &v, NULL, NULL);
   *out = argc >= 1 ? get_conn(env, v) : NULL;
-  if (!*out) throw_msg(env, "EINVAL", "expected a TLS connection");
+  if (!*out) throw_msg(env, "EINVAL", "expected a connection");
   return NULL;
 }
 
@@ -1194,24 +1202,12 @@ static napi_value PlainConnect(napi_env env, napi_callback_info info) {
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
       napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0)
     return throw_msg(env, "EINVAL", "plainConnect(fd, owner)");
-  int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (own < 0) return throw_msg(env, "EBADF", "plainConnect: the socket's descriptor cannot be duplicated");
-  uv_loop_t *loop;
-  napi_get_uv_event_loop(env, &loop);
-  conn_t *c = calloc(1, sizeof *c);
-  if (!c || uv_poll_init_socket(loop, &c->poll, own) != 0) {
-    free(c);
-    close(own);
-    return throw_msg(env, "ENOMEM", "plainConnect: cannot watch the socket");
-  }
-  c->env = env;
-  c->fd = own;
+  conn_t *c = conn_alloc(env, fd);
+  if (!c) return NULL;
   c->plain = 1;
   c->state = S_OPEN;
   c->paused = 1;
-  c->poll.data = c;
-  napi_create_reference(env, argv[1], 1, &c->owner);
-  return wrap_conn(env, c);
+  return conn_start(env, c, argv[1], 0);
 }
 
 /* tlsReset(conn): an abortive close (RST), for a connection whose other side failed. */
@@ -1244,8 +1240,8 @@ static napi_value TlsResume(napi_env env, napi_callback_info info) {
   if (c && !c->closing) {
     c->paused = 0;
     update_poll(c);
+    /* A plain connection holds nothing: the poll says when to read. */
     held = c->records && !c->read_eof && has_pending(c);
-    if (c->plain && !c->read_eof) held = 0; /* nothing is ever held: the poll says when to read */
   }
   napi_get_boolean(env, held, &r);
   return r;
