@@ -29,6 +29,7 @@ import { H2Session, type H2SessionOptions } from '../daemon/proxy/h2/session.js'
 import type { H2Headers, H2Stream } from '../daemon/proxy/h2/stream.js';
 import { TlsConnection } from '../daemon/tls/connection.js';
 import { TlsContext } from '../daemon/tls/context.js';
+import { next, within } from './helpers/net.js';
 
 const HOST = '127.0.0.1';
 const MiB = 1024 * 1024;
@@ -80,20 +81,6 @@ test.after.always(() => {
 });
 
 // ---- helpers
-
-/** `p`, or a rejection naming `what` once `ms` have passed. */
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
-}
-
-/** The first emission of `event`, as its arguments (never rejects: 'error' is not special here). */
-function next(emitter: NodeJS.EventEmitter, event: string): Promise<unknown[]> {
-  return new Promise((resolve) => emitter.once(event, (...args: unknown[]) => resolve(args)));
-}
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 

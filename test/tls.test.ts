@@ -18,6 +18,7 @@ import tls from 'node:tls';
 import test, { type ExecutionContext } from 'ava';
 import { TlsConnection } from '../daemon/tls/connection.js';
 import { TlsContext } from '../daemon/tls/context.js';
+import { next, within } from './helpers/net.js';
 
 const HOST = '127.0.0.1';
 const MiB = 1024 * 1024;
@@ -71,17 +72,6 @@ test.after.always(() => {
 // ---- helpers
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
-}
-
-const once = (e: NodeJS.EventEmitter, event: string): Promise<unknown[]> =>
-  new Promise((resolve) => e.once(event, (...args: unknown[]) => resolve(args)));
 
 const ourContext = (): TlsContext => new TlsContext({ roots: [caPem], cert: certPem, key: keyPem });
 
@@ -140,10 +130,10 @@ function nodeClient(port: number, extra: tls.ConnectionOptions = {}): tls.TLSSoc
 
 async function ourClient(t: ExecutionContext, port: number): Promise<TlsConnection> {
   const tcp = netConnect(port, HOST);
-  await within(once(tcp, 'connect'), 5000, 'TCP connect');
+  await within(next(tcp, 'connect'), 5000, 'TCP connect');
   const conn = new TlsConnection(tcp, ourContext(), 'client', { servername: 'peer.tls.test' });
   t.teardown(() => conn.destroy());
-  await within(once(conn, 'secure'), 5000, 'the handshake');
+  await within(next(conn, 'secure'), 5000, 'the handshake');
   return conn;
 }
 
@@ -182,7 +172,7 @@ test('node:tls client ↔ our server: 24 MiB echoed intact, mixed write sizes, T
   });
   const client = nodeClient(server.port);
   t.teardown(() => client.destroy());
-  await within(once(client, 'secureConnect'), 5000, 'the handshake');
+  await within(next(client, 'secureConnect'), 5000, 'the handshake');
   t.is(client.getProtocol(), 'TLSv1.3');
   t.is(client.alpnProtocol, 'h2');
   t.true(client.authorized);
@@ -288,7 +278,7 @@ test('bytes that are not TLS end the connection with the reason; the server keep
   const raw = netConnect(server.port, HOST);
   raw.on('error', () => {});
   raw.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
-  await within(once(raw, 'close'), 5000, 'the connection to close');
+  await within(next(raw, 'close'), 5000, 'the connection to close');
   t.is(server.errors.length, 1);
   t.regex(server.errors[0]!.message, /TLS handshake failed: .*(wrong version number|http request|record)/i);
   // And a proper client still gets through.
@@ -306,7 +296,7 @@ test('a client without a certificate, or offering no h2, is refused in the hands
     client.on('error', () => {});
     // TLS 1.3: the client may finish before the server rejects it; either way no data comes back.
     client.write('x');
-    await within(once(client, 'close'), 5000, 'the refusal');
+    await within(next(client, 'close'), 5000, 'the refusal');
   }
   await within(
     (async () => {
@@ -324,7 +314,7 @@ test('a client that never finishes its handshake is cut off after the timeout', 
   const raw = netConnect(server.port, HOST);
   raw.on('error', () => {});
   const started = Date.now();
-  await within(once(raw, 'close'), 5000, 'the cut-off');
+  await within(next(raw, 'close'), 5000, 'the cut-off');
   t.true(Date.now() - started >= 250);
   t.regex(server.errors[0]?.message ?? '', /handshake timed out/);
 });
@@ -355,9 +345,9 @@ test('a record altered on the wire fails authentication: the connection ends wit
   const client = nodeClient(relayPort);
   client.on('error', () => {});
   t.teardown(() => client.destroy());
-  await within(once(client, 'secureConnect'), 5000, 'the handshake');
+  await within(next(client, 'secureConnect'), 5000, 'the handshake');
   for (let i = 0; i < 10; i++) client.write(Buffer.alloc(1000, i));
-  await within(once(client, 'close'), 5000, 'the server to close the connection');
+  await within(next(client, 'close'), 5000, 'the server to close the connection');
   t.true(flipped);
   t.regex(server.errors[0]?.message ?? '', /bad_record_mac/);
   const total = Buffer.concat(received);
@@ -376,7 +366,7 @@ test('pause() stops data until resume(); records already buffered arrive after r
   });
   const client = nodeClient(server.port);
   t.teardown(() => client.destroy());
-  await within(once(client, 'secureConnect'), 5000, 'the handshake');
+  await within(next(client, 'secureConnect'), 5000, 'the handshake');
   client.write(data.subarray(0, MiB));
   await within(
     (async () => {
@@ -413,10 +403,10 @@ test('end() sends close_notify and FIN after queued data; the peer ending closes
   t.teardown(() => client.destroy());
   const parts: Buffer[] = [];
   client.on('data', (c: Buffer) => parts.push(c));
-  await within(once(client, 'end'), 10_000, "the server's end");
+  await within(next(client, 'end'), 10_000, "the server's end");
   t.is(sha256(Buffer.concat(parts)), sha256(data));
   client.end();
-  await within(once(server.conns[0]!, 'close'), 5000, 'our side to close');
+  await within(next(server.conns[0]!, 'close'), 5000, 'our side to close');
   t.true(server.conns[0]!.destroyed);
   t.deepEqual(server.errors, []);
 });

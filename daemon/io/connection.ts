@@ -59,10 +59,6 @@ export abstract class NativeConnection extends EventEmitter implements NativeOwn
     return this.#pendingBytes + this.#nativeQueued;
   }
 
-  get isPaused(): boolean {
-    return this.#paused;
-  }
-
   /** Queues `buf`; it goes out with everything else written in this turn, in one call. False: wait for 'drain'. */
   write(buf: Buffer): boolean {
     if (this.destroyed || this.writableEnded) return false;
@@ -91,20 +87,23 @@ export abstract class NativeConnection extends EventEmitter implements NativeOwn
   }
 
   destroy(): void {
-    if (this.destroyed) return;
-    this.destroyed = true;
-    this.#pending = [];
-    this.#pendingBytes = 0;
-    if (this.h) binding().tlsDestroy(this.h);
+    this.#close(false);
   }
 
   /** An abortive close: the peer sees a reset, not the clean end of a possibly truncated stream. */
   resetAndDestroy(): void {
+    this.#close(true);
+  }
+
+  #close(reset: boolean): void {
     if (this.destroyed) return;
     this.destroyed = true;
     this.#pending = [];
     this.#pendingBytes = 0;
-    if (this.h) binding().tlsReset(this.h);
+    const h = this.h;
+    if (!h) return;
+    if (reset) binding().tlsReset(h);
+    else binding().tlsDestroy(h);
   }
 
   pause(): void {

@@ -5,8 +5,6 @@ import type { H2SessionOptions } from './h2/session.js';
 // HBONE as ztunnel speaks it: TLS 1.3, ALPN h2, an HTTP/2 CONNECT per tunneled connection whose :authority
 // is the destination workload's ip:port.
 
-export const ALPN = ['h2'];
-
 /**
  * Per-stream receive window: it starts small and grows to ztunnel's 4 MiB when a round trip needs it (a
  * BDP sample in the session). On a short path (a LAN, one host) a slow reader then holds 256 KiB here

@@ -4,6 +4,20 @@ import { type AddressInfo, connect, createServer } from 'node:net';
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** `p`, or a rejection naming `what` once `ms` have passed. */
+export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** The first emission of `event`, as its arguments (never rejects: 'error' is not special here). */
+export function next(emitter: NodeJS.EventEmitter, event: string): Promise<unknown[]> {
+  return new Promise((resolve) => emitter.once(event, (...args: unknown[]) => resolve(args)));
+}
+
 // Below Linux's ephemeral range (32768-60999 by default): a port the OS picked for us from that range can be
 // taken as the source port of any outgoing connection before we listen on it (EADDRINUSE, seen in CI).
 const LOW = 20_000;
