@@ -26,7 +26,7 @@ export interface Addon {
   setMark(fd: number, mark: number): void;
   markedSocket(family: 4 | 6, mark: number): number;
   tlsInit(
-    dispatch: (owner: object, event: number, a: unknown, b: unknown) => void,
+    dispatch: (owner: object, event: number, a: unknown, b: unknown, c: unknown) => void,
     allocSlab: () => Buffer,
   ): void;
   tlsContext(opts: TlsContextOptions): NativeHandle;
@@ -47,6 +47,33 @@ export interface Addon {
   tlsReset(conn: NativeHandle): void;
   /** A plain TCP connection on a duplicate of fd; the tls* calls above work on it too. Starts paused. */
   plainConnect(fd: number, owner: object): NativeHandle;
+  /**
+   * The connection carries HTTP/2 (a tunnel): its frames pass through the binding's DATA path (h2.c).
+   * Before the handshake ends.
+   */
+  h2Enable(
+    conn: NativeHandle,
+    server: boolean,
+    maxFrame: number,
+    streamWindow: number,
+    maxStreamWindow: number,
+    connectionWindow: number,
+  ): void;
+  /** Joins a workload connection to a stream: their bytes flow in the binding from now on. */
+  h2Splice(
+    conn: NativeHandle,
+    streamId: number,
+    plain: NativeHandle,
+    sendWindow: number,
+    recvWindow: number,
+  ): boolean;
+  /** The peer's SETTINGS as read: the change of its initial stream window, its largest frame. */
+  h2Settings(conn: NativeHandle, initialWindowDelta: number, maxFrame: number): void;
+  /** The connection's send window now; h2Spend takes from it. */
+  h2Credit(conn: NativeHandle): number;
+  h2Spend(conn: NativeHandle, bytes: number): void;
+  /** Our stream window grew to `window` (the SETTINGS frame is the caller's to send). */
+  h2SetWindow(conn: NativeHandle, window: number): void;
 }
 
 const ADDON = join('native', 'build', 'Release', 'ambit_native.node');

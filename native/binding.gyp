@@ -2,8 +2,8 @@
   "targets": [
     {
       "target_name": "ambit_native",
-      "sources": ["src/ambit_native.c", "src/tls.c", "src/record.c"],
-      "cflags": ["-Wall", "-Wextra", "-O2"]
+      "sources": ["src/ambit_native.c", "src/tls.c", "src/record.c", "src/h2.c"],
+      "cflags": ["-Wall", "-Wextra", "-O2", "-fvisibility=hidden"]
     }
   ]
 }

@@ -16,6 +16,11 @@ const EV_DATA = 2;
 const EV_END = 3;
 const EV_DRAIN = 4;
 const EV_CLOSE = 5;
+/** A tunnel's HTTP/2 events from the binding's DATA path (native/src/h2.c). */
+export const EV_STREAM = 6;
+export const EV_BDP = 7;
+export const EV_H2_ERROR = 8;
+const EV_DATA_COPY = 9;
 
 export abstract class NativeConnection extends EventEmitter implements NativeOwner {
   readonly remoteAddress: string | undefined;
@@ -52,6 +57,11 @@ export abstract class NativeConnection extends EventEmitter implements NativeOwn
     this.remoteAddress = remoteAddress;
     this.remotePort = remotePort;
     this.#highWater = highWater;
+  }
+
+  /** The binding's connection, for the calls that join two of them (undefined once closed). */
+  get handle(): NativeHandle | undefined {
+    return this.h;
   }
 
   /** Queued and not yet on the wire (ours and the binding's). */
@@ -127,6 +137,11 @@ export abstract class NativeConnection extends EventEmitter implements NativeOwn
     this.#paused = true;
   }
 
+  /** What this turn wrote goes to the binding now rather than at the end of the turn. */
+  flushNow(): void {
+    if (this.ready && this.#pending.length > 0) this.flushPending();
+  }
+
   protected flushPending(): void {
     this.#flushScheduled = false;
     const h = this.h;
@@ -154,8 +169,8 @@ export abstract class NativeConnection extends EventEmitter implements NativeOwn
   /** The binding's other events (a TLS handshake). */
   protected onOther(_event: number, _a: unknown, _b: unknown): void {}
 
-  /** Called by the binding (see binding.ts); `a`, `b` depend on the event. */
-  onNative(event: number, a: unknown, b: unknown): void {
+  /** Called by the binding (see binding.ts); `a`, `b`, `c` depend on the event. */
+  onNative(event: number, a: unknown, b: unknown, c: unknown): void {
     switch (event) {
       case EV_DATA: {
         const n = b as number;
@@ -163,6 +178,10 @@ export abstract class NativeConnection extends EventEmitter implements NativeOwn
         this.emit('data', slab.subarray(a as number, (a as number) + n));
         return;
       }
+      case EV_DATA_COPY:
+        this.bytesRead += (a as Buffer).length;
+        this.emit('data', a as Buffer);
+        return;
       case EV_DRAIN:
         this.#nativeQueued = 0;
         if (this.#needDrain && this.#pendingBytes === 0) {
@@ -176,6 +195,9 @@ export abstract class NativeConnection extends EventEmitter implements NativeOwn
         this.onPeerEnd();
         return;
       case EV_CLOSE:
+        // What the binding carried without JavaScript (a spliced workload connection) counts too.
+        this.bytesRead += b as number;
+        this.bytesWritten += c as number;
         this.h = undefined;
         this.closed();
         if (typeof a === 'string' && !this.destroyed) this.emit('error', new Error(a));

@@ -29,6 +29,21 @@ export class PlainConnection extends NativeConnection {
 
   #early: Buffer[] | undefined;
 
+  /** How many bytes Node had read before the takeover (not yet handed on). */
+  get earlyLength(): number {
+    let n = 0;
+    for (const chunk of this.#early ?? []) n += chunk.length;
+    return n;
+  }
+
+  /** Bytes Node had read before the takeover, for a caller that sends them itself (they are then counted). */
+  takeEarly(): Buffer[] {
+    const early = this.#early ?? [];
+    this.#early = undefined;
+    for (const chunk of early) this.bytesRead += chunk.length;
+    return early;
+  }
+
   override resume(): void {
     super.resume();
     // Before anything the binding reads: that only arrives on a later turn of the event loop.

@@ -11,7 +11,7 @@ import type {
   SecurityPolicy,
 } from '../metrics/metrics.js';
 import { H2Stream } from './h2/stream.js';
-import { type PipeEnd, pipeBoth } from './pipe.js';
+import { type PipeEnd, pipeBoth, spliceBoth } from './pipe.js';
 
 /** One end of a connection as far as the daemon knows it; anything unknown is reported as "unknown". */
 export interface Party {
@@ -138,7 +138,7 @@ export class ConnectionAccount {
     }
     m.opened.inc(labels);
     m.activeConnections.inc({ direction: this.#direction });
-    pipeBoth(tcp, far, (err) => {
+    const done = (err: Error | undefined): void => {
       onClose?.();
       m.activeConnections.dec({ direction: this.#direction });
       const fromClient = clientSide ? tcp.bytesRead : tcp.bytesWritten;
@@ -158,7 +158,10 @@ export class ConnectionAccount {
         },
         'connection closed',
       );
-    });
+    };
+    // A tunnel stream is spliced (the binding carries it); otherwise, or when it cannot be yet, JavaScript pipes.
+    if (far instanceof H2Stream && spliceBoth(tcp, far, done)) return;
+    pipeBoth(tcp, far, done);
     tcp.resume();
   }
 }

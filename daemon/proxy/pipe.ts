@@ -85,6 +85,35 @@ function onAborted(this: Linked<PipeEnd>): void {
   fail(this[kLink], new Error('tunnel stream aborted by peer'));
 }
 
+/**
+ * Joins a TCP socket and a tunnel stream in the native binding, which carries their bytes both ways from now
+ * on (half-close included: the workload's FIN becomes END_STREAM, the peer's END_STREAM its FIN); what is
+ * left here is how they end. False, and nothing changed, when the stream cannot be spliced now: pipeBoth then.
+ */
+export function spliceBoth(
+  socket: PlainConnection,
+  stream: H2Stream,
+  done: (err: Error | undefined) => void,
+): boolean {
+  if (!stream.splice(socket)) return false;
+  const link: Link = { socket, stream, done, failure: undefined, open: 2 };
+  (socket as Linked<PlainConnection>)[kLink] = link;
+  (stream as Linked<PipeEnd>)[kLink] = link;
+  socket.on('error', onError);
+  socket.on('close', onSplicedSocketClose);
+  stream.on('error', onError);
+  stream.on('aborted', onAborted);
+  stream.on('close', onStreamClose);
+  return true;
+}
+
+/** A spliced workload connection closed: after both ends on a clean finish, else the stream is reset. */
+function onSplicedSocketClose(this: Linked<PlainConnection>): void {
+  const link = this[kLink];
+  if (!link.stream.destroyed) link.stream.destroy(link.failure ?? new Error('the connection closed'));
+  closed(link);
+}
+
 function fail(link: Link, err: Error): void {
   link.failure ??= err;
   const { socket, stream } = link;

@@ -34,23 +34,14 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "record.h"
+#include "conn.h"
 
-#define EV_SECURE 1
-#define EV_DATA 2
-#define EV_END 3
-#define EV_DRAIN 4
-#define EV_CLOSE 5
-
-/* What one 'data' event carries at most, and what one recv() reads. */
-#define READ_BATCH (256 * 1024)
-#define SOCKET_READ (256 * 1024)
-/* Below this much room left in the slab, a new one is asked for (more than a record's plaintext). */
-#define SLAB_MIN (REC_MAX_PLAIN * 2)
 /* A peer's post-handshake messages (tickets, key updates) are a few hundred bytes; more is refused. */
 #define HS_MAX 65536
 /* AES-GCM's limit per key is 2^24.5 records (RFC 8446 §5.5): we move to new keys well before. */
 #define TX_RECORDS_PER_KEY (1ull << 24)
+/* Decrypted HTTP/2 bytes of one batch (h2.c routes them): a batch and one more record. */
+#define H2_SCRATCH (READ_BATCH + REC_MAX_BODY)
 
 enum { S_HANDSHAKE = 0, S_OPEN = 1, S_CLOSED = 2 };
 
@@ -60,42 +51,17 @@ typedef struct {
   napi_ref sni; /* server: servername -> context | undefined */
 } actx_t;
 
-typedef struct conn {
-  napi_env env;
-  napi_ref owner;
-  SSL *ssl;
-  int fd;
-  int server;
-  int state;
-  int paused;
-  int read_eof;  /* the peer's close_notify or FIN */
-  int ending;    /* end() asked: close_notify and FIN once the queue is out */
-  int fin_sent;
-  int events;    /* what the poll watches now */
-  int need_drain;
-  int closing;   /* uv_close requested */
-  char *err;     /* why it closed, delivered with the close event */
-  char *out;
-  size_t out_off, out_len, out_cap;
-  char *in; /* ciphertext read from the socket, not yet opened */
-  size_t in_off, in_len;
-  int plain;                    /* a plain TCP connection (a workload's): no TLS at all */
-  int records;                  /* the handshake is done: records are ours (c->rec), OpenSSL is gone */
-  rec_t rec;
-  unsigned char secret_client[48], secret_server[48]; /* from the key log, until the records start */
-  size_t secret_client_len, secret_server_len;
-  unsigned char *hs;            /* a peer's post-handshake message, until it is whole */
-  size_t hs_len;
-  uv_poll_t poll;
-} conn_t;
 
 static napi_env g_env;
 static napi_ref g_dispatch;
 static napi_ref g_alloc_slab;
 static napi_ref g_slab;
 static napi_async_context g_async;
-static char *g_slab_data;
-static size_t g_slab_len, g_slab_off;
+char *g_slab_data;
+size_t g_slab_len, g_slab_off;
+static unsigned char *g_h2_scratch;
+/* A read in progress: no JavaScript call re-enters one, but a second would share the scratch buffer. */
+static int g_reading;
 static BIO_METHOD *g_out_method;
 static BIO_METHOD *g_in_method;
 /* An emptied input buffer waits here for the next connection that reads: no malloc per read. */
@@ -113,7 +79,7 @@ static char *dup_str(const char *s) {
   return p;
 }
 
-static void set_err(conn_t *c, const char *msg) {
+void set_err(conn_t *c, const char *msg) {
   if (c->err == NULL) c->err = dup_str(msg);
 }
 
@@ -140,15 +106,15 @@ static void set_ssl_err(conn_t *c, const char *what) {
 
 /* ---- calling JavaScript */
 
-static void emit(conn_t *c, int ev, int argc_extra, napi_value *extra) {
+void emit(conn_t *c, int ev, int argc_extra, napi_value *extra) {
   napi_env env = c->env;
-  napi_value fn, owner, global, argv[4], result;
+  napi_value fn, owner, global, argv[5], result;
   if (napi_get_reference_value(env, g_dispatch, &fn) != napi_ok) return;
   napi_get_reference_value(env, c->owner, &owner);
   napi_get_global(env, &global);
   argv[0] = owner;
   napi_create_int32(env, ev, &argv[1]);
-  for (int i = 0; i < argc_extra && i < 2; i++) argv[2 + i] = extra[i];
+  for (int i = 0; i < argc_extra && i < 3; i++) argv[2 + i] = extra[i];
   if (napi_make_callback(env, g_async, global, fn, 2 + argc_extra, argv, &result) == napi_pending_exception) {
     /* A listener threw: that is the application's bug, reported the way Node reports it. */
     napi_value exc;
@@ -173,7 +139,7 @@ static void out_release(conn_t *c) {
   c->out_cap = c->out_len = c->out_off = 0;
 }
 
-static int out_reserve(conn_t *c, size_t more) {
+int out_reserve(conn_t *c, size_t more) {
   if (c->out_off > 0 && c->out_off == c->out_len) c->out_off = c->out_len = 0;
   if (c->out_len + more <= c->out_cap) return 1;
   if (c->out_off > 0) {
@@ -216,7 +182,7 @@ static int out_create(BIO *b) {
   return 1;
 }
 
-static size_t queued(conn_t *c) { return c->out_len - c->out_off; }
+size_t queued(conn_t *c) { return c->out_len - c->out_off; }
 
 /*
  * The incoming side: one recv() of up to SOCKET_READ bytes. During the handshake OpenSSL takes from it what
@@ -281,15 +247,14 @@ static int has_pending(conn_t *c) {
   return avail >= REC_HEADER + (((size_t)h[3] << 8) | h[4]);
 }
 
-static void update_poll(conn_t *c);
-static void close_conn(conn_t *c);
 
 /* Sends what is queued. Returns 0 if the connection failed (and is closing). */
-static int flush_out(conn_t *c) {
+int flush_out(conn_t *c) {
   while (c->out_off < c->out_len) {
     ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
     if (n > 0) {
       c->out_off += (size_t)n;
+      if (c->splice) splice_sent(c, (size_t)n);
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -303,6 +268,7 @@ static int flush_out(conn_t *c) {
   if (c->out_off == c->out_len) {
     c->out_off = c->out_len = 0;
     out_release(c);
+    if (c->h2) h2_drained(c);
     if (c->ending && !c->fin_sent) {
       c->fin_sent = 1;
       shutdown(c->fd, SHUT_WR);
@@ -320,7 +286,7 @@ static int flush_out(conn_t *c) {
  * JavaScript was told is not empty, it hears 'drain' whichever event got us here. Returns 0 if the
  * connection is gone.
  */
-static int flush_and_drain(conn_t *c) {
+int flush_and_drain(conn_t *c) {
   if (!flush_out(c)) return 0;
   if (queued(c) == 0 && c->need_drain) {
     c->need_drain = 0;
@@ -333,10 +299,11 @@ static int flush_and_drain(conn_t *c) {
 
 static void on_poll(uv_poll_t *h, int status, int events);
 
-static void update_poll(conn_t *c) {
+void update_poll(conn_t *c) {
   if (c->closing) return;
   int want = 0;
-  if (!c->read_eof && (!c->paused || c->state == S_HANDSHAKE)) want |= UV_READABLE;
+  if (!c->read_eof && (!c->paused || c->state == S_HANDSHAKE) && !(c->splice && splice_waiting(c)))
+    want |= UV_READABLE;
   if (queued(c) > 0) want |= UV_WRITABLE;
   if (want == c->events) return;
   c->events = want;
@@ -349,21 +316,25 @@ static void on_closed(uv_handle_t *h) {
   napi_env env = c->env;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
-  napi_value arg;
-  if (c->err) napi_create_string_utf8(env, c->err, NAPI_AUTO_LENGTH, &arg);
-  else napi_get_undefined(env, &arg);
-  emit(c, EV_CLOSE, 1, &arg);
+  napi_value args[3];
+  if (c->err) napi_create_string_utf8(env, c->err, NAPI_AUTO_LENGTH, &args[0]);
+  else napi_get_undefined(env, &args[0]);
+  napi_create_double(env, c->spliced_in, &args[1]);
+  napi_create_double(env, c->spliced_out, &args[2]);
+  emit(c, EV_CLOSE, 3, args);
   napi_close_handle_scope(env, scope);
   napi_delete_reference(env, c->owner);
   free(c->err);
   free(c);
 }
 
-static void close_conn(conn_t *c) {
+void close_conn(conn_t *c) {
   if (c->closing) return;
   c->closing = 1;
   c->state = S_CLOSED;
   uv_poll_stop(&c->poll);
+  if (c->splice) splice_free(c);
+  if (c->h2) h2_free(c);
   SSL_free(c->ssl);
   c->ssl = NULL;
   if (c->records) rec_free(&c->rec);
@@ -381,7 +352,7 @@ static void close_conn(conn_t *c) {
 
 /* ---- reading */
 
-static int ensure_slab(napi_env env) {
+int ensure_slab(napi_env env) {
   if (g_slab_data != NULL && g_slab_len - g_slab_off >= SLAB_MIN) return 1;
   napi_value fn, global, buf;
   if (napi_get_reference_value(env, g_alloc_slab, &fn) != napi_ok) return 0;
@@ -477,7 +448,7 @@ static int in_room(conn_t *c) {
 }
 
 /* Hands what this batch decrypted to JavaScript. Returns 0 if the connection went away meanwhile. */
-static int emit_data(conn_t *c, size_t start, size_t *got) {
+int emit_data(conn_t *c, size_t start, size_t *got) {
   if (*got == 0) return 1;
   napi_value a[2];
   napi_create_uint32(c->env, (uint32_t)start, &a[0]);
@@ -496,16 +467,36 @@ static void on_read_end(conn_t *c) {
 }
 
 /*
- * Opens every whole record that is buffered or readable, decrypting application data into the slab, and
- * hands it on, one event per batch. Stops when the socket would block, on pause, on the peer's end.
+ * Opens every whole record that is buffered or readable and hands on what they carry, one event per batch:
+ * into the slab for JavaScript, or (a tunnel's HTTP/2) into the scratch buffer that h2.c routes from.
+ * Stops when the socket would block, on pause, on the peer's end.
  */
 static void do_read_plain(conn_t *c);
+static void do_read_records(conn_t *c);
 
 static void do_read(conn_t *c) {
-  if (c->plain) {
-    do_read_plain(c);
+  /* No JavaScript call reads synchronously today; if one ever did inside a read, the poll catches up. */
+  if (g_reading) {
+    update_poll(c);
     return;
   }
+  g_reading = 1;
+  if (c->splice) splice_read(c);
+  else if (c->plain) do_read_plain(c);
+  else do_read_records(c);
+  g_reading = 0;
+}
+
+/* The end of a batch: what it decrypted goes on (JavaScript's, and h2.c's spliced bytes first). */
+static int batch_end(conn_t *c, size_t start, size_t *got) {
+  if (c->h2) {
+    *got = 0;
+    return h2_sync(c);
+  }
+  return emit_data(c, start, got);
+}
+
+static void do_read_records(conn_t *c) {
   napi_env env = c->env;
   size_t start = 0, got = 0;
   int have_slab = 0, drained = 0;
@@ -520,19 +511,29 @@ static void do_read(conn_t *c) {
         return;
       }
       if (avail >= REC_HEADER + body) {
-        /* Room in the slab for this record's plaintext, or a new batch in a new slab. */
-        if (!have_slab || g_slab_len - (start + got) < body || got >= READ_BATCH) {
-          if (have_slab && !emit_data(c, start, &got)) return;
-          if (c->paused) break;
-          if (!ensure_slab(env)) {
-            set_err(c, "out of memory for the read buffer");
-            close_conn(c);
-            return;
+        unsigned char *plain;
+        if (c->h2) {
+          /* The scratch holds one batch: spliced bytes point into it until h2_sync has written them. */
+          if (got + body > H2_SCRATCH || got >= READ_BATCH) {
+            if (!batch_end(c, start, &got)) return;
+            if (c->paused) break;
           }
-          have_slab = 1;
-          start = g_slab_off;
+          plain = g_h2_scratch + got;
+        } else {
+          /* Room in the slab for this record's plaintext, or a new batch in a new slab. */
+          if (!have_slab || g_slab_len - (start + got) < body || got >= READ_BATCH) {
+            if (have_slab && !emit_data(c, start, &got)) return;
+            if (c->paused) break;
+            if (!ensure_slab(env)) {
+              set_err(c, "out of memory for the read buffer");
+              close_conn(c);
+              return;
+            }
+            have_slab = 1;
+            start = g_slab_off;
+          }
+          plain = (unsigned char *)g_slab_data + start + got;
         }
-        unsigned char *plain = (unsigned char *)g_slab_data + start + got;
         unsigned char type;
         long n = rec_open(&c->rec, h, body, plain, &type);
         c->in_off += REC_HEADER + body;
@@ -542,10 +543,11 @@ static void do_read(conn_t *c) {
           return;
         }
         if (type == REC_TYPE_DATA) {
+          if (c->h2 && !h2_input(c, plain, (size_t)n)) return;
           got += (size_t)n;
         } else if (type == REC_TYPE_ALERT) {
           if (n == 2 && plain[1] == 0) {
-            if (!emit_data(c, start, &got)) return;
+            if (!batch_end(c, start, &got)) return;
             on_read_end(c);
             if (c->closing) return;
             break;
@@ -581,7 +583,7 @@ static void do_read(conn_t *c) {
       continue;
     }
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-    if (!emit_data(c, start, &got)) return;
+    if (!batch_end(c, start, &got)) return;
     if (r == 0 && c->in_len == c->in_off) {
       on_read_end(c); /* FIN without close_notify: the HTTP/2 above notices any truncation */
       if (c->closing) return;
@@ -594,9 +596,9 @@ static void do_read(conn_t *c) {
     close_conn(c);
     return;
   }
-  if (!emit_data(c, start, &got)) return;
+  if (!batch_end(c, start, &got)) return;
   if (c->in_off == c->in_len) in_release(c); /* an idle connection holds no buffer */
-  /* What we answered (a key update), and what was waiting for the socket anyway. */
+  /* What we answered (a key update, WINDOW_UPDATEs), and what was waiting for the socket anyway. */
   if (queued(c) > 0 && !flush_and_drain(c)) return;
   update_poll(c);
 }
@@ -809,7 +811,7 @@ static int on_servername(SSL *ssl, int *alert, void *arg) {
   return SSL_TLSEXT_ERR_OK;
 }
 
-static napi_value throw_msg(napi_env env, const char *code, const char *msg) {
+napi_value throw_msg(napi_env env, const char *code, const char *msg) {
   napi_throw_error(env, code, msg);
   return NULL;
 }
@@ -945,7 +947,7 @@ done:
 
 /* ---- connections */
 
-static conn_t *get_conn(napi_env env, napi_value v) {
+conn_t *get_conn(napi_env env, napi_value v) {
   conn_t *c = NULL;
   napi_valuetype t;
   if (napi_typeof(env, v, &t) != napi_ok || t != napi_external) return NULL;
@@ -1050,16 +1052,11 @@ static napi_value TlsConnect(napi_env env, napi_callback_info info) {
   return conn_start(env, c, argv[4], UV_READABLE | UV_WRITABLE);
 }
 
-typedef struct {
-  const unsigned char *p;
-  size_t len;
-} piece_t;
-
 /*
  * A plain connection's write: straight from the caller's buffers with one writev when nothing is queued
  * (the common case: no copy at all); what the socket does not take now is copied to the queue.
  */
-static int write_plain(conn_t *c, const piece_t *pieces, uint32_t count) {
+int write_plain(conn_t *c, const piece_t *pieces, uint32_t count) {
   uint32_t i = 0;
   size_t at = 0;
   if (queued(c) == 0) {
@@ -1107,7 +1104,7 @@ static int write_plain(conn_t *c, const piece_t *pieces, uint32_t count) {
 }
 
 /* Seals the pieces into records on the outgoing queue. 0 (with the reason set) if that failed. */
-static int seal_records(conn_t *c, const piece_t *pieces, size_t total) {
+int seal_records(conn_t *c, const piece_t *pieces, size_t total) {
   size_t records = (total + REC_MAX_PLAIN - 1) / REC_MAX_PLAIN;
   int ok = out_reserve(c, total + records * (REC_HEADER + 1 + REC_TAG) + 64);
   uint32_t i = 0;
@@ -1257,7 +1254,18 @@ static napi_value TlsPump(napi_env env, napi_callback_info info) {
 static napi_value TlsEnd(napi_env env, napi_callback_info info) {
   conn_t *c;
   conn_arg(env, info, &c);
-  if (!c || c->closing || c->ending) return NULL;
+  if (!c || c->closing) return NULL;
+  if (c->splice) {
+    /* Its tunnel stream is over: nothing more is read, and what the stream delivered goes out first. */
+    splice_free(c);
+    c->read_eof = 1;
+    if (c->fin_sent) {
+      close_conn(c);
+      return NULL;
+    }
+    if (c->ending) return NULL;
+  }
+  if (c->ending) return NULL;
   c->ending = 1;
   static const unsigned char close_notify[2] = {1, 0};
   if (c->records && !seal_one(c, REC_TYPE_ALERT, close_notify, sizeof close_notify)) {
@@ -1286,6 +1294,8 @@ static napi_value TlsInit(napi_env env, napi_callback_info info) {
     if (env != g_env) return throw_msg(env, "ENOTSUP", "the tunnel's TLS runs on the main thread only");
     return NULL;
   }
+  g_h2_scratch = malloc(H2_SCRATCH);
+  if (!g_h2_scratch) return throw_msg(env, "ENOMEM", "tlsInit: out of memory");
   g_env = env;
   napi_create_reference(env, argv[0], 1, &g_dispatch);
   napi_create_reference(env, argv[1], 1, &g_alloc_slab);
@@ -1317,4 +1327,5 @@ void ambit_tls_init(napi_env env, napi_value exports) {
     {"plainConnect", NULL, PlainConnect, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  ambit_h2_init(env, exports);
 }

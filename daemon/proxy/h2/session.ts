@@ -1,5 +1,9 @@
 import { EventEmitter } from 'node:events';
 import { H2ProtocolError } from '../../errors.js';
+import { binding } from '../../io/binding.js';
+import { EV_BDP, EV_H2_ERROR, EV_STREAM } from '../../io/connection.js';
+import type { PlainConnection } from '../../io/plain.js';
+import type { NativeHandle } from '../../native.js';
 import type { TlsConnection } from '../../tls/connection.js';
 import {
   CONTINUATION,
@@ -62,9 +66,10 @@ export interface H2SessionOptions {
 /** Largest header block (HEADERS plus CONTINUATION) we buffer from a peer: a CONNECT needs a few hundred bytes. */
 const MAX_HEADER_BLOCK = 64 * 1024;
 
-/** The payload that marks our BDP PINGs (ping() callers send zeros). */
-const BDP_PING = Buffer.from('ambitbdp');
-const BDP_INTERVAL_MS = 100;
+/** What the binding says happened to a spliced stream (native/src/h2.c, EV_STREAM). */
+const SPLICE_REMOTE_END = 1;
+const SPLICE_LOCAL_END = 2;
+const SPLICE_ERROR = 0x100;
 
 enum State {
   Preface = 0,
@@ -84,9 +89,13 @@ const CONNECTION_HEADERS = new Set([
 /**
  * One HTTP/2 connection over a TLS socket, as HBONE needs it: CONNECT streams carrying bytes, with flow control
  * both ways, SETTINGS, PING, GOAWAY and RST_STREAM. Written for the tunnel's hot path rather than taken from
- * node:http2, whose per-chunk cost (nghttp2 plus a Duplex per stream) was most of the daemon's CPU: DATA
- * payloads are handed on as slices of what TLS delivered, never copied or buffered here, and each DATA frame
- * goes out as one corked write of its header and the caller's own buffer.
+ * node:http2, whose per-chunk cost (nghttp2 plus a Duplex per stream) was most of the daemon's CPU.
+ *
+ * Two paths for DATA. A stream that carries a workload's connection is spliced (splice()): from then on the
+ * binding (native/src/h2.c) moves its DATA both ways, windows included, and this class hears only of its ends;
+ * the binding hands every other frame here, whole. A stream that is not spliced (before its workload
+ * connection is up, or a caller's own) has its DATA here, passed on as slices of what TLS delivered. The
+ * connection's windows live in the binding for both.
  *
  * A peer's bytes never throw out of here: a protocol error ends the session with GOAWAY (or just the stream
  * with RST_STREAM), and the error is emitted as 'error' only if someone listens.
@@ -102,23 +111,19 @@ export class H2Session extends EventEmitter implements StreamHost {
   readonly #decoder = new HpackDecoder();
   readonly #encoder = new HpackEncoder();
   ackThreshold: number;
-  readonly #connAckThreshold: number;
   /** Our per-stream receive window now: it starts at opts.streamWindow and grows up to the max. */
   #localWindow: number;
   readonly #maxWindow: number;
-  /** BDP sample in flight: when its PING left (0: none), and the DATA bytes received since. */
-  #bdpSentAt = 0;
-  #bdpBytes = 0;
-  #bdpNextAt = 0;
+  /** The binding's side of the TLS connection (frames, connection windows, spliced streams). */
+  readonly #h: NativeHandle;
+  /** Inside #parse: a stream spliced now would still get DATA parsed here (splice waits for the next turn). */
+  #parsing = false;
 
   // Peer's settings.
   #remoteMaxStreams = Number.POSITIVE_INFINITY;
   #remoteInitialWindow = DEFAULT_WINDOW;
   #remoteMaxFrame = DEFAULT_MAX_FRAME;
 
-  #sendWindow = DEFAULT_WINDOW;
-  #recvWindow: number;
-  #connUnacked = 0;
   #nextStreamId = 1;
   #lastPeerStreamId = 0;
   #gotSettings = false;
@@ -160,8 +165,18 @@ export class H2Session extends EventEmitter implements StreamHost {
     this.ackThreshold = Math.max(1, Math.floor(opts.streamWindow / 4));
     this.#localWindow = opts.streamWindow;
     this.#maxWindow = Math.max(opts.streamWindow, opts.maxStreamWindow ?? opts.streamWindow);
-    this.#connAckThreshold = Math.max(1, Math.floor(opts.connectionWindow / 4));
-    this.#recvWindow = opts.connectionWindow;
+    const h = socket.handle;
+    if (h === undefined) throw new Error('the TLS connection is closed');
+    this.#h = h;
+    binding().h2Enable(
+      h,
+      this.isServer,
+      opts.maxFrameSize,
+      opts.streamWindow,
+      this.#maxWindow,
+      Math.max(DEFAULT_WINDOW, opts.connectionWindow),
+    );
+    socket.h2Events = (event, a, b) => this.#onNative(event, a, b);
     this.#state = this.isServer ? State.Preface : State.Header;
     this.#prefaceLeft = this.isServer ? PREFACE.length : 0;
 
@@ -222,6 +237,7 @@ export class H2Session extends EventEmitter implements StreamHost {
     this.#nextStreamId += 2;
     const stream = new H2Stream(id, this, this.#remoteInitialWindow);
     stream.recvWindow = this.#localWindow;
+    stream.headersSent = true;
     this.#streams.set(id, stream);
     this.sendHeaders(stream, headers, false);
     return stream;
@@ -265,11 +281,14 @@ export class H2Session extends EventEmitter implements StreamHost {
       return 0;
     }
     const sock = this.socket;
+    // The connection's window is shared with the spliced streams, so the binding keeps it.
+    const b = binding();
+    let credit = b.h2Credit(this.#h);
     let off = offset;
     while (off < len) {
       let n = len - off;
       if (n > stream.sendWindow) n = stream.sendWindow;
-      if (n > this.#sendWindow) n = this.#sendWindow;
+      if (n > credit) n = credit;
       if (n > this.#remoteMaxFrame) n = this.#remoteMaxFrame;
       if (n <= 0) break;
       const piece = off === 0 && n === len ? chunk : chunk.subarray(off, off + n);
@@ -279,10 +298,34 @@ export class H2Session extends EventEmitter implements StreamHost {
       sock.write(frameHeader(n, DATA, flags, stream.id));
       if (!sock.write(piece)) this.blocked = true;
       stream.sendWindow -= n;
-      this.#sendWindow -= n;
+      credit -= n;
       off += n;
     }
+    if (off > offset) b.h2Spend(this.#h, off - offset);
     return off - offset;
+  }
+
+  /**
+   * Hands `stream` and the workload connection `plain` to the binding, which carries their bytes both ways
+   * from now on (see the class comment). What each side already holds goes first: bytes Node read from the
+   * workload before the takeover are sent, DATA the peer sent before is written to the workload. False when
+   * the stream cannot be spliced now (its own queue waits for credit, one side has ended, or frames of this
+   * turn are still being parsed): the caller pipes it in JavaScript, which is always correct.
+   */
+  splice(stream: H2Stream, plain: PlainConnection): boolean {
+    const ph = plain.handle;
+    if (ph === undefined || this.#dead || this.#failed || this.#parsing || !stream.spliceable) return false;
+    if (this.#streams.get(stream.id) !== stream) return false;
+    const early = plain.earlyLength;
+    if (early > stream.sendWindow || early > binding().h2Credit(this.#h)) return false;
+    for (const chunk of plain.takeEarly()) stream.write(chunk);
+    for (const chunk of stream.takeHeld()) plain.write(chunk);
+    // The binding's writes go after everything JavaScript wrote (the answer's HEADERS first of all).
+    plain.flushNow();
+    this.socket.flushNow();
+    if (!binding().h2Splice(this.#h, stream.id, ph, stream.sendWindow, stream.recvWindow)) return false;
+    stream.spliced = true;
+    return true;
   }
 
   sendHeaders(stream: H2Stream, headers: H2Headers, endStream: boolean): void {
@@ -343,10 +386,30 @@ export class H2Session extends EventEmitter implements StreamHost {
 
   #onSocketData(chunk: Buffer): void {
     if (this.#dead || this.#failed) return;
+    this.#parsing = true;
     try {
       this.#parse(chunk);
     } catch (err) {
       this.#fail(err as Error);
+    } finally {
+      this.#parsing = false;
+    }
+  }
+
+  /** The binding's DATA path: a spliced stream's end or error, a BDP sample, a connection error. */
+  #onNative(event: number, a: unknown, b: unknown): void {
+    if (this.#dead) return;
+    if (event === EV_STREAM) {
+      const s = this.#streams.get(a as number);
+      if (s === undefined) return;
+      const what = b as number;
+      if (what === SPLICE_REMOTE_END) s.onRemoteEnd();
+      else if (what === SPLICE_LOCAL_END) s.onSplicedLocalEnd();
+      else if (what >= SPLICE_ERROR) s.close(what - SPLICE_ERROR);
+    } else if (event === EV_BDP) {
+      this.#onBdpSample(a as number, b as boolean);
+    } else if (event === EV_H2_ERROR) {
+      this.#fail(new H2ProtocolError(a as number, b as string));
     }
   }
 
@@ -490,19 +553,12 @@ export class H2Session extends EventEmitter implements StreamHost {
     }
   }
 
-  /** Flow control for one DATA frame; returns the stream it is for, if it is still open to us. */
+  /**
+   * Flow control for one DATA frame; returns the stream it is for, if it is still open to us. (The binding
+   * has already counted it against the connection's window and given that back.)
+   */
   #dataStart(sid: number, length: number): H2Stream | undefined {
     if (sid === 0) throw new H2ProtocolError(ErrorCode.PROTOCOL_ERROR, 'DATA on stream 0');
-    this.#recvWindow -= length;
-    if (this.#recvWindow < 0)
-      throw new H2ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, 'peer overran the connection window');
-    if (this.#localWindow < this.#maxWindow) this.#bdpSample(length);
-    this.#connUnacked += length;
-    if (this.#connUnacked >= this.#connAckThreshold) {
-      this.#write(windowUpdateFrame(0, this.#connUnacked));
-      this.#recvWindow += this.#connUnacked;
-      this.#connUnacked = 0;
-    }
     const s = this.#streams.get(sid);
     if (s === undefined) {
       if (this.#isIdle(sid))
@@ -521,39 +577,25 @@ export class H2Session extends EventEmitter implements StreamHost {
     return s;
   }
 
-  // ---- window sizing: a BDP sample (a PING, and the DATA that arrives before its answer) at most every
-  // BDP_INTERVAL_MS while DATA flows. When a round trip carries two thirds of the window or more, the
-  // window is what limits the peer: it doubles (to twice the sample at least), up to the max, for every
-  // stream at once (SETTINGS_INITIAL_WINDOW_SIZE moves open streams' windows too, RFC 9113 §6.9.2).
-  // A short path keeps a small window, so a slow reader holds little here; a long one gets what it needs.
-  // While any stream's reader is behind, the sample measures that reader's queue, and nothing grows.
+  // ---- window sizing: the binding takes a BDP sample (a PING, and the DATA that arrives before its answer)
+  // at most every 100 ms while DATA flows and the window is below the max. When a round trip carries two
+  // thirds of the window or more, the window is what limits the peer: it doubles (to twice the sample at
+  // least), up to the max, for every stream at once (SETTINGS_INITIAL_WINDOW_SIZE moves open streams' windows
+  // too, RFC 9113 §6.9.2). A short path keeps a small window, so a slow reader holds little here; a long one
+  // gets what it needs. While any stream's reader is behind (`behind`: a spliced one), the sample measures
+  // that reader's queue, and nothing grows.
 
-  #bdpSample(bytes: number): void {
-    if (this.#bdpSentAt !== 0) {
-      this.#bdpBytes += bytes;
-      return;
-    }
-    const now = Date.now();
-    if (now < this.#bdpNextAt) return;
-    this.#bdpSentAt = now;
-    this.#bdpBytes = 0;
-    this.#write(pingFrame(BDP_PING, false));
-  }
-
-  #onBdpAck(): void {
-    const bdp = this.#bdpBytes;
-    this.#bdpSentAt = 0;
-    this.#bdpNextAt = Date.now() + BDP_INTERVAL_MS;
+  #onBdpSample(bdp: number, behind: boolean): void {
     const current = this.#localWindow;
-    if (bdp * 3 < current * 2) return;
-    // A reader that is behind stretches the round trip with its queue, not the path: no growth then.
+    if (bdp * 3 < current * 2 || behind) return;
     for (const s of this.#streams.values()) if (s.backlogged) return;
     const next = Math.min(this.#maxWindow, Math.max(2 * bdp, 2 * current));
     if (next <= current) return;
     this.#localWindow = next;
     this.ackThreshold = Math.max(1, Math.floor(next / 4));
     this.#write(settingsFrame([[SETTINGS_INITIAL_WINDOW_SIZE, next]]));
-    for (const s of this.#streams.values()) s.recvWindow += next - current;
+    for (const s of this.#streams.values()) if (!s.spliced) s.recvWindow += next - current;
+    binding().h2SetWindow(this.#h, next);
   }
 
   /** A stream id the peer cannot have used yet. */
@@ -592,10 +634,9 @@ export class H2Session extends EventEmitter implements StreamHost {
       case PING:
         if (sid !== 0) throw new H2ProtocolError(ErrorCode.PROTOCOL_ERROR, 'PING on a stream');
         if (p.length !== 8) throw new H2ProtocolError(ErrorCode.FRAME_SIZE_ERROR, 'PING of wrong size');
+        // (The answers to the binding's BDP PINGs stay in the binding.)
         if ((flags & FLAG_ACK) === 0) this.#write(pingFrame(p, true));
-        else if (p.equals(BDP_PING)) {
-          if (this.#bdpSentAt !== 0) this.#onBdpAck();
-        } else {
+        else {
           const cb = this.#pings.shift();
           const sent = this.#pingSent.shift();
           cb?.(null, sent === undefined ? 0 : Date.now() - sent);
@@ -746,8 +787,10 @@ export class H2Session extends EventEmitter implements StreamHost {
           break; // header table size: our encoder never indexes; others are advisory or unknown
       }
     }
+    binding().h2Settings(this.#h, windowDelta, this.#remoteMaxFrame);
     if (windowDelta !== 0) {
       for (const s of this.#streams.values()) {
+        if (s.spliced) continue; // the binding moved its window
         s.sendWindow += windowDelta;
         if (s.sendWindow > MAX_WINDOW)
           throw new H2ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, 'stream window overflow');
@@ -782,10 +825,7 @@ export class H2Session extends EventEmitter implements StreamHost {
     if (p.length !== 4) throw new H2ProtocolError(ErrorCode.FRAME_SIZE_ERROR, 'WINDOW_UPDATE of wrong size');
     const inc = p.readUInt32BE(0) & 0x7fffffff;
     if (sid === 0) {
-      if (inc === 0) throw new H2ProtocolError(ErrorCode.PROTOCOL_ERROR, 'WINDOW_UPDATE of 0');
-      this.#sendWindow += inc;
-      if (this.#sendWindow > MAX_WINDOW)
-        throw new H2ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, 'connection window overflow');
+      // The binding checked it and added it to the connection's window; streams here may use it now.
       this.#flushStreams();
       return;
     }

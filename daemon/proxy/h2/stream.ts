@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import type { PlainConnection } from '../../io/plain.js';
 import { ErrorCode } from './frame.js';
 
 /** Request or response headers as a plain object; a repeated field is joined with ", " (RFC 9110 §5.3). */
@@ -17,6 +18,8 @@ export interface StreamHost {
   /** True while the session's socket holds more than it wants (every stream waits for its drain). */
   readonly blocked: boolean;
   streamClosed(stream: H2Stream): void;
+  /** Hands the stream's DATA both ways to the binding, joined to `plain`; false: not now. */
+  splice(stream: H2Stream, plain: PlainConnection): boolean;
 }
 
 /**
@@ -57,6 +60,11 @@ export class H2Stream extends EventEmitter {
   rstCode: number | undefined;
   /** The peer's request (server side) or response (client side) headers. */
   headers: H2Headers | undefined;
+  /**
+   * The binding carries this stream's DATA both ways (joined to a workload connection): what is left here is
+   * its life cycle, told by the session (onRemoteEnd, onSplicedLocalEnd, close, onReset).
+   */
+  spliced = false;
 
   constructor(id: number, host: StreamHost, sendWindow: number) {
     super();
@@ -107,6 +115,37 @@ export class H2Stream extends EventEmitter {
       return false;
     }
     return true;
+  }
+
+  /**
+   * Joins this stream to a workload connection in the binding (see H2Session.splice): false when it cannot
+   * be now, and then nothing has changed.
+   */
+  splice(plain: PlainConnection): boolean {
+    return this.#host.splice(this, plain);
+  }
+
+  /** Open both ways, answered, nothing waiting for credit: the binding can take it over as it is. */
+  get spliceable(): boolean {
+    return (
+      !this.#closed &&
+      !this.spliced &&
+      this.headersSent &&
+      this.headers !== undefined &&
+      !this.#endRequested &&
+      !this.remoteEnded &&
+      this.#queue === undefined
+    );
+  }
+
+  /** What arrived before anyone read it, handed over (and acknowledged to the peer, as read). */
+  takeHeld(): Buffer[] {
+    const held = this.#held ?? [];
+    this.#held = undefined;
+    this.#flowing = true;
+    for (const chunk of held) this.#unacked += chunk.length;
+    if (this.#unacked > 0) this.#ack();
+    return held;
   }
 
   /** Half-close: END_STREAM once everything written has gone out. */
@@ -163,6 +202,11 @@ export class H2Stream extends EventEmitter {
 
   /** DATA payload for this stream. */
   onData(chunk: Buffer): void {
+    if (this.spliced) {
+      // The binding routes a spliced stream's DATA; a frame here would have skipped its flow control.
+      this.close(ErrorCode.INTERNAL_ERROR);
+      return;
+    }
     if (this.#flowing) {
       this.#unacked += chunk.length;
       this.emit('data', chunk);
@@ -180,6 +224,14 @@ export class H2Stream extends EventEmitter {
     if (this.remoteEnded) return;
     this.remoteEnded = true;
     if (this.#flowing && this.#held === undefined) this.#emitEnd();
+  }
+
+  /** The binding sent END_STREAM for a spliced stream (its workload's FIN). */
+  onSplicedLocalEnd(): void {
+    if (this.localEnded) return;
+    this.#endRequested = true;
+    this.localEnded = true;
+    this.#maybeClose();
   }
 
   /** More credit (WINDOW_UPDATE or the session's socket drained): send what waits, then tell the writer. */
