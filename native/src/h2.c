@@ -505,7 +505,8 @@ static int frame_start(conn_t *c, h2_t *h) {
   /* Kept whole: JavaScript reads a frame at once, and an unspliced stream's DATA may be spliced by its end. */
   h->mode = M_WHOLE;
   if (h->frame_cap < FH + h->len) {
-    size_t cap = FH + h->len < 16384 ? 16384 : FH + h->len;
+    /* Control frames are small: an idle tunnel (one per hundred connections) keeps a small buffer. */
+    size_t cap = FH + h->len < 1024 ? 1024 : FH + h->len;
     unsigned char *f = realloc(h->frame, cap);
     if (!f) {
       set_err(c, "out of memory for an HTTP/2 frame");

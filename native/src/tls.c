@@ -745,8 +745,14 @@ static void on_poll(uv_poll_t *h, int status, int events) {
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
   if (status < 0) {
+    /* libuv says EBADF for any EPOLLERR: the socket's own error is the reason (a reset, mostly). */
+    int e = 0;
+    socklen_t len = sizeof e;
     char buf[160];
-    snprintf(buf, sizeof buf, "socket error: %s", uv_strerror(status));
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &e, &len) == 0 && e != 0)
+      snprintf(buf, sizeof buf, "socket error: %s", strerror(e));
+    else
+      snprintf(buf, sizeof buf, "socket error: %s", uv_strerror(status));
     set_err(c, buf);
     close_conn(c);
   } else {
@@ -1201,6 +1207,9 @@ static napi_value PlainConnect(napi_env env, napi_callback_info info) {
     return throw_msg(env, "EINVAL", "plainConnect(fd, owner)");
   conn_t *c = conn_alloc(env, fd);
   if (!c) return NULL;
+  /* A tunnel adds no Nagle delay of its own: each write is a whole message the peer already sent. */
+  int one = 1;
+  setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   c->plain = 1;
   c->state = S_OPEN;
   c->paused = 1;
