@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { LoadGen, startSink } from './children.js';
 import { ALL, type ContenderName, issuePeerCerts } from './contenders.js';
-import { killAll, raiseFileLimit, stopProcess, sumCpu } from './proc.js';
+import { killAll, quiesce, raiseFileLimit, stopProcess, sumCpu } from './proc.js';
 import type { BulkResult, ConnRateResult, LatencyResult } from './protocol.js';
 import { median } from './report.js';
 
@@ -93,6 +93,7 @@ async function main(): Promise<void> {
             await gen.run({ kind: 'idle-open', port, count: idle, concurrency: 64 }, 60_000 + idle * 20);
             await gen.run({ kind: 'idle-close' }, 30_000);
           }
+          await quiesce(pids);
           for (let i = 0; i < reps; i++) {
             if (job === 'bulk') {
               const c0 = sumCpu(pids);

@@ -146,6 +146,21 @@ export function cpuSeconds(pid: number): number {
 export const sumRss = (pids: readonly number[]): number => pids.reduce((s, p) => s + rssBytes(p), 0);
 export const sumCpu = (pids: readonly number[]): number => pids.reduce((s, p) => s + cpuSeconds(p), 0);
 
+/**
+ * Waits until `pids` together use under `belowCores` of a core over a 100 ms window (a contender still
+ * tearing down the connections of the last step), at most `maxMs`; returns how long it waited. Applied to
+ * every contender alike before a latency measurement.
+ */
+export async function quiesce(pids: readonly number[], maxMs = 5000, belowCores = 0.05): Promise<number> {
+  const t0 = Date.now();
+  for (let i = 0; i < Math.ceil(maxMs / 100); i++) {
+    const c0 = sumCpu(pids);
+    await new Promise((r) => setTimeout(r, 100));
+    if (sumCpu(pids) - c0 < belowCores * 0.1) break;
+  }
+  return Date.now() - t0;
+}
+
 /** Raises this process's open-file limit (children inherit it); returns the limit now in force. */
 export function raiseFileLimit(wanted: number): number {
   try {

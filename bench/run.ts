@@ -29,6 +29,7 @@ import {
   describeMachine,
   killAll,
   killAllSync,
+  quiesce,
   raiseFileLimit,
   refuseNewProcesses,
   sleep,
@@ -198,6 +199,8 @@ async function measure(
   }
 
   await sink.collect();
+  // The last step's connections may still be closing inside the contender: latency is measured after.
+  result.detail.settleMs = await quiesce(pids);
   const ping = await step('ping-pong', () =>
     gen.run<LatencyResult>(
       { kind: 'pingpong', port, count: prof.pingCount, size, warmup: 100 },
@@ -211,6 +214,7 @@ async function measure(
   }
 
   await sink.collect();
+  await quiesce(pids);
   const rate = await step('fixed rate', () =>
     gen.run<LatencyResult>(
       { kind: 'rate', port, count: prof.rateCount, size, rate: prof.rate, warmup: 100 },

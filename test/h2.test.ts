@@ -21,6 +21,7 @@ import type { ExecutionContext } from 'ava';
 import { H2ProtocolError } from '../daemon/errors.js';
 import { PlainConnection } from '../daemon/io/plain.js';
 import {
+  DATA,
   ErrorCode,
   FLAG_END_HEADERS,
   GOAWAY,
@@ -32,12 +33,13 @@ import {
   settingsFrame,
   windowUpdateFrame,
 } from '../daemon/proxy/h2/frame.js';
+import { HpackEncoder } from '../daemon/proxy/h2/hpack.js';
 import { H2Session, type H2SessionOptions } from '../daemon/proxy/h2/session.js';
 import type { H2Headers, H2Stream } from '../daemon/proxy/h2/stream.js';
 import { spliceBoth } from '../daemon/proxy/pipe.js';
 import { TlsConnection } from '../daemon/tls/connection.js';
 import { TlsContext } from '../daemon/tls/context.js';
-import { next, within } from './helpers/net.js';
+import { next, sleep, within } from './helpers/net.js';
 
 const HOST = '127.0.0.1';
 const MiB = 1024 * 1024;
@@ -843,4 +845,56 @@ test('spliced: a workload that resets its connection resets the stream (CANCEL),
   t.is(out.spliced, 2);
   t.false(client.destroyed, 'the tunnel connection outlives the stream');
   t.false(ours.destroyed, 'the tunnel connection outlives the stream');
+});
+
+test('spliced: 40 connections of random frames around a spliced stream never take the server down', async (t) => {
+  const workload = await tcpServer(t, tcpEcho);
+  const out: Spliced = { spliced: 0, done: [] };
+  const server = await ourServer(t, spliceTo(workload.port, out));
+  // xorshift32 with a fixed seed: the same frames every run.
+  let seed = 0x2545f491;
+  const rand = (n: number): number => {
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return (seed >>> 0) % n;
+  };
+  const connect = new HpackEncoder().encode([
+    [':method', 'CONNECT'],
+    [':authority', '198.18.0.1:8080'],
+  ]);
+  for (let i = 0; i < 40; i++) {
+    const socket = tlsConnect(server.port);
+    socket.on('error', () => {});
+    await within(next(socket, 'secureConnect'), 5000, 'the TLS handshake');
+    socket.write(
+      Buffer.concat([
+        hello(),
+        frame(HEADERS, FLAG_END_HEADERS, 1, connect),
+        frame(DATA, 0, 1, randomBytes(100)),
+      ]),
+    );
+    await sleep(20); // the workload connection is up and the stream spliced
+    const frames: Buffer[] = [];
+    for (let j = 0; j < 30; j++) {
+      const sid = [0, 1, 1, 1, 3, rand(100)][rand(6)]!;
+      const len = [0, 1, 4, 5, 8, 9, rand(2048)][rand(7)]!;
+      frames.push(frame(rand(11), rand(256), sid, randomBytes(len)));
+    }
+    // Now and then a frame that claims more than anyone allows.
+    if (rand(4) === 0) frames.push(Buffer.from([0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 1]));
+    socket.write(Buffer.concat(frames));
+    await sleep(10);
+    socket.destroy();
+  }
+  t.true(out.spliced >= 20, `${out.spliced} of 40 streams spliced before the noise`);
+  // The noise is protocol errors for the most part: those sessions ended with GOAWAY and the reason.
+  t.log(`${server.errors.length} of 40 sessions ended with a protocol error`);
+  t.true(server.errors.length >= 20);
+  t.true(server.errors.every((e) => e instanceof H2ProtocolError));
+  const client = await nodeClient(t, server.port);
+  const data = randomBytes(MiB);
+  const { status, body } = await within(nodeEcho(client, data), 10_000, 'an echo after the noise');
+  t.is(status, 200);
+  t.is(sha256(body), sha256(data));
 });
