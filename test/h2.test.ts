@@ -36,7 +36,7 @@ import {
 import { HpackEncoder } from '../daemon/proxy/h2/hpack.js';
 import { H2Session, type H2SessionOptions } from '../daemon/proxy/h2/session.js';
 import type { H2Headers, H2Stream } from '../daemon/proxy/h2/stream.js';
-import { spliceBoth } from '../daemon/proxy/pipe.js';
+import { pipeBoth, spliceBoth } from '../daemon/proxy/pipe.js';
 import { TlsConnection } from '../daemon/tls/connection.js';
 import { TlsContext } from '../daemon/tls/context.js';
 import { next, sleep, within } from './helpers/net.js';
@@ -665,9 +665,21 @@ function spliceTo(port: number, out: Spliced, delayMs = 0): (stream: H2Stream) =
     tcp.on('error', () => stream.destroy());
     tcp.once('connect', () =>
       setTimeout(() => {
+        // As the inbound side does: a stream gone meanwhile takes the workload connection with it.
+        if (stream.destroyed) {
+          tcp.destroy();
+          return;
+        }
         stream.respond({ ':status': '200' });
         const plain = new PlainConnection(tcp);
-        if (spliceBoth(plain, stream, (err) => out.done.push(err))) out.spliced++;
+        const done = (err: Error | undefined): void => {
+          out.done.push(err);
+        };
+        if (spliceBoth(plain, stream, done)) out.spliced++;
+        else {
+          pipeBoth(plain, stream, done);
+          plain.resume();
+        }
       }, delayMs),
     );
   };
