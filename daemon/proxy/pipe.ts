@@ -21,6 +21,13 @@ interface Link {
 const kLink = Symbol('ambit.link');
 type Linked<T> = T & { [kLink]: Link };
 
+/** Both ends point at what they share; the listeners find it through `this`. */
+function link(socket: PlainConnection, stream: PipeEnd, done: (err: Error | undefined) => void): void {
+  const l: Link = { socket, stream, done, failure: undefined, open: 2 };
+  (socket as Linked<PlainConnection>)[kLink] = l;
+  (stream as Linked<PipeEnd>)[kLink] = l;
+}
+
 /**
  * Pipes a TCP socket and a tunnel stream both ways. Each direction ends on its own (half-close: a client
  * that stops writing still gets the reply); an error on either side resets the other rather than leaving
@@ -35,9 +42,7 @@ export function pipeBoth(
   stream: PipeEnd,
   done: (err: Error | undefined) => void,
 ): void {
-  const link: Link = { socket, stream, done, failure: undefined, open: 2 };
-  (socket as Linked<PlainConnection>)[kLink] = link;
-  (stream as Linked<PipeEnd>)[kLink] = link;
+  link(socket, stream, done);
   socket.on('data', onSocketData);
   socket.on('drain', onSocketDrain);
   socket.on('end', onSocketEnd);
@@ -96,9 +101,7 @@ export function spliceBoth(
   done: (err: Error | undefined) => void,
 ): boolean {
   if (!stream.splice(socket)) return false;
-  const link: Link = { socket, stream, done, failure: undefined, open: 2 };
-  (socket as Linked<PlainConnection>)[kLink] = link;
-  (stream as Linked<PipeEnd>)[kLink] = link;
+  link(socket, stream, done);
   socket.on('error', onError);
   socket.on('close', onSplicedSocketClose);
   stream.on('error', onError);

@@ -155,6 +155,10 @@ static int send_window_update(conn_t *t, uint32_t sid, uint64_t inc) {
 
 /* ---- the table of spliced streams */
 
+#define FOR_EACH_SPLICE(h, s)                              \
+  for (uint32_t i_ = 0; i_ < (h)->nbuckets; i_++)         \
+    for (splice_t *s = (h)->buckets[i_]; s; s = s->hnext)
+
 static splice_t *lookup(h2_t *h, uint32_t sid) {
   if (h->count == 0) return NULL;
   for (splice_t *s = h->buckets[sid & (h->nbuckets - 1)]; s; s = s->hnext)
@@ -447,8 +451,7 @@ static int bdp_done(conn_t *c, h2_t *h) {
   h->bdp_inflight = 0;
   h->bdp_next_ms = now_ms(c) + BDP_INTERVAL_MS;
   int behind = 0;
-  for (uint32_t i = 0; i < h->nbuckets && !behind; i++)
-    for (splice_t *s = h->buckets[i]; s && !behind; s = s->hnext) behind = queued(s->plain) > 0;
+  FOR_EACH_SPLICE(h, s) behind |= queued(s->plain) > 0;
   if (!h2_sync(c)) return 0;
   napi_value a[2];
   napi_create_double(c->env, (double)h->bdp_bytes, &a[0]);
@@ -710,11 +713,13 @@ void splice_read(conn_t *p) {
 
 /* ---- JavaScript's calls */
 
-static h2_t *h2_arg(napi_env env, napi_value v, conn_t **out) {
-  conn_t *c = get_conn(env, v);
-  *out = c;
-  if (!c || c->closing || !c->h2) return NULL;
-  return c->h2;
+/* A call's arguments; the first names a tunnel connection, whose HTTP/2 state is returned (NULL: none). */
+static h2_t *h2_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv, conn_t **out) {
+  size_t argc = want;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  conn_t *c = argc >= want ? get_conn(env, argv[0]) : NULL;
+  if (out) *out = c;
+  return c && !c->closing ? c->h2 : NULL;
 }
 
 static double num_arg(napi_env env, napi_value v) {
@@ -753,14 +758,12 @@ static napi_value H2Enable(napi_env env, napi_callback_info info) {
 
 /* h2Splice(conn, streamId, plain, sendWindow, recvWindow) -> whether the stream is spliced now */
 static napi_value H2Splice(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5], result;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  conn_t *t = NULL;
-  h2_t *h = argc == 5 ? h2_arg(env, argv[0], &t) : NULL;
-  conn_t *p = argc == 5 ? get_conn(env, argv[2]) : NULL;
+  conn_t *t;
+  h2_t *h = h2_args(env, info, 5, argv, &t);
+  conn_t *p = h ? get_conn(env, argv[2]) : NULL;
   uint32_t sid = 0;
-  if (argc == 5) napi_get_value_uint32(env, argv[1], &sid);
+  if (h) napi_get_value_uint32(env, argv[1], &sid);
   int ok = h && p && p->plain && !p->closing && !p->splice && !p->read_eof && !p->ending && sid != 0 &&
            !h->failed && lookup(h, sid) == NULL;
   splice_t *s = ok ? calloc(1, sizeof *s) : NULL;
@@ -786,55 +789,41 @@ static napi_value H2Splice(napi_env env, napi_callback_info info) {
 
 /* h2Settings(conn, initialWindowDelta, maxFrame) */
 static napi_value H2Settings(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  conn_t *t;
-  h2_t *h = argc == 3 ? h2_arg(env, argv[0], &t) : NULL;
+  h2_t *h = h2_args(env, info, 3, argv, NULL);
   if (!h) return NULL;
   int64_t delta = (int64_t)num_arg(env, argv[1]);
   h->remote_max_frame = (uint32_t)num_arg(env, argv[2]);
   if (h->remote_max_frame > SPLICE_READ) h->remote_max_frame = SPLICE_READ;
   if (delta == 0) return NULL;
-  for (uint32_t i = 0; i < h->nbuckets; i++)
-    for (splice_t *s = h->buckets[i]; s; s = s->hnext) s->send_window += delta;
+  FOR_EACH_SPLICE(h, s) s->send_window += delta;
   if (delta > 0) wake_all(h);
   return NULL;
 }
 
 static napi_value H2Credit(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value v, r;
-  napi_get_cb_info(env, info, &argc, &v, NULL, NULL);
-  conn_t *t;
-  h2_t *h = argc == 1 ? h2_arg(env, v, &t) : NULL;
+  h2_t *h = h2_args(env, info, 1, &v, NULL);
   napi_create_double(env, h ? (double)h->conn_send : 0, &r);
   return r;
 }
 
 static napi_value H2Spend(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  conn_t *t;
-  h2_t *h = argc == 2 ? h2_arg(env, argv[0], &t) : NULL;
+  h2_t *h = h2_args(env, info, 2, argv, NULL);
   if (h) h->conn_send -= (int64_t)num_arg(env, argv[1]);
   return NULL;
 }
 
 /* h2SetWindow(conn, streamWindow): every spliced stream's receive window grows with it. */
 static napi_value H2SetWindow(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  conn_t *t;
-  h2_t *h = argc == 2 ? h2_arg(env, argv[0], &t) : NULL;
+  h2_t *h = h2_args(env, info, 2, argv, NULL);
   if (!h) return NULL;
   uint32_t next = (uint32_t)num_arg(env, argv[1]);
   int64_t delta = (int64_t)next - (int64_t)h->local_window;
   h->local_window = next;
-  for (uint32_t i = 0; i < h->nbuckets; i++)
-    for (splice_t *s = h->buckets[i]; s; s = s->hnext) s->recv_window += delta;
+  FOR_EACH_SPLICE(h, s) s->recv_window += delta;
   return NULL;
 }
 
