@@ -72,6 +72,8 @@ export interface Addon {
   /** The connection's send window now; h2Spend takes from it. */
   h2Credit(conn: NativeHandle): number;
   h2Spend(conn: NativeHandle, bytes: number): void;
+  /** The peer ended a spliced stream outside DATA (trailers): its workload gets FIN after what it has. */
+  h2RemoteEnd(conn: NativeHandle, streamId: number): void;
   /** Our stream window grew to `window` (the SETTINGS frame is the caller's to send). */
   h2SetWindow(conn: NativeHandle, window: number): void;
 }

@@ -910,3 +910,27 @@ test('spliced: 40 connections of random frames around a spliced stream never tak
   t.is(status, 200);
   t.is(sha256(body), sha256(data));
 });
+
+test('spliced: a client that ends its stream with trailers: the workload gets its FIN, and the answer comes back', async (t) => {
+  const workload = await tcpServer(t, (s) => {
+    const hash = createHash('sha256');
+    s.on('data', (c: Buffer) => hash.update(c));
+    s.on('end', () => s.end(hash.digest('hex')));
+  });
+  const out: Spliced = { spliced: 0, done: [] };
+  const server = await ourServer(t, spliceTo(workload.port, out));
+  const client = await nodeClient(t, server.port);
+  const req = client.request(
+    { ':method': 'CONNECT', ':authority': '198.18.0.1:8080' },
+    { waitForTrailers: true },
+  );
+  req.on('error', () => {});
+  req.on('wantTrailers', () => req.sendTrailers({ 'x-ambit-test': 'done' }));
+  const reply = collect(req);
+  await within(next(req, 'response'), 5000, 'the response');
+  t.is(out.spliced, 1, 'spliced before the trailers');
+  const data = randomBytes(256 * 1024);
+  await nodeWriteAll(req, data);
+  t.is((await within(reply, 5000, "the workload's answer to its FIN")).toString(), sha256(data));
+  t.is(server.errors.length, 0);
+});

@@ -372,15 +372,19 @@ static void deliver_copy(splice_t *s, const unsigned char *p, size_t n) {
 }
 
 /* The peer's END_STREAM: the workload gets FIN once everything before it is out. */
-static int remote_end(conn_t *t, splice_t *s) {
-  uint32_t sid = s->sid;
+static void end_workload(splice_t *s) {
   conn_t *p = s->plain;
   s->remote_ended = 1;
-  flush_pending();
+  flush_pending(); /* may take s with it (the workload failed): only p from here */
   if (!p->closing && !p->ending) {
     p->ending = 1;
     if (flush_out(p)) update_poll(p);
   }
+}
+
+static int remote_end(conn_t *t, splice_t *s) {
+  uint32_t sid = s->sid;
+  end_workload(s);
   return stream_event(t, sid, H2_REMOTE_END);
 }
 
@@ -815,6 +819,17 @@ static napi_value H2Spend(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* h2RemoteEnd(conn, streamId): END_STREAM that came on trailers, which JavaScript reads. */
+static napi_value H2RemoteEnd(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  h2_t *h = h2_args(env, info, 2, argv, NULL);
+  uint32_t sid = 0;
+  if (!h || napi_get_value_uint32(env, argv[1], &sid) != napi_ok) return NULL;
+  splice_t *s = lookup(h, sid);
+  if (s && !s->remote_ended) end_workload(s);
+  return NULL;
+}
+
 /* h2SetWindow(conn, streamWindow): every spliced stream's receive window grows with it. */
 static napi_value H2SetWindow(napi_env env, napi_callback_info info) {
   napi_value argv[2];
@@ -835,6 +850,7 @@ void ambit_h2_init(napi_env env, napi_value exports) {
     {"h2Credit", NULL, H2Credit, NULL, NULL, NULL, napi_default, NULL},
     {"h2Spend", NULL, H2Spend, NULL, NULL, NULL, napi_default, NULL},
     {"h2SetWindow", NULL, H2SetWindow, NULL, NULL, NULL, napi_default, NULL},
+    {"h2RemoteEnd", NULL, H2RemoteEnd, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }

@@ -711,7 +711,7 @@ export class H2Session extends EventEmitter implements StreamHost {
           existing.close(ErrorCode.PROTOCOL_ERROR);
           return;
         }
-        existing.onRemoteEnd();
+        this.#headersEnd(existing);
         return;
       }
       if ((sid & 1) === 0 || sid <= this.#lastPeerStreamId)
@@ -750,7 +750,13 @@ export class H2Session extends EventEmitter implements StreamHost {
       existing.headers = headers;
       existing.emit('response', headers);
     }
-    if (endStream && !existing.destroyed) existing.onRemoteEnd();
+    if (endStream && !existing.destroyed) this.#headersEnd(existing);
+  }
+
+  /** END_STREAM on a header block (trailers): a spliced stream's workload gets its FIN from the binding. */
+  #headersEnd(s: H2Stream): void {
+    if (s.spliced) binding().h2RemoteEnd(this.#h, s.id);
+    s.onRemoteEnd();
   }
 
   #onSettings(flags: number, sid: number, p: Buffer): void {
