@@ -68,7 +68,8 @@ export interface Addon {
     recvWindow: number,
   ): boolean;
   /** The peer's SETTINGS as read: the change of its initial stream window, its largest frame. */
-  h2Settings(conn: NativeHandle, initialWindowDelta: number, maxFrame: number): void;
+  /** False: a spliced stream's window would pass 2^31-1 (FLOW_CONTROL_ERROR, RFC 9113 §6.9.2). */
+  h2Settings(conn: NativeHandle, initialWindowDelta: number, maxFrame: number): boolean;
   /** The connection's send window now; h2Spend takes from it. */
   h2Credit(conn: NativeHandle): number;
   h2Spend(conn: NativeHandle, bytes: number): void;

@@ -791,18 +791,23 @@ static napi_value H2Splice(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* h2Settings(conn, initialWindowDelta, maxFrame) */
+/* h2Settings(conn, initialWindowDelta, maxFrame) -> false if a stream's window overflows */
 static napi_value H2Settings(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
+  napi_value argv[3], result;
   h2_t *h = h2_args(env, info, 3, argv, NULL);
-  if (!h) return NULL;
-  int64_t delta = (int64_t)num_arg(env, argv[1]);
-  h->remote_max_frame = (uint32_t)num_arg(env, argv[2]);
-  if (h->remote_max_frame > SPLICE_READ) h->remote_max_frame = SPLICE_READ;
-  if (delta == 0) return NULL;
-  FOR_EACH_SPLICE(h, s) s->send_window += delta;
-  if (delta > 0) wake_all(h);
-  return NULL;
+  int ok = 1;
+  if (h) {
+    int64_t delta = (int64_t)num_arg(env, argv[1]);
+    h->remote_max_frame = (uint32_t)num_arg(env, argv[2]);
+    if (h->remote_max_frame > SPLICE_READ) h->remote_max_frame = SPLICE_READ;
+    FOR_EACH_SPLICE(h, s) {
+      s->send_window += delta;
+      if (s->send_window > MAX_WINDOW) ok = 0;
+    }
+    if (delta > 0) wake_all(h);
+  }
+  napi_get_boolean(env, ok, &result);
+  return result;
 }
 
 static napi_value H2Credit(napi_env env, napi_callback_info info) {

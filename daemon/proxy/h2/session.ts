@@ -793,7 +793,8 @@ export class H2Session extends EventEmitter implements StreamHost {
           break; // header table size: our encoder never indexes; others are advisory or unknown
       }
     }
-    binding().h2Settings(this.#h, windowDelta, this.#remoteMaxFrame);
+    if (!binding().h2Settings(this.#h, windowDelta, this.#remoteMaxFrame))
+      throw new H2ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, 'stream window overflow');
     if (windowDelta !== 0) {
       for (const s of this.#streams.values()) {
         if (s.spliced) continue; // the binding moved its window
