@@ -298,8 +298,7 @@ void splice_sent(conn_t *p, size_t n) {
   }
   s->unacked += n;
   conn_t *t = s->tls;
-  uint64_t threshold = t->h2->local_window / 4;
-  if (s->unacked < threshold || s->remote_ended || t->closing) return;
+  if (t->closing || s->remote_ended || s->unacked < t->h2->local_window / 4) return;
   uint64_t inc = s->unacked;
   s->unacked = 0;
   s->recv_window += (int64_t)inc;
@@ -554,6 +553,8 @@ static int whole_data(conn_t *c, h2_t *h) {
   return 1;
 }
 
+static int whole_frame_end(conn_t *c, h2_t *h);
+
 static int frame_end(conn_t *c, h2_t *h) {
   if (h->mode == M_SPLICE) {
     splice_t *s = h->fs;
@@ -562,6 +563,18 @@ static int frame_end(conn_t *c, h2_t *h) {
     return 1;
   }
   if (h->mode == M_DROP) return 1;
+  int ok = whole_frame_end(c, h);
+  if (!c->closing && h->frame_cap > 64 * 1024) {
+    /* A large frame was a one-off (JavaScript's own DATA): an idle tunnel keeps no large buffer. */
+    free(h->frame);
+    h->frame = NULL;
+    h->frame_cap = 0;
+  }
+  return ok;
+}
+
+/* A frame kept whole: handled here (flow control, BDP answers, spliced DATA) or handed to JavaScript. */
+static int whole_frame_end(conn_t *c, h2_t *h) {
   const unsigned char *p = h->frame + FH;
   if (h->type == F_DATA) {
     if (lookup(h, h->sid)) return whole_data(c, h);
@@ -590,14 +603,7 @@ static int frame_end(conn_t *c, h2_t *h) {
   } else if (h->type == F_PING && h->len == 8 && (h->flags & FL_ACK) && memcmp(p, BDP_PING, 8) == 0) {
     return bdp_done(c, h);
   }
-  int ok = js_append(c, h->frame, h->frame_len);
-  if (ok && h->frame_cap > 64 * 1024) {
-    /* A large frame was a one-off (JavaScript's own DATA): an idle tunnel keeps no large buffer. */
-    free(h->frame);
-    h->frame = NULL;
-    h->frame_cap = 0;
-  }
-  return ok;
+  return js_append(c, h->frame, h->frame_len);
 }
 
 int h2_input(conn_t *c, const unsigned char *p, size_t n) {
