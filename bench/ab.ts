@@ -3,12 +3,12 @@
 // that the machine's drift hits each alike; prints every run and the medians. What `npm run bench` is to the
 // whole picture, this is to one change while it is being made.
 //
-//   node dist/bench/ab.js [--build label=DIR]... [--peer haproxy]... [--job bulk|ping] [--conns N]
+//   node dist/bench/ab.js [--build label=DIR]... [--peer haproxy]... [--job bulk|ping|conn] [--conns N]
 //                         [--mib N] [--reps N] [--rounds N] [--idle N] [--node-args "..."]
 //
 // A build DIR is a checkout with dist/ built (the current one when no --build is given). bulk: MB/s and CPU
 // s/GB of the contender's processes (both ends) per transfer; ping: 64 B ping-pong p50/p99 and new connections
-// per second. --idle N opens and closes N idle connections first (as the full bench does before its bulk run).
+// per second; conn: new connections per second alone (2,000 at concurrency 32), with CPU µs per connection. --idle N opens and closes N idle connections first (as the full bench does before its bulk run).
 // Loopback only; every load is bounded in count and time.
 
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -45,7 +45,7 @@ async function main(): Promise<void> {
       'node-args': { type: 'string', default: '' },
     },
   });
-  const job = values.job === 'ping' ? 'ping' : 'bulk';
+  const job = values.job === 'ping' || values.job === 'conn' ? values.job : 'bulk';
   const conns = Math.max(1, Math.min(64, Number(values.conns)));
   const bytes = Math.max(1, Math.min(4096, Number(values.mib))) * 2 ** 20;
   const reps = Math.max(1, Math.min(20, Number(values.reps)));
@@ -101,6 +101,18 @@ async function main(): Promise<void> {
               const cpu = (sumCpu(pids) - c0) / (r.bytes / 1e9);
               results.get(e.label)!.push([r.mbps, cpu]);
               console.log(`round ${round} ${e.label}: ${r.mbps} MB/s, ${cpu.toFixed(2)} CPU s/GB`);
+            } else if (job === 'conn') {
+              const c0 = sumCpu(pids);
+              const c = await gen.run<ConnRateResult>(
+                { kind: 'connrate', port, count: 2000, concurrency: 32, size: 64 },
+                120_000,
+              );
+              const cpuUs = ((sumCpu(pids) - c0) * 1e6) / 2000;
+              await quiesce(pids);
+              results.get(e.label)!.push([c.perSecond, cpuUs]);
+              console.log(
+                `round ${round} ${e.label}: ${c.perSecond} conn/s, ${cpuUs.toFixed(0)} CPU µs per connection`,
+              );
             } else {
               const c0 = sumCpu(pids);
               const p = await gen.run<LatencyResult>(
@@ -134,14 +146,18 @@ async function main(): Promise<void> {
   const what =
     job === 'bulk'
       ? `bulk ${bytes / 2 ** 20} MiB over ${conns} connection(s)`
-      : '64 B ping-pong and new connections';
+      : job === 'conn'
+        ? 'new connections (2,000 at concurrency 32)'
+        : '64 B ping-pong and new connections';
   console.log(`\nmedians (${what}, ${rounds} rounds × ${reps})${idle ? `, after ${idle} idle` : ''}:`);
   for (const [label, rows] of results) {
     const col = (i: number): number => median(rows.map((r) => r[i]!)) ?? Number.NaN;
     console.log(
       job === 'bulk'
         ? `  ${label}: ${col(0).toFixed(1)} MB/s, ${col(1).toFixed(2)} CPU s/GB`
-        : `  ${label}: p50 ${col(0).toFixed(1)} µs, p99 ${col(1).toFixed(1)} µs, ${col(3).toFixed(1)} CPU µs per round trip, ${col(2).toFixed(0)} conn/s`,
+        : job === 'conn'
+          ? `  ${label}: ${col(0).toFixed(0)} conn/s, ${col(1).toFixed(0)} CPU µs per connection`
+          : `  ${label}: p50 ${col(0).toFixed(1)} µs, p99 ${col(1).toFixed(1)} µs, ${col(3).toFixed(1)} CPU µs per round trip, ${col(2).toFixed(0)} conn/s`,
     );
   }
 }
