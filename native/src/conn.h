@@ -76,6 +76,7 @@ extern char *g_slab_data;
 extern size_t g_slab_len, g_slab_off;
 void emit(conn_t *c, int ev, int argc_extra, napi_value *extra);
 void set_err(conn_t *c, const char *msg);
+void close_for_errno(conn_t *c, const char *what); /* "what: <errno's reason>", then closes */
 void close_conn(conn_t *c);
 void update_poll(conn_t *c);
 size_t queued(conn_t *c);

@@ -207,13 +207,14 @@ static void wait_for_room(h2_t *h, splice_t *s) {
   h->waiting = s;
 }
 
-/* Everything that waits reads again; whoever still has no room waits again. */
+/* Its workload is read again; if there is still no room, it waits again. */
+static void wake(h2_t *h, splice_t *s) {
+  unwait(h, s);
+  update_poll(s->plain);
+}
+
 static void wake_all(h2_t *h) {
-  while (h->waiting) {
-    splice_t *s = h->waiting;
-    unwait(h, s);
-    update_poll(s->plain);
-  }
+  while (h->waiting) wake(h, h->waiting);
 }
 
 /* Forgets a splice: its table entry, its place in the waiting list, the batch's views of its bytes. */
@@ -306,6 +307,23 @@ void splice_sent(conn_t *p, size_t n) {
   if (send_window_update(t, s->sid, inc)) update_poll(t);
 }
 
+/*
+ * Received DATA to the workload's socket: straight out when its queue is empty, the rest queued; what left
+ * now is credited back. A write that fails closes the workload connection (and forgets s).
+ */
+static void to_workload(splice_t *s, const piece_t *pieces, uint32_t count, size_t total) {
+  conn_t *p = s->plain;
+  size_t before = queued(p);
+  if (!write_plain(p, pieces, count)) {
+    close_conn(p);
+    return;
+  }
+  p->spliced_out += (double)total;
+  size_t sent = total - (queued(p) - before);
+  if (sent > 0) splice_sent(p, sent);
+  if (queued(p) > 0) update_poll(p);
+}
+
 /* Writes out the batch's spliced payloads, a writev per run of one stream's; the rest waits in its queue. */
 static void flush_pending(void) {
   int i = 0;
@@ -325,16 +343,7 @@ static void flush_pending(void) {
       total += g_pend[j].n;
     }
     i = j;
-    conn_t *p = s->plain;
-    size_t before = queued(p);
-    if (!write_plain(p, pieces, n)) {
-      close_conn(p); /* forgets s and nulls its later entries */
-      continue;
-    }
-    p->spliced_out += (double)total;
-    size_t sent = total - (queued(p) - before);
-    if (sent > 0) splice_sent(p, sent);
-    if (queued(p) > 0) update_poll(p);
+    to_workload(s, pieces, n, total); /* a failure forgets s and nulls its later entries */
   }
   g_npend = 0;
 }
@@ -352,22 +361,6 @@ static void pend(splice_t *s, const unsigned char *p, size_t n) {
   g_pend[g_npend].p = p;
   g_pend[g_npend].n = n;
   g_npend++;
-}
-
-/* Bytes from somewhere that does not outlive the call (a padded frame): straight to the workload's queue. */
-static void deliver_copy(splice_t *s, const unsigned char *p, size_t n) {
-  if (n == 0) return;
-  piece_t piece = {p, n};
-  conn_t *plain = s->plain;
-  size_t before = queued(plain);
-  if (!write_plain(plain, &piece, 1)) {
-    close_conn(plain);
-    return;
-  }
-  plain->spliced_out += (double)n;
-  size_t sent = n - (queued(plain) - before);
-  if (sent > 0) splice_sent(plain, sent);
-  if (queued(plain) > 0) update_poll(plain);
 }
 
 /* The peer's END_STREAM: the workload gets FIN once everything before it is out. */
@@ -463,6 +456,15 @@ static int bdp_done(conn_t *c, h2_t *h) {
   return !c->closing;
 }
 
+/* A spliced stream's checks of one DATA frame: 1 deliver it; 0 drop it (the stream is being reset, with the
+ * reason sent to JavaScript); -1 the connection is gone. */
+static int data_admitted(conn_t *c, splice_t *s, size_t len) {
+  if (s->failed) return 0;
+  if (s->remote_ended) return stream_error(c, s, E_STREAM_CLOSED) ? 0 : -1;
+  if ((s->recv_window -= (int64_t)len) < 0) return stream_error(c, s, E_FLOW_CONTROL) ? 0 : -1;
+  return 1;
+}
+
 static int frame_start(conn_t *c, h2_t *h) {
   const unsigned char *b = h->hdr;
   h->len = ((uint32_t)b[0] << 16) | ((uint32_t)b[1] << 8) | b[2];
@@ -493,15 +495,10 @@ static int frame_start(conn_t *c, h2_t *h) {
     if (c->closing) return 0;
     splice_t *s = lookup(h, h->sid);
     if (s && !(h->flags & FL_PADDED)) {
-      if (s->failed) {
-        h->mode = M_DROP;
-      } else if (s->remote_ended) {
-        h->mode = M_DROP;
-        if (!stream_error(c, s, E_STREAM_CLOSED)) return 0;
-      } else if ((s->recv_window -= h->len) < 0) {
-        h->mode = M_DROP;
-        if (!stream_error(c, s, E_FLOW_CONTROL)) return 0;
-      } else {
+      h->mode = M_DROP;
+      int admitted = data_admitted(c, s, h->len);
+      if (admitted < 0) return 0;
+      if (admitted) {
         h->mode = M_SPLICE;
         h->fs = s;
       }
@@ -540,13 +537,14 @@ static int whole_data(conn_t *c, h2_t *h) {
     pad = p[0];
     start = 1;
   }
-  if (s->remote_ended) return stream_error(c, s, E_STREAM_CLOSED);
-  if ((s->recv_window -= (int64_t)len) < 0) return stream_error(c, s, E_FLOW_CONTROL);
+  int admitted = data_admitted(c, s, len);
+  if (admitted <= 0) return admitted == 0;
   uint32_t sid = s->sid;
   /* Padding is credit the workload never sees: given back now. */
   if (start + pad > 0) splice_sent(s->plain, start + pad);
   if (c->closing) return 0;
-  deliver_copy(s, p + start, len - start - pad);
+  piece_t data = {p + start, len - start - pad};
+  if (data.len > 0) to_workload(s, &data, 1, data.len);
   if (c->closing) return 0;
   s = lookup(h, sid);
   if (s && (h->flags & FL_END_STREAM)) return remote_end(c, s);
@@ -593,10 +591,7 @@ static int whole_frame_end(conn_t *c, h2_t *h) {
         if (inc == 0) return stream_error(c, s, E_PROTOCOL);
         s->send_window += inc;
         if (s->send_window > MAX_WINDOW) return stream_error(c, s, E_FLOW_CONTROL);
-        if (s->waiting) {
-          unwait(h, s);
-          update_poll(s->plain);
-        }
+        if (s->waiting) wake(h, s);
         return 1;
       }
     }
@@ -704,10 +699,7 @@ void splice_read(conn_t *p) {
       eof = 1;
       break;
     }
-    char buf[160];
-    snprintf(buf, sizeof buf, "read failed: %s", strerror(errno));
-    set_err(p, buf);
-    close_conn(p);
+    close_for_errno(p, "read failed");
     break;
   }
   if (!t->closing && !flush_and_drain(t)) return;

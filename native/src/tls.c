@@ -8,7 +8,7 @@
  * readable at once (up to READ_BATCH), and a write is one syscall for all its records.
  *
  * JavaScript side: daemon/tls/connection.ts. Everything runs on the main thread.
- *   tlsInit(dispatch, allocSlab)                 once: dispatch(owner, event, a, b), allocSlab() -> Buffer
+ *   tlsInit(dispatch, allocSlab)                 once: dispatch(owner, event, a, b, c), allocSlab() -> Buffer
  *   tlsContext(opts)                             -> context (cert/key optional, roots, server: sni lookup)
  *   tlsConnect(ctx, fd, server, servername, owner) -> connection on a duplicate of fd (closed at the end)
  *   tlsWrite(conn, buffers[])                    -> bytes still queued for the socket
@@ -16,8 +16,9 @@
  *   tlsPump(conn)                                read what OpenSSL already holds
  *   tlsEnd(conn)                                 close_notify and FIN once everything queued is out
  *   tlsDestroy(conn)                             now; the 'close' event follows
- * Events: 1 secure(peerCertDer, alpn)  2 data(offset, length in the current slab)  3 end  4 drain
- *         5 close(errorMessage | undefined)
+ *   tlsReset(conn)                               now, with RST
+ *   plainConnect(fd, owner)                      a workload's plain TCP connection; the calls above work on it
+ * Events: listed in conn.h (EV_*); a tunnel's HTTP/2 ones come from h2.c.
  */
 #include <node_api.h>
 #include <uv.h>
@@ -81,6 +82,13 @@ static char *dup_str(const char *s) {
 
 void set_err(conn_t *c, const char *msg) {
   if (c->err == NULL) c->err = dup_str(msg);
+}
+
+void close_for_errno(conn_t *c, const char *what) {
+  char buf[160];
+  snprintf(buf, sizeof buf, "%s: %s", what, strerror(errno));
+  set_err(c, buf);
+  close_conn(c);
 }
 
 /* OpenSSL's reason for the last failure, drained from its error queue. */
@@ -197,18 +205,22 @@ static void in_release(conn_t *c) {
   c->in_off = c->in_len = 0;
 }
 
+/* The spare buffer, or a new one, for a connection that has none. 0: out of memory. */
+static int in_acquire(conn_t *c) {
+  c->in = g_spare_in ? g_spare_in : malloc(SOCKET_READ);
+  g_spare_in = NULL;
+  c->in_off = c->in_len = 0;
+  return c->in != NULL;
+}
+
 static int in_bread(BIO *b, char *data, int len) {
   conn_t *c = BIO_get_data(b);
   BIO_clear_retry_flags(b);
   if (len <= 0) return 0;
   if (c->in_off == c->in_len) {
-    if (c->in == NULL) {
-      c->in = g_spare_in ? g_spare_in : malloc(SOCKET_READ);
-      g_spare_in = NULL;
-      if (c->in == NULL) {
-        errno = ENOMEM;
-        return -1;
-      }
+    if (c->in == NULL && !in_acquire(c)) {
+      errno = ENOMEM;
+      return -1;
     }
     ssize_t n;
     do n = recv(c->fd, c->in, SOCKET_READ, 0);
@@ -259,10 +271,7 @@ int flush_out(conn_t *c) {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-    char buf[160];
-    snprintf(buf, sizeof buf, "write to the peer failed: %s", strerror(errno));
-    set_err(c, buf);
-    close_conn(c);
+    close_for_errno(c, "write to the peer failed");
     return 0;
   }
   if (c->out_off == c->out_len) {
@@ -433,12 +442,7 @@ static int on_handshake_bytes(conn_t *c, const unsigned char *p, size_t len) {
 
 /* Room for a whole record after what is buffered, moving the unread part to the front if needed. */
 static int in_room(conn_t *c) {
-  if (c->in == NULL) {
-    c->in = g_spare_in ? g_spare_in : malloc(SOCKET_READ);
-    g_spare_in = NULL;
-    c->in_off = c->in_len = 0;
-    if (c->in == NULL) return 0;
-  }
+  if (c->in == NULL && !in_acquire(c)) return 0;
   if (c->in_off > 0 && SOCKET_READ - c->in_len < REC_HEADER + REC_MAX_BODY) {
     memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
     c->in_len -= c->in_off;
@@ -629,10 +633,7 @@ static void do_read_plain(conn_t *c) {
       if (c->closing) return;
       break;
     }
-    char buf[160];
-    snprintf(buf, sizeof buf, "read failed: %s", strerror(errno));
-    set_err(c, buf);
-    close_conn(c);
+    close_for_errno(c, "read failed");
     return;
   }
   if (queued(c) > 0 && !flush_and_drain(c)) return;
