@@ -137,9 +137,9 @@ export abstract class NativeConnection extends EventEmitter implements NativeOwn
     this.#paused = true;
   }
 
-  /** What this turn wrote goes to the binding now rather than at the end of the turn. */
+  /** What this turn wrote (or what waited for the handshake) goes to the binding now, not at the end of the turn. */
   flushNow(): void {
-    if (this.ready && this.#pending.length > 0) this.flushPending();
+    if (this.ready && !this.destroyed && this.#pending.length > 0) this.flushPending();
   }
 
   protected flushPending(): void {
@@ -211,9 +211,4 @@ export abstract class NativeConnection extends EventEmitter implements NativeOwn
 
   /** The connection is gone (before 'close' is emitted). */
   protected closed(): void {}
-
-  /** Writes held until ready go out now. */
-  protected flushHeld(): void {
-    if (!this.destroyed && this.#pending.length > 0) this.flushPending();
-  }
 }

@@ -47,13 +47,7 @@ export class PlainConnection extends NativeConnection {
   override resume(): void {
     super.resume();
     // Before anything the binding reads: that only arrives on a later turn of the event loop.
-    const early = this.#early;
-    if (early === undefined) return;
-    this.#early = undefined;
-    for (const chunk of early) {
-      this.bytesRead += chunk.length;
-      this.emit('data', chunk);
-    }
+    for (const chunk of this.takeEarly()) this.emit('data', chunk);
   }
 
   protected onPeerEnd(): void {}

@@ -22,7 +22,7 @@ const kLink = Symbol('ambit.link');
 type Linked<T> = T & { [kLink]: Link };
 
 /** Both ends point at what they share; the listeners find it through `this`. */
-function link(socket: PlainConnection, stream: PipeEnd, done: (err: Error | undefined) => void): void {
+function linkPair(socket: PlainConnection, stream: PipeEnd, done: (err: Error | undefined) => void): void {
   const l: Link = { socket, stream, done, failure: undefined, open: 2 };
   (socket as Linked<PlainConnection>)[kLink] = l;
   (stream as Linked<PipeEnd>)[kLink] = l;
@@ -42,7 +42,7 @@ export function pipeBoth(
   stream: PipeEnd,
   done: (err: Error | undefined) => void,
 ): void {
-  link(socket, stream, done);
+  linkPair(socket, stream, done);
   socket.on('data', onSocketData);
   socket.on('drain', onSocketDrain);
   socket.on('end', onSocketEnd);
@@ -93,7 +93,8 @@ function onAborted(this: Linked<PipeEnd>): void {
 /**
  * Joins a TCP socket and a tunnel stream in the native binding, which carries their bytes both ways from now
  * on (half-close included: the workload's FIN becomes END_STREAM, the peer's END_STREAM its FIN); what is
- * left here is how they end. False, and nothing changed, when the stream cannot be spliced now: pipeBoth then.
+ * left here is how they end. False when the stream cannot be spliced now: pipeBoth then carries on from
+ * wherever the two ends are.
  */
 export function spliceBoth(
   socket: PlainConnection,
@@ -101,7 +102,7 @@ export function spliceBoth(
   done: (err: Error | undefined) => void,
 ): boolean {
   if (!stream.splice(socket)) return false;
-  link(socket, stream, done);
+  linkPair(socket, stream, done);
   socket.on('error', onError);
   socket.on('close', onSplicedSocketClose);
   stream.on('error', onError);

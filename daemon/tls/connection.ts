@@ -88,6 +88,6 @@ export class TlsConnection extends NativeConnection {
       this.peerCertificate = undefined;
     }
     this.emit('secure');
-    this.flushHeld();
+    this.flushNow();
   }
 }

@@ -119,7 +119,7 @@ export class H2Stream extends EventEmitter {
 
   /**
    * Joins this stream to a workload connection in the binding (see H2Session.splice): false when it cannot
-   * be now, and then nothing has changed.
+   * be now (what either side held may have moved across already; piping carries on from there).
    */
   splice(plain: PlainConnection): boolean {
     return this.#host.splice(this, plain);
