@@ -3,12 +3,13 @@
 // that the machine's drift hits each alike; prints every run and the medians. What `npm run bench` is to the
 // whole picture, this is to one change while it is being made.
 //
-//   node dist/bench/ab.js [--build label=DIR]... [--peer haproxy]... [--job bulk|ping|conn] [--conns N]
+//   node dist/bench/ab.js [--build label=DIR]... [--peer haproxy]... [--job bulk|ping|conn|latency] [--conns N]
 //                         [--mib N] [--reps N] [--rounds N] [--idle N] [--node-args "..."]
 //
 // A build DIR is a checkout with dist/ built (the current one when no --build is given). bulk: MB/s and CPU
 // s/GB of the contender's processes (both ends) per transfer; ping: 64 B ping-pong p50/p99 and new connections
-// per second; conn: new connections per second alone (2,000 at concurrency 32), with CPU µs per connection. --idle N opens and closes N idle connections first (as the full bench does before its bulk run).
+// per second; conn: new connections per second alone (2,000 at concurrency 32), with CPU µs per connection;
+// latency: every entry up at once, ping-pong p50 with each entry alone for a stretch, then interleaved. --idle N opens and closes N idle connections first (as the full bench does before its bulk run).
 // Loopback only; every load is bounded in count and time.
 
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -17,9 +18,9 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { LoadGen, startSink } from './children.js';
-import { ALL, type ContenderName, issuePeerCerts } from './contenders.js';
+import { ALL, type ContenderName, type Running, issuePeerCerts } from './contenders.js';
 import { killAll, quiesce, raiseFileLimit, stopProcess, sumCpu } from './proc.js';
-import type { BulkResult, ConnRateResult, LatencyResult } from './protocol.js';
+import type { BulkResult, ConnRateResult, LatencySet } from './protocol.js';
 import { median } from './report.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -45,7 +46,7 @@ async function main(): Promise<void> {
       'node-args': { type: 'string', default: '' },
     },
   });
-  const job = values.job === 'ping' || values.job === 'conn' ? values.job : 'bulk';
+  const job = (['ping', 'conn', 'latency'] as const).find((j) => j === values.job) ?? 'bulk';
   const conns = Math.max(1, Math.min(64, Number(values.conns)));
   const bytes = Math.max(1, Math.min(4096, Number(values.mib))) * 2 ** 20;
   const reps = Math.max(1, Math.min(20, Number(values.reps)));
@@ -74,21 +75,27 @@ async function main(): Promise<void> {
   let seq = 0;
   try {
     const certs = await issuePeerCerts(join(work, 'peer-certs'));
+    const start = (e: Entry): Promise<Running> =>
+      ALL[e.contender].start({
+        root: e.root,
+        work,
+        sinkPort: sink.ports[e.label]!,
+        certs,
+        seq: ++seq,
+        fileLimit,
+        nodeArgs,
+      });
+    if (job === 'latency') return await latency(entries, start, gen, rounds, reps);
     for (let round = 1; round <= rounds; round++) {
       for (const e of entries) {
-        const running = await ALL[e.contender].start({
-          root: e.root,
-          work,
-          sinkPort: sink.ports[e.label]!,
-          certs,
-          seq: ++seq,
-          fileLimit,
-          nodeArgs,
-        });
+        const running = await start(e);
         try {
           const { port, pids } = running;
           await gen.run({ kind: 'bulk', port, bytes: 64 * 2 ** 20, conns }, 60_000);
-          await gen.run({ kind: 'pingpong', port, count: 1000, size: 64, warmup: 0 }, 60_000);
+          await gen.run(
+            { kind: 'pingpong', ports: [port], count: 1000, size: 64, warmup: 0, block: 1000 },
+            60_000,
+          );
           if (idle > 0) {
             await gen.run({ kind: 'idle-open', port, count: idle, concurrency: 64 }, 60_000 + idle * 20);
             await gen.run({ kind: 'idle-close' }, 30_000);
@@ -115,10 +122,11 @@ async function main(): Promise<void> {
               );
             } else {
               const c0 = sumCpu(pids);
-              const p = await gen.run<LatencyResult>(
-                { kind: 'pingpong', port, count: 5000, size: 64, warmup: 200 },
+              const { byPort } = await gen.run<LatencySet>(
+                { kind: 'pingpong', ports: [port], count: 5000, size: 64, warmup: 200, block: 5000 },
                 60_000,
               );
+              const p = byPort[0]!;
               // CPU of both ends per round trip: on the serial path, so a floor under the added latency.
               const cpuUs = ((sumCpu(pids) - c0) * 1e6) / (p.count + 200);
               const c = await gen.run<ConnRateResult>(
@@ -158,6 +166,77 @@ async function main(): Promise<void> {
         : job === 'conn'
           ? `  ${label}: ${col(0).toFixed(0)} conn/s, ${col(1).toFixed(0)} CPU µs per connection`
           : `  ${label}: p50 ${col(0).toFixed(1)} µs, p99 ${col(1).toFixed(1)} µs, ${col(3).toFixed(1)} CPU µs per round trip, ${col(2).toFixed(0)} conn/s`,
+    );
+  }
+}
+
+/**
+ * 64 B ping-pong p50, two ways, with every entry up at once: each entry alone for one stretch of 5,000
+ * round trips (in turn, as the full bench did until it interleaved), then all of them interleaved in blocks
+ * of 500 within one job (as it does now). Shows how much of a difference between entries is the stretch's
+ * luck rather than the entry.
+ */
+async function latency(
+  entries: readonly Entry[],
+  start: (e: Entry) => Promise<Running>,
+  gen: LoadGen,
+  rounds: number,
+  reps: number,
+): Promise<void> {
+  const count = 5000;
+  const alone = new Map<string, number[]>(entries.map((e) => [e.label, []]));
+  const mixed = new Map<string, number[]>(entries.map((e) => [e.label, []]));
+  const lowest = (row: number[]): string => entries[row.indexOf(Math.min(...row))]!.label;
+  const wins = { alone: new Map<string, number>(), mixed: new Map<string, number>() };
+  const win = (m: Map<string, number>, label: string): void => void m.set(label, (m.get(label) ?? 0) + 1);
+  for (let round = 1; round <= rounds; round++) {
+    const ups: Running[] = [];
+    try {
+      for (const e of entries) ups.push(await start(e));
+      const all = ups.flatMap((u) => u.pids);
+      for (const u of ups) {
+        await gen.run(
+          { kind: 'pingpong', ports: [u.port], count: 1000, size: 64, warmup: 0, block: 1000 },
+          60_000,
+        );
+      }
+      for (let i = 0; i < reps; i++) {
+        const a: number[] = [];
+        for (const u of ups) {
+          await quiesce(all);
+          const { byPort } = await gen.run<LatencySet>(
+            { kind: 'pingpong', ports: [u.port], count, size: 64, warmup: 200, block: count },
+            60_000,
+          );
+          a.push(byPort[0]!.p50us);
+        }
+        await quiesce(all);
+        const { byPort } = await gen.run<LatencySet>(
+          { kind: 'pingpong', ports: ups.map((u) => u.port), count, size: 64, warmup: 200, block: 500 },
+          120_000,
+        );
+        const m = byPort.map((r) => r.p50us);
+        entries.forEach((e, j) => {
+          alone.get(e.label)!.push(a[j]!);
+          mixed.get(e.label)!.push(m[j]!);
+        });
+        win(wins.alone, lowest(a));
+        win(wins.mixed, lowest(m));
+        const show = (row: number[]): string => entries.map((e, j) => `${e.label} ${row[j]}`).join(', ');
+        console.log(`round ${round}: p50 µs alone: ${show(a)}; interleaved: ${show(m)}`);
+      }
+    } finally {
+      await Promise.all(ups.map((u) => u.stop()));
+    }
+  }
+  const n = rounds * reps;
+  console.log(`\nmedians (64 B ping-pong p50, ${rounds} rounds × ${reps}; lowest in how many of ${n}):`);
+  for (const e of entries) {
+    const a = median(alone.get(e.label)!)!;
+    const m = median(mixed.get(e.label)!)!;
+    console.log(
+      `  ${e.label}: alone ${a.toFixed(1)} µs (lowest ${wins.alone.get(e.label) ?? 0}), ` +
+        `interleaved ${m.toFixed(1)} µs (lowest ${wins.mixed.get(e.label) ?? 0})`,
     );
   }
 }

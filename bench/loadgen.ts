@@ -15,6 +15,7 @@ import {
   type JobRequest,
   type JobResult,
   type LatencyResult,
+  type LatencySet,
   MODE_BULK,
   MODE_ECHO,
 } from './protocol.js';
@@ -117,39 +118,96 @@ async function bulk(port: number, bytes: number, conns: number): Promise<BulkRes
   return { bytes: total, seconds: round(seconds, 4), mbps: round(total / 1e6 / seconds) };
 }
 
-// ---- ping-pong: one persistent connection, one message in flight.
-async function pingpong(port: number, count: number, size: number, warmup: number): Promise<LatencyResult> {
-  const s = await open(port);
-  const msg = echoMessage(size);
-  const samples = new Float64Array(count);
-  try {
-    const t0 = await new Promise<bigint>((resolve, reject) => {
-      s.once('error', reject);
-      s.once('close', () => reject(new Error('connection closed during ping-pong')));
-      let i = -warmup;
-      let sent = now();
-      let start = sent;
-      countReplies(s, size, () => {
-        if (i >= 0) samples[i] = Number(now() - sent) / 1000;
-        i++;
-        if (i === 0) start = now();
-        if (i >= count) return resolve(start);
-        sent = now();
-        s.write(msg);
-      });
-      if (warmup === 0) start = now();
-      sent = now();
-      s.write(msg);
+// ---- ping-pong: one persistent connection per port, one message in flight in all.
+
+/** One persistent echo connection, timing `size`-byte round trips one at a time. */
+class Pinger {
+  #left = 0;
+  #sent = 0n;
+  #samples: Float64Array | undefined;
+  #at = 0;
+  #done: (() => void) | undefined;
+  #fail: ((e: Error) => void) | undefined;
+
+  constructor(
+    readonly socket: Socket,
+    readonly msg: Buffer,
+  ) {
+    const fail = (e: Error): void => this.#fail?.(e);
+    socket.on('error', fail);
+    socket.on('close', () => fail(new Error('connection closed during ping-pong')));
+    countReplies(socket, msg.length, () => {
+      if (this.#samples) this.#samples[this.#at++] = Number(now() - this.#sent) / 1000;
+      if (--this.#left === 0) return this.#done?.();
+      this.#sent = now();
+      socket.write(msg);
     });
-    return summarize(samples, secondsSince(t0));
+  }
+
+  /** `n` round trips, timed into `samples` from `at` on (untimed when no array is given). */
+  run(n: number, samples?: Float64Array, at = 0): Promise<void> {
+    if (n <= 0) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.#left = n;
+      this.#samples = samples;
+      this.#at = at;
+      this.#done = resolve;
+      this.#fail = reject;
+      this.#sent = now();
+      this.socket.write(this.msg);
+    });
+  }
+}
+
+/**
+ * Block `b`'s order: every port once, shuffled (seeded, so runs repeat), so that no contender always runs
+ * right after the same other one (whose processes have just gone idle on the same cores).
+ */
+function blockOrder(n: number, b: number): number[] {
+  const order = Array.from({ length: n }, (_, k) => k);
+  let x = (b + 1) * 0x9e3779b1;
+  for (let k = n - 1; k > 0; k--) {
+    x = Math.imul(x ^ (x >>> 15), 0x85ebca6b) ^ (x >>> 13);
+    const r = (x >>> 0) % (k + 1);
+    [order[k], order[r]] = [order[r]!, order[k]!];
+  }
+  return order;
+}
+
+async function pingpong(
+  ports: number[],
+  count: number,
+  size: number,
+  warmup: number,
+  block: number,
+): Promise<LatencySet> {
+  const msg = echoMessage(size);
+  const sockets = await Promise.all(ports.map(open));
+  try {
+    const pingers = sockets.map((s) => new Pinger(s, msg));
+    for (const p of pingers) await p.run(warmup);
+    const samples = ports.map(() => new Float64Array(count));
+    const seconds = ports.map(() => 0);
+    const per = Math.max(1, block);
+    for (let b = 0, done = 0; done < count; b++, done += per) {
+      const n = Math.min(per, count - done);
+      for (const j of blockOrder(ports.length, b)) {
+        const t0 = now();
+        await pingers[j]!.run(n, samples[j], done);
+        seconds[j]! += secondsSince(t0);
+      }
+    }
+    return { byPort: samples.map((s, j) => summarize(s, seconds[j]!)) };
   } finally {
-    s.destroy();
+    for (const s of sockets) s.destroy();
   }
 }
 
 // ---- fixed offered rate: a worker thread keeps the schedule (the main thread cannot sleep for less than
 // a millisecond without blocking its I/O), the main thread sends what is due and times each reply from the
 // moment it was scheduled, so that queuing anywhere (the contender, or a late send) shows in the figures.
+// With several ports, the schedule is one: blocks of `block` consecutive requests go to one port after the
+// other (each turn in a shuffled order, as for ping-pong), so each sees the offered rate while its block runs.
 const TICKER = `
 const { parentPort, workerData } = require('node:worker_threads');
 const { intervalNs, count } = workerData;
@@ -172,21 +230,35 @@ parentPort.postMessage('ready');
 `;
 
 async function rate(
-  port: number,
+  ports: number[],
   count: number,
   size: number,
   perSecond: number,
   warmup: number,
-): Promise<LatencyResult> {
-  if (warmup > 0) await pingpong(port, 1, size, warmup - 1);
-  const s = await open(port);
+  block: number,
+): Promise<LatencySet> {
+  if (warmup > 0) await pingpong(ports, 1, size, warmup - 1, 1);
+  const sockets = await Promise.all(ports.map(open));
   const msg = echoMessage(size);
+  const n = ports.length;
+  const total = count * n;
+  const per = Math.max(1, block);
+  const orders: number[][] = [];
+  const portOf = (i: number): number => {
+    const b = Math.floor(i / per);
+    orders[Math.floor(b / n)] ??= blockOrder(n, Math.floor(b / n));
+    return orders[Math.floor(b / n)]![b % n]!;
+  };
   const intervalNs = Math.round(1e9 / perSecond);
-  const samples = new Float64Array(count);
-  const lags = new Float64Array(count);
+  const samples = ports.map(() => new Float64Array(count));
+  const lags = ports.map(() => new Float64Array(count));
+  // Each connection's requests in the order sent: an echo answers them in that order.
+  const sentIds = ports.map(() => new Int32Array(count));
+  const sentOn = ports.map(() => 0);
+  const gotOn = ports.map(() => 0);
   let sent = 0;
   let received = 0;
-  const ticker = new Worker(TICKER, { eval: true, workerData: { intervalNs, count } });
+  const ticker = new Worker(TICKER, { eval: true, workerData: { intervalNs, count: total } });
   // The schedule starts once the worker is up (its start-up would otherwise count as queuing).
   await new Promise<void>((resolve, reject) => {
     ticker.once('message', () => resolve());
@@ -196,34 +268,44 @@ async function rate(
   const scheduled = (i: number): bigint => t0 + BigInt(intervalNs) * BigInt(i);
   try {
     await new Promise<void>((resolve, reject) => {
-      s.once('error', reject);
-      s.once('close', () => reject(new Error('connection closed during the fixed-rate run')));
       ticker.once('error', reject);
-      countReplies(s, size, () => {
-        samples[received] = Number(now() - scheduled(received)) / 1000;
-        received++;
-        if (received >= count) resolve();
+      sockets.forEach((s, j) => {
+        s.once('error', reject);
+        s.once('close', () => reject(new Error('connection closed during the fixed-rate run')));
+        countReplies(s, size, () => {
+          const k = gotOn[j]!++;
+          samples[j]![k] = Number(now() - scheduled(sentIds[j]![k]!)) / 1000;
+          if (++received >= total) resolve();
+        });
       });
       ticker.postMessage(t0.toString());
       ticker.on('message', (i: number) => {
-        while (sent <= i && sent < count) {
-          lags[sent] = Number(now() - scheduled(sent)) / 1000;
-          s.write(msg);
+        while (sent <= i && sent < total) {
+          const j = portOf(sent);
+          const k = sentOn[j]!++;
+          sentIds[j]![k] = sent;
+          lags[j]![k] = Number(now() - scheduled(sent)) / 1000;
+          sockets[j]!.write(msg);
           sent++;
         }
       });
     });
   } finally {
-    s.destroy();
+    for (const s of sockets) s.destroy();
     await ticker.terminate();
   }
+  // Each port's share of the run's time: its requests were a 1/n share of the schedule.
   const seconds = Number(now() - t0) / 1e9;
-  const lagSorted = Float64Array.from(lags).sort();
   return {
-    ...summarize(samples, seconds),
-    sendLagP50us: round(percentile(lagSorted, 50)),
-    sendLagP99us: round(percentile(lagSorted, 99)),
-    achievedRate: round(count / seconds),
+    byPort: samples.map((s, j) => {
+      const lagSorted = Float64Array.from(lags[j]!).sort();
+      return {
+        ...summarize(s, seconds / n),
+        sendLagP50us: round(percentile(lagSorted, 50)),
+        sendLagP99us: round(percentile(lagSorted, 99)),
+        achievedRate: round(total / seconds),
+      };
+    }),
   };
 }
 
@@ -336,9 +418,9 @@ function run(job: Job): Promise<JobResult> | JobResult {
     case 'bulk':
       return bulk(job.port, job.bytes, job.conns);
     case 'pingpong':
-      return pingpong(job.port, job.count, job.size, job.warmup);
+      return pingpong(job.ports, job.count, job.size, job.warmup, job.block);
     case 'rate':
-      return rate(job.port, job.count, job.size, job.rate, job.warmup);
+      return rate(job.ports, job.count, job.size, job.rate, job.warmup, job.block);
     case 'connrate':
       return connrate(job.port, job.count, job.concurrency, job.size);
     case 'idle-open':

@@ -13,8 +13,21 @@ export const BULK_HEADER = 9;
 /** Jobs the parent sends to the load generator (child process, IPC). */
 export type Job =
   | { kind: 'bulk'; port: number; bytes: number; conns: number }
-  | { kind: 'pingpong'; port: number; count: number; size: number; warmup: number }
-  | { kind: 'rate'; port: number; count: number; size: number; rate: number; warmup: number }
+  /**
+   * Latency jobs take one port per contender and interleave them in blocks of `block` requests (rotating
+   * which goes first), so that the machine's drift over the run lands on every contender alike; `count` is
+   * per port. The answer is a `LatencySet`, one result per port in the order given.
+   */
+  | { kind: 'pingpong'; ports: number[]; count: number; size: number; warmup: number; block: number }
+  | {
+      kind: 'rate';
+      ports: number[];
+      count: number;
+      size: number;
+      rate: number;
+      warmup: number;
+      block: number;
+    }
   | { kind: 'connrate'; port: number; count: number; concurrency: number; size: number }
   | { kind: 'idle-open'; port: number; count: number; concurrency: number }
   | { kind: 'idle-close' };
@@ -38,6 +51,10 @@ export interface LatencyResult {
   achievedRate?: number;
 }
 
+export interface LatencySet {
+  byPort: LatencyResult[];
+}
+
 export interface ConnRateResult {
   completed: number;
   errors: number;
@@ -51,7 +68,7 @@ export interface IdleResult {
   seconds: number;
 }
 
-export type JobResult = BulkResult | LatencyResult | ConnRateResult | IdleResult | { closed: number };
+export type JobResult = BulkResult | LatencySet | ConnRateResult | IdleResult | { closed: number };
 
 export interface JobRequest {
   id: number;

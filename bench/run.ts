@@ -4,9 +4,9 @@
 //
 //   node dist/bench/run.js [--smoke] [--only direct,ambit,stunnel,haproxy] [--rounds N] [--out DIR]
 //
-// Contenders run alternately (A B C D, A B C D, ...), each start with fresh processes; the load generator
-// and the sink are child processes of their own so that only the contender's processes are charged for
-// memory and CPU. Everything is bounded in count and time, and everything started is killed at the end.
+// Each round starts every contender afresh and measures them alternately (A B C D, then B C D A, ...); the
+// latency steps interleave them in blocks within one job. The load generator and the sink are child
+// processes of their own so that only the contender's processes are charged for memory and CPU. Everything is bounded in count and time, and everything started is killed at the end.
 
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -37,7 +37,7 @@ import {
   sumCpu,
   sumRss,
 } from './proc.js';
-import type { BulkResult, ConnRateResult, IdleResult, LatencyResult } from './protocol.js';
+import type { BulkResult, ConnRateResult, IdleResult, LatencySet } from './protocol.js';
 import {
   type Report,
   type RoundResult,
@@ -68,6 +68,8 @@ interface Profile {
   warmupPings: number;
   warmupConns: number;
   messageSize: number;
+  /** Requests per contender in each turn of the interleaved latency steps. */
+  latencyBlock: number;
 }
 
 const FULL: Profile = {
@@ -85,6 +87,7 @@ const FULL: Profile = {
   warmupPings: 500,
   warmupConns: 200,
   messageSize: 64,
+  latencyBlock: 500,
 };
 
 const SMOKE: Profile = {
@@ -102,6 +105,7 @@ const SMOKE: Profile = {
   warmupPings: 100,
   warmupConns: 32,
   messageSize: 64,
+  latencyBlock: 100,
 };
 
 const log = (msg: string): void => {
@@ -119,41 +123,58 @@ export function idleCountFor(name: ContenderName, wanted: number, fileLimit: num
   return Math.max(0, Math.min(wanted, Math.floor((fileLimit - 1000) / per)));
 }
 
-async function measure(
-  name: ContenderName,
-  running: Running,
+/** A contender started for one round, and what it has measured so far. */
+interface Up {
+  readonly name: ContenderName;
+  readonly running: Running;
+  readonly result: RoundResult;
+}
+
+/** A step of one round; a failure is recorded on the contender's round and the round goes on. */
+async function step<T>(up: Up, what: string, fn: () => Promise<T>): Promise<T | undefined> {
+  try {
+    return await fn();
+  } catch (e) {
+    const msg = `${what}: ${(e as Error).message}`;
+    up.result.errors.push(msg);
+    log(`  ${up.name}: ${msg}`);
+    return undefined;
+  }
+}
+
+/**
+ * The steps measured one contender at a time: warm-up, idle memory and new connections. Every contender of the
+ * round is up meanwhile, so each step first waits until all of them are quiet (the last one's 10,000 idle
+ * connections may still be closing).
+ */
+async function measureAlone(
+  up: Up,
+  all: readonly number[],
   gen: LoadGen,
   prof: Profile,
   round: number,
   fileLimit: number,
-  sink: Sink,
-): Promise<RoundResult> {
-  const result: RoundResult = { round, contender: name, metrics: emptyMetrics(), detail: {}, errors: [] };
+): Promise<void> {
+  const { name, running, result } = up;
   const { port, pids } = running;
   const m = result.metrics;
   const size = prof.messageSize;
-  const step = async <T>(what: string, fn: () => Promise<T>): Promise<T | undefined> => {
-    try {
-      return await fn();
-    } catch (e) {
-      const msg = `${what}: ${(e as Error).message}`;
-      result.errors.push(msg);
-      log(`  ${name}: ${msg}`);
-      return undefined;
-    }
-  };
 
+  await quiesce(all);
   // Warm-up: JIT, session pools, TLS session caches.
-  await step('warm-up', async () => {
+  await step(up, 'warm-up', async () => {
     await gen.run({ kind: 'connrate', port, count: prof.warmupConns, concurrency: 8, size }, 60_000);
-    await gen.run({ kind: 'pingpong', port, count: prof.warmupPings, size, warmup: 0 }, 60_000);
+    await gen.run(
+      { kind: 'pingpong', ports: [port], count: prof.warmupPings, size, warmup: 0, block: prof.warmupPings },
+      60_000,
+    );
     await gen.run({ kind: 'bulk', port, bytes: prof.warmupBulkBytes, conns: 1 }, 60_000);
   });
-  await sleep(200);
+  await quiesce(all);
 
   // Memory first, on processes that have only been warmed up.
   if (pids.length > 0) {
-    await step('idle connections', async () => {
+    await step(up, 'idle connections', async () => {
       const count = idleCountFor(name, prof.idleCount, fileLimit);
       if (count < prof.idleCount && round === 1) {
         log(
@@ -182,11 +203,11 @@ async function measure(
         result.errors.push(`idle connections: only ${idle.opened} of ${count} opened`);
       }
       if (idle.opened > 0) m.idleBytesPerConn = Math.round((after - before) / idle.opened);
-      await sleep(500);
     });
+    await quiesce(all);
   }
 
-  const conn = await step('new connections', () =>
+  const conn = await step(up, 'new connections', () =>
     gen.run<ConnRateResult>(
       { kind: 'connrate', port, count: prof.connCount, concurrency: prof.connConcurrency, size },
       30_000 + prof.connCount * 50,
@@ -197,42 +218,81 @@ async function measure(
     if (conn.errors > 0) result.errors.push(`new connections: ${conn.errors} of ${prof.connCount} failed`);
     m.connPerSec = conn.perSecond;
   }
+}
+
+/**
+ * Latency, every contender of the round in one job: the generator alternates blocks of requests between
+ * them, so a noisy second on the machine lands on all of them and the p50s compare like with like.
+ */
+async function measureLatency(
+  ups: readonly Up[],
+  all: readonly number[],
+  gen: LoadGen,
+  prof: Profile,
+  sink: Sink,
+): Promise<void> {
+  const ports = ups.map((u) => u.running.port);
+  const size = prof.messageSize;
+  const fail = (what: string, e: unknown): void => {
+    const msg = `${what}: ${(e as Error).message}`;
+    log(`  ${msg}`);
+    for (const u of ups) u.result.errors.push(msg);
+  };
 
   await sink.collect();
-  // The last step's connections may still be closing inside the contender: latency is measured after.
-  result.detail.settleMs = await quiesce(pids);
-  const ping = await step('ping-pong', () =>
-    gen.run<LatencyResult>(
-      { kind: 'pingpong', port, count: prof.pingCount, size, warmup: 100 },
-      30_000 + prof.pingCount * 5,
-    ),
-  );
-  if (ping) {
-    result.detail.pingpong = ping;
-    m.pingP50us = ping.p50us;
-    m.pingP99us = ping.p99us;
+  const settleMs = await quiesce(all);
+  try {
+    const set = await gen.run<LatencySet>(
+      { kind: 'pingpong', ports, count: prof.pingCount, size, warmup: 100, block: prof.latencyBlock },
+      30_000 + prof.pingCount * ports.length * 5,
+    );
+    ups.forEach((u, j) => {
+      const ping = set.byPort[j]!;
+      u.result.detail.settleMs = settleMs;
+      u.result.detail.pingpong = ping;
+      u.result.metrics.pingP50us = ping.p50us;
+      u.result.metrics.pingP99us = ping.p99us;
+    });
+  } catch (e) {
+    fail('ping-pong', e);
   }
 
   await sink.collect();
-  await quiesce(pids);
-  const rate = await step('fixed rate', () =>
-    gen.run<LatencyResult>(
-      { kind: 'rate', port, count: prof.rateCount, size, rate: prof.rate, warmup: 100 },
-      30_000 + (prof.rateCount / prof.rate) * 2000,
-    ),
-  );
-  if (rate) {
-    result.detail.rate = rate;
-    m.rateP50us = rate.p50us;
-    m.rateP99us = rate.p99us;
+  await quiesce(all);
+  try {
+    const set = await gen.run<LatencySet>(
+      {
+        kind: 'rate',
+        ports,
+        count: prof.rateCount,
+        size,
+        rate: prof.rate,
+        warmup: 100,
+        block: prof.latencyBlock,
+      },
+      30_000 + ((prof.rateCount * ports.length) / prof.rate) * 2000,
+    );
+    ups.forEach((u, j) => {
+      const rate = set.byPort[j]!;
+      u.result.detail.rate = rate;
+      u.result.metrics.rateP50us = rate.p50us;
+      u.result.metrics.rateP99us = rate.p99us;
+    });
+  } catch (e) {
+    fail('fixed rate', e);
   }
+}
 
-  // Bulk last, with the contender's CPU read around it.
+/** Bulk last, one contender at a time, with the contender's CPU read around it. */
+async function measureBulk(up: Up, all: readonly number[], gen: LoadGen, prof: Profile): Promise<void> {
+  const { port, pids } = up.running;
+  const m = up.result.metrics;
   let cpuSeconds = 0;
   let carried = 0;
   for (const conns of [1, 8]) {
+    await quiesce(all);
     const cpu0 = sumCpu(pids);
-    const bulk = await step(`bulk x${conns}`, () =>
+    const bulk = await step(up, `bulk x${conns}`, () =>
       gen.run<BulkResult>(
         { kind: 'bulk', port, bytes: prof.bulkBytes, conns },
         60_000 + prof.bulkBytes / 5e4,
@@ -240,7 +300,7 @@ async function measure(
     );
     const cpu1 = sumCpu(pids);
     if (!bulk) continue;
-    result.detail[`bulk${conns}`] = { ...bulk, cpuSeconds: Math.round((cpu1 - cpu0) * 100) / 100 };
+    up.result.detail[`bulk${conns}`] = { ...bulk, cpuSeconds: Math.round((cpu1 - cpu0) * 100) / 100 };
     if (conns === 1) m.bulk1MBps = bulk.mbps;
     else m.bulk8MBps = bulk.mbps;
     cpuSeconds += cpu1 - cpu0;
@@ -248,7 +308,6 @@ async function measure(
   }
   if (pids.length > 0 && carried > 0)
     m.cpuSecPerGB = Math.round((cpuSeconds / (carried / 1e9)) * 1000) / 1000;
-  return result;
 }
 
 // ---- main
@@ -368,48 +427,69 @@ async function main(): Promise<void> {
       const port = sink.ports.warmup!;
       const size = prof.messageSize;
       await gen.run({ kind: 'connrate', port, count: prof.warmupConns * 2, concurrency: 16, size }, 60_000);
-      await gen.run({ kind: 'pingpong', port, count: prof.warmupPings * 4, size, warmup: 0 }, 60_000);
-      await gen.run({ kind: 'rate', port, count: 200, size, rate: prof.rate, warmup: 0 }, 60_000);
+      const ports = [port];
+      await gen.run(
+        { kind: 'pingpong', ports, count: prof.warmupPings * 4, size, warmup: 0, block: 100 },
+        60_000,
+      );
+      await gen.run(
+        { kind: 'rate', ports, count: 200, size, rate: prof.rate, warmup: 0, block: 100 },
+        60_000,
+      );
       await gen.run({ kind: 'bulk', port, bytes: prof.warmupBulkBytes * 4, conns: 2 }, 60_000);
     }
     const rounds: RoundResult[] = [];
     let seq = 0;
     for (let round = 1; round <= prof.rounds; round++) {
-      for (const name of selected) {
-        if (interrupted) throw new Error('interrupted');
-        const t0 = Date.now();
-        const ctx: Context = {
-          root,
-          work,
-          sinkPort: sink.ports[name]!,
-          certs,
-          seq: seq++,
-          fileLimit,
-          nodeArgs: cli.nodeArgs,
-        };
-        let running: Running | undefined;
-        try {
-          running = await ALL[name].start(ctx);
-        } catch (e) {
-          const msg = `start: ${(e as Error).message}`;
-          log(`round ${round} ${name}: ${msg}`);
-          rounds.push({ round, contender: name, metrics: emptyMetrics(), detail: {}, errors: [msg] });
-          continue;
+      if (interrupted) throw new Error('interrupted');
+      // Every contender of the round runs at once, on fresh processes; the order turns each round so that
+      // none is always first after the start or last before the bulk.
+      const order = selected.map((_, k) => selected[(k + round - 1) % selected.length]!);
+      const ups: Up[] = [];
+      const t0 = Date.now();
+      try {
+        for (const name of order) {
+          const result: RoundResult = {
+            round,
+            contender: name,
+            metrics: emptyMetrics(),
+            detail: {},
+            errors: [],
+          };
+          rounds.push(result);
+          const ctx: Context = {
+            root,
+            work,
+            sinkPort: sink.ports[name]!,
+            certs,
+            seq: seq++,
+            fileLimit,
+            nodeArgs: cli.nodeArgs,
+          };
+          try {
+            ups.push({ name, running: await ALL[name].start(ctx), result });
+          } catch (e) {
+            const msg = `start: ${(e as Error).message}`;
+            log(`round ${round} ${name}: ${msg}`);
+            result.errors.push(msg);
+          }
         }
-        try {
-          const r = await measure(name, running, gen, prof, round, fileLimit, sink);
-          rounds.push(r);
-          const mm = r.metrics;
-          log(
-            `round ${round} ${name}: bulk ${mm.bulk1MBps}/${mm.bulk8MBps} MB/s, p50 ${mm.pingP50us} µs, ` +
-              `p99 ${mm.pingP99us} µs, rate p50/p99 ${mm.rateP50us}/${mm.rateP99us} µs, ${mm.connPerSec} conn/s, ` +
-              `${mm.idleBytesPerConn ?? '—'} B/idle conn, ${mm.cpuSecPerGB ?? '—'} CPU s/GB ` +
-              `(${((Date.now() - t0) / 1000).toFixed(1)} s)`,
-          );
-        } finally {
-          await running.stop();
-        }
+        const all = ups.flatMap((u) => u.running.pids);
+        for (const up of ups) await measureAlone(up, all, gen, prof, round, fileLimit);
+        await measureLatency(ups, all, gen, prof, sink);
+        for (const up of ups) await measureBulk(up, all, gen, prof);
+      } finally {
+        await Promise.all(ups.map((u) => u.running.stop()));
       }
+      for (const { name, result } of ups) {
+        const mm = result.metrics;
+        log(
+          `round ${round} ${name}: bulk ${mm.bulk1MBps}/${mm.bulk8MBps} MB/s, p50 ${mm.pingP50us} µs, ` +
+            `p99 ${mm.pingP99us} µs, rate p50/p99 ${mm.rateP50us}/${mm.rateP99us} µs, ${mm.connPerSec} conn/s, ` +
+            `${mm.idleBytesPerConn ?? '—'} B/idle conn, ${mm.cpuSecPerGB ?? '—'} CPU s/GB`,
+        );
+      }
+      log(`round ${round}: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     }
     await gen.close();
     await stopProcess(sink.proc, 1000);

@@ -60,7 +60,20 @@ test('bench --smoke measures every contender present and writes JSON, SVG and Ma
     for (const name of present) {
       const rounds = report.rounds.filter((r) => r.contender === name);
       t.is(rounds.length, report.settings.rounds as number, `${name}: one result per round`);
-      for (const r of rounds) if (r.errors.length) t.log(`${name} round ${r.round}: ${r.errors.join('; ')}`);
+      for (const r of rounds) {
+        if (r.errors.length) t.log(`${name} round ${r.round}: ${r.errors.join('; ')}`);
+        // The latency steps interleave every contender in one job: each still gets all its round trips.
+        for (const [k, want] of [
+          ['pingpong', report.settings.pingCount as number],
+          ['rate', report.settings.rateCount as number],
+        ] as const) {
+          t.is(
+            (r.detail[k] as { count?: number } | undefined)?.count,
+            want,
+            `${name} round ${r.round}: ${k}`,
+          );
+        }
+      }
       const m = report.medians[name];
       t.truthy(m, `${name}: medians`);
       const keys = name === 'direct' ? ALWAYS : [...ALWAYS, ...PROCESS];
