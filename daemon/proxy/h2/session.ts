@@ -3,7 +3,6 @@ import { H2ProtocolError } from '../../errors.js';
 import { binding } from '../../io/binding.js';
 import { EV_BDP, EV_H2_ERROR, EV_STREAM } from '../../io/connection.js';
 import type { PlainConnection } from '../../io/plain.js';
-import type { NativeHandle } from '../../native.js';
 import type { TlsConnection } from '../../tls/connection.js';
 import {
   CONTINUATION,
@@ -115,7 +114,6 @@ export class H2Session extends EventEmitter implements StreamHost {
   #localWindow: number;
   readonly #maxWindow: number;
   /** The binding's side of the TLS connection (frames, connection windows, spliced streams). */
-  readonly #h: NativeHandle;
   /** Inside #parse: a stream spliced now would still get DATA parsed here (splice waits for the next turn). */
   #parsing = false;
 
@@ -167,7 +165,6 @@ export class H2Session extends EventEmitter implements StreamHost {
     this.#maxWindow = Math.max(opts.streamWindow, opts.maxStreamWindow ?? opts.streamWindow);
     const h = socket.handle;
     if (h === undefined) throw new Error('the TLS connection is closed');
-    this.#h = h;
     binding().h2Enable(
       h,
       this.isServer,
@@ -281,9 +278,11 @@ export class H2Session extends EventEmitter implements StreamHost {
       return 0;
     }
     const sock = this.socket;
+    const h = sock.handle;
+    if (h === undefined) return len - offset;
     // The connection's window is shared with the spliced streams, so the binding keeps it.
     const b = binding();
-    let credit = b.h2Credit(this.#h);
+    let credit = b.h2Credit(h);
     let off = offset;
     while (off < len) {
       let n = len - off;
@@ -301,7 +300,7 @@ export class H2Session extends EventEmitter implements StreamHost {
       credit -= n;
       off += n;
     }
-    if (off > offset) b.h2Spend(this.#h, off - offset);
+    if (off > offset) b.h2Spend(h, off - offset);
     return off - offset;
   }
 
@@ -314,16 +313,18 @@ export class H2Session extends EventEmitter implements StreamHost {
    */
   splice(stream: H2Stream, plain: PlainConnection): boolean {
     const ph = plain.handle;
-    if (ph === undefined || this.#dead || this.#failed || this.#parsing || !stream.spliceable) return false;
+    const h = this.socket.handle;
+    if (ph === undefined || h === undefined) return false;
+    if (this.#dead || this.#failed || this.#parsing || !stream.spliceable) return false;
     if (this.#streams.get(stream.id) !== stream) return false;
     const early = plain.earlyLength;
-    if (early > stream.sendWindow || early > binding().h2Credit(this.#h)) return false;
+    if (early > stream.sendWindow || early > binding().h2Credit(h)) return false;
     for (const chunk of plain.takeEarly()) stream.write(chunk);
     for (const chunk of stream.takeHeld()) plain.write(chunk);
     // The binding's writes go after everything JavaScript wrote (the answer's HEADERS first of all).
     plain.flushNow();
     this.socket.flushNow();
-    if (!binding().h2Splice(this.#h, stream.id, ph, stream.sendWindow, stream.recvWindow)) return false;
+    if (!binding().h2Splice(h, stream.id, ph, stream.sendWindow, stream.recvWindow)) return false;
     stream.spliced = true;
     return true;
   }
@@ -595,7 +596,8 @@ export class H2Session extends EventEmitter implements StreamHost {
     this.ackThreshold = Math.max(1, Math.floor(next / 4));
     this.#write(settingsFrame([[SETTINGS_INITIAL_WINDOW_SIZE, next]]));
     for (const s of this.#streams.values()) if (!s.spliced) s.recvWindow += next - current;
-    binding().h2SetWindow(this.#h, next);
+    const h = this.socket.handle;
+    if (h) binding().h2SetWindow(h, next);
   }
 
   /** A stream id the peer cannot have used yet. */
@@ -755,7 +757,8 @@ export class H2Session extends EventEmitter implements StreamHost {
 
   /** END_STREAM on a header block (trailers): a spliced stream's workload gets its FIN from the binding. */
   #headersEnd(s: H2Stream): void {
-    if (s.spliced) binding().h2RemoteEnd(this.#h, s.id);
+    const h = this.socket.handle;
+    if (s.spliced && h) binding().h2RemoteEnd(h, s.id);
     s.onRemoteEnd();
   }
 
@@ -793,7 +796,8 @@ export class H2Session extends EventEmitter implements StreamHost {
           break; // header table size: our encoder never indexes; others are advisory or unknown
       }
     }
-    if (!binding().h2Settings(this.#h, windowDelta, this.#remoteMaxFrame))
+    const h = this.socket.handle;
+    if (h && !binding().h2Settings(h, windowDelta, this.#remoteMaxFrame))
       throw new H2ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, 'stream window overflow');
     if (windowDelta !== 0) {
       for (const s of this.#streams.values()) {
