@@ -147,6 +147,8 @@ class Pinger {
   /** `n` round trips, timed into `samples` from `at` on (untimed when no array is given). */
   run(n: number, samples?: Float64Array, at = 0): Promise<void> {
     if (n <= 0) return Promise.resolve();
+    // Closed between two turns: nothing would answer.
+    if (this.socket.destroyed) return Promise.reject(new Error('connection closed during ping-pong'));
     return new Promise((resolve, reject) => {
       this.#left = n;
       this.#samples = samples;

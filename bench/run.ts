@@ -6,7 +6,8 @@
 //
 // Each round starts every contender afresh and measures them alternately (A B C D, then B C D A, ...); the
 // latency steps interleave them in blocks within one job. The load generator and the sink are child
-// processes of their own so that only the contender's processes are charged for memory and CPU. Everything is bounded in count and time, and everything started is killed at the end.
+// processes of their own so that only the contender's processes are charged for memory and CPU.
+// Everything is bounded in count and time, and everything started is killed at the end.
 
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -143,9 +144,9 @@ async function step<T>(up: Up, what: string, fn: () => Promise<T>): Promise<T | 
 }
 
 /**
- * The steps measured one contender at a time: warm-up, idle memory and new connections. Every contender of the
- * round is up meanwhile, so each step first waits until all of them are quiet (the last one's 10,000 idle
- * connections may still be closing).
+ * The steps measured one contender at a time: warm-up, idle memory and new connections. Every contender of
+ * the round is up meanwhile, so each step first waits until all of them are quiet (the last one's 10,000
+ * idle connections may still be closing).
  */
 async function measureAlone(
   up: Up,
