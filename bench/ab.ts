@@ -9,7 +9,8 @@
 // A build DIR is a checkout with dist/ built (the current one when no --build is given). bulk: MB/s and CPU
 // s/GB of the contender's processes (both ends) per transfer; ping: 64 B ping-pong p50/p99 and new connections
 // per second; conn: new connections per second alone (2,000 at concurrency 32), with CPU µs per connection;
-// latency: every entry up at once, ping-pong p50 with each entry alone for a stretch, then interleaved. --idle N opens and closes N idle connections first (as the full bench does before its bulk run).
+// latency: every entry up at once, ping-pong p50 with each entry alone for a stretch, then interleaved.
+// --idle N opens and closes N idle connections first (as the full bench does before its bulk run).
 // Loopback only; every load is bounded in count and time.
 
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -92,10 +93,7 @@ async function main(): Promise<void> {
         try {
           const { port, pids } = running;
           await gen.run({ kind: 'bulk', port, bytes: 64 * 2 ** 20, conns }, 60_000);
-          await gen.run(
-            { kind: 'pingpong', ports: [port], count: 1000, size: 64, warmup: 0, block: 1000 },
-            60_000,
-          );
+          await gen.run({ kind: 'pingpong', ports: [port], count: 1000, size: 64, warmup: 0 }, 60_000);
           if (idle > 0) {
             await gen.run({ kind: 'idle-open', port, count: idle, concurrency: 64 }, 60_000 + idle * 20);
             await gen.run({ kind: 'idle-close' }, 30_000);
@@ -123,7 +121,7 @@ async function main(): Promise<void> {
             } else {
               const c0 = sumCpu(pids);
               const { byPort } = await gen.run<LatencySet>(
-                { kind: 'pingpong', ports: [port], count: 5000, size: 64, warmup: 200, block: 5000 },
+                { kind: 'pingpong', ports: [port], count: 5000, size: 64, warmup: 200 },
                 60_000,
               );
               const p = byPort[0]!;
@@ -195,17 +193,14 @@ async function latency(
       for (const e of entries) ups.push(await start(e));
       const all = ups.flatMap((u) => u.pids);
       for (const u of ups) {
-        await gen.run(
-          { kind: 'pingpong', ports: [u.port], count: 1000, size: 64, warmup: 0, block: 1000 },
-          60_000,
-        );
+        await gen.run({ kind: 'pingpong', ports: [u.port], count: 1000, size: 64, warmup: 0 }, 60_000);
       }
       for (let i = 0; i < reps; i++) {
         const a: number[] = [];
         for (const u of ups) {
           await quiesce(all);
           const { byPort } = await gen.run<LatencySet>(
-            { kind: 'pingpong', ports: [u.port], count, size: 64, warmup: 200, block: count },
+            { kind: 'pingpong', ports: [u.port], count, size: 64, warmup: 200 },
             60_000,
           );
           a.push(byPort[0]!.p50us);

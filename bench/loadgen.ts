@@ -181,7 +181,7 @@ async function pingpong(
   count: number,
   size: number,
   warmup: number,
-  block: number,
+  block = count,
 ): Promise<LatencySet> {
   const msg = echoMessage(size);
   const sockets = await Promise.all(ports.map(open));
@@ -237,7 +237,7 @@ async function rate(
   size: number,
   perSecond: number,
   warmup: number,
-  block: number,
+  block = count,
 ): Promise<LatencySet> {
   if (warmup > 0) await pingpong(ports, 1, size, warmup - 1, 1);
   const sockets = await Promise.all(ports.map(open));

@@ -149,13 +149,13 @@ export const sumCpu = (pids: readonly number[]): number => pids.reduce((s, p) =>
 /**
  * Waits until `pids` together use under `belowCores` of a core over a 100 ms window (a contender still
  * tearing down the connections of the last step), at most `maxMs`; returns how long it waited. Applied to
- * every contender alike before a latency measurement.
+ * every contender alike before each measured step.
  */
 export async function quiesce(pids: readonly number[], maxMs = 5000, belowCores = 0.05): Promise<number> {
   const t0 = Date.now();
   for (let i = 0; i < Math.ceil(maxMs / 100); i++) {
     const c0 = sumCpu(pids);
-    await new Promise((r) => setTimeout(r, 100));
+    await sleep(100);
     if (sumCpu(pids) - c0 < belowCores * 0.1) break;
   }
   return Date.now() - t0;

@@ -16,9 +16,10 @@ export type Job =
   /**
    * Latency jobs take one port per contender and interleave them in blocks of `block` requests (rotating
    * which goes first), so that the machine's drift over the run lands on every contender alike; `count` is
-   * per port. The answer is a `LatencySet`, one result per port in the order given.
+   * per port; without `block`, each port gets all of `count` in one turn. The answer is a `LatencySet`, one
+   * result per port in the order given.
    */
-  | { kind: 'pingpong'; ports: number[]; count: number; size: number; warmup: number; block: number }
+  | { kind: 'pingpong'; ports: number[]; count: number; size: number; warmup: number; block?: number }
   | {
       kind: 'rate';
       ports: number[];
@@ -26,7 +27,7 @@ export type Job =
       size: number;
       rate: number;
       warmup: number;
-      block: number;
+      block?: number;
     }
   | { kind: 'connrate'; port: number; count: number; concurrency: number; size: number }
   | { kind: 'idle-open'; port: number; count: number; concurrency: number }

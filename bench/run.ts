@@ -131,14 +131,18 @@ interface Up {
   readonly result: RoundResult;
 }
 
-/** A step of one round; a failure is recorded on the contender's round and the round goes on. */
-async function step<T>(up: Up, what: string, fn: () => Promise<T>): Promise<T | undefined> {
+/**
+ * A step of one round, for one contender or (the latency steps) all of them; a failure is recorded on each
+ * one's round and the round goes on.
+ */
+async function step<T>(ups: Up | readonly Up[], what: string, fn: () => Promise<T>): Promise<T | undefined> {
   try {
     return await fn();
   } catch (e) {
     const msg = `${what}: ${(e as Error).message}`;
-    up.result.errors.push(msg);
-    log(`  ${up.name}: ${msg}`);
+    const each = 'result' in ups ? [ups] : ups;
+    for (const up of each) up.result.errors.push(msg);
+    log(`  ${each.map((u) => u.name).join(', ')}: ${msg}`);
     return undefined;
   }
 }
@@ -165,10 +169,7 @@ async function measureAlone(
   // Warm-up: JIT, session pools, TLS session caches.
   await step(up, 'warm-up', async () => {
     await gen.run({ kind: 'connrate', port, count: prof.warmupConns, concurrency: 8, size }, 60_000);
-    await gen.run(
-      { kind: 'pingpong', ports: [port], count: prof.warmupPings, size, warmup: 0, block: prof.warmupPings },
-      60_000,
-    );
+    await gen.run({ kind: 'pingpong', ports: [port], count: prof.warmupPings, size, warmup: 0 }, 60_000);
     await gen.run({ kind: 'bulk', port, bytes: prof.warmupBulkBytes, conns: 1 }, 60_000);
   });
   await quiesce(all);
@@ -234,54 +235,40 @@ async function measureLatency(
 ): Promise<void> {
   const ports = ups.map((u) => u.running.port);
   const size = prof.messageSize;
-  const fail = (what: string, e: unknown): void => {
-    const msg = `${what}: ${(e as Error).message}`;
-    log(`  ${msg}`);
-    for (const u of ups) u.result.errors.push(msg);
-  };
+  const block = prof.latencyBlock;
 
   await sink.collect();
   const settleMs = await quiesce(all);
-  try {
-    const set = await gen.run<LatencySet>(
-      { kind: 'pingpong', ports, count: prof.pingCount, size, warmup: 100, block: prof.latencyBlock },
+  const ping = await step(ups, 'ping-pong', () =>
+    gen.run<LatencySet>(
+      { kind: 'pingpong', ports, count: prof.pingCount, size, warmup: 100, block },
       30_000 + prof.pingCount * ports.length * 5,
-    );
-    ups.forEach((u, j) => {
-      const ping = set.byPort[j]!;
-      u.result.detail.settleMs = settleMs;
-      u.result.detail.pingpong = ping;
-      u.result.metrics.pingP50us = ping.p50us;
-      u.result.metrics.pingP99us = ping.p99us;
-    });
-  } catch (e) {
-    fail('ping-pong', e);
-  }
+    ),
+  );
+  ups.forEach((u, j) => {
+    const r = ping?.byPort[j];
+    if (!r) return;
+    u.result.detail.settleMs = settleMs;
+    u.result.detail.pingpong = r;
+    u.result.metrics.pingP50us = r.p50us;
+    u.result.metrics.pingP99us = r.p99us;
+  });
 
   await sink.collect();
   await quiesce(all);
-  try {
-    const set = await gen.run<LatencySet>(
-      {
-        kind: 'rate',
-        ports,
-        count: prof.rateCount,
-        size,
-        rate: prof.rate,
-        warmup: 100,
-        block: prof.latencyBlock,
-      },
+  const rate = await step(ups, 'fixed rate', () =>
+    gen.run<LatencySet>(
+      { kind: 'rate', ports, count: prof.rateCount, size, rate: prof.rate, warmup: 100, block },
       30_000 + ((prof.rateCount * ports.length) / prof.rate) * 2000,
-    );
-    ups.forEach((u, j) => {
-      const rate = set.byPort[j]!;
-      u.result.detail.rate = rate;
-      u.result.metrics.rateP50us = rate.p50us;
-      u.result.metrics.rateP99us = rate.p99us;
-    });
-  } catch (e) {
-    fail('fixed rate', e);
-  }
+    ),
+  );
+  ups.forEach((u, j) => {
+    const r = rate?.byPort[j];
+    if (!r) return;
+    u.result.detail.rate = r;
+    u.result.metrics.rateP50us = r.p50us;
+    u.result.metrics.rateP99us = r.p99us;
+  });
 }
 
 /** Bulk last, one contender at a time, with the contender's CPU read around it. */
