@@ -48,7 +48,25 @@ export type RefusalReason =
   | 'tls_failure'
   | 'peer_identity'
   | 'plaintext'
-  | 'not_redirected';
+  | 'not_redirected'
+  // Limits (docs/limits.md): each names the bound that refused.
+  | 'handshake_limit'
+  | 'handshake_timeout'
+  | 'connection_limit'
+  | 'identity_limit'
+  | 'idle_timeout'
+  | 'stream_limit'
+  | 'connect_limit'
+  | 'node_connect_limit'
+  | 'fd_reserve'
+  // A peer that broke or abused a protocol: the session is ended.
+  | 'h2_protocol'
+  | 'h2_reset_flood'
+  | 'h2_control_flood'
+  | 'h2_header_flood'
+  | 'tls_record'
+  | 'tls_keyupdate_flood'
+  | 'tls_alert';
 
 export class Metrics {
   readonly registry = new Registry();
