@@ -672,7 +672,9 @@ static void do_read_records(conn_t *c) {
     if (avail >= REC_HEADER) {
       const unsigned char *h = (const unsigned char *)c->in + c->in_off;
       size_t body = ((size_t)h[3] << 8) | h[4];
-      /* Known from the header alone, before the body is even here (RFC 8446 §5.1, §5.2). */
+      /* Known from the header alone, before the body is even here (RFC 8446 §5.1, §5.2). What this batch
+       * opened before it still goes on: it authenticated. */
+      if ((h[0] != REC_TYPE_DATA || body > REC_MAX_BODY) && !batch_end(c, start, &got)) return;
       if (h[0] != REC_TYPE_DATA) {
         char why[96];
         snprintf(why, sizeof why, "the peer sent a TLS record of outer type %u after the handshake", h[0]);
@@ -753,7 +755,10 @@ static void do_read_records(conn_t *c) {
           fail_records(c, "tls_alert", -1, why);
           return;
         } else if (type == REC_TYPE_HANDSHAKE) {
-          /* Opened under the keys before a KeyUpdate: what this batch decrypted is already safe. */
+          /* What came before goes on first, whatever this record does to the keys or the connection; the
+           * next record starts a batch of its own (`start` moves on). Rare: a KeyUpdate now and then. */
+          if (!batch_end(c, start, &got)) return;
+          have_slab = 0;
           if (!on_handshake_record(c, plain, (size_t)n)) return;
         } else {
           if (!batch_end(c, start, &got)) return;
