@@ -74,7 +74,11 @@ const seeds = {};
 }
 {
   const tx = new Tx(CLIENT);
-  seeds['raw-close-notify'] = raw(0x00 | FIN, tx.seal(23, Buffer.from('x')), tx.seal(21, Buffer.from([1, 0])));
+  seeds['raw-close-notify'] = raw(
+    0x00 | FIN,
+    tx.seal(23, Buffer.from('x')),
+    tx.seal(21, Buffer.from([1, 0])),
+  );
 }
 {
   const tx = new Tx(CLIENT);
@@ -82,7 +86,11 @@ const seeds = {};
 }
 {
   const tx = new Tx(CLIENT);
-  seeds['raw-truncated'] = raw(0x10 | FIN, tx.seal(23, Buffer.from('whole')), tx.seal(23, Buffer.alloc(300, 1)).subarray(0, 100));
+  seeds['raw-truncated'] = raw(
+    0x10 | FIN,
+    tx.seal(23, Buffer.from('whole')),
+    tx.seal(23, Buffer.alloc(300, 1)).subarray(0, 100),
+  );
 }
 {
   // The target as a client: a ticket (ignored), then data; the server's secret seals.
@@ -94,14 +102,28 @@ const seeds = {};
   const tx = new Tx(CLIENT);
   seeds['raw-padded'] = raw(0x20, tx.seal(23, Buffer.from('padded'), 200));
 }
-seeds['sealed-data-keyupdate'] = sealed(0x00, [23, Buffer.from('hello')], [22, ku(1)], [23, Buffer.from('after')]);
-seeds['sealed-split-keyupdate'] = sealed(0x00, [22, ku(0).subarray(0, 3)], [22, ku(0).subarray(3)], [23, Buffer.from('x')]);
+seeds['sealed-data-keyupdate'] = sealed(
+  0x00,
+  [23, Buffer.from('hello')],
+  [22, ku(1)],
+  [23, Buffer.from('after')],
+);
+seeds['sealed-split-keyupdate'] = sealed(
+  0x00,
+  [22, ku(0).subarray(0, 3)],
+  [22, ku(0).subarray(3)],
+  [23, Buffer.from('x')],
+);
 seeds['sealed-two-keyupdates'] = sealed(0x00, [22, Buffer.concat([ku(0), ku(0)])]);
 seeds['sealed-alerts'] = sealed(0x00 | FIN, [21, Buffer.from([1, 90])], [21, Buffer.from([1, 0])]);
 seeds['sealed-oversized'] = sealed(0x00, [23, Buffer.alloc(16385, 0x62)]);
 seeds['sealed-no-type'] = sealed(0x00, [0, Buffer.alloc(4)]);
 seeds['sealed-keyupdate-storm'] = sealed(0x00, ...Array.from({ length: 120 }, () => [22, ku(1)]));
-seeds['sealed-client-ticket'] = sealed(0x01, [22, Buffer.from([4, 0, 0, 4, 0, 0, 0, 0])], [23, Buffer.from('d')]);
+seeds['sealed-client-ticket'] = sealed(
+  0x01,
+  [22, Buffer.from([4, 0, 0, 4, 0, 0, 0, 0])],
+  [23, Buffer.from('d')],
+);
 seeds['sealed-aes256'] = sealed(0x02, [23, Buffer.from('aes-256')], [22, ku(1)], [23, Buffer.from('z')]);
 
 for (const [name, bytes] of Object.entries(seeds)) writeFileSync(join(out, name), bytes);
