@@ -18,7 +18,7 @@ import tls from 'node:tls';
 import test, { type ExecutionContext } from 'ava';
 import { TlsConnection, tlsFailureReason } from '../daemon/tls/connection.js';
 import { TlsContext } from '../daemon/tls/context.js';
-import { next, within } from './helpers/net.js';
+import { freePort, next, within } from './helpers/net.js';
 import { REC_ALERT, REC_DATA, REC_HANDSHAKE, RawTls13Client, keyUpdate } from './helpers/tls13.js';
 
 const HOST = '127.0.0.1';
@@ -274,6 +274,71 @@ test('the openssl client sends KeyUpdate (update requested) mid-stream: both sid
   await until('after-update');
   t.false(out.includes('\nK\n'), 'the K line was a command, not data');
   t.deepEqual(server.errors, []);
+});
+
+test('openssl s_server sends tickets and KeyUpdates (one asking for ours) to our client: it follows them and keeps talking', async (t) => {
+  const port = await freePort();
+  const child = spawn(
+    'openssl',
+    [
+      's_server',
+      '-accept',
+      `${HOST}:${port}`,
+      '-tls1_3',
+      '-alpn',
+      'h2',
+      '-cert',
+      join(dir, 'leaf.pem'),
+      '-key',
+      join(dir, 'leaf.key'),
+      '-CAfile',
+      join(dir, 'ca.pem'),
+      '-Verify',
+      '1',
+      '-num_tickets',
+      '2',
+    ],
+    { stdio: ['pipe', 'pipe', 'pipe'] },
+  );
+  t.teardown(() => child.kill());
+  let out = '';
+  child.stdout.on('data', (c: Buffer) => {
+    out += c.toString();
+  });
+  child.stderr.on('data', (c: Buffer) => {
+    out += c.toString();
+  });
+  const seen = (text: string): Promise<void> =>
+    until(() => out.includes(text), 10_000, `"${text}" from s_server (output: ${out})`);
+  await seen('ACCEPT');
+  const conn = await ourClient(t, port);
+  const errors: Error[] = [];
+  conn.on('error', (err: Error) => errors.push(err));
+  let got = '';
+  conn.on('data', (c: Buffer) => {
+    got += c.toString();
+  });
+  conn.write(Buffer.from('hello-server\n'));
+  await seen('hello-server');
+  // s_server's commands: "k" sends KeyUpdate, "K" one with update_requested.
+  // One line per read: s_server takes a line as a command only if it is alone in its read.
+  for (const line of ['k', 'K', 'from-server']) {
+    child.stdin.write(`${line}\n`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await until(
+    () => got.includes('from-server'),
+    10_000,
+    `the data after the KeyUpdates (got ${got}, s_server: ${out})`,
+  );
+  // s_server reports each command's SSL_do_handshake, which sends the KeyUpdate.
+  t.is(out.match(/SSL_do_handshake -> 1/g)?.length, 2, 's_server took both lines as commands');
+  t.false(/^[kK]$/m.test(got), 'no command line arrived as data');
+  // Our answer to "K" goes before this record, under our old keys, and this one under the new: s_server
+  // reading it proves the answer well formed (that one is sent at all, the raw-peer tests below count).
+  conn.write(Buffer.from('after-updates\n'));
+  await seen('after-updates');
+  t.deepEqual(errors, []);
 });
 
 test('bytes that are not TLS end the connection with the reason; the server keeps serving', async (t) => {

@@ -497,7 +497,8 @@ static int key_update_admitted(conn_t *c) {
 static int answer_key_update(conn_t *c) {
   if (!c->ku_answer) return 1;
   c->ku_answer = 0;
-  return send_key_update(c, 0);
+  /* After our close_notify nothing more is sent: there is no next record to precede. */
+  return c->ending || send_key_update(c, 0);
 }
 
 /*
