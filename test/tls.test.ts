@@ -697,6 +697,23 @@ test('a KeyUpdate split over two records, and KeyUpdates asking for ours: each f
   t.deepEqual(server.errors, []);
 });
 
+test('data and KeyUpdates interleaved in one write: every byte delivered in order, under each generation of keys', async (t) => {
+  const { server, peer, got } = await rawSession(t);
+  const sent: Buffer[] = [];
+  const recs: Buffer[] = [];
+  for (let i = 0; i < 20; i++) {
+    const chunk = randomBytes(1000 + i * 700);
+    sent.push(chunk);
+    recs.push(peer.seal(REC_DATA, chunk));
+    recs.push(peer.sealKeyUpdates([i % 2]));
+  }
+  peer.write(...recs);
+  const want = Buffer.concat(sent);
+  await until(() => Buffer.concat(got).length >= want.length, 5000, 'all the data');
+  t.is(sha256(Buffer.concat(got)), sha256(want));
+  t.deepEqual(server.errors, []);
+});
+
 test('a KeyUpdate storm (thousands, one per record, each asking for ours): closed with tls_keyupdate_flood, answers bounded', async (t) => {
   const { server, peer } = await rawSession(t, 10);
   const records = 3000;

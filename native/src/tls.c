@@ -69,6 +69,8 @@ static napi_async_context g_async;
 char *g_slab_data;
 size_t g_slab_len, g_slab_off;
 static unsigned char *g_h2_scratch;
+/* A handshake record's plaintext while the batch before it is handed on (do_read_records). */
+static unsigned char g_hs_copy[REC_MAX_INNER];
 /* A read in progress: no JavaScript call re-enters one, but a second would share the scratch buffer. */
 static int g_reading;
 static BIO_METHOD *g_out_method;
@@ -450,12 +452,14 @@ static const char *alert_name(unsigned d) {
  */
 static void fail_records(conn_t *c, const char *reason, int alert, const char *why) {
   if (c->closing) return;
+  /* After our close_notify nothing more may be sent. */
+  int send_alert = alert >= 0 && c->records && !c->ending;
   char buf[256];
-  if (alert >= 0) snprintf(buf, sizeof buf, "%s (sent %s)", why, alert_name((unsigned)alert));
+  if (send_alert) snprintf(buf, sizeof buf, "%s (sent %s)", why, alert_name((unsigned)alert));
   else snprintf(buf, sizeof buf, "%s", why);
   set_err(c, buf);
   if (c->reason == NULL) c->reason = reason;
-  if (alert >= 0 && c->records && !c->ending) {
+  if (send_alert) {
     const unsigned char msg[2] = {2, (unsigned char)alert}; /* fatal */
     if (seal_one(c, REC_TYPE_ALERT, msg, sizeof msg)) {
       while (c->out_off < c->out_len) {
@@ -757,9 +761,15 @@ static void do_read_records(conn_t *c) {
           return;
         } else if (type == REC_TYPE_HANDSHAKE) {
           /* What came before goes on first, whatever this record does to the keys or the connection; the
-           * next record starts a batch of its own (`start` moves on). Rare: a KeyUpdate now and then. */
-          if (!batch_end(c, start, &got)) return;
-          have_slab = 0;
+           * next record starts a batch of its own (`start` moves on). Its plaintext is copied out first:
+           * the slab or scratch it lies in is the batch's, and the batch is handed on. Rare: a KeyUpdate
+           * now and then. */
+          if (got > 0) {
+            memcpy(g_hs_copy, plain, (size_t)n);
+            plain = g_hs_copy;
+            if (!batch_end(c, start, &got)) return;
+            have_slab = 0;
+          }
           if (!on_handshake_record(c, plain, (size_t)n)) return;
         } else {
           if (!batch_end(c, start, &got)) return;
