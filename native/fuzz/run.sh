@@ -28,7 +28,7 @@ for t in $targets; do
   work="$here/build/corpus/$name"
   crashes="$here/build/crashes/$t"
   mkdir -p "$work" "$crashes"
-  args=(-max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="$crashes/" -max_len=20000)
+  args=(-max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="$crashes/")
   [ -f "$here/$name.dict" ] && args+=(-dict="$here/$name.dict")
   dirs=("$work")
   [ -d "$seeds" ] && dirs+=("$seeds")
