@@ -19,6 +19,8 @@ export interface TlsContextOptions {
   readonly key?: string;
   /** Server: the context for the name a client sent in SNI (its handle), undefined to refuse. */
   readonly sni?: (servername: string) => NativeHandle | undefined;
+  /** KeyUpdates a second a peer may send (burst 10x); above it the connection fails. Default 10. */
+  readonly keyUpdateRate?: number;
 }
 
 export interface Addon {
@@ -26,7 +28,7 @@ export interface Addon {
   setMark(fd: number, mark: number): void;
   markedSocket(family: 4 | 6, mark: number): number;
   tlsInit(
-    dispatch: (owner: object, event: number, a: unknown, b: unknown, c: unknown) => void,
+    dispatch: (owner: object, event: number, a: unknown, b: unknown, c: unknown, d: unknown) => void,
     allocSlab: () => Buffer,
   ): void;
   tlsContext(opts: TlsContextOptions): NativeHandle;

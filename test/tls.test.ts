@@ -16,9 +16,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import test, { type ExecutionContext } from 'ava';
-import { TlsConnection } from '../daemon/tls/connection.js';
+import { TlsConnection, tlsFailureReason } from '../daemon/tls/connection.js';
 import { TlsContext } from '../daemon/tls/context.js';
-import { next, within } from './helpers/net.js';
+import { freePort, next, within } from './helpers/net.js';
+import { REC_ALERT, REC_DATA, REC_HANDSHAKE, RawTls13Client, keyUpdate } from './helpers/tls13.js';
 
 const HOST = '127.0.0.1';
 const MiB = 1024 * 1024;
@@ -73,7 +74,8 @@ test.after.always(() => {
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
-const ourContext = (): TlsContext => new TlsContext({ roots: [caPem], cert: certPem, key: keyPem });
+const ourContext = (keyUpdateRate?: number): TlsContext =>
+  new TlsContext({ roots: [caPem], cert: certPem, key: keyPem, keyUpdateRate });
 
 function listen(server: Server): Promise<number> {
   return new Promise((resolve) =>
@@ -93,9 +95,10 @@ async function ourServer(
   t: ExecutionContext,
   onSecure: (conn: TlsConnection) => void,
   handshakeTimeoutMs = 5000,
+  keyUpdateRate?: number,
 ): Promise<OurServer> {
   const s: OurServer = { port: 0, conns: [], errors: [] };
-  const ctx = ourContext();
+  const ctx = ourContext(keyUpdateRate);
   const server = netServer({ pauseOnConnect: true }, (socket) => {
     const conn = new TlsConnection(socket, ctx, 'server', { handshakeTimeoutMs });
     s.conns.push(conn);
@@ -273,6 +276,71 @@ test('the openssl client sends KeyUpdate (update requested) mid-stream: both sid
   t.deepEqual(server.errors, []);
 });
 
+test('openssl s_server sends tickets and KeyUpdates (one asking for ours) to our client: it follows them and keeps talking', async (t) => {
+  const port = await freePort();
+  const child = spawn(
+    'openssl',
+    [
+      's_server',
+      '-accept',
+      `${HOST}:${port}`,
+      '-tls1_3',
+      '-alpn',
+      'h2',
+      '-cert',
+      join(dir, 'leaf.pem'),
+      '-key',
+      join(dir, 'leaf.key'),
+      '-CAfile',
+      join(dir, 'ca.pem'),
+      '-Verify',
+      '1',
+      '-num_tickets',
+      '2',
+    ],
+    { stdio: ['pipe', 'pipe', 'pipe'] },
+  );
+  t.teardown(() => child.kill());
+  let out = '';
+  child.stdout.on('data', (c: Buffer) => {
+    out += c.toString();
+  });
+  child.stderr.on('data', (c: Buffer) => {
+    out += c.toString();
+  });
+  const seen = (text: string): Promise<void> =>
+    until(() => out.includes(text), 10_000, `"${text}" from s_server (output: ${out})`);
+  await seen('ACCEPT');
+  const conn = await ourClient(t, port);
+  const errors: Error[] = [];
+  conn.on('error', (err: Error) => errors.push(err));
+  let got = '';
+  conn.on('data', (c: Buffer) => {
+    got += c.toString();
+  });
+  conn.write(Buffer.from('hello-server\n'));
+  await seen('hello-server');
+  // s_server's commands: "k" sends KeyUpdate, "K" one with update_requested.
+  // One line per read: s_server takes a line as a command only if it is alone in its read.
+  for (const line of ['k', 'K', 'from-server']) {
+    child.stdin.write(`${line}\n`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await until(
+    () => got.includes('from-server'),
+    10_000,
+    `the data after the KeyUpdates (got ${got}, s_server: ${out})`,
+  );
+  // s_server reports each command's SSL_do_handshake, which sends the KeyUpdate.
+  t.is(out.match(/SSL_do_handshake -> 1/g)?.length, 2, 's_server took both lines as commands');
+  t.false(/^[kK]$/m.test(got), 'no command line arrived as data');
+  // Our answer to "K" goes before this record, under our old keys, and this one under the new: s_server
+  // reading it proves the answer well formed (that one is sent at all, the raw-peer tests below count).
+  conn.write(Buffer.from('after-updates\n'));
+  await seen('after-updates');
+  t.deepEqual(errors, []);
+});
+
 test('bytes that are not TLS end the connection with the reason; the server keeps serving', async (t) => {
   const server = await ourServer(t, echo);
   const raw = netConnect(server.port, HOST);
@@ -409,4 +477,265 @@ test('end() sends close_notify and FIN after queued data; the peer ending closes
   await within(next(server.conns[0]!, 'close'), 5000, 'our side to close');
   t.true(server.conns[0]!.destroyed);
   t.deepEqual(server.errors, []);
+});
+
+// ---- a peer whose records the test writes (test/helpers/tls13.ts): what RFC 8446 says a server must refuse
+
+const ALERT = {
+  unexpected_message: 10,
+  bad_record_mac: 20,
+  record_overflow: 22,
+  illegal_parameter: 47,
+  decode_error: 50,
+} as const;
+
+/** Resolves once `cond` holds, polling; bounded by `ms`. */
+async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
+  await within(
+    (async () => {
+      while (!cond()) await new Promise((r) => setTimeout(r, 10));
+    })(),
+    ms,
+    what,
+  );
+}
+
+/** Our echo server, and a raw peer connected to it with the handshake done. */
+async function rawSession(
+  t: ExecutionContext,
+  keyUpdateRate?: number,
+): Promise<{ server: OurServer; peer: RawTls13Client; got: Buffer[] }> {
+  const secured: TlsConnection[] = [];
+  const got: Buffer[] = [];
+  const server = await ourServer(
+    t,
+    (conn) => {
+      secured.push(conn);
+      conn.on('data', (c: Buffer) => got.push(Buffer.from(c)));
+      echo(conn);
+    },
+    5000,
+    keyUpdateRate,
+  );
+  const peer = await RawTls13Client.connect(
+    HOST,
+    server.port,
+    {
+      ca: caPem,
+      cert: certPem,
+      key: keyPem,
+      ALPNProtocols: ['h2'],
+      servername: 'peer.tls.test',
+      // The certificate names 127.0.0.1 and a SPIFFE ID, not the SNI name; the chain is still verified.
+      checkServerIdentity: () => undefined,
+    },
+    () => until(() => secured.length > 0, 5000, 'the server handshake'),
+  );
+  t.teardown(() => peer.socket.destroy());
+  return { server, peer, got };
+}
+
+/** The server still serves a well-behaved client after whatever came before. */
+async function stillServes(t: ExecutionContext, port: number): Promise<void> {
+  const client = nodeClient(port);
+  t.teardown(() => client.destroy());
+  const back = collect(client, 5);
+  client.write('hello');
+  t.is((await within(back, 5000, 'the echo from a good client')).toString(), 'hello');
+}
+
+interface Refused {
+  name: string;
+  records: (peer: RawTls13Client) => Buffer[];
+  alert: number | undefined;
+  reason: 'tls_record' | 'tls_alert';
+  message: RegExp;
+}
+
+const refused: Refused[] = [
+  {
+    name: 'inner plaintext over 2^14 bytes (content 16385): record_overflow',
+    records: (p) => [p.seal(REC_DATA, Buffer.alloc(16385, 1))],
+    alert: ALERT.record_overflow,
+    reason: 'tls_record',
+    message: /over 2\^14 bytes of plaintext \(sent record_overflow\)/,
+  },
+  {
+    name: 'inner plaintext over 2^14 + 1 bytes by its padding alone: record_overflow',
+    records: (p) => [p.seal(REC_DATA, Buffer.alloc(16000, 1), 400)],
+    alert: ALERT.record_overflow,
+    reason: 'tls_record',
+    message: /record_overflow/,
+  },
+  {
+    name: 'a ciphertext over 2^14 + 256 bytes: record_overflow, from its header alone',
+    records: () => {
+      const r = Buffer.alloc(5 + 16641, 7);
+      r.set([REC_DATA, 3, 3], 0);
+      r.writeUInt16BE(16641, 3);
+      return [r];
+    },
+    alert: ALERT.record_overflow,
+    reason: 'tls_record',
+    message: /16641 bytes .*record_overflow/,
+  },
+  {
+    name: 'a record whose tag does not verify: bad_record_mac',
+    records: (p) => {
+      const r = p.seal(REC_DATA, Buffer.from('forged'));
+      r[8]! ^= 0x40;
+      return [r];
+    },
+    alert: ALERT.bad_record_mac,
+    reason: 'tls_record',
+    message: /does not authenticate \(sent bad_record_mac\)/,
+  },
+  {
+    name: 'two KeyUpdates in one record: unexpected_message',
+    records: (p) => [p.sealKeyUpdates([0, 0])],
+    alert: ALERT.unexpected_message,
+    reason: 'tls_record',
+    message: /more after a KeyUpdate in the same record/,
+  },
+  {
+    name: 'a thousand KeyUpdates packed in one record: unexpected_message, none answered',
+    records: (p) => [p.sealKeyUpdates(new Array<number>(1000).fill(1))],
+    alert: ALERT.unexpected_message,
+    reason: 'tls_record',
+    message: /more after a KeyUpdate/,
+  },
+  {
+    name: 'a handshake message that spans the key change (a KeyUpdate, then the start of another): unexpected_message',
+    records: (p) => [p.seal(REC_HANDSHAKE, Buffer.concat([keyUpdate(0), Buffer.from([24, 0])]))],
+    alert: ALERT.unexpected_message,
+    reason: 'tls_record',
+    message: /spans the key change/,
+  },
+  {
+    name: 'a KeyUpdate asking for 2: illegal_parameter',
+    records: (p) => [p.seal(REC_HANDSHAKE, keyUpdate(2))],
+    alert: ALERT.illegal_parameter,
+    reason: 'tls_record',
+    message: /request is not 0 or 1 \(sent illegal_parameter\)/,
+  },
+  {
+    name: 'a KeyUpdate of 2 bytes: decode_error',
+    records: (p) => [p.seal(REC_HANDSHAKE, Buffer.from([24, 0, 0, 2, 0, 0]))],
+    alert: ALERT.decode_error,
+    reason: 'tls_record',
+    message: /length is not 1 \(sent decode_error\)/,
+  },
+  {
+    name: 'a NewSessionTicket from a client: unexpected_message',
+    records: (p) => [p.seal(REC_HANDSHAKE, Buffer.from([4, 0, 0, 4, 0, 0, 0, 0]))],
+    alert: ALERT.unexpected_message,
+    reason: 'tls_record',
+    message: /unexpected post-handshake message \(type 4\)/,
+  },
+  {
+    name: 'application data between the two halves of a handshake message: unexpected_message',
+    records: (p) => [p.seal(REC_HANDSHAKE, Buffer.from([24, 0])), p.seal(REC_DATA, Buffer.from('x'))],
+    alert: ALERT.unexpected_message,
+    reason: 'tls_record',
+    message: /interleaved/,
+  },
+  {
+    name: 'an alert record of 3 bytes: decode_error',
+    records: (p) => [p.seal(REC_ALERT, Buffer.from([2, 40, 0x55]))],
+    alert: ALERT.decode_error,
+    reason: 'tls_record',
+    message: /alert record that is not 2 bytes/,
+  },
+  {
+    name: "the peer's fatal alert: closed, and nothing sent back",
+    records: (p) => [p.seal(REC_ALERT, Buffer.from([2, 40]))],
+    alert: undefined,
+    reason: 'tls_alert',
+    message: /the peer sent TLS alert 40 \(handshake_failure\)/,
+  },
+];
+
+for (const c of refused) {
+  test(`after the handshake, ${c.name}; the server keeps serving`, async (t) => {
+    const { server, peer, got } = await rawSession(t);
+    // What came before the bad record is delivered: the record layer was fine until then.
+    peer.write(peer.seal(REC_DATA, Buffer.from('before')), ...c.records(peer));
+    await within(peer.closed, 5000, 'the server to close the connection');
+    t.is(peer.openError, undefined);
+    t.is(Buffer.concat(got).toString(), 'before');
+    t.deepEqual(peer.alerts, c.alert === undefined ? [] : [[2, c.alert]]);
+    t.is(peer.keyUpdates, 0);
+    await until(() => server.errors.length > 0, 5000, "the server connection's error");
+    t.is(server.errors.length, 1);
+    t.regex(server.errors[0]!.message, c.message);
+    t.is(tlsFailureReason(server.errors[0]), c.reason);
+    await stillServes(t, server.port);
+  });
+}
+
+test('a KeyUpdate split over two records, and KeyUpdates asking for ours: each followed, one answer per request', async (t) => {
+  const { server, peer } = await rawSession(t);
+  // A message split across records is fine, as long as the KeyUpdate ends the second one.
+  const ku = keyUpdate(1);
+  peer.write(peer.seal(REC_HANDSHAKE, ku.subarray(0, 2)));
+  peer.write(peer.seal(REC_HANDSHAKE, ku.subarray(2)));
+  peer.tx.update();
+  peer.write(peer.seal(REC_DATA, Buffer.from('one')));
+  await until(() => peer.data.toString() === 'one', 5000, 'the echo under new keys');
+  // Three requests in three records, with data after: the server was silent meanwhile, so it may answer
+  // once (RFC 8446 §4.6.3), and at most once per record.
+  const recs: Buffer[] = [];
+  for (let i = 0; i < 3; i++) recs.push(peer.sealKeyUpdates([1]));
+  recs.push(peer.seal(REC_DATA, Buffer.from('two')));
+  peer.write(...recs);
+  await until(() => peer.data.toString() === 'onetwo', 5000, 'the second echo');
+  t.true(peer.keyUpdates >= 2 && peer.keyUpdates <= 4, `${peer.keyUpdates} answers`);
+  // Each answer comes before the data it precedes, so the echo opened under the server's new keys.
+  const types = peer.received.map((r) => r.type);
+  t.is(types[0], REC_HANDSHAKE);
+  t.is(peer.openError, undefined);
+  t.deepEqual(server.errors, []);
+});
+
+test('data and KeyUpdates interleaved in one write: every byte delivered in order, under each generation of keys', async (t) => {
+  const { server, peer, got } = await rawSession(t);
+  const sent: Buffer[] = [];
+  const recs: Buffer[] = [];
+  for (let i = 0; i < 20; i++) {
+    const chunk = randomBytes(1000 + i * 700);
+    sent.push(chunk);
+    recs.push(peer.seal(REC_DATA, chunk));
+    recs.push(peer.sealKeyUpdates([i % 2]));
+  }
+  peer.write(...recs);
+  const want = Buffer.concat(sent);
+  await until(() => Buffer.concat(got).length >= want.length, 5000, 'all the data');
+  t.is(sha256(Buffer.concat(got)), sha256(want));
+  t.deepEqual(server.errors, []);
+});
+
+test('a KeyUpdate storm (thousands, one per record, each asking for ours): closed with tls_keyupdate_flood, answers bounded', async (t) => {
+  const { server, peer } = await rawSession(t, 10);
+  const records = 3000;
+  const batch: Buffer[] = [];
+  for (let i = 0; i < records; i++) batch.push(peer.sealKeyUpdates([1]));
+  peer.write(...batch);
+  await within(peer.closed, 10_000, 'the server to close the flooding connection');
+  t.is(peer.openError, undefined);
+  // A burst of 10 x 10 a second is admitted; the rest is refused at the first over the rate.
+  t.true(peer.keyUpdates <= 101, `${peer.keyUpdates} answers to ${records} records`);
+  t.deepEqual(peer.alerts, [[2, ALERT.unexpected_message]]);
+  await until(() => server.errors.length > 0, 5000, "the server connection's error");
+  t.is(tlsFailureReason(server.errors[0]), 'tls_keyupdate_flood');
+  t.regex(server.errors[0]!.message, /KeyUpdates faster than 10 a second/);
+  await stillServes(t, server.port);
+});
+
+test('keyUpdateRate 0 refuses the first KeyUpdate with tls_keyupdate_flood', async (t) => {
+  const { server, peer } = await rawSession(t, 0);
+  peer.write(peer.sealKeyUpdates([0]));
+  await within(peer.closed, 5000, 'the close');
+  t.deepEqual(peer.alerts, [[2, ALERT.unexpected_message]]);
+  await until(() => server.errors.length > 0, 5000, "the server connection's error");
+  t.is(tlsFailureReason(server.errors[0]), 'tls_keyupdate_flood');
 });

@@ -5,7 +5,7 @@ import { type Addon, addon } from '../native.js';
 
 /** What the binding calls back into: a connection object with one method. */
 export interface NativeOwner {
-  onNative(event: number, a: unknown, b: unknown, c: unknown): void;
+  onNative(event: number, a: unknown, b: unknown, c: unknown, d: unknown): void;
 }
 
 /**
@@ -23,7 +23,7 @@ export function binding(): Addon {
   const a = addon();
   if (typeof a === 'string') throw new TunnelError(`the tunnel's TLS is unavailable: ${a}`, 'UF');
   a.tlsInit(
-    (owner, event, x, y, z) => (owner as NativeOwner).onNative(event, x, y, z),
+    (owner, event, x, y, z, w) => (owner as NativeOwner).onNative(event, x, y, z, w),
     () => {
       slab = Buffer.allocUnsafeSlow(SLAB);
       return slab;

@@ -169,8 +169,13 @@ export abstract class NativeConnection extends EventEmitter implements NativeOwn
   /** The binding's other events (a TLS handshake). */
   protected onOther(_event: number, _a: unknown, _b: unknown): void {}
 
-  /** Called by the binding (see binding.ts); `a`, `b`, `c` depend on the event. */
-  onNative(event: number, a: unknown, b: unknown, c: unknown): void {
+  /** The Error 'error' carries when the binding closed the connection for `message` (`reason`: its code). */
+  protected closeError(message: string, _reason: string | undefined): Error {
+    return new Error(message);
+  }
+
+  /** Called by the binding (see binding.ts); `a`, `b`, `c`, `d` depend on the event. */
+  onNative(event: number, a: unknown, b: unknown, c: unknown, d?: unknown): void {
     switch (event) {
       case EV_DATA: {
         const n = b as number;
@@ -200,7 +205,8 @@ export abstract class NativeConnection extends EventEmitter implements NativeOwn
         this.bytesWritten += c as number;
         this.h = undefined;
         this.closed();
-        if (typeof a === 'string' && !this.destroyed) this.emit('error', new Error(a));
+        if (typeof a === 'string' && !this.destroyed)
+          this.emit('error', this.closeError(a, typeof d === 'string' ? d : undefined));
         this.destroyed = true;
         this.emit('close', typeof a === 'string');
         return;

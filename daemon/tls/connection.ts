@@ -7,8 +7,38 @@ import { X509Certificate } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { binding } from '../io/binding.js';
 import { EV_SECURE, NativeConnection } from '../io/connection.js';
+import type { RefusalReason } from '../metrics/metrics.js';
 import { fdOf } from '../native.js';
 import type { TlsContext } from './context.js';
+
+/** Why a connection failed after its handshake (the binding's reason, one of RefusalReason's). */
+export type TlsFailureReason = Extract<RefusalReason, 'tls_record' | 'tls_keyupdate_flood' | 'tls_alert'>;
+
+const FAILURE_REASONS: ReadonlySet<string> = new Set<TlsFailureReason>([
+  'tls_record',
+  'tls_keyupdate_flood',
+  'tls_alert',
+]);
+
+/**
+ * The 'error' of a TLS connection whose records failed after the handshake: `reason` says which way (a bad
+ * MAC, malformed or oversized record, unexpected message: tls_record; too many KeyUpdates:
+ * tls_keyupdate_flood; the peer's fatal alert: tls_alert); the message says what exactly and which alert
+ * we sent. Handshake failures and socket errors stay plain Errors.
+ */
+export class TlsFailure extends Error {
+  readonly reason: TlsFailureReason;
+  constructor(message: string, reason: TlsFailureReason) {
+    super(message);
+    this.name = 'TlsFailure';
+    this.reason = reason;
+  }
+}
+
+/** The refusal reason of a connection's 'error', if it is a post-handshake TLS failure. */
+export function tlsFailureReason(err: unknown): TlsFailureReason | undefined {
+  return err instanceof TlsFailure ? err.reason : undefined;
+}
 
 export interface TlsConnectOptions {
   /** Client: the name sent in SNI (which local workload of the peer we want). */
@@ -62,6 +92,12 @@ export class TlsConnection extends NativeConnection {
   /** Neither side of the tunnel half-closes a TLS connection: the peer's end is ours too. */
   protected onPeerEnd(): void {
     this.end();
+  }
+
+  protected override closeError(message: string, reason: string | undefined): Error {
+    if (reason !== undefined && FAILURE_REASONS.has(reason))
+      return new TlsFailure(message, reason as TlsFailureReason);
+    return new Error(message);
   }
 
   protected override closed(): void {

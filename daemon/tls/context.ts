@@ -17,6 +17,12 @@ export interface TlsContextInit {
   readonly key?: string;
   /** Server: the context for the name a client sent in SNI, undefined to refuse the handshake. */
   readonly sni?: (servername: string) => TlsContext | undefined;
+  /**
+   * KeyUpdates a second a peer may send after the handshake (a token bucket, burst 10x; the contract's
+   * `keyUpdateRate`, default 10): above it the connection fails with `tls_keyupdate_flood`. A server's
+   * connections take it from the context the handshake started with, not the one SNI picked.
+   */
+  readonly keyUpdateRate?: number;
 }
 
 export class TlsContext {
@@ -31,6 +37,7 @@ export class TlsContext {
       cert: init.cert,
       key: init.key,
       sni: sni ? (name: string) => sni(name)?.handle : undefined,
+      keyUpdateRate: init.keyUpdateRate,
     });
   }
 }

@@ -19,7 +19,7 @@
 #define EV_DATA 2      /* offset, length in the current slab */
 #define EV_END 3
 #define EV_DRAIN 4
-#define EV_CLOSE 5     /* errorMessage | undefined, bytes the splice read, bytes it wrote */
+#define EV_CLOSE 5     /* errorMessage | undefined, bytes the splice read, bytes it wrote, reason | undefined */
 #define EV_STREAM 6    /* tunnel: stream id, what happened to its splice (H2_REMOTE_END...) */
 #define EV_BDP 7       /* tunnel: DATA bytes received during one PING round trip, a reader is behind */
 #define EV_H2_ERROR 8  /* tunnel: HTTP/2 error code, message (the connection is over) */
@@ -60,6 +60,11 @@ typedef struct conn {
   size_t secret_client_len, secret_server_len;
   unsigned char *hs;            /* a peer's post-handshake message, until it is whole */
   size_t hs_len;
+  /* tls.c: a post-handshake failure's refusal reason (tls_record...), delivered with EV_CLOSE. */
+  const char *reason;
+  double ku_rate, ku_tokens;    /* the peer's KeyUpdates: a token bucket, ku_rate a second, burst 10x */
+  uint64_t ku_at;               /* when the bucket was last filled (monotonic ms) */
+  int ku_answer;                /* the peer asked for our KeyUpdate: it goes out before our next record */
   h2_t *h2;                     /* a tunnel connection: its HTTP/2 frames pass through h2.c */
   splice_t *splice;             /* a workload connection joined to a tunnel stream (h2.c) */
   double spliced_in, spliced_out; /* what the splice read from and wrote to this socket */

@@ -112,7 +112,7 @@ int rec_seal_end(rec_t *r, unsigned char *out, unsigned char type) {
 }
 
 long rec_open(rec_t *r, const unsigned char *rec, size_t body_len, unsigned char *out, unsigned char *type) {
-  if (body_len <= REC_TAG) return -1;
+  if (body_len <= REC_TAG) return REC_ERR_MAC;
   size_t clen = body_len - REC_TAG;
   unsigned char nonce[12], tag[REC_TAG];
   nonce_of(&r->rx, nonce);
@@ -124,12 +124,14 @@ long rec_open(rec_t *r, const unsigned char *rec, size_t body_len, unsigned char
       EVP_DecryptUpdate(ctx, out, &n, rec + REC_HEADER, (int)clen) != 1 || (size_t)n != clen ||
       EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, REC_TAG, tag) != 1 ||
       EVP_DecryptFinal_ex(ctx, out + n, &m) != 1)
-    return -1;
+    return REC_ERR_MAC;
   r->rx.seq++;
+  /* Checked once authentic: only a peer holding the keys hears record_overflow rather than bad_record_mac. */
+  if (clen > REC_MAX_INNER) return REC_ERR_OVERFLOW;
   /* The content type is the last non-zero byte; zeros after it are padding. */
   size_t len = clen;
   while (len > 0 && out[len - 1] == 0) len--;
-  if (len == 0) return -1;
+  if (len == 0) return REC_ERR_NO_TYPE;
   *type = out[len - 1];
   return (long)(len - 1);
 }

@@ -15,9 +15,26 @@
 #define REC_MAX_PLAIN 16384
 /* Ciphertext may exceed the plaintext limit by 256 (RFC 8446 §5.2). */
 #define REC_MAX_BODY (REC_MAX_PLAIN + 256)
+/* The encoded inner plaintext (content, type, padding) is at most 2^14 + 1 bytes (RFC 8446 §5.4). */
+#define REC_MAX_INNER (REC_MAX_PLAIN + 1)
 #define REC_TYPE_ALERT 21
 #define REC_TYPE_HANDSHAKE 22
 #define REC_TYPE_DATA 23
+
+/* What rec_open says about a record it does not hand on. */
+#define REC_ERR_MAC (-1)      /* does not authenticate: bad_record_mac */
+#define REC_ERR_OVERFLOW (-2) /* authentic, but its inner plaintext is over REC_MAX_INNER: record_overflow */
+#define REC_ERR_NO_TYPE (-3)  /* authentic, but all zeros (no content type): unexpected_message */
+
+/* Alert descriptions (RFC 8446 §6). */
+#define ALERT_CLOSE_NOTIFY 0
+#define ALERT_UNEXPECTED_MESSAGE 10
+#define ALERT_BAD_RECORD_MAC 20
+#define ALERT_RECORD_OVERFLOW 22
+#define ALERT_ILLEGAL_PARAMETER 47
+#define ALERT_DECODE_ERROR 50
+#define ALERT_INTERNAL_ERROR 80
+#define ALERT_USER_CANCELED 90
 
 typedef struct {
   EVP_CIPHER_CTX *ctx;
@@ -47,8 +64,7 @@ static inline size_t rec_sealed_size(size_t plain_len) { return REC_HEADER + pla
 
 /*
  * Opens one record: `rec` is its header and body (REC_HEADER + body_len bytes); the plaintext goes to `out`
- * (body_len - REC_TAG bytes of room). Returns the plaintext length and sets *type, or -1 if it does not
- * authenticate or has no content type.
+ * (body_len - REC_TAG bytes of room). Returns the plaintext length and sets *type, or a REC_ERR_*.
  */
 long rec_open(rec_t *r, const unsigned char *rec, size_t body_len, unsigned char *out, unsigned char *type);
 

@@ -9,7 +9,8 @@
  *
  * JavaScript side: daemon/tls/connection.ts. Everything runs on the main thread.
  *   tlsInit(dispatch, allocSlab)                 once: dispatch(owner, event, a, b, c), allocSlab() -> Buffer
- *   tlsContext(opts)                             -> context (cert/key optional, roots, server: sni lookup)
+ *   tlsContext(opts)                             -> context (cert/key optional, roots, server: sni lookup,
+ *                                                  keyUpdateRate: a peer's KeyUpdates a second, burst 10x)
  *   tlsConnect(ctx, fd, server, servername, owner) -> connection on a duplicate of fd (closed at the end)
  *   tlsWrite(conn, buffers[])                    -> bytes still queued for the socket
  *   tlsPause / tlsResume(conn)                   reading stops / starts (resume returns 1 if data is held)
@@ -29,6 +30,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -39,6 +41,11 @@
 
 /* A peer's post-handshake messages (tickets, key updates) are a few hundred bytes; more is refused. */
 #define HS_MAX 65536
+/* KeyUpdates a second a peer may send when the context says nothing (the contract's keyUpdateRate). */
+#define KEY_UPDATE_RATE 10
+/* Post-handshake handshake message types (RFC 8446 §4). */
+#define HS_NEW_SESSION_TICKET 4
+#define HS_KEY_UPDATE 24
 /* AES-GCM's limit per key is 2^24.5 records (RFC 8446 §5.5): we move to new keys well before. */
 #define TX_RECORDS_PER_KEY (1ull << 24)
 /* Decrypted HTTP/2 bytes of one batch (h2.c routes them): a batch and one more record. */
@@ -50,6 +57,7 @@ typedef struct {
   SSL_CTX *ctx;
   napi_env env;
   napi_ref sni; /* server: servername -> context | undefined */
+  double key_update_rate;
 } actx_t;
 
 
@@ -61,6 +69,8 @@ static napi_async_context g_async;
 char *g_slab_data;
 size_t g_slab_len, g_slab_off;
 static unsigned char *g_h2_scratch;
+/* A handshake record's plaintext while the batch before it is handed on (do_read_records). */
+static unsigned char g_hs_copy[REC_MAX_INNER];
 /* A read in progress: no JavaScript call re-enters one, but a second would share the scratch buffer. */
 static int g_reading;
 static BIO_METHOD *g_out_method;
@@ -116,13 +126,13 @@ static void set_ssl_err(conn_t *c, const char *what) {
 
 void emit(conn_t *c, int ev, int argc_extra, napi_value *extra) {
   napi_env env = c->env;
-  napi_value fn, owner, global, argv[5], result;
+  napi_value fn, owner, global, argv[6], result;
   if (napi_get_reference_value(env, g_dispatch, &fn) != napi_ok) return;
   napi_get_reference_value(env, c->owner, &owner);
   napi_get_global(env, &global);
   argv[0] = owner;
   napi_create_int32(env, ev, &argv[1]);
-  for (int i = 0; i < argc_extra && i < 3; i++) argv[2 + i] = extra[i];
+  for (int i = 0; i < argc_extra && i < 4; i++) argv[2 + i] = extra[i];
   if (napi_make_callback(env, g_async, global, fn, 2 + argc_extra, argv, &result) == napi_pending_exception) {
     /* A listener threw: that is the application's bug, reported the way Node reports it. */
     napi_value exc;
@@ -325,12 +335,14 @@ static void on_closed(uv_handle_t *h) {
   napi_env env = c->env;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
-  napi_value args[3];
+  napi_value args[4];
   if (c->err) napi_create_string_utf8(env, c->err, NAPI_AUTO_LENGTH, &args[0]);
   else napi_get_undefined(env, &args[0]);
   napi_create_double(env, c->spliced_in, &args[1]);
   napi_create_double(env, c->spliced_out, &args[2]);
-  emit(c, EV_CLOSE, 3, args);
+  if (c->err && c->reason) napi_create_string_utf8(env, c->reason, NAPI_AUTO_LENGTH, &args[3]);
+  else napi_get_undefined(env, &args[3]);
+  emit(c, EV_CLOSE, 4, args);
   napi_close_handle_scope(env, scope);
   napi_delete_reference(env, c->owner);
   free(c->err);
@@ -399,44 +411,200 @@ static int send_key_update(conn_t *c, int request) {
 
 /* ---- records in */
 
-/* A peer's post-handshake messages: tickets are ignored (we never resume), key updates followed. */
-static int on_handshake_bytes(conn_t *c, const unsigned char *p, size_t len) {
-  if (c->hs_len + len > HS_MAX) {
-    set_err(c, "the peer sent an oversized post-handshake message");
-    return 0;
+static const char *alert_name(unsigned d) {
+  switch (d) {
+    case 0: return "close_notify";
+    case 10: return "unexpected_message";
+    case 20: return "bad_record_mac";
+    case 22: return "record_overflow";
+    case 40: return "handshake_failure";
+    case 42: return "bad_certificate";
+    case 43: return "unsupported_certificate";
+    case 44: return "certificate_revoked";
+    case 45: return "certificate_expired";
+    case 46: return "certificate_unknown";
+    case 47: return "illegal_parameter";
+    case 48: return "unknown_ca";
+    case 49: return "access_denied";
+    case 50: return "decode_error";
+    case 51: return "decrypt_error";
+    case 70: return "protocol_version";
+    case 71: return "insufficient_security";
+    case 80: return "internal_error";
+    case 86: return "inappropriate_fallback";
+    case 90: return "user_canceled";
+    case 109: return "missing_extension";
+    case 110: return "unsupported_extension";
+    case 112: return "unrecognized_name";
+    case 113: return "bad_certificate_status_response";
+    case 115: return "unknown_psk_identity";
+    case 116: return "certificate_required";
+    case 120: return "no_application_protocol";
+    default: return "unknown";
   }
-  unsigned char *hs = realloc(c->hs, c->hs_len + len);
-  if (!hs) {
-    set_err(c, "out of memory");
-    return 0;
-  }
-  c->hs = hs;
-  memcpy(hs + c->hs_len, p, len);
-  c->hs_len += len;
-  size_t off = 0;
-  while (c->hs_len - off >= 4) {
-    const unsigned char *m = hs + off;
-    size_t mlen = ((size_t)m[1] << 16) | ((size_t)m[2] << 8) | m[3];
-    if (c->hs_len - off < 4 + mlen) break;
-    if (m[0] == 24) {
-      if (mlen != 1 || m[4] > 1 || !rec_update(&c->rec, &c->rec.rx) || (m[4] == 1 && !send_key_update(c, 0))) {
-        set_err(c, "the peer sent a bad KeyUpdate");
-        return 0;
+}
+
+/*
+ * A post-handshake failure: the alert (if it has one, < 0 if not) sealed under the current keys and sent
+ * best-effort, then the close, with `why` and the alert in the message and `reason` (a RefusalReason) for
+ * JavaScript. Before the close the socket's unread bytes are drained (bounded): a close with unread data
+ * sends RST, and the peer's stack may then drop the alert it has not read yet.
+ */
+static void fail_records(conn_t *c, const char *reason, int alert, const char *why) {
+  if (c->closing) return;
+  /* After our close_notify nothing more may be sent. */
+  int send_alert = alert >= 0 && c->records && !c->ending;
+  char buf[256];
+  if (send_alert) snprintf(buf, sizeof buf, "%s (sent %s)", why, alert_name((unsigned)alert));
+  else snprintf(buf, sizeof buf, "%s", why);
+  set_err(c, buf);
+  if (c->reason == NULL) c->reason = reason;
+  if (send_alert) {
+    const unsigned char msg[2] = {2, (unsigned char)alert}; /* fatal */
+    if (seal_one(c, REC_TYPE_ALERT, msg, sizeof msg)) {
+      while (c->out_off < c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) c->out_off += (size_t)n;
+        else if (n < 0 && errno == EINTR) continue;
+        else break;
       }
-    } else if (m[0] != 4) {
-      char buf[96];
-      snprintf(buf, sizeof buf, "the peer sent an unexpected handshake message (type %u)", m[0]);
-      set_err(c, buf);
+    }
+    char sink[16384];
+    for (int i = 0; i < 64; i++) {
+      ssize_t n = recv(c->fd, sink, sizeof sink, MSG_DONTWAIT);
+      if (n <= 0 && !(n < 0 && errno == EINTR)) break;
+    }
+  }
+  close_conn(c);
+}
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* One of the peer's KeyUpdates against its bucket. 0: over the rate. */
+static int key_update_admitted(conn_t *c) {
+  uint64_t now = now_ms();
+  double burst = c->ku_rate * 10;
+  c->ku_tokens += (double)(now - c->ku_at) * c->ku_rate / 1000.0;
+  if (c->ku_tokens > burst) c->ku_tokens = burst;
+  c->ku_at = now;
+  if (c->ku_tokens < 1) return 0;
+  c->ku_tokens -= 1;
+  return 1;
+}
+
+/* Our KeyUpdate that the peer asked for, if it did: one for however many requests came while we were silent
+ * (RFC 8446 §4.6.3), before our next record. */
+static int answer_key_update(conn_t *c) {
+  if (!c->ku_answer) return 1;
+  c->ku_answer = 0;
+  /* After our close_notify nothing more is sent: there is no next record to precede. */
+  return c->ending || send_key_update(c, 0);
+}
+
+/*
+ * Checks one post-handshake message's header (4 bytes at m) as soon as it is there, before its body is
+ * buffered: only a KeyUpdate (one byte), or a NewSessionTicket to a client (RFC 8446 §4.6), no larger than
+ * HS_MAX. 0: the connection failed.
+ */
+static int hs_header_ok(conn_t *c, const unsigned char *m) {
+  size_t mlen = ((size_t)m[1] << 16) | ((size_t)m[2] << 8) | m[3];
+  if (m[0] == HS_KEY_UPDATE) {
+    if (mlen == 1) return 1;
+    fail_records(c, "tls_record", ALERT_DECODE_ERROR, "the peer sent a KeyUpdate whose length is not 1");
+    return 0;
+  }
+  if (m[0] == HS_NEW_SESSION_TICKET && !c->server) {
+    if (mlen <= HS_MAX) return 1;
+    fail_records(c, "tls_record", ALERT_ILLEGAL_PARAMETER, "the peer sent an oversized NewSessionTicket");
+    return 0;
+  }
+  char buf[128];
+  snprintf(buf, sizeof buf, "the peer sent an unexpected post-handshake message (type %u)", m[0]);
+  fail_records(c, "tls_record", ALERT_UNEXPECTED_MESSAGE, buf);
+  return 0;
+}
+
+/*
+ * One handshake record's plaintext after the handshake: tickets are ignored (we never resume), key updates
+ * followed. A KeyUpdate changes the peer's keys, so it must end its record (RFC 8446 §5.1: no message spans
+ * a key change): anything after it in the same record, a second KeyUpdate included, is unexpected_message.
+ * Only complete messages are buffered beyond this record: at most HS_MAX bytes of one. 0: the connection
+ * failed.
+ */
+static int on_handshake_record(conn_t *c, const unsigned char *p, size_t len) {
+  if (len == 0) {
+    fail_records(c, "tls_record", ALERT_UNEXPECTED_MESSAGE, "the peer sent an empty handshake record");
+    return 0;
+  }
+  /* What is parsed: this record alone, or the buffered start of a message with this record after it. */
+  const unsigned char *buf = p;
+  size_t total = len;
+  if (c->hs_len > 0) {
+    unsigned char *hs = realloc(c->hs, c->hs_len + len);
+    if (!hs) {
+      fail_records(c, "tls_record", ALERT_INTERNAL_ERROR, "out of memory for a post-handshake message");
       return 0;
     }
-    off += 4 + mlen;
+    c->hs = hs;
+    memcpy(hs + c->hs_len, p, len);
+    c->hs_len += len;
+    buf = hs;
+    total = c->hs_len;
   }
-  c->hs_len -= off;
-  if (c->hs_len > 0) memmove(hs, hs + off, c->hs_len);
-  else {
+  size_t off = 0;
+  while (total - off >= 4) {
+    const unsigned char *m = buf + off;
+    if (!hs_header_ok(c, m)) return 0;
+    size_t mlen = ((size_t)m[1] << 16) | ((size_t)m[2] << 8) | m[3];
+    if (total - off < 4 + mlen) break;
+    off += 4 + mlen;
+    if (m[0] != HS_KEY_UPDATE) continue;
+    if (m[4] > 1) {
+      fail_records(c, "tls_record", ALERT_ILLEGAL_PARAMETER, "the peer sent a KeyUpdate whose request is not 0 or 1");
+      return 0;
+    }
+    if (off != total) {
+      fail_records(c, "tls_record", ALERT_UNEXPECTED_MESSAGE,
+                   "the peer sent more after a KeyUpdate in the same record (a message spans the key change)");
+      return 0;
+    }
+    if (!key_update_admitted(c)) {
+      char why[128];
+      snprintf(why, sizeof why, "the peer sent KeyUpdates faster than %g a second", c->ku_rate);
+      fail_records(c, "tls_keyupdate_flood", ALERT_UNEXPECTED_MESSAGE, why);
+      return 0;
+    }
+    if (!rec_update(&c->rec, &c->rec.rx)) {
+      fail_records(c, "tls_record", ALERT_INTERNAL_ERROR, "TLS: deriving the peer's next keys failed");
+      return 0;
+    }
+    if (m[4] == 1) c->ku_answer = 1;
+  }
+  /* The rest is the start of one message: its header, once here, was checked above. */
+  size_t rest = total - off;
+  if (rest == 0) {
     free(c->hs);
     c->hs = NULL;
+    c->hs_len = 0;
+    return 1;
   }
+  if (buf == c->hs) {
+    memmove(c->hs, c->hs + off, rest);
+  } else {
+    unsigned char *hs = malloc(rest);
+    if (!hs) {
+      fail_records(c, "tls_record", ALERT_INTERNAL_ERROR, "out of memory for a post-handshake message");
+      return 0;
+    }
+    memcpy(hs, buf + off, rest);
+    free(c->hs);
+    c->hs = hs;
+  }
+  c->hs_len = rest;
   return 1;
 }
 
@@ -509,9 +677,19 @@ static void do_read_records(conn_t *c) {
     if (avail >= REC_HEADER) {
       const unsigned char *h = (const unsigned char *)c->in + c->in_off;
       size_t body = ((size_t)h[3] << 8) | h[4];
-      if (h[0] != REC_TYPE_DATA || body > REC_MAX_BODY || body <= REC_TAG) {
-        set_err(c, "the peer sent a malformed TLS record");
-        close_conn(c);
+      /* Known from the header alone, before the body is even here (RFC 8446 §5.1, §5.2). What this batch
+       * opened before it still goes on: it authenticated. */
+      if ((h[0] != REC_TYPE_DATA || body > REC_MAX_BODY) && !batch_end(c, start, &got)) return;
+      if (h[0] != REC_TYPE_DATA) {
+        char why[96];
+        snprintf(why, sizeof why, "the peer sent a TLS record of outer type %u after the handshake", h[0]);
+        fail_records(c, "tls_record", ALERT_UNEXPECTED_MESSAGE, why);
+        return;
+      }
+      if (body > REC_MAX_BODY) {
+        char why[96];
+        snprintf(why, sizeof why, "the peer sent a TLS record of %zu bytes (at most %d)", body, REC_MAX_BODY);
+        fail_records(c, "tls_record", ALERT_RECORD_OVERFLOW, why);
         return;
       }
       if (avail >= REC_HEADER + body) {
@@ -542,28 +720,62 @@ static void do_read_records(conn_t *c) {
         long n = rec_open(&c->rec, h, body, plain, &type);
         c->in_off += REC_HEADER + body;
         if (n < 0) {
-          set_err(c, "a TLS record from the peer does not authenticate (bad_record_mac)");
-          close_conn(c);
+          /* What was decrypted before this record still goes on: it authenticated. */
+          if (!batch_end(c, start, &got)) return;
+          if (n == REC_ERR_OVERFLOW)
+            fail_records(c, "tls_record", ALERT_RECORD_OVERFLOW,
+                         "the peer sent a TLS record with over 2^14 bytes of plaintext");
+          else if (n == REC_ERR_NO_TYPE)
+            fail_records(c, "tls_record", ALERT_UNEXPECTED_MESSAGE, "the peer sent a TLS record with no content type");
+          else
+            fail_records(c, "tls_record", ALERT_BAD_RECORD_MAC, "a TLS record from the peer does not authenticate");
+          return;
+        }
+        if (type != REC_TYPE_HANDSHAKE && c->hs_len > 0) {
+          /* RFC 8446 §5.1: a handshake message split over records has nothing else between them. */
+          if (!batch_end(c, start, &got)) return;
+          fail_records(c, "tls_record", ALERT_UNEXPECTED_MESSAGE,
+                       "the peer interleaved another record with a split handshake message");
           return;
         }
         if (type == REC_TYPE_DATA) {
           if (c->h2 && !h2_input(c, plain, (size_t)n)) return;
           got += (size_t)n;
         } else if (type == REC_TYPE_ALERT) {
-          if (n == 2 && plain[1] == 0) {
-            if (!batch_end(c, start, &got)) return;
+          if (n == 2 && plain[1] == ALERT_USER_CANCELED) continue; /* a warning: close_notify follows */
+          if (!batch_end(c, start, &got)) return;
+          if (n == 2 && plain[1] == ALERT_CLOSE_NOTIFY) {
             on_read_end(c);
             if (c->closing) return;
             break;
           }
-          char buf[96];
-          snprintf(buf, sizeof buf, "the peer sent TLS alert %u", n == 2 ? plain[1] : 0);
-          set_err(c, buf);
-          close_conn(c);
+          if (n != 2) {
+            /* RFC 8446 §5.1: one alert per record, never fragmented. */
+            fail_records(c, "tls_record", ALERT_DECODE_ERROR, "the peer sent an alert record that is not 2 bytes");
+            return;
+          }
+          /* A fatal alert: the peer is gone, no answer (RFC 8446 §6.2). */
+          char why[96];
+          snprintf(why, sizeof why, "the peer sent TLS alert %u (%s)", plain[1], alert_name(plain[1]));
+          fail_records(c, "tls_alert", -1, why);
           return;
-        } else if (type != REC_TYPE_HANDSHAKE || !on_handshake_bytes(c, plain, (size_t)n)) {
-          if (type != REC_TYPE_HANDSHAKE) set_err(c, "the peer sent an unexpected TLS record type");
-          close_conn(c);
+        } else if (type == REC_TYPE_HANDSHAKE) {
+          /* What came before goes on first, whatever this record does to the keys or the connection; the
+           * next record starts a batch of its own (`start` moves on). Its plaintext is copied out first:
+           * the slab or scratch it lies in is the batch's, and the batch is handed on. Rare: a KeyUpdate
+           * now and then. */
+          if (got > 0) {
+            memcpy(g_hs_copy, plain, (size_t)n);
+            plain = g_hs_copy;
+            if (!batch_end(c, start, &got)) return;
+            have_slab = 0;
+          }
+          if (!on_handshake_record(c, plain, (size_t)n)) return;
+        } else {
+          if (!batch_end(c, start, &got)) return;
+          char why[96];
+          snprintf(why, sizeof why, "the peer sent a TLS record of inner type %u after the handshake", type);
+          fail_records(c, "tls_record", ALERT_UNEXPECTED_MESSAGE, why);
           return;
         }
         continue;
@@ -601,6 +813,10 @@ static void do_read_records(conn_t *c) {
     return;
   }
   if (!batch_end(c, start, &got)) return;
+  if (!answer_key_update(c)) {
+    fail_records(c, "tls_record", -1, "TLS: sealing our KeyUpdate failed");
+    return;
+  }
   if (c->in_off == c->in_len) in_release(c); /* an idle connection holds no buffer */
   /* What we answered (a key update, WINDOW_UPDATEs), and what was waiting for the socket anyway. */
   if (queued(c) > 0 && !flush_and_drain(c)) return;
@@ -686,6 +902,8 @@ static int take_over(conn_t *c) {
     return 0;
   }
   c->records = 1;
+  c->ku_tokens = c->ku_rate * 10;
+  c->ku_at = now_ms();
   SSL_free(c->ssl);
   c->ssl = NULL;
   return 1;
@@ -859,7 +1077,7 @@ static int add_pem_certs(X509_STORE *store, const char *pem) {
   return n;
 }
 
-/* tlsContext({ roots, ciphersuites, cert?, key?, sni? }) */
+/* tlsContext({ roots, ciphersuites, cert?, key?, sni?, keyUpdateRate? }) */
 static napi_value TlsContext(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value opts;
@@ -874,6 +1092,18 @@ static napi_value TlsContext(napi_env env, napi_callback_info info) {
   if (!roots || !suites) {
     throw_msg(env, "EINVAL", "tlsContext: roots and ciphersuites are required strings");
     goto done;
+  }
+  double rate = KEY_UPDATE_RATE;
+  napi_value rate_v;
+  napi_valuetype rate_t = napi_undefined;
+  if (napi_get_named_property(env, opts, "keyUpdateRate", &rate_v) == napi_ok) napi_typeof(env, rate_v, &rate_t);
+  if (rate_t != napi_undefined) {
+    /* 0 is allowed: a peer's first KeyUpdate is then refused. */
+    if (rate_t != napi_number || napi_get_value_double(env, rate_v, &rate) != napi_ok || !(rate >= 0) ||
+        rate > 1e6) {
+      throw_msg(env, "EINVAL", "tlsContext: keyUpdateRate must be a number from 0 to 1000000");
+      goto done;
+    }
   }
   ctx = SSL_CTX_new(TLS_method());
   if (!ctx) {
@@ -932,6 +1162,7 @@ static napi_value TlsContext(napi_env env, napi_callback_info info) {
   }
   a->ctx = ctx;
   a->env = env;
+  a->key_update_rate = rate;
   napi_value sni;
   napi_valuetype t = napi_undefined;
   if (napi_get_named_property(env, opts, "sni", &sni) == napi_ok) napi_typeof(env, sni, &t);
@@ -1025,6 +1256,7 @@ static napi_value TlsConnect(napi_env env, napi_callback_info info) {
   int one = 1;
   setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   c->server = server;
+  c->ku_rate = a->key_update_rate;
   c->ssl = SSL_new(a->ctx);
   BIO *wbio = c->ssl ? BIO_new(g_out_method) : NULL;
   BIO *rbio = wbio ? BIO_new(g_in_method) : NULL;
@@ -1113,7 +1345,8 @@ int write_plain(conn_t *c, const piece_t *pieces, uint32_t count) {
 /* Seals the pieces into records on the outgoing queue. 0 (with the reason set) if that failed. */
 int seal_records(conn_t *c, const piece_t *pieces, size_t total) {
   size_t records = (total + REC_MAX_PLAIN - 1) / REC_MAX_PLAIN;
-  int ok = out_reserve(c, total + records * (REC_HEADER + 1 + REC_TAG) + 64);
+  /* A KeyUpdate the peer asked for goes before our next application data (RFC 8446 §4.6.3). */
+  int ok = answer_key_update(c) && out_reserve(c, total + records * (REC_HEADER + 1 + REC_TAG) + 64);
   uint32_t i = 0;
   size_t at = 0, left = total;
   while (ok && left > 0) {
