@@ -3,6 +3,7 @@ import type { CertificateManager } from '../../identity/manager.js';
 import type { Logger } from '../../log.js';
 import type { Metrics } from '../../metrics/metrics.js';
 import type { H2Headers, H2Stream } from '../h2/stream.js';
+import type { H2Limits } from '../hbone.js';
 import { type PoolKey, TunnelSession, poolKeyString } from './session.js';
 
 export interface PoolOptions {
@@ -13,6 +14,8 @@ export interface PoolOptions {
   connectTimeoutMs: number;
   /** Liveness PING period; a session whose PING is not answered within twice this is destroyed. */
   pingIntervalMs: number;
+  /** A peer daemon's abuse of our client sessions is bounded as on the server side (docs/limits.md). */
+  h2Limits?: H2Limits;
 }
 
 export const DEFAULT_POOL_OPTIONS: PoolOptions = {
