@@ -118,8 +118,10 @@ export class TunnelServer {
         d.fds.refuse('inbound', 'tunnel refused: out of descriptors', { src, err: (err as Error).message });
         return;
       }
-      d.metrics.refused.inc({ direction: 'inbound', reason: 'tls_failure' });
-      d.log.warn({ src: socket.remoteAddress, err: (err as Error).message }, 'tunnel connection dropped');
+      d.refusals.refuse('inbound', 'tls_failure', 'tunnel connection dropped', {
+        src: socket.remoteAddress,
+        err: (err as Error).message,
+      });
       return;
     }
     this.#connections++;
@@ -147,9 +149,12 @@ export class TunnelServer {
       tls.destroy();
     }, l.handshakeTimeoutMs);
     timer.unref();
+    // Rate-limited like every refusal: a flood of broken handshakes must not become a flood of log lines.
     const refused = (err: Error): void => {
-      d.metrics.refused.inc({ direction: 'inbound', reason: 'tls_failure' });
-      d.log.warn({ src: tls.remoteAddress, err: err.message }, 'tunnel handshake refused');
+      d.refusals.refuse('inbound', 'tls_failure', 'tunnel handshake refused', {
+        src: tls.remoteAddress,
+        err: err.message,
+      });
     };
     tls.once('error', refused);
     tls.once('close', () => {
@@ -180,8 +185,10 @@ export class TunnelServer {
     });
     if (tls.alpnProtocol !== 'h2') {
       // HBONE is HTTP/2 only: a client that did not negotiate h2 would read our frames as garbage.
-      d.metrics.refused.inc({ direction: 'inbound', reason: 'tls_failure' });
-      d.log.warn({ src: tls.remoteAddress, alpn: tls.alpnProtocol }, 'tunnel refused: ALPN is not h2');
+      d.refusals.refuse('inbound', 'tls_failure', 'tunnel refused: ALPN is not h2', {
+        src: tls.remoteAddress,
+        alpn: tls.alpnProtocol,
+      });
       tls.destroy();
       return;
     }
