@@ -172,6 +172,25 @@ export type ConfigInput = Partial<{
   fdReserve: number | string;
 }>;
 
+/** The keys of the limits (docs/limits.md), each filling the field of DaemonConfig.limits of its name. */
+export const LIMIT_KEYS: readonly (keyof ConfigInput)[] = [
+  'maxHandshakes',
+  'maxHandshakesPerSource',
+  'handshakeTimeout',
+  'tunnelIdleTimeout',
+  'maxConnections',
+  'maxConnectionsPerIdentity',
+  'maxInboundStreams',
+  'maxConnectsPerSession',
+  'maxConnectsPerNode',
+  'streamResetRate',
+  'maxOutboundControl',
+  'maxHeaderListSize',
+  'maxHeaderFrames',
+  'keyUpdateRate',
+  'fdReserve',
+];
+
 export const CONFIG_KEYS: readonly (keyof ConfigInput)[] = [
   'nodeName',
   'stateDir',
@@ -208,21 +227,7 @@ export const CONFIG_KEYS: readonly (keyof ConfigInput)[] = [
   'captureExcludeCidrs',
   'captureDaemonUid',
   'iptablesBackend',
-  'maxHandshakes',
-  'maxHandshakesPerSource',
-  'handshakeTimeout',
-  'tunnelIdleTimeout',
-  'maxConnections',
-  'maxConnectionsPerIdentity',
-  'maxInboundStreams',
-  'maxConnectsPerSession',
-  'maxConnectsPerNode',
-  'streamResetRate',
-  'maxOutboundControl',
-  'maxHeaderListSize',
-  'maxHeaderFrames',
-  'keyUpdateRate',
-  'fdReserve',
+  ...LIMIT_KEYS,
 ];
 
 /** Environment variables, one per setting: AMBIT_NODE_NAME, AMBIT_TRUST_DOMAIN, AMBIT_TUNNEL, ... */
