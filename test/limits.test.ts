@@ -23,6 +23,8 @@ import { Refusals, peerAbuseReason } from '../daemon/limits/refusal.js';
 import { silentLogger } from '../daemon/log.js';
 import { Metrics } from '../daemon/metrics/metrics.js';
 import { sniForIdentity } from '../daemon/proxy/hbone.js';
+import { ExplicitListeners } from '../daemon/proxy/outbound/explicit.js';
+import type { Outbound } from '../daemon/proxy/outbound/outbound.js';
 import { NODE_FLAGS } from '../daemon/proxy/reclaim.js';
 import {
   type Cluster,
@@ -292,6 +294,59 @@ test('the descriptor estimate reads RLIMIT_NOFILE and refuses before the reserve
   now += 300;
   t.true(fds.available());
   t.is(fds.open, 50);
+});
+
+test('an outbound listener short of descriptors resets the connection at once and counts it', async (t) => {
+  const metrics = new Metrics({ processMetrics: false });
+  let open = 1000;
+  const fds = new FdReserve(64, new Refusals(metrics, silentLogger()), {
+    limit: 1024,
+    count: () => open,
+    sampleMs: 0,
+  });
+  let handled = 0;
+  const outbound = {
+    handle: (sock: Socket) => {
+      handled++;
+      sock.end('carried');
+    },
+  } as unknown as Outbound;
+  const listeners = new ExplicitListeners(outbound, silentLogger());
+  listeners.gate = fds.gate('outbound', 'upstream listener');
+  const port = await freePort();
+  await listeners.reconcile([
+    workload({
+      name: 'web-1',
+      service: 'web',
+      node: 'node-a',
+      upstreams: [
+        { service: 'api', namespace: 'default', port: undefined, listenHost: '127.0.0.1', listenPort: port },
+      ],
+    }),
+  ]);
+  try {
+    const attempt = (): Promise<string> =>
+      new Promise((resolve) => {
+        const sock = connect({ port, host: '127.0.0.1' });
+        let got = '';
+        sock.on('data', (d: Buffer) => {
+          got += d.toString();
+        });
+        sock.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+        sock.once('end', () => resolve(got));
+      });
+    t.is(await attempt(), 'ECONNRESET', 'reset while fewer than 64 descriptors would remain');
+    t.is(handled, 0);
+    const text = await metrics.registry.metrics();
+    t.is(
+      metricSum(text, 'ambit_connections_refused_total', { direction: 'outbound', reason: 'fd_reserve' }),
+      1,
+    );
+    open = 100;
+    t.is(await attempt(), 'carried', 'carried once descriptors are free');
+  } finally {
+    listeners.close();
+  }
 });
 
 // ---- handshakes and connections
