@@ -84,7 +84,12 @@ export class Ambitd {
     this.fds = new FdReserve(config.limits.fdReserve, this.refusals);
     this.pool = new Pool(
       certs,
-      { ...config.pool, connectTimeoutMs: config.connectTimeoutMs, h2Limits: config.limits },
+      {
+        ...config.pool,
+        connectTimeoutMs: config.connectTimeoutMs,
+        h2Limits: config.limits,
+        refusals: this.refusals,
+      },
       logger,
       this.metrics,
     );

@@ -1,5 +1,6 @@
 import { TunnelError } from '../../errors.js';
 import type { CertificateManager } from '../../identity/manager.js';
+import { type Refusals, peerAbuseReason } from '../../limits/refusal.js';
 import type { Logger } from '../../log.js';
 import type { Metrics } from '../../metrics/metrics.js';
 import type { H2Headers, H2Stream } from '../h2/stream.js';
@@ -16,6 +17,8 @@ export interface PoolOptions {
   pingIntervalMs: number;
   /** A peer daemon's abuse of our client sessions is bounded as on the server side (docs/limits.md). */
   h2Limits?: H2Limits;
+  /** Counts a peer's protocol abuse that ends a session (the reason its 'error' carries). */
+  refusals?: Refusals;
 }
 
 export const DEFAULT_POOL_OPTIONS: PoolOptions = {
@@ -127,6 +130,17 @@ export class Pool {
       if (l.length === 0) this.#sessions.delete(k);
     };
     session.h2.once('close', forget);
+    const refusals = this.#opts.refusals;
+    if (refusals) {
+      const where = { peer: key.peer, address: key.address, port: key.port };
+      const abuse = (err: Error): void => {
+        const reason = peerAbuseReason(err);
+        if (reason)
+          refusals.refuse('outbound', reason, 'tunnel session ended', { ...where, err: err.message });
+      };
+      session.h2.on('error', abuse);
+      session.h2.socket.on('error', abuse);
+    }
     session.h2.once('goaway', () => {
       session.draining = true;
       forget();
