@@ -61,7 +61,62 @@ export interface DaemonConfig {
     readonly daemonUid: number | undefined;
     readonly backend: 'auto' | 'nft' | 'legacy';
   };
+  /** What a peer (or a flood of them) may make the daemon hold: docs/limits.md. */
+  readonly limits: Limits;
 }
+
+/** Every bound of docs/limits.md; each has a safe default and refuses with its own reason when reached. */
+export interface Limits {
+  /** TLS handshakes in progress on the tunnel listener at once. */
+  readonly maxHandshakes: number;
+  /** The same, per source IP address. */
+  readonly maxHandshakesPerSource: number;
+  /** A handshake not done by then is cut off. */
+  readonly handshakeTimeoutMs: number;
+  /** A server session with no open stream for this long gets GOAWAY and is closed. */
+  readonly tunnelIdleTimeoutMs: number;
+  /** Inbound tunnel connections, handshaking or up, in all. */
+  readonly maxConnections: number;
+  /** Authenticated tunnel sessions per peer SPIFFE identity. */
+  readonly maxConnectionsPerIdentity: number;
+  /** Streams per inbound session, counting CONNECTs whose upstream connect is still in flight. */
+  readonly maxInboundStreams: number;
+  /** Upstream connects in flight per inbound session. */
+  readonly maxConnectsPerSession: number;
+  /** Upstream connects in flight on this node. */
+  readonly maxConnectsPerNode: number;
+  /** RST_STREAM per second a peer may send (burst 10x); above: GOAWAY ENHANCE_YOUR_CALM. */
+  readonly streamResetRate: number;
+  /** Control answers (PING/SETTINGS ACKs) queued for a peer that does not read; above: GOAWAY. */
+  readonly maxOutboundControl: number;
+  /** Decoded header list bytes per header block. */
+  readonly maxHeaderListSize: number;
+  /** HEADERS + CONTINUATION frames in one header block. */
+  readonly maxHeaderFrames: number;
+  /** KeyUpdates per second a peer may send (burst 10x); above: alert and close. */
+  readonly keyUpdateRate: number;
+  /** Descriptors kept free below RLIMIT_NOFILE: new work is refused before them. */
+  readonly fdReserve: number;
+}
+
+/** The defaults of docs/limits.md (CONTRACT.md's table). */
+export const DEFAULT_LIMITS: Limits = {
+  maxHandshakes: 256,
+  maxHandshakesPerSource: 32,
+  handshakeTimeoutMs: 10_000,
+  tunnelIdleTimeoutMs: 600_000,
+  maxConnections: 10_000,
+  maxConnectionsPerIdentity: 1000,
+  maxInboundStreams: 200,
+  maxConnectsPerSession: 100,
+  maxConnectsPerNode: 1000,
+  streamResetRate: 100,
+  maxOutboundControl: 1000,
+  maxHeaderListSize: 16_384,
+  maxHeaderFrames: 8,
+  keyUpdateRate: 10,
+  fdReserve: 64,
+};
 
 /** Every setting a file, the environment or a flag may give; all optional, validated field by field. */
 export type ConfigInput = Partial<{
@@ -100,7 +155,41 @@ export type ConfigInput = Partial<{
   captureExcludeCidrs: string | readonly string[];
   captureDaemonUid: number | string;
   iptablesBackend: string;
+  maxHandshakes: number | string;
+  maxHandshakesPerSource: number | string;
+  handshakeTimeout: string | number;
+  tunnelIdleTimeout: string | number;
+  maxConnections: number | string;
+  maxConnectionsPerIdentity: number | string;
+  maxInboundStreams: number | string;
+  maxConnectsPerSession: number | string;
+  maxConnectsPerNode: number | string;
+  streamResetRate: number | string;
+  maxOutboundControl: number | string;
+  maxHeaderListSize: number | string;
+  maxHeaderFrames: number | string;
+  keyUpdateRate: number | string;
+  fdReserve: number | string;
 }>;
+
+/** The keys of the limits (docs/limits.md), each filling the field of DaemonConfig.limits of its name. */
+export const LIMIT_KEYS: readonly (keyof ConfigInput)[] = [
+  'maxHandshakes',
+  'maxHandshakesPerSource',
+  'handshakeTimeout',
+  'tunnelIdleTimeout',
+  'maxConnections',
+  'maxConnectionsPerIdentity',
+  'maxInboundStreams',
+  'maxConnectsPerSession',
+  'maxConnectsPerNode',
+  'streamResetRate',
+  'maxOutboundControl',
+  'maxHeaderListSize',
+  'maxHeaderFrames',
+  'keyUpdateRate',
+  'fdReserve',
+];
 
 export const CONFIG_KEYS: readonly (keyof ConfigInput)[] = [
   'nodeName',
@@ -138,6 +227,7 @@ export const CONFIG_KEYS: readonly (keyof ConfigInput)[] = [
   'captureExcludeCidrs',
   'captureDaemonUid',
   'iptablesBackend',
+  ...LIMIT_KEYS,
 ];
 
 /** Environment variables, one per setting: AMBIT_NODE_NAME, AMBIT_TRUST_DOMAIN, AMBIT_TUNNEL, ... */
@@ -404,7 +494,54 @@ export function loadConfig(opts: {
         at('iptablesBackend'),
       ),
     },
+    limits: limitsOf(merged, at),
   };
+}
+
+/** The integer limits: a file key, AMBIT_* variable and --flag each, named as the field they fill. */
+const INT_LIMITS = [
+  'maxHandshakes',
+  'maxHandshakesPerSource',
+  'maxConnections',
+  'maxConnectionsPerIdentity',
+  'maxInboundStreams',
+  'maxConnectsPerSession',
+  'maxConnectsPerNode',
+  'streamResetRate',
+  'maxOutboundControl',
+  'maxHeaderListSize',
+  'maxHeaderFrames',
+  'keyUpdateRate',
+] as const satisfies readonly (keyof ConfigInput & keyof Limits)[];
+
+function limitsOf(
+  merged: ConfigInput,
+  at: (field: keyof ConfigInput) => { file?: string; field: string },
+): Limits {
+  const ints = {} as Record<(typeof INT_LIMITS)[number], number>;
+  for (const k of INT_LIMITS) ints[k] = positiveInt(merged[k] ?? DEFAULT_LIMITS[k], at(k));
+  const limits: Limits = {
+    ...ints,
+    handshakeTimeoutMs: parseDuration(
+      merged.handshakeTimeout ?? DEFAULT_LIMITS.handshakeTimeoutMs,
+      at('handshakeTimeout'),
+    ),
+    tunnelIdleTimeoutMs: parseDuration(
+      merged.tunnelIdleTimeout ?? DEFAULT_LIMITS.tunnelIdleTimeoutMs,
+      at('tunnelIdleTimeout'),
+    ),
+    // 0 is allowed: no reserve, refusals only when the kernel says EMFILE.
+    fdReserve: nonNegativeInt(merged.fdReserve ?? DEFAULT_LIMITS.fdReserve, at('fdReserve')),
+  };
+  // A timer of 0 would cut every handshake (or session) at once: a typo, not a choice.
+  if (limits.handshakeTimeoutMs < 100)
+    throw new ConfigError('must be at least 100ms', at('handshakeTimeout'));
+  if (limits.tunnelIdleTimeoutMs < 1000)
+    throw new ConfigError('must be at least 1s', at('tunnelIdleTimeout'));
+  // A header list of a few bytes would refuse every CONNECT; nghttp2 needs room for the pseudo-headers.
+  if (limits.maxHeaderListSize < 1024)
+    throw new ConfigError('must be at least 1024', at('maxHeaderListSize'));
+  return limits;
 }
 
 // --- Consul ----------------------------------------------------------------------------------------------

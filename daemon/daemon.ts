@@ -9,6 +9,8 @@ import { type CertificateAuthority, EmbeddedCa } from './identity/ca.js';
 import { CertificateManager } from './identity/manager.js';
 import { spiffeId } from './identity/spiffe.js';
 import { binding } from './io/binding.js';
+import { FdReserve } from './limits/fds.js';
+import { Refusals } from './limits/refusal.js';
 import { LOG_LEVELS, type LogLevel, type Logger } from './log.js';
 import { Metrics } from './metrics/metrics.js';
 import { sniForIdentity } from './proxy/hbone.js';
@@ -49,6 +51,10 @@ export class Ambitd {
   readonly log: Logger;
   readonly store = new StateStore();
   readonly metrics = new Metrics();
+  /** Every limit's refusals, counted and logged (rate-limited) in one place. */
+  readonly refusals: Refusals;
+  /** The descriptor reserve (fdReserve below RLIMIT_NOFILE) new work is refused before. */
+  readonly fds: FdReserve;
   readonly certs: CertificateManager;
   readonly pool: Pool;
   readonly inbound: Inbound;
@@ -74,9 +80,16 @@ export class Ambitd {
     this.log = logger;
     this.certs = certs;
     const identityOf = (w: Workload): string => this.identityOf(w);
+    this.refusals = new Refusals(this.metrics, logger);
+    this.fds = new FdReserve(config.limits.fdReserve, this.refusals);
     this.pool = new Pool(
       certs,
-      { ...config.pool, connectTimeoutMs: config.connectTimeoutMs },
+      {
+        ...config.pool,
+        connectTimeoutMs: config.connectTimeoutMs,
+        h2Limits: config.limits,
+        refusals: this.refusals,
+      },
       logger,
       this.metrics,
     );
@@ -88,6 +101,9 @@ export class Ambitd {
       identityOf,
       isSelf: (t) => this.#isSelf(t.ip, t.port),
       connectTimeoutMs: config.connectTimeoutMs,
+      limits: config.limits,
+      refusals: this.refusals,
+      fds: this.fds,
     });
     this.outbound = new Outbound({
       store: this.store,
@@ -100,10 +116,14 @@ export class Ambitd {
       connectTimeoutMs: config.connectTimeoutMs,
     });
     this.listeners = new ExplicitListeners(this.outbound, logger);
+    this.listeners.gate = this.fds.gate('outbound', 'upstream listener');
     this.tunnel = new TunnelServer({
       inbound: this.inbound,
       metrics: this.metrics,
       log: logger,
+      refusals: this.refusals,
+      limits: config.limits,
+      fds: this.fds,
       roots: () => certs.trustBundle(),
       contextForSni: (name) => this.#contextForSni(name),
     });
@@ -128,6 +148,10 @@ export class Ambitd {
           }),
         }
       : undefined;
+    if (this.capture) {
+      this.capture.outbound.gate = this.fds.gate('outbound', 'captured');
+      this.capture.plaintext.gate = this.fds.gate('inbound', 'captured plaintext');
+    }
   }
 
   static async start(given: DaemonConfig, logger: Logger): Promise<Ambitd> {
@@ -350,7 +374,12 @@ export class Ambitd {
           certificates: certRows(),
           listeners: this.listeners.listening(),
           pool: this.pool.stats(),
-          inbound: { open: this.inbound.openConnections },
+          inbound: {
+            open: this.inbound.openConnections,
+            connecting: this.inbound.connecting,
+            tunnel: this.tunnel.stats(),
+          },
+          fds: { open: this.fds.open, limit: this.fds.limit ?? null, reserve: this.fds.reserve },
           readiness: this.readiness(),
         },
       }),
@@ -378,6 +407,10 @@ export class Ambitd {
         return { status: r.ready ? 200 : 503, json: r };
       },
     });
+    // An accept that fails for want of descriptors must not take the daemon down through these either.
+    this.fds.watch(admin, 'inbound', 'admin API');
+    this.fds.watch(metrics, 'inbound', 'metrics');
+    this.fds.watch(ready, 'inbound', 'readiness');
     this.#http.push(admin, metrics, ready);
     this.ports.admin = portOf(admin);
     this.ports.metrics = portOf(metrics);

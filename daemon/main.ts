@@ -37,6 +37,28 @@ const program = new Command()
   .option('--default-policy <allow|deny>', 'Consul mode: when no intention matches (default: allow)')
   .option('--connect-timeout <duration>', 'upstream and tunnel connect timeout (default: 5s)')
   .option('--drain-timeout <duration>', 'on SIGTERM, how long open connections may finish (default: 30s)')
+  // Limits (docs/limits.md).
+  .option('--max-handshakes <n>', 'TLS handshakes in progress on the tunnel at once (default: 256)')
+  .option('--max-handshakes-per-source <n>', 'the same, per source IP (default: 32)')
+  .option('--handshake-timeout <duration>', 'a tunnel handshake not done by then is cut off (default: 10s)')
+  .option(
+    '--tunnel-idle-timeout <duration>',
+    'an inbound session with no stream this long is closed (default: 10m)',
+  )
+  .option('--max-connections <n>', 'inbound tunnel connections in all (default: 10000)')
+  .option('--max-connections-per-identity <n>', 'inbound tunnel sessions per peer SPIFFE ID (default: 1000)')
+  .option(
+    '--max-inbound-streams <n>',
+    'streams per inbound session, connects in flight included (default: 200)',
+  )
+  .option('--max-connects-per-session <n>', 'upstream connects in flight per inbound session (default: 100)')
+  .option('--max-connects-per-node <n>', 'upstream connects in flight on this node (default: 1000)')
+  .option('--stream-reset-rate <n>', 'RST_STREAM per second a peer may send, burst 10x (default: 100)')
+  .option('--max-outbound-control <n>', 'PING/SETTINGS answers queued for a peer (default: 1000)')
+  .option('--max-header-list-size <bytes>', 'decoded header bytes per header block (default: 16384)')
+  .option('--max-header-frames <n>', 'HEADERS + CONTINUATION frames per header block (default: 8)')
+  .option('--key-update-rate <n>', 'TLS KeyUpdates per second a peer may send, burst 10x (default: 10)')
+  .option('--fd-reserve <n>', 'descriptors kept free below RLIMIT_NOFILE (default: 64)')
   .showHelpAfterError();
 
 async function main(): Promise<void> {

@@ -61,3 +61,24 @@ export class Refusals {
     this.#log.warn({ ...fields, direction, reason, ...(suppressed > 0 ? { suppressed } : {}) }, message);
   }
 }
+
+/** The reasons a session or TLS connection gives when a peer broke or abused its protocol (CONTRACT.md). */
+const PEER_ABUSE: ReadonlySet<string> = new Set<RefusalReason>([
+  'h2_protocol',
+  'h2_reset_flood',
+  'h2_control_flood',
+  'h2_header_flood',
+  'tls_record',
+  'tls_keyupdate_flood',
+  'tls_alert',
+]);
+
+/**
+ * The `reason` an H2Session's or TlsConnection's 'error' carries, when it is one of the peer-abuse reasons;
+ * undefined for an error without one (the connection just ended), so that a stray value never becomes a
+ * metric label.
+ */
+export function peerAbuseReason(err: unknown): RefusalReason | undefined {
+  const reason = (err as { reason?: unknown } | null | undefined)?.reason;
+  return typeof reason === 'string' && PEER_ABUSE.has(reason) ? (reason as RefusalReason) : undefined;
+}

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { isIP } from 'node:net';
+import { DEFAULT_LIMITS, type Limits } from '../config.js';
 import type { H2SessionOptions } from './h2/session.js';
 
 // HBONE as ztunnel speaks it: TLS 1.3, ALPN h2, an HTTP/2 CONNECT per tunneled connection whose :authority
@@ -14,14 +15,27 @@ export const STREAM_WINDOW = 256 * 1024;
 export const MAX_STREAM_WINDOW = 4 * 1024 * 1024;
 export const CONNECTION_WINDOW = 16 * 1024 * 1024;
 export const MAX_FRAME = 1024 * 1024 - 1;
-export const SERVER_MAX_STREAMS = 200;
+export const SERVER_MAX_STREAMS = DEFAULT_LIMITS.maxInboundStreams;
 
-export const h2Options = (maxConcurrentStreams: number): H2SessionOptions => ({
+/** The HTTP/2 bounds of docs/limits.md, as config gives them (the session enforces them). */
+export type H2Limits = Pick<
+  Limits,
+  'maxHeaderListSize' | 'maxHeaderFrames' | 'streamResetRate' | 'maxOutboundControl'
+>;
+
+export const h2Options = (
+  maxConcurrentStreams: number,
+  limits: H2Limits = DEFAULT_LIMITS,
+): H2SessionOptions => ({
   maxConcurrentStreams,
   streamWindow: STREAM_WINDOW,
   maxStreamWindow: MAX_STREAM_WINDOW,
   connectionWindow: CONNECTION_WINDOW,
   maxFrameSize: MAX_FRAME,
+  maxHeaderListSize: limits.maxHeaderListSize,
+  maxHeaderFrames: limits.maxHeaderFrames,
+  streamResetRate: limits.streamResetRate,
+  maxOutboundControl: limits.maxOutboundControl,
 });
 
 export interface HostPort {

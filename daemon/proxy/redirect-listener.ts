@@ -1,5 +1,6 @@
 import { type Server, type Socket, createServer } from 'node:net';
 import type { Listen } from '../config.js';
+import type { ListenerGate } from '../limits/fds.js';
 
 /**
  * A listener for connections iptables REDIRECTed to the daemon (15001 outbound, 15006 plaintext inbound):
@@ -9,12 +10,18 @@ import type { Listen } from '../config.js';
 export abstract class RedirectListener {
   #servers: Server[] = [];
   port = 0;
+  /** Admission of each accepted connection (the descriptor reserve); every connection when unset. */
+  gate: ListenerGate | undefined;
 
   protected abstract accept(client: Socket): void;
 
   async listen(listen: Listen): Promise<number> {
-    const onConnection = (s: Socket): void => this.accept(s);
+    const onConnection = (s: Socket): void => {
+      if (this.gate && !this.gate.admit(s)) return;
+      this.accept(s);
+    };
     const first = createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConnection);
+    this.gate?.watch(first);
     await new Promise<void>((resolve, reject) => {
       first.once('error', reject);
       first.listen({ host: listen.host, port: listen.port, ipv6Only: listen.host === '::' }, () => resolve());
@@ -24,6 +31,7 @@ export abstract class RedirectListener {
     this.port = typeof addr === 'object' && addr ? addr.port : listen.port;
     if (listen.host === '0.0.0.0') {
       const v6 = createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConnection);
+      this.gate?.watch(v6);
       const bound = await new Promise<boolean>((resolve) => {
         v6.once('error', () => resolve(false));
         v6.listen({ host: '::', port: this.port, ipv6Only: true }, () => resolve(true));

@@ -3,7 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { type AddressInfo, type Server, type Socket, connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig } from '../../daemon/config.js';
+import { type ConfigInput, loadConfig } from '../../daemon/config.js';
 import { Ambitd } from '../../daemon/daemon.js';
 import { createLogger, silentLogger } from '../../daemon/log.js';
 import { editMeshFile, upsertWorkload } from '../../daemon/state/mesh-edit.js';
@@ -21,7 +21,7 @@ export interface Cluster {
 }
 
 /** Two daemons on loopback sharing one mesh file and one CA directory, as two hosts would in embedded mode. */
-export async function startCluster(opts: { certTtl?: string } = {}): Promise<Cluster> {
+export async function startCluster(opts: { certTtl?: string; flags?: ConfigInput } = {}): Promise<Cluster> {
   const dir = await mkdtemp(join(tmpdir(), 'ambit-test-'));
   const meshFile = join(dir, 'mesh.yaml');
   const start = (node: string): Promise<Ambitd> =>
@@ -39,6 +39,7 @@ export async function startCluster(opts: { certTtl?: string } = {}): Promise<Clu
           ready: '127.0.0.1:0',
           certTtl: opts.certTtl ?? '24h',
           meshPoll: '200ms',
+          ...opts.flags,
         },
       }),
       process.env.AMBIT_TEST_LOG ? createLogger('debug', 2) : silentLogger(),

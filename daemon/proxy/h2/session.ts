@@ -60,6 +60,15 @@ export interface H2SessionOptions {
   readonly maxFrameSize: number;
   /** How long a server waits for the client's preface and SETTINGS. */
   readonly prefaceTimeoutMs?: number;
+  // The bounds of docs/limits.md that the nghttp2 session (h2 branch) enforces; this session ignores them.
+  /** Decoded header list bytes per header block (SETTINGS_MAX_HEADER_LIST_SIZE). */
+  readonly maxHeaderListSize?: number;
+  /** HEADERS + CONTINUATION frames in one header block; above: the session ends (h2_header_flood). */
+  readonly maxHeaderFrames?: number;
+  /** RST_STREAM per second the peer may send (burst 10x); above: GOAWAY ENHANCE_YOUR_CALM (h2_reset_flood). */
+  readonly streamResetRate?: number;
+  /** Control answers queued for a peer that does not read; above: reading stops, then GOAWAY (h2_control_flood). */
+  readonly maxOutboundControl?: number;
 }
 
 /** Largest header block (HEADERS plus CONTINUATION) we buffer from a peer: a CONNECT needs a few hundred bytes. */

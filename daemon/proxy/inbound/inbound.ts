@@ -1,6 +1,9 @@
 import type { Socket } from 'node:net';
+import { DEFAULT_LIMITS, type Limits } from '../../config.js';
 import { type ConnectionRefusal, badRequest, denied, unknownWorkload, upstreamFailed } from '../../errors.js';
 import { parseSpiffeId, uriSans } from '../../identity/spiffe.js';
+import { type FdReserve, isFdExhaustion } from '../../limits/fds.js';
+import { Refusals } from '../../limits/refusal.js';
 import type { Logger } from '../../log.js';
 import type { Metrics, RefusalReason } from '../../metrics/metrics.js';
 import { type Peer, authorize } from '../../rbac.js';
@@ -21,7 +24,22 @@ export interface InboundDeps {
   /** True when the target is one of the daemon's own listeners: such a CONNECT is a self-call and refused. */
   readonly isSelf: (target: HostPort) => boolean;
   readonly connectTimeoutMs: number;
+  /** Streams and connects in flight (docs/limits.md); the defaults when absent. */
+  readonly limits?: Limits;
+  /** Where limit refusals are counted and logged (rate-limited); a fresh one over metrics/log when absent. */
+  readonly refusals?: Refusals;
+  /** The descriptor reserve: an upstream connect is refused before it would eat into it. */
+  readonly fds?: FdReserve | undefined;
 }
+
+/** What one inbound session holds now: its streams (connects in flight included) and its connects. */
+interface SessionLoad {
+  streams: number;
+  connects: number;
+}
+
+/** RST_STREAM REFUSED_STREAM: "not processed, safe to retry" (RFC 9113 section 8.7). */
+const REFUSED_STREAM = 7;
 
 interface OpenConnection {
   readonly peer: Peer;
@@ -31,6 +49,7 @@ interface OpenConnection {
 }
 
 const peerOf = new WeakMap<H2Session, Peer | null>();
+const loadOf = new WeakMap<H2Session, SessionLoad>();
 
 const REFUSAL_REASON: Record<string, RefusalReason> = {
   AMBIT_BAD_REQUEST: 'bad_request',
@@ -47,9 +66,20 @@ const REFUSAL_REASON: Record<string, RefusalReason> = {
 export class Inbound {
   readonly #d: InboundDeps;
   readonly #open = new Set<OpenConnection>();
+  readonly #limits: Limits;
+  readonly #refusals: Refusals;
+  /** Upstream connects in flight on this node. */
+  #connecting = 0;
 
   constructor(deps: InboundDeps) {
     this.#d = deps;
+    this.#limits = deps.limits ?? DEFAULT_LIMITS;
+    this.#refusals = deps.refusals ?? new Refusals(deps.metrics, deps.log);
+  }
+
+  /** Upstream connects in flight on this node now. */
+  get connecting(): number {
+    return this.#connecting;
   }
 
   /** Re-checks open connections against the policies now in force and closes those no longer allowed. */
@@ -83,6 +113,25 @@ export class Inbound {
 
   handleStream(stream: H2Stream, headers: H2Headers, session: H2Session): void {
     stream.on('error', ignoreError);
+    // Counted before anything else is done for it, and held until both the stream has closed and its
+    // upstream connect (if any) has settled: a peer's RST_STREAM must not free the slot of a connect that
+    // is still using a descriptor (Rapid Reset, CVE-2023-44487).
+    const load = this.#load(session);
+    if (load.streams >= this.#limits.maxInboundStreams) {
+      this.#refusals.refuse('inbound', 'stream_limit', 'tunnel stream refused: session stream limit', {
+        src: session.socket.remoteAddress,
+        streams: load.streams,
+        limit: this.#limits.maxInboundStreams,
+      });
+      // REFUSED_STREAM rather than a status: the session's own concurrency bound was passed, which HTTP/2
+      // answers at the framing level (RFC 9113 5.1.2); the peer sees at once the stream was not processed
+      // and may retry it elsewhere, and refusing costs no HEADERS to encode.
+      stream.close(REFUSED_STREAM);
+      return;
+    }
+    load.streams++;
+    const hold = new Hold(() => load.streams--);
+    stream.once('close', () => hold.release());
     const started = Date.now();
     const peer = this.#peer(session);
     const authority = headers[':authority'];
@@ -106,7 +155,32 @@ export class Inbound {
       this.#refuse(stream, refusal, peer, workload, authority, src, started);
       return;
     }
-    void this.#connect(stream, peer, workload, target, src, started);
+    void this.#connect(stream, peer, workload, target, src, started, load, hold);
+  }
+
+  #load(session: H2Session): SessionLoad {
+    let load = loadOf.get(session);
+    if (load === undefined) {
+      load = { streams: 0, connects: 0 };
+      loadOf.set(session, load);
+    }
+    return load;
+  }
+
+  /**
+   * A CONNECT refused by a limit on upstream connects (per session, per node) or the descriptor reserve:
+   * 503, which the client daemon takes as "this endpoint is overloaded" (it ejects it for a while and tries
+   * another); counted and logged through Refusals, rate-limited, rather than as one access-log line each.
+   */
+  #overloaded(
+    stream: H2Stream,
+    reason: 'connect_limit' | 'node_connect_limit' | 'fd_reserve',
+    message: string,
+    fields: Record<string, unknown>,
+  ): void {
+    if (reason === 'fd_reserve' && this.#d.fds) this.#d.fds.refuse('inbound', message, fields);
+    else this.#refusals.refuse('inbound', reason, message, fields);
+    if (!stream.destroyed && !stream.headersSent) stream.respond({ ':status': '503' }, { endStream: true });
   }
 
   #peer(session: H2Session): Peer | undefined {
@@ -194,15 +268,43 @@ export class Inbound {
     target: HostPort,
     src: string | undefined,
     started: number,
+    load: SessionLoad,
+    hold: Hold,
   ): Promise<void> {
     const authority = formatAuthority(target.ip, target.port);
+    const l = this.#limits;
+    const fields = { peer: peer.principal, dst: authority };
+    if (load.connects >= l.maxConnectsPerSession) {
+      const message = `tunnel stream refused: ${load.connects} upstream connects in flight on this session`;
+      return this.#overloaded(stream, 'connect_limit', message, fields);
+    }
+    if (this.#connecting >= l.maxConnectsPerNode) {
+      const message = `tunnel stream refused: ${this.#connecting} upstream connects in flight on this node`;
+      return this.#overloaded(stream, 'node_connect_limit', message, fields);
+    }
+    const fds = this.#d.fds;
+    if (fds && !fds.admit('inbound', 'upstream connect refused: descriptor reserve reached', fields)) {
+      if (!stream.destroyed && !stream.headersSent) stream.respond({ ':status': '503' }, { endStream: true });
+      return;
+    }
+    load.connects++;
+    this.#connecting++;
+    hold.take();
     let upstream: Socket;
     try {
       // Marked (when capture is on) so that the capture rules do not take it for plaintext inbound.
       upstream = await connectUpstream(target.ip, target.port, this.#d.connectTimeoutMs);
     } catch (err) {
+      if (isFdExhaustion(err)) {
+        const message = 'upstream connect refused: out of descriptors';
+        return this.#overloaded(stream, 'fd_reserve', message, { ...fields, err: (err as Error).message });
+      }
       const failed = upstreamFailed(`connect to ${authority} failed: ${(err as Error).message}`);
       return this.#refuse(stream, failed, peer, workload, authority, src, started);
+    } finally {
+      load.connects--;
+      this.#connecting--;
+      hold.release();
     }
     if (stream.destroyed) {
       upstream.destroy();
@@ -215,5 +317,24 @@ export class Inbound {
     this.#account(peer, workload, authority, src, started).carry(upstream, stream, false, () =>
       this.#open.delete(entry),
     );
+  }
+}
+
+/** Releases a stream's slot once every holder (the stream itself, its upstream connect) has let go. */
+class Hold {
+  #holders = 1;
+  readonly #free: () => void;
+
+  constructor(free: () => void) {
+    this.#free = free;
+  }
+
+  take(): void {
+    this.#holders++;
+  }
+
+  release(): void {
+    if (this.#holders <= 0) return;
+    if (--this.#holders === 0) this.#free();
   }
 }

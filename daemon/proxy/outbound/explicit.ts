@@ -1,4 +1,5 @@
 import { type Server, createServer } from 'node:net';
+import type { ListenerGate } from '../../limits/fds.js';
 import type { Logger } from '../../log.js';
 import type { Upstream, Workload } from '../../state/model.js';
 import { formatAuthority } from '../hbone.js';
@@ -23,6 +24,8 @@ export class ExplicitListeners {
   readonly #bindings = new Map<string, Binding>();
   /** Set by close(): a reconcile still in flight (it awaits certificates first) must not bind again. */
   #closed = false;
+  /** Admission of each accepted connection (the descriptor reserve); every connection when unset. */
+  gate: ListenerGate | undefined;
 
   constructor(outbound: Outbound, logger: Logger) {
     this.#outbound = outbound;
@@ -63,7 +66,9 @@ export class ExplicitListeners {
     const server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true });
     const binding: Binding = { server, workload, upstream, bound: false, error: undefined };
     this.#bindings.set(addr, binding);
+    this.gate?.watch(server);
     server.on('connection', (socket) => {
+      if (this.gate && !this.gate.admit(socket)) return;
       const u = binding.upstream;
       this.#outbound.handle(socket, binding.workload, {
         kind: 'service',

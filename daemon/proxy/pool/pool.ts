@@ -1,8 +1,10 @@
 import { TunnelError } from '../../errors.js';
 import type { CertificateManager } from '../../identity/manager.js';
+import { type Refusals, peerAbuseReason } from '../../limits/refusal.js';
 import type { Logger } from '../../log.js';
 import type { Metrics } from '../../metrics/metrics.js';
 import type { H2Headers, H2Stream } from '../h2/stream.js';
+import type { H2Limits } from '../hbone.js';
 import { type PoolKey, TunnelSession, poolKeyString } from './session.js';
 
 export interface PoolOptions {
@@ -13,6 +15,10 @@ export interface PoolOptions {
   connectTimeoutMs: number;
   /** Liveness PING period; a session whose PING is not answered within twice this is destroyed. */
   pingIntervalMs: number;
+  /** A peer daemon's abuse of our client sessions is bounded as on the server side (docs/limits.md). */
+  h2Limits?: H2Limits;
+  /** Counts a peer's protocol abuse that ends a session (the reason its 'error' carries). */
+  refusals?: Refusals;
 }
 
 export const DEFAULT_POOL_OPTIONS: PoolOptions = {
@@ -124,6 +130,17 @@ export class Pool {
       if (l.length === 0) this.#sessions.delete(k);
     };
     session.h2.once('close', forget);
+    const refusals = this.#opts.refusals;
+    if (refusals) {
+      const where = { peer: key.peer, address: key.address, port: key.port };
+      const abuse = (err: Error): void => {
+        const reason = peerAbuseReason(err);
+        if (reason)
+          refusals.refuse('outbound', reason, 'tunnel session ended', { ...where, err: err.message });
+      };
+      session.h2.on('error', abuse);
+      session.h2.socket.on('error', abuse);
+    }
     session.h2.once('goaway', () => {
       session.draining = true;
       forget();

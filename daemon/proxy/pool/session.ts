@@ -5,7 +5,7 @@ import { uriSans } from '../../identity/spiffe.js';
 import { TlsConnection } from '../../tls/connection.js';
 import { H2Session } from '../h2/session.js';
 import type { H2Headers, H2Stream } from '../h2/stream.js';
-import { formatAuthority, h2Options, sniForIdentity } from '../hbone.js';
+import { type H2Limits, formatAuthority, h2Options, sniForIdentity } from '../hbone.js';
 
 /** Which tunnel a connection may share: same source identity, same peer daemon, same expected peer identity. */
 export interface PoolKey {
@@ -40,7 +40,7 @@ export class TunnelSession {
   static open(
     key: PoolKey,
     certs: CertificateManager,
-    opts: { maxStreams: number; connectTimeoutMs: number },
+    opts: { maxStreams: number; connectTimeoutMs: number; h2Limits?: H2Limits },
   ): Promise<TunnelSession> {
     return new Promise((resolve, reject) => {
       let settled = false;
@@ -78,7 +78,7 @@ export class TunnelSession {
           fail(err as Error);
           return;
         }
-        const session = new H2Session(tls, 'client', h2Options(opts.maxStreams));
+        const session = new H2Session(tls, 'client', h2Options(opts.maxStreams, opts.h2Limits));
         h2 = session;
         tls.once('error', fail);
         session.once('close', () => fail(new Error('closed during handshake')));
