@@ -168,7 +168,11 @@ export class Ambitd {
     } else {
       ca = await EmbeddedCa.loadOrCreate(config.caDir, config.trustDomain, logger);
     }
-    const certs = new CertificateManager(ca, { ttlMs: config.certTtlMs, logger });
+    const certs = new CertificateManager(ca, {
+      ttlMs: config.certTtlMs,
+      logger,
+      keyUpdateRate: config.limits.keyUpdateRate,
+    });
     try {
       await certs.start();
     } catch (err) {

@@ -32,6 +32,8 @@ export interface CertificateManagerOptions {
   maxInFlight?: number;
   /** Retry schedule after a failed refresh; tests shorten it. */
   retry?: Partial<BackoffOptions>;
+  /** KeyUpdates a second a tunnel peer may send on connections made with these certificates. */
+  keyUpdateRate?: number;
 }
 
 export interface CertificateManagerEvents {
@@ -69,6 +71,7 @@ export class CertificateManager extends EventEmitter<CertificateManagerEvents> {
   private readonly logger: Logger;
   private readonly limiter: Limiter;
   private readonly retry: BackoffOptions;
+  private readonly keyUpdateRate: number | undefined;
   private readonly held = new Map<string, Held>();
   private roots: string[] = [];
   private started: Promise<void> | undefined;
@@ -86,6 +89,7 @@ export class CertificateManager extends EventEmitter<CertificateManagerEvents> {
     this.logger = opts.logger ?? silentLogger();
     this.limiter = new Limiter(opts.maxInFlight ?? 8);
     this.retry = { ...DEFAULT_RETRY, ...opts.retry };
+    this.keyUpdateRate = opts.keyUpdateRate;
   }
 
   /** Loads the trust bundle from the CA. Safe to call more than once; a failed start can be retried. */
@@ -370,7 +374,12 @@ export class CertificateManager extends EventEmitter<CertificateManagerEvents> {
 
   private buildContext(identity: string, cert: IssuedCertificate, roots: string[]): TlsContext {
     try {
-      return new TlsContext({ key: cert.keyPem, cert: cert.certPem, roots });
+      return new TlsContext({
+        key: cert.keyPem,
+        cert: cert.certPem,
+        roots,
+        keyUpdateRate: this.keyUpdateRate,
+      });
     } catch (err) {
       throw new CaError(`the certificate for ${identity} cannot be used: ${messageOf(err)}`, { cause: err });
     }

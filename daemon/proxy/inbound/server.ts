@@ -73,7 +73,12 @@ export class TunnelServer {
   #ctx(): TlsContext {
     if (!this.#context) {
       const d = this.#d;
-      this.#context = new TlsContext({ roots: d.roots(), sni: (name) => d.contextForSni(name) });
+      this.#context = new TlsContext({
+        roots: d.roots(),
+        sni: (name) => d.contextForSni(name),
+        // A server connection keeps the rate of the context its handshake started with.
+        keyUpdateRate: this.#limits.keyUpdateRate,
+      });
     }
     return this.#context;
   }
