@@ -148,6 +148,9 @@ async function mesh(t: ExecutionContext, opts: { acl?: boolean } = {}): Promise<
     'node-a',
     '--address',
     '127.0.0.1',
+    // A client only: at a loopback address it must still list a port (nothing listens on discard).
+    '--port',
+    '9',
     '--upstream',
     `echo=${upstreamPort}`,
   );
@@ -252,6 +255,8 @@ test('intentions: precedence, the configured default, and L7 intentions deny at 
         'node-a',
         '--address',
         '127.0.0.1',
+        '--port',
+        '9',
         '--upstream',
         `echo=${upstreamPort}`,
       )
@@ -447,6 +452,8 @@ test('a bad token gives an error naming the problem; a token without a permissio
         'n',
         '--address',
         '127.0.0.1',
+        '--port',
+        '8080',
       ],
       {
         out: () => {},
