@@ -625,8 +625,30 @@ test('the access log names the TCP peer as src.addr; the forwarded claim is src.
       access: 'inbound',
       src: { addr: `127.0.0.1:${refused.localPort}`, forwarded: '198.18.9.9' },
     });
-    // The claim names no workload of the peer's identity: the source workload is not taken from it.
-    t.not((closed.src as { workload?: string }).workload, 'echo-1');
+    // The claim names no workload: the source workload is the peer's service, not anything it claimed.
+    t.is((closed.src as { workload?: string }).workload, 'web');
+
+    // The claim picks the source workload only among those of the identity the peer proved.
+    await enroll(
+      s.cluster.meshFile,
+      workload({ name: 'web-2', service: 'web', node: 'node-a', addresses: ['198.18.9.9'] }),
+      workload({ name: 'db-1', service: 'db', node: 'node-a', addresses: ['198.18.9.8'] }),
+    );
+    await until(() => s.cluster.b.store.workload('db-1') !== undefined, 5000, 'workloads on node-b');
+    const authority = `127.0.0.1:${s.echoPort}`;
+    t.is((await rawConnect(s, id('web'), { ':authority': authority, ...claim })).status, '200');
+    t.is(
+      (await rawConnect(s, id('web'), { ':authority': authority, forwarded: 'for="198.18.9.8:1"' })).status,
+      '200',
+    );
+    await until(
+      () => s.lines.filter((l) => l.msg === 'connection closed').length === 3,
+      5000,
+      'two more access log lines',
+    );
+    const [, second, third] = s.lines.filter((l) => l.msg === 'connection closed');
+    t.like(second, { src: { workload: 'web-2', forwarded: '198.18.9.9', principal: id('web') } });
+    t.like(third, { src: { workload: 'web', forwarded: '198.18.9.8', principal: id('web') } });
   } finally {
     await s.close();
   }
