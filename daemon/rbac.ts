@@ -66,7 +66,13 @@ export function authorize(
   }
   if (allowedBy !== undefined)
     return { allowed: true, policy: allowedBy, reason: `allowed by policy ${allowedBy}` };
-  if (hasAllow) return { allowed: false, policy: undefined, reason: 'no allow policy matches the source' };
+  if (hasAllow) {
+    // Say why when the names match but the trust domain does not: the rule reads as if it should admit.
+    const foreign = local
+      ? ''
+      : ` (${peer.principal} is not of trust domain ${trustDomain}: only a rule naming its principal matches it)`;
+    return { allowed: false, policy: undefined, reason: `no allow policy matches the source${foreign}` };
+  }
   return defaultPolicy === 'allow'
     ? { allowed: true, policy: undefined, reason: 'default allow' }
     : { allowed: false, policy: undefined, reason: 'default deny' };

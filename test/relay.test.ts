@@ -587,6 +587,9 @@ test("a certificate of another trust domain from the same CA does not match a ru
     t.is((await rawConnect(s, id('web'), { ':authority': authority })).status, '200');
     t.is((await rawConnect(s, id('web', 'other.td'), { ':authority': authority })).status, '401');
     t.is(s.accepted(), 1);
+    const refused = s.lines.find((l) => l.msg === 'connection refused');
+    t.like(refused, { response_flags: 'DENY', src: { principal: id('web', 'other.td') } });
+    t.regex(String(refused?.reason), /is not of trust domain ambit\.local: only a rule naming its principal/);
     // Naming the principal is the way to let it in.
     await editMeshFile(s.cluster.meshFile, (doc) => {
       addPolicy(doc, {

@@ -35,6 +35,7 @@
  *     namespace: default          # default "default"
  *     ports: [8080]               # optional destination ports; empty = all
  *     from:                       # optional; any clause matching is a match; empty = every source
+ *                                 # (service/namespace: of this trust domain; principal: any)
  *       - { service: evil }                     # every field a clause sets must match the peer
  *       - { namespace: x }
  *       - { principal: "spiffe://ambit.local/ns/x/dc/dc1/svc/y" }
