@@ -1,4 +1,7 @@
 // The CLI's side of ambitd's admin API (127.0.0.1:15000 by default).
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ADMIN_TOKEN_FILE } from '../daemon/admin/http.js';
 import { AmbitError } from '../daemon/errors.js';
 
 /** The daemon could not be asked: not running, wrong address, or it answered nonsense. Exit code 3. */
@@ -10,6 +13,13 @@ export class AdminUnreachableError extends AmbitError {
       `cannot reach ambitd admin API at ${admin}: ${reason} (is ambitd running?)`,
     );
     this.admin = admin;
+  }
+}
+
+/** The daemon refused the request: the admin token is missing or wrong. Exit code 1. */
+export class AdminUnauthorizedError extends AmbitError {
+  constructor(admin: string, reason: string) {
+    super('AMBIT_ADMIN_UNAUTHORIZED', `ambitd admin API at ${admin} answered 401: ${reason}`);
   }
 }
 
@@ -34,26 +44,64 @@ function reasonOf(err: unknown): string {
   return cause?.message ?? (err as Error).message;
 }
 
-export async function adminGet(admin: string, path: string): Promise<unknown> {
+/** How to ask ambitd: its admin address, and the token it wrote in its state directory (if readable). */
+export interface AdminTarget {
+  readonly admin: string;
+  readonly token: string | undefined;
+}
+
+/**
+ * The admin token ambitd wrote at start; undefined when the file cannot be read (not the daemon's user):
+ * read-only routes answer without it, changes then get 401.
+ */
+export async function readAdminToken(stateDir: string): Promise<string | undefined> {
+  try {
+    return (await readFile(join(stateDir, ADMIN_TOKEN_FILE), 'utf8')).trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export async function adminRequest(
+  target: AdminTarget,
+  method: 'GET' | 'POST',
+  path: string,
+): Promise<unknown> {
+  const { admin, token } = target;
   let res: Response;
   try {
-    res = await fetch(`http://${admin}${path}`, { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+    res = await fetch(`http://${admin}${path}`, {
+      method,
+      headers: token ? { authorization: `Bearer ${token}` } : {},
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+    });
   } catch (err) {
     throw new AdminUnreachableError(admin, reasonOf(err));
   }
   const body = await res.text().catch(() => '');
+  if (res.status === 401) {
+    throw new AdminUnauthorizedError(
+      admin,
+      token
+        ? 'the admin token was refused (ambitd restarted since it was read, or another state directory: --state-dir)'
+        : "no admin token: run as the daemon's user, or point --state-dir at its state directory",
+    );
+  }
   if (!res.ok) {
     throw new AdminUnreachableError(
       admin,
-      `GET ${path} answered ${res.status} ${body.slice(0, 200).trim()}`.trim(),
+      `${method} ${path} answered ${res.status} ${body.slice(0, 200).trim()}`.trim(),
     );
   }
   try {
     return JSON.parse(body);
   } catch {
-    throw new AdminUnreachableError(admin, `GET ${path} did not answer JSON`);
+    throw new AdminUnreachableError(admin, `${method} ${path} did not answer JSON`);
   }
 }
+
+export const adminGet = (target: AdminTarget, path: string): Promise<unknown> =>
+  adminRequest(target, 'GET', path);
 
 const isCert = (v: unknown): v is CertInfo => {
   const c = v as Record<string, unknown>;
@@ -67,13 +115,24 @@ const isCert = (v: unknown): v is CertInfo => {
   );
 };
 
-export async function fetchCerts(admin: string): Promise<CertInfo[]> {
-  const body = await adminGet(admin, '/certs');
+export async function fetchCerts(target: AdminTarget): Promise<CertInfo[]> {
+  const body = await adminGet(target, '/certs');
   if (!Array.isArray(body) || !body.every(isCert)) {
     throw new AdminUnreachableError(
-      admin,
+      target.admin,
       'GET /certs answered an unexpected shape (a different ambitd version?)',
     );
   }
   return body;
+}
+
+/** The daemon's log level; with `level`, sets it first (a change: needs the admin token). */
+export async function logLevel(target: AdminTarget, level?: string): Promise<string> {
+  const body = level
+    ? await adminRequest(target, 'POST', `/logging?level=${encodeURIComponent(level)}`)
+    : await adminGet(target, '/logging');
+  const got = (body as { level?: unknown } | null)?.level;
+  if (typeof got !== 'string')
+    throw new AdminUnreachableError(target.admin, 'GET /logging answered an unexpected shape');
+  return got;
 }

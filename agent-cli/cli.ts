@@ -4,6 +4,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { AmbitError, ConfigError, MeshFileError, NotFoundError } from '../daemon/errors.js';
+import { LOG_LEVELS } from '../daemon/log.js';
 import { DEFAULT_ADMIN, defaultStateDir } from '../daemon/paths.js';
 import {
   addPolicy,
@@ -14,7 +15,7 @@ import {
   setNode,
   upsertWorkload,
 } from '../daemon/state/mesh-edit.js';
-import { DEFAULT_TUNNEL_PORT, fmtHostPort, readMeshFile } from '../daemon/state/meshfile.js';
+import { DEFAULT_TUNNEL_PORT, fmtHostPort, ownAddress, readMeshFile } from '../daemon/state/meshfile.js';
 import type {
   FailMode,
   MeshMode,
@@ -24,7 +25,14 @@ import type {
   Upstream,
   Workload,
 } from '../daemon/state/model.js';
-import { AdminUnreachableError, type CertInfo, fetchCerts } from './admin.js';
+import {
+  type AdminTarget,
+  AdminUnreachableError,
+  type CertInfo,
+  fetchCerts,
+  logLevel,
+  readAdminToken,
+} from './admin.js';
 import {
   checkObjectName,
   checkServiceName,
@@ -80,6 +88,10 @@ function flag<T>(what: string, f: () => T): T {
 
 const meshPath = (g: GlobalOpts): string => g.mesh ?? join(g.stateDir, 'mesh.yaml');
 const globals = (cmd: Command): GlobalOpts => cmd.optsWithGlobals<GlobalOpts>();
+const adminTarget = async (g: GlobalOpts): Promise<AdminTarget> => ({
+  admin: g.admin,
+  token: await readAdminToken(g.stateDir),
+});
 
 /** Left-aligned columns, two spaces apart, as kubectl and consul print them. */
 export function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
@@ -142,6 +154,17 @@ function policyName(
   if (to.namespace !== 'default') n += `.${to.namespace}`;
   if (ports.length) n += `-${ports.join('-')}`;
   return n;
+}
+
+/** `ports: []` at an address of the workload's own node: refused before anything is written. */
+function refuseEveryPort(w: Workload, nodeAddress: string): void {
+  if (w.ports.length > 0) return;
+  const own = ownAddress(w.addresses, { name: w.node, address: nodeAddress, tunnelPort: 0 });
+  if (!own) return;
+  throw new ConfigError(
+    `workload ${w.name} at ${own.ip}, ${own.what}, must list the ports it serves: give --port ` +
+      "(every port would let any peer of the mesh reach every server of that host, ambitd's admin API included)",
+  );
 }
 
 export function buildProgram(io: Io): Command {
@@ -256,6 +279,7 @@ export function buildProgram(io: Io): Command {
       };
       const consul = consulClient(globals(cmd));
       if (consul) {
+        refuseEveryPort(w, '');
         await consulEnroll(consul, w);
         io.out(
           `registered workload ${name} (service ${w.service}) on node ${w.node} with Consul at ${consul.address}\n`,
@@ -274,6 +298,8 @@ export function buildProgram(io: Io): Command {
           const nodeAddress = doc.getIn(['nodes', o.node, 'address']);
           if (typeof nodeAddress === 'string') w = { ...w, addresses: [nodeAddress] };
         }
+        const nodeAddress = doc.getIn(['nodes', o.node, 'address']);
+        refuseEveryPort(w, typeof nodeAddress === 'string' ? nodeAddress : '');
         existed = upsertWorkload(doc, w);
       });
       const ports = w.ports.length ? ` ports ${w.ports.join(',')}` : '';
@@ -510,7 +536,7 @@ export function buildProgram(io: Io): Command {
     .description('Show the workload certificates held by the local ambitd (asks its admin API).')
     .option('--json', 'print the admin API answer as JSON')
     .action(async (o: { json?: boolean }, cmd: Command) => {
-      const certs = await fetchCerts(globals(cmd).admin);
+      const certs = await fetchCerts(await adminTarget(globals(cmd)));
       if (o.json) return io.out(`${JSON.stringify(certs, null, 2)}\n`);
       if (!certs.length) return io.out('no certificates (no workloads enrolled on this node?)\n');
       const now = Date.now();
@@ -528,6 +554,17 @@ export function buildProgram(io: Io): Command {
           ]),
         ),
       );
+    });
+
+  program
+    .command('log-level')
+    .description(
+      "Show the local ambitd's log level, or set it (asks its admin API; setting needs the admin token,\n" +
+        "<state-dir>/admin.token, readable only by the daemon's user).",
+    )
+    .addArgument(new Argument('[level]', 'new level').choices([...LOG_LEVELS]))
+    .action(async (level: string | undefined, _o: unknown, cmd: Command) => {
+      io.out(`${await logLevel(await adminTarget(globals(cmd)), level)}\n`);
     });
 
   registerCapture(program, io);

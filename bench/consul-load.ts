@@ -8,9 +8,10 @@
 //   npx tsc -p . && node dist/bench/consul-load.js            # STEADY_S=60 by default
 //   STEADY_S=20 node dist/bench/consul-load.js
 
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { ADMIN_TOKEN_FILE } from '../daemon/admin/http.js';
 import { loadConfig } from '../daemon/config.js';
 import { workloadRegistration } from '../daemon/consul/catalog.js';
 import { ConsulClient } from '../daemon/consul/client.js';
@@ -103,7 +104,12 @@ async function main(): Promise<void> {
         `daemon node runs ${LOCAL} services with ${UPSTREAMS} upstreams each; workloads in its view: ` +
         `${daemon.store.mesh.workloads.length}; started in ${Date.now() - startAt} ms with ${startup} requests`,
     );
-    const dump = (await (await fetch(`http://127.0.0.1:${daemon.ports.admin}/config_dump`)).json()) as {
+    const token = (await readFile(join(dir, 'state', ADMIN_TOKEN_FILE), 'utf8')).trim();
+    const dump = (await (
+      await fetch(`http://127.0.0.1:${daemon.ports.admin}/config_dump`, {
+        headers: { authorization: `Bearer ${token}` },
+      })
+    ).json()) as {
       consul: { status: { watches: number } };
     };
     console.log(`long polls open: ${dump.consul.status.watches}`);

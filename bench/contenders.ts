@@ -264,6 +264,8 @@ const ambit: Contender = {
             name: 'client',
             service: 'bench-client',
             node: 'node-a',
+            // A client only; at a loopback address it must still list a port (nothing listens on discard).
+            ports: [9],
             upstreams: [
               {
                 service: 'sink',

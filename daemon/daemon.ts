@@ -1,16 +1,16 @@
 import { mkdir } from 'node:fs/promises';
 import type { Server } from 'node:http';
-import { isIP } from 'node:net';
-import { type Reply, portOf, startHttp } from './admin/http.js';
+import { AdminToken, type Reply, portOf, startHttp } from './admin/http.js';
 import { detectBackend, setGate } from './capture/iptables.js';
 import { setDaemonMark } from './capture/mark.js';
 import type { DaemonConfig } from './config.js';
+import { MeshFileError } from './errors.js';
 import { type CertificateAuthority, EmbeddedCa } from './identity/ca.js';
 import { CertificateManager } from './identity/manager.js';
 import { spiffeId } from './identity/spiffe.js';
 import { binding } from './io/binding.js';
 import { FdReserve } from './limits/fds.js';
-import { Refusals } from './limits/refusal.js';
+import { REFUSAL_LOG_INTERVAL_MS, Refusals } from './limits/refusal.js';
 import { LOG_LEVELS, type LogLevel, type Logger } from './log.js';
 import { Metrics } from './metrics/metrics.js';
 import { sniForIdentity } from './proxy/hbone.js';
@@ -22,10 +22,12 @@ import { ExplicitListeners } from './proxy/outbound/explicit.js';
 import { Balancer } from './proxy/outbound/lb.js';
 import { Outbound } from './proxy/outbound/outbound.js';
 import { Pool } from './proxy/pool/pool.js';
+import { LocalAddresses, bindAccepts } from './state/addresses.js';
 import { ConsulControlPlane } from './state/consul-source.js';
 import { MeshFileSource } from './state/file-source.js';
 import { editMeshFile, setNode } from './state/mesh-edit.js';
-import type { Workload } from './state/model.js';
+import { everyPortRefused, fieldPath, ownAddress } from './state/meshfile.js';
+import type { Mesh, Workload } from './state/model.js';
 import { StateStore } from './state/store.js';
 import type { TlsContext } from './tls/context.js';
 
@@ -74,11 +76,19 @@ export class Ambitd {
   #retryTimer: NodeJS.Timeout | undefined;
   #closing = false;
   #ready = false;
+  /** This host's addresses: the interfaces, loopback, the advertise address and this node's mesh address. */
+  readonly #local: LocalAddresses;
+  #adminDeniedAt = Number.NEGATIVE_INFINITY;
+  #adminSuppressed = 0;
 
   private constructor(config: DaemonConfig, logger: Logger, certs: CertificateManager) {
     this.config = config;
     this.log = logger;
     this.certs = certs;
+    this.#local = new LocalAddresses(() => {
+      const node = this.store.node(config.nodeName);
+      return node ? [config.advertiseAddress, node.address] : [config.advertiseAddress];
+    });
     const identityOf = (w: Workload): string => this.identityOf(w);
     this.refusals = new Refusals(this.metrics, logger);
     this.fds = new FdReserve(config.limits.fdReserve, this.refusals);
@@ -100,6 +110,8 @@ export class Ambitd {
       log: logger,
       identityOf,
       isSelf: (t) => this.#isSelf(t.ip, t.port),
+      isLocalAddress: (ip) => this.#local.has(ip),
+      trustDomain: config.trustDomain,
       connectTimeoutMs: config.connectTimeoutMs,
       limits: config.limits,
       refusals: this.refusals,
@@ -145,6 +157,7 @@ export class Ambitd {
             log: logger,
             identityOf,
             connectTimeoutMs: config.connectTimeoutMs,
+            trustDomain: config.trustDomain,
           }),
         }
       : undefined;
@@ -209,7 +222,10 @@ export class Ambitd {
     if (this.#consul) {
       await this.#consul.start(this.store, this.certs, this.metrics);
     } else {
-      this.#source = new MeshFileSource(config.meshFile, this.store, log, { pollMs: config.meshPollMs });
+      this.#source = new MeshFileSource(config.meshFile, this.store, log, {
+        pollMs: config.meshPollMs,
+        check: (mesh) => this.#checkMesh(mesh),
+      });
       this.#source.on('applied', () => this.metrics.meshReloads.inc({ result: 'applied' }));
       this.#source.on('rejected', () => this.metrics.meshReloads.inc({ result: 'rejected' }));
       await this.#source.start();
@@ -249,6 +265,27 @@ export class Ambitd {
       );
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'cannot switch the fail-open gate of the capture rules');
+    }
+  }
+
+  /**
+   * What only this host can check in the mesh file: a local workload serving every port of one of the host's
+   * addresses (the file's own validation knows loopback and the node's address, not the interfaces).
+   */
+  #checkMesh(mesh: Mesh): void {
+    const { nodeName, advertiseAddress } = this.config;
+    const node = mesh.nodes.find((n) => n.name === nodeName);
+    if (!node) return;
+    const local = new LocalAddresses(() => [advertiseAddress]);
+    for (const w of mesh.workloads) {
+      if (w.node !== nodeName || w.ports.length > 0) continue;
+      const own = ownAddress(w.addresses, node, (ip) => local.has(ip));
+      if (own)
+        throw new MeshFileError(
+          this.config.meshFile,
+          fieldPath(['workloads', w.name, 'ports']),
+          everyPortRefused(own),
+        );
     }
   }
 
@@ -339,9 +376,25 @@ export class Ambitd {
     return this.certs.tlsContext(id);
   }
 
+  /**
+   * Whether ip:port reaches one of this daemon's own listeners (tunnel, capture, admin, metrics, ready,
+   * explicit upstreams): such a CONNECT would be a self-call, or a way into the admin API through the
+   * tunnel, whatever the mesh says is there.
+   */
   #isSelf(ip: string, port: number): boolean {
-    if (port === 0 || !Object.values(this.ports).includes(port)) return false;
-    return ip === this.config.advertiseAddress || ip.startsWith('127.') || ip === '::1' || isIP(ip) === 0;
+    const { config, ports } = this;
+    const bound: [string, number][] = [
+      [config.tunnel.host, ports.tunnel],
+      [config.admin.host, ports.admin],
+      [config.metrics.host, ports.metrics],
+      [config.ready.host, ports.ready],
+      [config.outbound.host, ports.outbound],
+      [config.inboundPlaintext.host, ports.plaintext],
+      ...this.listeners.bound(),
+    ];
+    for (const [host, p] of bound)
+      if (p === port && p !== 0 && bindAccepts(host, ip, this.#local)) return true;
+    return false;
   }
 
   readiness(): { ready: boolean; checks: Record<string, string> } {
@@ -368,37 +421,51 @@ export class Ambitd {
         return { workload: w.name, ...(c ?? { identity: this.identityOf(w), serial: null, notAfter: null }) };
       });
     };
-    const admin = await startHttp(config.admin, {
-      'GET /config_dump': () => ({
-        json: {
-          node: config.nodeName,
-          config,
-          mesh: this.store.mesh,
-          consul: this.#consul?.dump(),
-          certificates: certRows(),
-          listeners: this.listeners.listening(),
-          pool: this.pool.stats(),
-          inbound: {
-            open: this.inbound.openConnections,
-            connecting: this.inbound.connecting,
-            tunnel: this.tunnel.stats(),
+    const token = await AdminToken.create(config.stateDir);
+    const admin = await startHttp(
+      config.admin,
+      {
+        'GET /config_dump': () => ({
+          json: {
+            node: config.nodeName,
+            config,
+            mesh: this.store.mesh,
+            consul: this.#consul?.dump(),
+            certificates: certRows(),
+            listeners: this.listeners.listening(),
+            pool: this.pool.stats(),
+            inbound: {
+              open: this.inbound.openConnections,
+              connecting: this.inbound.connecting,
+              tunnel: this.tunnel.stats(),
+            },
+            fds: { open: this.fds.open, limit: this.fds.limit ?? null, reserve: this.fds.reserve },
+            readiness: this.readiness(),
           },
-          fds: { open: this.fds.open, limit: this.fds.limit ?? null, reserve: this.fds.reserve },
-          readiness: this.readiness(),
+        }),
+        'GET /workloads': () => ({ json: this.localWorkloads() }),
+        'GET /certs': () => ({ json: certRows() }),
+        'GET /logging': () => ({ json: { level: this.log.level } }),
+        'POST /logging': (_req, url): Reply => {
+          const level = url.searchParams.get('level') ?? '';
+          if (!(LOG_LEVELS as readonly string[]).includes(level)) {
+            return { status: 400, json: { error: `level must be one of ${LOG_LEVELS.join(', ')}` } };
+          }
+          this.log.level = level as LogLevel;
+          return { json: { level } };
         },
-      }),
-      'GET /workloads': () => ({ json: this.localWorkloads() }),
-      'GET /certs': () => ({ json: certRows() }),
-      'GET /logging': () => ({ json: { level: this.log.level } }),
-      'POST /logging': (_req, url): Reply => {
-        const level = url.searchParams.get('level') ?? '';
-        if (!(LOG_LEVELS as readonly string[]).includes(level)) {
-          return { status: 400, json: { error: `level must be one of ${LOG_LEVELS.join(', ')}` } };
-        }
-        this.log.level = level as LogLevel;
-        return { json: { level } };
       },
-    });
+      {
+        token,
+        // Every change, and the dump (the whole mesh and configuration); the other reads stay open on the
+        // admin address, as ztunnel's do, for `curl` and probes.
+        required: (route) => !route.startsWith('GET ') || route === 'GET /config_dump',
+        denied: (route, req) => {
+          this.metrics.adminUnauthorized.inc({ route });
+          this.#adminDenied(route, req.socket.remoteAddress);
+        },
+      },
+    );
     const metrics = await startHttp(config.metrics, {
       'GET /metrics': async () => ({
         text: await this.metrics.registry.metrics(),
@@ -452,6 +519,22 @@ export class Ambitd {
     this.certs.close();
     for (const s of this.#http) s.closeAllConnections();
     await Promise.all(this.#http.map((s) => new Promise((r) => s.close(r))));
+  }
+
+  /** Logs a refused admin request, at most once per interval (the count is in the metric). */
+  #adminDenied(route: string, from: string | undefined): void {
+    const now = Date.now();
+    if (now - this.#adminDeniedAt < REFUSAL_LOG_INTERVAL_MS) {
+      this.#adminSuppressed++;
+      return;
+    }
+    this.#adminDeniedAt = now;
+    const suppressed = this.#adminSuppressed;
+    this.#adminSuppressed = 0;
+    this.log.warn(
+      { route, from, ...(suppressed > 0 ? { suppressed } : {}) },
+      'admin API request refused: no or wrong admin token',
+    );
   }
 
   #openConnections(): number {

@@ -26,6 +26,8 @@ const PORTS = {
 };
 const APP_PORT = 18080;
 const UPSTREAM_PORT = 18001;
+/** web-1's port: it serves nothing there, see its enrollment. */
+const CLIENT_PORT = 18081;
 
 function say(text: string): void {
   process.stdout.write(`\n\x1b[1m== ${text}\x1b[0m\n`);
@@ -131,6 +133,10 @@ async function main(): Promise<void> {
     'node-a',
     '--address',
     '127.0.0.1',
+    // web-1 is only a client, but a workload at a loopback address must list the ports it serves: every
+    // port of 127.0.0.1 would reach every server on the host, ambitd's admin API included.
+    '--port',
+    String(CLIENT_PORT),
     '--upstream',
     `hello=${UPSTREAM_PORT}`,
   ]);

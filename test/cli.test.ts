@@ -87,6 +87,29 @@ test('enroll, list, re-enroll, unenroll', async (t) => {
     { service: 'api', namespace: 'prod', listenHost: '127.0.0.1', listenPort: 15102 },
   ]);
 
+  // Every port of a loopback address (or of the node's) would make the node a relay: refused, nothing written.
+  const before = await readFile(mesh, 'utf8');
+  r = await ambit([
+    ...m,
+    'enroll',
+    'web-1',
+    '--service',
+    'web',
+    '--node',
+    'node-a',
+    '--address',
+    '127.0.0.1',
+  ]);
+  t.is(r.code, 1);
+  t.regex(
+    r.stderr,
+    /^ambit: workload web-1 at 127\.0\.0\.1, a loopback address, must list the ports it serves: give --port/,
+  );
+  r = await ambit([...m, 'enroll', 'batch', '--service', 'batch', '--node', 'node-a', '--uid', '1002']);
+  t.is(r.code, 1);
+  t.regex(r.stderr, /^ambit: workload batch at 127\.0\.0\.1, a loopback address, must list the ports/);
+  t.is(await readFile(mesh, 'utf8'), before);
+
   // Re-enrolling updates in place; the state dir from the environment locates the mesh file.
   r = await ambit(
     [
@@ -97,7 +120,7 @@ test('enroll, list, re-enroll, unenroll', async (t) => {
       '--node',
       'node-a',
       '--address',
-      '127.0.0.1',
+      '198.18.1.10',
       '--mode',
       'permissive',
     ],
@@ -108,8 +131,8 @@ test('enroll, list, re-enroll, unenroll', async (t) => {
   r = await ambit([...m, 'list']);
   t.is(
     r.stdout,
-    'NAME   SERVICE  NAMESPACE  NODE    ADDRESSES  PORTS  MODE\n' +
-      'web-1  web      default    node-a  127.0.0.1  *      permissive\n',
+    'NAME   SERVICE  NAMESPACE  NODE    ADDRESSES    PORTS  MODE\n' +
+      'web-1  web      default    node-a  198.18.1.10  *      permissive\n',
   );
 
   r = await ambit([...m, 'unenroll', 'web-1']);

@@ -89,6 +89,9 @@ async function enrollTwo(t: ExecutionContext, c: Cli): Promise<void> {
     'node-a',
     '--address',
     '127.0.0.2',
+    // A client only, but at a loopback address it must list a port (nothing listens on discard).
+    '--port',
+    '9',
     '--mode',
     'permissive',
     '--upstream',
@@ -119,7 +122,7 @@ test('list in Consul mode: the workloads registered through Ambit, across nodes'
       namespace: 'default',
       node: 'node-a',
       addresses: ['127.0.0.2'],
-      ports: [],
+      ports: [9],
       mode: 'permissive',
       upstreams: [
         {
@@ -146,7 +149,7 @@ test('list in Consul mode: the workloads registered through Ambit, across nodes'
   t.is(r.code, 0, r.err);
   t.deepEqual(r.out.split('\n'), [
     'NAME    SERVICE  NAMESPACE  NODE    ADDRESSES  PORTS  MODE',
-    'client  web      default    node-a  127.0.0.2  *      permissive',
+    'client  web      default    node-a  127.0.0.2  9      permissive',
     'echo-1  echo     default    node-b  127.0.0.1  9000   strict',
     '',
   ]);

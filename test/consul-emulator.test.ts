@@ -233,12 +233,13 @@ test('intentions compile to policies that decide exactly as Consul would', (t) =
   });
   const peer = (service: string) => ({
     principal: `spiffe://td/ns/default/dc/dc1/svc/${service}`,
+    trustDomain: 'td',
     namespace: 'default',
     service,
   });
   const decide = (list: ConsulIntention[], def: 'allow' | 'deny', who: string): boolean => {
     const { policies } = compileIntentions({ service: 'api', namespace: 'default' }, list, def);
-    return authorize(policies, def, peer(who), 80).allowed;
+    return authorize(policies, def, peer(who), 80, 'td').allowed;
   };
   for (const def of ['allow', 'deny'] as const) {
     // No intentions: the default.

@@ -2,13 +2,15 @@
 // `consul agent -dev` when a consul binary is on PATH or CONSUL_BIN names one (hook-dependent tests skip).
 import { X509Certificate } from 'node:crypto';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
-import type { Socket } from 'node:net';
+import { type AddressInfo, type Socket, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { run } from '../agent-cli/cli.js';
+import { consulEnroll } from '../agent-cli/consul.js';
 import { type DaemonConfig, loadConfig } from '../daemon/config.js';
 import { ConsulClient } from '../daemon/consul/client.js';
+import { Secret } from '../daemon/consul/secret.js';
 import { Ambitd } from '../daemon/daemon.js';
 import { ConsulPermissionError } from '../daemon/errors.js';
 import { createLogger, silentLogger } from '../daemon/log.js';
@@ -148,6 +150,9 @@ async function mesh(t: ExecutionContext, opts: { acl?: boolean } = {}): Promise<
     'node-a',
     '--address',
     '127.0.0.1',
+    // A client only: at a loopback address it must still list a port (nothing listens on discard).
+    '--port',
+    '9',
     '--upstream',
     `echo=${upstreamPort}`,
   );
@@ -252,6 +257,8 @@ test('intentions: precedence, the configured default, and L7 intentions deny at 
         'node-a',
         '--address',
         '127.0.0.1',
+        '--port',
+        '9',
         '--upstream',
         `echo=${upstreamPort}`,
       )
@@ -447,6 +454,8 @@ test('a bad token gives an error naming the problem; a token without a permissio
         'n',
         '--address',
         '127.0.0.1',
+        '--port',
+        '8080',
       ],
       {
         out: () => {},
@@ -459,4 +468,54 @@ test('a bad token gives an error naming the problem; a token without a permissio
     t.regex(msg, /lacks service:write on "web"/);
     t.notRegex(msg, /reader/);
   }
+});
+
+test('a workload Consul registers with every port at 127.0.0.1 serves nothing through the tunnel', async (t) => {
+  const m = await mesh(t);
+  // A server nobody enrolled, on the same host as node-b.
+  let reached = 0;
+  const stranger = createServer((c) => {
+    reached++;
+    c.destroy();
+  });
+  await new Promise<void>((r) => stranger.listen(0, '127.0.0.1', r));
+  t.teardown(() => stranger.close());
+  // Registered by another tool (the CLI refuses it): every port of node-b's loopback.
+  const token = m.e.consul.managementToken;
+  const client = new ConsulClient({
+    address: m.e.consul.address,
+    ...(token ? { token: new Secret(token) } : {}),
+  });
+  try {
+    await consulEnroll(client, {
+      name: 'wide',
+      service: 'echo',
+      namespace: 'default',
+      node: 'node-b',
+      addresses: ['127.0.0.1'],
+      ports: [],
+      uid: undefined,
+      mode: 'strict',
+      upstreams: [],
+    });
+  } finally {
+    client.close();
+  }
+  await until(() => m.b.store.workload('wide') !== undefined, 10_000, 'node-b sees the registration');
+  const key = {
+    source: m.a.identityOf(m.a.store.workload('client')!),
+    peer: m.b.identityOf(m.b.store.workload('echo-1')!),
+    address: '127.0.0.1',
+    port: m.bTunnel,
+  };
+  const port = (stranger.address() as AddressInfo).port;
+  for (const authority of [`127.0.0.1:${port}`, `127.0.0.1:${m.b.ports.admin}`]) {
+    const r = await m.a.pool.connect(key, { ':method': 'CONNECT', ':authority': authority });
+    t.not(r.status, 200, authority);
+    r.stream.close();
+  }
+  t.is(reached, 0);
+  const ok = await m.a.pool.connect(key, { ':method': 'CONNECT', ':authority': `127.0.0.1:${m.echoPort}` });
+  t.is(ok.status, 200);
+  ok.stream.close();
 });

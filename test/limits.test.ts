@@ -108,6 +108,8 @@ async function setup(flags: ConfigInput, opts: { hole?: boolean } = {}): Promise
       name: 'client',
       service: 'web',
       node: 'node-a',
+      // A client at loopback lists a port (nothing listens on 9): every port of a host address is a relay.
+      ports: [9],
       upstreams: [
         {
           service: 'echo',
@@ -664,6 +666,8 @@ serial(
           name: 'client',
           service: 'web',
           node: 'node-a',
+          // A client at loopback lists a port (nothing listens on 9): every port of a host address is a relay.
+          ports: [9],
           upstreams: [
             {
               service: 'echo',

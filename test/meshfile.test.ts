@@ -38,7 +38,7 @@ workloads:
     service: api
     namespace: prod
     node: node-b
-    addresses: ["::1", 198.18.0.2]
+    addresses: ["2001:db8::3", 198.18.0.2]
     mode: permissive
 services:
   api: { namespace: prod, vips: [198.18.10.1], ports: [{ port: 80, targetPort: 8080 }, 443], waypoint: wp }
@@ -79,7 +79,7 @@ const FULL_MODEL: Mesh = {
       service: 'api',
       namespace: 'prod',
       node: 'node-b',
-      addresses: ['::1', '198.18.0.2'],
+      addresses: ['2001:db8::3', '198.18.0.2'],
       ports: [],
       uid: undefined,
       mode: 'permissive',
@@ -150,6 +150,24 @@ test('a full YAML file parses to the model', (t) => {
   t.deepEqual(parseMesh(FULL_YAML, 'mesh.yaml'), FULL_MODEL);
 });
 
+test("every port is allowed at an address that is not the node's own; listed ports anywhere", (t) => {
+  const mesh = parseMesh(
+    'nodes:\n  n1: { address: 198.18.0.1 }\nworkloads:\n' +
+      '  own: { node: n1, addresses: [198.18.0.7] }\n' +
+      '  lo: { node: n1, addresses: [127.0.0.1, "::1"], ports: [8080] }\n' +
+      '  host: { node: n1, addresses: [198.18.0.1], ports: [22] }\n',
+    'mesh.yaml',
+  );
+  t.deepEqual(
+    mesh.workloads.map((w) => [w.name, w.ports]),
+    [
+      ['own', []],
+      ['lo', [8080]],
+      ['host', [22]],
+    ],
+  );
+});
+
 test('the same mesh in JSON parses to the same model', (t) => {
   const json = JSON.stringify(meshToDoc(FULL_MODEL), null, 2);
   t.deepEqual(parseMesh(json, 'mesh.json'), FULL_MODEL);
@@ -174,6 +192,36 @@ const errorCases: [string, string, string, RegExp][] = [
     `${MINIMAL}workloads:\n  web-1: { node: n1, addresses: [127.0.0.1], ports: [70000] }\n`,
     'workloads.web-1.ports[0]',
     /between 1 and 65535, got 70000/,
+  ],
+  [
+    'every port of a loopback address',
+    `${MINIMAL}workloads:\n  web-1: { node: n1, addresses: [198.18.0.5, 127.0.0.1] }\n`,
+    'workloads.web-1.ports',
+    /must list the ports the workload serves: 127\.0\.0\.1 is a loopback address.*admin API/,
+  ],
+  [
+    'every port of ::1',
+    `${MINIMAL}workloads:\n  web-1: { node: n1, addresses: ["::1"], ports: [] }\n`,
+    'workloads.web-1.ports',
+    /::1 is a loopback address/,
+  ],
+  [
+    'every port of an IPv4-mapped loopback address',
+    `${MINIMAL}workloads:\n  web-1: { node: n1, addresses: ["::ffff:127.0.0.9"] }\n`,
+    'workloads.web-1.ports',
+    /::ffff:127\.0\.0\.9 is a loopback address/,
+  ],
+  [
+    'every port of the unspecified address (it connects to the host)',
+    `${MINIMAL}workloads:\n  web-1: { node: n1, addresses: [0.0.0.0] }\n`,
+    'workloads.web-1.ports',
+    /0\.0\.0\.0 is a loopback address/,
+  ],
+  [
+    "every port of the node's own address",
+    'nodes:\n  n1: { address: 198.18.0.1 }\nworkloads:\n  batch: { node: n1, addresses: ["198.18.0.1"] }\n',
+    'workloads.batch.ports',
+    /198\.18\.0\.1 is the address of its node "n1"/,
   ],
   ['an unknown key (a typo)', `${MINIMAL}polices: {}\n`, 'polices', /unknown key "polices".*policies/],
   [
@@ -259,7 +307,7 @@ test('editMeshFile keeps comments and layout of what it did not change', async (
   );
   const mesh = await editMeshFile(file, (doc) => {
     upsertWorkload(doc, workload('web-1', { service: 'web-1', ports: [8081] }));
-    upsertWorkload(doc, workload('api-1', { addresses: ['127.0.0.2'] }));
+    upsertWorkload(doc, workload('api-1', { addresses: ['198.18.0.12'] }));
   });
   const text = await readFile(file, 'utf8');
   t.true(text.startsWith('# Production mesh, owned by the platform team\n'));
@@ -292,7 +340,7 @@ test('editMeshFile writes atomically: a new inode, mode 0644, no temp files, rea
   })();
   for (let i = 0; i < 30; i++) {
     await editMeshFile(file, (doc) => {
-      upsertWorkload(doc, workload(`w-${i}`, { addresses: [`127.0.1.${i}`] }));
+      upsertWorkload(doc, workload(`w-${i}`, { addresses: [`198.18.1.${i}`] }));
     });
   }
   reading = false;
@@ -372,7 +420,7 @@ test('concurrent edits all land (the lock serializes them)', async (t) => {
       editMeshFile(file, async (doc) => {
         // Yield inside the edit so that unserialized edits would interleave and lose each other's writes.
         await new Promise((r) => setTimeout(r, 2));
-        upsertWorkload(doc, workload(`w-${i}`, { addresses: [`127.0.2.${i}`] }));
+        upsertWorkload(doc, workload(`w-${i}`, { addresses: [`198.18.2.${i}`] }));
       }),
     ),
   );

@@ -27,6 +27,12 @@ import {
   workload,
 } from './helpers/cluster.js';
 
+/**
+ * The port the client workload lists. It serves none, but a workload at a loopback address must list its
+ * ports (every port of loopback would include the daemon's own listeners); nothing listens on discard.
+ */
+const CLIENT_PORT = 9;
+
 interface Echo {
   port: number;
   accepted: () => number;
@@ -56,6 +62,7 @@ async function setup(opts: { certTtl?: string; echoes?: number } = {}): Promise<
       name: 'client',
       service: 'web',
       node: 'node-a',
+      ports: [CLIENT_PORT],
       upstreams: [
         {
           service: 'echo',
@@ -332,6 +339,7 @@ test('an edit of the mesh file takes effect live; a malformed edit keeps the las
         name: 'client',
         service: 'web',
         node: 'node-a',
+        ports: [CLIENT_PORT],
         upstreams: [
           {
             service: 'echo',

@@ -1,5 +1,8 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { open, rename, unlink } from 'node:fs/promises';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import type { Listen } from '../config.js';
 
 export type Handler = (req: IncomingMessage, url: URL) => Promise<Reply> | Reply;
@@ -10,13 +13,35 @@ export interface Reply {
   readonly contentType?: string;
 }
 
+/** Routes that answer only a request carrying the admin token; `route` is `METHOD /path`. */
+export interface AdminAuth {
+  readonly token: AdminToken;
+  readonly required: (route: string) => boolean;
+  readonly denied: (route: string, req: IncomingMessage) => void;
+}
+
 /** A small HTTP server for a fixed set of routes: `METHOD /path` → handler. Unknown routes get 404. */
-export function startHttp(listen: Listen, routes: Record<string, Handler>): Promise<Server> {
+export function startHttp(
+  listen: Listen,
+  routes: Record<string, Handler>,
+  auth?: AdminAuth,
+): Promise<Server> {
   const server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://local');
-    const handler = routes[`${req.method} ${url.pathname}`];
+    const route = `${req.method} ${url.pathname}`;
+    const handler = routes[route];
     if (!handler)
       return send(res, { status: 404, json: { error: `no route ${req.method} ${url.pathname}` } });
+    if (auth?.required(route) && !auth.token.matches(req.headers.authorization)) {
+      auth.denied(route, req);
+      res.setHeader('www-authenticate', 'Bearer realm="ambitd admin"');
+      return send(res, {
+        status: 401,
+        json: {
+          error: `${route} needs the admin token: Authorization: Bearer <contents of ${auth.token.path}>`,
+        },
+      });
+    }
     Promise.resolve()
       .then(() => handler(req, url))
       .then(
@@ -45,3 +70,45 @@ function send(res: ServerResponse, reply: Reply): void {
 }
 
 export const portOf = (server: Server): number => (server.address() as AddressInfo).port;
+
+export const ADMIN_TOKEN_FILE = 'admin.token';
+
+const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
+
+/**
+ * The admin API's credential: a random token in `<stateDir>/admin.token`, readable only by the daemon's
+ * user, new at every start. Someone who can read that file is the daemon's user (or root) on this host,
+ * which a peer reaching the admin port through the tunnel, or any other local user, is not.
+ */
+export class AdminToken {
+  readonly path: string;
+  readonly #digest: Buffer;
+
+  private constructor(path: string, token: string) {
+    this.path = path;
+    this.#digest = digest(token);
+  }
+
+  /** Writes a fresh token, mode 0600 from its creation (a temporary file renamed over the old one). */
+  static async create(stateDir: string): Promise<AdminToken> {
+    const path = join(stateDir, ADMIN_TOKEN_FILE);
+    const token = randomBytes(32).toString('base64url');
+    const tmp = `${path}.${process.pid}.tmp`;
+    await unlink(tmp).catch(() => {});
+    const fh = await open(tmp, 'wx', 0o600);
+    try {
+      await fh.writeFile(`${token}\n`);
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, path);
+    return new AdminToken(path, token);
+  }
+
+  /** Whether an Authorization header carries the token; compared in constant time (as digests). */
+  matches(authorization: string | undefined): boolean {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? '');
+    if (!m) return false;
+    return timingSafeEqual(digest(m[1]!), this.#digest);
+  }
+}

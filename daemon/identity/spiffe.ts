@@ -58,6 +58,18 @@ export function parseSpiffeId(uri: string): SpiffeParts | undefined {
   return { trustDomain, namespace, datacenter, service };
 }
 
+/**
+ * The trust domain of any SPIFFE ID (the authority part), Consul's form or not; undefined for anything that
+ * is not a SPIFFE ID with a valid trust domain.
+ */
+export function trustDomainOf(uri: string): string | undefined {
+  if (!uri.startsWith(SCHEME)) return undefined;
+  const rest = uri.slice(SCHEME.length);
+  const end = rest.indexOf('/');
+  const td = end < 0 ? rest : rest.slice(0, end);
+  return isValidTrustDomain(td) ? td : undefined;
+}
+
 /** The trust domain's own ID, carried by the root certificate. */
 export const trustDomainId = (trustDomain: string): string => `${SCHEME}${trustDomain}`;
 

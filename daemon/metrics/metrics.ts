@@ -76,6 +76,7 @@ export class Metrics {
   readonly received: Counter<keyof ConnectionLabels>;
   readonly refused: Counter<'direction' | 'reason'>;
   readonly meshReloads: Counter<'result'>;
+  readonly adminUnauthorized: Counter<'route'>;
   readonly certExpiry: Gauge<'identity'>;
   readonly tunnelSessions: Gauge<'state'>;
   readonly activeConnections: Gauge<'direction'>;
@@ -115,6 +116,12 @@ export class Metrics {
       name: 'ambit_connections_refused_total',
       help: 'Connections refused, by direction and reason',
       labelNames: ['direction', 'reason'],
+      registers,
+    });
+    this.adminUnauthorized = new Counter({
+      name: 'ambit_admin_unauthorized_total',
+      help: 'Admin API requests refused with 401 (no or wrong admin token), by route',
+      labelNames: ['route'],
       registers,
     });
     this.meshReloads = new Counter({

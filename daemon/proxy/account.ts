@@ -15,7 +15,10 @@ import { type PipeEnd, pipeBoth, spliceBoth } from './pipe.js';
 
 /** One end of a connection as far as the daemon knows it; anything unknown is reported as "unknown". */
 export interface Party {
+  /** The address the daemon saw: the TCP peer of the connection that reached it. */
   readonly addr?: string | undefined;
+  /** The client's own claim of its address (HBONE's `forwarded`), never taken for `addr`. */
+  readonly forwarded?: string | undefined;
   readonly workload?: string | undefined;
   readonly namespace?: string | undefined;
   readonly service?: string | undefined;

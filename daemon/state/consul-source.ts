@@ -36,6 +36,8 @@ import { ConsulCa } from '../identity/consul-ca.js';
 import type { CertificateManager } from '../identity/manager.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
+import { LocalAddresses } from './addresses.js';
+import { ownAddress } from './meshfile.js';
 import type { Mesh, MeshNode, Policy, PolicyAction, Service, ServicePort, Workload } from './model.js';
 import type { StateStore } from './store.js';
 
@@ -90,6 +92,8 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
   readonly #client: ConsulClient;
   readonly #store: StateStore;
   readonly #opts: ConsulSourceOptions;
+  readonly #local = new LocalAddresses();
+  readonly #everyPortWarned = new Set<string>();
   readonly #log: Logger;
   readonly #cache: ConsulCache;
   readonly #watches = new Map<string, Watch<unknown>>();
@@ -301,6 +305,26 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
     return out;
   }
 
+  /**
+   * A local workload registered with every port at an address of this host is kept (Consul is the source of
+   * truth) but serves nothing through the tunnel: the data path refuses it. Said once per registration.
+   */
+  #checkEveryPort(w: Workload, node: MeshNode | undefined): void {
+    if (w.ports.length > 0) return;
+    const own = ownAddress(w.addresses, node ?? { name: w.node, address: '', tunnelPort: 0 }, (ip) =>
+      this.#local.has(ip),
+    );
+    const key = `${w.name}|${w.addresses.join(',')}`;
+    if (!own || this.#everyPortWarned.has(key)) return;
+    if (this.#everyPortWarned.size >= 1000) this.#everyPortWarned.clear(); // churn must not grow it forever
+    this.#everyPortWarned.add(key);
+    this.#log.warn(
+      { workload: w.name, address: own.ip },
+      `Consul registers workload ${w.name} with every port at ${own.ip}, ${own.what}: the tunnel delivers ` +
+        'nothing to it until its ports are registered (ambit-ports Meta or the service port)',
+    );
+  }
+
   #decode(e: ConsulHealthEntry): Workload | undefined {
     try {
       return workloadFromEntry(e);
@@ -370,6 +394,7 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
       if (!local && requirePassing && !isPassing(e)) return;
       const w = this.#decode(e);
       if (!w) return;
+      if (local) this.#checkEveryPort(w, nodes.get(me));
       workloads.set(w.name, w);
       if (!nodes.has(w.node)) {
         const n = fallbackNode(e, w.node);

@@ -17,6 +17,11 @@ export interface MeshFileSourceOptions {
   pollMs?: number;
   /** Quiet time after a change event before reading, so that a burst of events is one reload; default 50. */
   debounceMs?: number;
+  /**
+   * Checks only this host can make (its interface addresses); throws a MeshFileError to refuse the file,
+   * which keeps the last good state as any invalid file does.
+   */
+  check?: (mesh: Mesh) => void;
 }
 
 type Signature = string; // mtime|size|ino, or 'missing'
@@ -31,6 +36,7 @@ export class MeshFileSource extends EventEmitter {
   readonly #log: Logger;
   readonly #pollMs: number;
   readonly #debounceMs: number;
+  readonly #check: (mesh: Mesh) => void;
   #watcher: FSWatcher | undefined;
   #poll: NodeJS.Timeout | undefined;
   #debounce: NodeJS.Timeout | undefined;
@@ -51,6 +57,7 @@ export class MeshFileSource extends EventEmitter {
     this.#log = logger.child({ component: 'mesh-file' });
     this.#pollMs = opts.pollMs ?? 1000;
     this.#debounceMs = opts.debounceMs ?? 50;
+    this.#check = opts.check ?? (() => {});
   }
 
   /** The error of the last change that was refused; cleared when a valid file is applied. */
@@ -74,7 +81,7 @@ export class MeshFileSource extends EventEmitter {
       this.#log.warn({ file: this.path }, 'mesh file does not exist yet; starting with an empty mesh');
       this.#apply(emptyMesh(), undefined);
     } else {
-      this.#apply(parseMesh(text, this.path), text);
+      this.#apply(this.#parse(text), text);
     }
     this.#signature = sig;
     // The directory must exist to be watched; the daemon owns it, and the CLI would create it anyway.
@@ -173,12 +180,18 @@ export class MeshFileSource extends EventEmitter {
     this.#signature = sig;
     if (text === undefined || text === this.#lastText) return;
     try {
-      this.#apply(parseMesh(text, this.path), text);
+      this.#apply(this.#parse(text), text);
     } catch (err) {
       if (!(err instanceof MeshFileError)) throw err;
       this.#lastText = text;
       this.#reject(err, sig);
     }
+  }
+
+  #parse(text: string): Mesh {
+    const mesh = parseMesh(text, this.path);
+    this.#check(mesh);
+    return mesh;
   }
 
   #apply(mesh: Mesh, text: string | undefined): void {

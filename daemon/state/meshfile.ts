@@ -13,7 +13,8 @@
  *     namespace: default          # default "default"
  *     node: node-a                # required; must name a node in `nodes`
  *     addresses: [127.0.0.1]      # required, >= 1 IPv4/IPv6 literal, no duplicates
- *     ports: [8080]               # optional; integers 1..65535, no duplicates; empty = every port
+ *     ports: [8080]               # optional; integers 1..65535, no duplicates; empty = every port,
+ *                                 # refused at a loopback address or the node's own (list the ports)
  *     uid: 1001                   # optional owner uid (integer >= 0), for processes on the host network
  *     mode: strict                # strict | permissive; default strict
  *     failMode: closed            # open | closed: capture while ambitd is down; default closed if strict, else open
@@ -34,6 +35,7 @@
  *     namespace: default          # default "default"
  *     ports: [8080]               # optional destination ports; empty = all
  *     from:                       # optional; any clause matching is a match; empty = every source
+ *                                 # (service/namespace: of this trust domain; principal: any)
  *       - { service: evil }                     # every field a clause sets must match the peer
  *       - { namespace: x }
  *       - { principal: "spiffe://ambit.local/ns/x/dc/dc1/svc/y" }
@@ -48,6 +50,7 @@ import { isIP } from 'node:net';
 import { extname } from 'node:path';
 import { type Document, LineCounter, parseDocument } from 'yaml';
 import { MeshFileError } from '../errors.js';
+import { canonicalIp, isLoopback } from './addresses.js';
 import type {
   FailMode,
   Mesh,
@@ -407,6 +410,10 @@ export function meshFromValue(value: unknown): Mesh {
       }
     }
     const node = nodes.find((n) => n.name === w.node)!;
+    if (w.ports.length === 0) {
+      const own = ownAddress(w.addresses, node);
+      if (own) throw new Invalid([...wp, 'ports'], everyPortRefused(own));
+    }
     w.upstreams.forEach((u, i) => {
       const up: PathSeg[] = [...wp, 'upstreams', i, 'listen'];
       if (DAEMON_PORTS.has(u.listenPort) || u.listenPort === node.tunnelPort) {
@@ -460,6 +467,29 @@ export function meshFromValue(value: unknown): Mesh {
     policies: entries(top.policies, ['policies']).map(([k, v]) => parsePolicy(k, v, ['policies', k])),
   };
 }
+
+/**
+ * The first of `addresses` that is this node's own: loopback, or the node's address in the mesh. The host's
+ * other interface addresses are known only on the host: ambitd checks them when it loads the file.
+ */
+export function ownAddress(
+  addresses: readonly string[],
+  node: MeshNode,
+  more: (ip: string) => boolean = () => false,
+): { ip: string; what: string } | undefined {
+  for (const ip of addresses) {
+    if (isLoopback(ip)) return { ip, what: 'a loopback address' };
+    if (canonicalIp(ip) === canonicalIp(node.address))
+      return { ip, what: `the address of its node "${node.name}"` };
+    if (more(ip)) return { ip, what: `an address of its node "${node.name}"` };
+  }
+  return undefined;
+}
+
+/** Why `ports: []` is refused for a workload at one of its node's own addresses. */
+export const everyPortRefused = (own: { ip: string; what: string }): string =>
+  `must list the ports the workload serves: ${own.ip} is ${own.what}, and every port of it would let ` +
+  "any peer of the mesh reach every server of that host through the tunnel, ambitd's admin API included";
 
 export const fmtHostPort = (host: string, p: number): string =>
   host.includes(':') ? `[${host}]:${p}` : `${host}:${p}`;

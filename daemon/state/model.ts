@@ -57,7 +57,9 @@ export interface Service {
 
 /**
  * A source clause matches when every field it sets matches the peer: service and namespace compare with the
- * peer's SPIFFE identity, principal with the whole SPIFFE ID. An empty clause matches every authenticated peer.
+ * peer's SPIFFE identity, principal with the whole SPIFFE ID. Service and namespace are of this mesh's trust
+ * domain: a peer of another one matches only a clause naming its principal (see rbac.ts). An empty clause
+ * matches every authenticated peer of this trust domain (any peer, in a deny).
  */
 export interface PolicySource {
   readonly service: string | undefined;

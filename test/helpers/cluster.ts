@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type ConfigInput, loadConfig } from '../../daemon/config.js';
 import { Ambitd } from '../../daemon/daemon.js';
-import { createLogger, silentLogger } from '../../daemon/log.js';
+import { type Logger, createLogger, silentLogger } from '../../daemon/log.js';
 import { editMeshFile, upsertWorkload } from '../../daemon/state/mesh-edit.js';
 import type { Workload } from '../../daemon/state/model.js';
 import { sleep } from './net.js';
@@ -21,7 +21,9 @@ export interface Cluster {
 }
 
 /** Two daemons on loopback sharing one mesh file and one CA directory, as two hosts would in embedded mode. */
-export async function startCluster(opts: { certTtl?: string; flags?: ConfigInput } = {}): Promise<Cluster> {
+export async function startCluster(
+  opts: { certTtl?: string; flags?: ConfigInput; logger?: (node: string) => Logger } = {},
+): Promise<Cluster> {
   const dir = await mkdtemp(join(tmpdir(), 'ambit-test-'));
   const meshFile = join(dir, 'mesh.yaml');
   const start = (node: string): Promise<Ambitd> =>
@@ -42,7 +44,7 @@ export async function startCluster(opts: { certTtl?: string; flags?: ConfigInput
           ...opts.flags,
         },
       }),
-      process.env.AMBIT_TEST_LOG ? createLogger('debug', 2) : silentLogger(),
+      opts.logger?.(node) ?? (process.env.AMBIT_TEST_LOG ? createLogger('debug', 2) : silentLogger()),
     );
   // One at a time: the first creates the shared CA, the second loads it.
   const a = await start('node-a');

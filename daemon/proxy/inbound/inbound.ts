@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
 import { DEFAULT_LIMITS, type Limits } from '../../config.js';
 import { type ConnectionRefusal, badRequest, denied, unknownWorkload, upstreamFailed } from '../../errors.js';
-import { parseSpiffeId, uriSans } from '../../identity/spiffe.js';
+import { parseSpiffeId, trustDomainOf, uriSans } from '../../identity/spiffe.js';
 import { type FdReserve, isFdExhaustion } from '../../limits/fds.js';
 import { Refusals } from '../../limits/refusal.js';
 import type { Logger } from '../../log.js';
@@ -23,6 +23,10 @@ export interface InboundDeps {
   readonly identityOf: (w: Workload) => string;
   /** True when the target is one of the daemon's own listeners: such a CONNECT is a self-call and refused. */
   readonly isSelf: (target: HostPort) => boolean;
+  /** True for an address of this host (loopback, an interface, the node's own address). */
+  readonly isLocalAddress: (ip: string) => boolean;
+  /** This mesh's trust domain: policies name its services and namespaces. */
+  readonly trustDomain: string;
   readonly connectTimeoutMs: number;
   /** Streams and connects in flight (docs/limits.md); the defaults when absent. */
   readonly limits?: Limits;
@@ -50,6 +54,15 @@ interface OpenConnection {
 
 const peerOf = new WeakMap<H2Session, Peer | null>();
 const loadOf = new WeakMap<H2Session, SessionLoad>();
+
+/**
+ * Where a CONNECT came from: `addr` is the tunnel connection's TCP peer, the only address the daemon saw;
+ * `forwarded` is what the client claims in its `forwarded` header (its workload's address), kept apart.
+ */
+interface Source {
+  readonly addr: string | undefined;
+  readonly forwarded: string | undefined;
+}
 
 const REFUSAL_REASON: Record<string, RefusalReason> = {
   AMBIT_BAD_REQUEST: 'bad_request',
@@ -93,6 +106,7 @@ export class Inbound {
             this.#d.store.mesh.defaultPolicy,
             c.peer,
             c.port,
+            this.#d.trustDomain,
           )
         : { allowed: false, reason: 'workload no longer enrolled' };
       if (!decision.allowed) {
@@ -136,7 +150,7 @@ export class Inbound {
     const peer = this.#peer(session);
     const authority = headers[':authority'];
     const target = parseAuthority(authority);
-    const src = parseForwardedFor(headers.forwarded);
+    const src = this.#source(session, headers);
     let workload: Workload | undefined;
     try {
       if (headers[':method'] !== 'CONNECT') throw badRequest(`method ${headers[':method']} is not CONNECT`);
@@ -148,6 +162,7 @@ export class Inbound {
         this.#d.store.mesh.defaultPolicy,
         peer,
         target.port,
+        this.#d.trustDomain,
       );
       if (!decision.allowed) throw denied(decision.reason);
     } catch (err) {
@@ -189,15 +204,33 @@ export class Inbound {
       const cert = session.socket.peerCertificate;
       const principal = (cert ? uriSans(cert) : []).find((u) => u.startsWith('spiffe://'));
       const parsed = principal ? parseSpiffeId(principal) : undefined;
-      peer = principal ? { principal, namespace: parsed?.namespace, service: parsed?.service } : null;
+      peer = principal
+        ? {
+            principal,
+            trustDomain: parsed?.trustDomain ?? trustDomainOf(principal),
+            namespace: parsed?.namespace,
+            service: parsed?.service,
+          }
+        : null;
       peerOf.set(session, peer);
     }
     return peer ?? undefined;
   }
 
+  #source(session: H2Session, headers: H2Headers): Source {
+    const { remoteAddress, remotePort } = session.socket;
+    return {
+      addr: remoteAddress ? formatAuthority(remoteAddress, remotePort ?? 0) : undefined,
+      forwarded: parseForwardedFor(headers.forwarded),
+    };
+  }
+
   #localWorkload(target: HostPort): Workload {
     if (this.#d.isSelf(target)) throw badRequest(`${target.ip}:${target.port} is this daemon's own listener`);
-    const w = this.#d.store.workloadAt(target.ip, target.port);
+    let w = this.#d.store.workloadAt(target.ip, target.port);
+    // "Every port" of an address of this host would reach every local server, whoever enrolled it: the
+    // mesh file refuses such a workload, and one from elsewhere (Consul) matches nothing here.
+    if (w && w.ports.length === 0 && this.#d.isLocalAddress(target.ip)) w = undefined;
     if (!w || w.node !== this.#d.nodeName) {
       throw unknownWorkload(
         `${target.ip}:${target.port} is not a workload enrolled on node ${this.#d.nodeName}`,
@@ -210,9 +243,9 @@ export class Inbound {
    * The source workload's name, when the address in `forwarded` belongs to a workload whose identity is the
    * one the peer proved; the header alone is never trusted.
    */
-  #sourceWorkload(peer: Peer, src: string | undefined): string | undefined {
-    if (src) {
-      for (const w of this.#d.store.workloadsByIp(src))
+  #sourceWorkload(peer: Peer, claimed: string | undefined): string | undefined {
+    if (claimed) {
+      for (const w of this.#d.store.workloadsByIp(claimed))
         if (this.#d.identityOf(w) === peer.principal) return w.name;
     }
     return peer.service;
@@ -222,18 +255,19 @@ export class Inbound {
     peer: Peer | undefined,
     w: Workload | undefined,
     authority: string | undefined,
-    src: string | undefined,
+    src: Source,
     started: number,
   ): ConnectionAccount {
     const from: Party = peer
       ? {
-          addr: src,
-          workload: this.#sourceWorkload(peer, src),
+          addr: src.addr,
+          forwarded: src.forwarded,
+          workload: this.#sourceWorkload(peer, src.forwarded),
           namespace: peer.namespace,
           service: peer.service,
           principal: peer.principal,
         }
-      : { addr: src };
+      : { addr: src.addr, forwarded: src.forwarded };
     const to: Party = {
       addr: authority,
       workload: w?.name,
@@ -250,7 +284,7 @@ export class Inbound {
     peer: Peer | undefined,
     w: Workload | undefined,
     authority: string | undefined,
-    src: string | undefined,
+    src: Source,
     started: number,
   ): void {
     const reason = REFUSAL_REASON[refusal.code] ?? 'upstream_failed';
@@ -266,7 +300,7 @@ export class Inbound {
     peer: Peer,
     workload: Workload,
     target: HostPort,
-    src: string | undefined,
+    src: Source,
     started: number,
     load: SessionLoad,
     hold: Hold,

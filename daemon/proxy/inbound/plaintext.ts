@@ -22,6 +22,8 @@ export interface PlaintextDeps {
   readonly log: Logger;
   readonly identityOf: (w: Workload) => string;
   readonly connectTimeoutMs: number;
+  /** This mesh's trust domain (see authorize). */
+  readonly trustDomain: string;
 }
 
 const unmap = (ip: string): string => (ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip);
@@ -110,8 +112,10 @@ export class PlaintextListener extends RedirectListener {
     const decision = authorize(
       d.store.policiesFor(w.namespace, w.service),
       d.store.mesh.defaultPolicy,
-      { principal: '', namespace: undefined, service: undefined },
+      // No identity, but captured on this host, not sent by another mesh: rules for every source apply.
+      { principal: '', trustDomain: d.trustDomain, namespace: undefined, service: undefined },
       dst.port,
+      d.trustDomain,
     );
     if (!decision.allowed) return refuse(w, authority, 'denied', 'DENY', `plaintext: ${decision.reason}`);
     let upstream: Socket;

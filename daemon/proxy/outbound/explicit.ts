@@ -119,6 +119,14 @@ export class ExplicitListeners {
     return out;
   }
 
+  /** The host and port of every upstream listener bound now. */
+  bound(): [string, number][] {
+    const out: [string, number][] = [];
+    for (const b of this.#bindings.values())
+      if (b.bound) out.push([b.upstream.listenHost, b.upstream.listenPort]);
+    return out;
+  }
+
   close(): void {
     this.#closed = true;
     for (const b of this.#bindings.values()) b.server.close();

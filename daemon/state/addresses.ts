@@ -1,0 +1,83 @@
+// Which IP addresses reach this host itself. A workload that serves "every port" of such an address would
+// make its node a relay to every local server (ambitd's admin API included), so the mesh file refuses it
+// and the data path never delivers to it.
+
+import { SocketAddress, isIP } from 'node:net';
+import { networkInterfaces } from 'node:os';
+
+/**
+ * One spelling per address: IPv6 in its canonical text, an IPv4-mapped IPv6 address as the IPv4 address it
+ * reaches (`::ffff:127.0.0.1` is 127.0.0.1 to connect(2)). Anything else is returned as given.
+ */
+export function canonicalIp(ip: string): string {
+  if (isIP(ip) !== 6) return ip;
+  let text: string;
+  try {
+    text = new SocketAddress({ address: ip, family: 'ipv6' }).address;
+  } catch {
+    return ip.toLowerCase();
+  }
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  return mapped ? mapped[1]! : text;
+}
+
+/** 0.0.0.0 and :: as a destination reach the host itself on Linux, like loopback. */
+export const isUnspecified = (ip: string): boolean => {
+  const c = canonicalIp(ip);
+  return c === '0.0.0.0' || c === '::';
+};
+
+/** 127.0.0.0/8, ::1, their IPv4-mapped forms, and the unspecified addresses (which connect to the host). */
+export function isLoopback(ip: string): boolean {
+  const c = canonicalIp(ip);
+  return c === '::1' || (isIP(c) === 4 && c.startsWith('127.')) || isUnspecified(c);
+}
+
+/** The host's interface addresses, canonical. */
+export function interfaceAddresses(): Set<string> {
+  const out = new Set<string>();
+  for (const list of Object.values(networkInterfaces()))
+    for (const i of list ?? []) out.add(canonicalIp(i.address.replace(/%.*$/, '')));
+  return out;
+}
+
+const INTERFACES_TTL_MS = 5_000;
+
+/**
+ * The addresses of this host: loopback, the interfaces (read again at most every few seconds, since
+ * getifaddrs is a system call and addresses change rarely) and any the caller adds (the node's address in
+ * the mesh, its advertise address).
+ */
+export class LocalAddresses {
+  readonly #extra: () => Iterable<string>;
+  #interfaces = new Set<string>();
+  #readAt = Number.NEGATIVE_INFINITY;
+
+  constructor(extra: () => Iterable<string> = () => []) {
+    this.#extra = extra;
+  }
+
+  has(ip: string): boolean {
+    const c = canonicalIp(ip);
+    if (isLoopback(c)) return true;
+    const now = Date.now();
+    if (now - this.#readAt > INTERFACES_TTL_MS) {
+      this.#interfaces = interfaceAddresses();
+      this.#readAt = now;
+    }
+    if (this.#interfaces.has(c)) return true;
+    for (const e of this.#extra()) if (canonicalIp(e) === c) return true;
+    return false;
+  }
+}
+
+/**
+ * Whether a listener bound to `bindHost` accepts connections to `ip`: a wildcard bind every local address,
+ * a loopback bind every loopback address (the kernel routes all of 127/8 to the host), any other bind its
+ * own address.
+ */
+export function bindAccepts(bindHost: string, ip: string, local: LocalAddresses): boolean {
+  if (isUnspecified(bindHost) || bindHost === '') return local.has(ip);
+  if (isLoopback(bindHost)) return isLoopback(ip);
+  return canonicalIp(bindHost) === canonicalIp(ip);
+}
