@@ -25,15 +25,20 @@ import { sniForIdentity } from '../daemon/proxy/hbone.js';
 import { NODE_FLAGS } from '../daemon/proxy/reclaim.js';
 import { addPolicy, editMeshFile } from '../daemon/state/mesh-edit.js';
 import {
+  Alert,
   ContentType,
   type Credentials,
+  Flag,
+  FrameType,
   H2Error,
+  PREFACE,
   RawH2,
   RawTls,
   connectBlock,
   continuationFrame,
   flood,
   forgeLeaf,
+  frame,
   headersFrame,
   indexed,
   keyUpdate,
@@ -446,11 +451,19 @@ class Setup {
 const mib = (n: number): string => (n / MiB).toFixed(0);
 
 /** Runs `body` against a fresh pair of daemons, always stopping them. */
-async function withSetup(victim: SpawnOptions, body: (s: Setup) => Promise<void>): Promise<void> {
+async function withSetup(
+  t: ExecutionContext,
+  victim: SpawnOptions,
+  body: (s: Setup) => Promise<void>,
+): Promise<void> {
   const s = await Setup.start(victim);
   try {
     await body(s);
   } finally {
+    // Printed even when an assertion stopped the test: what the attack did to the victim.
+    t.log(
+      `victim ${s.b.alive ? 'alive' : s.b.why()}; RSS ${mib(s.baselineRss)} -> peak ${mib(s.peak.rss)} MiB; fds ${s.baselineFds} -> peak ${s.peak.fds}`,
+    );
     await s.close();
   }
 }
@@ -536,9 +549,10 @@ const repeat = (b: Buffer, n: number): Buffer => Buffer.concat(Array.from({ leng
 test.serial(
   'CONTINUATION flood ends the session (h2_header_flood), with or without a SPIFFE ID',
   async (t) => {
-    await withSetup({}, async (s) => {
+    await withSetup(t, {}, async (s) => {
       const noSpiffe = await forgeLeaf(s.caDir, []);
       let during: Probe | undefined;
+      const outcomes: { label: string; ended: boolean; goaway: number | undefined }[] = [];
       for (const [label, creds] of [
         ['a workload certificate', s.web],
         ['a certificate without a SPIFFE ID', noSpiffe],
@@ -546,8 +560,8 @@ test.serial(
         const c = await RawH2.open({ port: s.victimPort, creds, servername: s.sni });
         c.socket.write(headersFrame(1, connectBlock(s.echoAuthority), false));
         const duringP = s.probeAfter(200);
-        // 10,000 empty CONTINUATIONs (90 KB) a batch; at most 1M frames (9 MB: the issue's ~215 B of heap each
-        // made that ~215 MiB) or 5 s.
+        // 10,000 empty CONTINUATIONs (90 KB) a batch; at most 1M frames (9 MB: at the issue's ~215 B of heap
+        // each, about 215 MiB) or 5 s.
         const batch = repeat(continuationFrame(1), 10_000);
         const r = await flood(c.socket, () => batch, {
           maxBatches: 100,
@@ -559,9 +573,12 @@ test.serial(
         t.log(
           `${label}: ${r.batches * 10_000} CONTINUATION frames sent (${r.stoppedBy}), goaway=${c.goaway}`,
         );
-        t.true(ended, `${label}: the victim ended the session`);
-        if (c.goaway !== undefined) t.is(c.goaway, H2Error.ENHANCE_YOUR_CALM, `${label}: GOAWAY code`);
+        outcomes.push({ label, ended, goaway: c.goaway });
         c.destroy();
+      }
+      for (const o of outcomes) {
+        t.true(o.ended, `${o.label}: the victim ended the session`);
+        if (o.goaway !== undefined) t.is(o.goaway, H2Error.ENHANCE_YOUR_CALM, `${o.label}: GOAWAY code`);
       }
       await s.counted(t, ['h2_header_flood'], 2);
       await s.survived(t, during);
@@ -572,7 +589,7 @@ test.serial(
 // --- 2. HPACK bomb -------------------------------------------------------------------------------------------
 
 test.serial('HPACK bomb: a header block decoding to megabytes is refused, the daemon is fine', async (t) => {
-  await withSetup({}, async (s) => {
+  await withSetup(t, {}, async (s) => {
     const acceptedBefore = s.echo.accepted();
     const c = await RawH2.open({ port: s.victimPort, creds: s.web, servername: s.sni });
     const duringP = s.probeAfter(200);
@@ -614,7 +631,7 @@ test.serial(
   'Rapid Reset: HEADERS + RST_STREAM pairs get GOAWAY ENHANCE_YOUR_CALM (h2_reset_flood)',
   async (t) => {
     // streamResetRate 20/s, burst 10x: GOAWAY after about 200 resets.
-    await withSetup({ env: { AMBIT_STREAM_RESET_RATE: '20' } }, async (s) => {
+    await withSetup(t, { env: { AMBIT_STREAM_RESET_RATE: '20' } }, async (s) => {
       const acceptedBefore = s.echo.accepted();
       const c = await RawH2.open({ port: s.victimPort, creds: s.web, servername: s.sni });
       const block = connectBlock(s.echoAuthority);
@@ -661,7 +678,7 @@ for (const [kind, unit, one] of [
   test.serial(
     `${kind} flood from a client that never reads ends the session (h2_control_flood)`,
     async (t) => {
-      await withSetup({}, async (s) => {
+      await withSetup(t, {}, async (s) => {
         const c = await RawH2.open({ port: s.victimPort, creds: s.web, servername: s.sni, read: false });
         const duringP = s.probeAfter(300);
         const batch = repeat(one(1), 10_000);
@@ -690,34 +707,41 @@ for (const [kind, unit, one] of [
 
 // --- 6. KeyUpdate storm --------------------------------------------------------------------------------------
 
+const h2Preface = (): Buffer => Buffer.concat([PREFACE, settingsFrame()]);
+
+/** Waits (bounded) for a PING ACK among the victim's frames: proof that it still reads our records. */
+async function pingAcked(c: RawTls, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  const acked = (): boolean =>
+    c.frames().some((f) => f.type === FrameType.PING && (f.flags & Flag.ACK) !== 0);
+  while (!acked() && !c.closed && Date.now() < deadline) await sleep(20);
+  return acked();
+}
+
+/** The last alert the victim sent, as "fatal <description>" or "warning <description>", if its last record was one. */
+function lastAlert(c: RawTls): string | undefined {
+  const r = c.opened().at(-1);
+  if (r?.type !== ContentType.ALERT || r.content.length !== 2) return undefined;
+  return `${r.content[0] === 2 ? 'fatal' : 'warning'} ${r.content[1]}`;
+}
+
 test.serial(
   'KeyUpdate storm: packed in one record (tls_record) or one a record (tls_keyupdate_flood)',
   async (t) => {
-    await withSetup({}, async (s) => {
+    await withSetup(t, {}, async (s) => {
       const target = { port: s.victimPort, creds: s.web, servername: s.sni };
       const duringP = s.probeAfter(200);
 
-      // 2,000 KeyUpdates (update_requested) in one record: each would be answered, and all but the last span
-      // a key change.
-      const packed = await RawTls.open(target);
-      packed.send(
-        ContentType.APPLICATION_DATA,
-        Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), settingsFrame()]),
-      );
-      packed.send(ContentType.HANDSHAKE, repeat(keyUpdate(true), 2000));
-      const packedClosed = await packed.waitClosed(2000);
-      const packedTypes = packed.openedTypes();
-      t.log(`packed: closed=${packedClosed}; the victim sent ${packed.recordsIn.length} records after ours`);
-      t.true(packedClosed, 'two KeyUpdates in one record close the connection');
-      t.is(packedTypes.at(-1), ContentType.ALERT, 'an alert before closing');
-      packed.destroy();
-
-      // One KeyUpdate a record, our keys rolled after each as RFC 8446 §4.6.3 says: at most 1,000 or 3 s.
+      // The control: one KeyUpdate, our keys rolled, then a PING, which the victim answers under its own next
+      // keys. It proves the sealer follows RFC 8446's key schedule, so that a close below is the victim's doing.
       const rate = await RawTls.open(target);
-      rate.send(
-        ContentType.APPLICATION_DATA,
-        Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), settingsFrame()]),
-      );
+      rate.send(ContentType.APPLICATION_DATA, h2Preface());
+      rate.send(ContentType.HANDSHAKE, keyUpdate(true));
+      rate.client.update();
+      rate.send(ContentType.APPLICATION_DATA, pingFrame(7));
+      const control = await pingAcked(rate, 2000);
+
+      // Then one KeyUpdate a record, our keys rolled after each: at most 1,000 or 3 s.
       let sent = 0;
       const deadline = Date.now() + 3000;
       while (sent < 1000 && !rate.closed && Date.now() < deadline) {
@@ -731,10 +755,29 @@ test.serial(
         await sleep(5);
       }
       const rateClosed = await rate.waitClosed(2000);
-      t.log(`rate: ${sent} KeyUpdate records sent; closed=${rateClosed}`);
-      t.true(rateClosed, 'KeyUpdates above the rate close the connection');
+      const rateAlert = lastAlert(rate);
       rate.destroy();
 
+      // 2,000 KeyUpdates (update_requested) in one record: each would be answered, and all but the last span a
+      // key change.
+      const packed = await RawTls.open(target);
+      packed.send(ContentType.APPLICATION_DATA, h2Preface());
+      packed.send(ContentType.HANDSHAKE, repeat(keyUpdate(true), 2000));
+      const packedClosed = await packed.waitClosed(2000);
+      const packedAlert = lastAlert(packed);
+      const packedAnswers = packed.recordsIn.length;
+      packed.destroy();
+
+      t.log(
+        `control ${control ? 'answered' : 'not answered'}; one a record: ${sent} sent, closed=${rateClosed}, last alert ${rateAlert ?? '-'}; ` +
+          `packed: closed=${packedClosed}, the victim sent ${packedAnswers} records, last alert ${packedAlert ?? '-'}`,
+      );
+      t.true(control, 'control: after one KeyUpdate the victim still answers a PING under the new keys');
+      t.true(rateClosed, 'KeyUpdates above the rate close the connection');
+      t.true(packedClosed, 'two KeyUpdates in one record close the connection');
+      t.regex(rateAlert ?? '', /^fatal /, 'a fatal alert before closing (rate)');
+      // RFC 8446 §5.1: a handshake message may not span a key change.
+      t.is(packedAlert, `fatal ${Alert.UNEXPECTED_MESSAGE}`, 'unexpected_message before closing (packed)');
       await s.counted(t, ['tls_record', 'tls_keyupdate_flood'], 2);
       await s.counted(t, ['tls_keyupdate_flood'], 1);
       await s.survived(t, await duringP);
@@ -748,7 +791,7 @@ test.serial(
   'slowloris: half ClientHellos beyond the handshake limits are refused (handshake_limit)',
   async (t) => {
     const env = { AMBIT_MAX_HANDSHAKES: '50', AMBIT_MAX_HANDSHAKES_PER_SOURCE: '16' };
-    await withSetup({ env }, async (s) => {
+    await withSetup(t, { env }, async (s) => {
       // 60 from each of two attacker addresses: 120 > maxHandshakes, 60 > maxHandshakesPerSource each.
       const stalled: { socket: Socket; closed: () => boolean }[] = [];
       for (const src of ['127.0.0.2', '127.0.0.3']) {
@@ -783,7 +826,7 @@ test.serial(
 test.serial(
   'an authenticated session that sends nothing after the preface is closed (idle_timeout)',
   async (t) => {
-    await withSetup({ env: { AMBIT_TUNNEL_IDLE_TIMEOUT: '1s' } }, async (s) => {
+    await withSetup(t, { env: { AMBIT_TUNNEL_IDLE_TIMEOUT: '1s' } }, async (s) => {
       const started = Date.now();
       const c = await RawH2.open({ port: s.victimPort, creds: s.web, servername: s.sni });
       const duringP = s.probeAfter(500);
@@ -804,7 +847,7 @@ test.serial(
 test.serial(
   'no relay: never to an unenrolled port or a daemon, and the admin API wants its token',
   async (t) => {
-    await withSetup({}, async (s) => {
+    await withSetup(t, {}, async (s) => {
       const other = await bystander();
       try {
         // As the README's demo once did: an address that is the node's own, and every port.
@@ -872,35 +915,59 @@ test.serial(
 test.serial(
   'a bad MAC, an oversized record, an alert: closed, counted and logged (tls_record, tls_alert)',
   async (t) => {
-    await withSetup({}, async (s) => {
+    await withSetup(t, {}, async (s) => {
       const target = { port: s.victimPort, creds: s.web, servername: s.sni };
       const duringP = s.probeAfter(200);
-      const preface = Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), settingsFrame()]);
-      const cases: [string, (c: RawTls) => void][] = [
+      // Each case: the attack, and the alert RFC 8446 says the victim must send before closing (none for our
+      // own alert: the victim need only close and count).
+      const cases: [string, number | undefined, (c: RawTls) => void][] = [
         [
           'a record whose tag does not authenticate',
+          Alert.BAD_RECORD_MAC,
           (c) => {
-            const rec = c.client.seal(ContentType.APPLICATION_DATA, Buffer.from('hello'));
+            const rec = c.client.seal(ContentType.APPLICATION_DATA, pingFrame(1));
             rec[rec.length - 1]! ^= 0x01;
             c.tcp.write(rec);
           },
         ],
         [
-          'inner plaintext of 2^14 + 1 bytes (RFC 8446 §5.4: record_overflow)',
-          (c) => c.send(ContentType.APPLICATION_DATA, Buffer.alloc(16_385)),
+          'inner plaintext of 2^14 + 1 bytes (RFC 8446 §5.4)',
+          Alert.RECORD_OVERFLOW,
+          // Valid HTTP/2 inside: one frame of an unknown type, which a receiver must ignore (RFC 9113 §5.5), so
+          // that only the record's size can be the reason to close.
+          (c) => c.send(ContentType.APPLICATION_DATA, frame(0xfa, 0, 0, Buffer.alloc(16_385 - 9))),
         ],
-        ['a fatal alert (handshake_failure)', (c) => c.send(ContentType.ALERT, Buffer.from([2, 40]))],
+        [
+          'a fatal alert (handshake_failure)',
+          undefined,
+          (c) => c.send(ContentType.ALERT, Buffer.from([2, 40])),
+        ],
       ];
-      for (const [label, attack] of cases) {
+      const outcomes: { label: string; control: boolean; closed: boolean; want?: number; alert?: string }[] =
+        [];
+      for (const [label, want, attack] of cases) {
         const c = await RawTls.open(target);
-        c.send(ContentType.APPLICATION_DATA, preface);
-        await sleep(50);
+        c.send(ContentType.APPLICATION_DATA, Buffer.concat([h2Preface(), pingFrame(9)]));
+        // The control: the victim reads our sealed records (it answers the PING) before the bad one comes.
+        const control = await pingAcked(c, 2000);
         attack(c);
+        // A second PING: a victim that accepted the bad record answers it and stays open.
+        c.send(ContentType.APPLICATION_DATA, pingFrame(10));
         const closed = await c.waitClosed(2000);
-        t.true(closed, `${label}: the victim closed the connection`);
-        if (!label.startsWith('a fatal alert'))
-          t.is(c.openedTypes().at(-1), ContentType.ALERT, `${label}: an alert before closing`);
+        outcomes.push({
+          label,
+          control,
+          closed,
+          ...(want !== undefined ? { want, alert: lastAlert(c) } : {}),
+        });
         c.destroy();
+      }
+      t.log(outcomes.map((o) => `${o.label}: closed=${o.closed} last alert ${o.alert ?? '-'}`).join('; '));
+      for (const o of outcomes) {
+        t.true(o.control, `${o.label}: control, the victim answered our PING first`);
+        t.true(o.closed, `${o.label}: the victim closed the connection`);
+        if (o.want !== undefined)
+          t.is(o.alert, `fatal ${o.want}`, `${o.label}: the alert sent before closing`);
       }
       await s.counted(t, ['tls_record'], 2);
       await s.counted(t, ['tls_alert'], 1);
@@ -916,7 +983,7 @@ test.serial(
 // --- 11. Trust domains -------------------------------------------------------------------------------------------
 
 test.serial("a policy for service friend does not admit another trust domain's friend", async (t) => {
-  await withSetup({}, async (s) => {
+  await withSetup(t, {}, async (s) => {
     await editMeshFile(join(s.dir, 'mesh.yaml'), (doc) => {
       addPolicy(doc, {
         name: 'friends-only',
@@ -961,7 +1028,7 @@ test.serial("a policy for service friend does not admit another trust domain's f
 test.serial(
   "the access log's src.addr is the TCP peer; a forwarded claim goes to src.forwarded",
   async (t) => {
-    await withSetup({}, async (s) => {
+    await withSetup(t, {}, async (s) => {
       const r = await hbone(s, s.web, s.echoAuthority, {
         headers: { forwarded: 'for="198.18.9.9:1"' },
         send: Buffer.from('claim'),
@@ -993,7 +1060,7 @@ test.serial(
   'descriptor exhaustion: refused before the last descriptors (fd_reserve), then service resumes',
   async (t) => {
     // 256 descriptors, 64 kept in reserve: tunneled connections beyond about 150 must be refused cleanly.
-    await withSetup({ nofile: 256, env: { AMBIT_FD_RESERVE: '64' } }, async (s) => {
+    await withSetup(t, { nofile: 256, env: { AMBIT_FD_RESERVE: '64' } }, async (s) => {
       const held: Socket[] = [];
       let failed = 0;
       // 260 tunneled connections held open, 20 at a time, each bounded.

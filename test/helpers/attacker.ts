@@ -453,6 +453,14 @@ export function stalledHandshake(
 
 export const ContentType = { ALERT: 21, HANDSHAKE: 22, APPLICATION_DATA: 23 } as const;
 
+/** Alert descriptions (RFC 8446 §6) the victim owes us for what we send. */
+export const Alert = {
+  CLOSE_NOTIFY: 0,
+  UNEXPECTED_MESSAGE: 10,
+  BAD_RECORD_MAC: 20,
+  RECORD_OVERFLOW: 22,
+} as const;
+
 interface Suite {
   readonly hash: 'sha256' | 'sha384';
   readonly hashLen: number;
@@ -575,6 +583,8 @@ export class RawTls {
   closed = false;
   readonly whenClosed: Promise<void>;
   #pending: Buffer = Buffer.alloc(0);
+  readonly #opened: { type: number; content: Buffer }[] = [];
+  #openedUpTo = 0;
 
   private constructor(tcp: Socket, client: RecordKeys, server: RecordKeys) {
     this.tcp = tcp;
@@ -640,18 +650,27 @@ export class RawTls {
   }
 
   /**
-   * The content types of the victim's records that open under its current keys (KeyUpdates it sent are
-   * followed), in order: the last is 21 when it sent an alert before closing.
+   * The victim's records opened so far under its traffic keys (its KeyUpdates followed), in order; each
+   * call opens what arrived since the last. After a refusal the last one is an alert (type 21).
    */
-  openedTypes(): number[] {
-    const types: number[] = [];
-    for (const r of this.recordsIn) {
-      const opened = this.server.open(r);
-      if (!opened) break;
-      types.push(opened.type);
-      if (opened.type === ContentType.HANDSHAKE && opened.content[0] === 24) this.server.update();
+  opened(): { type: number; content: Buffer }[] {
+    while (this.#openedUpTo < this.recordsIn.length) {
+      const r = this.server.open(this.recordsIn[this.#openedUpTo]!);
+      if (!r) break;
+      this.#openedUpTo++;
+      this.#opened.push(r);
+      if (r.type === ContentType.HANDSHAKE && r.content[0] === 24) this.server.update();
     }
-    return types;
+    return this.#opened;
+  }
+
+  /** The HTTP/2 frames in the application data the victim sent (records opened so far). */
+  frames(): Frame[] {
+    const reader = new FrameReader();
+    const out: Frame[] = [];
+    for (const r of this.opened())
+      if (r.type === ContentType.APPLICATION_DATA) out.push(...reader.push(r.content));
+    return out;
   }
 
   async waitClosed(ms: number): Promise<boolean> {
