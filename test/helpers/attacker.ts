@@ -242,7 +242,8 @@ function huffmanDigits(b: Buffer): string | undefined {
 
 /**
  * The :status of a response header block, when it comes first (as servers send it): an indexed static entry
- * or a literal naming :status by its static index. Enough to tell a 200 from a refusal.
+ * or a literal naming :status by its static index. Enough to tell a 200 (always static index 8) from a
+ * refusal; undefined when it cannot tell (a status the encoder had put in its dynamic table).
  */
 export function statusOf(block: Buffer): number | undefined {
   const b0 = block[0];
