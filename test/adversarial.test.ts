@@ -11,7 +11,7 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, readdirSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { connect as h2connect } from 'node:http2';
 import { type AddressInfo, type Server, type Socket, createServer, connect as tcpConnect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -19,11 +19,12 @@ import { dirname, join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
+import { parseDocument } from 'yaml';
 import { EmbeddedCa } from '../daemon/identity/ca.js';
 import { spiffeId } from '../daemon/identity/spiffe.js';
 import { sniForIdentity } from '../daemon/proxy/hbone.js';
 import { NODE_FLAGS } from '../daemon/proxy/reclaim.js';
-import { addPolicy, editMeshFile } from '../daemon/state/mesh-edit.js';
+import { addPolicy, editMeshFile, upsertWorkload, writeFileAtomic } from '../daemon/state/mesh-edit.js';
 import {
   Alert,
   ContentType,
@@ -883,10 +884,23 @@ test.serial(
       const other = await bystander();
       try {
         // As the README's demo once did: an address that is the node's own, and every port.
-        await enroll(
-          join(s.dir, 'mesh.yaml'),
-          workload({ name: 'open-1', service: 'open', node: 'node-b', addresses: ['127.0.0.1'], ports: [] }),
-        );
+        const meshFile = join(s.dir, 'mesh.yaml');
+        const open = workload({
+          name: 'open-1',
+          service: 'open',
+          node: 'node-b',
+          addresses: ['127.0.0.1'],
+          ports: [],
+        });
+        try {
+          await enroll(meshFile, open);
+        } catch (err) {
+          t.log(`the mesh edit was refused: ${(err as Error).message}`);
+          // Then by hand, as an editor (or another tool) would write it: the daemons must refuse it too.
+          const doc = parseDocument(await readFile(meshFile, 'utf8'));
+          upsertWorkload(doc, open);
+          await writeFileAtomic(meshFile, doc.toString());
+        }
         // Give the victim its mesh polls (200 ms) to take the edit in or reject it.
         const deadline = Date.now() + 1500;
         let mesh = 'ok';
