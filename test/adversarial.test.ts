@@ -48,6 +48,7 @@ import {
   rstStreamFrame,
   settingsFrame,
   stalledHandshake,
+  waitFor,
 } from './helpers/attacker.js';
 import {
   echoServer,
@@ -436,13 +437,15 @@ class Setup {
   /** Asserts that the victim counted at least `n` inbound refusals for one of `reasons` (waits up to 3 s). */
   async counted(t: ExecutionContext, reasons: readonly string[], n = 1): Promise<void> {
     let total = 0;
-    const deadline = Date.now() + 3000;
-    do {
-      total = 0;
-      for (const r of reasons) total += (await this.b.refused(r)) || 0;
-      if (total >= n) break;
-      await sleep(100);
-    } while (Date.now() < deadline);
+    await waitFor(
+      async () => {
+        total = 0;
+        for (const r of reasons) total += (await this.b.refused(r)) || 0;
+        return total >= n;
+      },
+      3000,
+      100,
+    );
     t.true(
       total >= n,
       `ambit_connections_refused_total{direction="inbound",reason=~"${reasons.join('|')}"} is ${total}, want >= ${n}`,
@@ -622,9 +625,8 @@ test.serial('HPACK bomb: a header block decoding to megabytes is refused, the da
       { maxBatches: 100, deadlineMs: 4000, stop: () => c.ended },
     );
     // Each bomb must be refused: its stream reset or answered with anything but 200, or the session ended.
-    const deadline = Date.now() + 3000;
     const settled = (): boolean => c.ended || streams.every((id) => c.resets.has(id) || c.responses.has(id));
-    while (!settled() && Date.now() < deadline) await sleep(20);
+    await waitFor(settled, 3000);
     const accepted = streams.filter((id) => c.responses.get(id) === 200);
     t.log(`${r.batches} bombs sent (${r.stoppedBy}); ${c.resets.size} reset, goaway=${c.goaway}`);
     t.true(settled(), 'every bomb was refused or the session ended');
@@ -726,10 +728,9 @@ const h2Preface = (): Buffer => Buffer.concat([PREFACE, settingsFrame()]);
 
 /** Waits (bounded) for a PING ACK among the victim's frames: proof that it still reads our records. */
 async function pingAcked(c: RawTls, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
   const acked = (): boolean =>
     c.frames().some((f) => f.type === FrameType.PING && (f.flags & Flag.ACK) !== 0);
-  while (!acked() && !c.closed && Date.now() < deadline) await sleep(20);
+  await waitFor(() => acked() || c.closed, ms);
   return acked();
 }
 
@@ -902,13 +903,15 @@ test.serial(
           await writeFileAtomic(meshFile, doc.toString());
         }
         // Give the victim its mesh polls (200 ms) to take the edit in or reject it.
-        const deadline = Date.now() + 1500;
         let mesh = 'ok';
-        while (Date.now() < deadline) {
-          mesh = (await s.b.readiness()).body.checks?.mesh ?? 'ok';
-          if (mesh !== 'ok') break;
-          await sleep(100);
-        }
+        await waitFor(
+          async () => {
+            mesh = (await s.b.readiness()).body.checks?.mesh ?? 'ok';
+            return mesh !== 'ok';
+          },
+          1500,
+          100,
+        );
         t.log(`victim's mesh check after the edit: ${mesh}`);
         const before = {
           unknown: (await s.b.refused('unknown_workload')) || 0,
@@ -1047,13 +1050,15 @@ test.serial("a policy for service friend does not admit another trust domain's f
     const stranger = await s.ca.issue(idOf('stranger'), 3_600_000);
     const foreign = await forgeLeaf(s.caDir, [idOf('friend', 'other.td')]);
     // The policy is in force once a stranger of this trust domain gets 401.
-    const deadline = Date.now() + 5000;
     let strangerStatus: number | undefined;
-    while (Date.now() < deadline) {
-      strangerStatus = (await hbone(s, stranger, s.echoAuthority)).status;
-      if (strangerStatus === 401) break;
-      await sleep(100);
-    }
+    await waitFor(
+      async () => {
+        strangerStatus = (await hbone(s, stranger, s.echoAuthority)).status;
+        return strangerStatus === 401;
+      },
+      5000,
+      100,
+    );
     t.is(strangerStatus, 401, 'the policy is in force');
     const acceptedBefore = s.echo.accepted();
     const ours = await hbone(s, friend, s.echoAuthority, { send: Buffer.from('hi') });
@@ -1084,15 +1089,17 @@ test.serial(
         send: Buffer.from('claim'),
       });
       t.is(r.status, 200, `CONNECT with a forwarded claim: ${r.error}`);
-      const deadline = Date.now() + 3000;
       let lines: Record<string, unknown>[] = [];
-      while (Date.now() < deadline) {
-        lines = s.b.logged(
-          (e) => e.access === 'inbound' && JSON.stringify(e.src ?? {}).includes('198.18.9.9'),
-        );
-        if (lines.length > 0) break;
-        await sleep(50);
-      }
+      await waitFor(
+        () => {
+          lines = s.b.logged(
+            (e) => e.access === 'inbound' && JSON.stringify(e.src ?? {}).includes('198.18.9.9'),
+          );
+          return lines.length > 0;
+        },
+        3000,
+        50,
+      );
       t.true(lines.length >= 1, 'the victim logged the connection');
       const src = (lines[0]?.src ?? {}) as Record<string, unknown>;
       t.log(`access log src: ${JSON.stringify(src)}`);
@@ -1142,8 +1149,7 @@ if (!hasPrlimit) console.log('skipping the descriptor exhaustion test: prlimit(1
       await s.counted(t, ['fd_reserve']);
       for (const h of held) h.destroy();
       // Service resumes once they close: wait (bounded) for the victim to let go of their descriptors.
-      const released = Date.now() + 3000;
-      while (s.b.fds() > s.baselineFds + 10 && Date.now() < released) await sleep(50);
+      await waitFor(() => s.b.fds() <= s.baselineFds + 10, 3000, 50);
       // The reserve may judge by a count of descriptors taken a moment ago: a refusal right after the
       // release is no failure, as long as service is back within a bounded time (10 tries, 3 s).
       let refusedAfter = 0;

@@ -334,10 +334,8 @@ export class RawH2 {
   }
 
   /** Resolves when the session ended, or after `ms` (whichever comes first). */
-  async waitEnded(ms: number): Promise<boolean> {
-    const deadline = Date.now() + ms;
-    while (!this.ended && Date.now() < deadline) await sleep(20);
-    return this.ended;
+  waitEnded(ms: number): Promise<boolean> {
+    return waitFor(() => this.ended, ms);
   }
 
   destroy(): void {
@@ -674,10 +672,8 @@ export class RawTls {
     return out;
   }
 
-  async waitClosed(ms: number): Promise<boolean> {
-    const deadline = Date.now() + ms;
-    while (!this.closed && Date.now() < deadline) await sleep(20);
-    return this.closed;
+  waitClosed(ms: number): Promise<boolean> {
+    return waitFor(() => this.closed, ms);
   }
 
   destroy(): void {
@@ -720,3 +716,23 @@ function tlsConnectWithKeylog(
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Polls `check` every `stepMs` until it holds: bounded in time (`ms`) and so in count (at most
+ * ms / stepMs + 1 tries, also enforced). Resolves with the last answer.
+ */
+export async function waitFor(
+  check: () => boolean | Promise<boolean>,
+  ms: number,
+  stepMs = 20,
+): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  const tries = Math.ceil(ms / stepMs) + 1;
+  let last = false;
+  for (let i = 0; i < tries; i++) {
+    last = await check();
+    if (last || Date.now() >= deadline) break;
+    await sleep(stepMs);
+  }
+  return last;
+}
