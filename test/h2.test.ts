@@ -20,9 +20,14 @@ import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { H2ProtocolError } from '../daemon/errors.js';
 import { PlainConnection } from '../daemon/io/plain.js';
+import { ErrorCode } from '../daemon/proxy/h2/codes.js';
+import { H2Session, type H2SessionOptions } from '../daemon/proxy/h2/session.js';
+import type { H2Headers, H2Stream } from '../daemon/proxy/h2/stream.js';
+import { pipeBoth, spliceBoth } from '../daemon/proxy/pipe.js';
+import { TlsConnection } from '../daemon/tls/connection.js';
+import { TlsContext } from '../daemon/tls/context.js';
 import {
   DATA,
-  ErrorCode,
   FLAG_END_HEADERS,
   GOAWAY,
   HEADERS,
@@ -30,15 +35,10 @@ import {
   SETTINGS,
   frame,
   frameHeader,
+  hpackLiteral,
   settingsFrame,
   windowUpdateFrame,
-} from '../daemon/proxy/h2/frame.js';
-import { HpackEncoder } from '../daemon/proxy/h2/hpack.js';
-import { H2Session, type H2SessionOptions } from '../daemon/proxy/h2/session.js';
-import type { H2Headers, H2Stream } from '../daemon/proxy/h2/stream.js';
-import { pipeBoth, spliceBoth } from '../daemon/proxy/pipe.js';
-import { TlsConnection } from '../daemon/tls/connection.js';
-import { TlsContext } from '../daemon/tls/context.js';
+} from './helpers/h2raw.js';
 import { next, sleep, within } from './helpers/net.js';
 
 const HOST = '127.0.0.1';
@@ -871,7 +871,7 @@ test('spliced: 40 connections of random frames around a spliced stream never tak
     seed ^= seed << 5;
     return (seed >>> 0) % n;
   };
-  const connect = new HpackEncoder().encode([
+  const connect = hpackLiteral([
     [':method', 'CONNECT'],
     [':authority', '198.18.0.1:8080'],
   ]);
