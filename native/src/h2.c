@@ -72,6 +72,8 @@ struct strm {
   int has_prd;  /* a data provider serves this stream (it was opened or answered with a body) */
   int out_end;  /* JavaScript ended its side: END_STREAM after out */
   int told_full;
+  int unsent;    /* a request nghttp2 has not opened a stream for yet */
+  int rst_after; /* a refusal: RST_STREAM NO_ERROR once its END_STREAM HEADERS are out (RFC 9113 §8.1) */
   unsigned char *out; /* JavaScript's bytes not yet framed */
   size_t out_off, out_len, out_cap;
   strm_t *next, *prev;
@@ -86,6 +88,7 @@ struct h2 {
   int in_ng;   /* inside nghttp2 (mem_recv, send): neither is re-entered */
   int pumping; /* inside pump(): a drain or a credit asks for one more round */
   int want_send;
+  int blocked; /* frames wait for the TLS queue to drain (h2_drained) */
   int dead; /* the connection closed while inside nghttp2: freed on the way out */
   int failed;
   int told;
@@ -142,7 +145,12 @@ static uint64_t now_ms(conn_t *c) {
 }
 
 static strm_t *get_strm(h2_t *h, uint32_t sid) {
-  return h->ng ? nghttp2_session_get_stream_user_data(h->ng, (int32_t)sid) : NULL;
+  strm_t *st = h->ng ? nghttp2_session_get_stream_user_data(h->ng, (int32_t)sid) : NULL;
+  if (st || h->server) return st;
+  /* A request not sent yet has no stream in nghttp2: its state is ours alone until then. */
+  for (st = h->strms; st; st = st->next)
+    if (st->sid == sid && st->unsent) return st;
+  return NULL;
 }
 
 static strm_t *new_strm(h2_t *h, uint32_t sid) {
@@ -209,31 +217,16 @@ static void fail(h2_t *h, uint32_t code, const char *reason, const char *msg) {
   if (h->ng) nghttp2_session_terminate_session(h->ng, code);
 }
 
-/* JavaScript hears of the end once (EV_H2_ERROR), and the peer is read no more. */
+/* JavaScript hears of the end once (EV_H2_ERROR); what the peer sends after is read and dropped. */
 static void report(h2_t *h) {
   if (h->told || !h->failed || h->dead) return;
   h->told = 1;
   conn_t *c = h->c;
-  c->paused = 1;
-  update_poll(c);
   napi_value a[3];
   napi_create_uint32(c->env, h->err_code, &a[0]);
   napi_create_string_utf8(c->env, h->msg, NAPI_AUTO_LENGTH, &a[1]);
   napi_create_string_utf8(c->env, h->reason, NAPI_AUTO_LENGTH, &a[2]);
   tell(h, EV_H2_ERROR, 3, a);
-}
-
-/* nghttp2's own connection errors: the GOAWAY code it sends for the library error it saw. */
-static uint32_t code_of(int lib) {
-  switch (lib) {
-    case NGHTTP2_ERR_FLOW_CONTROL: return NGHTTP2_FLOW_CONTROL_ERROR;
-    case NGHTTP2_ERR_FRAME_SIZE_ERROR: return NGHTTP2_FRAME_SIZE_ERROR;
-    case NGHTTP2_ERR_HEADER_COMP: return NGHTTP2_COMPRESSION_ERROR;
-    case NGHTTP2_ERR_STREAM_CLOSED: return NGHTTP2_STREAM_CLOSED;
-    case NGHTTP2_ERR_SETTINGS_EXPECTED:
-    case NGHTTP2_ERR_PROTO:
-    default: return NGHTTP2_PROTOCOL_ERROR;
-  }
 }
 
 /* ---- the table of spliced streams */
@@ -389,7 +382,10 @@ static ssize_t on_send(nghttp2_session *ng, const uint8_t *data, size_t len, int
   h2_t *h = ud;
   if (h->dead || h->c->closing) return NGHTTP2_ERR_CALLBACK_FAILURE;
   /* A peer that does not read: nghttp2 keeps its frames (and counts its queued answers) until a drain. */
-  if (!h->failed && queued(h->c) + g_stage_len >= TUNNEL_HIGH) return NGHTTP2_ERR_WOULDBLOCK;
+  if (!h->failed && queued(h->c) + g_stage_len >= TUNNEL_HIGH) {
+    h->blocked = 1;
+    return NGHTTP2_ERR_WOULDBLOCK;
+  }
   if (len > STAGE_MAX - g_stage_len && !stage_seal(h)) return NGHTTP2_ERR_CALLBACK_FAILURE;
   if (len > STAGE_MAX) {
     piece_t piece = {data, len};
@@ -467,6 +463,7 @@ static ssize_t on_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t le
   strm_t *st = get_strm(h, (uint32_t)sid);
   if (st == NULL) return NGHTTP2_ERR_DEFERRED;
   if (!h->failed && queued(c) + g_stage_len >= TUNNEL_HIGH) {
+    h->blocked = 1;
     room_wait(h, st);
     st->deferred = 1;
     return NGHTTP2_ERR_DEFERRED;
@@ -552,6 +549,7 @@ static int pump(h2_t *h) {
     h->in_ng = 1;
     int rv = nghttp2_session_send(h->ng);
     h->in_ng = 0;
+    if (getenv("H2DBG")) fprintf(stderr, "send -> %d queued %zu stage %zu\n", rv, queued(c), g_stage_len);
     int sealed = !h->dead && !c->closing && stage_seal(h);
     if (h->dead || c->closing) break;
     if (!sealed) {
@@ -586,7 +584,8 @@ static int pump(h2_t *h) {
 /* The tunnel's queue emptied: the streams that waited for room are served again. */
 void h2_drained(conn_t *c) {
   h2_t *h = c->h2;
-  if (h == NULL || h->dead) return;
+  if (h == NULL || h->dead || !h->blocked) return;
+  h->blocked = 0;
   if (h->nroom > 0) {
     size_t n = h->nroom;
     h->nroom = 0;
@@ -864,6 +863,43 @@ static int on_stream_close(nghttp2_session *ng, int32_t sid, uint32_t code, void
   return told ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
 }
 
+static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
+  h2_t *h = ud;
+  if (h->dead) return 0;
+  if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR && !h->failed) {
+    /* nghttp2 ended the session on a connection error of its own finding: JavaScript is told after the pump. */
+    h->failed = 1;
+    h->err_code = frame->goaway.error_code;
+    h->reason = "h2_protocol";
+    if (frame->goaway.opaque_data_len > 0)
+      snprintf(h->msg, sizeof h->msg, "%.*s", (int)frame->goaway.opaque_data_len, frame->goaway.opaque_data);
+    else if (h->msg[0] == 0)
+      snprintf(h->msg, sizeof h->msg, "%s", nghttp2_strerror(h->last_lib_err ? h->last_lib_err : NGHTTP2_ERR_PROTO));
+    return 0;
+  }
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  strm_t *st = get_strm(h, (uint32_t)frame->hd.stream_id);
+  if (st) st->unsent = 0;
+  if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
+  /* The answer is complete: the client is told to stop sending rather than left half open. */
+  if (st && st->rst_after) nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+  return 0;
+}
+
+/* A request that never went out (GOAWAY came first, or the session ended): refused, safe to retry. */
+static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *frame, int lib, void *ud) {
+  (void)ng, (void)lib;
+  h2_t *h = ud;
+  if (h->dead || frame->hd.type != NGHTTP2_HEADERS) return 0;
+  strm_t *st = get_strm(h, (uint32_t)frame->hd.stream_id);
+  if (st == NULL || !st->unsent) return 0;
+  st->unsent = 0;
+  uint32_t sid = st->sid;
+  if (nghttp2_session_get_stream_user_data(ng, (int32_t)sid) == st) nghttp2_session_set_stream_user_data(ng, (int32_t)sid, NULL);
+  free_strm(h, st);
+  return stream_event(h, sid, H2_CLOSED + NGHTTP2_REFUSED_STREAM) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
 static int on_error(nghttp2_session *ng, int lib, const char *msg, size_t len, void *ud) {
   (void)ng;
   h2_t *h = ud;
@@ -898,13 +934,8 @@ int h2_input(conn_t *c, const unsigned char *p, size_t n) {
     else
       fail(h, (uint32_t)(rv == NGHTTP2_ERR_NOMEM ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_PROTOCOL_ERROR), "h2_protocol",
            nghttp2_strerror((int)rv));
-  } else if (!h->failed && !nghttp2_session_want_read(h->ng)) {
-    /* nghttp2 found a connection error itself: its GOAWAY is queued. */
-    h->failed = 1;
-    h->err_code = code_of(h->last_lib_err);
-    h->reason = "h2_protocol";
-    if (h->msg[0] == 0) snprintf(h->msg, sizeof h->msg, "%s", nghttp2_strerror(h->last_lib_err));
   }
+  /* A connection error nghttp2 finds itself is told when its GOAWAY goes (on_frame_send). */
   if (h->failed) {
     /* The GOAWAY goes on the queue before JavaScript, told, ends the connection. */
     flush_pending();
@@ -981,6 +1012,8 @@ h2_t *h2_create(conn_t *c, int server, const double *o) {
   nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
+  nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, on_frame_not_send);
   nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
   nghttp2_session_callbacks_set_error_callback2(cb, on_error);
   if (nghttp2_option_new(&opt) != 0) {
@@ -1116,6 +1149,7 @@ static napi_value H2Request(napi_env env, napi_callback_info info) {
   }
   st->sid = (uint32_t)sid;
   st->has_prd = 1;
+  st->unsent = 1;
   return int_result(env, sid);
 }
 
@@ -1136,6 +1170,7 @@ static napi_value H2Respond(napi_env env, napi_callback_info info) {
   int rv = nghttp2_submit_response(h->ng, (int32_t)sid, l.nv, l.n, end ? NULL : &prd);
   nv_free(&l);
   if (rv == 0 && !end) st->has_prd = 1;
+  if (rv == 0 && end && nghttp2_session_get_stream_remote_close(h->ng, (int32_t)sid) == 0) st->rst_after = 1;
   return int_result(env, rv);
 }
 

@@ -96,8 +96,10 @@ export class H2Session extends EventEmitter implements StreamHost {
   #closing = false;
   #dead = false;
   #closeEmitted = false;
-  /** FIN sent and the cut-off timer armed: once is enough, whoever asks again. */
+  /** The session is to end once its streams have: once is enough, whoever asks again. */
   #ending = false;
+  /** FIN sent and the cut-off timer armed. */
+  #finSent = false;
   /** The session ended on an error: nothing more the peer says is read. */
   #failed = false;
   #pings: Array<(err: Error | null, ms: number) => void> = [];
@@ -298,8 +300,9 @@ export class H2Session extends EventEmitter implements StreamHost {
       }
       case EV_STREAM: {
         const s = this.#streams.get(a as number);
-        if (s === undefined) return;
         const what = b as number;
+        if (what >= STREAM_CLOSED && this.#ending) queueMicrotask(() => this.#endWhenSent());
+        if (s === undefined) return;
         if (what === STREAM_REMOTE_END) s.onRemoteEnd();
         else if (what === STREAM_LOCAL_END) s.onSplicedLocalEnd();
         else if (what === STREAM_DRAINED) s.onWritable();
@@ -398,14 +401,25 @@ export class H2Session extends EventEmitter implements StreamHost {
     this.emit('close');
   }
 
-  /** FIN once everything queued is out; a peer that never closes its side is cut off after a while. */
+  /**
+   * FIN once everything queued is out: what the streams' buffers in the binding still hold first (a stream
+   * this side is done with may still wait for the peer's window). A peer that never closes its side is cut
+   * off after a while.
+   */
   #end(): void {
     if (this.#dead || this.#ending) return;
     this.#ending = true;
+    this.#endWhenSent();
+  }
+
+  #endWhenSent(): void {
+    if (this.#dead || this.#finSent) return;
+    const h = this.socket.handle;
     // What nghttp2 holds (a GOAWAY, the last frames) goes on the queue before the FIN.
     this.#sendScheduled = false;
-    const h = this.socket.handle;
     if (h !== undefined) binding().h2Send(h);
+    if (!this.#failed && this.openStreams > 0) return; // again when the binding closes the last stream
+    this.#finSent = true;
     this.socket.end();
     setTimeout(() => this.destroy(), 5_000).unref();
   }

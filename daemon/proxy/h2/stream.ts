@@ -88,8 +88,9 @@ export class H2Stream extends EventEmitter {
     this.#host.sendHeaders(this, headers, end);
     if (end) {
       this.localEnded = true;
-      // The answer is complete: tell the client to stop sending rather than leave the stream half open.
-      if (!this.remoteEnded) this.close(ErrorCode.NO_ERROR);
+      // The answer is complete: the binding resets the stream (NO_ERROR) once it is out, so that the
+      // client stops sending rather than leaving the stream half open.
+      if (!this.remoteEnded) this.#finish(ErrorCode.NO_ERROR);
       else this.#maybeClose();
     }
   }
