@@ -313,6 +313,10 @@ static void to_workload(splice_t *s, const piece_t *pieces, uint32_t count, size
 
 /* Writes out the batch's spliced payloads, a writev per run of one stream's; the rest waits in its queue. */
 static void flush_pending(void) {
+  /* Not re-entered: a credit it returns may pump, and an event told there would flush the same views. */
+  static int flushing;
+  if (flushing) return;
+  flushing = 1;
   int i = 0;
   while (i < g_npend) {
     splice_t *s = g_pend[i].s;
@@ -333,6 +337,7 @@ static void flush_pending(void) {
     to_workload(s, pieces, n, total); /* a failure forgets s and nulls its later entries */
   }
   g_npend = 0;
+  flushing = 0;
 }
 
 static void pend(splice_t *s, const unsigned char *p, size_t n) {
