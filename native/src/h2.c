@@ -940,7 +940,12 @@ int h2_input(conn_t *c, const unsigned char *p, size_t n) {
       fail(h, (uint32_t)(rv == NGHTTP2_ERR_NOMEM ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_PROTOCOL_ERROR), "h2_protocol",
            nghttp2_strerror((int)rv));
   }
-  /* A connection error nghttp2 finds itself is told when its GOAWAY goes (on_frame_send). */
+  /* A connection error nghttp2 finds itself is told when its GOAWAY goes (on_frame_send). Answers go out
+   * per record: nghttp2's count of queued PING/SETTINGS answers then measures a peer that does not read,
+   * not the size of our read batch. */
+  if (!h->failed && nghttp2_session_want_write(h->ng)) {
+    if (!pump(h)) return 0;
+  }
   if (h->failed) {
     /* The GOAWAY goes on the queue before JavaScript, told, ends the connection. */
     flush_pending();

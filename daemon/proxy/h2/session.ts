@@ -373,7 +373,8 @@ export class H2Session extends EventEmitter implements StreamHost {
   }
 
   #onSettings(maxConcurrentStreams: number): void {
-    this.#remoteMaxStreams = maxConcurrentStreams >= 2 ** 31 ? Number.POSITIVE_INFINITY : maxConcurrentStreams;
+    this.#remoteMaxStreams =
+      maxConcurrentStreams >= 2 ** 31 ? Number.POSITIVE_INFINITY : maxConcurrentStreams;
     if (this.#gotSettings) return;
     this.#gotSettings = true;
     if (this.#prefaceTimer) clearTimeout(this.#prefaceTimer);
@@ -454,6 +455,16 @@ export class H2Session extends EventEmitter implements StreamHost {
     if (h) binding().h2SetWindow(h, next);
     this.#scheduleSend();
   }
+}
+
+/**
+ * Which nghttp2 runs under the sessions: Node's own copy (the binding is not linked with a libnghttp2; its
+ * calls resolve to the nghttp2 inside Node's binary), as `from` shows. Node does not export
+ * nghttp2_version, and its process.versions.nghttp2 names the same build.
+ */
+export function nghttp2Version(): { version: string; from: string } {
+  const [version, from] = binding().h2Version();
+  return { version: version ?? process.versions.nghttp2 ?? 'unknown', from: from ?? 'unknown' };
 }
 
 /** Headers as nghttp2 takes them: [name, value, ...], pseudo-headers first. */
