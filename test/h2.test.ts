@@ -1072,7 +1072,7 @@ test('Rapid Reset: HEADERS + RST_STREAM pairs over streamResetRate (burst 10x) e
   t.true(opened >= 500 && opened <= 520, `${opened} streams opened`);
 });
 
-test('PING flood from a client that never reads: the answers stop at maxOutboundControl, GOAWAY ENHANCE_YOUR_CALM (h2_control_flood), memory stays bounded', async (t) => {
+test.serial('PING flood from a client that never reads: the answers stop at maxOutboundControl, GOAWAY ENHANCE_YOUR_CALM (h2_control_flood), memory stays bounded', async (t) => {
   const server = await ourServer(t, () => {}, { ...OPTS, maxOutboundControl: 1000 });
   const peer = await rawPeer(t, server.port);
   await sleep(100);
