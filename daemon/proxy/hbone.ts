@@ -16,12 +16,27 @@ export const CONNECTION_WINDOW = 16 * 1024 * 1024;
 export const MAX_FRAME = 1024 * 1024 - 1;
 export const SERVER_MAX_STREAMS = 200;
 
-export const h2Options = (maxConcurrentStreams: number): H2SessionOptions => ({
+/** The session limits' defaults (docs/limits.md); the daemon's settings replace them. */
+export const H2_LIMITS = {
+  maxHeaderListSize: 16_384,
+  maxHeaderFrames: 8,
+  streamResetRate: 100,
+  maxOutboundControl: 1000,
+} as const;
+
+export const h2Options = (
+  maxConcurrentStreams: number,
+  limits: Partial<
+    Pick<H2SessionOptions, 'maxHeaderListSize' | 'maxHeaderFrames' | 'streamResetRate' | 'maxOutboundControl'>
+  > = {},
+): H2SessionOptions => ({
   maxConcurrentStreams,
   streamWindow: STREAM_WINDOW,
   maxStreamWindow: MAX_STREAM_WINDOW,
   connectionWindow: CONNECTION_WINDOW,
   maxFrameSize: MAX_FRAME,
+  ...H2_LIMITS,
+  ...limits,
 });
 
 export interface HostPort {
