@@ -100,6 +100,8 @@ export class H2Session extends EventEmitter implements StreamHost {
   #ending = false;
   /** FIN sent and the cut-off timer armed. */
   #finSent = false;
+  #endForced = false;
+  #endTimer: NodeJS.Timeout | undefined;
   /** The session ended on an error: nothing more the peer says is read. */
   #failed = false;
   #pings: Array<(err: Error | null, ms: number) => void> = [];
@@ -394,6 +396,7 @@ export class H2Session extends EventEmitter implements StreamHost {
     this.#dead = true;
     this.#closeEmitted = true;
     if (this.#prefaceTimer) clearTimeout(this.#prefaceTimer);
+    if (this.#endTimer) clearTimeout(this.#endTimer);
     for (const s of [...this.#streams.values()]) s.onReset(ErrorCode.CANCEL);
     this.#streams.clear();
     const pings = this.#pings;
@@ -419,7 +422,17 @@ export class H2Session extends EventEmitter implements StreamHost {
     // What nghttp2 holds (a GOAWAY, the last frames) goes on the queue before the FIN.
     this.#sendScheduled = false;
     if (h !== undefined) binding().h2Send(h);
-    if (!this.#failed && this.openStreams > 0) return; // again when the binding closes the last stream
+    if (!this.#failed && !this.#endForced && this.openStreams > 0) {
+      // Again when the binding closes the last stream; a peer that never opens its windows is not waited
+      // for forever.
+      if (this.#endTimer === undefined)
+        this.#endTimer = setTimeout(() => {
+          this.#endForced = true;
+          this.#endWhenSent();
+        }, 30_000).unref();
+      return;
+    }
+    if (this.#endTimer) clearTimeout(this.#endTimer);
     this.#finSent = true;
     this.socket.end();
     setTimeout(() => this.destroy(), 5_000).unref();
