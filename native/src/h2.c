@@ -114,6 +114,7 @@ struct h2 {
   splice_t *src_splice;
   splice_t *splices;
   strm_t *strms;
+  uint32_t nstrms;
   uint32_t *room;
   size_t nroom, room_cap;
   /* events raised while nghttp2 sends, told once the frames are sealed */
@@ -160,6 +161,7 @@ static strm_t *new_strm(h2_t *h, uint32_t sid) {
   st->next = h->strms;
   if (h->strms) h->strms->prev = st;
   h->strms = st;
+  h->nstrms++;
   return st;
 }
 
@@ -167,6 +169,7 @@ static void free_strm(h2_t *h, strm_t *st) {
   if (st->prev) st->prev->next = st->next;
   else h->strms = st->next;
   if (st->next) st->next->prev = st->prev;
+  h->nstrms--;
   if (st->splice) st->splice->closed = 1;
   if (h->src_strm == st) h->src_strm = NULL;
   free(st->out);
@@ -861,7 +864,10 @@ static int on_stream_close(nghttp2_session *ng, int32_t sid, uint32_t code, void
   strm_t *st = get_strm(h, (uint32_t)sid);
   if (st == NULL) return 0;
   int told = 1;
-  if (!h->c->closing) told = stream_event(h, (uint32_t)sid, H2_CLOSED + code);
+  /* Closed by what we send (our END_STREAM or RST_STREAM): told once the frames are sealed, since what
+   * JavaScript does about it (end the session) must not pass them. */
+  if (h->pumping) post_event(h, (uint32_t)sid, H2_CLOSED + code, NULL);
+  else if (!h->c->closing) told = stream_event(h, (uint32_t)sid, H2_CLOSED + code);
   if (h->dead) return NGHTTP2_ERR_CALLBACK_FAILURE;
   nghttp2_session_set_stream_user_data(ng, sid, NULL);
   free_strm(h, st);
@@ -902,7 +908,8 @@ static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *frame, in
   uint32_t sid = st->sid;
   if (nghttp2_session_get_stream_user_data(ng, (int32_t)sid) == st) nghttp2_session_set_stream_user_data(ng, (int32_t)sid, NULL);
   free_strm(h, st);
-  return stream_event(h, sid, H2_CLOSED + NGHTTP2_REFUSED_STREAM) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+  post_event(h, sid, H2_CLOSED + NGHTTP2_REFUSED_STREAM, NULL);
+  return 0;
 }
 
 static int on_error(nghttp2_session *ng, int lib, const char *msg, size_t len, void *ud) {
@@ -1333,9 +1340,7 @@ static napi_value H2Info(napi_env env, napi_callback_info info) {
   napi_value argv[1], r, v;
   h2_t *h = h2_args(env, info, 1, argv);
   napi_create_array(env, &r);
-  uint32_t open = 0;
-  if (h) for (strm_t *st = h->strms; st; st = st->next) open++;
-  napi_create_uint32(env, open, &v);
+  napi_create_uint32(env, h ? h->nstrms : 0, &v);
   napi_set_element(env, r, 0, v);
   napi_create_uint32(env, h ? h->local_window : 0, &v);
   napi_set_element(env, r, 1, v);
