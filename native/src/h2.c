@@ -33,6 +33,9 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#if defined(__has_include) && !__has_include(<nghttp2/nghttp2.h>)
+#error "nghttp2's header is missing: apt-get install -y libnghttp2-dev (only the header is used; see above)"
+#endif
 #include <nghttp2/nghttp2.h>
 
 #include "conn.h"
