@@ -1072,33 +1072,36 @@ test('Rapid Reset: HEADERS + RST_STREAM pairs over streamResetRate (burst 10x) e
   t.true(opened >= 500 && opened <= 520, `${opened} streams opened`);
 });
 
-test.serial(
-  'PING flood from a client that never reads: the answers stop at maxOutboundControl, GOAWAY ENHANCE_YOUR_CALM (h2_control_flood), memory stays bounded',
-  async (t) => {
-    const server = await ourServer(t, () => {}, { ...OPTS, maxOutboundControl: 1000 });
-    const peer = await rawPeer(t, server.port);
-    await sleep(100);
-    peer.socket.pause(); // never reads: the server's answers back up into its queue
-    const before = process.memoryUsage().rss;
-    const batch = Buffer.concat(Array.from({ length: 1000 }, () => pingFrame(Buffer.alloc(8, 7))));
-    let sent = 0;
-    for (let i = 0; i < 2000 && server.errors.length === 0; i++) {
-      if (!peer.socket.write(batch)) await within(next(peer.socket, 'drain'), 5000, 'the flood to be read');
-      sent += 1000;
-    }
-    const err = await sessionError(server, 3000);
-    const grown = process.memoryUsage().rss - before;
-    t.is(err.reason, 'h2_control_flood');
-    t.is(err.h2Code, ErrorCode.ENHANCE_YOUR_CALM);
-    t.log(`${sent} PINGs sent; RSS grew by ${(grown / MiB).toFixed(1)} MiB`);
-    t.true(grown < 64 * MiB, `RSS grew by ${grown} B`);
-    // Once the client reads, it finds the GOAWAY after the answers that were queued, then the end.
-    const closed = next(peer.socket, 'close');
-    peer.socket.resume();
-    await within(closed, 10_000, 'the server to close the connection');
-    t.deepEqual(goawayCodes(peer.received()), [ErrorCode.ENHANCE_YOUR_CALM]);
-  },
-);
+for (const kind of ['PING', 'SETTINGS'] as const) {
+  test.serial(
+    `${kind} flood from a client that never reads: the answers stop at maxOutboundControl, GOAWAY ENHANCE_YOUR_CALM (h2_control_flood), memory stays bounded`,
+    async (t) => {
+      const server = await ourServer(t, () => {}, { ...OPTS, maxOutboundControl: 1000 });
+      const peer = await rawPeer(t, server.port);
+      await sleep(100);
+      peer.socket.pause(); // never reads: the server's answers back up into its queue
+      const before = process.memoryUsage().rss;
+      const one = kind === 'PING' ? pingFrame(Buffer.alloc(8, 7)) : settingsFrame([[0x4, 65_535]]);
+      const batch = Buffer.concat(Array.from({ length: 1000 }, () => one));
+      let sent = 0;
+      for (let i = 0; i < 2000 && server.errors.length === 0; i++) {
+        if (!peer.socket.write(batch)) await within(next(peer.socket, 'drain'), 5000, 'the flood to be read');
+        sent += 1000;
+      }
+      const err = await sessionError(server, 3000);
+      const grown = process.memoryUsage().rss - before;
+      t.is(err.reason, 'h2_control_flood');
+      t.is(err.h2Code, ErrorCode.ENHANCE_YOUR_CALM);
+      t.log(`${sent} ${kind} frames sent; RSS grew by ${(grown / MiB).toFixed(1)} MiB`);
+      t.true(grown < 64 * MiB, `RSS grew by ${grown} B`);
+      // Once the client reads, it finds the GOAWAY after the answers that were queued, then the end.
+      const closed = next(peer.socket, 'close');
+      peer.socket.resume();
+      await within(closed, 10_000, 'the server to close the connection');
+      t.deepEqual(goawayCodes(peer.received()), [ErrorCode.ENHANCE_YOUR_CALM]);
+    },
+  );
+}
 
 for (const acked of [false, true]) {
   const what = acked
