@@ -1,7 +1,7 @@
 /*
  * A connection the binding reads and writes itself (tls.c): a tunnel's TLS connection, or a workload's plain
- * TCP one. Shared by tls.c (sockets, records, JavaScript events) and h2.c (the HTTP/2 DATA path that joins
- * a workload's socket to a tunnel stream without JavaScript).
+ * TCP one. Shared by tls.c (sockets, records, JavaScript events) and h2.c (the tunnel's HTTP/2 on nghttp2,
+ * whose DATA path joins a workload's socket to a tunnel stream without JavaScript).
  */
 #ifndef AMBIT_CONN_H
 #define AMBIT_CONN_H
@@ -103,7 +103,7 @@ conn_t *get_conn(napi_env env, napi_value v);
 
 /* h2.c */
 int h2_input(conn_t *c, const unsigned char *p, size_t n); /* 0: the connection is gone */
-int h2_sync(conn_t *c);                                    /* spliced bytes out, then JavaScript's */
+int h2_sync(conn_t *c);                                    /* the batch's end: spliced bytes out, frames sent */
 void h2_free(conn_t *c);                                   /* the tunnel connection closes */
 void h2_drained(conn_t *c);                                /* its send queue emptied */
 void splice_read(conn_t *p);                               /* a spliced workload socket is readable */
