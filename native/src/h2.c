@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 
 #if defined(__has_include) && !__has_include(<nghttp2/nghttp2.h>)
@@ -965,6 +966,66 @@ int h2_input(conn_t *c, const unsigned char *p, size_t n) {
   return !c->closing;
 }
 
+/*
+ * nghttp2's memory. A block of 8 KiB or more (its frame buffer: 16 KiB from the session's start, and up to
+ * 256 KiB once a DATA frame asked for it) is a mapping of its own, so that an idle session keeps resident
+ * only the pages it wrote (a few frame headers), not the whole buffer; the rest comes from malloc.
+ */
+#define MAP_MIN (8 * 1024)
+typedef struct {
+  size_t size; /* what the caller asked for */
+  size_t mapped;
+} blk_t;
+
+static void *ng_malloc(size_t size, void *ud) {
+  (void)ud;
+  blk_t *b;
+  if (size > SIZE_MAX - sizeof *b) return NULL;
+  if (size + sizeof *b < MAP_MIN) {
+    if (!(b = malloc(sizeof *b + size))) return NULL;
+    b->mapped = 0;
+  } else {
+    b = mmap(NULL, sizeof *b + size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (b == MAP_FAILED) return NULL;
+    b->mapped = 1;
+  }
+  b->size = size;
+  return b + 1;
+}
+
+static void ng_free(void *p, void *ud) {
+  (void)ud;
+  if (!p) return;
+  blk_t *b = (blk_t *)p - 1;
+  if (b->mapped) munmap(b, sizeof *b + b->size);
+  else free(b);
+}
+
+static void *ng_calloc(size_t n, size_t size, void *ud) {
+  if (size && n > SIZE_MAX / size) return NULL;
+  void *p = ng_malloc(n * size, ud);
+  if (p && !((blk_t *)p - 1)->mapped) memset(p, 0, n * size); /* a fresh mapping is zeroed already */
+  return p;
+}
+
+static void *ng_realloc(void *p, size_t size, void *ud) {
+  if (!p) return ng_malloc(size, ud);
+  blk_t *b = (blk_t *)p - 1;
+  if (!b->mapped && size + sizeof *b < MAP_MIN) {
+    blk_t *r = realloc(b, sizeof *b + size);
+    if (!r) return NULL;
+    r->size = size;
+    return r + 1;
+  }
+  void *q = ng_malloc(size, ud);
+  if (!q) return NULL;
+  memcpy(q, p, b->size < size ? b->size : size);
+  ng_free(p, ud);
+  return q;
+}
+
+static nghttp2_mem g_ng_mem = {NULL, ng_malloc, ng_free, ng_calloc, ng_realloc};
+
 /* ---- JavaScript's calls */
 
 static h2_t *h2_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
@@ -1046,7 +1107,8 @@ h2_t *h2_create(conn_t *c, int server, const double *o) {
   nghttp2_option_set_max_settings(opt, 32);
   /* Until the peer's SETTINGS, it may have as many of our streams as we allow ourselves. */
   nghttp2_option_set_peer_max_concurrent_streams(opt, (uint32_t)o[O_MAX_STREAMS]);
-  int rv = server ? nghttp2_session_server_new2(&h->ng, cb, h, opt) : nghttp2_session_client_new2(&h->ng, cb, h, opt);
+  int rv = server ? nghttp2_session_server_new3(&h->ng, cb, h, opt, &g_ng_mem)
+                  : nghttp2_session_client_new3(&h->ng, cb, h, opt, &g_ng_mem);
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cb);
   if (rv != 0) {
