@@ -137,7 +137,9 @@ void close_conn(conn_t *c) {
 }
 void close_for_errno(conn_t *c, const char *what) { (void)what; close_conn(c); }
 void update_poll(conn_t *c) { (void)c; }
-size_t queued(conn_t *c) { return c->out_len - c->out_off; }
+/* A peer that does not read: each byte queued counts for 256, so that the 1 MiB high-water mark (the
+ * frames nghttp2 then keeps, the streams that wait for room) is reached by small inputs. */
+size_t queued(conn_t *c) { return (c->out_len - c->out_off) * (c->plain || g_peer_reads ? 1 : 256); }
 int out_reserve(conn_t *c, size_t more) { (void)c, (void)more; return 1; }
 int flush_out(conn_t *c) {
   if (c->closing) return 0;
@@ -180,7 +182,8 @@ static void respond(h2_t *h, uint32_t sid) {
     /* Spliced: the workload's bytes wait in a real socket; its FIN follows them. */
     static const char hello[] = "workload says hello";
     if (write(g_pair[1], hello, sizeof hello) < 0) return;
-    shutdown(g_pair[1], SHUT_WR);
+    /* Every other one stays open: its data provider then waits for the socket (EAGAIN, splice_read). */
+    if (sid % 4 == 1) shutdown(g_pair[1], SHUT_WR);
     splice_t *s = calloc(1, sizeof *s);
     if (!s) return;
     s->tls = h->c;
@@ -228,6 +231,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   data++, size--;
   if (socketpair(AF_UNIX, SOCK_STREAM, 0, g_pair) != 0) return 0;
   fcntl(g_pair[0], F_SETFL, O_NONBLOCK);
+  fcntl(g_pair[1], F_SETFL, O_NONBLOCK);
   conn_t tls = {0}, plain = {0};
   tls.env = &g_env;
   tls.records = 1;
@@ -246,7 +250,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     g_now += 7;
     if (!tls.h2 || !h2_input(&tls, data + off, n)) break;
     if (tls.closing || !h2_sync(&tls)) break;
-    if (plain.splice && plain.splice->want_read) splice_read(&plain);
+    if (plain.splice && plain.splice->want_read) {
+      if (write(g_pair[1], data + off, n < 64 ? n : 64) < 0 && errno != EAGAIN) break;
+      splice_read(&plain);
+    }
   }
   if (!tls.closing) close_conn(&tls);
   if (!plain.closing) close_conn(&plain);
