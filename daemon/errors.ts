@@ -181,15 +181,23 @@ export class CaptureError extends AmbitError {
   }
 }
 
+/** Why a peer's HTTP/2 session was ended (a RefusalReason of daemon/metrics). */
+export type H2RefusalReason = 'h2_protocol' | 'h2_reset_flood' | 'h2_control_flood' | 'h2_header_flood';
+
 /**
- * A peer broke the HTTP/2 (HBONE) protocol or its HPACK header compression. `h2Code` is the RFC 9113 error
- * code sent to the peer in GOAWAY or RST_STREAM (1 PROTOCOL_ERROR, 3 FLOW_CONTROL_ERROR, 6 FRAME_SIZE_ERROR,
- * 9 COMPRESSION_ERROR, ...). Only ever ends that session or stream, never the daemon.
+ * A peer broke the HTTP/2 (HBONE) protocol, its HPACK header compression or one of the session's limits.
+ * `h2Code` is the RFC 9113 error code sent to the peer in GOAWAY (1 PROTOCOL_ERROR, 3 FLOW_CONTROL_ERROR,
+ * 6 FRAME_SIZE_ERROR, 9 COMPRESSION_ERROR, 11 ENHANCE_YOUR_CALM, ...); `reason` says which rule or limit
+ * (h2_reset_flood: RST_STREAM over the rate; h2_control_flood: PING/SETTINGS answers queued for a peer that
+ * does not read; h2_header_flood: too many CONTINUATION frames or oversized header blocks; h2_protocol: any
+ * other). Only ever ends that session, never the daemon.
  */
 export class H2ProtocolError extends AmbitError {
   readonly h2Code: number;
-  constructor(h2Code: number, message: string) {
+  readonly reason: H2RefusalReason;
+  constructor(h2Code: number, message: string, reason: H2RefusalReason = 'h2_protocol') {
     super('AMBIT_H2_PROTOCOL', message);
     this.h2Code = h2Code;
+    this.reason = reason;
   }
 }

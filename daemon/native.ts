@@ -50,35 +50,34 @@ export interface Addon {
   /** A plain TCP connection on a duplicate of fd; the tls* calls above work on it too. Starts paused. */
   plainConnect(fd: number, owner: object): NativeHandle;
   /**
-   * The connection carries HTTP/2 (a tunnel): its frames pass through the binding's DATA path (h2.c).
-   * Before the handshake ends.
+   * The connection carries HTTP/2 (a tunnel): an nghttp2 session in the binding (h2.c) reads and writes its
+   * frames. Before any data is read. `options`: maxConcurrentStreams, streamWindow, maxStreamWindow,
+   * connectionWindow, maxFrameSize, maxHeaderListSize, maxHeaderFrames, streamResetRate, maxOutboundControl.
    */
-  h2Enable(
-    conn: NativeHandle,
-    server: boolean,
-    maxFrame: number,
-    streamWindow: number,
-    maxStreamWindow: number,
-    connectionWindow: number,
-  ): void;
-  /** Joins a workload connection to a stream: their bytes flow in the binding from now on. */
-  h2Splice(
-    conn: NativeHandle,
-    streamId: number,
-    plain: NativeHandle,
-    sendWindow: number,
-    recvWindow: number,
-  ): boolean;
-  /** The peer's SETTINGS as read: the change of its initial stream window, its largest frame. */
-  /** False: a spliced stream's window would pass 2^31-1 (FLOW_CONTROL_ERROR, RFC 9113 §6.9.2). */
-  h2Settings(conn: NativeHandle, initialWindowDelta: number, maxFrame: number): boolean;
-  /** The connection's send window now; h2Spend takes from it. */
-  h2Credit(conn: NativeHandle): number;
-  h2Spend(conn: NativeHandle, bytes: number): void;
-  /** The peer ended a spliced stream outside DATA (trailers): its workload gets FIN after what it has. */
-  h2RemoteEnd(conn: NativeHandle, streamId: number): void;
-  /** Our stream window grew to `window` (the SETTINGS frame is the caller's to send). */
+  h2Enable(conn: NativeHandle, server: boolean, options: number[]): void;
+  /** Client: a request ([name, value, ...]); the new stream's id, or a negative nghttp2 error. */
+  h2Request(conn: NativeHandle, headers: string[]): number;
+  /** Server: the answer to a stream; with endStream it ends the stream (a refusal). 0 or an nghttp2 error. */
+  h2Respond(conn: NativeHandle, streamId: number, headers: string[], endStream: boolean): number;
+  /** Bytes for a stream (null: none), then END_STREAM if `end`: what waits in its buffer, or -1. */
+  h2Write(conn: NativeHandle, streamId: number, data: Buffer | null, end: boolean): number;
+  /** The stream's reader took `bytes`: the peer gets that much credit back. */
+  h2Consume(conn: NativeHandle, streamId: number, bytes: number): void;
+  h2Reset(conn: NativeHandle, streamId: number, code: number): void;
+  /** GOAWAY: code 0 lets open streams finish; another ends the session. */
+  h2Goaway(conn: NativeHandle, code: number, message: string): void;
+  /** A keepalive PING; its ACK arrives as EV_H2_PING. */
+  h2Ping(conn: NativeHandle): boolean;
+  /** Sends what was submitted (once per turn, from a microtask). */
+  h2Send(conn: NativeHandle): void;
+  /** Our stream window grows to `window` (SETTINGS_INITIAL_WINDOW_SIZE). */
   h2SetWindow(conn: NativeHandle, window: number): void;
+  /** Joins a workload connection to a stream: their bytes flow in the binding from now on. */
+  h2Splice(conn: NativeHandle, streamId: number, plain: NativeHandle): boolean;
+  /** [streams nghttp2 holds open, our stream window now]. */
+  h2Info(conn: NativeHandle): [number, number];
+  /** [nghttp2's version if the running copy exports it, the file its code was loaded from]. */
+  h2Version(): [string | undefined, string | undefined];
 }
 
 const ADDON = join('native', 'build', 'Release', 'ambit_native.node');

@@ -1,3 +1,5 @@
+# nghttp2 (h2.c): compiled against Debian's headers (libnghttp2-dev, in the default /usr/include) and not
+# linked with -lnghttp2: its symbols resolve at load time to the copy inside Node's own binary.
 {
   "targets": [
     {

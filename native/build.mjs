@@ -25,8 +25,9 @@ const cmd = gypJs ? process.execPath : 'node-gyp';
 const r = spawnSync(cmd, gypJs ? [gypJs, ...args] : args, { stdio: 'inherit' });
 if (r.status !== 0) {
   console.error(
-    'ambit: building the native capture binding failed. A target host needs: Linux, python3, make and a C\n' +
-      'compiler (Debian: apt-get install -y python3 make gcc), and the Node headers (installed with Node, or\n' +
+    'ambit: building the native capture binding failed. A target host needs: Linux, python3, make, a C\n' +
+      "compiler and nghttp2's header (Debian: apt-get install -y python3 make gcc libnghttp2-dev), and the\n" +
+      'Node headers (installed with Node, or\n' +
       'set npm_config_nodedir). Set AMBIT_NATIVE_OPTIONAL=1 to install without it (capture is then unavailable).',
   );
   process.exit(process.env.AMBIT_NATIVE_OPTIONAL === '1' ? 0 : 1);

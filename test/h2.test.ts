@@ -20,25 +20,31 @@ import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { H2ProtocolError } from '../daemon/errors.js';
 import { PlainConnection } from '../daemon/io/plain.js';
-import {
-  DATA,
-  ErrorCode,
-  FLAG_END_HEADERS,
-  GOAWAY,
-  HEADERS,
-  PREFACE,
-  SETTINGS,
-  frame,
-  frameHeader,
-  settingsFrame,
-  windowUpdateFrame,
-} from '../daemon/proxy/h2/frame.js';
-import { HpackEncoder } from '../daemon/proxy/h2/hpack.js';
-import { H2Session, type H2SessionOptions } from '../daemon/proxy/h2/session.js';
+import { ErrorCode } from '../daemon/proxy/h2/codes.js';
+import { H2Session, type H2SessionOptions, nghttp2Version } from '../daemon/proxy/h2/session.js';
 import type { H2Headers, H2Stream } from '../daemon/proxy/h2/stream.js';
 import { pipeBoth, spliceBoth } from '../daemon/proxy/pipe.js';
 import { TlsConnection } from '../daemon/tls/connection.js';
 import { TlsContext } from '../daemon/tls/context.js';
+import {
+  CONTINUATION,
+  DATA,
+  FLAG_ACK,
+  FLAG_END_HEADERS,
+  GOAWAY,
+  HEADERS,
+  PREFACE,
+  RST_STREAM,
+  SETTINGS,
+  frame,
+  frameHeader,
+  goawayCodes,
+  hpackLiteral,
+  pingFrame,
+  rstStreamFrame,
+  settingsFrame,
+  windowUpdateFrame,
+} from './helpers/h2raw.js';
 import { next, sleep, within } from './helpers/net.js';
 
 const HOST = '127.0.0.1';
@@ -343,6 +349,7 @@ async function rejectsWithGoaway(t: ExecutionContext, bytes: Buffer, code: numbe
   t.is(server.errors.length, 1);
   t.true(server.errors[0] instanceof H2ProtocolError);
   t.is((server.errors[0] as H2ProtocolError).h2Code, code);
+  t.is((server.errors[0] as H2ProtocolError).reason, 'h2_protocol');
 
   // The same server still works.
   const client = await nodeClient(t, server.port);
@@ -643,7 +650,10 @@ test("our server's graceful close: GOAWAY to the node:http2 client, the open str
   const session = server.sessions[0]!;
   if (!session.destroyed) await within(next(session, 'close'), 5000, "the server session's 'close'");
   t.true(session.destroyed);
-  t.is(server.errors.length, 0);
+  t.deepEqual(
+    server.errors.map((e) => e.message),
+    [],
+  );
 });
 
 // ---- 6. spliced streams: the binding carries a stream's DATA to a real TCP workload and back
@@ -871,7 +881,7 @@ test('spliced: 40 connections of random frames around a spliced stream never tak
     seed ^= seed << 5;
     return (seed >>> 0) % n;
   };
-  const connect = new HpackEncoder().encode([
+  const connect = hpackLiteral([
     [':method', 'CONNECT'],
     [':authority', '198.18.0.1:8080'],
   ]);
@@ -934,3 +944,201 @@ test('spliced: a client that ends its stream with trailers: the workload gets it
   t.is((await within(reply, 5000, "the workload's answer to its FIN")).toString(), sha256(data));
   t.is(server.errors.length, 0);
 });
+
+// ---- 8. nghttp2 and the session's limits
+
+test("the HTTP/2 under the session is nghttp2, Node's own copy", (t) => {
+  const v = nghttp2Version();
+  t.is(v.version, process.versions.nghttp2 ?? '');
+  t.regex(v.from, /node/);
+});
+
+/** A raw TLS (ALPN h2) client to our server that has sent the preface, SETTINGS and our SETTINGS' ACK. */
+async function rawPeer(
+  t: ExecutionContext,
+  port: number,
+  ack = true,
+): Promise<{ socket: tls.TLSSocket; received: () => Buffer }> {
+  const socket = tlsConnect(port);
+  socket.on('error', () => {});
+  t.teardown(() => socket.destroy());
+  await within(next(socket, 'secureConnect'), 5000, 'the TLS handshake');
+  const chunks: Buffer[] = [];
+  socket.on('data', (c: Buffer) => chunks.push(c));
+  socket.write(ack ? Buffer.concat([hello(), frame(SETTINGS, FLAG_ACK, 0)]) : hello());
+  return { socket, received: () => Buffer.concat(chunks) };
+}
+
+const CONNECT_BLOCK = (): Buffer =>
+  hpackLiteral([
+    [':method', 'CONNECT'],
+    [':authority', '198.18.0.1:8080'],
+  ]);
+
+/** The session's first 'error', as a user of the server would see it. */
+function sessionError(server: OurServer, ms: number): Promise<H2ProtocolError> {
+  return within(
+    (async () => {
+      for (let i = 0; i < ms / 10 && server.errors.length === 0; i++) await sleep(10);
+      const err = server.errors[0];
+      if (!(err instanceof H2ProtocolError)) throw new Error('no H2ProtocolError');
+      return err;
+    })(),
+    ms + 1000,
+    'the session error',
+  );
+}
+
+test('CONTINUATION flood: HEADERS without END_HEADERS and endless CONTINUATION frames end the session with GOAWAY ENHANCE_YOUR_CALM (h2_header_flood)', async (t) => {
+  const server = await ourServer(t, (stream) => stream.respond({ ':status': '200' }));
+  const peer = await rawPeer(t, server.port);
+  const closed = next(peer.socket, 'close');
+  const flood = [frame(HEADERS, 0, 1, CONNECT_BLOCK())];
+  for (let i = 0; i < 10_000; i++) flood.push(frame(CONTINUATION, 0, 1));
+  peer.socket.write(Buffer.concat(flood));
+  const err = await sessionError(server, 3000);
+  t.is(err.reason, 'h2_header_flood');
+  t.is(err.h2Code, ErrorCode.ENHANCE_YOUR_CALM);
+  await within(closed, 6000, 'the server to close the connection');
+  t.deepEqual(goawayCodes(peer.received()), [ErrorCode.ENHANCE_YOUR_CALM]);
+});
+
+test('a header block over maxHeaderListSize (an HPACK bomb: a 4 KiB field indexed once, referenced ten times) resets its stream; the fourth ends the session (h2_header_flood)', async (t) => {
+  const streams: H2Headers[] = [];
+  const server = await ourServer(t, (stream, headers) => {
+    streams.push(headers);
+    stream.respond({ ':status': '200' });
+  });
+  const peer = await rawPeer(t, server.port);
+  // Literal with incremental indexing, new name (RFC 7541 §6.2.1): x-big: 4000 bytes, dynamic index 62
+  // from then on; 4000 is an HPACK integer of 7-bit prefix 127 and 3873 in two 7-bit groups.
+  const indexed = Buffer.concat([
+    Buffer.from([0x40, 5]),
+    Buffer.from('x-big'),
+    Buffer.from([0x7f, (3873 & 0x7f) | 0x80, 3873 >> 7]),
+    Buffer.alloc(4000, 0x61),
+  ]);
+  const bomb = (sid: number, first: boolean): Buffer =>
+    frame(
+      HEADERS,
+      FLAG_END_HEADERS,
+      sid,
+      Buffer.concat([CONNECT_BLOCK(), first ? indexed : Buffer.alloc(0), Buffer.alloc(10, 0x80 | 62)]),
+    );
+  peer.socket.write(bomb(1, true));
+  // A small, legitimate CONNECT on the same connection still gets through.
+  peer.socket.write(frame(HEADERS, FLAG_END_HEADERS, 3, CONNECT_BLOCK()));
+  for (let i = 0; i < 50 && streams.length < 1; i++) await sleep(20);
+  t.is(streams.length, 1, 'only the small CONNECT reached the application');
+  let rsts: number[] = [];
+  for (let i = 0; i < 50 && rsts.length < 1; i++) {
+    await sleep(20);
+    rsts = parseFrames(peer.received())
+      .filter((f) => f.type === RST_STREAM && f.sid === 1)
+      .map((f) => f.payload.readUInt32BE(0));
+  }
+  t.deepEqual(rsts, [ErrorCode.ENHANCE_YOUR_CALM]);
+  t.is(server.errors.length, 0, 'one oversized block resets its stream, not the session');
+  for (const sid of [5, 7, 9]) peer.socket.write(bomb(sid, false));
+  const err = await sessionError(server, 3000);
+  t.is(err.reason, 'h2_header_flood');
+  t.is(err.h2Code, ErrorCode.ENHANCE_YOUR_CALM);
+});
+
+test('Rapid Reset: HEADERS + RST_STREAM pairs over streamResetRate (burst 10x) end the session with GOAWAY ENHANCE_YOUR_CALM (h2_reset_flood)', async (t) => {
+  let opened = 0;
+  const server = await ourServer(
+    t,
+    (stream) => {
+      opened++;
+      stream.respond({ ':status': '200' });
+    },
+    { ...OPTS, streamResetRate: 50 },
+  );
+  const peer = await rawPeer(t, server.port);
+  const closed = next(peer.socket, 'close');
+  const pairs: Buffer[] = [];
+  for (let i = 0; i < 2000; i++) {
+    const sid = 1 + 2 * i;
+    pairs.push(frame(HEADERS, FLAG_END_HEADERS, sid, CONNECT_BLOCK()), rstStreamFrame(sid, ErrorCode.CANCEL));
+  }
+  peer.socket.write(Buffer.concat(pairs));
+  const err = await sessionError(server, 3000);
+  t.is(err.reason, 'h2_reset_flood');
+  t.is(err.h2Code, ErrorCode.ENHANCE_YOUR_CALM);
+  await within(closed, 6000, 'the server to close the connection');
+  t.deepEqual(goawayCodes(peer.received()), [ErrorCode.ENHANCE_YOUR_CALM]);
+  // The burst (10 x 50) went through, the flood did not.
+  t.true(opened >= 500 && opened <= 520, `${opened} streams opened`);
+});
+
+for (const kind of ['PING', 'SETTINGS'] as const) {
+  test.serial(
+    `${kind} flood from a client that never reads: the answers stop at maxOutboundControl, GOAWAY ENHANCE_YOUR_CALM (h2_control_flood), memory stays bounded`,
+    async (t) => {
+      const server = await ourServer(t, () => {}, { ...OPTS, maxOutboundControl: 1000 });
+      const peer = await rawPeer(t, server.port);
+      await sleep(100);
+      peer.socket.pause(); // never reads: the server's answers back up into its queue
+      const before = process.memoryUsage().rss;
+      const one = kind === 'PING' ? pingFrame(Buffer.alloc(8, 7)) : settingsFrame([[0x4, 65_535]]);
+      const batch = Buffer.concat(Array.from({ length: 1000 }, () => one));
+      let sent = 0;
+      for (let i = 0; i < 2000 && server.errors.length === 0; i++) {
+        if (!peer.socket.write(batch)) await within(next(peer.socket, 'drain'), 5000, 'the flood to be read');
+        sent += 1000;
+      }
+      const err = await sessionError(server, 3000);
+      const grown = process.memoryUsage().rss - before;
+      t.is(err.reason, 'h2_control_flood');
+      t.is(err.h2Code, ErrorCode.ENHANCE_YOUR_CALM);
+      t.log(`${sent} ${kind} frames sent; RSS grew by ${(grown / MiB).toFixed(1)} MiB`);
+      t.true(grown < 64 * MiB, `RSS grew by ${grown} B`);
+      // Once the client reads, it finds the GOAWAY after the answers that were queued, then the end.
+      const closed = next(peer.socket, 'close');
+      peer.socket.resume();
+      await within(closed, 10_000, 'the server to close the connection');
+      t.deepEqual(goawayCodes(peer.received()), [ErrorCode.ENHANCE_YOUR_CALM]);
+    },
+  );
+}
+
+for (const acked of [false, true]) {
+  const what = acked
+    ? 'after its ACK, a stream past it ends the session (GOAWAY PROTOCOL_ERROR, h2_protocol)'
+    : 'before its ACK, the stream past it is refused (REFUSED_STREAM), the others open';
+  test(`SETTINGS_MAX_CONCURRENT_STREAMS is nghttp2's to enforce: ${what}`, async (t) => {
+    const open: H2Stream[] = [];
+    const server = await ourServer(
+      t,
+      (stream) => {
+        open.push(stream);
+        stream.respond({ ':status': '200' });
+      },
+      { ...OPTS, maxConcurrentStreams: 10 },
+    );
+    const peer = await rawPeer(t, server.port, acked);
+    await sleep(50);
+    const frames: Buffer[] = [];
+    for (let i = 0; i < 11; i++) frames.push(frame(HEADERS, FLAG_END_HEADERS, 1 + 2 * i, CONNECT_BLOCK()));
+    peer.socket.write(Buffer.concat(frames));
+    if (acked) {
+      const err = await sessionError(server, 3000);
+      t.is(err.reason, 'h2_protocol');
+      t.is(err.h2Code, ErrorCode.PROTOCOL_ERROR);
+      return;
+    }
+    let rsts: Array<[number, number]> = [];
+    for (let i = 0; i < 100 && rsts.length === 0; i++) {
+      await sleep(20);
+      rsts = parseFrames(peer.received())
+        .filter((f) => f.type === RST_STREAM)
+        .map((f) => [f.sid, f.payload.readUInt32BE(0)]);
+    }
+    t.deepEqual(rsts, [[21, ErrorCode.REFUSED_STREAM]]);
+    t.is(open.length, 10);
+    t.is(server.sessions[0]!.activeStreams, 10);
+    t.is(server.sessions[0]!.openStreams, 10);
+    t.is(server.errors.length, 0);
+  });
+}

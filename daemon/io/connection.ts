@@ -16,11 +16,16 @@ const EV_DATA = 2;
 const EV_END = 3;
 const EV_DRAIN = 4;
 const EV_CLOSE = 5;
-/** A tunnel's HTTP/2 events from the binding's DATA path (native/src/h2.c). */
+/** A tunnel's HTTP/2 events from the binding's nghttp2 session (native/src/h2.c, conn.h). */
 export const EV_STREAM = 6;
 export const EV_BDP = 7;
 export const EV_H2_ERROR = 8;
 const EV_DATA_COPY = 9;
+export const EV_H2_HEADERS = 10;
+export const EV_H2_DATA = 11;
+export const EV_H2_GOAWAY = 12;
+export const EV_H2_SETTINGS = 13;
+export const EV_H2_PING = 14;
 
 export abstract class NativeConnection extends EventEmitter implements NativeOwner {
   readonly remoteAddress: string | undefined;
@@ -167,7 +172,7 @@ export abstract class NativeConnection extends EventEmitter implements NativeOwn
   protected abstract onPeerEnd(): void;
 
   /** The binding's other events (a TLS handshake). */
-  protected onOther(_event: number, _a: unknown, _b: unknown): void {}
+  protected onOther(_event: number, _a: unknown, _b: unknown, _c: unknown): void {}
 
   /** The Error 'error' carries when the binding closed the connection for `message` (`reason`: its code). */
   protected closeError(message: string, _reason: string | undefined): Error {
@@ -211,7 +216,7 @@ export abstract class NativeConnection extends EventEmitter implements NativeOwn
         this.emit('close', typeof a === 'string');
         return;
       default:
-        this.onOther(event, a, b);
+        this.onOther(event, a, b, c);
     }
   }
 

@@ -1,5 +1,5 @@
 import type { PlainConnection } from '../io/plain.js';
-import { ErrorCode } from './h2/frame.js';
+import { ErrorCode } from './h2/codes.js';
 import { H2Stream } from './h2/stream.js';
 import { noteCarried } from './reclaim.js';
 

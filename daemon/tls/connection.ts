@@ -104,12 +104,12 @@ export class TlsConnection extends NativeConnection {
     if (this.#timer) clearTimeout(this.#timer);
   }
 
-  /** The HTTP/2 session's handler of the binding's DATA-path events (set by H2Session.enableNative). */
-  h2Events: ((event: number, a: unknown, b: unknown) => void) | undefined;
+  /** The HTTP/2 session's handler of the binding's HTTP/2 events (set by H2Session). */
+  h2Events: ((event: number, a: unknown, b: unknown, c: unknown) => void) | undefined;
 
-  protected override onOther(event: number, a: unknown, b: unknown): void {
+  protected override onOther(event: number, a: unknown, b: unknown, c: unknown): void {
     if (event === EV_SECURE) this.#onSecure(a as Buffer | undefined, b as string);
-    else this.h2Events?.(event, a, b);
+    else this.h2Events?.(event, a, b, c);
   }
 
   #onSecure(der: Buffer | undefined, alpn: string): void {

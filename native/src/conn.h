@@ -1,7 +1,7 @@
 /*
  * A connection the binding reads and writes itself (tls.c): a tunnel's TLS connection, or a workload's plain
- * TCP one. Shared by tls.c (sockets, records, JavaScript events) and h2.c (the HTTP/2 DATA path that joins
- * a workload's socket to a tunnel stream without JavaScript).
+ * TCP one. Shared by tls.c (sockets, records, JavaScript events) and h2.c (the tunnel's HTTP/2 on nghttp2,
+ * whose DATA path joins a workload's socket to a tunnel stream without JavaScript).
  */
 #ifndef AMBIT_CONN_H
 #define AMBIT_CONN_H
@@ -20,10 +20,21 @@
 #define EV_END 3
 #define EV_DRAIN 4
 #define EV_CLOSE 5     /* errorMessage | undefined, bytes the splice read, bytes it wrote, reason | undefined */
-#define EV_STREAM 6    /* tunnel: stream id, what happened to its splice (H2_REMOTE_END...) */
+#define EV_STREAM 6    /* tunnel: stream id, what happened to it (H2_REMOTE_END...) */
 #define EV_BDP 7       /* tunnel: DATA bytes received during one PING round trip, a reader is behind */
-#define EV_H2_ERROR 8  /* tunnel: HTTP/2 error code, message (the connection is over) */
+#define EV_H2_ERROR 8  /* tunnel: HTTP/2 error code, message, refusal reason (the session is over) */
 #define EV_DATA_COPY 9 /* a Buffer of its own (a frame too large for the slab) */
+#define EV_H2_HEADERS 10  /* tunnel: stream id, [name, value, ...], END_STREAM */
+#define EV_H2_DATA 11     /* tunnel: stream id, a Buffer (a stream that is not spliced) */
+#define EV_H2_GOAWAY 12   /* tunnel: the peer's GOAWAY: code, last stream id */
+#define EV_H2_SETTINGS 13 /* tunnel: the peer's SETTINGS: its SETTINGS_MAX_CONCURRENT_STREAMS */
+#define EV_H2_PING 14     /* tunnel: the ACK of our keepalive PING */
+
+/* EV_STREAM's second argument. */
+#define H2_REMOTE_END 1 /* the peer's END_STREAM (a spliced stream's workload gets FIN after its data) */
+#define H2_LOCAL_END 2  /* a spliced workload's FIN: END_STREAM sent */
+#define H2_DRAINED 3    /* JavaScript's writes on the stream went out: it may write more */
+#define H2_CLOSED 0x100 /* + the error code: nghttp2 closed the stream (RST_STREAM either way, or both ends) */
 
 /* What one 'data' event carries at most, and what one recv() reads. */
 #define READ_BATCH (256 * 1024)
@@ -65,7 +76,7 @@ typedef struct conn {
   double ku_rate, ku_tokens;    /* the peer's KeyUpdates: a token bucket, ku_rate a second, burst 10x */
   uint64_t ku_at;               /* when the bucket was last filled (monotonic ms) */
   int ku_answer;                /* the peer asked for our KeyUpdate: it goes out before our next record */
-  h2_t *h2;                     /* a tunnel connection: its HTTP/2 frames pass through h2.c */
+  h2_t *h2;                     /* a tunnel connection: its HTTP/2 session (nghttp2, in h2.c) */
   splice_t *splice;             /* a workload connection joined to a tunnel stream (h2.c) */
   double spliced_in, spliced_out; /* what the splice read from and wrote to this socket */
   uv_poll_t poll;
@@ -97,7 +108,7 @@ conn_t *get_conn(napi_env env, napi_value v);
 
 /* h2.c */
 int h2_input(conn_t *c, const unsigned char *p, size_t n); /* 0: the connection is gone */
-int h2_sync(conn_t *c);                                    /* spliced bytes out, then JavaScript's */
+int h2_sync(conn_t *c);                                    /* the batch's end: spliced bytes out, frames sent */
 void h2_free(conn_t *c);                                   /* the tunnel connection closes */
 void h2_drained(conn_t *c);                                /* its send queue emptied */
 void splice_read(conn_t *p);                               /* a spliced workload socket is readable */
@@ -105,5 +116,6 @@ void splice_sent(conn_t *p, size_t n);                     /* n bytes left its q
 void splice_free(conn_t *p);                               /* the workload connection closes or ends */
 int splice_waiting(conn_t *p);                             /* not to be read for now */
 void ambit_h2_init(napi_env env, napi_value exports);
+h2_t *h2_create(conn_t *c, int server, const double *options); /* h2Enable's work (and the fuzz target's) */
 
 #endif

@@ -1,107 +1,132 @@
 /*
- * The tunnel's HTTP/2 DATA path in native code. A tunnel connection's decrypted bytes pass through a frame
- * parser here: DATA for a stream that carries a workload connection ("spliced") goes straight to that
- * workload's socket, and what the workload sends goes straight out as DATA frames, flow control included;
- * JavaScript (daemon/proxy/h2/session.ts) gets every other frame, whole, and keeps the streams' life cycle:
- * HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY. A 64-byte message then crosses the daemon without a call
- * into JavaScript, as it does in stunnel or HAProxy: on one core that call and its allocations were most of
- * the latency the tunnel added.
+ * The tunnel's HTTP/2, on nghttp2: framing, HPACK, flow control, SETTINGS, PING and GOAWAY are nghttp2's;
+ * this file is the glue between it, the TLS records of tls.c and JavaScript (daemon/proxy/h2/session.ts).
  *
- * Flow control: the connection's windows both ways live here (JavaScript's own DATA, rare, asks h2Credit
- * and reports h2Spend); a spliced stream's windows too. Received DATA is acknowledged (WINDOW_UPDATE) once
- * it has left for the workload's socket, so a workload that does not read holds the peer to one window.
+ * nghttp2 is the copy inside Node's own binary (process.versions.nghttp2): the binding is compiled against
+ * Debian's headers and not linked with -lnghttp2, so its symbols resolve to Node's at load time (nghttp2
+ * keeps its ABI across 1.x). Only API present in 1.52's header is used.
  *
- *   h2Enable(conn, server, maxFrame, streamWindow, maxStreamWindow, connectionWindow)   before any data
- *   h2Splice(conn, streamId, plain, sendWindow, recvWindow) -> bool
- *   h2Settings(conn, initialWindowDelta, maxFrame)   the peer's SETTINGS, as JavaScript read them
- *   h2Credit(conn) -> connection send window;  h2Spend(conn, n)
- *   h2SetWindow(conn, streamWindow)                   our stream window grew (JavaScript sent SETTINGS)
- * Events (to the tunnel connection's owner): EV_STREAM(id, H2_*), EV_BDP(bytes, behind), EV_H2_ERROR(code,
- * message), EV_DATA_COPY(buffer).
+ * Two paths for DATA. A stream that carries a workload connection is spliced (h2Splice): its DATA moves
+ * both ways here without a call into JavaScript, as in stunnel or HAProxy. Received DATA is written
+ * straight to the workload's socket (batched per read, g_pend) and credit goes back to the peer once it
+ * has left for the kernel (splice_sent), so a workload that stops reading holds its peer to one stream
+ * window; the connection's window is given back on arrival, so one slow stream never stalls the others.
+ * What the workload sends is read by the stream's data provider straight into a DATA frame (no copy into
+ * nghttp2) and sealed with its frame header into TLS records. A stream that is not spliced (before its
+ * workload connection is up, or a caller's own) has its DATA in JavaScript as Buffers, and what
+ * JavaScript writes waits in a per-stream buffer that the same data provider serves.
+ *
+ * JavaScript keeps each stream's life cycle, told as decoded events (conn.h, EV_H2_*), never as frames.
+ *
+ * Limits (each a session option): RST_STREAM received per second (a token bucket, burst 10x; Rapid
+ * Reset), HEADERS + CONTINUATION frames per header block and decoded header bytes per block (CONTINUATION
+ * flood, HPACK bomb), SETTINGS entries per frame, queued PING/SETTINGS answers for a peer that does not
+ * read (nghttp2's outbound-ack limit: reading goes on while the TLS queue is full, nghttp2's own queue of
+ * answers does not), concurrent streams (nghttp2 refuses extra ones). A limit that ends the session sends
+ * GOAWAY ENHANCE_YOUR_CALM and tells JavaScript why (EV_H2_ERROR with a refusal reason).
  */
+#define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+
+#if defined(__has_include) && !__has_include(<nghttp2/nghttp2.h>)
+#error "nghttp2's header is missing: apt-get install -y libnghttp2-dev (only the header is used; see above)"
+#endif
+#include <nghttp2/nghttp2.h>
 
 #include "conn.h"
 
-#define FH 9
-#define F_DATA 0x0
-#define F_HEADERS 0x1
-#define F_PUSH_PROMISE 0x5
-#define F_PING 0x6
-#define F_WINDOW_UPDATE 0x8
-#define F_CONTINUATION 0x9
-#define FL_END_STREAM 0x1
-#define FL_ACK 0x1
-#define FL_END_HEADERS 0x4
-#define FL_PADDED 0x8
-#define E_PROTOCOL 0x1
-#define E_FLOW_CONTROL 0x3
-#define E_STREAM_CLOSED 0x5
-#define E_FRAME_SIZE 0x6
-#define MAX_WINDOW 0x7fffffffLL
-
-/* EV_STREAM's second argument: what happened to a spliced stream. An error is H2_ERROR + its code. */
-#define H2_REMOTE_END 1 /* the peer's END_STREAM: delivered, the workload gets FIN after it */
-#define H2_LOCAL_END 2  /* the workload's FIN: END_STREAM sent */
-#define H2_ERROR 0x100  /* the stream must be reset with the code */
-
-/* The largest read from a workload per turn, and how full the tunnel's queue may get before they wait. */
+/* The largest DATA payload per frame we send (below the peer's SETTINGS_MAX_FRAME_SIZE), and per read. */
 #define SPLICE_READ (256 * 1024)
+/* How full the tunnel's TLS queue may get before nghttp2 is asked for more frames. */
 #define TUNNEL_HIGH (1024 * 1024)
+/* A JavaScript writer is told to wait above this much in its stream's buffer. */
+#define STREAM_HIGH (64 * 1024)
 #define BDP_INTERVAL_MS 100
-static const unsigned char BDP_PING[8] = {'a', 'm', 'b', 'i', 't', 'b', 'd', 'p'};
-static const unsigned char PREFACE_LEN = 24;
+/* Small frames of one pump are sealed together, in records of up to this much. */
+#define STAGE_MAX (16 * 1024)
+/* Header blocks over maxHeaderListSize: each resets its stream; this many in one session end it. */
+#define HEADER_STRIKES 4
+static const uint8_t BDP_PING[8] = {'a', 'm', 'b', 'i', 't', 'b', 'd', 'p'};
+static const uint8_t KEEPALIVE_PING[8] = {'a', 'm', 'b', 'i', 't', 'k', 'a', 'l'};
 
-enum { M_WHOLE = 0, M_SPLICE = 1, M_DROP = 2 };
+typedef struct strm strm_t;
 
 struct splice {
   conn_t *tls, *plain;
   uint32_t sid;
-  int64_t send_window; /* what the peer lets us send on this stream */
-  int64_t recv_window; /* what it may still send us */
-  uint64_t unacked;    /* delivered to the workload's socket, not yet given back */
-  uint64_t skip;       /* queued by JavaScript before the splice: acknowledged there */
-  int remote_ended, local_ended, failed;
-  int waiting; /* no credit, or the tunnel's queue is full: the workload is not read */
-  splice_t *hnext;
-  splice_t *wnext, *wprev;
+  int closed;    /* nghttp2 closed the stream: nothing more either way */
+  int want_read; /* the data provider waits for the workload's socket to be readable */
+  uint64_t skip; /* queued by JavaScript before the splice: already credited there */
+  splice_t *next, *prev;
+};
+
+/* A stream's glue state: nghttp2's stream user data. */
+struct strm {
+  uint32_t sid;
+  splice_t *splice;
+  int spliced;  /* was joined to a workload: its DATA never goes to JavaScript */
+  int deferred; /* the data provider returned DEFERRED: nghttp2_session_resume_data wakes it */
+  int room;     /* deferred until the TLS queue drains */
+  int has_prd;  /* a data provider serves this stream (it was opened or answered with a body) */
+  int out_end;  /* JavaScript ended its side: END_STREAM after out */
+  int told_full;
+  int unsent;    /* a request nghttp2 has not opened a stream for yet */
+  int rst_after; /* a refusal: RST_STREAM NO_ERROR once its END_STREAM HEADERS are out (RFC 9113 §8.1) */
+  unsigned char *out; /* JavaScript's bytes not yet framed */
+  size_t out_off, out_len, out_cap;
+  strm_t *next, *prev;
 };
 
 struct h2 {
-  size_t preface_left;
-  /* the frame being parsed */
-  unsigned char hdr[FH];
-  size_t hdr_len;
-  uint32_t len, sid;
-  uint8_t type, flags;
-  size_t left;
-  int mode;
-  splice_t *fs;           /* M_SPLICE: whose payload this is */
-  unsigned char *frame;   /* M_WHOLE: header and payload so far */
-  size_t frame_len, frame_cap;
-  int in_block;           /* a header block is open: only its CONTINUATION may follow */
-  uint32_t block_sid;
-  uint32_t max_frame;     /* ours */
-  uint32_t remote_max_frame;
-  /* flow control of the connection */
-  int64_t conn_send, conn_recv;
-  uint64_t conn_unacked, conn_window;
-  uint32_t local_window, max_window;
+  conn_t *c;
+  nghttp2_session *ng;
+  int server;
+  uint32_t max_header_list, max_header_frames, max_window, local_window;
+  double reset_rate;
+  int in_ng;   /* inside nghttp2 (mem_recv, send): neither is re-entered */
+  int pumping; /* inside pump(): a drain or a credit asks for one more round */
+  int want_send;
+  int blocked; /* frames wait for the TLS queue to drain (h2_drained) */
+  int dead; /* the connection closed while inside nghttp2: freed on the way out */
+  int failed;
+  int told;
+  uint32_t err_code;
+  const char *reason;
+  char msg[160];
+  int last_lib_err;
+  /* Rapid Reset: a token bucket of RST_STREAM frames received */
+  double rst_tokens;
+  uint64_t rst_ms;
+  /* the header block being received */
+  uint32_t block_frames, hb_sid;
+  size_t hb_bytes;
+  int hb_over, strikes;
+  unsigned char *hb;
+  size_t hb_len, hb_cap;
   /* BDP sample: a PING in flight and the DATA bytes received since */
   int bdp_inflight;
   uint64_t bdp_bytes, bdp_next_ms;
-  /* spliced streams by id */
-  splice_t **buckets;
-  uint32_t nbuckets, count;
-  splice_t *waiting;
-  /* JavaScript's bytes of the batch in progress, in the slab */
-  size_t js_start, js_len;
-  int js_region;
-  int failed;
+  /* DATA being framed: where read_callback left its payload for send_data_callback */
+  const unsigned char *src;
+  strm_t *src_strm;
+  splice_t *src_splice;
+  splice_t *splices;
+  strm_t *strms;
+  uint32_t nstrms;
+  uint32_t *room;
+  size_t nroom, room_cap;
+  /* events raised while nghttp2 sends, told once the frames are sealed */
+  struct post {
+    uint32_t sid, what;
+    conn_t *plain;
+  } *post;
+  size_t npost, post_cap;
 };
 
 /* Spliced payloads of the batch in progress: views of the scratch buffer, written out together. */
@@ -113,123 +138,115 @@ static struct {
 } g_pend[PEND_MAX];
 static int g_npend;
 static unsigned char *g_read_buf;
+static unsigned char g_stage[STAGE_MAX];
+static size_t g_stage_len;
 
-static uint32_t be32(const unsigned char *p) {
-  return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
-static void put_header(unsigned char *b, size_t len, uint8_t type, uint8_t flags, uint32_t sid) {
-  b[0] = (unsigned char)(len >> 16);
-  b[1] = (unsigned char)(len >> 8);
-  b[2] = (unsigned char)len;
-  b[3] = type;
-  b[4] = flags;
-  b[5] = (unsigned char)(sid >> 24);
-  b[6] = (unsigned char)(sid >> 16);
-  b[7] = (unsigned char)(sid >> 8);
-  b[8] = (unsigned char)sid;
-}
+static int pump(h2_t *h);
 
 static uint64_t now_ms(conn_t *c) {
   uv_loop_t *loop;
-  napi_get_uv_event_loop(c->env, &loop);
+  if (napi_get_uv_event_loop(c->env, &loop) != napi_ok || loop == NULL) return 0;
   return uv_now(loop);
 }
 
-/* Seals one small frame of ours onto the tunnel's queue (sent with the batch's other records). */
-static int send_frame(conn_t *t, uint8_t type, uint8_t flags, uint32_t sid, const unsigned char *p,
-                      size_t n) {
-  unsigned char hdr[FH];
-  put_header(hdr, n, type, flags, sid);
-  piece_t pieces[2] = {{hdr, FH}, {p, n}};
-  if (seal_records(t, pieces, FH + n)) return 1;
-  close_conn(t);
-  return 0;
+static strm_t *get_strm(h2_t *h, uint32_t sid) {
+  strm_t *st = h->ng ? nghttp2_session_get_stream_user_data(h->ng, (int32_t)sid) : NULL;
+  if (st || h->server) return st;
+  /* A request not sent yet has no stream in nghttp2: its state is ours alone until then. */
+  for (st = h->strms; st; st = st->next)
+    if (st->sid == sid && st->unsent) return st;
+  return NULL;
 }
 
-static int send_window_update(conn_t *t, uint32_t sid, uint64_t inc) {
-  unsigned char p[4] = {(unsigned char)(inc >> 24), (unsigned char)(inc >> 16), (unsigned char)(inc >> 8),
-                        (unsigned char)inc};
-  return send_frame(t, F_WINDOW_UPDATE, 0, sid, p, 4);
+static strm_t *new_strm(h2_t *h, uint32_t sid) {
+  strm_t *st = calloc(1, sizeof *st);
+  if (!st) return NULL;
+  st->sid = sid;
+  st->next = h->strms;
+  if (h->strms) h->strms->prev = st;
+  h->strms = st;
+  h->nstrms++;
+  return st;
+}
+
+static void free_strm(h2_t *h, strm_t *st) {
+  if (st->prev) st->prev->next = st->next;
+  else h->strms = st->next;
+  if (st->next) st->next->prev = st->prev;
+  h->nstrms--;
+  if (st->splice) st->splice->closed = 1;
+  if (h->src_strm == st) h->src_strm = NULL;
+  free(st->out);
+  free(st);
+}
+
+/* ---- events to JavaScript, always after the spliced bytes that came before them */
+
+static void flush_pending(void);
+
+static int tell(h2_t *h, int ev, int argc, napi_value *argv) {
+  conn_t *c = h->c;
+  if (h->dead || c->closing) return 0;
+  flush_pending();
+  if (h->dead || c->closing) return 0;
+  emit(c, ev, argc, argv);
+  return !h->dead && !c->closing;
+}
+
+static int stream_event(h2_t *h, uint32_t sid, uint32_t what) {
+  napi_value a[2];
+  napi_create_uint32(h->c->env, sid, &a[0]);
+  napi_create_uint32(h->c->env, what, &a[1]);
+  return tell(h, EV_STREAM, 2, a);
+}
+
+static void post_event(h2_t *h, uint32_t sid, uint32_t what, conn_t *plain) {
+  if (h->npost == h->post_cap) {
+    size_t cap = h->post_cap ? h->post_cap * 2 : 8;
+    struct post *p = realloc(h->post, cap * sizeof *p);
+    if (!p) return;
+    h->post = p;
+    h->post_cap = cap;
+  }
+  h->post[h->npost].sid = sid;
+  h->post[h->npost].what = what;
+  h->post[h->npost].plain = plain;
+  h->npost++;
+}
+
+/* Ends the session: GOAWAY with `code` (sent by the next pump), and JavaScript is told with `reason`. */
+static void fail(h2_t *h, uint32_t code, const char *reason, const char *msg) {
+  if (h->failed) return;
+  h->failed = 1;
+  h->err_code = code;
+  h->reason = reason;
+  snprintf(h->msg, sizeof h->msg, "%s", msg);
+  if (h->ng) nghttp2_session_terminate_session(h->ng, code);
+}
+
+/* JavaScript hears of the end once (EV_H2_ERROR); what the peer sends after is read and dropped. */
+static void report(h2_t *h) {
+  if (h->told || !h->failed || h->dead) return;
+  h->told = 1;
+  conn_t *c = h->c;
+  napi_value a[3];
+  napi_create_uint32(c->env, h->err_code, &a[0]);
+  napi_create_string_utf8(c->env, h->msg, NAPI_AUTO_LENGTH, &a[1]);
+  napi_create_string_utf8(c->env, h->reason, NAPI_AUTO_LENGTH, &a[2]);
+  tell(h, EV_H2_ERROR, 3, a);
 }
 
 /* ---- the table of spliced streams */
 
-#define FOR_EACH_SPLICE(h, s)                              \
-  for (uint32_t i_ = 0; i_ < (h)->nbuckets; i_++)         \
-    for (splice_t *s = (h)->buckets[i_]; s; s = s->hnext)
-
-static splice_t *lookup(h2_t *h, uint32_t sid) {
-  if (h->count == 0) return NULL;
-  for (splice_t *s = h->buckets[sid & (h->nbuckets - 1)]; s; s = s->hnext)
-    if (s->sid == sid) return s;
-  return NULL;
-}
-
-static int insert(h2_t *h, splice_t *s) {
-  if (h->count + 1 > h->nbuckets * 2 || h->buckets == NULL) {
-    uint32_t n = h->nbuckets ? h->nbuckets * 4 : 16;
-    splice_t **b = calloc(n, sizeof *b);
-    if (!b) return 0;
-    for (uint32_t i = 0; i < h->nbuckets; i++) {
-      for (splice_t *e = h->buckets[i], *next; e; e = next) {
-        next = e->hnext;
-        e->hnext = b[e->sid & (n - 1)];
-        b[e->sid & (n - 1)] = e;
-      }
-    }
-    free(h->buckets);
-    h->buckets = b;
-    h->nbuckets = n;
-  }
-  splice_t **at = &h->buckets[s->sid & (h->nbuckets - 1)];
-  s->hnext = *at;
-  *at = s;
-  h->count++;
-  return 1;
-}
-
-static void unwait(h2_t *h, splice_t *s) {
-  if (!s->waiting) return;
-  s->waiting = 0;
-  if (s->wprev) s->wprev->wnext = s->wnext;
-  else h->waiting = s->wnext;
-  if (s->wnext) s->wnext->wprev = s->wprev;
-  s->wnext = s->wprev = NULL;
-}
-
-static void wait_for_room(h2_t *h, splice_t *s) {
-  if (s->waiting) return;
-  s->waiting = 1;
-  s->wprev = NULL;
-  s->wnext = h->waiting;
-  if (h->waiting) h->waiting->wprev = s;
-  h->waiting = s;
-}
-
-/* Its workload is read again; if there is still no room, it waits again. */
-static void wake(h2_t *h, splice_t *s) {
-  unwait(h, s);
-  update_poll(s->plain);
-}
-
-static void wake_all(h2_t *h) {
-  while (h->waiting) wake(h, h->waiting);
-}
-
-/* Forgets a splice: its table entry, its place in the waiting list, the batch's views of its bytes. */
 static void forget(splice_t *s) {
   h2_t *h = s->tls->h2;
-  unwait(h, s);
-  splice_t **at = &h->buckets[s->sid & (h->nbuckets - 1)];
-  while (*at && *at != s) at = &(*at)->hnext;
-  if (*at) {
-    *at = s->hnext;
-    h->count--;
-  }
-  if (h->fs == s) {
-    h->fs = NULL;
-    h->mode = M_DROP;
+  if (h) {
+    if (s->prev) s->prev->next = s->next;
+    else h->splices = s->next;
+    if (s->next) s->next->prev = s->prev;
+    if (h->src_splice == s) h->src_splice = NULL;
+    strm_t *st = s->closed ? NULL : get_strm(h, s->sid);
+    if (st && st->splice == s) st->splice = NULL;
   }
   for (int i = 0; i < g_npend; i++)
     if (g_pend[i].s == s) g_pend[i].s = NULL;
@@ -241,50 +258,30 @@ void splice_free(conn_t *p) {
   if (p->splice) forget(p->splice);
 }
 
-int splice_waiting(conn_t *p) { return p->splice->waiting; }
+int splice_waiting(conn_t *p) { return p->splice->closed || !p->splice->want_read; }
+
+static void h2_destroy(h2_t *h) {
+  if (h->ng) nghttp2_session_del(h->ng);
+  h->ng = NULL;
+  while (h->strms) free_strm(h, h->strms);
+  free(h->hb);
+  free(h->room);
+  free(h->post);
+  free(h);
+}
 
 /* The tunnel closes: its workloads stop being read here (JavaScript resets them with their streams). */
 void h2_free(conn_t *c) {
   h2_t *h = c->h2;
-  for (uint32_t i = 0; i < h->nbuckets; i++) {
-    while (h->buckets[i]) {
-      conn_t *p = h->buckets[i]->plain;
-      forget(h->buckets[i]);
-      p->paused = 1;
-      update_poll(p);
-    }
+  while (h->splices) {
+    conn_t *p = h->splices->plain;
+    forget(h->splices);
+    p->paused = 1;
+    update_poll(p);
   }
-  free(h->buckets);
-  free(h->frame);
-  free(h);
   c->h2 = NULL;
-}
-
-/* ---- events to JavaScript, always after the bytes that came before them */
-
-static int stream_event(conn_t *t, uint32_t sid, uint32_t what) {
-  if (!h2_sync(t)) return 0;
-  napi_value a[2];
-  napi_create_uint32(t->env, sid, &a[0]);
-  napi_create_uint32(t->env, what, &a[1]);
-  emit(t, EV_STREAM, 2, a);
-  return !t->closing;
-}
-
-/* A connection error: JavaScript sends GOAWAY and ends the session; nothing more is read here. */
-static int conn_error(conn_t *t, uint32_t code, const char *msg) {
-  t->h2->failed = 1;
-  if (!h2_sync(t)) return 0;
-  napi_value a[2];
-  napi_create_uint32(t->env, code, &a[0]);
-  napi_create_string_utf8(t->env, msg, NAPI_AUTO_LENGTH, &a[1]);
-  emit(t, EV_H2_ERROR, 2, a);
-  return 0;
-}
-
-static int stream_error(conn_t *t, splice_t *s, uint32_t code) {
-  s->failed = 1;
-  return stream_event(t, s->sid, H2_ERROR + code);
+  h->dead = 1;
+  if (!h->in_ng && !h->pumping) h2_destroy(h);
 }
 
 /* ---- received DATA to the workloads */
@@ -297,14 +294,11 @@ void splice_sent(conn_t *p, size_t n) {
     s->skip -= k;
     n -= k;
   }
-  s->unacked += n;
-  conn_t *t = s->tls;
-  if (t->closing || s->remote_ended || s->unacked < t->h2->local_window / 4) return;
-  uint64_t inc = s->unacked;
-  s->unacked = 0;
-  s->recv_window += (int64_t)inc;
-  /* Sent with whatever the tunnel sends next, or when the poll finds it writable. */
-  if (send_window_update(t, s->sid, inc)) update_poll(t);
+  h2_t *h = s->tls->h2;
+  if (n == 0 || s->closed || h == NULL || h->dead) return;
+  nghttp2_session_consume_stream(h->ng, (int32_t)s->sid, n);
+  /* The WINDOW_UPDATE, if nghttp2 wants one now, goes with this batch or at once. */
+  pump(h);
 }
 
 /*
@@ -320,12 +314,16 @@ static void to_workload(splice_t *s, const piece_t *pieces, uint32_t count, size
   }
   p->spliced_out += (double)total;
   size_t sent = total - (queued(p) - before);
-  if (sent > 0) splice_sent(p, sent);
+  if (sent > 0 && p->splice) splice_sent(p, sent);
   if (queued(p) > 0) update_poll(p);
 }
 
 /* Writes out the batch's spliced payloads, a writev per run of one stream's; the rest waits in its queue. */
 static void flush_pending(void) {
+  /* Not re-entered: a credit it returns may pump, and an event told there would flush the same views. */
+  static int flushing;
+  if (flushing) return;
+  flushing = 1;
   int i = 0;
   while (i < g_npend) {
     splice_t *s = g_pend[i].s;
@@ -346,6 +344,7 @@ static void flush_pending(void) {
     to_workload(s, pieces, n, total); /* a failure forgets s and nulls its later entries */
   }
   g_npend = 0;
+  flushing = 0;
 }
 
 static void pend(splice_t *s, const unsigned char *p, size_t n) {
@@ -363,10 +362,9 @@ static void pend(splice_t *s, const unsigned char *p, size_t n) {
   g_npend++;
 }
 
-/* The peer's END_STREAM: the workload gets FIN once everything before it is out. */
+/* The peer's END_STREAM on a spliced stream: the workload gets FIN once everything before it is out. */
 static void end_workload(splice_t *s) {
   conn_t *p = s->plain;
-  s->remote_ended = 1;
   flush_pending(); /* may take s with it (the workload failed): only p from here */
   if (!p->closing && !p->ending) {
     p->ending = 1;
@@ -374,354 +372,668 @@ static void end_workload(splice_t *s) {
   }
 }
 
-static int remote_end(conn_t *t, splice_t *s) {
-  uint32_t sid = s->sid;
-  end_workload(s);
-  return stream_event(t, sid, H2_REMOTE_END);
-}
-
-/* ---- JavaScript's frames */
-
-/* Appends to the batch's bytes for JavaScript (whole frames, in order); a huge frame goes on its own. */
-static int js_append(conn_t *c, const unsigned char *p, size_t n) {
-  h2_t *h = c->h2;
-  if (n > SLAB_MIN) {
-    if (!h2_sync(c)) return 0;
-    napi_value buf;
-    void *data;
-    if (napi_create_buffer_copy(c->env, n, p, &data, &buf) != napi_ok) {
-      set_err(c, "out of memory for an HTTP/2 frame");
-      close_conn(c);
-      return 0;
-    }
-    emit(c, EV_DATA_COPY, 1, &buf);
-    return !c->closing;
-  }
-  if (!h->js_region || g_slab_len - (h->js_start + h->js_len) < n || h->js_len >= READ_BATCH) {
-    if (!h2_sync(c)) return 0;
-    if (!ensure_slab(c->env)) {
-      set_err(c, "out of memory for the read buffer");
-      close_conn(c);
-      return 0;
-    }
-    h->js_region = 1;
-    h->js_start = g_slab_off;
-    h->js_len = 0;
-  }
-  memcpy(g_slab_data + h->js_start + h->js_len, p, n);
-  h->js_len += n;
-  return 1;
-}
-
 int h2_sync(conn_t *c) {
   flush_pending();
   h2_t *h = c->h2;
   if (h == NULL || c->closing) return !c->closing;
-  if (h->js_region) {
-    size_t got = h->js_len;
-    h->js_region = 0;
-    h->js_len = 0;
-    if (got > 0) return emit_data(c, h->js_start, &got);
-  }
-  return 1;
+  return pump(h);
 }
 
-/* ---- the parser */
+/* ---- frames out */
 
-static void bdp_sample(conn_t *c, h2_t *h, uint32_t len) {
+static int stage_seal(h2_t *h) {
+  if (g_stage_len == 0) return 1;
+  piece_t piece = {g_stage, g_stage_len};
+  g_stage_len = 0;
+  if (seal_records(h->c, &piece, piece.len)) return 1;
+  return 0;
+}
+
+static ssize_t on_send(nghttp2_session *ng, const uint8_t *data, size_t len, int flags, void *ud) {
+  (void)ng, (void)flags;
+  h2_t *h = ud;
+  if (h->dead || h->c->closing) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  /* A peer that does not read: nghttp2 keeps its frames (and counts its queued answers) until a drain. */
+  if (!h->failed && queued(h->c) + g_stage_len >= TUNNEL_HIGH) {
+    h->blocked = 1;
+    return NGHTTP2_ERR_WOULDBLOCK;
+  }
+  if (len > STAGE_MAX - g_stage_len && !stage_seal(h)) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  if (len > STAGE_MAX) {
+    piece_t piece = {data, len};
+    return seal_records(h->c, &piece, len) ? (ssize_t)len : NGHTTP2_ERR_CALLBACK_FAILURE;
+  }
+  memcpy(g_stage + g_stage_len, data, len);
+  g_stage_len += len;
+  return (ssize_t)len;
+}
+
+/* One DATA frame: the small frames staged before it, its header and its payload, sealed without a copy. */
+static int on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *framehd, size_t len,
+                        nghttp2_data_source *source, void *ud) {
+  (void)ng, (void)source;
+  h2_t *h = ud;
+  conn_t *c = h->c;
+  if (h->dead || c->closing) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  static const uint8_t zeros[256];
+  size_t pad = frame->data.padlen > 0 ? frame->data.padlen - 1 : 0;
+  uint8_t padlen = (uint8_t)pad;
+  piece_t pieces[5];
+  int n = 0;
+  size_t total = 0;
+  if (g_stage_len) pieces[n++] = (piece_t){g_stage, g_stage_len};
+  pieces[n++] = (piece_t){framehd, 9};
+  if (frame->data.padlen > 0) pieces[n++] = (piece_t){&padlen, 1};
+  if (len > 0) pieces[n++] = (piece_t){h->src, len};
+  if (pad > 0) pieces[n++] = (piece_t){zeros, pad};
+  for (int i = 0; i < n; i++) total += pieces[i].len;
+  g_stage_len = 0;
+  if (!seal_records(c, pieces, total)) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  strm_t *st = h->src_strm;
+  if (st && len > 0) {
+    st->out_off += len;
+    if (st->out_off == st->out_len) {
+      st->out_off = st->out_len = 0;
+      if (st->out_cap > STREAM_HIGH) {
+        free(st->out);
+        st->out = NULL;
+        st->out_cap = 0;
+      }
+    }
+    if (st->told_full && st->out_len - st->out_off < STREAM_HIGH / 2) {
+      st->told_full = 0;
+      post_event(h, st->sid, H2_DRAINED, NULL);
+    }
+  }
+  if (h->src_splice) h->src_splice->plain->spliced_in += (double)len;
+  h->src = NULL;
+  h->src_strm = NULL;
+  h->src_splice = NULL;
+  return 0;
+}
+
+static void room_wait(h2_t *h, strm_t *st) {
+  if (st->room) return;
+  if (h->nroom == h->room_cap) {
+    size_t cap = h->room_cap ? h->room_cap * 2 : 16;
+    uint32_t *r = realloc(h->room, cap * sizeof *r);
+    if (!r) return;
+    h->room = r;
+    h->room_cap = cap;
+  }
+  st->room = 1;
+  h->room[h->nroom++] = st->sid;
+}
+
+/* A stream's DATA: JavaScript's buffered bytes, then (spliced) what the workload sends, read in place. */
+static ssize_t on_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t length, uint32_t *flags,
+                       nghttp2_data_source *source, void *ud) {
+  (void)ng, (void)buf, (void)source;
+  h2_t *h = ud;
+  conn_t *c = h->c;
+  if (h->dead || c->closing) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  strm_t *st = get_strm(h, (uint32_t)sid);
+  if (st == NULL) return NGHTTP2_ERR_DEFERRED;
+  if (!h->failed && queued(c) + g_stage_len >= TUNNEL_HIGH) {
+    h->blocked = 1;
+    room_wait(h, st);
+    st->deferred = 1;
+    return NGHTTP2_ERR_DEFERRED;
+  }
+  if (st->out_len > st->out_off) {
+    size_t n = st->out_len - st->out_off;
+    if (n > length) n = length;
+    *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (n == st->out_len - st->out_off && st->out_end && st->splice == NULL) *flags |= NGHTTP2_DATA_FLAG_EOF;
+    h->src = st->out + st->out_off;
+    h->src_strm = st;
+    return (ssize_t)n;
+  }
+  splice_t *s = st->splice;
+  if (s != NULL && !s->closed) {
+    conn_t *p = s->plain;
+    if (p->closing) return NGHTTP2_ERR_DEFERRED;
+    if (p->read_eof) {
+      *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_COPY;
+      return 0;
+    }
+    if (length > SPLICE_READ) length = SPLICE_READ;
+    ssize_t r;
+    do r = recv(p->fd, g_read_buf, length, 0);
+    while (r < 0 && errno == EINTR);
+    if (r > 0) {
+      *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+      h->src = g_read_buf;
+      h->src_splice = s;
+      return r;
+    }
+    if (r == 0) {
+      /* The workload's FIN: END_STREAM, after everything it sent. */
+      p->read_eof = 1;
+      *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_COPY;
+      post_event(h, st->sid, H2_LOCAL_END, p);
+      return 0;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      s->want_read = 1;
+      st->deferred = 1;
+      update_poll(p);
+      return NGHTTP2_ERR_DEFERRED;
+    }
+    close_for_errno(p, "read failed");
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  }
+  if (st->out_end && !st->spliced) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_COPY;
+    return 0;
+  }
+  st->deferred = 1;
+  return NGHTTP2_ERR_DEFERRED;
+}
+
+static ssize_t on_read_length(nghttp2_session *ng, uint8_t type, int32_t sid, int32_t conn_window,
+                              int32_t stream_window, uint32_t max_frame, void *ud) {
+  (void)ng, (void)type, (void)sid, (void)conn_window, (void)stream_window, (void)ud;
+  return max_frame < SPLICE_READ ? (ssize_t)max_frame : SPLICE_READ;
+}
+
+static void resume(h2_t *h, strm_t *st) {
+  if (!st->deferred) return;
+  st->deferred = 0;
+  nghttp2_session_resume_data(h->ng, (int32_t)st->sid);
+}
+
+/*
+ * Asks nghttp2 for its frames and seals them, while the TLS queue has room; then what waited on the send
+ * (a workload's FIN, a writer's drain) is told. Never inside nghttp2: then it is asked for again after.
+ * Returns 0 if the tunnel connection is gone.
+ */
+static int pump(h2_t *h) {
+  conn_t *c = h->c;
+  if (h->dead) return 0;
+  if (h->in_ng || h->pumping || !c->records || c->closing) {
+    h->want_send = 1;
+    return !c->closing;
+  }
+  h->pumping = 1;
+  for (int round = 0; round < 64; round++) {
+    h->want_send = 0;
+    h->in_ng = 1;
+    int rv = nghttp2_session_send(h->ng);
+    h->in_ng = 0;
+    if (getenv("H2DBG")) fprintf(stderr, "send -> %d queued %zu stage %zu\n", rv, queued(c), g_stage_len);
+    int sealed = !h->dead && !c->closing && stage_seal(h);
+    if (h->dead || c->closing) break;
+    if (!sealed) {
+      h->pumping = 0;
+      close_conn(c);
+      return 0;
+    }
+    if (rv != 0 && !h->failed) fail(h, NGHTTP2_INTERNAL_ERROR, "h2_protocol", nghttp2_strerror(rv));
+    /* Told after the frames are sealed: a FIN the workload's end leads to must not pass them. */
+    for (size_t i = 0; i < h->npost && !h->dead && !c->closing; i++) {
+      struct post ev = h->post[i];
+      if (!stream_event(h, ev.sid, ev.what)) break;
+      if (ev.plain && !ev.plain->closing && ev.plain->fin_sent && ev.plain->read_eof) close_conn(ev.plain);
+    }
+    h->npost = 0;
+    if (h->dead || c->closing) break;
+    if (!flush_out(c)) break;
+    if (h->dead || c->closing) break;
+    if (!h->want_send) break;
+  }
+  h->pumping = 0;
+  if (h->dead) {
+    h2_destroy(h);
+    return 0;
+  }
+  if (c->closing) return 0;
+  update_poll(c);
+  if (h->failed) report(h);
+  return !c->closing && !h->dead;
+}
+
+/* The tunnel's queue emptied: the streams that waited for room are served again. */
+void h2_drained(conn_t *c) {
+  h2_t *h = c->h2;
+  if (h == NULL || h->dead || !h->blocked) return;
+  h->blocked = 0;
+  if (h->nroom > 0) {
+    size_t n = h->nroom;
+    h->nroom = 0;
+    for (size_t i = 0; i < n; i++) {
+      strm_t *st = get_strm(h, h->room[i]);
+      if (st && st->room) {
+        st->room = 0;
+        resume(h, st);
+      }
+    }
+  }
+  h->want_send = 1;
+  if (!h->pumping && !h->in_ng) pump(h);
+}
+
+/* A spliced workload's socket is readable: its data provider reads it again. */
+void splice_read(conn_t *p) {
+  splice_t *s = p->splice;
+  h2_t *h = s->tls->h2;
+  s->want_read = 0;
+  update_poll(p);
+  if (h == NULL || s->closed) return;
+  strm_t *st = get_strm(h, s->sid);
+  if (st) resume(h, st);
+  pump(h);
+}
+
+/* ---- frames in */
+
+static void bdp_sample(h2_t *h, size_t len) {
   if (h->local_window >= h->max_window) return;
   if (h->bdp_inflight) {
     h->bdp_bytes += len;
     return;
   }
-  uint64_t now = now_ms(c);
+  uint64_t now = now_ms(h->c);
   if (now < h->bdp_next_ms) return;
-  if (send_frame(c, F_PING, 0, 0, BDP_PING, sizeof BDP_PING)) {
+  if (nghttp2_submit_ping(h->ng, NGHTTP2_FLAG_NONE, BDP_PING) == 0) {
     h->bdp_inflight = 1;
     h->bdp_bytes = 0;
   }
 }
 
-static int bdp_done(conn_t *c, h2_t *h) {
+static int bdp_done(h2_t *h) {
   if (!h->bdp_inflight) return 1;
   h->bdp_inflight = 0;
-  h->bdp_next_ms = now_ms(c) + BDP_INTERVAL_MS;
+  h->bdp_next_ms = now_ms(h->c) + BDP_INTERVAL_MS;
   int behind = 0;
-  FOR_EACH_SPLICE(h, s) behind |= queued(s->plain) > 0;
-  if (!h2_sync(c)) return 0;
+  for (splice_t *s = h->splices; s; s = s->next) behind |= queued(s->plain) > 0;
   napi_value a[2];
-  napi_create_double(c->env, (double)h->bdp_bytes, &a[0]);
-  napi_get_boolean(c->env, behind, &a[1]);
-  emit(c, EV_BDP, 2, a);
-  return !c->closing;
+  napi_create_double(h->c->env, (double)h->bdp_bytes, &a[0]);
+  napi_get_boolean(h->c->env, behind, &a[1]);
+  return tell(h, EV_BDP, 2, a);
 }
 
-/* A spliced stream's checks of one DATA frame: 1 deliver it; 0 drop it (the stream is being reset, with the
- * reason sent to JavaScript); -1 the connection is gone. */
-static int data_admitted(conn_t *c, splice_t *s, size_t len) {
-  if (s->failed) return 0;
-  if (s->remote_ended) return stream_error(c, s, E_STREAM_CLOSED) ? 0 : -1;
-  if ((s->recv_window -= (int64_t)len) < 0) return stream_error(c, s, E_FLOW_CONTROL) ? 0 : -1;
-  return 1;
+static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void *ud) {
+  (void)ng;
+  h2_t *h = ud;
+  if (h->dead) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  if (hd->type == NGHTTP2_HEADERS || hd->type == NGHTTP2_PUSH_PROMISE) {
+    h->block_frames = 1;
+  } else if (hd->type == NGHTTP2_CONTINUATION) {
+    if (++h->block_frames > h->max_header_frames) {
+      fail(h, NGHTTP2_ENHANCE_YOUR_CALM, "h2_header_flood", "too many CONTINUATION frames in a header block");
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+  } else if (hd->type == NGHTTP2_DATA) {
+    bdp_sample(h, hd->length);
+  }
+  return 0;
 }
 
-static int frame_start(conn_t *c, h2_t *h) {
-  const unsigned char *b = h->hdr;
-  h->len = ((uint32_t)b[0] << 16) | ((uint32_t)b[1] << 8) | b[2];
-  h->type = b[3];
-  h->flags = b[4];
-  h->sid = be32(b + 5) & 0x7fffffff;
-  h->left = h->len;
-  h->fs = NULL;
-  if (h->len > h->max_frame) return conn_error(c, E_FRAME_SIZE, "frame exceeds our maximum size");
-  if (h->in_block && (h->type != F_CONTINUATION || h->sid != h->block_sid))
-    return conn_error(c, E_PROTOCOL, "header block interrupted by another frame");
-  if (h->type == F_HEADERS || h->type == F_PUSH_PROMISE || h->type == F_CONTINUATION) {
-    h->in_block = !(h->flags & FL_END_HEADERS);
-    h->block_sid = h->sid;
+static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
+  h2_t *h = ud;
+  if (h->dead) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  uint32_t sid = (uint32_t)frame->hd.stream_id;
+  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST && h->server &&
+      get_strm(h, sid) == NULL) {
+    strm_t *st = new_strm(h, sid);
+    if (!st) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    nghttp2_session_set_stream_user_data(ng, (int32_t)sid, st);
   }
-  if (h->type == F_DATA) {
-    if (h->sid == 0) return conn_error(c, E_PROTOCOL, "DATA on stream 0");
-    h->conn_recv -= h->len;
-    if (h->conn_recv < 0) return conn_error(c, E_FLOW_CONTROL, "peer overran the connection window");
-    h->conn_unacked += h->len;
-    /* The connection's window is given back on arrival: each stream's own window is what holds a peer. */
-    if (h->conn_unacked >= h->conn_window / 4) {
-      if (!send_window_update(c, 0, h->conn_unacked)) return 0;
-      h->conn_recv += (int64_t)h->conn_unacked;
-      h->conn_unacked = 0;
-    }
-    bdp_sample(c, h, h->len);
-    if (c->closing) return 0;
-    splice_t *s = lookup(h, h->sid);
-    if (s && !(h->flags & FL_PADDED)) {
-      h->mode = M_DROP;
-      int admitted = data_admitted(c, s, h->len);
-      if (admitted < 0) return 0;
-      if (admitted) {
-        h->mode = M_SPLICE;
-        h->fs = s;
-      }
-      return 1;
-    }
+  h->hb_sid = sid;
+  h->hb_len = 0;
+  h->hb_bytes = 0;
+  h->hb_over = 0;
+  return 0;
+}
+
+static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, size_t nlen,
+                     const uint8_t *value, size_t vlen, uint8_t flags, void *ud) {
+  (void)ng, (void)flags;
+  h2_t *h = ud;
+  if (h->dead) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  if ((uint32_t)frame->hd.stream_id != h->hb_sid) return 0;
+  /* Counted as SETTINGS_MAX_HEADER_LIST_SIZE counts: an HPACK bomb is refused by the same count. */
+  h->hb_bytes += nlen + vlen + 32;
+  if (h->hb_over || h->hb_bytes > h->max_header_list) {
+    h->hb_over = 1;
+    return 0;
   }
-  /* Kept whole: JavaScript reads a frame at once, and an unspliced stream's DATA may be spliced by its end. */
-  h->mode = M_WHOLE;
-  if (h->frame_cap < FH + h->len) {
-    /* Control frames are small: an idle tunnel (one per hundred connections) keeps a small buffer. */
-    size_t cap = FH + h->len < 1024 ? 1024 : FH + h->len;
-    unsigned char *f = realloc(h->frame, cap);
-    if (!f) {
-      set_err(c, "out of memory for an HTTP/2 frame");
-      close_conn(c);
+  size_t need = h->hb_len + 8 + nlen + vlen;
+  if (need > h->hb_cap) {
+    size_t cap = h->hb_cap ? h->hb_cap : 1024;
+    while (cap < need) cap *= 2;
+    unsigned char *b = realloc(h->hb, cap);
+    if (!b) {
+      h->hb_over = 1;
       return 0;
     }
-    h->frame = f;
-    h->frame_cap = cap;
+    h->hb = b;
+    h->hb_cap = cap;
   }
-  memcpy(h->frame, h->hdr, FH);
-  h->frame_len = FH;
+  unsigned char *o = h->hb + h->hb_len;
+  uint32_t n32 = (uint32_t)nlen, v32 = (uint32_t)vlen;
+  memcpy(o, &n32, 4);
+  memcpy(o + 4, &v32, 4);
+  memcpy(o + 8, name, nlen);
+  memcpy(o + 8 + nlen, value, vlen);
+  h->hb_len = need;
+  return 0;
+}
+
+/* A whole header block to JavaScript: [name, value, ...] and whether it ended the stream. */
+static int headers_event(h2_t *h, uint32_t sid, int end) {
+  napi_env env = h->c->env;
+  napi_value a[3], list;
+  napi_create_array(env, &list);
+  uint32_t k = 0;
+  for (size_t off = 0; off < h->hb_len;) {
+    uint32_t nlen, vlen;
+    memcpy(&nlen, h->hb + off, 4);
+    memcpy(&vlen, h->hb + off + 4, 4);
+    napi_value nv, vv;
+    napi_create_string_latin1(env, (const char *)h->hb + off + 8, nlen, &nv);
+    napi_create_string_latin1(env, (const char *)h->hb + off + 8 + nlen, vlen, &vv);
+    napi_set_element(env, list, k++, nv);
+    napi_set_element(env, list, k++, vv);
+    off += 8 + nlen + vlen;
+  }
+  h->hb_len = 0;
+  if (h->hb_cap > 16 * 1024) {
+    free(h->hb);
+    h->hb = NULL;
+    h->hb_cap = 0;
+  }
+  napi_create_uint32(env, sid, &a[0]);
+  a[1] = list;
+  napi_get_boolean(env, end, &a[2]);
+  return tell(h, EV_H2_HEADERS, 3, a);
+}
+
+/* RST_STREAM from the peer: a token bucket of streamResetRate per second, burst 10x (Rapid Reset). */
+static int reset_admitted(h2_t *h) {
+  uint64_t now = now_ms(h->c);
+  double burst = h->reset_rate * 10;
+  h->rst_tokens += (double)(now - h->rst_ms) * h->reset_rate / 1000.0;
+  if (h->rst_tokens > burst) h->rst_tokens = burst;
+  h->rst_ms = now;
+  if (h->rst_tokens < 1) return 0;
+  h->rst_tokens -= 1;
   return 1;
 }
 
-/* DATA kept whole for a stream that is spliced now (padded, or spliced while it arrived). */
-static int whole_data(conn_t *c, h2_t *h) {
-  /* What came before goes first; a workload that fails on it takes its splice with it. */
-  flush_pending();
-  splice_t *s = lookup(h, h->sid);
-  if (s == NULL || s->failed) return 1;
-  const unsigned char *p = h->frame + FH;
-  size_t len = h->len, start = 0, pad = 0;
-  if (h->flags & FL_PADDED) {
-    if (len < 1 || p[0] >= len) return conn_error(c, E_PROTOCOL, "DATA padding exceeds the frame");
-    pad = p[0];
-    start = 1;
+static int remote_end(h2_t *h, strm_t *st) {
+  if (st->splice) {
+    end_workload(st->splice);
+    if (h->dead || h->c->closing) return 0;
+  } else if (st->spliced) {
+    return 1; /* its workload is gone: JavaScript resets the stream */
   }
-  int admitted = data_admitted(c, s, len);
-  if (admitted <= 0) return admitted == 0;
-  uint32_t sid = s->sid;
-  /* Padding is credit the workload never sees: given back now. */
-  if (start + pad > 0) splice_sent(s->plain, start + pad);
-  if (c->closing) return 0;
-  piece_t data = {p + start, len - start - pad};
-  if (data.len > 0) to_workload(s, &data, 1, data.len);
-  if (c->closing) return 0;
-  s = lookup(h, sid);
-  if (s && (h->flags & FL_END_STREAM)) return remote_end(c, s);
-  return 1;
+  return stream_event(h, st->sid, H2_REMOTE_END);
 }
 
-static int whole_frame_end(conn_t *c, h2_t *h);
-
-static int frame_end(conn_t *c, h2_t *h) {
-  if (h->mode == M_SPLICE) {
-    splice_t *s = h->fs;
-    h->fs = NULL;
-    if (s && (h->flags & FL_END_STREAM)) return remote_end(c, s);
-    return 1;
-  }
-  if (h->mode == M_DROP) return 1;
-  int ok = whole_frame_end(c, h);
-  if (!c->closing && h->frame_cap > 64 * 1024) {
-    /* A large frame was a one-off (JavaScript's own DATA): an idle tunnel keeps no large buffer. */
-    free(h->frame);
-    h->frame = NULL;
-    h->frame_cap = 0;
-  }
-  return ok;
-}
-
-/* A frame kept whole: handled here (flow control, BDP answers, spliced DATA) or handed to JavaScript. */
-static int whole_frame_end(conn_t *c, h2_t *h) {
-  const unsigned char *p = h->frame + FH;
-  if (h->type == F_DATA) {
-    if (lookup(h, h->sid)) return whole_data(c, h);
-  } else if (h->type == F_WINDOW_UPDATE && h->len == 4) {
-    uint32_t inc = be32(p) & 0x7fffffff;
-    if (h->sid == 0) {
-      if (inc == 0) return conn_error(c, E_PROTOCOL, "WINDOW_UPDATE of 0");
-      h->conn_send += inc;
-      if (h->conn_send > MAX_WINDOW) return conn_error(c, E_FLOW_CONTROL, "connection window overflow");
-      wake_all(h);
-      /* JavaScript's own streams may be waiting for the connection's window too. */
-    } else {
-      splice_t *s = lookup(h, h->sid);
-      if (s) {
-        if (s->failed) return 1;
-        if (inc == 0) return stream_error(c, s, E_PROTOCOL);
-        s->send_window += inc;
-        if (s->send_window > MAX_WINDOW) return stream_error(c, s, E_FLOW_CONTROL);
-        if (s->waiting) wake(h, s);
-        return 1;
+static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
+  h2_t *h = ud;
+  if (h->dead) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  uint32_t sid = (uint32_t)frame->hd.stream_id;
+  int end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+  switch (frame->hd.type) {
+    case NGHTTP2_HEADERS: {
+      strm_t *st = get_strm(h, sid);
+      if (st == NULL || sid != h->hb_sid) return 0;
+      if (h->hb_over) {
+        h->hb_len = 0;
+        if (++h->strikes >= HEADER_STRIKES) {
+          fail(h, NGHTTP2_ENHANCE_YOUR_CALM, "h2_header_flood", "header blocks over the header list size");
+          return NGHTTP2_ERR_CALLBACK_FAILURE;
+        }
+        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, (int32_t)sid, NGHTTP2_ENHANCE_YOUR_CALM);
+        return 0;
       }
+      if (st->spliced) {
+        h->hb_len = 0;
+        if (end && !remote_end(h, st)) return NGHTTP2_ERR_CALLBACK_FAILURE;
+        return 0;
+      }
+      return headers_event(h, sid, end) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
     }
-  } else if (h->type == F_PING && h->len == 8 && (h->flags & FL_ACK) && memcmp(p, BDP_PING, 8) == 0) {
-    return bdp_done(c, h);
+    case NGHTTP2_DATA: {
+      strm_t *st = get_strm(h, sid);
+      if (st && end && !remote_end(h, st)) return NGHTTP2_ERR_CALLBACK_FAILURE;
+      return 0;
+    }
+    case NGHTTP2_RST_STREAM:
+      if (!reset_admitted(h)) {
+        fail(h, NGHTTP2_ENHANCE_YOUR_CALM, "h2_reset_flood", "RST_STREAM over the stream reset rate");
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+      }
+      return 0;
+    case NGHTTP2_SETTINGS: {
+      if (frame->hd.flags & NGHTTP2_FLAG_ACK) return 0;
+      napi_value a[1];
+      uint32_t max = nghttp2_session_get_remote_settings(ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+      napi_create_double(h->c->env, (double)max, &a[0]);
+      return tell(h, EV_H2_SETTINGS, 1, a) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    case NGHTTP2_PING:
+      if (!(frame->hd.flags & NGHTTP2_FLAG_ACK)) return 0;
+      if (memcmp(frame->ping.opaque_data, BDP_PING, 8) == 0)
+        return bdp_done(h) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+      if (memcmp(frame->ping.opaque_data, KEEPALIVE_PING, 8) == 0)
+        return tell(h, EV_H2_PING, 0, NULL) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+      return 0;
+    case NGHTTP2_GOAWAY: {
+      napi_value a[2];
+      napi_create_uint32(h->c->env, frame->goaway.error_code, &a[0]);
+      napi_create_uint32(h->c->env, (uint32_t)frame->goaway.last_stream_id, &a[1]);
+      return tell(h, EV_H2_GOAWAY, 2, a) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    default:
+      return 0;
   }
-  return js_append(c, h->frame, h->frame_len);
+}
+
+static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t sid, const uint8_t *data, size_t len,
+                         void *ud) {
+  (void)flags;
+  h2_t *h = ud;
+  if (h->dead) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  /* The connection's window back at once: each stream's own window is what holds a peer. */
+  nghttp2_session_consume_connection(ng, len);
+  strm_t *st = get_strm(h, (uint32_t)sid);
+  if (st == NULL) return 0;
+  if (st->splice) {
+    pend(st->splice, data, len);
+    return 0;
+  }
+  if (st->spliced) {
+    /* Its workload went away: nobody reads this, the stream is being reset. */
+    nghttp2_session_consume_stream(ng, sid, len);
+    return 0;
+  }
+  napi_value a[2];
+  void *copy;
+  napi_create_uint32(h->c->env, (uint32_t)sid, &a[0]);
+  if (napi_create_buffer_copy(h->c->env, len, data, &copy, &a[1]) != napi_ok) {
+    fail(h, NGHTTP2_INTERNAL_ERROR, "h2_protocol", "out of memory for DATA");
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
+  }
+  return tell(h, EV_H2_DATA, 2, a) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
+static int on_stream_close(nghttp2_session *ng, int32_t sid, uint32_t code, void *ud) {
+  (void)ng;
+  h2_t *h = ud;
+  if (h->dead) return 0;
+  strm_t *st = get_strm(h, (uint32_t)sid);
+  if (st == NULL) return 0;
+  int told = 1;
+  /* Closed by what we send (our END_STREAM or RST_STREAM): told once the frames are sealed, since what
+   * JavaScript does about it (end the session) must not pass them. */
+  if (h->pumping) post_event(h, (uint32_t)sid, H2_CLOSED + code, NULL);
+  else if (!h->c->closing) told = stream_event(h, (uint32_t)sid, H2_CLOSED + code);
+  if (h->dead) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  nghttp2_session_set_stream_user_data(ng, sid, NULL);
+  free_strm(h, st);
+  return told ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
+static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
+  h2_t *h = ud;
+  if (h->dead) return 0;
+  if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR && !h->failed) {
+    /* nghttp2 ended the session on a connection error of its own finding: JavaScript is told after the pump. */
+    h->failed = 1;
+    h->err_code = frame->goaway.error_code;
+    h->reason = "h2_protocol";
+    if (frame->goaway.opaque_data_len > 0)
+      snprintf(h->msg, sizeof h->msg, "%.*s", (int)frame->goaway.opaque_data_len, frame->goaway.opaque_data);
+    else if (h->msg[0] == 0)
+      snprintf(h->msg, sizeof h->msg, "%s", nghttp2_strerror(h->last_lib_err ? h->last_lib_err : NGHTTP2_ERR_PROTO));
+    return 0;
+  }
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  strm_t *st = get_strm(h, (uint32_t)frame->hd.stream_id);
+  if (st) st->unsent = 0;
+  if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
+  /* The answer is complete: the client is told to stop sending rather than left half open. */
+  if (st && st->rst_after) nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+  return 0;
+}
+
+/* A request that never went out (GOAWAY came first, or the session ended): refused, safe to retry. */
+static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *frame, int lib, void *ud) {
+  (void)ng, (void)lib;
+  h2_t *h = ud;
+  if (h->dead || frame->hd.type != NGHTTP2_HEADERS) return 0;
+  strm_t *st = get_strm(h, (uint32_t)frame->hd.stream_id);
+  if (st == NULL || !st->unsent) return 0;
+  st->unsent = 0;
+  uint32_t sid = st->sid;
+  if (nghttp2_session_get_stream_user_data(ng, (int32_t)sid) == st) nghttp2_session_set_stream_user_data(ng, (int32_t)sid, NULL);
+  free_strm(h, st);
+  post_event(h, sid, H2_CLOSED + NGHTTP2_REFUSED_STREAM, NULL);
+  return 0;
+}
+
+static int on_error(nghttp2_session *ng, int lib, const char *msg, size_t len, void *ud) {
+  (void)ng;
+  h2_t *h = ud;
+  h->last_lib_err = lib;
+  if (!h->failed) snprintf(h->msg, sizeof h->msg, "%.*s", (int)len, msg);
+  return 0;
+}
+
+static int on_invalid_frame(nghttp2_session *ng, const nghttp2_frame *frame, int lib, void *ud) {
+  (void)ng, (void)frame;
+  h2_t *h = ud;
+  h->last_lib_err = lib;
+  return 0;
 }
 
 int h2_input(conn_t *c, const unsigned char *p, size_t n) {
   h2_t *h = c->h2;
-  size_t off = 0;
-  if (h->failed) return 1;
-  if (h->preface_left > 0) {
-    /* A server's first bytes are the client's preface: JavaScript checks it. */
-    size_t k = h->preface_left < n ? h->preface_left : n;
-    if (!js_append(c, p, k)) return 0;
-    h->preface_left -= k;
-    off = k;
+  if (h->failed) return 1; /* GOAWAY is on its way: nothing more the peer says is read */
+  h->in_ng = 1;
+  ssize_t rv = nghttp2_session_mem_recv(h->ng, p, n);
+  h->in_ng = 0;
+  if (h->dead) {
+    h2_destroy(h);
+    return 0;
   }
-  while (off < n) {
-    if (c->closing) return 0;
-    if (h->hdr_len < FH) {
-      size_t k = FH - h->hdr_len;
-      if (k > n - off) k = n - off;
-      memcpy(h->hdr + h->hdr_len, p + off, k);
-      h->hdr_len += k;
-      off += k;
-      if (h->hdr_len < FH) break;
-      if (!frame_start(c, h)) return !c->closing;
-      if (h->left > 0) continue;
-    } else {
-      size_t k = h->left < n - off ? h->left : n - off;
-      if (h->mode == M_SPLICE) {
-        if (h->fs) pend(h->fs, p + off, k);
-      } else if (h->mode == M_WHOLE) {
-        memcpy(h->frame + h->frame_len, p + off, k);
-        h->frame_len += k;
-      }
-      off += k;
-      h->left -= k;
-      if (h->left > 0) continue;
-    }
-    h->hdr_len = 0;
-    if (!frame_end(c, h) || c->closing) return !c->closing;
-    if (h->failed) return 1;
+  if (c->closing) return 0;
+  if (rv < 0 && !h->failed) {
+    if (rv == NGHTTP2_ERR_FLOODED)
+      fail(h, NGHTTP2_ENHANCE_YOUR_CALM, "h2_control_flood", "too many PING/SETTINGS answers queued for a peer that does not read");
+    else if (rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC)
+      fail(h, NGHTTP2_PROTOCOL_ERROR, "h2_protocol", "not an HTTP/2 client preface");
+    else
+      fail(h, (uint32_t)(rv == NGHTTP2_ERR_NOMEM ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_PROTOCOL_ERROR), "h2_protocol",
+           nghttp2_strerror((int)rv));
+  }
+  /* A connection error nghttp2 finds itself is told when its GOAWAY goes (on_frame_send). Answers go out
+   * per record: nghttp2's count of queued PING/SETTINGS answers then measures a peer that does not read,
+   * not the size of our read batch. */
+  if (!h->failed && nghttp2_session_want_write(h->ng)) {
+    if (!pump(h)) return 0;
+  }
+  if (h->failed) {
+    /* The GOAWAY goes on the queue before JavaScript, told, ends the connection. */
+    flush_pending();
+    if (!pump(h)) return 0;
+    report(h);
   }
   return !c->closing;
 }
 
-/* ---- a workload's bytes out as DATA */
+/*
+ * nghttp2's memory. A block of 8 KiB or more (its frame buffer: 16 KiB from the session's start, and up to
+ * 256 KiB once a DATA frame asked for it) is a mapping of its own, so that an idle session keeps resident
+ * only the pages it wrote (a few frame headers), not the whole buffer; the rest comes from malloc.
+ */
+#define MAP_MIN (8 * 1024)
+typedef struct {
+  size_t size; /* what the caller asked for */
+  size_t mapped;
+} blk_t;
 
-/* The tunnel's queue emptied: whoever waited for room reads again. */
-void h2_drained(conn_t *c) {
-  if (c->h2->waiting) wake_all(c->h2);
+static void *ng_malloc(size_t size, void *ud) {
+  (void)ud;
+  blk_t *b;
+  if (size > SIZE_MAX - sizeof *b) return NULL;
+  if (size + sizeof *b < MAP_MIN) {
+    if (!(b = malloc(sizeof *b + size))) return NULL;
+    b->mapped = 0;
+  } else {
+    b = mmap(NULL, sizeof *b + size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (b == MAP_FAILED) return NULL;
+    b->mapped = 1;
+  }
+  b->size = size;
+  return b + 1;
 }
 
-/* Reads what the workload sent, as far as the windows and the tunnel's queue allow, and sends it as DATA. */
-void splice_read(conn_t *p) {
-  splice_t *s = p->splice;
-  conn_t *t = s->tls;
-  h2_t *h = t->h2;
-  uint32_t sid = s->sid;
-  int eof = 0;
-  while (!p->closing && !p->read_eof && !t->closing) {
-    int64_t credit = s->send_window < h->conn_send ? s->send_window : h->conn_send;
-    if (credit <= 0 || queued(t) >= TUNNEL_HIGH) {
-      wait_for_room(h, s);
-      break;
-    }
-    size_t want = credit < SPLICE_READ ? (size_t)credit : SPLICE_READ;
-    ssize_t r;
-    do r = recv(p->fd, g_read_buf, want, 0);
-    while (r < 0 && errno == EINTR);
-    if (r > 0) {
-      /* Frames of at most the peer's size, each header and payload sealed together without a copy. */
-      size_t n = (size_t)r, max = h->remote_max_frame, frames = (n + max - 1) / max;
-      unsigned char hdrs[SPLICE_READ / 16384][FH];
-      piece_t pieces[2 * (SPLICE_READ / 16384)];
-      for (size_t i = 0, at = 0; i < frames; i++) {
-        size_t len = n - at < max ? n - at : max;
-        put_header(hdrs[i], len, F_DATA, 0, sid);
-        pieces[2 * i].p = hdrs[i];
-        pieces[2 * i].len = FH;
-        pieces[2 * i + 1].p = g_read_buf + at;
-        pieces[2 * i + 1].len = len;
-        at += len;
-      }
-      if (!seal_records(t, pieces, n + frames * FH)) {
-        close_conn(t);
-        break;
-      }
-      s->send_window -= r;
-      h->conn_send -= r;
-      p->spliced_in += (double)r;
-      if ((size_t)r < want) break; /* short: the socket is empty for now */
-      continue;
-    }
-    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-    if (r == 0) {
-      /* The workload's FIN: END_STREAM, after everything it sent. */
-      p->read_eof = 1;
-      s->local_ended = 1;
-      if (!send_frame(t, F_DATA, FL_END_STREAM, sid, NULL, 0)) break;
-      eof = 1;
-      break;
-    }
-    close_for_errno(p, "read failed");
-    break;
-  }
-  if (!t->closing && !flush_and_drain(t)) return;
-  if (!t->closing) update_poll(t);
-  if (eof && !t->closing && !stream_event(t, sid, H2_LOCAL_END)) return;
-  if (p->closing) return;
-  if (eof && p->fin_sent) {
-    close_conn(p);
-    return;
-  }
-  update_poll(p);
+static void ng_free(void *p, void *ud) {
+  (void)ud;
+  if (!p) return;
+  blk_t *b = (blk_t *)p - 1;
+  if (b->mapped) munmap(b, sizeof *b + b->size);
+  else free(b);
 }
+
+static void *ng_calloc(size_t n, size_t size, void *ud) {
+  if (size && n > SIZE_MAX / size) return NULL;
+  void *p = ng_malloc(n * size, ud);
+  if (p && !((blk_t *)p - 1)->mapped) memset(p, 0, n * size); /* a fresh mapping is zeroed already */
+  return p;
+}
+
+static void *ng_realloc(void *p, size_t size, void *ud) {
+  if (!p) return ng_malloc(size, ud);
+  blk_t *b = (blk_t *)p - 1;
+  if (!b->mapped && size + sizeof *b < MAP_MIN) {
+    blk_t *r = realloc(b, sizeof *b + size);
+    if (!r) return NULL;
+    r->size = size;
+    return r + 1;
+  }
+  void *q = ng_malloc(size, ud);
+  if (!q) return NULL;
+  memcpy(q, p, b->size < size ? b->size : size);
+  ng_free(p, ud);
+  return q;
+}
+
+static nghttp2_mem g_ng_mem = {NULL, ng_malloc, ng_free, ng_calloc, ng_realloc};
 
 /* ---- JavaScript's calls */
 
-/* A call's arguments; the first names a tunnel connection, whose HTTP/2 state is returned (NULL: none). */
-static h2_t *h2_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv, conn_t **out) {
+static h2_t *h2_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
   size_t argc = want;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   conn_t *c = argc >= want ? get_conn(env, argv[0]) : NULL;
-  if (out) *out = c;
-  return c && !c->closing ? c->h2 : NULL;
+  h2_t *h = c && !c->closing ? c->h2 : NULL;
+  return h && !h->dead ? h : NULL;
 }
 
 static double num_arg(napi_env env, napi_value v) {
@@ -730,130 +1042,413 @@ static double num_arg(napi_env env, napi_value v) {
   return d;
 }
 
-/* h2Enable(conn, server, maxFrame, streamWindow, maxStreamWindow, connectionWindow) */
-static napi_value H2Enable(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  conn_t *c = argc == 6 ? get_conn(env, argv[0]) : NULL;
-  /* Before any data is read: a client's right away, a server's when its handshake has just ended. */
-  if (!c || c->plain || c->h2) return throw_msg(env, "EINVAL", "h2Enable(conn, ...) once, on a TLS connection");
+static uint32_t u32_arg(napi_env env, napi_value v) {
+  double d = num_arg(env, v);
+  if (!(d > 0)) return 0;
+  return d > 4294967295.0 ? 0xffffffffu : (uint32_t)d;
+}
+
+/* Options, in this order (as session.ts passes them). */
+enum {
+  O_MAX_STREAMS,
+  O_STREAM_WINDOW,
+  O_MAX_STREAM_WINDOW,
+  O_CONN_WINDOW,
+  O_MAX_FRAME,
+  O_MAX_HEADER_LIST,
+  O_MAX_HEADER_FRAMES,
+  O_RESET_RATE,
+  O_MAX_OUTBOUND,
+  O_COUNT
+};
+
+/* The session of a tunnel connection (also the fuzz target's way in). NULL: out of memory. */
+h2_t *h2_create(conn_t *c, int server, const double *o) {
+  if (!g_read_buf && !(g_read_buf = malloc(SPLICE_READ))) return NULL;
   h2_t *h = calloc(1, sizeof *h);
-  if (!h) return throw_msg(env, "ENOMEM", "h2Enable: out of memory");
-  bool server = false;
-  napi_get_value_bool(env, argv[1], &server);
-  h->preface_left = server ? PREFACE_LEN : 0;
-  h->max_frame = (uint32_t)num_arg(env, argv[2]);
-  h->local_window = (uint32_t)num_arg(env, argv[3]);
-  h->max_window = (uint32_t)num_arg(env, argv[4]);
-  h->conn_window = (uint64_t)num_arg(env, argv[5]);
-  h->conn_recv = (int64_t)h->conn_window;
-  h->conn_send = 65535;
-  h->remote_max_frame = 16384;
-  if (!g_read_buf && !(g_read_buf = malloc(SPLICE_READ))) {
+  if (!h) return NULL;
+  h->c = c;
+  h->server = server;
+  h->max_header_list = (uint32_t)o[O_MAX_HEADER_LIST];
+  h->max_header_frames = (uint32_t)o[O_MAX_HEADER_FRAMES];
+  h->reset_rate = o[O_RESET_RATE];
+  h->rst_tokens = h->reset_rate * 10;
+  h->rst_ms = now_ms(c);
+  h->local_window = (uint32_t)o[O_STREAM_WINDOW];
+  h->max_window = (uint32_t)o[O_MAX_STREAM_WINDOW];
+  if (h->max_window < h->local_window) h->max_window = h->local_window;
+
+  nghttp2_session_callbacks *cb;
+  nghttp2_option *opt;
+  if (nghttp2_session_callbacks_new(&cb) != 0) {
     free(h);
-    return throw_msg(env, "ENOMEM", "h2Enable: out of memory");
+    return NULL;
+  }
+  nghttp2_session_callbacks_set_send_callback(cb, on_send);
+  nghttp2_session_callbacks_set_send_data_callback(cb, on_send_data);
+  nghttp2_session_callbacks_set_data_source_read_length_callback(cb, on_read_length);
+  nghttp2_session_callbacks_set_on_begin_frame_callback(cb, on_begin_frame);
+  nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+  nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
+  nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, on_frame_not_send);
+  nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
+  nghttp2_session_callbacks_set_error_callback2(cb, on_error);
+  if (nghttp2_option_new(&opt) != 0) {
+    nghttp2_session_callbacks_del(cb);
+    free(h);
+    return NULL;
+  }
+  nghttp2_option_set_no_auto_window_update(opt, 1);
+  nghttp2_option_set_max_outbound_ack(opt, (size_t)o[O_MAX_OUTBOUND]);
+  nghttp2_option_set_max_settings(opt, 32);
+  /* Until the peer's SETTINGS, it may have as many of our streams as we allow ourselves. */
+  nghttp2_option_set_peer_max_concurrent_streams(opt, (uint32_t)o[O_MAX_STREAMS]);
+  int rv = server ? nghttp2_session_server_new3(&h->ng, cb, h, opt, &g_ng_mem)
+                  : nghttp2_session_client_new3(&h->ng, cb, h, opt, &g_ng_mem);
+  nghttp2_option_del(opt);
+  nghttp2_session_callbacks_del(cb);
+  if (rv != 0) {
+    free(h);
+    return NULL;
+  }
+  nghttp2_settings_entry iv[5] = {
+    {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)o[O_MAX_STREAMS]},
+    {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, h->local_window},
+    {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, (uint32_t)o[O_MAX_FRAME]},
+    {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, h->max_header_list},
+    {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+  };
+  if (nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, iv, server ? 4 : 5) != 0 ||
+      (o[O_CONN_WINDOW] > 65535 &&
+       nghttp2_session_set_local_window_size(h->ng, NGHTTP2_FLAG_NONE, 0, (int32_t)o[O_CONN_WINDOW]) != 0)) {
+    nghttp2_session_del(h->ng);
+    free(h);
+    return NULL;
   }
   c->h2 = h;
+  return h;
+}
+
+/* h2Enable(conn, server, [options in O_* order]) */
+static napi_value H2Enable(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  conn_t *c = argc == 3 ? get_conn(env, argv[0]) : NULL;
+  if (!c || c->plain || c->h2 || c->closing)
+    return throw_msg(env, "EINVAL", "h2Enable(conn, server, options) once, on a TLS connection");
+  bool server = false;
+  napi_get_value_bool(env, argv[1], &server);
+  double o[O_COUNT];
+  for (uint32_t i = 0; i < O_COUNT; i++) {
+    napi_value v;
+    napi_get_element(env, argv[2], i, &v);
+    o[i] = num_arg(env, v);
+  }
+  if (!h2_create(c, server, o)) return throw_msg(env, "ENOMEM", "h2Enable: out of memory");
   return NULL;
 }
 
-/* h2Splice(conn, streamId, plain, sendWindow, recvWindow) -> whether the stream is spliced now */
+/* [name, value, ...] from JavaScript as nghttp2's list; the strings live in one buffer. */
+typedef struct {
+  nghttp2_nv *nv;
+  size_t n;
+  char *buf;
+} nvlist_t;
+
+static int nv_from(napi_env env, napi_value list, nvlist_t *out) {
+  uint32_t len = 0;
+  memset(out, 0, sizeof *out);
+  if (napi_get_array_length(env, list, &len) != napi_ok || len % 2 != 0 || len > 512) return 0;
+  size_t total = 0;
+  for (uint32_t i = 0; i < len; i++) {
+    napi_value v;
+    size_t n = 0;
+    napi_get_element(env, list, i, &v);
+    if (napi_get_value_string_latin1(env, v, NULL, 0, &n) != napi_ok) return 0;
+    total += n + 1;
+  }
+  out->buf = malloc(total + 1);
+  out->nv = calloc(len / 2 + 1, sizeof *out->nv);
+  if (!out->buf || !out->nv) {
+    free(out->buf);
+    free(out->nv);
+    return 0;
+  }
+  size_t at = 0;
+  for (uint32_t i = 0; i < len; i++) {
+    napi_value v;
+    size_t n = 0;
+    napi_get_element(env, list, i, &v);
+    napi_get_value_string_latin1(env, v, out->buf + at, total - at + 1, &n);
+    if (i % 2 == 0) {
+      out->nv[i / 2].name = (uint8_t *)out->buf + at;
+      out->nv[i / 2].namelen = n;
+    } else {
+      out->nv[i / 2].value = (uint8_t *)out->buf + at;
+      out->nv[i / 2].valuelen = n;
+      out->nv[i / 2].flags = NGHTTP2_NV_FLAG_NONE;
+    }
+    at += n + 1;
+  }
+  out->n = len / 2;
+  return 1;
+}
+
+static void nv_free(nvlist_t *l) {
+  free(l->nv);
+  free(l->buf);
+}
+
+static napi_value int_result(napi_env env, int64_t v) {
+  napi_value r;
+  napi_create_int64(env, v, &r);
+  return r;
+}
+
+/* h2Request(conn, [name, value, ...]) -> stream id, or a negative nghttp2 error */
+static napi_value H2Request(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  h2_t *h = h2_args(env, info, 2, argv);
+  if (!h || h->server || h->failed) return int_result(env, NGHTTP2_ERR_INVALID_STATE);
+  nvlist_t l;
+  if (!nv_from(env, argv[1], &l)) return throw_msg(env, "EINVAL", "h2Request: headers are [name, value, ...]");
+  strm_t *st = new_strm(h, 0);
+  if (!st) {
+    nv_free(&l);
+    return throw_msg(env, "ENOMEM", "h2Request: out of memory");
+  }
+  nghttp2_data_provider prd = {.source = {.ptr = NULL}, .read_callback = on_read};
+  int32_t sid = nghttp2_submit_request(h->ng, NULL, l.nv, l.n, &prd, st);
+  nv_free(&l);
+  if (sid < 0) {
+    free_strm(h, st);
+    return int_result(env, sid);
+  }
+  st->sid = (uint32_t)sid;
+  st->has_prd = 1;
+  st->unsent = 1;
+  return int_result(env, sid);
+}
+
+/* h2Respond(conn, streamId, [name, value, ...], endStream) -> 0 or a negative nghttp2 error */
+static napi_value H2Respond(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  h2_t *h = h2_args(env, info, 4, argv);
+  uint32_t sid = 0;
+  if (!h || !h->server) return int_result(env, NGHTTP2_ERR_INVALID_STATE);
+  napi_get_value_uint32(env, argv[1], &sid);
+  bool end = false;
+  napi_get_value_bool(env, argv[3], &end);
+  strm_t *st = get_strm(h, sid);
+  if (!st) return int_result(env, NGHTTP2_ERR_STREAM_CLOSED);
+  nvlist_t l;
+  if (!nv_from(env, argv[2], &l)) return throw_msg(env, "EINVAL", "h2Respond: headers are [name, value, ...]");
+  nghttp2_data_provider prd = {.source = {.ptr = NULL}, .read_callback = on_read};
+  int rv = nghttp2_submit_response(h->ng, (int32_t)sid, l.nv, l.n, end ? NULL : &prd);
+  nv_free(&l);
+  if (rv == 0 && !end) st->has_prd = 1;
+  if (rv == 0 && end && nghttp2_session_get_stream_remote_close(h->ng, (int32_t)sid) == 0) st->rst_after = 1;
+  return int_result(env, rv);
+}
+
+/* h2Write(conn, streamId, buffer | null, end) -> bytes waiting in the stream's buffer, -1: no such stream */
+static napi_value H2Write(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  h2_t *h = h2_args(env, info, 4, argv);
+  uint32_t sid = 0;
+  if (!h) return int_result(env, -1);
+  napi_get_value_uint32(env, argv[1], &sid);
+  strm_t *st = get_strm(h, sid);
+  if (!st || !st->has_prd || st->out_end) return int_result(env, -1);
+  void *data = NULL;
+  size_t len = 0;
+  napi_valuetype t;
+  napi_typeof(env, argv[2], &t);
+  if (t == napi_object && napi_get_buffer_info(env, argv[2], &data, &len) != napi_ok)
+    return throw_msg(env, "EINVAL", "h2Write: a Buffer or null");
+  if (len > 0) {
+    if (st->out_off > 0 && st->out_off == st->out_len) st->out_off = st->out_len = 0;
+    if (st->out_len + len > st->out_cap) {
+      if (st->out_off > 0) {
+        memmove(st->out, st->out + st->out_off, st->out_len - st->out_off);
+        st->out_len -= st->out_off;
+        st->out_off = 0;
+      }
+      size_t cap = st->out_cap ? st->out_cap : 16 * 1024;
+      while (cap < st->out_len + len) cap *= 2;
+      unsigned char *b = realloc(st->out, cap);
+      if (!b) return throw_msg(env, "ENOMEM", "h2Write: out of memory");
+      st->out = b;
+      st->out_cap = cap;
+    }
+    memcpy(st->out + st->out_len, data, len);
+    st->out_len += len;
+  }
+  bool end = false;
+  napi_get_value_bool(env, argv[3], &end);
+  if (end) st->out_end = 1;
+  if (!st->room) resume(h, st);
+  size_t buffered = st->out_len - st->out_off;
+  if (buffered >= STREAM_HIGH) st->told_full = 1;
+  return int_result(env, (int64_t)buffered);
+}
+
+/* h2Consume(conn, streamId, bytes): JavaScript's reader took them; the peer may send that much more. */
+static napi_value H2Consume(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  h2_t *h = h2_args(env, info, 3, argv);
+  uint32_t sid = 0;
+  if (!h) return NULL;
+  napi_get_value_uint32(env, argv[1], &sid);
+  size_t n = (size_t)num_arg(env, argv[2]);
+  if (sid != 0 && n > 0) nghttp2_session_consume_stream(h->ng, (int32_t)sid, n);
+  return NULL;
+}
+
+/* h2Reset(conn, streamId, code) */
+static napi_value H2Reset(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  h2_t *h = h2_args(env, info, 3, argv);
+  uint32_t sid = 0, code = 0;
+  if (!h) return NULL;
+  napi_get_value_uint32(env, argv[1], &sid);
+  napi_get_value_uint32(env, argv[2], &code);
+  if (sid != 0) nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, (int32_t)sid, code);
+  return NULL;
+}
+
+/* h2Goaway(conn, code, message): no new streams past the last the peer opened; code 0 lets the rest end. */
+static napi_value H2Goaway(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  h2_t *h = h2_args(env, info, 3, argv);
+  if (!h) return NULL;
+  uint32_t code = 0;
+  napi_get_value_uint32(env, argv[1], &code);
+  char msg[128];
+  size_t n = 0;
+  if (napi_get_value_string_utf8(env, argv[2], msg, sizeof msg, &n) != napi_ok) n = 0;
+  if (code == 0)
+    nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ng), 0,
+                          (const uint8_t *)msg, n);
+  else
+    nghttp2_session_terminate_session(h->ng, code);
+  return NULL;
+}
+
+/* h2Ping(conn) -> whether a PING went on its way (its ACK is EV_H2_PING) */
+static napi_value H2Ping(napi_env env, napi_callback_info info) {
+  napi_value argv[1], r;
+  h2_t *h = h2_args(env, info, 1, argv);
+  napi_get_boolean(env, h && nghttp2_submit_ping(h->ng, NGHTTP2_FLAG_NONE, KEEPALIVE_PING) == 0, &r);
+  return r;
+}
+
+/* h2Send(conn): what JavaScript submitted this turn goes out (called once per turn, from a microtask). */
+static napi_value H2Send(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  h2_t *h = h2_args(env, info, 1, argv);
+  if (h) pump(h);
+  return NULL;
+}
+
+/* h2SetWindow(conn, streamWindow): SETTINGS_INITIAL_WINDOW_SIZE grows, for every stream at once. */
+static napi_value H2SetWindow(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  h2_t *h = h2_args(env, info, 2, argv);
+  if (!h) return NULL;
+  uint32_t next = u32_arg(env, argv[1]);
+  if (next > 0x7fffffff) next = 0x7fffffff;
+  nghttp2_settings_entry iv = {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, next};
+  if (nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, &iv, 1) == 0) h->local_window = next;
+  return NULL;
+}
+
+/* h2Splice(conn, streamId, plain) -> whether the stream is spliced now */
 static napi_value H2Splice(napi_env env, napi_callback_info info) {
-  napi_value argv[5], result;
-  conn_t *t;
-  h2_t *h = h2_args(env, info, 5, argv, &t);
+  napi_value argv[3], result;
+  h2_t *h = h2_args(env, info, 3, argv);
   conn_t *p = h ? get_conn(env, argv[2]) : NULL;
   uint32_t sid = 0;
   if (h) napi_get_value_uint32(env, argv[1], &sid);
-  int ok = h && p && p->plain && !p->closing && !p->splice && !p->read_eof && !p->ending && sid != 0 &&
-           !h->failed && lookup(h, sid) == NULL;
+  strm_t *st = h && !h->failed ? get_strm(h, sid) : NULL;
+  int ok = st && st->has_prd && !st->spliced && !st->out_end && p && p->plain && !p->closing && !p->splice &&
+           !p->read_eof && !p->ending;
   splice_t *s = ok ? calloc(1, sizeof *s) : NULL;
   if (s) {
-    s->tls = t;
+    s->tls = h->c;
     s->plain = p;
     s->sid = sid;
-    s->send_window = (int64_t)num_arg(env, argv[3]);
-    s->recv_window = (int64_t)num_arg(env, argv[4]);
     s->skip = queued(p);
-    if (insert(h, s)) {
-      p->splice = s;
-      p->paused = 0;
-      update_poll(p);
-    } else {
-      free(s);
-      s = NULL;
-    }
+    s->next = h->splices;
+    if (h->splices) h->splices->prev = s;
+    h->splices = s;
+    st->splice = s;
+    st->spliced = 1;
+    p->splice = s;
+    p->paused = 0;
+    /* The data provider reads the workload from now on (after what JavaScript buffered). */
+    resume(h, st);
+    h->want_send = 1;
+    update_poll(p);
   }
   napi_get_boolean(env, s != NULL, &result);
   return result;
 }
 
-/* h2Settings(conn, initialWindowDelta, maxFrame) -> false if a stream's window overflows */
-static napi_value H2Settings(napi_env env, napi_callback_info info) {
-  napi_value argv[3], result;
-  h2_t *h = h2_args(env, info, 3, argv, NULL);
-  int ok = 1;
-  if (h) {
-    int64_t delta = (int64_t)num_arg(env, argv[1]);
-    h->remote_max_frame = (uint32_t)num_arg(env, argv[2]);
-    if (h->remote_max_frame > SPLICE_READ) h->remote_max_frame = SPLICE_READ;
-    FOR_EACH_SPLICE(h, s) {
-      s->send_window += delta;
-      if (s->send_window > MAX_WINDOW) ok = 0;
-    }
-    if (delta > 0) wake_all(h);
-  }
-  napi_get_boolean(env, ok, &result);
-  return result;
-}
-
-static napi_value H2Credit(napi_env env, napi_callback_info info) {
-  napi_value v, r;
-  h2_t *h = h2_args(env, info, 1, &v, NULL);
-  napi_create_double(env, h ? (double)h->conn_send : 0, &r);
+/* h2Info(conn) -> [streams open in nghttp2, our stream window now] */
+static napi_value H2Info(napi_env env, napi_callback_info info) {
+  napi_value argv[1], r, v;
+  h2_t *h = h2_args(env, info, 1, argv);
+  napi_create_array(env, &r);
+  napi_create_uint32(env, h ? h->nstrms : 0, &v);
+  napi_set_element(env, r, 0, v);
+  napi_create_uint32(env, h ? h->local_window : 0, &v);
+  napi_set_element(env, r, 1, v);
   return r;
 }
 
-static napi_value H2Spend(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
-  h2_t *h = h2_args(env, info, 2, argv, NULL);
-  if (h) h->conn_send -= (int64_t)num_arg(env, argv[1]);
-  return NULL;
-}
-
-/* h2RemoteEnd(conn, streamId): END_STREAM that came on trailers, which JavaScript reads. */
-static napi_value H2RemoteEnd(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
-  h2_t *h = h2_args(env, info, 2, argv, NULL);
-  uint32_t sid = 0;
-  if (!h || napi_get_value_uint32(env, argv[1], &sid) != napi_ok) return NULL;
-  splice_t *s = lookup(h, sid);
-  if (s && !s->remote_ended) end_workload(s);
-  return NULL;
-}
-
-/* h2SetWindow(conn, streamWindow): every spliced stream's receive window grows with it. */
-static napi_value H2SetWindow(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
-  h2_t *h = h2_args(env, info, 2, argv, NULL);
-  if (!h) return NULL;
-  uint32_t next = (uint32_t)num_arg(env, argv[1]);
-  int64_t delta = (int64_t)next - (int64_t)h->local_window;
-  h->local_window = next;
-  FOR_EACH_SPLICE(h, s) s->recv_window += delta;
-  return NULL;
+/*
+ * h2Version() -> [version | undefined, the file nghttp2's code was found in]. Node exports nghttp2's
+ * functions but not nghttp2_version (then JavaScript reads process.versions.nghttp2, the same build); the
+ * file says whose copy runs: Node's binary, or a libnghttp2 (the fuzz build).
+ */
+static napi_value H2Version(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value r, v;
+  napi_create_array(env, &r);
+  typedef nghttp2_info *(*version_fn)(int);
+  version_fn fn = (version_fn)dlsym(RTLD_DEFAULT, "nghttp2_version");
+  if (fn) napi_create_string_utf8(env, fn(0)->version_str, NAPI_AUTO_LENGTH, &v);
+  else napi_get_undefined(env, &v);
+  napi_set_element(env, r, 0, v);
+  Dl_info where;
+  if (dladdr((void *)nghttp2_session_mem_recv, &where) && where.dli_fname)
+    napi_create_string_utf8(env, where.dli_fname, NAPI_AUTO_LENGTH, &v);
+  else napi_get_undefined(env, &v);
+  napi_set_element(env, r, 1, v);
+  return r;
 }
 
 void ambit_h2_init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"h2Enable", NULL, H2Enable, NULL, NULL, NULL, napi_default, NULL},
-    {"h2Splice", NULL, H2Splice, NULL, NULL, NULL, napi_default, NULL},
-    {"h2Settings", NULL, H2Settings, NULL, NULL, NULL, napi_default, NULL},
-    {"h2Credit", NULL, H2Credit, NULL, NULL, NULL, napi_default, NULL},
-    {"h2Spend", NULL, H2Spend, NULL, NULL, NULL, napi_default, NULL},
+    {"h2Request", NULL, H2Request, NULL, NULL, NULL, napi_default, NULL},
+    {"h2Respond", NULL, H2Respond, NULL, NULL, NULL, napi_default, NULL},
+    {"h2Write", NULL, H2Write, NULL, NULL, NULL, napi_default, NULL},
+    {"h2Consume", NULL, H2Consume, NULL, NULL, NULL, napi_default, NULL},
+    {"h2Reset", NULL, H2Reset, NULL, NULL, NULL, napi_default, NULL},
+    {"h2Goaway", NULL, H2Goaway, NULL, NULL, NULL, napi_default, NULL},
+    {"h2Ping", NULL, H2Ping, NULL, NULL, NULL, napi_default, NULL},
+    {"h2Send", NULL, H2Send, NULL, NULL, NULL, napi_default, NULL},
     {"h2SetWindow", NULL, H2SetWindow, NULL, NULL, NULL, napi_default, NULL},
-    {"h2RemoteEnd", NULL, H2RemoteEnd, NULL, NULL, NULL, napi_default, NULL},
+    {"h2Splice", NULL, H2Splice, NULL, NULL, NULL, napi_default, NULL},
+    {"h2Info", NULL, H2Info, NULL, NULL, NULL, napi_default, NULL},
+    {"h2Version", NULL, H2Version, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }

@@ -1,41 +1,42 @@
 import { EventEmitter } from 'node:events';
 import type { PlainConnection } from '../../io/plain.js';
-import { ErrorCode } from './frame.js';
+import { ErrorCode } from './codes.js';
 
 /** Request or response headers as a plain object; a repeated field is joined with ", " (RFC 9110 §5.3). */
 export type H2Headers = Record<string, string>;
 
 /** What a stream needs from the session that carries it. */
 export interface StreamHost {
-  /** Sends as much of `chunk` as the windows allow; returns how many bytes went out. */
-  sendData(stream: H2Stream, chunk: Buffer, offset: number, endStream: boolean): number;
+  /**
+   * Hands `chunk` (null: none) to the binding, which frames it as the windows allow; with `endStream`,
+   * END_STREAM follows it. Returns the bytes waiting in the stream's buffer, or -1 if the stream is gone.
+   */
+  sendData(stream: H2Stream, chunk: Buffer | null, endStream: boolean): number;
   sendHeaders(stream: H2Stream, headers: H2Headers, endStream: boolean): void;
   sendReset(stream: H2Stream, code: number): void;
   /** The stream's reader took `bytes` off the wire: the peer may send that much more. */
   release(stream: H2Stream, bytes: number): void;
-  /** Credit is returned in batches of at least this much (a WINDOW_UPDATE per chunk would double the frames). */
+  /** Credit is returned in batches of at least this much (a call per chunk would cost more than the chunk). */
   readonly ackThreshold: number;
-  /** True while the session's socket holds more than it wants (every stream waits for its drain). */
-  readonly blocked: boolean;
   streamClosed(stream: H2Stream): void;
   /** Hands the stream's DATA both ways to the binding, joined to `plain`; false: not now. */
   splice(stream: H2Stream, plain: PlainConnection): boolean;
 }
+
+/** Bytes waiting in a stream's native buffer above which write() says wait for 'drain' (h2.c STREAM_HIGH). */
+export const STREAM_HIGH_WATER = 64 * 1024;
 
 /**
  * One HTTP/2 stream (one tunneled connection), with the part of the Duplex interface the data path uses:
  * write/end/pause/resume/destroy and the events 'data', 'drain', 'end', 'close' (plus 'response' on the
  * client side). Deliberately not a stream.Duplex: the Readable/Writable machinery costs more per chunk and per
  * idle connection than the tunnel itself. Incoming DATA goes straight to 'data' while flowing; a paused
- * stream keeps what arrives and withholds WINDOW_UPDATE, so the peer is held to one window per stream.
+ * stream keeps what arrives and gives no credit back, so the peer is held to one window per stream. What is
+ * written waits in the binding's buffer for the stream (nghttp2 frames it as the peer's windows allow).
  */
 export class H2Stream extends EventEmitter {
   readonly id: number;
   readonly #host: StreamHost;
-  /** Bytes we may still send (peer's window for this stream). */
-  sendWindow: number;
-  /** Bytes the peer may still send us on this stream. */
-  recvWindow = 0;
   /** Received while paused or before anyone listens, in order. */
   #held: Buffer[] | undefined;
   #flowing = false;
@@ -46,9 +47,6 @@ export class H2Stream extends EventEmitter {
   }
   /** Received and handed to the reader, not yet acknowledged with WINDOW_UPDATE. */
   #unacked = 0;
-  /** Written by the caller, waiting for flow-control credit. */
-  #queue: Buffer[] | undefined;
-  #queueOffset = 0;
   #needDrain = false;
   #endRequested = false;
   localEnded = false;
@@ -66,11 +64,10 @@ export class H2Stream extends EventEmitter {
    */
   spliced = false;
 
-  constructor(id: number, host: StreamHost, sendWindow: number) {
+  constructor(id: number, host: StreamHost) {
     super();
     this.id = id;
     this.#host = host;
-    this.sendWindow = sendWindow;
   }
 
   get destroyed(): boolean {
@@ -91,30 +88,21 @@ export class H2Stream extends EventEmitter {
     this.#host.sendHeaders(this, headers, end);
     if (end) {
       this.localEnded = true;
-      // The answer is complete: tell the client to stop sending rather than leave the stream half open.
-      if (!this.remoteEnded) this.close(ErrorCode.NO_ERROR);
+      // The answer is complete: the binding resets the stream (NO_ERROR) once it is out, so that the
+      // client stops sending rather than leaving the stream half open.
+      if (!this.remoteEnded) this.#finish(ErrorCode.NO_ERROR);
       else this.#maybeClose();
     }
   }
 
   write(chunk: Buffer): boolean {
     if (this.#closed || this.#endRequested) return false;
-    if (chunk.length > 0) {
-      if (this.#queue === undefined) {
-        const sent = this.#host.sendData(this, chunk, 0, false);
-        if (sent < chunk.length) {
-          this.#queue = [chunk];
-          this.#queueOffset = sent;
-        }
-      } else {
-        this.#queue.push(chunk);
-      }
-    }
-    if (this.#queue !== undefined || this.#host.blocked) {
-      this.#needDrain = true;
-      return false;
-    }
-    return true;
+    if (chunk.length === 0) return true;
+    const waiting = this.#host.sendData(this, chunk, false);
+    if (waiting < 0) return false;
+    if (waiting < STREAM_HIGH_WATER) return true;
+    this.#needDrain = true;
+    return false;
   }
 
   /**
@@ -125,7 +113,7 @@ export class H2Stream extends EventEmitter {
     return this.#host.splice(this, plain);
   }
 
-  /** Open both ways, answered, nothing waiting for credit: the binding can take it over as it is. */
+  /** Open both ways and answered: the binding can take it over as it is (after what it buffered). */
   get spliceable(): boolean {
     return (
       !this.#closed &&
@@ -133,8 +121,7 @@ export class H2Stream extends EventEmitter {
       this.headersSent &&
       this.headers !== undefined &&
       !this.#endRequested &&
-      !this.remoteEnded &&
-      this.#queue === undefined
+      !this.remoteEnded
     );
   }
 
@@ -152,7 +139,7 @@ export class H2Stream extends EventEmitter {
   end(): void {
     if (this.#closed || this.#endRequested) return;
     this.#endRequested = true;
-    if (this.#queue === undefined) this.#sendEnd();
+    this.#sendEnd();
   }
 
   pause(): this {
@@ -234,31 +221,18 @@ export class H2Stream extends EventEmitter {
     this.#maybeClose();
   }
 
-  /** More credit (WINDOW_UPDATE or the session's socket drained): send what waits, then tell the writer. */
+  /** The binding framed what was written: the writer may write more. */
   onWritable(): void {
-    if (this.#closed) return;
-    const q = this.#queue;
-    if (q !== undefined) {
-      while (q.length > 0) {
-        const chunk = q[0]!;
-        const sent = this.#host.sendData(this, chunk, this.#queueOffset, false);
-        this.#queueOffset += sent;
-        if (this.#queueOffset < chunk.length) return;
-        q.shift();
-        this.#queueOffset = 0;
-      }
-      this.#queue = undefined;
-      if (this.#endRequested) this.#sendEnd();
-    }
-    if (this.#needDrain && !this.#host.blocked) {
-      this.#needDrain = false;
-      this.emit('drain');
-    }
+    if (this.#closed || !this.#needDrain) return;
+    this.#needDrain = false;
+    this.emit('drain');
   }
 
-  /** The peer reset the stream, or the session went away under it. */
+  /** The peer reset the stream, nghttp2 closed it, or the session went away under it. */
   onReset(code: number): void {
     if (this.#closed) return;
+    // Both ends sent: what the reader has not taken yet is still delivered, then the stream closes.
+    if (code === ErrorCode.NO_ERROR && this.remoteEnded && !this.#endEmitted && this.localEnded) return;
     if (code !== ErrorCode.NO_ERROR) this.emit('aborted');
     this.#finish(code);
   }
@@ -277,7 +251,7 @@ export class H2Stream extends EventEmitter {
 
   #sendEnd(): void {
     if (this.localEnded) return;
-    this.#host.sendData(this, EMPTY, 0, true);
+    this.#host.sendData(this, null, true);
     this.localEnded = true;
     this.#maybeClose();
   }
@@ -289,15 +263,12 @@ export class H2Stream extends EventEmitter {
   #finish(code: number): void {
     this.#closed = true;
     this.rstCode = code;
-    this.#queue = undefined;
     this.#held = undefined;
     this.#host.streamClosed(this);
     // 'close' after whatever else this turn emits ('end', 'error'), as Node's streams do.
     process.nextTick(emitClose, this);
   }
 }
-
-const EMPTY = Buffer.alloc(0);
 
 function emitClose(s: H2Stream): void {
   s.emit('close');
