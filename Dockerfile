@@ -1,6 +1,7 @@
 # The image the Kubernetes DaemonSet runs: docker build -t ambit:0.1.0 .
 FROM node:20-bookworm-slim AS build
-RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ && rm -rf /var/lib/apt/lists/*
+# libnghttp2-dev: nghttp2's header; the binding calls the nghttp2 inside Node.
+RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ libnghttp2-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json ./
 COPY . .
