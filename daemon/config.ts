@@ -172,12 +172,10 @@ export type ConfigInput = Partial<{
   fdReserve: number | string;
 }>;
 
-/** The keys of the limits (docs/limits.md), each filling the field of DaemonConfig.limits of its name. */
-export const LIMIT_KEYS: readonly (keyof ConfigInput)[] = [
+/** The integer limits: a file key, AMBIT_* variable and --flag each, named as the field they fill. */
+const INT_LIMITS = [
   'maxHandshakes',
   'maxHandshakesPerSource',
-  'handshakeTimeout',
-  'tunnelIdleTimeout',
   'maxConnections',
   'maxConnectionsPerIdentity',
   'maxInboundStreams',
@@ -188,6 +186,14 @@ export const LIMIT_KEYS: readonly (keyof ConfigInput)[] = [
   'maxHeaderListSize',
   'maxHeaderFrames',
   'keyUpdateRate',
+] as const satisfies readonly (keyof ConfigInput & keyof Limits)[];
+
+/** The keys of the limits (docs/limits.md): the integers above, the two durations (their fields end in Ms) and
+ * the descriptor reserve (which may be 0). */
+export const LIMIT_KEYS: readonly (keyof ConfigInput)[] = [
+  ...INT_LIMITS,
+  'handshakeTimeout',
+  'tunnelIdleTimeout',
   'fdReserve',
 ];
 
@@ -497,22 +503,6 @@ export function loadConfig(opts: {
     limits: limitsOf(merged, at),
   };
 }
-
-/** The integer limits: a file key, AMBIT_* variable and --flag each, named as the field they fill. */
-const INT_LIMITS = [
-  'maxHandshakes',
-  'maxHandshakesPerSource',
-  'maxConnections',
-  'maxConnectionsPerIdentity',
-  'maxInboundStreams',
-  'maxConnectsPerSession',
-  'maxConnectsPerNode',
-  'streamResetRate',
-  'maxOutboundControl',
-  'maxHeaderListSize',
-  'maxHeaderFrames',
-  'keyUpdateRate',
-] as const satisfies readonly (keyof ConfigInput & keyof Limits)[];
 
 function limitsOf(
   merged: ConfigInput,

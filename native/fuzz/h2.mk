@@ -6,11 +6,16 @@ NODE_INCLUDE ?= $(firstword $(wildcard $(dir $(shell command -v node))../include
 H2_FUZZ_FLAGS ?= -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_SECONDS ?= 60
 # The fuzz Makefile builds and run.sh runs every target listed here.
-FUZZ_TARGETS += h2_fuzz
+FUZZ_TARGETS += h2_fuzz connect_fuzz
 
 $(H2_FUZZ_DIR)/build/h2_fuzz: $(H2_FUZZ_DIR)/h2_fuzz.c $(H2_FUZZ_DIR)/../src/h2.c $(H2_FUZZ_DIR)/../src/conn.h
 	@mkdir -p $(H2_FUZZ_DIR)/build
 	$(FUZZ_CC) $(H2_FUZZ_FLAGS) -I$(H2_FUZZ_DIR)/../src -I$(NODE_INCLUDE) $< -lnghttp2 -o $@
+
+# The CONNECT header handling: the same glue, fed header blocks (h2_fuzz.c, FUZZ_CONNECT_HEADERS).
+$(H2_FUZZ_DIR)/build/connect_fuzz: $(H2_FUZZ_DIR)/h2_fuzz.c $(H2_FUZZ_DIR)/../src/h2.c $(H2_FUZZ_DIR)/../src/conn.h
+	@mkdir -p $(H2_FUZZ_DIR)/build
+	$(FUZZ_CC) $(H2_FUZZ_FLAGS) -DFUZZ_CONNECT_HEADERS -I$(H2_FUZZ_DIR)/../src -I$(NODE_INCLUDE) $< -lnghttp2 -o $@
 
 .PHONY: fuzz-h2 run-fuzz-h2
 fuzz-h2: $(H2_FUZZ_DIR)/build/h2_fuzz
