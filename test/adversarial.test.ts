@@ -1,8 +1,8 @@
 // Issue 12's attacks, each against two real ambitd processes on loopback: node-a (the legitimate client's
 // node) and node-b (the victim). The attacker holds certificates of the mesh CA and speaks raw HTTP/2 frames
-// and raw TLS records (test/helpers/attacker.ts). Each test checks what a user would: the victim's process is
-// alive, its RSS stayed under a bound, a legitimate tunneled connection made during and after the attack
-// completes a round trip within 1 s, and the victim counted the refusal by its reason.
+// and raw TLS records (test/helpers/attacker.ts, h2raw.ts, tls13.ts). Each test checks what a user would:
+// the victim's process is alive, its RSS stayed under a bound, a legitimate tunneled connection made during
+// and after the attack completes a round trip within 1 s, and the victim counted the refusal by its reason.
 //
 // The daemons are child processes (`node dist/daemon/main.js`), so that a crash is an exit we see and RSS and
 // descriptors are the process's own (/proc/<pid>/status, /proc/<pid>/fd). Limits are made small through the
@@ -26,27 +26,11 @@ import { sniForIdentity } from '../daemon/proxy/hbone.js';
 import { NODE_FLAGS } from '../daemon/proxy/reclaim.js';
 import { addPolicy, editMeshFile, upsertWorkload, writeFileAtomic } from '../daemon/state/mesh-edit.js';
 import {
-  Alert,
-  ContentType,
   type Credentials,
-  Flag,
-  FrameType,
-  H2Error,
-  PREFACE,
   RawH2,
-  RawTls,
-  connectBlock,
-  continuationFrame,
   flood,
   forgeLeaf,
-  frame,
-  headersFrame,
-  indexed,
-  keyUpdate,
-  literalIndexed,
-  pingFrame,
-  rstStreamFrame,
-  settingsFrame,
+  rawTls13,
   stalledHandshake,
   waitFor,
 } from './helpers/attacker.js';
@@ -61,7 +45,24 @@ import {
   sleep,
   workload,
 } from './helpers/cluster.js';
+import {
+  Flag,
+  FrameType,
+  H2Error,
+  PREFACE,
+  connectBlock,
+  continuationFrame,
+  frame,
+  headersFrame,
+  indexed,
+  literalIndexed,
+  pingFrame,
+  readFrames,
+  rstStreamFrame,
+  settingsFrame,
+} from './helpers/h2raw.js';
 import { within } from './helpers/net.js';
+import { Alert, ContentType, type RawTls13Client, keyUpdate } from './helpers/tls13.js';
 
 const AMBITD = join(dirname(fileURLToPath(import.meta.url)), '..', 'daemon', 'main.js');
 const MiB = 1024 * 1024;
@@ -727,16 +728,16 @@ for (const [kind, unit, one] of [
 const h2Preface = (): Buffer => Buffer.concat([PREFACE, settingsFrame()]);
 
 /** Waits (bounded) for a PING ACK among the victim's frames: proof that it still reads our records. */
-async function pingAcked(c: RawTls, ms: number): Promise<boolean> {
+async function pingAcked(c: RawTls13Client, ms: number): Promise<boolean> {
   const acked = (): boolean =>
-    c.frames().some((f) => f.type === FrameType.PING && (f.flags & Flag.ACK) !== 0);
+    readFrames(c.data).some((f) => f.type === FrameType.PING && (f.flags & Flag.ACK) !== 0);
   await waitFor(() => acked() || c.closed, ms);
   return acked();
 }
 
 /** The last alert the victim sent, as "fatal <description>" or "warning <description>", if its last record was one. */
-function lastAlert(c: RawTls): string | undefined {
-  const r = c.opened().at(-1);
+function lastAlert(c: RawTls13Client): string | undefined {
+  const r = c.received.at(-1);
   if (r?.type !== ContentType.ALERT || r.content.length !== 2) return undefined;
   return `${r.content[0] === 2 ? 'fatal' : 'warning'} ${r.content[1]}`;
 }
@@ -750,10 +751,9 @@ test.serial(
 
       // The control: one KeyUpdate, our keys rolled, then a PING, which the victim answers under its own next
       // keys. It proves the sealer follows RFC 8446's key schedule, so that a close below is the victim's doing.
-      const rate = await RawTls.open(target);
+      const rate = await rawTls13(target);
       rate.send(ContentType.APPLICATION_DATA, h2Preface());
-      rate.send(ContentType.HANDSHAKE, keyUpdate(true));
-      rate.client.update();
+      rate.write(rate.sealKeyUpdates([1]));
       rate.send(ContentType.APPLICATION_DATA, pingFrame(7));
       const control = await pingAcked(rate, 2000);
 
@@ -763,11 +763,10 @@ test.serial(
       while (sent < 1000 && !rate.closed && Date.now() < deadline) {
         const records: Buffer[] = [];
         for (let k = 0; k < 50; k++) {
-          records.push(rate.client.seal(ContentType.HANDSHAKE, keyUpdate(true)));
-          rate.client.update();
+          records.push(rate.sealKeyUpdates([1]));
           sent++;
         }
-        rate.tcp.write(Buffer.concat(records));
+        rate.write(...records);
         await sleep(5);
       }
       const rateClosed = await rate.waitClosed(2000);
@@ -776,12 +775,12 @@ test.serial(
 
       // 2,000 KeyUpdates (update_requested) in one record: each would be answered, and all but the last span a
       // key change.
-      const packed = await RawTls.open(target);
+      const packed = await rawTls13(target);
       packed.send(ContentType.APPLICATION_DATA, h2Preface());
-      packed.send(ContentType.HANDSHAKE, repeat(keyUpdate(true), 2000));
+      packed.send(ContentType.HANDSHAKE, repeat(keyUpdate(1), 2000));
       const packedClosed = await packed.waitClosed(2000);
       const packedAlert = lastAlert(packed);
-      const packedAnswers = packed.recordsIn.length;
+      const packedAnswers = packed.received.length;
       packed.destroy();
 
       t.log(
@@ -969,14 +968,14 @@ test.serial(
       const duringP = s.probeAfter(200);
       // Each case: the attack, and the alert RFC 8446 says the victim must send before closing (none for our
       // own alert: the victim need only close and count).
-      const cases: [string, number | undefined, (c: RawTls) => void][] = [
+      const cases: [string, number | undefined, (c: RawTls13Client) => void][] = [
         [
           'a record whose tag does not authenticate',
           Alert.BAD_RECORD_MAC,
           (c) => {
-            const rec = c.client.seal(ContentType.APPLICATION_DATA, pingFrame(1));
+            const rec = c.seal(ContentType.APPLICATION_DATA, pingFrame(1));
             rec[rec.length - 1]! ^= 0x01;
-            c.tcp.write(rec);
+            c.write(rec);
           },
         ],
         [
@@ -995,7 +994,7 @@ test.serial(
       const outcomes: { label: string; control: boolean; closed: boolean; want?: number; alert?: string }[] =
         [];
       for (const [label, want, attack] of cases) {
-        const c = await RawTls.open(target);
+        const c = await rawTls13(target);
         c.send(ContentType.APPLICATION_DATA, Buffer.concat([h2Preface(), pingFrame(9)]));
         // The control: the victim reads our sealed records (it answers the PING) before the bad one comes.
         const control = await pingAcked(c, 2000);

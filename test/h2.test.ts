@@ -27,20 +27,20 @@ import { pipeBoth, spliceBoth } from '../daemon/proxy/pipe.js';
 import { TlsConnection } from '../daemon/tls/connection.js';
 import { TlsContext } from '../daemon/tls/context.js';
 import {
-  CONTINUATION,
-  DATA,
-  FLAG_ACK,
-  FLAG_END_HEADERS,
-  GOAWAY,
-  HEADERS,
+  Flag,
+  type Frame,
+  FrameType,
   PREFACE,
-  RST_STREAM,
-  SETTINGS,
+  connectBlock,
+  continuationFrame,
   frame,
   frameHeader,
   goawayCodes,
-  hpackLiteral,
+  headersFrame,
+  indexed,
+  literalIndexed,
   pingFrame,
+  readFrames,
   rstStreamFrame,
   settingsFrame,
   windowUpdateFrame,
@@ -281,32 +281,8 @@ async function nodeEcho(
 
 // ---- raw frames, for the robustness tests
 
-interface RawFrame {
-  type: number;
-  flags: number;
-  sid: number;
-  payload: Buffer;
-}
-
-function parseFrames(buf: Buffer): RawFrame[] {
-  const frames: RawFrame[] = [];
-  let off = 0;
-  while (off + 9 <= buf.length) {
-    const len = buf.readUIntBE(off, 3);
-    if (off + 9 + len > buf.length) break;
-    frames.push({
-      type: buf[off + 3]!,
-      flags: buf[off + 4]!,
-      sid: buf.readUInt32BE(off + 5) & 0x7fffffff,
-      payload: buf.subarray(off + 9, off + 9 + len),
-    });
-    off += 9 + len;
-  }
-  return frames;
-}
-
 /** Sends `bytes` on a raw TLS (ALPN h2) connection and returns every frame received until the server closes. */
-async function rawExchange(t: ExecutionContext, port: number, bytes: Buffer): Promise<RawFrame[]> {
+async function rawExchange(t: ExecutionContext, port: number, bytes: Buffer): Promise<Frame[]> {
   const socket = tlsConnect(port);
   socket.on('error', () => {});
   t.teardown(() => socket.destroy());
@@ -317,7 +293,7 @@ async function rawExchange(t: ExecutionContext, port: number, bytes: Buffer): Pr
   const closed = next(socket, 'close');
   socket.write(bytes);
   await within(closed, 3000, 'the server to close the connection');
-  return parseFrames(Buffer.concat(chunks));
+  return readFrames(Buffer.concat(chunks));
 }
 
 /** A valid client start: the preface and an empty SETTINGS. */
@@ -333,12 +309,12 @@ async function rejectsWithGoaway(t: ExecutionContext, bytes: Buffer, code: numbe
     echo(stream);
   });
   const frames = await rawExchange(t, server.port, bytes);
-  t.true(frames.length > 0 && frames[0]!.type === SETTINGS, 'the server opened with SETTINGS');
-  const goaways = frames.filter((f) => f.type === GOAWAY);
+  t.true(frames.length > 0 && frames[0]!.type === FrameType.SETTINGS, 'the server opened with SETTINGS');
+  const goaways = frames.filter((f) => f.type === FrameType.GOAWAY);
   t.is(goaways.length, 1, 'exactly one GOAWAY');
   const last = frames[frames.length - 1]!;
-  t.is(last.type, GOAWAY, 'GOAWAY is the last frame');
-  t.is(last.sid, 0);
+  t.is(last.type, FrameType.GOAWAY, 'GOAWAY is the last frame');
+  t.is(last.streamId, 0);
   t.true(last.payload.length >= 8);
   t.is(last.payload.readUInt32BE(4), code, 'GOAWAY error code');
 
@@ -571,7 +547,7 @@ test('a frame longer than our max frame size: GOAWAY FRAME_SIZE_ERROR, connectio
   // Only the header of a 16385-byte HEADERS frame: the length alone must be refused.
   await rejectsWithGoaway(
     t,
-    Buffer.concat([hello(), frameHeader(OPTS.maxFrameSize + 1, HEADERS, FLAG_END_HEADERS, 1)]),
+    Buffer.concat([hello(), frameHeader(OPTS.maxFrameSize + 1, FrameType.HEADERS, Flag.END_HEADERS, 1)]),
     ErrorCode.FRAME_SIZE_ERROR,
   );
 });
@@ -579,11 +555,7 @@ test('a frame longer than our max frame size: GOAWAY FRAME_SIZE_ERROR, connectio
 test('HEADERS with a corrupt HPACK block: GOAWAY COMPRESSION_ERROR, connection closed, server still serves', async (t) => {
   // 0x82 is ':method: GET'; 0xbf is index 63, beyond the (empty) dynamic table.
   const block = Buffer.from([0x82, 0xbf]);
-  await rejectsWithGoaway(
-    t,
-    Buffer.concat([hello(), frame(HEADERS, FLAG_END_HEADERS, 1, block)]),
-    ErrorCode.COMPRESSION_ERROR,
-  );
+  await rejectsWithGoaway(t, Buffer.concat([hello(), headersFrame(1, block)]), ErrorCode.COMPRESSION_ERROR);
 });
 
 test('WINDOW_UPDATE of 0 on the connection: GOAWAY PROTOCOL_ERROR, connection closed, server still serves', async (t) => {
@@ -881,20 +853,13 @@ test('spliced: 40 connections of random frames around a spliced stream never tak
     seed ^= seed << 5;
     return (seed >>> 0) % n;
   };
-  const connect = hpackLiteral([
-    [':method', 'CONNECT'],
-    [':authority', '198.18.0.1:8080'],
-  ]);
+  const connect = connectBlock('198.18.0.1:8080');
   for (let i = 0; i < 40; i++) {
     const socket = tlsConnect(server.port);
     socket.on('error', () => {});
     await within(next(socket, 'secureConnect'), 5000, 'the TLS handshake');
     socket.write(
-      Buffer.concat([
-        hello(),
-        frame(HEADERS, FLAG_END_HEADERS, 1, connect),
-        frame(DATA, 0, 1, randomBytes(100)),
-      ]),
+      Buffer.concat([hello(), headersFrame(1, connect), frame(FrameType.DATA, 0, 1, randomBytes(100))]),
     );
     await sleep(20); // the workload connection is up and the stream spliced
     const frames: Buffer[] = [];
@@ -965,15 +930,11 @@ async function rawPeer(
   await within(next(socket, 'secureConnect'), 5000, 'the TLS handshake');
   const chunks: Buffer[] = [];
   socket.on('data', (c: Buffer) => chunks.push(c));
-  socket.write(ack ? Buffer.concat([hello(), frame(SETTINGS, FLAG_ACK, 0)]) : hello());
+  socket.write(ack ? Buffer.concat([hello(), frame(FrameType.SETTINGS, Flag.ACK, 0)]) : hello());
   return { socket, received: () => Buffer.concat(chunks) };
 }
 
-const CONNECT_BLOCK = (): Buffer =>
-  hpackLiteral([
-    [':method', 'CONNECT'],
-    [':authority', '198.18.0.1:8080'],
-  ]);
+const CONNECT_BLOCK = (): Buffer => connectBlock('198.18.0.1:8080');
 
 /** The session's first 'error', as a user of the server would see it. */
 function sessionError(server: OurServer, ms: number): Promise<H2ProtocolError> {
@@ -993,8 +954,8 @@ test('CONTINUATION flood: HEADERS without END_HEADERS and endless CONTINUATION f
   const server = await ourServer(t, (stream) => stream.respond({ ':status': '200' }));
   const peer = await rawPeer(t, server.port);
   const closed = next(peer.socket, 'close');
-  const flood = [frame(HEADERS, 0, 1, CONNECT_BLOCK())];
-  for (let i = 0; i < 10_000; i++) flood.push(frame(CONTINUATION, 0, 1));
+  const flood = [headersFrame(1, CONNECT_BLOCK(), false)];
+  for (let i = 0; i < 10_000; i++) flood.push(continuationFrame(1));
   peer.socket.write(Buffer.concat(flood));
   const err = await sessionError(server, 3000);
   t.is(err.reason, 'h2_header_flood');
@@ -1010,31 +971,21 @@ test('a header block over maxHeaderListSize (an HPACK bomb: a 4 KiB field indexe
     stream.respond({ ':status': '200' });
   });
   const peer = await rawPeer(t, server.port);
-  // Literal with incremental indexing, new name (RFC 7541 §6.2.1): x-big: 4000 bytes, dynamic index 62
-  // from then on; 4000 is an HPACK integer of 7-bit prefix 127 and 3873 in two 7-bit groups.
-  const indexed = Buffer.concat([
-    Buffer.from([0x40, 5]),
-    Buffer.from('x-big'),
-    Buffer.from([0x7f, (3873 & 0x7f) | 0x80, 3873 >> 7]),
-    Buffer.alloc(4000, 0x61),
-  ]);
+  // Literal with incremental indexing, new name: x-big, 4000 bytes, dynamic index 62 from then on.
+  const big = literalIndexed('x-big', 'a'.repeat(4000));
+  const refs = Buffer.concat(Array.from({ length: 10 }, () => indexed(62)));
   const bomb = (sid: number, first: boolean): Buffer =>
-    frame(
-      HEADERS,
-      FLAG_END_HEADERS,
-      sid,
-      Buffer.concat([CONNECT_BLOCK(), first ? indexed : Buffer.alloc(0), Buffer.alloc(10, 0x80 | 62)]),
-    );
+    headersFrame(sid, Buffer.concat([CONNECT_BLOCK(), first ? big : Buffer.alloc(0), refs]));
   peer.socket.write(bomb(1, true));
   // A small, legitimate CONNECT on the same connection still gets through.
-  peer.socket.write(frame(HEADERS, FLAG_END_HEADERS, 3, CONNECT_BLOCK()));
+  peer.socket.write(headersFrame(3, CONNECT_BLOCK()));
   for (let i = 0; i < 50 && streams.length < 1; i++) await sleep(20);
   t.is(streams.length, 1, 'only the small CONNECT reached the application');
   let rsts: number[] = [];
   for (let i = 0; i < 50 && rsts.length < 1; i++) {
     await sleep(20);
-    rsts = parseFrames(peer.received())
-      .filter((f) => f.type === RST_STREAM && f.sid === 1)
+    rsts = readFrames(peer.received())
+      .filter((f) => f.type === FrameType.RST_STREAM && f.streamId === 1)
       .map((f) => f.payload.readUInt32BE(0));
   }
   t.deepEqual(rsts, [ErrorCode.ENHANCE_YOUR_CALM]);
@@ -1060,7 +1011,7 @@ test('Rapid Reset: HEADERS + RST_STREAM pairs over streamResetRate (burst 10x) e
   const pairs: Buffer[] = [];
   for (let i = 0; i < 2000; i++) {
     const sid = 1 + 2 * i;
-    pairs.push(frame(HEADERS, FLAG_END_HEADERS, sid, CONNECT_BLOCK()), rstStreamFrame(sid, ErrorCode.CANCEL));
+    pairs.push(headersFrame(sid, CONNECT_BLOCK()), rstStreamFrame(sid, ErrorCode.CANCEL));
   }
   peer.socket.write(Buffer.concat(pairs));
   const err = await sessionError(server, 3000);
@@ -1081,7 +1032,7 @@ for (const kind of ['PING', 'SETTINGS'] as const) {
       await sleep(100);
       peer.socket.pause(); // never reads: the server's answers back up into its queue
       const before = process.memoryUsage().rss;
-      const one = kind === 'PING' ? pingFrame(Buffer.alloc(8, 7)) : settingsFrame([[0x4, 65_535]]);
+      const one = kind === 'PING' ? pingFrame(7) : settingsFrame([[0x4, 65_535]]);
       const batch = Buffer.concat(Array.from({ length: 1000 }, () => one));
       let sent = 0;
       for (let i = 0; i < 2000 && server.errors.length === 0; i++) {
@@ -1120,7 +1071,7 @@ for (const acked of [false, true]) {
     const peer = await rawPeer(t, server.port, acked);
     await sleep(50);
     const frames: Buffer[] = [];
-    for (let i = 0; i < 11; i++) frames.push(frame(HEADERS, FLAG_END_HEADERS, 1 + 2 * i, CONNECT_BLOCK()));
+    for (let i = 0; i < 11; i++) frames.push(headersFrame(1 + 2 * i, CONNECT_BLOCK()));
     peer.socket.write(Buffer.concat(frames));
     if (acked) {
       const err = await sessionError(server, 3000);
@@ -1131,9 +1082,9 @@ for (const acked of [false, true]) {
     let rsts: Array<[number, number]> = [];
     for (let i = 0; i < 100 && rsts.length === 0; i++) {
       await sleep(20);
-      rsts = parseFrames(peer.received())
-        .filter((f) => f.type === RST_STREAM)
-        .map((f) => [f.sid, f.payload.readUInt32BE(0)]);
+      rsts = readFrames(peer.received())
+        .filter((f) => f.type === FrameType.RST_STREAM)
+        .map((f) => [f.streamId, f.payload.readUInt32BE(0)]);
     }
     t.deepEqual(rsts, [[21, ErrorCode.REFUSED_STREAM]]);
     t.is(open.length, 10);

@@ -2,7 +2,6 @@
 // daemon's listeners never a target, the admin API's changes behind a token), policies compare the trust
 // domain, and the access log's source is the TCP peer.
 import { execFile } from 'node:child_process';
-import { X509Certificate, createPrivateKey, generateKeyPairSync } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { connect as h2connect } from 'node:http2';
 import { type AddressInfo, createServer } from 'node:net';
@@ -14,19 +13,6 @@ import test from 'ava';
 import { pino } from 'pino';
 import { ADMIN_TOKEN_FILE } from '../daemon/admin/http.js';
 import { type ConsulIntention, compileIntentions } from '../daemon/consul/intentions.js';
-import {
-  KeyUsage,
-  authorityKeyIdentifier,
-  basicConstraints,
-  buildCertificate,
-  extKeyUsageServerClient,
-  issuerFields,
-  keyUsage,
-  name,
-  randomSerial,
-  toPem,
-  uriSubjectAltName,
-} from '../daemon/identity/x509.js';
 import type { Logger } from '../daemon/log.js';
 import { sniForIdentity } from '../daemon/proxy/hbone.js';
 import { type Peer, authorize } from '../daemon/rbac.js';
@@ -39,6 +25,7 @@ import {
 } from '../daemon/state/addresses.js';
 import { addPolicy, editMeshFile } from '../daemon/state/mesh-edit.js';
 import type { Policy, PolicySource } from '../daemon/state/model.js';
+import { type Credentials, forgeLeaf } from './helpers/attacker.js';
 import {
   type Cluster,
   echoServer,
@@ -287,7 +274,7 @@ interface Setup {
   accepted: () => number;
   lines: Record<string, unknown>[];
   /** A leaf for any URI, signed by the mesh's CA. */
-  issue: (uri: string) => Promise<{ certPem: string; keyPem: string }>;
+  issue: (uri: string) => Promise<Credentials>;
   close: () => Promise<void>;
 }
 
@@ -304,29 +291,7 @@ async function setup(): Promise<Setup> {
   await until(() => cluster.b.readiness().ready && cluster.b.certs.list().length === 1, 5000, 'node-b ready');
   // The daemons' own CA key: it signs any URI it is given, as a CA shared by two meshes would.
   const caDir = join(cluster.dir, 'ca');
-  const root = new X509Certificate(await readFile(join(caDir, 'root-cert.pem'), 'utf8'));
-  const rootKey = createPrivateKey(await readFile(join(caDir, 'root-key.pem'), 'utf8'));
-  const issuer = issuerFields(root.raw);
-  const issue = async (uri: string): Promise<{ certPem: string; keyPem: string }> => {
-    const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
-    const der = await buildCertificate({
-      serial: randomSerial(),
-      issuer: issuer.subject,
-      subject: name('test'),
-      notBefore: new Date(Date.now() - 60_000),
-      notAfter: new Date(Date.now() + 3_600_000),
-      publicKey,
-      signingKey: rootKey,
-      extensions: [
-        basicConstraints(false),
-        keyUsage([KeyUsage.digitalSignature, KeyUsage.keyEncipherment]),
-        extKeyUsageServerClient(),
-        ...(issuer.keyId ? [authorityKeyIdentifier(issuer.keyId)] : []),
-        uriSubjectAltName([uri], false),
-      ],
-    });
-    return { certPem: toPem(der), keyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() };
-  };
+  const issue = (uri: string): Promise<Credentials> => forgeLeaf(caDir, [uri]);
   return {
     cluster,
     echoPort: echo.port,

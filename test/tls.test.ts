@@ -19,7 +19,7 @@ import test, { type ExecutionContext } from 'ava';
 import { TlsConnection, tlsFailureReason } from '../daemon/tls/connection.js';
 import { TlsContext } from '../daemon/tls/context.js';
 import { freePort, next, within } from './helpers/net.js';
-import { REC_ALERT, REC_DATA, REC_HANDSHAKE, RawTls13Client, keyUpdate } from './helpers/tls13.js';
+import { Alert, ContentType, RawTls13Client, keyUpdate } from './helpers/tls13.js';
 
 const HOST = '127.0.0.1';
 const MiB = 1024 * 1024;
@@ -481,14 +481,6 @@ test('end() sends close_notify and FIN after queued data; the peer ending closes
 
 // ---- a peer whose records the test writes (test/helpers/tls13.ts): what RFC 8446 says a server must refuse
 
-const ALERT = {
-  unexpected_message: 10,
-  bad_record_mac: 20,
-  record_overflow: 22,
-  illegal_parameter: 47,
-  decode_error: 50,
-} as const;
-
 /** Resolves once `cond` holds, polling; bounded by `ms`. */
 async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
   await within(
@@ -517,10 +509,10 @@ async function rawSession(
     5000,
     keyUpdateRate,
   );
-  const peer = await RawTls13Client.connect(
-    HOST,
-    server.port,
-    {
+  const peer = await RawTls13Client.connect({
+    host: HOST,
+    port: server.port,
+    tls: {
       ca: caPem,
       cert: certPem,
       key: keyPem,
@@ -529,9 +521,9 @@ async function rawSession(
       // The certificate names 127.0.0.1 and a SPIFFE ID, not the SNI name; the chain is still verified.
       checkServerIdentity: () => undefined,
     },
-    () => until(() => secured.length > 0, 5000, 'the server handshake'),
-  );
-  t.teardown(() => peer.socket.destroy());
+    serverReady: () => until(() => secured.length > 0, 5000, 'the server handshake'),
+  });
+  t.teardown(() => peer.destroy());
   return { server, peer, got };
 }
 
@@ -555,15 +547,15 @@ interface Refused {
 const refused: Refused[] = [
   {
     name: 'inner plaintext over 2^14 bytes (content 16385): record_overflow',
-    records: (p) => [p.seal(REC_DATA, Buffer.alloc(16385, 1))],
-    alert: ALERT.record_overflow,
+    records: (p) => [p.seal(ContentType.APPLICATION_DATA, Buffer.alloc(16385, 1))],
+    alert: Alert.RECORD_OVERFLOW,
     reason: 'tls_record',
     message: /over 2\^14 bytes of plaintext \(sent record_overflow\)/,
   },
   {
     name: 'inner plaintext over 2^14 + 1 bytes by its padding alone: record_overflow',
-    records: (p) => [p.seal(REC_DATA, Buffer.alloc(16000, 1), 400)],
-    alert: ALERT.record_overflow,
+    records: (p) => [p.seal(ContentType.APPLICATION_DATA, Buffer.alloc(16000, 1), 400)],
+    alert: Alert.RECORD_OVERFLOW,
     reason: 'tls_record',
     message: /record_overflow/,
   },
@@ -571,84 +563,87 @@ const refused: Refused[] = [
     name: 'a ciphertext over 2^14 + 256 bytes: record_overflow, from its header alone',
     records: () => {
       const r = Buffer.alloc(5 + 16641, 7);
-      r.set([REC_DATA, 3, 3], 0);
+      r.set([ContentType.APPLICATION_DATA, 3, 3], 0);
       r.writeUInt16BE(16641, 3);
       return [r];
     },
-    alert: ALERT.record_overflow,
+    alert: Alert.RECORD_OVERFLOW,
     reason: 'tls_record',
     message: /16641 bytes .*record_overflow/,
   },
   {
     name: 'a record whose tag does not verify: bad_record_mac',
     records: (p) => {
-      const r = p.seal(REC_DATA, Buffer.from('forged'));
+      const r = p.seal(ContentType.APPLICATION_DATA, Buffer.from('forged'));
       r[8]! ^= 0x40;
       return [r];
     },
-    alert: ALERT.bad_record_mac,
+    alert: Alert.BAD_RECORD_MAC,
     reason: 'tls_record',
     message: /does not authenticate \(sent bad_record_mac\)/,
   },
   {
     name: 'two KeyUpdates in one record: unexpected_message',
     records: (p) => [p.sealKeyUpdates([0, 0])],
-    alert: ALERT.unexpected_message,
+    alert: Alert.UNEXPECTED_MESSAGE,
     reason: 'tls_record',
     message: /more after a KeyUpdate in the same record/,
   },
   {
     name: 'a thousand KeyUpdates packed in one record: unexpected_message, none answered',
     records: (p) => [p.sealKeyUpdates(new Array<number>(1000).fill(1))],
-    alert: ALERT.unexpected_message,
+    alert: Alert.UNEXPECTED_MESSAGE,
     reason: 'tls_record',
     message: /more after a KeyUpdate/,
   },
   {
     name: 'a handshake message that spans the key change (a KeyUpdate, then the start of another): unexpected_message',
-    records: (p) => [p.seal(REC_HANDSHAKE, Buffer.concat([keyUpdate(0), Buffer.from([24, 0])]))],
-    alert: ALERT.unexpected_message,
+    records: (p) => [p.seal(ContentType.HANDSHAKE, Buffer.concat([keyUpdate(0), Buffer.from([24, 0])]))],
+    alert: Alert.UNEXPECTED_MESSAGE,
     reason: 'tls_record',
     message: /spans the key change/,
   },
   {
     name: 'a KeyUpdate asking for 2: illegal_parameter',
-    records: (p) => [p.seal(REC_HANDSHAKE, keyUpdate(2))],
-    alert: ALERT.illegal_parameter,
+    records: (p) => [p.seal(ContentType.HANDSHAKE, keyUpdate(2))],
+    alert: Alert.ILLEGAL_PARAMETER,
     reason: 'tls_record',
     message: /request is not 0 or 1 \(sent illegal_parameter\)/,
   },
   {
     name: 'a KeyUpdate of 2 bytes: decode_error',
-    records: (p) => [p.seal(REC_HANDSHAKE, Buffer.from([24, 0, 0, 2, 0, 0]))],
-    alert: ALERT.decode_error,
+    records: (p) => [p.seal(ContentType.HANDSHAKE, Buffer.from([24, 0, 0, 2, 0, 0]))],
+    alert: Alert.DECODE_ERROR,
     reason: 'tls_record',
     message: /length is not 1 \(sent decode_error\)/,
   },
   {
     name: 'a NewSessionTicket from a client: unexpected_message',
-    records: (p) => [p.seal(REC_HANDSHAKE, Buffer.from([4, 0, 0, 4, 0, 0, 0, 0]))],
-    alert: ALERT.unexpected_message,
+    records: (p) => [p.seal(ContentType.HANDSHAKE, Buffer.from([4, 0, 0, 4, 0, 0, 0, 0]))],
+    alert: Alert.UNEXPECTED_MESSAGE,
     reason: 'tls_record',
     message: /unexpected post-handshake message \(type 4\)/,
   },
   {
     name: 'application data between the two halves of a handshake message: unexpected_message',
-    records: (p) => [p.seal(REC_HANDSHAKE, Buffer.from([24, 0])), p.seal(REC_DATA, Buffer.from('x'))],
-    alert: ALERT.unexpected_message,
+    records: (p) => [
+      p.seal(ContentType.HANDSHAKE, Buffer.from([24, 0])),
+      p.seal(ContentType.APPLICATION_DATA, Buffer.from('x')),
+    ],
+    alert: Alert.UNEXPECTED_MESSAGE,
     reason: 'tls_record',
     message: /interleaved/,
   },
   {
     name: 'an alert record of 3 bytes: decode_error',
-    records: (p) => [p.seal(REC_ALERT, Buffer.from([2, 40, 0x55]))],
-    alert: ALERT.decode_error,
+    records: (p) => [p.seal(ContentType.ALERT, Buffer.from([2, 40, 0x55]))],
+    alert: Alert.DECODE_ERROR,
     reason: 'tls_record',
     message: /alert record that is not 2 bytes/,
   },
   {
     name: "the peer's fatal alert: closed, and nothing sent back",
-    records: (p) => [p.seal(REC_ALERT, Buffer.from([2, 40]))],
+    records: (p) => [p.seal(ContentType.ALERT, Buffer.from([2, 40]))],
     alert: undefined,
     reason: 'tls_alert',
     message: /the peer sent TLS alert 40 \(handshake_failure\)/,
@@ -659,8 +654,8 @@ for (const c of refused) {
   test(`after the handshake, ${c.name}; the server keeps serving`, async (t) => {
     const { server, peer, got } = await rawSession(t);
     // What came before the bad record is delivered: the record layer was fine until then.
-    peer.write(peer.seal(REC_DATA, Buffer.from('before')), ...c.records(peer));
-    await within(peer.closed, 5000, 'the server to close the connection');
+    peer.write(peer.seal(ContentType.APPLICATION_DATA, Buffer.from('before')), ...c.records(peer));
+    await within(peer.whenClosed, 5000, 'the server to close the connection');
     t.is(peer.openError, undefined);
     t.is(Buffer.concat(got).toString(), 'before');
     t.deepEqual(peer.alerts, c.alert === undefined ? [] : [[2, c.alert]]);
@@ -677,22 +672,22 @@ test('a KeyUpdate split over two records, and KeyUpdates asking for ours: each f
   const { server, peer } = await rawSession(t);
   // A message split across records is fine, as long as the KeyUpdate ends the second one.
   const ku = keyUpdate(1);
-  peer.write(peer.seal(REC_HANDSHAKE, ku.subarray(0, 2)));
-  peer.write(peer.seal(REC_HANDSHAKE, ku.subarray(2)));
+  peer.write(peer.seal(ContentType.HANDSHAKE, ku.subarray(0, 2)));
+  peer.write(peer.seal(ContentType.HANDSHAKE, ku.subarray(2)));
   peer.tx.update();
-  peer.write(peer.seal(REC_DATA, Buffer.from('one')));
+  peer.write(peer.seal(ContentType.APPLICATION_DATA, Buffer.from('one')));
   await until(() => peer.data.toString() === 'one', 5000, 'the echo under new keys');
   // Three requests in three records, with data after: the server was silent meanwhile, so it may answer
   // once (RFC 8446 §4.6.3), and at most once per record.
   const recs: Buffer[] = [];
   for (let i = 0; i < 3; i++) recs.push(peer.sealKeyUpdates([1]));
-  recs.push(peer.seal(REC_DATA, Buffer.from('two')));
+  recs.push(peer.seal(ContentType.APPLICATION_DATA, Buffer.from('two')));
   peer.write(...recs);
   await until(() => peer.data.toString() === 'onetwo', 5000, 'the second echo');
   t.true(peer.keyUpdates >= 2 && peer.keyUpdates <= 4, `${peer.keyUpdates} answers`);
   // Each answer comes before the data it precedes, so the echo opened under the server's new keys.
   const types = peer.received.map((r) => r.type);
-  t.is(types[0], REC_HANDSHAKE);
+  t.is(types[0], ContentType.HANDSHAKE);
   t.is(peer.openError, undefined);
   t.deepEqual(server.errors, []);
 });
@@ -704,7 +699,7 @@ test('data and KeyUpdates interleaved in one write: every byte delivered in orde
   for (let i = 0; i < 20; i++) {
     const chunk = randomBytes(1000 + i * 700);
     sent.push(chunk);
-    recs.push(peer.seal(REC_DATA, chunk));
+    recs.push(peer.seal(ContentType.APPLICATION_DATA, chunk));
     recs.push(peer.sealKeyUpdates([i % 2]));
   }
   peer.write(...recs);
@@ -720,11 +715,11 @@ test('a KeyUpdate storm (thousands, one per record, each asking for ours): close
   const batch: Buffer[] = [];
   for (let i = 0; i < records; i++) batch.push(peer.sealKeyUpdates([1]));
   peer.write(...batch);
-  await within(peer.closed, 10_000, 'the server to close the flooding connection');
+  await within(peer.whenClosed, 10_000, 'the server to close the flooding connection');
   t.is(peer.openError, undefined);
   // A burst of 10 x 10 a second is admitted; the rest is refused at the first over the rate.
   t.true(peer.keyUpdates <= 101, `${peer.keyUpdates} answers to ${records} records`);
-  t.deepEqual(peer.alerts, [[2, ALERT.unexpected_message]]);
+  t.deepEqual(peer.alerts, [[2, Alert.UNEXPECTED_MESSAGE]]);
   await until(() => server.errors.length > 0, 5000, "the server connection's error");
   t.is(tlsFailureReason(server.errors[0]), 'tls_keyupdate_flood');
   t.regex(server.errors[0]!.message, /KeyUpdates faster than 10 a second/);
@@ -734,8 +729,8 @@ test('a KeyUpdate storm (thousands, one per record, each asking for ours): close
 test('keyUpdateRate 0 refuses the first KeyUpdate with tls_keyupdate_flood', async (t) => {
   const { server, peer } = await rawSession(t, 0);
   peer.write(peer.sealKeyUpdates([0]));
-  await within(peer.closed, 5000, 'the close');
-  t.deepEqual(peer.alerts, [[2, ALERT.unexpected_message]]);
+  await within(peer.whenClosed, 5000, 'the close');
+  t.deepEqual(peer.alerts, [[2, Alert.UNEXPECTED_MESSAGE]]);
   await until(() => server.errors.length > 0, 5000, "the server connection's error");
   t.is(tlsFailureReason(server.errors[0]), 'tls_keyupdate_flood');
 });

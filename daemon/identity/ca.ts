@@ -122,24 +122,16 @@ export class EmbeddedCa implements CertificateAuthority {
 
     const { publicKey, privateKey } = await newKeyPair();
     const serial = randomSerial();
-    const { issuer } = this.root;
-    const der = await buildCertificate({
+    const der = await signLeaf({
       serial,
-      issuer: issuer.subject,
+      issuer: this.root.issuer,
+      signingKey: this.root.key,
       // A readable subject; the identity that counts is the URI SAN, so CN is cut to X.520's 64 chars.
-      subject: name(parts.service.slice(0, 64)),
+      commonName: parts.service.slice(0, 64),
+      publicKey,
+      uris: [identity],
       notBefore,
       notAfter,
-      publicKey,
-      signingKey: this.root.key,
-      extensions: [
-        basicConstraints(false),
-        keyUsage([KeyUsage.digitalSignature, KeyUsage.keyEncipherment]),
-        extKeyUsageServerClient(),
-        subjectKeyIdentifier(keyIdentifier(publicKey)),
-        ...(issuer.keyId ? [authorityKeyIdentifier(issuer.keyId)] : []),
-        uriSubjectAltName([identity], false),
-      ],
     });
     return {
       certPem: toPem(der),
@@ -150,6 +142,42 @@ export class EmbeddedCa implements CertificateAuthority {
       identity,
     };
   }
+}
+
+export interface LeafSpec {
+  readonly serial: Buffer;
+  readonly issuer: IssuerFields;
+  readonly signingKey: KeyObject;
+  readonly commonName: string;
+  readonly publicKey: KeyObject;
+  /** The URI SANs: the one SPIFFE ID for anything this CA issues (none: no SAN extension at all). */
+  readonly uris: readonly string[];
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+}
+
+/**
+ * A mesh leaf certificate (DER) as the embedded CA issues it. `issue` is the only caller that checks what
+ * it signs; tests call this directly to forge what a CA that signs more than it should would hand out.
+ */
+export function signLeaf(leaf: LeafSpec): Promise<Buffer> {
+  return buildCertificate({
+    serial: leaf.serial,
+    issuer: leaf.issuer.subject,
+    subject: name(leaf.commonName),
+    notBefore: leaf.notBefore,
+    notAfter: leaf.notAfter,
+    publicKey: leaf.publicKey,
+    signingKey: leaf.signingKey,
+    extensions: [
+      basicConstraints(false),
+      keyUsage([KeyUsage.digitalSignature, KeyUsage.keyEncipherment]),
+      extKeyUsageServerClient(),
+      subjectKeyIdentifier(keyIdentifier(leaf.publicKey)),
+      ...(leaf.issuer.keyId ? [authorityKeyIdentifier(leaf.issuer.keyId)] : []),
+      ...(leaf.uris.length > 0 ? [uriSubjectAltName([...leaf.uris], false)] : []),
+    ],
+  });
 }
 
 async function createRoot(trustDomain: string): Promise<RootPems> {
