@@ -54,7 +54,17 @@ const seeds = {
   'pseudo-after-regular': [0x10, ...literal(0, 'x', 'y'), ...connect('198.18.1.10:8080')],
   'connection-header': [0x10, ...connect('198.18.1.10:8080', literal(0, 'connection', 'close'))],
   // A Huffman-coded :method value (the H bit set; whether these five bytes decode is for the mutator to vary).
-  huffman: [0x10, ...int(2, 4, 0x00), 0x85, 0xb8, 0x82, 0x4e, 0x5a, 0x4b, ...literal(1, '', '198.18.1.10:80')],
+  huffman: [
+    0x10,
+    ...int(2, 4, 0x00),
+    0x85,
+    0xb8,
+    0x82,
+    0x4e,
+    0x5a,
+    0x4b,
+    ...literal(1, '', '198.18.1.10:80'),
+  ],
   'oversized-value': [0x10, ...connect('198.18.1.10:8080', literal(0, 'baggage', 'x'.repeat(20000)))],
 };
 for (const [name, bytes] of Object.entries(seeds)) writeFileSync(join(out, name), Buffer.from(bytes));
