@@ -289,6 +289,12 @@ async function setup(): Promise<Setup> {
     workload({ name: 'echo-1', service: 'echo', node: 'node-b', ports: [echo.port] }),
   );
   await until(() => cluster.b.readiness().ready && cluster.b.certs.list().length === 1, 5000, 'node-b ready');
+  // Both daemons poll the file on their own: node-a's view (its client, its certificate) is awaited too.
+  await until(
+    () => cluster.a.store.workload('client') !== undefined && cluster.a.certs.list().length === 1,
+    5000,
+    'node-a ready',
+  );
   // The daemons' own CA key: it signs any URI it is given, as a CA shared by two meshes would.
   const caDir = join(cluster.dir, 'ca');
   const issue = (uri: string): Promise<Credentials> => forgeLeaf(caDir, [uri]);
