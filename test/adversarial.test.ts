@@ -35,6 +35,7 @@ import {
   waitFor,
 } from './helpers/attacker.js';
 import {
+  clientWorkload,
   echoServer,
   enroll,
   freePort,
@@ -43,6 +44,7 @@ import {
   roundTrip,
   sha256,
   sleep,
+  upstreamTo,
   workload,
 } from './helpers/cluster.js';
 import {
@@ -341,21 +343,7 @@ class Setup {
     const clientPort = await freePort();
     await enroll(
       join(dir, 'mesh.yaml'),
-      workload({
-        name: 'client',
-        service: 'web',
-        node: 'node-a',
-        ports: [clientPort],
-        upstreams: [
-          {
-            service: 'echo',
-            namespace: 'default',
-            port: undefined,
-            listenHost: '127.0.0.1',
-            listenPort: upstreamPort,
-          },
-        ],
-      }),
+      clientWorkload(clientPort, upstreamTo('echo', upstreamPort)),
       workload({ name: 'echo-1', service: 'echo', node: 'node-b', ports: [echo.port] }),
     );
     const web = await ca.issue(idOf('web'), 3_600_000);

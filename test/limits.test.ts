@@ -28,6 +28,7 @@ import type { Outbound } from '../daemon/proxy/outbound/outbound.js';
 import { NODE_FLAGS } from '../daemon/proxy/reclaim.js';
 import {
   type Cluster,
+  clientWorkload,
   echoOnce,
   echoServer,
   enroll,
@@ -39,6 +40,7 @@ import {
   sleep,
   startCluster,
   until,
+  upstreamTo,
   workload,
 } from './helpers/cluster.js';
 import { within } from './helpers/net.js';
@@ -104,22 +106,7 @@ async function setup(flags: ConfigInput, opts: { hole?: boolean } = {}): Promise
   const upstreamPort = await freePort();
   await enroll(
     cluster.meshFile,
-    workload({
-      name: 'client',
-      service: 'web',
-      node: 'node-a',
-      // A client at loopback lists a port (nothing listens on 9): every port of a host address is a relay.
-      ports: [9],
-      upstreams: [
-        {
-          service: 'echo',
-          namespace: 'default',
-          port: undefined,
-          listenHost: '127.0.0.1',
-          listenPort: upstreamPort,
-        },
-      ],
-    }),
+    clientWorkload(9, upstreamTo('echo', upstreamPort)),
     workload({ name: 'echo-1', service: 'echo', node: 'node-b', ports: [echo.port] }),
     ...(hole ? [workload({ name: 'hole-1', service: 'hole', node: 'node-b', ports: [hole.port] })] : []),
   );
@@ -662,29 +649,7 @@ serial(
       });
       await enroll(
         s.cluster.meshFile,
-        workload({
-          name: 'client',
-          service: 'web',
-          node: 'node-a',
-          // A client at loopback lists a port (nothing listens on 9): every port of a host address is a relay.
-          ports: [9],
-          upstreams: [
-            {
-              service: 'echo',
-              namespace: 'default',
-              port: undefined,
-              listenHost: '127.0.0.1',
-              listenPort: s.upstreamPort,
-            },
-            {
-              service: 'far',
-              namespace: 'default',
-              port: undefined,
-              listenHost: '127.0.0.1',
-              listenPort: upstreamPort,
-            },
-          ],
-        }),
+        clientWorkload(9, upstreamTo('echo', s.upstreamPort), upstreamTo('far', upstreamPort)),
         workload({ name: 'far-1', service: 'far', node: 'node-c', ports: [echo.port] }),
       );
       await until(() => a.listeners.listening().length === 2, 5000, 'second upstream listener bound');

@@ -11,6 +11,7 @@ import { sniForIdentity } from '../daemon/proxy/hbone.js';
 import { addPolicy, editMeshFile } from '../daemon/state/mesh-edit.js';
 import {
   type Cluster,
+  clientWorkload,
   echoOnce,
   echoServer,
   enroll,
@@ -23,6 +24,7 @@ import {
   sleep,
   startCluster,
   until,
+  upstreamTo,
   waitForPort,
   workload,
 } from './helpers/cluster.js';
@@ -58,21 +60,7 @@ async function setup(opts: { certTtl?: string; echoes?: number } = {}): Promise<
   const upstreamPort = await freePort();
   await enroll(
     cluster.meshFile,
-    workload({
-      name: 'client',
-      service: 'web',
-      node: 'node-a',
-      ports: [CLIENT_PORT],
-      upstreams: [
-        {
-          service: 'echo',
-          namespace: 'default',
-          port: undefined,
-          listenHost: '127.0.0.1',
-          listenPort: upstreamPort,
-        },
-      ],
-    }),
+    clientWorkload(CLIENT_PORT, upstreamTo('echo', upstreamPort)),
     ...servers.map((e, i) =>
       workload({ name: `echo-${i + 1}`, service: 'echo', node: 'node-b', ports: [e.port] }),
     ),
@@ -335,28 +323,7 @@ test('an edit of the mesh file takes effect live; a malformed edit keeps the las
     const second = await freePort();
     await enroll(
       s.cluster.meshFile,
-      workload({
-        name: 'client',
-        service: 'web',
-        node: 'node-a',
-        ports: [CLIENT_PORT],
-        upstreams: [
-          {
-            service: 'echo',
-            namespace: 'default',
-            port: undefined,
-            listenHost: '127.0.0.1',
-            listenPort: s.upstreamPort,
-          },
-          {
-            service: 'echo',
-            namespace: 'default',
-            port: undefined,
-            listenHost: '127.0.0.1',
-            listenPort: second,
-          },
-        ],
-      }),
+      clientWorkload(CLIENT_PORT, upstreamTo('echo', s.upstreamPort), upstreamTo('echo', second)),
     );
     await waitForPort(second);
     t.is((await roundTrip(second, Buffer.from('live'))).length, 4);

@@ -7,7 +7,7 @@ import { type ConfigInput, loadConfig } from '../../daemon/config.js';
 import { Ambitd } from '../../daemon/daemon.js';
 import { type Logger, createLogger, silentLogger } from '../../daemon/log.js';
 import { editMeshFile, upsertWorkload } from '../../daemon/state/mesh-edit.js';
-import type { Workload } from '../../daemon/state/model.js';
+import type { Upstream, Workload } from '../../daemon/state/model.js';
 import { sleep } from './net.js';
 
 export { freePort, sleep, waitForPort } from './net.js';
@@ -72,6 +72,22 @@ export function workload(p: Partial<Workload> & Pick<Workload, 'name' | 'service
     ...p,
   };
 }
+
+/** An explicit upstream listener on loopback leading to `service` (its only port). */
+export const upstreamTo = (service: string, listenPort: number): Upstream => ({
+  service,
+  namespace: 'default',
+  port: undefined,
+  listenHost: '127.0.0.1',
+  listenPort,
+});
+
+/**
+ * The tests' client: workload `client` of service web on node-a, at loopback, with its upstreams. It lists
+ * `port` (where nothing need listen): every port of a host address would make its node a relay.
+ */
+export const clientWorkload = (port: number, ...upstreams: Upstream[]): Workload =>
+  workload({ name: 'client', service: 'web', node: 'node-a', ports: [port], upstreams });
 
 export const enroll = (meshFile: string, ...ws: Workload[]): Promise<unknown> =>
   editMeshFile(meshFile, (doc) => {
