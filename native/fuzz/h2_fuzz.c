@@ -184,18 +184,8 @@ static void respond(h2_t *h, uint32_t sid) {
     if (write(g_pair[1], hello, sizeof hello) < 0) return;
     /* Every other one stays open: its data provider then waits for the socket (EAGAIN, splice_read). */
     if (sid % 4 == 1) shutdown(g_pair[1], SHUT_WR);
-    splice_t *s = calloc(1, sizeof *s);
-    if (!s) return;
-    s->tls = h->c;
-    s->plain = g_plain;
-    s->sid = sid;
-    s->next = h->splices;
-    if (h->splices) h->splices->prev = s;
-    h->splices = s;
-    st->splice = s;
-    st->spliced = 1;
-    g_plain->splice = s;
-    resume(h, st);
+    /* The binding's own join (h2Splice's), so the harness splices as JavaScript's call does. */
+    splice_join(h, st, g_plain);
     return;
   }
   /* JavaScript's own bytes on the stream, then its end (every other stream stays open). */

@@ -1368,6 +1368,30 @@ static napi_value H2SetWindow(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* Joins stream `st` to the workload connection `p`, if both can be joined now; NULL when not. */
+static splice_t *splice_join(h2_t *h, strm_t *st, conn_t *p) {
+  int ok = st && st->has_prd && !st->spliced && !st->out_end && p && p->plain && !p->closing && !p->splice &&
+           !p->read_eof && !p->ending;
+  splice_t *s = ok ? calloc(1, sizeof *s) : NULL;
+  if (s == NULL) return NULL;
+  s->tls = h->c;
+  s->plain = p;
+  s->sid = st->sid;
+  s->skip = queued(p);
+  s->next = h->splices;
+  if (h->splices) h->splices->prev = s;
+  h->splices = s;
+  st->splice = s;
+  st->spliced = 1;
+  p->splice = s;
+  p->paused = 0;
+  /* The data provider reads the workload from now on (after what JavaScript buffered). */
+  resume(h, st);
+  h->want_send = 1;
+  update_poll(p);
+  return s;
+}
+
 /* h2Splice(conn, streamId, plain) -> whether the stream is spliced now */
 static napi_value H2Splice(napi_env env, napi_callback_info info) {
   napi_value argv[3], result;
@@ -1376,27 +1400,7 @@ static napi_value H2Splice(napi_env env, napi_callback_info info) {
   uint32_t sid = 0;
   if (h) napi_get_value_uint32(env, argv[1], &sid);
   strm_t *st = h && !h->failed ? get_strm(h, sid) : NULL;
-  int ok = st && st->has_prd && !st->spliced && !st->out_end && p && p->plain && !p->closing && !p->splice &&
-           !p->read_eof && !p->ending;
-  splice_t *s = ok ? calloc(1, sizeof *s) : NULL;
-  if (s) {
-    s->tls = h->c;
-    s->plain = p;
-    s->sid = sid;
-    s->skip = queued(p);
-    s->next = h->splices;
-    if (h->splices) h->splices->prev = s;
-    h->splices = s;
-    st->splice = s;
-    st->spliced = 1;
-    p->splice = s;
-    p->paused = 0;
-    /* The data provider reads the workload from now on (after what JavaScript buffered). */
-    resume(h, st);
-    h->want_send = 1;
-    update_poll(p);
-  }
-  napi_get_boolean(env, s != NULL, &result);
+  napi_get_boolean(env, st != NULL && splice_join(h, st, p) != NULL, &result);
   return result;
 }
 
