@@ -1,8 +1,8 @@
 // The CLI's side of ambitd's admin API (127.0.0.1:15000 by default).
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ADMIN_TOKEN_FILE } from '../daemon/admin/http.js';
-import { AmbitError } from '../daemon/errors.js';
+import { AmbitError } from '../lib/errors.js';
+import { ADMIN_TOKEN_FILE } from '../lib/paths.js';
 
 /** The daemon could not be asked: not running, wrong address, or it answered nonsense. Exit code 3. */
 export class AdminUnreachableError extends AmbitError {

@@ -9,12 +9,12 @@ import {
   removeCapture,
   setGate,
   showCapture,
-} from '../daemon/capture/iptables.js';
-import { type CaptureSpec, failModeOf } from '../daemon/capture/rules.js';
-import { type DaemonConfig, loadConfig } from '../daemon/config.js';
-import { CaptureError } from '../daemon/errors.js';
-import { readMeshFile } from '../daemon/state/meshfile.js';
-import type { Workload } from '../daemon/state/model.js';
+} from '../lib/capture/iptables.js';
+import { type CaptureSpec, failModeOf } from '../lib/capture/rules.js';
+import { type DaemonConfig, loadConfig } from '../lib/config.js';
+import { CaptureError } from '../lib/errors.js';
+import { readMeshFile } from '../lib/mesh/meshfile.js';
+import type { Workload } from '../lib/mesh/model.js';
 
 interface Io {
   out: (s: string) => void;

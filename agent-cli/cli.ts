@@ -3,9 +3,8 @@
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { AmbitError, ConfigError, MeshFileError, NotFoundError } from '../daemon/errors.js';
-import { LOG_LEVELS } from '../daemon/log.js';
-import { DEFAULT_ADMIN, defaultStateDir } from '../daemon/paths.js';
+import { AmbitError, ConfigError, MeshFileError, NotFoundError } from '../lib/errors.js';
+import { LOG_LEVELS } from '../lib/log.js';
 import {
   addPolicy,
   editMeshFile,
@@ -14,8 +13,8 @@ import {
   setDefaultPolicy,
   setNode,
   upsertWorkload,
-} from '../daemon/state/mesh-edit.js';
-import { DEFAULT_TUNNEL_PORT, fmtHostPort, ownAddress, readMeshFile } from '../daemon/state/meshfile.js';
+} from '../lib/mesh/edit.js';
+import { DEFAULT_TUNNEL_PORT, fmtHostPort, ownAddress, readMeshFile } from '../lib/mesh/meshfile.js';
 import type {
   FailMode,
   MeshMode,
@@ -24,7 +23,8 @@ import type {
   PolicySource,
   Upstream,
   Workload,
-} from '../daemon/state/model.js';
+} from '../lib/mesh/model.js';
+import { DEFAULT_ADMIN, defaultStateDir } from '../lib/paths.js';
 import {
   type AdminTarget,
   AdminUnreachableError,

@@ -9,12 +9,12 @@ import {
   isRecord,
   workloadFromEntry,
   workloadRegistration,
-} from '../daemon/consul/catalog.js';
-import { ConsulClient, DEFAULT_CONSUL_ADDRESS } from '../daemon/consul/client.js';
-import type { ConsulIntention } from '../daemon/consul/intentions.js';
-import { Secret } from '../daemon/consul/secret.js';
-import { ConfigError, NotFoundError } from '../daemon/errors.js';
-import type { PolicyAction, PolicySource, Workload } from '../daemon/state/model.js';
+} from '../lib/consul/catalog.js';
+import { ConsulClient, DEFAULT_CONSUL_ADDRESS } from '../lib/consul/client.js';
+import type { ConsulIntention } from '../lib/consul/intentions.js';
+import { Secret } from '../lib/consul/secret.js';
+import { ConfigError, NotFoundError } from '../lib/errors.js';
+import type { PolicyAction, PolicySource, Workload } from '../lib/mesh/model.js';
 
 export interface ConsulCliOpts {
   consul?: string | undefined;

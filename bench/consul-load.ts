@@ -11,12 +11,12 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ADMIN_TOKEN_FILE } from '../daemon/admin/http.js';
-import { loadConfig } from '../daemon/config.js';
-import { workloadRegistration } from '../daemon/consul/catalog.js';
-import { ConsulClient } from '../daemon/consul/client.js';
 import { Ambitd } from '../daemon/daemon.js';
-import { silentLogger } from '../daemon/log.js';
+import { loadConfig } from '../lib/config.js';
+import { workloadRegistration } from '../lib/consul/catalog.js';
+import { ConsulClient } from '../lib/consul/client.js';
+import { silentLogger } from '../lib/log.js';
+import { ADMIN_TOKEN_FILE } from '../lib/paths.js';
 import { ConsulEmulator } from '../test/helpers/consul-emulator.js';
 
 const SERVICES = 1000;

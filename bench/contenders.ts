@@ -10,7 +10,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { EmbeddedCa } from '../daemon/identity/ca.js';
-import { editMeshFile, upsertWorkload } from '../daemon/state/mesh-edit.js';
+import { editMeshFile, upsertWorkload } from '../lib/mesh/edit.js';
 import { workload } from '../test/helpers/cluster.js';
 import {
   type Spawned,

@@ -1,9 +1,9 @@
 #!/usr/bin/env -S node --initial-old-space-size=64
 import { Command } from 'commander';
-import { type ConfigInput, loadConfig } from './config.js';
+import { type ConfigInput, loadConfig } from '../lib/config.js';
+import { AmbitError } from '../lib/errors.js';
+import { createLogger } from '../lib/log.js';
 import { Ambitd } from './daemon.js';
-import { AmbitError } from './errors.js';
-import { createLogger } from './log.js';
 import { NODE_FLAGS, initialOldSpaceMb } from './proxy/reclaim.js';
 
 const program = new Command()

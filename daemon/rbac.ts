@@ -1,4 +1,4 @@
-import type { Policy, PolicyAction, PolicySource } from './state/model.js';
+import type { Policy, PolicyAction, PolicySource } from '../lib/mesh/model.js';
 
 /** The authenticated peer of a tunneled connection, as its certificate names it. */
 export interface Peer {

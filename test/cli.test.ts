@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
-import type { Policy, Workload } from '../daemon/state/model.js';
+import type { Policy, Workload } from '../lib/mesh/model.js';
 
 /** dist/agent-cli/main.js, found from this file (dist/test/cli.test.js) wherever the checkout is. */
 const CLI = fileURLToPath(new URL('../agent-cli/main.js', import.meta.url));

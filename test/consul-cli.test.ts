@@ -6,9 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { run } from '../agent-cli/cli.js';
-import { ConsulClient } from '../daemon/consul/client.js';
-import type { ConsulIntention } from '../daemon/consul/intentions.js';
-import { Secret } from '../daemon/consul/secret.js';
+import { ConsulClient } from '../lib/consul/client.js';
+import type { ConsulIntention } from '../lib/consul/intentions.js';
+import { Secret } from '../lib/consul/secret.js';
 import {
   ConsulEmulator,
   type ConsulUnderTest,

@@ -8,12 +8,12 @@ import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { run } from '../agent-cli/cli.js';
 import { consulEnroll } from '../agent-cli/consul.js';
-import { type DaemonConfig, loadConfig } from '../daemon/config.js';
-import { ConsulClient } from '../daemon/consul/client.js';
-import { Secret } from '../daemon/consul/secret.js';
 import { Ambitd } from '../daemon/daemon.js';
-import { ConsulPermissionError } from '../daemon/errors.js';
-import { createLogger, silentLogger } from '../daemon/log.js';
+import { type DaemonConfig, loadConfig } from '../lib/config.js';
+import { ConsulClient } from '../lib/consul/client.js';
+import { Secret } from '../lib/consul/secret.js';
+import { ConsulPermissionError } from '../lib/errors.js';
+import { createLogger, silentLogger } from '../lib/log.js';
 import { echoOnce, echoServer, freePort, openEcho, roundTrip, sha256, until } from './helpers/cluster.js';
 import {
   ConsulEmulator,

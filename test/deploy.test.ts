@@ -5,8 +5,8 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import test from 'ava';
 import { parseAllDocuments, parse as parseYaml } from 'yaml';
-import { CONFIG_KEYS, envName, loadConfig } from '../daemon/config.js';
 import { NODE_FLAGS } from '../daemon/proxy/reclaim.js';
+import { CONFIG_KEYS, envName, loadConfig } from '../lib/config.js';
 
 // The deployment artifacts are checked against the daemon they deploy: the settings they pass must load,
 // and the ports and paths they name must be the ones ambitd serves.

@@ -18,7 +18,6 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
-import { H2ProtocolError } from '../daemon/errors.js';
 import { PlainConnection } from '../daemon/io/plain.js';
 import { ErrorCode } from '../daemon/proxy/h2/codes.js';
 import { H2Session, type H2SessionOptions, nghttp2Version } from '../daemon/proxy/h2/session.js';
@@ -26,6 +25,7 @@ import type { H2Headers, H2Stream } from '../daemon/proxy/h2/stream.js';
 import { pipeBoth, spliceBoth } from '../daemon/proxy/pipe.js';
 import { TlsConnection } from '../daemon/tls/connection.js';
 import { TlsContext } from '../daemon/tls/context.js';
+import { H2ProtocolError } from '../lib/errors.js';
 import {
   Flag,
   type Frame,

@@ -9,6 +9,14 @@ import { connect as tlsConnect } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import test from 'ava';
+import type { Ambitd } from '../daemon/daemon.js';
+import { FdReserve, readNofileLimit } from '../daemon/limits/fds.js';
+import { Refusals, peerAbuseReason } from '../daemon/limits/refusal.js';
+import { Metrics } from '../daemon/metrics/metrics.js';
+import { sniForIdentity } from '../daemon/proxy/hbone.js';
+import { ExplicitListeners } from '../daemon/proxy/outbound/explicit.js';
+import type { Outbound } from '../daemon/proxy/outbound/outbound.js';
+import { NODE_FLAGS } from '../daemon/proxy/reclaim.js';
 import {
   CONFIG_KEYS,
   type ConfigInput,
@@ -16,16 +24,8 @@ import {
   LIMIT_KEYS,
   envName,
   loadConfig,
-} from '../daemon/config.js';
-import type { Ambitd } from '../daemon/daemon.js';
-import { FdReserve, readNofileLimit } from '../daemon/limits/fds.js';
-import { Refusals, peerAbuseReason } from '../daemon/limits/refusal.js';
-import { silentLogger } from '../daemon/log.js';
-import { Metrics } from '../daemon/metrics/metrics.js';
-import { sniForIdentity } from '../daemon/proxy/hbone.js';
-import { ExplicitListeners } from '../daemon/proxy/outbound/explicit.js';
-import type { Outbound } from '../daemon/proxy/outbound/outbound.js';
-import { NODE_FLAGS } from '../daemon/proxy/reclaim.js';
+} from '../lib/config.js';
+import { silentLogger } from '../lib/log.js';
 import {
   type Cluster,
   clientWorkload,

@@ -2,9 +2,10 @@ import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promise
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
-import { MeshFileError, MeshLockedError, NotFoundError } from '../daemon/errors.js';
-import { silentLogger } from '../daemon/log.js';
 import { MeshFileSource } from '../daemon/state/file-source.js';
+import { StateStore } from '../daemon/state/store.js';
+import { MeshFileError, MeshLockedError, NotFoundError } from '../lib/errors.js';
+import { silentLogger } from '../lib/log.js';
 import {
   addPolicy,
   editMeshFile,
@@ -13,10 +14,9 @@ import {
   setDefaultPolicy,
   setNode,
   upsertWorkload,
-} from '../daemon/state/mesh-edit.js';
-import { meshToDoc, parseMesh, readMeshFile } from '../daemon/state/meshfile.js';
-import { type Mesh, type Workload, emptyMesh } from '../daemon/state/model.js';
-import { StateStore } from '../daemon/state/store.js';
+} from '../lib/mesh/edit.js';
+import { meshToDoc, parseMesh, readMeshFile } from '../lib/mesh/meshfile.js';
+import { type Mesh, type Workload, emptyMesh } from '../lib/mesh/model.js';
 
 const FULL_YAML = `# the whole format
 defaultPolicy: deny

@@ -11,20 +11,20 @@ import { connect as tlsConnect } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import { pino } from 'pino';
-import { ADMIN_TOKEN_FILE } from '../daemon/admin/http.js';
-import { type ConsulIntention, compileIntentions } from '../daemon/consul/intentions.js';
-import type { Logger } from '../daemon/log.js';
 import { sniForIdentity } from '../daemon/proxy/hbone.js';
 import { type Peer, authorize } from '../daemon/rbac.js';
+import { type ConsulIntention, compileIntentions } from '../lib/consul/intentions.js';
+import type { Logger } from '../lib/log.js';
+import { addPolicy, editMeshFile } from '../lib/mesh/edit.js';
+import type { Policy, PolicySource } from '../lib/mesh/model.js';
 import {
   LocalAddresses,
   bindAccepts,
   canonicalIp,
   interfaceAddresses,
   isLoopback,
-} from '../daemon/state/addresses.js';
-import { addPolicy, editMeshFile } from '../daemon/state/mesh-edit.js';
-import type { Policy, PolicySource } from '../daemon/state/model.js';
+} from '../lib/net/addresses.js';
+import { ADMIN_TOKEN_FILE } from '../lib/paths.js';
 import { type Credentials, forgeLeaf } from './helpers/attacker.js';
 import {
   type Cluster,

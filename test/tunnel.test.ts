@@ -8,7 +8,7 @@ import { connect as tlsConnect } from 'node:tls';
 import test from 'ava';
 import { EmbeddedCa } from '../daemon/identity/ca.js';
 import { sniForIdentity } from '../daemon/proxy/hbone.js';
-import { addPolicy, editMeshFile } from '../daemon/state/mesh-edit.js';
+import { addPolicy, editMeshFile } from '../lib/mesh/edit.js';
 import {
   type Cluster,
   clientWorkload,

@@ -3,7 +3,8 @@ import { open, rename, unlink } from 'node:fs/promises';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import type { Listen } from '../config.js';
+import type { Listen } from '../../lib/config.js';
+import { ADMIN_TOKEN_FILE } from '../../lib/paths.js';
 
 export type Handler = (req: IncomingMessage, url: URL) => Promise<Reply> | Reply;
 export interface Reply {
@@ -70,8 +71,6 @@ function send(res: ServerResponse, reply: Reply): void {
 }
 
 export const portOf = (server: Server): number => (server.address() as AddressInfo).port;
-
-export const ADMIN_TOKEN_FILE = 'admin.token';
 
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
 

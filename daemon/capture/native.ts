@@ -1,7 +1,7 @@
 // Capture's part of the native binding: SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST and SO_MARK, which Node has
 // no API for.
 import { type Socket, isIPv6 } from 'node:net';
-import { CaptureUnavailableError } from '../errors.js';
+import { CaptureUnavailableError } from '../../lib/errors.js';
 import { type Addon, addon, fdOf } from '../native.js';
 
 export type NativeBinding = Pick<Addon, 'originalDst' | 'setMark' | 'markedSocket'>;

@@ -2,7 +2,7 @@
 // share the host's network, by the owner uid of the client socket. Never by anything the client sends.
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
-import type { Workload } from '../state/model.js';
+import type { Workload } from '../../lib/mesh/model.js';
 import type { StateStore } from '../state/store.js';
 
 const unmap = (ip: string): string => (ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip);

@@ -6,8 +6,8 @@ import { randomBytes } from 'node:crypto';
 import { type FileHandle, link, mkdir, open, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CaError } from '../errors.js';
-import type { Logger } from '../log.js';
+import { CaError } from '../../lib/errors.js';
+import type { Logger } from '../../lib/log.js';
 
 export interface RootFiles {
   certFile: string;

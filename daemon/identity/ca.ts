@@ -2,8 +2,8 @@
 
 import { type KeyObject, X509Certificate, createPrivateKey, generateKeyPair } from 'node:crypto';
 import { promisify } from 'node:util';
-import { CaError } from '../errors.js';
-import { type Logger, silentLogger } from '../log.js';
+import { CaError } from '../../lib/errors.js';
+import { type Logger, silentLogger } from '../../lib/log.js';
 import { type RootFiles, type RootPems, loadOrCreateRootFiles } from './ca-store.js';
 import { isValidTrustDomain, parseSpiffeId, trustDomainId, uriSans } from './spiffe.js';
 import {

@@ -6,11 +6,11 @@
 
 import { X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { ConsulCache } from '../consul/cache.js';
-import { isRecord } from '../consul/catalog.js';
-import { type ConsulClient, Watch, type WatchOptions } from '../consul/client.js';
-import { CaError, ConsulUnavailableError } from '../errors.js';
-import type { Logger } from '../log.js';
+import type { ConsulCache } from '../../lib/consul/cache.js';
+import { isRecord } from '../../lib/consul/catalog.js';
+import { type ConsulClient, Watch, type WatchOptions } from '../../lib/consul/client.js';
+import { CaError, ConsulUnavailableError } from '../../lib/errors.js';
+import type { Logger } from '../../lib/log.js';
 import type { CertificateAuthority, IssuedCertificate } from './ca.js';
 import { parseSpiffeId } from './spiffe.js';
 

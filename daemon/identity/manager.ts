@@ -5,10 +5,10 @@
 
 import { X509Certificate } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { AmbitError, CaError, CertUnavailableError } from '../errors.js';
-import { type Logger, silentLogger } from '../log.js';
+import { type BackoffOptions, backoffDelay } from '../../lib/backoff.js';
+import { AmbitError, CaError, CertUnavailableError } from '../../lib/errors.js';
+import { type Logger, silentLogger } from '../../lib/log.js';
 import { TlsContext } from '../tls/context.js';
-import { type BackoffOptions, backoffDelay } from './backoff.js';
 import type { CertificateAuthority, IssuedCertificate } from './ca.js';
 import { Limiter } from './limiter.js';
 import { uriSans } from './spiffe.js';

@@ -1,6 +1,6 @@
 // The connection half of the native binding (native/src/tls.c), ready to use: initialised once with the
 // dispatcher that turns its events into calls on the connection object (TLS or plain) that owns them.
-import { TunnelError } from '../errors.js';
+import { TunnelError } from '../../lib/errors.js';
 import { type Addon, addon } from '../native.js';
 
 /** What the binding calls back into: a connection object with one method. */

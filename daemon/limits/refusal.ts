@@ -1,7 +1,7 @@
 // The one way a refusal is reported: counted in ambit_connections_refused_total{direction,reason} and
 // logged at warn, at most once per reason per interval (a flood must not become a flood of log lines: the
 // suppressed count rides on the next line). Every limit of the daemon refuses through here.
-import type { Logger } from '../log.js';
+import type { Logger } from '../../lib/log.js';
 import type { Metrics, RefusalReason } from '../metrics/metrics.js';
 
 export type Direction = 'inbound' | 'outbound';

@@ -1,8 +1,8 @@
 import type { Socket } from 'node:net';
+import type { ResponseFlag } from '../../lib/errors.js';
+import type { Logger } from '../../lib/log.js';
 import { connectTcp } from '../capture/mark.js';
-import type { ResponseFlag } from '../errors.js';
 import { PlainConnection } from '../io/plain.js';
-import type { Logger } from '../log.js';
 import type {
   ConnectionLabels,
   Metrics,

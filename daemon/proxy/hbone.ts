@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { isIP } from 'node:net';
-import { DEFAULT_LIMITS, type Limits } from '../config.js';
+import { DEFAULT_LIMITS, type Limits } from '../../lib/config.js';
 import type { H2SessionOptions } from './h2/session.js';
 
 // HBONE as ztunnel speaks it: TLS 1.3, ALPN h2, an HTTP/2 CONNECT per tunneled connection whose :authority

@@ -1,5 +1,5 @@
 import { type Server, type Socket, createServer } from 'node:net';
-import type { Listen } from '../config.js';
+import type { Listen } from '../../lib/config.js';
 import type { ListenerGate } from '../limits/fds.js';
 
 /**

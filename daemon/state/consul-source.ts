@@ -14,8 +14,8 @@
 // state keeps serving, staleness is reported (metric, log, readiness), and the watches recover by themselves.
 
 import { EventEmitter } from 'node:events';
-import type { DaemonConfig } from '../config.js';
-import { ConsulCache } from '../consul/cache.js';
+import type { DaemonConfig } from '../../lib/config.js';
+import { ConsulCache } from '../../lib/consul/cache.js';
 import {
   type ConsulHealthEntry,
   META,
@@ -28,17 +28,25 @@ import {
   nodeRegistration,
   nodeTag,
   workloadFromEntry,
-} from '../consul/catalog.js';
-import { ConsulClient, Watch, type WatchOptions } from '../consul/client.js';
-import { compileIntentions, parseIntentions } from '../consul/intentions.js';
-import { AmbitError } from '../errors.js';
+} from '../../lib/consul/catalog.js';
+import { ConsulClient, Watch, type WatchOptions } from '../../lib/consul/client.js';
+import { compileIntentions, parseIntentions } from '../../lib/consul/intentions.js';
+import { AmbitError } from '../../lib/errors.js';
+import type { Logger } from '../../lib/log.js';
+import { ownAddress } from '../../lib/mesh/meshfile.js';
+import type {
+  Mesh,
+  MeshNode,
+  Policy,
+  PolicyAction,
+  Service,
+  ServicePort,
+  Workload,
+} from '../../lib/mesh/model.js';
+import { LocalAddresses } from '../../lib/net/addresses.js';
 import { ConsulCa } from '../identity/consul-ca.js';
 import type { CertificateManager } from '../identity/manager.js';
-import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { LocalAddresses } from './addresses.js';
-import { ownAddress } from './meshfile.js';
-import type { Mesh, MeshNode, Policy, PolicyAction, Service, ServicePort, Workload } from './model.js';
 import type { StateStore } from './store.js';
 
 export const CONFIG_KINDS = [

@@ -5,11 +5,11 @@ import { EventEmitter } from 'node:events';
 import { type FSWatcher, watch } from 'node:fs';
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
-import { MeshFileError } from '../errors.js';
-import type { Logger } from '../log.js';
-import { parseMesh } from './meshfile.js';
-import type { Mesh } from './model.js';
-import { emptyMesh } from './model.js';
+import { MeshFileError } from '../../lib/errors.js';
+import type { Logger } from '../../lib/log.js';
+import { parseMesh } from '../../lib/mesh/meshfile.js';
+import type { Mesh } from '../../lib/mesh/model.js';
+import { emptyMesh } from '../../lib/mesh/model.js';
 import type { StateStore } from './store.js';
 
 export interface MeshFileSourceOptions {

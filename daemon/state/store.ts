@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
-import type { Mesh, MeshNode, Policy, Service, Workload } from './model.js';
-import { emptyMesh } from './model.js';
+import type { Mesh, MeshNode, Policy, Service, Workload } from '../../lib/mesh/model.js';
+import { emptyMesh } from '../../lib/mesh/model.js';
 
 const key = (namespace: string, name: string): string => `${namespace}/${name}`;
 const addrKey = (ip: string, port: number): string => `${ip}:${port}`;

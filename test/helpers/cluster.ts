@@ -3,11 +3,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { type AddressInfo, type Server, type Socket, connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type ConfigInput, loadConfig } from '../../daemon/config.js';
 import { Ambitd } from '../../daemon/daemon.js';
-import { type Logger, createLogger, silentLogger } from '../../daemon/log.js';
-import { editMeshFile, upsertWorkload } from '../../daemon/state/mesh-edit.js';
-import type { Upstream, Workload } from '../../daemon/state/model.js';
+import { type ConfigInput, loadConfig } from '../../lib/config.js';
+import { type Logger, createLogger, silentLogger } from '../../lib/log.js';
+import { editMeshFile, upsertWorkload } from '../../lib/mesh/edit.js';
+import type { Upstream, Workload } from '../../lib/mesh/model.js';
 import { sleep } from './net.js';
 
 export { freePort, sleep, waitForPort } from './net.js';

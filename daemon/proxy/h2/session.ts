@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
-import { DEFAULT_LIMITS } from '../../config.js';
-import { H2ProtocolError, type H2RefusalReason } from '../../errors.js';
+import { DEFAULT_LIMITS } from '../../../lib/config.js';
+import { H2ProtocolError, type H2RefusalReason } from '../../../lib/errors.js';
 import { binding } from '../../io/binding.js';
 import {
   EV_BDP,

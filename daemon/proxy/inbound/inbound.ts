@@ -1,13 +1,19 @@
 import type { Socket } from 'node:net';
-import { DEFAULT_LIMITS, type Limits } from '../../config.js';
-import { type ConnectionRefusal, badRequest, denied, unknownWorkload, upstreamFailed } from '../../errors.js';
+import { DEFAULT_LIMITS, type Limits } from '../../../lib/config.js';
+import {
+  type ConnectionRefusal,
+  badRequest,
+  denied,
+  unknownWorkload,
+  upstreamFailed,
+} from '../../../lib/errors.js';
+import type { Logger } from '../../../lib/log.js';
+import type { Workload } from '../../../lib/mesh/model.js';
 import { parseSpiffeId, trustDomainOf, uriSans } from '../../identity/spiffe.js';
 import { type FdReserve, isFdExhaustion } from '../../limits/fds.js';
 import { Refusals } from '../../limits/refusal.js';
-import type { Logger } from '../../log.js';
 import type { Metrics, RefusalReason } from '../../metrics/metrics.js';
 import { type Peer, authorize } from '../../rbac.js';
-import type { Workload } from '../../state/model.js';
 import type { StateStore } from '../../state/store.js';
 import { ConnectionAccount, type Party, connectUpstream } from '../account.js';
 import type { H2Session } from '../h2/session.js';

@@ -3,12 +3,12 @@
 // them, labelled connection_security_policy="none". The source has no identity here: an ALLOW policy that
 // names identities therefore refuses plaintext, as ztunnel's does.
 import type { Socket } from 'node:net';
+import type { ResponseFlag } from '../../../lib/errors.js';
+import type { Logger } from '../../../lib/log.js';
+import type { Workload } from '../../../lib/mesh/model.js';
 import { originalDestination } from '../../capture/native.js';
-import type { ResponseFlag } from '../../errors.js';
-import type { Logger } from '../../log.js';
 import type { Metrics, RefusalReason } from '../../metrics/metrics.js';
 import { authorize } from '../../rbac.js';
-import type { Workload } from '../../state/model.js';
 import type { StateStore } from '../../state/store.js';
 import { ConnectionAccount, connectUpstream } from '../account.js';
 import { formatAuthority } from '../hbone.js';

@@ -1,9 +1,9 @@
 import { type AddressInfo, type Server, type Socket, createServer } from 'node:net';
-import { DEFAULT_LIMITS, type Limits, type Listen } from '../../config.js';
+import { DEFAULT_LIMITS, type Limits, type Listen } from '../../../lib/config.js';
+import type { Logger } from '../../../lib/log.js';
 import { uriSans } from '../../identity/spiffe.js';
 import type { FdReserve } from '../../limits/fds.js';
 import { type Refusals, peerAbuseReason } from '../../limits/refusal.js';
-import type { Logger } from '../../log.js';
 import type { Metrics } from '../../metrics/metrics.js';
 import { TlsConnection } from '../../tls/connection.js';
 import { TlsContext } from '../../tls/context.js';

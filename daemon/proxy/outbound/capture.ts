@@ -1,9 +1,9 @@
 // 15001: connections that iptables redirected from enrolled workloads. The original destination comes
 // from the kernel (SO_ORIGINAL_DST), the source workload from the source address or owner uid.
 import type { Socket } from 'node:net';
+import type { Logger } from '../../../lib/log.js';
 import { originalDestination } from '../../capture/native.js';
 import { sourceWorkload } from '../../capture/source.js';
-import type { Logger } from '../../log.js';
 import type { Metrics, RefusalReason } from '../../metrics/metrics.js';
 import type { StateStore } from '../../state/store.js';
 import { ConnectionAccount, type Party } from '../account.js';

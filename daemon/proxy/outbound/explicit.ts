@@ -1,7 +1,7 @@
 import { type Server, createServer } from 'node:net';
+import type { Logger } from '../../../lib/log.js';
+import type { Upstream, Workload } from '../../../lib/mesh/model.js';
 import type { ListenerGate } from '../../limits/fds.js';
-import type { Logger } from '../../log.js';
-import type { Upstream, Workload } from '../../state/model.js';
 import { formatAuthority } from '../hbone.js';
 import type { Outbound } from './outbound.js';
 

@@ -1,4 +1,4 @@
-import type { Workload } from '../../state/model.js';
+import type { Workload } from '../../../lib/mesh/model.js';
 
 /**
  * Chooses among a service's endpoints: the fewest open connections wins, ties go round robin, and an

@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
-import { type ResponseFlag, TunnelError } from '../../errors.js';
-import type { Logger } from '../../log.js';
+import { type ResponseFlag, TunnelError } from '../../../lib/errors.js';
+import type { Logger } from '../../../lib/log.js';
+import type { Workload } from '../../../lib/mesh/model.js';
 import type { Metrics, RefusalReason } from '../../metrics/metrics.js';
-import type { Workload } from '../../state/model.js';
 import type { StateStore } from '../../state/store.js';
 import { ConnectionAccount, type Party, connectUpstream } from '../account.js';
 import type { H2Headers } from '../h2/stream.js';

@@ -1,7 +1,7 @@
-import { TunnelError } from '../../errors.js';
+import { TunnelError } from '../../../lib/errors.js';
+import type { Logger } from '../../../lib/log.js';
 import type { CertificateManager } from '../../identity/manager.js';
 import { type Refusals, peerAbuseReason } from '../../limits/refusal.js';
-import type { Logger } from '../../log.js';
 import type { Metrics } from '../../metrics/metrics.js';
 import type { H2Headers, H2Stream } from '../h2/stream.js';
 import type { H2Limits } from '../hbone.js';

@@ -1,5 +1,5 @@
+import { PeerIdentityError, TunnelError } from '../../../lib/errors.js';
 import { connectTcp } from '../../capture/mark.js';
-import { PeerIdentityError, TunnelError } from '../../errors.js';
 import type { CertificateManager } from '../../identity/manager.js';
 import { uriSans } from '../../identity/spiffe.js';
 import { TlsConnection } from '../../tls/connection.js';

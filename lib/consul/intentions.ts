@@ -13,7 +13,7 @@
 // denied, a named service in it allowed. Sources of namespaces no intention names are then denied, not
 // allowed (fail closed), and `conflicts` says so. Without namespaces (Consul CE) it never arises.
 
-import type { Policy, PolicyAction, PolicySource } from '../state/model.js';
+import type { Policy, PolicyAction, PolicySource } from '../mesh/model.js';
 import { isRecord } from './catalog.js';
 
 export interface ConsulIntention {

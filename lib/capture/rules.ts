@@ -1,7 +1,7 @@
 // The capture rules, as data: which chains Ambit owns and what goes in them, for one address family.
 // Pure (no iptables here), so that the rule set can be read, tested and shown before it is installed.
 import { isIP } from 'node:net';
-import type { FailMode, Workload } from '../state/model.js';
+import type { FailMode, Workload } from '../mesh/model.js';
 
 export type Family = 4 | 6;
 export type { FailMode };

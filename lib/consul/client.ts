@@ -7,6 +7,7 @@
 import { EventEmitter } from 'node:events';
 import { Agent as HttpAgent, type IncomingMessage, request as httpRequest } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import { type BackoffOptions, backoffDelay } from '../backoff.js';
 import {
   AmbitError,
   ConfigError,
@@ -14,7 +15,6 @@ import {
   ConsulRequestError,
   ConsulUnavailableError,
 } from '../errors.js';
-import { type BackoffOptions, backoffDelay } from '../identity/backoff.js';
 import type { Secret } from './secret.js';
 
 export const DEFAULT_CONSUL_ADDRESS = '127.0.0.1:8500';

@@ -4,7 +4,7 @@
 // registers, pointing at its tunnel listener. Encoding and decoding live together so they cannot drift.
 
 import { isIP } from 'node:net';
-import type { MeshMode, MeshNode, Upstream, Workload } from '../state/model.js';
+import type { MeshMode, MeshNode, Upstream, Workload } from '../mesh/model.js';
 
 /** The Consul service each ambitd registers for its node: Address:Port is its tunnel (HBONE) listener. */
 export const NODE_SERVICE = 'ambit';

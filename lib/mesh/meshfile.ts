@@ -50,7 +50,7 @@ import { isIP } from 'node:net';
 import { extname } from 'node:path';
 import { type Document, LineCounter, parseDocument } from 'yaml';
 import { MeshFileError } from '../errors.js';
-import { canonicalIp, isLoopback } from './addresses.js';
+import { canonicalIp, isLoopback } from '../net/addresses.js';
 import type {
   FailMode,
   Mesh,

@@ -15,3 +15,6 @@ export function defaultMeshFile(stateDir: string, env: NodeJS.ProcessEnv = proce
 }
 
 export const DEFAULT_ADMIN = '127.0.0.1:15000';
+
+/** The admin API's bearer token, in the state directory (mode 0600, new at every start). */
+export const ADMIN_TOKEN_FILE = 'admin.token';
