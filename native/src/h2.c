@@ -62,6 +62,7 @@ struct splice {
   uint32_t sid;
   int closed;    /* nghttp2 closed the stream: nothing more either way */
   int want_read; /* the data provider waits for the workload's socket to be readable */
+  int drained;   /* the last read came back short: the socket is empty until the poll says otherwise */
   uint64_t skip; /* queued by JavaScript before the splice: already credited there */
   splice_t *next, *prev;
 };
@@ -499,9 +500,16 @@ static ssize_t on_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t le
     }
     if (length > SPLICE_READ) length = SPLICE_READ;
     ssize_t r;
-    do r = recv(p->fd, g_read_buf, length, 0);
-    while (r < 0 && errno == EINTR);
+    if (s->drained) {
+      /* A short read emptied the socket: the recv that would say EAGAIN is skipped (the poll is level). */
+      r = -1;
+      errno = EAGAIN;
+    } else {
+      do r = recv(p->fd, g_read_buf, length, 0);
+      while (r < 0 && errno == EINTR);
+    }
     if (r > 0) {
+      s->drained = (size_t)r < length;
       *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
       h->src = g_read_buf;
       h->src_splice = s;
@@ -561,7 +569,6 @@ static int pump(h2_t *h) {
     h->in_ng = 1;
     int rv = nghttp2_session_send(h->ng);
     h->in_ng = 0;
-    if (getenv("H2DBG")) fprintf(stderr, "send -> %d queued %zu stage %zu\n", rv, queued(c), g_stage_len);
     int sealed = !h->dead && !c->closing && stage_seal(h);
     if (h->dead || c->closing) break;
     if (!sealed) {
@@ -618,11 +625,18 @@ void splice_read(conn_t *p) {
   splice_t *s = p->splice;
   h2_t *h = s->tls->h2;
   s->want_read = 0;
+  s->drained = 0;
+  /*
+   * The poll is left as it is until the provider has read: it usually reads to EAGAIN and wants the socket
+   * again, and stopping then restarting a uv_poll costs two epoll_ctl calls per message. Only a provider
+   * that did not get to read (window, tunnel queue full) leaves want_read clear, and the poll stops then.
+   */
+  if (h != NULL && !s->closed) {
+    strm_t *st = get_strm(h, s->sid);
+    if (st) resume(h, st);
+    pump(h);
+  }
   update_poll(p);
-  if (h == NULL || s->closed) return;
-  strm_t *st = get_strm(h, s->sid);
-  if (st) resume(h, st);
-  pump(h);
 }
 
 /* ---- frames in */
