@@ -5,7 +5,7 @@ import type { DaemonConfig } from '../lib/config.js';
 import { MeshFileError } from '../lib/errors.js';
 import { LOG_LEVELS, type LogLevel, type Logger } from '../lib/log.js';
 import { editMeshFile, setNode } from '../lib/mesh/edit.js';
-import { everyPortRefused, fieldPath, ownAddress } from '../lib/mesh/meshfile.js';
+import { everyPortRefused, fieldPath, ownAddress } from '../lib/mesh/file/validate.js';
 import type { Mesh, Workload } from '../lib/mesh/model.js';
 import { LocalAddresses, bindAccepts } from '../lib/net/addresses.js';
 import { AdminToken, type Reply, portOf, startHttp } from './admin/http.js';

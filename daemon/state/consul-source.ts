@@ -33,7 +33,7 @@ import { ConsulClient, Watch, type WatchOptions } from '../../lib/consul/client.
 import { compileIntentions, parseIntentions } from '../../lib/consul/intentions.js';
 import { AmbitError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
-import { ownAddress } from '../../lib/mesh/meshfile.js';
+import { ownAddress } from '../../lib/mesh/file/validate.js';
 import type {
   Mesh,
   MeshNode,
