@@ -26,7 +26,7 @@ import { ExplicitListeners } from './proxy/outbound/explicit.js';
 import { Balancer } from './proxy/outbound/lb.js';
 import { Outbound } from './proxy/outbound/outbound.js';
 import { Pool } from './proxy/pool/pool.js';
-import { ConsulControlPlane } from './state/consul-source.js';
+import { ConsulControlPlane } from './state/consul-control-plane.js';
 import { MeshFileSource } from './state/file-source.js';
 import { StateStore } from './state/store.js';
 import type { TlsContext } from './tls/context.js';
