@@ -93,10 +93,10 @@ export async function registerInMeshFile(
 export interface ReconcilerOptions {
   readonly localWorkloads: () => Workload[];
   readonly identityOf: (w: Workload) => string;
-  readonly certs: CertificateManager;
-  readonly listeners: ExplicitListeners;
-  readonly inbound: Inbound;
-  readonly metrics: Metrics;
+  readonly certs: Pick<CertificateManager, 'ensure' | 'list' | 'forget' | 'has' | 'tlsContext'>;
+  readonly listeners: Pick<ExplicitListeners, 'reconcile'>;
+  readonly inbound: Pick<Inbound, 'recheck'>;
+  readonly metrics: Pick<Metrics, 'certExpiry'>;
   readonly log: Logger;
   readonly retryMs?: number;
 }
