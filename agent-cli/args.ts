@@ -2,7 +2,8 @@
 // "option '--port <port>' argument 'x' is invalid. <why>" with exit code 1, before the mesh file is touched.
 import { isIP } from 'node:net';
 import { InvalidArgumentError } from 'commander';
-import { DEFAULT_NAMESPACE, OBJECT_NAME, SERVICE_NAME, isPort, parseListen } from '../lib/mesh/meshfile.js';
+import { DEFAULT_NAMESPACE, OBJECT_NAME, SERVICE_NAME } from '../lib/mesh/file/schema.js';
+import { isPort, parseListen } from '../lib/mesh/file/validate.js';
 import type { PolicySource, Upstream } from '../lib/mesh/model.js';
 
 export function parsePort(v: string): number {

@@ -13,7 +13,7 @@ import {
 import { type CaptureSpec, failModeOf } from '../lib/capture/rules.js';
 import { type DaemonConfig, loadConfig } from '../lib/config.js';
 import { CaptureError } from '../lib/errors.js';
-import { readMeshFile } from '../lib/mesh/meshfile.js';
+import { readMeshFile } from '../lib/mesh/file/parse.js';
 import type { Workload } from '../lib/mesh/model.js';
 
 interface Io {

@@ -14,7 +14,9 @@ import {
   setNode,
   upsertWorkload,
 } from '../lib/mesh/edit.js';
-import { DEFAULT_TUNNEL_PORT, fmtHostPort, ownAddress, readMeshFile } from '../lib/mesh/meshfile.js';
+import { readMeshFile } from '../lib/mesh/file/parse.js';
+import { DEFAULT_TUNNEL_PORT, fmtHostPort } from '../lib/mesh/file/schema.js';
+import { ownAddress } from '../lib/mesh/file/validate.js';
 import type {
   FailMode,
   MeshMode,

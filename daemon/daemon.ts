@@ -26,7 +26,7 @@ import { Outbound } from './proxy/outbound/outbound.js';
 import { Pool } from './proxy/pool/pool.js';
 import { type Readiness, readinessOf } from './readiness.js';
 import { Reconciler, checkHostMesh, missingCertificates, registerInMeshFile } from './reconcile.js';
-import { ConsulControlPlane } from './state/consul-source.js';
+import { ConsulControlPlane } from './state/consul-control-plane.js';
 import { MeshFileSource } from './state/file-source.js';
 import { StateStore } from './state/store.js';
 

@@ -4,7 +4,7 @@
 import { MeshFileError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { editMeshFile, setNode } from '../lib/mesh/edit.js';
-import { everyPortRefused, fieldPath, ownAddress } from '../lib/mesh/meshfile.js';
+import { everyPortRefused, fieldPath, ownAddress } from '../lib/mesh/file/validate.js';
 import type { Mesh, MeshNode, Workload } from '../lib/mesh/model.js';
 import { LocalAddresses } from '../lib/net/addresses.js';
 import type { CertificateManager } from './identity/manager.js';
