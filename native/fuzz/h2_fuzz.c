@@ -206,7 +206,7 @@ void emit(conn_t *c, int ev, int argc, napi_value *argv) {
     respond(h, (uint32_t)argv[0]->num);
   } else if (ev == EV_H2_DATA) {
     nghttp2_session_consume_stream(h->ng, (int32_t)argv[0]->num, argv[1]->len);
-  } else if (ev == EV_STREAM && (uint32_t)argv[1]->num == H2_CLOSED + NGHTTP2_ENHANCE_YOUR_CALM) {
+  } else if (ev == EV_STREAM && (uint32_t)argv[1]->num == STREAM_CLOSED + NGHTTP2_ENHANCE_YOUR_CALM) {
     nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, (int32_t)argv[0]->num, NGHTTP2_CANCEL);
   } else if (ev == EV_BDP) {
     nghttp2_settings_entry iv = {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, h->local_window * 2};
@@ -230,7 +230,7 @@ static int run_session(const uint8_t *data, size_t size, size_t cut) {
   g_plain = &plain;
   /* maxConcurrentStreams, windows, maxFrameSize, maxHeaderListSize, maxHeaderFrames, streamResetRate,
    * maxOutboundControl: the defaults of hbone.ts (smaller windows, so that flow control runs). */
-  const double opts[O_COUNT] = {200, 65535, 1 << 20, 1 << 20, 16384, 16384, 8, 100, 1000};
+  const double opts[H2_OPT_COUNT] = {200, 65535, 1 << 20, 1 << 20, 16384, 16384, 8, 100, 1000};
   if (!h2_create(&tls, 1, opts)) return 0;
   for (size_t off = 0; off < size && !tls.closing; off += cut) {
     size_t n = size - off < cut ? size - off : cut;

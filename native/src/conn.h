@@ -12,29 +12,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "codes.h"
 #include "record.h"
-
-/* Events to the connection's JavaScript owner: dispatch(owner, event, a, b, c). */
-#define EV_SECURE 1    /* peerCertDer, alpn */
-#define EV_DATA 2      /* offset, length in the current slab */
-#define EV_END 3
-#define EV_DRAIN 4
-#define EV_CLOSE 5     /* errorMessage | undefined, bytes the splice read, bytes it wrote, reason | undefined */
-#define EV_STREAM 6    /* tunnel: stream id, what happened to it (H2_REMOTE_END...) */
-#define EV_BDP 7       /* tunnel: DATA bytes received during one PING round trip, a reader is behind */
-#define EV_H2_ERROR 8  /* tunnel: HTTP/2 error code, message, refusal reason (the session is over) */
-#define EV_DATA_COPY 9 /* a Buffer of its own (a frame too large for the slab) */
-#define EV_H2_HEADERS 10  /* tunnel: stream id, [name, value, ...], END_STREAM */
-#define EV_H2_DATA 11     /* tunnel: stream id, a Buffer (a stream that is not spliced) */
-#define EV_H2_GOAWAY 12   /* tunnel: the peer's GOAWAY: code, last stream id */
-#define EV_H2_SETTINGS 13 /* tunnel: the peer's SETTINGS: its SETTINGS_MAX_CONCURRENT_STREAMS */
-#define EV_H2_PING 14     /* tunnel: the ACK of our keepalive PING */
-
-/* EV_STREAM's second argument. */
-#define H2_REMOTE_END 1 /* the peer's END_STREAM (a spliced stream's workload gets FIN after its data) */
-#define H2_LOCAL_END 2  /* a spliced workload's FIN: END_STREAM sent */
-#define H2_DRAINED 3    /* JavaScript's writes on the stream went out: it may write more */
-#define H2_CLOSED 0x100 /* + the error code: nghttp2 closed the stream (RST_STREAM either way, or both ends) */
 
 /* What one 'data' event carries at most, and what one recv() reads. */
 #define READ_BATCH (256 * 1024)
@@ -48,6 +27,7 @@ typedef struct splice splice_t;
 typedef struct conn {
   napi_env env;
   napi_ref owner;
+  napi_ref ctx; /* a TLS connection's context: its SNI callback needs it until the end */
   SSL *ssl;
   int fd;
   int server;

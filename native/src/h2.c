@@ -443,7 +443,7 @@ static int on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t
     }
     if (st->told_full && st->out_len - st->out_off < STREAM_HIGH / 2) {
       st->told_full = 0;
-      post_event(h, st->sid, H2_DRAINED, NULL);
+      post_event(h, st->sid, STREAM_DRAINED, NULL);
     }
   }
   if (h->src_splice) h->src_splice->plain->spliced_in += (double)len;
@@ -519,7 +519,7 @@ static ssize_t on_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t le
       /* The workload's FIN: END_STREAM, after everything it sent. */
       p->read_eof = 1;
       *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_COPY;
-      post_event(h, st->sid, H2_LOCAL_END, p);
+      post_event(h, st->sid, STREAM_LOCAL_END, p);
       return 0;
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -576,7 +576,7 @@ static int pump(h2_t *h) {
       close_conn(c);
       return 0;
     }
-    if (rv != 0 && !h->failed) fail(h, NGHTTP2_INTERNAL_ERROR, "h2_protocol", nghttp2_strerror(rv));
+    if (rv != 0 && !h->failed) fail(h, NGHTTP2_INTERNAL_ERROR, REASON_H2_PROTOCOL, nghttp2_strerror(rv));
     /* Told after the frames are sealed: a FIN the workload's end leads to must not pass them. */
     for (size_t i = 0; i < h->npost && !h->dead && !c->closing; i++) {
       struct post ev = h->post[i];
@@ -675,7 +675,7 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
     h->block_frames = 1;
   } else if (hd->type == NGHTTP2_CONTINUATION) {
     if (++h->block_frames > h->max_header_frames) {
-      fail(h, NGHTTP2_ENHANCE_YOUR_CALM, "h2_header_flood", "too many CONTINUATION frames in a header block");
+      fail(h, NGHTTP2_ENHANCE_YOUR_CALM, REASON_H2_HEADER_FLOOD, "too many CONTINUATION frames in a header block");
       return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
   } else if (hd->type == NGHTTP2_DATA) {
@@ -783,7 +783,7 @@ static int remote_end(h2_t *h, strm_t *st) {
   } else if (st->spliced) {
     return 1; /* its workload is gone: JavaScript resets the stream */
   }
-  return stream_event(h, st->sid, H2_REMOTE_END);
+  return stream_event(h, st->sid, STREAM_REMOTE_END);
 }
 
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
@@ -798,7 +798,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
       if (h->hb_over) {
         h->hb_len = 0;
         if (++h->strikes >= HEADER_STRIKES) {
-          fail(h, NGHTTP2_ENHANCE_YOUR_CALM, "h2_header_flood", "header blocks over the header list size");
+          fail(h, NGHTTP2_ENHANCE_YOUR_CALM, REASON_H2_HEADER_FLOOD, "header blocks over the header list size");
           return NGHTTP2_ERR_CALLBACK_FAILURE;
         }
         nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, (int32_t)sid, NGHTTP2_ENHANCE_YOUR_CALM);
@@ -818,7 +818,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
     }
     case NGHTTP2_RST_STREAM:
       if (!reset_admitted(h)) {
-        fail(h, NGHTTP2_ENHANCE_YOUR_CALM, "h2_reset_flood", "RST_STREAM over the stream reset rate");
+        fail(h, NGHTTP2_ENHANCE_YOUR_CALM, REASON_H2_RESET_FLOOD, "RST_STREAM over the stream reset rate");
         return NGHTTP2_ERR_CALLBACK_FAILURE;
       }
       return 0;
@@ -869,7 +869,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t sid, const 
   void *copy;
   napi_create_uint32(h->c->env, (uint32_t)sid, &a[0]);
   if (napi_create_buffer_copy(h->c->env, len, data, &copy, &a[1]) != napi_ok) {
-    fail(h, NGHTTP2_INTERNAL_ERROR, "h2_protocol", "out of memory for DATA");
+    fail(h, NGHTTP2_INTERNAL_ERROR, REASON_H2_PROTOCOL, "out of memory for DATA");
     return NGHTTP2_ERR_CALLBACK_FAILURE;
   }
   return tell(h, EV_H2_DATA, 2, a) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -884,8 +884,8 @@ static int on_stream_close(nghttp2_session *ng, int32_t sid, uint32_t code, void
   int told = 1;
   /* Closed by what we send (our END_STREAM or RST_STREAM): told once the frames are sealed, since what
    * JavaScript does about it (end the session) must not pass them. */
-  if (h->pumping) post_event(h, (uint32_t)sid, H2_CLOSED + code, NULL);
-  else if (!h->c->closing) told = stream_event(h, (uint32_t)sid, H2_CLOSED + code);
+  if (h->pumping) post_event(h, (uint32_t)sid, STREAM_CLOSED + code, NULL);
+  else if (!h->c->closing) told = stream_event(h, (uint32_t)sid, STREAM_CLOSED + code);
   if (h->dead) return NGHTTP2_ERR_CALLBACK_FAILURE;
   nghttp2_session_set_stream_user_data(ng, sid, NULL);
   free_strm(h, st);
@@ -899,7 +899,7 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
     /* nghttp2 ended the session on a connection error of its own finding: JavaScript is told after the pump. */
     h->failed = 1;
     h->err_code = frame->goaway.error_code;
-    h->reason = "h2_protocol";
+    h->reason = REASON_H2_PROTOCOL;
     if (frame->goaway.opaque_data_len > 0)
       snprintf(h->msg, sizeof h->msg, "%.*s", (int)frame->goaway.opaque_data_len, frame->goaway.opaque_data);
     else if (h->msg[0] == 0)
@@ -926,7 +926,7 @@ static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *frame, in
   uint32_t sid = st->sid;
   if (nghttp2_session_get_stream_user_data(ng, (int32_t)sid) == st) nghttp2_session_set_stream_user_data(ng, (int32_t)sid, NULL);
   free_strm(h, st);
-  post_event(h, sid, H2_CLOSED + NGHTTP2_REFUSED_STREAM, NULL);
+  post_event(h, sid, STREAM_CLOSED + NGHTTP2_REFUSED_STREAM, NULL);
   return 0;
 }
 
@@ -958,11 +958,11 @@ int h2_input(conn_t *c, const unsigned char *p, size_t n) {
   if (c->closing) return 0;
   if (rv < 0 && !h->failed) {
     if (rv == NGHTTP2_ERR_FLOODED)
-      fail(h, NGHTTP2_ENHANCE_YOUR_CALM, "h2_control_flood", "too many PING/SETTINGS answers queued for a peer that does not read");
+      fail(h, NGHTTP2_ENHANCE_YOUR_CALM, REASON_H2_CONTROL_FLOOD, "too many PING/SETTINGS answers queued for a peer that does not read");
     else if (rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC)
-      fail(h, NGHTTP2_PROTOCOL_ERROR, "h2_protocol", "not an HTTP/2 client preface");
+      fail(h, NGHTTP2_PROTOCOL_ERROR, REASON_H2_PROTOCOL, "not an HTTP/2 client preface");
     else
-      fail(h, (uint32_t)(rv == NGHTTP2_ERR_NOMEM ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_PROTOCOL_ERROR), "h2_protocol",
+      fail(h, (uint32_t)(rv == NGHTTP2_ERR_NOMEM ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_PROTOCOL_ERROR), REASON_H2_PROTOCOL,
            nghttp2_strerror((int)rv));
   }
   /* A connection error nghttp2 finds itself is told when its GOAWAY goes (on_frame_send). Answers go out
@@ -1062,19 +1062,6 @@ static uint32_t u32_arg(napi_env env, napi_value v) {
   return d > 4294967295.0 ? 0xffffffffu : (uint32_t)d;
 }
 
-/* Options, in this order (as session.ts passes them). */
-enum {
-  O_MAX_STREAMS,
-  O_STREAM_WINDOW,
-  O_MAX_STREAM_WINDOW,
-  O_CONN_WINDOW,
-  O_MAX_FRAME,
-  O_MAX_HEADER_LIST,
-  O_MAX_HEADER_FRAMES,
-  O_RESET_RATE,
-  O_MAX_OUTBOUND,
-  O_COUNT
-};
 
 /* The session of a tunnel connection (also the fuzz target's way in). NULL: out of memory. */
 h2_t *h2_create(conn_t *c, int server, const double *o) {
@@ -1083,13 +1070,13 @@ h2_t *h2_create(conn_t *c, int server, const double *o) {
   if (!h) return NULL;
   h->c = c;
   h->server = server;
-  h->max_header_list = (uint32_t)o[O_MAX_HEADER_LIST];
-  h->max_header_frames = (uint32_t)o[O_MAX_HEADER_FRAMES];
-  h->reset_rate = o[O_RESET_RATE];
+  h->max_header_list = (uint32_t)o[H2_OPT_MAX_HEADER_LIST_SIZE];
+  h->max_header_frames = (uint32_t)o[H2_OPT_MAX_HEADER_FRAMES];
+  h->reset_rate = o[H2_OPT_STREAM_RESET_RATE];
   h->rst_tokens = h->reset_rate * 10;
   h->rst_ms = now_ms(c);
-  h->local_window = (uint32_t)o[O_STREAM_WINDOW];
-  h->max_window = (uint32_t)o[O_MAX_STREAM_WINDOW];
+  h->local_window = (uint32_t)o[H2_OPT_STREAM_WINDOW];
+  h->max_window = (uint32_t)o[H2_OPT_MAX_STREAM_WINDOW];
   if (h->max_window < h->local_window) h->max_window = h->local_window;
 
   nghttp2_session_callbacks *cb;
@@ -1117,10 +1104,10 @@ h2_t *h2_create(conn_t *c, int server, const double *o) {
     return NULL;
   }
   nghttp2_option_set_no_auto_window_update(opt, 1);
-  nghttp2_option_set_max_outbound_ack(opt, (size_t)o[O_MAX_OUTBOUND]);
+  nghttp2_option_set_max_outbound_ack(opt, (size_t)o[H2_OPT_MAX_OUTBOUND_CONTROL]);
   nghttp2_option_set_max_settings(opt, 32);
   /* Until the peer's SETTINGS, it may have as many of our streams as we allow ourselves. */
-  nghttp2_option_set_peer_max_concurrent_streams(opt, (uint32_t)o[O_MAX_STREAMS]);
+  nghttp2_option_set_peer_max_concurrent_streams(opt, (uint32_t)o[H2_OPT_MAX_CONCURRENT_STREAMS]);
   int rv = server ? nghttp2_session_server_new3(&h->ng, cb, h, opt, &g_ng_mem)
                   : nghttp2_session_client_new3(&h->ng, cb, h, opt, &g_ng_mem);
   nghttp2_option_del(opt);
@@ -1130,15 +1117,15 @@ h2_t *h2_create(conn_t *c, int server, const double *o) {
     return NULL;
   }
   nghttp2_settings_entry iv[5] = {
-    {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)o[O_MAX_STREAMS]},
+    {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)o[H2_OPT_MAX_CONCURRENT_STREAMS]},
     {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, h->local_window},
-    {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, (uint32_t)o[O_MAX_FRAME]},
+    {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, (uint32_t)o[H2_OPT_MAX_FRAME_SIZE]},
     {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, h->max_header_list},
     {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
   };
   if (nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, iv, server ? 4 : 5) != 0 ||
-      (o[O_CONN_WINDOW] > 65535 &&
-       nghttp2_session_set_local_window_size(h->ng, NGHTTP2_FLAG_NONE, 0, (int32_t)o[O_CONN_WINDOW]) != 0)) {
+      (o[H2_OPT_CONNECTION_WINDOW] > 65535 &&
+       nghttp2_session_set_local_window_size(h->ng, NGHTTP2_FLAG_NONE, 0, (int32_t)o[H2_OPT_CONNECTION_WINDOW]) != 0)) {
     nghttp2_session_del(h->ng);
     free(h);
     return NULL;
@@ -1147,7 +1134,7 @@ h2_t *h2_create(conn_t *c, int server, const double *o) {
   return h;
 }
 
-/* h2Enable(conn, server, [options in O_* order]) */
+/* h2Enable(conn, server, [options in codes.h's h2_option order]) */
 static napi_value H2Enable(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
@@ -1157,8 +1144,8 @@ static napi_value H2Enable(napi_env env, napi_callback_info info) {
     return throw_msg(env, "EINVAL", "h2Enable(conn, server, options) once, on a TLS connection");
   bool server = false;
   napi_get_value_bool(env, argv[1], &server);
-  double o[O_COUNT];
-  for (uint32_t i = 0; i < O_COUNT; i++) {
+  double o[H2_OPT_COUNT];
+  for (uint32_t i = 0; i < H2_OPT_COUNT; i++) {
     napi_value v;
     napi_get_element(env, argv[2], i, &v);
     o[i] = num_arg(env, v);

@@ -19,7 +19,7 @@
  *   tlsDestroy(conn)                             now; the 'close' event follows
  *   tlsReset(conn)                               now, with RST
  *   plainConnect(fd, owner)                      a workload's plain TCP connection; the calls above work on it
- * Events: listed in conn.h (EV_*); a tunnel's HTTP/2 ones come from h2.c.
+ * Events: listed in codes.h (EV_*); a tunnel's HTTP/2 ones come from h2.c.
  */
 #include <node_api.h>
 #include <uv.h>
@@ -41,8 +41,6 @@
 
 /* A peer's post-handshake messages (tickets, key updates) are a few hundred bytes; more is refused. */
 #define HS_MAX 65536
-/* KeyUpdates a second a peer may send when the context says nothing (the contract's keyUpdateRate). */
-#define KEY_UPDATE_RATE 10
 /* Post-handshake handshake message types (RFC 8446 §4). */
 #define HS_NEW_SESSION_TICKET 4
 #define HS_KEY_UPDATE 24
@@ -345,6 +343,7 @@ static void on_closed(uv_handle_t *h) {
   emit(c, EV_CLOSE, 4, args);
   napi_close_handle_scope(env, scope);
   napi_delete_reference(env, c->owner);
+  if (c->ctx) napi_delete_reference(env, c->ctx);
   free(c->err);
   free(c);
 }
@@ -514,17 +513,17 @@ static int hs_header_ok(conn_t *c, const unsigned char *m) {
   size_t mlen = ((size_t)m[1] << 16) | ((size_t)m[2] << 8) | m[3];
   if (m[0] == HS_KEY_UPDATE) {
     if (mlen == 1) return 1;
-    fail_records(c, "tls_record", ALERT_DECODE_ERROR, "the peer sent a KeyUpdate whose length is not 1");
+    fail_records(c, REASON_TLS_RECORD, ALERT_DECODE_ERROR, "the peer sent a KeyUpdate whose length is not 1");
     return 0;
   }
   if (m[0] == HS_NEW_SESSION_TICKET && !c->server) {
     if (mlen <= HS_MAX) return 1;
-    fail_records(c, "tls_record", ALERT_ILLEGAL_PARAMETER, "the peer sent an oversized NewSessionTicket");
+    fail_records(c, REASON_TLS_RECORD, ALERT_ILLEGAL_PARAMETER, "the peer sent an oversized NewSessionTicket");
     return 0;
   }
   char buf[128];
   snprintf(buf, sizeof buf, "the peer sent an unexpected post-handshake message (type %u)", m[0]);
-  fail_records(c, "tls_record", ALERT_UNEXPECTED_MESSAGE, buf);
+  fail_records(c, REASON_TLS_RECORD, ALERT_UNEXPECTED_MESSAGE, buf);
   return 0;
 }
 
@@ -537,7 +536,7 @@ static int hs_header_ok(conn_t *c, const unsigned char *m) {
  */
 static int on_handshake_record(conn_t *c, const unsigned char *p, size_t len) {
   if (len == 0) {
-    fail_records(c, "tls_record", ALERT_UNEXPECTED_MESSAGE, "the peer sent an empty handshake record");
+    fail_records(c, REASON_TLS_RECORD, ALERT_UNEXPECTED_MESSAGE, "the peer sent an empty handshake record");
     return 0;
   }
   /* What is parsed: this record alone, or the buffered start of a message with this record after it. */
@@ -546,7 +545,7 @@ static int on_handshake_record(conn_t *c, const unsigned char *p, size_t len) {
   if (c->hs_len > 0) {
     unsigned char *hs = realloc(c->hs, c->hs_len + len);
     if (!hs) {
-      fail_records(c, "tls_record", ALERT_INTERNAL_ERROR, "out of memory for a post-handshake message");
+      fail_records(c, REASON_TLS_RECORD, ALERT_INTERNAL_ERROR, "out of memory for a post-handshake message");
       return 0;
     }
     c->hs = hs;
@@ -564,22 +563,22 @@ static int on_handshake_record(conn_t *c, const unsigned char *p, size_t len) {
     off += 4 + mlen;
     if (m[0] != HS_KEY_UPDATE) continue;
     if (m[4] > 1) {
-      fail_records(c, "tls_record", ALERT_ILLEGAL_PARAMETER, "the peer sent a KeyUpdate whose request is not 0 or 1");
+      fail_records(c, REASON_TLS_RECORD, ALERT_ILLEGAL_PARAMETER, "the peer sent a KeyUpdate whose request is not 0 or 1");
       return 0;
     }
     if (off != total) {
-      fail_records(c, "tls_record", ALERT_UNEXPECTED_MESSAGE,
+      fail_records(c, REASON_TLS_RECORD, ALERT_UNEXPECTED_MESSAGE,
                    "the peer sent more after a KeyUpdate in the same record (a message spans the key change)");
       return 0;
     }
     if (!key_update_admitted(c)) {
       char why[128];
       snprintf(why, sizeof why, "the peer sent KeyUpdates faster than %g a second", c->ku_rate);
-      fail_records(c, "tls_keyupdate_flood", ALERT_UNEXPECTED_MESSAGE, why);
+      fail_records(c, REASON_TLS_KEYUPDATE_FLOOD, ALERT_UNEXPECTED_MESSAGE, why);
       return 0;
     }
     if (!rec_update(&c->rec, &c->rec.rx)) {
-      fail_records(c, "tls_record", ALERT_INTERNAL_ERROR, "TLS: deriving the peer's next keys failed");
+      fail_records(c, REASON_TLS_RECORD, ALERT_INTERNAL_ERROR, "TLS: deriving the peer's next keys failed");
       return 0;
     }
     if (m[4] == 1) c->ku_answer = 1;
@@ -597,7 +596,7 @@ static int on_handshake_record(conn_t *c, const unsigned char *p, size_t len) {
   } else {
     unsigned char *hs = malloc(rest);
     if (!hs) {
-      fail_records(c, "tls_record", ALERT_INTERNAL_ERROR, "out of memory for a post-handshake message");
+      fail_records(c, REASON_TLS_RECORD, ALERT_INTERNAL_ERROR, "out of memory for a post-handshake message");
       return 0;
     }
     memcpy(hs, buf + off, rest);
@@ -683,13 +682,13 @@ static void do_read_records(conn_t *c) {
       if (h[0] != REC_TYPE_DATA) {
         char why[96];
         snprintf(why, sizeof why, "the peer sent a TLS record of outer type %u after the handshake", h[0]);
-        fail_records(c, "tls_record", ALERT_UNEXPECTED_MESSAGE, why);
+        fail_records(c, REASON_TLS_RECORD, ALERT_UNEXPECTED_MESSAGE, why);
         return;
       }
       if (body > REC_MAX_BODY) {
         char why[96];
         snprintf(why, sizeof why, "the peer sent a TLS record of %zu bytes (at most %d)", body, REC_MAX_BODY);
-        fail_records(c, "tls_record", ALERT_RECORD_OVERFLOW, why);
+        fail_records(c, REASON_TLS_RECORD, ALERT_RECORD_OVERFLOW, why);
         return;
       }
       if (avail >= REC_HEADER + body) {
@@ -723,18 +722,18 @@ static void do_read_records(conn_t *c) {
           /* What was decrypted before this record still goes on: it authenticated. */
           if (!batch_end(c, start, &got)) return;
           if (n == REC_ERR_OVERFLOW)
-            fail_records(c, "tls_record", ALERT_RECORD_OVERFLOW,
+            fail_records(c, REASON_TLS_RECORD, ALERT_RECORD_OVERFLOW,
                          "the peer sent a TLS record with over 2^14 bytes of plaintext");
           else if (n == REC_ERR_NO_TYPE)
-            fail_records(c, "tls_record", ALERT_UNEXPECTED_MESSAGE, "the peer sent a TLS record with no content type");
+            fail_records(c, REASON_TLS_RECORD, ALERT_UNEXPECTED_MESSAGE, "the peer sent a TLS record with no content type");
           else
-            fail_records(c, "tls_record", ALERT_BAD_RECORD_MAC, "a TLS record from the peer does not authenticate");
+            fail_records(c, REASON_TLS_RECORD, ALERT_BAD_RECORD_MAC, "a TLS record from the peer does not authenticate");
           return;
         }
         if (type != REC_TYPE_HANDSHAKE && c->hs_len > 0) {
           /* RFC 8446 §5.1: a handshake message split over records has nothing else between them. */
           if (!batch_end(c, start, &got)) return;
-          fail_records(c, "tls_record", ALERT_UNEXPECTED_MESSAGE,
+          fail_records(c, REASON_TLS_RECORD, ALERT_UNEXPECTED_MESSAGE,
                        "the peer interleaved another record with a split handshake message");
           return;
         }
@@ -751,13 +750,13 @@ static void do_read_records(conn_t *c) {
           }
           if (n != 2) {
             /* RFC 8446 §5.1: one alert per record, never fragmented. */
-            fail_records(c, "tls_record", ALERT_DECODE_ERROR, "the peer sent an alert record that is not 2 bytes");
+            fail_records(c, REASON_TLS_RECORD, ALERT_DECODE_ERROR, "the peer sent an alert record that is not 2 bytes");
             return;
           }
           /* A fatal alert: the peer is gone, no answer (RFC 8446 §6.2). */
           char why[96];
           snprintf(why, sizeof why, "the peer sent TLS alert %u (%s)", plain[1], alert_name(plain[1]));
-          fail_records(c, "tls_alert", -1, why);
+          fail_records(c, REASON_TLS_ALERT, -1, why);
           return;
         } else if (type == REC_TYPE_HANDSHAKE) {
           /* What came before goes on first, whatever this record does to the keys or the connection; the
@@ -775,7 +774,7 @@ static void do_read_records(conn_t *c) {
           if (!batch_end(c, start, &got)) return;
           char why[96];
           snprintf(why, sizeof why, "the peer sent a TLS record of inner type %u after the handshake", type);
-          fail_records(c, "tls_record", ALERT_UNEXPECTED_MESSAGE, why);
+          fail_records(c, REASON_TLS_RECORD, ALERT_UNEXPECTED_MESSAGE, why);
           return;
         }
         continue;
@@ -814,7 +813,7 @@ static void do_read_records(conn_t *c) {
   }
   if (!batch_end(c, start, &got)) return;
   if (!answer_key_update(c)) {
-    fail_records(c, "tls_record", -1, "TLS: sealing our KeyUpdate failed");
+    fail_records(c, REASON_TLS_RECORD, -1, "TLS: sealing our KeyUpdate failed");
     return;
   }
   if (c->in_off == c->in_len) in_release(c); /* an idle connection holds no buffer */
@@ -1288,7 +1287,9 @@ static napi_value TlsConnect(napi_env env, napi_callback_info info) {
   }
   c->state = S_HANDSHAKE;
   /* The client speaks first; a server waits for its hello. Both go through the poll, never re-entering JS. */
-  return conn_start(env, c, argv[4], UV_READABLE | UV_WRITABLE);
+  napi_value conn = conn_start(env, c, argv[4], UV_READABLE | UV_WRITABLE);
+  if (conn) napi_create_reference(env, argv[0], 1, &c->ctx);
+  return conn;
 }
 
 /*
