@@ -1,5 +1,5 @@
-// One TLS connection of the tunnel, on the native binding (native/src/tls.c): the socket a peer daemon
-// connected with, or the one we opened to it. A NativeConnection (write batched per turn of the event loop,
+// One TLS connection of the tunnel, on the native binding (native/src/tls.c, tls_records.c): the socket a
+// peer daemon connected with, or the one we opened to it. A NativeConnection (write batched per turn of the event loop,
 // pause/resume, end, destroy) plus the handshake: 'secure' once it is done, with the peer's certificate.
 // TLS 1.3, ALPN h2 and a verified certificate chain are required on both ends; whose certificate it is (the
 // SPIFFE ID) is the caller's to check on 'secure'.

@@ -1,6 +1,6 @@
 /*
  * The tunnel's HTTP/2, on nghttp2: framing, HPACK, flow control, SETTINGS, PING and GOAWAY are nghttp2's;
- * this file is the glue between it, the TLS records of tls.c and JavaScript (daemon/proxy/h2/session.ts).
+ * this file is the glue between it, the TLS records of tls_records.c and JavaScript (daemon/proxy/h2/session.ts).
  *
  * nghttp2 is the copy inside Node's own binary (process.versions.nghttp2): the binding is compiled against
  * Debian's headers and not linked with -lnghttp2, so its symbols resolve to Node's at load time (nghttp2
@@ -39,7 +39,7 @@
 #endif
 #include <nghttp2/nghttp2.h>
 
-#include "conn.h"
+#include "h2.h"
 
 /* The largest DATA payload per frame we send (below the peer's SETTINGS_MAX_FRAME_SIZE), and per read. */
 #define SPLICE_READ (256 * 1024)
