@@ -7,6 +7,7 @@
       "sources": [
         "src/ambit_native.c",
         "src/napi_conn.c",
+        "src/napi_h2.c",
         "src/conn.c",
         "src/tls.c",
         "src/tls_records.c",

@@ -166,8 +166,6 @@ int write_plain(conn_t *c, const piece_t *pieces, uint32_t count) {
   for (uint32_t i = 0; i < count; i++) touch(pieces[i].p, pieces[i].len);
   return 1;
 }
-napi_value throw_msg(napi_env env, const char *code, const char *msg) { (void)env, (void)code, (void)msg; return NULL; }
-conn_t *get_conn(napi_env env, napi_value v) { (void)env, (void)v; return NULL; }
 
 /* ---- what JavaScript would do with the events (session.ts) */
 
