@@ -4,7 +4,16 @@
   "targets": [
     {
       "target_name": "ambit_native",
-      "sources": ["src/ambit_native.c", "src/tls.c", "src/record.c", "src/h2.c"],
+      "sources": [
+        "src/ambit_native.c",
+        "src/napi_conn.c",
+        "src/napi_h2.c",
+        "src/conn.c",
+        "src/tls.c",
+        "src/tls_records.c",
+        "src/record.c",
+        "src/h2.c"
+      ],
       "cflags": ["-Wall", "-Wextra", "-O2", "-fvisibility=hidden"]
     }
   ]

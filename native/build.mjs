@@ -8,6 +8,9 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
+// daemon/native/codes.ts from src/codes.h first: the TypeScript compiles against it on any platform.
+const gen = spawnSync(process.execPath, [join(here, 'gen-codes.mjs')], { stdio: 'inherit' });
+if (gen.status !== 0) process.exit(1);
 if (process.platform !== 'linux') {
   console.log(
     `ambit: skipping the native capture binding: ${process.platform} is not Linux (capture needs Linux)`,

@@ -1,4 +1,4 @@
-// The tunnel's TLS (daemon/tls on native/src/tls.c + record.c) against independent TLS 1.3 stacks: node:tls
+// The tunnel's TLS (daemon/tls on native/src/tls.c, tls_records.c + record.c) against independent TLS 1.3 stacks: node:tls
 // and the openssl command line, over real sockets on 127.0.0.1. OpenSSL does our handshake, but every record
 // after it is sealed and opened by Ambit's own code, so these peers are what proves the records right.
 

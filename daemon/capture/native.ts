@@ -2,7 +2,7 @@
 // no API for.
 import { type Socket, isIPv6 } from 'node:net';
 import { CaptureUnavailableError } from '../../lib/errors.js';
-import { type Addon, addon, fdOf } from '../native.js';
+import { type Addon, addon, fdOf } from '../native/index.js';
 
 export type NativeBinding = Pick<Addon, 'originalDst' | 'setMark' | 'markedSocket'>;
 

@@ -1,4 +1,4 @@
-// A connection whose socket the native binding reads and writes (native/src/tls.c): what the tunnel's TLS
+// A connection whose socket the native binding reads and writes (native/src/conn.c): what the tunnel's TLS
 // connections and the workloads' plain TCP connections share. Node's net.Socket hands each read to
 // JavaScript through a Readable and each write through a Writable, which on a 64-byte message costs more
 // than the kernel does; here a read is one call into JavaScript with a view of the bytes, and the writes of
@@ -8,24 +8,17 @@
 // end (FIN once everything queued is out), destroy, resetAndDestroy (RST), byte counts, and the events
 // 'data', 'end', 'drain', 'error', 'close'.
 import { EventEmitter } from 'node:events';
-import type { NativeHandle } from '../native.js';
-import { type NativeOwner, binding, slab } from './binding.js';
-
-export const EV_SECURE = 1;
-const EV_DATA = 2;
-const EV_END = 3;
-const EV_DRAIN = 4;
-const EV_CLOSE = 5;
-/** A tunnel's HTTP/2 events from the binding's nghttp2 session (native/src/h2.c, conn.h). */
-export const EV_STREAM = 6;
-export const EV_BDP = 7;
-export const EV_H2_ERROR = 8;
-const EV_DATA_COPY = 9;
-export const EV_H2_HEADERS = 10;
-export const EV_H2_DATA = 11;
-export const EV_H2_GOAWAY = 12;
-export const EV_H2_SETTINGS = 13;
-export const EV_H2_PING = 14;
+import {
+  EV_CLOSE,
+  EV_DATA,
+  EV_DATA_COPY,
+  EV_DRAIN,
+  EV_END,
+  type NativeHandle,
+  type NativeOwner,
+  binding,
+  slab,
+} from '../native/index.js';
 
 export abstract class NativeConnection extends EventEmitter implements NativeOwner {
   readonly remoteAddress: string | undefined;
@@ -179,7 +172,7 @@ export abstract class NativeConnection extends EventEmitter implements NativeOwn
     return new Error(message);
   }
 
-  /** Called by the binding (see binding.ts); `a`, `b`, `c`, `d` depend on the event. */
+  /** Called by the binding (native/binding.ts); `a`, `b`, `c`, `d` depend on the event (codes.ts). */
   onNative(event: number, a: unknown, b: unknown, c: unknown, d?: unknown): void {
     switch (event) {
       case EV_DATA: {

@@ -2,8 +2,7 @@
 // binding reads and writes its socket (see connection.ts). Half-close is the socket's: the peer's FIN is
 // 'end' and our side stays open until end() (a client that stops writing still gets the whole reply).
 import type { Socket } from 'node:net';
-import { fdOf } from '../native.js';
-import { binding } from './binding.js';
+import { binding, fdOf } from '../native/index.js';
 import { NativeConnection } from './connection.js';
 
 export class PlainConnection extends NativeConnection {

@@ -1,23 +1,30 @@
-// One TLS connection of the tunnel, on the native binding (native/src/tls.c): the socket a peer daemon
-// connected with, or the one we opened to it. A NativeConnection (write batched per turn of the event loop,
+// One TLS connection of the tunnel, on the native binding (native/src/tls.c, tls_records.c): the socket a
+// peer daemon connected with, or the one we opened to it. A NativeConnection (write batched per turn of the event loop,
 // pause/resume, end, destroy) plus the handshake: 'secure' once it is done, with the peer's certificate.
 // TLS 1.3, ALPN h2 and a verified certificate chain are required on both ends; whose certificate it is (the
 // SPIFFE ID) is the caller's to check on 'secure'.
 import { X509Certificate } from 'node:crypto';
 import type { Socket } from 'node:net';
-import { binding } from '../io/binding.js';
-import { EV_SECURE, NativeConnection } from '../io/connection.js';
+import { NativeConnection } from '../io/connection.js';
 import type { RefusalReason } from '../metrics/metrics.js';
-import { fdOf } from '../native.js';
+import {
+  EV_SECURE,
+  REASON_TLS_ALERT,
+  REASON_TLS_KEYUPDATE_FLOOD,
+  REASON_TLS_RECORD,
+  binding,
+  fdOf,
+} from '../native/index.js';
 import type { TlsContext } from './context.js';
 
 /** Why a connection failed after its handshake (the binding's reason, one of RefusalReason's). */
 export type TlsFailureReason = Extract<RefusalReason, 'tls_record' | 'tls_keyupdate_flood' | 'tls_alert'>;
 
+/** The binding's post-handshake reasons (codes.h): the compiler checks each is a TlsFailureReason. */
 const FAILURE_REASONS: ReadonlySet<string> = new Set<TlsFailureReason>([
-  'tls_record',
-  'tls_keyupdate_flood',
-  'tls_alert',
+  REASON_TLS_RECORD,
+  REASON_TLS_KEYUPDATE_FLOOD,
+  REASON_TLS_ALERT,
 ]);
 
 /**
@@ -53,11 +60,6 @@ export class TlsConnection extends NativeConnection {
   alpnProtocol = '';
   peerCertificate: X509Certificate | undefined;
   secure = false;
-  /**
-   * Held so that the context outlives the handshake: OpenSSL keeps the SSL_CTX itself alive, but a server
-   * context's SNI callback reaches the JavaScript lookup through the context object, which GC must not free.
-   */
-  readonly #ctx: TlsContext;
   #timer: NodeJS.Timeout | undefined;
 
   /**
@@ -68,7 +70,6 @@ export class TlsConnection extends NativeConnection {
     // A session's streams all wait when this is full: room for several streams' worth of records.
     super(socket.remoteAddress, socket.remotePort, 1024 * 1024);
     this.isServer = role === 'server';
-    this.#ctx = ctx;
     // Writes wait for the handshake.
     this.ready = false;
     try {
@@ -82,11 +83,6 @@ export class TlsConnection extends NativeConnection {
       }, opts.handshakeTimeoutMs);
       this.#timer.unref();
     }
-  }
-
-  /** The context the handshake started with. */
-  get context(): TlsContext {
-    return this.#ctx;
   }
 
   /** Neither side of the tunnel half-closes a TLS connection: the peer's end is ours too. */

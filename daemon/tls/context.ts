@@ -1,7 +1,6 @@
-import { binding } from '../io/binding.js';
 // A TLS context in the native binding: one identity's certificate and key (or none, for a server that picks
 // one per SNI) and the trust bundle a peer must chain to. TLS 1.3 only.
-import type { NativeHandle } from '../native.js';
+import { type NativeHandle, binding } from '../native/index.js';
 
 /**
  * The suites ztunnel allows, AES-128-GCM first: both ends are ours, and it costs less CPU per byte than

@@ -24,6 +24,7 @@ for t in $(make -s -C "$here" print-targets); do
   echo "fuzz coverage: $t over $inputs inputs (${dirs[*]})"
   # Per source file of the binding (the harness and the stubs are left out).
   llvm-cov report "$prof" -instr-profile="$prof.profdata" -show-region-summary=true \
-    "$here/../src/h2.c" "$here/../src/tls.c" "$here/../src/record.c" 2>/dev/null |
-    awk 'NR == 1 || /src\/(h2|tls|record)\.c/ { print "  " $0 }'
+    "$here/../src/h2.c" "$here/../src/conn.c" "$here/../src/tls.c" "$here/../src/tls_records.c" \
+    "$here/../src/record.c" 2>/dev/null |
+    awk 'NR == 1 || /src\/(h2|conn|tls|tls_records|record)\.c/ { print "  " $0 }'
 done

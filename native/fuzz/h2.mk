@@ -3,7 +3,7 @@
 # h2_fuzz.c, which includes h2.c whole. Linked with Debian's libnghttp2: there is no Node here.
 FUZZ_TARGETS += h2_fuzz connect_fuzz
 
-H2_FUZZ_DEPS := h2_fuzz.c ../src/h2.c ../src/conn.h
+H2_FUZZ_DEPS := h2_fuzz.c ../src/h2.c ../src/conn.h ../src/codes.h ../src/h2.h
 
 $(BUILD)/h2_fuzz: $(H2_FUZZ_DEPS) | $(BUILD)
 	$(CC) $(CFLAGS) -o $@ h2_fuzz.c $(NGHTTP2_LIBS)

@@ -1,7 +1,7 @@
 /*
  * libFuzzer target: a peer's bytes into a server session's input, through the real glue (native/src/h2.c,
  * compiled here as it is) and the real nghttp2 (Debian's libnghttp2, since there is no Node here). N-API
- * and the connection functions of tls.c are stubbed: the stub of emit() plays the JavaScript side the way
+ * and conn.c's and tls_records.c's functions are stubbed: the stub of emit() plays the JavaScript side the way
  * daemon/proxy/h2/session.ts does (answers each request with 200, writes a little on it and ends it,
  * splices one stream to a real socket pair, gives credit back for DATA), so that the data providers, the
  * splice and the limits all run.
@@ -120,7 +120,7 @@ napi_status napi_get_value_string_utf8(napi_env env, napi_value v, char *b, size
 }
 napi_status napi_typeof(napi_env env, napi_value v, napi_valuetype *r) { (void)env, (void)v; *r = napi_null; return napi_ok; }
 
-/* ---- tls.c's side of conn.h: a queue that only counts, and drains when the peer reads */
+/* ---- conn.c's and tls_records.c's side of conn.h: a queue that only counts, and drains when the peer reads */
 
 char *g_slab_data;
 size_t g_slab_len, g_slab_off;
@@ -166,8 +166,6 @@ int write_plain(conn_t *c, const piece_t *pieces, uint32_t count) {
   for (uint32_t i = 0; i < count; i++) touch(pieces[i].p, pieces[i].len);
   return 1;
 }
-napi_value throw_msg(napi_env env, const char *code, const char *msg) { (void)env, (void)code, (void)msg; return NULL; }
-conn_t *get_conn(napi_env env, napi_value v) { (void)env, (void)v; return NULL; }
 
 /* ---- what JavaScript would do with the events (session.ts) */
 
@@ -181,7 +179,7 @@ static void respond(h2_t *h, uint32_t sid) {
   if (sid % 3 == 1 && g_plain && !g_plain->splice && !g_plain->closing) {
     /* Spliced: the workload's bytes wait in a real socket; its FIN follows them. */
     static const char hello[] = "workload says hello";
-    if (write(g_pair[1], hello, sizeof hello) < 0) return;
+    if (send(g_pair[1], hello, sizeof hello, MSG_NOSIGNAL) < 0) return;
     /* Every other one stays open: its data provider then waits for the socket (EAGAIN, splice_read). */
     if (sid % 4 == 1) shutdown(g_pair[1], SHUT_WR);
     /* The binding's own join (h2Splice's), so the harness splices as JavaScript's call does. */
@@ -206,7 +204,7 @@ void emit(conn_t *c, int ev, int argc, napi_value *argv) {
     respond(h, (uint32_t)argv[0]->num);
   } else if (ev == EV_H2_DATA) {
     nghttp2_session_consume_stream(h->ng, (int32_t)argv[0]->num, argv[1]->len);
-  } else if (ev == EV_STREAM && (uint32_t)argv[1]->num == H2_CLOSED + NGHTTP2_ENHANCE_YOUR_CALM) {
+  } else if (ev == EV_STREAM && (uint32_t)argv[1]->num == STREAM_CLOSED + NGHTTP2_ENHANCE_YOUR_CALM) {
     nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, (int32_t)argv[0]->num, NGHTTP2_CANCEL);
   } else if (ev == EV_BDP) {
     nghttp2_settings_entry iv = {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, h->local_window * 2};
@@ -230,7 +228,7 @@ static int run_session(const uint8_t *data, size_t size, size_t cut) {
   g_plain = &plain;
   /* maxConcurrentStreams, windows, maxFrameSize, maxHeaderListSize, maxHeaderFrames, streamResetRate,
    * maxOutboundControl: the defaults of hbone.ts (smaller windows, so that flow control runs). */
-  const double opts[O_COUNT] = {200, 65535, 1 << 20, 1 << 20, 16384, 16384, 8, 100, 1000};
+  const double opts[H2_OPT_COUNT] = {200, 65535, 1 << 20, 1 << 20, 16384, 16384, 8, 100, 1000};
   if (!h2_create(&tls, 1, opts)) return 0;
   for (size_t off = 0; off < size && !tls.closing; off += cut) {
     size_t n = size - off < cut ? size - off : cut;
@@ -238,7 +236,7 @@ static int run_session(const uint8_t *data, size_t size, size_t cut) {
     if (!tls.h2 || !h2_input(&tls, data + off, n)) break;
     if (tls.closing || !h2_sync(&tls)) break;
     if (plain.splice && plain.splice->want_read) {
-      if (write(g_pair[1], data + off, n < 64 ? n : 64) < 0 && errno != EAGAIN) break;
+      if (send(g_pair[1], data + off, n < 64 ? n : 64, MSG_NOSIGNAL) < 0 && errno != EAGAIN) break;
       splice_read(&plain);
     }
   }

@@ -1,7 +1,7 @@
 /*
- * N-API and the few libuv calls of native/src stubbed, for the fuzz targets: the real tls.c, record.c and
- * h2.c run on top, with "JavaScript" reduced to counting the events it is sent and handing out slabs. Values
- * come from a small ring (the binding never keeps a napi_value past the call that made it); references are
+ * N-API and the few libuv calls of native/src stubbed, for the fuzz targets: the real conn.c, tls.c,
+ * tls_records.c, record.c and h2.c run on top, with "JavaScript" reduced to counting the events it is
+ * sent and handing out slabs. Values come from a small ring (the binding never keeps a napi_value past the call that made it); references are
  * the values themselves. What the binding would do on a failure of N-API is not what is fuzzed: every call
  * succeeds unless it asks for something the stub does not model.
  */

@@ -1,9 +1,10 @@
 /*
- * libFuzzer target: the TLS record reader (tls.c's do_read_records and everything it calls: record.c's
+ * libFuzzer target: the TLS record reader (tls_records.c's records_read and everything it calls: record.c's
  * opening, alerts, post-handshake messages, KeyUpdates and their rate, the alerts we send back) on a
  * connection whose handshake is over, keyed from fixed secrets. The fuzzer's bytes are the peer's: they
  * arrive on a real socket (one end of a socketpair), and the binding reads them with recv() as it does
- * in ambitd. tls.c is included whole so that its static reader is reachable without a seam of its own.
+ * in ambitd, through do_read (conn.c) as the poll calls it. The binding's sources are linked as they are
+ * (the Makefile lists them), all but the N-API entry points.
  *
  * The first input byte picks the setup:
  *   bit 0   0: we are the server (the peer's records are sealed with the client secret), 1: the client
@@ -16,10 +17,13 @@
  *   bits 4-7 raw mode: (n + 1) * 61 bytes are written before each read
  * gen_corpus.mjs writes seeds in this format with the same secrets.
  */
-#include "../src/tls.c"
-
 #include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
+
+#include "conn.h"
 
 #include "napi_stub.h"
 
@@ -80,7 +84,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   c->records = 1;
   c->ku_rate = KEY_UPDATE_RATE;
   c->ku_tokens = c->ku_rate * 10;
-  c->ku_at = now_ms();
+  c->ku_at = clock_ms();
   c->poll.data = c;
 
   if (sealed) {

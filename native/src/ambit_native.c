@@ -144,7 +144,8 @@ static napi_value Unsupported(napi_env env, napi_callback_info info) {
 #define MarkedSocket Unsupported
 #endif
 
-void ambit_tls_init(napi_env env, napi_value exports);
+void ambit_conn_init(napi_env env, napi_value exports);
+void ambit_h2_init(napi_env env, napi_value exports);
 
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -153,7 +154,8 @@ static napi_value Init(napi_env env, napi_value exports) {
     {"markedSocket", NULL, MarkedSocket, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
-  ambit_tls_init(env, exports);
+  ambit_conn_init(env, exports);
+  ambit_h2_init(env, exports);
   return exports;
 }
 

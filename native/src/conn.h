@@ -1,7 +1,8 @@
 /*
- * A connection the binding reads and writes itself (tls.c): a tunnel's TLS connection, or a workload's plain
- * TCP one. Shared by tls.c (sockets, records, JavaScript events) and h2.c (the tunnel's HTTP/2 on nghttp2,
- * whose DATA path joins a workload's socket to a tunnel stream without JavaScript).
+ * A connection the binding reads and writes itself (conn.c): a tunnel's TLS connection, or a workload's
+ * plain TCP one, and what each part of the binding offers the others: conn.c (sockets, the queue, the
+ * poll, JavaScript events), tls.c (the handshake), tls_records.c (the records after it) and h2.c (the
+ * tunnel's HTTP/2 on nghttp2, whose DATA path joins a workload's socket to a tunnel stream; h2.h).
  */
 #ifndef AMBIT_CONN_H
 #define AMBIT_CONN_H
@@ -12,29 +13,10 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "codes.h"
 #include "record.h"
 
-/* Events to the connection's JavaScript owner: dispatch(owner, event, a, b, c). */
-#define EV_SECURE 1    /* peerCertDer, alpn */
-#define EV_DATA 2      /* offset, length in the current slab */
-#define EV_END 3
-#define EV_DRAIN 4
-#define EV_CLOSE 5     /* errorMessage | undefined, bytes the splice read, bytes it wrote, reason | undefined */
-#define EV_STREAM 6    /* tunnel: stream id, what happened to it (H2_REMOTE_END...) */
-#define EV_BDP 7       /* tunnel: DATA bytes received during one PING round trip, a reader is behind */
-#define EV_H2_ERROR 8  /* tunnel: HTTP/2 error code, message, refusal reason (the session is over) */
-#define EV_DATA_COPY 9 /* a Buffer of its own (a frame too large for the slab) */
-#define EV_H2_HEADERS 10  /* tunnel: stream id, [name, value, ...], END_STREAM */
-#define EV_H2_DATA 11     /* tunnel: stream id, a Buffer (a stream that is not spliced) */
-#define EV_H2_GOAWAY 12   /* tunnel: the peer's GOAWAY: code, last stream id */
-#define EV_H2_SETTINGS 13 /* tunnel: the peer's SETTINGS: its SETTINGS_MAX_CONCURRENT_STREAMS */
-#define EV_H2_PING 14     /* tunnel: the ACK of our keepalive PING */
-
-/* EV_STREAM's second argument. */
-#define H2_REMOTE_END 1 /* the peer's END_STREAM (a spliced stream's workload gets FIN after its data) */
-#define H2_LOCAL_END 2  /* a spliced workload's FIN: END_STREAM sent */
-#define H2_DRAINED 3    /* JavaScript's writes on the stream went out: it may write more */
-#define H2_CLOSED 0x100 /* + the error code: nghttp2 closed the stream (RST_STREAM either way, or both ends) */
+enum { S_HANDSHAKE = 0, S_OPEN = 1, S_CLOSED = 2 };
 
 /* What one 'data' event carries at most, and what one recv() reads. */
 #define READ_BATCH (256 * 1024)
@@ -48,6 +30,7 @@ typedef struct splice splice_t;
 typedef struct conn {
   napi_env env;
   napi_ref owner;
+  napi_ref ctx; /* a TLS connection's context: its SNI callback needs it until the end */
   SSL *ssl;
   int fd;
   int server;
@@ -71,7 +54,7 @@ typedef struct conn {
   size_t secret_client_len, secret_server_len;
   unsigned char *hs;            /* a peer's post-handshake message, until it is whole */
   size_t hs_len;
-  /* tls.c: a post-handshake failure's refusal reason (tls_record...), delivered with EV_CLOSE. */
+  /* tls_records.c: a post-handshake failure's refusal reason (tls_record...), delivered with EV_CLOSE. */
   const char *reason;
   double ku_rate, ku_tokens;    /* the peer's KeyUpdates: a token bucket, ku_rate a second, burst 10x */
   uint64_t ku_at;               /* when the bucket was last filled (monotonic ms) */
@@ -87,10 +70,13 @@ typedef struct {
   size_t len;
 } piece_t;
 
-/* tls.c */
+/* conn.c: the connection, its queue, its poll, its close; plain reads and writes */
 extern char *g_slab_data;
 extern size_t g_slab_len, g_slab_off;
+int conn_ready(napi_env env); /* tlsInit ran: 1 in this env, -1 in another, 0 not yet */
+void conn_init(napi_env env, napi_value dispatch, napi_value alloc_slab);
 void emit(conn_t *c, int ev, int argc_extra, napi_value *extra);
+napi_value throw_msg(napi_env env, const char *code, const char *msg);
 void set_err(conn_t *c, const char *msg);
 void close_for_errno(conn_t *c, const char *what); /* "what: <errno's reason>", then closes */
 void close_conn(conn_t *c);
@@ -99,23 +85,34 @@ size_t queued(conn_t *c);
 int out_reserve(conn_t *c, size_t more);
 int flush_out(conn_t *c);
 int flush_and_drain(conn_t *c);
+int in_acquire(conn_t *c); /* the incoming buffer, for a connection that has none; 0: out of memory */
+void in_release(conn_t *c);
 int ensure_slab(napi_env env);
 int emit_data(conn_t *c, size_t start, size_t *got);
-int seal_records(conn_t *c, const piece_t *pieces, size_t total);
+void on_read_end(conn_t *c);
+void do_read(conn_t *c); /* the socket is readable: a splice's, a plain connection's, or records */
 int write_plain(conn_t *c, const piece_t *pieces, uint32_t count);
-napi_value throw_msg(napi_env env, const char *code, const char *msg);
 conn_t *get_conn(napi_env env, napi_value v);
+conn_t *conn_alloc(napi_env env, int32_t fd); /* on a duplicate of fd; NULL: thrown */
+napi_value conn_start(napi_env env, conn_t *c, napi_value owner, int events); /* NULL: thrown, c freed */
 
-/* h2.c */
-int h2_input(conn_t *c, const unsigned char *p, size_t n); /* 0: the connection is gone */
-int h2_sync(conn_t *c);                                    /* the batch's end: spliced bytes out, frames sent */
-void h2_free(conn_t *c);                                   /* the tunnel connection closes */
-void h2_drained(conn_t *c);                                /* its send queue emptied */
-void splice_read(conn_t *p);                               /* a spliced workload socket is readable */
-void splice_sent(conn_t *p, size_t n);                     /* n bytes left its queue for the kernel */
-void splice_free(conn_t *p);                               /* the workload connection closes or ends */
-int splice_waiting(conn_t *p);                             /* not to be read for now */
-void ambit_h2_init(napi_env env, napi_value exports);
-h2_t *h2_create(conn_t *c, int server, const double *options); /* h2Enable's work (and the fuzz target's) */
+/* tls.c: the handshake and contexts (OpenSSL) */
+typedef struct actx actx_t;
+void tls_init(void);
+void tls_handshake(conn_t *c);
+void tls_release(conn_t *c); /* what TLS holds of a closing connection */
+actx_t *tls_context_new(napi_env env, const char *roots, const char *suites, const char *cert, const char *key,
+                        double rate);
+void tls_context_sni(actx_t *a, napi_value fn);
+void tls_context_free(napi_env env, void *data, void *hint);
+conn_t *tls_conn_new(napi_env env, actx_t *a, int32_t fd, int server, const char *servername);
+
+/* tls_records.c: the records after the handshake */
+int records_init(void);
+void records_read(conn_t *c);
+int seal_records(conn_t *c, const piece_t *pieces, size_t total);
+int seal_close_notify(conn_t *c);
+int has_pending(conn_t *c); /* a whole record is buffered: the socket will not say so again */
+uint64_t clock_ms(void);    /* monotonic */
 
 #endif

@@ -1,6 +1,6 @@
 /*
  * The tunnel's HTTP/2, on nghttp2: framing, HPACK, flow control, SETTINGS, PING and GOAWAY are nghttp2's;
- * this file is the glue between it, the TLS records of tls.c and JavaScript (daemon/proxy/h2/session.ts).
+ * this file is the glue between it, the TLS records of tls_records.c and JavaScript (daemon/proxy/h2/session.ts).
  *
  * nghttp2 is the copy inside Node's own binary (process.versions.nghttp2): the binding is compiled against
  * Debian's headers and not linked with -lnghttp2, so its symbols resolve to Node's at load time (nghttp2
@@ -26,7 +26,6 @@
  * GOAWAY ENHANCE_YOUR_CALM and tells JavaScript why (EV_H2_ERROR with a refusal reason).
  */
 #define _GNU_SOURCE
-#include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,96 +38,20 @@
 #endif
 #include <nghttp2/nghttp2.h>
 
-#include "conn.h"
+#include "h2.h"
 
 /* The largest DATA payload per frame we send (below the peer's SETTINGS_MAX_FRAME_SIZE), and per read. */
 #define SPLICE_READ (256 * 1024)
 /* How full the tunnel's TLS queue may get before nghttp2 is asked for more frames. */
 #define TUNNEL_HIGH (1024 * 1024)
-/* A JavaScript writer is told to wait above this much in its stream's buffer. */
-#define STREAM_HIGH (64 * 1024)
 #define BDP_INTERVAL_MS 100
 /* Small frames of one pump are sealed together, in records of up to this much. */
 #define STAGE_MAX (16 * 1024)
 /* Header blocks over maxHeaderListSize: each resets its stream; this many in one session end it. */
 #define HEADER_STRIKES 4
 static const uint8_t BDP_PING[8] = {'a', 'm', 'b', 'i', 't', 'b', 'd', 'p'};
-static const uint8_t KEEPALIVE_PING[8] = {'a', 'm', 'b', 'i', 't', 'k', 'a', 'l'};
+const uint8_t KEEPALIVE_PING[8] = {'a', 'm', 'b', 'i', 't', 'k', 'a', 'l'};
 
-typedef struct strm strm_t;
-
-struct splice {
-  conn_t *tls, *plain;
-  uint32_t sid;
-  int closed;    /* nghttp2 closed the stream: nothing more either way */
-  int want_read; /* the data provider waits for the workload's socket to be readable */
-  int drained;   /* the last read came back short: the socket is empty until the poll says otherwise */
-  uint64_t skip; /* queued by JavaScript before the splice: already credited there */
-  splice_t *next, *prev;
-};
-
-/* A stream's glue state: nghttp2's stream user data. */
-struct strm {
-  uint32_t sid;
-  splice_t *splice;
-  int spliced;  /* was joined to a workload: its DATA never goes to JavaScript */
-  int deferred; /* the data provider returned DEFERRED: nghttp2_session_resume_data wakes it */
-  int room;     /* deferred until the TLS queue drains */
-  int has_prd;  /* a data provider serves this stream (it was opened or answered with a body) */
-  int out_end;  /* JavaScript ended its side: END_STREAM after out */
-  int told_full;
-  int unsent;    /* a request nghttp2 has not opened a stream for yet */
-  int rst_after; /* a refusal: RST_STREAM NO_ERROR once its END_STREAM HEADERS are out (RFC 9113 §8.1) */
-  unsigned char *out; /* JavaScript's bytes not yet framed */
-  size_t out_off, out_len, out_cap;
-  strm_t *next, *prev;
-};
-
-struct h2 {
-  conn_t *c;
-  nghttp2_session *ng;
-  int server;
-  uint32_t max_header_list, max_header_frames, max_window, local_window;
-  double reset_rate;
-  int in_ng;   /* inside nghttp2 (mem_recv, send): neither is re-entered */
-  int pumping; /* inside pump(): a drain or a credit asks for one more round */
-  int want_send;
-  int blocked; /* frames wait for the TLS queue to drain (h2_drained) */
-  int dead; /* the connection closed while inside nghttp2: freed on the way out */
-  int failed;
-  int told;
-  uint32_t err_code;
-  const char *reason;
-  char msg[160];
-  int last_lib_err;
-  /* Rapid Reset: a token bucket of RST_STREAM frames received */
-  double rst_tokens;
-  uint64_t rst_ms;
-  /* the header block being received */
-  uint32_t block_frames, hb_sid;
-  size_t hb_bytes;
-  int hb_over, strikes;
-  unsigned char *hb;
-  size_t hb_len, hb_cap;
-  /* BDP sample: a PING in flight and the DATA bytes received since */
-  int bdp_inflight;
-  uint64_t bdp_bytes, bdp_next_ms;
-  /* DATA being framed: where read_callback left its payload for send_data_callback */
-  const unsigned char *src;
-  strm_t *src_strm;
-  splice_t *src_splice;
-  splice_t *splices;
-  strm_t *strms;
-  uint32_t nstrms;
-  uint32_t *room;
-  size_t nroom, room_cap;
-  /* events raised while nghttp2 sends, told once the frames are sealed */
-  struct post {
-    uint32_t sid, what;
-    conn_t *plain;
-  } *post;
-  size_t npost, post_cap;
-};
 
 /* Spliced payloads of the batch in progress: views of the scratch buffer, written out together. */
 #define PEND_MAX 64
@@ -142,7 +65,6 @@ static unsigned char *g_read_buf;
 static unsigned char g_stage[STAGE_MAX];
 static size_t g_stage_len;
 
-static int pump(h2_t *h);
 
 static uint64_t now_ms(conn_t *c) {
   uv_loop_t *loop;
@@ -150,7 +72,7 @@ static uint64_t now_ms(conn_t *c) {
   return uv_now(loop);
 }
 
-static strm_t *get_strm(h2_t *h, uint32_t sid) {
+strm_t *get_strm(h2_t *h, uint32_t sid) {
   strm_t *st = h->ng ? nghttp2_session_get_stream_user_data(h->ng, (int32_t)sid) : NULL;
   if (st || h->server) return st;
   /* A request not sent yet has no stream in nghttp2: its state is ours alone until then. */
@@ -159,7 +81,7 @@ static strm_t *get_strm(h2_t *h, uint32_t sid) {
   return NULL;
 }
 
-static strm_t *new_strm(h2_t *h, uint32_t sid) {
+strm_t *new_strm(h2_t *h, uint32_t sid) {
   strm_t *st = calloc(1, sizeof *st);
   if (!st) return NULL;
   st->sid = sid;
@@ -170,7 +92,7 @@ static strm_t *new_strm(h2_t *h, uint32_t sid) {
   return st;
 }
 
-static void free_strm(h2_t *h, strm_t *st) {
+void free_strm(h2_t *h, strm_t *st) {
   if (st->prev) st->prev->next = st->next;
   else h->strms = st->next;
   if (st->next) st->next->prev = st->prev;
@@ -443,7 +365,7 @@ static int on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t
     }
     if (st->told_full && st->out_len - st->out_off < STREAM_HIGH / 2) {
       st->told_full = 0;
-      post_event(h, st->sid, H2_DRAINED, NULL);
+      post_event(h, st->sid, STREAM_DRAINED, NULL);
     }
   }
   if (h->src_splice) h->src_splice->plain->spliced_in += (double)len;
@@ -467,8 +389,8 @@ static void room_wait(h2_t *h, strm_t *st) {
 }
 
 /* A stream's DATA: JavaScript's buffered bytes, then (spliced) what the workload sends, read in place. */
-static ssize_t on_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t length, uint32_t *flags,
-                       nghttp2_data_source *source, void *ud) {
+ssize_t on_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t length, uint32_t *flags,
+                nghttp2_data_source *source, void *ud) {
   (void)ng, (void)buf, (void)source;
   h2_t *h = ud;
   conn_t *c = h->c;
@@ -519,7 +441,7 @@ static ssize_t on_read(nghttp2_session *ng, int32_t sid, uint8_t *buf, size_t le
       /* The workload's FIN: END_STREAM, after everything it sent. */
       p->read_eof = 1;
       *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_COPY;
-      post_event(h, st->sid, H2_LOCAL_END, p);
+      post_event(h, st->sid, STREAM_LOCAL_END, p);
       return 0;
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -545,7 +467,7 @@ static ssize_t on_read_length(nghttp2_session *ng, uint8_t type, int32_t sid, in
   return max_frame < SPLICE_READ ? (ssize_t)max_frame : SPLICE_READ;
 }
 
-static void resume(h2_t *h, strm_t *st) {
+void resume(h2_t *h, strm_t *st) {
   if (!st->deferred) return;
   st->deferred = 0;
   nghttp2_session_resume_data(h->ng, (int32_t)st->sid);
@@ -556,7 +478,7 @@ static void resume(h2_t *h, strm_t *st) {
  * (a workload's FIN, a writer's drain) is told. Never inside nghttp2: then it is asked for again after.
  * Returns 0 if the tunnel connection is gone.
  */
-static int pump(h2_t *h) {
+int pump(h2_t *h) {
   conn_t *c = h->c;
   if (h->dead) return 0;
   if (h->in_ng || h->pumping || !c->records || c->closing) {
@@ -576,7 +498,7 @@ static int pump(h2_t *h) {
       close_conn(c);
       return 0;
     }
-    if (rv != 0 && !h->failed) fail(h, NGHTTP2_INTERNAL_ERROR, "h2_protocol", nghttp2_strerror(rv));
+    if (rv != 0 && !h->failed) fail(h, NGHTTP2_INTERNAL_ERROR, REASON_H2_PROTOCOL, nghttp2_strerror(rv));
     /* Told after the frames are sealed: a FIN the workload's end leads to must not pass them. */
     for (size_t i = 0; i < h->npost && !h->dead && !c->closing; i++) {
       struct post ev = h->post[i];
@@ -675,7 +597,7 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
     h->block_frames = 1;
   } else if (hd->type == NGHTTP2_CONTINUATION) {
     if (++h->block_frames > h->max_header_frames) {
-      fail(h, NGHTTP2_ENHANCE_YOUR_CALM, "h2_header_flood", "too many CONTINUATION frames in a header block");
+      fail(h, NGHTTP2_ENHANCE_YOUR_CALM, REASON_H2_HEADER_FLOOD, "too many CONTINUATION frames in a header block");
       return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
   } else if (hd->type == NGHTTP2_DATA) {
@@ -783,7 +705,7 @@ static int remote_end(h2_t *h, strm_t *st) {
   } else if (st->spliced) {
     return 1; /* its workload is gone: JavaScript resets the stream */
   }
-  return stream_event(h, st->sid, H2_REMOTE_END);
+  return stream_event(h, st->sid, STREAM_REMOTE_END);
 }
 
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
@@ -798,7 +720,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
       if (h->hb_over) {
         h->hb_len = 0;
         if (++h->strikes >= HEADER_STRIKES) {
-          fail(h, NGHTTP2_ENHANCE_YOUR_CALM, "h2_header_flood", "header blocks over the header list size");
+          fail(h, NGHTTP2_ENHANCE_YOUR_CALM, REASON_H2_HEADER_FLOOD, "header blocks over the header list size");
           return NGHTTP2_ERR_CALLBACK_FAILURE;
         }
         nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, (int32_t)sid, NGHTTP2_ENHANCE_YOUR_CALM);
@@ -818,7 +740,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
     }
     case NGHTTP2_RST_STREAM:
       if (!reset_admitted(h)) {
-        fail(h, NGHTTP2_ENHANCE_YOUR_CALM, "h2_reset_flood", "RST_STREAM over the stream reset rate");
+        fail(h, NGHTTP2_ENHANCE_YOUR_CALM, REASON_H2_RESET_FLOOD, "RST_STREAM over the stream reset rate");
         return NGHTTP2_ERR_CALLBACK_FAILURE;
       }
       return 0;
@@ -869,7 +791,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t sid, const 
   void *copy;
   napi_create_uint32(h->c->env, (uint32_t)sid, &a[0]);
   if (napi_create_buffer_copy(h->c->env, len, data, &copy, &a[1]) != napi_ok) {
-    fail(h, NGHTTP2_INTERNAL_ERROR, "h2_protocol", "out of memory for DATA");
+    fail(h, NGHTTP2_INTERNAL_ERROR, REASON_H2_PROTOCOL, "out of memory for DATA");
     return NGHTTP2_ERR_CALLBACK_FAILURE;
   }
   return tell(h, EV_H2_DATA, 2, a) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -884,8 +806,8 @@ static int on_stream_close(nghttp2_session *ng, int32_t sid, uint32_t code, void
   int told = 1;
   /* Closed by what we send (our END_STREAM or RST_STREAM): told once the frames are sealed, since what
    * JavaScript does about it (end the session) must not pass them. */
-  if (h->pumping) post_event(h, (uint32_t)sid, H2_CLOSED + code, NULL);
-  else if (!h->c->closing) told = stream_event(h, (uint32_t)sid, H2_CLOSED + code);
+  if (h->pumping) post_event(h, (uint32_t)sid, STREAM_CLOSED + code, NULL);
+  else if (!h->c->closing) told = stream_event(h, (uint32_t)sid, STREAM_CLOSED + code);
   if (h->dead) return NGHTTP2_ERR_CALLBACK_FAILURE;
   nghttp2_session_set_stream_user_data(ng, sid, NULL);
   free_strm(h, st);
@@ -899,7 +821,7 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
     /* nghttp2 ended the session on a connection error of its own finding: JavaScript is told after the pump. */
     h->failed = 1;
     h->err_code = frame->goaway.error_code;
-    h->reason = "h2_protocol";
+    h->reason = REASON_H2_PROTOCOL;
     if (frame->goaway.opaque_data_len > 0)
       snprintf(h->msg, sizeof h->msg, "%.*s", (int)frame->goaway.opaque_data_len, frame->goaway.opaque_data);
     else if (h->msg[0] == 0)
@@ -926,7 +848,7 @@ static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *frame, in
   uint32_t sid = st->sid;
   if (nghttp2_session_get_stream_user_data(ng, (int32_t)sid) == st) nghttp2_session_set_stream_user_data(ng, (int32_t)sid, NULL);
   free_strm(h, st);
-  post_event(h, sid, H2_CLOSED + NGHTTP2_REFUSED_STREAM, NULL);
+  post_event(h, sid, STREAM_CLOSED + NGHTTP2_REFUSED_STREAM, NULL);
   return 0;
 }
 
@@ -958,11 +880,11 @@ int h2_input(conn_t *c, const unsigned char *p, size_t n) {
   if (c->closing) return 0;
   if (rv < 0 && !h->failed) {
     if (rv == NGHTTP2_ERR_FLOODED)
-      fail(h, NGHTTP2_ENHANCE_YOUR_CALM, "h2_control_flood", "too many PING/SETTINGS answers queued for a peer that does not read");
+      fail(h, NGHTTP2_ENHANCE_YOUR_CALM, REASON_H2_CONTROL_FLOOD, "too many PING/SETTINGS answers queued for a peer that does not read");
     else if (rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC)
-      fail(h, NGHTTP2_PROTOCOL_ERROR, "h2_protocol", "not an HTTP/2 client preface");
+      fail(h, NGHTTP2_PROTOCOL_ERROR, REASON_H2_PROTOCOL, "not an HTTP/2 client preface");
     else
-      fail(h, (uint32_t)(rv == NGHTTP2_ERR_NOMEM ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_PROTOCOL_ERROR), "h2_protocol",
+      fail(h, (uint32_t)(rv == NGHTTP2_ERR_NOMEM ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_PROTOCOL_ERROR), REASON_H2_PROTOCOL,
            nghttp2_strerror((int)rv));
   }
   /* A connection error nghttp2 finds itself is told when its GOAWAY goes (on_frame_send). Answers go out
@@ -1040,41 +962,7 @@ static void *ng_realloc(void *p, size_t size, void *ud) {
 
 static nghttp2_mem g_ng_mem = {NULL, ng_malloc, ng_free, ng_calloc, ng_realloc};
 
-/* ---- JavaScript's calls */
-
-static h2_t *h2_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
-  size_t argc = want;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  conn_t *c = argc >= want ? get_conn(env, argv[0]) : NULL;
-  h2_t *h = c && !c->closing ? c->h2 : NULL;
-  return h && !h->dead ? h : NULL;
-}
-
-static double num_arg(napi_env env, napi_value v) {
-  double d = 0;
-  napi_get_value_double(env, v, &d);
-  return d;
-}
-
-static uint32_t u32_arg(napi_env env, napi_value v) {
-  double d = num_arg(env, v);
-  if (!(d > 0)) return 0;
-  return d > 4294967295.0 ? 0xffffffffu : (uint32_t)d;
-}
-
-/* Options, in this order (as session.ts passes them). */
-enum {
-  O_MAX_STREAMS,
-  O_STREAM_WINDOW,
-  O_MAX_STREAM_WINDOW,
-  O_CONN_WINDOW,
-  O_MAX_FRAME,
-  O_MAX_HEADER_LIST,
-  O_MAX_HEADER_FRAMES,
-  O_RESET_RATE,
-  O_MAX_OUTBOUND,
-  O_COUNT
-};
+/* ---- the session, and a stream joined to a workload */
 
 /* The session of a tunnel connection (also the fuzz target's way in). NULL: out of memory. */
 h2_t *h2_create(conn_t *c, int server, const double *o) {
@@ -1083,13 +971,13 @@ h2_t *h2_create(conn_t *c, int server, const double *o) {
   if (!h) return NULL;
   h->c = c;
   h->server = server;
-  h->max_header_list = (uint32_t)o[O_MAX_HEADER_LIST];
-  h->max_header_frames = (uint32_t)o[O_MAX_HEADER_FRAMES];
-  h->reset_rate = o[O_RESET_RATE];
+  h->max_header_list = (uint32_t)o[H2_OPT_MAX_HEADER_LIST_SIZE];
+  h->max_header_frames = (uint32_t)o[H2_OPT_MAX_HEADER_FRAMES];
+  h->reset_rate = o[H2_OPT_STREAM_RESET_RATE];
   h->rst_tokens = h->reset_rate * 10;
   h->rst_ms = now_ms(c);
-  h->local_window = (uint32_t)o[O_STREAM_WINDOW];
-  h->max_window = (uint32_t)o[O_MAX_STREAM_WINDOW];
+  h->local_window = (uint32_t)o[H2_OPT_STREAM_WINDOW];
+  h->max_window = (uint32_t)o[H2_OPT_MAX_STREAM_WINDOW];
   if (h->max_window < h->local_window) h->max_window = h->local_window;
 
   nghttp2_session_callbacks *cb;
@@ -1117,10 +1005,10 @@ h2_t *h2_create(conn_t *c, int server, const double *o) {
     return NULL;
   }
   nghttp2_option_set_no_auto_window_update(opt, 1);
-  nghttp2_option_set_max_outbound_ack(opt, (size_t)o[O_MAX_OUTBOUND]);
+  nghttp2_option_set_max_outbound_ack(opt, (size_t)o[H2_OPT_MAX_OUTBOUND_CONTROL]);
   nghttp2_option_set_max_settings(opt, 32);
   /* Until the peer's SETTINGS, it may have as many of our streams as we allow ourselves. */
-  nghttp2_option_set_peer_max_concurrent_streams(opt, (uint32_t)o[O_MAX_STREAMS]);
+  nghttp2_option_set_peer_max_concurrent_streams(opt, (uint32_t)o[H2_OPT_MAX_CONCURRENT_STREAMS]);
   int rv = server ? nghttp2_session_server_new3(&h->ng, cb, h, opt, &g_ng_mem)
                   : nghttp2_session_client_new3(&h->ng, cb, h, opt, &g_ng_mem);
   nghttp2_option_del(opt);
@@ -1130,15 +1018,15 @@ h2_t *h2_create(conn_t *c, int server, const double *o) {
     return NULL;
   }
   nghttp2_settings_entry iv[5] = {
-    {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)o[O_MAX_STREAMS]},
+    {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)o[H2_OPT_MAX_CONCURRENT_STREAMS]},
     {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, h->local_window},
-    {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, (uint32_t)o[O_MAX_FRAME]},
+    {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, (uint32_t)o[H2_OPT_MAX_FRAME_SIZE]},
     {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, h->max_header_list},
     {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
   };
   if (nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, iv, server ? 4 : 5) != 0 ||
-      (o[O_CONN_WINDOW] > 65535 &&
-       nghttp2_session_set_local_window_size(h->ng, NGHTTP2_FLAG_NONE, 0, (int32_t)o[O_CONN_WINDOW]) != 0)) {
+      (o[H2_OPT_CONNECTION_WINDOW] > 65535 &&
+       nghttp2_session_set_local_window_size(h->ng, NGHTTP2_FLAG_NONE, 0, (int32_t)o[H2_OPT_CONNECTION_WINDOW]) != 0)) {
     nghttp2_session_del(h->ng);
     free(h);
     return NULL;
@@ -1147,243 +1035,8 @@ h2_t *h2_create(conn_t *c, int server, const double *o) {
   return h;
 }
 
-/* h2Enable(conn, server, [options in O_* order]) */
-static napi_value H2Enable(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  conn_t *c = argc == 3 ? get_conn(env, argv[0]) : NULL;
-  if (!c || c->plain || c->h2 || c->closing)
-    return throw_msg(env, "EINVAL", "h2Enable(conn, server, options) once, on a TLS connection");
-  bool server = false;
-  napi_get_value_bool(env, argv[1], &server);
-  double o[O_COUNT];
-  for (uint32_t i = 0; i < O_COUNT; i++) {
-    napi_value v;
-    napi_get_element(env, argv[2], i, &v);
-    o[i] = num_arg(env, v);
-  }
-  if (!h2_create(c, server, o)) return throw_msg(env, "ENOMEM", "h2Enable: out of memory");
-  return NULL;
-}
-
-/* [name, value, ...] from JavaScript as nghttp2's list; the strings live in one buffer. */
-typedef struct {
-  nghttp2_nv *nv;
-  size_t n;
-  char *buf;
-} nvlist_t;
-
-static int nv_from(napi_env env, napi_value list, nvlist_t *out) {
-  uint32_t len = 0;
-  memset(out, 0, sizeof *out);
-  if (napi_get_array_length(env, list, &len) != napi_ok || len % 2 != 0 || len > 512) return 0;
-  size_t total = 0;
-  for (uint32_t i = 0; i < len; i++) {
-    napi_value v;
-    size_t n = 0;
-    napi_get_element(env, list, i, &v);
-    if (napi_get_value_string_latin1(env, v, NULL, 0, &n) != napi_ok) return 0;
-    total += n + 1;
-  }
-  out->buf = malloc(total + 1);
-  out->nv = calloc(len / 2 + 1, sizeof *out->nv);
-  if (!out->buf || !out->nv) {
-    free(out->buf);
-    free(out->nv);
-    return 0;
-  }
-  size_t at = 0;
-  for (uint32_t i = 0; i < len; i++) {
-    napi_value v;
-    size_t n = 0;
-    napi_get_element(env, list, i, &v);
-    napi_get_value_string_latin1(env, v, out->buf + at, total - at + 1, &n);
-    if (i % 2 == 0) {
-      out->nv[i / 2].name = (uint8_t *)out->buf + at;
-      out->nv[i / 2].namelen = n;
-    } else {
-      out->nv[i / 2].value = (uint8_t *)out->buf + at;
-      out->nv[i / 2].valuelen = n;
-      out->nv[i / 2].flags = NGHTTP2_NV_FLAG_NONE;
-    }
-    at += n + 1;
-  }
-  out->n = len / 2;
-  return 1;
-}
-
-static void nv_free(nvlist_t *l) {
-  free(l->nv);
-  free(l->buf);
-}
-
-static napi_value int_result(napi_env env, int64_t v) {
-  napi_value r;
-  napi_create_int64(env, v, &r);
-  return r;
-}
-
-/* h2Request(conn, [name, value, ...]) -> stream id, or a negative nghttp2 error */
-static napi_value H2Request(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
-  h2_t *h = h2_args(env, info, 2, argv);
-  if (!h || h->server || h->failed) return int_result(env, NGHTTP2_ERR_INVALID_STATE);
-  nvlist_t l;
-  if (!nv_from(env, argv[1], &l)) return throw_msg(env, "EINVAL", "h2Request: headers are [name, value, ...]");
-  strm_t *st = new_strm(h, 0);
-  if (!st) {
-    nv_free(&l);
-    return throw_msg(env, "ENOMEM", "h2Request: out of memory");
-  }
-  nghttp2_data_provider prd = {.source = {.ptr = NULL}, .read_callback = on_read};
-  int32_t sid = nghttp2_submit_request(h->ng, NULL, l.nv, l.n, &prd, st);
-  nv_free(&l);
-  if (sid < 0) {
-    free_strm(h, st);
-    return int_result(env, sid);
-  }
-  st->sid = (uint32_t)sid;
-  st->has_prd = 1;
-  st->unsent = 1;
-  return int_result(env, sid);
-}
-
-/* h2Respond(conn, streamId, [name, value, ...], endStream) -> 0 or a negative nghttp2 error */
-static napi_value H2Respond(napi_env env, napi_callback_info info) {
-  napi_value argv[4];
-  h2_t *h = h2_args(env, info, 4, argv);
-  uint32_t sid = 0;
-  if (!h || !h->server) return int_result(env, NGHTTP2_ERR_INVALID_STATE);
-  napi_get_value_uint32(env, argv[1], &sid);
-  bool end = false;
-  napi_get_value_bool(env, argv[3], &end);
-  strm_t *st = get_strm(h, sid);
-  if (!st) return int_result(env, NGHTTP2_ERR_STREAM_CLOSED);
-  nvlist_t l;
-  if (!nv_from(env, argv[2], &l)) return throw_msg(env, "EINVAL", "h2Respond: headers are [name, value, ...]");
-  nghttp2_data_provider prd = {.source = {.ptr = NULL}, .read_callback = on_read};
-  int rv = nghttp2_submit_response(h->ng, (int32_t)sid, l.nv, l.n, end ? NULL : &prd);
-  nv_free(&l);
-  if (rv == 0 && !end) st->has_prd = 1;
-  if (rv == 0 && end && nghttp2_session_get_stream_remote_close(h->ng, (int32_t)sid) == 0) st->rst_after = 1;
-  return int_result(env, rv);
-}
-
-/* h2Write(conn, streamId, buffer | null, end) -> bytes waiting in the stream's buffer, -1: no such stream */
-static napi_value H2Write(napi_env env, napi_callback_info info) {
-  napi_value argv[4];
-  h2_t *h = h2_args(env, info, 4, argv);
-  uint32_t sid = 0;
-  if (!h) return int_result(env, -1);
-  napi_get_value_uint32(env, argv[1], &sid);
-  strm_t *st = get_strm(h, sid);
-  if (!st || !st->has_prd || st->out_end) return int_result(env, -1);
-  void *data = NULL;
-  size_t len = 0;
-  napi_valuetype t;
-  napi_typeof(env, argv[2], &t);
-  if (t == napi_object && napi_get_buffer_info(env, argv[2], &data, &len) != napi_ok)
-    return throw_msg(env, "EINVAL", "h2Write: a Buffer or null");
-  if (len > 0) {
-    if (st->out_off > 0 && st->out_off == st->out_len) st->out_off = st->out_len = 0;
-    if (st->out_len + len > st->out_cap) {
-      if (st->out_off > 0) {
-        memmove(st->out, st->out + st->out_off, st->out_len - st->out_off);
-        st->out_len -= st->out_off;
-        st->out_off = 0;
-      }
-      size_t cap = st->out_cap ? st->out_cap : 16 * 1024;
-      while (cap < st->out_len + len) cap *= 2;
-      unsigned char *b = realloc(st->out, cap);
-      if (!b) return throw_msg(env, "ENOMEM", "h2Write: out of memory");
-      st->out = b;
-      st->out_cap = cap;
-    }
-    memcpy(st->out + st->out_len, data, len);
-    st->out_len += len;
-  }
-  bool end = false;
-  napi_get_value_bool(env, argv[3], &end);
-  if (end) st->out_end = 1;
-  if (!st->room) resume(h, st);
-  size_t buffered = st->out_len - st->out_off;
-  if (buffered >= STREAM_HIGH) st->told_full = 1;
-  return int_result(env, (int64_t)buffered);
-}
-
-/* h2Consume(conn, streamId, bytes): JavaScript's reader took them; the peer may send that much more. */
-static napi_value H2Consume(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
-  h2_t *h = h2_args(env, info, 3, argv);
-  uint32_t sid = 0;
-  if (!h) return NULL;
-  napi_get_value_uint32(env, argv[1], &sid);
-  size_t n = (size_t)num_arg(env, argv[2]);
-  if (sid != 0 && n > 0) nghttp2_session_consume_stream(h->ng, (int32_t)sid, n);
-  return NULL;
-}
-
-/* h2Reset(conn, streamId, code) */
-static napi_value H2Reset(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
-  h2_t *h = h2_args(env, info, 3, argv);
-  uint32_t sid = 0, code = 0;
-  if (!h) return NULL;
-  napi_get_value_uint32(env, argv[1], &sid);
-  napi_get_value_uint32(env, argv[2], &code);
-  if (sid != 0) nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, (int32_t)sid, code);
-  return NULL;
-}
-
-/* h2Goaway(conn, code, message): no new streams past the last the peer opened; code 0 lets the rest end. */
-static napi_value H2Goaway(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
-  h2_t *h = h2_args(env, info, 3, argv);
-  if (!h) return NULL;
-  uint32_t code = 0;
-  napi_get_value_uint32(env, argv[1], &code);
-  char msg[128];
-  size_t n = 0;
-  if (napi_get_value_string_utf8(env, argv[2], msg, sizeof msg, &n) != napi_ok) n = 0;
-  if (code == 0)
-    nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ng), 0,
-                          (const uint8_t *)msg, n);
-  else
-    nghttp2_session_terminate_session(h->ng, code);
-  return NULL;
-}
-
-/* h2Ping(conn) -> whether a PING went on its way (its ACK is EV_H2_PING) */
-static napi_value H2Ping(napi_env env, napi_callback_info info) {
-  napi_value argv[1], r;
-  h2_t *h = h2_args(env, info, 1, argv);
-  napi_get_boolean(env, h && nghttp2_submit_ping(h->ng, NGHTTP2_FLAG_NONE, KEEPALIVE_PING) == 0, &r);
-  return r;
-}
-
-/* h2Send(conn): what JavaScript submitted this turn goes out (called once per turn, from a microtask). */
-static napi_value H2Send(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  h2_t *h = h2_args(env, info, 1, argv);
-  if (h) pump(h);
-  return NULL;
-}
-
-/* h2SetWindow(conn, streamWindow): SETTINGS_INITIAL_WINDOW_SIZE grows, for every stream at once. */
-static napi_value H2SetWindow(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
-  h2_t *h = h2_args(env, info, 2, argv);
-  if (!h) return NULL;
-  uint32_t next = u32_arg(env, argv[1]);
-  if (next > 0x7fffffff) next = 0x7fffffff;
-  nghttp2_settings_entry iv = {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, next};
-  if (nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, &iv, 1) == 0) h->local_window = next;
-  return NULL;
-}
-
 /* Joins stream `st` to the workload connection `p`, if both can be joined now; NULL when not. */
-static splice_t *splice_join(h2_t *h, strm_t *st, conn_t *p) {
+splice_t *splice_join(h2_t *h, strm_t *st, conn_t *p) {
   int ok = st && st->has_prd && !st->spliced && !st->out_end && p && p->plain && !p->closing && !p->splice &&
            !p->read_eof && !p->ending;
   splice_t *s = ok ? calloc(1, sizeof *s) : NULL;
@@ -1404,69 +1057,4 @@ static splice_t *splice_join(h2_t *h, strm_t *st, conn_t *p) {
   h->want_send = 1;
   update_poll(p);
   return s;
-}
-
-/* h2Splice(conn, streamId, plain) -> whether the stream is spliced now */
-static napi_value H2Splice(napi_env env, napi_callback_info info) {
-  napi_value argv[3], result;
-  h2_t *h = h2_args(env, info, 3, argv);
-  conn_t *p = h ? get_conn(env, argv[2]) : NULL;
-  uint32_t sid = 0;
-  if (h) napi_get_value_uint32(env, argv[1], &sid);
-  strm_t *st = h && !h->failed ? get_strm(h, sid) : NULL;
-  napi_get_boolean(env, st != NULL && splice_join(h, st, p) != NULL, &result);
-  return result;
-}
-
-/* h2Info(conn) -> [streams open in nghttp2, our stream window now] */
-static napi_value H2Info(napi_env env, napi_callback_info info) {
-  napi_value argv[1], r, v;
-  h2_t *h = h2_args(env, info, 1, argv);
-  napi_create_array(env, &r);
-  napi_create_uint32(env, h ? h->nstrms : 0, &v);
-  napi_set_element(env, r, 0, v);
-  napi_create_uint32(env, h ? h->local_window : 0, &v);
-  napi_set_element(env, r, 1, v);
-  return r;
-}
-
-/*
- * h2Version() -> [version | undefined, the file nghttp2's code was found in]. Node exports nghttp2's
- * functions but not nghttp2_version (then JavaScript reads process.versions.nghttp2, the same build); the
- * file says whose copy runs: Node's binary, or a libnghttp2 (the fuzz build).
- */
-static napi_value H2Version(napi_env env, napi_callback_info info) {
-  (void)info;
-  napi_value r, v;
-  napi_create_array(env, &r);
-  typedef nghttp2_info *(*version_fn)(int);
-  version_fn fn = (version_fn)dlsym(RTLD_DEFAULT, "nghttp2_version");
-  if (fn) napi_create_string_utf8(env, fn(0)->version_str, NAPI_AUTO_LENGTH, &v);
-  else napi_get_undefined(env, &v);
-  napi_set_element(env, r, 0, v);
-  Dl_info where;
-  if (dladdr((void *)nghttp2_session_mem_recv, &where) && where.dli_fname)
-    napi_create_string_utf8(env, where.dli_fname, NAPI_AUTO_LENGTH, &v);
-  else napi_get_undefined(env, &v);
-  napi_set_element(env, r, 1, v);
-  return r;
-}
-
-void ambit_h2_init(napi_env env, napi_value exports) {
-  napi_property_descriptor props[] = {
-    {"h2Enable", NULL, H2Enable, NULL, NULL, NULL, napi_default, NULL},
-    {"h2Request", NULL, H2Request, NULL, NULL, NULL, napi_default, NULL},
-    {"h2Respond", NULL, H2Respond, NULL, NULL, NULL, napi_default, NULL},
-    {"h2Write", NULL, H2Write, NULL, NULL, NULL, napi_default, NULL},
-    {"h2Consume", NULL, H2Consume, NULL, NULL, NULL, napi_default, NULL},
-    {"h2Reset", NULL, H2Reset, NULL, NULL, NULL, napi_default, NULL},
-    {"h2Goaway", NULL, H2Goaway, NULL, NULL, NULL, napi_default, NULL},
-    {"h2Ping", NULL, H2Ping, NULL, NULL, NULL, napi_default, NULL},
-    {"h2Send", NULL, H2Send, NULL, NULL, NULL, napi_default, NULL},
-    {"h2SetWindow", NULL, H2SetWindow, NULL, NULL, NULL, napi_default, NULL},
-    {"h2Splice", NULL, H2Splice, NULL, NULL, NULL, napi_default, NULL},
-    {"h2Info", NULL, H2Info, NULL, NULL, NULL, napi_default, NULL},
-    {"h2Version", NULL, H2Version, NULL, NULL, NULL, napi_default, NULL},
-  };
-  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }

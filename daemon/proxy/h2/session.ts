@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { DEFAULT_LIMITS } from '../../../lib/config.js';
 import { H2ProtocolError, type H2RefusalReason } from '../../../lib/errors.js';
-import { binding } from '../../io/binding.js';
+import type { PlainConnection } from '../../io/plain.js';
 import {
   EV_BDP,
   EV_H2_DATA,
@@ -11,8 +11,12 @@ import {
   EV_H2_PING,
   EV_H2_SETTINGS,
   EV_STREAM,
-} from '../../io/connection.js';
-import type { PlainConnection } from '../../io/plain.js';
+  STREAM_CLOSED,
+  STREAM_DRAINED,
+  STREAM_LOCAL_END,
+  STREAM_REMOTE_END,
+  binding,
+} from '../../native/index.js';
 import type { TlsConnection } from '../../tls/connection.js';
 import { DEFAULT_WINDOW, ErrorCode } from './codes.js';
 import { type H2Headers, H2Stream, type StreamHost } from './stream.js';
@@ -42,12 +46,6 @@ export interface H2SessionOptions {
   /** How long a server waits for the client's preface and SETTINGS. */
   readonly prefaceTimeoutMs?: number;
 }
-
-/** What the binding says happened to a stream (native/src/conn.h, EV_STREAM). */
-const STREAM_REMOTE_END = 1;
-const STREAM_LOCAL_END = 2;
-const STREAM_DRAINED = 3;
-const STREAM_CLOSED = 0x100;
 
 /**
  * One HTTP/2 connection over a TLS socket, as HBONE needs it: CONNECT streams carrying bytes. The protocol

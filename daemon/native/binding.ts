@@ -1,7 +1,8 @@
-// The connection half of the native binding (native/src/tls.c), ready to use: initialised once with the
-// dispatcher that turns its events into calls on the connection object (TLS or plain) that owns them.
+// The binding ready for connections: initialised once with the dispatcher that turns its events into calls
+// on the connection object (TLS or plain) that owns them, and with the slab its reads land in.
 import { TunnelError } from '../../lib/errors.js';
-import { type Addon, addon } from '../native.js';
+import type { Addon } from './addon.js';
+import { addon } from './load.js';
 
 /** What the binding calls back into: a connection object with one method. */
 export interface NativeOwner {

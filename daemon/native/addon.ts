@@ -1,10 +1,6 @@
-// The native binding (native/src): the socket options Node has no API for (capture), and the tunnel's TLS
-// connection (tls.c). Loaded once, on first use; what is missing is said in one message.
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import type { Socket } from 'node:net';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+// What the native binding (native/src, ambit_native.c's table of exports) offers JavaScript: every call and
+// its types. Its events and the numbers both sides share are in codes.ts, generated from native/src/codes.h.
+import type { H2Options } from './codes.js';
 
 /** An opaque handle owned by the binding (an SSL_CTX or a connection). */
 export type NativeHandle = { readonly __native: unique symbol };
@@ -27,6 +23,7 @@ export interface Addon {
   originalDst(fd: number, family: 4 | 6): { address: string; port: number };
   setMark(fd: number, mark: number): void;
   markedSocket(family: 4 | 6, mark: number): number;
+  /** Once: `dispatch` gets every connection's events (codes.ts, EV_*), `allocSlab` a new read buffer. */
   tlsInit(
     dispatch: (owner: object, event: number, a: unknown, b: unknown, c: unknown, d: unknown) => void,
     allocSlab: () => Buffer,
@@ -51,10 +48,9 @@ export interface Addon {
   plainConnect(fd: number, owner: object): NativeHandle;
   /**
    * The connection carries HTTP/2 (a tunnel): an nghttp2 session in the binding (h2.c) reads and writes its
-   * frames. Before any data is read. `options`: maxConcurrentStreams, streamWindow, maxStreamWindow,
-   * connectionWindow, maxFrameSize, maxHeaderListSize, maxHeaderFrames, streamResetRate, maxOutboundControl.
+   * frames. Before any data is read. `options` in the order of codes.h's enum h2_option.
    */
-  h2Enable(conn: NativeHandle, server: boolean, options: number[]): void;
+  h2Enable(conn: NativeHandle, server: boolean, options: H2Options): void;
   /** Client: a request ([name, value, ...]); the new stream's id, or a negative nghttp2 error. */
   h2Request(conn: NativeHandle, headers: string[]): number;
   /** Server: the answer to a stream; with endStream it ends the stream (a refusal). 0 or an nghttp2 error. */
@@ -78,51 +74,4 @@ export interface Addon {
   h2Info(conn: NativeHandle): [number, number];
   /** [nghttp2's version if the running copy exports it, the file its code was loaded from]. */
   h2Version(): [string | undefined, string | undefined];
-}
-
-const ADDON = join('native', 'build', 'Release', 'ambit_native.node');
-
-/** The project root: the nearest directory above this file that holds native/binding.gyp. */
-function projectRoot(): string | undefined {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 8; i++) {
-    if (existsSync(join(dir, 'native', 'binding.gyp'))) return dir;
-    const up = dirname(dir);
-    if (up === dir) break;
-    dir = up;
-  }
-  return undefined;
-}
-
-let cached: Addon | string | undefined;
-
-/** The binding, or a sentence that says why there is none (not Linux, not built, does not load). */
-export function addon(): Addon | string {
-  if (cached === undefined) cached = tryLoad();
-  return cached;
-}
-
-function tryLoad(): Addon | string {
-  if (process.platform !== 'linux') return `the native binding needs Linux; this is ${process.platform}`;
-  const root = projectRoot();
-  const file = process.env.AMBIT_NATIVE_ADDON ?? (root ? join(root, ADDON) : undefined);
-  if (!file || !existsSync(file)) {
-    return (
-      `the native binding is not built (${file ?? ADDON} is missing): run \`npm ci\` (or ` +
-      '`node native/build.mjs`) on a host with python3, make and a C compiler'
-    );
-  }
-  try {
-    return createRequire(import.meta.url)(file) as Addon;
-  } catch (err) {
-    return `cannot load the native binding ${file}: ${(err as Error).message}`;
-  }
-}
-
-/** The file descriptor under a connected net.Socket (Node keeps it on the internal handle). */
-export function fdOf(socket: Socket): number {
-  const handle = (socket as unknown as { _handle?: { fd?: unknown } })._handle;
-  const fd = handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) throw new Error('socket has no file descriptor');
-  return fd;
 }
