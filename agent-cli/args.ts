@@ -2,7 +2,9 @@
 // "option '--port <port>' argument 'x' is invalid. <why>" with exit code 1, before the mesh file is touched.
 import { isIP } from 'node:net';
 import { InvalidArgumentError } from 'commander';
-import { DEFAULT_NAMESPACE, OBJECT_NAME, SERVICE_NAME, isPort, parseListen } from '../lib/mesh/meshfile.js';
+import { ConfigError } from '../lib/errors.js';
+import { DEFAULT_NAMESPACE, OBJECT_NAME, SERVICE_NAME } from '../lib/mesh/file/schema.js';
+import { isPort, parseListen } from '../lib/mesh/file/validate.js';
 import type { PolicySource, Upstream } from '../lib/mesh/model.js';
 
 export function parsePort(v: string): number {
@@ -34,6 +36,16 @@ export function checkObjectName(v: string, what: string): string {
     throw new InvalidArgumentError(`${what} must use only letters, digits, ".", "-" and "_".`);
   }
   return v;
+}
+
+/** Validation inside an action: commander only reports parser errors itself, so name the flag here. */
+export function flag<T>(what: string, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof InvalidArgumentError) throw new ConfigError(`${what}: ${e.message.replace(/\.$/, '')}`);
+    throw e;
+  }
 }
 
 /** Collects a repeatable option, running `parse` on each value. */

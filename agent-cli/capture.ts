@@ -1,42 +1,32 @@
-// `ambit capture install|remove|show`: the iptables rules that send enrolled workloads' TCP to ambitd
-// (15001 outbound, 15006 inbound plaintext). Run as root, on the host, before or after ambitd starts.
-import { join } from 'node:path';
-import { type Command, Option } from 'commander';
+// What `ambit capture` and `ambit enroll` do to the iptables rules that send enrolled workloads' TCP to
+// ambitd (15001 outbound, 15006 inbound plaintext): as root, on the host, before or after ambitd starts.
 import {
   type Backend,
   detectBackend,
   installCapture,
-  removeCapture,
   setGate,
   showCapture,
 } from '../lib/capture/iptables.js';
 import { type CaptureSpec, failModeOf } from '../lib/capture/rules.js';
 import { type DaemonConfig, loadConfig } from '../lib/config.js';
 import { CaptureError } from '../lib/errors.js';
-import { readMeshFile } from '../lib/mesh/meshfile.js';
+import { readMeshFile } from '../lib/mesh/file/parse.js';
 import type { Workload } from '../lib/mesh/model.js';
+import { type GlobalOpts, meshPath } from './context.js';
 
-interface Io {
-  out: (s: string) => void;
-  err: (s: string) => void;
-}
-
-interface CaptureOpts {
+export interface CaptureOpts {
   config?: string;
   node?: string;
   backend?: 'auto' | Backend;
 }
 
-interface Globals {
-  stateDir: string;
-  mesh: string | undefined;
-}
+type Globals = Pick<GlobalOpts, 'stateDir' | 'mesh'>;
 
 function settings(g: Globals, o: CaptureOpts): { config: DaemonConfig; meshFile: string; node: string } {
   const config = loadConfig({ configFile: o.config, flags: { stateDir: g.stateDir } });
   return {
     config,
-    meshFile: g.mesh ?? join(g.stateDir, 'mesh.yaml'),
+    meshFile: meshPath(g),
     node: o.node ?? config.nodeName,
   };
 }
@@ -65,7 +55,7 @@ async function daemonAnswers(port: number): Promise<boolean> {
   }
 }
 
-function needRoot(what: string): void {
+export function needRoot(what: string): void {
   if (process.platform !== 'linux')
     throw new CaptureError(
       `capture ${what}: transparent capture needs Linux iptables (this is ${process.platform})`,
@@ -112,58 +102,6 @@ export async function refreshCaptureAfterEnroll(g: Globals, node: string): Promi
   return installFor(g, { node, backend });
 }
 
-export function registerCapture(program: Command, io: Io): void {
-  const globals = (cmd: Command): Globals => cmd.optsWithGlobals<Globals>();
-  const capture = program
-    .command('capture')
-    .description(
-      'Transparent capture: iptables rules (chains AMBIT_*) that send the TCP of the workloads enrolled on\n' +
-        'this node to ambitd (outbound to 15001, plaintext inbound to 15006). Needs root.',
-    );
-  const common = (c: Command): Command =>
-    c
-      .option('--config <file>', "ambitd's config file (ports, mark, exclusions); env AMBIT_CONFIG")
-      .addOption(
-        new Option('--backend <backend>', 'iptables backend [default: auto-detected]').choices([
-          'auto',
-          'nft',
-          'legacy',
-        ]),
-      );
-  common(capture.command('install'))
-    .description(
-      "Install (or bring up to date) the rules for this node's workloads, from the mesh file. Idempotent.",
-    )
-    .option('--node <name>', 'node whose workloads to capture [default: ambitd node name, the host name]')
-    .action(async (o: CaptureOpts, cmd: Command) => {
-      needRoot('install');
-      io.out(await installFor(globals(cmd), o));
-    });
-  common(capture.command('remove'))
-    .description('Remove every AMBIT_* chain and every jump to one (IPv4 and IPv6).')
-    .action(async (o: CaptureOpts) => {
-      needRoot('remove');
-      const backend = await detectBackend(o.backend ?? loadConfig({}).capture.backend);
-      const n = await removeCapture(backend);
-      io.out(
-        n
-          ? `capture removed (iptables ${backend}): ${n} chain(s) and jump(s)\n`
-          : 'no capture rules installed\n',
-      );
-    });
-  common(capture.command('show'))
-    .description('Print the capture rules installed now (the AMBIT_* part of iptables-save -t nat).')
-    .option('--json', 'print {backend, families: [{family, lines}]} as JSON')
-    .action(async (o: CaptureOpts & { json?: boolean }) => {
-      needRoot('show');
-      const backend = await detectBackend(o.backend ?? loadConfig({}).capture.backend);
-      const shown = await showCapture(backend);
-      if (o.json) return io.out(`${JSON.stringify({ backend, families: shown }, null, 2)}\n`);
-      if (!shown.some((s) => s.lines.length))
-        return io.out(`no capture rules installed (iptables ${backend})\n`);
-      for (const s of shown) {
-        io.out(`# IPv${s.family} (iptables ${backend}, table nat)\n`);
-        io.out(s.lines.length ? `${s.lines.join('\n')}\n` : '# none\n');
-      }
-    });
-}
+/** --backend, else the one ambitd's config names (auto-detected by default). */
+export const backendFor = (o: CaptureOpts): Promise<Backend> =>
+  detectBackend(o.backend ?? loadConfig({}).capture.backend);

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // `npm run bench` / `npm run bench:smoke`: the data path measured side by side with direct TCP, stunnel
-// and HAProxy, on loopback, in one invocation. See docs/bench.md.
+// and HAProxy, on loopback, in one invocation. See docs/benchmarks.md.
 //
 //   node dist/bench/run.js [--smoke] [--only direct,ambit,stunnel,haproxy] [--rounds N] [--out DIR]
 //

@@ -2,21 +2,19 @@ import { mkdir } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { detectBackend, setGate } from '../lib/capture/iptables.js';
 import type { DaemonConfig } from '../lib/config.js';
-import { MeshFileError } from '../lib/errors.js';
-import { LOG_LEVELS, type LogLevel, type Logger } from '../lib/log.js';
-import { editMeshFile, setNode } from '../lib/mesh/edit.js';
-import { everyPortRefused, fieldPath, ownAddress } from '../lib/mesh/meshfile.js';
-import type { Mesh, Workload } from '../lib/mesh/model.js';
-import { LocalAddresses, bindAccepts } from '../lib/net/addresses.js';
-import { AdminToken, type Reply, portOf, startHttp } from './admin/http.js';
+import type { Logger } from '../lib/log.js';
+import type { Workload } from '../lib/mesh/model.js';
+import { LocalAddresses } from '../lib/net/addresses.js';
+import { AdminToken, portOf, startHttp } from './admin/http.js';
+import { adminAuth, adminRoutes, metricsRoutes, readyRoutes } from './admin/routes.js';
 import { type CertificateAuthority, EmbeddedCa } from './identity/ca.js';
 import { CertificateManager } from './identity/manager.js';
 import { spiffeId } from './identity/spiffe.js';
 import { binding } from './io/binding.js';
 import { FdReserve } from './limits/fds.js';
-import { REFUSAL_LOG_INTERVAL_MS, Refusals } from './limits/refusal.js';
+import { Refusals } from './limits/refusal.js';
 import { Metrics } from './metrics/metrics.js';
-import { sniForIdentity } from './proxy/hbone.js';
+import { type BoundPorts, ownListeners, reachesOwnListener } from './own-listeners.js';
 import { Inbound } from './proxy/inbound/inbound.js';
 import { PlaintextListener } from './proxy/inbound/plaintext.js';
 import { TunnelServer } from './proxy/inbound/server.js';
@@ -26,27 +24,18 @@ import { Balancer } from './proxy/outbound/lb.js';
 import { Outbound } from './proxy/outbound/outbound.js';
 import { Pool } from './proxy/pool/pool.js';
 import { SocketFactory } from './proxy/sockets.js';
-import { ConsulControlPlane } from './state/consul-source.js';
+import { type Readiness, readinessOf } from './readiness.js';
+import { Reconciler, checkHostMesh, missingCertificates, registerInMeshFile } from './reconcile.js';
+import { ConsulControlPlane } from './state/consul-control-plane.js';
 import { MeshFileSource } from './state/file-source.js';
 import { StateStore } from './state/store.js';
-import type { TlsContext } from './tls/context.js';
 
-/** How soon a failed certificate issue is tried again (the certificate manager backs off on its own after). */
-const RECONCILE_RETRY_MS = 5_000;
-
-export interface BoundPorts {
-  tunnel: number;
-  admin: number;
-  metrics: number;
-  ready: number;
-  /** Capture listeners (15001, 15006); 0 when capture is off. */
-  outbound: number;
-  plaintext: number;
-}
+export type { BoundPorts } from './own-listeners.js';
 
 /**
  * ambitd: wires the control plane (mesh file), identity (CA + certificate manager) and data path (tunnel
- * server, outbound pool, explicit listeners) together, and serves admin, metrics and readiness.
+ * server, outbound pool, explicit listeners) together, and serves admin, metrics and readiness. What each
+ * part decides lives with it: reconcile.ts (mesh -> this node), readiness.ts, admin/routes.ts.
  */
 export class Ambitd {
   readonly config: DaemonConfig;
@@ -71,17 +60,12 @@ export class Ambitd {
   #source: MeshFileSource | undefined;
   /** Consul mode: the control plane and CA (undefined: the embedded mesh file and CA). */
   #consul: ConsulControlPlane | undefined;
+  readonly #reconciler: Reconciler;
   #http: Server[] = [];
   #identities = new Map<string, string>();
-  #sni = new Map<string, string>();
-  #reconciling: Promise<void> = Promise.resolve();
-  #retryTimer: NodeJS.Timeout | undefined;
-  #closing = false;
   #ready = false;
   /** This host's addresses: the interfaces, loopback, the advertise address and this node's mesh address. */
   readonly #local: LocalAddresses;
-  #adminDeniedAt = Number.NEGATIVE_INFINITY;
-  #adminSuppressed = 0;
 
   private constructor(config: DaemonConfig, logger: Logger, certs: CertificateManager) {
     this.config = config;
@@ -143,7 +127,16 @@ export class Ambitd {
       limits: config.limits,
       fds: this.fds,
       roots: () => certs.trustBundle(),
-      contextForSni: (name) => this.#contextForSni(name),
+      contextForSni: (name) => this.#reconciler.contextForSni(name),
+    });
+    this.#reconciler = new Reconciler({
+      localWorkloads: () => this.localWorkloads(),
+      identityOf,
+      certs,
+      listeners: this.listeners,
+      inbound: this.inbound,
+      metrics: this.metrics,
+      log: logger,
     });
     this.capture = config.capture.enabled
       ? {
@@ -215,14 +208,14 @@ export class Ambitd {
     this.certs.on('rotated', (identity: string) => {
       // New connections from this identity get a session with the new certificate; open ones stay.
       this.pool.drainSource(identity);
-      this.#exportCertExpiry();
+      this.#reconciler.exportCertExpiry();
       log.info({ identity }, 'certificate rotated');
     });
     this.certs.on('roots', () => {
       this.tunnel.updateRoots();
       this.pool.drainAll();
     });
-    this.store.on('change', () => this.#scheduleReconcile());
+    this.store.on('change', () => this.#reconciler.schedule());
     // Marks first: every socket the daemon opens from here on must escape the capture rules.
     this.sockets.check();
     this.ports.tunnel = await this.tunnel.listen(config.tunnel);
@@ -231,17 +224,18 @@ export class Ambitd {
     } else {
       this.#source = new MeshFileSource(config.meshFile, this.store, log, {
         pollMs: config.meshPollMs,
-        check: (mesh) => this.#checkMesh(mesh),
+        check: (mesh) => checkHostMesh(mesh, config),
       });
       this.#source.on('applied', () => this.metrics.meshReloads.inc({ result: 'applied' }));
       this.#source.on('rejected', () => this.metrics.meshReloads.inc({ result: 'rejected' }));
       await this.#source.start();
     }
-    await this.#reconciling;
-    if (config.registerNode && this.#consul) {
+    await this.#reconciler.settled();
+    if (config.registerNode) {
       const node = { name: config.nodeName, address: config.advertiseAddress, tunnelPort: this.ports.tunnel };
-      await this.#consul.registerNode(node, 'node');
-    } else if (config.registerNode) await this.#registerNode();
+      if (this.#consul) await this.#consul.registerNode(node, 'node');
+      else await registerInMeshFile(config.meshFile, this.store.node(config.nodeName), node, log);
+    }
     await this.#startHttp();
     if (this.capture) await this.#startCapture();
     this.#ready = true;
@@ -275,41 +269,6 @@ export class Ambitd {
     }
   }
 
-  /**
-   * What only this host can check in the mesh file: a local workload serving every port of one of the host's
-   * addresses (the file's own validation knows loopback and the node's address, not the interfaces).
-   */
-  #checkMesh(mesh: Mesh): void {
-    const { nodeName, advertiseAddress } = this.config;
-    const node = mesh.nodes.find((n) => n.name === nodeName);
-    if (!node) return;
-    const local = new LocalAddresses(() => [advertiseAddress]);
-    for (const w of mesh.workloads) {
-      if (w.node !== nodeName || w.ports.length > 0) continue;
-      const own = ownAddress(w.addresses, node, (ip) => local.has(ip));
-      if (own)
-        throw new MeshFileError(
-          this.config.meshFile,
-          fieldPath(['workloads', w.name, 'ports']),
-          everyPortRefused(own),
-        );
-    }
-  }
-
-  /** Puts this node's tunnel address in the mesh file, unless it is already there as it is. */
-  async #registerNode(): Promise<void> {
-    const { nodeName, advertiseAddress } = this.config;
-    const current = this.store.node(nodeName);
-    if (current?.address === advertiseAddress && current.tunnelPort === this.ports.tunnel) return;
-    await editMeshFile(this.config.meshFile, (doc) => {
-      setNode(doc, { name: nodeName, address: advertiseAddress, tunnelPort: this.ports.tunnel });
-    });
-    this.log.info(
-      { node: nodeName, address: advertiseAddress, tunnelPort: this.ports.tunnel },
-      'node registered in mesh file',
-    );
-  }
-
   identityOf(w: Workload): string {
     const key = `${w.namespace}/${w.service}`;
     let id = this.#identities.get(key);
@@ -329,162 +288,39 @@ export class Ambitd {
     return this.store.workloadsOn(this.config.nodeName);
   }
 
-  /** Certificates for exactly the local workloads' identities, listeners for their upstreams, policies re-checked. */
-  async #reconcile(): Promise<void> {
-    const local = this.localWorkloads();
-    const wanted = new Set(local.map((w) => this.identityOf(w)));
-    const sni = new Map<string, string>();
-    for (const id of wanted) sni.set(sniForIdentity(id), id);
-    let failed = 0;
-    await Promise.all(
-      [...wanted].map((id) =>
-        this.certs.ensure(id).catch((err: Error) => {
-          failed++;
-          this.log.error({ identity: id, err: err.message }, 'cannot issue certificate');
-        }),
-      ),
-    );
-    // A first issue that failed (CA briefly unreachable) is tried again without waiting for a mesh change.
-    if (failed > 0) this.#retryReconcile();
-    this.#sni = sni;
-    for (const c of this.certs.list()) if (!wanted.has(c.identity)) this.certs.forget(c.identity);
-    this.#exportCertExpiry();
-    await this.listeners.reconcile(local);
-    const closed = this.inbound.recheck();
-    if (closed > 0) this.log.info({ closed }, 'closed connections that policy no longer allows');
-  }
-
-  /** Reconciles after any reconcile already under way: changes apply in order, never concurrently. */
-  #scheduleReconcile(): void {
-    this.#reconciling = this.#reconciling
-      .then(() => this.#reconcile())
-      .catch((err: Error) => {
-        this.log.error({ err: err.message }, 'applying the mesh failed');
-      });
-  }
-
-  #retryReconcile(): void {
-    if (this.#retryTimer) return;
-    this.#retryTimer = setTimeout(() => {
-      this.#retryTimer = undefined;
-      if (!this.#closing) this.#scheduleReconcile();
-    }, RECONCILE_RETRY_MS).unref();
-  }
-
-  #exportCertExpiry(): void {
-    this.metrics.certExpiry.reset();
-    for (const c of this.certs.list())
-      this.metrics.certExpiry.set({ identity: c.identity }, Date.parse(c.notAfter) / 1000);
-  }
-
-  #contextForSni(servername: string): TlsContext | undefined {
-    const id = this.#sni.get(servername);
-    if (!id || !this.certs.has(id)) return undefined;
-    return this.certs.tlsContext(id);
-  }
-
-  /**
-   * Whether ip:port reaches one of this daemon's own listeners (tunnel, capture, admin, metrics, ready,
-   * explicit upstreams): such a CONNECT would be a self-call, or a way into the admin API through the
-   * tunnel, whatever the mesh says is there.
-   */
+  /** Whether ip:port is one of this daemon's own listeners, never a tunnel's target. */
   #isSelf(ip: string, port: number): boolean {
-    const { config, ports } = this;
-    const bound: [string, number][] = [
-      [config.tunnel.host, ports.tunnel],
-      [config.admin.host, ports.admin],
-      [config.metrics.host, ports.metrics],
-      [config.ready.host, ports.ready],
-      [config.outbound.host, ports.outbound],
-      [config.inboundPlaintext.host, ports.plaintext],
-      ...this.listeners.bound(),
-    ];
-    for (const [host, p] of bound)
-      if (p === port && p !== 0 && bindAccepts(host, ip, this.#local)) return true;
-    return false;
+    const bound = ownListeners(this.config, this.ports, this.listeners.bound());
+    return reachesOwnListener(bound, ip, port, this.#local);
   }
 
-  readiness(): { ready: boolean; checks: Record<string, string> } {
-    const checks: Record<string, string> = {};
-    checks.started = this.#ready ? 'ok' : 'starting';
-    checks.mesh = this.#source?.lastError ? `last edit rejected: ${this.#source.lastError.message}` : 'ok';
-    // Consul unreachable: reported here, but the last known state serves, so the node stays ready.
-    if (this.#consul) checks.consul = this.#consul.readiness();
-    const missing = this.localWorkloads().filter((w) => !this.certs.has(this.identityOf(w)));
-    checks.certificates = missing.length ? `missing for ${missing.map((w) => w.name).join(', ')}` : 'ok';
-    const failed = this.listeners.failures();
-    checks.listeners = failed.length ? failed.map((f) => `${f.listen}: ${f.error}`).join('; ') : 'ok';
-    // A rejected mesh edit is reported but does not make the node unready: the last good state still serves.
-    const ready = this.#ready && missing.length === 0 && failed.length === 0;
-    return { ready, checks };
+  readiness(): Readiness {
+    return readinessOf({
+      started: this.#ready,
+      meshError: this.#source?.lastError,
+      consul: this.#consul?.readiness(),
+      missingCertificates: missingCertificates(
+        this.localWorkloads(),
+        (w) => this.identityOf(w),
+        (id) => this.certs.has(id),
+      ),
+      listenerFailures: this.listeners.failures(),
+    });
   }
 
   async #startHttp(): Promise<void> {
     const { config } = this;
-    const certRows = (): unknown[] => {
-      const byId = new Map(this.certs.list().map((c) => [c.identity, c]));
-      return this.localWorkloads().map((w) => {
-        const c = byId.get(this.identityOf(w));
-        return { workload: w.name, ...(c ?? { identity: this.identityOf(w), serial: null, notAfter: null }) };
-      });
-    };
     const token = await AdminToken.create(config.stateDir);
     const admin = await startHttp(
       config.admin,
-      {
-        'GET /config_dump': () => ({
-          json: {
-            node: config.nodeName,
-            config,
-            mesh: this.store.mesh,
-            consul: this.#consul?.dump(),
-            certificates: certRows(),
-            listeners: this.listeners.listening(),
-            pool: this.pool.stats(),
-            inbound: {
-              open: this.inbound.openConnections,
-              connecting: this.inbound.connecting,
-              tunnel: this.tunnel.stats(),
-            },
-            fds: { open: this.fds.open, limit: this.fds.limit ?? null, reserve: this.fds.reserve },
-            readiness: this.readiness(),
-          },
-        }),
-        'GET /workloads': () => ({ json: this.localWorkloads() }),
-        'GET /certs': () => ({ json: certRows() }),
-        'GET /logging': () => ({ json: { level: this.log.level } }),
-        'POST /logging': (_req, url): Reply => {
-          const level = url.searchParams.get('level') ?? '';
-          if (!(LOG_LEVELS as readonly string[]).includes(level)) {
-            return { status: 400, json: { error: `level must be one of ${LOG_LEVELS.join(', ')}` } };
-          }
-          this.log.level = level as LogLevel;
-          return { json: { level } };
-        },
-      },
-      {
-        token,
-        // Every change, and the dump (the whole mesh and configuration); the other reads stay open on the
-        // admin address, as ztunnel's do, for `curl` and probes.
-        required: (route) => !route.startsWith('GET ') || route === 'GET /config_dump',
-        denied: (route, req) => {
-          this.metrics.adminUnauthorized.inc({ route });
-          this.#adminDenied(route, req.socket.remoteAddress);
-        },
-      },
+      adminRoutes(this, this.#consul),
+      adminAuth(token, this.metrics, this.log),
     );
-    const metrics = await startHttp(config.metrics, {
-      'GET /metrics': async () => ({
-        text: await this.metrics.registry.metrics(),
-        contentType: this.metrics.registry.contentType,
-      }),
-    });
-    const ready = await startHttp(config.ready, {
-      'GET /healthz/ready': () => {
-        const r = this.readiness();
-        return { status: r.ready ? 200 : 503, json: r };
-      },
-    });
+    const metrics = await startHttp(config.metrics, metricsRoutes(this.metrics));
+    const ready = await startHttp(
+      config.ready,
+      readyRoutes(() => this.readiness()),
+    );
     // An accept that fails for want of descriptors must not take the daemon down through these either.
     this.fds.watch(admin, 'inbound', 'admin API');
     this.fds.watch(metrics, 'inbound', 'metrics');
@@ -526,22 +362,6 @@ export class Ambitd {
     this.certs.close();
     for (const s of this.#http) s.closeAllConnections();
     await Promise.all(this.#http.map((s) => new Promise((r) => s.close(r))));
-  }
-
-  /** Logs a refused admin request, at most once per interval (the count is in the metric). */
-  #adminDenied(route: string, from: string | undefined): void {
-    const now = Date.now();
-    if (now - this.#adminDeniedAt < REFUSAL_LOG_INTERVAL_MS) {
-      this.#adminSuppressed++;
-      return;
-    }
-    this.#adminDeniedAt = now;
-    const suppressed = this.#adminSuppressed;
-    this.#adminSuppressed = 0;
-    this.log.warn(
-      { route, from, ...(suppressed > 0 ? { suppressed } : {}) },
-      'admin API request refused: no or wrong admin token',
-    );
   }
 
   #openConnections(): number {

@@ -24,7 +24,8 @@ import { EmbeddedCa } from '../daemon/identity/ca.js';
 import { spiffeId } from '../daemon/identity/spiffe.js';
 import { sniForIdentity } from '../daemon/proxy/hbone.js';
 import { NODE_FLAGS } from '../daemon/proxy/reclaim.js';
-import { addPolicy, editMeshFile, upsertWorkload, writeFileAtomic } from '../lib/mesh/edit.js';
+import { addPolicy, editMeshFile, upsertWorkload } from '../lib/mesh/edit.js';
+import { writeFileAtomic } from '../lib/mesh/file/write.js';
 import {
   type Credentials,
   RawH2,

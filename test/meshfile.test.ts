@@ -15,7 +15,8 @@ import {
   setNode,
   upsertWorkload,
 } from '../lib/mesh/edit.js';
-import { meshToDoc, parseMesh, readMeshFile } from '../lib/mesh/meshfile.js';
+import { parseMesh, readMeshFile } from '../lib/mesh/file/parse.js';
+import { meshToDoc } from '../lib/mesh/file/serialise.js';
 import { type Mesh, type Workload, emptyMesh } from '../lib/mesh/model.js';
 
 const FULL_YAML = `# the whole format

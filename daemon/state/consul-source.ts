@@ -14,8 +14,7 @@
 // state keeps serving, staleness is reported (metric, log, readiness), and the watches recover by themselves.
 
 import { EventEmitter } from 'node:events';
-import type { DaemonConfig } from '../../lib/config.js';
-import { ConsulCache } from '../../lib/consul/cache.js';
+import type { ConsulCache } from '../../lib/consul/cache.js';
 import {
   type ConsulHealthEntry,
   META,
@@ -25,15 +24,14 @@ import {
   isPassing,
   isRecord,
   nodeFromEntry,
-  nodeRegistration,
   nodeTag,
   workloadFromEntry,
 } from '../../lib/consul/catalog.js';
-import { ConsulClient, Watch, type WatchOptions } from '../../lib/consul/client.js';
+import { type ConsulClient, Watch, type WatchOptions } from '../../lib/consul/client.js';
 import { compileIntentions, parseIntentions } from '../../lib/consul/intentions.js';
 import { AmbitError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
-import { ownAddress } from '../../lib/mesh/meshfile.js';
+import { ownAddress } from '../../lib/mesh/file/validate.js';
 import type {
   Mesh,
   MeshNode,
@@ -44,9 +42,6 @@ import type {
   Workload,
 } from '../../lib/mesh/model.js';
 import { LocalAddresses } from '../../lib/net/addresses.js';
-import { ConsulCa } from '../identity/consul-ca.js';
-import type { CertificateManager } from '../identity/manager.js';
-import type { Metrics } from '../metrics/metrics.js';
 import type { StateStore } from './store.js';
 
 export const CONFIG_KINDS = [
@@ -469,162 +464,4 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
     }
     return [...out.values()].sort((a, b) => a.name.localeCompare(b.name));
   }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-
-/**
- * Everything the daemon needs for Consul mode, made in one place: the client, the cache, the Consul CA, and
- * (once the store and certificate manager exist) the source. Keeps daemon.ts's part to a few lines.
- */
-export class ConsulControlPlane {
-  readonly client: ConsulClient;
-  readonly cache: ConsulCache;
-  readonly ca: ConsulCa;
-  /** The daemon's config with Consul's trust domain and datacenter, so identities match Consul's leaves. */
-  readonly config: DaemonConfig;
-  source: ConsulSource | undefined;
-  readonly #log: Logger;
-  #registration: NodeJS.Timeout | undefined;
-  #closed = false;
-
-  private constructor(
-    config: DaemonConfig,
-    client: ConsulClient,
-    cache: ConsulCache,
-    ca: ConsulCa,
-    log: Logger,
-  ) {
-    this.client = client;
-    this.cache = cache;
-    this.ca = ca;
-    this.#log = log;
-    this.config = { ...config, trustDomain: ca.trustDomain, datacenter: ca.datacenter };
-  }
-
-  static async open(config: DaemonConfig, log: Logger): Promise<ConsulControlPlane> {
-    const settings = config.consul;
-    if (!settings) throw new Error('ConsulControlPlane.open without consul settings');
-    const client = new ConsulClient({ address: settings.address, token: settings.token });
-    const cache = new ConsulCache(config.stateDir, log);
-    await cache.load();
-    try {
-      const ca = await ConsulCa.open(client, cache, { log, watch: watchOptions(config) });
-      return new ConsulControlPlane(config, client, cache, ca, log);
-    } catch (err) {
-      client.close();
-      throw err;
-    }
-  }
-
-  /** Wires the CA to the certificate manager, starts the watches and applies the first view of the mesh. */
-  async start(store: StateStore, certs: CertificateManager, metrics: Metrics): Promise<void> {
-    const { config, ca } = this;
-    const consul = config.consul!;
-    this.client.onRequest = (endpoint, code) => metrics.consulRequests.inc({ endpoint, code });
-    const source = new ConsulSource(this.client, store, {
-      nodeName: config.nodeName,
-      defaultPolicy: config.defaultPolicy,
-      log: this.#log,
-      cache: this.cache,
-      watch: watchOptions(config),
-      startTimeoutMs: consul.startTimeoutMs,
-    });
-    this.source = source;
-    source.countAlso(() => ca.watches);
-    ca.on('roots', (roots) => {
-      try {
-        certs.setRoots(roots);
-      } catch (err) {
-        this.#log.error({ err: (err as Error).message }, 'cannot use the roots Consul sent');
-      }
-    });
-    ca.on('leaf', (identity) => {
-      if (certs.has(identity)) {
-        certs
-          .rotate(identity)
-          .catch((err: Error) => this.#log.error({ identity, err: err.message }, 'leaf rotation failed'));
-      }
-    });
-    ca.on('watchError', (path, err) => source.noteError(path, err));
-    ca.on('watchOk', (path) => source.noteOk(path));
-    source.on('localServices', (services) => ca.watchLeaves(services));
-    const report = (): void => {
-      const s = source.status();
-      metrics.consulStale.set(s.stale ? 1 : 0);
-      if (s.lastContact) metrics.consulLastContact.set(Date.parse(s.lastContact) / 1000);
-    };
-    source.on('status', report);
-    ca.start();
-    await source.start();
-    ca.watchLeaves(source.localServices);
-    report();
-  }
-
-  /** Registers this node's daemon (the `ambit` service at its tunnel address); retried in the background. */
-  registerNode(node: MeshNode, role: string): Promise<void> {
-    const body = nodeRegistration(node, { role });
-    const attempt = async (n: number): Promise<void> => {
-      try {
-        await this.client.put('/v1/agent/service/register', {
-          body,
-          permission: `service:write on "${NODE_SERVICE}"`,
-        });
-        this.#log.info(
-          { node: node.name, address: node.address, tunnelPort: node.tunnelPort },
-          'node registered in Consul',
-        );
-      } catch (err) {
-        if (this.#closed) return;
-        const delay = Math.min(30_000, 1000 * 2 ** Math.min(n, 5));
-        this.#log.warn(
-          { err: (err as Error).message, retryInMs: delay },
-          'cannot register the node in Consul; retrying',
-        );
-        this.#registration = setTimeout(() => void attempt(n + 1), delay).unref();
-      }
-    };
-    return attempt(0);
-  }
-
-  /** For the admin config dump: status, local services, raw config entries. */
-  dump(): unknown {
-    return {
-      address: this.client.address,
-      status: this.source?.status(),
-      localServices: this.source?.localServices,
-      configEntries: this.source?.configEntries(),
-      cache: this.cache.file,
-    };
-  }
-
-  /** The readiness detail: `ok`, or how stale the state in force is and why. */
-  readiness(): string {
-    const s = this.source?.status();
-    if (!s) return 'starting';
-    if (!s.stale) return 'ok';
-    return (
-      `stale since ${s.staleSince}: serving the last known state` +
-      (s.lastContact ? ` (last answer from Consul ${s.lastContact})` : ' (no answer from Consul yet)') +
-      (s.lastError ? `: ${s.lastError}` : '')
-    );
-  }
-
-  async close(): Promise<void> {
-    this.#closed = true;
-    if (this.#registration) clearTimeout(this.#registration);
-    this.source?.close();
-    this.ca.close();
-    await this.cache.flush();
-    this.client.close();
-  }
-}
-
-function watchOptions(config: DaemonConfig): WatchOptions {
-  const c = config.consul!;
-  return {
-    waitMs: c.waitMs,
-    minIntervalMs: c.minIntervalMs,
-    backoff: { initialMs: c.backoffInitialMs, maxMs: c.backoffMaxMs },
-  };
 }

@@ -7,7 +7,7 @@ import { mkdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { MeshFileError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
-import { parseMesh } from '../../lib/mesh/meshfile.js';
+import { parseMesh } from '../../lib/mesh/file/parse.js';
 import type { Mesh } from '../../lib/mesh/model.js';
 import { emptyMesh } from '../../lib/mesh/model.js';
 import type { StateStore } from './store.js';

@@ -11,7 +11,6 @@ const addrKey = (ip: string, port: number): string => `${ip}:${port}`;
  */
 export class StateStore extends EventEmitter {
   #mesh: Mesh = emptyMesh();
-  #version = 0;
   #nodes = new Map<string, MeshNode>();
   #workloads = new Map<string, Workload>();
   #endpoints = new Map<string, Workload[]>();
@@ -24,11 +23,6 @@ export class StateStore extends EventEmitter {
 
   get mesh(): Mesh {
     return this.#mesh;
-  }
-
-  /** Increments on every replace; lets callers cache derived data cheaply. */
-  get version(): number {
-    return this.#version;
   }
 
   replace(mesh: Mesh): void {
@@ -68,7 +62,6 @@ export class StateStore extends EventEmitter {
     this.#byUid = byUid;
     this.#vips = vips;
     this.#policies = policies;
-    this.#version++;
     this.emit('change', mesh);
   }
 

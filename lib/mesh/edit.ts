@@ -1,137 +1,22 @@
 // The one way anything changes the mesh file: under a lock, on the YAML document (so that users' comments and
 // layout survive), validated before it is written, and written atomically (the daemon's watcher must never
 // read a half-written file).
-import { randomBytes } from 'node:crypto';
-import {
-  type FileHandle,
-  chmod,
-  mkdir,
-  open,
-  readFile,
-  realpath,
-  rename,
-  stat,
-  unlink,
-} from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { mkdir, readFile, realpath } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { type Document, YAMLMap, type Node as YamlNode, isMap, isNode, isScalar, isSeq } from 'yaml';
-import { AmbitError, ConfigError, MeshFileError, MeshLockedError } from '../errors.js';
-import {
-  meshFormat,
-  meshFromDocument,
-  nodeToDoc,
-  parseMesh,
-  parseMeshDocument,
-  policyToDoc,
-  workloadToDoc,
-} from './meshfile.js';
+import { AmbitError, ConfigError, MeshFileError } from '../errors.js';
+import { acquireLock, releaseLock } from './file/lock.js';
+import { meshFromDocument, parseMesh, parseMeshDocument } from './file/parse.js';
+import { meshFormat } from './file/schema.js';
+import { nodeToDoc, policyToDoc, workloadToDoc } from './file/serialise.js';
+import { writeFileAtomic } from './file/write.js';
 import type { Mesh, MeshNode, Policy, PolicyAction, Workload } from './model.js';
 
-/** A lock older than this is left over from a crashed or hung editor (an edit takes milliseconds). */
-export const LOCK_STALE_MS = 30_000;
 const LOCK_WAIT_MS = 5_000;
 
 export interface EditOptions {
   /** How long to wait for another editor's lock before MeshLockedError; default 5 s. */
   lockWaitMs?: number;
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    // EPERM: the process exists but belongs to someone else.
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-async function acquireLock(lockFile: string, waitMs: number): Promise<{ ino: number }> {
-  const deadline = Date.now() + waitMs;
-  for (let attempt = 0; ; attempt++) {
-    try {
-      const fh = await open(lockFile, 'wx', 0o644);
-      try {
-        await fh.writeFile(`${process.pid}\n`);
-        return { ino: (await fh.stat()).ino };
-      } finally {
-        await fh.close();
-      }
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-    }
-    if (await takeOverIfStale(lockFile)) continue;
-    if (Date.now() >= deadline) throw new MeshLockedError(lockFile);
-    // Jittered backoff so that several waiting editors do not retry in lockstep.
-    await sleep(Math.min(20 * 2 ** Math.min(attempt, 3), 150) + Math.random() * 20);
-  }
-}
-
-/** Removes the lock if its holder is dead or it is too old; true if the caller should retry at once. */
-async function takeOverIfStale(lockFile: string): Promise<boolean> {
-  let before: Awaited<ReturnType<typeof stat>>;
-  let content: string;
-  try {
-    before = await stat(lockFile);
-    content = await readFile(lockFile, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return true; // released meanwhile
-    throw e;
-  }
-  const pid = Number.parseInt(content.trim(), 10);
-  const old = Date.now() - before.mtimeMs > LOCK_STALE_MS;
-  // An empty lock file may be one whose creator has not written its pid yet: only age makes it stale.
-  const dead = Number.isInteger(pid) && pid > 0 && pid !== process.pid && !pidAlive(pid);
-  if (!old && !dead) return false;
-  try {
-    // Only remove the very file we judged stale, not a fresh lock another editor created since.
-    const now = await stat(lockFile);
-    if (now.ino !== before.ino || now.mtimeMs !== before.mtimeMs) return true;
-    await unlink(lockFile);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-  }
-  return true;
-}
-
-async function releaseLock(lockFile: string, held: { ino: number }): Promise<void> {
-  try {
-    const s = await stat(lockFile);
-    if (s.ino === held.ino) await unlink(lockFile);
-  } catch {
-    // Already gone (taken over as stale after a very long edit): nothing of ours to remove.
-  }
-}
-
-/** Writes a sibling temp file, fsyncs it and renames it over the target, then fsyncs the directory. */
-export async function writeFileAtomic(target: string, text: string): Promise<void> {
-  const dir = dirname(target);
-  const tmp = join(dir, `.${basename(target)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  let fh: FileHandle | undefined;
-  try {
-    fh = await open(tmp, 'wx', 0o644);
-    await fh.writeFile(text, 'utf8');
-    await fh.sync();
-    await fh.close();
-    fh = undefined;
-    await chmod(tmp, 0o644); // the umask may have narrowed it; the daemon may run as another user
-    await rename(tmp, target);
-  } catch (e) {
-    await fh?.close().catch(() => {});
-    await unlink(tmp).catch(() => {});
-    throw e;
-  }
-  try {
-    const d = await open(dir, 'r');
-    try {
-      await d.sync();
-    } finally {
-      await d.close();
-    }
-  } catch {
-    // Some filesystems refuse fsync on directories; the rename itself is still atomic.
-  }
 }
 
 /** File-system failures (permissions, a full disk) as a ConfigError that names the file; AmbitErrors pass. */

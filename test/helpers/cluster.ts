@@ -8,9 +8,11 @@ import { type ConfigInput, loadConfig } from '../../lib/config.js';
 import { type Logger, createLogger, silentLogger } from '../../lib/log.js';
 import { editMeshFile, upsertWorkload } from '../../lib/mesh/edit.js';
 import type { Upstream, Workload } from '../../lib/mesh/model.js';
+import { workload } from './mesh.js';
 import { sleep } from './net.js';
 
 export { freePort, sleep, waitForPort } from './net.js';
+export { workload } from './mesh.js';
 
 export interface Cluster {
   dir: string;
@@ -58,18 +60,6 @@ export async function startCluster(
       await Promise.all([a.close(), b.close()]);
       await rm(dir, { recursive: true, force: true });
     },
-  };
-}
-
-export function workload(p: Partial<Workload> & Pick<Workload, 'name' | 'service' | 'node'>): Workload {
-  return {
-    namespace: 'default',
-    addresses: ['127.0.0.1'],
-    ports: [],
-    uid: undefined,
-    mode: 'strict',
-    upstreams: [],
-    ...p,
   };
 }
 

@@ -1,21 +1,22 @@
 import type { Socket } from 'node:net';
 import { DEFAULT_LIMITS, type Limits } from '../../../lib/config.js';
-import { ConnectionRefusal, badRequest, denied, unknownWorkload } from '../../../lib/errors.js';
+import { ConnectionRefusal } from '../../../lib/errors.js';
 import type { Logger } from '../../../lib/log.js';
 import type { Workload } from '../../../lib/mesh/model.js';
-import { parseSpiffeId, trustDomainOf, uriSans } from '../../identity/spiffe.js';
+import { uriSans } from '../../identity/spiffe.js';
 import { type FdReserve, isFdExhaustion } from '../../limits/fds.js';
 import type { Refusals } from '../../limits/refusal.js';
 import type { Metrics } from '../../metrics/metrics.js';
-import { type Peer, authorize } from '../../rbac.js';
+import type { Peer } from '../../rbac.js';
 import type { StateStore } from '../../state/store.js';
 import { ConnectionAccount, type Party } from '../account.js';
 import { carry } from '../carry.js';
 import type { H2Session } from '../h2/session.js';
 import type { H2Headers, H2Stream } from '../h2/stream.js';
-import { type HostPort, formatAuthority, parseAuthority, parseForwardedFor } from '../hbone.js';
+import { type HostPort, formatAuthority, parseForwardedFor } from '../hbone.js';
 import { ignoreError } from '../pipe.js';
 import type { SocketFactory } from '../sockets.js';
+import { decideInbound, peerFromUris, stillAdmits } from './decide.js';
 
 export interface InboundDeps {
   readonly store: StateStore;
@@ -95,16 +96,7 @@ export class Inbound {
   recheck(): number {
     let closed = 0;
     for (const c of this.#open) {
-      const current = this.#d.store.workload(c.workload.name);
-      const decision = current
-        ? authorize(
-            this.#d.store.policiesFor(current.namespace, current.service),
-            this.#d.store.mesh.defaultPolicy,
-            c.peer,
-            c.port,
-            this.#d.trustDomain,
-          )
-        : { allowed: false, reason: 'workload no longer enrolled' };
+      const decision = stillAdmits(this.#d, c.workload.name, c.peer, c.port);
       if (!decision.allowed) {
         closed++;
         this.#d.log.info(
@@ -145,28 +137,13 @@ export class Inbound {
     const started = Date.now();
     const peer = this.#peer(session);
     const authority = headers[':authority'];
-    const target = parseAuthority(authority);
     const src = this.#source(session, headers);
-    let workload: Workload | undefined;
-    try {
-      if (headers[':method'] !== 'CONNECT') throw badRequest(`method ${headers[':method']} is not CONNECT`);
-      if (!target) throw badRequest(`malformed :authority ${JSON.stringify(authority)}`);
-      if (!peer) throw denied('peer certificate carries no SPIFFE identity');
-      workload = this.#localWorkload(target);
-      const decision = authorize(
-        this.#d.store.policiesFor(workload.namespace, workload.service),
-        this.#d.store.mesh.defaultPolicy,
-        peer,
-        target.port,
-        this.#d.trustDomain,
-      );
-      if (!decision.allowed) throw denied(decision.reason);
-    } catch (err) {
-      const refusal = err as ConnectionRefusal;
-      this.#refuse(stream, refusal, peer, workload, authority, src, started);
+    const to = decideInbound(this.#d, headers[':method'], authority, peer);
+    if (!to.ok) {
+      this.#refuse(stream, to.refusal, peer, to.workload, authority, src, started);
       return;
     }
-    void this.#connect(stream, peer, workload, target, src, started, load, hold);
+    void this.#connect(stream, to.peer, to.workload, to.target, src, started, load, hold);
   }
 
   #load(session: H2Session): SessionLoad {
@@ -198,16 +175,7 @@ export class Inbound {
     let peer = peerOf.get(session);
     if (peer === undefined) {
       const cert = session.socket.peerCertificate;
-      const principal = (cert ? uriSans(cert) : []).find((u) => u.startsWith('spiffe://'));
-      const parsed = principal ? parseSpiffeId(principal) : undefined;
-      peer = principal
-        ? {
-            principal,
-            trustDomain: parsed?.trustDomain ?? trustDomainOf(principal),
-            namespace: parsed?.namespace,
-            service: parsed?.service,
-          }
-        : null;
+      peer = peerFromUris(cert ? uriSans(cert) : []) ?? null;
       peerOf.set(session, peer);
     }
     return peer ?? undefined;
@@ -219,20 +187,6 @@ export class Inbound {
       addr: remoteAddress ? formatAuthority(remoteAddress, remotePort ?? 0) : undefined,
       forwarded: parseForwardedFor(headers.forwarded),
     };
-  }
-
-  #localWorkload(target: HostPort): Workload {
-    if (this.#d.isSelf(target)) throw badRequest(`${target.ip}:${target.port} is this daemon's own listener`);
-    let w = this.#d.store.workloadAt(target.ip, target.port);
-    // "Every port" of an address of this host would reach every local server, whoever enrolled it: the
-    // mesh file refuses such a workload, and one from elsewhere (Consul) matches nothing here.
-    if (w && w.ports.length === 0 && this.#d.isLocalAddress(target.ip)) w = undefined;
-    if (!w || w.node !== this.#d.nodeName) {
-      throw unknownWorkload(
-        `${target.ip}:${target.port} is not a workload enrolled on node ${this.#d.nodeName}`,
-      );
-    }
-    return w;
   }
 
   /**

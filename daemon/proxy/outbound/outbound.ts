@@ -14,22 +14,12 @@ import { ignoreError } from '../pipe.js';
 import type { Pool } from '../pool/pool.js';
 import type { SocketFactory } from '../sockets.js';
 import type { Balancer } from './lb.js';
+import { type OutboundTarget, type RoutedService, planHop, planOutbound } from './plan.js';
 
-/** Where a captured or explicit connection wants to go, before the catalog is consulted. */
-export type OutboundTarget =
-  | {
-      readonly kind: 'service';
-      readonly namespace: string;
-      readonly service: string;
-      readonly port: number | undefined;
-    }
-  | { readonly kind: 'address'; readonly ip: string; readonly port: number };
+export type { OutboundTarget } from './plan.js';
 
-interface Plan {
-  readonly service: { readonly name: string; readonly namespace: string } | undefined;
-  readonly endpoints: readonly Workload[];
-  readonly port: (w: Workload) => number | undefined;
-}
+/** What the access log needs of a route: the service it reached, when it reached one. */
+type Plan = { readonly service: RoutedService };
 
 export interface OutboundDeps {
   readonly store: StateStore;
@@ -76,36 +66,6 @@ export class Outbound {
     });
   }
 
-  #plan(target: OutboundTarget): Plan | undefined {
-    const { store } = this.#d;
-    if (target.kind === 'service') {
-      const svc = store.service(target.namespace, target.service);
-      const mapped = target.port !== undefined ? svc?.ports.find((p) => p.port === target.port) : undefined;
-      const port = mapped?.targetPort ?? target.port;
-      return {
-        service: { name: target.service, namespace: target.namespace },
-        endpoints: store.endpoints(target.namespace, target.service),
-        port: (w) => port ?? (w.ports.length === 1 ? w.ports[0] : undefined),
-      };
-    }
-    const vip = store.vip(target.ip, target.port);
-    if (vip) {
-      return {
-        service: { name: vip.service.name, namespace: vip.service.namespace },
-        endpoints: store.endpoints(vip.service.namespace, vip.service.name),
-        port: () => vip.targetPort,
-      };
-    }
-    const w = store.workloadAt(target.ip, target.port);
-    if (w)
-      return {
-        service: { name: w.service, namespace: w.namespace },
-        endpoints: [w],
-        port: () => target.port,
-      };
-    return undefined;
-  }
-
   async #run(client: Socket, source: Workload, target: OutboundTarget): Promise<void> {
     const d = this.#d;
     const sourceId = d.identityOf(source);
@@ -118,13 +78,10 @@ export class Outbound {
     };
     // Helpers are methods and module functions, not closures: a closure here would keep this whole frame
     // alive for as long as the connection lasts.
-    const plan = this.#plan(target);
-    if (!plan) {
-      if (target.kind === 'address') return this.passthrough(client, src, target);
-      return this.#refuse(client, src, target, undefined, 'no_endpoint', 'no such service');
-    }
-    if (plan.endpoints.length === 0) {
-      return this.#refuse(client, src, target, plan, 'no_endpoint', 'service has no endpoints');
+    const plan = planOutbound(d.store, target);
+    if (plan.kind === 'passthrough') return this.passthrough(client, src, plan);
+    if (plan.kind === 'no_endpoint') {
+      return this.#refuse(client, src, target, plan, 'no_endpoint', plan.why);
     }
 
     const tried = new Set<string>();
@@ -134,18 +91,14 @@ export class Outbound {
       const ep = d.balancer.pick(plan.endpoints, tried);
       if (!ep) break;
       tried.add(ep.name);
-      const node = d.store.node(ep.node);
-      const port = plan.port(ep);
-      const ip = ep.addresses[0];
-      if (!node || port === undefined || ip === undefined) {
-        lastError = !node
-          ? `endpoint ${ep.name} is on unknown node ${ep.node}`
-          : `endpoint ${ep.name} has no port to reach`;
+      const hop = planHop(d.store, plan, ep, sourceId, d.identityOf);
+      if (hop.kind === 'skip') {
+        lastError = hop.why;
         continue;
       }
       const headers: H2Headers = {
         ':method': 'CONNECT',
-        ':authority': formatAuthority(ip, port),
+        ':authority': hop.authority,
         forwarded: forwardedFor(client.remoteAddress, client.remotePort),
         traceparent: newTraceparent(randomBytes),
         baggage: baggageOf(source),
@@ -154,10 +107,7 @@ export class Outbound {
       d.balancer.opened(ep.name);
       let answer: Awaited<ReturnType<Pool['connect']>>;
       try {
-        answer = await d.pool.connect(
-          { source: sourceId, peer: d.identityOf(ep), address: node.address, port: node.tunnelPort },
-          headers,
-        );
+        answer = await d.pool.connect(hop.session, headers);
       } catch (err) {
         d.balancer.closed(ep.name);
         d.balancer.eject(ep.name);

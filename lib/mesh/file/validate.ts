@@ -1,56 +1,8 @@
-/**
- * The mesh file: the embedded control plane. Without Consul, the catalog (nodes, workloads, services,
- * policies) lives in one local file that `ambit` edits and `ambitd` watches. YAML (`.yaml`, `.yml`) or
- * JSON (`.json`), chosen by extension; any other extension is read as YAML.
- *
- * ```yaml
- * defaultPolicy: allow            # allow | deny (what happens when no policy matches); default allow
- * nodes:                          # hosts running ambitd; name -> where its tunnel listener is
- *   node-a: { address: 127.0.0.1, tunnelPort: 15008 }   # address: IP literal; tunnelPort default 15008
- * workloads:
- *   web-1:
- *     service: web                # default: the key
- *     namespace: default          # default "default"
- *     node: node-a                # required; must name a node in `nodes`
- *     addresses: [127.0.0.1]      # required, >= 1 IPv4/IPv6 literal, no duplicates
- *     ports: [8080]               # optional; integers 1..65535, no duplicates; empty = every port,
- *                                 # refused at a loopback address or the node's own (list the ports)
- *     uid: 1001                   # optional owner uid (integer >= 0), for processes on the host network
- *     mode: strict                # strict | permissive; default strict
- *     failMode: closed            # open | closed: capture while ambitd is down; default closed if strict, else open
- *     upstreams:                  # optional explicit upstreams: local listeners leading to a service
- *       - { service: api, namespace: default, port: 9090, listen: "127.0.0.1:15101" }
- *         # namespace defaults to the workload's; port is optional; listen is "ip:port",
- *         # "[ipv6]:port" or a bare port (=> 127.0.0.1:<port>); unique per node
- * services:                       # optional: services exist because workloads name them; an entry adds
- *   api:                          # virtual IPs, a port map or a waypoint
- *     namespace: default          # default "default"
- *     vips: [198.18.10.1]         # optional IP literals; a service with vips must list ports
- *     ports: [{ port: 80, targetPort: 8080 }]   # or a bare 80 (targetPort = port)
- *     waypoint: null              # name of the waypoint service, or null
- * policies:                       # L4 authorization, evaluated at the destination's daemon
- *   deny-evil:
- *     action: deny                # allow | deny; required
- *     service: api                # destination service; required
- *     namespace: default          # default "default"
- *     ports: [8080]               # optional destination ports; empty = all
- *     from:                       # optional; any clause matching is a match; empty = every source
- *                                 # (service/namespace: of this trust domain; principal: any)
- *       - { service: evil }                     # every field a clause sets must match the peer
- *       - { namespace: x }
- *       - { principal: "spiffe://ambit.local/ns/x/dc/dc1/svc/y" }
- * ```
- *
- * Every section may be absent or empty; an empty file is an empty mesh. Unknown keys are errors (a typo must
- * not silently turn a deny into nothing), and every error names the file, the field path
- * (`workloads.web-1.ports[1]`) and the line.
- */
-import { readFile } from 'node:fs/promises';
+// Document value -> Mesh: every field checked, defaults filled in, cross-references resolved. A refusal
+// names the field path (`workloads.web-1.ports[1]`); parse.ts adds the line it is on.
 import { isIP } from 'node:net';
-import { extname } from 'node:path';
-import { type Document, LineCounter, parseDocument } from 'yaml';
-import { MeshFileError } from '../errors.js';
-import { canonicalIp, isLoopback } from '../net/addresses.js';
+import { MeshFileError } from '../../errors.js';
+import { canonicalIp, isLoopback } from '../../net/addresses.js';
 import type {
   FailMode,
   Mesh,
@@ -63,25 +15,25 @@ import type {
   ServicePort,
   Upstream,
   Workload,
-} from './model.js';
-import { emptyMesh } from './model.js';
-
-export const DEFAULT_TUNNEL_PORT = 15008;
-export const DEFAULT_NAMESPACE = 'default';
-/** Ports ambitd binds itself (see DESIGN.md); an upstream listener there would fight the daemon. */
-const DAEMON_PORTS: ReadonlySet<number> = new Set([15000, 15001, 15006, 15008, 15020, 15021]);
-
-/** Service and namespace names end up in SPIFFE IDs and in `svc.ns` CLI arguments: no dots, no slashes. */
-export const SERVICE_NAME = /^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$/;
-/** Node, workload and policy names are only keys; host names (with dots) are common for nodes. */
-export const OBJECT_NAME = /^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$/;
-
-export type MeshFormat = 'yaml' | 'json';
-
-export const meshFormat = (file: string): MeshFormat =>
-  extname(file).toLowerCase() === '.json' ? 'json' : 'yaml';
-
-type PathSeg = string | number;
+} from '../model.js';
+import { emptyMesh } from '../model.js';
+import {
+  DAEMON_PORTS,
+  DEFAULT_NAMESPACE,
+  DEFAULT_TUNNEL_PORT,
+  NODE_KEYS,
+  OBJECT_NAME,
+  POLICY_KEYS,
+  POLICY_SOURCE_KEYS,
+  type PathSeg,
+  SERVICE_KEYS,
+  SERVICE_NAME,
+  SERVICE_PORT_KEYS,
+  TOP_KEYS,
+  UPSTREAM_KEYS,
+  WORKLOAD_KEYS,
+  fmtHostPort,
+} from './schema.js';
 
 /** `workloads.web-1.ports[1]`; keys that would be ambiguous in dotted form are bracketed. */
 export function fieldPath(path: readonly PathSeg[]): string {
@@ -220,7 +172,7 @@ const WILDCARD = new Set(['0.0.0.0', '::']);
 
 function parseNode(key: string, v: unknown, path: PathSeg[]): MeshNode {
   name(key, path, OBJECT_NAME, 'node name');
-  const o = expectObj(v, path, ['address', 'tunnelPort']);
+  const o = expectObj(v, path, NODE_KEYS);
   return {
     name: key,
     address: ip(o.address, [...path, 'address']),
@@ -230,7 +182,7 @@ function parseNode(key: string, v: unknown, path: PathSeg[]): MeshNode {
 }
 
 function parseUpstream(v: unknown, path: PathSeg[], workloadNs: string): Upstream {
-  const o = expectObj(v, path, ['service', 'namespace', 'port', 'listen']);
+  const o = expectObj(v, path, UPSTREAM_KEYS);
   const listen = parseListen(o.listen);
   if (typeof listen === 'string') {
     throw new Invalid([...path, 'listen'], `${listen}, got ${show(o.listen)}`);
@@ -246,18 +198,6 @@ function parseUpstream(v: unknown, path: PathSeg[], workloadNs: string): Upstrea
     listenPort: listen.port,
   };
 }
-
-const WORKLOAD_KEYS = [
-  'service',
-  'namespace',
-  'node',
-  'addresses',
-  'ports',
-  'uid',
-  'mode',
-  'failMode',
-  'upstreams',
-] as const;
 
 function parseWorkload(key: string, v: unknown, path: PathSeg[]): Workload {
   name(key, path, OBJECT_NAME, 'workload name');
@@ -301,7 +241,7 @@ function parseServicePort(v: unknown, path: PathSeg[]): ServicePort {
     const p = port(v, path);
     return { port: p, targetPort: p };
   }
-  const o = expectObj(v, path, ['port', 'targetPort']);
+  const o = expectObj(v, path, SERVICE_PORT_KEYS);
   const p = port(o.port, [...path, 'port']);
   return {
     port: p,
@@ -312,7 +252,7 @@ function parseServicePort(v: unknown, path: PathSeg[]): ServicePort {
 function parseService(key: string, v: unknown, path: PathSeg[]): Service {
   name(key, path, SERVICE_NAME, 'service name');
   // `api:` with nothing under it is a legitimate "this service exists" entry.
-  const o = v === null ? {} : expectObj(v, path, ['namespace', 'vips', 'ports', 'waypoint']);
+  const o = v === null ? {} : expectObj(v, path, SERVICE_KEYS);
   const ports: ServicePort[] = [];
   list(o.ports, [...path, 'ports']).forEach((x, i) => {
     const sp = parseServicePort(x, [...path, 'ports', i]);
@@ -340,7 +280,7 @@ function parseService(key: string, v: unknown, path: PathSeg[]): Service {
 }
 
 function parseSource(v: unknown, path: PathSeg[]): PolicySource {
-  const o = v === null ? {} : expectObj(v, path, ['service', 'namespace', 'principal']);
+  const o = v === null ? {} : expectObj(v, path, POLICY_SOURCE_KEYS);
   let principal: string | undefined;
   if (o.principal !== undefined) {
     principal = str(o.principal, [...path, 'principal']);
@@ -363,7 +303,7 @@ function parseSource(v: unknown, path: PathSeg[]): PolicySource {
 
 function parsePolicy(key: string, v: unknown, path: PathSeg[]): Policy {
   name(key, path, OBJECT_NAME, 'policy name');
-  const o = expectObj(v, path, ['action', 'service', 'namespace', 'ports', 'from']);
+  const o = expectObj(v, path, POLICY_KEYS);
   if (o.action === undefined) throw new Invalid([...path, 'action'], 'is required (allow or deny)');
   return {
     name: key,
@@ -377,8 +317,6 @@ function parsePolicy(key: string, v: unknown, path: PathSeg[]): Policy {
     from: list(o.from, [...path, 'from']).map((s, i) => parseSource(s, [...path, 'from', i])),
   };
 }
-
-const TOP_KEYS = ['defaultPolicy', 'nodes', 'workloads', 'services', 'policies'] as const;
 
 /** Validates a plain value (the parsed document) into the model; throws Invalid with a path. */
 export function meshFromValue(value: unknown): Mesh {
@@ -491,224 +429,21 @@ export const everyPortRefused = (own: { ip: string; what: string }): string =>
   `must list the ports the workload serves: ${own.ip} is ${own.what}, and every port of it would let ` +
   "any peer of the mesh reach every server of that host through the tunnel, ambitd's admin API included";
 
-export const fmtHostPort = (host: string, p: number): string =>
-  host.includes(':') ? `[${host}]:${p}` : `${host}:${p}`;
-
-const lineOf = (lc: LineCounter, offset: number): string => {
-  const { line, col } = lc.linePos(offset);
-  return `line ${line}, column ${col}`;
-};
-
 /**
- * Parses the text as a YAML document (JSON files too: JSON is YAML, and this gives line numbers and
- * duplicate-key errors that JSON.parse would swallow). Syntax errors become MeshFileError.
+ * Validates a document value into the model; a refusal is a MeshFileError naming `file` and the field path.
+ * `locate` says where a field is in the text (`atKey`: the key that names it rather than its value), for
+ * the reason; without it the reason has no line.
  */
-export function parseMeshDocument(text: string, file: string): { doc: Document; lineCounter: LineCounter } {
-  const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
-  const err = doc.errors[0];
-  if (err) {
-    const msg = err.message.replace(/ at line \d+, column \d+[\s\S]*$/, '');
-    throw new MeshFileError(file, lineOf(lineCounter, err.pos[0]), `syntax error: ${msg}`);
-  }
-  if (meshFormat(file) === 'json' && text.trim() !== '') {
-    // YAML accepts far more than JSON (comments, bare strings); a .json file must be JSON for other tools.
-    try {
-      JSON.parse(text);
-    } catch (e) {
-      const m = /position (\d+)/.exec((e as Error).message);
-      const where = m ? lineOf(lineCounter, Number(m[1])) : '(document)';
-      throw new MeshFileError(
-        file,
-        where,
-        `invalid JSON: ${(e as Error).message.replace(/ in JSON at position \d+.*$/, '')}`,
-      );
-    }
-  }
-  return { doc, lineCounter };
-}
-
-type Ranged = { range?: [number, number, number] | null };
-
-/**
- * Where the field at `path` is in the text: its value (or its key, for an unknown key), else the deepest
- * enclosing entry that exists (a required field that is missing is reported at its parent).
- */
-function locate(
-  doc: Document,
-  path: readonly PathSeg[],
-  atKey: boolean,
-  lc: LineCounter,
-): string | undefined {
-  for (let n = path.length; n >= 0; n--) {
-    const sub = path.slice(0, n);
-    const parent =
-      n > 0 ? (doc.getIn(sub.slice(0, -1), true) as { items?: { key?: unknown }[] } | undefined) : undefined;
-    const pair = parent?.items?.find(
-      (it) => String((it.key as { value?: unknown })?.value) === String(path[n - 1]),
-    );
-    const key = (pair?.key as Ranged | undefined)?.range;
-    const value = (doc.getIn(sub, true) as Ranged | undefined)?.range;
-    // The field itself: its value. An unknown key, or the parent of a missing field: the key that names it.
-    const range = n === path.length && !atKey ? (value ?? key) : (key ?? value);
-    if (range) return lineOf(lc, range[0]);
-  }
-  return undefined;
-}
-
-/** Validates a parsed document; the error names the field path and the line it is on. */
-export function meshFromDocument(doc: Document, file: string, lineCounter?: LineCounter): Mesh {
+export function validateMesh(
+  value: unknown,
+  file: string,
+  locate?: (path: readonly PathSeg[], atKey: boolean) => string | undefined,
+): Mesh {
   try {
-    return meshFromValue(doc.toJS({ maxAliasCount: 100 }));
+    return meshFromValue(value);
   } catch (e) {
     if (!(e instanceof Invalid)) throw e;
-    const at = lineCounter ? locate(doc, e.path, e.reason.startsWith('unknown key'), lineCounter) : undefined;
-    const reason = at ? `${e.reason} (${at})` : e.reason;
-    throw new MeshFileError(file, fieldPath(e.path), reason);
+    const at = locate?.(e.path, e.reason.startsWith('unknown key'));
+    throw new MeshFileError(file, fieldPath(e.path), at ? `${e.reason} (${at})` : e.reason);
   }
-}
-
-/** Parses and validates the text of a mesh file; `file` names it in errors and picks the format. */
-export function parseMesh(text: string, file: string): Mesh {
-  const { doc, lineCounter } = parseMeshDocument(text, file);
-  return meshFromDocument(doc, file, lineCounter);
-}
-
-/** The mesh in the file; a missing file is an empty mesh (nothing enrolled yet). */
-export async function readMeshFile(path: string): Promise<Mesh> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return emptyMesh();
-    throw new MeshFileError(path, '(file)', `cannot read: ${(e as Error).message}`);
-  }
-  return parseMesh(text, path);
-}
-
-// ---- model -> document: the plain values the editor writes, leaving out what equals the default, so that
-// files stay as short as a human would write them.
-
-export interface NodeDoc {
-  address: string;
-  tunnelPort?: number;
-}
-
-export interface UpstreamDoc {
-  service: string;
-  namespace?: string;
-  port?: number;
-  listen: string;
-}
-
-export interface WorkloadDoc {
-  service?: string;
-  namespace?: string;
-  node: string;
-  addresses: string[];
-  ports?: number[];
-  uid?: number;
-  mode?: MeshMode;
-  failMode?: FailMode;
-  upstreams?: UpstreamDoc[];
-}
-
-export interface PolicySourceDoc {
-  service?: string;
-  namespace?: string;
-  principal?: string;
-}
-
-export interface PolicyDoc {
-  action: PolicyAction;
-  service: string;
-  namespace?: string;
-  ports?: number[];
-  from?: PolicySourceDoc[];
-}
-
-export interface ServiceDoc {
-  namespace?: string;
-  vips?: string[];
-  ports?: { port: number; targetPort?: number }[];
-  waypoint?: string | null;
-}
-
-export interface MeshDoc {
-  defaultPolicy?: PolicyAction;
-  nodes?: Record<string, NodeDoc>;
-  workloads?: Record<string, WorkloadDoc>;
-  services?: Record<string, ServiceDoc>;
-  policies?: Record<string, PolicyDoc>;
-}
-
-export const nodeToDoc = (n: MeshNode): NodeDoc =>
-  n.tunnelPort === DEFAULT_TUNNEL_PORT
-    ? { address: n.address }
-    : { address: n.address, tunnelPort: n.tunnelPort };
-
-export function upstreamToDoc(u: Upstream, workloadNs: string): UpstreamDoc {
-  const d: Partial<UpstreamDoc> = { service: u.service };
-  if (u.namespace !== workloadNs) d.namespace = u.namespace;
-  if (u.port !== undefined) d.port = u.port;
-  d.listen = fmtHostPort(u.listenHost, u.listenPort);
-  return d as UpstreamDoc;
-}
-
-export function workloadToDoc(w: Workload): WorkloadDoc {
-  // Key order follows the documented format so that written files read like the docs.
-  const d: Partial<WorkloadDoc> = {};
-  if (w.service !== w.name) d.service = w.service;
-  if (w.namespace !== DEFAULT_NAMESPACE) d.namespace = w.namespace;
-  d.node = w.node;
-  d.addresses = [...w.addresses];
-  if (w.ports.length) d.ports = [...w.ports];
-  if (w.uid !== undefined) d.uid = w.uid;
-  if (w.mode !== 'strict') d.mode = w.mode;
-  if (w.failMode !== undefined) d.failMode = w.failMode;
-  if (w.upstreams.length) d.upstreams = w.upstreams.map((u) => upstreamToDoc(u, w.namespace));
-  return d as WorkloadDoc;
-}
-
-export function policySourceToDoc(s: PolicySource): PolicySourceDoc {
-  const d: PolicySourceDoc = {};
-  if (s.service !== undefined) d.service = s.service;
-  if (s.namespace !== undefined) d.namespace = s.namespace;
-  if (s.principal !== undefined) d.principal = s.principal;
-  return d;
-}
-
-export function policyToDoc(p: Policy): PolicyDoc {
-  const d: PolicyDoc = { action: p.action, service: p.service };
-  if (p.namespace !== DEFAULT_NAMESPACE) d.namespace = p.namespace;
-  if (p.ports.length) d.ports = [...p.ports];
-  if (p.from.length) d.from = p.from.map(policySourceToDoc);
-  return d;
-}
-
-export function serviceToDoc(s: Service): ServiceDoc {
-  const d: ServiceDoc = {};
-  if (s.namespace !== DEFAULT_NAMESPACE) d.namespace = s.namespace;
-  if (s.vips.length) d.vips = [...s.vips];
-  if (s.ports.length) {
-    d.ports = s.ports.map((p) =>
-      p.port === p.targetPort ? { port: p.port } : { port: p.port, targetPort: p.targetPort },
-    );
-  }
-  if (s.waypoint !== undefined) d.waypoint = s.waypoint;
-  return d;
-}
-
-/** The whole mesh as a document; implied services (no vips, ports or waypoint) are left implied. */
-export function meshToDoc(mesh: Mesh): MeshDoc {
-  const d: MeshDoc = {};
-  if (mesh.defaultPolicy !== 'allow') d.defaultPolicy = mesh.defaultPolicy;
-  if (mesh.nodes.length) d.nodes = Object.fromEntries(mesh.nodes.map((n) => [n.name, nodeToDoc(n)]));
-  if (mesh.workloads.length)
-    d.workloads = Object.fromEntries(mesh.workloads.map((w) => [w.name, workloadToDoc(w)]));
-  const services = mesh.services.filter((s) => s.vips.length || s.ports.length || s.waypoint !== undefined);
-  if (services.length) d.services = Object.fromEntries(services.map((s) => [s.name, serviceToDoc(s)]));
-  if (mesh.policies.length)
-    d.policies = Object.fromEntries(mesh.policies.map((p) => [p.name, policyToDoc(p)]));
-  return d;
 }

@@ -1,0 +1,109 @@
+// The inbound routing decision, as functions of the state in force: which local workload a CONNECT reaches
+// and whether policy admits the peer to it. No sockets: the caller answers the stream and connects.
+import { type ConnectionRefusal, badRequest, denied, unknownWorkload } from '../../../lib/errors.js';
+import type { Workload } from '../../../lib/mesh/model.js';
+import { parseSpiffeId, trustDomainOf } from '../../identity/spiffe.js';
+import { type Decision, type Peer, authorize } from '../../rbac.js';
+import type { StateStore } from '../../state/store.js';
+import { type HostPort, parseAuthority } from '../hbone.js';
+
+/** What the decision reads: the state in force and what this node knows of itself (InboundDeps has it all). */
+export interface InboundScope {
+  readonly store: Pick<StateStore, 'workload' | 'workloadAt' | 'policiesFor' | 'mesh'>;
+  readonly nodeName: string;
+  /** This mesh's trust domain: policies name its services and namespaces. */
+  readonly trustDomain: string;
+  /** True when the target is one of the daemon's own listeners. */
+  readonly isSelf: (target: HostPort) => boolean;
+  /** True for an address of this host (loopback, an interface, the node's own address). */
+  readonly isLocalAddress: (ip: string) => boolean;
+}
+
+export interface InboundAdmitted {
+  readonly ok: true;
+  readonly workload: Workload;
+  readonly target: HostPort;
+  readonly peer: Peer;
+  /** The policy that admitted, or the default. */
+  readonly decision: Decision;
+}
+
+export interface InboundRefused {
+  readonly ok: false;
+  readonly refusal: ConnectionRefusal;
+  /** The target workload, when it was found and policy refused the peer. */
+  readonly workload: Workload | undefined;
+}
+
+/** The peer a certificate's URI SANs name: its first SPIFFE ID, or undefined when it has none. */
+export function peerFromUris(uris: readonly string[]): Peer | undefined {
+  const principal = uris.find((u) => u.startsWith('spiffe://'));
+  if (!principal) return undefined;
+  const parsed = parseSpiffeId(principal);
+  return {
+    principal,
+    trustDomain: parsed?.trustDomain ?? trustDomainOf(principal),
+    namespace: parsed?.namespace,
+    service: parsed?.service,
+  };
+}
+
+/**
+ * One CONNECT: a well-formed request from an identified peer, to a workload enrolled on this node, that
+ * policy admits. Never an open relay: the daemon's own listeners, addresses of nobody here and "every port"
+ * of a host address are refused before a socket is opened.
+ */
+export function decideInbound(
+  scope: InboundScope,
+  method: string | undefined,
+  authority: string | undefined,
+  peer: Peer | undefined,
+): InboundAdmitted | InboundRefused {
+  if (method !== 'CONNECT') return refused(badRequest(`method ${method} is not CONNECT`));
+  const target = parseAuthority(authority);
+  if (!target) return refused(badRequest(`malformed :authority ${JSON.stringify(authority)}`));
+  if (!peer) return refused(denied('peer certificate carries no SPIFFE identity'));
+  if (scope.isSelf(target))
+    return refused(badRequest(`${target.ip}:${target.port} is this daemon's own listener`));
+  let w = scope.store.workloadAt(target.ip, target.port);
+  // "Every port" of an address of this host would reach every local server, whoever enrolled it: the
+  // mesh file refuses such a workload, and one from elsewhere (Consul) matches nothing here.
+  if (w && w.ports.length === 0 && scope.isLocalAddress(target.ip)) w = undefined;
+  if (!w || w.node !== scope.nodeName) {
+    return refused(
+      unknownWorkload(`${target.ip}:${target.port} is not a workload enrolled on node ${scope.nodeName}`),
+    );
+  }
+  const decision = admits(scope, w, peer, target.port);
+  if (!decision.allowed) return refused(denied(decision.reason), w);
+  return { ok: true, workload: w, target, peer, decision };
+}
+
+const refused = (refusal: ConnectionRefusal, workload?: Workload): InboundRefused => ({
+  ok: false,
+  refusal,
+  workload,
+});
+
+/** Whether the policies in force for `w`'s service admit `peer` to `port`. */
+export const admits = (scope: InboundScope, w: Workload, peer: Peer, port: number): Decision =>
+  authorize(
+    scope.store.policiesFor(w.namespace, w.service),
+    scope.store.mesh.defaultPolicy,
+    peer,
+    port,
+    scope.trustDomain,
+  );
+
+/** Whether a connection opened earlier to the workload named `name` is still allowed by the state now. */
+export function stillAdmits(
+  scope: InboundScope,
+  name: string,
+  peer: Peer,
+  port: number,
+): { readonly allowed: boolean; readonly reason: string } {
+  const current = scope.store.workload(name);
+  return current
+    ? admits(scope, current, peer, port)
+    : { allowed: false, reason: 'workload no longer enrolled' };
+}

@@ -1,0 +1,130 @@
+// The outbound routing decision, as functions of the state in force: where a connection goes (which service,
+// which endpoints, which port at each) and, per endpoint picked, which tunnel carries it. No sockets, no
+// pool, no balancer: the caller picks among the endpoints and connects.
+import type { Workload } from '../../../lib/mesh/model.js';
+import type { StateStore } from '../../state/store.js';
+import { formatAuthority } from '../hbone.js';
+import type { PoolKey } from '../pool/session.js';
+
+/** Where a captured or explicit connection wants to go, before the catalog is consulted. */
+export type OutboundTarget =
+  | {
+      readonly kind: 'service';
+      readonly namespace: string;
+      readonly service: string;
+      readonly port: number | undefined;
+    }
+  | { readonly kind: 'address'; readonly ip: string; readonly port: number };
+
+/** The lookups the outbound decision makes; a StateStore has them all. */
+export type OutboundState = Pick<StateStore, 'service' | 'endpoints' | 'vip' | 'workloadAt' | 'node'>;
+
+/** The service a connection reaches, as the access log and metrics name it. */
+export interface RoutedService {
+  readonly name: string;
+  readonly namespace: string;
+}
+
+/** A connection for the mesh: the service it reaches and the endpoints that may carry it. */
+export interface OutboundPlan {
+  readonly kind: 'mesh';
+  readonly service: RoutedService;
+  /** Every endpoint of the service, on any node, in catalog order (the balancer picks). */
+  readonly endpoints: readonly Workload[];
+  /** The port at every endpoint; undefined: each endpoint's only port (see {@link endpointPort}). */
+  readonly targetPort: number | undefined;
+}
+
+/** An address that is neither a service's virtual address nor a workload's: carried outside the mesh. */
+export interface OutboundPassthrough {
+  readonly kind: 'passthrough';
+  readonly ip: string;
+  readonly port: number;
+}
+
+/** A service the mesh knows by name but nothing serves; refused (`no_endpoint`, flag UH). */
+export interface OutboundNoEndpoint {
+  readonly kind: 'no_endpoint';
+  readonly service: RoutedService;
+  readonly why: string;
+}
+
+export type OutboundRoute = OutboundPlan | OutboundPassthrough | OutboundNoEndpoint;
+
+/**
+ * A service target reaches the workloads enrolled under that name whether or not a service is declared:
+ * an explicit upstream names a service, and its workloads are its endpoints. The port is mapped through the
+ * declared service ports when one matches, and used as it is otherwise. An address target is a service's
+ * virtual address (load balanced, port mapped) or one workload's address (that workload alone, port as
+ * given); anything else is not the mesh's.
+ */
+export function planOutbound(state: OutboundState, target: OutboundTarget): OutboundRoute {
+  if (target.kind === 'service') {
+    const service = { name: target.service, namespace: target.namespace };
+    const endpoints = state.endpoints(target.namespace, target.service);
+    if (endpoints.length === 0) return { kind: 'no_endpoint', service, why: 'service has no endpoints' };
+    const svc = target.port !== undefined ? state.service(target.namespace, target.service) : undefined;
+    const mapped = svc?.ports.find((p) => p.port === target.port);
+    return { kind: 'mesh', service, endpoints, targetPort: mapped?.targetPort ?? target.port };
+  }
+  const vip = state.vip(target.ip, target.port);
+  if (vip) {
+    const service = { name: vip.service.name, namespace: vip.service.namespace };
+    const endpoints = state.endpoints(service.namespace, service.name);
+    if (endpoints.length === 0) return { kind: 'no_endpoint', service, why: 'service has no endpoints' };
+    return { kind: 'mesh', service, endpoints, targetPort: vip.targetPort };
+  }
+  const w = state.workloadAt(target.ip, target.port);
+  if (w) {
+    const service = { name: w.service, namespace: w.namespace };
+    return { kind: 'mesh', service, endpoints: [w], targetPort: target.port };
+  }
+  return { kind: 'passthrough', ip: target.ip, port: target.port };
+}
+
+/** The destination port at one endpoint of a plan; undefined when the plan names none and it has several. */
+export const endpointPort = (plan: OutboundPlan, w: Workload): number | undefined =>
+  plan.targetPort ?? (w.ports.length === 1 ? w.ports[0] : undefined);
+
+/** One endpoint as the tunnel reaches it: the CONNECT's `:authority` and the pooled session that carries it. */
+export interface OutboundHop {
+  readonly kind: 'hop';
+  readonly endpoint: Workload;
+  /** The endpoint's first address and its destination port, as `:authority` spells it. */
+  readonly authority: string;
+  /** Source identity, the identity the peer must prove (its SNI), the peer node's tunnel address. */
+  readonly session: PoolKey;
+}
+
+/** An endpoint that cannot be tried; the caller moves on to another. */
+export interface OutboundSkip {
+  readonly kind: 'skip';
+  readonly reason: 'unknown_node' | 'no_port';
+  readonly why: string;
+}
+
+/**
+ * The tunnel to one endpoint: the daemon of its node, whichever node that is. There is no shortcut for an
+ * endpoint on this node: it is reached through this node's own tunnel listener, as any other.
+ */
+export function planHop(
+  state: Pick<OutboundState, 'node'>,
+  plan: OutboundPlan,
+  ep: Workload,
+  source: string,
+  identityOf: (w: Workload) => string,
+): OutboundHop | OutboundSkip {
+  const node = state.node(ep.node);
+  if (!node)
+    return { kind: 'skip', reason: 'unknown_node', why: `endpoint ${ep.name} is on unknown node ${ep.node}` };
+  const port = endpointPort(plan, ep);
+  const ip = ep.addresses[0];
+  if (port === undefined || ip === undefined)
+    return { kind: 'skip', reason: 'no_port', why: `endpoint ${ep.name} has no port to reach` };
+  return {
+    kind: 'hop',
+    endpoint: ep,
+    authority: formatAuthority(ip, port),
+    session: { source, peer: identityOf(ep), address: node.address, port: node.tunnelPort },
+  };
+}

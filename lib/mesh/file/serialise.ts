@@ -1,0 +1,86 @@
+// Model -> document: the plain values the editor writes, leaving out what equals the default, so that files
+// stay as short as a human would write them.
+import type { Mesh, MeshNode, Policy, PolicySource, Service, Upstream, Workload } from '../model.js';
+import {
+  DEFAULT_NAMESPACE,
+  DEFAULT_TUNNEL_PORT,
+  type MeshDoc,
+  type NodeDoc,
+  type PolicyDoc,
+  type PolicySourceDoc,
+  type ServiceDoc,
+  type UpstreamDoc,
+  type WorkloadDoc,
+  fmtHostPort,
+} from './schema.js';
+
+export const nodeToDoc = (n: MeshNode): NodeDoc =>
+  n.tunnelPort === DEFAULT_TUNNEL_PORT
+    ? { address: n.address }
+    : { address: n.address, tunnelPort: n.tunnelPort };
+
+export function upstreamToDoc(u: Upstream, workloadNs: string): UpstreamDoc {
+  const d: Partial<UpstreamDoc> = { service: u.service };
+  if (u.namespace !== workloadNs) d.namespace = u.namespace;
+  if (u.port !== undefined) d.port = u.port;
+  d.listen = fmtHostPort(u.listenHost, u.listenPort);
+  return d as UpstreamDoc;
+}
+
+export function workloadToDoc(w: Workload): WorkloadDoc {
+  // Key order follows the documented format so that written files read like the docs.
+  const d: Partial<WorkloadDoc> = {};
+  if (w.service !== w.name) d.service = w.service;
+  if (w.namespace !== DEFAULT_NAMESPACE) d.namespace = w.namespace;
+  d.node = w.node;
+  d.addresses = [...w.addresses];
+  if (w.ports.length) d.ports = [...w.ports];
+  if (w.uid !== undefined) d.uid = w.uid;
+  if (w.mode !== 'strict') d.mode = w.mode;
+  if (w.failMode !== undefined) d.failMode = w.failMode;
+  if (w.upstreams.length) d.upstreams = w.upstreams.map((u) => upstreamToDoc(u, w.namespace));
+  return d as WorkloadDoc;
+}
+
+export function policySourceToDoc(s: PolicySource): PolicySourceDoc {
+  const d: PolicySourceDoc = {};
+  if (s.service !== undefined) d.service = s.service;
+  if (s.namespace !== undefined) d.namespace = s.namespace;
+  if (s.principal !== undefined) d.principal = s.principal;
+  return d;
+}
+
+export function policyToDoc(p: Policy): PolicyDoc {
+  const d: PolicyDoc = { action: p.action, service: p.service };
+  if (p.namespace !== DEFAULT_NAMESPACE) d.namespace = p.namespace;
+  if (p.ports.length) d.ports = [...p.ports];
+  if (p.from.length) d.from = p.from.map(policySourceToDoc);
+  return d;
+}
+
+export function serviceToDoc(s: Service): ServiceDoc {
+  const d: ServiceDoc = {};
+  if (s.namespace !== DEFAULT_NAMESPACE) d.namespace = s.namespace;
+  if (s.vips.length) d.vips = [...s.vips];
+  if (s.ports.length) {
+    d.ports = s.ports.map((p) =>
+      p.port === p.targetPort ? { port: p.port } : { port: p.port, targetPort: p.targetPort },
+    );
+  }
+  if (s.waypoint !== undefined) d.waypoint = s.waypoint;
+  return d;
+}
+
+/** The whole mesh as a document; implied services (no vips, ports or waypoint) are left implied. */
+export function meshToDoc(mesh: Mesh): MeshDoc {
+  const d: MeshDoc = {};
+  if (mesh.defaultPolicy !== 'allow') d.defaultPolicy = mesh.defaultPolicy;
+  if (mesh.nodes.length) d.nodes = Object.fromEntries(mesh.nodes.map((n) => [n.name, nodeToDoc(n)]));
+  if (mesh.workloads.length)
+    d.workloads = Object.fromEntries(mesh.workloads.map((w) => [w.name, workloadToDoc(w)]));
+  const services = mesh.services.filter((s) => s.vips.length || s.ports.length || s.waypoint !== undefined);
+  if (services.length) d.services = Object.fromEntries(services.map((s) => [s.name, serviceToDoc(s)]));
+  if (mesh.policies.length)
+    d.policies = Object.fromEntries(mesh.policies.map((p) => [p.name, policyToDoc(p)]));
+  return d;
+}
