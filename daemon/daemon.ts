@@ -7,7 +7,6 @@ import type { Workload } from '../lib/mesh/model.js';
 import { LocalAddresses } from '../lib/net/addresses.js';
 import { AdminToken, portOf, startHttp } from './admin/http.js';
 import { adminAuth, adminRoutes, metricsRoutes, readyRoutes } from './admin/routes.js';
-import { setDaemonMark } from './capture/mark.js';
 import { type CertificateAuthority, EmbeddedCa } from './identity/ca.js';
 import { CertificateManager } from './identity/manager.js';
 import { spiffeId } from './identity/spiffe.js';
@@ -24,6 +23,7 @@ import { ExplicitListeners } from './proxy/outbound/explicit.js';
 import { Balancer } from './proxy/outbound/lb.js';
 import { Outbound } from './proxy/outbound/outbound.js';
 import { Pool } from './proxy/pool/pool.js';
+import { SocketFactory } from './proxy/sockets.js';
 import { type Readiness, readinessOf } from './readiness.js';
 import { Reconciler, checkHostMesh, missingCertificates, registerInMeshFile } from './reconcile.js';
 import { ConsulControlPlane } from './state/consul-control-plane.js';
@@ -47,6 +47,8 @@ export class Ambitd {
   /** The descriptor reserve (fdReserve below RLIMIT_NOFILE) new work is refused before. */
   readonly fds: FdReserve;
   readonly certs: CertificateManager;
+  /** Opens every connection the daemon makes, marked when capture is on. */
+  readonly sockets: SocketFactory;
   readonly pool: Pool;
   readonly inbound: Inbound;
   readonly outbound: Outbound;
@@ -76,6 +78,8 @@ export class Ambitd {
     const identityOf = (w: Workload): string => this.identityOf(w);
     this.refusals = new Refusals(this.metrics, logger);
     this.fds = new FdReserve(config.limits.fdReserve, this.refusals);
+    const mark = config.capture.enabled ? config.capture.mark : undefined;
+    this.sockets = new SocketFactory({ mark, connectTimeoutMs: config.connectTimeoutMs });
     this.pool = new Pool(
       certs,
       {
@@ -83,6 +87,7 @@ export class Ambitd {
         connectTimeoutMs: config.connectTimeoutMs,
         h2Limits: config.limits,
         refusals: this.refusals,
+        sockets: this.sockets,
       },
       logger,
       this.metrics,
@@ -96,7 +101,7 @@ export class Ambitd {
       isSelf: (t) => this.#isSelf(t.ip, t.port),
       isLocalAddress: (ip) => this.#local.has(ip),
       trustDomain: config.trustDomain,
-      connectTimeoutMs: config.connectTimeoutMs,
+      sockets: this.sockets,
       limits: config.limits,
       refusals: this.refusals,
       fds: this.fds,
@@ -107,9 +112,10 @@ export class Ambitd {
       balancer: new Balancer(config.ejectMs),
       metrics: this.metrics,
       log: logger,
+      refusals: this.refusals,
       identityOf,
       maxAttempts: config.maxAttempts,
-      connectTimeoutMs: config.connectTimeoutMs,
+      sockets: this.sockets,
     });
     this.listeners = new ExplicitListeners(this.outbound, logger);
     this.listeners.gate = this.fds.gate('outbound', 'upstream listener');
@@ -140,16 +146,17 @@ export class Ambitd {
             nodeName: config.nodeName,
             metrics: this.metrics,
             log: logger,
+            refusals: this.refusals,
             unenrolledSource: config.capture.unenrolledSource,
-            connectTimeoutMs: config.connectTimeoutMs,
           }),
           plaintext: new PlaintextListener({
             store: this.store,
             nodeName: config.nodeName,
             metrics: this.metrics,
             log: logger,
+            refusals: this.refusals,
             identityOf,
-            connectTimeoutMs: config.connectTimeoutMs,
+            sockets: this.sockets,
             trustDomain: config.trustDomain,
           }),
         }
@@ -210,7 +217,7 @@ export class Ambitd {
     });
     this.store.on('change', () => this.#reconciler.schedule());
     // Marks first: every socket the daemon opens from here on must escape the capture rules.
-    if (this.capture) setDaemonMark(config.capture.mark);
+    this.sockets.check();
     this.ports.tunnel = await this.tunnel.listen(config.tunnel);
     if (this.#consul) {
       await this.#consul.start(this.store, this.certs, this.metrics);

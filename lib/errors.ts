@@ -11,6 +11,7 @@ export type AmbitErrorCode =
   | 'AMBIT_DENIED'
   | 'AMBIT_UNKNOWN_WORKLOAD'
   | 'AMBIT_NO_ENDPOINT'
+  | 'AMBIT_NOT_REDIRECTED'
   | 'AMBIT_UPSTREAM_FAILED'
   | 'AMBIT_TUNNEL_FAILED'
   | 'AMBIT_PEER_IDENTITY'
@@ -84,41 +85,78 @@ export class CertUnavailableError extends AmbitError {
   }
 }
 
-/**
- * Why a tunneled connection was refused. `status` is the HTTP/2 status the inbound side answers with,
- * `flag` the Istio response flag recorded in metrics and access logs.
- */
-export class ConnectionRefusal extends AmbitError {
-  readonly status: 400 | 401 | 503;
-  readonly flag: ResponseFlag;
-  constructor(code: AmbitErrorCode, status: 400 | 401 | 503, flag: ResponseFlag, message: string) {
-    super(code, message);
-    this.status = status;
-    this.flag = flag;
-  }
-}
-
 /** Istio / Envoy response flags as dashboards know them. */
 export type ResponseFlag = '-' | 'DENY' | 'CONNECT' | 'TLS_FAILURE' | 'NR' | 'UF' | 'UH' | 'BAD_REQUEST';
 
-export const badRequest = (message: string): ConnectionRefusal =>
-  new ConnectionRefusal('AMBIT_BAD_REQUEST', 400, 'BAD_REQUEST', message);
-export const denied = (message: string): ConnectionRefusal =>
-  new ConnectionRefusal('AMBIT_DENIED', 401, 'DENY', message);
-export const unknownWorkload = (message: string): ConnectionRefusal =>
-  new ConnectionRefusal('AMBIT_UNKNOWN_WORKLOAD', 503, 'NR', message);
-export const noEndpoint = (message: string): ConnectionRefusal =>
-  new ConnectionRefusal('AMBIT_NO_ENDPOINT', 503, 'UH', message);
-export const upstreamFailed = (message: string): ConnectionRefusal =>
-  new ConnectionRefusal('AMBIT_UPSTREAM_FAILED', 503, 'CONNECT', message);
+/** Why a connection was refused before it carried anything: the `reason` of ambit_connections_refused_total. */
+export type ConnectionRefusalReason =
+  | 'bad_request'
+  | 'denied'
+  | 'unknown_workload'
+  | 'no_endpoint'
+  | 'upstream_failed'
+  | 'peer_identity'
+  | 'plaintext'
+  | 'not_redirected';
 
-export class TunnelError extends AmbitError {
+interface RefusalRow {
+  readonly reason: ConnectionRefusalReason;
+  /** The response flag of the connection's metric labels and access-log line. */
   readonly flag: ResponseFlag;
-  readonly status: number | undefined;
-  constructor(message: string, flag: ResponseFlag, status?: number, options?: { cause?: unknown }) {
+  /** The HTTP/2 status a tunnel stream refused this way is answered with. */
+  readonly status: 400 | 401 | 503;
+  readonly code: AmbitErrorCode;
+}
+
+/**
+ * Every way the data path refuses a connection (inbound, outbound, plaintext, capture), and what each is
+ * counted as, flagged as, answered with and coded as: the one place these meet. Two kinds share the reason
+ * upstream_failed and differ in flag: a tunnel's CONNECT whose workload cannot be reached (or a connection
+ * gone before it was carried) is CONNECT, as ztunnel flags it; an upstream the daemon dialled for its own
+ * client (a peer daemon, a passthrough destination, a plaintext workload) is Envoy's UF.
+ */
+export const REFUSALS = {
+  bad_request: { reason: 'bad_request', flag: 'BAD_REQUEST', status: 400, code: 'AMBIT_BAD_REQUEST' },
+  denied: { reason: 'denied', flag: 'DENY', status: 401, code: 'AMBIT_DENIED' },
+  /** A strict workload takes mTLS only. */
+  plaintext: { reason: 'plaintext', flag: 'DENY', status: 401, code: 'AMBIT_DENIED' },
+  unknown_workload: { reason: 'unknown_workload', flag: 'NR', status: 503, code: 'AMBIT_UNKNOWN_WORKLOAD' },
+  /** Someone connected to a capture port directly: no original destination. */
+  not_redirected: { reason: 'not_redirected', flag: 'NR', status: 503, code: 'AMBIT_NOT_REDIRECTED' },
+  no_endpoint: { reason: 'no_endpoint', flag: 'UH', status: 503, code: 'AMBIT_NO_ENDPOINT' },
+  upstream_failed: { reason: 'upstream_failed', flag: 'UF', status: 503, code: 'AMBIT_UPSTREAM_FAILED' },
+  connect_failed: { reason: 'upstream_failed', flag: 'CONNECT', status: 503, code: 'AMBIT_UPSTREAM_FAILED' },
+  peer_identity: { reason: 'peer_identity', flag: 'TLS_FAILURE', status: 503, code: 'AMBIT_PEER_IDENTITY' },
+} as const satisfies Record<string, RefusalRow>;
+
+export type RefusalKind = keyof typeof REFUSALS;
+
+/** Why a connection was refused: its kind (a row of REFUSALS) and the words for the access log. */
+export class ConnectionRefusal extends AmbitError {
+  readonly kind: RefusalKind;
+  readonly reason: ConnectionRefusalReason;
+  readonly flag: ResponseFlag;
+  readonly status: 400 | 401 | 503;
+  constructor(kind: RefusalKind, message: string) {
+    const row: RefusalRow = REFUSALS[kind];
+    super(row.code, message);
+    this.kind = kind;
+    this.reason = row.reason;
+    this.flag = row.flag;
+    this.status = row.status;
+  }
+}
+
+export const badRequest = (message: string): ConnectionRefusal =>
+  new ConnectionRefusal('bad_request', message);
+export const denied = (message: string): ConnectionRefusal => new ConnectionRefusal('denied', message);
+export const unknownWorkload = (message: string): ConnectionRefusal =>
+  new ConnectionRefusal('unknown_workload', message);
+
+/** A tunnel to a peer daemon could not be opened or used: the connection is refused as upstream_failed. */
+export class TunnelError extends AmbitError {
+  constructor(message: string, options?: { cause?: unknown }) {
     super('AMBIT_TUNNEL_FAILED', message, options);
-    this.flag = flag;
-    this.status = status;
   }
 }
 

@@ -1,8 +1,10 @@
-// The one way a refusal is reported: counted in ambit_connections_refused_total{direction,reason} and
-// logged at warn, at most once per reason per interval (a flood must not become a flood of log lines: the
-// suppressed count rides on the next line). Every limit of the daemon refuses through here.
+// The one way a refusal is reported: counted in ambit_connections_refused_total{direction,reason}. A limit's
+// refusal is logged at warn, at most once per reason per interval (a flood must not become a flood of log
+// lines: the suppressed count rides on the next line); every limit of the daemon refuses through here. A
+// connection refused before it carried anything (a ConnectionRefusal) is also counted in the connection
+// metrics with its flag, and logged as its access-log line, one per connection as every connection is.
 import type { Logger } from '../../lib/log.js';
-import type { Metrics, RefusalReason } from '../metrics/metrics.js';
+import type { ConnectionLabels, Metrics, RefusalReason } from '../metrics/metrics.js';
 
 export type Direction = 'inbound' | 'outbound';
 
@@ -37,7 +39,21 @@ export class Refusals {
     this.note(direction, reason, message, fields);
   }
 
-  /** Logs (rate-limited) a refusal that was already counted elsewhere (a connection account). */
+  /**
+   * A connection refused before it carried anything (its account built `line`): counted opened and closed
+   * with `labels`, counted refused, and logged at info as its access-log line.
+   */
+  connection(
+    labels: ConnectionLabels,
+    direction: Direction,
+    reason: RefusalReason,
+    line: Record<string, unknown>,
+  ): void {
+    this.#metrics.refusedConnection(labels, direction, reason);
+    this.#log.info(line, 'connection refused');
+  }
+
+  /** Logs (rate-limited) without counting: what is not a refusal of its own (an accept(2) failure, fds.ts). */
   note(
     direction: Direction,
     reason: RefusalReason,

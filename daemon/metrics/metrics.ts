@@ -1,5 +1,5 @@
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import type { ResponseFlag } from '../../lib/errors.js';
+import type { ConnectionRefusalReason, ResponseFlag } from '../../lib/errors.js';
 
 // Istio's metric names and labels, so existing Grafana and Kiali dashboards read Ambit as they read ztunnel.
 
@@ -39,16 +39,10 @@ const CONNECTION_LABELS: readonly (keyof ConnectionLabels)[] = [
 ];
 
 export type RefusalReason =
-  | 'bad_request'
-  | 'denied'
-  | 'unknown_workload'
-  | 'self_call'
-  | 'no_endpoint'
-  | 'upstream_failed'
+  // A connection refused before it carried anything (lib/errors.ts REFUSALS).
+  | ConnectionRefusalReason
+  // A tunnel handshake that failed (bad certificate, no h2).
   | 'tls_failure'
-  | 'peer_identity'
-  | 'plaintext'
-  | 'not_redirected'
   // Limits (docs/limits.md): each names the bound that refused.
   | 'handshake_limit'
   | 'handshake_timeout'

@@ -22,7 +22,7 @@ let ready: Addon | undefined;
 export function binding(): Addon {
   if (ready) return ready;
   const a = addon();
-  if (typeof a === 'string') throw new TunnelError(`the tunnel's TLS is unavailable: ${a}`, 'UF');
+  if (typeof a === 'string') throw new TunnelError(`the tunnel's TLS is unavailable: ${a}`);
   a.tlsInit(
     (owner, event, x, y, z, w) => (owner as NativeOwner).onNative(event, x, y, z, w),
     () => {

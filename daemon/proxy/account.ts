@@ -1,17 +1,7 @@
-import type { Socket } from 'node:net';
-import type { ResponseFlag } from '../../lib/errors.js';
+import type { ConnectionRefusal, ResponseFlag } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
-import { connectTcp } from '../capture/mark.js';
-import { PlainConnection } from '../io/plain.js';
-import type {
-  ConnectionLabels,
-  Metrics,
-  RefusalReason,
-  Reporter,
-  SecurityPolicy,
-} from '../metrics/metrics.js';
-import { H2Stream } from './h2/stream.js';
-import { type PipeEnd, pipeBoth, spliceBoth } from './pipe.js';
+import type { Direction, Refusals } from '../limits/refusal.js';
+import type { ConnectionLabels, Metrics, Reporter, SecurityPolicy } from '../metrics/metrics.js';
 
 /** One end of a connection as far as the daemon knows it; anything unknown is reported as "unknown". */
 export interface Party {
@@ -25,7 +15,14 @@ export interface Party {
   readonly principal?: string | undefined;
 }
 
-export type Direction = 'inbound' | 'outbound';
+export type { Direction } from '../limits/refusal.js';
+
+/** What an account reports to: the connection metrics, the access log, and the refusal reporter. */
+export interface AccountDeps {
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  readonly refusals: Refusals;
+}
 
 const LABEL_CACHE_MAX = 10_000;
 const labelCache = new Map<string, Readonly<ConnectionLabels>>();
@@ -33,19 +30,20 @@ const labelCache = new Map<string, Readonly<ConnectionLabels>>();
 /**
  * The account of one connection, whatever its entry (explicit upstream, capture, tunnel, plaintext):
  * the same metric labels, the same access-log line, the same open/close bookkeeping. Built once per
- * connection, when both ends are known.
+ * connection, when both ends are known. It counts and logs; carrying the bytes is carry.ts's.
  */
 export class ConnectionAccount {
-  readonly #metrics: Metrics;
-  readonly #log: Logger;
+  readonly #d: AccountDeps;
   readonly #direction: Direction;
   readonly #src: Party;
   readonly #dst: Party;
   readonly #security: SecurityPolicy;
   readonly #started: number;
+  /** The labels the connection was opened with, once it is. */
+  #open: ConnectionLabels | undefined;
 
   constructor(
-    deps: { metrics: Metrics; log: Logger },
+    deps: AccountDeps,
     direction: Direction,
     src: Party,
     dst: Party,
@@ -53,8 +51,7 @@ export class ConnectionAccount {
     started = Date.now(),
   ) {
     this.#started = started;
-    this.#metrics = deps.metrics;
-    this.#log = deps.log;
+    this.#d = deps;
     this.#direction = direction;
     this.#src = src;
     this.#dst = dst;
@@ -93,98 +90,51 @@ export class ConnectionAccount {
     return labels;
   }
 
-  /** A connection that carried nothing: counted opened and closed with its flag, logged with the reason. */
-  refused(flag: ResponseFlag, reason: RefusalReason, why: string, extra?: Record<string, unknown>): void {
-    this.#metrics.refusedConnection(this.labels(flag), this.#direction, reason);
-    this.#log.info(
+  /**
+   * A connection that carried nothing: counted opened and closed with the refusal's flag, and logged with
+   * its message, through the refusal reporter.
+   */
+  refused(refusal: ConnectionRefusal, extra?: Record<string, unknown>): void {
+    this.#d.refusals.connection(this.labels(refusal.flag), this.#direction, refusal.reason, {
+      access: this.#direction,
+      src: this.#src,
+      dst: this.#dst,
+      security: this.#security,
+      response_flags: refusal.flag,
+      reason: refusal.message,
+      duration_ms: Date.now() - this.#started,
+      bytes_sent: 0,
+      bytes_received: 0,
+      ...extra,
+    });
+  }
+
+  /** The connection is being carried from now on: counted opened and active. */
+  opened(): void {
+    const labels = this.labels('-');
+    this.#open = labels;
+    this.#d.metrics.opened.inc(labels);
+    this.#d.metrics.activeConnections.inc({ direction: this.#direction });
+  }
+
+  /** The carried connection ended (`err`: reset): counted closed with its bytes, and logged. */
+  closed(fromClient: number, toClient: number, err: Error | undefined): void {
+    const m = this.#d.metrics;
+    m.activeConnections.dec({ direction: this.#direction });
+    m.connectionClosed(this.#open ?? this.labels('-'), fromClient, toClient);
+    this.#d.log.info(
       {
         access: this.#direction,
         src: this.#src,
         dst: this.#dst,
         security: this.#security,
-        response_flags: flag,
-        reason: why,
+        bytes_sent: fromClient,
+        bytes_received: toClient,
         duration_ms: Date.now() - this.#started,
-        bytes_sent: 0,
-        bytes_received: 0,
-        ...extra,
+        outcome: err ? 'reset' : 'closed',
+        err: err?.message,
       },
-      'connection refused',
+      'connection closed',
     );
   }
-
-  /**
-   * Pipes `socket` and `other` both ways and accounts for the connection until both close. From here the
-   * native binding carries the TCP side (`PlainConnection`); `clientSide` says whether `socket` faces the
-   * client (so what it read came from the client) or the workload (what it wrote came from the client).
-   */
-  carry(socket: Socket, other: H2Stream | Socket, clientSide: boolean, onClose?: () => void): void {
-    const m = this.#metrics;
-    const labels = this.labels('-');
-    let tcp: PlainConnection;
-    let far: PipeEnd;
-    try {
-      tcp = new PlainConnection(socket);
-      far = other instanceof H2Stream ? other : new PlainConnection(other);
-    } catch (err) {
-      // The socket went away between the answer and here (no descriptor left): nothing to carry.
-      socket.destroy();
-      if (other instanceof H2Stream) other.destroy(err as Error);
-      else other.destroy();
-      onClose?.();
-      this.refused(
-        'CONNECT',
-        'upstream_failed',
-        `the connection closed before it was carried: ${(err as Error).message}`,
-      );
-      return;
-    }
-    m.opened.inc(labels);
-    m.activeConnections.inc({ direction: this.#direction });
-    const done = (err: Error | undefined): void => {
-      onClose?.();
-      m.activeConnections.dec({ direction: this.#direction });
-      const fromClient = clientSide ? tcp.bytesRead : tcp.bytesWritten;
-      const toClient = clientSide ? tcp.bytesWritten : tcp.bytesRead;
-      m.connectionClosed(labels, fromClient, toClient);
-      this.#log.info(
-        {
-          access: this.#direction,
-          src: this.#src,
-          dst: this.#dst,
-          security: this.#security,
-          bytes_sent: fromClient,
-          bytes_received: toClient,
-          duration_ms: Date.now() - this.#started,
-          outcome: err ? 'reset' : 'closed',
-          err: err?.message,
-        },
-        'connection closed',
-      );
-    };
-    // A tunnel stream is spliced (the binding carries it); otherwise, or when it cannot be yet, JavaScript pipes.
-    if (far instanceof H2Stream && spliceBoth(tcp, far, done)) return;
-    pipeBoth(tcp, far, done);
-    tcp.resume();
-  }
-}
-
-/**
- * Connects to a workload or a destination outside the mesh: marked (never captured again), half-close
- * allowed, no Nagle, bounded by a timeout. Resolves once the TCP connection is up.
- */
-export function connectUpstream(ip: string, port: number, timeoutMs: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const upstream = connectTcp({ host: ip, port, allowHalfOpen: true, noDelay: true });
-    const timer = setTimeout(() => upstream.destroy(new Error('connect timed out')), timeoutMs);
-    upstream.once('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    upstream.once('connect', () => {
-      clearTimeout(timer);
-      upstream.removeAllListeners('error');
-      resolve(upstream);
-    });
-  });
 }

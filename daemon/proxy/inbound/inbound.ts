@@ -1,19 +1,21 @@
 import type { Socket } from 'node:net';
 import { DEFAULT_LIMITS, type Limits } from '../../../lib/config.js';
-import { type ConnectionRefusal, upstreamFailed } from '../../../lib/errors.js';
+import { ConnectionRefusal } from '../../../lib/errors.js';
 import type { Logger } from '../../../lib/log.js';
 import type { Workload } from '../../../lib/mesh/model.js';
 import { uriSans } from '../../identity/spiffe.js';
 import { type FdReserve, isFdExhaustion } from '../../limits/fds.js';
-import { Refusals } from '../../limits/refusal.js';
-import type { Metrics, RefusalReason } from '../../metrics/metrics.js';
+import type { Refusals } from '../../limits/refusal.js';
+import type { Metrics } from '../../metrics/metrics.js';
 import type { Peer } from '../../rbac.js';
 import type { StateStore } from '../../state/store.js';
-import { ConnectionAccount, type Party, connectUpstream } from '../account.js';
+import { ConnectionAccount, type Party } from '../account.js';
+import { carry } from '../carry.js';
 import type { H2Session } from '../h2/session.js';
 import type { H2Headers, H2Stream } from '../h2/stream.js';
 import { type HostPort, formatAuthority, parseForwardedFor } from '../hbone.js';
 import { ignoreError } from '../pipe.js';
+import type { SocketFactory } from '../sockets.js';
 import { decideInbound, peerFromUris, stillAdmits } from './decide.js';
 
 export interface InboundDeps {
@@ -28,11 +30,12 @@ export interface InboundDeps {
   readonly isLocalAddress: (ip: string) => boolean;
   /** This mesh's trust domain: policies name its services and namespaces. */
   readonly trustDomain: string;
-  readonly connectTimeoutMs: number;
+  /** Opens the connection to the workload (marked, so that capture does not take it for plaintext). */
+  readonly sockets: SocketFactory;
   /** Streams and connects in flight (docs/limits.md); the defaults when absent. */
   readonly limits?: Limits;
-  /** Where limit refusals are counted and logged (rate-limited); a fresh one over metrics/log when absent. */
-  readonly refusals?: Refusals;
+  /** Where refusals are counted and logged (a limit's rate-limited). */
+  readonly refusals: Refusals;
   /** The descriptor reserve: an upstream connect is refused before it would eat into it. */
   readonly fds?: FdReserve | undefined;
 }
@@ -65,13 +68,6 @@ interface Source {
   readonly forwarded: string | undefined;
 }
 
-const REFUSAL_REASON: Record<string, RefusalReason> = {
-  AMBIT_BAD_REQUEST: 'bad_request',
-  AMBIT_DENIED: 'denied',
-  AMBIT_UNKNOWN_WORKLOAD: 'unknown_workload',
-  AMBIT_UPSTREAM_FAILED: 'upstream_failed',
-};
-
 /**
  * The inbound half of the data path: one CONNECT stream on an authenticated HBONE session becomes one TCP
  * connection to a workload enrolled on this node, if policy admits it. Never an open relay: any other
@@ -88,7 +84,7 @@ export class Inbound {
   constructor(deps: InboundDeps) {
     this.#d = deps;
     this.#limits = deps.limits ?? DEFAULT_LIMITS;
-    this.#refusals = deps.refusals ?? new Refusals(deps.metrics, deps.log);
+    this.#refusals = deps.refusals;
   }
 
   /** Upstream connects in flight on this node now. */
@@ -241,10 +237,7 @@ export class Inbound {
     src: Source,
     started: number,
   ): void {
-    const reason = REFUSAL_REASON[refusal.code] ?? 'upstream_failed';
-    this.#account(peer, w, authority, src, started).refused(refusal.flag, reason, refusal.message, {
-      status: refusal.status,
-    });
+    this.#account(peer, w, authority, src, started).refused(refusal, { status: refusal.status });
     if (!stream.destroyed && !stream.headersSent)
       stream.respond({ ':status': String(refusal.status) }, { endStream: true });
   }
@@ -281,13 +274,14 @@ export class Inbound {
     let upstream: Socket;
     try {
       // Marked (when capture is on) so that the capture rules do not take it for plaintext inbound.
-      upstream = await connectUpstream(target.ip, target.port, this.#d.connectTimeoutMs);
+      upstream = await this.#d.sockets.upstream(target.ip, target.port);
     } catch (err) {
       if (isFdExhaustion(err)) {
         const message = 'upstream connect refused: out of descriptors';
         return this.#overloaded(stream, 'fd_reserve', message, { ...fields, err: (err as Error).message });
       }
-      const failed = upstreamFailed(`connect to ${authority} failed: ${(err as Error).message}`);
+      const why = `connect to ${authority} failed: ${(err as Error).message}`;
+      const failed = new ConnectionRefusal('connect_failed', why);
       return this.#refuse(stream, failed, peer, workload, authority, src, started);
     } finally {
       load.connects--;
@@ -302,7 +296,7 @@ export class Inbound {
     const entry: OpenConnection = { peer, workload, port: target.port, stream };
     this.#open.add(entry);
     // The TCP side here faces the workload: what it wrote came from the client.
-    this.#account(peer, workload, authority, src, started).carry(upstream, stream, false, () =>
+    carry(this.#account(peer, workload, authority, src, started), upstream, stream, false, () =>
       this.#open.delete(entry),
     );
   }

@@ -3,25 +3,30 @@
 // them, labelled connection_security_policy="none". The source has no identity here: an ALLOW policy that
 // names identities therefore refuses plaintext, as ztunnel's does.
 import type { Socket } from 'node:net';
-import type { ResponseFlag } from '../../../lib/errors.js';
+import { ConnectionRefusal, type RefusalKind } from '../../../lib/errors.js';
 import type { Logger } from '../../../lib/log.js';
 import type { Workload } from '../../../lib/mesh/model.js';
 import { originalDestination } from '../../capture/native.js';
-import type { Metrics, RefusalReason } from '../../metrics/metrics.js';
+import type { Refusals } from '../../limits/refusal.js';
+import type { Metrics } from '../../metrics/metrics.js';
 import { authorize } from '../../rbac.js';
 import type { StateStore } from '../../state/store.js';
-import { ConnectionAccount, connectUpstream } from '../account.js';
+import { ConnectionAccount } from '../account.js';
+import { carry } from '../carry.js';
 import { formatAuthority } from '../hbone.js';
 import { ignoreError } from '../pipe.js';
 import { RedirectListener } from '../redirect-listener.js';
+import type { SocketFactory } from '../sockets.js';
 
 export interface PlaintextDeps {
   readonly store: StateStore;
   readonly nodeName: string;
   readonly metrics: Metrics;
   readonly log: Logger;
+  readonly refusals: Refusals;
   readonly identityOf: (w: Workload) => string;
-  readonly connectTimeoutMs: number;
+  /** Opens the connection to the workload (marked, so that capture does not take it again). */
+  readonly sockets: SocketFactory;
   /** This mesh's trust domain (see authorize). */
   readonly trustDomain: string;
 }
@@ -73,16 +78,6 @@ export class PlaintextListener extends RedirectListener {
   async #serve(client: Socket): Promise<void> {
     const d = this.#d;
     const started = Date.now();
-    const refuse = (
-      w: Workload | undefined,
-      dst: string,
-      reason: RefusalReason,
-      flag: ResponseFlag,
-      why: string,
-    ) => {
-      this.#account(client, w, dst, started).refused(flag, reason, why);
-      if (!client.destroyed) client.resetAndDestroy();
-    };
     let dst: { ip: string; port: number } | undefined;
     try {
       dst = originalDestination(client);
@@ -91,23 +86,18 @@ export class PlaintextListener extends RedirectListener {
     }
     if (!dst) {
       const here = `${client.localAddress}:${client.localPort}`;
-      return refuse(
-        undefined,
-        here,
-        'not_redirected',
-        'NR',
-        'connection was not redirected by the capture rules',
-      );
+      const why = 'connection was not redirected by the capture rules';
+      return this.#refuse(client, undefined, here, started, 'not_redirected', why);
     }
     const authority = formatAuthority(dst.ip, dst.port);
     const w = d.store.workloadAt(dst.ip, dst.port);
     if (!w || w.node !== d.nodeName) {
       const why = `${authority} is not a workload enrolled on node ${d.nodeName}`;
-      return refuse(undefined, authority, 'unknown_workload', 'NR', why);
+      return this.#refuse(client, undefined, authority, started, 'unknown_workload', why);
     }
     if (w.mode === 'strict') {
       const why = `plaintext connection to strict workload ${w.name} (mTLS required)`;
-      return refuse(w, authority, 'plaintext', 'DENY', why);
+      return this.#refuse(client, w, authority, started, 'plaintext', why);
     }
     const decision = authorize(
       d.store.policiesFor(w.namespace, w.service),
@@ -117,19 +107,28 @@ export class PlaintextListener extends RedirectListener {
       dst.port,
       d.trustDomain,
     );
-    if (!decision.allowed) return refuse(w, authority, 'denied', 'DENY', `plaintext: ${decision.reason}`);
+    if (!decision.allowed) {
+      return this.#refuse(client, w, authority, started, 'denied', `plaintext: ${decision.reason}`);
+    }
     let upstream: Socket;
     try {
-      upstream = await connectUpstream(dst.ip, dst.port, d.connectTimeoutMs);
+      upstream = await d.sockets.upstream(dst.ip, dst.port);
     } catch (err) {
-      return refuse(
-        w,
-        authority,
-        'upstream_failed',
-        'UF',
-        `connect to ${authority} failed: ${(err as Error).message}`,
-      );
+      const why = `connect to ${authority} failed: ${(err as Error).message}`;
+      return this.#refuse(client, w, authority, started, 'upstream_failed', why);
     }
-    this.#account(client, w, authority, started).carry(client, upstream, true);
+    carry(this.#account(client, w, authority, started), client, upstream, true);
+  }
+
+  #refuse(
+    client: Socket,
+    w: Workload | undefined,
+    dst: string,
+    started: number,
+    kind: RefusalKind,
+    why: string,
+  ): void {
+    this.#account(client, w, dst, started).refused(new ConnectionRefusal(kind, why));
+    if (!client.destroyed) client.resetAndDestroy();
   }
 }

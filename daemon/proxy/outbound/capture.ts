@@ -1,10 +1,12 @@
 // 15001: connections that iptables redirected from enrolled workloads. The original destination comes
 // from the kernel (SO_ORIGINAL_DST), the source workload from the source address or owner uid.
 import type { Socket } from 'node:net';
+import { ConnectionRefusal, type RefusalKind } from '../../../lib/errors.js';
 import type { Logger } from '../../../lib/log.js';
 import { originalDestination } from '../../capture/native.js';
 import { sourceWorkload } from '../../capture/source.js';
-import type { Metrics, RefusalReason } from '../../metrics/metrics.js';
+import type { Refusals } from '../../limits/refusal.js';
+import type { Metrics } from '../../metrics/metrics.js';
 import type { StateStore } from '../../state/store.js';
 import { ConnectionAccount, type Party } from '../account.js';
 import { formatAuthority } from '../hbone.js';
@@ -18,9 +20,9 @@ export interface CaptureListenerDeps {
   readonly nodeName: string;
   readonly metrics: Metrics;
   readonly log: Logger;
+  readonly refusals: Refusals;
   /** A connection from a source that is not enrolled: carried untouched, or refused. */
   readonly unenrolledSource: 'passthrough' | 'refuse';
-  readonly connectTimeoutMs: number;
 }
 
 export class CaptureListener extends RedirectListener {
@@ -42,13 +44,14 @@ export class CaptureListener extends RedirectListener {
   async #route(client: Socket): Promise<void> {
     const d = this.#d;
     const src: Party = { addr: `${client.remoteAddress}:${client.remotePort}` };
-    const refuse = (reason: RefusalReason, why: string, dst?: string): void => {
-      new ConnectionAccount(d, 'outbound', src, { addr: dst }, 'unknown').refused('NR', reason, why);
-      client.resetAndDestroy();
-    };
     const dst = originalDestination(client);
     if (!dst || (dst.port === this.port && dst.ip === client.localAddress)) {
-      return refuse('not_redirected', 'connection was not redirected by the capture rules');
+      return this.#refuse(
+        client,
+        src,
+        'not_redirected',
+        'connection was not redirected by the capture rules',
+      );
     }
     const from = await sourceWorkload(
       d.store,
@@ -65,10 +68,17 @@ export class CaptureListener extends RedirectListener {
       return;
     }
     if (d.unenrolledSource === 'refuse') {
-      return refuse('unknown_workload', from.reason, formatAuthority(dst.ip, dst.port));
+      return this.#refuse(client, src, 'unknown_workload', from.reason, formatAuthority(dst.ip, dst.port));
     }
     // Not enrolled: carried to where it was going, untouched, outside the mesh.
     client.on('error', ignoreError);
     await d.outbound.passthrough(client, src, dst);
+  }
+
+  #refuse(client: Socket, src: Party, kind: RefusalKind, why: string, dst?: string): void {
+    new ConnectionAccount(this.#d, 'outbound', src, { addr: dst }, 'unknown').refused(
+      new ConnectionRefusal(kind, why),
+    );
+    client.resetAndDestroy();
   }
 }

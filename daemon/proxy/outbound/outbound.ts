@@ -1,15 +1,18 @@
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
-import { type ResponseFlag, TunnelError } from '../../../lib/errors.js';
+import { ConnectionRefusal, type RefusalKind, TunnelError } from '../../../lib/errors.js';
 import type { Logger } from '../../../lib/log.js';
 import type { Workload } from '../../../lib/mesh/model.js';
-import type { Metrics, RefusalReason } from '../../metrics/metrics.js';
+import type { Refusals } from '../../limits/refusal.js';
+import type { Metrics } from '../../metrics/metrics.js';
 import type { StateStore } from '../../state/store.js';
-import { ConnectionAccount, type Party, connectUpstream } from '../account.js';
+import { ConnectionAccount, type Party } from '../account.js';
+import { carry } from '../carry.js';
 import type { H2Headers } from '../h2/stream.js';
 import { formatAuthority, forwardedFor, newTraceparent } from '../hbone.js';
 import { ignoreError } from '../pipe.js';
 import type { Pool } from '../pool/pool.js';
+import type { SocketFactory } from '../sockets.js';
 import type { Balancer } from './lb.js';
 import { type OutboundTarget, type RoutedService, planHop, planOutbound } from './plan.js';
 
@@ -24,10 +27,12 @@ export interface OutboundDeps {
   readonly balancer: Balancer;
   readonly metrics: Metrics;
   readonly log: Logger;
+  readonly refusals: Refusals;
   readonly identityOf: (w: Workload) => string;
   /** Endpoints tried per connection before giving up (one refusal moves on to the next endpoint). */
   readonly maxAttempts: number;
-  readonly connectTimeoutMs: number;
+  /** Opens the connection to a destination outside the mesh (passthrough). */
+  readonly sockets: SocketFactory;
 }
 
 const baggageCache = new WeakMap<Workload, string>();
@@ -76,13 +81,12 @@ export class Outbound {
     const plan = planOutbound(d.store, target);
     if (plan.kind === 'passthrough') return this.passthrough(client, src, plan);
     if (plan.kind === 'no_endpoint') {
-      return this.#refuse(client, src, target, plan, 'no_endpoint', 'UH', plan.why);
+      return this.#refuse(client, src, target, plan, 'no_endpoint', plan.why);
     }
 
     const tried = new Set<string>();
     let lastError = 'no endpoint could be tried';
-    let lastFlag: ResponseFlag = 'UH';
-    let reason: RefusalReason = 'no_endpoint';
+    let failure: RefusalKind = 'no_endpoint';
     for (let attempt = 0; attempt < d.maxAttempts; attempt++) {
       const ep = d.balancer.pick(plan.endpoints, tried);
       if (!ep) break;
@@ -108,8 +112,7 @@ export class Outbound {
         d.balancer.closed(ep.name);
         d.balancer.eject(ep.name);
         lastError = (err as Error).message;
-        lastFlag = err instanceof TunnelError ? err.flag : 'TLS_FAILURE';
-        reason = lastFlag === 'TLS_FAILURE' ? 'peer_identity' : 'upstream_failed';
+        failure = err instanceof TunnelError ? 'upstream_failed' : 'peer_identity';
         d.log.warn(
           { endpoint: ep.name, node: ep.node, err: lastError },
           'tunnel to endpoint failed, trying another',
@@ -131,21 +134,19 @@ export class Outbound {
           toService(d, target, plan, ep),
           'mutual_tls',
         );
-        return account.carry(client, stream, true, () => d.balancer.closed(ep.name));
+        return carry(account, client, stream, true, () => d.balancer.closed(ep.name));
       }
       stream.close();
       d.balancer.closed(ep.name);
-      if (status === 401)
-        return this.#refuse(client, src, target, plan, 'denied', 'DENY', 'peer answered 401', ep);
+      if (status === 401) return this.#refuse(client, src, target, plan, 'denied', 'peer answered 401', ep);
       if (status === 400) {
-        return this.#refuse(client, src, target, plan, 'bad_request', 'BAD_REQUEST', 'peer answered 400', ep);
+        return this.#refuse(client, src, target, plan, 'bad_request', 'peer answered 400', ep);
       }
       d.balancer.eject(ep.name);
       lastError = `peer answered ${status}`;
-      lastFlag = 'UF';
-      reason = 'upstream_failed';
+      failure = 'upstream_failed';
     }
-    return this.#refuse(client, src, target, plan, reason, lastFlag, lastError);
+    return this.#refuse(client, src, target, plan, failure, lastError);
   }
 
   #refuse(
@@ -153,16 +154,13 @@ export class Outbound {
     src: Party,
     target: OutboundTarget,
     plan: Plan | undefined,
-    reason: RefusalReason,
-    flag: ResponseFlag,
+    kind: RefusalKind,
     why: string,
     ep?: Workload,
   ): void {
     const d = this.#d;
     new ConnectionAccount(d, 'outbound', src, toService(d, target, plan, ep), 'mutual_tls').refused(
-      flag,
-      reason,
-      why,
+      new ConnectionRefusal(kind, why),
     );
     if (!client.destroyed) client.resetAndDestroy();
   }
@@ -179,13 +177,13 @@ export class Outbound {
     );
     let upstream: Socket;
     try {
-      upstream = await connectUpstream(target.ip, target.port, d.connectTimeoutMs);
+      upstream = await d.sockets.upstream(target.ip, target.port);
     } catch (err) {
-      account.refused('UF', 'upstream_failed', (err as Error).message);
+      account.refused(new ConnectionRefusal('upstream_failed', (err as Error).message));
       if (!client.destroyed) client.resetAndDestroy();
       return;
     }
-    account.carry(client, upstream, true);
+    carry(account, client, upstream, true);
   }
 }
 

@@ -5,6 +5,7 @@ import { type Refusals, peerAbuseReason } from '../../limits/refusal.js';
 import type { Metrics } from '../../metrics/metrics.js';
 import type { H2Headers, H2Stream } from '../h2/stream.js';
 import type { H2Limits } from '../hbone.js';
+import type { SocketFactory } from '../sockets.js';
 import { type PoolKey, TunnelSession, poolKeyString } from './session.js';
 
 export interface PoolOptions {
@@ -19,14 +20,9 @@ export interface PoolOptions {
   h2Limits?: H2Limits;
   /** Counts a peer's protocol abuse that ends a session (the reason its 'error' carries). */
   refusals?: Refusals;
+  /** Opens the TCP connection under each session (marked when capture is on). */
+  sockets: SocketFactory;
 }
-
-export const DEFAULT_POOL_OPTIONS: PoolOptions = {
-  maxStreams: 100,
-  idleTimeoutMs: 5 * 60_000,
-  connectTimeoutMs: 5_000,
-  pingIntervalMs: 10_000,
-};
 
 export interface TunnelResponse {
   readonly stream: H2Stream;
@@ -66,15 +62,13 @@ export class Pool {
       stream = session.request(headers);
     } catch (err) {
       this.#release(session);
-      throw new TunnelError(`cannot open a stream: ${(err as Error).message}`, 'UF', undefined, {
-        cause: err,
-      });
+      throw new TunnelError(`cannot open a stream: ${(err as Error).message}`, { cause: err });
     }
     stream.on('close', () => this.#release(session));
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => {
         stream.removeListener('response', onResponse);
-        reject(new TunnelError(`tunnel stream failed: ${err.message}`, 'UF', undefined, { cause: err }));
+        reject(new TunnelError(`tunnel stream failed: ${err.message}`, { cause: err }));
       };
       const onClose = (): void => onError(new Error(`stream closed with code ${stream.rstCode}`));
       const onResponse = (h: H2Headers): void => {
@@ -115,7 +109,7 @@ export class Pool {
     if (this.#closed) {
       // The daemon stopped during the handshake: nothing may outlive it.
       session.destroy();
-      throw new TunnelError('the daemon is stopping', 'UF');
+      throw new TunnelError('the daemon is stopping');
     }
     this.#metrics.handshakes.inc({ direction: 'outbound' });
     const list = this.#sessions.get(k);

@@ -1,11 +1,11 @@
 import { PeerIdentityError, TunnelError } from '../../../lib/errors.js';
-import { connectTcp } from '../../capture/mark.js';
 import type { CertificateManager } from '../../identity/manager.js';
 import { uriSans } from '../../identity/spiffe.js';
 import { TlsConnection } from '../../tls/connection.js';
 import { H2Session } from '../h2/session.js';
 import type { H2Headers, H2Stream } from '../h2/stream.js';
 import { type H2Limits, formatAuthority, h2Options, sniForIdentity } from '../hbone.js';
+import type { SocketFactory } from '../sockets.js';
 
 /** Which tunnel a connection may share: same source identity, same peer daemon, same expected peer identity. */
 export interface PoolKey {
@@ -25,7 +25,6 @@ export const poolKeyString = (k: PoolKey): string =>
 export class TunnelSession {
   readonly h2: H2Session;
   readonly key: PoolKey;
-  readonly createdAt = Date.now();
   active = 0;
   draining = false;
   readonly #maxStreams: number;
@@ -40,7 +39,7 @@ export class TunnelSession {
   static open(
     key: PoolKey,
     certs: CertificateManager,
-    opts: { maxStreams: number; connectTimeoutMs: number; h2Limits?: H2Limits },
+    opts: { maxStreams: number; connectTimeoutMs: number; h2Limits?: H2Limits; sockets: SocketFactory },
   ): Promise<TunnelSession> {
     return new Promise((resolve, reject) => {
       let settled = false;
@@ -49,9 +48,9 @@ export class TunnelSession {
       const where = formatAuthority(key.address, key.port);
       // Marked (when capture is on) so that the capture rules never redirect the tunnel itself.
       // No Nagle: a frame must not wait for the ACK of the previous one (interactive traffic).
-      const tcp = connectTcp({ host: key.address, port: key.port, noDelay: true });
+      const tcp = opts.sockets.connect({ host: key.address, port: key.port, noDelay: true });
       const timer = setTimeout(() => {
-        fail(new TunnelError(`tunnel to ${where} timed out`, 'UF'));
+        fail(new TunnelError(`tunnel to ${where} timed out`));
       }, opts.connectTimeoutMs);
       const fail = (err: Error): void => {
         if (settled) return;
@@ -63,7 +62,7 @@ export class TunnelSession {
         reject(
           err instanceof TunnelError || err instanceof PeerIdentityError
             ? err
-            : new TunnelError(`tunnel to ${where} failed: ${err.message}`, 'UF', undefined, { cause: err }),
+            : new TunnelError(`tunnel to ${where} failed: ${err.message}`, { cause: err }),
         );
       };
       tcp.once('error', fail);
@@ -86,7 +85,7 @@ export class TunnelSession {
         tls.once('secure', () => {
           const peer = tls as TlsConnection;
           if (peer.alpnProtocol !== 'h2') {
-            fail(new TunnelError(`tunnel to ${where}: the peer does not speak h2 (ALPN)`, 'UF'));
+            fail(new TunnelError(`tunnel to ${where}: the peer does not speak h2 (ALPN)`));
             return;
           }
           const sans = peer.peerCertificate ? uriSans(peer.peerCertificate) : [];
