@@ -2,8 +2,9 @@
 import type { Command } from 'commander';
 import { editMeshFile, setNode } from '../../lib/mesh/edit.js';
 import { readMeshFile } from '../../lib/mesh/file/parse.js';
-import { DEFAULT_TUNNEL_PORT, fmtHostPort } from '../../lib/mesh/file/schema.js';
+import { DEFAULT_TUNNEL_PORT } from '../../lib/mesh/file/schema.js';
 import type { Mesh } from '../../lib/mesh/model.js';
+import { joinHostPort } from '../../lib/net/hostport.js';
 import { checkObjectName, flag, parseIp, parsePort } from '../args.js';
 import { type Io, globals, meshPath } from '../context.js';
 import { jsonText, table } from '../output.js';
@@ -45,7 +46,7 @@ export function registerNode(program: Command, io: Io): void {
         tunnelPort = o.tunnelPort ?? (typeof current === 'number' ? current : DEFAULT_TUNNEL_PORT);
         setNode(doc, { name, address: o.address, tunnelPort });
       });
-      io.out(`${existed ? 'updated' : 'added'} node ${name} at ${fmtHostPort(o.address, tunnelPort)}\n`);
+      io.out(`${existed ? 'updated' : 'added'} node ${name} at ${joinHostPort(o.address, tunnelPort)}\n`);
     });
   node
     .command('list')

@@ -2,6 +2,7 @@
 // no API for.
 import { type Socket, isIPv6 } from 'node:net';
 import { CaptureUnavailableError } from '../../lib/errors.js';
+import { unmapIp } from '../../lib/net/addresses.js';
 import { type Addon, addon, fdOf } from '../native/index.js';
 
 export type NativeBinding = Pick<Addon, 'originalDst' | 'setMark' | 'markedSocket'>;
@@ -18,17 +19,15 @@ export function loadNative(): NativeBinding {
   return a;
 }
 
-const unmap = (ip: string): string => (ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip);
-
 /**
  * Where the client meant to go before iptables redirected it. Undefined when the connection was not
  * redirected (ENOENT: someone connected to the capture port directly).
  */
 export function originalDestination(socket: Socket): { ip: string; port: number } | undefined {
-  const family: 4 | 6 = socket.localAddress && isIPv6(unmap(socket.localAddress)) ? 6 : 4;
+  const family: 4 | 6 = socket.localAddress && isIPv6(unmapIp(socket.localAddress)) ? 6 : 4;
   try {
     const r = loadNative().originalDst(fdOf(socket), family);
-    return { ip: unmap(r.address), port: r.port };
+    return { ip: unmapIp(r.address), port: r.port };
   } catch (err) {
     if ((err as NativeError).code === 'ENOENT') return undefined;
     throw err;

@@ -3,9 +3,8 @@
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import type { Workload } from '../../lib/mesh/model.js';
+import { unmapIp } from '../../lib/net/addresses.js';
 import type { StateStore } from '../state/store.js';
-
-const unmap = (ip: string): string => (ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip);
 
 /** An address as /proc/net/tcp{,6} prints it: 32-bit words in host (little-endian) byte order, hex. */
 export function procHex(ip: string, port: number): string {
@@ -61,7 +60,7 @@ export async function sourceWorkload(
   remoteIp: string,
   remotePort: number,
 ): Promise<SourceDecision> {
-  const ip = unmap(remoteIp);
+  const ip = unmapIp(remoteIp);
   const own = store.workloadsByIp(ip).filter((w) => w.node === nodeName && w.uid === undefined);
   if (own.length === 1) return { workload: own[0]!, by: 'address' };
   if (own.length > 1)

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { isIP } from 'node:net';
 import { DEFAULT_LIMITS, type Limits } from '../../lib/config.js';
+import { joinHostPort, splitHostPort } from '../../lib/net/hostport.js';
 import type { H2SessionOptions } from './h2/session.js';
 
 // HBONE as ztunnel speaks it: TLS 1.3, ALPN h2, an HTTP/2 CONNECT per tunneled connection whose :authority
@@ -43,33 +44,17 @@ export interface HostPort {
   readonly port: number;
 }
 
-/** `ip:port` or `[ipv6]:port`; anything else (names, missing port) is malformed. */
+/** `ip:port` or `[ipv6]:port`; anything else (names, missing port, an unbracketed IPv6) is malformed. */
 export function parseAuthority(authority: string | undefined): HostPort | undefined {
-  if (!authority) return undefined;
-  let host: string;
-  let portText: string;
-  if (authority.startsWith('[')) {
-    const end = authority.indexOf(']');
-    if (end < 0 || authority[end + 1] !== ':') return undefined;
-    host = authority.slice(1, end);
-    portText = authority.slice(end + 2);
-  } else {
-    const colon = authority.lastIndexOf(':');
-    if (colon < 0) return undefined;
-    host = authority.slice(0, colon);
-    portText = authority.slice(colon + 1);
-  }
-  if (!/^\d{1,5}$/.test(portText)) return undefined;
-  const port = Number(portText);
-  if (port < 1 || port > 65535 || isIP(host) === 0) return undefined;
-  return { ip: host, port };
+  const hp = authority ? splitHostPort(authority) : undefined;
+  if (hp === undefined || !/^\d{1,5}$/.test(hp.port)) return undefined;
+  const port = Number(hp.port);
+  if (port < 1 || port > 65535 || isIP(hp.host) === 0) return undefined;
+  return { ip: hp.host, port };
 }
 
-export const formatAuthority = (ip: string, port: number): string =>
-  isIP(ip) === 6 ? `[${ip}]:${port}` : `${ip}:${port}`;
-
 export const forwardedFor = (ip: string | undefined, port: number | undefined): string =>
-  `for="${formatAuthority(ip ?? 'unknown', port ?? 0)}"`;
+  `for="${joinHostPort(ip ?? 'unknown', port ?? 0)}"`;
 
 /** Parses the address out of `forwarded: for="ip:port"` (RFC 7239); only the first element counts. */
 export function parseForwardedFor(value: string | undefined): string | undefined {

@@ -5,6 +5,7 @@
 
 import { isIP } from 'node:net';
 import type { MeshMode, MeshNode, Upstream, Workload } from '../mesh/model.js';
+import { joinHostPort } from '../net/hostport.js';
 
 /** The Consul service each ambitd registers for its node: Address:Port is its tunnel (HBONE) listener. */
 export const NODE_SERVICE = 'ambit';
@@ -84,15 +85,12 @@ export interface ConsulHealthEntry {
 
 // --- Encoding --------------------------------------------------------------------------------------------
 
-export const fmtListen = (host: string, port: number): string =>
-  isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`;
-
 /** `svc.ns[:port]=host:port`, comma-separated. */
 export function encodeUpstreams(ups: readonly Upstream[]): string {
   return ups
     .map(
       (u) =>
-        `${u.service}.${u.namespace}${u.port !== undefined ? `:${u.port}` : ''}=${fmtListen(u.listenHost, u.listenPort)}`,
+        `${u.service}.${u.namespace}${u.port !== undefined ? `:${u.port}` : ''}=${joinHostPort(u.listenHost, u.listenPort)}`,
     )
     .join(',');
 }
@@ -151,8 +149,8 @@ export function workloadRegistration(w: Workload, opts: RegistrationOptions = {}
   const checks: ConsulCheckDefinition[] = [];
   if (port > 0) {
     checks.push({
-      Name: `ambit: ${w.name} accepts TCP on ${fmtListen(address, port)}`,
-      TCP: fmtListen(address, port),
+      Name: `ambit: ${w.name} accepts TCP on ${joinHostPort(address, port)}`,
+      TCP: joinHostPort(address, port),
       Interval: opts.checkInterval ?? '10s',
       Timeout: '2s',
       // Registered as passing: a new workload is routable at once, and the first probe corrects it.
@@ -178,7 +176,7 @@ export function nodeRegistration(
   node: MeshNode,
   opts: { role: string; checkInterval?: string },
 ): ConsulServiceRegistration {
-  const hostPort = fmtListen(node.address, node.tunnelPort);
+  const hostPort = joinHostPort(node.address, node.tunnelPort);
   return {
     ID: nodeServiceId(node.name),
     Name: NODE_SERVICE,

@@ -3,6 +3,7 @@ import { DEFAULT_LIMITS, type Limits } from '../../../lib/config.js';
 import { ConnectionRefusal } from '../../../lib/errors.js';
 import type { Logger } from '../../../lib/log.js';
 import type { Workload } from '../../../lib/mesh/model.js';
+import { joinHostPort } from '../../../lib/net/hostport.js';
 import { uriSans } from '../../identity/spiffe.js';
 import { type FdReserve, isFdExhaustion } from '../../limits/fds.js';
 import type { Refusals } from '../../limits/refusal.js';
@@ -13,7 +14,7 @@ import { ConnectionAccount, type Party } from '../account.js';
 import { carry } from '../carry.js';
 import type { H2Session } from '../h2/session.js';
 import type { H2Headers, H2Stream } from '../h2/stream.js';
-import { type HostPort, formatAuthority, parseForwardedFor } from '../hbone.js';
+import { type HostPort, parseForwardedFor } from '../hbone.js';
 import { ignoreError } from '../pipe.js';
 import type { SocketFactory } from '../sockets.js';
 import { decideInbound, peerFromUris, stillAdmits } from './decide.js';
@@ -184,7 +185,7 @@ export class Inbound {
   #source(session: H2Session, headers: H2Headers): Source {
     const { remoteAddress, remotePort } = session.socket;
     return {
-      addr: remoteAddress ? formatAuthority(remoteAddress, remotePort ?? 0) : undefined,
+      addr: remoteAddress ? joinHostPort(remoteAddress, remotePort ?? 0) : undefined,
       forwarded: parseForwardedFor(headers.forwarded),
     };
   }
@@ -252,7 +253,7 @@ export class Inbound {
     load: SessionLoad,
     hold: Hold,
   ): Promise<void> {
-    const authority = formatAuthority(target.ip, target.port);
+    const authority = joinHostPort(target.ip, target.port);
     const l = this.#limits;
     const fields = { peer: peer.principal, dst: authority };
     if (load.connects >= l.maxConnectsPerSession) {

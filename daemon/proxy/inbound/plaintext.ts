@@ -6,6 +6,8 @@ import type { Socket } from 'node:net';
 import { ConnectionRefusal, type RefusalKind } from '../../../lib/errors.js';
 import type { Logger } from '../../../lib/log.js';
 import type { Workload } from '../../../lib/mesh/model.js';
+import { unmapIp } from '../../../lib/net/addresses.js';
+import { joinHostPort } from '../../../lib/net/hostport.js';
 import { originalDestination } from '../../capture/native.js';
 import type { Refusals } from '../../limits/refusal.js';
 import type { Metrics } from '../../metrics/metrics.js';
@@ -13,7 +15,6 @@ import { authorize } from '../../rbac.js';
 import type { StateStore } from '../../state/store.js';
 import { ConnectionAccount } from '../account.js';
 import { carry } from '../carry.js';
-import { formatAuthority } from '../hbone.js';
 import { ignoreError } from '../pipe.js';
 import { RedirectListener } from '../redirect-listener.js';
 import type { SocketFactory } from '../sockets.js';
@@ -31,8 +32,6 @@ export interface PlaintextDeps {
   readonly trustDomain: string;
 }
 
-const unmap = (ip: string): string => (ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip);
-
 export class PlaintextListener extends RedirectListener {
   readonly #d: PlaintextDeps;
 
@@ -43,7 +42,7 @@ export class PlaintextListener extends RedirectListener {
 
   /** For labels only: a workload known by the client's address (it is not authenticated). */
   #account(client: Socket, w: Workload | undefined, dst: string, started: number): ConnectionAccount {
-    const ip = unmap(client.remoteAddress ?? '');
+    const ip = unmapIp(client.remoteAddress ?? '');
     const ws = this.#d.store.workloadsByIp(ip);
     const source = ws.length === 1 ? ws[0] : undefined;
     return new ConnectionAccount(
@@ -89,7 +88,7 @@ export class PlaintextListener extends RedirectListener {
       const why = 'connection was not redirected by the capture rules';
       return this.#refuse(client, undefined, here, started, 'not_redirected', why);
     }
-    const authority = formatAuthority(dst.ip, dst.port);
+    const authority = joinHostPort(dst.ip, dst.port);
     const w = d.store.workloadAt(dst.ip, dst.port);
     if (!w || w.node !== d.nodeName) {
       const why = `${authority} is not a workload enrolled on node ${d.nodeName}`;

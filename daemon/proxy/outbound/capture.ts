@@ -3,13 +3,13 @@
 import type { Socket } from 'node:net';
 import { ConnectionRefusal, type RefusalKind } from '../../../lib/errors.js';
 import type { Logger } from '../../../lib/log.js';
+import { joinHostPort } from '../../../lib/net/hostport.js';
 import { originalDestination } from '../../capture/native.js';
 import { sourceWorkload } from '../../capture/source.js';
 import type { Refusals } from '../../limits/refusal.js';
 import type { Metrics } from '../../metrics/metrics.js';
 import type { StateStore } from '../../state/store.js';
 import { ConnectionAccount, type Party } from '../account.js';
-import { formatAuthority } from '../hbone.js';
 import { ignoreError } from '../pipe.js';
 import { RedirectListener } from '../redirect-listener.js';
 import type { Outbound } from './outbound.js';
@@ -68,7 +68,7 @@ export class CaptureListener extends RedirectListener {
       return;
     }
     if (d.unenrolledSource === 'refuse') {
-      return this.#refuse(client, src, 'unknown_workload', from.reason, formatAuthority(dst.ip, dst.port));
+      return this.#refuse(client, src, 'unknown_workload', from.reason, joinHostPort(dst.ip, dst.port));
     }
     // Not enrolled: carried to where it was going, untouched, outside the mesh.
     client.on('error', ignoreError);

@@ -1,8 +1,8 @@
 import { type Server, createServer } from 'node:net';
 import type { Logger } from '../../../lib/log.js';
 import type { Upstream, Workload } from '../../../lib/mesh/model.js';
+import { joinHostPort } from '../../../lib/net/hostport.js';
 import type { ListenerGate } from '../../limits/fds.js';
-import { formatAuthority } from '../hbone.js';
 import type { Outbound } from './outbound.js';
 
 interface Binding {
@@ -37,7 +37,7 @@ export class ExplicitListeners {
     const wanted = new Map<string, { workload: Workload; upstream: Upstream }>();
     for (const w of local)
       for (const u of w.upstreams)
-        wanted.set(formatAuthority(u.listenHost, u.listenPort), { workload: w, upstream: u });
+        wanted.set(joinHostPort(u.listenHost, u.listenPort), { workload: w, upstream: u });
     for (const [addr, b] of this.#bindings) {
       if (!wanted.has(addr)) {
         b.server.close();

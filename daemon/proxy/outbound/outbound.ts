@@ -3,13 +3,14 @@ import type { Socket } from 'node:net';
 import { ConnectionRefusal, type RefusalKind, TunnelError } from '../../../lib/errors.js';
 import type { Logger } from '../../../lib/log.js';
 import type { Workload } from '../../../lib/mesh/model.js';
+import { joinHostPort } from '../../../lib/net/hostport.js';
 import type { Refusals } from '../../limits/refusal.js';
 import type { Metrics } from '../../metrics/metrics.js';
 import type { StateStore } from '../../state/store.js';
 import { ConnectionAccount, type Party } from '../account.js';
 import { carry } from '../carry.js';
 import type { H2Headers } from '../h2/stream.js';
-import { formatAuthority, forwardedFor, newTraceparent } from '../hbone.js';
+import { forwardedFor, newTraceparent } from '../hbone.js';
 import { ignoreError } from '../pipe.js';
 import type { Pool } from '../pool/pool.js';
 import type { SocketFactory } from '../sockets.js';
@@ -172,7 +173,7 @@ export class Outbound {
       d,
       'outbound',
       src,
-      { addr: formatAuthority(target.ip, target.port) },
+      { addr: joinHostPort(target.ip, target.port) },
       'unknown',
     );
     let upstream: Socket;
@@ -203,4 +204,4 @@ const toService = (
 const targetText = (t: OutboundTarget): string =>
   t.kind === 'service'
     ? `${t.service}.${t.namespace}${t.port ? `:${t.port}` : ''}`
-    : formatAuthority(t.ip, t.port);
+    : joinHostPort(t.ip, t.port);

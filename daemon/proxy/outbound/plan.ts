@@ -2,8 +2,8 @@
 // which endpoints, which port at each) and, per endpoint picked, which tunnel carries it. No sockets, no
 // pool, no balancer: the caller picks among the endpoints and connects.
 import type { Workload } from '../../../lib/mesh/model.js';
+import { joinHostPort } from '../../../lib/net/hostport.js';
 import type { StateStore } from '../../state/store.js';
-import { formatAuthority } from '../hbone.js';
 import type { PoolKey } from '../pool/session.js';
 
 /** Where a captured or explicit connection wants to go, before the catalog is consulted. */
@@ -124,7 +124,7 @@ export function planHop(
   return {
     kind: 'hop',
     endpoint: ep,
-    authority: formatAuthority(ip, port),
+    authority: joinHostPort(ip, port),
     session: { source, peer: identityOf(ep), address: node.address, port: node.tunnelPort },
   };
 }

@@ -1,10 +1,11 @@
 import { PeerIdentityError, TunnelError } from '../../../lib/errors.js';
+import { joinHostPort } from '../../../lib/net/hostport.js';
 import type { CertificateManager } from '../../identity/manager.js';
 import { uriSans } from '../../identity/spiffe.js';
 import { TlsConnection } from '../../tls/connection.js';
 import { H2Session } from '../h2/session.js';
 import type { H2Headers, H2Stream } from '../h2/stream.js';
-import { type H2Limits, formatAuthority, h2Options, sniForIdentity } from '../hbone.js';
+import { type H2Limits, h2Options, sniForIdentity } from '../hbone.js';
 import type { SocketFactory } from '../sockets.js';
 
 /** Which tunnel a connection may share: same source identity, same peer daemon, same expected peer identity. */
@@ -45,7 +46,7 @@ export class TunnelSession {
       let settled = false;
       let tls: TlsConnection | undefined;
       let h2: H2Session | undefined;
-      const where = formatAuthority(key.address, key.port);
+      const where = joinHostPort(key.address, key.port);
       // Marked (when capture is on) so that the capture rules never redirect the tunnel itself.
       // No Nagle: a frame must not wait for the ACK of the previous one (interactive traffic).
       const tcp = opts.sockets.connect({ host: key.address, port: key.port, noDelay: true });

@@ -114,10 +114,6 @@ export const POLICY_SOURCE_KEYS = [
   'principal',
 ] as const satisfies readonly (keyof PolicySourceDoc)[];
 
-/** How an upstream's `listen` is written: `ip:port`, or `[ipv6]:port`. */
-export const fmtHostPort = (host: string, p: number): string =>
-  host.includes(':') ? `[${host}]:${p}` : `${host}:${p}`;
-
 // ---- the document: the plain values the file holds, as the editor writes them.
 
 export interface NodeDoc {

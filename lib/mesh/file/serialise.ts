@@ -1,3 +1,4 @@
+import { joinHostPort } from '../../net/hostport.js';
 // Model -> document: the plain values the editor writes, leaving out what equals the default, so that files
 // stay as short as a human would write them.
 import type { Mesh, MeshNode, Policy, PolicySource, Service, Upstream, Workload } from '../model.js';
@@ -11,7 +12,6 @@ import {
   type ServiceDoc,
   type UpstreamDoc,
   type WorkloadDoc,
-  fmtHostPort,
 } from './schema.js';
 
 export const nodeToDoc = (n: MeshNode): NodeDoc =>
@@ -23,7 +23,7 @@ export function upstreamToDoc(u: Upstream, workloadNs: string): UpstreamDoc {
   const d: Partial<UpstreamDoc> = { service: u.service };
   if (u.namespace !== workloadNs) d.namespace = u.namespace;
   if (u.port !== undefined) d.port = u.port;
-  d.listen = fmtHostPort(u.listenHost, u.listenPort);
+  d.listen = joinHostPort(u.listenHost, u.listenPort);
   return d as UpstreamDoc;
 }
 

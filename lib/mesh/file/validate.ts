@@ -3,6 +3,7 @@
 import { isIP } from 'node:net';
 import { MeshFileError } from '../../errors.js';
 import { canonicalIp, isLoopback } from '../../net/addresses.js';
+import { joinHostPort, splitHostPort } from '../../net/hostport.js';
 import type {
   FailMode,
   Mesh,
@@ -32,7 +33,6 @@ import {
   TOP_KEYS,
   UPSTREAM_KEYS,
   WORKLOAD_KEYS,
-  fmtHostPort,
 } from './schema.js';
 
 /** `workloads.web-1.ports[1]`; keys that would be ambiguous in dotted form are bracketed. */
@@ -155,10 +155,10 @@ export function parseListen(v: unknown): { host: string; port: number } | string
   if (typeof v !== 'string' || v === '') return 'must be "ip:port" or a port';
   let host = '127.0.0.1';
   let portText = v;
-  const m = /^\[([^\]]+)\]:(\d+)$/.exec(v) ?? /^([^:]+):(\d+)$/.exec(v);
-  if (m) {
-    host = m[1]!;
-    portText = m[2]!;
+  const hp = splitHostPort(v);
+  if (hp && /^\d+$/.test(hp.port)) {
+    host = hp.host;
+    portText = hp.port;
   } else if (!/^\d+$/.test(v)) {
     return 'must be "ip:port", "[ipv6]:port" or a bare port';
   }
@@ -364,7 +364,7 @@ export function meshFromValue(value: unknown): Mesh {
         if (h === u.listenHost || WILDCARD.has(h!) || WILDCARD.has(u.listenHost)) {
           throw new Invalid(
             up,
-            `listen address ${fmtHostPort(u.listenHost, u.listenPort)} on node "${n}" is already used by ${owner}`,
+            `listen address ${joinHostPort(u.listenHost, u.listenPort)} on node "${n}" is already used by ${owner}`,
           );
         }
       }
