@@ -5,7 +5,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import test from 'ava';
 import type { AdminToken, Handler } from '../daemon/admin/http.js';
 import {
-  LogThrottle,
   adminAuth,
   certificateRows,
   logLevelOf,
@@ -14,6 +13,7 @@ import {
   tokenRequired,
 } from '../daemon/admin/routes.js';
 import type { CertificateInfo } from '../daemon/identity/manager.js';
+import { LogThrottle } from '../daemon/limits/throttle.js';
 import { Metrics } from '../daemon/metrics/metrics.js';
 import { type BoundPorts, ownListeners, reachesOwnListener } from '../daemon/own-listeners.js';
 import { sniForIdentity } from '../daemon/proxy/hbone.js';

@@ -7,6 +7,7 @@ import type { Workload } from '../../lib/mesh/model.js';
 import type { CertificateInfo, CertificateManager } from '../identity/manager.js';
 import type { FdReserve } from '../limits/fds.js';
 import { REFUSAL_LOG_INTERVAL_MS } from '../limits/refusal.js';
+import { LogThrottle } from '../limits/throttle.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Inbound } from '../proxy/inbound/inbound.js';
 import type { TunnelServer } from '../proxy/inbound/server.js';
@@ -109,35 +110,6 @@ export const readyRoutes = (readiness: () => Readiness): Record<string, Handler>
     return { status: readinessStatus(r), json: r };
   },
 });
-
-/**
- * Lets one line through per interval and counts the rest, so that a flood of refused requests is not a
- * flood of log lines. `take` answers how many were held back since the last line, or undefined to hold
- * this one back too.
- */
-export class LogThrottle {
-  readonly #intervalMs: number;
-  readonly #now: () => number;
-  #last = Number.NEGATIVE_INFINITY;
-  #suppressed = 0;
-
-  constructor(intervalMs: number, now: () => number = Date.now) {
-    this.#intervalMs = intervalMs;
-    this.#now = now;
-  }
-
-  take(): number | undefined {
-    const now = this.#now();
-    if (now - this.#last < this.#intervalMs) {
-      this.#suppressed++;
-      return undefined;
-    }
-    this.#last = now;
-    const suppressed = this.#suppressed;
-    this.#suppressed = 0;
-    return suppressed;
-  }
-}
 
 /** The token check of the admin port: every refusal counted by route, and logged at most once per interval. */
 export function adminAuth(token: AdminToken, metrics: Metrics, log: Logger): AdminAuth {

@@ -5,21 +5,17 @@
 // metrics with its flag, and logged as its access-log line, one per connection as every connection is.
 import type { Logger } from '../../lib/log.js';
 import type { ConnectionLabels, Metrics, RefusalReason } from '../metrics/metrics.js';
+import { LogThrottle } from './throttle.js';
 
 export type Direction = 'inbound' | 'outbound';
 
 /** How often one reason may log a line; the rest are counted and summed into the next line. */
 export const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
-interface Slot {
-  last: number;
-  suppressed: number;
-}
-
 export class Refusals {
   readonly #metrics: Metrics;
   readonly #log: Logger;
-  readonly #slots = new Map<string, Slot>();
+  readonly #slots = new Map<string, LogThrottle>();
   readonly #intervalMs: number;
 
   constructor(metrics: Metrics, log: Logger, intervalMs = REFUSAL_LOG_INTERVAL_MS) {
@@ -61,19 +57,13 @@ export class Refusals {
     fields: Record<string, unknown> = {},
   ): void {
     const key = `${direction}\u0000${reason}`;
-    const now = Date.now();
     let slot = this.#slots.get(key);
     if (slot === undefined) {
-      slot = { last: Number.NEGATIVE_INFINITY, suppressed: 0 };
+      slot = new LogThrottle(this.#intervalMs);
       this.#slots.set(key, slot);
     }
-    if (now - slot.last < this.#intervalMs) {
-      slot.suppressed++;
-      return;
-    }
-    const suppressed = slot.suppressed;
-    slot.last = now;
-    slot.suppressed = 0;
+    const suppressed = slot.take();
+    if (suppressed === undefined) return;
     this.#log.warn({ ...fields, direction, reason, ...(suppressed > 0 ? { suppressed } : {}) }, message);
   }
 }
