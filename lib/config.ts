@@ -1,12 +1,6 @@
 // The configuration of ambitd, from one table (config/schema.ts). This file only gathers the modules of
 // config/ so that `lib/config.js` stays the one import for the daemon, the CLI and the tests.
-export { consulSettings } from './config/consul.js';
-export {
-  type ConsulSettings,
-  DEFAULT_LIMITS,
-  type DaemonConfig,
-  daemonConfig,
-} from './config/daemon-config.js';
+export { type ConsulSettings, DEFAULT_LIMITS, type DaemonConfig } from './config/daemon-config.js';
 export { configDump, type Json } from './config/dump.js';
 export { loadConfig, readConfigFile, readEnv } from './config/load.js';
 export { type Listen, type Where, parseDuration, parseListen } from './config/parse.js';
