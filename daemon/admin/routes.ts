@@ -1,7 +1,7 @@
 // The routes of the admin (15000), metrics (15020) and readiness (15021) ports, and which of them want the
 // admin token. The servers themselves are started by Ambitd (admin/http.ts serves a route table).
 import type { IncomingMessage } from 'node:http';
-import type { DaemonConfig } from '../../lib/config.js';
+import { type DaemonConfig, configDump } from '../../lib/config.js';
 import { LOG_LEVELS, type LogLevel, type Logger } from '../../lib/log.js';
 import type { Workload } from '../../lib/mesh/model.js';
 import type { CertificateInfo, CertificateManager } from '../identity/manager.js';
@@ -66,7 +66,7 @@ export function adminRoutes(d: AdminView, consul: { dump(): unknown } | undefine
     'GET /config_dump': () => ({
       json: {
         node: config.nodeName,
-        config,
+        config: configDump(config),
         mesh: d.store.mesh,
         consul: consul?.dump(),
         certificates: certRows(),
