@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { Secret } from '../consul/secret.js';
 import { ConfigError } from '../errors.js';
+import { splitHostPort } from '../net/hostport.js';
 
 /** Where a value came from, for the error: the file (if any) and the field, variable or flag. */
 export interface Where {
@@ -39,14 +40,11 @@ export function parseListen(v: string | number, defaultHost: string, where: Wher
   const text = String(v).trim();
   let host = defaultHost;
   let portText = text;
-  const bracket = /^\[([^\]]+)\]:(\d+)$/.exec(text);
-  if (bracket) {
-    host = bracket[1]!;
-    portText = bracket[2]!;
-  } else if (text.includes(':')) {
-    const i = text.lastIndexOf(':');
-    host = text.slice(0, i);
-    portText = text.slice(i + 1);
+  if (text.includes(':')) {
+    // An unbracketed IPv6 host has no clear port: splitHostPort refuses it, and the port check below says so.
+    const hp = splitHostPort(text);
+    host = hp?.host ?? '';
+    portText = hp?.port ?? '';
   }
   const port = Number(portText);
   if (!/^\d+$/.test(portText) || port > 65535) {
