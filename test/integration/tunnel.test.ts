@@ -6,9 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import test from 'ava';
-import { EmbeddedCa } from '../daemon/identity/ca.js';
-import { sniForIdentity } from '../daemon/proxy/hbone.js';
-import { addPolicy, editMeshFile } from '../lib/mesh/edit.js';
+import { EmbeddedCa } from '../../daemon/identity/ca.js';
+import { sniForIdentity } from '../../daemon/proxy/hbone.js';
+import { addPolicy, editMeshFile } from '../../lib/mesh/edit.js';
 import {
   type Cluster,
   clientWorkload,
@@ -27,7 +27,7 @@ import {
   upstreamTo,
   waitForPort,
   workload,
-} from './helpers/cluster.js';
+} from '../helpers/cluster.js';
 
 /**
  * The port the client workload lists. It serves none, but a workload at a loopback address must list its

@@ -4,12 +4,12 @@
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import test from 'ava';
-import type { Report } from '../bench/report.js';
+import type { Report } from '../../bench/report.js';
+import { ROOT } from '../helpers/paths.js';
 
-const root = resolve(fileURLToPath(import.meta.url), '..', '..', '..'); // dist/test/x.js → repo root
+const root = ROOT;
 
 const run = (args: string[], timeoutMs: number): Promise<{ code: number; stdout: string; stderr: string }> =>
   new Promise((done) => {

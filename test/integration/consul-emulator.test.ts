@@ -2,11 +2,11 @@
 // intentions compiler. Emulator-only cases skip against a real agent.
 import { X509Certificate } from 'node:crypto';
 import test from 'ava';
-import { authorize } from '../daemon/rbac.js';
-import { ConsulClient, Watch, describe403 } from '../lib/consul/client.js';
-import { type ConsulIntention, compileIntentions } from '../lib/consul/intentions.js';
-import { Secret } from '../lib/consul/secret.js';
-import { ConsulEmulator, startConsul } from './helpers/consul-emulator.js';
+import { authorize } from '../../daemon/rbac.js';
+import { ConsulClient, Watch, describe403 } from '../../lib/consul/client.js';
+import { type ConsulIntention, compileIntentions } from '../../lib/consul/intentions.js';
+import { Secret } from '../../lib/consul/secret.js';
+import { ConsulEmulator, startConsul } from '../helpers/consul-emulator.js';
 
 const reg = (id: string, name: string, status = 'passing') => ({
   body: {

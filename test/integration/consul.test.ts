@@ -6,21 +6,21 @@ import { type AddressInfo, type Socket, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
-import { run } from '../agent-cli/cli.js';
-import { consulEnroll } from '../agent-cli/consul.js';
-import { Ambitd } from '../daemon/daemon.js';
-import { type DaemonConfig, loadConfig } from '../lib/config.js';
-import { ConsulClient } from '../lib/consul/client.js';
-import { Secret } from '../lib/consul/secret.js';
-import { ConsulPermissionError } from '../lib/errors.js';
-import { createLogger, silentLogger } from '../lib/log.js';
-import { echoOnce, echoServer, freePort, openEcho, roundTrip, sha256, until } from './helpers/cluster.js';
+import { run } from '../../agent-cli/cli.js';
+import { consulEnroll } from '../../agent-cli/consul.js';
+import { Ambitd } from '../../daemon/daemon.js';
+import { type DaemonConfig, loadConfig } from '../../lib/config.js';
+import { ConsulClient } from '../../lib/consul/client.js';
+import { Secret } from '../../lib/consul/secret.js';
+import { ConsulPermissionError } from '../../lib/errors.js';
+import { createLogger, silentLogger } from '../../lib/log.js';
+import { echoOnce, echoServer, freePort, openEcho, roundTrip, sha256, until } from '../helpers/cluster.js';
 import {
   ConsulEmulator,
   type ConsulUnderTest,
   consulBinary,
   startConsul,
-} from './helpers/consul-emulator.js';
+} from '../helpers/consul-emulator.js';
 
 // Against a real agent, the tests that drive the emulator's hooks (outage, index reset, rotations) are
 // registered as skipped, with this one line saying why.

@@ -1,9 +1,9 @@
 import type { Socket } from 'node:net';
 import test from 'ava';
-import { ExplicitListeners } from '../daemon/proxy/outbound/explicit.js';
-import type { Outbound } from '../daemon/proxy/outbound/outbound.js';
-import { silentLogger } from '../lib/log.js';
-import { freePort, waitForPort, workload } from './helpers/cluster.js';
+import { ExplicitListeners } from '../../daemon/proxy/outbound/explicit.js';
+import type { Outbound } from '../../daemon/proxy/outbound/outbound.js';
+import { silentLogger } from '../../lib/log.js';
+import { freePort, waitForPort, workload } from '../helpers/cluster.js';
 
 // These tests are about binding, not tunnelling: a probe connection that is accepted is simply closed.
 const noOutbound = { handle: (s: Socket) => s.destroy() } as unknown as Outbound;

@@ -4,12 +4,11 @@ import { type Server, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import test from 'ava';
-import type { Policy, Workload } from '../lib/mesh/model.js';
+import type { Policy, Workload } from '../../lib/mesh/model.js';
+import { CLI } from '../helpers/paths.js';
 
 /** dist/agent-cli/main.js, found from this file (dist/test/cli.test.js) wherever the checkout is. */
-const CLI = fileURLToPath(new URL('../agent-cli/main.js', import.meta.url));
 
 interface Result {
   code: number;

@@ -5,16 +5,16 @@ import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
-import { run } from '../agent-cli/cli.js';
-import { ConsulClient } from '../lib/consul/client.js';
-import type { ConsulIntention } from '../lib/consul/intentions.js';
-import { Secret } from '../lib/consul/secret.js';
+import { run } from '../../agent-cli/cli.js';
+import { ConsulClient } from '../../lib/consul/client.js';
+import type { ConsulIntention } from '../../lib/consul/intentions.js';
+import { Secret } from '../../lib/consul/secret.js';
 import {
   ConsulEmulator,
   type ConsulUnderTest,
   consulBinary,
   startConsul,
-} from './helpers/consul-emulator.js';
+} from '../helpers/consul-emulator.js';
 
 const emulatorOnly = consulBinary() ? test.skip : test;
 

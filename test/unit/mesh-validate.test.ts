@@ -1,10 +1,10 @@
 import test from 'ava';
-import { MeshFileError } from '../lib/errors.js';
-import { parseMesh } from '../lib/mesh/file/parse.js';
-import { TOP_KEYS, WORKLOAD_KEYS } from '../lib/mesh/file/schema.js';
-import type { PathSeg } from '../lib/mesh/file/schema.js';
-import { meshToDoc } from '../lib/mesh/file/serialise.js';
-import { fieldPath, validateMesh } from '../lib/mesh/file/validate.js';
+import { MeshFileError } from '../../lib/errors.js';
+import { parseMesh } from '../../lib/mesh/file/parse.js';
+import { TOP_KEYS, WORKLOAD_KEYS } from '../../lib/mesh/file/schema.js';
+import type { PathSeg } from '../../lib/mesh/file/schema.js';
+import { meshToDoc } from '../../lib/mesh/file/serialise.js';
+import { fieldPath, validateMesh } from '../../lib/mesh/file/validate.js';
 
 const VALID = {
   nodes: { 'node-a': { address: '10.0.0.1' } },

@@ -2,7 +2,7 @@ import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
-import { anchors, isExternal, links, slug } from './helpers/markdown.js';
+import { anchors, isExternal, links, slug } from '../helpers/markdown.js';
 
 // The README and docs/ are what a user reads first: a link that leads nowhere is a bug, and so is a README
 // that has grown back into a manual.

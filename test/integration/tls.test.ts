@@ -16,10 +16,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import test, { type ExecutionContext } from 'ava';
-import { TlsConnection, tlsFailureReason } from '../daemon/tls/connection.js';
-import { TlsContext } from '../daemon/tls/context.js';
-import { freePort, next, within } from './helpers/net.js';
-import { Alert, ContentType, RawTls13Client, keyUpdate } from './helpers/tls13.js';
+import { TlsConnection, tlsFailureReason } from '../../daemon/tls/connection.js';
+import { TlsContext } from '../../daemon/tls/context.js';
+import { freePort, next, within } from '../helpers/net.js';
+import { Alert, ContentType, RawTls13Client, keyUpdate } from '../helpers/tls13.js';
 
 const HOST = '127.0.0.1';
 const MiB = 1024 * 1024;

@@ -3,8 +3,8 @@
 // tie the shared values to the TypeScript that depends on them.
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import test from 'ava';
 import {
   EV_CLOSE,
@@ -15,11 +15,12 @@ import {
   REASON_H2_PROTOCOL,
   REASON_H2_RESET_FLOOD,
   STREAM_CLOSED,
-} from '../daemon/native/index.js';
-import { DEFAULT_LIMITS } from '../lib/config.js';
-import type { H2RefusalReason } from '../lib/errors.js';
+} from '../../daemon/native/index.js';
+import { DEFAULT_LIMITS } from '../../lib/config.js';
+import type { H2RefusalReason } from '../../lib/errors.js';
+import { ROOT } from '../helpers/paths.js';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const root = ROOT;
 const generator = join(root, 'native', 'gen-codes.mjs');
 
 type Generate = (source: string) => string;

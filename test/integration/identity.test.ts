@@ -13,14 +13,20 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { type PeerCertificate, connect } from 'node:tls';
 import test, { type ExecutionContext } from 'ava';
 import { pino } from 'pino';
-import { type CertificateAuthority, EmbeddedCa, type IssuedCertificate } from '../daemon/identity/ca.js';
-import { CertificateManager } from '../daemon/identity/manager.js';
-import { parseSpiffeId, spiffeId, splitAltNames, uriSans } from '../daemon/identity/spiffe.js';
-import { buildCertificate, name, randomSerial, toPem, uriSubjectAltName } from '../daemon/identity/x509.js';
-import { TlsConnection } from '../daemon/tls/connection.js';
-import { TlsContext } from '../daemon/tls/context.js';
-import { backoffDelay } from '../lib/backoff.js';
-import { CaError, CertUnavailableError } from '../lib/errors.js';
+import { type CertificateAuthority, EmbeddedCa, type IssuedCertificate } from '../../daemon/identity/ca.js';
+import { CertificateManager } from '../../daemon/identity/manager.js';
+import { parseSpiffeId, spiffeId, splitAltNames, uriSans } from '../../daemon/identity/spiffe.js';
+import {
+  buildCertificate,
+  name,
+  randomSerial,
+  toPem,
+  uriSubjectAltName,
+} from '../../daemon/identity/x509.js';
+import { TlsConnection } from '../../daemon/tls/connection.js';
+import { TlsContext } from '../../daemon/tls/context.js';
+import { backoffDelay } from '../../lib/backoff.js';
+import { CaError, CertUnavailableError } from '../../lib/errors.js';
 
 const TD = 'ambit.test';
 const WEB = spiffeId({ trustDomain: TD, namespace: 'default', datacenter: 'dc1', service: 'web' });

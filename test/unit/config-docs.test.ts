@@ -1,15 +1,15 @@
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
-import { CONFIG_KEYS, SETTINGS, envName, flagName, optionOf } from '../lib/config.js';
-import { GENERATED_MARKER, configurationDoc } from '../lib/config/docs.js';
+import { CONFIG_KEYS, SETTINGS, envName, flagName, optionOf } from '../../lib/config.js';
+import { GENERATED_MARKER, configurationDoc } from '../../lib/config/docs.js';
+import { ROOT } from '../helpers/paths.js';
 
 // docs/configuration.md and `ambitd --help` are made from the schema table; these keep them from drifting.
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const root = ROOT;
 const run = promisify(execFile);
 
 test('docs/configuration.md is what `npm run docs:config` writes from the schema', (t) => {

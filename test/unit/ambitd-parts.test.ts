@@ -3,7 +3,7 @@ import type { IncomingMessage } from 'node:http';
 // reconcile's plan and its ordering, and the own-listener check. No sockets, no native binding.
 import { setTimeout as sleep } from 'node:timers/promises';
 import test from 'ava';
-import type { AdminToken, Handler } from '../daemon/admin/http.js';
+import type { AdminToken, Handler } from '../../daemon/admin/http.js';
 import {
   adminAuth,
   certificateRows,
@@ -11,13 +11,13 @@ import {
   metricsRoutes,
   readyRoutes,
   tokenRequired,
-} from '../daemon/admin/routes.js';
-import type { CertificateInfo } from '../daemon/identity/manager.js';
-import { LogThrottle } from '../daemon/limits/throttle.js';
-import { Metrics } from '../daemon/metrics/metrics.js';
-import { type BoundPorts, ownListeners, reachesOwnListener } from '../daemon/own-listeners.js';
-import { sniForIdentity } from '../daemon/proxy/hbone.js';
-import { type Readiness, readinessOf, readinessStatus } from '../daemon/readiness.js';
+} from '../../daemon/admin/routes.js';
+import type { CertificateInfo } from '../../daemon/identity/manager.js';
+import { LogThrottle } from '../../daemon/limits/throttle.js';
+import { Metrics } from '../../daemon/metrics/metrics.js';
+import { type BoundPorts, ownListeners, reachesOwnListener } from '../../daemon/own-listeners.js';
+import { sniForIdentity } from '../../daemon/proxy/hbone.js';
+import { type Readiness, readinessOf, readinessStatus } from '../../daemon/readiness.js';
 import {
   Reconciler,
   checkHostMesh,
@@ -25,12 +25,12 @@ import {
   nodeRegistered,
   unwantedIdentities,
   wantedIdentities,
-} from '../daemon/reconcile.js';
-import type { TlsContext } from '../daemon/tls/context.js';
-import { MeshFileError } from '../lib/errors.js';
-import { type LogLevel, silentLogger } from '../lib/log.js';
-import { type Mesh, type Workload, emptyMesh } from '../lib/mesh/model.js';
-import { LocalAddresses } from '../lib/net/addresses.js';
+} from '../../daemon/reconcile.js';
+import type { TlsContext } from '../../daemon/tls/context.js';
+import { MeshFileError } from '../../lib/errors.js';
+import { type LogLevel, silentLogger } from '../../lib/log.js';
+import { type Mesh, type Workload, emptyMesh } from '../../lib/mesh/model.js';
+import { LocalAddresses } from '../../lib/net/addresses.js';
 
 const workload = (name: string, over: Partial<Workload> = {}): Workload => ({
   name,

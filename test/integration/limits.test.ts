@@ -4,19 +4,18 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { type ClientHttp2Session, type ClientHttp2Stream, connect as h2connect } from 'node:http2';
 import { type Socket, connect } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import test from 'ava';
-import type { Ambitd } from '../daemon/daemon.js';
-import { FdReserve, readNofileLimit } from '../daemon/limits/fds.js';
-import { Refusals, peerAbuseReason } from '../daemon/limits/refusal.js';
-import { Metrics } from '../daemon/metrics/metrics.js';
-import { sniForIdentity } from '../daemon/proxy/hbone.js';
-import { ExplicitListeners } from '../daemon/proxy/outbound/explicit.js';
-import type { Outbound } from '../daemon/proxy/outbound/outbound.js';
-import { NODE_FLAGS } from '../daemon/proxy/reclaim.js';
+import type { Ambitd } from '../../daemon/daemon.js';
+import { FdReserve, readNofileLimit } from '../../daemon/limits/fds.js';
+import { Refusals, peerAbuseReason } from '../../daemon/limits/refusal.js';
+import { Metrics } from '../../daemon/metrics/metrics.js';
+import { sniForIdentity } from '../../daemon/proxy/hbone.js';
+import { ExplicitListeners } from '../../daemon/proxy/outbound/explicit.js';
+import type { Outbound } from '../../daemon/proxy/outbound/outbound.js';
+import { NODE_FLAGS } from '../../daemon/proxy/reclaim.js';
 import {
   CONFIG_KEYS,
   type ConfigInput,
@@ -24,8 +23,8 @@ import {
   LIMIT_KEYS,
   envName,
   loadConfig,
-} from '../lib/config.js';
-import { silentLogger } from '../lib/log.js';
+} from '../../lib/config.js';
+import { silentLogger } from '../../lib/log.js';
 import {
   type Cluster,
   clientWorkload,
@@ -42,13 +41,14 @@ import {
   until,
   upstreamTo,
   workload,
-} from './helpers/cluster.js';
-import { within } from './helpers/net.js';
+} from '../helpers/cluster.js';
+import { within } from '../helpers/net.js';
+import { ROOT } from '../helpers/paths.js';
 
 // Each limit of docs/limits.md on real daemons over loopback: it refuses, the refusal is counted in /metrics
 // with its reason, and a legitimate connection works during the attack and after it.
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const root = ROOT;
 const run = promisify(execFile);
 
 // One cluster at a time: the machine is small and every test starts two daemons.

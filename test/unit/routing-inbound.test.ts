@@ -8,13 +8,13 @@ import {
   decideInbound,
   peerFromUris,
   stillAdmits,
-} from '../daemon/proxy/inbound/decide.js';
-import type { Peer } from '../daemon/rbac.js';
-import type { StateStore } from '../daemon/state/store.js';
-import type { AmbitErrorCode } from '../lib/errors.js';
-import type { Mesh, Policy } from '../lib/mesh/model.js';
-import { canonicalIp, isLoopback } from '../lib/net/addresses.js';
-import { TRUST_DOMAIN, from, identityOf, node, policy, storeOf, workload } from './helpers/mesh.js';
+} from '../../daemon/proxy/inbound/decide.js';
+import type { Peer } from '../../daemon/rbac.js';
+import type { StateStore } from '../../daemon/state/store.js';
+import type { AmbitErrorCode } from '../../lib/errors.js';
+import type { Mesh, Policy } from '../../lib/mesh/model.js';
+import { canonicalIp, isLoopback } from '../../lib/net/addresses.js';
+import { TRUST_DOMAIN, from, identityOf, node, policy, storeOf, workload } from '../helpers/mesh.js';
 
 const NODE_ADDR = '10.0.0.1';
 const TUNNEL = 15008;

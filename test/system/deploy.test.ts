@@ -1,17 +1,17 @@
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
 import { parseAllDocuments, parse as parseYaml } from 'yaml';
-import { NODE_FLAGS } from '../daemon/proxy/reclaim.js';
-import { CONFIG_KEYS, envName, loadConfig } from '../lib/config.js';
+import { NODE_FLAGS } from '../../daemon/proxy/reclaim.js';
+import { CONFIG_KEYS, envName, loadConfig } from '../../lib/config.js';
+import { ROOT } from '../helpers/paths.js';
 
 // The deployment artifacts are checked against the daemon they deploy: the settings they pass must load,
 // and the ports and paths they name must be the ones ambitd serves.
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const root = ROOT;
 const run = promisify(execFile);
 
 interface K8sObject {

@@ -1,7 +1,7 @@
 import test from 'ava';
-import { parseAuthority } from '../daemon/proxy/hbone.js';
-import { unmapIp } from '../lib/net/addresses.js';
-import { joinHostPort, splitHostPort } from '../lib/net/hostport.js';
+import { parseAuthority } from '../../daemon/proxy/hbone.js';
+import { unmapIp } from '../../lib/net/addresses.js';
+import { joinHostPort, splitHostPort } from '../../lib/net/hostport.js';
 
 test('joinHostPort brackets IPv6 hosts only', (t) => {
   t.is(joinHostPort('198.18.0.1', 15008), '198.18.0.1:15008');

@@ -18,14 +18,14 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
-import { PlainConnection } from '../daemon/io/plain.js';
-import { ErrorCode } from '../daemon/proxy/h2/codes.js';
-import { H2Session, type H2SessionOptions, nghttp2Version } from '../daemon/proxy/h2/session.js';
-import type { H2Headers, H2Stream } from '../daemon/proxy/h2/stream.js';
-import { pipeBoth, spliceBoth } from '../daemon/proxy/pipe.js';
-import { TlsConnection } from '../daemon/tls/connection.js';
-import { TlsContext } from '../daemon/tls/context.js';
-import { H2ProtocolError } from '../lib/errors.js';
+import { PlainConnection } from '../../daemon/io/plain.js';
+import { ErrorCode } from '../../daemon/proxy/h2/codes.js';
+import { H2Session, type H2SessionOptions, nghttp2Version } from '../../daemon/proxy/h2/session.js';
+import type { H2Headers, H2Stream } from '../../daemon/proxy/h2/stream.js';
+import { pipeBoth, spliceBoth } from '../../daemon/proxy/pipe.js';
+import { TlsConnection } from '../../daemon/tls/connection.js';
+import { TlsContext } from '../../daemon/tls/context.js';
+import { H2ProtocolError } from '../../lib/errors.js';
 import {
   Flag,
   type Frame,
@@ -44,8 +44,8 @@ import {
   rstStreamFrame,
   settingsFrame,
   windowUpdateFrame,
-} from './helpers/h2raw.js';
-import { next, sleep, within } from './helpers/net.js';
+} from '../helpers/h2raw.js';
+import { next, sleep, within } from '../helpers/net.js';
 
 const HOST = '127.0.0.1';
 const MiB = 1024 * 1024;

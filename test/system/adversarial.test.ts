@@ -15,17 +15,16 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { connect as h2connect } from 'node:http2';
 import { type AddressInfo, type Server, type Socket, createServer, connect as tcpConnect } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
-import { fileURLToPath } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
 import { parseDocument } from 'yaml';
-import { EmbeddedCa } from '../daemon/identity/ca.js';
-import { spiffeId } from '../daemon/identity/spiffe.js';
-import { sniForIdentity } from '../daemon/proxy/hbone.js';
-import { NODE_FLAGS } from '../daemon/proxy/reclaim.js';
-import { addPolicy, editMeshFile, upsertWorkload } from '../lib/mesh/edit.js';
-import { writeFileAtomic } from '../lib/mesh/file/write.js';
+import { EmbeddedCa } from '../../daemon/identity/ca.js';
+import { spiffeId } from '../../daemon/identity/spiffe.js';
+import { sniForIdentity } from '../../daemon/proxy/hbone.js';
+import { NODE_FLAGS } from '../../daemon/proxy/reclaim.js';
+import { addPolicy, editMeshFile, upsertWorkload } from '../../lib/mesh/edit.js';
+import { writeFileAtomic } from '../../lib/mesh/file/write.js';
 import {
   type Credentials,
   RawH2,
@@ -34,7 +33,7 @@ import {
   rawTls13,
   stalledHandshake,
   waitFor,
-} from './helpers/attacker.js';
+} from '../helpers/attacker.js';
 import {
   clientWorkload,
   echoServer,
@@ -47,7 +46,7 @@ import {
   sleep,
   upstreamTo,
   workload,
-} from './helpers/cluster.js';
+} from '../helpers/cluster.js';
 import {
   Flag,
   FrameType,
@@ -63,11 +62,11 @@ import {
   readFrames,
   rstStreamFrame,
   settingsFrame,
-} from './helpers/h2raw.js';
-import { within } from './helpers/net.js';
-import { Alert, ContentType, type RawTls13Client, keyUpdate } from './helpers/tls13.js';
+} from '../helpers/h2raw.js';
+import { within } from '../helpers/net.js';
+import { AMBITD } from '../helpers/paths.js';
+import { Alert, ContentType, type RawTls13Client, keyUpdate } from '../helpers/tls13.js';
 
-const AMBITD = join(dirname(fileURLToPath(import.meta.url)), '..', 'daemon', 'main.js');
 const MiB = 1024 * 1024;
 /**
  * How far the victim's RSS may rise above its own baseline (measured in the same test, after the first

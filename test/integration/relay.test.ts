@@ -8,24 +8,23 @@ import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
-import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import { pino } from 'pino';
-import { sniForIdentity } from '../daemon/proxy/hbone.js';
-import { type Peer, authorize } from '../daemon/rbac.js';
-import { type ConsulIntention, compileIntentions } from '../lib/consul/intentions.js';
-import type { Logger } from '../lib/log.js';
-import { addPolicy, editMeshFile } from '../lib/mesh/edit.js';
-import type { Policy, PolicySource } from '../lib/mesh/model.js';
+import { sniForIdentity } from '../../daemon/proxy/hbone.js';
+import { type Peer, authorize } from '../../daemon/rbac.js';
+import { type ConsulIntention, compileIntentions } from '../../lib/consul/intentions.js';
+import type { Logger } from '../../lib/log.js';
+import { addPolicy, editMeshFile } from '../../lib/mesh/edit.js';
+import type { Policy, PolicySource } from '../../lib/mesh/model.js';
 import {
   LocalAddresses,
   bindAccepts,
   canonicalIp,
   interfaceAddresses,
   isLoopback,
-} from '../lib/net/addresses.js';
-import { ADMIN_TOKEN_FILE } from '../lib/paths.js';
-import { type Credentials, forgeLeaf } from './helpers/attacker.js';
+} from '../../lib/net/addresses.js';
+import { ADMIN_TOKEN_FILE } from '../../lib/paths.js';
+import { type Credentials, forgeLeaf } from '../helpers/attacker.js';
 import {
   type Cluster,
   echoServer,
@@ -36,9 +35,9 @@ import {
   startCluster,
   until,
   workload,
-} from './helpers/cluster.js';
+} from '../helpers/cluster.js';
+import { CLI } from '../helpers/paths.js';
 
-const CLI = fileURLToPath(new URL('../agent-cli/main.js', import.meta.url));
 const TD = 'ambit.local';
 const id = (service: string, td = TD, ns = 'default'): string =>
   `spiffe://${td}/ns/${ns}/dc/dc1/svc/${service}`;

@@ -2,10 +2,10 @@ import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promise
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
-import { MeshFileSource } from '../daemon/state/file-source.js';
-import { StateStore } from '../daemon/state/store.js';
-import { MeshFileError, MeshLockedError, NotFoundError } from '../lib/errors.js';
-import { silentLogger } from '../lib/log.js';
+import { MeshFileSource } from '../../daemon/state/file-source.js';
+import { StateStore } from '../../daemon/state/store.js';
+import { MeshFileError, MeshLockedError, NotFoundError } from '../../lib/errors.js';
+import { silentLogger } from '../../lib/log.js';
 import {
   addPolicy,
   editMeshFile,
@@ -14,10 +14,10 @@ import {
   setDefaultPolicy,
   setNode,
   upsertWorkload,
-} from '../lib/mesh/edit.js';
-import { parseMesh, readMeshFile } from '../lib/mesh/file/parse.js';
-import { meshToDoc } from '../lib/mesh/file/serialise.js';
-import { type Mesh, type Workload, emptyMesh } from '../lib/mesh/model.js';
+} from '../../lib/mesh/edit.js';
+import { parseMesh, readMeshFile } from '../../lib/mesh/file/parse.js';
+import { meshToDoc } from '../../lib/mesh/file/serialise.js';
+import { type Mesh, type Workload, emptyMesh } from '../../lib/mesh/model.js';
 
 const FULL_YAML = `# the whole format
 defaultPolicy: deny

@@ -4,11 +4,11 @@ import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import test from 'ava';
-import { Netns, waitForOutput, whyNotRunnable } from './helpers/netns.js';
+import { Netns, waitForOutput, whyNotRunnable } from '../helpers/netns.js';
+import { ROOT } from '../helpers/paths.js';
 
-const ROOT = resolve(import.meta.dirname, '..', '..');
 const DAEMON = join(ROOT, 'dist', 'daemon', 'main.js');
 const CLI = join(ROOT, 'dist', 'agent-cli', 'main.js');
 const ADDON = join(ROOT, 'native', 'build', 'Release', 'ambit_native.node');

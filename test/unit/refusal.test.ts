@@ -1,8 +1,8 @@
 import test from 'ava';
 import { pino } from 'pino';
-import { Refusals } from '../daemon/limits/refusal.js';
-import { Metrics } from '../daemon/metrics/metrics.js';
-import { ConnectionAccount } from '../daemon/proxy/account.js';
+import { Refusals } from '../../daemon/limits/refusal.js';
+import { Metrics } from '../../daemon/metrics/metrics.js';
+import { ConnectionAccount } from '../../daemon/proxy/account.js';
 import {
   AmbitError,
   ConnectionRefusal,
@@ -11,8 +11,8 @@ import {
   badRequest,
   denied,
   unknownWorkload,
-} from '../lib/errors.js';
-import type { Logger } from '../lib/log.js';
+} from '../../lib/errors.js';
+import type { Logger } from '../../lib/log.js';
 
 /** The sum of a counter's samples whose labels include every given one. */
 async function sum(

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { forwardedFor, parseAuthority, parseForwardedFor } from '../daemon/proxy/hbone.js';
+import { forwardedFor, parseAuthority, parseForwardedFor } from '../../daemon/proxy/hbone.js';
 
 test('forwarded: what the outbound side writes, the inbound side reads back', (t) => {
   t.is(parseForwardedFor(forwardedFor('198.18.1.2', 40000)), '198.18.1.2');

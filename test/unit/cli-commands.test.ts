@@ -2,18 +2,18 @@
 // process, a mesh file or a daemon.
 import test from 'ava';
 import { InvalidArgumentError } from 'commander';
-import type { CertInfo } from '../agent-cli/admin.js';
-import { flag } from '../agent-cli/args.js';
-import { certsText } from '../agent-cli/commands/certs.js';
-import { type EnrollOpts, enrollWorkload, refuseEveryPort } from '../agent-cli/commands/enroll.js';
-import { workloadsText } from '../agent-cli/commands/list.js';
-import { nodesText } from '../agent-cli/commands/node.js';
-import { intentionsText, policiesText, policyName, policySources } from '../agent-cli/commands/policy.js';
-import { meshPath } from '../agent-cli/context.js';
-import { humanDuration, jsonText, table } from '../agent-cli/output.js';
-import type { ConsulIntention } from '../lib/consul/intentions.js';
-import { ConfigError } from '../lib/errors.js';
-import type { MeshNode, Policy, Workload } from '../lib/mesh/model.js';
+import type { CertInfo } from '../../agent-cli/admin.js';
+import { flag } from '../../agent-cli/args.js';
+import { certsText } from '../../agent-cli/commands/certs.js';
+import { type EnrollOpts, enrollWorkload, refuseEveryPort } from '../../agent-cli/commands/enroll.js';
+import { workloadsText } from '../../agent-cli/commands/list.js';
+import { nodesText } from '../../agent-cli/commands/node.js';
+import { intentionsText, policiesText, policyName, policySources } from '../../agent-cli/commands/policy.js';
+import { meshPath } from '../../agent-cli/context.js';
+import { humanDuration, jsonText, table } from '../../agent-cli/output.js';
+import type { ConsulIntention } from '../../lib/consul/intentions.js';
+import { ConfigError } from '../../lib/errors.js';
+import type { MeshNode, Policy, Workload } from '../../lib/mesh/model.js';
 
 const enrollOpts = (o: Partial<EnrollOpts> = {}): EnrollOpts => ({
   service: 'web',

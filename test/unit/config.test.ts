@@ -13,8 +13,8 @@ import {
   loadConfig,
   parseDuration,
   parseListen,
-} from '../lib/config.js';
-import { Secret } from '../lib/consul/secret.js';
+} from '../../lib/config.js';
+import { Secret } from '../../lib/consul/secret.js';
 
 // The loader made from the schema table (lib/config/schema.ts): the defaults, the precedence and the
 // error locations of the four-declarations loader it replaced, value for value.

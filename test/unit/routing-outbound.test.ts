@@ -1,7 +1,7 @@
 // The outbound routing decision without sockets, as ztunnel's build_request is tested: from the state in
 // force and a target, which service, endpoints, port per endpoint and tunnel session.
 import test from 'ava';
-import { sniForIdentity } from '../daemon/proxy/hbone.js';
+import { sniForIdentity } from '../../daemon/proxy/hbone.js';
 import {
   type OutboundPlan,
   type OutboundRoute,
@@ -9,9 +9,9 @@ import {
   endpointPort,
   planHop,
   planOutbound,
-} from '../daemon/proxy/outbound/plan.js';
-import type { Workload } from '../lib/mesh/model.js';
-import { identityOf, node, service, storeOf, workload } from './helpers/mesh.js';
+} from '../../daemon/proxy/outbound/plan.js';
+import type { Workload } from '../../lib/mesh/model.js';
+import { identityOf, node, service, storeOf, workload } from '../helpers/mesh.js';
 
 const NODES = [node('node-a', '10.0.0.1'), node('node-b', '10.0.0.2', 15018), node('node-6', 'fd00::6')];
 const client = workload({ name: 'client', service: 'web', node: 'node-a', addresses: ['10.1.0.1'] });

@@ -1,11 +1,11 @@
 import { type AddressInfo, type Server, type Socket, connect, createServer } from 'node:net';
 import test from 'ava';
 import { pino } from 'pino';
-import { Refusals } from '../daemon/limits/refusal.js';
-import { Metrics } from '../daemon/metrics/metrics.js';
-import { ConnectionAccount } from '../daemon/proxy/account.js';
-import { carry } from '../daemon/proxy/carry.js';
-import { SocketFactory } from '../daemon/proxy/sockets.js';
+import { Refusals } from '../../daemon/limits/refusal.js';
+import { Metrics } from '../../daemon/metrics/metrics.js';
+import { ConnectionAccount } from '../../daemon/proxy/account.js';
+import { carry } from '../../daemon/proxy/carry.js';
+import { SocketFactory } from '../../daemon/proxy/sockets.js';
 
 const listen = (server: Server): Promise<number> =>
   new Promise((resolve) =>
