@@ -179,6 +179,16 @@ export class MeshFileSource extends EventEmitter {
     }
     this.#signature = sig;
     if (text === undefined || text === this.#lastText) return;
+    if (text.trim() === '') {
+      // Every in-place write passes through an empty file (truncate, then write), and the stat above cannot
+      // tell when the write has not started yet. An empty file is kept as a removed one is: the last good
+      // state stays in force, so that one save in an editor never blackholes the node for an instant.
+      if (this.#lastText !== '') {
+        this.#log.warn({ file: this.path }, 'mesh file is empty; keeping the last good state in force');
+      }
+      this.#lastText = '';
+      return;
+    }
     try {
       this.#apply(this.#parse(text), text);
     } catch (err) {

@@ -485,6 +485,25 @@ test('MeshFileSource applies live edits and keeps the last good state on a malfo
   t.is(source.lastError, undefined);
 });
 
+test('MeshFileSource keeps the last good state while the file is empty (an in-place save)', async (t) => {
+  const dir = await withDir(t);
+  const file = join(dir, 'mesh.yaml');
+  const full = `${MINIMAL}workloads:\n  web-1: { node: n1, addresses: [127.0.0.1], ports: [8080] }\n`;
+  await writeFile(file, full);
+  const store = new StateStore();
+  const source = new MeshFileSource(file, store, silentLogger(), { pollMs: 100, debounceMs: 10 });
+  t.teardown(() => source.close());
+  await source.start();
+  t.truthy(store.workload('web-1'));
+  // An editor's save, held at its first step (the file truncated) for longer than a reload takes.
+  await writeFile(file, '');
+  await new Promise((r) => setTimeout(r, 400));
+  t.truthy(store.workload('web-1'), 'an empty file does not empty the mesh');
+  t.is(source.lastError, undefined);
+  await writeFile(file, full.replace('ports: [8080]', 'ports: [8081]'));
+  await until(() => store.workload('web-1')?.ports[0] === 8081, 2000, 'the finished save to be applied');
+});
+
 test('MeshFileSource refuses to start on an invalid file, and starts empty without one', async (t) => {
   const dir = await withDir(t);
   const file = join(dir, 'mesh.yaml');
