@@ -8,11 +8,13 @@ import type { H2SessionOptions } from './h2/session.js';
 // is the destination workload's ip:port.
 
 /**
- * Per-stream receive window: it starts small and grows to ztunnel's 4 MiB when a round trip needs it (a
- * BDP sample in the session). On a short path (a LAN, one host) a slow reader then holds 256 KiB here
- * rather than 4 MiB, which a garbage-collected daemon pays for; a long path still fills its link.
+ * Per-stream receive window: it starts at 1 MiB and grows to ztunnel's 4 MiB when a round trip needs it (a
+ * BDP sample in the session). On one host or a LAN the round trip is short but the scheduler's is not: on
+ * a busy 2-core host 256 KiB held one connection's bulk to the pace of WINDOW_UPDATEs (1 MiB carried 20%
+ * more, bench/NOTES.md 2026-12-01). A slow reader holds 1 MiB here rather than 4 MiB; the 4 MiB bound a
+ * peer can drive the window to is unchanged.
  */
-export const STREAM_WINDOW = 256 * 1024;
+export const STREAM_WINDOW = 1024 * 1024;
 export const MAX_STREAM_WINDOW = 4 * 1024 * 1024;
 export const CONNECTION_WINDOW = 16 * 1024 * 1024;
 export const MAX_FRAME = 1024 * 1024 - 1;
