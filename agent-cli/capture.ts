@@ -10,9 +10,8 @@ import {
 import { type CaptureSpec, failModeOf } from '../lib/capture/rules.js';
 import { type DaemonConfig, loadConfig } from '../lib/config.js';
 import { CaptureError } from '../lib/errors.js';
-import { readMeshFile } from '../lib/mesh/file/parse.js';
 import type { Workload } from '../lib/mesh/model.js';
-import { type GlobalOpts, meshPath } from './context.js';
+import { type GlobalOpts, readMesh } from './context.js';
 
 export interface CaptureOpts {
   config?: string;
@@ -22,14 +21,14 @@ export interface CaptureOpts {
 
 type Globals = Pick<GlobalOpts, 'stateDir' | 'mesh'>;
 
-function settings(g: Globals, o: CaptureOpts): { config: DaemonConfig; meshFile: string; node: string } {
-  const config = loadConfig({ configFile: o.config, flags: { stateDir: g.stateDir } });
-  return {
-    config,
-    meshFile: meshPath(g),
-    node: o.node ?? config.nodeName,
-  };
+function settings(g: Globals, o: CaptureOpts): { config: DaemonConfig; node: string } {
+  const config = daemonSettings(g, o.config);
+  return { config, node: o.node ?? config.nodeName };
 }
+
+/** ambitd's configuration as the daemon on this host reads it: --config (else AMBIT_CONFIG), the state dir. */
+export const daemonSettings = (g: Pick<GlobalOpts, 'stateDir'>, configFile?: string): DaemonConfig =>
+  loadConfig({ configFile, flags: { stateDir: g.stateDir } });
 
 export function captureSpec(config: DaemonConfig, workloads: readonly Workload[]): CaptureSpec {
   return {
@@ -66,8 +65,8 @@ export function needRoot(what: string): void {
 
 /** Installs the rules for the workloads of `node` in the mesh file; returns a one-line summary. */
 export async function installFor(g: Globals, o: CaptureOpts): Promise<string> {
-  const { config, meshFile, node } = settings(g, o);
-  const mesh = await readMeshFile(meshFile);
+  const { config, node } = settings(g, o);
+  const mesh = await readMesh(g);
   const local = mesh.workloads.filter((w) => w.node === node);
   const backend = await detectBackend(o.backend ?? config.capture.backend);
   const spec = captureSpec(config, local);
@@ -87,11 +86,15 @@ export async function installFor(g: Globals, o: CaptureOpts): Promise<string> {
 }
 
 /** After an enrollment on this host: brings installed capture rules up to date (no-op when none are). */
-export async function refreshCaptureAfterEnroll(g: Globals, node: string): Promise<string | undefined> {
+export async function refreshCaptureAfterEnroll(
+  g: Globals,
+  node: string,
+  configFile?: string,
+): Promise<string | undefined> {
   if (process.platform !== 'linux' || process.getuid?.() !== 0) return undefined;
   let backend: Backend;
   try {
-    const { config } = settings(g, {});
+    const { config } = settings(g, { config: configFile });
     if (config.nodeName !== node) return undefined;
     backend = await detectBackend(config.capture.backend);
     const shown = await showCapture(backend);
@@ -99,9 +102,9 @@ export async function refreshCaptureAfterEnroll(g: Globals, node: string): Promi
   } catch {
     return undefined;
   }
-  return installFor(g, { node, backend });
+  return installFor(g, { node, backend, config: configFile });
 }
 
-/** --backend, else the one ambitd's config names (auto-detected by default). */
-export const backendFor = (o: CaptureOpts): Promise<Backend> =>
-  detectBackend(o.backend ?? loadConfig({}).capture.backend);
+/** --backend, else the one ambitd's config (--config, else AMBIT_CONFIG) names; auto-detected by default. */
+export const backendFor = (g: Pick<GlobalOpts, 'stateDir'>, o: CaptureOpts): Promise<Backend> =>
+  detectBackend(o.backend ?? daemonSettings(g, o.config).capture.backend);

@@ -27,7 +27,7 @@ import { SocketFactory } from './proxy/sockets.js';
 import { type Readiness, readinessOf } from './readiness.js';
 import { Reconciler, checkHostMesh, missingCertificates, registerInMeshFile } from './reconcile.js';
 import { ConsulControlPlane } from './state/consul-control-plane.js';
-import { MeshFileSource } from './state/file-source.js';
+import { MeshFileSource, lastGoodPath } from './state/file-source.js';
 import { StateStore } from './state/store.js';
 
 export type { BoundPorts } from './own-listeners.js';
@@ -225,6 +225,7 @@ export class Ambitd {
       this.#source = new MeshFileSource(config.meshFile, this.store, log, {
         pollMs: config.meshPollMs,
         check: (mesh) => checkHostMesh(mesh, config),
+        lastGood: lastGoodPath(config.stateDir, config.meshFile),
       });
       this.#source.on('applied', () => this.metrics.meshReloads.inc({ result: 'applied' }));
       this.#source.on('rejected', () => this.metrics.meshReloads.inc({ result: 'rejected' }));

@@ -34,9 +34,9 @@ export function registerCapture(program: Command, io: Io): void {
     });
   common(capture.command('remove'))
     .description('Remove every AMBIT_* chain and every jump to one (IPv4 and IPv6).')
-    .action(async (o: CaptureOpts) => {
+    .action(async (o: CaptureOpts, cmd: Command) => {
       needRoot('remove');
-      const backend = await backendFor(o);
+      const backend = await backendFor(globals(cmd), o);
       const n = await removeCapture(backend);
       io.out(
         n
@@ -47,9 +47,9 @@ export function registerCapture(program: Command, io: Io): void {
   common(capture.command('show'))
     .description('Print the capture rules installed now (the AMBIT_* part of iptables-save -t nat).')
     .option('--json', 'print {backend, families: [{family, lines}]} as JSON')
-    .action(async (o: CaptureOpts & { json?: boolean }) => {
+    .action(async (o: CaptureOpts & { json?: boolean }, cmd: Command) => {
       needRoot('show');
-      const backend = await backendFor(o);
+      const backend = await backendFor(globals(cmd), o);
       const shown = await showCapture(backend);
       if (o.json) return io.out(jsonText({ backend, families: shown }));
       if (!shown.some((s) => s.lines.length))

@@ -1,5 +1,4 @@
 // `ambit enroll`: a workload into the mesh file (its node must be there already), or into the Consul catalog.
-import { hostname } from 'node:os';
 import { type Command, Option } from 'commander';
 import { ConfigError } from '../../lib/errors.js';
 import { editMeshFile, upsertWorkload } from '../../lib/mesh/edit.js';
@@ -15,14 +14,16 @@ import {
   parseUpstream,
   repeatable,
 } from '../args.js';
-import { refreshCaptureAfterEnroll } from '../capture.js';
+import { daemonSettings, refreshCaptureAfterEnroll } from '../capture.js';
 import { consulClient, consulEnroll } from '../consul.js';
 import { type Io, globals, meshPath } from '../context.js';
 
 export interface EnrollOpts {
   service: string;
   namespace: string;
+  /** Resolved before enrollWorkload: --node, else the configured node name. */
   node: string;
+  config?: string;
   address?: string[];
   ip?: string[];
   failMode?: FailMode;
@@ -85,7 +86,14 @@ export function registerEnroll(program: Command, io: Io): void {
     .argument('<name>', 'workload name, unique in the mesh (e.g. web-1)')
     .requiredOption('--service <svc>', 'service the workload belongs to; its identity is this service')
     .option('--namespace <ns>', 'namespace of the service', 'default')
-    .option('--node <node>', 'node (host running ambitd) the workload runs on', hostname())
+    .option(
+      '--node <node>',
+      "node (host running ambitd) the workload runs on [default: ambitd's nodeName, from --config or AMBIT_CONFIG, else the host name]",
+    )
+    .option(
+      '--config <file>',
+      "ambitd's config file, for its nodeName and capture settings; env AMBIT_CONFIG",
+    )
     .option('--address <ip>', 'IP address of the workload (repeatable)', repeatable(parseIp))
     .option(
       '--ip <ip>',
@@ -115,7 +123,12 @@ export function registerEnroll(program: Command, io: Io): void {
       ).choices(['open', 'closed']),
     )
     .option('--no-capture', 'do not update the capture rules installed on this host')
-    .action(async (name: string, o: EnrollOpts, cmd: Command) => {
+    .action(async (name: string, given: Omit<EnrollOpts, 'node'> & { node?: string }, cmd: Command) => {
+      // The daemon's own name for this host, so that a workload enrolled here lands on this node.
+      const o: EnrollOpts = {
+        ...given,
+        node: given.node ?? daemonSettings(globals(cmd), given.config).nodeName,
+      };
       let w = enrollWorkload(name, o);
       const consul = consulClient(globals(cmd));
       if (consul) {
@@ -146,7 +159,7 @@ export function registerEnroll(program: Command, io: Io): void {
           `${w.addresses.join(',')}${ports}) on node ${w.node}\n`,
       );
       if (o.capture !== false) {
-        const updated = await refreshCaptureAfterEnroll(globals(cmd), w.node);
+        const updated = await refreshCaptureAfterEnroll(globals(cmd), w.node, o.config);
         if (updated) io.out(updated);
       }
     });

@@ -1,9 +1,8 @@
 // `ambit list`: the enrolled workloads, from the mesh file or the Consul catalog.
 import type { Command } from 'commander';
-import { readMeshFile } from '../../lib/mesh/file/parse.js';
 import type { Workload } from '../../lib/mesh/model.js';
 import { consulClient, consulWorkloads } from '../consul.js';
-import { type Io, globals, meshPath } from '../context.js';
+import { type Io, globals, meshPath, readMesh } from '../context.js';
 import { jsonText, table } from '../output.js';
 
 /** `ambit list`'s output, whichever backend the workloads come from; `where` names it when there are none. */
@@ -41,6 +40,6 @@ export function registerList(program: Command, io: Io): void {
         return io.out(workloadsText(workloads, o.json, `Consul at ${consul.address}`));
       }
       const file = meshPath(globals(cmd));
-      io.out(workloadsText((await readMeshFile(file)).workloads, o.json, file));
+      io.out(workloadsText((await readMesh(globals(cmd))).workloads, o.json, file));
     });
 }

@@ -1,12 +1,11 @@
 // `ambit node set|list`: the hosts running ambitd, as the mesh file lists them.
 import type { Command } from 'commander';
 import { editMeshFile, setNode } from '../../lib/mesh/edit.js';
-import { readMeshFile } from '../../lib/mesh/file/parse.js';
 import { DEFAULT_TUNNEL_PORT } from '../../lib/mesh/file/schema.js';
 import type { Mesh } from '../../lib/mesh/model.js';
 import { joinHostPort } from '../../lib/net/hostport.js';
 import { checkObjectName, flag, parseIp, parsePort } from '../args.js';
-import { type Io, globals, meshPath } from '../context.js';
+import { type Io, globals, meshPath, readMesh } from '../context.js';
 import { jsonText, table } from '../output.js';
 
 /** `ambit node list`'s output: each node with the number of workloads enrolled on it. */
@@ -53,6 +52,6 @@ export function registerNode(program: Command, io: Io): void {
     .description('List the nodes of the mesh.')
     .option('--json', 'print the nodes as JSON')
     .action(async (o: { json?: boolean }, cmd: Command) => {
-      io.out(nodesText(await readMeshFile(meshPath(globals(cmd))), o.json));
+      io.out(nodesText(await readMesh(globals(cmd)), o.json));
     });
 }

@@ -3,7 +3,6 @@ import { Argument, type Command } from 'commander';
 import type { ConsulIntention } from '../../lib/consul/intentions.js';
 import { ConfigError, NotFoundError } from '../../lib/errors.js';
 import { addPolicy, editMeshFile, removePolicy, setDefaultPolicy } from '../../lib/mesh/edit.js';
-import { readMeshFile } from '../../lib/mesh/file/parse.js';
 import type { Mesh, Policy, PolicyAction, PolicySource } from '../../lib/mesh/model.js';
 import {
   checkObjectName,
@@ -23,7 +22,7 @@ import {
   consulSetIntentions,
   intentionAction,
 } from '../consul.js';
-import { type Io, globals, meshPath } from '../context.js';
+import { type Io, globals, meshPath, readMesh } from '../context.js';
 import { jsonText, table } from '../output.js';
 
 export interface PolicyOpts {
@@ -35,10 +34,29 @@ export interface PolicyOpts {
   name?: string;
 }
 
-/** The sources of `--from`, `--from-namespace` and `--from-principal`, in that order; `ns` is the destination's. */
-export function policySources(o: PolicyOpts, ns: string): PolicySource[] {
+/** `--from '*'`: every source, said on purpose (a deny must say it; an allow without sources means it). */
+export const EVERY_SOURCE = '*';
+
+/**
+ * The sources of `--from`, `--from-namespace` and `--from-principal`, in that order; `ns` is the
+ * destination's. None is every source: an allow may mean it by giving none, a deny must say `--from '*'`
+ * (a forgotten --from would otherwise deny everyone, silently), and `*` stands alone.
+ */
+export function policySources(o: PolicyOpts, ns: string, action: PolicyAction = 'allow'): PolicySource[] {
+  const from = o.from ?? [];
+  const count = from.length + (o.fromNamespace?.length ?? 0) + (o.fromPrincipal?.length ?? 0);
+  if (from.includes(EVERY_SOURCE)) {
+    if (count > 1) throw new ConfigError("--from '*' is every source: give it alone, without other sources");
+    return [];
+  }
+  if (count === 0 && action === 'deny') {
+    throw new ConfigError(
+      "policy deny needs a source: pass --from '*' to deny every source, or name them with --from, " +
+        '--from-namespace or --from-principal',
+    );
+  }
   return [
-    ...(o.from ?? []).map((f) => {
+    ...from.map((f) => {
       const r = flag(`--from "${f}"`, () => parseServiceRef(f, ns, true));
       return { service: r.service, namespace: r.namespace, principal: undefined };
     }),
@@ -48,6 +66,23 @@ export function policySources(o: PolicyOpts, ns: string): PolicySource[] {
     }),
     ...(o.fromPrincipal ?? []).map((p) => ({ service: undefined, namespace: undefined, principal: p })),
   ];
+}
+
+/**
+ * The services `p` names (destination, then sources) that no workload or services entry of `mesh` has, as
+ * `svc.ns` (`svc.*` for a source of any namespace): a typo there is a rule that never matches.
+ */
+export function unknownServices(mesh: Pick<Mesh, 'services'>, p: Policy): string[] {
+  const known = (service: string, namespace: string | undefined): boolean =>
+    mesh.services.some((s) => s.name === service && (namespace === undefined || s.namespace === namespace));
+  const out: string[] = [];
+  if (!known(p.service, p.namespace)) out.push(`${p.service}.${p.namespace}`);
+  for (const f of p.from) {
+    if (f.service === undefined || known(f.service, f.namespace)) continue;
+    const svc = `${f.service}.${f.namespace ?? '*'}`;
+    if (!out.includes(svc)) out.push(svc);
+  }
+  return out;
 }
 
 /** The name a policy gets without --name, e.g. allow-web-to-api or deny-ns-ops-to-db.prod-5432. */
@@ -117,7 +152,8 @@ function registerSet(policy: Command, io: Io, action: PolicyAction): void {
     .command(action)
     .description(
       `${action === 'allow' ? 'Allow' : 'Deny'} connections to a service (a deny wins over an allow).\n` +
-        'Sources are ANDed within one flag and ORed across flags; no source = every peer.\n' +
+        "Sources are ANDed within one flag and ORed across flags; --from '*' = every peer\n" +
+        '(an allow with no source means it too; a deny must say it).\n' +
         'A --from without a namespace means that service in the destination namespace; svc.* means any namespace.\n' +
         'In Consul mode: one intention per source (none = *), decided in Consul precedence order;\n' +
         '--port, --name, --from-principal and namespaces other than default are refused.',
@@ -125,7 +161,7 @@ function registerSet(policy: Command, io: Io, action: PolicyAction): void {
     .requiredOption('--to <svc[.ns]>', 'destination service')
     .option(
       '--from <svc[.ns]>',
-      'source service (repeatable)',
+      "source service (repeatable); '*' = every source (a deny needs a source)",
       repeatable((v) => v),
     )
     .option(
@@ -139,7 +175,7 @@ function registerSet(policy: Command, io: Io, action: PolicyAction): void {
     .action(async (o: PolicyOpts, cmd: Command) => {
       const to = flag(`--to "${o.to}"`, () => parseServiceRef(o.to));
       const ns = to.namespace!;
-      const from = policySources(o, ns);
+      const from = policySources(o, ns, action);
       const ports = [...new Set(o.port ?? [])];
       const consul = consulClient(globals(cmd));
       if (consul) {
@@ -153,7 +189,7 @@ function registerSet(policy: Command, io: Io, action: PolicyAction): void {
       flag(`policy name "${name}"`, () => checkObjectName(name, 'policy name'));
       const p: Policy = { name, action, service: to.service, namespace: ns, ports, from };
       let existed = false;
-      await editMeshFile(meshPath(globals(cmd)), (doc) => {
+      const mesh = await editMeshFile(meshPath(globals(cmd)), (doc) => {
         existed = addPolicy(doc, p);
       });
       const src = from.length ? from.map(fmtSource).join(' or ') : 'any peer';
@@ -161,6 +197,12 @@ function registerSet(policy: Command, io: Io, action: PolicyAction): void {
       io.out(
         `${existed ? 'updated' : 'added'} policy ${name}: ${action} ${src} -> ${to.service}.${ns}${portTxt}\n`,
       );
+      for (const svc of unknownServices(mesh, p)) {
+        io.err(
+          `ambit: warning: policy ${name} names service ${svc}, which the mesh does not know (no workload ` +
+            'or services entry has it); it takes effect once one does\n',
+        );
+      }
     });
 }
 
@@ -173,7 +215,7 @@ function registerPolicyList(policy: Command, io: Io): void {
       const consul = consulClient(globals(cmd));
       if (consul)
         return io.out(intentionsText(await consulIntentions(consul), o.json, `Consul at ${consul.address}`));
-      io.out(policiesText(await readMeshFile(meshPath(globals(cmd))), o.json));
+      io.out(policiesText(await readMesh(globals(cmd)), o.json));
     });
 }
 

@@ -1,13 +1,17 @@
 // The embedded control plane as seen by the daemon: the mesh file, watched, and applied to the state store
 // whenever it changes into something valid. An invalid edit never takes the mesh down: the last good state
-// stays in force and the error is reported (log, lastError, 'rejected').
+// stays in force and the error is reported (log, lastError, 'rejected'). Every applied text is also kept as
+// the last good copy in the state directory, so that a restart while the file is broken, empty or gone
+// starts from what was last in force rather than refusing to start (or starting empty).
 import { EventEmitter } from 'node:events';
 import { type FSWatcher, watch } from 'node:fs';
 import { mkdir, readFile, stat } from 'node:fs/promises';
-import { basename, dirname } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { MeshFileError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import { parseMesh } from '../../lib/mesh/file/parse.js';
+import { meshFormat } from '../../lib/mesh/file/schema.js';
+import { writeFileAtomic } from '../../lib/mesh/file/write.js';
 import type { Mesh } from '../../lib/mesh/model.js';
 import { emptyMesh } from '../../lib/mesh/model.js';
 import type { StateStore } from './store.js';
@@ -22,7 +26,16 @@ export interface MeshFileSourceOptions {
    * which keeps the last good state as any invalid file does.
    */
   check?: (mesh: Mesh) => void;
+  /**
+   * Where the text of every applied file is kept (see lastGoodPath); without it, nothing is kept and a
+   * broken file at start is refused.
+   */
+  lastGood?: string;
 }
+
+/** `<stateDir>/mesh.last-good.yaml` (`.json` for a JSON mesh file: the copy is parsed as the file is). */
+export const lastGoodPath = (stateDir: string, meshFile: string): string =>
+  join(stateDir, `mesh.last-good.${meshFormat(meshFile) === 'json' ? 'json' : 'yaml'}`);
 
 type Signature = string; // mtime|size|ino, or 'missing'
 
@@ -37,6 +50,7 @@ export class MeshFileSource extends EventEmitter {
   readonly #pollMs: number;
   readonly #debounceMs: number;
   readonly #check: (mesh: Mesh) => void;
+  readonly #lastGood: string | undefined;
   #watcher: FSWatcher | undefined;
   #poll: NodeJS.Timeout | undefined;
   #debounce: NodeJS.Timeout | undefined;
@@ -58,6 +72,7 @@ export class MeshFileSource extends EventEmitter {
     this.#pollMs = opts.pollMs ?? 1000;
     this.#debounceMs = opts.debounceMs ?? 50;
     this.#check = opts.check ?? (() => {});
+    this.#lastGood = opts.lastGood;
   }
 
   /** The error of the last change that was refused; cleared when a valid file is applied. */
@@ -71,24 +86,90 @@ export class MeshFileSource extends EventEmitter {
   }
 
   /**
-   * Loads the file (missing = empty mesh) and starts watching. An invalid file at start throws: a daemon
-   * must not come up serving a mesh that is not the one its operator wrote.
+   * Loads the file and starts watching. A file that is invalid, unreadable, empty or missing is replaced by
+   * the last good copy when there is one (the error reported as any rejected change is, and the watch goes
+   * on); without one, a missing or empty file is an empty mesh and an invalid one throws: a daemon must not
+   * come up serving a mesh that is not one its operator wrote.
    */
   async start(): Promise<void> {
     const sig = await this.#stat();
-    const text = await this.#read();
-    if (text === undefined) {
-      this.#log.warn({ file: this.path }, 'mesh file does not exist yet; starting with an empty mesh');
-      this.#apply(emptyMesh(), undefined);
-    } else {
-      this.#apply(this.#parse(text), text);
+    let text: string | undefined;
+    let broken: MeshFileError | undefined;
+    let mesh: Mesh | undefined;
+    try {
+      text = await this.#read();
+      if (text !== undefined && text.trim() !== '') mesh = this.#parse(text);
+    } catch (err) {
+      if (!(err instanceof MeshFileError)) throw err;
+      broken = err;
     }
+    if (mesh) await this.#apply(mesh, text);
+    else await this.#startWithout(text, broken);
     this.#signature = sig;
     // The directory must exist to be watched; the daemon owns it, and the CLI would create it anyway.
     await mkdir(dirname(this.path), { recursive: true }).catch(() => {});
     this.#watch();
     this.#poll = setInterval(() => void this.#checkPoll(), this.#pollMs);
     this.#poll.unref();
+  }
+
+  /** Start when the file gives no mesh: `text` undefined (missing) or empty, or `broken` says why not. */
+  async #startWithout(text: string | undefined, broken: MeshFileError | undefined): Promise<void> {
+    const saved = await this.#readLastGood();
+    if (!saved) {
+      if (broken) throw broken;
+      if (text === undefined)
+        this.#log.warn({ file: this.path }, 'mesh file does not exist yet; starting with an empty mesh');
+      await this.#apply(emptyMesh(), text);
+      return;
+    }
+    await this.#apply(saved.mesh, undefined, false);
+    // The file's own text, so that the poll neither re-reports it nor mistakes it for a change.
+    this.#lastText = text;
+    const from = { file: this.path, lastGood: this.#lastGood, savedAt: saved.savedAt.toISOString() };
+    if (!broken) {
+      const what = text === undefined ? 'does not exist' : 'is empty';
+      this.#log.warn(from, `mesh file ${what}; starting from the last good state`);
+      return;
+    }
+    this.#lastErrorKey = broken.message;
+    this.#log.error(
+      { ...from, field: broken.field, reason: broken.reason },
+      'mesh file rejected at start; starting from the last good state, watching for a fixed file',
+    );
+    this.#rejectQuietly(broken);
+  }
+
+  /** The last good copy, parsed and checked as the file is; undefined when there is none or it is unusable. */
+  async #readLastGood(): Promise<{ mesh: Mesh; savedAt: Date } | undefined> {
+    if (!this.#lastGood) return undefined;
+    try {
+      const [text, st] = await Promise.all([readFile(this.#lastGood, 'utf8'), stat(this.#lastGood)]);
+      const mesh = parseMesh(text, this.#lastGood);
+      this.#check(mesh);
+      return { mesh, savedAt: st.mtime };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+        this.#log.warn(
+          { lastGood: this.#lastGood, err: (err as Error).message },
+          'the last good copy of the mesh file is unusable; ignoring it',
+        );
+      }
+      return undefined;
+    }
+  }
+
+  /** Keeps `text` as the last good copy; a failure is logged, never a reason to refuse the file. */
+  async #saveLastGood(text: string): Promise<void> {
+    if (!this.#lastGood) return;
+    try {
+      await writeFileAtomic(this.#lastGood, text);
+    } catch (err) {
+      this.#log.warn(
+        { lastGood: this.#lastGood, err: (err as Error).message },
+        'cannot keep the last good copy of the mesh file',
+      );
+    }
   }
 
   close(): void {
@@ -189,13 +270,16 @@ export class MeshFileSource extends EventEmitter {
       this.#lastText = '';
       return;
     }
+    let mesh: Mesh;
     try {
-      this.#apply(this.#parse(text), text);
+      mesh = this.#parse(text);
     } catch (err) {
       if (!(err instanceof MeshFileError)) throw err;
       this.#lastText = text;
       this.#reject(err, sig);
+      return;
     }
+    await this.#apply(mesh, text);
   }
 
   #parse(text: string): Mesh {
@@ -204,7 +288,8 @@ export class MeshFileSource extends EventEmitter {
     return mesh;
   }
 
-  #apply(mesh: Mesh, text: string | undefined): void {
+  /** Puts `mesh` in force; `save`: keep `text` as the last good copy (not when it is that copy). */
+  async #apply(mesh: Mesh, text: string | undefined, save = true): Promise<void> {
     this.#store.replace(mesh);
     this.#lastText = text;
     this.#lastError = undefined;
@@ -218,14 +303,14 @@ export class MeshFileSource extends EventEmitter {
         services: mesh.services.length,
         policies: mesh.policies.length,
       },
-      'mesh applied',
+      save ? 'mesh applied' : 'mesh applied from the last good copy',
     );
+    if (save && text !== undefined && text.trim() !== '') await this.#saveLastGood(text);
     this.emit('applied', mesh);
   }
 
   #reject(err: MeshFileError, sig: Signature): void {
     this.#signature = sig;
-    this.#lastError = err;
     // Once per distinct error: a poll must not repeat the same complaint every second.
     if (err.message !== this.#lastErrorKey) {
       this.#lastErrorKey = err.message;
@@ -234,6 +319,12 @@ export class MeshFileSource extends EventEmitter {
         'mesh file change rejected; the last good state stays in force',
       );
     }
+    this.#rejectQuietly(err);
+  }
+
+  /** Records and announces a refusal already logged. */
+  #rejectQuietly(err: MeshFileError): void {
+    this.#lastError = err;
     this.emit('rejected', err);
   }
 

@@ -326,3 +326,120 @@ test('--help works on every command', async (t) => {
   const r = await ambit(['enroll', '--help']);
   t.regex(r.stdout, /--upstream <svc\[\.ns\]\[:port\]=listen>/);
 });
+
+test('enroll refuses an address and port already claimed by another workload, naming both', async (t) => {
+  const { mesh } = await tmp(t);
+  const m = ['--mesh', mesh];
+  t.is((await ambit([...m, 'node', 'set', 'node-a', '--address', '198.18.0.1'])).code, 0);
+  t.is((await ambit([...m, 'node', 'set', 'node-b', '--address', '198.18.0.2'])).code, 0);
+  const enroll = (name: string, node: string, ...more: string[]) =>
+    ambit([...m, 'enroll', name, '--service', name, '--node', node, '--address', '198.18.1.10', ...more]);
+  let r = await enroll('web-1', 'node-a', '--port', '8080');
+  t.is(r.code, 0, r.stderr);
+  const before = await readFile(mesh, 'utf8');
+  for (const more of [['--port', '8080'], []]) {
+    r = await enroll('api-1', 'node-b', ...more);
+    t.is(r.code, 2, more.join(' '));
+    t.is(r.stdout, '');
+    t.is(
+      r.stderr,
+      `ambit: ${mesh}: workloads.api-1.addresses: workloads "web-1" and "api-1" both claim 198.18.1.10 ` +
+        'port 8080: an address (and port) may belong to one workload only, or traffic meant for one ' +
+        'would be delivered to the other\n',
+    );
+  }
+  t.is(await readFile(mesh, 'utf8'), before, 'nothing written');
+  r = await enroll('api-1', 'node-b', '--port', '9090');
+  t.is(r.code, 0, r.stderr);
+});
+
+test('policy: a warning for unknown services; a deny needs --from, and --from * is every source', async (t) => {
+  const { mesh } = await tmp(t);
+  const m = ['--mesh', mesh];
+  t.is((await ambit([...m, 'node', 'set', 'node-a', '--address', '198.18.0.1'])).code, 0);
+  const e = ['enroll', 'api-1', '--service', 'api', '--node', 'node-a', '--address', '198.18.1.10'];
+  t.is((await ambit([...m, ...e, '--port', '80'])).code, 0);
+
+  let r = await ambit([...m, 'policy', 'allow', '--to', 'api', '--from', 'wbe']);
+  t.is(r.code, 0, r.stderr);
+  t.is(r.stdout, 'added policy allow-wbe-to-api: allow wbe.default -> api.default\n');
+  t.is(
+    r.stderr,
+    'ambit: warning: policy allow-wbe-to-api names service wbe.default, which the mesh does not know ' +
+      '(no workload or services entry has it); it takes effect once one does\n',
+  );
+
+  r = await ambit([...m, 'policy', 'deny', '--to', 'api']);
+  t.is(r.code, 1);
+  t.is(r.stdout, '');
+  t.is(
+    r.stderr,
+    "ambit: policy deny needs a source: pass --from '*' to deny every source, or name them with --from, " +
+      '--from-namespace or --from-principal\n',
+  );
+  t.notRegex(await readFile(mesh, 'utf8'), /deny/);
+
+  r = await ambit([...m, 'policy', 'deny', '--to', 'api', '--from', '*']);
+  t.is(r.code, 0, r.stderr);
+  t.is(r.stdout, 'added policy deny-all-to-api: deny any peer -> api.default\n');
+  t.is(r.stderr, '', 'api is known: no warning');
+  r = await ambit([...m, 'policy', 'list', '--json']);
+  const { policies } = JSON.parse(r.stdout) as { policies: Policy[] };
+  t.like(
+    policies.find((p) => p.name === 'deny-all-to-api'),
+    { action: 'deny', from: [] },
+  );
+});
+
+test('--mesh naming a missing file is an error for the commands that read it', async (t) => {
+  const { mesh } = await tmp(t);
+  for (const args of [['list'], ['node', 'list'], ['policy', 'list']]) {
+    const r = await ambit(['--mesh', mesh, ...args]);
+    t.is(r.code, 1, args.join(' '));
+    t.is(r.stdout, '');
+    t.is(r.stderr, `ambit: mesh file ${mesh} does not exist (given by --mesh or AMBIT_MESH_FILE)\n`);
+  }
+  const env = await ambit(['list'], { AMBIT_MESH_FILE: mesh });
+  t.is(env.code, 1);
+  t.regex(env.stderr, /does not exist/);
+  // The default file, missing, is a host with nothing enrolled yet.
+  const { dir } = await tmp(t);
+  const dflt = await ambit(['--state-dir', dir, 'list']);
+  t.is(dflt.code, 0, dflt.stderr);
+  t.is(dflt.stdout, `no workloads enrolled (${join(dir, 'mesh.yaml')})\n`);
+  // Commands that write still create it.
+  const r = await ambit(['--mesh', mesh, 'node', 'set', 'node-a', '--address', '198.18.0.1']);
+  t.is(r.code, 0, r.stderr);
+  t.is((await ambit(['--mesh', mesh, 'node', 'list'])).code, 0);
+});
+
+test('enroll --node defaults to the nodeName of the daemon config, not the host name', async (t) => {
+  const { mesh, dir } = await tmp(t);
+  const config = join(dir, 'ambitd.yaml');
+  await writeFile(config, 'nodeName: node-x\n');
+  const m = ['--mesh', mesh];
+  t.is((await ambit([...m, 'node', 'set', 'node-x', '--address', '198.18.0.1'])).code, 0);
+  const e = ['enroll', 'web-1', '--service', 'web', '--address', '198.18.1.10', '--port', '80'];
+  let r = await ambit([...m, ...e, '--config', config, '--no-capture']);
+  t.is(r.code, 0, r.stderr);
+  t.is(r.stdout, 'enrolled workload web-1 (service web.default, 198.18.1.10 ports 80) on node node-x\n');
+  r = await ambit([...m, ...e, '--no-capture'], { AMBIT_CONFIG: config });
+  t.is(r.code, 0, r.stderr);
+  t.is(r.stdout, 'updated workload web-1 (service web.default, 198.18.1.10 ports 80) on node node-x\n');
+  r = await ambit([...m, ...e, '--no-capture'], { AMBIT_NODE_NAME: 'node-y' });
+  t.is(r.code, 1);
+  t.regex(r.stderr, /^ambit: node "node-y" is not in the mesh/);
+});
+
+const asRoot = process.getuid?.() === 0 ? test : test.skip;
+asRoot('capture show and remove read the --config they are given', async (t) => {
+  const { dir } = await tmp(t);
+  const config = join(dir, 'ambitd.yaml');
+  await writeFile(config, 'captureBakend: nft\n');
+  for (const cmd of ['show', 'remove']) {
+    const r = await ambit(['capture', cmd, '--config', config]);
+    t.is(r.code, 1, cmd);
+    t.is(r.stdout, '');
+    t.regex(r.stderr, new RegExp(`^ambit: ${config}: captureBakend: unknown setting`), cmd);
+  }
+});

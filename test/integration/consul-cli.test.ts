@@ -179,7 +179,7 @@ test('policy in Consul mode: deny/allow write intentions, list and remove them',
   t.is(r.code, 0, r.err);
   t.is(r.out, 'updated intention web->echo: allow\nadded intention ops->echo: allow\n');
   t.is((await exact('web', 'echo')).body.Action, 'allow');
-  r = await c.cli('policy', 'deny', '--to', 'echo');
+  r = await c.cli('policy', 'deny', '--to', 'echo', '--from', '*');
   t.is(r.code, 0, r.err);
   t.is(r.out, 'added intention *->echo: deny\n');
 

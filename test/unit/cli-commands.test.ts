@@ -8,7 +8,13 @@ import { certsText } from '../../agent-cli/commands/certs.js';
 import { type EnrollOpts, enrollWorkload, refuseEveryPort } from '../../agent-cli/commands/enroll.js';
 import { workloadsText } from '../../agent-cli/commands/list.js';
 import { nodesText } from '../../agent-cli/commands/node.js';
-import { intentionsText, policiesText, policyName, policySources } from '../../agent-cli/commands/policy.js';
+import {
+  intentionsText,
+  policiesText,
+  policyName,
+  policySources,
+  unknownServices,
+} from '../../agent-cli/commands/policy.js';
 import { meshPath } from '../../agent-cli/context.js';
 import { humanDuration, jsonText, table } from '../../agent-cli/output.js';
 import type { ConsulIntention } from '../../lib/consul/intentions.js';
@@ -306,4 +312,45 @@ test('certsText: time left and refresh counted from now; a past refresh is due',
   t.regex(header!, /^WORKLOAD\s+IDENTITY\s+SERIAL\s+EXPIRES\s+LEFT\s+REFRESH\s+ROTATIONS$/);
   t.regex(row!, /2025-01-01T12:00:00Z {2}12h 0m {2}in 6h 30m {2}2$/);
   t.regex(due!, /12h 0m {2}due {8}2$/);
+});
+
+test("policySources: a deny needs a source; --from '*' is every source, and stands alone", (t) => {
+  t.deepEqual(policySources({ to: 'api', from: ['*'] }, 'default', 'deny'), []);
+  t.deepEqual(policySources({ to: 'api', from: ['*'] }, 'default', 'allow'), []);
+  t.deepEqual(policySources({ to: 'api' }, 'default', 'allow'), []);
+  t.is(
+    messageOf(() => policySources({ to: 'api' }, 'default', 'deny')),
+    "ConfigError: policy deny needs a source: pass --from '*' to deny every source, or name them with " +
+      '--from, --from-namespace or --from-principal',
+  );
+  t.is(
+    messageOf(() => policySources({ to: 'api', from: ['*'], fromNamespace: ['ops'] }, 'default', 'deny')),
+    "ConfigError: --from '*' is every source: give it alone, without other sources",
+  );
+});
+
+test('unknownServices: the destination and source services no workload or services entry has', (t) => {
+  const mesh = {
+    services: [
+      { name: 'api', namespace: 'default', vips: [], ports: [], waypoint: undefined },
+      { name: 'web', namespace: 'prod', vips: [], ports: [], waypoint: undefined },
+    ],
+  };
+  const policy = (service: string, namespace: string, from: Policy['from']): Policy => ({
+    name: 'p',
+    action: 'deny',
+    service,
+    namespace,
+    ports: [],
+    from,
+  });
+  const src = (service?: string, namespace?: string) => ({ service, namespace, principal: undefined });
+  t.deepEqual(unknownServices(mesh, policy('api', 'default', [src('web', 'prod'), src('web')])), []);
+  t.deepEqual(
+    unknownServices(
+      mesh,
+      policy('api', 'prod', [src('web', 'default'), src('evil'), src(undefined, 'ops'), src('evil')]),
+    ),
+    ['api.prod', 'web.default', 'evil.*'],
+  );
 });

@@ -85,3 +85,44 @@ policies: { p: { action: deny, service: s, namespace: x, ports: [1], from: [{ se
   t.deepEqual(Object.keys(doc.workloads?.w ?? {}), [...WORKLOAD_KEYS]);
   t.deepEqual(validateMesh(doc, 'm.yaml'), mesh);
 });
+
+const twoOn = (a: Record<string, unknown>, b: Record<string, unknown>) => ({
+  nodes: { 'node-a': { address: '10.0.0.1' }, 'node-b': { address: '10.0.0.9' } },
+  workloads: {
+    'web-1': { service: 'web', node: 'node-a', addresses: ['10.0.0.2'], ...a },
+    'api-1': { service: 'api', node: 'node-b', ...b },
+  },
+});
+
+test('validateMesh: an address and port claimed by two workloads is refused, naming both', (t) => {
+  const cases: [Record<string, unknown>, Record<string, unknown>, string][] = [
+    [{ ports: [8080] }, { addresses: ['10.0.0.2'], ports: [9090, 8080] }, '10.0.0.2 port 8080'],
+    [{ ports: [] }, { addresses: ['10.0.0.2'], ports: [9090] }, '10.0.0.2 port 9090'],
+    [{ ports: [8080, 8081] }, { addresses: ['10.0.0.2'] }, '10.0.0.2 port 8080,8081'],
+    [{ ports: [] }, { addresses: ['10.0.0.2'] }, 'every port of 10.0.0.2'],
+    // The same address in another spelling is the same address.
+    [
+      { addresses: ['2001:2::5'], ports: [80] },
+      { addresses: ['2001:0002:0:0::0005'], ports: [80] },
+      '2001:2::5 port 80',
+    ],
+    [{ ports: [80] }, { addresses: ['::ffff:10.0.0.2'], ports: [80] }, '10.0.0.2 port 80'],
+  ];
+  for (const [a, b, at] of cases) {
+    const err = t.throws(() => validateMesh(twoOn(a, b), 'mesh.yaml'), { instanceOf: MeshFileError });
+    t.is(err?.field, 'workloads.api-1.addresses');
+    t.is(
+      err?.reason,
+      `workloads "web-1" and "api-1" both claim ${at}: an address (and port) may belong to one workload ` +
+        'only, or traffic meant for one would be delivered to the other',
+    );
+  }
+});
+
+test('validateMesh: one address with disjoint ports is two workloads, as processes sharing a host', (t) => {
+  const mesh = validateMesh(twoOn({ ports: [8080] }, { addresses: ['10.0.0.2'], ports: [9090] }), 'm.yaml');
+  t.deepEqual(
+    mesh.workloads.map((w) => `${w.name} ${w.addresses.join()} ${w.ports.join()}`),
+    ['web-1 10.0.0.2 8080', 'api-1 10.0.0.2 9090'],
+  );
+});

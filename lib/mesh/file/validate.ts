@@ -328,7 +328,7 @@ export function meshFromValue(value: unknown): Mesh {
     parseWorkload(k, v, ['workloads', k]),
   );
 
-  const servedBy = new Map<string, string>(); // "ip|port" (port '*' = every port) -> workload
+  const claims = new Map<string, Workload[]>(); // canonical ip -> the workloads claiming it
   const listeners = new Map<string, string>(); // "node|port" -> "host by workload"
   for (const w of workloads) {
     const wp: PathSeg[] = ['workloads', w.name];
@@ -336,17 +336,8 @@ export function meshFromValue(value: unknown): Mesh {
       const known = nodeNames.size ? `known nodes: ${[...nodeNames].join(', ')}` : 'no nodes are defined';
       throw new Invalid([...wp, 'node'], `node "${w.node}" is not defined in nodes (${known})`);
     }
-    // Two workloads at one ip:port would make inbound delivery ambiguous.
-    for (const a of w.addresses) {
-      for (const p of w.ports.length ? w.ports : ['*']) {
-        const other = servedBy.get(`${a}|${p}`);
-        if (other) {
-          const at = p === '*' ? `every port of ${a}` : `${a} port ${p}`;
-          throw new Invalid([...wp, 'addresses'], `${at} is already served by workload "${other}"`);
-        }
-        servedBy.set(`${a}|${p}`, w.name);
-      }
-    }
+    const clash = addressClash(w, claims);
+    if (clash) throw new Invalid([...wp, 'addresses'], clash);
     const node = nodes.find((n) => n.name === w.node)!;
     if (w.ports.length === 0) {
       const own = ownAddress(w.addresses, node);
@@ -404,6 +395,39 @@ export function meshFromValue(value: unknown): Mesh {
     services,
     policies: entries(top.policies, ['policies']).map(([k, v]) => parsePolicy(k, v, ['policies', k])),
   };
+}
+
+/** What `ports` claims at an address: the listed ports, or every port when the list is empty. */
+const claimText = (ip: string, ports: readonly number[]): string =>
+  ports.length ? `${ip} port ${ports.join(',')}` : `every port of ${ip}`;
+
+/**
+ * Why `w` cannot have its addresses, if another workload already claims one of them at a port `w` also
+ * serves (every port counting as all of them). Two owners of one ip:port would make delivery ambiguous: a
+ * peer's tunnel would be sent to one node and refused there as "not a workload enrolled on" it. Records
+ * `w`'s claims when there is no clash; addresses compare in canonical form (`::ffff:a.b.c.d` is a.b.c.d).
+ */
+export function addressClash(w: Workload, claims: Map<string, Workload[]>): string | undefined {
+  const mine = [...new Set(w.addresses.map(canonicalIp))];
+  for (const ip of mine) {
+    for (const other of claims.get(ip) ?? []) {
+      // An empty list is every port: the overlap is then the other's list (or every port, both empty).
+      const shared =
+        other.ports.length === 0
+          ? w.ports
+          : w.ports.length === 0
+            ? other.ports
+            : w.ports.filter((p) => other.ports.includes(p));
+      if (w.ports.length > 0 && other.ports.length > 0 && shared.length === 0) continue;
+      const at = claimText(ip, shared);
+      return (
+        `workloads "${other.name}" and "${w.name}" both claim ${at}: an address (and port) may belong to ` +
+        'one workload only, or traffic meant for one would be delivered to the other'
+      );
+    }
+  }
+  for (const ip of mine) claims.set(ip, [...(claims.get(ip) ?? []), w]);
+  return undefined;
 }
 
 /**
