@@ -3,6 +3,7 @@
 // dual-stack where the host has IPv6).
 import test from 'ava';
 import { LocalAddresses, bindAccepts } from '../../lib/net/addresses.js';
+import { socketAddress } from '../../lib/net/hostport.js';
 
 // Interfaces are read from the host; the extra addresses stand for this node's own, of both families.
 const local = new LocalAddresses(() => ['198.18.7.7', '2001:2::7']);
@@ -38,4 +39,11 @@ test('a bind to one address accepts that address in any spelling', (t) => {
   t.true(bindAccepts('2001:2::7', '2001:2:0:0::7', local));
   t.false(bindAccepts('2001:2::7', '198.18.7.7', local));
   t.true(bindAccepts('198.18.7.7', '::ffff:198.18.7.7', local));
+});
+
+test('a socket end is printed bracketed when IPv6, unmapped when an IPv4-mapped peer', (t) => {
+  t.is(socketAddress('2001:2::7', 8443), '[2001:2::7]:8443');
+  t.is(socketAddress('::ffff:198.18.0.1', 40000), '198.18.0.1:40000');
+  t.is(socketAddress('198.18.0.1', 80), '198.18.0.1:80');
+  t.is(socketAddress(undefined, 80), undefined);
 });

@@ -1,0 +1,98 @@
+// IPv6 on loopback: a dual-stack tunnel listener reached by a peer over IPv6 and by a client over IPv4,
+// a workload listening on ::1 alone reached through the tunnel, and IPv6 addresses bracketed in the
+// access log. (Capture's choice of the address the client targeted needs namespaces: test/system.)
+import { randomBytes } from 'node:crypto';
+import { type AddressInfo, connect, createServer } from 'node:net';
+import { Writable } from 'node:stream';
+import test from 'ava';
+import { pino } from 'pino';
+import type { Logger } from '../../lib/log.js';
+import {
+  clientWorkload,
+  enroll,
+  freePort,
+  roundTrip,
+  sha256,
+  startCluster,
+  until,
+  upstreamTo,
+  workload,
+} from '../helpers/cluster.js';
+
+/** node-b's log lines, parsed. */
+function capture(): { logger: (node: string) => Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      for (const l of chunk.toString().split('\n'))
+        if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
+      done();
+    },
+  });
+  return {
+    lines,
+    logger: (n) => (n === 'node-b' ? pino({ level: 'info' }, sink) : pino({ level: 'silent' })),
+  };
+}
+
+const reaches = (host: string, port: number): Promise<boolean> =>
+  new Promise((resolve) => {
+    const s = connect({ host, port });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+
+test('a v6-only workload on ::1 is reached through a dual-stack tunnel, logged in brackets', async (t) => {
+  const logs = capture();
+  const cluster = await startCluster({
+    flags: { tunnel: '[::]:0', advertiseAddress: '::1' },
+    logger: logs.logger,
+  });
+  // A server on its IPv6 address alone: nothing answers on 127.0.0.1 at this port.
+  let accepted = 0;
+  const server = createServer({ allowHalfOpen: true }, (s) => {
+    accepted++;
+    s.on('error', () => {});
+    s.pipe(s);
+  });
+  await new Promise<void>((r) => server.listen({ port: 0, host: '::1', ipv6Only: true }, r));
+  const port = (server.address() as AddressInfo).port;
+  try {
+    const tunnelPort = cluster.b.ports.tunnel;
+    t.true(await reaches('::1', tunnelPort), 'the tunnel takes IPv6');
+    t.true(await reaches('127.0.0.1', tunnelPort), 'and IPv4, on the same socket');
+    t.false(await reaches('127.0.0.1', port), 'the workload does not listen on IPv4');
+
+    const upstreamPort = await freePort();
+    await enroll(
+      cluster.meshFile,
+      clientWorkload(9, upstreamTo('v6', upstreamPort)),
+      workload({ name: 'v6-1', service: 'v6', node: 'node-b', addresses: ['::1'], ports: [port] }),
+    );
+    await until(() => cluster.a.listeners.listening().length === 1, 5000, 'upstream listener bound');
+    await until(
+      () => cluster.b.readiness().ready && cluster.b.certs.list().length === 1,
+      5000,
+      'node-b ready',
+    );
+    const payload = randomBytes(64 * 1024);
+    const back = await roundTrip(upstreamPort, payload);
+    t.is(back.sha256, sha256(payload));
+    t.is(accepted, 1);
+
+    await until(() => logs.lines.some((l) => l.msg === 'connection closed'), 5000, 'access log line');
+    const line = logs.lines.find((l) => l.msg === 'connection closed') as {
+      src: { addr: string };
+      dst: { addr: string; workload: string };
+    };
+    t.regex(line.src.addr, /^\[::1\]:\d+$/, 'the tunnel peer, over IPv6, bracketed');
+    t.is(line.dst.addr, `[::1]:${port}`);
+    t.is(line.dst.workload, 'v6-1');
+  } finally {
+    server.close();
+    await cluster.close();
+  }
+});
