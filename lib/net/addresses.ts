@@ -91,7 +91,7 @@ export function hostHasIpv6(): boolean {
 /**
  * Whether a listener bound to `bindHost` accepts connections to `ip`. Counted wide, since a wrong "yes" only
  * refuses a CONNECT: a wildcard bind (`::`, which Node opens dual-stack, or `0.0.0.0`) every local address of
- * either family, a loopback bind (`localhost` included) every loopback address (the kernel routes all of
+ * either family (the capture listeners add `[::]` to a `0.0.0.0` bind), a loopback bind (`localhost` included) every loopback address (the kernel routes all of
  * 127/8 to the host), any other bind its own address, in any spelling.
  */
 export function bindAccepts(bindHost: string, ip: string, local: LocalAddresses): boolean {

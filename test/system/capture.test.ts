@@ -21,6 +21,10 @@ const why =
     () => `the native binding is not built (${ADDON}); run npm ci`,
   )) as string | undefined);
 
+/** Pod A's and pod B's IPv6 addresses (the workloads are dual-stack). */
+const V6_A = '2001:2:0:1::2';
+const V6_B = '2001:2:0:2::2';
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 interface World {
@@ -71,6 +75,14 @@ async function build(): Promise<World> {
   ns.route(ha, '198.18.2.0/24', '198.18.0.2');
   ns.route(hb, '198.18.1.0/24', '198.18.0.1');
   ns.route(hb, '198.18.3.0/24', '198.18.0.1');
+  // IPv6 beside IPv4 on the hosts' link and pods A and B (dual-stack workloads), from 2001:2::/48.
+  ns.link6(ha, 'link0', '2001:2:0:10::1/64', hb, 'link0', '2001:2:0:10::2/64');
+  ns.link6(ha, 'vpa', '2001:2:0:1::1/64', pa, 'eth0', '2001:2:0:1::2/64');
+  ns.link6(hb, 'vpb', '2001:2:0:2::1/64', pb, 'eth0', '2001:2:0:2::2/64');
+  ns.route(pa, 'default', '2001:2:0:1::1');
+  ns.route(pb, 'default', '2001:2:0:2::1');
+  ns.route(ha, '2001:2:0:2::/64', '2001:2:0:10::2');
+  ns.route(hb, '2001:2:0:1::/64', '2001:2:0:10::1');
   ns.forward(ha);
   ns.forward(hb);
 
@@ -82,7 +94,7 @@ async function build(): Promise<World> {
     AMBIT_STATE_DIR: join(dir, node),
     AMBIT_MESH_FILE: meshFile,
     AMBIT_CA_DIR: join(dir, 'ca'),
-    AMBIT_TUNNEL: '0.0.0.0:15008',
+    // No AMBIT_TUNNEL: the default bind, dual-stack here. The capture listeners take both families anyway.
     AMBIT_ADVERTISE_ADDRESS: node === 'node-a' ? '198.18.0.1' : '198.18.0.2',
     AMBIT_CAPTURE: 'true',
     AMBIT_MESH_POLL: '200ms',
@@ -111,8 +123,23 @@ async function build(): Promise<World> {
   }
   const cli = (args: string[]): string =>
     ns.exec(ha, [process.execPath, CLI, '--mesh', meshFile, ...args], { env: env('node-a') });
-  cli(['enroll', 'client', '--service', 'web', '--node', 'node-a', '--ip', '198.18.1.2']);
-  cli(['enroll', 'server', '--service', 'api', '--node', 'node-b', '--ip', '198.18.2.2', '--port', '8080']);
+  cli(['enroll', 'client', '--service', 'web', '--node', 'node-a', '--ip', '198.18.1.2', '--ip', V6_A]);
+  cli([
+    'enroll',
+    'server',
+    '--service',
+    'api',
+    '--node',
+    'node-b',
+    '--ip',
+    '198.18.2.2',
+    '--ip',
+    V6_B,
+    '--port',
+    '8080',
+    '--port',
+    '8082',
+  ]);
 
   // The real server: a Node HTTP server in the pod on B, printing each request it sees.
   const server = ns.spawn(pb, [
@@ -125,6 +152,16 @@ async function build(): Promise<World> {
     seen += b.toString();
   });
   await waitForOutput(server, 'listening', 10_000);
+  // A second server in the same pod, on its IPv6 address alone: 198.18.2.2:8082 is refused.
+  const server6 = ns.spawn(pb, [
+    process.execPath,
+    '-e',
+    `require('http').createServer((q,s)=>{console.log('SEEN6 '+q.url+' from '+q.socket.remoteAddress);s.end('hello over ipv6\\n')}).listen(8082,'${V6_B}',()=>console.log('listening'))`,
+  ]);
+  server6.stdout?.on('data', (b: Buffer) => {
+    seen += b.toString();
+  });
+  await waitForOutput(server6, 'listening', 10_000);
   return { ns, dir, ha, hb, pa, pb, px, env, before, serverSeen: () => seen, logs, daemons };
 }
 
@@ -176,7 +213,7 @@ if (why) {
     const shownB = cliIn(world, world.hb, 'node-b', ['capture', 'show']);
     t.regex(
       shownB,
-      /-A AMBIT_INBOUND -d 198\.18\.2\.2\/32 -p tcp -m multiport --dports 8080 .*-j AMBIT_IN_REDIRECT/,
+      /-A AMBIT_INBOUND -d 198\.18\.2\.2\/32 -p tcp -m multiport --dports 8080,8082 .*-j AMBIT_IN_REDIRECT/,
     );
     // Every rule of Ambit's is in an AMBIT_ chain or jumps to one.
     for (const line of shown.split('\n').filter((l) => l.startsWith('-A'))) t.regex(line, /AMBIT_/);
@@ -223,6 +260,70 @@ if (why) {
         m,
         /istio_tcp_connections_opened_total\{[^}]*reporter="destination"[^}]*source_workload="client"[^}]*connection_security_policy="mutual_tls"/,
       );
+    },
+  );
+
+  test.serial(
+    'IPv6: curl -6 in pod A reaches a v6-only server in pod B at the address it targeted, through the tunnel',
+    async (t) => {
+      const world = w!;
+      t.false(
+        world.ns.run(world.hb, ['curl', '-sS', '--max-time', '2', 'http://198.18.2.2:8082/']).code === 0,
+        'the server does not listen on its IPv4 address',
+      );
+      t.regex(
+        world.ns.exec(world.hb, ['ss', '-Hltn', 'sport = :15008']),
+        /(\*|\[::\]):15008/,
+        'the tunnel listens on both families by default',
+      );
+      const pcap = join(world.dir, 'link6.pcap');
+      const dump = world.ns.spawn(world.ha, [
+        'tcpdump',
+        '-i',
+        'link0',
+        '-n',
+        '-U',
+        '--immediate-mode',
+        '-s',
+        '0',
+        '-w',
+        pcap,
+        'tcp',
+      ]);
+      await waitForOutput(dump, 'listening on', 10_000);
+      const secret = `ambit-v6-${randomBytes(8).toString('hex')}`;
+      const r = world.ns.run(world.pa, [
+        'curl',
+        '-6',
+        '-sS',
+        '--max-time',
+        '5',
+        `http://[${V6_B}]:8082/${secret}`,
+      ]);
+      t.is(r.code, 0, `curl -6 failed: ${r.stderr}\n${world.logs['node-b']!().slice(-3000)}`);
+      t.is(r.stdout, 'hello over ipv6\n');
+      t.true(await eventually(() => world.serverSeen().includes(`SEEN6 /${secret}`)), 'B saw the request');
+      await sleep(300);
+      dump.kill('SIGINT');
+      await new Promise((r) => dump.once('exit', r));
+      const raw = await readFile(pcap);
+      t.false(raw.includes(Buffer.from(secret)), 'the request path never crossed the link in plaintext');
+      const count = (filter: string): number =>
+        world.ns.exec(world.ha, ['tcpdump', '-r', pcap, '-n', filter]).split('\n').filter(Boolean).length;
+      t.true(count('tcp dst port 15008') > 0, 'the connection went to port 15008');
+      t.is(count('tcp port 8082'), 0, 'nothing went to the server port directly');
+      // Both access logs spell the IPv6 ends in brackets: the client pod's address, the address targeted.
+      const line = (node: string): string | undefined =>
+        world.logs[node]!()
+          .split('\n')
+          .find((l) => l.includes('"connection closed"') && l.includes(':8082'));
+      t.true(
+        await eventually(() => line('node-a') !== undefined && line('node-b') !== undefined),
+        'access logs',
+      );
+      t.regex(line('node-a')!, new RegExp(`"src":\\{"addr":"\\[${V6_A}\\]:\\d+"`));
+      t.regex(line('node-a')!, new RegExp(`"dst":\\{"addr":"\\[${V6_B}\\]:8082"`));
+      t.regex(line('node-b')!, new RegExp(`"dst":\\{"addr":"\\[${V6_B}\\]:8082"`));
     },
   );
 
