@@ -3,10 +3,7 @@
 // access log. (Capture's choice of the address the client targeted needs namespaces: test/system.)
 import { randomBytes } from 'node:crypto';
 import { type AddressInfo, connect, createServer } from 'node:net';
-import { Writable } from 'node:stream';
 import test from 'ava';
-import { pino } from 'pino';
-import type { Logger } from '../../lib/log.js';
 import {
   clientWorkload,
   enroll,
@@ -18,22 +15,7 @@ import {
   upstreamTo,
   workload,
 } from '../helpers/cluster.js';
-
-/** node-b's log lines, parsed. */
-function capture(): { logger: (node: string) => Logger; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      for (const l of chunk.toString().split('\n'))
-        if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
-      done();
-    },
-  });
-  return {
-    lines,
-    logger: (n) => (n === 'node-b' ? pino({ level: 'info' }, sink) : pino({ level: 'silent' })),
-  };
-}
+import { captureLogs } from '../helpers/logs.js';
 
 const reaches = (host: string, port: number): Promise<boolean> =>
   new Promise((resolve) => {
@@ -46,7 +28,7 @@ const reaches = (host: string, port: number): Promise<boolean> =>
   });
 
 test('a v6-only workload on ::1 is reached through a dual-stack tunnel, logged in brackets', async (t) => {
-  const logs = capture();
+  const logs = captureLogs();
   const cluster = await startCluster({
     flags: { tunnel: '[::]:0', advertiseAddress: '::1' },
     logger: logs.logger,

@@ -124,22 +124,11 @@ async function build(): Promise<World> {
   const cli = (args: string[]): string =>
     ns.exec(ha, [process.execPath, CLI, '--mesh', meshFile, ...args], { env: env('node-a') });
   cli(['enroll', 'client', '--service', 'web', '--node', 'node-a', '--ip', '198.18.1.2', '--ip', V6_A]);
-  cli([
-    'enroll',
-    'server',
-    '--service',
-    'api',
-    '--node',
-    'node-b',
-    '--ip',
-    '198.18.2.2',
-    '--ip',
-    V6_B,
-    '--port',
-    '8080',
-    '--port',
-    '8082',
-  ]);
+  cli(
+    `enroll server --service api --node node-b --ip 198.18.2.2 --ip ${V6_B} --port 8080 --port 8082`.split(
+      ' ',
+    ),
+  );
 
   // The real server: a Node HTTP server in the pod on B, printing each request it sees.
   const server = ns.spawn(pb, [
@@ -173,6 +162,30 @@ const cliIn = (w: World, host: string, node: string, args: string[]): string =>
 
 const metrics = (w: World, host: string): string =>
   w.ns.exec(host, ['curl', '-sS', '--max-time', '5', 'http://127.0.0.1:15020/metrics']);
+
+/**
+ * tcpdump on host A's link to host B, from now until `stop`: what crossed it, and how many packets of it
+ * match a filter.
+ */
+async function watchLink(
+  w: World,
+  name: string,
+): Promise<{ stop: () => Promise<Buffer>; count: (filter: string) => number }> {
+  const pcap = join(w.dir, name);
+  const args = ['-i', 'link0', '-n', '-U', '--immediate-mode', '-s', '0', '-w', pcap, 'tcp'];
+  const dump = w.ns.spawn(w.ha, ['tcpdump', ...args]);
+  await waitForOutput(dump, 'listening on', 10_000);
+  return {
+    async stop() {
+      await sleep(300);
+      dump.kill('SIGINT');
+      await new Promise((r) => dump.once('exit', r));
+      return readFile(pcap);
+    },
+    count: (filter) =>
+      w.ns.exec(w.ha, ['tcpdump', '-r', pcap, '-n', filter]).split('\n').filter(Boolean).length,
+  };
+}
 
 /** Retries `f` until it returns true (bounded: at most `tries` times, `gap` ms apart). */
 async function eventually(f: () => boolean, tries = 40, gap = 250): Promise<boolean> {
@@ -224,33 +237,15 @@ if (why) {
     async (t) => {
       const world = w!;
       const secret = `ambit-secret-${randomBytes(8).toString('hex')}`;
-      const pcap = join(world.dir, 'link.pcap');
-      const dump = world.ns.spawn(world.ha, [
-        'tcpdump',
-        '-i',
-        'link0',
-        '-n',
-        '-U',
-        '--immediate-mode',
-        '-s',
-        '0',
-        '-w',
-        pcap,
-        'tcp',
-      ]);
-      await waitForOutput(dump, 'listening on', 10_000);
+      const link = await watchLink(world, 'link.pcap');
       const r = curl(world, world.pa, `/${secret}`);
       t.is(r.code, 0, `curl failed: ${r.stderr}\n${world.logs['node-a']!().slice(-3000)}`);
       t.is(r.stdout, 'hello from b\n');
       t.true(await eventually(() => world.serverSeen().includes(`SEEN GET /${secret}`)), 'B saw the request');
-      await sleep(300);
-      dump.kill('SIGINT');
-      await new Promise((r) => dump.once('exit', r));
-      const raw = await readFile(pcap);
+      const raw = await link.stop();
       t.false(raw.includes(Buffer.from(secret)), 'the request path never crossed the link in plaintext');
       t.false(raw.includes(Buffer.from('hello from b')), 'nor did the response');
-      const count = (filter: string): number =>
-        world.ns.exec(world.ha, ['tcpdump', '-r', pcap, '-n', filter]).split('\n').filter(Boolean).length;
+      const { count } = link;
       t.true(count('tcp dst port 15008') > 0, 'the connection went to port 15008');
       // A TLS handshake record (content type 22) in a segment to 15008.
       t.true(count('tcp dst port 15008 and (tcp[((tcp[12:1] & 0xf0) >> 2):1] = 0x16)') > 0, 'TLS on 15008');
@@ -276,21 +271,7 @@ if (why) {
         /(\*|\[::\]):15008/,
         'the tunnel listens on both families by default',
       );
-      const pcap = join(world.dir, 'link6.pcap');
-      const dump = world.ns.spawn(world.ha, [
-        'tcpdump',
-        '-i',
-        'link0',
-        '-n',
-        '-U',
-        '--immediate-mode',
-        '-s',
-        '0',
-        '-w',
-        pcap,
-        'tcp',
-      ]);
-      await waitForOutput(dump, 'listening on', 10_000);
+      const link = await watchLink(world, 'link6.pcap');
       const secret = `ambit-v6-${randomBytes(8).toString('hex')}`;
       const r = world.ns.run(world.pa, [
         'curl',
@@ -303,13 +284,9 @@ if (why) {
       t.is(r.code, 0, `curl -6 failed: ${r.stderr}\n${world.logs['node-b']!().slice(-3000)}`);
       t.is(r.stdout, 'hello over ipv6\n');
       t.true(await eventually(() => world.serverSeen().includes(`SEEN6 /${secret}`)), 'B saw the request');
-      await sleep(300);
-      dump.kill('SIGINT');
-      await new Promise((r) => dump.once('exit', r));
-      const raw = await readFile(pcap);
+      const raw = await link.stop();
       t.false(raw.includes(Buffer.from(secret)), 'the request path never crossed the link in plaintext');
-      const count = (filter: string): number =>
-        world.ns.exec(world.ha, ['tcpdump', '-r', pcap, '-n', filter]).split('\n').filter(Boolean).length;
+      const { count } = link;
       t.true(count('tcp dst port 15008') > 0, 'the connection went to port 15008');
       t.is(count('tcp port 8082'), 0, 'nothing went to the server port directly');
       // Both access logs spell the IPv6 ends in brackets: the client pod's address, the address targeted.
