@@ -24,6 +24,8 @@ const why =
 /** Pod A's and pod B's IPv6 addresses (the workloads are dual-stack). */
 const V6_A = '2001:2:0:1::2';
 const V6_B = '2001:2:0:2::2';
+/** Service api's IPv6 virtual address, routed by nobody: capture on host A takes it. */
+const VIP6 = '2001:2:0:99::1';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -301,6 +303,34 @@ if (why) {
       t.regex(line('node-a')!, new RegExp(`"src":\\{"addr":"\\[${V6_A}\\]:\\d+"`));
       t.regex(line('node-a')!, new RegExp(`"dst":\\{"addr":"\\[${V6_B}\\]:8082"`));
       t.regex(line('node-b')!, new RegExp(`"dst":\\{"addr":"\\[${V6_B}\\]:8082"`));
+    },
+  );
+
+  test.serial(
+    'IPv6: a service VIP of each family reaches the endpoint at its address in that family',
+    async (t) => {
+      const world = w!;
+      const meshFile = join(world.dir, 'mesh.yaml');
+      const was = await readFile(meshFile, 'utf8');
+      // Port 80 leads to the v6-only server (8082), port 81 to the IPv4 one (8080).
+      const vips = `services:\n  api:\n    vips: [198.18.10.1, ${VIP6}]\n    ports: [{ port: 80, targetPort: 8082 }, { port: 81, targetPort: 8080 }]\n`;
+      await writeFile(meshFile, `${was}${vips}`);
+      try {
+        const get = (args: string[]) => world.ns.run(world.pa, ['curl', '-sS', '--max-time', '5', ...args]);
+        const v6 = () => get(['-6', `http://[${VIP6}]:80/vip6`]);
+        t.true(await eventually(() => v6().code === 0), `VIP ${VIP6}: ${v6().stderr}`);
+        t.is(v6().stdout, 'hello over ipv6\n', 'delivered to the endpoint’s IPv6 address');
+        const v4 = get(['-4', 'http://198.18.10.1:81/vip4']);
+        t.is(v4.code, 0, `VIP 198.18.10.1: ${v4.stderr}`);
+        t.is(v4.stdout, 'hello from b\n', 'delivered to the endpoint’s IPv4 address');
+        t.true(
+          await eventually(
+            () => world.serverSeen().includes('SEEN6 /vip6') && world.serverSeen().includes('SEEN GET /vip4'),
+          ),
+        );
+      } finally {
+        await writeFile(meshFile, was);
+      }
     },
   );
 
