@@ -6,6 +6,7 @@ import { type AddressInfo, connect, createServer } from 'node:net';
 import test from 'ava';
 import {
   clientWorkload,
+  echoServer,
   enroll,
   freePort,
   roundTrip,
@@ -75,6 +76,41 @@ test('a v6-only workload on ::1 is reached through a dual-stack tunnel, logged i
     t.is(line.dst.workload, 'v6-1');
   } finally {
     server.close();
+    await cluster.close();
+  }
+});
+
+test('an IPv4 peer of the dual-stack tunnel is logged as IPv4, not ::ffff:', async (t) => {
+  const logs = captureLogs();
+  const cluster = await startCluster({ flags: { tunnel: '[::]:0' }, logger: logs.logger });
+  const echo = await echoServer();
+  try {
+    const upstreamPort = await freePort();
+    await enroll(
+      cluster.meshFile,
+      clientWorkload(9, upstreamTo('echo', upstreamPort)),
+      workload({ name: 'echo-1', service: 'echo', node: 'node-b', ports: [echo.port] }),
+    );
+    await until(() => cluster.a.listeners.listening().length === 1, 5000, 'upstream listener bound');
+    await until(
+      () => cluster.b.readiness().ready && cluster.b.certs.list().length === 1,
+      5000,
+      'node-b ready',
+    );
+    const payload = randomBytes(1024);
+    t.is((await roundTrip(upstreamPort, payload)).sha256, sha256(payload));
+    // And a peer that never completes TLS: its refusal names it by its IPv4 address too.
+    const junk = connect({ host: '127.0.0.1', port: cluster.b.ports.tunnel });
+    junk.on('error', () => {});
+    junk.end(Buffer.alloc(64, 1));
+    await until(() => logs.lines.some((l) => l.msg === 'connection closed'), 5000, 'access log line');
+    const line = logs.lines.find((l) => l.msg === 'connection closed') as { src: { addr: string } };
+    t.regex(line.src.addr, /^127\.0\.0\.1:\d+$/);
+    await until(() => logs.lines.some((l) => l.reason === 'tls_failure'), 5000, 'TLS refusal logged');
+    const refusal = logs.lines.find((l) => l.reason === 'tls_failure') as { src: string };
+    t.is(refusal.src, '127.0.0.1');
+  } finally {
+    echo.server.close();
     await cluster.close();
   }
 });
