@@ -8,6 +8,7 @@
 // end (FIN once everything queued is out), destroy, resetAndDestroy (RST), byte counts, and the events
 // 'data', 'end', 'drain', 'error', 'close'.
 import { EventEmitter } from 'node:events';
+import { unmapIp } from '../../lib/net/addresses.js';
 import {
   EV_CLOSE,
   EV_DATA,
@@ -52,7 +53,8 @@ export abstract class NativeConnection extends EventEmitter implements NativeOwn
     highWater: number,
   ) {
     super();
-    this.remoteAddress = remoteAddress;
+    // A dual-stack listener's IPv4 peer (::ffff:a.b.c.d) as the IPv4 address it is, for logs and limits.
+    this.remoteAddress = remoteAddress === undefined ? undefined : unmapIp(remoteAddress);
     this.remotePort = remotePort;
     this.#highWater = highWater;
   }

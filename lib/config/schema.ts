@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { LOG_LEVELS } from '../log.js';
+import { hostHasIpv6 } from '../net/addresses.js';
 import { defaultMeshFile, defaultStateDir } from '../paths.js';
 import {
   type Listen,
@@ -127,7 +128,13 @@ const listeners = {
     default: 15006,
     help: 'inbound plaintext capture: connections to workloads that did not come through a tunnel',
   }),
-  tunnel: setting({ parser: listen('0.0.0.0'), default: 15008, help: 'HBONE listener (mutual TLS)' }),
+  // Dual-stack where the host has IPv6: a peer daemon or a workload may reach this node on either family.
+  tunnel: setting({
+    parser: listen('0.0.0.0'),
+    default: () => (hostHasIpv6() ? '[::]:15008' : 15008),
+    shown: '[::]:15008 (IPv6 and IPv4) where the host has IPv6, 0.0.0.0:15008 otherwise',
+    help: 'HBONE listener (mutual TLS); a bare port binds 0.0.0.0 (IPv4 only)',
+  }),
   admin: setting({ parser: listen('127.0.0.1'), default: 15000, help: 'admin API' }),
   metrics: setting({ parser: listen('0.0.0.0'), default: 15020, help: 'Prometheus /metrics' }),
   ready: setting({ parser: listen('0.0.0.0'), default: 15021, help: '/healthz/ready' }),

@@ -79,12 +79,23 @@ export class LocalAddresses {
 }
 
 /**
- * Whether a listener bound to `bindHost` accepts connections to `ip`: a wildcard bind every local address,
- * a loopback bind every loopback address (the kernel routes all of 127/8 to the host), any other bind its
- * own address.
+ * Whether the host can listen on IPv6: some interface (loopback included) holds an IPv6 address. A kernel
+ * booted with `ipv6.disable=1` lists none, and a socket bound to `::` would fail there.
+ */
+export function hostHasIpv6(): boolean {
+  for (const list of Object.values(networkInterfaces()))
+    for (const i of list ?? []) if (i.family === 'IPv6') return true;
+  return false;
+}
+
+/**
+ * Whether a listener bound to `bindHost` accepts connections to `ip`. Counted wide, since a wrong "yes" only
+ * refuses a CONNECT: a wildcard bind (`::`, which Node opens dual-stack, or `0.0.0.0`) every local address of
+ * either family (the capture listeners add `[::]` to a `0.0.0.0` bind), a loopback bind (`localhost` included) every loopback address (the kernel routes all of
+ * 127/8 to the host), any other bind its own address, in any spelling.
  */
 export function bindAccepts(bindHost: string, ip: string, local: LocalAddresses): boolean {
   if (isUnspecified(bindHost) || bindHost === '') return local.has(ip);
-  if (isLoopback(bindHost)) return isLoopback(ip);
+  if (isLoopback(bindHost) || bindHost === 'localhost') return isLoopback(ip);
   return canonicalIp(bindHost) === canonicalIp(ip);
 }

@@ -1,5 +1,6 @@
 // The one spelling of an address and a port, and the one way to take it apart, for listen addresses,
 // CONNECT authorities, catalog entries and the mesh file alike.
+import { unmapIp } from './addresses.js';
 
 /** `[v6]:port` for an IPv6 host (any host with a colon), `host:port` otherwise. */
 export const joinHostPort = (host: string, port: number): string =>
@@ -20,3 +21,10 @@ export function splitHostPort(text: string): { host: string; port: string } | un
   if (colon < 0 || text.lastIndexOf(':', colon - 1) >= 0) return undefined;
   return { host: text.slice(0, colon), port: text.slice(colon + 1) };
 }
+
+/**
+ * One end of a socket as logs and the access log print it: IPv6 bracketed, an IPv4-mapped address (a
+ * dual-stack listener's IPv4 peer) as the IPv4 address it is; undefined when the socket has no address.
+ */
+export const socketAddress = (ip: string | undefined, port: number | undefined): string | undefined =>
+  ip ? joinHostPort(unmapIp(ip), port ?? 0) : undefined;

@@ -1,5 +1,5 @@
 // Network namespaces as test hosts: created with unique names, joined by veth pairs, given addresses from
-// 198.18.0.0/15 only, and removed again even when a test fails (cleanup is idempotent and also runs on exit).
+// 198.18.0.0/15 and 2001:2::/48 only, and removed again even when a test fails (cleanup is idempotent and also runs on exit).
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 
@@ -62,12 +62,26 @@ export class Netns {
     sh('ip', ['-n', b, 'link', 'set', bIf, 'up']);
   }
 
+  /**
+   * IPv6 addresses (CIDR, from 2001:2::/48, spelled `2001:2:0:<subnet>::<host>/<len>`) on both ends of a
+   * link made by `link`. `nodad`: usable at once, not tentative for the seconds duplicate detection takes.
+   */
+  link6(a: string, aIf: string, aAddr: string, b: string, bIf: string, bAddr: string): void {
+    for (const addr of [aAddr, bAddr])
+      if (!/^2001:2:0:[0-9a-f]{1,4}::[0-9a-f]{1,4}\/\d+$/.test(addr))
+        throw new Error(`${addr} is outside 2001:2::/48`);
+    sh('ip', ['-n', a, '-6', 'addr', 'add', aAddr, 'dev', aIf, 'nodad']);
+    sh('ip', ['-n', b, '-6', 'addr', 'add', bAddr, 'dev', bIf, 'nodad']);
+  }
+
+  /** A route; IPv6 when the gateway is (`default` alone does not say which family). */
   route(ns: string, dest: string, via: string): void {
-    sh('ip', ['-n', ns, 'route', 'add', dest, 'via', via]);
+    sh('ip', ['-n', ns, ...(via.includes(':') ? ['-6'] : []), 'route', 'add', dest, 'via', via]);
   }
 
   forward(ns: string): void {
     sh('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+    sh('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv6.conf.all.forwarding=1']);
   }
 
   /** Runs a command inside a namespace and returns its stdout (throws on a non-zero exit). */

@@ -21,6 +21,12 @@ const why =
     () => `the native binding is not built (${ADDON}); run npm ci`,
   )) as string | undefined);
 
+/** Pod A's and pod B's IPv6 addresses (the workloads are dual-stack). */
+const V6_A = '2001:2:0:1::2';
+const V6_B = '2001:2:0:2::2';
+/** Service api's IPv6 virtual address, routed by nobody: capture on host A takes it. */
+const VIP6 = '2001:2:0:99::1';
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 interface World {
@@ -71,6 +77,14 @@ async function build(): Promise<World> {
   ns.route(ha, '198.18.2.0/24', '198.18.0.2');
   ns.route(hb, '198.18.1.0/24', '198.18.0.1');
   ns.route(hb, '198.18.3.0/24', '198.18.0.1');
+  // IPv6 beside IPv4 on the hosts' link and pods A and B (dual-stack workloads), from 2001:2::/48.
+  ns.link6(ha, 'link0', '2001:2:0:10::1/64', hb, 'link0', '2001:2:0:10::2/64');
+  ns.link6(ha, 'vpa', '2001:2:0:1::1/64', pa, 'eth0', '2001:2:0:1::2/64');
+  ns.link6(hb, 'vpb', '2001:2:0:2::1/64', pb, 'eth0', '2001:2:0:2::2/64');
+  ns.route(pa, 'default', '2001:2:0:1::1');
+  ns.route(pb, 'default', '2001:2:0:2::1');
+  ns.route(ha, '2001:2:0:2::/64', '2001:2:0:10::2');
+  ns.route(hb, '2001:2:0:1::/64', '2001:2:0:10::1');
   ns.forward(ha);
   ns.forward(hb);
 
@@ -82,7 +96,7 @@ async function build(): Promise<World> {
     AMBIT_STATE_DIR: join(dir, node),
     AMBIT_MESH_FILE: meshFile,
     AMBIT_CA_DIR: join(dir, 'ca'),
-    AMBIT_TUNNEL: '0.0.0.0:15008',
+    // No AMBIT_TUNNEL: the default bind, dual-stack here. The capture listeners take both families anyway.
     AMBIT_ADVERTISE_ADDRESS: node === 'node-a' ? '198.18.0.1' : '198.18.0.2',
     AMBIT_CAPTURE: 'true',
     AMBIT_MESH_POLL: '200ms',
@@ -111,8 +125,12 @@ async function build(): Promise<World> {
   }
   const cli = (args: string[]): string =>
     ns.exec(ha, [process.execPath, CLI, '--mesh', meshFile, ...args], { env: env('node-a') });
-  cli(['enroll', 'client', '--service', 'web', '--node', 'node-a', '--ip', '198.18.1.2']);
-  cli(['enroll', 'server', '--service', 'api', '--node', 'node-b', '--ip', '198.18.2.2', '--port', '8080']);
+  cli(['enroll', 'client', '--service', 'web', '--node', 'node-a', '--ip', '198.18.1.2', '--ip', V6_A]);
+  cli(
+    `enroll server --service api --node node-b --ip 198.18.2.2 --ip ${V6_B} --port 8080 --port 8082`.split(
+      ' ',
+    ),
+  );
 
   // The real server: a Node HTTP server in the pod on B, printing each request it sees.
   const server = ns.spawn(pb, [
@@ -125,6 +143,16 @@ async function build(): Promise<World> {
     seen += b.toString();
   });
   await waitForOutput(server, 'listening', 10_000);
+  // A second server in the same pod, on its IPv6 address alone: 198.18.2.2:8082 is refused.
+  const server6 = ns.spawn(pb, [
+    process.execPath,
+    '-e',
+    `require('http').createServer((q,s)=>{console.log('SEEN6 '+q.url+' from '+q.socket.remoteAddress);s.end('hello over ipv6\\n')}).listen(8082,'${V6_B}',()=>console.log('listening'))`,
+  ]);
+  server6.stdout?.on('data', (b: Buffer) => {
+    seen += b.toString();
+  });
+  await waitForOutput(server6, 'listening', 10_000);
   return { ns, dir, ha, hb, pa, pb, px, env, before, serverSeen: () => seen, logs, daemons };
 }
 
@@ -136,6 +164,30 @@ const cliIn = (w: World, host: string, node: string, args: string[]): string =>
 
 const metrics = (w: World, host: string): string =>
   w.ns.exec(host, ['curl', '-sS', '--max-time', '5', 'http://127.0.0.1:15020/metrics']);
+
+/**
+ * tcpdump on host A's link to host B, from now until `stop`: what crossed it, and how many packets of it
+ * match a filter.
+ */
+async function watchLink(
+  w: World,
+  name: string,
+): Promise<{ stop: () => Promise<Buffer>; count: (filter: string) => number }> {
+  const pcap = join(w.dir, name);
+  const args = ['-i', 'link0', '-n', '-U', '--immediate-mode', '-s', '0', '-w', pcap, 'tcp'];
+  const dump = w.ns.spawn(w.ha, ['tcpdump', ...args]);
+  await waitForOutput(dump, 'listening on', 10_000);
+  return {
+    async stop() {
+      await sleep(300);
+      dump.kill('SIGINT');
+      await new Promise((r) => dump.once('exit', r));
+      return readFile(pcap);
+    },
+    count: (filter) =>
+      w.ns.exec(w.ha, ['tcpdump', '-r', pcap, '-n', filter]).split('\n').filter(Boolean).length,
+  };
+}
 
 /** Retries `f` until it returns true (bounded: at most `tries` times, `gap` ms apart). */
 async function eventually(f: () => boolean, tries = 40, gap = 250): Promise<boolean> {
@@ -176,7 +228,7 @@ if (why) {
     const shownB = cliIn(world, world.hb, 'node-b', ['capture', 'show']);
     t.regex(
       shownB,
-      /-A AMBIT_INBOUND -d 198\.18\.2\.2\/32 -p tcp -m multiport --dports 8080 .*-j AMBIT_IN_REDIRECT/,
+      /-A AMBIT_INBOUND -d 198\.18\.2\.2\/32 -p tcp -m multiport --dports 8080,8082 .*-j AMBIT_IN_REDIRECT/,
     );
     // Every rule of Ambit's is in an AMBIT_ chain or jumps to one.
     for (const line of shown.split('\n').filter((l) => l.startsWith('-A'))) t.regex(line, /AMBIT_/);
@@ -187,33 +239,15 @@ if (why) {
     async (t) => {
       const world = w!;
       const secret = `ambit-secret-${randomBytes(8).toString('hex')}`;
-      const pcap = join(world.dir, 'link.pcap');
-      const dump = world.ns.spawn(world.ha, [
-        'tcpdump',
-        '-i',
-        'link0',
-        '-n',
-        '-U',
-        '--immediate-mode',
-        '-s',
-        '0',
-        '-w',
-        pcap,
-        'tcp',
-      ]);
-      await waitForOutput(dump, 'listening on', 10_000);
+      const link = await watchLink(world, 'link.pcap');
       const r = curl(world, world.pa, `/${secret}`);
       t.is(r.code, 0, `curl failed: ${r.stderr}\n${world.logs['node-a']!().slice(-3000)}`);
       t.is(r.stdout, 'hello from b\n');
       t.true(await eventually(() => world.serverSeen().includes(`SEEN GET /${secret}`)), 'B saw the request');
-      await sleep(300);
-      dump.kill('SIGINT');
-      await new Promise((r) => dump.once('exit', r));
-      const raw = await readFile(pcap);
+      const raw = await link.stop();
       t.false(raw.includes(Buffer.from(secret)), 'the request path never crossed the link in plaintext');
       t.false(raw.includes(Buffer.from('hello from b')), 'nor did the response');
-      const count = (filter: string): number =>
-        world.ns.exec(world.ha, ['tcpdump', '-r', pcap, '-n', filter]).split('\n').filter(Boolean).length;
+      const { count } = link;
       t.true(count('tcp dst port 15008') > 0, 'the connection went to port 15008');
       // A TLS handshake record (content type 22) in a segment to 15008.
       t.true(count('tcp dst port 15008 and (tcp[((tcp[12:1] & 0xf0) >> 2):1] = 0x16)') > 0, 'TLS on 15008');
@@ -223,6 +257,80 @@ if (why) {
         m,
         /istio_tcp_connections_opened_total\{[^}]*reporter="destination"[^}]*source_workload="client"[^}]*connection_security_policy="mutual_tls"/,
       );
+    },
+  );
+
+  test.serial(
+    'IPv6: curl -6 in pod A reaches a v6-only server in pod B at the address it targeted, through the tunnel',
+    async (t) => {
+      const world = w!;
+      t.false(
+        world.ns.run(world.hb, ['curl', '-sS', '--max-time', '2', 'http://198.18.2.2:8082/']).code === 0,
+        'the server does not listen on its IPv4 address',
+      );
+      t.regex(
+        world.ns.exec(world.hb, ['ss', '-Hltn', 'sport = :15008']),
+        /(\*|\[::\]):15008/,
+        'the tunnel listens on both families by default',
+      );
+      const link = await watchLink(world, 'link6.pcap');
+      const secret = `ambit-v6-${randomBytes(8).toString('hex')}`;
+      const r = world.ns.run(world.pa, [
+        'curl',
+        '-6',
+        '-sS',
+        '--max-time',
+        '5',
+        `http://[${V6_B}]:8082/${secret}`,
+      ]);
+      t.is(r.code, 0, `curl -6 failed: ${r.stderr}\n${world.logs['node-b']!().slice(-3000)}`);
+      t.is(r.stdout, 'hello over ipv6\n');
+      t.true(await eventually(() => world.serverSeen().includes(`SEEN6 /${secret}`)), 'B saw the request');
+      const raw = await link.stop();
+      t.false(raw.includes(Buffer.from(secret)), 'the request path never crossed the link in plaintext');
+      const { count } = link;
+      t.true(count('tcp dst port 15008') > 0, 'the connection went to port 15008');
+      t.is(count('tcp port 8082'), 0, 'nothing went to the server port directly');
+      // Both access logs spell the IPv6 ends in brackets: the client pod's address, the address targeted.
+      const line = (node: string): string | undefined =>
+        world.logs[node]!()
+          .split('\n')
+          .find((l) => l.includes('"connection closed"') && l.includes(':8082'));
+      t.true(
+        await eventually(() => line('node-a') !== undefined && line('node-b') !== undefined),
+        'access logs',
+      );
+      t.regex(line('node-a')!, new RegExp(`"src":\\{"addr":"\\[${V6_A}\\]:\\d+"`));
+      t.regex(line('node-a')!, new RegExp(`"dst":\\{"addr":"\\[${V6_B}\\]:8082"`));
+      t.regex(line('node-b')!, new RegExp(`"dst":\\{"addr":"\\[${V6_B}\\]:8082"`));
+    },
+  );
+
+  test.serial(
+    'IPv6: a service VIP of each family reaches the endpoint at its address in that family',
+    async (t) => {
+      const world = w!;
+      const meshFile = join(world.dir, 'mesh.yaml');
+      const was = await readFile(meshFile, 'utf8');
+      // Port 80 leads to the v6-only server (8082), port 81 to the IPv4 one (8080).
+      const vips = `services:\n  api:\n    vips: [198.18.10.1, ${VIP6}]\n    ports: [{ port: 80, targetPort: 8082 }, { port: 81, targetPort: 8080 }]\n`;
+      await writeFile(meshFile, `${was}${vips}`);
+      try {
+        const get = (args: string[]) => world.ns.run(world.pa, ['curl', '-sS', '--max-time', '5', ...args]);
+        const v6 = () => get(['-6', `http://[${VIP6}]:80/vip6`]);
+        t.true(await eventually(() => v6().code === 0), `VIP ${VIP6}: ${v6().stderr}`);
+        t.is(v6().stdout, 'hello over ipv6\n', 'delivered to the endpoint’s IPv6 address');
+        const v4 = get(['-4', 'http://198.18.10.1:81/vip4']);
+        t.is(v4.code, 0, `VIP 198.18.10.1: ${v4.stderr}`);
+        t.is(v4.stdout, 'hello from b\n', 'delivered to the endpoint’s IPv4 address');
+        t.true(
+          await eventually(
+            () => world.serverSeen().includes('SEEN6 /vip6') && world.serverSeen().includes('SEEN GET /vip4'),
+          ),
+        );
+      } finally {
+        await writeFile(meshFile, was);
+      }
     },
   );
 

@@ -15,6 +15,7 @@ import {
   parseListen,
 } from '../../lib/config.js';
 import { Secret } from '../../lib/consul/secret.js';
+import { hostHasIpv6 } from '../../lib/net/addresses.js';
 
 // The loader made from the schema table (lib/config/schema.ts): the defaults, the precedence and the
 // error locations of the four-declarations loader it replaced, value for value.
@@ -35,7 +36,7 @@ test('the defaults are those of docs/configuration.md, field for field', (t) => 
     logLevel: 'info',
     outbound: { host: '0.0.0.0', port: 15001 },
     inboundPlaintext: { host: '0.0.0.0', port: 15006 },
-    tunnel: { host: '0.0.0.0', port: 15008 },
+    tunnel: { host: hostHasIpv6() ? '::' : '0.0.0.0', port: 15008 },
     admin: { host: '127.0.0.1', port: 15000 },
     metrics: { host: '0.0.0.0', port: 15020 },
     ready: { host: '0.0.0.0', port: 15021 },

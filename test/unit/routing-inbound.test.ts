@@ -189,6 +189,21 @@ test('an address no workload has is an unknown workload', (t) => {
   );
 });
 
+test('an IPv6 address in a refusal is bracketed, so that its port can be told apart', (t) => {
+  refused(
+    t,
+    decideInbound(scope(), 'CONNECT', '[fd00::99]:8443', web),
+    'AMBIT_UNKNOWN_WORKLOAD',
+    '[fd00::99]:8443 is not a workload enrolled on node node-a',
+  );
+  refused(
+    t,
+    decideInbound(scope(), 'CONNECT', `[::1]:${ADMIN}`, web),
+    'AMBIT_BAD_REQUEST',
+    `[::1]:${ADMIN} is this daemon's own listener`,
+  );
+});
+
 test('a port the workload does not serve is an unknown workload', (t) => {
   refused(t, decideInbound(scope(), 'CONNECT', '10.1.0.10:22', web), 'AMBIT_UNKNOWN_WORKLOAD');
 });

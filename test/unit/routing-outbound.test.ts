@@ -6,6 +6,7 @@ import {
   type OutboundPlan,
   type OutboundRoute,
   type OutboundTarget,
+  deliveryAddress,
   endpointPort,
   planHop,
   planOutbound,
@@ -264,18 +265,55 @@ test('two services on one node share its address, not their session: the peer id
   t.is(c.peer, 'spiffe://ambit.local/ns/default/dc/dc1/svc/cache');
 });
 
-test('an endpoint with several addresses is reached at its first', (t) => {
-  const two = workload({
-    name: 'two',
-    service: 'two',
-    node: 'node-b',
-    addresses: ['10.1.0.40', 'fd00::40'],
-    ports: [80],
-  });
-  const store = storeOf({ nodes: NODES, workloads: [two] });
-  const plan = mesh(planOutbound(store, toAddress('fd00::40', 80)));
-  const hop = planHop(store, plan, two, sourceId, identityOf);
-  t.is(hop.kind === 'hop' && hop.authority, '10.1.0.40:80');
+const dual = workload({
+  name: 'dual',
+  service: 'dual',
+  node: 'node-b',
+  addresses: ['10.1.0.40', 'fd00::40'],
+  ports: [80],
+});
+const v4only = workload({
+  name: 'v4only',
+  service: 'dual',
+  node: 'node-b',
+  addresses: ['10.1.0.41'],
+  ports: [80],
+});
+const dualSvc = service({
+  name: 'dual',
+  vips: ['10.96.0.40', 'fd00:96::40'],
+  ports: [{ port: 80, targetPort: 80 }],
+});
+const dualStore = storeOf({ nodes: NODES, workloads: [dual, v4only], services: [dualSvc] });
+const authorityOf = (target: OutboundTarget, ep: Workload): string | false => {
+  const hop = planHop(dualStore, mesh(planOutbound(dualStore, target)), ep, sourceId, identityOf);
+  return hop.kind === 'hop' && hop.authority;
+};
+
+test('a dual-stack workload is reached at the address the client targeted, in its family', (t) => {
+  // A server listening on its IPv6 address alone is reached by a client that targeted that address.
+  t.is(authorityOf(toAddress('fd00::40', 80), dual), '[fd00::40]:80');
+  t.is(authorityOf(toAddress('10.1.0.40', 80), dual), '10.1.0.40:80');
+});
+
+test('deliveryAddress: the targeted address is matched whatever its spelling, sent as the mesh spells it', (t) => {
+  t.is(deliveryAddress(dual, 'fd00:0:0::40'), 'fd00::40');
+  t.is(deliveryAddress(dual, '::ffff:10.1.0.40'), '10.1.0.40');
+});
+
+test('a VIP reaches each endpoint at its address in the VIP’s family, else its other one', (t) => {
+  t.is(authorityOf(toAddress('fd00:96::40', 80), dual), '[fd00::40]:80');
+  t.is(authorityOf(toAddress('10.96.0.40', 80), dual), '10.1.0.40:80');
+  t.is(authorityOf(toAddress('fd00:96::40', 80), v4only), '10.1.0.41:80', 'no IPv6 address: its IPv4 one');
+});
+
+test('a service named by an explicit upstream reaches each endpoint at its first address', (t) => {
+  t.is(authorityOf(toService('dual', 80), dual), '10.1.0.40:80');
+});
+
+test('deliveryAddress: an endpoint without addresses has none to deliver to', (t) => {
+  t.is(deliveryAddress({ ...dual, addresses: [] }, 'fd00::40'), undefined);
+  t.is(deliveryAddress(dual, undefined), '10.1.0.40');
 });
 
 test('an endpoint on a node the mesh does not list is skipped', (t) => {

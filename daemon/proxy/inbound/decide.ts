@@ -2,6 +2,7 @@
 // and whether policy admits the peer to it. No sockets: the caller answers the stream and connects.
 import { type ConnectionRefusal, badRequest, denied, unknownWorkload } from '../../../lib/errors.js';
 import type { Workload } from '../../../lib/mesh/model.js';
+import { joinHostPort } from '../../../lib/net/hostport.js';
 import { parseSpiffeId, trustDomainOf } from '../../identity/spiffe.js';
 import { type Decision, type Peer, authorize } from '../../rbac.js';
 import type { StateStore } from '../../state/store.js';
@@ -64,14 +65,16 @@ export function decideInbound(
   if (!target) return refused(badRequest(`malformed :authority ${JSON.stringify(authority)}`));
   if (!peer) return refused(denied('peer certificate carries no SPIFFE identity'));
   if (scope.isSelf(target))
-    return refused(badRequest(`${target.ip}:${target.port} is this daemon's own listener`));
+    return refused(badRequest(`${joinHostPort(target.ip, target.port)} is this daemon's own listener`));
   let w = scope.store.workloadAt(target.ip, target.port);
   // "Every port" of an address of this host would reach every local server, whoever enrolled it: the
   // mesh file refuses such a workload, and one from elsewhere (Consul) matches nothing here.
   if (w && w.ports.length === 0 && scope.isLocalAddress(target.ip)) w = undefined;
   if (!w || w.node !== scope.nodeName) {
     return refused(
-      unknownWorkload(`${target.ip}:${target.port} is not a workload enrolled on node ${scope.nodeName}`),
+      unknownWorkload(
+        `${joinHostPort(target.ip, target.port)} is not a workload enrolled on node ${scope.nodeName}`,
+      ),
     );
   }
   const decision = admits(scope, w, peer, target.port);

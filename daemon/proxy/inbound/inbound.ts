@@ -3,7 +3,7 @@ import { DEFAULT_LIMITS, type Limits } from '../../../lib/config.js';
 import { ConnectionRefusal } from '../../../lib/errors.js';
 import type { Logger } from '../../../lib/log.js';
 import type { Workload } from '../../../lib/mesh/model.js';
-import { joinHostPort } from '../../../lib/net/hostport.js';
+import { joinHostPort, socketAddress } from '../../../lib/net/hostport.js';
 import { uriSans } from '../../identity/spiffe.js';
 import { type FdReserve, isFdExhaustion } from '../../limits/fds.js';
 import type { Refusals } from '../../limits/refusal.js';
@@ -185,7 +185,7 @@ export class Inbound {
   #source(session: H2Session, headers: H2Headers): Source {
     const { remoteAddress, remotePort } = session.socket;
     return {
-      addr: remoteAddress ? joinHostPort(remoteAddress, remotePort ?? 0) : undefined,
+      addr: socketAddress(remoteAddress, remotePort),
       forwarded: parseForwardedFor(headers.forwarded),
     };
   }

@@ -7,7 +7,7 @@ import { ConnectionRefusal, type RefusalKind } from '../../../lib/errors.js';
 import type { Logger } from '../../../lib/log.js';
 import type { Workload } from '../../../lib/mesh/model.js';
 import { unmapIp } from '../../../lib/net/addresses.js';
-import { joinHostPort } from '../../../lib/net/hostport.js';
+import { joinHostPort, socketAddress } from '../../../lib/net/hostport.js';
 import { originalDestination } from '../../capture/native.js';
 import type { Refusals } from '../../limits/refusal.js';
 import type { Metrics } from '../../metrics/metrics.js';
@@ -49,7 +49,7 @@ export class PlaintextListener extends RedirectListener {
       this.#d,
       'inbound',
       {
-        addr: `${ip}:${client.remotePort}`,
+        addr: socketAddress(ip, client.remotePort),
         workload: source?.name,
         namespace: source?.namespace,
         service: source?.service,
@@ -84,7 +84,7 @@ export class PlaintextListener extends RedirectListener {
       d.log.error({ err: (err as Error).message }, 'cannot read the original destination');
     }
     if (!dst) {
-      const here = `${client.localAddress}:${client.localPort}`;
+      const here = socketAddress(client.localAddress, client.localPort) ?? 'unknown';
       const why = 'connection was not redirected by the capture rules';
       return this.#refuse(client, undefined, here, started, 'not_redirected', why);
     }

@@ -1,6 +1,7 @@
 import { type AddressInfo, type Server, type Socket, createServer } from 'node:net';
 import { DEFAULT_LIMITS, type Limits, type Listen } from '../../../lib/config.js';
 import type { Logger } from '../../../lib/log.js';
+import { unmapIp } from '../../../lib/net/addresses.js';
 import { uriSans } from '../../identity/spiffe.js';
 import type { FdReserve } from '../../limits/fds.js';
 import { type Refusals, peerAbuseReason } from '../../limits/refusal.js';
@@ -85,14 +86,14 @@ export class TunnelServer {
 
   /** Refused before any TLS work: the socket is closed unread, which costs a peer nothing to retry. */
   #drop(socket: Socket, reason: 'handshake_limit' | 'connection_limit', message: string): void {
-    this.#d.refusals.refuse('inbound', reason, message, { src: socket.remoteAddress });
+    this.#d.refusals.refuse('inbound', reason, message, { src: unmapIp(socket.remoteAddress ?? '') });
     socket.destroy();
   }
 
   #accept(socket: Socket): void {
     const d = this.#d;
     const l = this.#limits;
-    const src = socket.remoteAddress ?? '';
+    const src = unmapIp(socket.remoteAddress ?? '');
     if (this.#connections >= l.maxConnections) {
       this.#drop(socket, 'connection_limit', `tunnel refused: ${l.maxConnections} connections open`);
       return;
@@ -124,7 +125,7 @@ export class TunnelServer {
         return;
       }
       d.refusals.refuse('inbound', 'tls_failure', 'tunnel connection dropped', {
-        src: socket.remoteAddress,
+        src,
         err: (err as Error).message,
       });
       return;

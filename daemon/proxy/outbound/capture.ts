@@ -3,7 +3,7 @@
 import type { Socket } from 'node:net';
 import { ConnectionRefusal, type RefusalKind } from '../../../lib/errors.js';
 import type { Logger } from '../../../lib/log.js';
-import { joinHostPort } from '../../../lib/net/hostport.js';
+import { joinHostPort, socketAddress } from '../../../lib/net/hostport.js';
 import { originalDestination } from '../../capture/native.js';
 import { sourceWorkload } from '../../capture/source.js';
 import type { Refusals } from '../../limits/refusal.js';
@@ -43,7 +43,7 @@ export class CaptureListener extends RedirectListener {
 
   async #route(client: Socket): Promise<void> {
     const d = this.#d;
-    const src: Party = { addr: `${client.remoteAddress}:${client.remotePort}` };
+    const src: Party = { addr: socketAddress(client.remoteAddress, client.remotePort) };
     const dst = originalDestination(client);
     if (!dst || (dst.port === this.port && dst.ip === client.localAddress)) {
       return this.#refuse(

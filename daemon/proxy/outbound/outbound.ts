@@ -3,7 +3,7 @@ import type { Socket } from 'node:net';
 import { ConnectionRefusal, type RefusalKind, TunnelError } from '../../../lib/errors.js';
 import type { Logger } from '../../../lib/log.js';
 import type { Workload } from '../../../lib/mesh/model.js';
-import { joinHostPort } from '../../../lib/net/hostport.js';
+import { joinHostPort, socketAddress } from '../../../lib/net/hostport.js';
 import type { Refusals } from '../../limits/refusal.js';
 import type { Metrics } from '../../metrics/metrics.js';
 import type { StateStore } from '../../state/store.js';
@@ -71,7 +71,7 @@ export class Outbound {
     const d = this.#d;
     const sourceId = d.identityOf(source);
     const src: Party = {
-      addr: `${client.remoteAddress}:${client.remotePort}`,
+      addr: socketAddress(client.remoteAddress, client.remotePort),
       workload: source.name,
       namespace: source.namespace,
       service: source.service,

@@ -1,7 +1,9 @@
 // The outbound routing decision, as functions of the state in force: where a connection goes (which service,
 // which endpoints, which port at each) and, per endpoint picked, which tunnel carries it. No sockets, no
 // pool, no balancer: the caller picks among the endpoints and connects.
+import { isIP } from 'node:net';
 import type { Workload } from '../../../lib/mesh/model.js';
+import { canonicalIp, unmapIp } from '../../../lib/net/addresses.js';
 import { joinHostPort } from '../../../lib/net/hostport.js';
 import type { StateStore } from '../../state/store.js';
 import type { PoolKey } from '../pool/session.js';
@@ -33,6 +35,12 @@ export interface OutboundPlan {
   readonly endpoints: readonly Workload[];
   /** The port at every endpoint; undefined: each endpoint's only port (see {@link endpointPort}). */
   readonly targetPort: number | undefined;
+  /**
+   * The address the client connected to (a workload's address or a service's virtual address), which
+   * picks the address each endpoint is reached at (see {@link deliveryAddress}); undefined for a target
+   * named by service.
+   */
+  readonly targeted: string | undefined;
 }
 
 /** An address that is neither a service's virtual address nor a workload's: carried outside the mesh. */
@@ -65,19 +73,25 @@ export function planOutbound(state: OutboundState, target: OutboundTarget): Outb
     if (endpoints.length === 0) return { kind: 'no_endpoint', service, why: 'service has no endpoints' };
     const svc = target.port !== undefined ? state.service(target.namespace, target.service) : undefined;
     const mapped = svc?.ports.find((p) => p.port === target.port);
-    return { kind: 'mesh', service, endpoints, targetPort: mapped?.targetPort ?? target.port };
+    return {
+      kind: 'mesh',
+      service,
+      endpoints,
+      targetPort: mapped?.targetPort ?? target.port,
+      targeted: undefined,
+    };
   }
   const vip = state.vip(target.ip, target.port);
   if (vip) {
     const service = { name: vip.service.name, namespace: vip.service.namespace };
     const endpoints = state.endpoints(service.namespace, service.name);
     if (endpoints.length === 0) return { kind: 'no_endpoint', service, why: 'service has no endpoints' };
-    return { kind: 'mesh', service, endpoints, targetPort: vip.targetPort };
+    return { kind: 'mesh', service, endpoints, targetPort: vip.targetPort, targeted: target.ip };
   }
   const w = state.workloadAt(target.ip, target.port);
   if (w) {
     const service = { name: w.service, namespace: w.namespace };
-    return { kind: 'mesh', service, endpoints: [w], targetPort: target.port };
+    return { kind: 'mesh', service, endpoints: [w], targetPort: target.port, targeted: target.ip };
   }
   return { kind: 'passthrough', ip: target.ip, port: target.port };
 }
@@ -86,11 +100,26 @@ export function planOutbound(state: OutboundState, target: OutboundTarget): Outb
 export const endpointPort = (plan: OutboundPlan, w: Workload): number | undefined =>
   plan.targetPort ?? (w.ports.length === 1 ? w.ports[0] : undefined);
 
+/**
+ * The address of `ep` a connection is delivered to, so that a server listening on one family only is
+ * reached as the client meant it: the address the client targeted when it is one of the endpoint's; for a
+ * virtual address (or a target named by service, `targeted` undefined), the endpoint's first address in the
+ * family of the one targeted, its first address of the other family when it has none.
+ */
+export function deliveryAddress(ep: Workload, targeted: string | undefined): string | undefined {
+  if (targeted === undefined) return ep.addresses[0];
+  const wanted = canonicalIp(targeted);
+  const own = ep.addresses.find((a) => canonicalIp(a) === wanted);
+  if (own !== undefined) return own;
+  const family = isIP(unmapIp(targeted));
+  return ep.addresses.find((a) => isIP(unmapIp(a)) === family) ?? ep.addresses[0];
+}
+
 /** One endpoint as the tunnel reaches it: the CONNECT's `:authority` and the pooled session that carries it. */
 export interface OutboundHop {
   readonly kind: 'hop';
   readonly endpoint: Workload;
-  /** The endpoint's first address and its destination port, as `:authority` spells it. */
+  /** The endpoint's address picked by {@link deliveryAddress} and its destination port, as `:authority` spells it. */
   readonly authority: string;
   /** Source identity, the identity the peer must prove (its SNI), the peer node's tunnel address. */
   readonly session: PoolKey;
@@ -118,7 +147,7 @@ export function planHop(
   if (!node)
     return { kind: 'skip', reason: 'unknown_node', why: `endpoint ${ep.name} is on unknown node ${ep.node}` };
   const port = endpointPort(plan, ep);
-  const ip = ep.addresses[0];
+  const ip = deliveryAddress(ep, plan.targeted);
   if (port === undefined || ip === undefined)
     return { kind: 'skip', reason: 'no_port', why: `endpoint ${ep.name} has no port to reach` };
   return {

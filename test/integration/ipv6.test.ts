@@ -1,0 +1,116 @@
+// IPv6 on loopback: a dual-stack tunnel listener reached by a peer over IPv6 and by a client over IPv4,
+// a workload listening on ::1 alone reached through the tunnel, and IPv6 addresses bracketed in the
+// access log. (Capture's choice of the address the client targeted needs namespaces: test/system.)
+import { randomBytes } from 'node:crypto';
+import { type AddressInfo, connect, createServer } from 'node:net';
+import test from 'ava';
+import {
+  clientWorkload,
+  echoServer,
+  enroll,
+  freePort,
+  roundTrip,
+  sha256,
+  startCluster,
+  until,
+  upstreamTo,
+  workload,
+} from '../helpers/cluster.js';
+import { captureLogs } from '../helpers/logs.js';
+
+const reaches = (host: string, port: number): Promise<boolean> =>
+  new Promise((resolve) => {
+    const s = connect({ host, port });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+
+test('a v6-only workload on ::1 is reached through a dual-stack tunnel, logged in brackets', async (t) => {
+  const logs = captureLogs();
+  const cluster = await startCluster({
+    flags: { tunnel: '[::]:0', advertiseAddress: '::1' },
+    logger: logs.logger,
+  });
+  // A server on its IPv6 address alone: nothing answers on 127.0.0.1 at this port.
+  let accepted = 0;
+  const server = createServer({ allowHalfOpen: true }, (s) => {
+    accepted++;
+    s.on('error', () => {});
+    s.pipe(s);
+  });
+  await new Promise<void>((r) => server.listen({ port: 0, host: '::1', ipv6Only: true }, r));
+  const port = (server.address() as AddressInfo).port;
+  try {
+    const tunnelPort = cluster.b.ports.tunnel;
+    t.true(await reaches('::1', tunnelPort), 'the tunnel takes IPv6');
+    t.true(await reaches('127.0.0.1', tunnelPort), 'and IPv4, on the same socket');
+    t.false(await reaches('127.0.0.1', port), 'the workload does not listen on IPv4');
+
+    const upstreamPort = await freePort();
+    await enroll(
+      cluster.meshFile,
+      clientWorkload(9, upstreamTo('v6', upstreamPort)),
+      workload({ name: 'v6-1', service: 'v6', node: 'node-b', addresses: ['::1'], ports: [port] }),
+    );
+    await until(() => cluster.a.listeners.listening().length === 1, 5000, 'upstream listener bound');
+    await until(
+      () => cluster.b.readiness().ready && cluster.b.certs.list().length === 1,
+      5000,
+      'node-b ready',
+    );
+    const payload = randomBytes(64 * 1024);
+    const back = await roundTrip(upstreamPort, payload);
+    t.is(back.sha256, sha256(payload));
+    t.is(accepted, 1);
+
+    await until(() => logs.lines.some((l) => l.msg === 'connection closed'), 5000, 'access log line');
+    const line = logs.lines.find((l) => l.msg === 'connection closed') as {
+      src: { addr: string };
+      dst: { addr: string; workload: string };
+    };
+    t.regex(line.src.addr, /^\[::1\]:\d+$/, 'the tunnel peer, over IPv6, bracketed');
+    t.is(line.dst.addr, `[::1]:${port}`);
+    t.is(line.dst.workload, 'v6-1');
+  } finally {
+    server.close();
+    await cluster.close();
+  }
+});
+
+test('an IPv4 peer of the dual-stack tunnel is logged as IPv4, not ::ffff:', async (t) => {
+  const logs = captureLogs();
+  const cluster = await startCluster({ flags: { tunnel: '[::]:0' }, logger: logs.logger });
+  const echo = await echoServer();
+  try {
+    const upstreamPort = await freePort();
+    await enroll(
+      cluster.meshFile,
+      clientWorkload(9, upstreamTo('echo', upstreamPort)),
+      workload({ name: 'echo-1', service: 'echo', node: 'node-b', ports: [echo.port] }),
+    );
+    await until(() => cluster.a.listeners.listening().length === 1, 5000, 'upstream listener bound');
+    await until(
+      () => cluster.b.readiness().ready && cluster.b.certs.list().length === 1,
+      5000,
+      'node-b ready',
+    );
+    const payload = randomBytes(1024);
+    t.is((await roundTrip(upstreamPort, payload)).sha256, sha256(payload));
+    // And a peer that never completes TLS: its refusal names it by its IPv4 address too.
+    const junk = connect({ host: '127.0.0.1', port: cluster.b.ports.tunnel });
+    junk.on('error', () => {});
+    junk.end(Buffer.alloc(64, 1));
+    await until(() => logs.lines.some((l) => l.msg === 'connection closed'), 5000, 'access log line');
+    const line = logs.lines.find((l) => l.msg === 'connection closed') as { src: { addr: string } };
+    t.regex(line.src.addr, /^127\.0\.0\.1:\d+$/);
+    await until(() => logs.lines.some((l) => l.reason === 'tls_failure'), 5000, 'TLS refusal logged');
+    const refusal = logs.lines.find((l) => l.reason === 'tls_failure') as { src: string };
+    t.is(refusal.src, '127.0.0.1');
+  } finally {
+    echo.server.close();
+    await cluster.close();
+  }
+});
