@@ -1,0 +1,160 @@
+// Bytes carried are counted and logged whatever way a connection ends: a reset of the tunnel on either side
+// mid-download still reaches the access log and istio_tcp_*_bytes_total with what was delivered.
+import { type AddressInfo, type Server, connect, createServer } from 'node:net';
+import { Writable } from 'node:stream';
+import test from 'ava';
+import pino from 'pino';
+import type { Ambitd } from '../../daemon/daemon.js';
+import {
+  type Cluster,
+  clientWorkload,
+  enroll,
+  freePort,
+  metricSum,
+  metricsText,
+  startCluster,
+  until,
+  upstreamTo,
+  workload,
+} from '../helpers/cluster.js';
+
+type Line = Record<string, unknown>;
+
+/** Every log line of both daemons, by node. */
+function captureLogs(): { lines: Map<string, Line[]>; logger: (node: string) => pino.Logger } {
+  const lines = new Map<string, Line[]>();
+  return {
+    lines,
+    logger: (node) => {
+      const mine: Line[] = [];
+      lines.set(node, mine);
+      const sink = new Writable({
+        write(chunk: Buffer, _enc, done) {
+          for (const l of chunk.toString().split('\n')) if (l) mine.push(JSON.parse(l) as Line);
+          done();
+        },
+      });
+      return pino({ level: 'info' }, sink);
+    },
+  };
+}
+
+/** A server that sends 64 KiB chunks as fast as it may, up to `limit` bytes, until the connection goes. */
+async function firehose(limit: number): Promise<{ server: Server; port: number }> {
+  const chunk = Buffer.alloc(64 * 1024, 0x61);
+  const server = createServer((s) => {
+    s.on('error', () => {});
+    let sent = 0;
+    const pump = (): void => {
+      while (sent < limit && !s.destroyed) {
+        sent += chunk.length;
+        if (!s.write(chunk)) return void s.once('drain', pump);
+      }
+      if (!s.destroyed) s.end();
+    };
+    pump();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { server, port: (server.address() as AddressInfo).port };
+}
+
+interface Setup {
+  cluster: Cluster;
+  lines: Map<string, Line[]>;
+  upstreamPort: number;
+  close(): Promise<void>;
+}
+
+async function setup(): Promise<Setup> {
+  const logs = captureLogs();
+  const cluster = await startCluster({ logger: logs.logger });
+  const hose = await firehose(2 * 1024 * 1024 * 1024);
+  const upstreamPort = await freePort();
+  await enroll(
+    cluster.meshFile,
+    clientWorkload(9, upstreamTo('bulk', upstreamPort)),
+    workload({ name: 'bulk-1', service: 'bulk', node: 'node-b', ports: [hose.port] }),
+  );
+  await until(() => cluster.a.listeners.listening().length === 1, 5000, 'upstream listener bound');
+  await until(() => cluster.b.readiness().ready && cluster.b.certs.list().length === 1, 5000, 'node-b ready');
+  return {
+    cluster,
+    lines: logs.lines,
+    upstreamPort,
+    async close() {
+      hose.server.close();
+      await cluster.close();
+    },
+  };
+}
+
+/** Downloads through the tunnel; once `after` bytes have arrived, `cut` runs. Resolves with what arrived. */
+function download(
+  port: number,
+  after: number,
+  cut: () => void,
+): Promise<{ received: number; reset: boolean }> {
+  return new Promise((resolve) => {
+    const s = connect({ port, host: '127.0.0.1' });
+    let received = 0;
+    let cutDone = false;
+    let reset = false;
+    s.on('data', (c: Buffer) => {
+      received += c.length;
+      if (!cutDone && received >= after) {
+        cutDone = true;
+        cut();
+      }
+    });
+    s.on('error', () => {
+      reset = true;
+    });
+    s.on('close', () => resolve({ received, reset }));
+    // Bounded: a transfer that nothing cuts ends at the test's own timeout.
+    setTimeout(() => s.destroy(), 20_000).unref();
+  });
+}
+
+const closedLine = (lines: Line[] | undefined): Line | undefined =>
+  lines?.find((l) => l.msg === 'connection closed');
+
+async function bytesMetric(d: Ambitd, name: string, reporter: string): Promise<number> {
+  return metricSum(await metricsText(d), name, { reporter });
+}
+
+/** Kernel buffers in flight between the daemon's write and the client's read, lost to the reset. */
+const SLACK = 16 * 1024 * 1024;
+
+for (const [side, cut] of [
+  ['the destination daemon destroys its tunnel sessions', (c: Cluster) => void c.b.tunnel.close(false)],
+  ['the source daemon destroys its pooled sessions', (c: Cluster) => c.a.pool.close()],
+] as const) {
+  test.serial(`a download cut mid-transfer is counted and logged with its bytes: ${side}`, async (t) => {
+    const s = await setup();
+    try {
+      const got = await download(s.upstreamPort, 30 * 1024 * 1024, () => cut(s.cluster));
+      t.true(got.received >= 30 * 1024 * 1024, `the client received ${got.received} B`);
+      await until(() => closedLine(s.lines.get('node-a')) !== undefined, 5000, 'node-a access log line');
+      await until(() => closedLine(s.lines.get('node-b')) !== undefined, 5000, 'node-b access log line');
+      const a = closedLine(s.lines.get('node-a'))!;
+      const b = closedLine(s.lines.get('node-b'))!;
+      t.is(a.outcome, 'reset');
+      t.is(b.outcome, 'reset');
+      // Source side: what it wrote to the client, at least what the client read.
+      const toClient = a.bytes_received as number;
+      t.true(toClient >= got.received, `node-a logged ${toClient} B, the client read ${got.received} B`);
+      t.true(
+        toClient <= got.received + SLACK,
+        `node-a logged ${toClient} B, the client read ${got.received} B`,
+      );
+      // Destination side: what it read from the workload, at least what reached the source.
+      const fromWorkload = b.bytes_received as number;
+      t.true(fromWorkload >= toClient, `node-b logged ${fromWorkload} B, node-a ${toClient} B`);
+      t.true(fromWorkload <= toClient + SLACK, `node-b logged ${fromWorkload} B, node-a ${toClient} B`);
+      t.is(await bytesMetric(s.cluster.a, 'istio_tcp_sent_bytes_total', 'source'), toClient);
+      t.is(await bytesMetric(s.cluster.b, 'istio_tcp_sent_bytes_total', 'destination'), fromWorkload);
+    } finally {
+      await s.close();
+    }
+  });
+}
