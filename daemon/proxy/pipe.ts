@@ -122,6 +122,12 @@ function onSplicedSocketClose(this: Linked<PlainConnection>): void {
   closed(link, SOCKET);
 }
 
+/** Resets a carried pair from outside (a policy that no longer allows it), by either of its ends. */
+export function abortPair(end: PipeEnd, err: Error): void {
+  const link = (end as PipeEnd & { [kLink]?: Link })[kLink];
+  if (link) fail(link, err);
+}
+
 function fail(link: Link, err: Error): void {
   link.failure ??= err;
   const { socket, stream } = link;
