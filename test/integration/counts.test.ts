@@ -1,9 +1,7 @@
 // Bytes carried are counted and logged whatever way a connection ends: a reset of the tunnel on either side
 // mid-download still reaches the access log and istio_tcp_*_bytes_total with what was delivered.
 import { type AddressInfo, type Server, connect, createServer } from 'node:net';
-import { Writable } from 'node:stream';
 import test from 'ava';
-import pino from 'pino';
 import type { Ambitd } from '../../daemon/daemon.js';
 import {
   type Cluster,
@@ -17,27 +15,9 @@ import {
   upstreamTo,
   workload,
 } from '../helpers/cluster.js';
+import { type LogLine, captureLogs } from '../helpers/logs.js';
 
-type Line = Record<string, unknown>;
-
-/** Every log line of both daemons, by node. */
-function captureLogs(): { lines: Map<string, Line[]>; logger: (node: string) => pino.Logger } {
-  const lines = new Map<string, Line[]>();
-  return {
-    lines,
-    logger: (node) => {
-      const mine: Line[] = [];
-      lines.set(node, mine);
-      const sink = new Writable({
-        write(chunk: Buffer, _enc, done) {
-          for (const l of chunk.toString().split('\n')) if (l) mine.push(JSON.parse(l) as Line);
-          done();
-        },
-      });
-      return pino({ level: 'info' }, sink);
-    },
-  };
-}
+type Line = LogLine;
 
 /** A server that sends 64 KiB chunks as fast as it may, up to `limit` bytes, until the connection goes. */
 async function firehose(limit: number): Promise<{ server: Server; port: number }> {

@@ -3,9 +3,7 @@
 // it through under the policy it was admitted by.
 import type { Socket } from 'node:net';
 import { connect } from 'node:net';
-import { Writable } from 'node:stream';
 import test from 'ava';
-import pino from 'pino';
 import { addPolicy, editMeshFile } from '../../lib/mesh/edit.js';
 import {
   clientWorkload,
@@ -19,20 +17,11 @@ import {
   upstreamTo,
   workload,
 } from '../helpers/cluster.js';
-
-type Line = Record<string, unknown>;
+import { captureLogs } from '../helpers/logs.js';
 
 test('a deny landing while the upstream connect is in flight refuses the connection', async (t) => {
-  const lines: Line[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      for (const l of chunk.toString().split('\n')) if (l) lines.push(JSON.parse(l) as Line);
-      done();
-    },
-  });
-  const cluster = await startCluster({
-    logger: (node) => pino({ level: node === 'node-b' ? 'info' : 'silent' }, sink),
-  });
+  const logs = captureLogs();
+  const cluster = await startCluster({ logger: logs.logger });
   const echo = await echoServer();
   try {
     const upstreamPort = await freePort();
@@ -88,6 +77,7 @@ test('a deny landing while the upstream connect is in flight refuses the connect
     await until(() => echo.accepted() === 1, 5000, 'the held connect reached the workload');
     t.is(cluster.b.inbound.openConnections, 0);
 
+    const lines = logs.lines.get('node-b')!;
     const revoked = lines.find((l) => l.msg === 'closing connection no longer allowed');
     t.like(revoked, { workload: 'echo-1', peer: cluster.a.identityOf(cluster.a.store.workload('client')!) });
     t.like(
