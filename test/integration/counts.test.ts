@@ -1,6 +1,8 @@
 // Bytes carried are counted and logged whatever way a connection ends: a reset of the tunnel on either side
 // mid-download still reaches the access log and istio_tcp_*_bytes_total with what was delivered.
+import { spawn } from 'node:child_process';
 import { type AddressInfo, type Server, connect, createServer } from 'node:net';
+import { join } from 'node:path';
 import test from 'ava';
 import type { Ambitd } from '../../daemon/daemon.js';
 import {
@@ -16,6 +18,7 @@ import {
   workload,
 } from '../helpers/cluster.js';
 import { type LogLine, captureLogs } from '../helpers/logs.js';
+import { ROOT } from '../helpers/paths.js';
 
 type Line = LogLine;
 
@@ -138,3 +141,68 @@ for (const [side, cut] of [
     }
   });
 }
+
+test.serial(
+  'a download whose destination daemon is killed (SIGKILL) is counted and logged with its bytes',
+  async (t) => {
+    const logs = captureLogs();
+    const cluster = await startCluster({ logger: logs.logger });
+    const hose = await firehose(2 * 1024 * 1024 * 1024);
+    // node-c: a third daemon, as a child process, so that it can be killed.
+    const child = spawn(process.execPath, [join(ROOT, 'dist', 'daemon', 'main.js')], {
+      env: {
+        PATH: process.env.PATH,
+        AMBIT_NODE_NAME: 'node-c',
+        AMBIT_STATE_DIR: join(cluster.dir, 'node-c'),
+        AMBIT_MESH_FILE: cluster.meshFile,
+        AMBIT_CA_DIR: join(cluster.dir, 'ca'),
+        AMBIT_TUNNEL: '127.0.0.1:0',
+        AMBIT_ADMIN: '127.0.0.1:0',
+        AMBIT_METRICS: '127.0.0.1:0',
+        AMBIT_READY: '127.0.0.1:0',
+        AMBIT_MESH_POLL: '200ms',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (b: Buffer) => {
+      out += b.toString();
+    });
+    child.stderr.on('data', (b: Buffer) => {
+      out += b.toString();
+    });
+    try {
+      await until(() => out.includes('ambitd ready'), 15_000, `node-c ready: ${out}`);
+      const upstreamPort = await freePort();
+      await enroll(
+        cluster.meshFile,
+        clientWorkload(9, upstreamTo('bulk', upstreamPort)),
+        workload({ name: 'bulk-1', service: 'bulk', node: 'node-c', ports: [hose.port] }),
+      );
+      await until(() => cluster.a.listeners.listening().length === 1, 5000, 'upstream listener bound');
+      const kill = (): void => void child.kill('SIGKILL');
+      // Until node-c has read the mesh and holds its certificate, a connection is refused; try again.
+      let got = { received: 0, reset: false };
+      for (let i = 0; i < 40 && got.received === 0; i++) {
+        got = await download(upstreamPort, 30 * 1024 * 1024, kill);
+        if (got.received === 0) await new Promise((r) => setTimeout(r, 250));
+      }
+      t.true(got.received >= 30 * 1024 * 1024, `the client received ${got.received} B`);
+      const lines = logs.lines.get('node-a')!;
+      await until(() => closedLine(lines) !== undefined, 5000, 'node-a access log line');
+      const a = closedLine(lines)!;
+      t.is(a.outcome, 'reset');
+      const toClient = a.bytes_received as number;
+      t.true(toClient >= got.received, `node-a logged ${toClient} B, the client read ${got.received} B`);
+      t.true(
+        toClient <= got.received + SLACK,
+        `node-a logged ${toClient} B, the client read ${got.received} B`,
+      );
+      t.is(await bytesMetric(cluster.a, 'istio_tcp_sent_bytes_total', 'source'), toClient);
+    } finally {
+      child.kill('SIGKILL');
+      hose.server.close();
+      await cluster.close();
+    }
+  },
+);
