@@ -158,6 +158,7 @@ export class Ambitd {
             identityOf,
             sockets: this.sockets,
             trustDomain: config.trustDomain,
+            rechecks: this.inbound.rechecks,
           }),
         }
       : undefined;

@@ -11,7 +11,8 @@ import { type PipeEnd, pipeBoth, spliceBoth } from './pipe.js';
 /**
  * Carries `socket` and `other` both ways and reports to `account` until both close. From here the native
  * binding carries the TCP side (`PlainConnection`); `clientSide` says whether `socket` faces the client (so
- * what it read came from the client) or the workload (what it wrote came from the client).
+ * what it read came from the client) or the workload (what it wrote came from the client). Returns the TCP
+ * side (abortPair resets the pair through it), or undefined when there was nothing left to carry.
  */
 export function carry(
   account: ConnectionAccount,
@@ -19,7 +20,7 @@ export function carry(
   other: H2Stream | Socket,
   clientSide: boolean,
   onClose?: () => void,
-): void {
+): PlainConnection | undefined {
   let tcp: PlainConnection;
   let far: PipeEnd;
   try {
@@ -33,7 +34,7 @@ export function carry(
     onClose?.();
     const why = `the connection closed before it was carried: ${(err as Error).message}`;
     account.refused(new ConnectionRefusal('connect_failed', why));
-    return;
+    return undefined;
   }
   account.opened();
   const done = (err: Error | undefined): void => {
@@ -43,7 +44,8 @@ export function carry(
     account.closed(fromClient, toClient, err);
   };
   // A tunnel stream is spliced (the binding carries it); otherwise, or when it cannot be yet, JavaScript pipes.
-  if (far instanceof H2Stream && spliceBoth(tcp, far, done)) return;
+  if (far instanceof H2Stream && spliceBoth(tcp, far, done)) return tcp;
   pipeBoth(tcp, far, done);
   tcp.resume();
+  return tcp;
 }

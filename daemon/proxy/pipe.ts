@@ -15,15 +15,19 @@ interface Link {
   readonly stream: PipeEnd;
   readonly done: (err: Error | undefined) => void;
   failure: Error | undefined;
-  open: number;
+  /** The ends that have closed (SOCKET, STREAM): each counts once, whatever its emitter repeats. */
+  closed: number;
 }
+
+const SOCKET = 1;
+const STREAM = 2;
 
 const kLink = Symbol('ambit.link');
 type Linked<T> = T & { [kLink]: Link };
 
 /** Both ends point at what they share; the listeners find it through `this`. */
 function linkPair(socket: PlainConnection, stream: PipeEnd, done: (err: Error | undefined) => void): void {
-  const l: Link = { socket, stream, done, failure: undefined, open: 2 };
+  const l: Link = { socket, stream, done, failure: undefined, closed: 0 };
   (socket as Linked<PlainConnection>)[kLink] = l;
   (stream as Linked<PipeEnd>)[kLink] = l;
 }
@@ -115,7 +119,13 @@ export function spliceBoth(
 function onSplicedSocketClose(this: Linked<PlainConnection>): void {
   const link = this[kLink];
   if (!link.stream.destroyed) link.stream.destroy(link.failure ?? new Error('the connection closed'));
-  closed(link);
+  closed(link, SOCKET);
+}
+
+/** Resets a carried pair from outside (a policy that no longer allows it), by either of its ends. */
+export function abortPair(end: PipeEnd, err: Error): void {
+  const link = (end as PipeEnd & { [kLink]?: Link })[kLink];
+  if (link) fail(link, err);
 }
 
 function fail(link: Link, err: Error): void {
@@ -126,15 +136,21 @@ function fail(link: Link, err: Error): void {
   if (!stream.destroyed) stream.destroy(err);
 }
 
-function closed(link: Link): void {
-  if (--link.open === 0) link.done(link.failure);
+/**
+ * One end closed; `done` runs once both have. The socket's close comes last on a spliced pair that ends in
+ * a reset (after the binding has told what the splice carried), so the counts `done` reads are whole.
+ */
+function closed(link: Link, end: number): void {
+  if (link.closed & end) return;
+  link.closed |= end;
+  if (link.closed === (SOCKET | STREAM)) link.done(link.failure);
 }
 
 function onSocketClose(this: Linked<PlainConnection>): void {
   const link = this[kLink];
   // The client went away while the tunnel still had data for it: nothing more can be delivered.
   if (!link.stream.destroyed && !link.stream.writableEnded) link.stream.end();
-  closed(link);
+  closed(link, SOCKET);
 }
 
 function onStreamClose(this: Linked<PipeEnd>): void {
@@ -147,5 +163,5 @@ function onStreamClose(this: Linked<PipeEnd>): void {
     fail(link, new Error(`tunnel stream reset (code ${rst})`));
   else if (!socket.destroyed && !this.readableEnded) socket.resetAndDestroy();
   else if (!socket.destroyed && !socket.writableEnded) socket.end();
-  closed(link);
+  closed(link, STREAM);
 }

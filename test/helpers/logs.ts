@@ -1,22 +1,28 @@
+// The daemons' log lines, kept in memory per node, for tests that read the access log.
 import { Writable } from 'node:stream';
-import { pino } from 'pino';
+import pino from 'pino';
 import type { Logger } from '../../lib/log.js';
 
-/** A logger factory for startCluster that keeps one node's JSON lines (parsed, in order); the others are silent. */
-export function captureLogs(node = 'node-b'): {
-  logger: (name: string) => Logger;
-  lines: Record<string, unknown>[];
+export type LogLine = Record<string, unknown>;
+
+/** A logger per node (for startCluster's `logger`) and every line each wrote, parsed. */
+export function captureLogs(level = 'info'): {
+  lines: Map<string, LogLine[]>;
+  logger: (node: string) => Logger;
 } {
-  const lines: Record<string, unknown>[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      for (const l of chunk.toString().split('\n'))
-        if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
-      done();
-    },
-  });
+  const lines = new Map<string, LogLine[]>();
   return {
     lines,
-    logger: (name) => (name === node ? pino({ level: 'info' }, sink) : pino({ level: 'silent' })),
+    logger: (node) => {
+      const mine: LogLine[] = [];
+      lines.set(node, mine);
+      const sink = new Writable({
+        write(chunk: Buffer, _enc, done) {
+          for (const l of chunk.toString().split('\n')) if (l) mine.push(JSON.parse(l) as LogLine);
+          done();
+        },
+      });
+      return pino({ level }, sink);
+    },
   };
 }

@@ -16,7 +16,10 @@ import {
   upstreamTo,
   workload,
 } from '../helpers/cluster.js';
-import { captureLogs } from '../helpers/logs.js';
+import { type LogLine, captureLogs } from '../helpers/logs.js';
+
+/** Node-b's lines: the destination daemon's, which the tests read. */
+const nodeB = (logs: { lines: Map<string, LogLine[]> }): LogLine[] => logs.lines.get('node-b') ?? [];
 
 const reaches = (host: string, port: number): Promise<boolean> =>
   new Promise((resolve) => {
@@ -66,8 +69,8 @@ test('a v6-only workload on ::1 is reached through a dual-stack tunnel, logged i
     t.is(back.sha256, sha256(payload));
     t.is(accepted, 1);
 
-    await until(() => logs.lines.some((l) => l.msg === 'connection closed'), 5000, 'access log line');
-    const line = logs.lines.find((l) => l.msg === 'connection closed') as {
+    await until(() => nodeB(logs).some((l) => l.msg === 'connection closed'), 5000, 'access log line');
+    const line = nodeB(logs).find((l) => l.msg === 'connection closed') as {
       src: { addr: string };
       dst: { addr: string; workload: string };
     };
@@ -103,11 +106,11 @@ test('an IPv4 peer of the dual-stack tunnel is logged as IPv4, not ::ffff:', asy
     const junk = connect({ host: '127.0.0.1', port: cluster.b.ports.tunnel });
     junk.on('error', () => {});
     junk.end(Buffer.alloc(64, 1));
-    await until(() => logs.lines.some((l) => l.msg === 'connection closed'), 5000, 'access log line');
-    const line = logs.lines.find((l) => l.msg === 'connection closed') as { src: { addr: string } };
+    await until(() => nodeB(logs).some((l) => l.msg === 'connection closed'), 5000, 'access log line');
+    const line = nodeB(logs).find((l) => l.msg === 'connection closed') as { src: { addr: string } };
     t.regex(line.src.addr, /^127\.0\.0\.1:\d+$/);
-    await until(() => logs.lines.some((l) => l.reason === 'tls_failure'), 5000, 'TLS refusal logged');
-    const refusal = logs.lines.find((l) => l.reason === 'tls_failure') as { src: string };
+    await until(() => nodeB(logs).some((l) => l.reason === 'tls_failure'), 5000, 'TLS refusal logged');
+    const refusal = nodeB(logs).find((l) => l.reason === 'tls_failure') as { src: string };
     t.is(refusal.src, '127.0.0.1');
   } finally {
     echo.server.close();

@@ -6,14 +6,11 @@ import { readFile, stat } from 'node:fs/promises';
 import { connect as h2connect } from 'node:http2';
 import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
 import test from 'ava';
-import { pino } from 'pino';
 import { sniForIdentity } from '../../daemon/proxy/hbone.js';
 import { type Peer, authorize } from '../../daemon/rbac.js';
 import { type ConsulIntention, compileIntentions } from '../../lib/consul/intentions.js';
-import type { Logger } from '../../lib/log.js';
 import { addPolicy, editMeshFile } from '../../lib/mesh/edit.js';
 import type { Policy, PolicySource } from '../../lib/mesh/model.js';
 import {
@@ -36,6 +33,7 @@ import {
   until,
   workload,
 } from '../helpers/cluster.js';
+import { captureLogs } from '../helpers/logs.js';
 import { CLI } from '../helpers/paths.js';
 
 const TD = 'ambit.local';
@@ -252,21 +250,6 @@ test('addresses: canonical forms, loopback, and what a bind accepts', (t) => {
 // --- real daemons -------------------------------------------------------------------------------------
 
 /** Access-log lines of node-b (JSON objects), in order. */
-function captureLogs(): { logger: (node: string) => Logger; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      for (const l of chunk.toString().split('\n'))
-        if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
-      done();
-    },
-  });
-  return {
-    lines,
-    logger: (node) => (node === 'node-b' ? pino({ level: 'info' }, sink) : pino({ level: 'silent' })),
-  };
-}
-
 interface Setup {
   cluster: Cluster;
   echoPort: number;
@@ -301,7 +284,7 @@ async function setup(): Promise<Setup> {
     cluster,
     echoPort: echo.port,
     accepted: echo.accepted,
-    lines: logs.lines,
+    lines: logs.lines.get('node-b') ?? [],
     issue,
     close: async () => {
       echo.server.close();

@@ -234,7 +234,8 @@ export class H2Stream extends EventEmitter {
     // Both ends sent: what the reader has not taken yet is still delivered, then the stream closes.
     if (code === ErrorCode.NO_ERROR && this.remoteEnded && !this.#endEmitted && this.localEnded) return;
     if (code !== ErrorCode.NO_ERROR) this.emit('aborted');
-    this.#finish(code);
+    // A listener of 'aborted' may have destroyed the stream: it is closed once, and 'close' comes once.
+    if (!this.#closed) this.#finish(code);
   }
 
   #ack(): void {

@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net';
 import { DEFAULT_LIMITS, type Limits } from '../../../lib/config.js';
-import { ConnectionRefusal } from '../../../lib/errors.js';
+import { ConnectionRefusal, denied } from '../../../lib/errors.js';
 import type { Logger } from '../../../lib/log.js';
 import type { Workload } from '../../../lib/mesh/model.js';
 import { joinHostPort, socketAddress } from '../../../lib/net/hostport.js';
@@ -18,6 +18,7 @@ import { type HostPort, parseForwardedFor } from '../hbone.js';
 import { ignoreError } from '../pipe.js';
 import type { SocketFactory } from '../sockets.js';
 import { decideInbound, peerFromUris, stillAdmits } from './decide.js';
+import { OpenConnections, type Recheckable, type Verdict } from './rechecks.js';
 
 export interface InboundDeps {
   readonly store: StateStore;
@@ -50,13 +51,6 @@ interface SessionLoad {
 /** RST_STREAM REFUSED_STREAM: "not processed, safe to retry" (RFC 9113 section 8.7). */
 const REFUSED_STREAM = 7;
 
-interface OpenConnection {
-  readonly peer: Peer;
-  readonly workload: Workload;
-  readonly port: number;
-  readonly stream: H2Stream;
-}
-
 const peerOf = new WeakMap<H2Session, Peer | null>();
 const loadOf = new WeakMap<H2Session, SessionLoad>();
 
@@ -76,7 +70,13 @@ interface Source {
  */
 export class Inbound {
   readonly #d: InboundDeps;
-  readonly #open = new Set<OpenConnection>();
+  /**
+   * Every connection accepted for a workload here, tunneled or plaintext (the 15006 listener registers its
+   * own), from before its decision to its close: what a policy change re-checks.
+   */
+  readonly rechecks = new OpenConnections();
+  /** Tunneled connections being carried (what a drain waits for). */
+  #carried = 0;
   readonly #limits: Limits;
   readonly #refusals: Refusals;
   /** Upstream connects in flight on this node. */
@@ -93,26 +93,31 @@ export class Inbound {
     return this.#connecting;
   }
 
-  /** Re-checks open connections against the policies now in force and closes those no longer allowed. */
+  /**
+   * Re-checks every accepted connection (tunneled, plaintext; connecting or carried) against the policies now
+   * in force, and closes those no longer allowed.
+   */
   recheck(): number {
-    let closed = 0;
-    for (const c of this.#open) {
-      const decision = stillAdmits(this.#d, c.workload.name, c.peer, c.port);
-      if (!decision.allowed) {
-        closed++;
-        this.#d.log.info(
-          { workload: c.workload.name, peer: c.peer.principal, reason: decision.reason },
-          'closing connection no longer allowed',
-        );
-        c.stream.destroy(new Error(`no longer allowed: ${decision.reason}`));
-      }
-    }
-    return closed;
+    return this.rechecks.recheck(this.#d.log);
   }
 
   get openConnections(): number {
-    return this.#open.size;
+    return this.#carried;
   }
+
+  /** Whether the state in force still admits `c` (decided: it has its workload and peer). */
+  readonly #check = (c: Tunneled): Verdict => stillAdmits(this.#d, c.target!.name, c.proven!, c.port);
+
+  /** `c` is no longer allowed: refused now if its upstream connect is in flight, reset if it is carried. */
+  readonly #revoke = (c: Tunneled, reason: string): void => {
+    const why = `no longer allowed: ${reason}`;
+    if (c.phase === 'carried') {
+      c.stream.destroy(new Error(why));
+      return;
+    }
+    c.phase = 'done';
+    this.#refuse(c.stream, denied(why), c.proven, c.target, c.authority, c.src, c.started);
+  };
 
   handleStream(stream: H2Stream, headers: H2Headers, session: H2Session): void {
     stream.on('error', ignoreError);
@@ -134,17 +139,25 @@ export class Inbound {
     }
     load.streams++;
     const hold = new Hold(() => load.streams--);
-    stream.once('close', () => hold.release());
     const started = Date.now();
     const peer = this.#peer(session);
     const authority = headers[':authority'];
     const src = this.#source(session, headers);
+    // Registered before the decision: a policy change from here on re-checks it, whatever phase it is in.
+    const entry = new Tunneled(stream, src, started, this.#check, this.#revoke);
+    this.rechecks.add(entry);
+    stream.once('close', () => {
+      hold.release();
+      this.rechecks.delete(entry);
+    });
     const to = decideInbound(this.#d, headers[':method'], authority, peer);
     if (!to.ok) {
+      entry.phase = 'done';
       this.#refuse(stream, to.refusal, peer, to.workload, authority, src, started);
       return;
     }
-    void this.#connect(stream, to.peer, to.workload, to.target, src, started, load, hold);
+    entry.admitted(to.peer, to.workload, to.target.port, authority);
+    void this.#connect(entry, to.target, load, hold);
   }
 
   #load(session: H2Session): SessionLoad {
@@ -243,17 +256,13 @@ export class Inbound {
       stream.respond({ ':status': String(refusal.status) }, { endStream: true });
   }
 
-  async #connect(
-    stream: H2Stream,
-    peer: Peer,
-    workload: Workload,
-    target: HostPort,
-    src: Source,
-    started: number,
-    load: SessionLoad,
-    hold: Hold,
-  ): Promise<void> {
+  async #connect(entry: Tunneled, target: HostPort, load: SessionLoad, hold: Hold): Promise<void> {
+    const { stream, src, started } = entry;
+    const peer = entry.proven!;
+    const workload = entry.target!;
     const authority = joinHostPort(target.ip, target.port);
+    // The limits refuse it (503) before it connects: nothing for a re-check to close any more.
+    entry.phase = 'done';
     const l = this.#limits;
     const fields = { peer: peer.principal, dst: authority };
     if (load.connects >= l.maxConnectsPerSession) {
@@ -272,11 +281,15 @@ export class Inbound {
     load.connects++;
     this.#connecting++;
     hold.take();
+    entry.phase = 'connecting';
     let upstream: Socket;
     try {
       // Marked (when capture is on) so that the capture rules do not take it for plaintext inbound.
       upstream = await this.#d.sockets.upstream(target.ip, target.port);
     } catch (err) {
+      // Revoked while connecting: refused already.
+      if (entry.phase !== 'connecting') return;
+      entry.phase = 'done';
       if (isFdExhaustion(err)) {
         const message = 'upstream connect refused: out of descriptors';
         return this.#overloaded(stream, 'fd_reserve', message, { ...fields, err: (err as Error).message });
@@ -289,17 +302,75 @@ export class Inbound {
       this.#connecting--;
       hold.release();
     }
-    if (stream.destroyed) {
+    // Revoked by a policy change while connecting (refused then), or the peer gave up on it.
+    if (entry.phase !== 'connecting' || stream.destroyed) {
+      entry.phase = 'done';
       upstream.destroy();
       return;
     }
     stream.respond({ ':status': '200' });
-    const entry: OpenConnection = { peer, workload, port: target.port, stream };
-    this.#open.add(entry);
+    entry.phase = 'carried';
+    this.#carried++;
     // The TCP side here faces the workload: what it wrote came from the client.
-    carry(this.#account(peer, workload, authority, src, started), upstream, stream, false, () =>
-      this.#open.delete(entry),
-    );
+    carry(this.#account(peer, workload, authority, src, started), upstream, stream, false, () => {
+      this.#carried--;
+      entry.phase = 'done';
+      this.rechecks.delete(entry);
+    });
+  }
+}
+
+type Phase = 'deciding' | 'connecting' | 'carried' | 'done';
+
+/** One CONNECT from its arrival to its close, as a policy change re-checks it. */
+class Tunneled implements Recheckable {
+  phase: Phase = 'deciding';
+  /** Set once policy admitted it: the peer it proved, the workload and port it reaches. */
+  proven: Peer | undefined;
+  target: Workload | undefined;
+  port = 0;
+  authority: string | undefined;
+  readonly stream: H2Stream;
+  readonly src: Source;
+  readonly started: number;
+  readonly #check: (c: Tunneled) => Verdict;
+  readonly #revoke: (c: Tunneled, reason: string) => void;
+
+  constructor(
+    stream: H2Stream,
+    src: Source,
+    started: number,
+    check: (c: Tunneled) => Verdict,
+    revoke: (c: Tunneled, reason: string) => void,
+  ) {
+    this.stream = stream;
+    this.src = src;
+    this.started = started;
+    this.#check = check;
+    this.#revoke = revoke;
+  }
+
+  admitted(peer: Peer, w: Workload, port: number, authority: string | undefined): void {
+    this.proven = peer;
+    this.target = w;
+    this.port = port;
+    this.authority = authority;
+  }
+
+  get workload(): string | undefined {
+    return this.target?.name;
+  }
+
+  get peer(): string | undefined {
+    return this.proven?.principal;
+  }
+
+  check(): Verdict | undefined {
+    return this.phase === 'connecting' || this.phase === 'carried' ? this.#check(this) : undefined;
+  }
+
+  revoke(reason: string): void {
+    this.#revoke(this, reason);
   }
 }
 

@@ -135,7 +135,8 @@ export class Outbound {
           toService(d, target, plan, ep),
           'mutual_tls',
         );
-        return carry(account, client, stream, true, () => d.balancer.closed(ep.name));
+        carry(account, client, stream, true, () => d.balancer.closed(ep.name));
+        return;
       }
       stream.close();
       d.balancer.closed(ep.name);
