@@ -103,8 +103,11 @@ export async function detectBackend(prefer?: Backend | 'auto'): Promise<Backend>
   throw new CaptureError('no iptables found: install it (Debian: apt-get install -y iptables)');
 }
 
-/** True when the host has IPv6 (the ipv6 module is loaded and not disabled). */
-export function hostHasIpv6(): boolean {
+/**
+ * The kernel's IPv6 (the module loaded and not disabled), which ip6tables needs: rules are installed for
+ * it even before an interface holds an IPv6 address, unlike lib/net's hostHasIpv6, which decides a bind.
+ */
+export function kernelHasIpv6(): boolean {
   return existsSync('/proc/net/if_inet6');
 }
 
@@ -112,7 +115,7 @@ export function hostHasIpv6(): boolean {
 export async function tools(backend: Backend): Promise<Tools[]> {
   const out: Tools[] = [];
   for (const family of [4, 6] as const) {
-    if (family === 6 && !hostHasIpv6()) continue;
+    if (family === 6 && !kernelHasIpv6()) continue;
     let t = toolsFor(backend, family);
     if (!t) {
       const plain = await plainBackend(family);
