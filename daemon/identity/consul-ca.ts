@@ -145,8 +145,13 @@ export class ConsulCa extends EventEmitter<ConsulCaEvents> implements Certificat
       }
       const config = isRecord(self.body) && isRecord(self.body.Config) ? self.body.Config : undefined;
       datacenter = typeof config?.Datacenter === 'string' ? config.Datacenter : 'dc1';
+      const debug = isRecord(self.body) && isRecord(self.body.DebugConfig) ? self.body.DebugConfig : {};
+      const dip = debug.DefaultIntentionPolicy;
       cache.set(ROOTS_PATH, r.body);
-      cache.set(SELF_PATH, { Config: { Datacenter: datacenter } });
+      cache.set(SELF_PATH, {
+        Config: { Datacenter: datacenter },
+        DebugConfig: dip === 'allow' || dip === 'deny' ? { DefaultIntentionPolicy: dip } : {},
+      });
     } catch (err) {
       if (!(err instanceof ConsulUnavailableError)) throw err;
       roots = parseRoots(cache.get(ROOTS_PATH)?.body);
@@ -277,6 +282,17 @@ export class ConsulCa extends EventEmitter<ConsulCaEvents> implements Certificat
   }
 
   /** Active long polls (roots + leaves). */
+  /**
+   * The agent's `default_intention_policy` (agent/self DebugConfig), which Consul applies before the ACL
+   * default when no intention matches; undefined when the agent does not set one.
+   */
+  get defaultIntentionPolicy(): 'allow' | 'deny' | undefined {
+    const self = this.#cache.get(SELF_PATH)?.body;
+    const debug = isRecord(self) && isRecord(self.DebugConfig) ? self.DebugConfig : undefined;
+    const v = debug?.DefaultIntentionPolicy;
+    return v === 'allow' || v === 'deny' ? v : undefined;
+  }
+
   get watches(): number {
     return this.#leafWatches.size + (this.#rootsWatch ? 1 : 0);
   }

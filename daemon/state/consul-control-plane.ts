@@ -62,6 +62,7 @@ export class ConsulControlPlane {
     const source = new ConsulSource(this.client, store, {
       nodeName: config.nodeName,
       defaultPolicy: config.defaultPolicy,
+      defaultIntentionPolicy: ca.defaultIntentionPolicy,
       log: this.#log,
       cache: this.cache,
       watch: watchOptions(config),
@@ -89,6 +90,7 @@ export class ConsulControlPlane {
     const report = (): void => {
       const s = source.status();
       metrics.consulStale.set(s.stale ? 1 : 0);
+      metrics.consulFilteredQueries.set(s.filteredByAcls.length);
       if (s.lastContact) metrics.consulLastContact.set(Date.parse(s.lastContact) / 1000);
     };
     source.on('status', report);
@@ -139,11 +141,17 @@ export class ConsulControlPlane {
   readiness(): string {
     const s = this.source?.status();
     if (!s) return 'starting';
-    if (!s.stale) return 'ok';
+    // Filtered answers do not make the node unready (what it can see still serves), but they are why
+    // services may be missing, so they are named here.
+    const filtered = s.filteredByAcls.length
+      ? `answers filtered by ACLs (the token cannot read all of them): ${s.filteredByAcls.join(', ')}`
+      : undefined;
+    if (!s.stale) return filtered ?? 'ok';
     return (
       `stale since ${s.staleSince}: serving the last known state` +
       (s.lastContact ? ` (last answer from Consul ${s.lastContact})` : ' (no answer from Consul yet)') +
-      (s.lastError ? `: ${s.lastError}` : '')
+      (s.lastError ? `: ${s.lastError}` : '') +
+      (filtered ? `; ${filtered}` : '')
     );
   }
 

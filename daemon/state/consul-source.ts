@@ -27,7 +27,13 @@ import {
   nodeTag,
   workloadFromEntry,
 } from '../../lib/consul/catalog.js';
-import { type ConsulClient, Watch, type WatchOptions } from '../../lib/consul/client.js';
+import {
+  type ConsulClient,
+  type ResponseMeta,
+  Watch,
+  type WatchOptions,
+  permissionFor,
+} from '../../lib/consul/client.js';
 import { compileIntentions, parseIntentions } from '../../lib/consul/intentions.js';
 import { AmbitError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
@@ -54,6 +60,8 @@ export const CONFIG_KINDS = [
 const CATALOG = '/v1/catalog/services';
 const healthPath = (svc: string): string => `/v1/health/service/${encodeURIComponent(svc)}`;
 const intentionsKey = (svc: string): string => `/v1/connect/intentions/match?by=destination&name=${svc}`;
+/** Where the last X-Consul-Default-ACL-Policy is kept, so that a start from the cache decides the same way. */
+const ACL_DEFAULT_KEY = 'header:x-consul-default-acl-policy';
 
 interface WatchSpec {
   key: string;
@@ -72,11 +80,25 @@ export interface ConsulStatus {
   lastError: string | undefined;
   /** Long polls open now (catalog, health, intentions, config entries, roots, leaves). */
   watches: number;
+  /** Queries whose last answer Consul filtered by ACLs (X-Consul-Results-Filtered-By-ACLs). */
+  filteredByAcls: string[];
+  /** What decides when no intention matches, and where that came from. */
+  defaultPolicy: { action: PolicyAction; from: DefaultPolicySource };
 }
+
+/**
+ * Who decides when no intention matches, in Consul's own order (agent `connect/authorize`): Ambit's
+ * `defaultPolicy` when set, else the agent's `default_intention_policy`, else the ACL default policy
+ * (X-Consul-Default-ACL-Policy), else allow (ACLs off, or a Consul that does not say).
+ */
+export type DefaultPolicySource = 'ambit' | 'default_intention_policy' | 'acl' | 'consul-default';
 
 export interface ConsulSourceOptions {
   nodeName: string;
-  defaultPolicy: PolicyAction;
+  /** Ambit's own `defaultPolicy`; undefined leaves the decision to Consul's defaults. */
+  defaultPolicy: PolicyAction | undefined;
+  /** The agent's `default_intention_policy` (agent/self DebugConfig), when it sets one. */
+  defaultIntentionPolicy?: PolicyAction | undefined;
   log: Logger;
   cache: ConsulCache;
   watch?: WatchOptions;
@@ -102,6 +124,8 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
   readonly #watches = new Map<string, Watch<unknown>>();
   readonly #results = new Map<string, unknown>();
   readonly #failing = new Map<string, string>();
+  readonly #filtered = new Set<string>();
+  #aclDefault: PolicyAction | undefined;
   #extraWatches: () => number = () => 0;
   #lastMeshText: string | undefined;
   #rebuildTimer: NodeJS.Timeout | undefined;
@@ -131,6 +155,8 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
    * answered once and no new watch was needed, or until Consul proves unreachable while a cached state serves.
    */
   async start(): Promise<void> {
+    const cachedDefault = this.#cache.get(ACL_DEFAULT_KEY)?.body;
+    if (cachedDefault === 'allow' || cachedDefault === 'deny') this.#aclDefault = cachedDefault;
     for (const key of this.#cache.keys()) {
       if (
         key === CATALOG ||
@@ -188,7 +214,48 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
       lastContact: this.#lastContact?.toISOString(),
       lastError: this.#lastError,
       watches: this.#watches.size + this.#extraWatches(),
+      filteredByAcls: [...this.#filtered].sort(),
+      defaultPolicy: this.#defaultPolicy(),
     };
+  }
+
+  #defaultPolicy(): { action: PolicyAction; from: DefaultPolicySource } {
+    if (this.#opts.defaultPolicy) return { action: this.#opts.defaultPolicy, from: 'ambit' };
+    if (this.#opts.defaultIntentionPolicy)
+      return { action: this.#opts.defaultIntentionPolicy, from: 'default_intention_policy' };
+    if (this.#aclDefault) return { action: this.#aclDefault, from: 'acl' };
+    return { action: 'allow', from: 'consul-default' };
+  }
+
+  /**
+   * What an answer said about ACLs: a filtered answer means the token cannot see part of the mesh (and
+   * Ambit would otherwise take the missing services as gone), so it is said once per query, loudly; a
+   * change of the ACL default policy changes what an unmatched source gets.
+   */
+  #noteMeta(key: string, meta: ResponseMeta): void {
+    if (meta.filteredByAcls && !this.#filtered.has(key)) {
+      this.#filtered.add(key);
+      this.#log.warn(
+        { consul: this.#client.address, query: key, permission: permissionFor('GET', key) },
+        'Consul filtered this answer by ACLs: the token cannot read part of it, so the mesh seen here is ' +
+          'incomplete; grant the token read on every service and node it must see',
+      );
+    } else if (!meta.filteredByAcls && this.#filtered.delete(key)) {
+      this.#log.info({ consul: this.#client.address, query: key }, 'Consul no longer filters this answer');
+    }
+    if (meta.defaultAclPolicy && meta.defaultAclPolicy !== this.#aclDefault) {
+      const before = this.#defaultPolicy();
+      this.#aclDefault = meta.defaultAclPolicy;
+      this.#cache.set(ACL_DEFAULT_KEY, meta.defaultAclPolicy);
+      const after = this.#defaultPolicy();
+      if (after.action !== before.action) {
+        this.#log.info(
+          { defaultPolicy: after.action, from: after.from },
+          'Consul default decides unmatched sources',
+        );
+        this.#scheduleRebuild();
+      }
+    }
   }
 
   /** Watch health reporting shared with the CA's watches. */
@@ -207,7 +274,8 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
     this.emit('status', this.status());
   }
 
-  noteOk(key: string): void {
+  noteOk(key: string, meta?: ResponseMeta): void {
+    if (meta) this.#noteMeta(key, meta);
     this.#failing.delete(key);
     this.#lastContact = new Date();
     if (this.#staleSince !== undefined && this.#failing.size === 0) {
@@ -257,6 +325,7 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
       this.#watches.delete(key);
       this.#results.delete(key);
       this.#failing.delete(key);
+      this.#filtered.delete(key);
       this.#cache.delete(key);
     }
     let started = 0;
@@ -272,7 +341,7 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
         this.#cache.set(spec.key, body);
         this.#scheduleRebuild();
       });
-      w.on('ok', () => this.noteOk(spec.key));
+      w.on('ok', (meta) => this.noteOk(spec.key, meta));
       w.on('error', (err) => this.noteError(spec.key, err));
       this.#watches.set(spec.key, w.start());
       started++;
@@ -411,13 +480,10 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
       for (const e of healthEntries(body)) consider(e, !key.endsWith('?passing'));
     }
     const policies: Policy[] = [];
+    const defaultPolicy = this.#defaultPolicy().action;
     for (const svc of this.#localServiceNames()) {
       const intentions = parseIntentions(this.#results.get(intentionsKey(svc)), svc);
-      const compiled = compileIntentions(
-        { service: svc, namespace: 'default' },
-        intentions,
-        this.#opts.defaultPolicy,
-      );
+      const compiled = compileIntentions({ service: svc, namespace: 'default' }, intentions, defaultPolicy);
       if (compiled.conflicts.length) {
         this.#log.warn(
           { destination: svc, denied: compiled.conflicts },
@@ -427,7 +493,7 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
       policies.push(...compiled.policies);
     }
     return {
-      defaultPolicy: this.#opts.defaultPolicy,
+      defaultPolicy,
       nodes: [...nodes.values()].sort((a, b) => a.name.localeCompare(b.name)),
       workloads: [...workloads.values()].sort((a, b) => a.name.localeCompare(b.name)),
       services: this.#services(waypoints),

@@ -35,7 +35,17 @@ export interface ConsulResponse<T> {
   index: number | undefined;
   knownLeader: boolean | undefined;
   status: number;
+  /**
+   * X-Consul-Results-Filtered-By-ACLs: the token could not read some of the results and Consul left them
+   * out. Consul sends it only to a request that carries a token (never to anonymous ones).
+   */
+  filteredByAcls: boolean;
+  /** X-Consul-Default-ACL-Policy: the agent's `acl.default_policy` (`allow` when ACLs are off). */
+  defaultAclPolicy: 'allow' | 'deny' | undefined;
 }
+
+/** What a response says about the ACL system besides its body. */
+export type ResponseMeta = Pick<ConsulResponse<unknown>, 'filteredByAcls' | 'defaultAclPolicy'>;
 
 export interface RequestOptions {
   query?: Record<string, string | number | boolean | undefined>;
@@ -174,8 +184,13 @@ export class ConsulClient {
     const index = headerNumber(res.headers['x-consul-index']);
     const leader = res.headers['x-consul-knownleader'];
     const knownLeader = leader === undefined ? undefined : leader === 'true';
+    const filteredByAcls = res.headers['x-consul-results-filtered-by-acls'] === 'true';
+    const policy = res.headers['x-consul-default-acl-policy'];
+    const defaultAclPolicy: ResponseMeta['defaultAclPolicy'] =
+      policy === 'allow' || policy === 'deny' ? policy : undefined;
+    const meta = { index, knownLeader, filteredByAcls, defaultAclPolicy };
     if (res.status === 404 && opts.allow404) {
-      return { body: undefined as T, index, knownLeader, status: 404 };
+      return { body: undefined as T, ...meta, status: 404 };
     }
     if (res.status === 403) {
       const permission = describe403(res.text, opts.permission ?? permissionFor(method, url.pathname));
@@ -196,7 +211,7 @@ export class ConsulClient {
         body = res.text;
       }
     }
-    return { body: body as T, index, knownLeader, status: res.status };
+    return { body: body as T, ...meta, status: res.status };
   }
 
   #send(
@@ -289,8 +304,8 @@ export interface WatchOptions {
 export interface WatchEvents<T> {
   /** The result changed (or is the first one): the body Consul sent and its index. */
   change: [body: T, index: number];
-  /** A request succeeded (whether or not the result changed). */
-  ok: [];
+  /** A request succeeded (whether or not the result changed), with what it said about ACLs. */
+  ok: [meta: ResponseMeta];
   /** A request failed; the watch retries after `retryInMs`. */
   error: [err: AmbitError, retryInMs: number];
 }
@@ -391,7 +406,7 @@ export class Watch<T> extends EventEmitter<WatchEvents<T>> {
         } else {
           this.#index = Math.max(1, next);
         }
-        this.emit('ok');
+        this.emit('ok', { filteredByAcls: res.filteredByAcls, defaultAclPolicy: res.defaultAclPolicy });
         const text = JSON.stringify(res.body ?? null);
         if (text !== this.#lastText) {
           this.#lastText = text;

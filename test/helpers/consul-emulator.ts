@@ -33,8 +33,11 @@ export interface EmulatorOptions {
   datacenter?: string;
   nodeName?: string;
   leafTtlMs?: number;
-  /** ACLs on, default deny: only these tokens are known. */
-  acl?: { tokens: Record<string, TokenRules> };
+  /**
+   * ACLs on: only these tokens are known, besides the anonymous token (no token), which has no rules.
+   * `defaultPolicy` is `acl.default_policy` (default deny): what a token gets where its rules say nothing.
+   */
+  acl?: { tokens: Record<string, TokenRules>; defaultPolicy?: 'allow' | 'deny' };
 }
 
 interface Registered {
@@ -172,6 +175,12 @@ export class ConsulEmulator {
     for (const c of s.checks) c.Status = status;
     // Health lives in the checks table: the catalog's service list (and its index) does not change.
     this.#touch(`svc:${String(s.reg.Service)}`);
+  }
+
+  /** A new token with these rules (ACLs must be on). */
+  addToken(secret: string, rules: TokenRules): void {
+    if (!this.#opts.acl) throw new Error('addToken: ACLs are off');
+    this.#opts.acl.tokens[secret] = rules;
   }
 
   /** Registers a service without going through HTTP (bench setup). Same effect as the register endpoint. */
@@ -313,14 +322,17 @@ export class ConsulEmulator {
     });
   }
 
-  #send(res: ServerResponse, status: number, body: Json | string, index?: number): void {
+  #send(res: ServerResponse, status: number, body: Json | string, index?: number, filtered = false): void {
     if (res.destroyed) return;
     const headers: Record<string, string> = {
       'X-Consul-KnownLeader': 'true',
       'X-Consul-LastContact': '0',
       'X-Consul-Effective-Consistency': 'leader',
+      // As every answer of Consul's HTTP handlers: acl.default_policy, `allow` with ACLs off.
+      'X-Consul-Default-ACL-Policy': this.#opts.acl ? (this.#opts.acl.defaultPolicy ?? 'deny') : 'allow',
     };
     if (index !== undefined) headers['X-Consul-Index'] = String(index);
+    if (filtered) headers['X-Consul-Results-Filtered-By-ACLs'] = 'true';
     if (typeof body === 'string' && status >= 400) {
       headers['Content-Type'] = 'text/plain; charset=utf-8';
       res.writeHead(status, headers).end(body);
@@ -330,11 +342,15 @@ export class ConsulEmulator {
     res.writeHead(status, headers).end(JSON.stringify(body));
   }
 
-  /** Answers now if the result's index is past `index`, else when it is (or the wait ends, or a reset). */
+  /**
+   * Answers now if the result's index is past `index`, else when it is (or the wait ends, or a reset).
+   * `filtered` results carry X-Consul-Results-Filtered-By-ACLs, but only to a request with a token: Consul
+   * masks it for anonymous ones (maskResultsFilteredByACLs).
+   */
   async #blocking(
     url: URL,
     res: ServerResponse,
-    compute: () => { index: number; body: Json; status?: number },
+    compute: () => { index: number; body: Json; status?: number; filtered?: boolean },
   ): Promise<void> {
     const want = Number(url.searchParams.get('index') ?? 0);
     let r = compute();
@@ -371,7 +387,8 @@ export class ConsulEmulator {
         return;
       }
     }
-    this.#send(res, r.status ?? 200, r.body, r.index);
+    const token = res.req.headers['x-consul-token'] ?? url.searchParams.get('token') ?? '';
+    this.#send(res, r.status ?? 200, r.body, r.index, r.filtered === true && token !== '');
   }
 
   #authorize(req: IncomingMessage, url: URL, perm: string | undefined, resource: string): string | undefined {
@@ -379,20 +396,22 @@ export class ConsulEmulator {
     if (!acl) return undefined;
     const token =
       (req.headers['x-consul-token'] as string | undefined) ?? url.searchParams.get('token') ?? '';
-    const rules = acl.tokens[token];
-    if (rules === undefined)
-      return token === '' ? this.#denied(perm, resource, 'anonymous') : 'ACL not found';
+    // The anonymous token is always known; with no policy of its own it has only the default.
+    const rules = acl.tokens[token] ?? (token === '' ? {} : undefined);
+    if (rules === undefined) return 'ACL not found';
     if (perm === undefined || rules === 'management') return undefined;
     const granted = (p: string): boolean => {
       const r = rules[p];
+      if (r === undefined && acl.defaultPolicy === 'allow') return true;
       return (
         r === '*' ||
         r?.some((x) => x === resource || (x.endsWith('*') && resource.startsWith(x.slice(0, -1))))
       );
     };
-    // write implies read, as in Consul's policy language.
-    if (granted(perm) || (perm.endsWith(':read') && granted(perm.replace(/:read$/, ':write'))))
-      return undefined;
+    // write implies read, as in Consul's policy language; service:read grants intentions:read on the service.
+    const read = (p: string): boolean => granted(p) || granted(p.replace(/:read$/, ':write'));
+    if (granted(perm) || (perm.endsWith(':read') && read(perm))) return undefined;
+    if (perm === 'intentions:read' && read('service:read')) return undefined;
     return this.#denied(perm, resource, token);
   }
 
@@ -466,17 +485,22 @@ export class ConsulEmulator {
     if (p === '/v1/catalog/services' && method === 'GET') {
       if (deny(undefined, '')) return;
       return this.#blocking(url, res, () => {
-        const out: Record<string, Json> = { consul: [] };
+        // Consul filters the list by service:read (the `consul` service included) rather than refusing it.
+        let filtered = !this.#can(req, url, 'service:read', 'consul');
+        const out: Record<string, Json> = filtered ? {} : { consul: [] };
         for (const s of this.#services.values()) {
           const name = String(s.reg.Service);
-          if (!this.#can(req, url, 'service:read', name)) continue;
+          if (!this.#can(req, url, 'service:read', name)) {
+            filtered = true;
+            continue;
+          }
           const tags = new Set([
             ...((out[name] as string[] | undefined) ?? []),
             ...((s.reg.Tags as string[]) ?? []),
           ]);
           out[name] = [...tags];
         }
-        return { index: this.#table('services'), body: out };
+        return { index: this.#table('services'), body: out, filtered };
       });
     }
     if (hit(/^\/v1\/(health|catalog)\/service\/(.+)$/) && method === 'GET') {
@@ -485,42 +509,48 @@ export class ConsulEmulator {
       if (deny(undefined, '')) return;
       return this.#blocking(url, res, () => {
         const out: Json[] = [];
-        if (this.#can(req, url, 'service:read', name)) {
-          for (const s of this.#services.values()) {
-            if (s.reg.Service !== name) continue;
-            const checks = [
-              {
-                Node: this.nodeName,
-                CheckID: 'serfHealth',
-                Name: 'Serf Health Status',
-                Status: 'passing',
-                ServiceID: '',
-                ServiceName: '',
-              },
-              ...s.checks.map((c) => ({ Node: this.nodeName, ...c })),
-            ];
-            if (health && q.has('passing') && checks.some((c) => c.Status !== 'passing')) continue;
-            if (health) {
-              out.push({
-                Node: { Node: this.nodeName, Address: '127.0.0.1', Datacenter: this.datacenter },
-                Service: s.reg as Json,
-                Checks: checks,
-              });
-            } else {
-              out.push({
-                Node: this.nodeName,
-                Address: '127.0.0.1',
-                ServiceID: s.reg.ID as Json,
-                ServiceName: name,
-                ServiceAddress: s.reg.Address as Json,
-                ServicePort: s.reg.Port as Json,
-                ServiceTags: s.reg.Tags as Json,
-                ServiceMeta: s.reg.Meta as Json,
-              });
-            }
+        // An instance needs service:read on its service and node:read on its node (filterCheckServiceNodes).
+        const readable =
+          this.#can(req, url, 'service:read', name) && this.#can(req, url, 'node:read', this.nodeName);
+        let filtered = false;
+        for (const s of this.#services.values()) {
+          if (s.reg.Service !== name) continue;
+          if (!readable) {
+            filtered = true;
+            continue;
+          }
+          const checks = [
+            {
+              Node: this.nodeName,
+              CheckID: 'serfHealth',
+              Name: 'Serf Health Status',
+              Status: 'passing',
+              ServiceID: '',
+              ServiceName: '',
+            },
+            ...s.checks.map((c) => ({ Node: this.nodeName, ...c })),
+          ];
+          if (health && q.has('passing') && checks.some((c) => c.Status !== 'passing')) continue;
+          if (health) {
+            out.push({
+              Node: { Node: this.nodeName, Address: '127.0.0.1', Datacenter: this.datacenter },
+              Service: s.reg as Json,
+              Checks: checks,
+            });
+          } else {
+            out.push({
+              Node: this.nodeName,
+              Address: '127.0.0.1',
+              ServiceID: s.reg.ID as Json,
+              ServiceName: name,
+              ServiceAddress: s.reg.Address as Json,
+              ServicePort: s.reg.Port as Json,
+              ServiceTags: s.reg.Tags as Json,
+              ServiceMeta: s.reg.Meta as Json,
+            });
           }
         }
-        return { index: this.#table(`svc:${name}`), body: out };
+        return { index: this.#table(`svc:${name}`), body: out, filtered };
       });
     }
     if ((p === '/v1/agent/connect/ca/roots' || p === '/v1/connect/ca/roots') && method === 'GET') {
@@ -758,6 +788,11 @@ export interface ConsulUnderTest {
   readonly emulator: ConsulEmulator | undefined;
   /** The management token when ACLs are on. */
   readonly managementToken: string | undefined;
+  /**
+   * A token with exactly these rules (ACLs on): `hcl` for a real agent (an ACL policy), `emulator` for the
+   * emulator's permission map; the two must say the same.
+   */
+  createToken(rules: { hcl: string; emulator: TokenRules }): Promise<string>;
   close(): Promise<void>;
 }
 
@@ -787,6 +822,11 @@ export async function startConsul(
       address: emulator.address,
       emulator,
       managementToken,
+      async createToken(rules) {
+        const secret = randomUUID();
+        emulator.addToken(secret, rules.emulator);
+        return secret;
+      },
       close: () => emulator.close(),
     };
   }
@@ -878,5 +918,18 @@ async function startRealAgent(bin: string, managementToken: string | undefined):
     }
     await new Promise((r) => setTimeout(r, 200));
   }
-  return { kind: 'real', address, emulator: undefined, managementToken, close };
+  const createToken = async (rules: { hcl: string }): Promise<string> => {
+    const put = async (path: string, body: unknown): Promise<Record<string, string>> => {
+      const r = await fetch(`http://${address}${path}`, {
+        method: 'PUT',
+        headers: { ...headers, 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      if (!r.ok) throw new Error(`PUT ${path}: ${r.status} ${await r.text()}`);
+      return (await r.json()) as Record<string, string>;
+    };
+    const policy = await put('/v1/acl/policy', { Name: `p-${randomUUID()}`, Rules: rules.hcl });
+    return (await put('/v1/acl/token', { Policies: [{ ID: policy.ID }] })).SecretID!;
+  };
+  return { kind: 'real', address, emulator: undefined, managementToken, createToken, close };
 }

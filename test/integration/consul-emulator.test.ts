@@ -259,3 +259,44 @@ test('intentions compile to policies that decide exactly as Consul would', (t) =
     t.false(decide([i('web', '', 9, [{ Action: 'allow' }])], def, 'web'));
   }
 });
+
+test('reads Consul filters by ACL answer 200 with X-Consul-Results-Filtered-By-ACLs, never 403', async (t) => {
+  const consul = await startConsul({ acl: true });
+  t.teardown(() => consul.close());
+  const admin = new ConsulClient({ address: consul.address, token: new Secret(consul.managementToken!) });
+  const noNode = new ConsulClient({
+    address: consul.address,
+    token: new Secret(
+      await consul.createToken({
+        hcl: 'service_prefix "" { policy = "read" }',
+        emulator: { 'service:read': '*' },
+      }),
+    ),
+  });
+  const anonymous = new ConsulClient({ address: consul.address });
+  t.teardown(() => {
+    for (const c of [admin, noNode, anonymous]) c.close();
+  });
+  await admin.put('/v1/agent/service/register', reg('web-1', 'web'));
+  const whole = await admin.get<unknown[]>('/v1/health/service/web');
+  t.is(whole.body.length, 1);
+  t.false(whole.filteredByAcls);
+  t.is(whole.defaultAclPolicy, 'deny');
+  // service:read without node:read: the instance is filtered out, and the answer says so.
+  const filtered = await noNode.get<unknown[]>('/v1/health/service/web');
+  t.is(filtered.status, 200);
+  t.deepEqual(filtered.body, []);
+  t.true(filtered.filteredByAcls);
+  t.false((await noNode.get('/v1/catalog/services')).filteredByAcls);
+  // The anonymous token is filtered too, but Consul never tells it (maskResultsFilteredByACLs).
+  const anon = await anonymous.get<Record<string, unknown>>('/v1/catalog/services');
+  t.is(anon.status, 200);
+  t.false('web' in anon.body);
+  t.false(anon.filteredByAcls);
+  // Without ACLs every answer says the default is allow.
+  const open = await startConsul();
+  t.teardown(() => open.close());
+  const c = new ConsulClient({ address: open.address });
+  t.teardown(() => c.close());
+  t.is((await c.get('/v1/catalog/services')).defaultAclPolicy, 'allow');
+});

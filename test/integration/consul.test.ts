@@ -39,7 +39,8 @@ interface Env {
   daemons: Ambitd[];
   start(
     node: string,
-    extra?: Partial<{ tunnel: string; token: string; defaultPolicy: 'allow' | 'deny' }>,
+    /** `defaultPolicy: null` leaves it unset (Consul's default decides); omitted, it is allow. */
+    extra?: Partial<{ tunnel: string; token: string; defaultPolicy: 'allow' | 'deny' | null }>,
   ): Promise<Ambitd>;
   cli(...args: string[]): Promise<{ code: number; out: string; err: string }>;
   client(): ConsulClient;
@@ -72,7 +73,7 @@ async function env(t: ExecutionContext, opts: { acl?: boolean } = {}): Promise<E
           ...((extra.token ?? consul.managementToken)
             ? { consulToken: extra.token ?? consul.managementToken }
             : {}),
-          defaultPolicy: extra.defaultPolicy ?? 'allow',
+          ...(extra.defaultPolicy === null ? {} : { defaultPolicy: extra.defaultPolicy ?? 'allow' }),
         },
       });
       // Short retry and rate-limit intervals so that tests of outages do not wait for production backoffs.
@@ -120,14 +121,17 @@ interface Mesh {
 }
 
 /** node-a runs `client` (service web) with an upstream to echo; node-b runs `echo-1` (service echo). */
-async function mesh(t: ExecutionContext, opts: { acl?: boolean } = {}): Promise<Mesh> {
+async function mesh(
+  t: ExecutionContext,
+  opts: { acl?: boolean; defaultPolicy?: 'allow' | 'deny' | null } = {},
+): Promise<Mesh> {
   const e = await env(t, opts);
   const echo = await echoServer();
   t.teardown(() => echo.server.close());
   const upstreamPort = await freePort();
   const bTunnel = await freePort();
-  const a = await e.start('node-a');
-  const b = await e.start('node-b', { tunnel: `127.0.0.1:${bTunnel}` });
+  const a = await e.start('node-a', { defaultPolicy: opts.defaultPolicy });
+  const b = await e.start('node-b', { tunnel: `127.0.0.1:${bTunnel}`, defaultPolicy: opts.defaultPolicy });
   let r = await e.cli(
     'enroll',
     'echo-1',
@@ -518,4 +522,55 @@ test('a workload Consul registers with every port at 127.0.0.1 serves nothing th
   const ok = await m.a.pool.connect(key, { ':method': 'CONNECT', ':authority': `127.0.0.1:${m.echoPort}` });
   t.is(ok.status, 200);
   ok.stream.close();
+});
+
+test('answers Consul filters by ACLs are noticed: a readiness detail, a metric, and the node stays ready', async (t) => {
+  const e = await env(t, { acl: true });
+  // All a daemon needs except node:read: Consul then filters health answers instead of refusing them.
+  const token = await e.consul.createToken({
+    hcl: 'service_prefix "" { policy = "write" }\nagent_prefix "" { policy = "read" }',
+    emulator: { 'service:write': '*', 'agent:read': '*' },
+  });
+  const a = await e.start('node-a', { token });
+  await until(
+    () => /filtered by ACLs/.test(a.readiness().checks.consul ?? ''),
+    10_000,
+    'readiness names the filtered answers',
+  );
+  t.regex(a.readiness().checks.consul!, /\/v1\/health\/service\/ambit/);
+  t.notRegex(a.readiness().checks.consul!, /\/v1\/catalog\/services/);
+  t.true(a.readiness().ready);
+  t.regex(await a.metrics.registry.metrics(), /^ambit_consul_filtered_queries [1-9]/m);
+  // The same reads with the management token are whole: nothing is said.
+  const b = await e.start('node-b');
+  await until(() => b.store.node('node-a') !== undefined, 10_000, 'node-b sees node-a');
+  t.is(b.readiness().checks.consul, 'ok');
+  t.regex(await b.metrics.registry.metrics(), /^ambit_consul_filtered_queries 0/m);
+});
+
+test('defaultPolicy unset: Consul decides unmatched sources (X-Consul-Default-ACL-Policy)', async (t) => {
+  // ACLs on with default deny: no intention, no connection.
+  const closed = await mesh(t, { acl: true, defaultPolicy: null });
+  t.is(closed.b.store.mesh.defaultPolicy, 'deny');
+  await t.throwsAsync(roundTrip(closed.upstreamPort, Buffer.from('x')));
+  // ACLs off: Consul allows what no intention denies.
+  const open = await mesh(t, { defaultPolicy: null });
+  t.is(open.b.store.mesh.defaultPolicy, 'allow');
+  t.is((await roundTrip(open.upstreamPort, Buffer.from('open'))).length, 4);
+  // An allow intention still admits under a deny default.
+  const c = new ConsulClient({
+    address: closed.e.consul.address,
+    token: new Secret(closed.e.consul.managementToken!),
+  });
+  t.teardown(() => c.close());
+  await c.put('/v1/connect/intentions/exact', {
+    query: { source: 'web', destination: 'echo' },
+    body: { Action: 'allow' },
+  });
+  await until(
+    () => closed.b.store.policiesFor('default', 'echo').some((p) => p.action === 'allow'),
+    10_000,
+    'allow intention applied',
+  );
+  t.is((await roundTrip(closed.upstreamPort, Buffer.from('allowed'))).length, 7);
 });
