@@ -7,8 +7,12 @@
 // X-Consul-LastContact; agent service registration mirrored into the catalog and health (with `passing`);
 // Connect CA roots and leaf signing (SPIFFE URI SAN, ValidAfter/ValidBefore; leaf renewal at 60–90% of its
 // lifetime) with blocking roots and leaf queries released on a rotation; intentions (list, `exact`,
-// `match`, precedence); config entries (`cas`); KV; ACL tokens (403 "ACL not found" / "Permission denied:
-// ... lacks permission"). Hooks for tests: setIndexBackwards(), down(), up(), rotateRoots(),
+// `match`, precedence) kept as the Sources of `service-intentions` config entries, one store as in Consul
+// 1.9+; config entries (`cas`); KV; ACL tokens (403 "ACL not found" / "Permission denied: ... lacks
+// permission" where Consul refuses; catalog and health reads filtered instead, with
+// X-Consul-Results-Filtered-By-ACLs unless anonymous; X-Consul-Default-ACL-Policy on every answer); an
+// index ahead of the server blocks for the wait, as any other; `limits.http_max_conns_per_client` (429
+// and close above it, default 200). It does not validate or normalise config entries. Hooks for tests: setIndexBackwards(), down(), up(), rotateRoots(),
 // rotateLeaf(service), setCheckStatus(id, status).
 //
 // startConsul() gives a real `consul agent -dev` instead whenever a consul binary is on PATH or CONSUL_BIN
@@ -18,7 +22,7 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { X509Certificate, randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EmbeddedCa } from '../../daemon/identity/ca.js';
@@ -33,6 +37,11 @@ export interface EmulatorOptions {
   datacenter?: string;
   nodeName?: string;
   leafTtlMs?: number;
+  /**
+   * `limits.http_max_conns_per_client` (default 200): connections one client address may hold open; above
+   * it a new connection gets a 429 and is closed, as Consul's connlimit handler does.
+   */
+  maxConnsPerClient?: number;
   /**
    * ACLs on: only these tokens are known, besides the anonymous token (no token), which has no rules.
    * `defaultPolicy` is `acl.default_policy` (default deny): what a token gets where its rules say nothing.
@@ -80,7 +89,6 @@ export class ConsulEmulator {
   #epoch = 0;
   readonly #tables = new Map<string, number>();
   readonly #services = new Map<string, Registered>();
-  readonly #intentions = new Map<string, Record<string, Json>>();
   readonly #config = new Map<string, Record<string, Json>>();
   readonly #kv = new Map<
     string,
@@ -89,6 +97,12 @@ export class ConsulEmulator {
   readonly #roots: Root[] = [];
   readonly #leaves = new Map<string, Leaf>();
   readonly #waiters = new Set<Waiter>();
+  readonly #conns = new Map<string, number>();
+  readonly #refused = new WeakSet<Socket>();
+  /** Connections refused with 429 for going over the per-client cap. */
+  connectionsRefused = 0;
+  /** The most connections one client address held at once. */
+  peakConnections = 0;
   /** Every request received, by `METHOD /path`. */
   readonly requestLog: { at: number; method: string; path: string; blocking: boolean }[] = [];
 
@@ -136,8 +150,12 @@ export class ConsulEmulator {
   /** Listens again, on the same port as before. */
   async up(): Promise<void> {
     if (this.#server) return;
-    const server = createServer((req, res) => this.#handle(req, res));
+    const server = createServer((req, res) => {
+      if (this.#refused.has(req.socket)) return;
+      this.#handle(req, res);
+    });
     server.keepAliveTimeout = 60_000;
+    server.on('connection', (sock: Socket) => this.#limit(sock));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(this.#port, '127.0.0.1', () => resolve());
@@ -192,6 +210,35 @@ export class ConsulEmulator {
     await this.down();
     for (const l of this.#leaves.values()) clearTimeout(l.timer);
     await Promise.all(this.#roots.map((r) => rm(r.dir, { recursive: true, force: true })));
+  }
+
+  /** go-connlimit's HTTP handler: over the cap, answer 429 on the raw connection and close it. */
+  #limit(sock: Socket): void {
+    const ip = sock.remoteAddress ?? '';
+    const cap = this.#opts.maxConnsPerClient ?? 200;
+    const open = this.#conns.get(ip) ?? 0;
+    if (open >= cap) {
+      this.#refused.add(sock);
+      this.connectionsRefused++;
+      const text = 'Your IP is issuing too many concurrent connections, please rate limit your calls\n';
+      sock.end(
+        `HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: ${text.length}\r\nConnection: close\r\n\r\n${text}`,
+      );
+      setTimeout(() => sock.destroy(), 10).unref();
+      return;
+    }
+    this.#conns.set(ip, open + 1);
+    this.peakConnections = Math.max(this.peakConnections, open + 1);
+    sock.once('close', () => {
+      const n = (this.#conns.get(ip) ?? 1) - 1;
+      if (n > 0) this.#conns.set(ip, n);
+      else this.#conns.delete(ip);
+    });
+  }
+
+  /** Connections open now from one client address (127.0.0.1 by default). */
+  connections(ip = '127.0.0.1'): number {
+    return this.#conns.get(ip) ?? 0;
   }
 
   // --- state ---------------------------------------------------------------------------------------------
@@ -301,6 +348,43 @@ export class ConsulEmulator {
     this.#touch(...tables);
   }
 
+  /**
+   * Every intention, as /v1/connect/intentions shows them: one per source of each service-intentions
+   * config entry. Precedence highest first; ties by source, then destination name, as Consul sorts them.
+   */
+  #intentionList(): Record<string, Json>[] {
+    const out: Record<string, Json>[] = [];
+    for (const e of this.#config.values()) {
+      if (e.Kind !== 'service-intentions') continue;
+      const destination = String(e.Name);
+      for (const x of (e.Sources as Record<string, Json>[] | undefined) ?? []) {
+        out.push({
+          ID: (x.LegacyID as string | undefined) ?? '',
+          Description: String(x.Description ?? ''),
+          SourceNS: String(x.Namespace ?? 'default'),
+          SourceName: String(x.Name),
+          SourcePartition: String(x.Partition ?? ''),
+          SourcePeer: String(x.Peer ?? ''),
+          SourceSamenessGroup: String(x.SamenessGroup ?? ''),
+          DestinationNS: 'default',
+          DestinationName: destination,
+          SourceType: String(x.Type ?? 'consul'),
+          Action: String(x.Action ?? ''),
+          Permissions: (x.Permissions as Json[] | undefined) ?? [],
+          Precedence: Number(x.Precedence ?? precedence(String(x.Name), destination)),
+          CreateIndex: e.CreateIndex as number,
+          ModifyIndex: e.ModifyIndex as number,
+        });
+      }
+    }
+    return out.sort(
+      (a, b) =>
+        Number(b.Precedence) - Number(a.Precedence) ||
+        String(a.SourceName).localeCompare(String(b.SourceName)) ||
+        String(a.DestinationName).localeCompare(String(b.DestinationName)),
+    );
+  }
+
   // --- HTTP ----------------------------------------------------------------------------------------------
 
   #handle(req: IncomingMessage, res: ServerResponse): void {
@@ -354,9 +438,9 @@ export class ConsulEmulator {
   ): Promise<void> {
     const want = Number(url.searchParams.get('index') ?? 0);
     let r = compute();
-    // An index this server never issued was handed out before a reset (a snapshot restore): answer at once,
-    // so that the client sees its index go backwards now rather than when the wait runs out.
-    if (want > 0 && r.index <= want && want <= this.#index) {
+    // As Consul's blockingQuery: any index at or past the result's blocks, one the server never issued
+    // included (it is only a number to wait past); the wait ends it, or a snapshot restore (AbandonCh).
+    if (want > 0 && r.index <= want) {
       const waitMs = Math.min(parseWait(url.searchParams.get('wait')), MAX_WAIT_MS);
       const deadline = Date.now() + waitMs + Math.random() * (waitMs / 16);
       const epoch = this.#epoch;
@@ -584,19 +668,13 @@ export class ConsulEmulator {
       });
     }
     if (p === '/v1/connect/intentions' && method === 'GET') {
-      // Every intention the token may read (intentions:read on its destination), highest precedence
-      // first, ties by source then destination name, as Consul sorts them.
+      // Every intention the token may read (intentions:read on its destination), in Consul's order.
       if (deny(undefined, '')) return;
       return this.#blocking(url, res, () => ({
-        index: this.#table('intentions', 'intentions'),
-        body: [...this.#intentions.values()]
-          .filter((i) => this.#can(req, url, 'intentions:read', String(i.DestinationName)))
-          .sort(
-            (a, b) =>
-              Number(b.Precedence) - Number(a.Precedence) ||
-              String(a.SourceName).localeCompare(String(b.SourceName)) ||
-              String(a.DestinationName).localeCompare(String(b.DestinationName)),
-          ),
+        index: this.#table(IXN_TABLE, 'config'),
+        body: this.#intentionList().filter((i) =>
+          this.#can(req, url, 'intentions:read', String(i.DestinationName)),
+        ),
       }));
     }
     if (p === '/v1/connect/intentions/match' && method === 'GET') {
@@ -609,7 +687,7 @@ export class ConsulEmulator {
       return this.#blocking(url, res, () => {
         const out: Record<string, Json> = {};
         for (const n of names) {
-          out[n] = [...this.#intentions.values()]
+          out[n] = this.#intentionList()
             .filter((i) =>
               by === 'destination'
                 ? [n, '*'].includes(String(i.DestinationName))
@@ -617,7 +695,7 @@ export class ConsulEmulator {
             )
             .sort((a, b) => Number(b.Precedence) - Number(a.Precedence));
         }
-        return { index: this.#table('intentions', 'intentions'), body: out };
+        return { index: this.#table(IXN_TABLE, 'config'), body: out };
       });
     }
     if (p === '/v1/connect/intentions/exact') {
@@ -625,18 +703,25 @@ export class ConsulEmulator {
       const destination = q.get('destination');
       if (!source || !destination)
         return this.#send(res, 400, 'required query parameters "source" and "destination" not set');
-      const key = `${source}|${destination}`;
+      const entryKey = `service-intentions/${destination}`;
+      const entry = this.#config.get(entryKey);
+      const sources = (entry?.Sources as Record<string, Json>[] | undefined) ?? [];
       if (method === 'GET') {
         if (deny('intentions:read', destination)) return;
-        const i = this.#intentions.get(key);
+        const i = this.#intentionList().find(
+          (x) => x.SourceName === source && x.DestinationName === destination,
+        );
         return i
-          ? this.#send(res, 200, i, this.#table('intentions', 'intentions'))
+          ? this.#send(res, 200, i, this.#table(IXN_TABLE, 'config'))
           : this.#send(res, 404, 'Intention not found');
       }
       if (deny('intentions:write', destination)) return;
       if (method === 'DELETE') {
-        this.#intentions.delete(key);
-        this.#touch('intentions');
+        // The source leaves the destination's service-intentions entry; the last one takes the entry along.
+        const rest = sources.filter((x) => x.Name !== source);
+        const idx = this.#touch(IXN_TABLE);
+        if (entry && rest.length === 0) this.#config.delete(entryKey);
+        else if (entry) this.#config.set(entryKey, { ...entry, Sources: rest, ModifyIndex: idx });
         return this.#send(res, 200, true);
       }
       if (method === 'PUT') {
@@ -648,22 +733,24 @@ export class ConsulEmulator {
           return this.#send(res, 400, 'Action must be set to "allow" or "deny"');
         if (body.Action && body.Action !== 'allow' && body.Action !== 'deny')
           return this.#send(res, 400, 'Action must be set to "allow" or "deny"');
-        const prev = this.#intentions.get(key);
-        const idx = this.#touch('intentions');
-        this.#intentions.set(key, {
-          ID: (prev?.ID as string) ?? randomUUID(),
-          Description: String(body.Description ?? ''),
-          SourceNS: 'default',
-          SourceName: source,
-          DestinationNS: 'default',
-          DestinationName: destination,
-          SourceType: 'consul',
+        // Consul keeps intentions as the Sources of one service-intentions config entry per destination.
+        const idx = this.#touch(IXN_TABLE);
+        const src: Record<string, Json> = {
+          Name: source,
           Action: (body.Action as string) ?? '',
           Permissions: perms,
           Precedence: precedence(source, destination),
-          CreateIndex: (prev?.CreateIndex as number) ?? idx,
+          Type: 'consul',
+          Description: String(body.Description ?? ''),
+        };
+        this.#config.set(entryKey, {
+          Kind: 'service-intentions',
+          Name: destination,
+          ...(entry ?? {}),
+          Sources: [...sources.filter((x) => x.Name !== source), src],
+          CreateIndex: (entry?.CreateIndex as number) ?? idx,
           ModifyIndex: idx,
-        });
+        } as Record<string, Json>);
         return this.#send(res, 200, true);
       }
     }
@@ -672,7 +759,7 @@ export class ConsulEmulator {
       const kind = String(body.Kind ?? '');
       const name = String(body.Name ?? '');
       if (!kind || !name) return this.#send(res, 400, 'Kind and Name are required');
-      if (deny(kind.startsWith('service-') ? 'service:write' : 'operator:write', name)) return;
+      if (deny(writePermission(kind), name)) return;
       const key = `${kind}/${name}`;
       const prev = this.#config.get(key);
       if (q.has('cas')) {
@@ -680,8 +767,17 @@ export class ConsulEmulator {
         if (cas === 0 ? prev !== undefined : prev?.ModifyIndex !== cas) return this.#send(res, 200, false);
       }
       const idx = this.#touch(`config:${kind}`);
+      const stored = { ...(body as Record<string, Json>) };
+      if (kind === 'service-intentions') {
+        const sources = Array.isArray(body.Sources) ? (body.Sources as Record<string, Json>[]) : [];
+        stored.Sources = sources.map((x) => ({
+          ...x,
+          Precedence: precedence(String(x.Name ?? ''), name),
+          Type: x.Type ?? 'consul',
+        }));
+      }
       this.#config.set(key, {
-        ...(body as Record<string, Json>),
+        ...stored,
         CreateIndex: (prev?.CreateIndex as number) ?? idx,
         ModifyIndex: idx,
       });
@@ -690,7 +786,7 @@ export class ConsulEmulator {
     if (hit(/^\/v1\/config\/([^/]+)(?:\/(.+))?$/)) {
       const kind = decodeURIComponent(m[1]!);
       const name = m[2] !== undefined ? decodeURIComponent(m[2]) : undefined;
-      const perm = kind.startsWith('service-') ? 'service:read' : 'operator:read';
+      const perm = writePermission(kind).replace(':write', ':read');
       if (method === 'GET' && name === undefined) {
         if (deny(undefined, '')) return;
         return this.#blocking(url, res, () => ({
@@ -763,6 +859,15 @@ export class ConsulEmulator {
     }
     this.#send(res, 404, `no such endpoint: ${method} ${p}`);
   }
+}
+
+/** Intentions and service-intentions config entries are one table, as in Consul 1.9 and later. */
+const IXN_TABLE = 'config:service-intentions';
+
+/** What writing a config entry of this kind needs (service-intentions: intentions:write on its Name). */
+function writePermission(kind: string): string {
+  if (kind === 'service-intentions') return 'intentions:write';
+  return kind.startsWith('service-') ? 'service:write' : 'operator:write';
 }
 
 /** Consul's precedence without namespaces: exact/exact 9, * → exact 8, exact → * 6, * → * 5. */
