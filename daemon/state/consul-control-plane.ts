@@ -1,7 +1,12 @@
 import type { DaemonConfig } from '../../lib/config.js';
 import { ConsulCache } from '../../lib/consul/cache.js';
 import { NODE_SERVICE, nodeRegistration } from '../../lib/consul/catalog.js';
-import { ConsulClient, type WatchOptions } from '../../lib/consul/client.js';
+import {
+  ConsulClient,
+  MAX_CONNECTIONS,
+  RESERVED_CONNECTIONS,
+  type WatchOptions,
+} from '../../lib/consul/client.js';
 import type { Logger } from '../../lib/log.js';
 import type { MeshNode } from '../../lib/mesh/model.js';
 import { ConsulCa } from '../identity/consul-ca.js';
@@ -86,7 +91,10 @@ export class ConsulControlPlane {
     });
     ca.on('watchError', (path, err) => source.noteError(path, err));
     ca.on('watchOk', (path) => source.noteOk(path));
-    source.on('localServices', (services) => ca.watchLeaves(services));
+    // Blocking leaf queries get what the connection budget leaves after the source's long polls and the
+    // roots watch; the other leaves are polled.
+    const leafBudget = (): number => MAX_CONNECTIONS - RESERVED_CONNECTIONS - source.longPolls - 1;
+    source.on('localServices', (services) => ca.watchLeaves(services, leafBudget()));
     const report = (): void => {
       const s = source.status();
       metrics.consulStale.set(s.stale ? 1 : 0);
@@ -96,7 +104,7 @@ export class ConsulControlPlane {
     source.on('status', report);
     ca.start();
     await source.start();
-    ca.watchLeaves(source.localServices);
+    ca.watchLeaves(source.localServices, leafBudget());
     report();
   }
 

@@ -19,6 +19,14 @@ import type { Secret } from './secret.js';
 
 export const DEFAULT_CONSUL_ADDRESS = '127.0.0.1:8500';
 
+/**
+ * Connections the client holds to the agent at most, far under Consul's `limits.http_max_conns_per_client`
+ * (default 200; 429 above it). Requests beyond it queue for a free connection.
+ */
+export const MAX_CONNECTIONS = 32;
+/** Of those, kept free of long polls, so that registrations and plain reads never wait behind them. */
+export const RESERVED_CONNECTIONS = 8;
+
 export interface ConsulClientOptions {
   /** `host:port`, `http://host:port` or `https://host:port` (as CONSUL_HTTP_ADDR). */
   address: string;
@@ -125,7 +133,7 @@ export class ConsulClient {
     this.base = consulBaseUrl(opts.address);
     this.#token = opts.token;
     this.#timeoutMs = opts.timeoutMs ?? 10_000;
-    const agentOpts = { keepAlive: true, maxFreeSockets: 16 };
+    const agentOpts = { keepAlive: true, maxFreeSockets: 16, maxSockets: MAX_CONNECTIONS };
     this.#agent = this.base.protocol === 'https:' ? new HttpsAgent(agentOpts) : new HttpAgent(agentOpts);
     this.onRequest = opts.onRequest;
   }

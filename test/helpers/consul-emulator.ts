@@ -51,7 +51,14 @@ export interface EmulatorOptions {
 
 interface Registered {
   reg: Record<string, Json | undefined>;
-  checks: { CheckID: string; Name: string; Status: string; ServiceID: string; ServiceName: string }[];
+  checks: {
+    CheckID: string;
+    Name: string;
+    Status: string;
+    ServiceID: string;
+    ServiceName: string;
+    ModifyIndex: number;
+  }[];
 }
 
 interface Root {
@@ -190,9 +197,12 @@ export class ConsulEmulator {
   setCheckStatus(serviceId: string, status: 'passing' | 'warning' | 'critical'): void {
     const s = this.#services.get(serviceId);
     if (!s) throw new Error(`no service ${serviceId}`);
-    for (const c of s.checks) c.Status = status;
     // Health lives in the checks table: the catalog's service list (and its index) does not change.
-    this.#touch(`svc:${String(s.reg.Service)}`);
+    const idx = this.#touch(`svc:${String(s.reg.Service)}`, 'checks');
+    for (const c of s.checks) {
+      c.Status = status;
+      c.ModifyIndex = idx;
+    }
   }
 
   /** A new token with these rules (ACLs must be on). */
@@ -327,6 +337,7 @@ export class ConsulEmulator {
         Status: String(def.Status ?? 'critical'),
         ServiceID: id,
         ServiceName: name,
+        ModifyIndex: this.#index + 1,
       });
     });
     const previous = this.#services.get(id);
@@ -343,7 +354,7 @@ export class ConsulEmulator {
       },
       checks,
     });
-    const tables = ['services', `svc:${name}`];
+    const tables = ['services', 'checks', `svc:${name}`];
     if (previous && previous.reg.Service !== name) tables.push(`svc:${String(previous.reg.Service)}`);
     this.#touch(...tables);
   }
@@ -556,7 +567,7 @@ export class ConsulEmulator {
         );
       if (deny('service:write', String(s.reg.Service))) return;
       this.#services.delete(id);
-      this.#touch('services', `svc:${String(s.reg.Service)}`);
+      this.#touch('services', 'checks', `svc:${String(s.reg.Service)}`);
       return this.#send(res, 200, null);
     }
     if (p === '/v1/agent/services' && method === 'GET') {
@@ -635,6 +646,39 @@ export class ConsulEmulator {
           }
         }
         return { index: this.#table(`svc:${name}`), body: out, filtered };
+      });
+    }
+    if (hit(/^\/v1\/health\/state\/([a-z]+)$/) && method === 'GET') {
+      // Every check in the given state (`any` for all), the node's Serf check included, filtered by
+      // node:read and service:read as Consul filters health answers.
+      const state = m[1]!;
+      if (deny(undefined, '')) return;
+      return this.#blocking(url, res, () => {
+        const out: Json[] = [];
+        let filtered = false;
+        const nodeReadable = this.#can(req, url, 'node:read', this.nodeName);
+        const serf = {
+          Node: this.nodeName,
+          CheckID: 'serfHealth',
+          Name: 'Serf Health Status',
+          Status: 'passing',
+          ServiceID: '',
+          ServiceName: '',
+          ModifyIndex: 1,
+        };
+        if (nodeReadable) out.push(serf);
+        else filtered = true;
+        for (const s of this.#services.values()) {
+          for (const c of s.checks) {
+            if (!nodeReadable || !this.#can(req, url, 'service:read', c.ServiceName)) {
+              filtered = true;
+              continue;
+            }
+            out.push({ Node: this.nodeName, ...c });
+          }
+        }
+        const body = state === 'any' ? out : out.filter((c) => (c as { Status: string }).Status === state);
+        return { index: this.#table('checks'), body, filtered };
       });
     }
     if ((p === '/v1/agent/connect/ca/roots' || p === '/v1/connect/ca/roots') && method === 'GET') {

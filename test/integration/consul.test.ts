@@ -10,6 +10,7 @@ import { run } from '../../agent-cli/cli.js';
 import { consulEnroll } from '../../agent-cli/consul.js';
 import { Ambitd } from '../../daemon/daemon.js';
 import { type DaemonConfig, loadConfig } from '../../lib/config.js';
+import { workloadRegistration } from '../../lib/consul/catalog.js';
 import { ConsulClient } from '../../lib/consul/client.js';
 import { Secret } from '../../lib/consul/secret.js';
 import { ConsulPermissionError } from '../../lib/errors.js';
@@ -375,7 +376,8 @@ withHooks('an index that goes backwards is reset and later changes are still see
         .map((r) => r.path),
     );
   await until(
-    () => rereads().has('/v1/catalog/services') && rereads().has('/v1/health/service/echo'),
+    // The health of services comes through the one /v1/health/state/any long poll (the health feed).
+    () => rereads().has('/v1/catalog/services') && rereads().has('/v1/health/state/any'),
     5000,
     're-reads',
   );
@@ -574,3 +576,61 @@ test('defaultPolicy unset: Consul decides unmatched sources (X-Consul-Default-AC
   );
   t.is((await roundTrip(closed.upstreamPort, Buffer.from('allowed'))).length, 7);
 });
+
+withHooks(
+  '200 local and 400 upstream services: at most 32 connections to the agent, never a 429',
+  async (t) => {
+    const e = await env(t);
+    const emu = e.consul.emulator!;
+    const svc = (i: number): string => `svc-${String(i).padStart(3, '0')}`;
+    for (let u = 0; u < 400; u++) {
+      emu.register(
+        workloadRegistration({
+          name: `${svc(u)}-1`,
+          service: svc(u),
+          namespace: 'default',
+          node: 'node-b',
+          addresses: ['127.0.0.1'],
+          ports: [30000 + u],
+          uid: undefined,
+          mode: 'strict',
+          upstreams: [],
+        }) as unknown as Record<string, never>,
+      );
+    }
+    for (let l = 0; l < 200; l++) {
+      emu.register(
+        workloadRegistration({
+          name: `local-${l}`,
+          service: `local-${String(l).padStart(3, '0')}`,
+          namespace: 'default',
+          node: 'node-a',
+          addresses: ['127.0.0.1'],
+          ports: [20000 + l],
+          uid: undefined,
+          mode: 'strict',
+          upstreams: [0, 1].map((k) => ({
+            service: svc((2 * l + k) % 400),
+            namespace: 'default',
+            port: undefined,
+            listenHost: '127.0.0.1',
+            listenPort: 0,
+          })),
+        }) as unknown as Record<string, never>,
+      );
+    }
+    const a = await e.start('node-a');
+    await until(() => a.store.mesh.workloads.length === 600, 60_000, 'node-a sees all 600 workloads');
+    await until(() => a.certs.list().length === 200, 60_000, 'a certificate for every local service');
+    t.true(emu.peakConnections <= 32, `peak ${emu.peakConnections} connections`);
+    t.is(emu.connectionsRefused, 0);
+    // A change to one upstream still arrives through the feed.
+    emu.setCheckStatus(`${svc(7)}-1`, 'critical');
+    await until(
+      () => !a.store.mesh.workloads.some((w) => w.name === `${svc(7)}-1`),
+      10_000,
+      'a critical upstream instance leaves the endpoints',
+    );
+    t.true(emu.peakConnections <= 32, `peak ${emu.peakConnections} connections`);
+  },
+);
