@@ -514,6 +514,19 @@ export class ConsulEmulator {
     return `Permission denied: token with AccessorID '${accessor === 'anonymous' ? '00000000-0000-0000-0000-000000000002' : 'emulator'}' lacks permission '${perm ?? 'read'}' on "${resource}"`;
   }
 
+  /** The node's Serf check, always passing: the emulator is one healthy node. */
+  #serf(): Record<string, Json> {
+    return {
+      Node: this.nodeName,
+      CheckID: 'serfHealth',
+      Name: 'Serf Health Status',
+      Status: 'passing',
+      ServiceID: '',
+      ServiceName: '',
+      ModifyIndex: 1,
+    };
+  }
+
   #can(req: IncomingMessage, url: URL, perm: string, resource: string): boolean {
     return this.#authorize(req, url, perm, resource) === undefined;
   }
@@ -614,17 +627,7 @@ export class ConsulEmulator {
             filtered = true;
             continue;
           }
-          const checks = [
-            {
-              Node: this.nodeName,
-              CheckID: 'serfHealth',
-              Name: 'Serf Health Status',
-              Status: 'passing',
-              ServiceID: '',
-              ServiceName: '',
-            },
-            ...s.checks.map((c) => ({ Node: this.nodeName, ...c })),
-          ];
+          const checks = [this.#serf(), ...s.checks.map((c) => ({ Node: this.nodeName, ...c }))];
           if (health && q.has('passing') && checks.some((c) => c.Status !== 'passing')) continue;
           if (health) {
             out.push({
@@ -657,16 +660,7 @@ export class ConsulEmulator {
         const out: Json[] = [];
         let filtered = false;
         const nodeReadable = this.#can(req, url, 'node:read', this.nodeName);
-        const serf = {
-          Node: this.nodeName,
-          CheckID: 'serfHealth',
-          Name: 'Serf Health Status',
-          Status: 'passing',
-          ServiceID: '',
-          ServiceName: '',
-          ModifyIndex: 1,
-        };
-        if (nodeReadable) out.push(serf);
+        if (nodeReadable) out.push(this.#serf());
         else filtered = true;
         for (const s of this.#services.values()) {
           for (const c of s.checks) {
