@@ -1,6 +1,6 @@
 import type { DaemonConfig } from '../../lib/config.js';
 import { ConsulCache } from '../../lib/consul/cache.js';
-import { NODE_SERVICE, nodeRegistration } from '../../lib/consul/catalog.js';
+import { NODE_CHECK_TTL_S, NODE_SERVICE, nodeCheckId, nodeRegistration } from '../../lib/consul/catalog.js';
 import {
   ConsulClient,
   MAX_CONNECTIONS,
@@ -28,6 +28,8 @@ export class ConsulControlPlane {
   source: ConsulSource | undefined;
   readonly #log: Logger;
   #registration: NodeJS.Timeout | undefined;
+  #heartbeat: NodeJS.Timeout | undefined;
+  #heartbeatFailing = false;
   #closed = false;
 
   private constructor(
@@ -121,6 +123,7 @@ export class ConsulControlPlane {
           { node: node.name, address: node.address, tunnelPort: node.tunnelPort },
           'node registered in Consul',
         );
+        this.#keepAlive(node.name);
       } catch (err) {
         if (this.#closed) return;
         const delay = Math.min(30_000, 1000 * 2 ** Math.min(n, 5));
@@ -132,6 +135,34 @@ export class ConsulControlPlane {
       }
     };
     return attempt(0);
+  }
+
+  /**
+   * Keeps the node's TTL check passing, every third of its TTL, with the readiness detail as its output:
+   * the check goes critical when the daemon stops, and no probe ever touches the tunnel listener.
+   */
+  #keepAlive(nodeName: string): void {
+    if (this.#heartbeat || this.#closed) return;
+    const id = encodeURIComponent(nodeCheckId(nodeName));
+    const beat = async (): Promise<void> => {
+      try {
+        await this.client.put(`/v1/agent/check/update/${id}`, {
+          body: { Status: 'passing', Output: `ambitd: consul ${this.readiness()}` },
+          permission: `service:write on "${NODE_SERVICE}"`,
+        });
+        if (this.#heartbeatFailing)
+          this.#log.info({ check: nodeCheckId(nodeName) }, 'node check updated again');
+        this.#heartbeatFailing = false;
+      } catch (err) {
+        if (this.#closed || this.#heartbeatFailing) return;
+        this.#heartbeatFailing = true;
+        this.#log.warn(
+          { check: nodeCheckId(nodeName), err: (err as Error).message },
+          'cannot update the node check in Consul; it goes critical when its TTL runs out',
+        );
+      }
+    };
+    this.#heartbeat = setInterval(() => void beat(), (NODE_CHECK_TTL_S * 1000) / 3).unref();
   }
 
   /** For the admin config dump: status, local services, raw config entries. */
@@ -166,6 +197,7 @@ export class ConsulControlPlane {
   async close(): Promise<void> {
     this.#closed = true;
     if (this.#registration) clearTimeout(this.#registration);
+    if (this.#heartbeat) clearInterval(this.#heartbeat);
     this.source?.close();
     this.ca.close();
     await this.cache.flush();

@@ -55,6 +55,10 @@ interface Registered {
     CheckID: string;
     Name: string;
     Status: string;
+    Output?: string;
+    /** A TTL check: when it runs out without an update, the check goes critical. */
+    ttlMs?: number;
+    expiry?: NodeJS.Timeout;
     ServiceID: string;
     ServiceName: string;
     ModifyIndex: number;
@@ -211,6 +215,17 @@ export class ConsulEmulator {
     this.#opts.acl.tokens[secret] = rules;
   }
 
+  /** A TTL check goes critical when its TTL runs out without an update, as in Consul. */
+  #arm(c: Registered['checks'][number]): void {
+    clearTimeout(c.expiry);
+    if (c.ttlMs === undefined) return;
+    c.expiry = setTimeout(() => {
+      c.Status = 'critical';
+      c.Output = 'TTL expired';
+      c.ModifyIndex = this.#touch(`svc:${c.ServiceName}`, 'checks');
+    }, c.ttlMs).unref();
+  }
+
   /** Registers a service without going through HTTP (bench setup). Same effect as the register endpoint. */
   register(body: Record<string, Json | undefined>): void {
     this.#register(body);
@@ -338,8 +353,12 @@ export class ConsulEmulator {
         ServiceID: id,
         ServiceName: name,
         ModifyIndex: this.#index + 1,
+        ttlMs: typeof def.TTL === 'string' ? parseWait(def.TTL) : undefined,
       });
     });
+    const previousChecks = this.#services.get(id)?.checks ?? [];
+    for (const c of previousChecks) clearTimeout(c.expiry);
+    for (const c of checks) this.#arm(c);
     const previous = this.#services.get(id);
     this.#services.set(id, {
       reg: {
@@ -514,6 +533,19 @@ export class ConsulEmulator {
     return `Permission denied: token with AccessorID '${accessor === 'anonymous' ? '00000000-0000-0000-0000-000000000002' : 'emulator'}' lacks permission '${perm ?? 'read'}' on "${resource}"`;
   }
 
+  #checkJson(c: Registered['checks'][number]): Record<string, Json> {
+    return {
+      Node: this.nodeName,
+      CheckID: c.CheckID,
+      Name: c.Name,
+      Status: c.Status,
+      Output: c.Output ?? '',
+      ServiceID: c.ServiceID,
+      ServiceName: c.ServiceName,
+      ModifyIndex: c.ModifyIndex,
+    };
+  }
+
   /** The node's Serf check, always passing: the emulator is one healthy node. */
   #serf(): Record<string, Json> {
     return {
@@ -583,6 +615,25 @@ export class ConsulEmulator {
       this.#touch('services', 'checks', `svc:${String(s.reg.Service)}`);
       return this.#send(res, 200, null);
     }
+    if (hit(/^\/v1\/agent\/check\/update\/(.+)$/) && method === 'PUT') {
+      const id = decodeURIComponent(m[1]!);
+      const owner = [...this.#services.values()].find((s) => s.checks.some((c) => c.CheckID === id));
+      const check = owner?.checks.find((c) => c.CheckID === id);
+      if (!owner || !check) return this.#send(res, 404, `Unknown check ID "${id}"`);
+      if (deny('service:write', String(owner.reg.Service))) return;
+      if (check.ttlMs === undefined)
+        return this.#send(res, 500, `CheckID "${id}" does not have associated TTL`);
+      const body = json();
+      const status = String(body.Status ?? '');
+      if (!['passing', 'warning', 'critical'].includes(status))
+        return this.#send(res, 400, 'Request body must contain a valid Status');
+      const changed = check.Status !== status || check.Output !== String(body.Output ?? '');
+      check.Status = status;
+      check.Output = String(body.Output ?? '');
+      if (changed) check.ModifyIndex = this.#touch(`svc:${check.ServiceName}`, 'checks');
+      this.#arm(check);
+      return this.#send(res, 200, null);
+    }
     if (p === '/v1/agent/services' && method === 'GET') {
       if (deny(undefined, '')) return;
       const out: Record<string, Json> = {};
@@ -627,7 +678,7 @@ export class ConsulEmulator {
             filtered = true;
             continue;
           }
-          const checks = [this.#serf(), ...s.checks.map((c) => ({ Node: this.nodeName, ...c }))];
+          const checks = [this.#serf(), ...s.checks.map((c) => this.#checkJson(c))];
           if (health && q.has('passing') && checks.some((c) => c.Status !== 'passing')) continue;
           if (health) {
             out.push({
@@ -668,7 +719,7 @@ export class ConsulEmulator {
               filtered = true;
               continue;
             }
-            out.push({ Node: this.nodeName, ...c });
+            out.push(this.#checkJson(c));
           }
         }
         const body = state === 'any' ? out : out.filter((c) => (c as { Status: string }).Status === state);

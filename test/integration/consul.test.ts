@@ -10,7 +10,7 @@ import { run } from '../../agent-cli/cli.js';
 import { consulEnroll } from '../../agent-cli/consul.js';
 import { Ambitd } from '../../daemon/daemon.js';
 import { type DaemonConfig, loadConfig } from '../../lib/config.js';
-import { workloadRegistration } from '../../lib/consul/catalog.js';
+import { nodeCheckId, workloadRegistration } from '../../lib/consul/catalog.js';
 import { ConsulClient } from '../../lib/consul/client.js';
 import { Secret } from '../../lib/consul/secret.js';
 import { ConsulPermissionError } from '../../lib/errors.js';
@@ -634,3 +634,30 @@ withHooks(
     t.true(emu.peakConnections <= 32, `peak ${emu.peakConnections} connections`);
   },
 );
+
+test('the node check is a TTL the daemon keeps passing, never a probe of the tunnel port', async (t) => {
+  const e = await env(t);
+  const a = await e.start('node-a');
+  const c = e.client();
+  t.teardown(() => c.close());
+  type Entry = { Checks: { CheckID: string; Status: string; Output: string }[] };
+  const nodeCheck = async () =>
+    (await c.get<Entry[]>('/v1/health/service/ambit')).body
+      .flatMap((x) => x.Checks)
+      .find((k) => k.CheckID === nodeCheckId('node-a'));
+  t.is((await nodeCheck())?.Status, 'passing');
+  // As if the TTL had run out: the daemon's next update (every 10 s) makes it passing again.
+  await c.put(`/v1/agent/check/update/${encodeURIComponent(nodeCheckId('node-a'))}`, {
+    body: { Status: 'critical', Output: 'test' },
+  });
+  t.is((await nodeCheck())?.Status, 'critical');
+  const deadline = Date.now() + 15_000;
+  let check = await nodeCheck();
+  while (check?.Status !== 'passing' && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 250));
+    check = await nodeCheck();
+  }
+  t.is(check?.Status, 'passing');
+  t.regex(check!.Output, /^ambitd: consul ok/);
+  t.true(a.readiness().ready);
+});
