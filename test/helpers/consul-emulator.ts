@@ -1,6 +1,7 @@
 // A Consul HTTP API emulator for tests: a real HTTP server on 127.0.0.1 that follows Consul's documented
-// behaviour for the endpoints Ambit uses. It is NOT Consul: no Raft, no gossip, no health checking (checks
-// keep the status they were registered with until a test changes it), one datacenter, no namespaces.
+// behaviour for the endpoints Ambit uses. It is NOT Consul: no Raft, no gossip, no health checking (TCP
+// and HTTP checks keep the status they were registered with until a test changes it; TTL checks do run
+// out, and /v1/agent/check/update renews them), one datacenter, no namespaces, no peers or partitions.
 //
 // What it covers: one monotonic index (X-Consul-Index) with per-table indexes; blocking queries with
 // `index` and `wait` (default 5m, max 10m, plus up to wait/16 jitter); X-Consul-KnownLeader and
