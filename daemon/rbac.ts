@@ -1,10 +1,15 @@
 import type { Policy, PolicyAction, PolicySource } from '../lib/mesh/model.js';
 
+/** The partition this daemon's policy names belong to (Consul CE has only this one). */
+export const LOCAL_PARTITION = 'default';
+
 /** The authenticated peer of a tunneled connection, as its certificate names it. */
 export interface Peer {
   readonly principal: string;
   /** The trust domain of the principal; undefined when the certificate's URI has none that is valid. */
   readonly trustDomain: string | undefined;
+  /** The admin partition the ID names (`/ap/<p>/`); undefined is the default partition. */
+  readonly partition?: string | undefined;
   readonly namespace: string | undefined;
   readonly service: string | undefined;
 }
@@ -52,7 +57,10 @@ export function authorize(
   port: number,
   trustDomain: string,
 ): Decision {
-  const local = peer.trustDomain !== undefined && peer.trustDomain === trustDomain;
+  // Service and namespace names are this partition's: a source of another admin partition is matched, like
+  // one of another trust domain, only by a clause naming its principal.
+  const otherPartition = peer.partition !== undefined && peer.partition !== LOCAL_PARTITION;
+  const local = peer.trustDomain !== undefined && peer.trustDomain === trustDomain && !otherPartition;
   let hasAllow = false;
   let allowedBy: string | undefined;
   for (const p of policies) {
@@ -70,7 +78,9 @@ export function authorize(
     // Say why when the names match but the trust domain does not: the rule reads as if it should admit.
     const foreign = local
       ? ''
-      : ` (${peer.principal} is not of trust domain ${trustDomain}: only a rule naming its principal matches it)`;
+      : otherPartition && peer.trustDomain === trustDomain
+        ? ` (${peer.principal} is of admin partition ${peer.partition}: only a rule naming its principal matches it)`
+        : ` (${peer.principal} is not of trust domain ${trustDomain}: only a rule naming its principal matches it)`;
     return { allowed: false, policy: undefined, reason: `no allow policy matches the source${foreign}` };
   }
   return defaultPolicy === 'allow'

@@ -9,7 +9,7 @@ import { EventEmitter } from 'node:events';
 import type { ConsulCache } from '../../lib/consul/cache.js';
 import { isRecord } from '../../lib/consul/catalog.js';
 import { type ConsulClient, Watch, type WatchOptions } from '../../lib/consul/client.js';
-import { CaError, ConsulUnavailableError } from '../../lib/errors.js';
+import { AmbitError, CaError, ConsulUnavailableError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import type { CertificateAuthority, IssuedCertificate } from './ca.js';
 import { parseSpiffeId } from './spiffe.js';
@@ -104,6 +104,7 @@ export class ConsulCa extends EventEmitter<ConsulCaEvents> implements Certificat
   readonly datacenter: string;
   readonly #leaves = new Map<string, ConsulLeaf>();
   readonly #leafWatches = new Map<string, Watch<unknown>>();
+  readonly #leafPolls = new Map<string, LeafPoll>();
   #rootsWatch: Watch<unknown> | undefined;
 
   private constructor(
@@ -145,8 +146,13 @@ export class ConsulCa extends EventEmitter<ConsulCaEvents> implements Certificat
       }
       const config = isRecord(self.body) && isRecord(self.body.Config) ? self.body.Config : undefined;
       datacenter = typeof config?.Datacenter === 'string' ? config.Datacenter : 'dc1';
+      const debug = isRecord(self.body) && isRecord(self.body.DebugConfig) ? self.body.DebugConfig : {};
+      const dip = debug.DefaultIntentionPolicy;
       cache.set(ROOTS_PATH, r.body);
-      cache.set(SELF_PATH, { Config: { Datacenter: datacenter } });
+      cache.set(SELF_PATH, {
+        Config: { Datacenter: datacenter },
+        DebugConfig: dip === 'allow' || dip === 'deny' ? { DefaultIntentionPolicy: dip } : {},
+      });
     } catch (err) {
       if (!(err instanceof ConsulUnavailableError)) throw err;
       roots = parseRoots(cache.get(ROOTS_PATH)?.body);
@@ -187,6 +193,8 @@ export class ConsulCa extends EventEmitter<ConsulCaEvents> implements Certificat
       if (rootPems(roots).join('') !== before) {
         this.#log.info({ roots: roots.Roots.length, active: roots.ActiveRootID }, 'Consul CA roots changed');
         this.emit('roots', rootPems(roots));
+        // The agent re-signs every leaf after a rotation; polled leaves are read now and once more shortly.
+        for (const p of this.#leafPolls.values()) p.refreshSoon();
       }
     });
   }
@@ -217,39 +225,66 @@ export class ConsulCa extends EventEmitter<ConsulCaEvents> implements Certificat
   }
 
   /** Keeps one leaf watch per service in `services` (the local workloads' services), and no others. */
-  watchLeaves(services: Iterable<string>): void {
-    const wanted = new Set(services);
+  /**
+   * Follows the leaves of these services: the first `blocking` (sorted) with a blocking query each, which
+   * returns the moment the agent renews; the rest read without blocking when the agent may have renewed
+   * them (from 60% of their life, as the agent renews between 60% and 90%) and whenever the roots change,
+   * so that a host with many services stays under the agent's per-client connection cap.
+   */
+  watchLeaves(services: Iterable<string>, blocking = Number.POSITIVE_INFINITY): void {
+    const wanted = [...new Set(services)].sort();
+    const isBlocking = new Set(wanted.slice(0, Math.max(0, blocking)));
     for (const [svc, w] of this.#leafWatches) {
-      if (wanted.has(svc)) continue;
+      if (isBlocking.has(svc)) continue;
       w.stop();
       this.#leafWatches.delete(svc);
+    }
+    for (const [svc, p] of this.#leafPolls) {
+      if (wanted.includes(svc) && !isBlocking.has(svc)) continue;
+      p.stop();
+      this.#leafPolls.delete(svc);
+    }
+    const keep = new Set(wanted);
+    for (const svc of [...this.#leaves.keys()]) {
+      if (keep.has(svc)) continue;
       this.#leaves.delete(svc);
       this.#cache.delete(leafPath(svc));
     }
     for (const svc of wanted) {
-      if (this.#leafWatches.has(svc)) continue;
       const path = leafPath(svc);
-      this.#leafWatches.set(
-        svc,
-        this.#watch(path, (body) => {
-          const leaf = parseLeaf(body);
-          if (!leaf) return;
-          const before = this.#leaves.get(svc);
-          this.#leaves.set(svc, leaf);
-          this.#cache.set(path, body);
-          if (before && before.CertPEM !== leaf.CertPEM) {
-            this.#log.info({ service: svc, serial: leaf.SerialNumber }, 'Consul renewed a leaf certificate');
-            // Signed by a root this daemon does not trust yet (the leaf answer overtook the roots answer):
-            // read the roots first, so the new chain is never presented against an old bundle.
-            const announce = (): void => {
-              this.emit('leaf', leaf.ServiceURI);
-            };
-            if (this.#signedByKnownRoot(leaf)) announce();
-            else void this.#refreshRoots().finally(announce);
-          }
-        }),
-      );
+      if (isBlocking.has(svc)) {
+        if (!this.#leafWatches.has(svc)) this.#leafWatches.set(svc, this.#watch(path, this.#onLeaf(svc)));
+      } else if (!this.#leafPolls.has(svc)) {
+        const poll = new LeafPoll(this.#client, path, {
+          change: this.#onLeaf(svc),
+          ok: () => this.emit('watchOk', path),
+          error: (err) => this.emit('watchError', path, err),
+          next: () => nextLeafRead(this.#leaves.get(svc)),
+        });
+        this.#leafPolls.set(svc, poll.start());
+      }
     }
+  }
+
+  #onLeaf(svc: string): (body: unknown) => void {
+    const path = leafPath(svc);
+    return (body) => {
+      const leaf = parseLeaf(body);
+      if (!leaf) return;
+      const before = this.#leaves.get(svc);
+      this.#leaves.set(svc, leaf);
+      this.#cache.set(path, body);
+      if (before && before.CertPEM !== leaf.CertPEM) {
+        this.#log.info({ service: svc, serial: leaf.SerialNumber }, 'Consul renewed a leaf certificate');
+        // Signed by a root this daemon does not trust yet (the leaf answer overtook the roots answer):
+        // read the roots first, so the new chain is never presented against an old bundle.
+        const announce = (): void => {
+          this.emit('leaf', leaf.ServiceURI);
+        };
+        if (this.#signedByKnownRoot(leaf)) announce();
+        else void this.#refreshRoots().finally(announce);
+      }
+    };
   }
 
   #signedByKnownRoot(leaf: ConsulLeaf): boolean {
@@ -276,7 +311,18 @@ export class ConsulCa extends EventEmitter<ConsulCaEvents> implements Certificat
     }
   }
 
-  /** Active long polls (roots + leaves). */
+  /**
+   * The agent's `default_intention_policy` (agent/self DebugConfig), which Consul applies before the ACL
+   * default when no intention matches; undefined when the agent does not set one.
+   */
+  get defaultIntentionPolicy(): 'allow' | 'deny' | undefined {
+    const self = this.#cache.get(SELF_PATH)?.body;
+    const debug = isRecord(self) && isRecord(self.DebugConfig) ? self.DebugConfig : undefined;
+    const v = debug?.DefaultIntentionPolicy;
+    return v === 'allow' || v === 'deny' ? v : undefined;
+  }
+
+  /** Active long polls (roots + blocking leaves). */
   get watches(): number {
     return this.#leafWatches.size + (this.#rootsWatch ? 1 : 0);
   }
@@ -285,6 +331,8 @@ export class ConsulCa extends EventEmitter<ConsulCaEvents> implements Certificat
     this.#rootsWatch?.stop();
     for (const w of this.#leafWatches.values()) w.stop();
     this.#leafWatches.clear();
+    for (const p of this.#leafPolls.values()) p.stop();
+    this.#leafPolls.clear();
   }
 
   #watch(path: string, onChange: (body: unknown) => void): Watch<unknown> {
@@ -308,4 +356,80 @@ function fresh(leaf: ConsulLeaf): boolean {
   const end = Date.parse(leaf.ValidBefore);
   if (!Number.isFinite(start) || !Number.isFinite(end)) return false;
   return Date.now() < start + 0.9 * (end - start);
+}
+
+/** When to read a polled leaf again: at 60% of its life, then every 2% (at least 1 s, at most 1 h). */
+export function nextLeafRead(leaf: ConsulLeaf | undefined, now = Date.now()): number {
+  if (!leaf) return 1000;
+  const start = Date.parse(leaf.ValidAfter);
+  const end = Date.parse(leaf.ValidBefore);
+  if (!Number.isFinite(start) || !Number.isFinite(end) || end <= start) return 60_000;
+  const life = end - start;
+  const renewFrom = start + 0.6 * life;
+  const delay = now < renewFrom ? renewFrom - now : Math.min(Math.max(1000, 0.02 * life), 3_600_000);
+  return Math.min(delay, 2 ** 31 - 1);
+}
+
+interface LeafPollHandlers {
+  change: (body: unknown) => void;
+  ok: () => void;
+  error: (err: AmbitError) => void;
+  /** How long until the next read. */
+  next: () => number;
+}
+
+/** A leaf read without a blocking query, on a timer: it holds no connection between reads. */
+class LeafPoll {
+  readonly #client: ConsulClient;
+  readonly #path: string;
+  readonly #on: LeafPollHandlers;
+  #timer: NodeJS.Timeout | undefined;
+  #again: NodeJS.Timeout | undefined;
+  #stopped = false;
+
+  constructor(client: ConsulClient, path: string, on: LeafPollHandlers) {
+    this.#client = client;
+    this.#path = path;
+    this.#on = on;
+  }
+
+  start(): this {
+    void this.#read();
+    return this;
+  }
+
+  /** Now, and again in 5 s (the agent may not have re-signed yet). */
+  refreshSoon(): void {
+    void this.#read();
+    clearTimeout(this.#again);
+    this.#again = setTimeout(() => void this.#read(), 5000).unref();
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    clearTimeout(this.#again);
+  }
+
+  async #read(): Promise<void> {
+    if (this.#stopped) return;
+    clearTimeout(this.#timer);
+    let delay: number;
+    try {
+      const res = await this.#client.get<unknown>(this.#path);
+      if (this.#stopped) return;
+      this.#on.ok();
+      this.#on.change(res.body);
+      delay = this.#on.next();
+    } catch (err) {
+      if (this.#stopped) return;
+      this.#on.error(
+        err instanceof AmbitError
+          ? err
+          : new ConsulUnavailableError(this.#client.address, String(err), { cause: err }),
+      );
+      delay = 5000;
+    }
+    this.#timer = setTimeout(() => void this.#read(), delay).unref();
+  }
 }

@@ -5,6 +5,11 @@ import type { PeerCertificate } from 'node:tls';
 
 export interface SpiffeParts {
   trustDomain: string;
+  /**
+   * Consul Enterprise admin partition; absent for the default one, which Consul leaves out of the ID
+   * (`connect.SpiffeIDService.uriPath`).
+   */
+  partition?: string | undefined;
   namespace: string;
   datacenter: string;
   service: string;
@@ -22,26 +27,40 @@ export const isValidSegment = (segment: string): boolean =>
   SEGMENT.test(segment) && segment !== '.' && segment !== '..';
 
 /**
- * `spiffe://<td>/ns/<ns>/dc/<dc>/svc/<service>`. Throws RangeError on parts that could not round-trip
+ * `spiffe://<td>[/ap/<partition>]/ns/<ns>/dc/<dc>/svc/<service>`, `/ap/` only for a partition other than
+ * `default`, as Consul writes them. Throws RangeError on parts that could not round-trip
  * through {@link parseSpiffeId}: names reach here already validated by configuration, so this is a bug.
  */
 export function spiffeId(p: SpiffeParts): string {
   if (!isValidTrustDomain(p.trustDomain))
     throw new RangeError(`invalid SPIFFE trust domain: ${p.trustDomain}`);
+  const partition = p.partition !== undefined && p.partition !== 'default' ? p.partition : undefined;
   for (const [name, value] of [
+    ['partition', partition ?? 'default'],
     ['namespace', p.namespace],
     ['datacenter', p.datacenter],
     ['service', p.service],
   ] as const) {
     if (!isValidSegment(value)) throw new RangeError(`invalid SPIFFE ${name}: ${value}`);
   }
-  return `${SCHEME}${p.trustDomain}/ns/${p.namespace}/dc/${p.datacenter}/svc/${p.service}`;
+  const ap = partition ? `/ap/${partition}` : '';
+  return `${SCHEME}${p.trustDomain}${ap}/ns/${p.namespace}/dc/${p.datacenter}/svc/${p.service}`;
 }
 
-/** The parts of a Consul-form SPIFFE ID, or undefined for anything else (including other SPIFFE IDs). */
+/**
+ * The parts of a Consul-form SPIFFE ID, or undefined for anything else (including other SPIFFE IDs). As
+ * Consul's `^(?:/ap/([^/]+))?/ns/…/dc/…/svc/…$` (agent/connect/uri.go): `partition` is set only when the
+ * ID names one.
+ */
 export function parseSpiffeId(uri: string): SpiffeParts | undefined {
   if (!uri.startsWith(SCHEME)) return undefined;
   const parts = uri.slice(SCHEME.length).split('/');
+  let partition: string | undefined;
+  if (parts.length === 9 && parts[1] === 'ap') {
+    partition = parts[2]!;
+    if (!isValidSegment(partition)) return undefined;
+    parts.splice(1, 2);
+  }
   if (parts.length !== 7) return undefined;
   const [trustDomain, ns, namespace, dc, datacenter, svc, service] = parts as [
     string,
@@ -55,7 +74,9 @@ export function parseSpiffeId(uri: string): SpiffeParts | undefined {
   if (ns !== 'ns' || dc !== 'dc' || svc !== 'svc') return undefined;
   if (!isValidTrustDomain(trustDomain)) return undefined;
   if (![namespace, datacenter, service].every(isValidSegment)) return undefined;
-  return { trustDomain, namespace, datacenter, service };
+  return partition === undefined
+    ? { trustDomain, namespace, datacenter, service }
+    : { trustDomain, partition, namespace, datacenter, service };
 }
 
 /**

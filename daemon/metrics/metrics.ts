@@ -78,6 +78,7 @@ export class Metrics {
   readonly consulRequests: Counter<'endpoint' | 'code'>;
   readonly consulStale: Gauge;
   readonly consulLastContact: Gauge;
+  readonly consulFilteredQueries: Gauge;
 
   constructor(opts: { processMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -157,6 +158,11 @@ export class Metrics {
     this.consulStale = new Gauge({
       name: 'ambit_consul_stale',
       help: '1 while Consul cannot be reached and the last known state is serving, else 0',
+      registers,
+    });
+    this.consulFilteredQueries = new Gauge({
+      name: 'ambit_consul_filtered_queries',
+      help: 'Consul queries whose last answer was filtered by ACLs (X-Consul-Results-Filtered-By-ACLs)',
       registers,
     });
     this.consulLastContact = new Gauge({

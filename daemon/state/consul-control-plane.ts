@@ -1,7 +1,12 @@
 import type { DaemonConfig } from '../../lib/config.js';
 import { ConsulCache } from '../../lib/consul/cache.js';
-import { NODE_SERVICE, nodeRegistration } from '../../lib/consul/catalog.js';
-import { ConsulClient, type WatchOptions } from '../../lib/consul/client.js';
+import { NODE_CHECK_TTL_S, NODE_SERVICE, nodeCheckId, nodeRegistration } from '../../lib/consul/catalog.js';
+import {
+  ConsulClient,
+  MAX_CONNECTIONS,
+  RESERVED_CONNECTIONS,
+  type WatchOptions,
+} from '../../lib/consul/client.js';
 import type { Logger } from '../../lib/log.js';
 import type { MeshNode } from '../../lib/mesh/model.js';
 import { ConsulCa } from '../identity/consul-ca.js';
@@ -23,6 +28,8 @@ export class ConsulControlPlane {
   source: ConsulSource | undefined;
   readonly #log: Logger;
   #registration: NodeJS.Timeout | undefined;
+  #heartbeat: NodeJS.Timeout | undefined;
+  #heartbeatFailing = false;
   #closed = false;
 
   private constructor(
@@ -62,6 +69,7 @@ export class ConsulControlPlane {
     const source = new ConsulSource(this.client, store, {
       nodeName: config.nodeName,
       defaultPolicy: config.defaultPolicy,
+      defaultIntentionPolicy: ca.defaultIntentionPolicy,
       log: this.#log,
       cache: this.cache,
       watch: watchOptions(config),
@@ -85,16 +93,20 @@ export class ConsulControlPlane {
     });
     ca.on('watchError', (path, err) => source.noteError(path, err));
     ca.on('watchOk', (path) => source.noteOk(path));
-    source.on('localServices', (services) => ca.watchLeaves(services));
+    // Blocking leaf queries get what the connection budget leaves after the source's long polls and the
+    // roots watch; the other leaves are polled.
+    const leafBudget = (): number => MAX_CONNECTIONS - RESERVED_CONNECTIONS - source.longPolls - 1;
+    source.on('localServices', (services) => ca.watchLeaves(services, leafBudget()));
     const report = (): void => {
       const s = source.status();
       metrics.consulStale.set(s.stale ? 1 : 0);
+      metrics.consulFilteredQueries.set(s.filteredByAcls.length);
       if (s.lastContact) metrics.consulLastContact.set(Date.parse(s.lastContact) / 1000);
     };
     source.on('status', report);
     ca.start();
     await source.start();
-    ca.watchLeaves(source.localServices);
+    ca.watchLeaves(source.localServices, leafBudget());
     report();
   }
 
@@ -111,6 +123,7 @@ export class ConsulControlPlane {
           { node: node.name, address: node.address, tunnelPort: node.tunnelPort },
           'node registered in Consul',
         );
+        this.#keepAlive(node.name);
       } catch (err) {
         if (this.#closed) return;
         const delay = Math.min(30_000, 1000 * 2 ** Math.min(n, 5));
@@ -122,6 +135,34 @@ export class ConsulControlPlane {
       }
     };
     return attempt(0);
+  }
+
+  /**
+   * Keeps the node's TTL check passing, every third of its TTL, with the readiness detail as its output:
+   * the check goes critical when the daemon stops, and no probe ever touches the tunnel listener.
+   */
+  #keepAlive(nodeName: string): void {
+    if (this.#heartbeat || this.#closed) return;
+    const id = encodeURIComponent(nodeCheckId(nodeName));
+    const beat = async (): Promise<void> => {
+      try {
+        await this.client.put(`/v1/agent/check/update/${id}`, {
+          body: { Status: 'passing', Output: `ambitd: consul ${this.readiness()}` },
+          permission: `service:write on "${NODE_SERVICE}"`,
+        });
+        if (this.#heartbeatFailing)
+          this.#log.info({ check: nodeCheckId(nodeName) }, 'node check updated again');
+        this.#heartbeatFailing = false;
+      } catch (err) {
+        if (this.#closed || this.#heartbeatFailing) return;
+        this.#heartbeatFailing = true;
+        this.#log.warn(
+          { check: nodeCheckId(nodeName), err: (err as Error).message },
+          'cannot update the node check in Consul; it goes critical when its TTL runs out',
+        );
+      }
+    };
+    this.#heartbeat = setInterval(() => void beat(), (NODE_CHECK_TTL_S * 1000) / 3).unref();
   }
 
   /** For the admin config dump: status, local services, raw config entries. */
@@ -139,17 +180,24 @@ export class ConsulControlPlane {
   readiness(): string {
     const s = this.source?.status();
     if (!s) return 'starting';
-    if (!s.stale) return 'ok';
+    // Filtered answers do not make the node unready (what it can see still serves), but they are why
+    // services may be missing, so they are named here.
+    const filtered = s.filteredByAcls.length
+      ? `answers filtered by ACLs (the token cannot read all of them): ${s.filteredByAcls.join(', ')}`
+      : undefined;
+    if (!s.stale) return filtered ?? 'ok';
     return (
       `stale since ${s.staleSince}: serving the last known state` +
       (s.lastContact ? ` (last answer from Consul ${s.lastContact})` : ' (no answer from Consul yet)') +
-      (s.lastError ? `: ${s.lastError}` : '')
+      (s.lastError ? `: ${s.lastError}` : '') +
+      (filtered ? `; ${filtered}` : '')
     );
   }
 
   async close(): Promise<void> {
     this.#closed = true;
     if (this.#registration) clearTimeout(this.#registration);
+    if (this.#heartbeat) clearInterval(this.#heartbeat);
     this.source?.close();
     this.ca.close();
     await this.cache.flush();

@@ -1,14 +1,15 @@
 // Consul as the control plane, as seen by the daemon: blocking-query watches through the local agent,
 // turned into the one catalog model (`StateStore.replace(mesh)`) that the mesh file also produces.
 //
-// Long polls per host are bounded by what the host runs, never by the size of the mesh:
+// Long polls per host stay under the agent's per-client connection cap (`limits.http_max_conns_per_client`,
+// default 200) whatever the host runs; the client holds at most MAX_CONNECTIONS (32) connections:
 //   1  /v1/catalog/services            which services exist; tags `ambit-node=<node>` say which run here
 //   1  /v1/health/service/ambit        where each node's daemon (tunnel listener) is
 //   4  /v1/config/<kind>               service-defaults, -router, -splitter, -resolver
-//   per local service:   /v1/health/service/<svc> (all instances; remote ones kept only when passing),
-//                        /v1/connect/intentions/match?by=destination&name=<svc>
-//   per upstream of a local workload: /v1/health/service/<svc>?passing
-//   and in the Consul CA: roots, and one leaf per local service.
+//   1  /v1/health/state/any            the health feed: which followed services changed; those (local
+//                                      and upstream) are then read without blocking (HealthFeed)
+//   1 per 64 local services: /v1/connect/intentions/match?by=destination&name=<a>&name=<b>…
+//   and in the Consul CA: roots, and leaves: blocking while the budget lasts, polled beyond it.
 //
 // Every answer is kept in the state directory (ConsulCache); when Consul is unreachable the last known
 // state keeps serving, staleness is reported (metric, log, readiness), and the watches recover by themselves.
@@ -27,7 +28,14 @@ import {
   nodeTag,
   workloadFromEntry,
 } from '../../lib/consul/catalog.js';
-import { type ConsulClient, Watch, type WatchOptions } from '../../lib/consul/client.js';
+import {
+  type ConsulClient,
+  type ResponseMeta,
+  Watch,
+  type WatchOptions,
+  permissionFor,
+} from '../../lib/consul/client.js';
+import { HealthFeed, healthPath } from '../../lib/consul/health-feed.js';
 import { compileIntentions, parseIntentions } from '../../lib/consul/intentions.js';
 import { AmbitError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
@@ -52,8 +60,18 @@ export const CONFIG_KINDS = [
 ] as const;
 
 const CATALOG = '/v1/catalog/services';
-const healthPath = (svc: string): string => `/v1/health/service/${encodeURIComponent(svc)}`;
-const intentionsKey = (svc: string): string => `/v1/connect/intentions/match?by=destination&name=${svc}`;
+/** Local services per batched intentions query (`name` repeated). */
+const INTENTIONS_BATCH = 64;
+const intentionsPath = (names: readonly string[]): string =>
+  `/v1/connect/intentions/match?by=destination${names.map((n) => `&name=${encodeURIComponent(n)}`).join('')}`;
+/** The sorted local services in batches, as the intentions queries ask for them. */
+const batches = (names: readonly string[]): string[][] => {
+  const out: string[][] = [];
+  for (let i = 0; i < names.length; i += INTENTIONS_BATCH) out.push(names.slice(i, i + INTENTIONS_BATCH));
+  return out;
+};
+/** Where the last X-Consul-Default-ACL-Policy is kept, so that a start from the cache decides the same way. */
+const ACL_DEFAULT_KEY = 'header:x-consul-default-acl-policy';
 
 interface WatchSpec {
   key: string;
@@ -72,11 +90,25 @@ export interface ConsulStatus {
   lastError: string | undefined;
   /** Long polls open now (catalog, health, intentions, config entries, roots, leaves). */
   watches: number;
+  /** Queries whose last answer Consul filtered by ACLs (X-Consul-Results-Filtered-By-ACLs). */
+  filteredByAcls: string[];
+  /** What decides when no intention matches, and where that came from. */
+  defaultPolicy: { action: PolicyAction; from: DefaultPolicySource };
 }
+
+/**
+ * Who decides when no intention matches, in Consul's own order (agent `connect/authorize`): Ambit's
+ * `defaultPolicy` when set, else the agent's `default_intention_policy`, else the ACL default policy
+ * (X-Consul-Default-ACL-Policy), else allow (ACLs off, or a Consul that does not say).
+ */
+export type DefaultPolicySource = 'ambit' | 'default_intention_policy' | 'acl' | 'consul-default';
 
 export interface ConsulSourceOptions {
   nodeName: string;
-  defaultPolicy: PolicyAction;
+  /** Ambit's own `defaultPolicy`; undefined leaves the decision to Consul's defaults. */
+  defaultPolicy: PolicyAction | undefined;
+  /** The agent's `default_intention_policy` (agent/self DebugConfig), when it sets one. */
+  defaultIntentionPolicy?: PolicyAction | undefined;
   log: Logger;
   cache: ConsulCache;
   watch?: WatchOptions;
@@ -100,8 +132,11 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
   readonly #log: Logger;
   readonly #cache: ConsulCache;
   readonly #watches = new Map<string, Watch<unknown>>();
+  readonly #feed: HealthFeed;
   readonly #results = new Map<string, unknown>();
   readonly #failing = new Map<string, string>();
+  readonly #filtered = new Set<string>();
+  #aclDefault: PolicyAction | undefined;
   #extraWatches: () => number = () => 0;
   #lastMeshText: string | undefined;
   #rebuildTimer: NodeJS.Timeout | undefined;
@@ -119,6 +154,19 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
     this.#opts = opts;
     this.#log = opts.log.child({ component: 'consul' });
     this.#cache = opts.cache;
+    this.#feed = new HealthFeed(client, { watch: opts.watch });
+    this.#feed.on('service', (svc, body) => {
+      this.#results.set(healthPath(svc), body);
+      this.#cache.set(healthPath(svc), body);
+      this.#scheduleRebuild();
+    });
+    this.#feed.on('ok', (key, meta) => this.noteOk(key, meta));
+    this.#feed.on('error', (key, err) => this.noteError(key, err));
+  }
+
+  /** Long polls held by the source (the CA's leaves may use what is left of the budget). */
+  get longPolls(): number {
+    return this.#watches.size + this.#feed.longPolls;
   }
 
   /** Counts the CA's long polls in the status too. */
@@ -131,7 +179,10 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
    * answered once and no new watch was needed, or until Consul proves unreachable while a cached state serves.
    */
   async start(): Promise<void> {
+    const cachedDefault = this.#cache.get(ACL_DEFAULT_KEY)?.body;
+    if (cachedDefault === 'allow' || cachedDefault === 'deny') this.#aclDefault = cachedDefault;
     for (const key of this.#cache.keys()) {
+      if (key.endsWith('?passing')) continue; // per-upstream queries of earlier versions
       if (
         key === CATALOG ||
         key.startsWith('/v1/health/') ||
@@ -149,14 +200,15 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
         'serving the cached Consul state until Consul answers',
       );
     }
+    this.#feed.start();
     this.#reconcileWatches();
     const deadline = Date.now() + (this.#opts.startTimeoutMs ?? 10_000);
     // Bounded: at most startTimeoutMs, in 20 ms steps.
     while (Date.now() < deadline && !this.#closed) {
       this.#flushRebuild();
       const all = [...this.#watches.values()];
-      if (all.every((w) => w.synced) && this.#reconcileWatches() === 0) break;
-      if (this.#fromCache && all.some((w) => w.failing)) break;
+      if (all.every((w) => w.synced) && this.#feed.synced && this.#reconcileWatches() === 0) break;
+      if (this.#fromCache && (all.some((w) => w.failing) || this.#feed.failing)) break;
       await new Promise((r) => setTimeout(r, 20));
     }
     this.#flushRebuild();
@@ -168,6 +220,7 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
     if (this.#rebuildTimer) clearTimeout(this.#rebuildTimer);
     for (const w of this.#watches.values()) w.stop();
     this.#watches.clear();
+    this.#feed.stop();
   }
 
   get localServices(): readonly string[] {
@@ -187,8 +240,49 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
       staleSince: this.#staleSince?.toISOString(),
       lastContact: this.#lastContact?.toISOString(),
       lastError: this.#lastError,
-      watches: this.#watches.size + this.#extraWatches(),
+      watches: this.longPolls + this.#extraWatches(),
+      filteredByAcls: [...this.#filtered].sort(),
+      defaultPolicy: this.#defaultPolicy(),
     };
+  }
+
+  #defaultPolicy(): { action: PolicyAction; from: DefaultPolicySource } {
+    if (this.#opts.defaultPolicy) return { action: this.#opts.defaultPolicy, from: 'ambit' };
+    if (this.#opts.defaultIntentionPolicy)
+      return { action: this.#opts.defaultIntentionPolicy, from: 'default_intention_policy' };
+    if (this.#aclDefault) return { action: this.#aclDefault, from: 'acl' };
+    return { action: 'allow', from: 'consul-default' };
+  }
+
+  /**
+   * What an answer said about ACLs: a filtered answer means the token cannot see part of the mesh (and
+   * Ambit would otherwise take the missing services as gone), so it is said once per query, loudly; a
+   * change of the ACL default policy changes what an unmatched source gets.
+   */
+  #noteMeta(key: string, meta: ResponseMeta): void {
+    if (meta.filteredByAcls && !this.#filtered.has(key)) {
+      this.#filtered.add(key);
+      this.#log.warn(
+        { consul: this.#client.address, query: key, permission: permissionFor('GET', key) },
+        'Consul filtered this answer by ACLs: the token cannot read part of it, so the mesh seen here is ' +
+          'incomplete; grant the token read on every service and node it must see',
+      );
+    } else if (!meta.filteredByAcls && this.#filtered.delete(key)) {
+      this.#log.info({ consul: this.#client.address, query: key }, 'Consul no longer filters this answer');
+    }
+    if (meta.defaultAclPolicy && meta.defaultAclPolicy !== this.#aclDefault) {
+      const before = this.#defaultPolicy();
+      this.#aclDefault = meta.defaultAclPolicy;
+      this.#cache.set(ACL_DEFAULT_KEY, meta.defaultAclPolicy);
+      const after = this.#defaultPolicy();
+      if (after.action !== before.action) {
+        this.#log.info(
+          { defaultPolicy: after.action, from: after.from },
+          'Consul default decides unmatched sources',
+        );
+        this.#scheduleRebuild();
+      }
+    }
   }
 
   /** Watch health reporting shared with the CA's watches. */
@@ -207,7 +301,8 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
     this.emit('status', this.status());
   }
 
-  noteOk(key: string): void {
+  noteOk(key: string, meta?: ResponseMeta): void {
+    if (meta) this.#noteMeta(key, meta);
     this.#failing.delete(key);
     this.#lastContact = new Date();
     if (this.#staleSince !== undefined && this.#failing.size === 0) {
@@ -230,25 +325,32 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
       { key: healthPath(NODE_SERVICE), path: healthPath(NODE_SERVICE) },
       ...CONFIG_KINDS.map((k) => ({ key: `/v1/config/${k}`, path: `/v1/config/${k}`, allow404: true })),
     ];
-    const local = new Set(this.#localServiceNames());
-    for (const svc of local) {
-      specs.push({ key: healthPath(svc), path: healthPath(svc) });
-      specs.push({
-        key: intentionsKey(svc),
-        path: '/v1/connect/intentions/match',
-        query: { by: 'destination', name: svc },
-      });
-    }
-    for (const svc of this.#upstreamServices()) {
-      if (local.has(svc) || svc === NODE_SERVICE) continue;
-      specs.push({ key: `${healthPath(svc)}?passing`, path: healthPath(svc), query: { passing: true } });
-    }
+    const local = this.#localServiceNames();
+    for (const names of batches(local))
+      specs.push({ key: intentionsPath(names), path: intentionsPath(names) });
     return specs;
+  }
+
+  /** Local and upstream services, whose instances the health feed keeps. */
+  #followed(): Set<string> {
+    const out = new Set([...this.#localServiceNames(), ...this.#upstreamServices()]);
+    out.delete(NODE_SERVICE);
+    return out;
   }
 
   /** Starts missing watches and stops unneeded ones; returns how many were started. */
   #reconcileWatches(): number {
     if (this.#closed) return 0;
+    const followed = this.#followed();
+    this.#feed.follow(followed);
+    for (const key of [...this.#results.keys()]) {
+      if (!key.startsWith('/v1/health/service/') || key === healthPath(NODE_SERVICE)) continue;
+      const svc = decodeURIComponent(key.slice('/v1/health/service/'.length));
+      if (followed.has(svc)) continue;
+      this.#results.delete(key);
+      this.#failing.delete(key);
+      this.#cache.delete(key);
+    }
     const wanted = this.#wanted();
     const keys = new Set(wanted.map((s) => s.key));
     for (const [key, w] of this.#watches) {
@@ -257,6 +359,7 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
       this.#watches.delete(key);
       this.#results.delete(key);
       this.#failing.delete(key);
+      this.#filtered.delete(key);
       this.#cache.delete(key);
     }
     let started = 0;
@@ -272,7 +375,13 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
         this.#cache.set(spec.key, body);
         this.#scheduleRebuild();
       });
-      w.on('ok', () => this.noteOk(spec.key));
+      let index = 0;
+      w.on('ok', (meta) => {
+        this.noteOk(spec.key, meta);
+        // Instances without checks show only here: a moved catalog index re-reads the followed services.
+        if (spec.key === CATALOG && index > 0 && w.index !== index) this.#feed.catalogMoved();
+        if (spec.key === CATALOG) index = w.index;
+      });
       w.on('error', (err) => this.noteError(spec.key, err));
       this.#watches.set(spec.key, w.start());
       started++;
@@ -408,31 +517,36 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
     };
     for (const [key, body] of this.#results) {
       if (!key.startsWith('/v1/health/service/') || key === healthPath(NODE_SERVICE)) continue;
-      for (const e of healthEntries(body)) consider(e, !key.endsWith('?passing'));
+      for (const e of healthEntries(body)) consider(e, true);
     }
     const policies: Policy[] = [];
-    for (const svc of this.#localServiceNames()) {
-      const intentions = parseIntentions(this.#results.get(intentionsKey(svc)), svc);
-      const compiled = compileIntentions(
-        { service: svc, namespace: 'default' },
-        intentions,
-        this.#opts.defaultPolicy,
-      );
-      if (compiled.conflicts.length) {
-        this.#log.warn(
-          { destination: svc, denied: compiled.conflicts },
-          'intentions the L4 model cannot express exactly; denying',
-        );
-      }
-      policies.push(...compiled.policies);
+    const defaultPolicy = this.#defaultPolicy().action;
+    for (const names of batches(this.#localServiceNames())) {
+      const body = this.#results.get(intentionsPath(names));
+      for (const svc of names) policies.push(...this.#policiesFor(svc, body, defaultPolicy));
     }
     return {
-      defaultPolicy: this.#opts.defaultPolicy,
+      defaultPolicy,
       nodes: [...nodes.values()].sort((a, b) => a.name.localeCompare(b.name)),
       workloads: [...workloads.values()].sort((a, b) => a.name.localeCompare(b.name)),
       services: this.#services(waypoints),
       policies,
     };
+  }
+
+  #policiesFor(svc: string, body: unknown, defaultPolicy: PolicyAction): Policy[] {
+    const compiled = compileIntentions(
+      { service: svc, namespace: 'default' },
+      parseIntentions(body, svc),
+      defaultPolicy,
+    );
+    if (compiled.conflicts.length) {
+      this.#log.warn(
+        { destination: svc, denied: compiled.conflicts },
+        'intentions the L4 model cannot express exactly; denying',
+      );
+    }
+    return compiled.policies;
   }
 
   /** Services with VIPs or a waypoint: `service-defaults` Meta (ambit-vips, ambit-service-ports, ambit-waypoint) or instance Meta. */

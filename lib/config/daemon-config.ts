@@ -40,7 +40,8 @@ export interface DaemonConfig {
   readonly ejectMs: number;
   readonly maxAttempts: number;
   readonly meshPollMs: number;
-  readonly defaultPolicy: 'allow' | 'deny';
+  /** Consul mode: undefined leaves unmatched sources to Consul's default. */
+  readonly defaultPolicy: 'allow' | 'deny' | undefined;
   /** Consul as the control plane and CA; undefined runs the embedded mesh file and CA. */
   readonly consul: ConsulSettings | undefined;
   readonly drainMs: number;

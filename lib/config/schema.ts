@@ -194,9 +194,10 @@ const consul = {
     help: 'file with the Consul ACL token',
   }),
   defaultPolicy: setting({
-    parser: choice(['allow', 'deny'] as const),
-    default: 'allow',
-    help: "Consul mode: what happens when no intention matches (as Consul's ACL default policy)",
+    parser: optional(choice(['allow', 'deny'] as const)),
+    default: undefined,
+    shown: 'unset',
+    help: "Consul mode: what happens when no intention matches; unset, Consul's default decides",
   }),
 };
 

@@ -42,6 +42,7 @@ export interface ConsulTaggedAddress {
 }
 
 export interface ConsulCheckDefinition {
+  CheckID?: string;
   Name: string;
   TCP?: string;
   TTL?: string;
@@ -170,12 +171,17 @@ export function workloadRegistration(w: Workload, opts: RegistrationOptions = {}
 }
 
 export const nodeServiceId = (node: string): string => `ambit-node-${node}`;
+/** The node check: a TTL check the daemon itself keeps passing (`PUT /v1/agent/check/update/<id>`). */
+export const nodeCheckId = (node: string): string => `ambit-node-${node}:alive`;
+/** How long the node check stays passing without an update; the daemon updates it every third of it. */
+export const NODE_CHECK_TTL_S = 30;
 
-/** The registration of a node's daemon: the `ambit` service at the node's tunnel address. */
-export function nodeRegistration(
-  node: MeshNode,
-  opts: { role: string; checkInterval?: string },
-): ConsulServiceRegistration {
+/**
+ * The registration of a node's daemon: the `ambit` service at the node's tunnel address. Its check is a
+ * TTL the daemon updates, not a TCP probe of the tunnel port: a probe that connects and closes without a
+ * TLS handshake is, to the tunnel listener, a failed handshake every interval.
+ */
+export function nodeRegistration(node: MeshNode, opts: { role: string }): ConsulServiceRegistration {
   const hostPort = joinHostPort(node.address, node.tunnelPort);
   return {
     ID: nodeServiceId(node.name),
@@ -187,10 +193,9 @@ export function nodeRegistration(
     TaggedAddresses: { lan: { Address: node.address, Port: node.tunnelPort } },
     Checks: [
       {
-        Name: `ambit: tunnel listener of ${node.name} on ${hostPort}`,
-        TCP: hostPort,
-        Interval: opts.checkInterval ?? '10s',
-        Timeout: '2s',
+        CheckID: nodeCheckId(node.name),
+        Name: `ambit: daemon of ${node.name} (tunnel ${hostPort})`,
+        TTL: `${NODE_CHECK_TTL_S}s`,
         Status: 'passing',
       },
     ],

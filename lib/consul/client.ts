@@ -19,6 +19,14 @@ import type { Secret } from './secret.js';
 
 export const DEFAULT_CONSUL_ADDRESS = '127.0.0.1:8500';
 
+/**
+ * Connections the client holds to the agent at most, far under Consul's `limits.http_max_conns_per_client`
+ * (default 200; 429 above it). Requests beyond it queue for a free connection.
+ */
+export const MAX_CONNECTIONS = 32;
+/** Of those, kept free of long polls, so that registrations and plain reads never wait behind them. */
+export const RESERVED_CONNECTIONS = 8;
+
 export interface ConsulClientOptions {
   /** `host:port`, `http://host:port` or `https://host:port` (as CONSUL_HTTP_ADDR). */
   address: string;
@@ -35,7 +43,17 @@ export interface ConsulResponse<T> {
   index: number | undefined;
   knownLeader: boolean | undefined;
   status: number;
+  /**
+   * X-Consul-Results-Filtered-By-ACLs: the token could not read some of the results and Consul left them
+   * out. Consul sends it only to a request that carries a token (never to anonymous ones).
+   */
+  filteredByAcls: boolean;
+  /** X-Consul-Default-ACL-Policy: the agent's `acl.default_policy` (`allow` when ACLs are off). */
+  defaultAclPolicy: 'allow' | 'deny' | undefined;
 }
+
+/** What a response says about the ACL system besides its body. */
+export type ResponseMeta = Pick<ConsulResponse<unknown>, 'filteredByAcls' | 'defaultAclPolicy'>;
 
 export interface RequestOptions {
   query?: Record<string, string | number | boolean | undefined>;
@@ -115,7 +133,7 @@ export class ConsulClient {
     this.base = consulBaseUrl(opts.address);
     this.#token = opts.token;
     this.#timeoutMs = opts.timeoutMs ?? 10_000;
-    const agentOpts = { keepAlive: true, maxFreeSockets: 16 };
+    const agentOpts = { keepAlive: true, maxFreeSockets: 16, maxSockets: MAX_CONNECTIONS };
     this.#agent = this.base.protocol === 'https:' ? new HttpsAgent(agentOpts) : new HttpAgent(agentOpts);
     this.onRequest = opts.onRequest;
   }
@@ -174,8 +192,13 @@ export class ConsulClient {
     const index = headerNumber(res.headers['x-consul-index']);
     const leader = res.headers['x-consul-knownleader'];
     const knownLeader = leader === undefined ? undefined : leader === 'true';
+    const filteredByAcls = res.headers['x-consul-results-filtered-by-acls'] === 'true';
+    const policy = res.headers['x-consul-default-acl-policy'];
+    const defaultAclPolicy: ResponseMeta['defaultAclPolicy'] =
+      policy === 'allow' || policy === 'deny' ? policy : undefined;
+    const meta = { index, knownLeader, filteredByAcls, defaultAclPolicy };
     if (res.status === 404 && opts.allow404) {
-      return { body: undefined as T, index, knownLeader, status: 404 };
+      return { body: undefined as T, ...meta, status: 404 };
     }
     if (res.status === 403) {
       const permission = describe403(res.text, opts.permission ?? permissionFor(method, url.pathname));
@@ -196,7 +219,7 @@ export class ConsulClient {
         body = res.text;
       }
     }
-    return { body: body as T, index, knownLeader, status: res.status };
+    return { body: body as T, ...meta, status: res.status };
   }
 
   #send(
@@ -289,8 +312,8 @@ export interface WatchOptions {
 export interface WatchEvents<T> {
   /** The result changed (or is the first one): the body Consul sent and its index. */
   change: [body: T, index: number];
-  /** A request succeeded (whether or not the result changed). */
-  ok: [];
+  /** A request succeeded (whether or not the result changed), with what it said about ACLs. */
+  ok: [meta: ResponseMeta];
   /** A request failed; the watch retries after `retryInMs`. */
   error: [err: AmbitError, retryInMs: number];
 }
@@ -391,7 +414,7 @@ export class Watch<T> extends EventEmitter<WatchEvents<T>> {
         } else {
           this.#index = Math.max(1, next);
         }
-        this.emit('ok');
+        this.emit('ok', { filteredByAcls: res.filteredByAcls, defaultAclPolicy: res.defaultAclPolicy });
         const text = JSON.stringify(res.body ?? null);
         if (text !== this.#lastText) {
           this.#lastText = text;

@@ -9,6 +9,11 @@
 // give every class exactly that decision under the model's rule. An intention with `Permissions` is L7:
 // until a waypoint enforces it, a source it matches is denied at L4 (fail closed).
 //
+// Sources of another cluster (`SourcePeer`), of a sameness group (`SourceSamenessGroup`) or of another
+// admin partition (`SourcePartition`) are never this partition's services: Ambit's names stand for local
+// sources only, so such intentions are left out (a peer-scoped `allow web` must not allow the local web).
+// Those sources reach here, if at all, with foreign SPIFFE IDs that only a principal clause matches.
+//
 // One case the model cannot express (it needs Enterprise namespaces): "anyone else" allowed, a namespace
 // denied, a named service in it allowed. Sources of namespaces no intention names are then denied, not
 // allowed (fail closed), and `conflicts` says so. Without namespaces (Consul CE) it never arises.
@@ -19,6 +24,12 @@ import { isRecord } from './catalog.js';
 export interface ConsulIntention {
   SourceName: string;
   SourceNS?: string;
+  /** Enterprise: the source's admin partition; empty or `default` is this (CE's only) partition. */
+  SourcePartition?: string;
+  /** A cluster peer the source belongs to (cluster peering). */
+  SourcePeer?: string;
+  /** A sameness group the source stands for. */
+  SourceSamenessGroup?: string;
   DestinationName: string;
   DestinationNS?: string;
   Action?: string;
@@ -38,13 +49,23 @@ const ns = (v: string | undefined): string => (v === undefined || v === '' ? 'de
 export const l4Action = (i: ConsulIntention): PolicyAction =>
   (i.Permissions?.length ?? 0) > 0 ? 'deny' : i.Action === 'deny' ? 'deny' : 'allow';
 
+/** Whether an intention's source is of this partition and cluster: only those can match local sources. */
+export const isLocalSource = (i: ConsulIntention): boolean =>
+  !i.SourcePeer &&
+  !i.SourceSamenessGroup &&
+  (i.SourcePartition === undefined || i.SourcePartition === '' || i.SourcePartition === 'default');
+
+/** The intentions that apply to local sources, from a `/connect/intentions/match` answer. */
 export function parseIntentions(body: unknown, destination: string): ConsulIntention[] {
   // /connect/intentions/match answers {"<name>": [...]}.
   const list = isRecord(body) ? body[destination] : undefined;
   if (!Array.isArray(list)) return [];
   return list.filter(
     (i): i is ConsulIntention =>
-      isRecord(i) && typeof i.SourceName === 'string' && typeof i.DestinationName === 'string',
+      isRecord(i) &&
+      typeof i.SourceName === 'string' &&
+      typeof i.DestinationName === 'string' &&
+      isLocalSource(i as unknown as ConsulIntention),
   );
 }
 

@@ -1,14 +1,19 @@
 // A Consul HTTP API emulator for tests: a real HTTP server on 127.0.0.1 that follows Consul's documented
-// behaviour for the endpoints Ambit uses. It is NOT Consul: no Raft, no gossip, no health checking (checks
-// keep the status they were registered with until a test changes it), one datacenter, no namespaces.
+// behaviour for the endpoints Ambit uses. It is NOT Consul: no Raft, no gossip, no health checking (TCP
+// and HTTP checks keep the status they were registered with until a test changes it; TTL checks do run
+// out, and /v1/agent/check/update renews them), one datacenter, no namespaces, no peers or partitions.
 //
 // What it covers: one monotonic index (X-Consul-Index) with per-table indexes; blocking queries with
 // `index` and `wait` (default 5m, max 10m, plus up to wait/16 jitter); X-Consul-KnownLeader and
 // X-Consul-LastContact; agent service registration mirrored into the catalog and health (with `passing`);
 // Connect CA roots and leaf signing (SPIFFE URI SAN, ValidAfter/ValidBefore; leaf renewal at 60–90% of its
 // lifetime) with blocking roots and leaf queries released on a rotation; intentions (list, `exact`,
-// `match`, precedence); config entries (`cas`); KV; ACL tokens (403 "ACL not found" / "Permission denied:
-// ... lacks permission"). Hooks for tests: setIndexBackwards(), down(), up(), rotateRoots(),
+// `match`, precedence) kept as the Sources of `service-intentions` config entries, one store as in Consul
+// 1.9+; config entries (`cas`); KV; ACL tokens (403 "ACL not found" / "Permission denied: ... lacks
+// permission" where Consul refuses; catalog and health reads filtered instead, with
+// X-Consul-Results-Filtered-By-ACLs unless anonymous; X-Consul-Default-ACL-Policy on every answer); an
+// index ahead of the server blocks for the wait, as any other; `limits.http_max_conns_per_client` (429
+// and close above it, default 200). It does not validate or normalise config entries. Hooks for tests: setIndexBackwards(), down(), up(), rotateRoots(),
 // rotateLeaf(service), setCheckStatus(id, status).
 //
 // startConsul() gives a real `consul agent -dev` instead whenever a consul binary is on PATH or CONSUL_BIN
@@ -18,7 +23,7 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { X509Certificate, randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EmbeddedCa } from '../../daemon/identity/ca.js';
@@ -33,13 +38,32 @@ export interface EmulatorOptions {
   datacenter?: string;
   nodeName?: string;
   leafTtlMs?: number;
-  /** ACLs on, default deny: only these tokens are known. */
-  acl?: { tokens: Record<string, TokenRules> };
+  /**
+   * `limits.http_max_conns_per_client` (default 200): connections one client address may hold open; above
+   * it a new connection gets a 429 and is closed, as Consul's connlimit handler does.
+   */
+  maxConnsPerClient?: number;
+  /**
+   * ACLs on: only these tokens are known, besides the anonymous token (no token), which has no rules.
+   * `defaultPolicy` is `acl.default_policy` (default deny): what a token gets where its rules say nothing.
+   */
+  acl?: { tokens: Record<string, TokenRules>; defaultPolicy?: 'allow' | 'deny' };
 }
 
 interface Registered {
   reg: Record<string, Json | undefined>;
-  checks: { CheckID: string; Name: string; Status: string; ServiceID: string; ServiceName: string }[];
+  checks: {
+    CheckID: string;
+    Name: string;
+    Status: string;
+    Output?: string;
+    /** A TTL check: when it runs out without an update, the check goes critical. */
+    ttlMs?: number;
+    expiry?: NodeJS.Timeout;
+    ServiceID: string;
+    ServiceName: string;
+    ModifyIndex: number;
+  }[];
 }
 
 interface Root {
@@ -77,7 +101,6 @@ export class ConsulEmulator {
   #epoch = 0;
   readonly #tables = new Map<string, number>();
   readonly #services = new Map<string, Registered>();
-  readonly #intentions = new Map<string, Record<string, Json>>();
   readonly #config = new Map<string, Record<string, Json>>();
   readonly #kv = new Map<
     string,
@@ -86,6 +109,12 @@ export class ConsulEmulator {
   readonly #roots: Root[] = [];
   readonly #leaves = new Map<string, Leaf>();
   readonly #waiters = new Set<Waiter>();
+  readonly #conns = new Map<string, number>();
+  readonly #refused = new WeakSet<Socket>();
+  /** Connections refused with 429 for going over the per-client cap. */
+  connectionsRefused = 0;
+  /** The most connections one client address held at once. */
+  peakConnections = 0;
   /** Every request received, by `METHOD /path`. */
   readonly requestLog: { at: number; method: string; path: string; blocking: boolean }[] = [];
 
@@ -133,8 +162,12 @@ export class ConsulEmulator {
   /** Listens again, on the same port as before. */
   async up(): Promise<void> {
     if (this.#server) return;
-    const server = createServer((req, res) => this.#handle(req, res));
+    const server = createServer((req, res) => {
+      if (this.#refused.has(req.socket)) return;
+      this.#handle(req, res);
+    });
     server.keepAliveTimeout = 60_000;
+    server.on('connection', (sock: Socket) => this.#limit(sock));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(this.#port, '127.0.0.1', () => resolve());
@@ -169,9 +202,29 @@ export class ConsulEmulator {
   setCheckStatus(serviceId: string, status: 'passing' | 'warning' | 'critical'): void {
     const s = this.#services.get(serviceId);
     if (!s) throw new Error(`no service ${serviceId}`);
-    for (const c of s.checks) c.Status = status;
     // Health lives in the checks table: the catalog's service list (and its index) does not change.
-    this.#touch(`svc:${String(s.reg.Service)}`);
+    const idx = this.#touch(`svc:${String(s.reg.Service)}`, 'checks');
+    for (const c of s.checks) {
+      c.Status = status;
+      c.ModifyIndex = idx;
+    }
+  }
+
+  /** A new token with these rules (ACLs must be on). */
+  addToken(secret: string, rules: TokenRules): void {
+    if (!this.#opts.acl) throw new Error('addToken: ACLs are off');
+    this.#opts.acl.tokens[secret] = rules;
+  }
+
+  /** A TTL check goes critical when its TTL runs out without an update, as in Consul. */
+  #arm(c: Registered['checks'][number]): void {
+    clearTimeout(c.expiry);
+    if (c.ttlMs === undefined) return;
+    c.expiry = setTimeout(() => {
+      c.Status = 'critical';
+      c.Output = 'TTL expired';
+      c.ModifyIndex = this.#touch(`svc:${c.ServiceName}`, 'checks');
+    }, c.ttlMs).unref();
   }
 
   /** Registers a service without going through HTTP (bench setup). Same effect as the register endpoint. */
@@ -183,6 +236,35 @@ export class ConsulEmulator {
     await this.down();
     for (const l of this.#leaves.values()) clearTimeout(l.timer);
     await Promise.all(this.#roots.map((r) => rm(r.dir, { recursive: true, force: true })));
+  }
+
+  /** go-connlimit's HTTP handler: over the cap, answer 429 on the raw connection and close it. */
+  #limit(sock: Socket): void {
+    const ip = sock.remoteAddress ?? '';
+    const cap = this.#opts.maxConnsPerClient ?? 200;
+    const open = this.#conns.get(ip) ?? 0;
+    if (open >= cap) {
+      this.#refused.add(sock);
+      this.connectionsRefused++;
+      const text = 'Your IP is issuing too many concurrent connections, please rate limit your calls\n';
+      sock.end(
+        `HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: ${text.length}\r\nConnection: close\r\n\r\n${text}`,
+      );
+      setTimeout(() => sock.destroy(), 10).unref();
+      return;
+    }
+    this.#conns.set(ip, open + 1);
+    this.peakConnections = Math.max(this.peakConnections, open + 1);
+    sock.once('close', () => {
+      const n = (this.#conns.get(ip) ?? 1) - 1;
+      if (n > 0) this.#conns.set(ip, n);
+      else this.#conns.delete(ip);
+    });
+  }
+
+  /** Connections open now from one client address (127.0.0.1 by default). */
+  connections(ip = '127.0.0.1'): number {
+    return this.#conns.get(ip) ?? 0;
   }
 
   // --- state ---------------------------------------------------------------------------------------------
@@ -271,8 +353,13 @@ export class ConsulEmulator {
         Status: String(def.Status ?? 'critical'),
         ServiceID: id,
         ServiceName: name,
+        ModifyIndex: this.#index + 1,
+        ttlMs: typeof def.TTL === 'string' ? parseWait(def.TTL) : undefined,
       });
     });
+    const previousChecks = this.#services.get(id)?.checks ?? [];
+    for (const c of previousChecks) clearTimeout(c.expiry);
+    for (const c of checks) this.#arm(c);
     const previous = this.#services.get(id);
     this.#services.set(id, {
       reg: {
@@ -287,9 +374,46 @@ export class ConsulEmulator {
       },
       checks,
     });
-    const tables = ['services', `svc:${name}`];
+    const tables = ['services', 'checks', `svc:${name}`];
     if (previous && previous.reg.Service !== name) tables.push(`svc:${String(previous.reg.Service)}`);
     this.#touch(...tables);
+  }
+
+  /**
+   * Every intention, as /v1/connect/intentions shows them: one per source of each service-intentions
+   * config entry. Precedence highest first; ties by source, then destination name, as Consul sorts them.
+   */
+  #intentionList(): Record<string, Json>[] {
+    const out: Record<string, Json>[] = [];
+    for (const e of this.#config.values()) {
+      if (e.Kind !== 'service-intentions') continue;
+      const destination = String(e.Name);
+      for (const x of (e.Sources as Record<string, Json>[] | undefined) ?? []) {
+        out.push({
+          ID: (x.LegacyID as string | undefined) ?? '',
+          Description: String(x.Description ?? ''),
+          SourceNS: String(x.Namespace ?? 'default'),
+          SourceName: String(x.Name),
+          SourcePartition: String(x.Partition ?? ''),
+          SourcePeer: String(x.Peer ?? ''),
+          SourceSamenessGroup: String(x.SamenessGroup ?? ''),
+          DestinationNS: 'default',
+          DestinationName: destination,
+          SourceType: String(x.Type ?? 'consul'),
+          Action: String(x.Action ?? ''),
+          Permissions: (x.Permissions as Json[] | undefined) ?? [],
+          Precedence: Number(x.Precedence ?? precedence(String(x.Name), destination)),
+          CreateIndex: e.CreateIndex as number,
+          ModifyIndex: e.ModifyIndex as number,
+        });
+      }
+    }
+    return out.sort(
+      (a, b) =>
+        Number(b.Precedence) - Number(a.Precedence) ||
+        String(a.SourceName).localeCompare(String(b.SourceName)) ||
+        String(a.DestinationName).localeCompare(String(b.DestinationName)),
+    );
   }
 
   // --- HTTP ----------------------------------------------------------------------------------------------
@@ -313,14 +437,17 @@ export class ConsulEmulator {
     });
   }
 
-  #send(res: ServerResponse, status: number, body: Json | string, index?: number): void {
+  #send(res: ServerResponse, status: number, body: Json | string, index?: number, filtered = false): void {
     if (res.destroyed) return;
     const headers: Record<string, string> = {
       'X-Consul-KnownLeader': 'true',
       'X-Consul-LastContact': '0',
       'X-Consul-Effective-Consistency': 'leader',
+      // As every answer of Consul's HTTP handlers: acl.default_policy, `allow` with ACLs off.
+      'X-Consul-Default-ACL-Policy': this.#opts.acl ? (this.#opts.acl.defaultPolicy ?? 'deny') : 'allow',
     };
     if (index !== undefined) headers['X-Consul-Index'] = String(index);
+    if (filtered) headers['X-Consul-Results-Filtered-By-ACLs'] = 'true';
     if (typeof body === 'string' && status >= 400) {
       headers['Content-Type'] = 'text/plain; charset=utf-8';
       res.writeHead(status, headers).end(body);
@@ -330,17 +457,21 @@ export class ConsulEmulator {
     res.writeHead(status, headers).end(JSON.stringify(body));
   }
 
-  /** Answers now if the result's index is past `index`, else when it is (or the wait ends, or a reset). */
+  /**
+   * Answers now if the result's index is past `index`, else when it is (or the wait ends, or a reset).
+   * `filtered` results carry X-Consul-Results-Filtered-By-ACLs, but only to a request with a token: Consul
+   * masks it for anonymous ones (maskResultsFilteredByACLs).
+   */
   async #blocking(
     url: URL,
     res: ServerResponse,
-    compute: () => { index: number; body: Json; status?: number },
+    compute: () => { index: number; body: Json; status?: number; filtered?: boolean },
   ): Promise<void> {
     const want = Number(url.searchParams.get('index') ?? 0);
     let r = compute();
-    // An index this server never issued was handed out before a reset (a snapshot restore): answer at once,
-    // so that the client sees its index go backwards now rather than when the wait runs out.
-    if (want > 0 && r.index <= want && want <= this.#index) {
+    // As Consul's blockingQuery: any index at or past the result's blocks, one the server never issued
+    // included (it is only a number to wait past); the wait ends it, or a snapshot restore (AbandonCh).
+    if (want > 0 && r.index <= want) {
       const waitMs = Math.min(parseWait(url.searchParams.get('wait')), MAX_WAIT_MS);
       const deadline = Date.now() + waitMs + Math.random() * (waitMs / 16);
       const epoch = this.#epoch;
@@ -371,7 +502,8 @@ export class ConsulEmulator {
         return;
       }
     }
-    this.#send(res, r.status ?? 200, r.body, r.index);
+    const token = res.req.headers['x-consul-token'] ?? url.searchParams.get('token') ?? '';
+    this.#send(res, r.status ?? 200, r.body, r.index, r.filtered === true && token !== '');
   }
 
   #authorize(req: IncomingMessage, url: URL, perm: string | undefined, resource: string): string | undefined {
@@ -379,25 +511,53 @@ export class ConsulEmulator {
     if (!acl) return undefined;
     const token =
       (req.headers['x-consul-token'] as string | undefined) ?? url.searchParams.get('token') ?? '';
-    const rules = acl.tokens[token];
-    if (rules === undefined)
-      return token === '' ? this.#denied(perm, resource, 'anonymous') : 'ACL not found';
+    // The anonymous token is always known; with no policy of its own it has only the default.
+    const rules = acl.tokens[token] ?? (token === '' ? {} : undefined);
+    if (rules === undefined) return 'ACL not found';
     if (perm === undefined || rules === 'management') return undefined;
     const granted = (p: string): boolean => {
       const r = rules[p];
+      if (r === undefined && acl.defaultPolicy === 'allow') return true;
       return (
         r === '*' ||
         r?.some((x) => x === resource || (x.endsWith('*') && resource.startsWith(x.slice(0, -1))))
       );
     };
-    // write implies read, as in Consul's policy language.
-    if (granted(perm) || (perm.endsWith(':read') && granted(perm.replace(/:read$/, ':write'))))
-      return undefined;
+    // write implies read, as in Consul's policy language; service:read grants intentions:read on the service.
+    const read = (p: string): boolean => granted(p) || granted(p.replace(/:read$/, ':write'));
+    if (granted(perm) || (perm.endsWith(':read') && read(perm))) return undefined;
+    if (perm === 'intentions:read' && read('service:read')) return undefined;
     return this.#denied(perm, resource, token);
   }
 
   #denied(perm: string | undefined, resource: string, accessor: string): string {
     return `Permission denied: token with AccessorID '${accessor === 'anonymous' ? '00000000-0000-0000-0000-000000000002' : 'emulator'}' lacks permission '${perm ?? 'read'}' on "${resource}"`;
+  }
+
+  #checkJson(c: Registered['checks'][number]): Record<string, Json> {
+    return {
+      Node: this.nodeName,
+      CheckID: c.CheckID,
+      Name: c.Name,
+      Status: c.Status,
+      Output: c.Output ?? '',
+      ServiceID: c.ServiceID,
+      ServiceName: c.ServiceName,
+      ModifyIndex: c.ModifyIndex,
+    };
+  }
+
+  /** The node's Serf check, always passing: the emulator is one healthy node. */
+  #serf(): Record<string, Json> {
+    return {
+      Node: this.nodeName,
+      CheckID: 'serfHealth',
+      Name: 'Serf Health Status',
+      Status: 'passing',
+      ServiceID: '',
+      ServiceName: '',
+      ModifyIndex: 1,
+    };
   }
 
   #can(req: IncomingMessage, url: URL, perm: string, resource: string): boolean {
@@ -453,7 +613,26 @@ export class ConsulEmulator {
         );
       if (deny('service:write', String(s.reg.Service))) return;
       this.#services.delete(id);
-      this.#touch('services', `svc:${String(s.reg.Service)}`);
+      this.#touch('services', 'checks', `svc:${String(s.reg.Service)}`);
+      return this.#send(res, 200, null);
+    }
+    if (hit(/^\/v1\/agent\/check\/update\/(.+)$/) && method === 'PUT') {
+      const id = decodeURIComponent(m[1]!);
+      const owner = [...this.#services.values()].find((s) => s.checks.some((c) => c.CheckID === id));
+      const check = owner?.checks.find((c) => c.CheckID === id);
+      if (!owner || !check) return this.#send(res, 404, `Unknown check ID "${id}"`);
+      if (deny('service:write', String(owner.reg.Service))) return;
+      if (check.ttlMs === undefined)
+        return this.#send(res, 500, `CheckID "${id}" does not have associated TTL`);
+      const body = json();
+      const status = String(body.Status ?? '');
+      if (!['passing', 'warning', 'critical'].includes(status))
+        return this.#send(res, 400, 'Request body must contain a valid Status');
+      const changed = check.Status !== status || check.Output !== String(body.Output ?? '');
+      check.Status = status;
+      check.Output = String(body.Output ?? '');
+      if (changed) check.ModifyIndex = this.#touch(`svc:${check.ServiceName}`, 'checks');
+      this.#arm(check);
       return this.#send(res, 200, null);
     }
     if (p === '/v1/agent/services' && method === 'GET') {
@@ -466,17 +645,22 @@ export class ConsulEmulator {
     if (p === '/v1/catalog/services' && method === 'GET') {
       if (deny(undefined, '')) return;
       return this.#blocking(url, res, () => {
-        const out: Record<string, Json> = { consul: [] };
+        // Consul filters the list by service:read (the `consul` service included) rather than refusing it.
+        let filtered = !this.#can(req, url, 'service:read', 'consul');
+        const out: Record<string, Json> = filtered ? {} : { consul: [] };
         for (const s of this.#services.values()) {
           const name = String(s.reg.Service);
-          if (!this.#can(req, url, 'service:read', name)) continue;
+          if (!this.#can(req, url, 'service:read', name)) {
+            filtered = true;
+            continue;
+          }
           const tags = new Set([
             ...((out[name] as string[] | undefined) ?? []),
             ...((s.reg.Tags as string[]) ?? []),
           ]);
           out[name] = [...tags];
         }
-        return { index: this.#table('services'), body: out };
+        return { index: this.#table('services'), body: out, filtered };
       });
     }
     if (hit(/^\/v1\/(health|catalog)\/service\/(.+)$/) && method === 'GET') {
@@ -485,42 +669,62 @@ export class ConsulEmulator {
       if (deny(undefined, '')) return;
       return this.#blocking(url, res, () => {
         const out: Json[] = [];
-        if (this.#can(req, url, 'service:read', name)) {
-          for (const s of this.#services.values()) {
-            if (s.reg.Service !== name) continue;
-            const checks = [
-              {
-                Node: this.nodeName,
-                CheckID: 'serfHealth',
-                Name: 'Serf Health Status',
-                Status: 'passing',
-                ServiceID: '',
-                ServiceName: '',
-              },
-              ...s.checks.map((c) => ({ Node: this.nodeName, ...c })),
-            ];
-            if (health && q.has('passing') && checks.some((c) => c.Status !== 'passing')) continue;
-            if (health) {
-              out.push({
-                Node: { Node: this.nodeName, Address: '127.0.0.1', Datacenter: this.datacenter },
-                Service: s.reg as Json,
-                Checks: checks,
-              });
-            } else {
-              out.push({
-                Node: this.nodeName,
-                Address: '127.0.0.1',
-                ServiceID: s.reg.ID as Json,
-                ServiceName: name,
-                ServiceAddress: s.reg.Address as Json,
-                ServicePort: s.reg.Port as Json,
-                ServiceTags: s.reg.Tags as Json,
-                ServiceMeta: s.reg.Meta as Json,
-              });
-            }
+        // An instance needs service:read on its service and node:read on its node (filterCheckServiceNodes).
+        const readable =
+          this.#can(req, url, 'service:read', name) && this.#can(req, url, 'node:read', this.nodeName);
+        let filtered = false;
+        for (const s of this.#services.values()) {
+          if (s.reg.Service !== name) continue;
+          if (!readable) {
+            filtered = true;
+            continue;
+          }
+          const checks = [this.#serf(), ...s.checks.map((c) => this.#checkJson(c))];
+          if (health && q.has('passing') && checks.some((c) => c.Status !== 'passing')) continue;
+          if (health) {
+            out.push({
+              Node: { Node: this.nodeName, Address: '127.0.0.1', Datacenter: this.datacenter },
+              Service: s.reg as Json,
+              Checks: checks,
+            });
+          } else {
+            out.push({
+              Node: this.nodeName,
+              Address: '127.0.0.1',
+              ServiceID: s.reg.ID as Json,
+              ServiceName: name,
+              ServiceAddress: s.reg.Address as Json,
+              ServicePort: s.reg.Port as Json,
+              ServiceTags: s.reg.Tags as Json,
+              ServiceMeta: s.reg.Meta as Json,
+            });
           }
         }
-        return { index: this.#table(`svc:${name}`), body: out };
+        return { index: this.#table(`svc:${name}`), body: out, filtered };
+      });
+    }
+    if (hit(/^\/v1\/health\/state\/([a-z]+)$/) && method === 'GET') {
+      // Every check in the given state (`any` for all), the node's Serf check included, filtered by
+      // node:read and service:read as Consul filters health answers.
+      const state = m[1]!;
+      if (deny(undefined, '')) return;
+      return this.#blocking(url, res, () => {
+        const out: Json[] = [];
+        let filtered = false;
+        const nodeReadable = this.#can(req, url, 'node:read', this.nodeName);
+        if (nodeReadable) out.push(this.#serf());
+        else filtered = true;
+        for (const s of this.#services.values()) {
+          for (const c of s.checks) {
+            if (!nodeReadable || !this.#can(req, url, 'service:read', c.ServiceName)) {
+              filtered = true;
+              continue;
+            }
+            out.push(this.#checkJson(c));
+          }
+        }
+        const body = state === 'any' ? out : out.filter((c) => (c as { Status: string }).Status === state);
+        return { index: this.#table('checks'), body, filtered };
       });
     }
     if ((p === '/v1/agent/connect/ca/roots' || p === '/v1/connect/ca/roots') && method === 'GET') {
@@ -554,19 +758,13 @@ export class ConsulEmulator {
       });
     }
     if (p === '/v1/connect/intentions' && method === 'GET') {
-      // Every intention the token may read (intentions:read on its destination), highest precedence
-      // first, ties by source then destination name, as Consul sorts them.
+      // Every intention the token may read (intentions:read on its destination), in Consul's order.
       if (deny(undefined, '')) return;
       return this.#blocking(url, res, () => ({
-        index: this.#table('intentions', 'intentions'),
-        body: [...this.#intentions.values()]
-          .filter((i) => this.#can(req, url, 'intentions:read', String(i.DestinationName)))
-          .sort(
-            (a, b) =>
-              Number(b.Precedence) - Number(a.Precedence) ||
-              String(a.SourceName).localeCompare(String(b.SourceName)) ||
-              String(a.DestinationName).localeCompare(String(b.DestinationName)),
-          ),
+        index: this.#table(IXN_TABLE, 'config'),
+        body: this.#intentionList().filter((i) =>
+          this.#can(req, url, 'intentions:read', String(i.DestinationName)),
+        ),
       }));
     }
     if (p === '/v1/connect/intentions/match' && method === 'GET') {
@@ -579,7 +777,7 @@ export class ConsulEmulator {
       return this.#blocking(url, res, () => {
         const out: Record<string, Json> = {};
         for (const n of names) {
-          out[n] = [...this.#intentions.values()]
+          out[n] = this.#intentionList()
             .filter((i) =>
               by === 'destination'
                 ? [n, '*'].includes(String(i.DestinationName))
@@ -587,7 +785,7 @@ export class ConsulEmulator {
             )
             .sort((a, b) => Number(b.Precedence) - Number(a.Precedence));
         }
-        return { index: this.#table('intentions', 'intentions'), body: out };
+        return { index: this.#table(IXN_TABLE, 'config'), body: out };
       });
     }
     if (p === '/v1/connect/intentions/exact') {
@@ -595,18 +793,25 @@ export class ConsulEmulator {
       const destination = q.get('destination');
       if (!source || !destination)
         return this.#send(res, 400, 'required query parameters "source" and "destination" not set');
-      const key = `${source}|${destination}`;
+      const entryKey = `service-intentions/${destination}`;
+      const entry = this.#config.get(entryKey);
+      const sources = (entry?.Sources as Record<string, Json>[] | undefined) ?? [];
       if (method === 'GET') {
         if (deny('intentions:read', destination)) return;
-        const i = this.#intentions.get(key);
+        const i = this.#intentionList().find(
+          (x) => x.SourceName === source && x.DestinationName === destination,
+        );
         return i
-          ? this.#send(res, 200, i, this.#table('intentions', 'intentions'))
+          ? this.#send(res, 200, i, this.#table(IXN_TABLE, 'config'))
           : this.#send(res, 404, 'Intention not found');
       }
       if (deny('intentions:write', destination)) return;
       if (method === 'DELETE') {
-        this.#intentions.delete(key);
-        this.#touch('intentions');
+        // The source leaves the destination's service-intentions entry; the last one takes the entry along.
+        const rest = sources.filter((x) => x.Name !== source);
+        const idx = this.#touch(IXN_TABLE);
+        if (entry && rest.length === 0) this.#config.delete(entryKey);
+        else if (entry) this.#config.set(entryKey, { ...entry, Sources: rest, ModifyIndex: idx });
         return this.#send(res, 200, true);
       }
       if (method === 'PUT') {
@@ -618,22 +823,24 @@ export class ConsulEmulator {
           return this.#send(res, 400, 'Action must be set to "allow" or "deny"');
         if (body.Action && body.Action !== 'allow' && body.Action !== 'deny')
           return this.#send(res, 400, 'Action must be set to "allow" or "deny"');
-        const prev = this.#intentions.get(key);
-        const idx = this.#touch('intentions');
-        this.#intentions.set(key, {
-          ID: (prev?.ID as string) ?? randomUUID(),
-          Description: String(body.Description ?? ''),
-          SourceNS: 'default',
-          SourceName: source,
-          DestinationNS: 'default',
-          DestinationName: destination,
-          SourceType: 'consul',
+        // Consul keeps intentions as the Sources of one service-intentions config entry per destination.
+        const idx = this.#touch(IXN_TABLE);
+        const src: Record<string, Json> = {
+          Name: source,
           Action: (body.Action as string) ?? '',
           Permissions: perms,
           Precedence: precedence(source, destination),
-          CreateIndex: (prev?.CreateIndex as number) ?? idx,
+          Type: 'consul',
+          Description: String(body.Description ?? ''),
+        };
+        this.#config.set(entryKey, {
+          Kind: 'service-intentions',
+          Name: destination,
+          ...(entry ?? {}),
+          Sources: [...sources.filter((x) => x.Name !== source), src],
+          CreateIndex: (entry?.CreateIndex as number) ?? idx,
           ModifyIndex: idx,
-        });
+        } as Record<string, Json>);
         return this.#send(res, 200, true);
       }
     }
@@ -642,7 +849,7 @@ export class ConsulEmulator {
       const kind = String(body.Kind ?? '');
       const name = String(body.Name ?? '');
       if (!kind || !name) return this.#send(res, 400, 'Kind and Name are required');
-      if (deny(kind.startsWith('service-') ? 'service:write' : 'operator:write', name)) return;
+      if (deny(writePermission(kind), name)) return;
       const key = `${kind}/${name}`;
       const prev = this.#config.get(key);
       if (q.has('cas')) {
@@ -650,8 +857,17 @@ export class ConsulEmulator {
         if (cas === 0 ? prev !== undefined : prev?.ModifyIndex !== cas) return this.#send(res, 200, false);
       }
       const idx = this.#touch(`config:${kind}`);
+      const stored = { ...(body as Record<string, Json>) };
+      if (kind === 'service-intentions') {
+        const sources = Array.isArray(body.Sources) ? (body.Sources as Record<string, Json>[]) : [];
+        stored.Sources = sources.map((x) => ({
+          ...x,
+          Precedence: precedence(String(x.Name ?? ''), name),
+          Type: x.Type ?? 'consul',
+        }));
+      }
       this.#config.set(key, {
-        ...(body as Record<string, Json>),
+        ...stored,
         CreateIndex: (prev?.CreateIndex as number) ?? idx,
         ModifyIndex: idx,
       });
@@ -660,7 +876,7 @@ export class ConsulEmulator {
     if (hit(/^\/v1\/config\/([^/]+)(?:\/(.+))?$/)) {
       const kind = decodeURIComponent(m[1]!);
       const name = m[2] !== undefined ? decodeURIComponent(m[2]) : undefined;
-      const perm = kind.startsWith('service-') ? 'service:read' : 'operator:read';
+      const perm = writePermission(kind).replace(':write', ':read');
       if (method === 'GET' && name === undefined) {
         if (deny(undefined, '')) return;
         return this.#blocking(url, res, () => ({
@@ -735,6 +951,15 @@ export class ConsulEmulator {
   }
 }
 
+/** Intentions and service-intentions config entries are one table, as in Consul 1.9 and later. */
+const IXN_TABLE = 'config:service-intentions';
+
+/** What writing a config entry of this kind needs (service-intentions: intentions:write on its Name). */
+function writePermission(kind: string): string {
+  if (kind === 'service-intentions') return 'intentions:write';
+  return kind.startsWith('service-') ? 'service:write' : 'operator:write';
+}
+
 /** Consul's precedence without namespaces: exact/exact 9, * → exact 8, exact → * 6, * → * 5. */
 function precedence(source: string, destination: string): number {
   if (destination !== '*') return source !== '*' ? 9 : 8;
@@ -758,6 +983,11 @@ export interface ConsulUnderTest {
   readonly emulator: ConsulEmulator | undefined;
   /** The management token when ACLs are on. */
   readonly managementToken: string | undefined;
+  /**
+   * A token with exactly these rules (ACLs on): `hcl` for a real agent (an ACL policy), `emulator` for the
+   * emulator's permission map; the two must say the same.
+   */
+  createToken(rules: { hcl: string; emulator: TokenRules }): Promise<string>;
   close(): Promise<void>;
 }
 
@@ -787,6 +1017,11 @@ export async function startConsul(
       address: emulator.address,
       emulator,
       managementToken,
+      async createToken(rules) {
+        const secret = randomUUID();
+        emulator.addToken(secret, rules.emulator);
+        return secret;
+      },
       close: () => emulator.close(),
     };
   }
@@ -878,5 +1113,18 @@ async function startRealAgent(bin: string, managementToken: string | undefined):
     }
     await new Promise((r) => setTimeout(r, 200));
   }
-  return { kind: 'real', address, emulator: undefined, managementToken, close };
+  const createToken = async (rules: { hcl: string }): Promise<string> => {
+    const put = async (path: string, body: unknown): Promise<Record<string, string>> => {
+      const r = await fetch(`http://${address}${path}`, {
+        method: 'PUT',
+        headers: { ...headers, 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      if (!r.ok) throw new Error(`PUT ${path}: ${r.status} ${await r.text()}`);
+      return (await r.json()) as Record<string, string>;
+    };
+    const policy = await put('/v1/acl/policy', { Name: `p-${randomUUID()}`, Rules: rules.hcl });
+    return (await put('/v1/acl/token', { Policies: [{ ID: policy.ID }] })).SecretID!;
+  };
+  return { kind: 'real', address, emulator: undefined, managementToken, createToken, close };
 }

@@ -1,6 +1,7 @@
 // The emulator's own behaviour (as Consul documents it), the client layer's blocking-query rules, and the
 // intentions compiler. Emulator-only cases skip against a real agent.
 import { X509Certificate } from 'node:crypto';
+import { type Socket, connect } from 'node:net';
 import test from 'ava';
 import { authorize } from '../../daemon/rbac.js';
 import { ConsulClient, Watch, describe403 } from '../../lib/consul/client.js';
@@ -258,4 +259,140 @@ test('intentions compile to policies that decide exactly as Consul would', (t) =
     // L7 (Permissions) denies at L4.
     t.false(decide([i('web', '', 9, [{ Action: 'allow' }])], def, 'web'));
   }
+});
+
+test('reads Consul filters by ACL answer 200 with X-Consul-Results-Filtered-By-ACLs, never 403', async (t) => {
+  const consul = await startConsul({ acl: true });
+  t.teardown(() => consul.close());
+  const admin = new ConsulClient({ address: consul.address, token: new Secret(consul.managementToken!) });
+  const noNode = new ConsulClient({
+    address: consul.address,
+    token: new Secret(
+      await consul.createToken({
+        hcl: 'service_prefix "" { policy = "read" }',
+        emulator: { 'service:read': '*' },
+      }),
+    ),
+  });
+  const anonymous = new ConsulClient({ address: consul.address });
+  t.teardown(() => {
+    for (const c of [admin, noNode, anonymous]) c.close();
+  });
+  await admin.put('/v1/agent/service/register', reg('web-1', 'web'));
+  const whole = await admin.get<unknown[]>('/v1/health/service/web');
+  t.is(whole.body.length, 1);
+  t.false(whole.filteredByAcls);
+  t.is(whole.defaultAclPolicy, 'deny');
+  // service:read without node:read: the instance is filtered out, and the answer says so.
+  const filtered = await noNode.get<unknown[]>('/v1/health/service/web');
+  t.is(filtered.status, 200);
+  t.deepEqual(filtered.body, []);
+  t.true(filtered.filteredByAcls);
+  t.false((await noNode.get('/v1/catalog/services')).filteredByAcls);
+  // The anonymous token is filtered too, but Consul never tells it (maskResultsFilteredByACLs).
+  const anon = await anonymous.get<Record<string, unknown>>('/v1/catalog/services');
+  t.is(anon.status, 200);
+  t.false('web' in anon.body);
+  t.false(anon.filteredByAcls);
+  // Without ACLs every answer says the default is allow.
+  const open = await startConsul();
+  t.teardown(() => open.close());
+  const c = new ConsulClient({ address: open.address });
+  t.teardown(() => c.close());
+  t.is((await c.get('/v1/catalog/services')).defaultAclPolicy, 'allow');
+});
+
+test('intentions and service-intentions config entries are one store, both ways', async (t) => {
+  const consul = await startConsul();
+  t.teardown(() => consul.close());
+  const c = new ConsulClient({ address: consul.address });
+  t.teardown(() => c.close());
+  await c.put('/v1/connect/intentions/exact', {
+    query: { source: 'web', destination: 'api' },
+    body: { Action: 'allow' },
+  });
+  const entry = await c.get<{ Kind: string; Sources: { Name: string; Action: string }[] }>(
+    '/v1/config/service-intentions/api',
+  );
+  t.is(entry.body.Kind, 'service-intentions');
+  t.deepEqual(
+    entry.body.Sources.map((s) => [s.Name, s.Action]),
+    [['web', 'allow']],
+  );
+  t.true(
+    (
+      await c.put<boolean>('/v1/config', {
+        body: { Kind: 'service-intentions', Name: 'db', Sources: [{ Name: 'web', Action: 'deny' }] },
+      })
+    ).body,
+  );
+  const match = await c.get<Record<string, { SourceName: string; Action: string; Precedence: number }[]>>(
+    '/v1/connect/intentions/match',
+    { query: { by: 'destination', name: 'db' } },
+  );
+  t.deepEqual(
+    match.body.db!.map((i) => [i.SourceName, i.Action, i.Precedence]),
+    [['web', 'deny', 9]],
+  );
+  const exact = await c.get<{ Action: string }>('/v1/connect/intentions/exact', {
+    query: { source: 'web', destination: 'db' },
+  });
+  t.is(exact.body.Action, 'deny');
+  // The last source deleted takes the config entry with it.
+  await c.delete('/v1/connect/intentions/exact', { query: { source: 'web', destination: 'api' } });
+  t.is((await c.get('/v1/config/service-intentions/api', { allow404: true })).status, 404);
+});
+
+test('a blocking query with an index ahead of the server waits for its wait, then answers', async (t) => {
+  const consul = await startConsul();
+  t.teardown(() => consul.close());
+  const c = new ConsulClient({ address: consul.address });
+  t.teardown(() => c.close());
+  const now = await c.get('/v1/catalog/services');
+  const started = Date.now();
+  const ahead = await c.get('/v1/catalog/services', { index: now.index! + 1000, waitMs: 1000 });
+  t.true(Date.now() - started >= 950, `answered after ${Date.now() - started} ms`);
+  t.true(ahead.index! <= now.index! + 1, 'the server answers with its own index');
+});
+
+test('above limits.http_max_conns_per_client (200) a new connection is answered 429 and closed', async (t) => {
+  const consul = await startConsul();
+  t.teardown(() => consul.close());
+  const [host, port] = consul.address.split(':') as [string, string];
+  const socks: Socket[] = [];
+  t.teardown(() => {
+    for (const s of socks) s.destroy();
+  });
+  const ask = (s: Socket): Promise<string> =>
+    new Promise((resolve) => {
+      let text = '';
+      const timer = setTimeout(() => resolve(text), 5000);
+      s.on('data', (d: Buffer) => {
+        text += d.toString('latin1');
+        if (/\r\n\r\n/.test(text)) {
+          clearTimeout(timer);
+          resolve(text);
+        }
+      });
+      s.on('close', () => resolve(text));
+      s.write(`GET /v1/status/leader HTTP/1.1\r\nHost: ${host}\r\n\r\n`);
+    });
+  const open = async (): Promise<Socket> => {
+    const s = connect(Number(port), host);
+    s.on('error', () => {});
+    socks.push(s);
+    await new Promise((r) => s.once('connect', r));
+    return s;
+  };
+  // 200 connections held open, each having had an answer (so the server has counted it).
+  for (let i = 0; i < 200; i++) {
+    const head = await ask(await open());
+    if (!head.startsWith('HTTP/1.1 200')) return t.fail(`connection ${i + 1}: ${head.slice(0, 40)}`);
+  }
+  t.regex(await ask(await open()), /^HTTP\/1\.1 429/);
+  // One closed makes room again.
+  socks[0]!.destroy();
+  await new Promise((r) => setTimeout(r, 100));
+  t.regex(await ask(await open()), /^HTTP\/1\.1 200/);
+  if (consul.emulator) t.is(consul.emulator.connectionsRefused, 1);
 });

@@ -10,6 +10,7 @@ import { run } from '../../agent-cli/cli.js';
 import { consulEnroll } from '../../agent-cli/consul.js';
 import { Ambitd } from '../../daemon/daemon.js';
 import { type DaemonConfig, loadConfig } from '../../lib/config.js';
+import { nodeCheckId, workloadRegistration } from '../../lib/consul/catalog.js';
 import { ConsulClient } from '../../lib/consul/client.js';
 import { Secret } from '../../lib/consul/secret.js';
 import { ConsulPermissionError } from '../../lib/errors.js';
@@ -39,7 +40,8 @@ interface Env {
   daemons: Ambitd[];
   start(
     node: string,
-    extra?: Partial<{ tunnel: string; token: string; defaultPolicy: 'allow' | 'deny' }>,
+    /** `defaultPolicy: null` leaves it unset (Consul's default decides); omitted, it is allow. */
+    extra?: Partial<{ tunnel: string; token: string; defaultPolicy: 'allow' | 'deny' | null }>,
   ): Promise<Ambitd>;
   cli(...args: string[]): Promise<{ code: number; out: string; err: string }>;
   client(): ConsulClient;
@@ -72,7 +74,7 @@ async function env(t: ExecutionContext, opts: { acl?: boolean } = {}): Promise<E
           ...((extra.token ?? consul.managementToken)
             ? { consulToken: extra.token ?? consul.managementToken }
             : {}),
-          defaultPolicy: extra.defaultPolicy ?? 'allow',
+          ...(extra.defaultPolicy === null ? {} : { defaultPolicy: extra.defaultPolicy ?? 'allow' }),
         },
       });
       // Short retry and rate-limit intervals so that tests of outages do not wait for production backoffs.
@@ -120,14 +122,17 @@ interface Mesh {
 }
 
 /** node-a runs `client` (service web) with an upstream to echo; node-b runs `echo-1` (service echo). */
-async function mesh(t: ExecutionContext, opts: { acl?: boolean } = {}): Promise<Mesh> {
+async function mesh(
+  t: ExecutionContext,
+  opts: { acl?: boolean; defaultPolicy?: 'allow' | 'deny' | null } = {},
+): Promise<Mesh> {
   const e = await env(t, opts);
   const echo = await echoServer();
   t.teardown(() => echo.server.close());
   const upstreamPort = await freePort();
   const bTunnel = await freePort();
-  const a = await e.start('node-a');
-  const b = await e.start('node-b', { tunnel: `127.0.0.1:${bTunnel}` });
+  const a = await e.start('node-a', { defaultPolicy: opts.defaultPolicy });
+  const b = await e.start('node-b', { tunnel: `127.0.0.1:${bTunnel}`, defaultPolicy: opts.defaultPolicy });
   let r = await e.cli(
     'enroll',
     'echo-1',
@@ -371,7 +376,8 @@ withHooks('an index that goes backwards is reset and later changes are still see
         .map((r) => r.path),
     );
   await until(
-    () => rereads().has('/v1/catalog/services') && rereads().has('/v1/health/service/echo'),
+    // The health of services comes through the one /v1/health/state/any long poll (the health feed).
+    () => rereads().has('/v1/catalog/services') && rereads().has('/v1/health/state/any'),
     5000,
     're-reads',
   );
@@ -518,4 +524,140 @@ test('a workload Consul registers with every port at 127.0.0.1 serves nothing th
   const ok = await m.a.pool.connect(key, { ':method': 'CONNECT', ':authority': `127.0.0.1:${m.echoPort}` });
   t.is(ok.status, 200);
   ok.stream.close();
+});
+
+test('answers Consul filters by ACLs are noticed: a readiness detail, a metric, and the node stays ready', async (t) => {
+  const e = await env(t, { acl: true });
+  // All a daemon needs except node:read: Consul then filters health answers instead of refusing them.
+  const token = await e.consul.createToken({
+    hcl: 'service_prefix "" { policy = "write" }\nagent_prefix "" { policy = "read" }',
+    emulator: { 'service:write': '*', 'agent:read': '*' },
+  });
+  const a = await e.start('node-a', { token });
+  await until(
+    () => /filtered by ACLs/.test(a.readiness().checks.consul ?? ''),
+    10_000,
+    'readiness names the filtered answers',
+  );
+  t.regex(a.readiness().checks.consul!, /\/v1\/health\/service\/ambit/);
+  t.notRegex(a.readiness().checks.consul!, /\/v1\/catalog\/services/);
+  t.true(a.readiness().ready);
+  t.regex(await a.metrics.registry.metrics(), /^ambit_consul_filtered_queries [1-9]/m);
+  // The same reads with the management token are whole: nothing is said.
+  const b = await e.start('node-b');
+  await until(() => b.store.node('node-a') !== undefined, 10_000, 'node-b sees node-a');
+  t.is(b.readiness().checks.consul, 'ok');
+  t.regex(await b.metrics.registry.metrics(), /^ambit_consul_filtered_queries 0/m);
+});
+
+test('defaultPolicy unset: Consul decides unmatched sources (X-Consul-Default-ACL-Policy)', async (t) => {
+  // ACLs on with default deny: no intention, no connection.
+  const closed = await mesh(t, { acl: true, defaultPolicy: null });
+  t.is(closed.b.store.mesh.defaultPolicy, 'deny');
+  await t.throwsAsync(roundTrip(closed.upstreamPort, Buffer.from('x')));
+  // ACLs off: Consul allows what no intention denies.
+  const open = await mesh(t, { defaultPolicy: null });
+  t.is(open.b.store.mesh.defaultPolicy, 'allow');
+  t.is((await roundTrip(open.upstreamPort, Buffer.from('open'))).length, 4);
+  // An allow intention still admits under a deny default.
+  const c = new ConsulClient({
+    address: closed.e.consul.address,
+    token: new Secret(closed.e.consul.managementToken!),
+  });
+  t.teardown(() => c.close());
+  await c.put('/v1/connect/intentions/exact', {
+    query: { source: 'web', destination: 'echo' },
+    body: { Action: 'allow' },
+  });
+  await until(
+    () => closed.b.store.policiesFor('default', 'echo').some((p) => p.action === 'allow'),
+    10_000,
+    'allow intention applied',
+  );
+  t.is((await roundTrip(closed.upstreamPort, Buffer.from('allowed'))).length, 7);
+});
+
+withHooks(
+  '200 local and 400 upstream services: at most 32 connections to the agent, never a 429',
+  async (t) => {
+    const e = await env(t);
+    const emu = e.consul.emulator!;
+    const svc = (i: number): string => `svc-${String(i).padStart(3, '0')}`;
+    for (let u = 0; u < 400; u++) {
+      emu.register(
+        workloadRegistration({
+          name: `${svc(u)}-1`,
+          service: svc(u),
+          namespace: 'default',
+          node: 'node-b',
+          addresses: ['127.0.0.1'],
+          ports: [30000 + u],
+          uid: undefined,
+          mode: 'strict',
+          upstreams: [],
+        }) as unknown as Record<string, never>,
+      );
+    }
+    for (let l = 0; l < 200; l++) {
+      emu.register(
+        workloadRegistration({
+          name: `local-${l}`,
+          service: `local-${String(l).padStart(3, '0')}`,
+          namespace: 'default',
+          node: 'node-a',
+          addresses: ['127.0.0.1'],
+          ports: [20000 + l],
+          uid: undefined,
+          mode: 'strict',
+          upstreams: [0, 1].map((k) => ({
+            service: svc((2 * l + k) % 400),
+            namespace: 'default',
+            port: undefined,
+            listenHost: '127.0.0.1',
+            listenPort: 0,
+          })),
+        }) as unknown as Record<string, never>,
+      );
+    }
+    const a = await e.start('node-a');
+    await until(() => a.store.mesh.workloads.length === 600, 60_000, 'node-a sees all 600 workloads');
+    await until(() => a.certs.list().length === 200, 60_000, 'a certificate for every local service');
+    t.true(emu.peakConnections <= 32, `peak ${emu.peakConnections} connections`);
+    t.is(emu.connectionsRefused, 0);
+    // A change to one upstream still arrives through the feed.
+    emu.setCheckStatus(`${svc(7)}-1`, 'critical');
+    await until(
+      () => !a.store.mesh.workloads.some((w) => w.name === `${svc(7)}-1`),
+      10_000,
+      'a critical upstream instance leaves the endpoints',
+    );
+    t.true(emu.peakConnections <= 32, `peak ${emu.peakConnections} connections`);
+  },
+);
+
+test('the node check is a TTL the daemon keeps passing, never a probe of the tunnel port', async (t) => {
+  const e = await env(t);
+  const a = await e.start('node-a');
+  const c = e.client();
+  t.teardown(() => c.close());
+  type Entry = { Checks: { CheckID: string; Status: string; Output: string }[] };
+  const nodeCheck = async () =>
+    (await c.get<Entry[]>('/v1/health/service/ambit')).body
+      .flatMap((x) => x.Checks)
+      .find((k) => k.CheckID === nodeCheckId('node-a'));
+  t.is((await nodeCheck())?.Status, 'passing');
+  // As if the TTL had run out: the daemon's next update (every 10 s) makes it passing again.
+  await c.put(`/v1/agent/check/update/${encodeURIComponent(nodeCheckId('node-a'))}`, {
+    body: { Status: 'critical', Output: 'test' },
+  });
+  t.is((await nodeCheck())?.Status, 'critical');
+  const deadline = Date.now() + 15_000;
+  let check = await nodeCheck();
+  while (check?.Status !== 'passing' && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 250));
+    check = await nodeCheck();
+  }
+  t.is(check?.Status, 'passing');
+  t.regex(check!.Output, /^ambitd: consul ok/);
+  t.true(a.readiness().ready);
 });

@@ -45,7 +45,7 @@ test('the defaults are those of docs/configuration.md, field for field', (t) => 
     ejectMs: 30_000,
     maxAttempts: 3,
     meshPollMs: 1000,
-    defaultPolicy: 'allow',
+    defaultPolicy: undefined,
     consul: undefined,
     drainMs: 30_000,
     capture: {

@@ -44,6 +44,7 @@ export function peerFromUris(uris: readonly string[]): Peer | undefined {
   return {
     principal,
     trustDomain: parsed?.trustDomain ?? trustDomainOf(principal),
+    ...(parsed?.partition !== undefined ? { partition: parsed.partition } : {}),
     namespace: parsed?.namespace,
     service: parsed?.service,
   };
