@@ -116,11 +116,11 @@ export async function consulWorkloads(client: ConsulClient): Promise<ConsulWorkl
 
 // --- `ambit policy` ----------------------------------------------------------------------------------------
 // A policy is a set of intentions: one per source, on the destination. Consul decides by precedence (an
-// exact source before `*`), the first match wins, and no match leaves the decision to ambitd's
-// defaultPolicy. What intentions cannot say at L4 is refused rather than dropped.
+// exact source before `*`), the first match wins, and no match leaves the decision to Consul's default
+// (its default intention policy, else the ACL default), or to ambitd's defaultPolicy where it is set. What intentions cannot say at L4 is refused rather than dropped.
 
 export const CONSUL_DEFAULT_POLICY_REFUSED =
-  "in Consul mode the default comes from ambitd's defaultPolicy setting (match your Consul ACL default policy)";
+  "in Consul mode the default is Consul's (its default intention policy, else the ACL default), unless ambitd's defaultPolicy setting overrides it";
 
 export interface ConsulPolicyRequest {
   to: { service: string; namespace: string };

@@ -144,7 +144,7 @@ export function intentionsText(
         ]),
       )
     : `no intentions (${where})\n`;
-  return `${list}default: ambitd's defaultPolicy setting (when no intention matches)\n`;
+  return `${list}default: Consul's, or ambitd's defaultPolicy where set (when no intention matches)\n`;
 }
 
 function registerSet(policy: Command, io: Io, action: PolicyAction): void {

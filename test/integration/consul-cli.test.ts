@@ -190,7 +190,7 @@ test('policy in Consul mode: deny/allow write intentions, list and remove them',
     'ops     echo         allow   9',
     'web     echo         allow   9',
     '*       echo         deny    8',
-    "default: ambitd's defaultPolicy setting (when no intention matches)",
+    "default: Consul's, or ambitd's defaultPolicy where set (when no intention matches)",
     '',
   ]);
   r = await c.cli('policy', 'list', '--json');
@@ -252,7 +252,7 @@ test('policy in Consul mode: what intentions cannot express is refused with the 
   t.is(r.code, 1);
   t.is(
     r.err,
-    "ambit: in Consul mode the default comes from ambitd's defaultPolicy setting (match your Consul ACL default policy)\n",
+    "ambit: in Consul mode the default is Consul's (its default intention policy, else the ACL default), unless ambitd's defaultPolicy setting overrides it\n",
   );
   // `--from-namespace default` is every service: source `*`.
   r = await c.cli('policy', 'allow', '--to', 'echo', '--from-namespace', 'default');

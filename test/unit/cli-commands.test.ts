@@ -283,7 +283,7 @@ test('intentionsText: L7 intentions read l7; the default is left to ambitd', (t)
     { SourceName: 'web', DestinationName: 'api', Action: 'allow', Precedence: 9 },
     { SourceName: '*', DestinationName: 'db', Permissions: [{}] },
   ];
-  const dflt = "default: ambitd's defaultPolicy setting (when no intention matches)\n";
+  const dflt = "default: Consul's, or ambitd's defaultPolicy where set (when no intention matches)\n";
   t.is(intentionsText([], false, 'Consul at x'), `no intentions (Consul at x)\n${dflt}`);
   t.is(intentionsText(intentions, true, ''), jsonText(intentions));
   t.is(
