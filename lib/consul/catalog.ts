@@ -5,6 +5,7 @@
 
 import { isIP } from 'node:net';
 import type { MeshMode, MeshNode, Upstream, Workload } from '../mesh/model.js';
+import { canonicalV6 } from '../net/addresses.js';
 import { joinHostPort } from '../net/hostport.js';
 
 /** The Consul service each ambitd registers for its node: Address:Port is its tunnel (HBONE) listener. */
@@ -238,7 +239,7 @@ export function workloadFromEntry(e: ConsulHealthEntry): Workload {
     service: s.Service,
     namespace: meta[META.namespace] || 'default',
     node,
-    addresses: [...new Set(addresses)],
+    addresses: [...new Set(addresses.map(canonicalV6))],
     ports: [...new Set(ports)],
     uid,
     mode: modeText as MeshMode,

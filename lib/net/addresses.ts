@@ -28,6 +28,13 @@ export function canonicalIp(ip: string): string {
 export const unmapIp = (ip: string): string =>
   ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip;
 
+/**
+ * An IPv6 address in its one canonical text (2001:2:0:0::2 is 2001:2::2), as sockets report it; IPv4 and an
+ * IPv4-mapped address written with its dots are returned as given, so that messages name what was written.
+ */
+export const canonicalV6 = (ip: string): string =>
+  isIP(ip) === 6 && !ip.includes('.') ? canonicalIp(ip) : ip;
+
 /** 0.0.0.0 and :: as a destination reach the host itself on Linux, like loopback. */
 export const isUnspecified = (ip: string): boolean => {
   const c = canonicalIp(ip);

@@ -1,6 +1,7 @@
 import test from 'ava';
 import { parseAuthority } from '../../daemon/proxy/hbone.js';
-import { unmapIp } from '../../lib/net/addresses.js';
+import { parseMesh } from '../../lib/mesh/file/parse.js';
+import { canonicalV6, unmapIp } from '../../lib/net/addresses.js';
 import { joinHostPort, splitHostPort } from '../../lib/net/hostport.js';
 
 test('joinHostPort brackets IPv6 hosts only', (t) => {
@@ -43,4 +44,16 @@ test('unmapIp gives an IPv4-mapped address as IPv4 and leaves the rest alone', (
   t.is(unmapIp('198.18.0.7'), '198.18.0.7');
   t.is(unmapIp('2001:2::7'), '2001:2::7');
   t.is(unmapIp('::ffff:c612:7'), '::ffff:c612:7');
+});
+
+test('an IPv6 address has one spelling in the mesh, the one sockets report', (t) => {
+  t.is(canonicalV6('2001:2:0:0::2'), '2001:2::2');
+  t.is(canonicalV6('2001:0002::00AB'), '2001:2::ab');
+  t.is(canonicalV6('198.18.0.2'), '198.18.0.2');
+  t.is(canonicalV6('::ffff:127.0.0.9'), '::ffff:127.0.0.9', 'as written, so that a message names it');
+  const mesh = parseMesh(
+    'nodes:\n  n1: { address: 198.18.0.1 }\nworkloads:\n  w: { node: n1, addresses: ["2001:2:0:0::2"], ports: [80] }\n',
+    'mesh.yaml',
+  );
+  t.deepEqual(mesh.workloads[0]?.addresses, ['2001:2::2']);
 });

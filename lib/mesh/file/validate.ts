@@ -2,7 +2,7 @@
 // names the field path (`workloads.web-1.ports[1]`); parse.ts adds the line it is on.
 import { isIP } from 'node:net';
 import { MeshFileError } from '../../errors.js';
-import { canonicalIp, isLoopback } from '../../net/addresses.js';
+import { canonicalIp, canonicalV6, isLoopback } from '../../net/addresses.js';
 import { joinHostPort, splitHostPort } from '../../net/hostport.js';
 import type {
   FailMode,
@@ -131,7 +131,9 @@ function ip(v: unknown, path: PathSeg[]): string {
   if (typeof v !== 'string' || isIP(v) === 0) {
     throw new Invalid(path, `must be an IPv4 or IPv6 address literal, got ${show(v)}`);
   }
-  return v;
+  // One spelling of an IPv6 address in the model: the store's lookups and the CONNECT authority compare
+  // addresses as text, and a socket reports the canonical one.
+  return canonicalV6(v);
 }
 
 function uniqueList<T>(
