@@ -520,3 +520,25 @@ test('config entries: Methods uppercased in routes and intention permissions; du
   // agent/structs/config_entry_intentions.go Normalize.
   t.deepEqual(entry.Sources[0]!.Permissions[0]!.HTTP.Methods, ['DELETE']);
 });
+
+test('config entries: proxy-defaults global Config.protocol is the protocol of a service without its own', async (t) => {
+  const consul = await startConsul();
+  t.teardown(() => consul.close());
+  const a = consul.address;
+  const splitter = {
+    Kind: 'service-splitter',
+    Name: 'web',
+    Splits: [
+      { Weight: 50, Service: 'web' },
+      { Weight: 50, Service: 'canary' },
+    ],
+  };
+  t.is((await writeEntry(a, splitter)).status, 500);
+  const pd = await writeEntry(a, { Kind: 'proxy-defaults', Name: 'global', Config: { protocol: 'http' } });
+  t.is(pd.status, 200, pd.text);
+  const ok = await writeEntry(a, splitter);
+  t.is(ok.status, 200, ok.text);
+  // Deleting the proxy-defaults would leave the splitter on tcp: refused.
+  const del = await fetch(`http://${a}/v1/config/proxy-defaults/global`, { method: 'DELETE' });
+  t.is(del.status, 500);
+});
