@@ -13,7 +13,9 @@
 // permission" where Consul refuses; catalog and health reads filtered instead, with
 // X-Consul-Results-Filtered-By-ACLs unless anonymous; X-Consul-Default-ACL-Policy on every answer); an
 // index ahead of the server blocks for the wait, as any other; `limits.http_max_conns_per_client` (429
-// and close above it, default 200). It does not validate or normalise config entries. Hooks for tests: setIndexBackwards(), down(), up(), rotateRoots(),
+// and close above it, default 200); config entries decoded as Consul does (unknown keys 400, Methods
+// uppercased, durations in Go's form, routers and splitters refused on a non-HTTP protocol: see
+// consul-config-entries.ts). Hooks for tests: setIndexBackwards(), down(), up(), rotateRoots(),
 // rotateLeaf(service), setCheckStatus(id, status).
 //
 // startConsul() gives a real `consul agent -dev` instead whenever a consul binary is on PATH or CONSUL_BIN
@@ -28,6 +30,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EmbeddedCa } from '../../daemon/identity/ca.js';
 import { spiffeId } from '../../daemon/identity/spiffe.js';
+import { ConfigEntryError, chainError, decodeConfigEntry } from './consul-config-entries.js';
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json | undefined };
 
@@ -845,7 +848,13 @@ export class ConsulEmulator {
       }
     }
     if (p === '/v1/config' && method === 'PUT') {
-      const body = json();
+      let body: Record<string, Json | undefined>;
+      try {
+        body = decodeConfigEntry(json() as Record<string, Json | undefined>);
+      } catch (err) {
+        if (err instanceof ConfigEntryError) return this.#send(res, err.status, err.message);
+        throw err;
+      }
       const kind = String(body.Kind ?? '');
       const name = String(body.Name ?? '');
       if (!kind || !name) return this.#send(res, 400, 'Kind and Name are required');
@@ -856,6 +865,8 @@ export class ConsulEmulator {
         const cas = Number(q.get('cas'));
         if (cas === 0 ? prev !== undefined : prev?.ModifyIndex !== cas) return this.#send(res, 200, false);
       }
+      const broken = chainError(new Map([...this.#config, [key, body]]));
+      if (broken) return this.#send(res, broken.status, broken.message);
       const idx = this.#touch(`config:${kind}`);
       const stored = { ...(body as Record<string, Json>) };
       if (kind === 'service-intentions') {
@@ -904,6 +915,10 @@ export class ConsulEmulator {
         const key = `${kind}/${name}`;
         const prev = this.#config.get(key);
         if (q.has('cas') && prev?.ModifyIndex !== Number(q.get('cas'))) return this.#send(res, 200, false);
+        const rest = new Map(this.#config);
+        rest.delete(key);
+        const broken = chainError(rest);
+        if (broken) return this.#send(res, broken.status, broken.message);
         this.#config.delete(key);
         this.#touch(`config:${kind}`);
         return this.#send(res, 200, true);

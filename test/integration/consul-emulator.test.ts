@@ -396,3 +396,149 @@ test('above limits.http_max_conns_per_client (200) a new connection is answered 
   t.regex(await ask(await open()), /^HTTP\/1\.1 200/);
   if (consul.emulator) t.is(consul.emulator.connectionsRefused, 1);
 });
+
+// Config entries as Consul decodes them (test/helpers/consul-config-entries.ts names the Consul source of
+// each rule). Written with fetch so the status and Consul's own message are visible; run against a real
+// agent as well when one is installed.
+async function writeEntry(address: string, body: unknown, method = 'PUT', path = '/v1/config') {
+  const res = await fetch(`http://${address}${path}`, { method, body: JSON.stringify(body) });
+  return { status: res.status, text: await res.text() };
+}
+
+test('config entries: an unknown key is refused 400 with Consul message; key case is folded', async (t) => {
+  const consul = await startConsul();
+  t.teardown(() => consul.close());
+  // agent/structs/config_entry_ce.go validateUnusedKeys via agent/config_endpoint.go ConfigApply.
+  const bad = await writeEntry(consul.address, { Kind: 'service-defaults', Name: 'api', Protocl: 'http' });
+  t.is(bad.status, 400);
+  t.regex(bad.text, /^Request decoding failed: /);
+  t.true(bad.text.includes('invalid config key "Protocl"'), bad.text);
+  const kind = await writeEntry(consul.address, { Kind: 'service-default', Name: 'api' });
+  t.is(kind.status, 400);
+  t.true(kind.text.includes('invalid config entry kind: service-default'), kind.text);
+  // mapstructure matches field names regardless of case; the answer carries the struct spelling.
+  const ok = await writeEntry(consul.address, { kind: 'service-defaults', name: 'api', protocol: 'HTTP' });
+  t.is(ok.status, 200, ok.text);
+  const got = (await (await fetch(`http://${consul.address}/v1/config/service-defaults/api`)).json()) as {
+    Protocol: string;
+    Name: string;
+  };
+  t.is(got.Name, 'api');
+  t.is(got.Protocol, 'http'); // ServiceConfigEntry.Normalize lowercases the protocol.
+});
+
+test('config entries: a router or splitter needs an http, http2 or grpc protocol (500 otherwise)', async (t) => {
+  const consul = await startConsul();
+  t.teardown(() => consul.close());
+  const router = {
+    Kind: 'service-router',
+    Name: 'web',
+    Routes: [{ Match: { HTTP: { PathPrefix: '/admin' } }, Destination: { Service: 'admin' } }],
+  };
+  const splitter = {
+    Kind: 'service-splitter',
+    Name: 'web',
+    Splits: [
+      { Weight: 90, Service: 'web' },
+      { Weight: 10, Service: 'canary' },
+    ],
+  };
+  // agent/consul/discoverychain/compile.go: tcp by default.
+  const refused = await writeEntry(consul.address, router);
+  t.is(refused.status, 500);
+  t.true(
+    refused.text.includes(
+      'discovery chain "web" uses a protocol "tcp" that does not permit advanced routing or splitting behavior',
+    ),
+    refused.text,
+  );
+  t.is((await writeEntry(consul.address, splitter)).status, 500);
+  // An explicit tcp in service-defaults is refused the same way.
+  for (const name of ['web', 'admin', 'canary'])
+    t.is(
+      (await writeEntry(consul.address, { Kind: 'service-defaults', Name: name, Protocol: 'tcp' })).status,
+      200,
+    );
+  t.is((await writeEntry(consul.address, router)).status, 500);
+  for (const name of ['web', 'admin', 'canary'])
+    t.is(
+      (await writeEntry(consul.address, { Kind: 'service-defaults', Name: name, Protocol: 'http' })).status,
+      200,
+    );
+  t.is((await writeEntry(consul.address, router)).status, 200);
+  t.is((await writeEntry(consul.address, splitter)).status, 200);
+  // Taking the protocol away under a router is refused the same way.
+  const back = await writeEntry(consul.address, { Kind: 'service-defaults', Name: 'web', Protocol: 'tcp' });
+  t.is(back.status, 500);
+  t.true(back.text.includes('does not permit advanced routing'), back.text);
+});
+
+test('config entries: Methods uppercased in routes and intention permissions; durations in Go form', async (t) => {
+  const consul = await startConsul();
+  t.teardown(() => consul.close());
+  const a = consul.address;
+  for (const name of ['web', 'admin'])
+    t.is((await writeEntry(a, { Kind: 'service-defaults', Name: name, Protocol: 'http' })).status, 200);
+  const put = await writeEntry(a, {
+    Kind: 'service-router',
+    Name: 'web',
+    Routes: [
+      {
+        Match: { HTTP: { PathPrefix: '/admin', Methods: ['get', 'Post'] } },
+        Destination: { Service: 'admin', RequestTimeout: '5s', IdleTimeout: '90000ms' },
+      },
+    ],
+  });
+  t.is(put.status, 200, put.text);
+  const router = (await (await fetch(`http://${a}/v1/config/service-router/web`)).json()) as {
+    Routes: {
+      Match: { HTTP: { Methods: string[] } };
+      Destination: { RequestTimeout: string; IdleTimeout: string };
+    }[];
+  };
+  // ServiceRouterConfigEntry.Normalize; ServiceRouteDestination.MarshalJSON (time.Duration.String()).
+  t.deepEqual(router.Routes[0]!.Match.HTTP.Methods, ['GET', 'POST']);
+  t.is(router.Routes[0]!.Destination.RequestTimeout, '5s');
+  t.is(router.Routes[0]!.Destination.IdleTimeout, '1m30s');
+  const bad = await writeEntry(a, {
+    Kind: 'service-router',
+    Name: 'web',
+    Routes: [{ Destination: { Service: 'admin', RequestTimeout: 'soon' } }],
+  });
+  t.is(bad.status, 400);
+  const ixn = await writeEntry(a, {
+    Kind: 'service-intentions',
+    Name: 'web',
+    Sources: [
+      { Name: 'admin', Permissions: [{ Action: 'allow', HTTP: { PathPrefix: '/', Methods: ['delete'] } }] },
+    ],
+  });
+  t.is(ixn.status, 200, ixn.text);
+  const entry = (await (await fetch(`http://${a}/v1/config/service-intentions/web`)).json()) as {
+    Sources: { Permissions: { HTTP: { Methods: string[] } }[] }[];
+  };
+  // agent/structs/config_entry_intentions.go Normalize.
+  t.deepEqual(entry.Sources[0]!.Permissions[0]!.HTTP.Methods, ['DELETE']);
+});
+
+test('config entries: proxy-defaults global Config.protocol is the protocol of a service without its own', async (t) => {
+  const consul = await startConsul();
+  t.teardown(() => consul.close());
+  const a = consul.address;
+  const splitter = {
+    Kind: 'service-splitter',
+    Name: 'web',
+    Splits: [
+      { Weight: 50, Service: 'web' },
+      { Weight: 50, Service: 'canary' },
+    ],
+  };
+  t.is((await writeEntry(a, splitter)).status, 500);
+  const pd = await writeEntry(a, { Kind: 'proxy-defaults', Name: 'global', Config: { protocol: 'http' } });
+  t.is(pd.status, 200, pd.text);
+  const ok = await writeEntry(a, splitter);
+  t.is(ok.status, 200, ok.text);
+  // Deleting the proxy-defaults would leave the splitter on tcp: refused.
+  const del = await fetch(`http://${a}/v1/config/proxy-defaults/global`, { method: 'DELETE' });
+  t.is(del.status, 500);
+});
