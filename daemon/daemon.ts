@@ -41,7 +41,7 @@ export class Ambitd {
   readonly config: DaemonConfig;
   readonly log: Logger;
   readonly store = new StateStore();
-  readonly metrics = new Metrics();
+  readonly metrics: Metrics;
   /** Every limit's refusals, counted and logged (rate-limited) in one place. */
   readonly refusals: Refusals;
   /** The descriptor reserve (fdReserve below RLIMIT_NOFILE) new work is refused before. */
@@ -69,6 +69,7 @@ export class Ambitd {
 
   private constructor(config: DaemonConfig, logger: Logger, certs: CertificateManager) {
     this.config = config;
+    this.metrics = new Metrics({ cluster: config.datacenter });
     this.log = logger;
     this.certs = certs;
     this.#local = new LocalAddresses(() => {

@@ -1,5 +1,6 @@
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ConnectionRefusalReason, ResponseFlag } from '../../lib/errors.js';
+import type { WorkloadMeta } from '../../lib/mesh/model.js';
 
 // Istio's metric names and labels, so existing Grafana and Kiali dashboards read Ambit as they read ztunnel.
 
@@ -12,11 +13,21 @@ export interface ConnectionLabels {
   source_workload_namespace: string;
   source_principal: string;
   source_app: string;
+  source_version: string;
+  source_canonical_service: string;
+  source_canonical_revision: string;
+  source_cluster: string;
   destination_service: string;
   destination_service_name: string;
   destination_service_namespace: string;
   destination_workload: string;
+  destination_workload_namespace: string;
   destination_principal: string;
+  destination_app: string;
+  destination_version: string;
+  destination_canonical_service: string;
+  destination_canonical_revision: string;
+  destination_cluster: string;
   request_protocol: 'tcp';
   connection_security_policy: SecurityPolicy;
   response_flags: ResponseFlag;
@@ -28,15 +39,65 @@ const CONNECTION_LABELS: readonly (keyof ConnectionLabels)[] = [
   'source_workload_namespace',
   'source_principal',
   'source_app',
+  'source_version',
+  'source_canonical_service',
+  'source_canonical_revision',
+  'source_cluster',
   'destination_service',
   'destination_service_name',
   'destination_service_namespace',
   'destination_workload',
+  'destination_workload_namespace',
   'destination_principal',
+  'destination_app',
+  'destination_version',
+  'destination_canonical_service',
+  'destination_canonical_revision',
+  'destination_cluster',
   'request_protocol',
   'connection_security_policy',
   'response_flags',
 ];
+
+/** One end of a connection as its labels need it; `meta` is its workload's, when the workload is known. */
+export interface LabelledParty {
+  readonly workload?: string | undefined;
+  readonly service?: string | undefined;
+  readonly meta?: WorkloadMeta | undefined;
+}
+
+/** The labels that describe one end's workload, without their `source_`/`destination_` prefix. */
+export interface WorkloadLabels {
+  app: string;
+  version: string;
+  canonical_service: string;
+  canonical_revision: string;
+  cluster: string;
+}
+
+/**
+ * Istio's values for one end: its `app` and `version` labels or "unknown"; the canonical service from
+ * `service.istio.io/canonical-name`, else `app`, else the workload's name; the canonical revision from
+ * `service.istio.io/canonical-revision`, else `version`, else "latest"; its cluster. Ambit has no pod labels:
+ * the workload's metadata (mesh file fields or Consul Meta) stands for them, and `app` defaults to the
+ * workload's service, which is what Ambit's service is for. An end the daemon knows nothing of (a plaintext
+ * client outside the mesh) is "unknown" throughout, as Istio reports it.
+ */
+export function workloadLabels(p: LabelledParty, cluster: string): WorkloadLabels {
+  const m = p.meta ?? {};
+  const known = p.workload !== undefined || p.service !== undefined;
+  const app = m.app ?? p.service;
+  return {
+    app: app ?? 'unknown',
+    version: m.version ?? 'unknown',
+    canonical_service: m.canonicalService ?? app ?? p.workload ?? 'unknown',
+    canonical_revision: m.canonicalRevision ?? m.version ?? (known ? 'latest' : 'unknown'),
+    cluster: known ? cluster : 'unknown',
+  };
+}
+
+/** Istio's default cluster name (`values.global.multiCluster.clusterName`), for a daemon told none. */
+export const DEFAULT_CLUSTER = 'Kubernetes';
 
 export type RefusalReason =
   // A connection refused before it carried anything (lib/errors.ts REFUSALS).
@@ -80,7 +141,14 @@ export class Metrics {
   readonly consulLastContact: Gauge;
   readonly consulFilteredQueries: Gauge;
 
-  constructor(opts: { processMetrics?: boolean } = {}) {
+  /**
+   * The `source_cluster`/`destination_cluster` of every known workload: one daemon sees one mesh, and a mesh
+   * is one datacenter (Ambit's `datacenter` setting, or Consul's), as an Istio mesh is one cluster.
+   */
+  readonly cluster: string;
+
+  constructor(opts: { processMetrics?: boolean; cluster?: string } = {}) {
+    this.cluster = opts.cluster ?? DEFAULT_CLUSTER;
     const registers = [this.registry];
     const labelNames = CONNECTION_LABELS as (keyof ConnectionLabels)[];
     this.opened = new Counter({

@@ -1,7 +1,14 @@
 import type { ConnectionRefusal, ResponseFlag } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
+import type { WorkloadMeta } from '../../lib/mesh/model.js';
 import type { Direction, Refusals } from '../limits/refusal.js';
-import type { ConnectionLabels, Metrics, Reporter, SecurityPolicy } from '../metrics/metrics.js';
+import {
+  type ConnectionLabels,
+  type Metrics,
+  type Reporter,
+  type SecurityPolicy,
+  workloadLabels,
+} from '../metrics/metrics.js';
 
 /** One end of a connection as far as the daemon knows it; anything unknown is reported as "unknown". */
 export interface Party {
@@ -13,6 +20,8 @@ export interface Party {
   readonly namespace?: string | undefined;
   readonly service?: string | undefined;
   readonly principal?: string | undefined;
+  /** The workload's Istio labels (app, version, canonical names), when its workload is known. */
+  readonly meta?: WorkloadMeta | undefined;
 }
 
 export type { Direction } from '../limits/refusal.js';
@@ -26,6 +35,12 @@ export interface AccountDeps {
 
 const LABEL_CACHE_MAX = 10_000;
 const labelCache = new Map<string, Readonly<ConnectionLabels>>();
+
+/** What of a party its labels depend on, as a cache key. */
+const partyKey = (p: Party): string => {
+  const m = p.meta;
+  return `${p.workload}|${p.namespace}|${p.principal}|${p.service}|${m?.app}|${m?.version}|${m?.canonicalService}|${m?.canonicalRevision}`;
+};
 
 /**
  * The account of one connection, whatever its entry (explicit upstream, capture, tunnel, plaintext):
@@ -60,25 +75,39 @@ export class ConnectionAccount {
 
   /**
    * The metric labels of this connection. Connections between the same pair share one frozen object, so an
-   * open connection holds a reference rather than thirteen fields of its own.
+   * open connection holds a reference rather than 23 fields of its own.
    */
   labels(flags: ResponseFlag): ConnectionLabels {
     const s = this.#src;
     const d = this.#dst;
-    const key = `${this.#direction}|${s.workload}|${s.namespace}|${s.principal}|${s.service}|${d.service}|${d.namespace}|${d.workload}|${d.principal}|${this.#security}|${flags}`;
+    const cluster = this.#d.metrics.cluster;
+    const key = `${this.#direction}|${partyKey(s)}|${partyKey(d)}|${cluster}|${this.#security}|${flags}`;
     let labels = labelCache.get(key);
     if (labels === undefined) {
+      const sw = workloadLabels(s, cluster);
+      const dw = workloadLabels(d, cluster);
       labels = Object.freeze({
         reporter: (this.#direction === 'outbound' ? 'source' : 'destination') as Reporter,
         source_workload: s.workload ?? 'unknown',
         source_workload_namespace: s.namespace ?? 'unknown',
         source_principal: s.principal ?? 'unknown',
-        source_app: s.service ?? 'unknown',
+        source_app: sw.app,
+        source_version: sw.version,
+        source_canonical_service: sw.canonical_service,
+        source_canonical_revision: sw.canonical_revision,
+        source_cluster: sw.cluster,
         destination_service: d.service && d.namespace ? `${d.service}.${d.namespace}` : 'unknown',
         destination_service_name: d.service ?? 'unknown',
         destination_service_namespace: d.namespace ?? 'unknown',
         destination_workload: d.workload ?? 'unknown',
+        // Ambit's services and their workloads share one namespace; an unresolved endpoint has none.
+        destination_workload_namespace: d.workload !== undefined ? (d.namespace ?? 'unknown') : 'unknown',
         destination_principal: d.principal ?? 'unknown',
+        destination_app: dw.app,
+        destination_version: dw.version,
+        destination_canonical_service: dw.canonical_service,
+        destination_canonical_revision: dw.canonical_revision,
+        destination_cluster: dw.cluster,
         request_protocol: 'tcp' as const,
         connection_security_policy: this.#security,
         response_flags: flags,

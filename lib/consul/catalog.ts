@@ -4,7 +4,7 @@
 // registers, pointing at its tunnel listener. Encoding and decoding live together so they cannot drift.
 
 import { isIP } from 'node:net';
-import type { MeshMode, MeshNode, Upstream, Workload } from '../mesh/model.js';
+import type { MeshMode, MeshNode, Upstream, Workload, WorkloadMeta } from '../mesh/model.js';
 import { canonicalV6 } from '../net/addresses.js';
 import { joinHostPort } from '../net/hostport.js';
 
@@ -30,7 +30,16 @@ export const META = {
   tunnelPort: 'ambit-tunnel-port',
   vips: 'ambit-vips',
   servicePorts: 'ambit-service-ports',
+  // Istio's labels for metrics. `app` and `version` are the keys Istio itself reads, and the ones instances
+  // registered by other tools most often carry already; the canonical names have no common key.
+  app: 'app',
+  version: 'version',
+  canonicalService: 'ambit-canonical-service',
+  canonicalRevision: 'ambit-canonical-revision',
 } as const;
+
+/** Workload fields that travel as Meta of the same name (mesh model field -> Meta key). */
+const META_FIELDS = ['app', 'version', 'canonicalService', 'canonicalRevision'] as const;
 
 /** Consul caps Meta values at 512 characters. */
 export const MAX_META_VALUE = 512;
@@ -142,6 +151,7 @@ export function workloadRegistration(w: Workload, opts: RegistrationOptions = {}
   if (w.uid !== undefined) meta[META.uid] = String(w.uid);
   if (w.upstreams.length) meta[META.upstreams] = encodeUpstreams(w.upstreams);
   if (opts.waypoint) meta[META.waypoint] = opts.waypoint;
+  for (const f of META_FIELDS) if (w[f] !== undefined) meta[META[f]] = w[f]!;
   for (const [k, v] of Object.entries(meta)) {
     if (v.length > MAX_META_VALUE) {
       throw new Error(`Meta "${k}" would be ${v.length} characters; Consul allows ${MAX_META_VALUE}`);
@@ -244,7 +254,18 @@ export function workloadFromEntry(e: ConsulHealthEntry): Workload {
     uid,
     mode: modeText as MeshMode,
     upstreams: meta[META.upstreams] ? decodeUpstreams(meta[META.upstreams]!) : [],
+    ...workloadMeta(meta),
   };
+}
+
+/** The Istio labels an instance's Meta sets; empty values count as absent, so defaults apply. */
+function workloadMeta(meta: Record<string, string>): WorkloadMeta {
+  const out: { -readonly [K in keyof WorkloadMeta]: string } = {};
+  for (const f of META_FIELDS) {
+    const v = meta[META[f]];
+    if (v) out[f] = v;
+  }
+  return out;
 }
 
 /** A node from its daemon's `ambit` service instance. */

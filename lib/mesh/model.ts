@@ -22,7 +22,7 @@ export interface Upstream {
   readonly listenPort: number;
 }
 
-export interface Workload {
+export interface Workload extends WorkloadMeta {
   readonly name: string;
   readonly service: string;
   readonly namespace: string;
@@ -39,6 +39,18 @@ export interface Workload {
    */
   readonly failMode?: FailMode;
   readonly upstreams: readonly Upstream[];
+}
+
+/**
+ * What Istio reads from a pod's labels for its metrics (`app`, `version`, `service.istio.io/canonical-name`,
+ * `service.istio.io/canonical-revision`). Optional: metrics.ts's `workloadLabels` says what stands in for
+ * each one that is absent.
+ */
+export interface WorkloadMeta {
+  readonly app?: string;
+  readonly version?: string;
+  readonly canonicalService?: string;
+  readonly canonicalRevision?: string;
 }
 
 export interface ServicePort {

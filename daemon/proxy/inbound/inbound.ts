@@ -204,15 +204,15 @@ export class Inbound {
   }
 
   /**
-   * The source workload's name, when the address in `forwarded` belongs to a workload whose identity is the
+   * The source workload, when the address in `forwarded` belongs to a workload whose identity is the
    * one the peer proved; the header alone is never trusted.
    */
-  #sourceWorkload(peer: Peer, claimed: string | undefined): string | undefined {
+  #sourceWorkload(peer: Peer, claimed: string | undefined): Workload | undefined {
     if (claimed) {
       for (const w of this.#d.store.workloadsByIp(claimed))
-        if (this.#d.identityOf(w) === peer.principal) return w.name;
+        if (this.#d.identityOf(w) === peer.principal) return w;
     }
-    return peer.service;
+    return undefined;
   }
 
   #account(
@@ -222,11 +222,13 @@ export class Inbound {
     src: Source,
     started: number,
   ): ConnectionAccount {
+    const sw = peer ? this.#sourceWorkload(peer, src.forwarded) : undefined;
     const from: Party = peer
       ? {
           addr: src.addr,
           forwarded: src.forwarded,
-          workload: this.#sourceWorkload(peer, src.forwarded),
+          workload: sw?.name ?? peer.service,
+          meta: sw,
           namespace: peer.namespace,
           service: peer.service,
           principal: peer.principal,
@@ -238,6 +240,7 @@ export class Inbound {
       namespace: w?.namespace,
       service: w?.service,
       principal: w ? this.#d.identityOf(w) : undefined,
+      meta: w,
     };
     return new ConnectionAccount(this.#d, 'inbound', from, to, 'mutual_tls', started);
   }

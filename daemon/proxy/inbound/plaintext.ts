@@ -151,6 +151,7 @@ export class PlaintextListener extends RedirectListener {
         workload: source?.name,
         namespace: source?.namespace,
         service: source?.service,
+        meta: source,
       },
       {
         addr: dst,
@@ -158,6 +159,7 @@ export class PlaintextListener extends RedirectListener {
         namespace: w?.namespace,
         service: w?.service,
         principal: w ? this.#d.identityOf(w) : undefined,
+        meta: w,
       },
       'none',
       started,

@@ -76,6 +76,7 @@ export class Outbound {
       namespace: source.namespace,
       service: source.service,
       principal: sourceId,
+      meta: source,
     };
     // Helpers are methods and module functions, not closures: a closure here would keep this whole frame
     // alive for as long as the connection lasts.
@@ -200,6 +201,7 @@ const toService = (
   namespace: plan?.service?.namespace,
   workload: ep?.name,
   principal: ep ? d.identityOf(ep) : undefined,
+  meta: ep,
 });
 
 const targetText = (t: OutboundTarget): string =>

@@ -18,6 +18,10 @@
  *     uid: 1001                   # optional owner uid (integer >= 0), for processes on the host network
  *     mode: strict                # strict | permissive; default strict
  *     failMode: closed            # open | closed: capture while ambitd is down; default closed if strict, else open
+ *     app: web                    # optional Istio labels for metrics (label values: <= 63 letters, digits,
+ *     version: v1                 #   ".", "-", "_"): app defaults to the service, version to "unknown",
+ *     canonicalService: web       #   canonicalService to app, canonicalRevision to version, else "latest"
+ *     canonicalRevision: v1
  *     upstreams:                  # optional explicit upstreams: local listeners leading to a service
  *       - { service: api, namespace: default, port: 9090, listen: "127.0.0.1:15101" }
  *         # namespace defaults to the workload's; port is optional; listen is "ip:port",
@@ -59,6 +63,10 @@ export const DAEMON_PORTS: ReadonlySet<number> = new Set([15000, 15001, 15006, 1
 export const SERVICE_NAME = /^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$/;
 /** Node, workload and policy names are only keys; host names (with dots) are common for nodes. */
 export const OBJECT_NAME = /^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$/;
+/** Istio's label values (app, version, canonical names) are Kubernetes label values. */
+export const LABEL_VALUE = /^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$/;
+/** The workload fields that are Istio labels, in the order the docs list them. */
+export const META_KEYS = ['app', 'version', 'canonicalService', 'canonicalRevision'] as const;
 
 export type MeshFormat = 'yaml' | 'json';
 
@@ -86,6 +94,10 @@ export const WORKLOAD_KEYS = [
   'uid',
   'mode',
   'failMode',
+  'app',
+  'version',
+  'canonicalService',
+  'canonicalRevision',
   'upstreams',
 ] as const satisfies readonly (keyof WorkloadDoc)[];
 export const UPSTREAM_KEYS = [
@@ -137,6 +149,10 @@ export interface WorkloadDoc {
   uid?: number;
   mode?: MeshMode;
   failMode?: FailMode;
+  app?: string;
+  version?: string;
+  canonicalService?: string;
+  canonicalRevision?: string;
   upstreams?: UpstreamDoc[];
 }
 

@@ -5,6 +5,7 @@ import type { Mesh, MeshNode, Policy, PolicySource, Service, Upstream, Workload 
 import {
   DEFAULT_NAMESPACE,
   DEFAULT_TUNNEL_PORT,
+  META_KEYS,
   type MeshDoc,
   type NodeDoc,
   type PolicyDoc,
@@ -38,6 +39,7 @@ export function workloadToDoc(w: Workload): WorkloadDoc {
   if (w.uid !== undefined) d.uid = w.uid;
   if (w.mode !== 'strict') d.mode = w.mode;
   if (w.failMode !== undefined) d.failMode = w.failMode;
+  for (const k of META_KEYS) if (w[k] !== undefined) d[k] = w[k];
   if (w.upstreams.length) d.upstreams = w.upstreams.map((u) => upstreamToDoc(u, w.namespace));
   return d as WorkloadDoc;
 }

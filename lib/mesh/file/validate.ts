@@ -16,12 +16,15 @@ import type {
   ServicePort,
   Upstream,
   Workload,
+  WorkloadMeta,
 } from '../model.js';
 import { emptyMesh } from '../model.js';
 import {
   DAEMON_PORTS,
   DEFAULT_NAMESPACE,
   DEFAULT_TUNNEL_PORT,
+  LABEL_VALUE,
+  META_KEYS,
   NODE_KEYS,
   OBJECT_NAME,
   POLICY_KEYS,
@@ -201,6 +204,16 @@ function parseUpstream(v: unknown, path: PathSeg[], workloadNs: string): Upstrea
   };
 }
 
+/** The Istio labels a workload sets; absent ones stay absent so that their defaults follow the service. */
+function parseMeta(o: Obj, path: PathSeg[]): WorkloadMeta {
+  const out: { -readonly [K in keyof WorkloadMeta]: string } = {};
+  for (const k of META_KEYS) {
+    if (o[k] === undefined || o[k] === null) continue;
+    out[k] = name(o[k], [...path, k], LABEL_VALUE, k);
+  }
+  return out;
+}
+
 function parseWorkload(key: string, v: unknown, path: PathSeg[]): Workload {
   name(key, path, OBJECT_NAME, 'workload name');
   const o = expectObj(v, path, WORKLOAD_KEYS);
@@ -232,6 +245,7 @@ function parseWorkload(key: string, v: unknown, path: PathSeg[]): Workload {
     ...(o.failMode === undefined || o.failMode === null
       ? {}
       : { failMode: oneOf<FailMode>(o.failMode, [...path, 'failMode'], ['open', 'closed'], 'closed') }),
+    ...parseMeta(o, path),
     upstreams: list(o.upstreams, [...path, 'upstreams']).map((u, i) =>
       parseUpstream(u, [...path, 'upstreams', i], namespace),
     ),
