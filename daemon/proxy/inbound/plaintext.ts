@@ -95,7 +95,7 @@ class Plaintext implements Recheckable {
     this.#listener = listener;
     this.client = client;
     this.started = started;
-    this.peer = `plaintext ${unmapIp(client.remoteAddress ?? '')}:${client.remotePort}`;
+    this.peer = `plaintext ${socketAddress(client.remoteAddress, client.remotePort) ?? 'unknown'}`;
   }
 
   get workload(): string | undefined {
