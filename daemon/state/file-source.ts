@@ -145,9 +145,7 @@ export class MeshFileSource extends EventEmitter {
     if (!this.#lastGood) return undefined;
     try {
       const [text, st] = await Promise.all([readFile(this.#lastGood, 'utf8'), stat(this.#lastGood)]);
-      const mesh = parseMesh(text, this.#lastGood);
-      this.#check(mesh);
-      return { mesh, savedAt: st.mtime };
+      return { mesh: this.#parse(text, this.#lastGood), savedAt: st.mtime };
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
         this.#log.warn(
@@ -282,8 +280,9 @@ export class MeshFileSource extends EventEmitter {
     await this.#apply(mesh, text);
   }
 
-  #parse(text: string): Mesh {
-    const mesh = parseMesh(text, this.path);
+  /** `text` as a mesh, checked as this host checks it; errors name `file` (the mesh file or its copy). */
+  #parse(text: string, file = this.path): Mesh {
+    const mesh = parseMesh(text, file);
     this.#check(mesh);
     return mesh;
   }
