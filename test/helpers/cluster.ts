@@ -9,7 +9,7 @@ import { type Logger, createLogger, silentLogger } from '../../lib/log.js';
 import { editMeshFile, upsertWorkload } from '../../lib/mesh/edit.js';
 import type { Upstream, Workload } from '../../lib/mesh/model.js';
 import { workload } from './mesh.js';
-import { sleep } from './net.js';
+import { freePort, sleep } from './net.js';
 
 export { freePort, sleep, waitForPort } from './net.js';
 export { workload } from './mesh.js';
@@ -83,6 +83,19 @@ export const enroll = (meshFile: string, ...ws: Workload[]): Promise<unknown> =>
   editMeshFile(meshFile, (doc) => {
     for (const w of ws) upsertWorkload(doc, w);
   });
+
+/**
+ * Node-a's client with an upstream listener to `server`'s service, and `server` on node-b: resolves with the
+ * listener's port once it is bound and node-b holds the server's certificate, so the first connection is
+ * carried (not by connecting to it: a probe would itself be tunneled and counted).
+ */
+export async function throughTunnel(cluster: Cluster, server: Workload): Promise<number> {
+  const upstreamPort = await freePort();
+  await enroll(cluster.meshFile, clientWorkload(9, upstreamTo(server.service, upstreamPort)), server);
+  await until(() => cluster.a.listeners.listening().length === 1, 5000, 'upstream listener bound');
+  await until(() => cluster.b.readiness().ready && cluster.b.certs.list().length === 1, 5000, 'node-b ready');
+  return upstreamPort;
+}
 
 /** An echo server: writes back what it reads, and ends its side when the client ends its own. */
 export async function echoServer(): Promise<{ server: Server; port: number; accepted: () => number }> {

@@ -13,6 +13,7 @@ import {
   metricSum,
   metricsText,
   startCluster,
+  throughTunnel,
   until,
   upstreamTo,
   workload,
@@ -52,14 +53,10 @@ async function setup(): Promise<Setup> {
   const logs = captureLogs();
   const cluster = await startCluster({ logger: logs.logger });
   const hose = await firehose(2 * 1024 * 1024 * 1024);
-  const upstreamPort = await freePort();
-  await enroll(
-    cluster.meshFile,
-    clientWorkload(9, upstreamTo('bulk', upstreamPort)),
+  const upstreamPort = await throughTunnel(
+    cluster,
     workload({ name: 'bulk-1', service: 'bulk', node: 'node-b', ports: [hose.port] }),
   );
-  await until(() => cluster.a.listeners.listening().length === 1, 5000, 'upstream listener bound');
-  await until(() => cluster.b.readiness().ready && cluster.b.certs.list().length === 1, 5000, 'node-b ready');
   return {
     cluster,
     lines: logs.lines,

@@ -5,15 +5,12 @@ import { randomBytes } from 'node:crypto';
 import { type AddressInfo, connect, createServer } from 'node:net';
 import test from 'ava';
 import {
-  clientWorkload,
   echoServer,
-  enroll,
-  freePort,
   roundTrip,
   sha256,
   startCluster,
+  throughTunnel,
   until,
-  upstreamTo,
   workload,
 } from '../helpers/cluster.js';
 import { type LogLine, captureLogs } from '../helpers/logs.js';
@@ -52,17 +49,9 @@ test('a v6-only workload on ::1 is reached through a dual-stack tunnel, logged i
     t.true(await reaches('127.0.0.1', tunnelPort), 'and IPv4, on the same socket');
     t.false(await reaches('127.0.0.1', port), 'the workload does not listen on IPv4');
 
-    const upstreamPort = await freePort();
-    await enroll(
-      cluster.meshFile,
-      clientWorkload(9, upstreamTo('v6', upstreamPort)),
+    const upstreamPort = await throughTunnel(
+      cluster,
       workload({ name: 'v6-1', service: 'v6', node: 'node-b', addresses: ['::1'], ports: [port] }),
-    );
-    await until(() => cluster.a.listeners.listening().length === 1, 5000, 'upstream listener bound');
-    await until(
-      () => cluster.b.readiness().ready && cluster.b.certs.list().length === 1,
-      5000,
-      'node-b ready',
     );
     const payload = randomBytes(64 * 1024);
     const back = await roundTrip(upstreamPort, payload);
@@ -88,17 +77,9 @@ test('an IPv4 peer of the dual-stack tunnel is logged as IPv4, not ::ffff:', asy
   const cluster = await startCluster({ flags: { tunnel: '[::]:0' }, logger: logs.logger });
   const echo = await echoServer();
   try {
-    const upstreamPort = await freePort();
-    await enroll(
-      cluster.meshFile,
-      clientWorkload(9, upstreamTo('echo', upstreamPort)),
+    const upstreamPort = await throughTunnel(
+      cluster,
       workload({ name: 'echo-1', service: 'echo', node: 'node-b', ports: [echo.port] }),
-    );
-    await until(() => cluster.a.listeners.listening().length === 1, 5000, 'upstream listener bound');
-    await until(
-      () => cluster.b.readiness().ready && cluster.b.certs.list().length === 1,
-      5000,
-      'node-b ready',
     );
     const payload = randomBytes(1024);
     t.is((await roundTrip(upstreamPort, payload)).sha256, sha256(payload));

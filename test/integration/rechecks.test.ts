@@ -6,15 +6,12 @@ import { connect } from 'node:net';
 import test from 'ava';
 import { addPolicy, editMeshFile } from '../../lib/mesh/edit.js';
 import {
-  clientWorkload,
   echoServer,
-  enroll,
-  freePort,
   metricSum,
   metricsText,
   startCluster,
+  throughTunnel,
   until,
-  upstreamTo,
   workload,
 } from '../helpers/cluster.js';
 import { captureLogs } from '../helpers/logs.js';
@@ -24,17 +21,9 @@ test('a deny landing while the upstream connect is in flight refuses the connect
   const cluster = await startCluster({ logger: logs.logger });
   const echo = await echoServer();
   try {
-    const upstreamPort = await freePort();
-    await enroll(
-      cluster.meshFile,
-      clientWorkload(9, upstreamTo('echo', upstreamPort)),
+    const upstreamPort = await throughTunnel(
+      cluster,
       workload({ name: 'echo-1', service: 'echo', node: 'node-b', ports: [echo.port] }),
-    );
-    await until(() => cluster.a.listeners.listening().length === 1, 5000, 'upstream listener bound');
-    await until(
-      () => cluster.b.readiness().ready && cluster.b.certs.list().length === 1,
-      5000,
-      'node-b ready',
     );
     // node-b's connect to the workload is held until the policy has changed: a connect that takes its time.
     const { sockets } = cluster.b;
