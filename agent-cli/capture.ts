@@ -8,6 +8,7 @@ import {
   showCapture,
 } from '../lib/capture/iptables.js';
 import { type CaptureSpec, failModeOf } from '../lib/capture/rules.js';
+import { checkersText, resolveUsers } from '../lib/capture/users.js';
 import { type DaemonConfig, loadConfig } from '../lib/config.js';
 import { CaptureError } from '../lib/errors.js';
 import type { Workload } from '../lib/mesh/model.js';
@@ -30,8 +31,13 @@ function settings(g: Globals, o: CaptureOpts): { config: DaemonConfig; node: str
 export const daemonSettings = (g: Pick<GlobalOpts, 'stateDir'>, configFile?: string): DaemonConfig =>
   loadConfig({ configFile, flags: { stateDir: g.stateDir } });
 
-export function captureSpec(config: DaemonConfig, workloads: readonly Workload[]): CaptureSpec {
+export function captureSpec(
+  config: DaemonConfig,
+  workloads: readonly Workload[],
+  host: { nodeAddress: string | undefined; checkUids: readonly number[] },
+): CaptureSpec {
   return {
+    ...host,
     workloads,
     mark: config.capture.mark,
     outboundPort: config.outbound.port,
@@ -69,7 +75,9 @@ export async function installFor(g: Globals, o: CaptureOpts): Promise<string> {
   const mesh = await readMesh(g);
   const local = mesh.workloads.filter((w) => w.node === node);
   const backend = await detectBackend(o.backend ?? config.capture.backend);
-  const spec = captureSpec(config, local);
+  const checkers = await resolveUsers(config.capture.checkUsers);
+  const nodeAddress = mesh.nodes.find((n) => n.name === node)?.address;
+  const spec = captureSpec(config, local, { nodeAddress, checkUids: checkers.uids });
   const result = await installCapture(backend, spec);
   // ambitd opens the fail-open gate when it starts; if it is already running, open it now.
   const up = await daemonAnswers(config.ready.port);
@@ -81,7 +89,8 @@ export async function installFor(g: Globals, o: CaptureOpts): Promise<string> {
     `capture installed (iptables ${backend}, ${result.map((r) => `IPv${r.family}`).join(' and ')}) for ` +
     `${local.length} workload(s) on node ${node} (${local.length - byUid} by address, ${byUid} by uid; ` +
     `${open} fail open): outbound -> ${config.outbound.port}, inbound plaintext -> ${config.inboundPlaintext.port}, ` +
-    `mark 0x${config.capture.mark.toString(16)}; ambitd ${up ? 'running' : 'not running'}\n`
+    `mark 0x${config.capture.mark.toString(16)}; health checks by ${checkersText(checkers)} not captured; ` +
+    `ambitd ${up ? 'running' : 'not running'}\n`
   );
 }
 

@@ -29,6 +29,7 @@ export interface EnrollOpts {
   failMode?: FailMode;
   capture?: boolean;
   port?: number[];
+  plaintextPort?: number[];
   uid?: number;
   mode: MeshMode;
   upstream?: string[];
@@ -58,6 +59,7 @@ export function enrollWorkload(name: string, o: EnrollOpts): Workload {
     node: o.node,
     addresses: [...new Set(given)],
     ports: [...new Set(o.port ?? [])],
+    ...(o.plaintextPort?.length ? { plaintextPorts: [...new Set(o.plaintextPort)] } : {}),
     uid: o.uid,
     mode: o.mode,
     ...(o.failMode ? { failMode: o.failMode } : {}),
@@ -103,6 +105,11 @@ export function registerEnroll(program: Command, io: Io): void {
     .option(
       '--port <port>',
       'port the workload serves (repeatable; none = every port)',
+      repeatable(parsePort),
+    )
+    .option(
+      '--plaintext-port <port>',
+      'port a strict workload takes plaintext on, on purpose: a metrics scrape or health check from outside the mesh (repeatable)',
       repeatable(parsePort),
     )
     .option('--uid <uid>', 'owner uid, for processes sharing the host network', parseUid)

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { Mesh, MeshNode, Policy, Service, Workload } from '../../lib/mesh/model.js';
-import { emptyMesh } from '../../lib/mesh/model.js';
+import { emptyMesh, ownsEveryPort } from '../../lib/mesh/model.js';
 
 const key = (namespace: string, name: string): string => `${namespace}/${name}`;
 const addrKey = (ip: string, port: number): string => `${ip}:${port}`;
@@ -77,12 +77,20 @@ export class StateStore extends EventEmitter {
     return this.#mesh.workloads.filter((w) => w.node === node);
   }
 
-  /** The workload serving ip:port: an exact port match first, then a workload that serves every port of ip. */
+  /**
+   * The workload serving ip:port: an exact port match first, then a workload that lists no ports, then
+   * the one workload holding ip as an address of its own (see ownsEveryPort): every port of a pod is the
+   * pod's, so that no port of a mesh workload is left to plaintext.
+   */
   workloadAt(ip: string, port: number): Workload | undefined {
     const exact = this.#byIpPort.get(addrKey(ip, port));
     if (exact) return exact;
     const all = this.#byIp.get(ip);
-    return all?.find((w) => w.ports.length === 0);
+    if (!all) return undefined;
+    const any = all.find((w) => w.ports.length === 0);
+    if (any) return any;
+    const only = all.length === 1 ? all[0]! : undefined;
+    return only && ownsEveryPort(only, this.#nodes.get(only.node)?.address) ? only : undefined;
   }
 
   workloadsByIp(ip: string): readonly Workload[] {

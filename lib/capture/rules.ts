@@ -1,7 +1,7 @@
 // The capture rules, as data: which chains Ambit owns and what goes in them, for one address family.
 // Pure (no iptables here), so that the rule set can be read, tested and shown before it is installed.
 import { isIP } from 'node:net';
-import type { FailMode, Workload } from '../mesh/model.js';
+import { type FailMode, type Workload, ownsEveryPort } from '../mesh/model.js';
 
 export type Family = 4 | 6;
 export type { FailMode };
@@ -36,6 +36,14 @@ export interface CaptureSpec {
   readonly excludeCidrs: readonly string[];
   /** Exclude everything this uid sends (in addition to the mark), when ambitd runs as its own user. */
   readonly daemonUid: number | undefined;
+  /** This node's address: a workload there shares the host's network and owns only the ports it lists. */
+  readonly nodeAddress: string | undefined;
+  /**
+   * Users whose connections to workloads on this host are never taken for inbound plaintext: the Consul
+   * agent's, whose health checks must reach the workload itself (a check answered by ambitd would pass
+   * with the workload dead, and a strict workload would count a refusal at every interval).
+   */
+  readonly checkUids: readonly number[];
 }
 
 export interface RuleSet {
@@ -106,6 +114,11 @@ export function buildRules(
       `-p tcp -m owner --uid-owner ${uid} ${comment(`ambit: uid ${uid}`)} -j ${fm === 'closed' ? outRedirect : gateOut}`,
     );
   }
+  for (const uid of [...new Set(spec.checkUids)].sort((a, b) => a - b))
+    add(
+      output,
+      `-p tcp -m owner --uid-owner ${uid} ${comment(`ambit: health checks, uid ${uid}`)} -j RETURN`,
+    );
   // A plaintext connection from this host to a local workload is inbound plaintext too.
   add(output, `-p tcp -j ${inbound}`);
 
@@ -120,7 +133,8 @@ export function buildRules(
     }
   }
 
-  // Inbound plaintext: to a workload's address and port, not through the tunnel, not to the daemon's ports.
+  // Inbound plaintext: to a workload's address (every port of an address of its own, the listed ones of
+  // the host's), not through the tunnel, not to the daemon's ports.
   add(inbound, `-p tcp --dport ${spec.tunnelPort} ${comment('ambit: tunnel')} -j RETURN`);
   const own = [spec.outboundPort, spec.inboundPort, ...spec.daemonPorts];
   for (const g of portGroups(own))
@@ -129,7 +143,8 @@ export function buildRules(
     const target = failModeOf(w) === 'closed' ? inRedirect : gateIn;
     for (const a of w.addresses) {
       if (familyOf(a) !== family) continue;
-      const ports = w.ports.length ? portGroups(w.ports).map((g) => `-m multiport --dports ${g} `) : [''];
+      const every = ownsEveryPort(w, spec.nodeAddress);
+      const ports = every ? [''] : portGroups(w.ports).map((g) => `-m multiport --dports ${g} `);
       for (const p of ports)
         add(inbound, `-d ${hostCidr(a)} -p tcp ${p}${comment(`ambit: workload ${w.name}`)} -j ${target}`);
     }

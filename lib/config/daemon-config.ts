@@ -52,6 +52,7 @@ export interface DaemonConfig {
     readonly excludePorts: readonly number[];
     readonly excludeCidrs: readonly string[];
     readonly daemonUid: number | undefined;
+    readonly checkUsers: readonly string[];
     readonly backend: 'auto' | 'nft' | 'legacy';
   };
   readonly limits: Limits;
@@ -116,6 +117,7 @@ export function daemonConfig(v: SettingValues, consul: ConsulSettings | undefine
       excludePorts: v.captureExcludePorts,
       excludeCidrs: v.captureExcludeCidrs,
       daemonUid: v.captureDaemonUid,
+      checkUsers: v.captureCheckUsers,
       backend: v.iptablesBackend,
     },
     limits: limitsOf(v),

@@ -175,6 +175,19 @@ export const portList: Parser<string | readonly number[], number[]> = {
   parse: parsePortList,
 };
 
+/** User names as useradd takes them (NAME_REGEX), or numeric uids. */
+const USER = /^(\d+|[a-z_][a-z0-9_-]*\$?)$/;
+
+export const userList: Parser<string | readonly (string | number)[], string[]> = {
+  arg: '<user,...>',
+  parse: (v, where) =>
+    listOf(v, where).map((u) => {
+      if (!USER.test(u))
+        throw new ConfigError(`must list user names or uids, got ${JSON.stringify(u)}`, where);
+      return u;
+    }),
+};
+
 export const cidrList: Parser<string | readonly string[], string[]> = {
   arg: '<cidr,...>',
   parse: parseCidrList,

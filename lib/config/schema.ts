@@ -21,6 +21,7 @@ import {
   portList,
   secret,
   text,
+  userList,
 } from './parse.js';
 
 /** What a default computed from other settings may look at. */
@@ -241,6 +242,11 @@ const capture = {
     default: undefined,
     shown: 'none',
     help: 'connections made by this user are not captured (when ambitd runs as a user of its own)',
+  }),
+  captureCheckUsers: setting({
+    parser: userList,
+    default: ['consul'],
+    help: "users whose connections to workloads on this host are not captured: the Consul agent's, so that its health checks reach the workload itself (a user missing on the host is skipped)",
   }),
   iptablesBackend: setting({
     parser: choice(['auto', 'nft', 'legacy'] as const),

@@ -24,6 +24,7 @@ export const META = {
   mode: 'ambit-mode',
   addresses: 'ambit-addresses',
   ports: 'ambit-ports',
+  plaintextPorts: 'ambit-plaintext-ports',
   uid: 'ambit-uid',
   upstreams: 'ambit-upstreams',
   nodeAddress: 'ambit-node-address',
@@ -149,6 +150,7 @@ export function workloadRegistration(w: Workload, opts: RegistrationOptions = {}
   };
   if (w.addresses.length > 1) meta[META.addresses] = w.addresses.join(',');
   if (w.uid !== undefined) meta[META.uid] = String(w.uid);
+  if (w.plaintextPorts?.length) meta[META.plaintextPorts] = w.plaintextPorts.join(',');
   if (w.upstreams.length) meta[META.upstreams] = encodeUpstreams(w.upstreams);
   if (opts.waypoint) meta[META.waypoint] = opts.waypoint;
   for (const f of META_FIELDS) if (w[f] !== undefined) meta[META[f]] = w[f]!;
@@ -239,6 +241,10 @@ export function workloadFromEntry(e: ConsulHealthEntry): Workload {
   else ports = s.Port ? [s.Port] : [];
   for (const p of ports)
     if (!Number.isInteger(p) || p < 1 || p > 65535) throw new Error(`bad port in "${portsText}"`);
+  const plainText = meta[META.plaintextPorts];
+  const plaintextPorts = plainText ? [...new Set(plainText.split(',').map((p) => Number(p.trim())))] : [];
+  for (const p of plaintextPorts)
+    if (!Number.isInteger(p) || p < 1 || p > 65535) throw new Error(`bad port in "${plainText}"`);
   const modeText = meta[META.mode] ?? 'strict';
   if (!(MODES as readonly string[]).includes(modeText)) throw new Error(`bad mode "${modeText}"`);
   const uidText = meta[META.uid];
@@ -251,6 +257,7 @@ export function workloadFromEntry(e: ConsulHealthEntry): Workload {
     node,
     addresses: [...new Set(addresses.map(canonicalV6))],
     ports: [...new Set(ports)],
+    ...(plaintextPorts.length ? { plaintextPorts } : {}),
     uid,
     mode: modeText as MeshMode,
     upstreams: meta[META.upstreams] ? decodeUpstreams(meta[META.upstreams]!) : [],

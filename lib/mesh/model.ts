@@ -1,5 +1,6 @@
 // The catalog model: what the control plane told us. Both backends (the embedded mesh file and Consul)
 // produce exactly this, so the data path never knows which one is in use.
+import { canonicalIp } from '../net/addresses.js';
 
 export type MeshMode = 'strict' | 'permissive';
 export type FailMode = 'open' | 'closed';
@@ -28,8 +29,18 @@ export interface Workload extends WorkloadMeta {
   readonly namespace: string;
   readonly node: string;
   readonly addresses: readonly string[];
-  /** Ports the workload serves; empty means any port on its addresses. */
+  /**
+   * Ports the workload serves; empty means any port on its addresses. A workload with addresses of its own
+   * (see {@link ownsEveryPort}) is reached through the tunnel on every port whatever it lists: the list
+   * then maps service ports and names what the workload serves, it never lets plaintext through.
+   */
   readonly ports: readonly number[];
+  /**
+   * Ports a strict workload takes plaintext on, on purpose (a health check or a metrics scrape from
+   * outside the mesh): connections to them from sources outside the mesh are admitted as a permissive
+   * workload's are. Absent or empty: none.
+   */
+  readonly plaintextPorts?: readonly number[];
   /** Owner uid, for processes that share the host's network (transparent capture). */
   readonly uid: number | undefined;
   readonly mode: MeshMode;
@@ -40,6 +51,24 @@ export interface Workload extends WorkloadMeta {
   readonly failMode?: FailMode;
   readonly upstreams: readonly Upstream[];
 }
+
+/**
+ * Whether every port of `w`'s addresses is `w`'s own, so that a connection to any of them belongs to the
+ * mesh: true when it lists no ports, or when its addresses are its own (a pod or a namespace). A workload
+ * that shares its host's network (it has an owner uid, or it sits at its node's address) owns only the
+ * ports it lists; the host's other ports are the host's.
+ */
+export function ownsEveryPort(w: Workload, nodeAddress: string | undefined): boolean {
+  if (w.ports.length === 0) return true;
+  if (w.uid !== undefined) return false;
+  if (nodeAddress === undefined) return true;
+  const node = canonicalIp(nodeAddress);
+  return !w.addresses.some((a) => canonicalIp(a) === node);
+}
+
+/** Whether a plaintext connection to `port` of a strict workload is admitted anyway (see plaintextPorts). */
+export const takesPlaintextOn = (w: Workload, port: number): boolean =>
+  w.plaintextPorts?.includes(port) === true;
 
 /**
  * What Istio reads from a pod's labels for its metrics (`app`, `version`, `service.istio.io/canonical-name`,

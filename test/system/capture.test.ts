@@ -27,6 +27,9 @@ const V6_B = '2001:2:0:2::2';
 /** Service api's IPv6 virtual address, routed by nobody: capture on host A takes it. */
 const VIP6 = '2001:2:0:99::1';
 
+/** The uid host B's health checks run as, standing for Consul's agent (captureCheckUsers). */
+const CHECKER_UID = 4242;
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 interface World {
@@ -101,6 +104,8 @@ async function build(): Promise<World> {
     AMBIT_CAPTURE: 'true',
     AMBIT_MESH_POLL: '200ms',
     AMBIT_CERT_TTL: '1h',
+    // The health checker of these tests (Consul's agent runs as a user of its own the same way).
+    AMBIT_CAPTURE_CHECK_USERS: `consul,${CHECKER_UID}`,
   });
   const before = { [ha]: saved(ns, ha), [hb]: saved(ns, hb) };
 
@@ -153,6 +158,16 @@ async function build(): Promise<World> {
     seen += b.toString();
   });
   await waitForOutput(server6, 'listening', 10_000);
+  // A third, on a port the workload does not list: every port of a pod is the mesh's all the same.
+  const unlisted = ns.spawn(pb, [
+    process.execPath,
+    '-e',
+    `require('http').createServer((q,s)=>{console.log('SEEN8081 '+q.url);s.end('hello on 8081\\n')}).listen(8081,'198.18.2.2',()=>console.log('listening'))`,
+  ]);
+  unlisted.stdout?.on('data', (b: Buffer) => {
+    seen += b.toString();
+  });
+  await waitForOutput(unlisted, 'listening', 10_000);
   return { ns, dir, ha, hb, pa, pb, px, env, before, serverSeen: () => seen, logs, daemons };
 }
 
@@ -164,6 +179,14 @@ const cliIn = (w: World, host: string, node: string, args: string[]): string =>
 
 const metrics = (w: World, host: string): string =>
   w.ns.exec(host, ['curl', '-sS', '--max-time', '5', 'http://127.0.0.1:15020/metrics']);
+
+/** ambit_connections_refused_total{reason="plaintext"} on host B. */
+const plaintextRefusals = (w: World): number =>
+  Number(
+    /ambit_connections_refused_total\{direction="inbound",reason="plaintext"\} (\d+)/.exec(
+      metrics(w, w.hb),
+    )?.[1] ?? 0,
+  );
 
 /**
  * tcpdump on host A's link to host B, from now until `stop`: what crossed it, and how many packets of it
@@ -228,7 +251,7 @@ if (why) {
     const shownB = cliIn(world, world.hb, 'node-b', ['capture', 'show']);
     t.regex(
       shownB,
-      /-A AMBIT_INBOUND -d 198\.18\.2\.2\/32 -p tcp -m multiport --dports 8080,8082 .*-j AMBIT_IN_REDIRECT/,
+      /-A AMBIT_INBOUND -d 198\.18\.2\.2\/32 -p tcp -m comment --comment "ambit: workload server" -j AMBIT_IN_REDIRECT/,
     );
     // Every rule of Ambit's is in an AMBIT_ chain or jumps to one.
     for (const line of shown.split('\n').filter((l) => l.startsWith('-A'))) t.regex(line, /AMBIT_/);
@@ -331,6 +354,114 @@ if (why) {
       } finally {
         await writeFile(meshFile, was);
       }
+    },
+  );
+
+  test.serial(
+    'a port the workload does not list goes through the tunnel too: no plaintext on the link',
+    async (t) => {
+      const world = w!;
+      const secret = `ambit-unlisted-${randomBytes(8).toString('hex')}`;
+      const link = await watchLink(world, 'unlisted.pcap');
+      const r = world.ns.run(world.pa, [
+        'curl',
+        '-sS',
+        '--max-time',
+        '5',
+        `http://198.18.2.2:8081/${secret}`,
+      ]);
+      t.is(r.code, 0, `curl failed: ${r.stderr}\n${world.logs['node-b']!().slice(-3000)}`);
+      t.is(r.stdout, 'hello on 8081\n');
+      t.true(await eventually(() => world.serverSeen().includes(`SEEN8081 /${secret}`)), 'B saw the request');
+      const raw = await link.stop();
+      t.false(raw.includes(Buffer.from(secret)), 'the request path never crossed the link in plaintext');
+      t.false(raw.includes(Buffer.from('hello on 8081')), 'nor did the response');
+      t.true(link.count('tcp dst port 15008') > 0, 'the connection went to port 15008');
+      t.is(link.count('tcp port 8081'), 0, 'nothing went to the server port directly');
+    },
+  );
+
+  test.serial('a strict workload refuses plaintext on a port it does not list', async (t) => {
+    const world = w!;
+    const refusedBefore = plaintextRefusals(world);
+    const r = world.ns.run(world.px, [
+      'curl',
+      '-sS',
+      '--max-time',
+      '5',
+      'http://198.18.2.2:8081/intruder-8081',
+    ]);
+    t.not(r.code, 0, 'the intruder got through on 8081');
+    t.false(world.serverSeen().includes('/intruder-8081'), 'B never saw it');
+    t.true(await eventually(() => plaintextRefusals(world) > refusedBefore), 'refusal counted');
+  });
+
+  test.serial('a port named as plaintext takes plaintext, labelled none; the rest stay strict', async (t) => {
+    const world = w!;
+    const enroll = (extra: string[]): string =>
+      cliIn(world, world.hb, 'node-b', [
+        ...`enroll server --service api --node node-b --ip 198.18.2.2 --ip ${V6_B} --port 8080 --port 8082`.split(
+          ' ',
+        ),
+        ...extra,
+      ]);
+    enroll(['--plaintext-port', '8081']);
+    try {
+      const get = (port: number, path: string) =>
+        world.ns.run(world.px, ['curl', '-sS', '--max-time', '5', `http://198.18.2.2:${port}${path}`]);
+      t.true(await eventually(() => get(8081, '/scrape').code === 0), 'the plaintext port answers');
+      t.true(await eventually(() => world.serverSeen().includes('SEEN8081 /scrape')));
+      t.not(get(8080, '/still-strict').code, 0, 'the service port still refuses plaintext');
+      t.false(world.serverSeen().includes('/still-strict'));
+      t.regex(
+        metrics(world, world.hb),
+        /istio_tcp_connections_opened_total\{[^}]*destination_workload="server"[^}]*connection_security_policy="none"[^}]*\} [1-9]/,
+      );
+    } finally {
+      enroll([]);
+    }
+    t.true(
+      await eventually(
+        () =>
+          world.ns.run(world.px, ['curl', '-sS', '--max-time', '2', 'http://198.18.2.2:8081/']).code !== 0,
+      ),
+      'strict again on 8081',
+    );
+  });
+
+  test.serial(
+    'health checks by the checker user reach the workload itself: a dead port fails, no refusal counted',
+    async (t) => {
+      const world = w!;
+      const shown = cliIn(world, world.hb, 'node-b', ['capture', 'show']);
+      t.regex(shown, new RegExp(`--uid-owner ${CHECKER_UID} .*health checks.* -j RETURN`));
+      const refusedBefore = plaintextRefusals(world);
+      const check = (uid: number, port: number) =>
+        world.ns.run(world.hb, [
+          'setpriv',
+          `--reuid=${uid}`,
+          `--regid=${uid}`,
+          '--clear-groups',
+          'curl',
+          '-sS',
+          '--max-time',
+          '3',
+          `http://198.18.2.2:${port}/healthz`,
+        ]);
+      const live = check(CHECKER_UID, 8080);
+      t.is(live.code, 0, `the check of a live server failed: ${live.stderr}`);
+      t.true(
+        await eventually(() => world.serverSeen().includes('SEEN GET /healthz')),
+        'the server itself answered',
+      );
+      // Nothing listens on 8084: the checker is refused by the workload's kernel (curl exit 7), as it would
+      // be without Ambit, rather than accepted by 15006 and passing.
+      const dead = check(CHECKER_UID, 8084);
+      t.is(dead.code, 7, `a check of a dead port must fail to connect: ${dead.stderr}`);
+      t.is(plaintextRefusals(world), refusedBefore, 'no plaintext refusal counted for the checks');
+      // Anyone else on the host is still inbound plaintext to a strict workload: refused.
+      t.not(check(CHECKER_UID + 1, 8080).code, 0);
+      t.true(await eventually(() => plaintextRefusals(world) > refusedBefore));
     },
   );
 

@@ -55,6 +55,7 @@ test('the defaults are those of docs/configuration.md, field for field', (t) => 
       excludePorts: [22, 53, 8300, 8301, 8302, 8500, 8501, 8502, 8503, 8600],
       excludeCidrs: [],
       daemonUid: undefined,
+      checkUsers: ['consul'],
       backend: 'auto',
     },
     limits: {
@@ -118,6 +119,7 @@ const SAMPLES: Record<SettingKey, string> = {
   captureExcludePorts: '22',
   captureExcludeCidrs: '10.0.0.0/8',
   captureDaemonUid: '0',
+  captureCheckUsers: 'consul,998',
   iptablesBackend: 'nft',
   maxHandshakes: '1',
   maxHandshakesPerSource: '2',

@@ -73,7 +73,7 @@ test('schema key lists: every key the serialiser writes is one the validator acc
     `defaultPolicy: deny
 nodes: { n: { address: 10.0.0.1, tunnelPort: 15018 } }
 workloads:
-  w: { service: s, namespace: x, node: n, addresses: [10.0.0.2], ports: [1], uid: 7, mode: permissive,
+  w: { service: s, namespace: x, node: n, addresses: [10.0.0.2], ports: [1], plaintextPorts: [2], uid: 7, mode: permissive,
        failMode: open, app: a1, version: v1, canonicalService: cs, canonicalRevision: cr,
        upstreams: [{ service: u, namespace: y, port: 2, listen: 15101 }] }
 services: { s: { namespace: x, vips: [198.18.0.1], ports: [80], waypoint: wp } }

@@ -204,8 +204,30 @@ test('an IPv6 address in a refusal is bracketed, so that its port can be told ap
   );
 });
 
-test('a port the workload does not serve is an unknown workload', (t) => {
-  refused(t, decideInbound(scope(), 'CONNECT', '10.1.0.10:22', web), 'AMBIT_UNKNOWN_WORKLOAD');
+test('a port a workload with an address of its own does not list is still that workload’s', (t) => {
+  // Every port of a pod goes through the tunnel; policy, not the port list, says who reaches which.
+  const d = admitted(t, decideInbound(scope(), 'CONNECT', '10.1.0.10:22', web));
+  t.is(d.workload.name, 'api-1');
+  t.is(d.target.port, 22);
+});
+
+test('a port a host-network workload does not list is an unknown workload', (t) => {
+  // At the node's own address: the host's other ports are not the workload's to hand out.
+  const vm = workload({ name: 'vm', service: 'vm', node: 'node-a', addresses: [NODE_ADDR], ports: [8080] });
+  const s = scope({ workloads: [...WORKLOADS, vm] });
+  refused(t, decideInbound(s, 'CONNECT', `${NODE_ADDR}:22`, web), 'AMBIT_UNKNOWN_WORKLOAD');
+  t.is(admitted(t, decideInbound(s, 'CONNECT', `${NODE_ADDR}:8080`, web)).workload.name, 'vm');
+  // By uid, at an address the host holds (isLocalAddress): the same.
+  const proc = workload({
+    name: 'proc',
+    service: 'proc',
+    node: 'node-a',
+    addresses: ['127.0.0.5'],
+    ports: [8081],
+    uid: 1001,
+  });
+  const u = scope({ workloads: [...WORKLOADS, proc] });
+  refused(t, decideInbound(u, 'CONNECT', '127.0.0.5:22', web), 'AMBIT_UNKNOWN_WORKLOAD');
 });
 
 test('a workload of another node is not reached through this one', (t) => {

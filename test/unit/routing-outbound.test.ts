@@ -162,8 +162,36 @@ test('a workload’s address reaches that workload alone, at the port asked', (t
   t.is(plan.targetPort, 8080);
 });
 
-test('a workload’s address at a port it does not serve is not the mesh’s', (t) => {
-  t.is(planOutbound(defaultStore, toAddress('10.1.0.11', 9999)).kind, 'passthrough');
+test('every port of a workload’s own address is the mesh’s, listed or not: no plaintext to a pod', (t) => {
+  const plan = mesh(planOutbound(defaultStore, toAddress('10.1.0.11', 9999)));
+  t.deepEqual(names(plan.endpoints), ['api-2']);
+  t.is(endpointPort(plan, api2), 9999, 'delivered at the port asked; the destination decides');
+});
+
+test('a port a host-network workload does not list is the host’s, not the mesh’s', (t) => {
+  // At its node's address (registered without an address of its own, as in Consul), or by uid.
+  const vm = workload({ name: 'vm', service: 'vm', node: 'node-b', addresses: ['10.0.0.2'], ports: [8080] });
+  const proc = workload({
+    name: 'proc',
+    service: 'proc',
+    node: 'node-b',
+    addresses: ['10.1.0.30'],
+    ports: [8080],
+    uid: 1001,
+  });
+  const store = storeOf({ nodes: NODES, workloads: [vm, proc] });
+  t.is(planOutbound(store, toAddress('10.0.0.2', 9100)).kind, 'passthrough');
+  t.is(planOutbound(store, toAddress('10.1.0.30', 9100)).kind, 'passthrough');
+  t.deepEqual(names(mesh(planOutbound(store, toAddress('10.0.0.2', 8080))).endpoints), ['vm']);
+  t.deepEqual(names(mesh(planOutbound(store, toAddress('10.1.0.30', 8080))).endpoints), ['proc']);
+});
+
+test('an address two workloads share (disjoint ports) gives an unlisted port to neither', (t) => {
+  const a = workload({ name: 'a', service: 'a', node: 'node-b', addresses: ['10.1.0.40'], ports: [80] });
+  const b = workload({ name: 'b', service: 'b', node: 'node-b', addresses: ['10.1.0.40'], ports: [81] });
+  const store = storeOf({ nodes: NODES, workloads: [a, b] });
+  t.is(planOutbound(store, toAddress('10.1.0.40', 82)).kind, 'passthrough');
+  t.deepEqual(names(mesh(planOutbound(store, toAddress('10.1.0.40', 81))).endpoints), ['b']);
 });
 
 test('a workload serving every port is reached at any port of its address', (t) => {

@@ -68,9 +68,10 @@ export function decideInbound(
   if (scope.isSelf(target))
     return refused(badRequest(`${joinHostPort(target.ip, target.port)} is this daemon's own listener`));
   let w = scope.store.workloadAt(target.ip, target.port);
-  // "Every port" of an address of this host would reach every local server, whoever enrolled it: the
-  // mesh file refuses such a workload, and one from elsewhere (Consul) matches nothing here.
-  if (w && w.ports.length === 0 && scope.isLocalAddress(target.ip)) w = undefined;
+  // A port a workload does not list, at an address of this host, would reach whatever else listens on
+  // the host, whoever enrolled it: only the ports it lists are its own there (a workload with an address
+  // of its own, a pod, owns every port of it).
+  if (w && !w.ports.includes(target.port) && scope.isLocalAddress(target.ip)) w = undefined;
   if (!w || w.node !== scope.nodeName) {
     return refused(
       unknownWorkload(

@@ -1,11 +1,12 @@
 // 15006: plaintext connections to a workload enrolled here that did not come through a tunnel (iptables
-// redirected them). Strict workloads refuse them (counted, logged with the reason); permissive ones take
-// them, labelled connection_security_policy="none". The source has no identity here: an ALLOW policy that
-// names identities therefore refuses plaintext, as ztunnel's does.
+// redirected them). Strict workloads refuse them (counted, logged with the reason) on every port but those
+// they name as plaintext; permissive ones take them, labelled connection_security_policy="none". The
+// source has no identity here: an ALLOW policy that names identities therefore refuses plaintext, as
+// ztunnel's does.
 import type { Socket } from 'node:net';
 import { ConnectionRefusal, type RefusalKind } from '../../../lib/errors.js';
 import type { Logger } from '../../../lib/log.js';
-import type { Workload } from '../../../lib/mesh/model.js';
+import { type Workload, takesPlaintextOn } from '../../../lib/mesh/model.js';
 import { unmapIp } from '../../../lib/net/addresses.js';
 import { joinHostPort, socketAddress } from '../../../lib/net/hostport.js';
 import { originalDestination } from '../../capture/native.js';
@@ -59,7 +60,7 @@ export function decidePlaintext(d: PlaintextScope, dst: { ip: string; port: numb
     const why = `${authority} is not a workload enrolled on node ${d.nodeName}`;
     return { ok: false, workload: undefined, kind: 'unknown_workload', why };
   }
-  if (w.mode === 'strict') {
+  if (w.mode === 'strict' && !takesPlaintextOn(w, dst.port)) {
     const why = `plaintext connection to strict workload ${w.name} (mTLS required)`;
     return { ok: false, workload: w, kind: 'plaintext', why };
   }

@@ -14,7 +14,10 @@
  *     node: node-a                # required; must name a node in `nodes`
  *     addresses: [127.0.0.1]      # required, >= 1 IPv4/IPv6 literal, no duplicates
  *     ports: [8080]               # optional; integers 1..65535, no duplicates; empty = every port,
- *                                 # refused at a loopback address or the node's own (list the ports)
+ *                                 # refused at a loopback address or the node's own (list the ports);
+ *                                 # at addresses of its own, every port goes through the tunnel anyway
+ *     plaintextPorts: [9102]      # optional; ports a strict workload takes plaintext on, on purpose
+ *                                 # (a metrics scrape or health check from outside the mesh)
  *     uid: 1001                   # optional owner uid (integer >= 0), for processes on the host network
  *     mode: strict                # strict | permissive; default strict
  *     failMode: closed            # open | closed: capture while ambitd is down; default closed if strict, else open
@@ -91,6 +94,7 @@ export const WORKLOAD_KEYS = [
   'node',
   'addresses',
   'ports',
+  'plaintextPorts',
   'uid',
   'mode',
   'failMode',
@@ -146,6 +150,7 @@ export interface WorkloadDoc {
   node: string;
   addresses: string[];
   ports?: number[];
+  plaintextPorts?: number[];
   uid?: number;
   mode?: MeshMode;
   failMode?: FailMode;

@@ -36,6 +36,7 @@ export function workloadToDoc(w: Workload): WorkloadDoc {
   d.node = w.node;
   d.addresses = [...w.addresses];
   if (w.ports.length) d.ports = [...w.ports];
+  if (w.plaintextPorts?.length) d.plaintextPorts = [...w.plaintextPorts];
   if (w.uid !== undefined) d.uid = w.uid;
   if (w.mode !== 'strict') d.mode = w.mode;
   if (w.failMode !== undefined) d.failMode = w.failMode;

@@ -240,6 +240,7 @@ function parseWorkload(key: string, v: unknown, path: PathSeg[]): Workload {
     node: str(o.node, [...path, 'node']),
     addresses,
     ports: uniqueList(o.ports, [...path, 'ports'], port, 'port'),
+    ...plaintextPortsOf(o.plaintextPorts, [...path, 'plaintextPorts']),
     uid,
     mode: oneOf<MeshMode>(o.mode, [...path, 'mode'], ['strict', 'permissive'], 'strict'),
     ...(o.failMode === undefined || o.failMode === null
@@ -250,6 +251,12 @@ function parseWorkload(key: string, v: unknown, path: PathSeg[]): Workload {
       parseUpstream(u, [...path, 'upstreams', i], namespace),
     ),
   };
+}
+
+/** Absent when the file names none, so that a workload without them reads as before. */
+function plaintextPortsOf(v: unknown, path: PathSeg[]): { plaintextPorts?: number[] } {
+  const ports = uniqueList(v, path, port, 'port');
+  return ports.length ? { plaintextPorts: ports } : {};
 }
 
 function parseServicePort(v: unknown, path: PathSeg[]): ServicePort {
