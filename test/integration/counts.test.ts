@@ -133,6 +133,9 @@ for (const [side, cut] of [
       t.true(fromWorkload <= toClient + SLACK, `node-b logged ${fromWorkload} B, node-a ${toClient} B`);
       t.is(await bytesMetric(s.cluster.a, 'istio_tcp_sent_bytes_total', 'source'), toClient);
       t.is(await bytesMetric(s.cluster.b, 'istio_tcp_sent_bytes_total', 'destination'), fromWorkload);
+      t.log(
+        `client read ${got.received} B; logged and counted: node-a ${toClient} B, node-b ${fromWorkload} B`,
+      );
     } finally {
       await s.close();
     }
@@ -196,6 +199,7 @@ test.serial(
         `node-a logged ${toClient} B, the client read ${got.received} B`,
       );
       t.is(await bytesMetric(cluster.a, 'istio_tcp_sent_bytes_total', 'source'), toClient);
+      t.log(`client read ${got.received} B; node-a logged and counted ${toClient} B`);
     } finally {
       child.kill('SIGKILL');
       hose.server.close();
