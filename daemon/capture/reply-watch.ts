@@ -70,6 +70,7 @@ export class ReplyWatch {
     }
     const families = ([4, 6] as const).filter((f) => f in state);
     const missing = new Map<Family, string>();
+    if (families.length === 0) missing.set(4, 'no iptables tools for any family');
     for (const f of families) {
       const why = state[f] ?? d.transparentError(f);
       if (why !== undefined) missing.set(f, why);
@@ -77,7 +78,6 @@ export class ReplyWatch {
     this.#routed = new Set(families.filter((f) => !missing.has(f)));
     const summary = JSON.stringify([...this.#routed, ...missing]);
     if (summary === this.#last) return;
-    const first = this.#last === undefined;
     this.#last = summary;
     const on = [...this.#routed].map((f) => `IPv${f}`);
     if (missing.size > 0) {
@@ -86,7 +86,7 @@ export class ReplyWatch {
         { on, off },
         "original source address off where reply routing is missing: workloads there see this host's address, not the client's (run ambit capture install)",
       );
-    } else if (!first || on.length > 0) {
+    } else {
       d.log.info({ on }, "original source address on: workloads see the client workload's address");
     }
   }

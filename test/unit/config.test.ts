@@ -118,7 +118,7 @@ const SAMPLES: Record<SettingKey, string> = {
   capture: 'true',
   captureMark: '0x10',
   captureOriginalSource: 'false',
-  captureReplyMark: '0x20',
+  captureReplyMark: '0x2000',
   captureReplyTable: '77',
   unenrolledSource: 'refuse',
   captureExcludePorts: '22',

@@ -18,7 +18,7 @@ import { type HostPort, parseForwardedFor } from '../hbone.js';
 import { ignoreError } from '../pipe.js';
 import type { SocketFactory } from '../sockets.js';
 import { decideInbound, peerFromUris, stillAdmits } from './decide.js';
-import { type Family, chooseSource } from './original-source.js';
+import { type Catalog, type Family, chooseSource, provenSource } from './original-source.js';
 import { OpenConnections, type Recheckable, type Verdict } from './rechecks.js';
 
 export interface InboundDeps {
@@ -216,12 +216,13 @@ export class Inbound {
    * one the peer proved; the header alone is never trusted.
    */
   #sourceWorkload(peer: Peer, claimed: string | undefined): Workload | undefined {
-    if (claimed) {
-      for (const w of this.#d.store.workloadsByIp(claimed))
-        if (this.#d.identityOf(w) === peer.principal) return w;
-    }
-    return undefined;
+    return provenSource(this.#catalog, peer.principal, claimed);
   }
+
+  readonly #catalog: Catalog = {
+    workloadsByIp: (ip) => this.#d.store.workloadsByIp(ip),
+    identityOf: (w) => this.#d.identityOf(w),
+  };
 
   #account(
     peer: Peer | undefined,
@@ -298,7 +299,8 @@ export class Inbound {
       const os = this.#d.originalSource;
       const source = chooseSource({
         claimed: src.forwarded,
-        proven: this.#sourceWorkload(peer, src.forwarded),
+        principal: peer.principal,
+        catalog: this.#catalog,
         target: target.ip,
         destination: workload,
         mark: this.#d.sockets.mark,

@@ -7,14 +7,33 @@ import { canonicalIp, isLoopback, isUnspecified } from '../../../lib/net/address
 
 export type Family = 4 | 6;
 
+/** How the source workload is proven: the workloads at an address, and each one's SPIFFE identity. */
+export interface Catalog {
+  readonly workloadsByIp: (ip: string) => readonly Workload[];
+  readonly identityOf: (w: Workload) => string;
+}
+
+/**
+ * The source workload: one at the address `forwarded: for=` claims whose identity is the one the peer proved
+ * in its certificate; undefined when there is none. The header alone is never trusted.
+ */
+export function provenSource(
+  catalog: Catalog,
+  principal: string,
+  claimed: string | undefined,
+): Workload | undefined {
+  if (claimed) {
+    for (const w of catalog.workloadsByIp(claimed)) if (catalog.identityOf(w) === principal) return w;
+  }
+  return undefined;
+}
+
 export interface SourceChoiceInput {
   /** The address in the CONNECT's `forwarded: for=` (what the client claims). */
   readonly claimed: string | undefined;
-  /**
-   * The source workload as the inbound check found it: one at the claimed address whose identity is the
-   * peer's proven SPIFFE identity; undefined when there is none (the header alone is never trusted).
-   */
-  readonly proven: Workload | undefined;
+  /** The peer's proven SPIFFE identity (its certificate's URI SAN). */
+  readonly principal: string;
+  readonly catalog: Catalog;
   /** The address the connection goes to, and the workload there. */
   readonly target: string;
   readonly destination: Workload;
@@ -49,9 +68,9 @@ export function chooseSource(i: SourceChoiceInput): SourceChoice {
   // Without the mark the capture rules would take the connection for plaintext inbound, and there are no
   // capture rules to route replies back either.
   if (i.mark === undefined) return own('no_capture');
-  const claimed = i.claimed === undefined ? undefined : canonicalIp(i.claimed);
-  if (claimed === undefined || i.proven === undefined) return own('unproven');
-  if (!i.proven.addresses.some((a) => canonicalIp(a) === claimed)) return own('unproven');
+  const proven = provenSource(i.catalog, i.principal, i.claimed);
+  if (i.claimed === undefined || proven === undefined) return own('unproven');
+  const claimed = canonicalIp(i.claimed);
   const family = isIP(claimed);
   const targetFamily = isIP(canonicalIp(i.target));
   if (family === 0 || family !== targetFamily) return own('family');
