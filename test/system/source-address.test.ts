@@ -281,7 +281,11 @@ if (why) {
     t.is(r.code, 0, `curl failed: ${r.stderr}\n${world.logs['node-b']!().slice(-3000)}`);
     t.is(r.stdout, 'hello from host-b\n');
     t.is(await loggedSource(world.nginxHost, path), HB, "host B's own address, not pod A's");
-    t.regex(world.logs['node-b']!(), /"dst":\{"addr":"198\.18\.0\.2:8090".*"msg":"connection closed"/, 'it went through the tunnel');
+    t.regex(
+      world.logs['node-b']!(),
+      /"dst":\{"addr":"198\.18\.0\.2:8090".*"msg":"connection closed"/,
+      'it went through the tunnel',
+    );
   });
 
   test.serial(
