@@ -3,7 +3,7 @@
 // whose capture was installed by an older Ambit) may come and go while ambitd runs. Where it is missing,
 // connecting from the client's address would lose every reply, so the daemon connects from its own address
 // and says so in one log line (one more whenever it changes).
-import { detectBackend } from '../../lib/capture/iptables.js';
+import { type Backend, detectBackend } from '../../lib/capture/iptables.js';
 import { replyRoutingState } from '../../lib/capture/reply-routing.js';
 import type { ReplyRoutingSpec } from '../../lib/capture/transparent.js';
 import type { Logger } from '../../lib/log.js';
@@ -29,6 +29,7 @@ export class ReplyWatch {
   #last: string | undefined;
   #timer: NodeJS.Timeout | undefined;
   #checking: Promise<void> | undefined;
+  #backend: Backend | undefined;
   readonly #d: ReplyWatchDeps;
 
   constructor(deps: ReplyWatchDeps) {
@@ -63,7 +64,12 @@ export class ReplyWatch {
     const d = this.#d;
     let state: RoutingState;
     try {
-      state = d.state ? await d.state() : await replyRoutingState(await detectBackend(d.backend), d.spec);
+      if (d.state) state = await d.state();
+      else {
+        // Detected once: detection may read every rule of both backends, too much for every 30 s.
+        this.#backend ??= await detectBackend(d.backend);
+        state = await replyRoutingState(this.#backend, d.spec);
+      }
     } catch (err) {
       const why = (err as Error).message;
       state = { 4: why, 6: why };
