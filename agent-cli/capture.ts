@@ -7,7 +7,9 @@ import {
   setGate,
   showCapture,
 } from '../lib/capture/iptables.js';
+import { installReplyRouting, removeReplyRouting } from '../lib/capture/reply-routing.js';
 import { type CaptureSpec, failModeOf } from '../lib/capture/rules.js';
+import type { ReplyRoutingSpec } from '../lib/capture/transparent.js';
 import { checkersText, resolveUsers } from '../lib/capture/users.js';
 import { type DaemonConfig, loadConfig } from '../lib/config.js';
 import { CaptureError } from '../lib/errors.js';
@@ -50,6 +52,16 @@ export function captureSpec(
   };
 }
 
+/** The reply routing the original source address needs; undefined when captureOriginalSource is off. */
+export const replySpec = (config: DaemonConfig): ReplyRoutingSpec | undefined =>
+  config.capture.originalSource
+    ? {
+        socketMark: config.capture.mark,
+        replyMark: config.capture.replyMark,
+        table: config.capture.replyTable,
+      }
+    : undefined;
+
 /** Whether ambitd answers on its readiness port on this host (1 s at most). */
 async function daemonAnswers(port: number): Promise<boolean> {
   try {
@@ -79,6 +91,10 @@ export async function installFor(g: Globals, o: CaptureOpts): Promise<string> {
   const nodeAddress = mesh.nodes.find((n) => n.name === node)?.address;
   const spec = captureSpec(config, local, { nodeAddress, checkUids: checkers.uids });
   const result = await installCapture(backend, spec);
+  // The original source address: installed with the rest, or taken away when the setting is off.
+  const replies = replySpec(config);
+  if (replies) await installReplyRouting(backend, replies);
+  else await removeReplyRouting(backend);
   // ambitd opens the fail-open gate when it starts; if it is already running, open it now.
   const up = await daemonAnswers(config.ready.port);
   // Not answering: close the gate, in case ambitd died without closing it (fail-open workloads then pass).
@@ -90,6 +106,9 @@ export async function installFor(g: Globals, o: CaptureOpts): Promise<string> {
     `${local.length} workload(s) on node ${node} (${local.length - byUid} by address, ${byUid} by uid; ` +
     `${open} fail open): outbound -> ${config.outbound.port}, inbound plaintext -> ${config.inboundPlaintext.port}, ` +
     `mark 0x${config.capture.mark.toString(16)}; health checks by ${checkersText(checkers)} not captured; ` +
+    (replies
+      ? `original source: replies marked 0x${replies.replyMark.toString(16)}, table ${replies.table}; `
+      : 'original source off; ') +
     `ambitd ${up ? 'running' : 'not running'}\n`
   );
 }

@@ -7,6 +7,7 @@ import type { Workload } from '../lib/mesh/model.js';
 import { LocalAddresses } from '../lib/net/addresses.js';
 import { AdminToken, portOf, startHttp } from './admin/http.js';
 import { adminAuth, adminRoutes, metricsRoutes, readyRoutes } from './admin/routes.js';
+import { ReplyWatch } from './capture/reply-watch.js';
 import { type CertificateAuthority, EmbeddedCa } from './identity/ca.js';
 import { CertificateManager } from './identity/manager.js';
 import { spiffeId } from './identity/spiffe.js';
@@ -49,6 +50,8 @@ export class Ambitd {
   readonly certs: CertificateManager;
   /** Opens every connection the daemon makes, marked when capture is on. */
   readonly sockets: SocketFactory;
+  /** With capture and captureOriginalSource: where the reply routing for the client's address is installed. */
+  readonly replies: ReplyWatch | undefined;
   readonly pool: Pool;
   readonly inbound: Inbound;
   readonly outbound: Outbound;
@@ -81,6 +84,17 @@ export class Ambitd {
     this.fds = new FdReserve(config.limits.fdReserve, this.refusals);
     const mark = config.capture.enabled ? config.capture.mark : undefined;
     this.sockets = new SocketFactory({ mark, connectTimeoutMs: config.connectTimeoutMs });
+    const c = config.capture;
+    this.replies =
+      c.enabled && c.originalSource
+        ? new ReplyWatch({
+            spec: { socketMark: c.mark, replyMark: c.replyMark, table: c.replyTable },
+            backend: c.backend,
+            log: logger,
+            transparentError: (f) => this.sockets.transparentError(f),
+          })
+        : undefined;
+    const replies = this.replies;
     this.pool = new Pool(
       certs,
       {
@@ -106,6 +120,7 @@ export class Ambitd {
       limits: config.limits,
       refusals: this.refusals,
       fds: this.fds,
+      originalSource: replies && { enabled: true, routed: () => replies.routed },
     });
     this.outbound = new Outbound({
       store: this.store,
@@ -220,6 +235,9 @@ export class Ambitd {
     this.store.on('change', () => this.#reconciler.schedule());
     // Marks first: every socket the daemon opens from here on must escape the capture rules.
     this.sockets.check();
+    // Before the tunnel listens: where the reply routing is missing, not one connection from the client's
+    // address (its replies would be lost).
+    await this.replies?.start();
     this.ports.tunnel = await this.tunnel.listen(config.tunnel);
     if (this.#consul) {
       await this.#consul.start(this.store, this.certs, this.metrics);
@@ -342,6 +360,7 @@ export class Ambitd {
   async close(drainMs = 0): Promise<void> {
     const wasReady = this.#ready;
     this.#ready = false;
+    this.replies?.close();
     if (this.capture) {
       // Fail-open workloads pass untouched from now on; fail-closed ones are refused until ambitd is back.
       if (wasReady) await this.#gate(false);

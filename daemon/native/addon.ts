@@ -22,7 +22,8 @@ export interface TlsContextOptions {
 export interface Addon {
   originalDst(fd: number, family: 4 | 6): { address: string; port: number };
   setMark(fd: number, mark: number): void;
-  markedSocket(family: 4 | 6, mark: number): number;
+  /** transparent: IP_TRANSPARENT / IPV6_TRANSPARENT as well, so that it may bind an address not this host's. */
+  markedSocket(family: 4 | 6, mark: number, transparent?: boolean): number;
   /** Once: `dispatch` gets every connection's events (codes.ts, EV_*), `allocSlab` a new read buffer. */
   tlsInit(
     dispatch: (owner: object, event: number, a: unknown, b: unknown, c: unknown, d: unknown) => void,

@@ -34,13 +34,28 @@ export class SocketFactory {
   }
 
   /**
-   * Opens a TCP connection like net.connect, marked when the daemon has a mark. The socket is created and
-   * marked first, then connected, so that even its SYN carries the mark.
+   * Whether sockets may be made transparent (IP_TRANSPARENT needs CAP_NET_ADMIN or CAP_NET_RAW): undefined
+   * when they may, else why not. Never without a mark: the capture rules must see the mark on them.
    */
-  connect(opts: TcpConnectOpts): Socket {
+  transparentError(family: 4 | 6): string | undefined {
+    if (this.mark === undefined) return 'capture is off (no socket mark)';
+    try {
+      closeSync(loadNative().markedSocket(family, this.mark, true));
+      return undefined;
+    } catch (err) {
+      return (err as Error).message;
+    }
+  }
+
+  /**
+   * Opens a TCP connection like net.connect, marked when the daemon has a mark. The socket is created and
+   * marked first, then connected, so that even its SYN carries the mark. With `transparent` (and a mark) it
+   * may bind `localAddress` though this host does not have it: the client's address, handed on.
+   */
+  connect(opts: TcpConnectOpts, transparent = false): Socket {
     const mark = this.mark;
     if (mark === undefined) return connect(opts);
-    const fd = loadNative().markedSocket(isIP(opts.host) === 6 ? 6 : 4, mark);
+    const fd = loadNative().markedSocket(isIP(opts.host) === 6 ? 6 : 4, mark, transparent);
     const socket = new Socket({
       fd,
       readable: true,
@@ -52,11 +67,15 @@ export class SocketFactory {
 
   /**
    * Connects to a workload or a destination outside the mesh: half-close allowed, no Nagle, bounded by the
-   * connect timeout. Resolves once the TCP connection is up.
+   * connect timeout. Resolves once the TCP connection is up. `from`: the source address the workload is to
+   * see (the client's, of ip's family), bound through a transparent socket; only with a mark, else ignored,
+   * and only where the replies to it are routed back to this host (lib/capture/transparent.ts).
    */
-  upstream(ip: string, port: number): Promise<Socket> {
+  upstream(ip: string, port: number, from?: string): Promise<Socket> {
     return new Promise((resolve, reject) => {
-      const upstream = this.connect({ host: ip, port, allowHalfOpen: true, noDelay: true });
+      const opts: TcpConnectOpts = { host: ip, port, allowHalfOpen: true, noDelay: true };
+      const transparent = from !== undefined && this.mark !== undefined;
+      const upstream = this.connect(transparent ? { ...opts, localAddress: from } : opts, transparent);
       const timer = setTimeout(() => upstream.destroy(new Error('connect timed out')), this.connectTimeoutMs);
       upstream.once('error', (err) => {
         clearTimeout(timer);

@@ -48,6 +48,11 @@ export interface DaemonConfig {
   readonly capture: {
     readonly enabled: boolean;
     readonly mark: number;
+    /** The client's address as the workload's source (daemon/proxy/inbound/original-source.ts). */
+    readonly originalSource: boolean;
+    /** The mark and table that route a workload's replies to that address back here (lib/capture/transparent.ts). */
+    readonly replyMark: number;
+    readonly replyTable: number;
     readonly unenrolledSource: 'passthrough' | 'refuse';
     readonly excludePorts: readonly number[];
     readonly excludeCidrs: readonly string[];
@@ -113,6 +118,9 @@ export function daemonConfig(v: SettingValues, consul: ConsulSettings | undefine
     capture: {
       enabled: v.capture,
       mark: v.captureMark,
+      originalSource: v.captureOriginalSource,
+      replyMark: v.captureReplyMark,
+      replyTable: v.captureReplyTable,
       unenrolledSource: v.unenrolledSource,
       excludePorts: v.captureExcludePorts,
       excludeCidrs: v.captureExcludeCidrs,

@@ -97,6 +97,13 @@ export function loadConfig(opts: {
     return src === undefined ? { field } : { file: src, field };
   };
   const values = resolve(merged, at, env);
+  // The daemon's mark is on every packet it sends: were it to carry the reply mark, the reply routing
+  // (ip rule fwmark) would send all of it to lo.
+  if ((values.captureReplyMark & values.captureMark) !== 0)
+    throw new ConfigError(
+      `must share no bit with captureMark (0x${values.captureMark.toString(16)}), got 0x${values.captureReplyMark.toString(16)}`,
+      at('captureReplyMark'),
+    );
   return daemonConfig(values, consulSettings(values, at));
 }
 

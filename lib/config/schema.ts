@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { ConfigError } from '../errors.js';
 import { LOG_LEVELS } from '../log.js';
 import { hostHasIpv6 } from '../net/addresses.js';
 import { defaultMeshFile, defaultStateDir } from '../paths.js';
@@ -19,6 +20,7 @@ import {
   optional,
   pattern,
   portList,
+  positiveInt,
   secret,
   text,
   userList,
@@ -210,6 +212,20 @@ const shutdown = {
   }),
 };
 
+/** A routing table of Ambit's own: not unspec (0), nor default, main or local (253, 254, 255). */
+const routeTable: Parser<number | string, number> = {
+  arg: '<table>',
+  parse: (v, where) => {
+    const n = positiveInt(v, where);
+    if (n > 0xffffffff || (n >= 253 && n <= 255))
+      throw new ConfigError(
+        `must be a routing table 1..0xffffffff other than 253, 254, 255, got ${n}`,
+        where,
+      );
+    return n;
+  },
+};
+
 const capture = {
   capture: setting({
     parser: bool,
@@ -220,6 +236,23 @@ const capture = {
     parser: mark,
     default: 0x539,
     help: 'SO_MARK on every socket ambitd opens; the capture rules RETURN on it',
+  }),
+  captureOriginalSource: setting({
+    parser: bool,
+    default: true,
+    help:
+      "with capture: a workload sees the client workload's address as the source, not this host's " +
+      '(transparent sockets; needs the reply routing of ambit capture install, else off with a warning)',
+  }),
+  captureReplyMark: setting({
+    parser: mark,
+    default: 0x1000,
+    help: "with captureOriginalSource: the mark that routes a workload's replies back to ambitd; no bit of captureMark",
+  }),
+  captureReplyTable: setting({
+    parser: routeTable,
+    default: 1339,
+    help: 'with captureOriginalSource: the routing table (ip rule fwmark <captureReplyMark> lookup it) Ambit owns',
   }),
   unenrolledSource: setting({
     parser: choice(['passthrough', 'refuse'] as const),

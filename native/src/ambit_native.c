@@ -2,7 +2,9 @@
  * ambit_native: the socket options Node has no API for, on a socket's file descriptor.
  *   originalDst(fd, family)   -> { address, port }  SO_ORIGINAL_DST (4) / IP6T_SO_ORIGINAL_DST (6)
  *   setMark(fd, mark)         -> undefined          SO_MARK (needs CAP_NET_ADMIN)
- *   markedSocket(family, mark)-> fd                 a new non-blocking TCP socket, marked before connect
+ *   markedSocket(family, mark, transparent?) -> fd  a new non-blocking TCP socket, marked before connect;
+ *                                                   transparent: IP(V6)_TRANSPARENT too, so that it may bind
+ *                                                   an address that is not this host's (the client's)
  * Errors are thrown as Error objects whose `code` is the errno name (ENOENT, EPERM, ...).
  * On anything but Linux the module loads and every call throws ENOSYS with a clear message.
  */
@@ -19,6 +21,12 @@
 #include <linux/netfilter_ipv4.h>
 #ifndef IP6T_SO_ORIGINAL_DST
 #define IP6T_SO_ORIGINAL_DST 80
+#endif
+#ifndef IP_TRANSPARENT
+#define IP_TRANSPARENT 19
+#endif
+#ifndef IPV6_TRANSPARENT
+#define IPV6_TRANSPARENT 75
 #endif
 #endif
 
@@ -112,13 +120,16 @@ static napi_value SetMark(napi_env env, napi_callback_info info) {
 }
 
 static napi_value MarkedSocket(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
+  napi_value argv[3];
+  size_t argc = 3;
   int32_t family;
   uint32_t mark;
-  if (!args(env, info, 2, argv)) return NULL;
-  if (!get_int(env, argv[0], &family) || (family != 4 && family != 6) ||
-      napi_get_value_uint32(env, argv[1], &mark) != napi_ok) {
-    napi_throw_type_error(env, "EINVAL", "markedSocket(family: 4 | 6, mark: number)");
+  bool transparent = false;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
+      !get_int(env, argv[0], &family) || (family != 4 && family != 6) ||
+      napi_get_value_uint32(env, argv[1], &mark) != napi_ok ||
+      (argc > 2 && napi_get_value_bool(env, argv[2], &transparent) != napi_ok)) {
+    napi_throw_type_error(env, "EINVAL", "markedSocket(family: 4 | 6, mark: number, transparent?: boolean)");
     return NULL;
   }
   int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -127,6 +138,14 @@ static napi_value MarkedSocket(napi_env env, napi_callback_info info) {
     int e = errno;
     close(fd);
     return throw_errno(env, "setsockopt(SO_MARK)", e);
+  }
+  /* Before bind(): only a transparent socket may bind an address this host does not have. */
+  int on = 1;
+  if (transparent && (family == 4 ? setsockopt(fd, SOL_IP, IP_TRANSPARENT, &on, sizeof on)
+                                  : setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &on, sizeof on)) != 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, family == 4 ? "setsockopt(IP_TRANSPARENT)" : "setsockopt(IPV6_TRANSPARENT)", e);
   }
   napi_value out;
   napi_create_int32(env, fd, &out);

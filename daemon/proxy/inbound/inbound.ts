@@ -18,6 +18,7 @@ import { type HostPort, parseForwardedFor } from '../hbone.js';
 import { ignoreError } from '../pipe.js';
 import type { SocketFactory } from '../sockets.js';
 import { decideInbound, peerFromUris, stillAdmits } from './decide.js';
+import { type Catalog, type Family, chooseSource, provenSource } from './original-source.js';
 import { OpenConnections, type Recheckable, type Verdict } from './rechecks.js';
 
 export interface InboundDeps {
@@ -40,7 +41,14 @@ export interface InboundDeps {
   readonly refusals: Refusals;
   /** The descriptor reserve: an upstream connect is refused before it would eat into it. */
   readonly fds?: FdReserve | undefined;
+  /**
+   * captureOriginalSource, and the families whose reply routing is installed now: with both, the workload
+   * sees the client's address (original-source.ts decides when). Off when absent.
+   */
+  readonly originalSource?: { readonly enabled: boolean; readonly routed: () => ReadonlySet<Family> };
 }
+
+const NO_FAMILIES: ReadonlySet<Family> = new Set();
 
 /** What one inbound session holds now: its streams (connects in flight included) and its connects. */
 interface SessionLoad {
@@ -208,12 +216,13 @@ export class Inbound {
    * one the peer proved; the header alone is never trusted.
    */
   #sourceWorkload(peer: Peer, claimed: string | undefined): Workload | undefined {
-    if (claimed) {
-      for (const w of this.#d.store.workloadsByIp(claimed))
-        if (this.#d.identityOf(w) === peer.principal) return w;
-    }
-    return undefined;
+    return provenSource(this.#catalog, peer.principal, claimed);
   }
+
+  readonly #catalog: Catalog = {
+    workloadsByIp: (ip) => this.#d.store.workloadsByIp(ip),
+    identityOf: (w) => this.#d.identityOf(w),
+  };
 
   #account(
     peer: Peer | undefined,
@@ -287,8 +296,20 @@ export class Inbound {
     entry.phase = 'connecting';
     let upstream: Socket;
     try {
-      // Marked (when capture is on) so that the capture rules do not take it for plaintext inbound.
-      upstream = await this.#d.sockets.upstream(target.ip, target.port);
+      const os = this.#d.originalSource;
+      const source = chooseSource({
+        claimed: src.forwarded,
+        principal: peer.principal,
+        catalog: this.#catalog,
+        target: target.ip,
+        destination: workload,
+        mark: this.#d.sockets.mark,
+        enabled: os?.enabled ?? false,
+        routed: os?.routed() ?? NO_FAMILIES,
+      });
+      // Marked (when capture is on) so that the capture rules do not take it for plaintext inbound; from the
+      // client's address when the choice says so.
+      upstream = await this.#d.sockets.upstream(target.ip, target.port, source.from);
     } catch (err) {
       // Revoked while connecting: refused already.
       if (entry.phase !== 'connecting') return;
