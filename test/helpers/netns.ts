@@ -2,6 +2,7 @@
 // 198.18.0.0/15 and 2001:2::/48 only, and removed again even when a test fails (cleanup is idempotent and also runs on exit).
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { sleep } from './net.js';
 
 const SEARCH = ['/usr/sbin', '/sbin', '/usr/bin', '/bin', '/usr/local/bin'];
 export const which = (name: string): string | undefined =>
@@ -179,4 +180,36 @@ export function waitForOutput(child: ChildProcess, text: string, ms: number): Pr
     child.stderr?.on('data', onData);
     child.once('exit', onExit);
   });
+}
+
+/** What a child has written to stdout and stderr so far, from the moment this is called. */
+export function output(child: ChildProcess): () => string {
+  let out = '';
+  const keep = (b: Buffer): void => {
+    out += b.toString();
+  };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  return () => out;
+}
+
+/** SIGTERM to a child, resolving once it has exited (at once if it already has). */
+export async function stop(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await exited;
+}
+
+/** Retries `f` until it returns true (bounded: at most `tries` times, `gap` ms apart). */
+export async function eventually(
+  f: () => boolean | Promise<boolean>,
+  tries = 40,
+  gap = 250,
+): Promise<boolean> {
+  for (let i = 0; i < tries; i++) {
+    if (await f()) return true;
+    await sleep(gap);
+  }
+  return false;
 }
