@@ -3,7 +3,7 @@
 import { isIP } from 'node:net';
 import { InvalidArgumentError } from 'commander';
 import { ConfigError } from '../lib/errors.js';
-import { DEFAULT_NAMESPACE, OBJECT_NAME, SERVICE_NAME } from '../lib/mesh/file/schema.js';
+import { DEFAULT_NAMESPACE, LABEL_VALUE, OBJECT_NAME, SERVICE_NAME } from '../lib/mesh/file/schema.js';
 import { isPort, parseListen } from '../lib/mesh/file/validate.js';
 import type { PolicySource, Upstream } from '../lib/mesh/model.js';
 
@@ -27,6 +27,16 @@ export function parseIp(v: string): string {
 export function checkServiceName(v: string, what = 'service name'): string {
   if (!SERVICE_NAME.test(v)) {
     throw new InvalidArgumentError(`${what} must use only letters, digits, "-" and "_".`);
+  }
+  return v;
+}
+
+/** An Istio label value (app, version, canonical names): a Kubernetes label value. */
+export function parseLabelValue(v: string): string {
+  if (!LABEL_VALUE.test(v)) {
+    throw new InvalidArgumentError(
+      'must be at most 63 letters, digits, ".", "-" and "_", starting and ending with a letter or digit.',
+    );
   }
   return v;
 }

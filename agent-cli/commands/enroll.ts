@@ -9,6 +9,7 @@ import {
   checkServiceName,
   flag,
   parseIp,
+  parseLabelValue,
   parsePort,
   parseUid,
   parseUpstream,
@@ -33,6 +34,10 @@ export interface EnrollOpts {
   uid?: number;
   mode: MeshMode;
   upstream?: string[];
+  app?: string;
+  appVersion?: string;
+  canonicalService?: string;
+  canonicalRevision?: string;
 }
 
 /**
@@ -63,6 +68,10 @@ export function enrollWorkload(name: string, o: EnrollOpts): Workload {
     uid: o.uid,
     mode: o.mode,
     ...(o.failMode ? { failMode: o.failMode } : {}),
+    ...(o.app !== undefined ? { app: o.app } : {}),
+    ...(o.appVersion !== undefined ? { version: o.appVersion } : {}),
+    ...(o.canonicalService !== undefined ? { canonicalService: o.canonicalService } : {}),
+    ...(o.canonicalRevision !== undefined ? { canonicalRevision: o.canonicalRevision } : {}),
     upstreams,
   };
 }
@@ -128,6 +137,22 @@ export function registerEnroll(program: Command, io: Io): void {
         '--fail-mode <mode>',
         'capture while ambitd is down [default: closed if strict, else open]',
       ).choices(['open', 'closed']),
+    )
+    .option('--app <name>', "Istio's app label for the metrics [default: the service]", parseLabelValue)
+    .option(
+      '--app-version <v>',
+      "Istio's version label (the workload's `version`; --version is the CLI's own) [default: unknown]",
+      parseLabelValue,
+    )
+    .option(
+      '--canonical-service <name>',
+      'service.istio.io/canonical-name [default: the app]',
+      parseLabelValue,
+    )
+    .option(
+      '--canonical-revision <rev>',
+      'service.istio.io/canonical-revision [default: the version, else latest]',
+      parseLabelValue,
     )
     .option('--no-capture', 'do not update the capture rules installed on this host')
     .action(async (name: string, given: Omit<EnrollOpts, 'node'> & { node?: string }, cmd: Command) => {
