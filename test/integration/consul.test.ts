@@ -155,7 +155,9 @@ async function mesh(
     'node-a',
     '--address',
     '127.0.0.1',
-    // A client only: at a loopback address it must still list a port (nothing listens on discard).
+    // A client only: at a loopback address it must still list a port (nothing listens on discard). Its
+    // TCP check goes critical once it runs, as in Consul: node-a enrolls its own workloads whatever their
+    // health, and nothing here needs web as an endpoint.
     '--port',
     '9',
     '--upstream',
@@ -583,21 +585,38 @@ withHooks(
     const e = await env(t);
     const emu = e.consul.emulator!;
     const svc = (i: number): string => `svc-${String(i).padStart(3, '0')}`;
+    // Each upstream instance listens, so its TCP check (run by the emulator as Consul runs it) passes and
+    // the instance stays an endpoint; svc-007's check runs every second, for the change below.
+    const servers = await Promise.all(
+      Array.from({ length: 400 }, async () => {
+        const s = createServer((c) => c.destroy());
+        await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+        return s;
+      }),
+    );
+    t.teardown(() => {
+      for (const s of servers) s.close();
+    });
     for (let u = 0; u < 400; u++) {
       emu.register(
-        workloadRegistration({
-          name: `${svc(u)}-1`,
-          service: svc(u),
-          namespace: 'default',
-          node: 'node-b',
-          addresses: ['127.0.0.1'],
-          ports: [30000 + u],
-          uid: undefined,
-          mode: 'strict',
-          upstreams: [],
-        }) as unknown as Record<string, never>,
+        workloadRegistration(
+          {
+            name: `${svc(u)}-1`,
+            service: svc(u),
+            namespace: 'default',
+            node: 'node-b',
+            addresses: ['127.0.0.1'],
+            ports: [(servers[u]!.address() as AddressInfo).port],
+            uid: undefined,
+            mode: 'strict',
+            upstreams: [],
+          },
+          u === 7 ? { checkInterval: '1s' } : {},
+        ) as unknown as Record<string, never>,
       );
     }
+    // Local workloads are enrolled whatever their health: nothing listens behind these, and their checks
+    // going critical changes nothing here.
     for (let l = 0; l < 200; l++) {
       emu.register(
         workloadRegistration({
@@ -624,8 +643,8 @@ withHooks(
     await until(() => a.certs.list().length === 200, 60_000, 'a certificate for every local service');
     t.true(emu.peakConnections <= 32, `peak ${emu.peakConnections} connections`);
     t.is(emu.connectionsRefused, 0);
-    // A change to one upstream still arrives through the feed.
-    emu.setCheckStatus(`${svc(7)}-1`, 'critical');
+    // A change to one upstream still arrives through the feed: its workload dies, its check goes critical.
+    await new Promise((r) => servers[7]!.close(r));
     await until(
       () => !a.store.mesh.workloads.some((w) => w.name === `${svc(7)}-1`),
       10_000,
