@@ -45,13 +45,8 @@ import {
   type ProbeDefinition,
   runCheckHere,
 } from './consul-checks.js';
-import {
-  ConfigEntryError,
-  chainError,
-  decodeConfigEntry,
-  parseGoDuration,
-  precedence,
-} from './consul-config-entries.js';
+import { ConfigEntryError, chainError, decodeConfigEntry, precedence } from './consul-config-entries.js';
+import { parseGoDuration } from './consul-go.js';
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json | undefined };
 
