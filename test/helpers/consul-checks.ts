@@ -10,11 +10,14 @@
 //   critical, Output "HTTP GET <url>: 200 OK Output: <body>" (the last 4 KiB of the body); a request that
 //   fails is critical with Go's url.Error ("Get \"<url>\": dial tcp ...").
 // How a check reaches its target is a hook (EmulatorOptions.runCheck): by default a connection from this
-// process; a test can run it from another network namespace or as another uid instead.
+// process; commandCheckRunner runs each probe in a child process behind a command prefix instead
+// (`ip netns exec <ns>`, `setpriv --reuid=<uid> ...`), the way an agent elsewhere would reach it.
 
+import { spawn } from 'node:child_process';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { connect } from 'node:net';
+import { fileURLToPath } from 'node:url';
 
 export type CheckStatus = 'passing' | 'warning' | 'critical';
 
@@ -93,7 +96,7 @@ function probeTcp(target: string, timeoutMs: number): Promise<ProbeResult> {
     const timer = setTimeout(
       () => done({ status: 'critical', output: dialError(target, 'timeout') }),
       timeoutMs,
-    );
+    ).unref();
     sock.once('connect', () => done({ status: 'passing', output: `TCP connect ${target}: Success` }));
     sock.once('error', (err: NodeJS.ErrnoException) =>
       done({ status: 'critical', output: dialError(target, err) }),
@@ -167,7 +170,6 @@ function oneRequest(
     if (!has('accept')) headers.Accept = ['text/plain, text/*, */*'];
     // Keep-alives off, as the agent's transport has them.
     headers.Connection = ['close'];
-    const hostHeader = Object.entries(headers).find(([k]) => k.toLowerCase() === 'host')?.[1]?.[0];
     const send = target.protocol === 'https:' ? httpsRequest : httpRequest;
     const addr = `${target.hostname.includes(':') ? `[${target.hostname.replace(/^\[|\]$/g, '')}]` : target.hostname}:${target.port || (target.protocol === 'https:' ? 443 : 80)}`;
     let settled = false;
@@ -182,7 +184,8 @@ function oneRequest(
       target,
       {
         method,
-        headers: { ...headers, ...(hostHeader ? { Host: hostHeader } : {}) },
+        // A Host header given in the definition is sent as the request's Host, as the agent does.
+        headers,
         rejectUnauthorized: !tlsSkipVerify,
       },
       (res) => {
@@ -207,7 +210,7 @@ function oneRequest(
     const timer = setTimeout(
       () => finish({ error: 'context deadline exceeded (Client.Timeout exceeded while awaiting headers)' }),
       Math.max(0, deadline - Date.now()),
-    );
+    ).unref();
     req.on('error', (err: NodeJS.ErrnoException) => {
       if (
         err.code?.startsWith('ERR_TLS') ||
@@ -220,5 +223,54 @@ function oneRequest(
     });
     if (body) req.write(body);
     req.end();
+  });
+}
+
+/**
+ * A runner that probes from a child process started behind `prefix` (e.g. `['ip', 'netns', 'exec', ns]`
+ * or `['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups']`): the same probe, from where the
+ * workload's own agent would run it. A child that fails or outlives the probe's timeout (plus 5 s) is
+ * killed, and the check is critical with what it said.
+ */
+export function commandCheckRunner(prefix: readonly string[]): CheckRunner {
+  const self = fileURLToPath(import.meta.url);
+  return (probe) =>
+    new Promise((resolve) => {
+      const [cmd, ...args] = [...prefix, process.execPath, self, PROBE_FLAG, JSON.stringify(probe)];
+      const child = spawn(cmd!, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString('utf8');
+      });
+      child.stderr.on('data', (d: Buffer) => {
+        err += d.toString('utf8');
+      });
+      const timer = setTimeout(() => child.kill('SIGKILL'), probe.timeoutMs + 5000).unref();
+      const fail = (why: string): void => resolve({ status: 'critical', output: why });
+      child.once('error', (e) => {
+        clearTimeout(timer);
+        fail(`cannot run the check: ${e.message}`);
+      });
+      child.once('close', (code, signal) => {
+        clearTimeout(timer);
+        try {
+          const r = JSON.parse(out) as ProbeResult;
+          if (['passing', 'warning', 'critical'].includes(r.status) && typeof r.output === 'string')
+            return resolve({ status: r.status, output: r.output });
+        } catch {
+          // not a result: reported below
+        }
+        fail(`check runner exited ${signal ?? code}: ${err.trim().slice(0, 500)}`);
+      });
+    });
+}
+
+const PROBE_FLAG = '--consul-check-probe';
+
+// Run as `node consul-checks.js --consul-check-probe '<probe JSON>'`: one probe, its result on stdout.
+if (process.argv[1] === fileURLToPath(import.meta.url) && process.argv[2] === PROBE_FLAG) {
+  void runCheckHere(JSON.parse(process.argv[3] ?? '{}') as ProbeDefinition).then((r) => {
+    process.stdout.write(JSON.stringify(r));
   });
 }

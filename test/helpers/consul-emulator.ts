@@ -448,7 +448,8 @@ export class ConsulEmulator {
 
   /** The check definitions of a registration, as Consul validates them; a string says why not. */
   #checks(body: Record<string, Json | undefined>, id: string, name: string): Check[] | string {
-    const defs = [...(Array.isArray(body.Checks) ? body.Checks : []), ...(body.Check ? [body.Check] : [])];
+    // ServiceDefinition.CheckTypes: Check first, then Checks, numbered in that order.
+    const defs = [...(body.Check ? [body.Check] : []), ...(Array.isArray(body.Checks) ? body.Checks : [])];
     const checks: Check[] = [];
     const ms = (v: Json | undefined): number | undefined => {
       if (typeof v === 'number') return v / 1e6;
@@ -1022,7 +1023,11 @@ export class ConsulEmulator {
           Kind: 'service-intentions',
           Name: destination,
           ...(entry ?? {}),
-          Sources: [...sources.filter((x) => x.Name !== source), src],
+          // UpsertSourceByName replaces in place or appends; Normalize keeps them by precedence (stable).
+          Sources: (sources.some((x) => x.Name === source)
+            ? sources.map((x) => (x.Name === source ? src : x))
+            : [...sources, src]
+          ).sort((a, b) => Number(b.Precedence) - Number(a.Precedence)),
           CreateIndex: (entry?.CreateIndex as number) ?? idx,
           ModifyIndex: idx,
         } as Record<string, Json>);

@@ -8,8 +8,10 @@ import { authorize } from '../../daemon/rbac.js';
 import { ConsulClient, Watch, describe403 } from '../../lib/consul/client.js';
 import { type ConsulIntention, compileIntentions } from '../../lib/consul/intentions.js';
 import { Secret } from '../../lib/consul/secret.js';
-import type { ProbeDefinition } from '../helpers/consul-checks.js';
+import { freePort } from '../helpers/cluster.js';
+import { type ProbeDefinition, commandCheckRunner, runCheckHere } from '../helpers/consul-checks.js';
 import { ConsulEmulator, startConsul } from '../helpers/consul-emulator.js';
+import { Netns, waitForOutput, whyNotRunnable } from '../helpers/netns.js';
 
 const reg = (id: string, name: string, status = 'passing') => ({
   body: {
@@ -997,3 +999,37 @@ test('an Output-only change reaches the catalog check_update_interval later; a T
   const expired = await checkUntil(c, 'ttl', 'ttl-1', (k) => k.Status === 'critical');
   t.is(expired.check?.Output, 'TTL expired (last output before timeout follows): b');
 });
+
+const whyNoNetns = whyNotRunnable(['ip']);
+if (whyNoNetns) console.log(`consul check namespace test skipped: ${whyNoNetns}`);
+
+(whyNoNetns ? test.skip : test)(
+  'commandCheckRunner: a check run from the workload network namespace sees what an agent there would',
+  async (t) => {
+    const netns = new Netns('emuchk');
+    t.teardown(() => netns.cleanup());
+    const ns = netns.add('w');
+    // A port free here, listened on only inside the namespace.
+    const port = await freePort();
+    const server = netns.spawn(ns, [
+      process.execPath,
+      '-e',
+      `require('node:net').createServer((s) => s.destroy()).listen(${port}, '127.0.0.1', () => console.log('listening'))`,
+    ]);
+    await waitForOutput(server, 'listening', 10_000);
+    const emu = await ConsulEmulator.start({ runCheck: commandCheckRunner(['ip', 'netns', 'exec', ns]) });
+    t.teardown(() => emu.close());
+    const c = new ConsulClient({ address: emu.address });
+    t.teardown(() => c.close());
+    const target = `127.0.0.1:${port}`;
+    await c.put('/v1/agent/service/register', {
+      body: { ID: 'ns-1', Name: 'ns', Check: { TCP: target, Interval: '1s', Timeout: '2s' } },
+    });
+    const got = await checkUntil(c, 'ns', 'ns-1', (k) => k.Status === 'passing');
+    t.is(got.check?.Output, `TCP connect ${target}: Success`);
+    // The same probe from this process's namespace finds nothing there.
+    const here = await runCheckHere({ kind: 'tcp', tcp: target, timeoutMs: 2000 });
+    t.is(here.status, 'critical');
+    t.is(here.output, `dial tcp ${target}: connect: connection refused`);
+  },
+);

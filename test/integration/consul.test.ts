@@ -2,7 +2,7 @@
 // `consul agent -dev` when a consul binary is on PATH or CONSUL_BIN names one (hook-dependent tests skip).
 import { X509Certificate } from 'node:crypto';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
-import { type AddressInfo, type Socket, createServer } from 'node:net';
+import { type AddressInfo, type Server, type Socket, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
@@ -586,17 +586,22 @@ withHooks(
     const emu = e.consul.emulator!;
     const svc = (i: number): string => `svc-${String(i).padStart(3, '0')}`;
     // Each upstream instance listens, so its TCP check (run by the emulator as Consul runs it) passes and
-    // the instance stays an endpoint; svc-007's check runs every second, for the change below.
-    const servers = await Promise.all(
-      Array.from({ length: 400 }, async () => {
-        const s = createServer((c) => c.destroy());
-        await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-        return s;
-      }),
-    );
+    // the instance stays an endpoint. The listeners take ports below the ephemeral range, where no other
+    // test's free port (picked from that range) can collide with them; checks run every 30 s (the first
+    // within it), and svc-007's every second, for the change below.
+    const servers: Server[] = [];
     t.teardown(() => {
       for (const s of servers) s.close();
     });
+    for (let port = 22000; servers.length < 400 && port < 32000; port++) {
+      const s = createServer((c) => c.destroy());
+      const ok = await new Promise<boolean>((r) => {
+        s.once('error', () => r(false));
+        s.listen(port, '127.0.0.1', () => r(true));
+      });
+      if (ok) servers.push(s);
+    }
+    t.is(servers.length, 400, 'ports for the upstream listeners');
     for (let u = 0; u < 400; u++) {
       emu.register(
         workloadRegistration(
@@ -611,7 +616,7 @@ withHooks(
             mode: 'strict',
             upstreams: [],
           },
-          u === 7 ? { checkInterval: '1s' } : {},
+          { checkInterval: u === 7 ? '1s' : '30s' },
         ) as unknown as Record<string, never>,
       );
     }
@@ -619,23 +624,26 @@ withHooks(
     // going critical changes nothing here.
     for (let l = 0; l < 200; l++) {
       emu.register(
-        workloadRegistration({
-          name: `local-${l}`,
-          service: `local-${String(l).padStart(3, '0')}`,
-          namespace: 'default',
-          node: 'node-a',
-          addresses: ['127.0.0.1'],
-          ports: [20000 + l],
-          uid: undefined,
-          mode: 'strict',
-          upstreams: [0, 1].map((k) => ({
-            service: svc((2 * l + k) % 400),
+        workloadRegistration(
+          {
+            name: `local-${l}`,
+            service: `local-${String(l).padStart(3, '0')}`,
             namespace: 'default',
-            port: undefined,
-            listenHost: '127.0.0.1',
-            listenPort: 0,
-          })),
-        }) as unknown as Record<string, never>,
+            node: 'node-a',
+            addresses: ['127.0.0.1'],
+            ports: [20000 + l],
+            uid: undefined,
+            mode: 'strict',
+            upstreams: [0, 1].map((k) => ({
+              service: svc((2 * l + k) % 400),
+              namespace: 'default',
+              port: undefined,
+              listenHost: '127.0.0.1',
+              listenPort: 0,
+            })),
+          },
+          { checkInterval: '60s' },
+        ) as unknown as Record<string, never>,
       );
     }
     const a = await e.start('node-a');
