@@ -127,14 +127,15 @@ function decode(v: Json | undefined, shape: Shape, path: string, d: Decoding): J
     );
     return v;
   }
-  if (shape === 'duration') {
-    // StringToTimeDurationHookFunc; a JSON number is nanoseconds. Answered in Go's String() form.
+  if (shape === 'duration' || shape === 'nanos') {
+    // StringToTimeDurationHookFunc; a JSON number is nanoseconds. Zero is omitted (omitempty).
     const ns = typeof v === 'number' ? v : typeof v === 'string' ? parseGoDuration(v) : undefined;
     if (ns === undefined) {
       d.errors.push(`error decoding '${path}': time: invalid duration ${JSON.stringify(String(v))}`);
       return v;
     }
-    return ns === 0 ? undefined : goDuration(ns);
+    if (ns === 0) return undefined;
+    return shape === 'duration' ? goDuration(ns) : ns;
   }
   if (shape === 'time') {
     if (typeof v === 'string' && !Number.isNaN(Date.parse(v))) return v;
@@ -248,6 +249,8 @@ function normalise(kind: string, e: Entry): void {
     const sources = objects(e.Sources);
     for (const src of sources) {
       if (src.Type === undefined || src.Type === '') src.Type = 'consul';
+      // A write that is not a legacy one drops the legacy fields (LegacyMeta stays, for Validate to refuse).
+      for (const k of ['LegacyID', 'LegacyCreateTime', 'LegacyUpdateTime']) delete src[k];
       src.Precedence = precedence(String(src.Name ?? ''), name);
       for (const perm of objects(src.Permissions)) upperMethods(object(perm.HTTP));
     }

@@ -11,7 +11,10 @@ export type Shape =
   | 'bool'
   | 'int'
   | 'float'
+  /** time.Duration answered by a MarshalJSON of Consul's in Go's String() form ("1m30s"). */
   | 'duration'
+  /** time.Duration without one: encoding/json answers it as an integer of nanoseconds. */
+  | 'nanos'
   | 'time'
   /** interface{} or map[string]interface{}: anything, unchecked. */
   | 'any'
@@ -52,11 +55,11 @@ const UPSTREAM_CONFIG = S({
   ConnectTimeoutMs: 'int',
   Limits: S({ MaxConnections: 'int', MaxPendingRequests: 'int', MaxConcurrentRequests: 'int' }),
   PassiveHealthCheck: S({
-    Interval: 'duration',
+    Interval: 'nanos',
     MaxFailures: 'int',
     EnforcingConsecutive5xx: 'int',
     MaxEjectionPercent: 'int',
-    BaseEjectionTime: 'duration',
+    BaseEjectionTime: 'nanos',
   }),
   MeshGateway: MESH_GATEWAY,
   BalanceOutboundConnections: 'string',
@@ -231,7 +234,7 @@ export const KINDS: Record<string, Struct> = {
         S({
           Field: 'string',
           FieldValue: 'string',
-          CookieConfig: S({ Session: 'bool', TTL: 'duration', Path: 'string' }),
+          CookieConfig: S({ Session: 'bool', TTL: 'nanos', Path: 'string' }),
           SourceIP: 'bool',
           Terminal: 'bool',
         }),

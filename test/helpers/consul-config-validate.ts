@@ -371,11 +371,6 @@ function validateIntentions(e: Entry): string | undefined {
     if (str(src.Description).length > 512) return `Sources[${i}].Description exceeds maximum length 512`;
     if (Object.keys(object(src.LegacyMeta) ?? {}).length > 0)
       return `Sources[${i}].LegacyMeta must be omitted`;
-    if (src.LegacyCreateTime !== undefined && src.LegacyCreateTime !== null)
-      return `Sources[${i}].LegacyCreateTime must be omitted`;
-    if (src.LegacyUpdateTime !== undefined && src.LegacyUpdateTime !== null)
-      return `Sources[${i}].LegacyUpdateTime must be omitted`;
-    if (str(src.LegacyID) !== '') return `Sources[${i}].LegacyID must be omitted`;
     const perms = Array.isArray(src.Permissions) ? src.Permissions : [];
     const action = str(src.Action);
     if (perms.length === 0 && action !== 'allow' && action !== 'deny')

@@ -738,6 +738,15 @@ test('config entries: resolver subsets, redirect and failover are validated as C
     t.is(r.status, 500, r.text);
     t.true(r.text.includes(message), `${message} / ${r.text}`);
   }
+  // Filters in the forms Consul's documentation gives parse.
+  const more = {
+    tagged: { Filter: 'Service.Tags contains canary' },
+    notv1: { Filter: 'not (Service.Meta.version == v1)' },
+    hasver: { Filter: 'Service.Meta.version is not empty or Service.ID != "web-1"' },
+    zone: { Filter: 'Node.Meta.zone matches "^us-" and Checks.Status == passing' },
+  };
+  const filters = await writeEntry(a, resolver({ Subsets: { ...subsets, ...more } }));
+  t.is(filters.status, 200, filters.text);
   const ok = await writeEntry(
     a,
     resolver({
