@@ -940,6 +940,17 @@ test('an HTTP check: 2xx passing, 429 warning, anything else critical, worded as
   const failing = await checkUntil(c, 'http', 'http-1', (k) => k.Status === 'critical');
   t.is(failing.check?.Output, `HTTP GET ${url}: 503 Service Unavailable Output: ok`);
   t.deepEqual([...agents], ['Consul Health Check']);
+  // A request that fails is critical with Go's url.Error. Registered passing, so the first run is a status
+  // change and its Output is synced at once (an Output-only change would wait check_update_interval).
+  const closed = `http://127.0.0.1:${await freePort()}/`;
+  await c.put('/v1/agent/service/register', {
+    body: { ID: 'http-2', Name: 'http', Check: { HTTP: closed, Interval: '1s', Status: 'passing' } },
+  });
+  const refused = await checkUntil(c, 'http', 'http-2', (k) => k.Status === 'critical');
+  t.regex(
+    refused.check?.Output ?? '',
+    /^Get "http:\/\/127\.0\.0\.1:\d+\/": dial tcp 127\.0\.0\.1:\d+: connect: connection refused$/,
+  );
 });
 
 test('check definitions are validated on registration as the agent does (400)', async (t) => {
