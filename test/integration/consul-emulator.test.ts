@@ -8,8 +8,7 @@ import { authorize } from '../../daemon/rbac.js';
 import { ConsulClient, Watch, describe403 } from '../../lib/consul/client.js';
 import { type ConsulIntention, compileIntentions } from '../../lib/consul/intentions.js';
 import { Secret } from '../../lib/consul/secret.js';
-import { freePort } from '../helpers/cluster.js';
-import { type ProbeDefinition, commandCheckRunner, runCheckHere } from '../helpers/consul-checks.js';
+import { type ProbeDefinition, commandCheckRunner } from '../helpers/consul-checks.js';
 import { ConsulEmulator, startConsul } from '../helpers/consul-emulator.js';
 import { Netns, waitForOutput, whyNotRunnable } from '../helpers/netns.js';
 
@@ -942,14 +941,15 @@ test('an HTTP check: 2xx passing, 429 warning, anything else critical, worded as
   t.deepEqual([...agents], ['Consul Health Check']);
   // A request that fails is critical with Go's url.Error. Registered passing, so the first run is a status
   // change and its Output is synced at once (an Output-only change would wait check_update_interval).
-  const closed = `http://127.0.0.1:${await freePort()}/`;
+  // Port 9 (discard): nothing listens there, and no test's free port can be it.
+  const closed = 'http://127.0.0.1:9/';
   await c.put('/v1/agent/service/register', {
     body: { ID: 'http-2', Name: 'http', Check: { HTTP: closed, Interval: '1s', Status: 'passing' } },
   });
   const refused = await checkUntil(c, 'http', 'http-2', (k) => k.Status === 'critical');
   t.regex(
     refused.check?.Output ?? '',
-    /^Get "http:\/\/127\.0\.0\.1:\d+\/": dial tcp 127\.0\.0\.1:\d+: connect: connection refused$/,
+    /^Get "http:\/\/127\.0\.0\.1:9\/": dial tcp 127\.0\.0\.1:9: connect: connection refused$/,
   );
 });
 
@@ -1029,8 +1029,8 @@ if (whyNoNetns) console.log(`consul check namespace test skipped: ${whyNoNetns}`
     const netns = new Netns('emuchk');
     t.teardown(() => netns.cleanup());
     const ns = netns.add('w');
-    // A port free here, listened on only inside the namespace.
-    const port = await freePort();
+    // The namespace is this test's alone: any port is free there, and nothing outside can take it.
+    const port = 8080;
     const server = netns.spawn(ns, [
       process.execPath,
       '-e',
@@ -1047,9 +1047,9 @@ if (whyNoNetns) console.log(`consul check namespace test skipped: ${whyNoNetns}`
     });
     const got = await checkUntil(c, 'ns', 'ns-1', (k) => k.Status === 'passing');
     t.is(got.check?.Output, `TCP connect ${target}: Success`);
-    // The same probe from this process's namespace finds nothing there.
-    const here = await runCheckHere({ kind: 'tcp', tcp: target, timeoutMs: 2000 });
-    t.is(here.status, 'critical');
-    t.is(here.output, `dial tcp ${target}: connect: connection refused`);
+    // The same probe from another namespace (empty, so deterministic) finds nothing there.
+    const elsewhere = commandCheckRunner(['ip', 'netns', 'exec', netns.add('e')]);
+    const there = await elsewhere({ kind: 'tcp', tcp: target, timeoutMs: 2000 });
+    t.deepEqual(there, { status: 'critical', output: `dial tcp ${target}: connect: connection refused` });
   },
 );
