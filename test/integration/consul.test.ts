@@ -2,7 +2,7 @@
 // `consul agent -dev` when a consul binary is on PATH or CONSUL_BIN names one (hook-dependent tests skip).
 import { X509Certificate } from 'node:crypto';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
-import { type AddressInfo, type Server, type Socket, createServer } from 'node:net';
+import { type AddressInfo, type Socket, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
@@ -586,22 +586,19 @@ withHooks(
     const emu = e.consul.emulator!;
     const svc = (i: number): string => `svc-${String(i).padStart(3, '0')}`;
     // Each upstream instance listens, so its TCP check (run by the emulator as Consul runs it) passes and
-    // the instance stays an endpoint. The listeners take ports below the ephemeral range, where no other
-    // test's free port (picked from that range) can collide with them; checks run every 30 s (the first
-    // within it), and svc-007's every second, for the change below.
-    const servers: Server[] = [];
+    // the instance stays an endpoint. Ports the OS picks (the ephemeral range) stay clear of freePort's,
+    // which the other tests in this process listen on. The checks run every 30 s (the first within it),
+    // svc-007's every second, for the change below.
+    const servers = await Promise.all(
+      Array.from({ length: 400 }, async () => {
+        const s = createServer((c) => c.destroy());
+        await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+        return s;
+      }),
+    );
     t.teardown(() => {
       for (const s of servers) s.close();
     });
-    for (let port = 22000; servers.length < 400 && port < 32000; port++) {
-      const s = createServer((c) => c.destroy());
-      const ok = await new Promise<boolean>((r) => {
-        s.once('error', () => r(false));
-        s.listen(port, '127.0.0.1', () => r(true));
-      });
-      if (ok) servers.push(s);
-    }
-    t.is(servers.length, 400, 'ports for the upstream listeners');
     for (let u = 0; u < 400; u++) {
       emu.register(
         workloadRegistration(
