@@ -1,88 +1,43 @@
 // How Consul decodes, normalises and checks a config entry written with PUT /v1/config, for the emulator.
 // Each rule names the hashicorp/consul file it follows (docs/consul.md, "Sources", lists them):
 // - agent/config_endpoint.go `ConfigApply`: a decoding error is 400 "Request decoding failed: <err>".
-// - agent/structs/config_entry.go `DecodeConfigEntry` (mapstructure, keys matched case-insensitively,
-//   snake_case aliases) then agent/structs/config_entry_ce.go `validateUnusedKeys`: every key the kind
-//   does not have is `invalid config key "<k>"` (CreateIndex, ModifyIndex and Kind excepted).
-// - agent/structs/config_entry_discoverychain.go `ServiceRouterConfigEntry.Normalize` and
-//   agent/structs/config_entry_intentions.go `Normalize`: HTTP `Methods` uppercased.
+// - agent/structs/config_entry.go `DecodeConfigEntry`: mapstructure into the kind's struct (the structs
+//   are in consul-config-schema.ts; field names matched case-insensitively, snake_case `alias` tags
+//   translated by lib/decode HookTranslateKeys, weak typing, "5s" strings into time.Duration). Type errors come back in mapstructure's form
+//   ("1 error(s) decoding:\n\n* ..."); then agent/structs/config_entry_ce.go `validateUnusedKeys` refuses
+//   every key no struct has, at any depth, by its mapstructure path (`Routes[0].Match.HTTP.PathPrefx`,
+//   `Subsets[v1].Filtr`): `invalid config key "<path>"`, with ", namespaces are a consul enterprise
+//   feature" for a key ending in namespace (the squashed acl.EnterpriseMeta is empty in CE). CreateIndex
+//   and ModifyIndex are let through, as there.
+// - agent/consul/config_endpoint.go `ConfigEntry.Apply`: Normalize then Validate of the kind; a Validate
+//   error is an RPC error, which agent/http.go answers 500 with the error text.
+//   Normalize: agent/structs/config_entry.go (service-defaults Protocol lowercased; proxy-defaults Name
+//   "global"), config_entry_discoverychain.go (router Methods uppercased; splitter weights rounded to
+//   0.01), config_entry_intentions.go (Methods uppercased, Type "consul", Precedence computed, Sources
+//   sorted by precedence). Validate: consul-config-validate.ts, rule by rule with Consul's messages.
 // - `ServiceRouteDestination.MarshalJSON` / resolver `MarshalJSON`: durations are Go time.Duration,
 //   answered in Go's String() form ("5s", "1m30s", "500ms"), omitted when zero.
 // - agent/consul/discoverychain/compile.go: a router or splitter on a service whose protocol is not
 //   http, http2 or grpc is refused, 500 "discovery chain %q uses a protocol %q that does not permit
 //   advanced routing or splitting behavior".
-// Only the top level of an entry is checked for unknown keys; nested objects are kept as sent.
+// Not followed: the JSON answers keep the entry as written (canonical key spelling), without the zero
+// values of fields Go would print (`"TransparentProxy": {}`); kinds other than the six below are stored
+// unchecked; key aliases are derived from the field name (snake_case) rather than read from each tag.
 
-type Json = null | boolean | number | string | Json[] | { [k: string]: Json | undefined };
-export type Entry = Record<string, Json | undefined>;
+import {
+  type Entry,
+  type Json,
+  KINDS,
+  OTHER_KINDS,
+  type Shape,
+  type Struct,
+  object,
+  objects,
+} from './consul-config-schema.js';
+import { scaleWeight, validate } from './consul-config-validate.js';
+import { goDuration, multiError, parseGoDuration } from './consul-go.js';
 
-/** Top-level fields of each kind in Consul CE (the struct fields DecodeConfigEntry fills). */
-const FIELDS: Record<string, readonly string[]> = {
-  'service-defaults': [
-    'Name',
-    'Protocol',
-    'Mode',
-    'TransparentProxy',
-    'MutualTLSMode',
-    'MeshGateway',
-    'Expose',
-    'ExternalSNI',
-    'UpstreamConfig',
-    'Destination',
-    'MaxInboundConnections',
-    'LocalConnectTimeoutMs',
-    'LocalRequestTimeoutMs',
-    'BalanceInboundConnections',
-    'RateLimits',
-    'EnvoyExtensions',
-    'Meta',
-  ],
-  'proxy-defaults': [
-    'Name',
-    'Config',
-    'Mode',
-    'TransparentProxy',
-    'MutualTLSMode',
-    'MeshGateway',
-    'Expose',
-    'AccessLogs',
-    'EnvoyExtensions',
-    'FailoverPolicy',
-    'PrioritizeByLocality',
-    'Meta',
-  ],
-  'service-router': ['Name', 'Routes', 'Meta'],
-  'service-splitter': ['Name', 'Splits', 'Meta'],
-  'service-resolver': [
-    'Name',
-    'DefaultSubset',
-    'Subsets',
-    'Redirect',
-    'Failover',
-    'ConnectTimeout',
-    'RequestTimeout',
-    'LoadBalancer',
-    'PrioritizeByLocality',
-    'Meta',
-  ],
-  'service-intentions': ['Name', 'Sources', 'JWT', 'Meta'],
-};
-
-/** Kinds Consul CE knows (structs.MakeConfigEntry) whose fields the emulator does not check. */
-const OTHER_KINDS = new Set([
-  'ingress-gateway',
-  'terminating-gateway',
-  'mesh',
-  'exported-services',
-  'sameness-group',
-  'api-gateway',
-  'bound-api-gateway',
-  'file-system-certificate',
-  'inline-certificate',
-  'http-route',
-  'tcp-route',
-  'jwt-provider',
-]);
+export type { Entry } from './consul-config-schema.js';
 
 export class ConfigEntryError extends Error {
   constructor(
@@ -93,115 +48,231 @@ export class ConfigEntryError extends Error {
   }
 }
 
-const fold = (k: string): string => k.replace(/_/g, '').toLowerCase();
+// --- decoding ----------------------------------------------------------------------------------------------
+
+/** The snake_case alias Consul's `alias` tags give a multi-word field (MutualTLSMode → mutual_tls_mode). */
+const snake = (field: string): string =>
+  field
+    .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
+    .replace(/([A-Z]+)([A-Z][a-z])/g, '$1_$2')
+    .replace(/([A-Za-z])(\d)/g, '$1_$2')
+    .toLowerCase();
+
+const goKind = (v: Json | undefined): string => {
+  if (Array.isArray(v)) return 'slice';
+  if (v === null || v === undefined) return 'invalid';
+  if (typeof v === 'object') return 'map';
+  if (typeof v === 'number') return 'float64';
+  return typeof v;
+};
+
+interface Decoding {
+  unused: string[];
+  errors: string[];
+}
+
+/** mapstructure's decode of `v` into `shape` at `path`; the value as Consul keeps it (canonical keys). */
+function decode(v: Json | undefined, shape: Shape, path: string, d: Decoding): Json | undefined {
+  if (v === null || v === undefined) return v;
+  if (shape === 'any') return v;
+  if (shape === 'string') {
+    if (typeof v === 'string') return v;
+    if (typeof v === 'number') return String(v);
+    if (typeof v === 'boolean') return v ? '1' : '0';
+    d.errors.push(`'${path}' expected type 'string', got unconvertible type '${goKind(v)}'`);
+    return v;
+  }
+  if (shape === 'bool') {
+    if (typeof v === 'boolean') return v;
+    if (typeof v === 'number') return v !== 0;
+    if (typeof v === 'string') {
+      const b = {
+        '1': true,
+        t: true,
+        T: true,
+        true: true,
+        TRUE: true,
+        True: true,
+        '': false,
+        '0': false,
+        f: false,
+        F: false,
+        false: false,
+        FALSE: false,
+        False: false,
+      }[v];
+      if (b !== undefined) return b;
+      d.errors.push(
+        `cannot parse '${path}' as bool: strconv.ParseBool: parsing ${JSON.stringify(v)}: invalid syntax`,
+      );
+      return v;
+    }
+    d.errors.push(`'${path}' expected type 'bool', got unconvertible type '${goKind(v)}'`);
+    return v;
+  }
+  if (shape === 'int' || shape === 'float') {
+    if (typeof v === 'number') return shape === 'int' ? Math.trunc(v) : v;
+    if (typeof v === 'boolean') return v ? 1 : 0;
+    if (typeof v === 'string') {
+      const n = v === '' ? 0 : Number(v);
+      if (Number.isFinite(n) && (shape === 'float' || Number.isInteger(n))) return n;
+      const fn = shape === 'int' ? 'ParseInt' : 'ParseFloat';
+      d.errors.push(
+        `cannot parse '${path}' as ${shape}: strconv.${fn}: parsing ${JSON.stringify(v)}: invalid syntax`,
+      );
+      return v;
+    }
+    d.errors.push(
+      `'${path}' expected type '${shape === 'int' ? 'int' : 'float32'}', got unconvertible type '${goKind(v)}'`,
+    );
+    return v;
+  }
+  if (shape === 'duration' || shape === 'nanos') {
+    // StringToTimeDurationHookFunc; a JSON number is nanoseconds. Zero is omitted (omitempty).
+    const ns = typeof v === 'number' ? v : typeof v === 'string' ? parseGoDuration(v) : undefined;
+    if (ns === undefined) {
+      d.errors.push(`error decoding '${path}': time: invalid duration ${JSON.stringify(String(v))}`);
+      return v;
+    }
+    if (ns === 0) return undefined;
+    return shape === 'duration' ? goDuration(ns) : ns;
+  }
+  if (shape === 'time') {
+    if (typeof v === 'string' && !Number.isNaN(Date.parse(v))) return v;
+    d.errors.push(`error decoding '${path}': parsing time ${JSON.stringify(String(v))} as RFC3339`);
+    return v;
+  }
+  if ('list' in shape) {
+    // WeaklyTypedInput: a single value where a slice is wanted becomes a one-element slice.
+    const items = Array.isArray(v) ? v : [v];
+    return items.map((x, i) => decode(x, shape.list, `${path}[${i}]`, d) ?? null);
+  }
+  if ('map' in shape) {
+    if (typeof v !== 'object' || Array.isArray(v)) {
+      d.errors.push(`'${path}' expected a map, got '${goKind(v)}'`);
+      return v;
+    }
+    const out: Entry = {};
+    for (const [k, x] of Object.entries(v)) out[k] = decode(x, shape.map, `${path}[${k}]`, d);
+    return out;
+  }
+  // HookWeakDecodeFromSlice: a one-element list of objects decodes as the object (HCL's blocks).
+  const one = Array.isArray(v) && v.length === 1 ? v[0] : v;
+  if (one === null || one === undefined || typeof one !== 'object' || Array.isArray(one)) {
+    d.errors.push(`'${path}' expected a map, got '${goKind(one)}'`);
+    return v;
+  }
+  return decodeStruct(one as Entry, shape, path, d);
+}
+
+function decodeStruct(o: Entry, shape: Struct, path: string, d: Decoding, skip?: Set<string>): Entry {
+  const byKey = new Map<string, string>();
+  for (const f of Object.keys(shape.fields)) {
+    byKey.set(f.toLowerCase(), f);
+    byKey.set(snake(f), f);
+  }
+  const out: Entry = {};
+  for (const [k, x] of Object.entries(o)) {
+    if (skip?.has(k)) continue;
+    const field = byKey.get(k.toLowerCase());
+    if (field === undefined) {
+      d.unused.push(path ? `${path}.${k}` : k);
+      continue;
+    }
+    const decoded = decode(x, shape.fields[field]!, path ? `${path}.${field}` : field, d);
+    if (decoded !== undefined) out[field] = decoded;
+  }
+  return out;
+}
 
 /**
- * The entry as Consul stores and answers it: keys in their struct spelling, Methods uppercased,
- * durations in Go's form. Throws ConfigEntryError (400) where Consul's decoding fails.
+ * The entry as Consul stores and answers it: decoded (unknown keys and type errors refused, 400),
+ * normalised, validated (500), as ConfigApply and ConfigEntry.Apply do. Throws ConfigEntryError.
  */
 export function decodeConfigEntry(body: Entry): Entry {
-  const kindKey = Object.keys(body).find((k) => k === 'Kind' || k === 'kind');
+  const kindKey = 'Kind' in body ? 'Kind' : 'kind' in body ? 'kind' : undefined;
   if (kindKey === undefined) throw decodeError('Payload does not contain a kind/Kind key at the top level');
   const kind = body[kindKey];
   if (typeof kind !== 'string') throw decodeError('Kind value in payload is not a string');
-  const fields = FIELDS[kind];
-  if (fields === undefined && !OTHER_KINDS.has(kind)) throw decodeError(`invalid config entry kind: ${kind}`);
-  if (fields === undefined) return { ...body, Kind: kind };
-  const byFold = new Map(fields.map((f) => [fold(f), f]));
-  const out: Entry = { Kind: kind };
-  const unused: string[] = [];
-  for (const [k, v] of Object.entries(body)) {
-    if (k === kindKey || k === 'CreateIndex' || k === 'ModifyIndex') continue;
-    const field = byFold.get(fold(k));
-    if (field === undefined) unused.push(k);
-    else out[field] = v;
+  const shape = KINDS[kind];
+  if (shape === undefined && !OTHER_KINDS.has(kind)) throw decodeError(`invalid config entry kind: ${kind}`);
+  if (shape === undefined) {
+    const { [kindKey]: _, ...rest } = body;
+    return { Kind: kind, ...rest };
   }
-  if (unused.length > 0) {
-    const errs = unused
+  const d: Decoding = { unused: [], errors: [] };
+  // Kind is a field of every kind's struct; the RaftIndex fields are refused by name only.
+  const e: Entry = {
+    Kind: kind,
+    ...decodeStruct(body, shape, '', d, new Set([kindKey, 'CreateIndex', 'ModifyIndex'])),
+  };
+  if (d.errors.length > 0) {
+    // mapstructure.Error: its points sorted.
+    const points = d.errors.map((x) => `* ${x}`).sort();
+    throw decodeError(`${points.length} error(s) decoding:\n\n${points.join('\n')}`);
+  }
+  if (d.unused.length > 0) {
+    const errs = d.unused
       .sort()
       .map((k) =>
         k.toLowerCase().endsWith('namespace')
           ? `invalid config key "${k}", namespaces are a consul enterprise feature`
           : `invalid config key "${k}"`,
       );
-    // hashicorp/go-multierror's format.
-    const n = errs.length;
-    throw decodeError(
-      `${n} error${n === 1 ? '' : 's'} occurred:\n${errs.map((e) => `\t* ${e}`).join('\n')}\n\n`,
-    );
+    throw decodeError(multiError(errs));
   }
-  normalise(kind, out);
-  return out;
+  normalise(kind, e);
+  const invalid = validate(kind, e);
+  if (invalid !== undefined) throw new ConfigEntryError(500, invalid);
+  return e;
 }
 
 function decodeError(message: string): ConfigEntryError {
   return new ConfigEntryError(400, `Request decoding failed: ${message}`);
 }
 
+// --- Normalize ---------------------------------------------------------------------------------------------
+
 function normalise(kind: string, e: Entry): void {
   if (kind === 'service-defaults' && typeof e.Protocol === 'string') e.Protocol = e.Protocol.toLowerCase();
+  if (kind === 'proxy-defaults' && (e.Name === undefined || e.Name === '')) e.Name = 'global';
   if (kind === 'service-router') {
-    for (const route of objects(e.Routes)) {
-      const http = object(object(route.Match)?.HTTP);
-      if (http && Array.isArray(http.Methods))
-        http.Methods = http.Methods.map((m) => String(m).toUpperCase());
-      const dest = object(route.Destination);
-      if (dest) durations(dest, ['RequestTimeout', 'IdleTimeout'], 'Routes.Destination');
-    }
+    for (const route of objects(e.Routes)) upperMethods(object(object(route.Match)?.HTTP));
   }
-  if (kind === 'service-resolver') durations(e, ['ConnectTimeout', 'RequestTimeout'], '');
+  if (kind === 'service-splitter') {
+    // NormalizeServiceSplitWeight: the smallest weight is 0.01%.
+    for (const split of objects(e.Splits))
+      if (typeof split.Weight === 'number') split.Weight = scaleWeight(split.Weight) / 100;
+  }
   if (kind === 'service-intentions') {
-    for (const src of objects(e.Sources))
-      for (const perm of objects(src.Permissions)) {
-        const http = object(perm.HTTP);
-        if (http && Array.isArray(http.Methods))
-          http.Methods = http.Methods.map((m) => String(m).toUpperCase());
-      }
+    const name = String(e.Name ?? '');
+    const sources = objects(e.Sources);
+    for (const src of sources) {
+      if (src.Type === undefined || src.Type === '') src.Type = 'consul';
+      // A write that is not a legacy one drops the legacy fields (LegacyMeta stays, for Validate to refuse).
+      for (const k of ['LegacyID', 'LegacyCreateTime', 'LegacyUpdateTime']) delete src[k];
+      src.Precedence = precedence(String(src.Name ?? ''), name);
+      for (const perm of objects(src.Permissions)) upperMethods(object(perm.HTTP));
+    }
+    // Stable: equal precedence keeps the order written.
+    if (Array.isArray(e.Sources))
+      e.Sources = sources.sort((a, b) => Number(b.Precedence) - Number(a.Precedence));
   }
 }
 
-function durations(o: Entry, keys: readonly string[], where: string): void {
-  for (const k of keys) {
-    const v = o[k];
-    if (v === undefined || v === null) continue;
-    const ns = typeof v === 'number' ? v : parseGoDuration(String(v));
-    if (ns === undefined)
-      throw decodeError(`error decoding '${where ? `${where}.` : ''}${k}': time: invalid duration "${v}"`);
-    if (ns === 0) delete o[k];
-    else o[k] = goDuration(ns);
-  }
+function upperMethods(http: Entry | undefined): void {
+  if (http && Array.isArray(http.Methods)) http.Methods = http.Methods.map((m) => String(m).toUpperCase());
 }
 
-const UNIT_NS: Record<string, number> = { ns: 1, us: 1e3, µs: 1e3, ms: 1e6, s: 1e9, m: 60e9, h: 3600e9 };
-
-/** Go's time.ParseDuration, in nanoseconds; undefined where Go returns an error. */
-export function parseGoDuration(s: string): number | undefined {
-  if (s === '0') return 0;
-  const m = /^([-+]?)((?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+$/.exec(s);
-  if (!m) return undefined;
-  let ns = 0;
-  for (const [, num, unit] of s.matchAll(/(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)/g))
-    ns += Number(num) * UNIT_NS[unit!]!;
-  return Math.round(m[1] === '-' ? -ns : ns);
+/**
+ * computeIntentionPrecedence without namespaces (CE): exact/exact 9, * → exact 8, exact → * 6, * → * 5.
+ */
+export function precedence(source: string, destination: string): number {
+  if (destination !== '*') return source !== '*' ? 9 : 8;
+  return source !== '*' ? 6 : 5;
 }
 
-/** Go's time.Duration.String(). */
-export function goDuration(ns: number): string {
-  if (ns === 0) return '0s';
-  const sign = ns < 0 ? '-' : '';
-  const a = Math.abs(ns);
-  if (a < 1e3) return `${sign}${a}ns`;
-  if (a < 1e6) return `${sign}${trim(a / 1e3)}µs`;
-  if (a < 1e9) return `${sign}${trim(a / 1e6)}ms`;
-  const h = Math.floor(a / 3600e9);
-  const min = Math.floor((a % 3600e9) / 60e9);
-  const sec = trim((a % 60e9) / 1e9);
-  if (h > 0) return `${sign}${h}h${min}m${sec}s`;
-  if (min > 0) return `${sign}${min}m${sec}s`;
-  return `${sign}${sec}s`;
-}
-
-const trim = (x: number): string => String(Number(x.toFixed(9)));
+// --- the discovery chain -----------------------------------------------------------------------------------
 
 /** The protocol Consul compiles a service's chain with: service-defaults, else proxy-defaults global, else tcp. */
 export function serviceProtocol(entries: ReadonlyMap<string, Entry>, service: string): string {
@@ -232,12 +303,4 @@ export function chainError(entries: ReadonlyMap<string, Entry>): ConfigEntryErro
       );
   }
   return undefined;
-}
-
-function object(v: Json | undefined): Entry | undefined {
-  return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Entry) : undefined;
-}
-
-function objects(v: Json | undefined): Entry[] {
-  return Array.isArray(v) ? v.map(object).filter((x): x is Entry => x !== undefined) : [];
 }

@@ -1,22 +1,29 @@
 // A Consul HTTP API emulator for tests: a real HTTP server on 127.0.0.1 that follows Consul's documented
-// behaviour for the endpoints Ambit uses. It is NOT Consul: no Raft, no gossip, no health checking (TCP
-// and HTTP checks keep the status they were registered with until a test changes it; TTL checks do run
-// out, and /v1/agent/check/update renews them), one datacenter, no namespaces, no peers or partitions.
+// behaviour for the endpoints Ambit uses. It is NOT Consul: no Raft, no gossip, one datacenter, one node,
+// no namespaces, no peers or partitions, and only TCP, HTTP and TTL health checks run (gRPC, script, UDP,
+// H2PING and alias checks are accepted and keep their registered status).
 //
 // What it covers: one monotonic index (X-Consul-Index) with per-table indexes; blocking queries with
 // `index` and `wait` (default 5m, max 10m, plus up to wait/16 jitter); X-Consul-KnownLeader and
-// X-Consul-LastContact; agent service registration mirrored into the catalog and health (with `passing`);
+// X-Consul-LastContact; agent service registration mirrored into the catalog and health (with `passing`),
+// check definitions validated as the agent does (400 "Invalid check: ..."); health checks that run as the
+// agent runs them (consul-checks.ts: TCP connects and HTTP requests every Interval, first after a random
+// stagger, Timeout 10 s by default, Consul's status and Output wording; TTL checks run out to critical and
+// /v1/agent/check/update renews them), the checks index moving only when a status changes, or when a
+// changed Output is synced check_update_interval (5 m) later, as agent/local/state.go defers it;
 // Connect CA roots and leaf signing (SPIFFE URI SAN, ValidAfter/ValidBefore; leaf renewal at 60–90% of its
 // lifetime) with blocking roots and leaf queries released on a rotation; intentions (list, `exact`,
 // `match`, precedence) kept as the Sources of `service-intentions` config entries, one store as in Consul
-// 1.9+; config entries (`cas`); KV; ACL tokens (403 "ACL not found" / "Permission denied: ... lacks
-// permission" where Consul refuses; catalog and health reads filtered instead, with
-// X-Consul-Results-Filtered-By-ACLs unless anonymous; X-Consul-Default-ACL-Policy on every answer); an
-// index ahead of the server blocks for the wait, as any other; `limits.http_max_conns_per_client` (429
-// and close above it, default 200); config entries decoded as Consul does (unknown keys 400, Methods
-// uppercased, durations in Go's form, routers and splitters refused on a non-HTTP protocol: see
-// consul-config-entries.ts). Hooks for tests: setIndexBackwards(), down(), up(), rotateRoots(),
-// rotateLeaf(service), setCheckStatus(id, status).
+// 1.9+; config entries (`cas`) decoded, normalised and validated as Consul does (consul-config-entries.ts:
+// unknown keys at any depth 400, each kind's Validate rules 500, routers and splitters refused on a
+// non-HTTP protocol, Methods uppercased, durations in Go's form); KV; ACL tokens (403 "ACL not found" /
+// "Permission denied: ... lacks permission" where Consul refuses; catalog and health reads filtered
+// instead, with X-Consul-Results-Filtered-By-ACLs unless anonymous; X-Consul-Default-ACL-Policy on every
+// answer); an index ahead of the server blocks for the wait, as any other;
+// `limits.http_max_conns_per_client` (429 and close above it, default 200). Hooks for tests:
+// setIndexBackwards(), down(), up(), rotateRoots(), rotateLeaf(service), setCheckStatus(id, status) (a TCP
+// or HTTP check's next run overrides it), and the `runCheck` option: how a TCP or HTTP check reaches its
+// target (by default a connection from this process).
 //
 // startConsul() gives a real `consul agent -dev` instead whenever a consul binary is on PATH or CONSUL_BIN
 // names one, so the same suite runs against the real thing; hook-dependent tests then skip.
@@ -30,7 +37,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EmbeddedCa } from '../../daemon/identity/ca.js';
 import { spiffeId } from '../../daemon/identity/spiffe.js';
-import { ConfigEntryError, chainError, decodeConfigEntry } from './consul-config-entries.js';
+import {
+  type CheckRunner,
+  type CheckStatus,
+  DEFAULT_TIMEOUT_MS,
+  MIN_INTERVAL_MS,
+  type ProbeDefinition,
+  runCheckHere,
+} from './consul-checks.js';
+import { ConfigEntryError, chainError, decodeConfigEntry, precedence } from './consul-config-entries.js';
+import { parseGoDuration } from './consul-go.js';
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json | undefined };
 
@@ -51,22 +67,45 @@ export interface EmulatorOptions {
    * `defaultPolicy` is `acl.default_policy` (default deny): what a token gets where its rules say nothing.
    */
   acl?: { tokens: Record<string, TokenRules>; defaultPolicy?: 'allow' | 'deny' };
+  /**
+   * How one run of a TCP or HTTP check reaches its target (default: a connection from this process), e.g.
+   * from another network namespace or as another uid.
+   */
+  runCheck?: CheckRunner;
+  /**
+   * `check_update_interval` (default 5 m): a run that changes only a check's Output reaches the catalog
+   * (and moves the index) this long later, at a random point between half and one and a half of it; 0
+   * syncs every change at once.
+   */
+  checkUpdateIntervalMs?: number;
+}
+
+interface Check {
+  CheckID: string;
+  Name: string;
+  /** Status and Output as the catalog has them (what health reads answer). */
+  Status: string;
+  Output: string;
+  ServiceID: string;
+  ServiceName: string;
+  ModifyIndex: number;
+  /** The agent's own copy; the catalog's differs while an Output-only change waits to be synced. */
+  local: { status: string; output: string };
+  /** A TTL check: when it runs out without an update, the check goes critical. */
+  ttlMs?: number;
+  expiry?: NodeJS.Timeout;
+  lastTtlOutput?: string;
+  /** A TCP or HTTP check the emulator runs every intervalMs. */
+  probe?: ProbeDefinition;
+  intervalMs?: number;
+  timer?: NodeJS.Timeout;
+  deferred?: NodeJS.Timeout;
+  stopped: boolean;
 }
 
 interface Registered {
   reg: Record<string, Json | undefined>;
-  checks: {
-    CheckID: string;
-    Name: string;
-    Status: string;
-    Output?: string;
-    /** A TTL check: when it runs out without an update, the check goes critical. */
-    ttlMs?: number;
-    expiry?: NodeJS.Timeout;
-    ServiceID: string;
-    ServiceName: string;
-    ModifyIndex: number;
-  }[];
+  checks: Check[];
 }
 
 interface Root {
@@ -202,13 +241,15 @@ export class ConsulEmulator {
     await this.#sign(service);
   }
 
-  setCheckStatus(serviceId: string, status: 'passing' | 'warning' | 'critical'): void {
+  /** Sets every check of the service; a TCP or HTTP check's next run overrides it, as in Consul. */
+  setCheckStatus(serviceId: string, status: CheckStatus): void {
     const s = this.#services.get(serviceId);
     if (!s) throw new Error(`no service ${serviceId}`);
     // Health lives in the checks table: the catalog's service list (and its index) does not change.
     const idx = this.#touch(`svc:${String(s.reg.Service)}`, 'checks');
     for (const c of s.checks) {
       c.Status = status;
+      c.local.status = status;
       c.ModifyIndex = idx;
     }
   }
@@ -219,23 +260,86 @@ export class ConsulEmulator {
     this.#opts.acl.tokens[secret] = rules;
   }
 
-  /** A TTL check goes critical when its TTL runs out without an update, as in Consul. */
-  #arm(c: Registered['checks'][number]): void {
+  /** A TTL check goes critical when its TTL runs out without an update (CheckTTL.getExpiredOutput). */
+  #arm(c: Check): void {
     clearTimeout(c.expiry);
-    if (c.ttlMs === undefined) return;
+    if (c.ttlMs === undefined || c.stopped) return;
     c.expiry = setTimeout(() => {
-      c.Status = 'critical';
-      c.Output = 'TTL expired';
-      c.ModifyIndex = this.#touch(`svc:${c.ServiceName}`, 'checks');
+      const last = c.lastTtlOutput ?? '';
+      this.#updateCheck(
+        c,
+        'critical',
+        last === '' ? 'TTL expired' : `TTL expired (last output before timeout follows): ${last}`,
+      );
     }, c.ttlMs).unref();
+  }
+
+  /** A TCP or HTTP check: first run after a random stagger within the interval, then every interval. */
+  #schedule(c: Check): void {
+    const probe = c.probe;
+    const interval = c.intervalMs;
+    if (!probe || interval === undefined) return;
+    const runner = this.#opts.runCheck ?? runCheckHere;
+    const run = async (): Promise<void> => {
+      if (c.stopped) return;
+      let r: { status: CheckStatus; output: string };
+      try {
+        r = await runner(probe);
+      } catch (err) {
+        r = { status: 'critical', output: (err as Error).message };
+      }
+      if (c.stopped) return;
+      this.#updateCheck(c, r.status, r.output);
+      c.timer = setTimeout(() => void run(), interval).unref();
+    };
+    c.timer = setTimeout(() => void run(), Math.random() * interval).unref();
+  }
+
+  #stopCheck(c: Check): void {
+    c.stopped = true;
+    clearTimeout(c.timer);
+    clearTimeout(c.expiry);
+    clearTimeout(c.deferred);
+  }
+
+  /**
+   * agent/local/state.go UpdateCheck: nothing when status and output are as they were; a changed status is
+   * synced to the catalog at once; a changed output alone waits for check_update_interval.
+   */
+  #updateCheck(c: Check, status: string, output: string): void {
+    if (c.stopped || (c.local.status === status && c.local.output === output)) return;
+    const d = this.#opts.checkUpdateIntervalMs ?? 300_000;
+    if (d > 0 && c.local.status === status) {
+      c.local.output = output;
+      if (c.deferred === undefined)
+        c.deferred = setTimeout(
+          () => {
+            c.deferred = undefined;
+            this.#sync(c);
+          },
+          d / 2 + Math.random() * d,
+        ).unref();
+      return;
+    }
+    c.local = { status, output };
+    this.#sync(c);
+  }
+
+  #sync(c: Check): void {
+    if (c.stopped || (c.Status === c.local.status && c.Output === c.local.output)) return;
+    c.Status = c.local.status;
+    c.Output = c.local.output;
+    c.ModifyIndex = this.#touch(`svc:${c.ServiceName}`, 'checks');
   }
 
   /** Registers a service without going through HTTP (bench setup). Same effect as the register endpoint. */
   register(body: Record<string, Json | undefined>): void {
-    this.#register(body);
+    const invalid = this.#register(body);
+    if (invalid) throw new Error(invalid);
   }
 
   async close(): Promise<void> {
+    for (const s of this.#services.values()) for (const c of s.checks) this.#stopCheck(c);
     await this.down();
     for (const l of this.#leaves.values()) clearTimeout(l.timer);
     await Promise.all(this.#roots.map((r) => rm(r.dir, { recursive: true, force: true })));
@@ -342,28 +446,97 @@ export class ConsulEmulator {
     return leaf;
   }
 
-  #register(body: Record<string, Json | undefined>): void {
-    const name = String(body.Name ?? '');
-    const id = String(body.ID ?? name);
-    const checks: Registered['checks'] = [];
-    const defs = [...(Array.isArray(body.Checks) ? body.Checks : []), ...(body.Check ? [body.Check] : [])];
-    defs.forEach((c, i) => {
-      const def = (c ?? {}) as Record<string, Json>;
+  /** The check definitions of a registration, as Consul validates them; a string says why not. */
+  #checks(body: Record<string, Json | undefined>, id: string, name: string): Check[] | string {
+    // ServiceDefinition.CheckTypes: Check first, then Checks, numbered in that order.
+    const defs = [...(body.Check ? [body.Check] : []), ...(Array.isArray(body.Checks) ? body.Checks : [])];
+    const checks: Check[] = [];
+    const ms = (v: Json | undefined): number | undefined => {
+      if (typeof v === 'number') return v / 1e6;
+      if (typeof v !== 'string' || v === '') return undefined;
+      const ns = parseGoDuration(v);
+      return ns === undefined ? Number.NaN : ns / 1e6;
+    };
+    for (const [i, c] of defs.entries()) {
+      const def = (c ?? {}) as Record<string, Json | undefined>;
+      for (const k of ['Interval', 'Timeout', 'TTL'] as const)
+        if (Number.isNaN(ms(def[k])))
+          return `Request decoding failed: time: invalid duration ${JSON.stringify(def[k])}`;
+      // agent/structs/check_type.go CheckType.Validate.
+      const interval = ms(def.Interval) ?? 0;
+      const ttl = ms(def.TTL) ?? 0;
+      const intervalCheck =
+        ['TCP', 'HTTP', 'GRPC', 'H2PING', 'UDP', 'OSService'].some(
+          (k) => typeof def[k] === 'string' && def[k] !== '',
+        ) ||
+        (Array.isArray(def.Args) && def.Args.length > 0) ||
+        (Array.isArray(def.ScriptArgs) && def.ScriptArgs.length > 0);
+      const alias = Boolean(def.AliasNode || def.AliasService);
+      if (interval > 0 && ttl > 0) return 'Invalid check: Interval and TTL cannot both be specified';
+      if (intervalCheck && interval <= 0)
+        return 'Invalid check: Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks';
+      if (intervalCheck && alias) return 'Invalid check: Interval cannot be set for Alias checks';
+      if (alias && ttl > 0) return 'Invalid check: TTL must be not be set for Alias checks';
+      if (!intervalCheck && !alias && ttl <= 0) return 'Invalid check: TTL must be > 0 for TTL checks';
+      const status = def.Status === undefined || def.Status === '' ? 'critical' : String(def.Status);
+      if (!['passing', 'warning', 'critical'].includes(status))
+        return "Status for checks must 'passing', 'warning', 'critical'";
+      // agent/agent.go addCheck: an interval under checks.MinInterval is raised to it.
+      const every = Math.max(interval, MIN_INTERVAL_MS);
+      const timeoutMs = (ms(def.Timeout) ?? 0) > 0 ? ms(def.Timeout)! : DEFAULT_TIMEOUT_MS;
+      let probe: ProbeDefinition | undefined;
+      if (typeof def.TCP === 'string' && def.TCP !== '') probe = { kind: 'tcp', tcp: def.TCP, timeoutMs };
+      else if (typeof def.HTTP === 'string' && def.HTTP !== '') {
+        const header: Record<string, string[]> = {};
+        for (const [k, v] of Object.entries((def.Header ?? {}) as Record<string, Json>))
+          header[k] = Array.isArray(v) ? v.map(String) : [String(v)];
+        probe = {
+          kind: 'http',
+          url: def.HTTP,
+          method: String(def.Method ?? '') || 'GET',
+          header,
+          body: String(def.Body ?? ''),
+          tlsSkipVerify: def.TLSSkipVerify === true,
+          disableRedirects: def.DisableRedirects === true,
+          timeoutMs,
+        };
+      }
       checks.push({
         CheckID: String(def.CheckID ?? `service:${id}${defs.length > 1 ? `:${i + 1}` : ''}`),
         Name: String(def.Name ?? `Service '${name}' check`),
         // Consul starts a check as critical unless Status says otherwise.
-        Status: String(def.Status ?? 'critical'),
+        Status: status,
+        Output: '',
+        local: { status, output: '' },
         ServiceID: id,
         ServiceName: name,
         ModifyIndex: this.#index + 1,
-        ttlMs: typeof def.TTL === 'string' ? parseWait(def.TTL) : undefined,
+        ttlMs: ttl > 0 ? ttl : undefined,
+        probe,
+        intervalMs: probe ? every : undefined,
+        stopped: false,
       });
-    });
-    const previousChecks = this.#services.get(id)?.checks ?? [];
-    for (const c of previousChecks) clearTimeout(c.expiry);
-    for (const c of checks) this.#arm(c);
+    }
+    return checks;
+  }
+
+  /** undefined once registered, else why the registration is refused (a 400). */
+  #register(body: Record<string, Json | undefined>): string | undefined {
+    const name = String(body.Name ?? '');
+    const id = String(body.ID ?? name);
+    const checks = this.#checks(body, id, name);
+    if (typeof checks === 'string') return checks;
     const previous = this.#services.get(id);
+    for (const c of previous?.checks ?? []) {
+      this.#stopCheck(c);
+      // agent.addServiceInternal restores a re-registered check's status and output from its snapshot.
+      const again = checks.find((x) => x.CheckID === c.CheckID);
+      if (again) {
+        again.local = { ...c.local };
+        again.Status = c.Status;
+        again.Output = c.Output;
+      }
+    }
     this.#services.set(id, {
       reg: {
         ID: id,
@@ -379,7 +552,13 @@ export class ConsulEmulator {
     });
     const tables = ['services', 'checks', `svc:${name}`];
     if (previous && previous.reg.Service !== name) tables.push(`svc:${String(previous.reg.Service)}`);
-    this.#touch(...tables);
+    const idx = this.#touch(...tables);
+    for (const c of checks) {
+      c.ModifyIndex = idx;
+      this.#arm(c);
+      this.#schedule(c);
+    }
+    return undefined;
   }
 
   /**
@@ -537,13 +716,13 @@ export class ConsulEmulator {
     return `Permission denied: token with AccessorID '${accessor === 'anonymous' ? '00000000-0000-0000-0000-000000000002' : 'emulator'}' lacks permission '${perm ?? 'read'}' on "${resource}"`;
   }
 
-  #checkJson(c: Registered['checks'][number]): Record<string, Json> {
+  #checkJson(c: Check): Record<string, Json> {
     return {
       Node: this.nodeName,
       CheckID: c.CheckID,
       Name: c.Name,
       Status: c.Status,
-      Output: c.Output ?? '',
+      Output: c.Output,
       ServiceID: c.ServiceID,
       ServiceName: c.ServiceName,
       ModifyIndex: c.ModifyIndex,
@@ -602,7 +781,8 @@ export class ConsulEmulator {
       const body = json();
       if (typeof body.Name !== 'string' || !body.Name) return this.#send(res, 400, 'Missing service name');
       if (deny('service:write', body.Name)) return;
-      this.#register(body);
+      const invalid = this.#register(body);
+      if (invalid) return this.#send(res, 400, invalid);
       return this.#send(res, 200, null);
     }
     if (hit(/^\/v1\/agent\/service\/deregister\/(.+)$/) && method === 'PUT') {
@@ -615,6 +795,7 @@ export class ConsulEmulator {
           `Unknown service ID "${id}". Ensure that the service ID is passed, not the service name.`,
         );
       if (deny('service:write', String(s.reg.Service))) return;
+      for (const c of s.checks) this.#stopCheck(c);
       this.#services.delete(id);
       this.#touch('services', 'checks', `svc:${String(s.reg.Service)}`);
       return this.#send(res, 200, null);
@@ -631,10 +812,12 @@ export class ConsulEmulator {
       const status = String(body.Status ?? '');
       if (!['passing', 'warning', 'critical'].includes(status))
         return this.#send(res, 400, 'Request body must contain a valid Status');
-      const changed = check.Status !== status || check.Output !== String(body.Output ?? '');
-      check.Status = status;
-      check.Output = String(body.Output ?? '');
-      if (changed) check.ModifyIndex = this.#touch(`svc:${check.ServiceName}`, 'checks');
+      // CheckTTL.SetStatus: the output capped at checks.DefaultBufSize, kept for the expiry message.
+      let output = String(body.Output ?? '');
+      if (output.length > 4096)
+        output = `${output.slice(0, 4096)} ... (captured 4096 of ${output.length} bytes)`;
+      check.lastTtlOutput = output;
+      this.#updateCheck(check, status, output);
       this.#arm(check);
       return this.#send(res, 200, null);
     }
@@ -840,7 +1023,11 @@ export class ConsulEmulator {
           Kind: 'service-intentions',
           Name: destination,
           ...(entry ?? {}),
-          Sources: [...sources.filter((x) => x.Name !== source), src],
+          // UpsertSourceByName replaces in place or appends; Normalize keeps them by precedence (stable).
+          Sources: (sources.some((x) => x.Name === source)
+            ? sources.map((x) => (x.Name === source ? src : x))
+            : [...sources, src]
+          ).sort((a, b) => Number(b.Precedence) - Number(a.Precedence)),
           CreateIndex: (entry?.CreateIndex as number) ?? idx,
           ModifyIndex: idx,
         } as Record<string, Json>);
@@ -853,11 +1040,15 @@ export class ConsulEmulator {
         body = decodeConfigEntry(json() as Record<string, Json | undefined>);
       } catch (err) {
         if (err instanceof ConfigEntryError) return this.#send(res, err.status, err.message);
+        // decodeBody: a body that is not JSON is a decoding failure too.
+        if (err instanceof SyntaxError)
+          return this.#send(res, 400, `Request decoding failed: ${err.message}`);
         throw err;
       }
       const kind = String(body.Kind ?? '');
-      const name = String(body.Name ?? '');
-      if (!kind || !name) return this.#send(res, 400, 'Kind and Name are required');
+      // Kinds the emulator stores unchecked still need a name to be kept under (mesh has a fixed one).
+      const name = String(body.Name ?? (kind === 'mesh' ? 'mesh' : ''));
+      if (name === '') return this.#send(res, 500, 'Name is required');
       if (deny(writePermission(kind), name)) return;
       const key = `${kind}/${name}`;
       const prev = this.#config.get(key);
@@ -869,14 +1060,6 @@ export class ConsulEmulator {
       if (broken) return this.#send(res, broken.status, broken.message);
       const idx = this.#touch(`config:${kind}`);
       const stored = { ...(body as Record<string, Json>) };
-      if (kind === 'service-intentions') {
-        const sources = Array.isArray(body.Sources) ? (body.Sources as Record<string, Json>[]) : [];
-        stored.Sources = sources.map((x) => ({
-          ...x,
-          Precedence: precedence(String(x.Name ?? ''), name),
-          Type: x.Type ?? 'consul',
-        }));
-      }
       this.#config.set(key, {
         ...stored,
         CreateIndex: (prev?.CreateIndex as number) ?? idx,
@@ -973,12 +1156,6 @@ const IXN_TABLE = 'config:service-intentions';
 function writePermission(kind: string): string {
   if (kind === 'service-intentions') return 'intentions:write';
   return kind.startsWith('service-') ? 'service:write' : 'operator:write';
-}
-
-/** Consul's precedence without namespaces: exact/exact 9, * → exact 8, exact → * 6, * → * 5. */
-function precedence(source: string, destination: string): number {
-  if (destination !== '*') return source !== '*' ? 9 : 8;
-  return source !== '*' ? 6 : 5;
 }
 
 function parseWait(v: string | null): number {

@@ -155,7 +155,9 @@ async function mesh(
     'node-a',
     '--address',
     '127.0.0.1',
-    // A client only: at a loopback address it must still list a port (nothing listens on discard).
+    // A client only: at a loopback address it must still list a port (nothing listens on discard). Its
+    // TCP check goes critical once it runs, as in Consul: node-a enrolls its own workloads whatever their
+    // health, and nothing here needs web as an endpoint.
     '--port',
     '9',
     '--upstream',
@@ -583,40 +585,62 @@ withHooks(
     const e = await env(t);
     const emu = e.consul.emulator!;
     const svc = (i: number): string => `svc-${String(i).padStart(3, '0')}`;
+    // Each upstream instance listens, so its TCP check (run by the emulator as Consul runs it) passes and
+    // the instance stays an endpoint. Ports the OS picks (the ephemeral range) stay clear of freePort's,
+    // which the other tests in this process listen on. The checks run every 30 s (the first within it),
+    // svc-007's every second, for the change below.
+    const servers = await Promise.all(
+      Array.from({ length: 400 }, async () => {
+        const s = createServer((c) => c.destroy());
+        await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+        return s;
+      }),
+    );
+    t.teardown(() => {
+      for (const s of servers) s.close();
+    });
     for (let u = 0; u < 400; u++) {
       emu.register(
-        workloadRegistration({
-          name: `${svc(u)}-1`,
-          service: svc(u),
-          namespace: 'default',
-          node: 'node-b',
-          addresses: ['127.0.0.1'],
-          ports: [30000 + u],
-          uid: undefined,
-          mode: 'strict',
-          upstreams: [],
-        }) as unknown as Record<string, never>,
+        workloadRegistration(
+          {
+            name: `${svc(u)}-1`,
+            service: svc(u),
+            namespace: 'default',
+            node: 'node-b',
+            addresses: ['127.0.0.1'],
+            ports: [(servers[u]!.address() as AddressInfo).port],
+            uid: undefined,
+            mode: 'strict',
+            upstreams: [],
+          },
+          { checkInterval: u === 7 ? '1s' : '30s' },
+        ) as unknown as Record<string, never>,
       );
     }
+    // Local workloads are enrolled whatever their health: nothing listens behind these, and their checks
+    // going critical changes nothing here.
     for (let l = 0; l < 200; l++) {
       emu.register(
-        workloadRegistration({
-          name: `local-${l}`,
-          service: `local-${String(l).padStart(3, '0')}`,
-          namespace: 'default',
-          node: 'node-a',
-          addresses: ['127.0.0.1'],
-          ports: [20000 + l],
-          uid: undefined,
-          mode: 'strict',
-          upstreams: [0, 1].map((k) => ({
-            service: svc((2 * l + k) % 400),
+        workloadRegistration(
+          {
+            name: `local-${l}`,
+            service: `local-${String(l).padStart(3, '0')}`,
             namespace: 'default',
-            port: undefined,
-            listenHost: '127.0.0.1',
-            listenPort: 0,
-          })),
-        }) as unknown as Record<string, never>,
+            node: 'node-a',
+            addresses: ['127.0.0.1'],
+            ports: [20000 + l],
+            uid: undefined,
+            mode: 'strict',
+            upstreams: [0, 1].map((k) => ({
+              service: svc((2 * l + k) % 400),
+              namespace: 'default',
+              port: undefined,
+              listenHost: '127.0.0.1',
+              listenPort: 0,
+            })),
+          },
+          { checkInterval: '60s' },
+        ) as unknown as Record<string, never>,
       );
     }
     const a = await e.start('node-a');
@@ -624,8 +648,8 @@ withHooks(
     await until(() => a.certs.list().length === 200, 60_000, 'a certificate for every local service');
     t.true(emu.peakConnections <= 32, `peak ${emu.peakConnections} connections`);
     t.is(emu.connectionsRefused, 0);
-    // A change to one upstream still arrives through the feed.
-    emu.setCheckStatus(`${svc(7)}-1`, 'critical');
+    // A change to one upstream still arrives through the feed: its workload dies, its check goes critical.
+    await new Promise((r) => servers[7]!.close(r));
     await until(
       () => !a.store.mesh.workloads.some((w) => w.name === `${svc(7)}-1`),
       10_000,
