@@ -13,6 +13,8 @@ import {
   whyNotReady,
   worldHooks,
 } from '../helpers/capture-world.js';
+import type { CheckRunner } from '../helpers/consul-checks.js';
+import { ConsulEmulator } from '../helpers/consul-emulator.js';
 import { sleep } from '../helpers/net.js';
 import { eventually, waitForOutput } from '../helpers/netns.js';
 
@@ -350,6 +352,74 @@ if (why) {
       // Anyone else on the host is still inbound plaintext to a strict workload: refused.
       t.not(check(CHECKER_UID + 1, 8080).code, 0);
       t.true(await eventually(() => plaintextRefusals(world) > refusedBefore));
+    },
+  );
+
+  test.serial(
+    "Consul's checks with capture on: passing while the workload serves, critical once it dies, no refusal",
+    async (t) => {
+      const world = built();
+      // The emulator stands in for host B's agent: its checks run in host B as the agent's user, as a real
+      // agent's would (a TCP connect, bash's /dev/tcp, bounded by the check's Timeout).
+      const runCheck: CheckRunner = async (probe) => {
+        if (probe.kind !== 'tcp') return { status: 'critical', output: 'only TCP checks here' };
+        const [host, port] = probe.tcp.split(':');
+        const r = world.ns.run(world.hb, [
+          'setpriv',
+          `--reuid=${CHECKER_UID}`,
+          `--regid=${CHECKER_UID}`,
+          '--clear-groups',
+          'timeout',
+          String(Math.max(1, Math.ceil(probe.timeoutMs / 1000))),
+          'bash',
+          '-c',
+          `exec 3<>/dev/tcp/${host}/${port}`,
+        ]);
+        return r.code === 0
+          ? { status: 'passing', output: `TCP connect ${probe.tcp}: Success` }
+          : { status: 'critical', output: `dial tcp ${probe.tcp}: ${r.stderr.trim() || `exit ${r.code}`}` };
+      };
+      const emu = await ConsulEmulator.start({ runCheck, checkUpdateIntervalMs: 0 });
+      const server = world.ns.spawn(world.pb, [
+        process.execPath,
+        '-e',
+        "require('net').createServer((c)=>c.end()).listen(8085,'198.18.2.2',()=>console.log('listening'))",
+      ]);
+      try {
+        await waitForOutput(server, 'listening', 10_000);
+        const refusedBefore = plaintextRefusals(world);
+        const put = await fetch(`http://${emu.address}/v1/agent/service/register`, {
+          method: 'PUT',
+          body: JSON.stringify({
+            ID: 'server-check',
+            Name: 'api',
+            Address: '198.18.2.2',
+            Port: 8085,
+            Check: { TCP: '198.18.2.2:8085', Interval: '1s', Timeout: '1s' },
+          }),
+        });
+        t.is(put.status, 200, await put.text());
+        const status = async (): Promise<string | undefined> => {
+          const r = await fetch(`http://${emu.address}/v1/health/service/api`);
+          const entries = (await r.json()) as { Checks: { ServiceID: string; Status: string }[] }[];
+          return entries.flatMap((e) => e.Checks).find((c) => c.ServiceID === 'server-check')?.Status;
+        };
+        t.true(
+          await eventually(async () => (await status()) === 'passing', 40, 250),
+          'passing while it serves',
+        );
+        server.kill('SIGKILL');
+        const died = Date.now();
+        t.true(
+          await eventually(async () => (await status()) === 'critical', 40, 250),
+          'critical once it died',
+        );
+        t.log(`critical ${Date.now() - died} ms after the workload died (Interval 1s, Timeout 1s)`);
+        t.is(plaintextRefusals(world), refusedBefore, 'the checks raised no plaintext refusal');
+      } finally {
+        server.kill('SIGKILL');
+        await emu.close();
+      }
     },
   );
 
