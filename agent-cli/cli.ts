@@ -12,6 +12,7 @@ import { registerList } from './commands/list.js';
 import { registerLogLevel } from './commands/log-level.js';
 import { registerNode } from './commands/node.js';
 import { registerPolicy } from './commands/policy.js';
+import { registerTap } from './commands/tap.js';
 import { registerUnenroll } from './commands/unenroll.js';
 import type { Io } from './context.js';
 
@@ -28,6 +29,7 @@ const COMMANDS: readonly ((program: Command, io: Io) => void)[] = [
   registerNode,
   registerPolicy,
   registerCerts,
+  registerTap,
   registerLogLevel,
   registerCapture,
 ];

@@ -7,6 +7,7 @@ import type { Workload } from '../lib/mesh/model.js';
 import { LocalAddresses } from '../lib/net/addresses.js';
 import { AdminToken, portOf, startHttp } from './admin/http.js';
 import { adminAuth, adminRoutes, metricsRoutes, readyRoutes } from './admin/routes.js';
+import { TapServer } from './admin/tap.js';
 import { ReplyWatch } from './capture/reply-watch.js';
 import { type CertificateAuthority, EmbeddedCa } from './identity/ca.js';
 import { CertificateManager } from './identity/manager.js';
@@ -65,6 +66,12 @@ export class Ambitd {
   #consul: ConsulControlPlane | undefined;
   readonly #reconciler: Reconciler;
   #http: Server[] = [];
+  /** The live stream of connection events on the admin port (GET /tap). */
+  #tapServer: TapServer | undefined;
+  get #tap(): TapServer {
+    this.#tapServer ??= new TapServer(this.metrics, this.log);
+    return this.#tapServer;
+  }
   #identities = new Map<string, string>();
   #ready = false;
   /** This host's addresses: the interfaces, loopback, the advertise address and this node's mesh address. */
@@ -336,6 +343,7 @@ export class Ambitd {
       config.admin,
       adminRoutes(this, this.#consul),
       adminAuth(token, this.metrics, this.log),
+      { 'GET /tap': (req, socket, head, url) => this.#tap.upgrade(req, socket, head, url) },
     );
     const metrics = await startHttp(config.metrics, metricsRoutes(this.metrics));
     const ready = await startHttp(
@@ -382,6 +390,7 @@ export class Ambitd {
     await this.tunnel.close(false);
     this.pool.close();
     this.certs.close();
+    this.#tapServer?.close();
     for (const s of this.#http) s.closeAllConnections();
     await Promise.all(this.#http.map((s) => new Promise((r) => s.close(r))));
   }

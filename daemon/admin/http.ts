@@ -3,10 +3,13 @@ import { open, rename, unlink } from 'node:fs/promises';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
 import type { Listen } from '../../lib/config.js';
 import { ADMIN_TOKEN_FILE } from '../../lib/paths.js';
 
 export type Handler = (req: IncomingMessage, url: URL) => Promise<Reply> | Reply;
+/** A route that upgrades the connection (a WebSocket); `route` is `GET /path`. */
+export type UpgradeHandler = (req: IncomingMessage, socket: Duplex, head: Buffer, url: URL) => void;
 export interface Reply {
   readonly status?: number;
   readonly json?: unknown;
@@ -26,6 +29,7 @@ export function startHttp(
   listen: Listen,
   routes: Record<string, Handler>,
   auth?: AdminAuth,
+  upgrades: Record<string, UpgradeHandler> = {},
 ): Promise<Server> {
   const server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://local');
@@ -50,6 +54,23 @@ export function startHttp(
         (err: Error) => send(res, { status: 500, json: { error: err.message } }),
       );
   });
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    socket.on('error', () => {});
+    const url = new URL(req.url ?? '/', 'http://local');
+    const route = `${req.method} ${url.pathname}`;
+    const handler = upgrades[route];
+    if (!handler) return refuseUpgrade(socket, 404, 'Not Found', `no route ${route} to upgrade`);
+    if (auth && !auth.token.matches(req.headers.authorization)) {
+      auth.denied(route, req);
+      return refuseUpgrade(
+        socket,
+        401,
+        'Unauthorized',
+        `${route} needs the admin token: Authorization: Bearer <contents of ${auth.token.path}>`,
+      );
+    }
+    handler(req, socket, head, url);
+  });
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(listen.port, listen.host, () => {
@@ -68,6 +89,14 @@ function send(res: ServerResponse, reply: Reply): void {
     res.writeHead(status, { 'content-type': reply.contentType ?? 'text/plain; charset=utf-8' });
     res.end(reply.text ?? '');
   }
+}
+
+/** Refuses an upgrade with a plain HTTP answer (the client has not become a WebSocket yet). */
+export function refuseUpgrade(socket: Duplex, status: number, reason: string, message: string): void {
+  const body = `${JSON.stringify({ error: message })}\n`;
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+  );
 }
 
 export const portOf = (server: Server): number => (server.address() as AddressInfo).port;

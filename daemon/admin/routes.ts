@@ -16,13 +16,17 @@ import type { Pool } from '../proxy/pool/pool.js';
 import { type Readiness, readinessStatus } from '../readiness.js';
 import type { StateStore } from '../state/store.js';
 import type { AdminAuth, AdminToken, Handler, Reply } from './http.js';
+import { tapFilter } from './tap.js';
 
 /**
  * Every change, and the dump (the whole mesh and configuration), wants the admin token; the other reads
  * stay open on the admin address, as ztunnel's do, for `curl` and probes. `route` is `METHOD /path`.
  */
 export const tokenRequired = (route: string): boolean =>
-  !route.startsWith('GET ') || route === 'GET /config_dump';
+  !route.startsWith('GET ') || TRAFFIC_READS.has(route);
+
+/** Reads that show who talks to whom (identities, addresses): the admin token's, like the dump. */
+const TRAFFIC_READS: ReadonlySet<string> = new Set(['GET /config_dump', 'GET /connections', 'GET /tap']);
 
 /** The level `POST /logging?level=` names, or undefined when it names none. */
 export const logLevelOf = (value: string): LogLevel | undefined =>
@@ -52,6 +56,7 @@ export interface AdminView {
   readonly inbound: Inbound;
   readonly tunnel: TunnelServer;
   readonly fds: FdReserve;
+  readonly metrics: Metrics;
   localWorkloads(): Workload[];
   identityOf(w: Workload): string;
   readiness(): Readiness;
@@ -82,6 +87,11 @@ export function adminRoutes(d: AdminView, consul: { dump(): unknown } | undefine
       },
     }),
     'GET /workloads': () => ({ json: d.localWorkloads() }),
+    'GET /connections': (_req, url): Reply => {
+      const filter = tapFilter(url.searchParams);
+      if (typeof filter === 'string') return { status: 400, json: { error: filter } };
+      return { json: d.metrics.connections.list(filter) };
+    },
     'GET /certs': () => ({ json: certRows() }),
     'GET /logging': () => ({ json: { level: d.log.level } }),
     'POST /logging': (_req, url): Reply => {

@@ -32,6 +32,16 @@ export abstract class NativeConnection extends EventEmitter implements NativeOwn
   /** The peer's end arrived. */
   readableEnded = false;
 
+  /**
+   * The bytes read and written so far, spliced ones included (bytesRead/bytesWritten have those only once
+   * the connection has closed): for a live view, one call into the binding.
+   */
+  liveBytes(): { read: number; written: number } {
+    if (this.h === undefined) return { read: this.bytesRead, written: this.bytesWritten };
+    const [splicedIn, splicedOut] = binding().connSpliced(this.h);
+    return { read: this.bytesRead + splicedIn, written: this.bytesWritten + splicedOut };
+  }
+
   /** The native connection; undefined once closed (the binding has freed it). */
   protected h: NativeHandle | undefined;
   /** Whether writes may go out yet (a TLS connection holds them until its handshake is done). */

@@ -4,10 +4,11 @@
 // connection refused before it carried anything (a ConnectionRefusal) is also counted in the connection
 // metrics with its flag, and logged as its access-log line, one per connection as every connection is.
 import type { Logger } from '../../lib/log.js';
+import type { Direction } from '../../lib/tap.js';
 import type { ConnectionLabels, Metrics, RefusalReason } from '../metrics/metrics.js';
 import { LogThrottle } from './throttle.js';
 
-export type Direction = 'inbound' | 'outbound';
+export type { Direction };
 
 /** How often one reason may log a line; the rest are counted and summed into the next line. */
 export const REFUSAL_LOG_INTERVAL_MS = 10_000;

@@ -1,6 +1,7 @@
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ConnectionRefusalReason, ResponseFlag } from '../../lib/errors.js';
 import type { WorkloadMeta } from '../../lib/mesh/model.js';
+import { ConnectionTable } from '../observe/connections.js';
 
 // Istio's metric names and labels, so existing Grafana and Kiali dashboards read Ambit as they read ztunnel.
 
@@ -132,6 +133,12 @@ export class Metrics {
   readonly refused: Counter<'direction' | 'reason'>;
   readonly meshReloads: Counter<'result'>;
   readonly adminUnauthorized: Counter<'route'>;
+  readonly tapsDropped: Counter;
+  /**
+   * The connections being carried now, and their events for whoever taps: beside the counters they
+   * mirror, so that every account that counts a connection also lists it (one table per daemon).
+   */
+  readonly connections = new ConnectionTable();
   readonly certExpiry: Gauge<'identity'>;
   readonly tunnelSessions: Gauge<'state'>;
   readonly activeConnections: Gauge<'direction'>;
@@ -185,6 +192,11 @@ export class Metrics {
       name: 'ambit_admin_unauthorized_total',
       help: 'Admin API requests refused with 401 (no or wrong admin token), by route',
       labelNames: ['route'],
+      registers,
+    });
+    this.tapsDropped = new Counter({
+      name: 'ambit_tap_dropped_total',
+      help: 'Taps (/tap, ambit tap) dropped because they read events slower than the daemon made them',
       registers,
     });
     this.meshReloads = new Counter({

@@ -47,6 +47,8 @@ export interface Addon {
   tlsReset(conn: NativeHandle): void;
   /** A plain TCP connection on a duplicate of fd; the tls* calls above work on it too. Starts paused. */
   plainConnect(fd: number, owner: object): NativeHandle;
+  /** What the splice has carried so far, [read from the socket, written to it]; the totals come with close. */
+  connSpliced(conn: NativeHandle): [number, number];
   /**
    * The connection carries HTTP/2 (a tunnel): an nghttp2 session in the binding (h2.c) reads and writes its
    * frames. Before any data is read. `options` in the order of codes.h's enum h2_option.

@@ -9,6 +9,7 @@ import {
   type SecurityPolicy,
   workloadLabels,
 } from '../metrics/metrics.js';
+import type { Tracked } from '../observe/connections.js';
 
 /** One end of a connection as far as the daemon knows it; anything unknown is reported as "unknown". */
 export interface Party {
@@ -33,6 +34,8 @@ export interface AccountDeps {
   readonly refusals: Refusals;
 }
 
+const NO_BYTES = (): { fromClient: number; toClient: number } => ({ fromClient: 0, toClient: 0 });
+
 const LABEL_CACHE_MAX = 10_000;
 const labelCache = new Map<string, Readonly<ConnectionLabels>>();
 
@@ -56,6 +59,8 @@ export class ConnectionAccount {
   readonly #started: number;
   /** The labels the connection was opened with, once it is. */
   #open: ConnectionLabels | undefined;
+  /** Its row in the live table, once it is carried. */
+  #tracked: Tracked | undefined;
 
   constructor(
     deps: AccountDeps,
@@ -124,6 +129,8 @@ export class ConnectionAccount {
    * its message, through the refusal reporter.
    */
   refused(refusal: ConnectionRefusal, extra?: Record<string, unknown>): void {
+    const table = this.#d.metrics.connections;
+    if (table.taps > 0) table.refused(this.#row(), refusal.message, refusal.flag);
     this.#d.refusals.connection(this.labels(refusal.flag), this.#direction, refusal.reason, {
       access: this.#direction,
       src: this.#src,
@@ -138,12 +145,34 @@ export class ConnectionAccount {
     });
   }
 
-  /** The connection is being carried from now on: counted opened and active. */
-  opened(): void {
+  /**
+   * The connection is being carried from now on: counted opened and active, and listed live with `bytes`
+   * (from the client, to it, so far).
+   */
+  opened(bytes: Tracked['bytes'] = NO_BYTES): void {
     const labels = this.labels('-');
     this.#open = labels;
     this.#d.metrics.opened.inc(labels);
     this.#d.metrics.activeConnections.inc({ direction: this.#direction });
+    this.#tracked = {
+      direction: this.#direction,
+      src: this.#src,
+      dst: this.#dst,
+      security: this.#security,
+      started: this.#started,
+      bytes,
+    };
+    this.#d.metrics.connections.opened(this.#tracked);
+  }
+
+  #row(): Omit<Tracked, 'bytes'> {
+    return {
+      direction: this.#direction,
+      src: this.#src,
+      dst: this.#dst,
+      security: this.#security,
+      started: this.#started,
+    };
   }
 
   /** The carried connection ended (`err`: reset): counted closed with its bytes, and logged. */
@@ -151,6 +180,7 @@ export class ConnectionAccount {
     const m = this.#d.metrics;
     m.activeConnections.dec({ direction: this.#direction });
     m.connectionClosed(this.#open ?? this.labels('-'), fromClient, toClient);
+    if (this.#tracked) m.connections.closed(this.#tracked, fromClient, toClient, err !== undefined);
     this.#d.log.info(
       {
         access: this.#direction,

@@ -36,7 +36,12 @@ export function carry(
     account.refused(new ConnectionRefusal('connect_failed', why));
     return undefined;
   }
-  account.opened();
+  account.opened(() => {
+    const b = tcp.liveBytes();
+    return clientSide
+      ? { fromClient: b.read, toClient: b.written }
+      : { fromClient: b.written, toClient: b.read };
+  });
   const done = (err: Error | undefined): void => {
     onClose?.();
     const fromClient = clientSide ? tcp.bytesRead : tcp.bytesWritten;

@@ -283,6 +283,20 @@ static napi_value TlsDestroy(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* connSpliced(conn) -> [in, out]: what the splice has carried so far, for a live view of an open
+ * connection (the totals come with its close event). */
+static napi_value ConnSpliced(napi_env env, napi_callback_info info) {
+  conn_t *c;
+  conn_arg(env, info, &c);
+  napi_value r, v;
+  napi_create_array_with_length(env, 2, &r);
+  napi_create_double(env, c ? c->spliced_in : 0, &v);
+  napi_set_element(env, r, 0, v);
+  napi_create_double(env, c ? c->spliced_out : 0, &v);
+  napi_set_element(env, r, 1, v);
+  return r;
+}
+
 void ambit_conn_init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"tlsInit", NULL, TlsInit, NULL, NULL, NULL, napi_default, NULL},
@@ -296,6 +310,7 @@ void ambit_conn_init(napi_env env, napi_value exports) {
     {"tlsDestroy", NULL, TlsDestroy, NULL, NULL, NULL, napi_default, NULL},
     {"tlsReset", NULL, TlsReset, NULL, NULL, NULL, napi_default, NULL},
     {"plainConnect", NULL, PlainConnect, NULL, NULL, NULL, napi_default, NULL},
+    {"connSpliced", NULL, ConnSpliced, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }
