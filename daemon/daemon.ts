@@ -35,6 +35,16 @@ import { StateStore } from './state/store.js';
 export type { BoundPorts } from './own-listeners.js';
 
 /**
+ * A supervisor's worker (daemon/supervisor/): the supervisor's one control plane and certificate manager,
+ * relayed over IPC, in place of the worker's own. The supervisor also serves admin, metrics and readiness,
+ * registers the node and switches the capture gate, so a worker does none of these.
+ */
+export interface WorkerParts {
+  readonly ca: CertificateAuthority;
+  readonly source: { start(store: StateStore): Promise<void>; close(): void };
+}
+
+/**
  * ambitd: wires the control plane (mesh file), identity (CA + certificate manager) and data path (tunnel
  * server, outbound pool, explicit listeners) together, and serves admin, metrics and readiness. What each
  * part decides lives with it: reconcile.ts (mesh -> this node), readiness.ts, admin/routes.ts.
@@ -62,6 +72,7 @@ export class Ambitd {
   readonly capture: { outbound: CaptureListener; plaintext: PlaintextListener } | undefined;
   readonly ports: BoundPorts = { tunnel: 0, admin: 0, metrics: 0, ready: 0, outbound: 0, plaintext: 0 };
   #source: MeshFileSource | undefined;
+  #worker: WorkerParts | undefined;
   /** Consul mode: the control plane and CA (undefined: the embedded mesh file and CA). */
   #consul: ConsulControlPlane | undefined;
   readonly #reconciler: Reconciler;
@@ -191,14 +202,16 @@ export class Ambitd {
     }
   }
 
-  static async start(given: DaemonConfig, logger: Logger): Promise<Ambitd> {
+  static async start(given: DaemonConfig, logger: Logger, worker?: WorkerParts): Promise<Ambitd> {
     // Before anything else: without the native binding there is no tunnel, and the reason is one line.
     binding();
     await mkdir(given.stateDir, { recursive: true, mode: 0o700 });
     let config = given;
     let consul: ConsulControlPlane | undefined;
     let ca: CertificateAuthority;
-    if (config.consul) {
+    if (worker) {
+      ca = worker.ca;
+    } else if (config.consul) {
       consul = await ConsulControlPlane.open(config, logger);
       config = consul.config; // Consul's trust domain and datacenter, so identities match its leaves
       ca = consul.ca;
@@ -218,6 +231,7 @@ export class Ambitd {
     }
     const d = new Ambitd(config, logger, certs);
     d.#consul = consul;
+    d.#worker = worker;
     try {
       await d.#start();
     } catch (err) {
@@ -246,7 +260,9 @@ export class Ambitd {
     // address (its replies would be lost).
     await this.replies?.start();
     this.ports.tunnel = await this.tunnel.listen(config.tunnel);
-    if (this.#consul) {
+    if (this.#worker) {
+      await this.#worker.source.start(this.store);
+    } else if (this.#consul) {
       await this.#consul.start(this.store, this.certs, this.metrics);
     } else {
       this.#source = new MeshFileSource(config.meshFile, this.store, log, {
@@ -259,12 +275,12 @@ export class Ambitd {
       await this.#source.start();
     }
     await this.#reconciler.settled();
-    if (config.registerNode) {
+    if (config.registerNode && !this.#worker) {
       const node = { name: config.nodeName, address: config.advertiseAddress, tunnelPort: this.ports.tunnel };
       if (this.#consul) await this.#consul.registerNode(node, 'node');
       else await registerInMeshFile(config.meshFile, this.store.node(config.nodeName), node, log);
     }
-    await this.#startHttp();
+    if (!this.#worker) await this.#startHttp();
     if (this.capture) await this.#startCapture();
     this.#ready = true;
     log.info({ node: config.nodeName, ports: this.ports, mesh: config.meshFile }, 'ambitd ready');
@@ -279,7 +295,7 @@ export class Ambitd {
     this.ports.plaintext = inbound;
     log.info({ outbound, inbound, mark: config.capture.mark }, 'transparent capture listening');
     // Fail-open workloads are redirected only while the gate is up (that is, while ambitd runs).
-    await this.#gate(true);
+    if (!this.#worker) await this.#gate(true);
   }
 
   async #gate(up: boolean): Promise<void> {
@@ -371,11 +387,12 @@ export class Ambitd {
     this.replies?.close();
     if (this.capture) {
       // Fail-open workloads pass untouched from now on; fail-closed ones are refused until ambitd is back.
-      if (wasReady) await this.#gate(false);
+      if (wasReady && !this.#worker) await this.#gate(false);
       this.capture.outbound.close();
       this.capture.plaintext.close();
     }
     this.#source?.close();
+    this.#worker?.source.close();
     await this.#consul?.close();
     this.listeners.close();
     if (drainMs > 0) {
@@ -393,6 +410,11 @@ export class Ambitd {
     this.#tapServer?.close();
     for (const s of this.#http) s.closeAllConnections();
     await Promise.all(this.#http.map((s) => new Promise((r) => s.close(r))));
+  }
+
+  /** Connections carried now: tunneled in, and streams out through the pool. */
+  get openConnections(): number {
+    return this.#openConnections();
   }
 
   #openConnections(): number {

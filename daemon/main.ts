@@ -1,4 +1,5 @@
 #!/usr/bin/env -S node --initial-old-space-size=64
+import cluster from 'node:cluster';
 import { Command } from 'commander';
 import { CONFIG_KEYS, type ConfigInput, loadConfig, optionOf } from '../lib/config.js';
 import { flagHelp } from '../lib/config/docs.js';
@@ -6,6 +7,9 @@ import { AmbitError } from '../lib/errors.js';
 import { createLogger } from '../lib/log.js';
 import { Ambitd } from './daemon.js';
 import { NODE_FLAGS, initialOldSpaceMb } from './proxy/reclaim.js';
+import { runSupervisor } from './supervisor/supervisor.js';
+import { runWorker } from './supervisor/worker.js';
+import { workerCount } from './supervisor/workers.js';
 
 const program = new Command()
   .name('ambitd')
@@ -37,6 +41,10 @@ async function main(): Promise<void> {
       'node was started without the flags ambitd is tuned for: expect more garbage collection under load',
     );
   }
+  // With workers, this process is the supervisor, or one of its workers (forked with this same argv).
+  if (cluster.isWorker) return runWorker(config, log.child({ worker: process.pid }));
+  const workers = workerCount(config);
+  if (workers > 0) return runSupervisor(config, log, workers);
   const daemon = await Ambitd.start(config, log);
   let stopping = false;
   const stop = (signal: string): void => {

@@ -210,6 +210,8 @@ export class Metrics {
       help: 'Expiry of the certificate held for each workload identity',
       labelNames: ['identity'],
       registers,
+      // With workers, a scrape merges every process's registry: a timestamp or a state is not a sum.
+      aggregator: 'max',
     });
     this.tunnelSessions = new Gauge({
       name: 'ambit_tunnel_sessions',
@@ -239,16 +241,22 @@ export class Metrics {
       name: 'ambit_consul_stale',
       help: '1 while Consul cannot be reached and the last known state is serving, else 0',
       registers,
+      // With workers, a scrape merges every process's registry: a timestamp or a state is not a sum.
+      aggregator: 'max',
     });
     this.consulFilteredQueries = new Gauge({
       name: 'ambit_consul_filtered_queries',
       help: 'Consul queries whose last answer was filtered by ACLs (X-Consul-Results-Filtered-By-ACLs)',
       registers,
+      // With workers, a scrape merges every process's registry: a timestamp or a state is not a sum.
+      aggregator: 'max',
     });
     this.consulLastContact = new Gauge({
       name: 'ambit_consul_last_contact_timestamp_seconds',
       help: 'When Consul last answered a query',
       registers,
+      // With workers, a scrape merges every process's registry: a timestamp or a state is not a sum.
+      aggregator: 'max',
     });
     if (opts.processMetrics !== false) collectDefaultMetrics({ register: this.registry });
   }

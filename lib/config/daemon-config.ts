@@ -45,6 +45,11 @@ export interface DaemonConfig {
   /** Consul as the control plane and CA; undefined runs the embedded mesh file and CA. */
   readonly consul: ConsulSettings | undefined;
   readonly drainMs: number;
+  /** Worker processes behind a supervisor (daemon/supervisor/); 0 runs the daemon in this one process. */
+  readonly workers: number | 'auto';
+  readonly workersMax: number;
+  readonly reloadDrainMs: number;
+  readonly stopGraceMs: number;
   readonly capture: {
     readonly enabled: boolean;
     readonly mark: number;
@@ -115,6 +120,10 @@ export function daemonConfig(v: SettingValues, consul: ConsulSettings | undefine
     defaultPolicy: v.defaultPolicy,
     consul,
     drainMs: v.drainTimeout,
+    workers: v.workers,
+    workersMax: v.workersMax,
+    reloadDrainMs: v.reloadDrainTimeout,
+    stopGraceMs: v.stopGrace,
     capture: {
       enabled: v.capture,
       mark: v.captureMark,

@@ -17,6 +17,7 @@ import {
   ip,
   listen,
   mark,
+  nonNegativeInt,
   optional,
   pattern,
   portList,
@@ -212,6 +213,35 @@ const shutdown = {
   }),
 };
 
+/** `auto` (the cores available, at most workersMax) or a count; 0 is today's single process. */
+const workerCount: Parser<number | string, number | 'auto'> = {
+  arg: '<n|auto>',
+  parse: (v, where) => (v === 'auto' ? 'auto' : nonNegativeInt(v, where)),
+};
+
+const workers = {
+  workers: setting({
+    parser: workerCount,
+    default: 0,
+    help: 'worker processes behind a supervisor that holds the listeners and the control plane (auto: the cores available); 0: one process, no supervisor',
+  }),
+  workersMax: setting({
+    parser: count(),
+    default: 8,
+    help: 'most workers `workers: auto` starts',
+  }),
+  reloadDrainTimeout: setting({
+    parser: duration,
+    default: '1h',
+    help: 'on SIGHUP (reload), how long the old workers carry their open connections before the rest are closed',
+  }),
+  stopGrace: setting({
+    parser: duration,
+    default: '5s',
+    help: 'with workers, on SIGTERM: how long readiness fails while the listeners still accept, before the drain',
+  }),
+};
+
 /** A routing table of Ambit's own: not unspec (0), nor default, main or local (253, 254, 255). */
 const routeTable: Parser<number | string, number> = {
   arg: '<table>',
@@ -372,6 +402,7 @@ export const SECTIONS = [
   { title: 'Connections to peers and upstreams', settings: connections },
   { title: 'Consul', settings: consul },
   { title: 'Shutdown', settings: shutdown },
+  { title: 'Workers and reloads ([operations.md](operations.md#workers-and-reloads))', settings: workers },
   { title: 'Transparent capture', settings: capture },
   { title: 'Limits ([limits.md](limits.md))', settings: limits },
 ] as const;
@@ -383,6 +414,7 @@ export const SETTINGS = {
   ...connections,
   ...consul,
   ...shutdown,
+  ...workers,
   ...capture,
   ...limits,
 };

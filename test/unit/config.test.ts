@@ -48,6 +48,10 @@ test('the defaults are those of docs/configuration.md, field for field', (t) => 
     defaultPolicy: undefined,
     consul: undefined,
     drainMs: 30_000,
+    workers: 0,
+    workersMax: 8,
+    reloadDrainMs: 3_600_000,
+    stopGraceMs: 5_000,
     capture: {
       enabled: false,
       mark: 0x539,
@@ -116,6 +120,10 @@ const SAMPLES: Record<SettingKey, string> = {
   consulTokenFile: 'token', // in the test's directory
   defaultPolicy: 'deny',
   drainTimeout: '1s',
+  workers: '3',
+  workersMax: '2',
+  reloadDrainTimeout: '10m',
+  stopGrace: '0s',
   capture: 'true',
   captureMark: '0x10',
   captureOriginalSource: 'false',

@@ -1,0 +1,123 @@
+// One worker under the supervisor (supervisor.ts): today's daemon, fed the supervisor's mesh and
+// certificates, accepting on the listeners the supervisor holds (cluster's shared handles).
+import type { DaemonConfig } from '../../lib/config.js';
+import type { Logger } from '../../lib/log.js';
+import { Ambitd } from '../daemon.js';
+import { RelayedCa } from '../identity/relayed-ca.js';
+import { IpcSource } from '../state/ipc-source.js';
+import { drainWorker } from './drain.js';
+import { type FromWorker, type Init, type Question, type ToWorker, isMessage } from './protocol.js';
+import { Rpc } from './rpc.js';
+
+/** How long a worker waits for the supervisor's certificate or roots before that issue fails (and is retried). */
+const ASK_TIMEOUT_MS = 60_000;
+
+function send(m: FromWorker, done?: () => void): void {
+  if (!process.connected || !process.send) throw new Error('the supervisor is gone');
+  process.send(m, undefined, undefined, done);
+}
+
+export async function runWorker(loaded: DaemonConfig, log: Logger): Promise<void> {
+  let daemon: Ambitd | undefined;
+  let source: IpcSource | undefined;
+  let deadline: number | undefined;
+  let initialised: (init: Init) => void = () => {};
+  const init = new Promise<Init>((resolve) => {
+    initialised = resolve;
+  });
+
+  const answer = (what: Question): unknown => {
+    const d = daemon;
+    if (!d) throw new Error('the worker is starting');
+    switch (what.q) {
+      case 'connections':
+        return d.metrics.connections.list(what.filter);
+      case 'metrics':
+        return d.metrics.registry.getMetricsAsJSON();
+      case 'status':
+        return {
+          readiness: d.readiness(),
+          open: d.metrics.connections.size,
+          pool: d.pool.stats(),
+          inbound: { open: d.inbound.openConnections, connecting: d.inbound.connecting },
+        };
+      default:
+        throw new Error(`a worker does not answer ${what.q}`);
+    }
+  };
+  const rpc = new Rpc((m) => send(m), answer);
+
+  const drain = (timeoutMs: number, reason: string): void => {
+    const at = Date.now() + timeoutMs;
+    if (deadline !== undefined) {
+      deadline = Math.min(deadline, at); // a stop during a reload's drain shortens it
+      return;
+    }
+    deadline = at;
+    log.info({ reason, timeoutMs }, 'draining: no new connections here');
+    const d = daemon;
+    const finish = async (): Promise<void> => {
+      const remaining = d ? await drainWorker(d, () => deadline ?? at, log) : 0;
+      const counters = d
+        ? (await d.metrics.registry.getMetricsAsJSON()).filter((m) => String(m.type) === 'counter') // prom-client's types say an enum; it sends the name
+        : [];
+      send({ t: 'drained', remaining, counters: counters }, () => process.exit(0));
+    };
+    finish().catch((err: Error) => {
+      log.error({ err: err.message }, 'drain failed');
+      process.exit(1);
+    });
+  };
+
+  process.on('message', (m: unknown) => {
+    if (!isMessage(m)) return;
+    const msg = m as ToWorker;
+    if (rpc.handle(msg)) return;
+    switch (msg.t) {
+      case 'init':
+        initialised(msg);
+        break;
+      case 'mesh':
+        source?.apply(msg.mesh);
+        break;
+      case 'roots':
+        try {
+          daemon?.certs.setRoots(msg.roots);
+        } catch (err) {
+          log.error({ err: (err as Error).message }, 'cannot use the roots the supervisor sent');
+        }
+        break;
+      case 'rotated':
+        if (daemon?.certs.has(msg.identity)) {
+          daemon.certs
+            .rotate(msg.identity)
+            .catch((err: Error) => log.warn({ identity: msg.identity, err: err.message }, 'rotation failed'));
+        }
+        break;
+      case 'logLevel':
+        log.level = msg.level;
+        break;
+      case 'drain':
+        drain(msg.timeoutMs, msg.reason);
+        break;
+    }
+  });
+  // The supervisor decides when workers stop (a terminal's ^C reaches the whole process group); when the
+  // supervisor itself is gone, cluster ends the worker on the channel's disconnect.
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(signal, () => log.debug({ signal }, 'signal ignored: the supervisor stops and reloads workers'));
+  }
+
+  send({ t: 'hello' });
+  const i = await init;
+  log.level = i.logLevel;
+  const config: DaemonConfig = { ...loaded, trustDomain: i.trustDomain, datacenter: i.datacenter };
+  source = new IpcSource(i.mesh);
+  const ca = new RelayedCa(i.kind, {
+    issue: (identity, ttlMs) => rpc.ask({ q: 'issue', identity, ttlMs }, ASK_TIMEOUT_MS),
+    roots: () => rpc.ask({ q: 'roots' }, ASK_TIMEOUT_MS),
+  });
+  daemon = await Ambitd.start(config, log, { ca, source });
+  if (deadline !== undefined) return; // asked to drain while starting
+  send({ t: 'ready', ports: daemon.ports });
+}
