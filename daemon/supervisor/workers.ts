@@ -219,7 +219,14 @@ export class Workers {
         m.worker.emit('ambit:ready');
         break;
       case 'drained':
-        this.#retired = AggregatorRegistry.aggregate([this.#retired, msg.counters]).getMetricsAsJSON() as never;
+        AggregatorRegistry.aggregate([this.#retired, msg.counters])
+          .getMetricsAsJSON()
+          .then(
+            (summed) => {
+              this.#retired = summed as MetricsJson;
+            },
+            (err: Error) => this.#log.warn({ err: err.message }, 'cannot keep the counters of a worker that left'),
+          );
         break;
     }
   }

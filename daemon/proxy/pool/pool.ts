@@ -3,6 +3,7 @@ import type { Logger } from '../../../lib/log.js';
 import type { CertificateManager } from '../../identity/manager.js';
 import { type Refusals, peerAbuseReason } from '../../limits/refusal.js';
 import type { Metrics } from '../../metrics/metrics.js';
+import { ErrorCode } from '../h2/codes.js';
 import type { H2Headers, H2Stream } from '../h2/stream.js';
 import type { H2Limits } from '../hbone.js';
 import type { SocketFactory } from '../sockets.js';
@@ -52,8 +53,22 @@ export class Pool {
     this.#pinger = setInterval(() => this.#ping(), opts.pingIntervalMs).unref();
   }
 
-  /** Opens a CONNECT stream through a pooled session and waits for the peer's answer. */
+  /**
+   * Opens a CONNECT stream through a pooled session and waits for the peer's answer. A stream the peer
+   * refused (REFUSED_STREAM: past its GOAWAY, as a draining daemon or worker sends) was never processed
+   * (RFC 9113, 8.7), so it is tried once more on another session rather than failing the connection.
+   */
   async connect(key: PoolKey, headers: H2Headers): Promise<TunnelResponse> {
+    try {
+      return await this.#connectOnce(key, headers);
+    } catch (err) {
+      if (!(err instanceof RefusedStream)) throw err;
+      err.session.draining = true;
+      return this.#connectOnce(key, headers);
+    }
+  }
+
+  async #connectOnce(key: PoolKey, headers: H2Headers): Promise<TunnelResponse> {
     const session = await this.#acquire(key);
     session.active++;
     this.#clearIdle(session);
@@ -70,7 +85,10 @@ export class Pool {
         stream.removeListener('response', onResponse);
         reject(new TunnelError(`tunnel stream failed: ${err.message}`, { cause: err }));
       };
-      const onClose = (): void => onError(new Error(`stream closed with code ${stream.rstCode}`));
+      const onClose = (): void =>
+        stream.rstCode === ErrorCode.REFUSED_STREAM
+          ? reject(new RefusedStream(session))
+          : onError(new Error(`stream closed with code ${stream.rstCode}`));
       const onResponse = (h: H2Headers): void => {
         stream.removeListener('error', onError);
         stream.removeListener('close', onClose);
@@ -209,5 +227,14 @@ export class Pool {
     clearInterval(this.#pinger);
     for (const list of this.#sessions.values()) for (const s of list) s.destroy();
     this.#sessions.clear();
+  }
+}
+
+/** The peer refused the stream before processing it: safe to open again elsewhere. */
+class RefusedStream extends TunnelError {
+  readonly session: TunnelSession;
+  constructor(session: TunnelSession) {
+    super('tunnel stream failed: stream closed with code 7 (refused: the peer is draining)');
+    this.session = session;
   }
 }

@@ -1,0 +1,279 @@
+// ambitd with workers, as a user runs it: real daemons as child processes on loopback, a supervisor each
+// with two workers. A reload (SIGHUP) starts new workers before the old ones drain: nothing is refused,
+// nothing open is cut, and the old workers leave once what they carry has ended (or their time is up).
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { type Socket, connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import test from 'ava';
+import type { ConnectionRow } from '../../lib/tap.js';
+import {
+  clientWorkload,
+  echoServer,
+  enroll,
+  freePort,
+  metricSum,
+  roundTrip,
+  sha256,
+  sleep,
+  until,
+  upstreamTo,
+  workload,
+} from '../helpers/cluster.js';
+import type { LogLine } from '../helpers/logs.js';
+import { AMBITD } from '../helpers/paths.js';
+
+interface Daemon {
+  readonly name: string;
+  readonly proc: ChildProcess;
+  readonly lines: LogLine[];
+  stderr(): string;
+  ports: { admin: number; metrics: number; ready: number; tunnel: number };
+  /** The log lines with this message. */
+  logged(msg: string): LogLine[];
+  admin<T>(path: string): Promise<T>;
+}
+
+interface World {
+  dir: string;
+  meshFile: string;
+  a: Daemon;
+  b: Daemon;
+  /** node-a's upstream listener to the echo service on node-b. */
+  port: number;
+  close(): Promise<void>;
+}
+
+async function spawnDaemon(dir: string, name: string, env: Record<string, string>): Promise<Daemon> {
+  const proc = spawn(process.execPath, [AMBITD], {
+    env: {
+      PATH: process.env.PATH,
+      AMBIT_NODE_NAME: name,
+      AMBIT_STATE_DIR: join(dir, name),
+      AMBIT_MESH_FILE: join(dir, 'mesh.yaml'),
+      AMBIT_CA_DIR: join(dir, 'ca'),
+      AMBIT_TUNNEL: '127.0.0.1:0',
+      AMBIT_ADMIN: '127.0.0.1:0',
+      AMBIT_METRICS: '127.0.0.1:0',
+      AMBIT_READY: '127.0.0.1:0',
+      AMBIT_MESH_POLL: '200ms',
+      AMBIT_WORKERS: '2',
+      ...env,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: LogLine[] = [];
+  let rest = '';
+  let stderr = '';
+  proc.stdout!.on('data', (b: Buffer) => {
+    const text = rest + b.toString();
+    const parts = text.split('\n');
+    rest = parts.pop() ?? '';
+    for (const l of parts) if (l) lines.push(JSON.parse(l) as LogLine);
+  });
+  proc.stderr!.on('data', (b: Buffer) => {
+    stderr += b.toString();
+  });
+  const logged = (msg: string): LogLine[] => lines.filter((l) => l.msg === msg);
+  // The supervisor's line (each worker logs its own first, without the admin ports).
+  const ready = (): LogLine | undefined => logged('ambitd ready').find((l) => l.workers !== undefined);
+  await until(
+    () => ready() !== undefined || proc.exitCode !== null,
+    30_000,
+    `${name} ready`,
+  );
+  if (proc.exitCode !== null) throw new Error(`${name} exited: ${stderr}`);
+  const ports = ready()!.ports as Daemon['ports'];
+  const token = (await readFile(join(dir, name, 'admin.token'), 'utf8')).trim();
+  return {
+    name,
+    proc,
+    lines,
+    stderr: () => stderr,
+    ports,
+    logged,
+    admin: async <T>(path: string): Promise<T> => {
+      const r = await fetch(`http://127.0.0.1:${ports.admin}${path}`, {
+        headers: { authorization: `Bearer ${token}` },
+      });
+      return (await r.json()) as T;
+    },
+  };
+}
+
+/** Two hosts, each a supervisor with two workers; node-a's client reaches node-b's echo service. */
+async function startWorld(env: { a?: Record<string, string>; b?: Record<string, string> } = {}): Promise<World> {
+  const dir = await mkdtemp(join(tmpdir(), 'ambit-reload-'));
+  const meshFile = join(dir, 'mesh.yaml');
+  const echo = await echoServer();
+  const procs: Daemon[] = [];
+  const close = async (): Promise<void> => {
+    for (const d of procs) d.proc.kill('SIGKILL');
+    if (process.env.AMBIT_TEST_LOG) {
+      for (const d of procs) console.error(d.name, d.lines.map((l) => JSON.stringify(l)).join('\n'), d.stderr());
+    }
+    echo.server.close();
+    await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    // One at a time: the first creates the shared CA, the second loads it.
+    const a = await spawnDaemon(dir, 'node-a', env.a ?? {});
+    procs.push(a);
+    const b = await spawnDaemon(dir, 'node-b', env.b ?? {});
+    procs.push(b);
+    const port = await freePort();
+    await enroll(
+      meshFile,
+      clientWorkload(9, upstreamTo('echo', port)),
+      workload({ name: 'echo-1', service: 'echo', node: 'node-b', ports: [echo.port] }),
+    );
+    // Until node-a binds the listener and node-b holds the certificate, a connection may be refused.
+    await until(
+      async () => (await roundTrip(port, Buffer.from('probe')).catch(() => ({ length: 0 }))).length === 5,
+      15_000,
+      'the echo service reachable through the tunnel',
+    );
+    return { dir, meshFile, a, b, port, close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
+
+/** A connection that stays open, echoing what is written: `check` writes `n` bytes and verifies them. */
+async function longLived(port: number): Promise<{ check(n: number): Promise<void>; socket: Socket }> {
+  const socket = connect({ port, host: '127.0.0.1' });
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('error', reject);
+  });
+  let received = Buffer.alloc(0);
+  socket.on('data', (b: Buffer) => {
+    received = Buffer.concat([received, b]);
+  });
+  return {
+    socket,
+    async check(n: number) {
+      received = Buffer.alloc(0);
+      const sent = randomBytes(n);
+      socket.write(sent);
+      await until(() => received.length >= n || socket.destroyed, 15_000, `${n} bytes echoed`);
+      if (sha256(received) !== sha256(sent)) throw new Error(`got ${received.length} B back, not what was sent`);
+    },
+  };
+}
+
+/** New connections every 10 ms (at most `count`), each a verified round trip; resolves with the failures. */
+async function steadyClients(port: number, count: number, stop: () => boolean): Promise<string[]> {
+  const failures: string[] = [];
+  const runs: Promise<void>[] = [];
+  for (let i = 0; i < count && !stop(); i++) {
+    const payload = randomBytes(1024);
+    runs.push(
+      roundTrip(port, payload).then(
+        (r) => {
+          if (r.sha256 !== sha256(payload)) failures.push(`#${i}: ${r.length} B back`);
+        },
+        (err: Error) => {
+          failures.push(`#${i}: ${err.message}`);
+        },
+      ),
+    );
+    await sleep(10);
+  }
+  await Promise.all(runs);
+  return failures;
+}
+
+const generations = async (d: Daemon): Promise<number[]> =>
+  (await d.admin<{ generation: number }[]>('/workers')).map((w) => w.generation);
+
+/** SIGHUP, then waits for the new workers to accept. */
+async function reload(d: Daemon): Promise<void> {
+  const before = d.logged('reload: new workers accept; the old ones drain').length;
+  d.proc.kill('SIGHUP');
+  await until(
+    () => d.logged('reload: new workers accept; the old ones drain').length > before,
+    60_000,
+    `${d.name} reloaded`,
+  );
+}
+
+test.serial('a reload of either end refuses no new connection and cuts no open one', async (t) => {
+  const w = await startWorld();
+  try {
+    const long = await longLived(w.port);
+    await long.check(64 * 1024);
+    let done = false;
+    const clients = steadyClients(w.port, 2000, () => done);
+    await sleep(200);
+    await reload(w.b); // the tunnel's end: new sessions from node-a go to node-b's new workers
+    await sleep(200);
+    await reload(w.a); // the client's end: the upstream listener, and node-a's pooled sessions
+    await sleep(200);
+    done = true;
+    const failures = await clients;
+    t.deepEqual(failures, [], 'every new connection during both reloads was carried');
+    await long.check(256 * 1024);
+    t.pass('the connection opened before both reloads carries on, bytes intact');
+    // The old workers carry the long-lived connection; once it ends, they leave.
+    t.deepEqual((await generations(w.a)).sort(), [1, 2, 2], 'node-a: one old worker still carries it');
+    long.socket.end();
+    await until(async () => (await generations(w.a)).every((g) => g === 2), 15_000, 'node-a old workers gone');
+    await until(async () => (await generations(w.b)).every((g) => g === 2), 15_000, 'node-b old workers gone');
+    t.is(w.a.logged('worker exited').length, 2, 'both old workers of node-a exited');
+    t.is(w.a.logged('drained: every connection ended').length, 2);
+    t.is(w.a.logged('worker exited unexpectedly').length, 0);
+  } finally {
+    await w.close();
+  }
+});
+
+test.serial('after reloadDrainTimeout, an old worker closes what is still open, with a log line', async (t) => {
+  const w = await startWorld({ b: { AMBIT_RELOAD_DRAIN_TIMEOUT: '1s' } });
+  try {
+    const long = await longLived(w.port);
+    await long.check(1024);
+    const closed = new Promise<void>((resolve) => long.socket.once('close', () => resolve()));
+    await reload(w.b);
+    await closed;
+    t.pass('the connection was closed once the drain time was up');
+    await until(() => w.b.logged('drain time is up: closing the connections still open').length === 1, 10_000);
+    const line = w.b.logged('drain time is up: closing the connections still open')[0]!;
+    t.true((line.remaining as number) >= 1, `${line.remaining} connection(s) closed`);
+    await until(async () => (await generations(w.b)).every((g) => g === 2), 15_000, 'old workers gone');
+    // What is opened now is carried by the new workers.
+    t.is((await roundTrip(w.port, Buffer.from('after'))).length, 5);
+  } finally {
+    await w.close();
+  }
+});
+
+test.serial('with two workers, connections are spread over both and the scrape sums them', async (t) => {
+  const w = await startWorld();
+  try {
+    const open: Socket[] = [];
+    for (let i = 0; i < 40; i++) {
+      const l = await longLived(w.port);
+      await l.check(16);
+      open.push(l.socket);
+      await sleep(10);
+    }
+    const rows = await w.a.admin<(ConnectionRow & { worker: number })[]>('/connections');
+    const outbound = rows.filter((r) => r.direction === 'outbound');
+    t.is(outbound.length, 40, 'every open connection is listed');
+    const byWorker = new Map<number, number>();
+    for (const r of outbound) byWorker.set(r.worker, (byWorker.get(r.worker) ?? 0) + 1);
+    t.log(`node-a: ${[...byWorker.values()].join(' and ')} connections per worker`);
+    t.is(byWorker.size, 2, 'both workers carry some');
+    const text = await (await fetch(`http://127.0.0.1:${w.a.ports.metrics}/metrics`)).text();
+    // 40, and the probe round trips of startWorld.
+    const opened = metricSum(text, 'istio_tcp_connections_opened_total', { reporter: 'source' });
+    t.true(opened >= 40, `the scrape sums both workers: ${opened} opened`);
+    for (const s of open) s.destroy();
+  } finally {
+    await w.close();
+  }
+});
