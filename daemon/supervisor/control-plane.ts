@@ -25,7 +25,12 @@ export class ControlPlane {
   #source: MeshFileSource | undefined;
   readonly #log: Logger;
 
-  private constructor(config: DaemonConfig, log: Logger, ca: CertificateAuthority, consul?: ConsulControlPlane) {
+  private constructor(
+    config: DaemonConfig,
+    log: Logger,
+    ca: CertificateAuthority,
+    consul?: ConsulControlPlane,
+  ) {
     this.config = config;
     this.#log = log;
     this.kind = ca.kind;

@@ -60,7 +60,12 @@ export class Supervisor implements SupervisorView {
     plane.certs.on('rotated', (identity) => workers.broadcast({ t: 'rotated', identity }));
     await this.#startHttp();
     const first = await workers.startGeneration();
-    Object.assign(this.ports, { ...first[0]!.ports, admin: this.ports.admin, metrics: this.ports.metrics, ready: this.ports.ready });
+    Object.assign(this.ports, {
+      ...first[0]!.ports,
+      admin: this.ports.admin,
+      metrics: this.ports.metrics,
+      ready: this.ports.ready,
+    });
     if (config.registerNode) {
       const node = { name: config.nodeName, address: config.advertiseAddress, tunnelPort: this.ports.tunnel };
       if (plane.consul) await plane.consul.registerNode(node, 'node');
@@ -87,11 +92,17 @@ export class Supervisor implements SupervisorView {
     const run = async (): Promise<void> => {
       const { workers, log, config } = this;
       const old = workers.current();
-      log.info({ generation: workers.generation + 1, workers: workers.count }, 'reload: starting new workers');
+      log.info(
+        { generation: workers.generation + 1, workers: workers.count },
+        'reload: starting new workers',
+      );
       try {
         await workers.startGeneration();
       } catch (err) {
-        log.error({ err: (err as Error).message }, 'reload failed: the new workers did not start; the old ones carry on');
+        log.error(
+          { err: (err as Error).message },
+          'reload failed: the new workers did not start; the old ones carry on',
+        );
         return;
       }
       workers.drain(old, config.reloadDrainMs, 'reload');
@@ -159,15 +170,15 @@ export class Supervisor implements SupervisorView {
 
 /** ambitd's main with workers: the supervisor, and its signals. */
 export async function runSupervisor(config: DaemonConfig, log: Logger, count: number): Promise<void> {
-  let s: Supervisor | undefined;
+  const running: { s?: Supervisor } = {};
   // Installed first: a SIGHUP's default is to end the process, and a reload during the start has nothing to
   // replace yet.
   process.on('SIGHUP', () => {
-    if (s) void s.reload();
+    if (running.s) void running.s.reload();
     else log.warn('reload asked before the start finished: ignored');
   });
-  s = await Supervisor.start(config, log, count);
-  const started = s;
+  const started = await Supervisor.start(config, log, count);
+  running.s = started;
   const stop = (signal: string): void => {
     log.info({ signal }, 'stopping');
     started.stop().then(

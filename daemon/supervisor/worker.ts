@@ -18,8 +18,8 @@ function send(m: FromWorker, done?: () => void): void {
 }
 
 export async function runWorker(loaded: DaemonConfig, log: Logger): Promise<void> {
-  let daemon: Ambitd | undefined;
-  let source: IpcSource | undefined;
+  // Filled in once the supervisor's init has come and the daemon has started; messages may come before.
+  const parts: { daemon?: Ambitd; source?: IpcSource } = {};
   let deadline: number | undefined;
   let initialised: (init: Init) => void = () => {};
   const init = new Promise<Init>((resolve) => {
@@ -27,7 +27,7 @@ export async function runWorker(loaded: DaemonConfig, log: Logger): Promise<void
   });
 
   const answer = (what: Question): unknown => {
-    const d = daemon;
+    const d = parts.daemon;
     if (!d) throw new Error('the worker is starting');
     switch (what.q) {
       case 'connections':
@@ -55,7 +55,7 @@ export async function runWorker(loaded: DaemonConfig, log: Logger): Promise<void
     }
     deadline = at;
     log.info({ reason, timeoutMs }, 'draining: no new connections here');
-    const d = daemon;
+    const d = parts.daemon;
     const finish = async (): Promise<void> => {
       const remaining = d ? await drainWorker(d, () => deadline ?? at, log) : 0;
       const counters = d
@@ -78,18 +78,18 @@ export async function runWorker(loaded: DaemonConfig, log: Logger): Promise<void
         initialised(msg);
         break;
       case 'mesh':
-        source?.apply(msg.mesh);
+        parts.source?.apply(msg.mesh);
         break;
       case 'roots':
         try {
-          daemon?.certs.setRoots(msg.roots);
+          parts.daemon?.certs.setRoots(msg.roots);
         } catch (err) {
           log.error({ err: (err as Error).message }, 'cannot use the roots the supervisor sent');
         }
         break;
       case 'rotated':
-        if (daemon?.certs.has(msg.identity)) {
-          daemon.certs
+        if (parts.daemon?.certs.has(msg.identity)) {
+          parts.daemon.certs
             .rotate(msg.identity)
             .catch((err: Error) => log.warn({ identity: msg.identity, err: err.message }, 'rotation failed'));
         }
@@ -105,19 +105,23 @@ export async function runWorker(loaded: DaemonConfig, log: Logger): Promise<void
   // The supervisor decides when workers stop (a terminal's ^C reaches the whole process group); when the
   // supervisor itself is gone, cluster ends the worker on the channel's disconnect.
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.on(signal, () => log.debug({ signal }, 'signal ignored: the supervisor stops and reloads workers'));
+    process.on(signal, () =>
+      log.debug({ signal }, 'signal ignored: the supervisor stops and reloads workers'),
+    );
   }
 
   send({ t: 'hello' });
   const i = await init;
   log.level = i.logLevel;
   const config: DaemonConfig = { ...loaded, trustDomain: i.trustDomain, datacenter: i.datacenter };
-  source = new IpcSource(i.mesh);
+  const source = new IpcSource(i.mesh);
+  parts.source = source;
   const ca = new RelayedCa(i.kind, {
     issue: (identity, ttlMs) => rpc.ask({ q: 'issue', identity, ttlMs }, ASK_TIMEOUT_MS),
     roots: () => rpc.ask({ q: 'roots' }, ASK_TIMEOUT_MS),
   });
-  daemon = await Ambitd.start(config, log, { ca, source });
+  const daemon = await Ambitd.start(config, log, { ca, source });
+  parts.daemon = daemon;
   if (deadline !== undefined) return; // asked to drain while starting
   send({ t: 'ready', ports: daemon.ports });
 }

@@ -8,7 +8,14 @@ import type { DaemonConfig } from '../../lib/config.js';
 import type { Logger } from '../../lib/log.js';
 import type { BoundPorts } from '../own-listeners.js';
 import type { ControlPlane } from './control-plane.js';
-import { type Answers, type FromWorker, type MetricsJson, type Question, type ToWorker, isMessage } from './protocol.js';
+import {
+  type Answers,
+  type FromWorker,
+  type MetricsJson,
+  type Question,
+  type ToWorker,
+  isMessage,
+} from './protocol.js';
 import { Rpc } from './rpc.js';
 
 /** How long a new worker may take to start (load, certificates, listeners) before it counts as failed. */
@@ -117,7 +124,10 @@ export class Workers {
       m.send({ t: 'drain', timeoutMs, reason });
       setTimeout(() => {
         if (!m.worker.isDead()) {
-          this.#log.warn({ worker: m.pid, generation: m.generation }, 'worker did not exit after its drain: killed');
+          this.#log.warn(
+            { worker: m.pid, generation: m.generation },
+            'worker did not exit after its drain: killed',
+          );
           m.worker.process.kill('SIGKILL');
         }
       }, timeoutMs + EXIT_GRACE_MS).unref();
@@ -172,7 +182,9 @@ export class Workers {
       if (rpc.handle(msg)) return;
       this.#onMessage(member, msg);
     });
-    worker.on('error', (err) => this.#log.warn({ worker: member.pid, err: err.message }, 'worker channel error'));
+    worker.on('error', (err) =>
+      this.#log.warn({ worker: member.pid, err: err.message }, 'worker channel error'),
+    );
     worker.on('exit', (code, signal) => this.#onExit(member, code, signal));
     return member;
   }
@@ -225,7 +237,8 @@ export class Workers {
             (summed) => {
               this.#retired = summed as MetricsJson;
             },
-            (err: Error) => this.#log.warn({ err: err.message }, 'cannot keep the counters of a worker that left'),
+            (err: Error) =>
+              this.#log.warn({ err: err.message }, 'cannot keep the counters of a worker that left'),
           );
         break;
     }
@@ -252,15 +265,24 @@ export class Workers {
     // A worker of the generation in force that died is replaced; one that failed while starting is the
     // reload's (or the start's) to report.
     if (this.#stopping || m.state !== 'ready' || m.generation !== this.#generation) return;
+    this.#respawn(m.index, m.generation);
+  }
+
+  /** Replaces a worker of the generation in force, with backoff while replacements keep failing. */
+  #respawn(index: number, generation: number): void {
     const delay = Math.min(RESPAWN_MAX_MS, 1000 * 2 ** Math.min(this.#respawns++, 5));
     setTimeout(() => {
-      if (this.#stopping || m.generation !== this.#generation) return;
-      const fresh = this.#fork(m.index, m.generation);
+      if (this.#stopping || generation !== this.#generation) return;
+      const fresh = this.#fork(index, generation);
       this.#ready(fresh).then(
         () => {
           this.#respawns = 0;
         },
-        (err: Error) => this.#log.error({ err: err.message }, 'replacement worker failed'),
+        (err: Error) => {
+          this.#log.error({ err: err.message, retryInMs: delay }, 'replacement worker failed');
+          fresh.worker.process.kill('SIGKILL');
+          this.#respawn(index, generation);
+        },
       );
     }, delay).unref();
   }

@@ -79,11 +79,7 @@ async function spawnDaemon(dir: string, name: string, env: Record<string, string
   const logged = (msg: string): LogLine[] => lines.filter((l) => l.msg === msg);
   // The supervisor's line (each worker logs its own first, without the admin ports).
   const ready = (): LogLine | undefined => logged('ambitd ready').find((l) => l.workers !== undefined);
-  await until(
-    () => ready() !== undefined || proc.exitCode !== null,
-    30_000,
-    `${name} ready`,
-  );
+  await until(() => ready() !== undefined || proc.exitCode !== null, 30_000, `${name} ready`);
   if (proc.exitCode !== null) throw new Error(`${name} exited: ${stderr}`);
   const ports = ready()!.ports as Daemon['ports'];
   const token = (await readFile(join(dir, name, 'admin.token'), 'utf8')).trim();
@@ -104,7 +100,9 @@ async function spawnDaemon(dir: string, name: string, env: Record<string, string
 }
 
 /** Two hosts, each a supervisor with two workers; node-a's client reaches node-b's echo service. */
-async function startWorld(env: { a?: Record<string, string>; b?: Record<string, string> } = {}): Promise<World> {
+async function startWorld(
+  env: { a?: Record<string, string>; b?: Record<string, string> } = {},
+): Promise<World> {
   const dir = await mkdtemp(join(tmpdir(), 'ambit-reload-'));
   const meshFile = join(dir, 'mesh.yaml');
   const echo = await echoServer();
@@ -112,7 +110,8 @@ async function startWorld(env: { a?: Record<string, string>; b?: Record<string, 
   const close = async (): Promise<void> => {
     for (const d of procs) d.proc.kill('SIGKILL');
     if (process.env.AMBIT_TEST_LOG) {
-      for (const d of procs) console.error(d.name, d.lines.map((l) => JSON.stringify(l)).join('\n'), d.stderr());
+      for (const d of procs)
+        console.error(d.name, d.lines.map((l) => JSON.stringify(l)).join('\n'), d.stderr());
     }
     echo.server.close();
     await rm(dir, { recursive: true, force: true });
@@ -160,7 +159,8 @@ async function longLived(port: number): Promise<{ check(n: number): Promise<void
       const sent = randomBytes(n);
       socket.write(sent);
       await until(() => received.length >= n || socket.destroyed, 15_000, `${n} bytes echoed`);
-      if (sha256(received) !== sha256(sent)) throw new Error(`got ${received.length} B back, not what was sent`);
+      if (sha256(received) !== sha256(sent))
+        throw new Error(`got ${received.length} B back, not what was sent`);
     },
   };
 }
@@ -221,8 +221,16 @@ test.serial('a reload of either end refuses no new connection and cuts no open o
     // The old workers carry the long-lived connection; once it ends, they leave.
     t.deepEqual((await generations(w.a)).sort(), [1, 2, 2], 'node-a: one old worker still carries it');
     long.socket.end();
-    await until(async () => (await generations(w.a)).every((g) => g === 2), 15_000, 'node-a old workers gone');
-    await until(async () => (await generations(w.b)).every((g) => g === 2), 15_000, 'node-b old workers gone');
+    await until(
+      async () => (await generations(w.a)).every((g) => g === 2),
+      15_000,
+      'node-a old workers gone',
+    );
+    await until(
+      async () => (await generations(w.b)).every((g) => g === 2),
+      15_000,
+      'node-b old workers gone',
+    );
     t.is(w.a.logged('worker exited').length, 2, 'both old workers of node-a exited');
     t.is(w.a.logged('drained: every connection ended').length, 2);
     t.is(w.a.logged('worker exited unexpectedly').length, 0);
@@ -231,25 +239,31 @@ test.serial('a reload of either end refuses no new connection and cuts no open o
   }
 });
 
-test.serial('after reloadDrainTimeout, an old worker closes what is still open, with a log line', async (t) => {
-  const w = await startWorld({ b: { AMBIT_RELOAD_DRAIN_TIMEOUT: '1s' } });
-  try {
-    const long = await longLived(w.port);
-    await long.check(1024);
-    const closed = new Promise<void>((resolve) => long.socket.once('close', () => resolve()));
-    await reload(w.b);
-    await closed;
-    t.pass('the connection was closed once the drain time was up');
-    await until(() => w.b.logged('drain time is up: closing the connections still open').length === 1, 10_000);
-    const line = w.b.logged('drain time is up: closing the connections still open')[0]!;
-    t.true((line.remaining as number) >= 1, `${line.remaining} connection(s) closed`);
-    await until(async () => (await generations(w.b)).every((g) => g === 2), 15_000, 'old workers gone');
-    // What is opened now is carried by the new workers.
-    t.is((await roundTrip(w.port, Buffer.from('after'))).length, 5);
-  } finally {
-    await w.close();
-  }
-});
+test.serial(
+  'after reloadDrainTimeout, an old worker closes what is still open, with a log line',
+  async (t) => {
+    const w = await startWorld({ b: { AMBIT_RELOAD_DRAIN_TIMEOUT: '1s' } });
+    try {
+      const long = await longLived(w.port);
+      await long.check(1024);
+      const closed = new Promise<void>((resolve) => long.socket.once('close', () => resolve()));
+      await reload(w.b);
+      await closed;
+      t.pass('the connection was closed once the drain time was up');
+      await until(
+        () => w.b.logged('drain time is up: closing the connections still open').length === 1,
+        10_000,
+      );
+      const line = w.b.logged('drain time is up: closing the connections still open')[0]!;
+      t.true((line.remaining as number) >= 1, `${line.remaining} connection(s) closed`);
+      await until(async () => (await generations(w.b)).every((g) => g === 2), 15_000, 'old workers gone');
+      // What is opened now is carried by the new workers.
+      t.is((await roundTrip(w.port, Buffer.from('after'))).length, 5);
+    } finally {
+      await w.close();
+    }
+  },
+);
 
 test.serial('with two workers, connections are spread over both and the scrape sums them', async (t) => {
   const w = await startWorld();
@@ -273,6 +287,75 @@ test.serial('with two workers, connections are spread over both and the scrape s
     const opened = metricSum(text, 'istio_tcp_connections_opened_total', { reporter: 'source' });
     t.true(opened >= 40, `the scrape sums both workers: ${opened} opened`);
     for (const s of open) s.destroy();
+  } finally {
+    await w.close();
+  }
+});
+
+test.serial('a stop fails readiness first, accepts through the grace period, then drains', async (t) => {
+  const w = await startWorld({ b: { AMBIT_STOP_GRACE: '5s' } });
+  try {
+    const readyStatus = async (): Promise<number> =>
+      (await fetch(`http://127.0.0.1:${w.b.ports.ready}/healthz/ready`)).status;
+    t.is(await readyStatus(), 200);
+    const long = await longLived(w.port);
+    await long.check(1024);
+    const exited = new Promise<number | null>((resolve) => w.b.proc.once('exit', (code) => resolve(code)));
+    w.b.proc.kill('SIGTERM');
+    await until(async () => (await readyStatus()) === 503, 5000, 'readiness failing');
+    // Load balancers are told first; whoever has not noticed yet is still carried.
+    t.is((await roundTrip(w.port, Buffer.from('still'))).length, 5, 'carried during the grace period');
+    await until(() => w.b.logged('draining: no new connections here').length === 2, 15_000, 'the drain');
+    await long.check(64 * 1024);
+    t.pass('the open connection carries on through the drain');
+    long.socket.end();
+    t.is(await exited, 0, 'the supervisor exits once its workers have');
+    t.is(w.b.logged('drained: every connection ended').length, 2);
+  } finally {
+    await w.close();
+  }
+});
+
+test.serial(
+  'one certificate issue per identity on the host, the same certificate in every worker',
+  async (t) => {
+    const w = await startWorld();
+    try {
+      const issued = w.b.logged('certificate issued');
+      const bySupervisor = issued.filter((l) => l.worker === undefined);
+      const byWorkers = issued.filter((l) => l.worker !== undefined);
+      t.is(bySupervisor.length, 1, 'the supervisor issued the echo certificate once');
+      t.is(byWorkers.length, 2, 'each worker received it');
+      t.true(
+        byWorkers.every((l) => l.serial === bySupervisor[0]!.serial),
+        'the same certificate',
+      );
+    } finally {
+      await w.close();
+    }
+  },
+);
+
+test.serial('a worker that dies is replaced, and the other carries on meanwhile', async (t) => {
+  const w = await startWorld();
+  try {
+    const before = await w.a.admin<{ pid: number }[]>('/workers');
+    process.kill(before[0]!.pid, 'SIGKILL');
+    await until(() => w.a.logged('worker exited unexpectedly').length === 1, 10_000, 'the death noticed');
+    t.is((await roundTrip(w.port, Buffer.from('meanwhile'))).length, 9, 'the other worker accepts');
+    await until(
+      async () => (await w.a.admin<{ pid: number }[]>('/workers')).length === 2,
+      30_000,
+      'a replacement',
+    );
+    const after = (await w.a.admin<{ pid: number }[]>('/workers')).map((m) => m.pid);
+    t.false(after.includes(before[0]!.pid));
+    await until(
+      async () => (await fetch(`http://127.0.0.1:${w.a.ports.ready}/healthz/ready`)).status === 200,
+      30_000,
+      'ready again',
+    );
+    t.pass();
   } finally {
     await w.close();
   }
