@@ -59,6 +59,8 @@ export class ConnectionTable {
   #nextId = 1;
   /** Taps dropped because they could not keep up, since the start. */
   dropped = 0;
+  /** Called when the number of taps changes (a supervisor turns its workers' relaying on and off). */
+  onTaps: ((taps: number) => void) | undefined;
 
   get size(): number {
     return this.#open.size;
@@ -116,9 +118,15 @@ export class ConnectionTable {
   tap(filter: TapFilter, send: (e: TapEvent) => boolean, drop: () => void): () => void {
     const tap: Tap = { filter, send, drop };
     this.#taps.add(tap);
+    this.onTaps?.(this.#taps.size);
     return () => {
-      this.#taps.delete(tap);
+      if (this.#taps.delete(tap)) this.onTaps?.(this.#taps.size);
     };
+  }
+
+  /** An event of another process's table (a worker's, relayed by the supervisor) for this table's taps. */
+  relay(e: TapEvent): void {
+    if (this.#taps.size > 0) this.#emit(e);
   }
 
   #event(event: TapEvent['event'], status: TapStatus, t: Omit<Tracked, 'bytes'>): TapEvent {
@@ -141,6 +149,7 @@ export class ConnectionTable {
         this.#taps.delete(tap);
         this.dropped++;
         tap.drop();
+        this.onTaps?.(this.#taps.size);
       }
     }
   }

@@ -4,7 +4,7 @@ import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 import type { LogLevel } from '../../lib/log.js';
 import type { Mesh } from '../../lib/mesh/model.js';
 import type { IssuedCertificate } from '../identity/ca.js';
-import type { ConnectionRow, TapFilter } from '../observe/connections.js';
+import type { ConnectionRow, TapEvent, TapFilter } from '../observe/connections.js';
 import type { BoundPorts } from '../own-listeners.js';
 import type { Readiness } from '../readiness.js';
 
@@ -62,6 +62,8 @@ export type ToWorker =
   /** Stop accepting and carry what is open to its end, for at most timeoutMs; then exit. */
   | { t: 'drain'; timeoutMs: number; reason: 'reload' | 'stop' }
   | { t: 'logLevel'; level: LogLevel }
+  /** Someone taps the supervisor's /tap (on), or nobody does any more (off): relay events, or stop. */
+  | { t: 'tap'; on: boolean }
   | Ask
   | Reply;
 
@@ -70,6 +72,7 @@ export type FromWorker =
   | { t: 'ready'; ports: BoundPorts }
   /** Sent last, before the worker exits: what it carried, so the supervisor's counters do not go back. */
   | { t: 'drained'; remaining: number; counters: MetricsJson }
+  | { t: 'event'; event: TapEvent }
   | Ask
   | Reply;
 

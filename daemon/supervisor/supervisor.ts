@@ -8,6 +8,7 @@ import type { DaemonConfig } from '../../lib/config.js';
 import type { Logger } from '../../lib/log.js';
 import { AdminToken, portOf, startHttp } from '../admin/http.js';
 import { adminAuth } from '../admin/routes.js';
+import { TapServer } from '../admin/tap.js';
 import { binding } from '../native/index.js';
 import { registerInMeshFile } from '../reconcile.js';
 import {
@@ -30,6 +31,7 @@ export class Supervisor implements SupervisorView {
   #reloading: Promise<void> | undefined;
   #stopping: Promise<void> | undefined;
   #gateUp = false;
+  #tap: TapServer | undefined;
 
   private constructor(plane: ControlPlane, log: Logger, count: number) {
     this.plane = plane;
@@ -136,10 +138,17 @@ export class Supervisor implements SupervisorView {
   async #startHttp(): Promise<void> {
     const { config, plane, log } = this;
     const token = await AdminToken.create(config.stateDir);
+    // /tap: the workers' events, relayed to this table's taps while there are any.
+    const tap = new TapServer(plane.metrics, log);
+    this.#tap = tap;
+    plane.metrics.connections.onTaps = (n) => {
+      if (n <= 1) this.workers.broadcast({ t: 'tap', on: n > 0 });
+    };
     const admin = await startHttp(
       config.admin,
       supervisorAdminRoutes(this),
       adminAuth(token, plane.metrics, log),
+      { 'GET /tap': (req, socket, head, url) => tap.upgrade(req, socket, head, url) },
     );
     const metrics = await startHttp(config.metrics, supervisorMetricsRoutes(this));
     const ready = await startHttp(config.ready, supervisorReadyRoutes(this));
@@ -162,6 +171,7 @@ export class Supervisor implements SupervisorView {
   }
 
   async #closeAll(): Promise<void> {
+    this.#tap?.close();
     await this.plane.close();
     for (const s of this.#http) s.closeAllConnections();
     await Promise.all(this.#http.map((s) => new Promise((r) => s.close(r))));

@@ -12,10 +12,14 @@ import { Rpc } from './rpc.js';
 /** How long a worker waits for the supervisor's certificate or roots before that issue fails (and is retried). */
 const ASK_TIMEOUT_MS = 60_000;
 
-function send(m: FromWorker, done?: () => void): void {
+/** False when the channel's backlog is long (or it closed): the caller may drop what it can. */
+function send(m: FromWorker, done?: () => void): boolean {
   if (!process.connected || !process.send) throw new Error('the supervisor is gone');
-  process.send(m, undefined, undefined, done);
+  return process.send(m, undefined, undefined, done);
 }
+
+/** How long a relay that fell behind the channel waits before it taps again. */
+const TAP_RETRY_MS = 1000;
 
 export async function runWorker(loaded: DaemonConfig, log: Logger): Promise<void> {
   // Filled in once the supervisor's init has come and the daemon has started; messages may come before.
@@ -45,7 +49,27 @@ export async function runWorker(loaded: DaemonConfig, log: Logger): Promise<void
         throw new Error(`a worker does not answer ${what.q}`);
     }
   };
-  const rpc = new Rpc((m) => send(m), answer);
+  const rpc = new Rpc((m) => void send(m), answer);
+
+  // Relaying tap events costs nothing until the supervisor has someone tapping.
+  let untap: (() => void) | undefined;
+  let tapping = false;
+  const tap = (on: boolean): void => {
+    tapping = on;
+    untap?.();
+    untap = undefined;
+    const table = parts.daemon?.metrics.connections;
+    if (!on || !table) return;
+    untap = table.tap(
+      {},
+      (event) => send({ t: 'event', event }),
+      () => {
+        log.warn('tap relay fell behind the channel to the supervisor: events dropped');
+        untap = undefined;
+        setTimeout(() => tapping && !untap && tap(true), TAP_RETRY_MS).unref();
+      },
+    );
+  };
 
   const drain = (timeoutMs: number, reason: string): void => {
     const at = Date.now() + timeoutMs;
@@ -100,6 +124,9 @@ export async function runWorker(loaded: DaemonConfig, log: Logger): Promise<void
       case 'drain':
         drain(msg.timeoutMs, msg.reason);
         break;
+      case 'tap':
+        tap(msg.on);
+        break;
     }
   });
   // The supervisor decides when workers stop (a terminal's ^C reaches the whole process group); when the
@@ -122,6 +149,7 @@ export async function runWorker(loaded: DaemonConfig, log: Logger): Promise<void
   });
   const daemon = await Ambitd.start(config, log, { ca, source });
   parts.daemon = daemon;
+  if (tapping) tap(true);
   if (deadline !== undefined) return; // asked to drain while starting
   send({ t: 'ready', ports: daemon.ports });
 }

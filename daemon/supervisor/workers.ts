@@ -224,8 +224,12 @@ export class Workers {
         });
         break;
       }
+      case 'event':
+        this.#plane.metrics.connections.relay({ ...msg.event, worker: m.pid } as typeof msg.event);
+        break;
       case 'ready':
         m.ports = msg.ports;
+        if (this.#plane.metrics.connections.taps > 0) m.send({ t: 'tap', on: true });
         if (m.state === 'starting') m.state = 'ready';
         this.#log.info({ worker: m.pid, index: m.index, generation: m.generation }, 'worker ready');
         m.worker.emit('ambit:ready');

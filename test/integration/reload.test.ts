@@ -8,7 +8,8 @@ import { type Socket, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
-import type { ConnectionRow } from '../../lib/tap.js';
+import WebSocket from 'ws';
+import type { ConnectionRow, TapEvent } from '../../lib/tap.js';
 import {
   clientWorkload,
   echoServer,
@@ -34,6 +35,7 @@ interface Daemon {
   /** The log lines with this message. */
   logged(msg: string): LogLine[];
   admin<T>(path: string): Promise<T>;
+  readonly token: string;
 }
 
 interface World {
@@ -88,6 +90,7 @@ async function spawnDaemon(dir: string, name: string, env: Record<string, string
     proc,
     lines,
     stderr: () => stderr,
+    token,
     ports,
     logged,
     admin: async <T>(path: string): Promise<T> => {
@@ -356,6 +359,44 @@ test.serial('a worker that dies is replaced, and the other carries on meanwhile'
       'ready again',
     );
     t.pass();
+  } finally {
+    await w.close();
+  }
+});
+
+test.serial("the supervisor's /tap streams every worker's events", async (t) => {
+  const w = await startWorld();
+  try {
+    const ws = new WebSocket(`ws://127.0.0.1:${w.b.ports.admin}/tap?direction=inbound`, {
+      headers: { authorization: `Bearer ${w.b.token}` },
+    });
+    const events: (TapEvent & { worker?: number })[] = [];
+    ws.on('message', (m) => events.push(JSON.parse(String(m)) as TapEvent));
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    // The workers are told to relay once the tap is registered; a connection before then is not seen.
+    let sent = 0;
+    await until(
+      async () => {
+        sent++;
+        await roundTrip(w.port, Buffer.from('tapped'));
+        return events.some((e) => e.event === 'closed');
+      },
+      10_000,
+      'a closed event',
+    );
+    const closed = events.find((e) => e.event === 'closed')!;
+    t.is(closed.dst.workload, 'echo-1');
+    t.is(closed.bytes_sent, 6);
+    t.is(typeof closed.worker, 'number', 'the event names the worker that carried it');
+    t.true(
+      events.every((e) => e.direction === 'inbound'),
+      'the filter applies',
+    );
+    t.log(`${sent} round trip(s), ${events.length} event(s)`);
+    ws.close();
   } finally {
     await w.close();
   }
