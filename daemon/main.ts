@@ -8,6 +8,7 @@ import { createLogger } from '../lib/log.js';
 import { Ambitd } from './daemon.js';
 import { NODE_FLAGS, initialOldSpaceMb } from './proxy/reclaim.js';
 import { runSupervisor } from './supervisor/supervisor.js';
+import { Systemd } from './supervisor/systemd.js';
 import { runWorker } from './supervisor/worker.js';
 import { workerCount } from './supervisor/workers.js';
 
@@ -46,11 +47,16 @@ async function main(): Promise<void> {
   const workers = workerCount(config);
   if (workers > 0) return runSupervisor(config, log, workers);
   const daemon = await Ambitd.start(config, log);
+  // One unit (Type=notify) for both ways of running: the single process says it is ready too.
+  const systemd = new Systemd(log);
+  systemd.ready('serving in one process');
+  process.on('SIGHUP', () => log.warn('reload (SIGHUP) needs workers >= 1: ignored; restart instead'));
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stopping');
+    systemd.stopping();
     daemon.close(config.drainMs).then(
       () => process.exit(0),
       () => process.exit(1),

@@ -24,6 +24,8 @@ export interface Addon {
   setMark(fd: number, mark: number): void;
   /** transparent: IP_TRANSPARENT / IPV6_TRANSPARENT as well, so that it may bind an address not this host's. */
   markedSocket(family: 4 | 6, mark: number, transparent?: boolean): number;
+  /** One datagram to a Unix socket: systemd's $NOTIFY_SOCKET (`@name` for the abstract namespace). */
+  notify(path: string, message: string): void;
   /** Once: `dispatch` gets every connection's events (codes.ts, EV_*), `allocSlab` a new read buffer. */
   tlsInit(
     dispatch: (owner: object, event: number, a: unknown, b: unknown, c: unknown, d: unknown) => void,

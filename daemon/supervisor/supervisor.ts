@@ -18,6 +18,7 @@ import {
   supervisorReadyRoutes,
 } from './admin.js';
 import { ControlPlane } from './control-plane.js';
+import { Systemd } from './systemd.js';
 import { Workers } from './workers.js';
 
 export class Supervisor implements SupervisorView {
@@ -32,12 +33,14 @@ export class Supervisor implements SupervisorView {
   #stopping: Promise<void> | undefined;
   #gateUp = false;
   #tap: TapServer | undefined;
+  readonly #systemd: Systemd;
 
   private constructor(plane: ControlPlane, log: Logger, count: number) {
     this.plane = plane;
     this.config = plane.config;
     this.log = log;
     this.workers = new Workers(plane, log, count);
+    this.#systemd = new Systemd(log);
   }
 
   static async start(config: DaemonConfig, log: Logger, count: number): Promise<Supervisor> {
@@ -75,6 +78,9 @@ export class Supervisor implements SupervisorView {
     }
     if (config.capture.enabled) await this.#gate(true);
     this.accepting = true;
+    this.#systemd.ready(`serving with ${workers.count} worker(s)`);
+    // The keep-alive says the supervisor's loop runs and some worker of the generation in force is up.
+    this.#systemd.watchdog(() => workers.current().length > 0);
     log.info(
       { node: config.nodeName, ports: this.ports, mesh: config.meshFile, workers: workers.count },
       'ambitd ready',
@@ -94,6 +100,7 @@ export class Supervisor implements SupervisorView {
     const run = async (): Promise<void> => {
       const { workers, log, config } = this;
       const old = workers.current();
+      this.#systemd.reloading();
       log.info(
         { generation: workers.generation + 1, workers: workers.count },
         'reload: starting new workers',
@@ -105,8 +112,10 @@ export class Supervisor implements SupervisorView {
           { err: (err as Error).message },
           'reload failed: the new workers did not start; the old ones carry on',
         );
+        this.#systemd.ready(`reload failed; serving with generation ${workers.generation}`);
         return;
       }
+      this.#systemd.ready(`serving with ${workers.count} worker(s), generation ${workers.generation}`);
       workers.drain(old, config.reloadDrainMs, 'reload');
       log.info(
         { generation: workers.generation, draining: old.map((m) => m.pid), timeoutMs: config.reloadDrainMs },
@@ -124,6 +133,7 @@ export class Supervisor implements SupervisorView {
     this.#stopping ??= (async () => {
       const { config, log } = this;
       this.accepting = false;
+      this.#systemd.stopping();
       log.info({ graceMs: config.stopGraceMs, drainMs: config.drainMs }, 'stopping: readiness fails now');
       await this.#reloading;
       if (config.stopGraceMs > 0) await new Promise((r) => setTimeout(r, config.stopGraceMs));
@@ -171,6 +181,7 @@ export class Supervisor implements SupervisorView {
   }
 
   async #closeAll(): Promise<void> {
+    this.#systemd.close();
     this.#tap?.close();
     await this.plane.close();
     for (const s of this.#http) s.closeAllConnections();

@@ -5,6 +5,9 @@
  *   markedSocket(family, mark, transparent?) -> fd  a new non-blocking TCP socket, marked before connect;
  *                                                   transparent: IP(V6)_TRANSPARENT too, so that it may bind
  *                                                   an address that is not this host's (the client's)
+ *   notify(path, message)     -> undefined          one datagram to a Unix socket (systemd's $NOTIFY_SOCKET,
+ *                                                   '@' for the abstract namespace): Node has no AF_UNIX
+ *                                                   datagram socket
  * Errors are thrown as Error objects whose `code` is the errno name (ENOENT, EPERM, ...).
  * On anything but Linux the module loads and every call throws ENOSYS with a clear message.
  */
@@ -12,11 +15,13 @@
 #include <errno.h>
 #include <string.h>
 #include <stdio.h>
+#include <stddef.h>
 
 #ifdef __linux__
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <linux/netfilter_ipv4.h>
 #ifndef IP6T_SO_ORIGINAL_DST
@@ -42,6 +47,9 @@ static const char *errno_name(int e) {
     case ENOTCONN: return "ENOTCONN";
     case EMFILE: return "EMFILE";
     case ENOSYS: return "ENOSYS";
+    case ECONNREFUSED: return "ECONNREFUSED";
+    case EACCES: return "EACCES";
+    case EAGAIN: return "EAGAIN";
     default: return "EIO";
   }
 }
@@ -151,6 +159,43 @@ static napi_value MarkedSocket(napi_env env, napi_callback_info info) {
   napi_create_int32(env, fd, &out);
   return out;
 }
+
+/* Small on purpose: systemd's notify messages are a few lines (READY=1, STATUS=..., MONOTONIC_USEC=...). */
+#define NOTIFY_MAX 4096
+
+static napi_value Notify(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!args(env, info, 2, argv)) return NULL;
+  struct sockaddr_un sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  char path[sizeof sa.sun_path + 1];
+  char msg[NOTIFY_MAX + 1];
+  size_t plen = 0, mlen = 0;
+  if (napi_get_value_string_utf8(env, argv[0], path, sizeof path, &plen) != napi_ok ||
+      napi_get_value_string_utf8(env, argv[1], msg, sizeof msg, &mlen) != napi_ok) {
+    napi_throw_type_error(env, "EINVAL", "notify(path: string, message: string)");
+    return NULL;
+  }
+  if (plen == 0 || plen >= sizeof sa.sun_path || (path[0] != '/' && path[0] != '@')) {
+    napi_throw_type_error(env, "EINVAL", "notify: the socket path must be absolute or '@abstract', under 108 bytes");
+    return NULL;
+  }
+  if (mlen == 0 || mlen >= NOTIFY_MAX) {
+    napi_throw_type_error(env, "EINVAL", "notify: the message must be 1 to 4095 bytes");
+    return NULL;
+  }
+  memcpy(sa.sun_path, path, plen);
+  if (path[0] == '@') sa.sun_path[0] = '\0';
+  socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen);
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket(AF_UNIX)", errno);
+  ssize_t n = sendto(fd, msg, mlen, MSG_NOSIGNAL, (struct sockaddr *)&sa, len);
+  int e = errno;
+  close(fd);
+  if (n < 0) return throw_errno(env, "sendto(NOTIFY_SOCKET)", e);
+  return NULL;
+}
 #else
 static napi_value Unsupported(napi_env env, napi_callback_info info) {
   (void)info;
@@ -161,6 +206,7 @@ static napi_value Unsupported(napi_env env, napi_callback_info info) {
 #define OriginalDst Unsupported
 #define SetMark Unsupported
 #define MarkedSocket Unsupported
+#define Notify Unsupported
 #endif
 
 void ambit_conn_init(napi_env env, napi_value exports);
@@ -171,6 +217,7 @@ static napi_value Init(napi_env env, napi_value exports) {
     {"originalDst", NULL, OriginalDst, NULL, NULL, NULL, napi_default, NULL},
     {"setMark", NULL, SetMark, NULL, NULL, NULL, napi_default, NULL},
     {"markedSocket", NULL, MarkedSocket, NULL, NULL, NULL, napi_default, NULL},
+    {"notify", NULL, Notify, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   ambit_conn_init(env, exports);
