@@ -21,7 +21,8 @@ while True:
 `;
 
 const python = spawnSync('python3', ['-c', 'import socket; socket.AF_UNIX'], { stdio: 'ignore' });
-const why = python.status === 0 ? undefined : 'python3 (to bind the datagram socket systemd would) is not here';
+const why =
+  python.status === 0 ? undefined : 'python3 (to bind the datagram socket systemd would) is not here';
 
 /** A datagram socket at `path`, and every message it received. */
 async function receiver(path: string): Promise<{ messages: string[]; proc: ChildProcess }> {
@@ -63,48 +64,51 @@ maybe('notify() sends one datagram, to a path or an abstract name, and names wha
   }
 });
 
-maybe('ambitd with workers: READY=1 with its pid, watchdog keep-alives, RELOADING=1 then READY=1, STOPPING=1', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'ambit-notify-'));
-  const path = join(dir, 'notify');
-  const r = await receiver(path);
-  const d = spawn(process.execPath, [AMBITD], {
-    env: {
-      PATH: process.env.PATH,
-      AMBIT_NODE_NAME: 'node-a',
-      AMBIT_STATE_DIR: join(dir, 'state'),
-      AMBIT_MESH_FILE: join(dir, 'mesh.yaml'),
-      AMBIT_TUNNEL: '127.0.0.1:0',
-      AMBIT_ADMIN: '127.0.0.1:0',
-      AMBIT_METRICS: '127.0.0.1:0',
-      AMBIT_READY: '127.0.0.1:0',
-      AMBIT_WORKERS: '2',
-      AMBIT_STOP_GRACE: '0s',
-      NOTIFY_SOCKET: path,
-      WATCHDOG_USEC: '400000',
-    },
-    stdio: 'ignore',
-  });
-  const has = (prefix: string): number => r.messages.filter((m) => m.startsWith(prefix)).length;
-  try {
-    await until(() => has('READY=1') === 1, 30_000, 'READY=1');
-    const ready = r.messages.find((m) => m.startsWith('READY=1'))!;
-    t.regex(ready, new RegExp(`^MAINPID=${d.pid}$`, 'm'), 'the supervisor is the main process');
-    await until(() => has('WATCHDOG=1') >= 2, 5000, 'watchdog keep-alives');
-    d.kill('SIGHUP');
-    await until(() => has('READY=1') === 2, 30_000, 'READY=1 once the reload is done');
-    const reloading = r.messages.find((m) => m.startsWith('RELOADING=1'));
-    t.regex(reloading ?? '', /^MONOTONIC_USEC=\d+$/m, 'RELOADING=1 with the monotonic clock');
-    const readies = r.messages.flatMap((m, i) => (m.startsWith('READY=1') ? [i] : []));
-    const secondReady = readies[1] ?? -1;
-    t.true(r.messages.indexOf(reloading!) < secondReady, 'READY=1 comes after RELOADING=1');
-    const exited = new Promise((resolve) => d.once('exit', resolve));
-    d.kill('SIGTERM');
-    await until(() => has('STOPPING=1') === 1, 10_000, 'STOPPING=1');
-    await exited;
-    t.pass();
-  } finally {
-    d.kill('SIGKILL');
-    r.proc.kill();
-    await rm(dir, { recursive: true, force: true });
-  }
-});
+maybe(
+  'ambitd with workers: READY=1 with its pid, watchdog keep-alives, RELOADING=1 then READY=1, STOPPING=1',
+  async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), 'ambit-notify-'));
+    const path = join(dir, 'notify');
+    const r = await receiver(path);
+    const d = spawn(process.execPath, [AMBITD], {
+      env: {
+        PATH: process.env.PATH,
+        AMBIT_NODE_NAME: 'node-a',
+        AMBIT_STATE_DIR: join(dir, 'state'),
+        AMBIT_MESH_FILE: join(dir, 'mesh.yaml'),
+        AMBIT_TUNNEL: '127.0.0.1:0',
+        AMBIT_ADMIN: '127.0.0.1:0',
+        AMBIT_METRICS: '127.0.0.1:0',
+        AMBIT_READY: '127.0.0.1:0',
+        AMBIT_WORKERS: '2',
+        AMBIT_STOP_GRACE: '0s',
+        NOTIFY_SOCKET: path,
+        WATCHDOG_USEC: '400000',
+      },
+      stdio: 'ignore',
+    });
+    const has = (prefix: string): number => r.messages.filter((m) => m.startsWith(prefix)).length;
+    try {
+      await until(() => has('READY=1') === 1, 30_000, 'READY=1');
+      const ready = r.messages.find((m) => m.startsWith('READY=1'))!;
+      t.regex(ready, new RegExp(`^MAINPID=${d.pid}$`, 'm'), 'the supervisor is the main process');
+      await until(() => has('WATCHDOG=1') >= 2, 5000, 'watchdog keep-alives');
+      d.kill('SIGHUP');
+      await until(() => has('READY=1') === 2, 30_000, 'READY=1 once the reload is done');
+      const reloading = r.messages.find((m) => m.startsWith('RELOADING=1'));
+      t.regex(reloading ?? '', /^MONOTONIC_USEC=\d+$/m, 'RELOADING=1 with the monotonic clock');
+      const readies = r.messages.flatMap((m, i) => (m.startsWith('READY=1') ? [i] : []));
+      const secondReady = readies[1] ?? -1;
+      t.true(r.messages.indexOf(reloading!) < secondReady, 'READY=1 comes after RELOADING=1');
+      const exited = new Promise((resolve) => d.once('exit', resolve));
+      d.kill('SIGTERM');
+      await until(() => has('STOPPING=1') === 1, 10_000, 'STOPPING=1');
+      await exited;
+      t.pass();
+    } finally {
+      d.kill('SIGKILL');
+      r.proc.kill();
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+);
