@@ -62,8 +62,8 @@ export class Pool {
     try {
       return await this.#connectOnce(key, headers);
     } catch (err) {
+      // Past a GOAWAY the session is closed to new streams, so the retry takes another (or a new) one.
       if (!(err instanceof RefusedStream)) throw err;
-      err.session.draining = true;
       return this.#connectOnce(key, headers);
     }
   }
@@ -87,7 +87,7 @@ export class Pool {
       };
       const onClose = (): void =>
         stream.rstCode === ErrorCode.REFUSED_STREAM
-          ? reject(new RefusedStream(session))
+          ? reject(new RefusedStream())
           : onError(new Error(`stream closed with code ${stream.rstCode}`));
       const onResponse = (h: H2Headers): void => {
         stream.removeListener('error', onError);
@@ -232,9 +232,7 @@ export class Pool {
 
 /** The peer refused the stream before processing it: safe to open again elsewhere. */
 class RefusedStream extends TunnelError {
-  readonly session: TunnelSession;
-  constructor(session: TunnelSession) {
-    super('tunnel stream failed: stream closed with code 7 (refused: the peer is draining)');
-    this.session = session;
+  constructor() {
+    super('tunnel stream failed: stream closed with code 7 (refused, not processed)');
   }
 }
