@@ -1,0 +1,142 @@
+import test from 'ava';
+import {
+  type L7Request,
+  type ServiceIntentions,
+  authorizeRequest,
+  validateEntries,
+} from '../../lib/l7/index.js';
+
+const entries = (sources: unknown[], name = 'api') =>
+  validateEntries(
+    [
+      { Kind: 'service-defaults', Name: name, Protocol: 'http' },
+      { Kind: 'service-intentions', Name: name, Sources: sources },
+    ],
+    'test',
+  )[1] as ServiceIntentions;
+const req = (path: string, method = 'GET', headers: Record<string, string> = {}): L7Request => ({
+  method,
+  path,
+  headers,
+  sourceIp: '198.18.0.1',
+});
+const web = { service: 'web' };
+
+test('the first matching permission decides', (t) => {
+  const e = entries([
+    {
+      Name: 'web',
+      Permissions: [
+        { Action: 'deny', HTTP: { PathPrefix: '/admin' } },
+        { Action: 'allow', HTTP: { PathPrefix: '/' } },
+      ],
+    },
+  ]);
+  t.like(authorizeRequest(e, undefined, web, req('/admin/x'), true), {
+    allowed: false,
+    by: 'permission',
+    permission: 0,
+  });
+  t.like(authorizeRequest(e, undefined, web, req('/x'), false), {
+    allowed: true,
+    by: 'permission',
+    permission: 1,
+  });
+});
+
+test('no matching permission falls to the default, not to a lower intention', (t) => {
+  const e = entries([
+    { Name: 'web', Permissions: [{ Action: 'allow', HTTP: { PathExact: '/ok', Methods: ['GET'] } }] },
+    { Name: '*', Action: 'allow' },
+  ]);
+  t.like(authorizeRequest(e, undefined, web, req('/ok', 'POST'), false), {
+    allowed: false,
+    by: 'default',
+    intention: { name: 'web', precedence: 9 },
+  });
+  t.like(authorizeRequest(e, undefined, { service: 'other' }, req('/ok', 'POST'), false), {
+    allowed: true,
+    by: 'intention',
+    intention: { name: '*', precedence: 8 },
+  });
+});
+
+test('precedence: an exact source beats a wildcard whatever the order written', (t) => {
+  const e = entries([
+    { Name: '*', Action: 'deny' },
+    { Name: 'web', Action: 'allow' },
+  ]);
+  t.like(authorizeRequest(e, undefined, web, req('/'), false), {
+    allowed: true,
+    intention: { name: 'web', source: 1 },
+  });
+  t.like(authorizeRequest(e, undefined, { service: 'x' }, req('/'), true), {
+    allowed: false,
+    intention: { name: '*' },
+  });
+});
+
+test('the wildcard destination entry applies below the service own', (t) => {
+  const own = entries([{ Name: 'web', Action: 'allow' }]);
+  const star = validateEntries(
+    [
+      {
+        Kind: 'service-intentions',
+        Name: '*',
+        Sources: [
+          { Name: '*', Action: 'deny' },
+          { Name: 'web', Action: 'deny' },
+        ],
+      },
+    ],
+    'test',
+  )[0] as ServiceIntentions;
+  t.like(authorizeRequest(own, star, web, req('/'), true), {
+    allowed: true,
+    intention: { entry: 'service-intentions/api' },
+  });
+  t.like(authorizeRequest(own, star, { service: 'x' }, req('/'), true), {
+    allowed: false,
+    intention: { entry: 'service-intentions/*', precedence: 5 },
+  });
+});
+
+test('peer, partition and sameness-group sources never match a local client', (t) => {
+  const e = entries([
+    { Name: 'web', Peer: 'other', Action: 'allow' },
+    { Name: 'web', Partition: 'p2', Action: 'allow' },
+    { Name: 'web', SamenessGroup: 'g', Action: 'allow' },
+  ]);
+  t.like(authorizeRequest(e, undefined, web, req('/'), false), { allowed: false, by: 'default' });
+});
+
+test('permission headers: exact, prefix, suffix, contains, regex, present, inverted, ignore case; methods', (t) => {
+  const hp = (h: unknown) =>
+    entries([{ Name: 'web', Permissions: [{ Action: 'allow', HTTP: { Header: [h] } }] }]);
+  const allowed = (h: unknown, headers: Record<string, string>, method = 'GET') =>
+    authorizeRequest(hp(h), undefined, web, req('/', method, headers), false).allowed;
+  t.true(allowed({ Name: 'x-role', Exact: 'admin' }, { 'x-role': 'admin' }));
+  t.false(allowed({ Name: 'x-role', Exact: 'admin' }, { 'x-role': 'Admin' }));
+  t.true(allowed({ Name: 'x-role', Exact: 'admin', IgnoreCase: true }, { 'x-role': 'ADMIN' }));
+  t.true(allowed({ Name: 'x-role', Prefix: 'ad' }, { 'x-role': 'admin' }));
+  t.true(allowed({ Name: 'x-role', Suffix: 'in' }, { 'x-role': 'admin' }));
+  t.true(allowed({ Name: 'x-role', Contains: 'dm' }, { 'x-role': 'admin' }));
+  t.true(allowed({ Name: 'x-role', Regex: 'a.*n' }, { 'x-role': 'admin' }));
+  t.true(allowed({ Name: 'x-role', Present: true }, { 'x-role': '' }));
+  t.false(allowed({ Name: 'x-role', Present: true }, {}));
+  t.true(allowed({ Name: 'x-role', Exact: 'guest', Invert: true }, { 'x-role': 'admin' }));
+  t.true(allowed({ Name: 'x-role', Exact: 'guest', Invert: true }, {}));
+  const m = entries([
+    {
+      Name: 'web',
+      Permissions: [{ Action: 'deny', HTTP: { PathRegex: '/secret/.*', Methods: ['delete'] } }],
+    },
+  ]);
+  t.false(authorizeRequest(m, undefined, web, req('/secret/1', 'DELETE'), true).allowed);
+  t.true(authorizeRequest(m, undefined, web, req('/secret/1', 'GET'), true).allowed);
+});
+
+test('no intention at all: the default decides', (t) => {
+  t.like(authorizeRequest(undefined, undefined, web, req('/'), false), { allowed: false, by: 'default' });
+  t.like(authorizeRequest(undefined, undefined, web, req('/'), true), { allowed: true, by: 'default' });
+});
