@@ -3,13 +3,12 @@
 // unchanged in the mesh file and the other way round. What differs, on purpose:
 // - durations are read as Go durations or integer nanoseconds and held as milliseconds;
 // - regexes and subset filters are compiled here, at write, not first met by Envoy or a catalog query;
-// - only CamelCase field names are read (Consul's HCL also takes snake_case aliases).
 // Fields Consul knows but the waypoint does not use (Mode, TransparentProxy, MeshGateway, ...) are
 // accepted and kept untouched, so that an entry read back from Consul validates.
 
 import { compileFilter } from './filter.js';
 import { checkGraph } from './graph.js';
-import { type Obj, Reader, compact, join, keyed } from './read.js';
+import { type Obj, Reader, canonicalKey, compact, join, keyed } from './read.js';
 
 export type Protocol = 'tcp' | 'http' | 'http2' | 'grpc';
 export const HTTP_LIKE: readonly string[] = ['http', 'http2', 'grpc'];
@@ -307,12 +306,15 @@ export function validateEntry(raw: unknown, where: string): ConfigEntry {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
     head.fail('', 'a config entry must be an object');
   const top = raw as Obj;
-  const kind = head.str(top, 'Kind', '');
+  // Kind and Name first, matched as Consul's decoder matches every key (case folded).
+  const kindKey = Object.keys(top).find((k) => canonicalKey(k, ['Kind']) !== undefined) ?? 'Kind';
+  const kind = head.str(top, kindKey, '');
   if (!kind) head.fail('Kind', 'is required');
   if (!(KINDS as readonly string[]).includes(kind))
-    head.fail('Kind', `"${kind}" is not one of ${KINDS.join(', ')}`);
+    head.fail('Kind', `invalid config entry kind "${kind}" (one of ${KINDS.join(', ')})`);
   const named: Reader = new Reader(where, kind);
-  const name = named.str(top, 'Name', '');
+  const nameKey = Object.keys(top).find((k) => canonicalKey(k, ['Name']) !== undefined) ?? 'Name';
+  const name = named.str(top, nameKey, '');
   if (!name) named.fail('Name', 'is required');
   const r = new Reader(where, `${kind}/${name}`);
   switch (kind as Kind) {

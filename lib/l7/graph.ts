@@ -24,7 +24,7 @@ export function checkGraph(entries: readonly ConfigEntry[], where: string): Entr
       if (!HTTP_LIKE.includes(p))
         fail(
           field,
-          `${what} needs protocol http, http2 or grpc, and service "${svc}" is ${p} (set Protocol in its service-defaults)`,
+          `discovery chain "${svc}" uses a protocol "${p}" that does not permit advanced routing or splitting behavior: ${what} needs http, http2 or grpc (set Protocol in service-defaults/${svc})`,
         );
     };
     const needSubset = (svc: string, subset: string | undefined, field: string): void => {

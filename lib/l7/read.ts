@@ -18,12 +18,20 @@ export class Reader {
     throw new L7ConfigError(this.where, this.entry, path, reason);
   }
 
-  /** An object whose keys are all among `known`. */
+  /**
+   * An object whose keys are all among `known`, returned with Consul's spelling of each key: like Consul's
+   * decoder (mapstructure, and its snake_case aliases), a key matches regardless of case and underscores.
+   */
   obj(v: unknown, path: string, known: readonly string[]): Obj {
     if (typeof v !== 'object' || v === null || Array.isArray(v)) this.fail(path, 'must be an object');
-    for (const k of Object.keys(v as Obj))
-      if (!known.includes(k)) this.fail(join(path, k), `unknown field "${k}"`);
-    return v as Obj;
+    const out: Obj = {};
+    for (const [k, x] of Object.entries(v as Obj)) {
+      const canon = known.includes(k) ? k : canonicalKey(k, known);
+      if (canon === undefined) this.fail(join(path, k), `unknown field "${k}"`);
+      if (Object.hasOwn(out, canon)) this.fail(join(path, k), `repeats the field ${canon}`);
+      out[canon] = x;
+    }
+    return out;
   }
 
   /** An optional object field (absent or null is undefined). */
@@ -120,6 +128,11 @@ export class Reader {
     return v;
   }
 }
+
+const fold = (k: string): string => k.replaceAll('_', '').toLowerCase();
+/** The known key that `k` spells, ignoring case and underscores (`path_prefix`, `pathprefix`: PathPrefix). */
+export const canonicalKey = (k: string, known: readonly string[]): string | undefined =>
+  known.find((c) => fold(c) === fold(k));
 
 export const join = (path: string, key: string): string => (path === '' ? key : `${path}.${key}`);
 /** A map key in a field path, as Consul prints it: `Failover["*"]`. */

@@ -61,7 +61,7 @@ test('Kind and Name are required; an unknown Kind is refused', (t) => {
   t.throws(() => validateEntry({ Name: 'x' }, W), { message: /Kind: is required/ });
   t.throws(() => validateEntry({ Kind: 'service-router' }, W), { message: /Name: is required/ });
   t.throws(() => validateEntry({ Kind: 'mesh-thing', Name: 'x' }, W), {
-    message: /"mesh-thing" is not one of/,
+    message: /invalid config entry kind "mesh-thing"/,
   });
   t.throws(() => validateEntry('nope', W), { message: /must be an object/ });
 });
@@ -126,7 +126,7 @@ test('a router or splitter on a tcp service is refused', (t) => {
     [{ Kind: 'service-router', Name: 'api', Routes: [] }],
     'service-router/api',
     '',
-    /service "api" is tcp/,
+    /discovery chain "api" uses a protocol "tcp" that does not permit advanced routing/,
   );
   refused(
     t,
@@ -136,7 +136,7 @@ test('a router or splitter on a tcp service is refused', (t) => {
     ],
     'service-splitter/api',
     '',
-    /is tcp/,
+    /protocol "tcp"/,
   );
   // proxy-defaults' protocol counts when the service sets none
   t.notThrows(() =>
@@ -153,7 +153,7 @@ test('a router or splitter on a tcp service is refused', (t) => {
     [http('api'), { Kind: 'service-router', Name: 'api', Routes: [{ Destination: { Service: 'db' } }] }],
     'service-router/api',
     'Routes[0].Destination.Service',
-    /"db" is tcp/,
+    /chain "db" uses a protocol "tcp"/,
   );
 });
 
@@ -616,7 +616,7 @@ test('intentions: Action and Permissions exclusive, permission rules, L7 only on
     ],
     'service-intentions/db',
     'Sources[0].Permissions',
-    /is tcp/,
+    /protocol "tcp"/,
   );
   t.notThrows(() =>
     validateEntries(
@@ -678,4 +678,69 @@ test('service-defaults for issue 16: limits, rate limits', (t) => {
       ),
     { message: /non-negative integer/ },
   );
+});
+
+test('keys match regardless of case and underscores, as Consul decodes them', (t) => {
+  const [sd, router] = validateEntries(
+    [
+      { kind: 'service-defaults', name: 'api', protocol: 'HTTP' },
+      {
+        Kind: 'service-router',
+        Name: 'api',
+        routes: [
+          {
+            match: { http: { path_prefix: '/x', methods: ['get'] } },
+            destination: { request_timeout: '1s' },
+          },
+        ],
+      },
+    ],
+    W,
+  );
+  t.like(sd, { Kind: 'service-defaults', Name: 'api', Protocol: 'http' });
+  t.like(router, {
+    Routes: [
+      { Match: { HTTP: { PathPrefix: '/x', Methods: ['GET'] } }, Destination: { RequestTimeout: 1000 } },
+    ],
+  });
+  // Meta keys are the user's: never folded.
+  t.like(validateEntry({ Kind: 'service-defaults', Name: 'api', Meta: { Some_Key: 'v' } }, W), {
+    Meta: { Some_Key: 'v' },
+  });
+  t.throws(
+    () => validateEntry({ Kind: 'service-defaults', Name: 'api', Protocol: 'http', protocol: 'grpc' }, W),
+    { message: /repeats the field Protocol/ },
+  );
+});
+
+test('Go durations', async (t) => {
+  const { parseGoDuration } = await import('../../lib/l7/index.js');
+  t.is(parseGoDuration('0'), 0);
+  t.is(parseGoDuration('1h2m3.5s'), 3_723_500);
+  t.is(parseGoDuration('250ms'), 250);
+  t.is(parseGoDuration('1500us'), 1.5);
+  t.is(parseGoDuration('-1s'), -1000);
+  t.is(parseGoDuration('.5s'), 500);
+  t.regex(String(parseGoDuration('1')), /invalid duration/);
+  t.regex(String(parseGoDuration('1d')), /unknown unit "d"/);
+  t.regex(String(parseGoDuration('')), /invalid duration/);
+  t.regex(String(parseGoDuration('s')), /invalid duration/);
+});
+
+test('RE2 patterns: translated where JS spells them differently, refused where RE2 would refuse', async (t) => {
+  const { compileRe2 } = await import('../../lib/l7/index.js');
+  const re = (p: string, full = true) => {
+    const r = compileRe2(p, full);
+    if (typeof r === 'string') throw new Error(r);
+    return r;
+  };
+  t.true(re('(?i)/API/.*').test('/api/x'));
+  t.true(re('(?P<id>[0-9]+)').test('42'));
+  t.false(re('[0-9]+').test('42x'), 'full match when anchored');
+  t.true(re('[0-9]+', false).test('42x'));
+  t.regex(String(compileRe2('a(?!b)', true)), /lookaround/);
+  t.regex(String(compileRe2('(a)\\1', true)), /backreferences/);
+  t.regex(String(compileRe2('a(?i)b', true)), /inline flag/);
+  t.regex(String(compileRe2('[[:alpha:]]', true)), /POSIX/);
+  t.true(re('(?:ab)+').test('abab'), 'non-capturing groups are fine');
 });
