@@ -49,6 +49,49 @@ export function routeMatches(m: HTTPMatch | undefined, req: L7Request): boolean 
   return true;
 }
 
+/** The first condition of `m` that `req` fails, in the entry's words; undefined when the match holds. */
+export function whyNot(m: HTTPMatch | undefined, req: L7Request): string | undefined {
+  if (!m) return undefined;
+  if (!pathMatches(m, req.path, m.CaseInsensitive === true)) {
+    const [k, v] =
+      m.PathExact !== undefined
+        ? ['PathExact', m.PathExact]
+        : m.PathPrefix !== undefined
+          ? ['PathPrefix', m.PathPrefix]
+          : ['PathRegex', m.PathRegex];
+    return `path ${JSON.stringify(req.path)} does not match ${k} ${JSON.stringify(v)}${m.CaseInsensitive ? ' (case-insensitive)' : ''}`;
+  }
+  for (const [i, h] of (m.Header ?? []).entries())
+    if (!headerMatches(h, req.headers)) return `Header[${i}] (${h.Name}) does not match`;
+  if (!methodMatches(m.Methods, req.method))
+    return `method ${req.method} is not one of ${m.Methods!.join(', ')}`;
+  for (const [i, q] of (m.QueryParam ?? []).entries())
+    if (!queryMatches(q, req.path)) return `QueryParam[${i}] (${q.Name}) does not match`;
+  return undefined;
+}
+
+/** For `ambit route explain`: each route of the chain's router in order, whether it matched and why not. */
+export function explainRoutes(
+  chain: CompiledChain,
+  req: L7Request,
+): { index: number; matched: boolean; reason: string }[] {
+  const start = chain.Nodes[chain.StartNode];
+  if (start?.Type !== 'router') return [];
+  const out: { index: number; matched: boolean; reason: string }[] = [];
+  for (const [index, r] of start.Routes.entries()) {
+    const why = whyNot(r.Definition.Match?.HTTP, req);
+    out.push({
+      index,
+      matched: why === undefined,
+      reason:
+        why ?? (index === start.Routes.length - 1 ? 'the catch-all route to the service itself' : 'matched'),
+    });
+    // First match wins: the routes after it are never looked at.
+    if (why === undefined) break;
+  }
+  return out;
+}
+
 function ops(m: HeaderModifiers | undefined): HeaderOp[] {
   if (!m) return [];
   const out: HeaderOp[] = [];

@@ -1,5 +1,11 @@
 import test from 'ava';
-import { compileChain, indexEntries, routeRequest, validateEntries } from '../../lib/l7/index.js';
+import {
+  compileChain,
+  explainRoutes,
+  indexEntries,
+  routeRequest,
+  validateEntries,
+} from '../../lib/l7/index.js';
 import type { L7Request } from '../../lib/l7/index.js';
 
 const W = 'test';
@@ -365,4 +371,37 @@ test('failover targets: by subset, by "*", by Targets, primary excluded', (t) =>
   const n2 = c2.Nodes[c2.StartNode]!;
   if (n2.Type !== 'resolver') return t.fail();
   t.deepEqual(n2.Resolver.Failover, { Targets: ['backup.default.default.dc1', 'api.default.default.dc2'] });
+});
+
+test('explainRoutes says why each earlier route did not match', (t) => {
+  const c = routed([
+    { Match: { HTTP: { PathPrefix: '/v2' } }, Destination: { ServiceSubset: 'v2' } },
+    { Match: { HTTP: { PathPrefix: '/', Methods: ['POST'] } }, Destination: { Service: 'b' } },
+    {
+      Match: { HTTP: { Header: [{ Name: 'x-canary', Present: true }] } },
+      Destination: { ServiceSubset: 'v2' },
+    },
+  ]);
+  t.deepEqual(explainRoutes(c, req('/x')), [
+    { index: 0, matched: false, reason: 'path "/x" does not match PathPrefix "/v2"' },
+    { index: 1, matched: false, reason: 'method GET is not one of POST' },
+    { index: 2, matched: false, reason: 'Header[0] (x-canary) does not match' },
+    { index: 3, matched: true, reason: 'the catch-all route to the service itself' },
+  ]);
+  t.deepEqual(explainRoutes(c, req('/v2')), [{ index: 0, matched: true, reason: 'matched' }]);
+});
+
+test('a compiled chain survives JSON unchanged (config_dump prints it)', (t) => {
+  const c = split([
+    {
+      Kind: 'service-router',
+      Name: 'api',
+      Routes: [
+        { Match: { HTTP: { PathPrefix: '/a' } }, Destination: { ServiceSubset: 'v2', RequestTimeout: '1s' } },
+      ],
+    },
+  ]);
+  t.deepEqual(JSON.parse(JSON.stringify(c)), c);
+  t.is(c.StartNode, 'router:api.default.default');
+  t.deepEqual(Object.keys(c.Targets).sort(), ['v1.api.default.default.dc1', 'v2.api.default.default.dc1']);
 });

@@ -1,4 +1,5 @@
 import test from 'ava';
+import { inPrecedenceOrder, precedenceOf } from '../../lib/consul/intentions.js';
 import {
   type L7Request,
   type ServiceIntentions,
@@ -139,4 +140,24 @@ test('permission headers: exact, prefix, suffix, contains, regex, present, inver
 test('no intention at all: the default decides', (t) => {
   t.like(authorizeRequest(undefined, undefined, web, req('/'), false), { allowed: false, by: 'default' });
   t.like(authorizeRequest(undefined, undefined, web, req('/'), true), { allowed: true, by: 'default' });
+});
+
+test('Consul precedence computed when an intention carries none, kept when it does', (t) => {
+  const i = (SourceName: string, SourceNS?: string, DestinationName = 'api', Precedence?: number) => ({
+    SourceName,
+    SourceNS,
+    DestinationName,
+    Precedence,
+  });
+  t.is(precedenceOf(i('web')), 9);
+  t.is(precedenceOf(i('*')), 8);
+  t.is(precedenceOf(i('*', '*')), 7);
+  t.is(precedenceOf(i('web', undefined, '*')), 6);
+  t.is(precedenceOf(i('*', undefined, '*')), 5);
+  t.is(precedenceOf(i('*', '*', '*')), 4);
+  t.is(precedenceOf(i('web', undefined, 'api', 3)), 3);
+  t.deepEqual(
+    inPrecedenceOrder([i('*', '*'), i('web', undefined, '*'), i('*'), i('web')]).map((x) => precedenceOf(x)),
+    [9, 8, 7, 6],
+  );
 });
