@@ -993,7 +993,7 @@ function serviceIntentions(r: Reader, raw: Obj, name: string): ServiceIntentions
       Partition: r.nonEmpty(so, 'Partition', p),
       Peer: r.nonEmpty(so, 'Peer', p),
       SamenessGroup: r.nonEmpty(so, 'SamenessGroup', p),
-      Action: r.nonEmpty(so, 'Action', p)?.toLowerCase() as SourceIntention['Action'],
+      Action: r.nonEmpty(so, 'Action', p) as SourceIntention['Action'],
       Precedence: r.uint(so, 'Precedence', p),
       Type: r.nonEmpty(so, 'Type', p),
       Description: r.nonEmpty(so, 'Description', p),
@@ -1034,7 +1034,7 @@ function serviceIntentions(r: Reader, raw: Obj, name: string): ServiceIntentions
 
 function permission(r: Reader, raw: unknown, p: string): IntentionPermission {
   const o = r.obj(raw, p, ['Action', 'HTTP', 'JWT']);
-  const action = r.nonEmpty(o, 'Action', p)?.toLowerCase();
+  const action = r.nonEmpty(o, 'Action', p);
   if (action !== 'allow' && action !== 'deny') r.fail(join(p, 'Action'), 'must be set to "allow" or "deny"');
   const http = r.optObj(o, 'HTTP', p, ['PathExact', 'PathPrefix', 'PathRegex', 'Header', 'Methods']);
   if (!http && o.JWT === undefined) r.fail(join(p, 'HTTP'), 'is required');

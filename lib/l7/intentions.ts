@@ -11,7 +11,7 @@ import {
   isLocalSource,
   precedenceOf,
 } from '../consul/intentions.js';
-import type { HTTPPermission, ServiceIntentions, SourceIntention } from './entries.js';
+import type { HTTPPermission, IntentionPermission, ServiceIntentions, SourceIntention } from './entries.js';
 import { type L7Request, headerMatches, methodMatches, pathMatches } from './match.js';
 import { nsOf } from './set.js';
 
@@ -37,11 +37,20 @@ interface Candidate extends ConsulIntention {
   src: SourceIntention;
 }
 
-export function permissionMatches(p: HTTPPermission | undefined, req: L7Request): boolean {
+export function httpMatches(p: HTTPPermission | undefined, req: L7Request): boolean {
   if (!p) return true;
   if (!pathMatches(p, req.path)) return false;
   for (const h of p.Header ?? []) if (!headerMatches(h, req.headers)) return false;
   return methodMatches(p.Methods, req.method);
+}
+
+/**
+ * Whether a permission applies to the request. A JWT requirement cannot be checked here, so it fails
+ * closed: an allow that needs a token never matches, a deny that needs one always does.
+ */
+export function permissionMatches(p: IntentionPermission, req: L7Request): boolean {
+  if (p.JWT !== undefined) return p.Action === 'deny';
+  return httpMatches(p.HTTP, req);
 }
 
 const candidates = (e: ServiceIntentions | undefined): Candidate[] =>
@@ -71,6 +80,14 @@ export function authorizeRequest(
   req: L7Request,
   defaultAllow: boolean,
 ): AuthzDecision {
+  // A JWT required of every request to the destination cannot be checked here: deny them all (fail closed).
+  for (const e of [entry, wildcard])
+    if (e?.JWT !== undefined)
+      return {
+        allowed: false,
+        by: 'intention',
+        reason: `service-intentions/${e.Name} requires a JWT, which the waypoint does not verify`,
+      };
   const ns = nsOf(client.namespace);
   const ordered = inPrecedenceOrder([...candidates(entry), ...candidates(wildcard)]).filter(isLocalSource);
   for (const c of ordered) {
@@ -93,7 +110,7 @@ export function authorizeRequest(
         reason: `intention ${c.SourceName} => ${c.entry.Name}: ${c.src.Action}`,
       };
     }
-    const j = perms.findIndex((p) => permissionMatches(p.HTTP, req));
+    const j = perms.findIndex((p) => permissionMatches(p, req));
     if (j >= 0) {
       const allowed = perms[j]!.Action === 'allow';
       return {

@@ -92,3 +92,8 @@ test('unknown selectors and type mismatches are refused at compile', (t) => {
   t.regex(err('Service.Tags matches "x"'), /applies to strings/);
   t.regex(err('Service.Port is empty'), /does not apply/);
 });
+
+test("Consul's documented bare-value form", (t) => {
+  t.true(ok('Service.Meta.version == v2'));
+  t.false(ok('Service.Meta.version == v1'));
+});

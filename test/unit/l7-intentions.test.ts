@@ -161,3 +161,57 @@ test('Consul precedence computed when an intention carries none, kept when it do
     [9, 8, 7, 6],
   );
 });
+
+test('actions are Consul spelling only: "Allow" is refused', (t) => {
+  t.throws(() => entries([{ Name: 'web', Action: 'Allow' }]), {
+    message: /Sources\[0\]\.Action: must be set to "allow" or "deny"/,
+  });
+  t.throws(() => entries([{ Name: 'web', Permissions: [{ Action: 'DENY', HTTP: { PathPrefix: '/' } }] }]), {
+    message: /Permissions\[0\]\.Action/,
+  });
+});
+
+test('JWT requirements are not verified, so they fail closed', (t) => {
+  const allowJwt = entries([
+    { Name: 'web', Permissions: [{ Action: 'allow', JWT: { Providers: [{ Name: 'okta' }] } }] },
+  ]);
+  t.like(
+    authorizeRequest(allowJwt, undefined, web, req('/'), true),
+    { allowed: true, by: 'default' },
+    'an allow needing a token never matches',
+  );
+  t.like(authorizeRequest(allowJwt, undefined, web, req('/'), false), { allowed: false });
+  const denyJwt = entries([
+    {
+      Name: 'web',
+      Permissions: [
+        { Action: 'deny', JWT: { Providers: [{ Name: 'okta' }] } },
+        { Action: 'allow', HTTP: { PathPrefix: '/' } },
+      ],
+    },
+  ]);
+  t.like(authorizeRequest(denyJwt, undefined, web, req('/'), true), {
+    allowed: false,
+    by: 'permission',
+    permission: 0,
+  });
+  const top = validateEntries(
+    [
+      { Kind: 'service-defaults', Name: 'api', Protocol: 'http' },
+      {
+        Kind: 'service-intentions',
+        Name: 'api',
+        JWT: { Providers: [{ Name: 'okta' }] },
+        Sources: [{ Name: 'web', Action: 'allow' }],
+      },
+    ],
+    'test',
+  )[1] as ServiceIntentions;
+  const d = authorizeRequest(top, undefined, web, req('/'), true);
+  t.false(d.allowed);
+  t.regex(d.reason, /requires a JWT/);
+  t.false(
+    authorizeRequest(top, undefined, { service: 'nobody' }, req('/'), true).allowed,
+    'even where the default allows',
+  );
+});
