@@ -744,3 +744,21 @@ test('RE2 patterns: translated where JS spells them differently, refused where R
   t.regex(String(compileRe2('[[:alpha:]]', true)), /POSIX/);
   t.true(re('(?:ab)+').test('abab'), 'non-capturing groups are fine');
 });
+
+test('RE2 translation steps over escapes and character classes', async (t) => {
+  const { compileRe2 } = await import('../../lib/l7/index.js');
+  const re = (p: string) => {
+    const r = compileRe2(p, true);
+    if (typeof r === 'string') throw new Error(r);
+    return r;
+  };
+  t.true(re('\\(?=').test('='), 'an escaped paren is literal: optional "(" then "="');
+  t.true(re('[(?=]+').test('(?='));
+  t.true(re('\\\\1').test('\\1'), 'an escaped backslash then 1 is no backreference');
+  t.true(re('[]a]').test(']'), 'a leading ] in a class is a member, as in RE2');
+  t.true(re('[^]a]').test('b'));
+  t.true(re('\\Aab\\z').test('ab'));
+  t.false(re('a\\z').test('a\n'));
+  t.true(re('(?<n>x)(?P<m>y)').test('xy'));
+  t.regex(String(compileRe2('\\Qa.b\\E', true)), /quoting/);
+});
