@@ -918,16 +918,21 @@ function loadBalancer(r: Reader, lb: Obj): LoadBalancer {
   const hps = r.arr(lb, 'HashPolicies', p);
   if (hps?.length && !hashBased)
     r.fail(join(p, 'HashPolicies'), `specified for non-hash-based Policy "${policy ?? ''}"`);
+  const rp = `${p}.RingHashConfig`;
+  const minRing = ring && r.uint(ring, 'MinimumRingSize', rp);
+  const maxRing = ring && r.uint(ring, 'MaximumRingSize', rp);
+  // Envoy refuses these; Consul would pass them on and the proxy would reject its whole config.
+  if (maxRing !== undefined && maxRing > 8_388_608)
+    r.fail(`${rp}.MaximumRingSize`, 'must be at most 8388608');
+  if (minRing && maxRing && minRing > maxRing)
+    r.fail(`${rp}.MinimumRingSize`, 'must not exceed MaximumRingSize');
+  const choices = least && r.uint(least, 'ChoiceCount', `${p}.LeastRequestConfig`);
+  if (choices === 1)
+    r.fail(`${p}.LeastRequestConfig.ChoiceCount`, 'must be at least 2 (0 means the default, 2)');
   const out: LoadBalancer = compact({
     Policy: policy as LBPolicy | undefined,
-    RingHashConfig:
-      ring &&
-      compact({
-        MinimumRingSize: r.uint(ring, 'MinimumRingSize', `${p}.RingHashConfig`),
-        MaximumRingSize: r.uint(ring, 'MaximumRingSize', `${p}.RingHashConfig`),
-      }),
-    LeastRequestConfig:
-      least && compact({ ChoiceCount: r.uint(least, 'ChoiceCount', `${p}.LeastRequestConfig`) }),
+    RingHashConfig: ring && compact({ MinimumRingSize: minRing, MaximumRingSize: maxRing }),
+    LeastRequestConfig: least && compact({ ChoiceCount: choices }),
     HashPolicies: hps?.map((h, i) => {
       const hp = `${p}.HashPolicies[${i}]`;
       const ho = r.obj(h, hp, ['Field', 'FieldValue', 'CookieConfig', 'SourceIP', 'Terminal']);

@@ -28,8 +28,10 @@ export function checkGraph(entries: readonly ConfigEntry[], where: string): Entr
         );
     };
     const needSubset = (svc: string, subset: string | undefined, field: string): void => {
-      if (subset === undefined) return;
-      if (set.resolvers.get(keyOf(svc, e.Namespace))?.Subsets?.[subset] === undefined)
+      const res = set.resolvers.get(keyOf(svc, e.Namespace));
+      // A resolver that redirects replaces the whole target: the chain compile checks where it lands.
+      if (subset === undefined || res?.Redirect) return;
+      if (res?.Subsets?.[subset] === undefined)
         fail(
           field,
           `service "${svc}" does not have a subset named "${subset}" (no service-resolver defines it)`,

@@ -762,3 +762,35 @@ test('RE2 translation steps over escapes and character classes', async (t) => {
   t.true(re('(?<n>x)(?P<m>y)').test('xy'));
   t.regex(String(compileRe2('\\Qa.b\\E', true)), /quoting/);
 });
+
+test('load balancer sizes Envoy would refuse are refused at write', (t) => {
+  const lb = (LoadBalancer: unknown) => () =>
+    validateEntry({ Kind: 'service-resolver', Name: 'a', LoadBalancer }, W);
+  t.throws(lb({ Policy: 'ring_hash', RingHashConfig: { MinimumRingSize: 4096, MaximumRingSize: 1024 } }), {
+    message: /MinimumRingSize: must not exceed/,
+  });
+  t.throws(lb({ Policy: 'ring_hash', RingHashConfig: { MaximumRingSize: 9_000_000 } }), {
+    message: /at most 8388608/,
+  });
+  t.throws(lb({ Policy: 'least_request', LeastRequestConfig: { ChoiceCount: 1 } }), {
+    message: /ChoiceCount: must be at least 2/,
+  });
+  t.notThrows(lb({ Policy: 'least_request', LeastRequestConfig: { ChoiceCount: 3 } }));
+  t.notThrows(lb({ Policy: 'ring_hash', RingHashConfig: { MinimumRingSize: 64, MaximumRingSize: 128 } }));
+});
+
+test('a route to a subset of a service whose resolver redirects is checked where the redirect lands', (t) => {
+  t.notThrows(() =>
+    validateEntries(
+      [
+        http('api'),
+        http('new'),
+        { Kind: 'service-resolver', Name: 'old', Redirect: { Service: 'new' } },
+        { Kind: 'service-resolver', Name: 'new', Subsets: { v2: {} } },
+        { Kind: 'service-defaults', Name: 'old', Protocol: 'http' },
+        { Kind: 'service-router', Name: 'api', Routes: [{ Destination: { Service: 'old' } }] },
+      ],
+      W,
+    ),
+  );
+});
