@@ -69,6 +69,28 @@ const candidates = (e: ServiceIntentions | undefined): Candidate[] =>
     src,
   }));
 
+// Validated entries are never changed, so their evaluation order is worked out once per pair.
+const NONE: ServiceIntentions = { Kind: 'service-intentions', Name: '', Sources: [] };
+const orders = new WeakMap<ServiceIntentions, WeakMap<ServiceIntentions, Candidate[]>>();
+function orderedFor(
+  entry: ServiceIntentions | undefined,
+  wildcard: ServiceIntentions | undefined,
+): Candidate[] {
+  const a = entry ?? NONE;
+  const b = wildcard ?? NONE;
+  let inner = orders.get(a);
+  if (!inner) {
+    inner = new WeakMap();
+    orders.set(a, inner);
+  }
+  let list = inner.get(b);
+  if (!list) {
+    list = inPrecedenceOrder([...candidates(entry), ...candidates(wildcard)]).filter(isLocalSource);
+    inner.set(b, list);
+  }
+  return list;
+}
+
 /**
  * Whether `client` may make `req` to the destination of `entry`. `wildcard` is the `*` service-intentions
  * entry, if any; `defaultAllow` the default policy (Consul's ACL default, or the mesh's).
@@ -89,7 +111,7 @@ export function authorizeRequest(
         reason: `service-intentions/${e.Name} requires a JWT, which the waypoint does not verify`,
       };
   const ns = nsOf(client.namespace);
-  const ordered = inPrecedenceOrder([...candidates(entry), ...candidates(wildcard)]).filter(isLocalSource);
+  const ordered = orderedFor(entry, wildcard);
   for (const c of ordered) {
     const nsHit = c.SourceNS === '*' || nsOf(c.SourceNS) === ns;
     if (!nsHit || (c.SourceName !== '*' && c.SourceName !== client.service)) continue;

@@ -210,10 +210,12 @@ export class Picker {
   readonly rr: RoundRobinState = { cursor: 0 };
   readonly least = new LeastRequestState();
   #built = '';
+  #from: readonly Instance[] | undefined;
   #ring: Ring | undefined;
   #table: Instance[] | undefined;
   constructor(readonly lb: LoadBalancer | undefined) {}
 
+  /** `instances` is read, never kept changing: pass a new list when the instances change (resolveTarget does). */
   pick(instances: readonly Instance[], req: HashInput, random: Random): Picked {
     const policy = this.lb?.Policy ?? 'round_robin';
     if (policy === 'random') return { instance: pickRandom(instances, random) };
@@ -230,11 +232,15 @@ export class Picker {
     const { hash, cookie } = requestHash(this.lb?.HashPolicies, req);
     const extra = cookie ? { cookie } : {};
     if (hash === undefined) return { instance: pickRandom(instances, random), ...extra };
-    const key = instances.map(keyOf).join(',');
-    if (key !== this.#built) {
-      this.#built = key;
-      this.#ring = undefined;
-      this.#table = undefined;
+    // The same list as last time (the usual case) is recognised without building its key.
+    if (instances !== this.#from) {
+      const key = instances.map(keyOf).join(',');
+      this.#from = instances;
+      if (key !== this.#built) {
+        this.#built = key;
+        this.#ring = undefined;
+        this.#table = undefined;
+      }
     }
     if (policy === 'ring_hash') {
       const rc = this.lb?.RingHashConfig;
