@@ -405,3 +405,64 @@ test('a compiled chain survives JSON unchanged (config_dump prints it)', (t) => 
   t.is(c.StartNode, 'router:api.default.default');
   t.deepEqual(Object.keys(c.Targets).sort(), ['v1.api.default.default.dc1', 'v2.api.default.default.dc1']);
 });
+
+test('flattened splits merge headers as Consul MergeParent: request child wins, response parent wins', (t) => {
+  const c = compileChain(
+    set([
+      http('api'),
+      http('b'),
+      {
+        Kind: 'service-splitter',
+        Name: 'api',
+        Splits: [
+          {
+            Weight: 100,
+            Service: 'b',
+            RequestHeaders: { Set: { k: 'parent' }, Remove: ['r1'] },
+            ResponseHeaders: { Set: { k: 'parent' } },
+          },
+        ],
+      },
+      {
+        Kind: 'service-splitter',
+        Name: 'b',
+        Splits: [
+          {
+            Weight: 100,
+            RequestHeaders: { Set: { k: 'child' }, Remove: ['r1', 'r2'] },
+            ResponseHeaders: { Set: { k: 'child' } },
+          },
+        ],
+      },
+    ]),
+    'api',
+  );
+  const s = c.Nodes[c.StartNode]!;
+  if (s.Type !== 'splitter') return t.fail();
+  t.deepEqual(s.Splits[0]!.Definition.RequestHeaders, { Set: { k: 'child' }, Remove: ['r1', 'r2'] });
+  t.deepEqual(s.Splits[0]!.Definition.ResponseHeaders, { Set: { k: 'parent' } });
+  t.is(s.Splits[0]!.NextNode, 'resolver:b.default.default.dc1');
+});
+
+test('a redirect to another service drops the subset asked for, as Consul rewriteTarget does', (t) => {
+  const c = compileChain(
+    set([
+      { Kind: 'service-resolver', Name: 'old', Redirect: { Service: 'new' } },
+      { Kind: 'service-resolver', Name: 'new', DefaultSubset: 'v1', Subsets: { v1: {} } },
+      http('api'),
+      http('old'),
+      http('new'),
+      {
+        Kind: 'service-router',
+        Name: 'api',
+        Routes: [{ Destination: { Service: 'old', ServiceSubset: 'v9' } }],
+      },
+    ]),
+    'api',
+  );
+  t.like(routeRequest(c, req('/'), fixed(0)), { route: 0, target: { service: 'new', subset: 'v1' } });
+});
+
+test('validateEntries wants a list', (t) => {
+  t.throws(() => validateEntries({} as unknown as unknown[], W), { message: /must be a list/ });
+});

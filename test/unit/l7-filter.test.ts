@@ -97,3 +97,15 @@ test("Consul's documented bare-value form", (t) => {
   t.true(ok('Service.Meta.version == v2'));
   t.false(ok('Service.Meta.version == v1'));
 });
+
+test('string escapes: double quotes take Go escapes, backticks are raw', (t) => {
+  const i2: Instance = { ...inst, meta: { q: 'a"b', bs: 'a\\b' } };
+  const on = (src: string) => {
+    const f = compileFilter(src);
+    if (typeof f === 'string') throw new Error(f);
+    return f.test(i2);
+  };
+  t.true(on('Service.Meta.q == "a\\"b"'));
+  t.true(on('Service.Meta.bs == `a\\b`'));
+  t.regex(err('Service.Meta.q == "a\\xb"'), /unknown escape/);
+});

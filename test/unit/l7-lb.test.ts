@@ -183,3 +183,16 @@ test('Picker with a hash policy is sticky and falls back to random without a has
   for (let i = 0; i < 20; i++) t.is(p.pick(xs, r, Math.random).instance!.id, first);
   t.is(p.pick(xs, { path: '/', headers: {}, sourceIp: '' }, () => 0).instance!.id, 'i1');
 });
+
+test('a session cookie is generated without a TTL; an existing cookie is hashed as sent', (t) => {
+  const base = { path: '/', headers: {}, sourceIp: '198.18.0.9' };
+  const gen = requestHash([{ Field: 'cookie', FieldValue: 'route', CookieConfig: { Session: true } }], base);
+  t.is(gen.cookie!.ttl, undefined);
+  t.is(gen.cookie!.name, 'route');
+  const again = requestHash([{ Field: 'cookie', FieldValue: 'route', CookieConfig: { Session: true } }], {
+    ...base,
+    headers: { cookie: `route=${gen.cookie!.value}` },
+  });
+  t.is(again.cookie, undefined);
+  t.is(again.hash, gen.hash, 'the next request, carrying the cookie, hashes as the first');
+});
