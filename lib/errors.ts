@@ -22,7 +22,8 @@ export type AmbitErrorCode =
   | 'AMBIT_CONSUL_REQUEST'
   | 'AMBIT_CAPTURE_UNAVAILABLE'
   | 'AMBIT_CAPTURE_FAILED'
-  | 'AMBIT_H2_PROTOCOL';
+  | 'AMBIT_H2_PROTOCOL'
+  | 'AMBIT_L7_CONFIG_INVALID';
 
 export class AmbitError extends Error {
   readonly code: AmbitErrorCode;
