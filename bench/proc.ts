@@ -107,6 +107,59 @@ export function killAllSync(): void {
   }
 }
 
+/**
+ * On SIGINT or SIGTERM: nothing new starts and what runs is killed, so the current step fails fast and the
+ * caller unwinds through its finally; a hard exit after 10 s in case something hangs. Every process left
+ * at exit is killed too. Returns whether a signal came.
+ */
+export function stopOnSignals(log: (msg: string) => void): () => boolean {
+  let interrupted = false;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (interrupted) return;
+    interrupted = true;
+    process.exitCode = 130;
+    log(`${sig}: stopping every process the bench started`);
+    refuseNewProcesses();
+    void killAll();
+    setTimeout(() => {
+      killAllSync();
+      process.exit(130);
+    }, 10_000).unref();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  process.on('exit', killAllSync);
+  return () => interrupted;
+}
+
+/** Peak resident set size of a process in bytes (VmHWM, over its whole life), or 0 if it is gone. */
+export function peakRssBytes(pid: number): number {
+  try {
+    const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** A process and its descendants (from /proc/<pid>/task/<tid>/children), e.g. nginx's master and workers. */
+export function processTree(pid: number): number[] {
+  const out: number[] = [];
+  const todo = [pid];
+  // A bench's process trees are small; the bound only guards against a pid loop.
+  while (todo.length > 0 && out.length < 256) {
+    const p = todo.shift()!;
+    out.push(p);
+    try {
+      const text = readFileSync(`/proc/${p}/task/${p}/children`, 'utf8').trim();
+      if (text) todo.push(...text.split(/\s+/).map(Number));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
 /** Resident set size of a process in bytes (VmRSS), or 0 if it is gone. */
 export function rssBytes(pid: number): number {
   try {
