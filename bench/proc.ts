@@ -2,7 +2,7 @@
 // process started here is registered, and killAll() ends each one by its pid, on success, error or signal.
 
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
-import { constants, accessSync, createWriteStream, readFileSync } from 'node:fs';
+import { constants, accessSync, createWriteStream, existsSync, readFileSync, readdirSync } from 'node:fs';
 import { cpus, release, totalmem } from 'node:os';
 import { sleep } from '../test/helpers/net.js';
 
@@ -196,6 +196,34 @@ export function cpuSeconds(pid: number): number {
   }
 }
 
+/**
+ * CPU seconds used so far by a process's live threads, to the microsecond: the scheduler's
+ * se.sum_exec_runtime from /proc/<pid>/task/<tid>/sched (CONFIG_SCHED_DEBUG), where /proc/<pid>/stat counts
+ * in clock ticks (10 ms), too coarse for a short run. Falls back to cpuSeconds() where the file is absent.
+ * Threads that exited are not counted: compare it over runs that start and end no threads.
+ */
+export function cpuSecondsFine(pid: number): number {
+  if (!existsSync(`/proc/${pid}/sched`)) return cpuSeconds(pid);
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return 0;
+  }
+  let ms = 0;
+  for (const tid of tids) {
+    try {
+      const sched = readFileSync(`/proc/${pid}/task/${tid}/sched`, 'utf8');
+      ms += Number(/^se\.sum_exec_runtime\s*:\s*([\d.]+)/m.exec(sched)?.[1] ?? 0);
+    } catch {
+      // exited since the listing
+    }
+  }
+  return ms / 1000;
+}
+
+export const sumCpuFine = (pids: readonly number[]): number =>
+  pids.reduce((s, p) => s + cpuSecondsFine(p), 0);
 export const sumRss = (pids: readonly number[]): number => pids.reduce((s, p) => s + rssBytes(p), 0);
 export const sumCpu = (pids: readonly number[]): number => pids.reduce((s, p) => s + cpuSeconds(p), 0);
 
