@@ -79,7 +79,7 @@ export class Ambitd {
       const node = this.store.node(config.nodeName);
       return node ? [config.advertiseAddress, node.address] : [config.advertiseAddress];
     });
-    const identityOf = (w: Workload): string => this.identityOf(w);
+    const identityOf = (w: Pick<Workload, 'namespace' | 'service'>): string => this.identityOf(w);
     this.refusals = new Refusals(this.metrics, logger);
     this.fds = new FdReserve(config.limits.fdReserve, this.refusals);
     const mark = config.capture.enabled ? config.capture.mark : undefined;
@@ -290,7 +290,7 @@ export class Ambitd {
     }
   }
 
-  identityOf(w: Workload): string {
+  identityOf(w: Pick<Workload, 'namespace' | 'service'>): string {
     const key = `${w.namespace}/${w.service}`;
     let id = this.#identities.get(key);
     if (id === undefined) {
