@@ -2,7 +2,10 @@ import { mkdir } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { detectBackend, setGate } from '../lib/capture/iptables.js';
 import type { DaemonConfig } from '../lib/config.js';
+import { workloadRegistration } from '../lib/consul/catalog.js';
+import { ConfigError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
+import { editMeshFile, upsertWorkload } from '../lib/mesh/edit.js';
 import type { Workload } from '../lib/mesh/model.js';
 import { LocalAddresses } from '../lib/net/addresses.js';
 import { AdminToken, portOf, startHttp } from './admin/http.js';
@@ -30,6 +33,8 @@ import { Reconciler, checkHostMesh, missingCertificates, registerInMeshFile } fr
 import { ConsulControlPlane } from './state/consul-control-plane.js';
 import { MeshFileSource, lastGoodPath } from './state/file-source.js';
 import { StateStore } from './state/store.js';
+import { ServiceRouter } from './waypoint/router.js';
+import { Waypoint } from './waypoint/waypoint.js';
 
 export type { BoundPorts } from './own-listeners.js';
 
@@ -57,6 +62,8 @@ export class Ambitd {
   readonly outbound: Outbound;
   readonly listeners: ExplicitListeners;
   readonly tunnel: TunnelServer;
+  /** With role waypoint: what the tunnel's streams go to instead of local workloads (docs/waypoints.md). */
+  readonly waypoint: Waypoint | undefined;
   /** Transparent capture (15001 outbound, 15006 inbound plaintext); only when config.capture.enabled. */
   readonly capture: { outbound: CaptureListener; plaintext: PlaintextListener } | undefined;
   readonly ports: BoundPorts = { tunnel: 0, admin: 0, metrics: 0, ready: 0, outbound: 0, plaintext: 0 };
@@ -135,8 +142,23 @@ export class Ambitd {
     });
     this.listeners = new ExplicitListeners(this.outbound, logger);
     this.listeners.gate = this.fds.gate('outbound', 'upstream listener');
+    this.waypoint =
+      config.role === 'waypoint'
+        ? new Waypoint({
+            store: this.store,
+            pool: this.pool,
+            router: new ServiceRouter(config.ejectMs),
+            metrics: this.metrics,
+            log: logger,
+            refusals: this.refusals,
+            identityOf,
+            self: { name: config.waypointService, namespace: 'default' },
+            maxStreams: config.limits.maxInboundStreams,
+            maxAttempts: config.maxAttempts,
+          })
+        : undefined;
     this.tunnel = new TunnelServer({
-      inbound: this.inbound,
+      inbound: this.waypoint ?? this.inbound,
       metrics: this.metrics,
       log: logger,
       refusals: this.refusals,
@@ -187,6 +209,8 @@ export class Ambitd {
   static async start(given: DaemonConfig, logger: Logger): Promise<Ambitd> {
     // Before anything else: without the native binding there is no tunnel, and the reason is one line.
     binding();
+    if (given.role === 'waypoint' && given.capture.enabled)
+      throw new ConfigError('a waypoint captures nothing: turn capture off', { field: 'capture' });
     await mkdir(given.stateDir, { recursive: true, mode: 0o700 });
     let config = given;
     let consul: ConsulControlPlane | undefined;
@@ -256,11 +280,52 @@ export class Ambitd {
       const node = { name: config.nodeName, address: config.advertiseAddress, tunnelPort: this.ports.tunnel };
       if (this.#consul) await this.#consul.registerNode(node, 'node');
       else await registerInMeshFile(config.meshFile, this.store.node(config.nodeName), node, log);
+      if (this.waypoint) await this.#registerWaypoint();
     }
     await this.#startHttp();
     if (this.capture) await this.#startCapture();
     this.#ready = true;
     log.info({ node: config.nodeName, ports: this.ports, mesh: config.meshFile }, 'ambitd ready');
+  }
+
+  /**
+   * A waypoint instance is a workload of its waypoint service on its own node, at the advertise address
+   * and the tunnel port: sources reach its HBONE listener there directly.
+   */
+  waypointWorkload(): Workload {
+    const { config } = this;
+    return {
+      name: `${config.waypointService}-${config.nodeName}`,
+      service: config.waypointService,
+      namespace: 'default',
+      node: config.nodeName,
+      addresses: [config.advertiseAddress],
+      ports: [this.ports.tunnel],
+      uid: undefined,
+      mode: 'strict',
+      upstreams: [],
+    };
+  }
+
+  async #registerWaypoint(): Promise<void> {
+    const w = this.waypointWorkload();
+    if (this.#consul) {
+      await this.#consul.client.put('/v1/agent/service/register', {
+        body: workloadRegistration(w),
+        permission: `service:write on "${w.service}"`,
+      });
+    } else {
+      const current = this.store.workload(w.name);
+      const same =
+        current?.node === w.node &&
+        current.addresses.join() === w.addresses.join() &&
+        current.ports.join() === w.ports.join();
+      if (!same) await editMeshFile(this.config.meshFile, (doc) => void upsertWorkload(doc, w));
+    }
+    this.log.info(
+      { workload: w.name, service: w.service, at: w.addresses, ports: w.ports },
+      'waypoint enrolled',
+    );
   }
 
   async #startCapture(): Promise<void> {
@@ -379,6 +444,7 @@ export class Ambitd {
       this.log.info({ remaining: this.#openConnections() }, 'drain finished');
       void draining;
     }
+    this.waypoint?.close();
     await this.tunnel.close(false);
     this.pool.close();
     this.certs.close();
@@ -387,6 +453,6 @@ export class Ambitd {
   }
 
   #openConnections(): number {
-    return this.inbound.openConnections + this.pool.stats().streams;
+    return this.inbound.openConnections + (this.waypoint?.openConnections ?? 0) + this.pool.stats().streams;
   }
 }

@@ -553,7 +553,11 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
   #services(waypoints: Map<string, string>): Service[] {
     const out = new Map<string, Service>();
     const defaults = this.#results.get('/v1/config/service-defaults');
+    // What a waypoint parses the service as (docs/waypoints.md); Consul's other protocols wait for lib/l7.
+    const http = new Set<string>();
     for (const entry of Array.isArray(defaults) ? defaults : []) {
+      if (isRecord(entry) && typeof entry.Name === 'string' && entry.Protocol === 'http')
+        http.add(entry.Name);
       if (!isRecord(entry) || typeof entry.Name !== 'string' || !isRecord(entry.Meta)) continue;
       const meta = entry.Meta as Record<string, unknown>;
       const vips =
@@ -576,6 +580,8 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
         if (!s.waypoint) out.set(key, { ...s, waypoint: wp });
       } else out.set(key, { name, namespace, vips: [], ports: [], waypoint: wp });
     }
-    return [...out.values()].sort((a, b) => a.name.localeCompare(b.name));
+    return [...out.values()]
+      .map((s): Service => (s.namespace === 'default' && http.has(s.name) ? { ...s, protocol: 'http' } : s))
+      .sort((a, b) => a.name.localeCompare(b.name));
   }
 }
