@@ -7,6 +7,7 @@ import {
   peerFromUris,
   stillAdmits,
 } from '../../daemon/proxy/inbound/decide.js';
+import { decidePlaintext } from '../../daemon/proxy/inbound/plaintext.js';
 import {
   type OutboundPlan,
   type OutboundTarget,
@@ -193,4 +194,15 @@ test('x-forwarded-client-cert: the URI of the last element, SPIFFE IDs only, quo
   t.is(xfccClient('By=a;URI=http://not-spiffe'), undefined);
   t.is(xfccClient('Hash=abc'), undefined);
   t.is(xfccClient(undefined), undefined);
+});
+
+test('plaintext to a permissive workload of a waypoint service is a bypass, but for its plaintext ports', (t) => {
+  const open = { ...api1, mode: 'permissive' as const, plaintextPorts: [9090], ports: [8080, 9090] };
+  const store = storeOf({ nodes: NODES, workloads: [open], services: [apiSvc] });
+  const d = { store, nodeName: 'node-b', trustDomain: TRUST_DOMAIN };
+  const refused = decidePlaintext(d, { ip: '10.1.0.10', port: 8080 });
+  t.like(refused, { ok: false, kind: 'waypoint_bypass' });
+  t.true(decidePlaintext(d, { ip: '10.1.0.10', port: 9090 }).ok);
+  const plain = storeOf({ nodes: NODES, workloads: [open], services: [{ ...apiSvc, waypoint: undefined }] });
+  t.true(decidePlaintext({ ...d, store: plain }, { ip: '10.1.0.10', port: 8080 }).ok);
 });
