@@ -48,6 +48,8 @@ interface Setup {
   a: Ambitd;
   b: Ambitd;
   wp: Ambitd;
+  /** Every waypoint instance: wp first. */
+  waypoints: Ambitd[];
   logs: Map<string, LogLine[]>;
   /** Upstream listeners on node-a: to the http service api, and to the tcp service echo. */
   httpPort: number;
@@ -58,7 +60,7 @@ interface Setup {
   close(): Promise<void>;
 }
 
-async function setup(): Promise<Setup> {
+async function setup(opts: { waypoints?: number } = {}): Promise<Setup> {
   const dir = await mkdtemp(join(tmpdir(), 'ambit-wp-'));
   const meshFile = join(dir, 'mesh.yaml');
   const { lines, logger } = captureLogs();
@@ -111,7 +113,12 @@ async function setup(): Promise<Setup> {
 
   const a = await start('node-a');
   const b = await start('node-b');
-  const wp = await start('wp-node', { role: 'waypoint', waypointService: 'wp' });
+  const waypoints: Ambitd[] = [];
+  for (let i = 1; i <= (opts.waypoints ?? 1); i++)
+    waypoints.push(
+      await start(i === 1 ? 'wp-node' : `wp-node-${i}`, { role: 'waypoint', waypointService: 'wp' }),
+    );
+  const wp = waypoints[0]!;
   const httpPort = await freePort();
   const tcpPort = await freePort();
   await enroll(
@@ -127,13 +134,19 @@ async function setup(): Promise<Setup> {
   await until(() => a.listeners.listening().length === 2, 5000, 'upstream listeners bound');
   await until(() => a.store.service('default', 'echo')?.waypoint === 'wp', 5000, 'node-a sees the waypoints');
   await until(() => b.readiness().ready && b.certs.list().length === 2, 5000, 'node-b ready');
-  await until(() => wp.readiness().ready && wp.certs.has(WP), 5000, 'waypoint ready');
-  await until(() => a.store.endpoints('default', 'wp').length === 1, 5000, 'node-a sees the waypoint');
+  for (const w of waypoints)
+    await until(() => w.readiness().ready && w.certs.has(WP), 5000, 'waypoint ready');
+  await until(
+    () => a.store.endpoints('default', 'wp').length === waypoints.length,
+    5000,
+    'node-a sees the waypoints',
+  );
   return {
     dir,
     a,
     b,
     wp,
+    waypoints,
     logs: lines,
     httpPort,
     tcpPort,
@@ -145,7 +158,7 @@ async function setup(): Promise<Setup> {
       server.closeAllConnections();
       server.close();
       echo.server.close();
-      await Promise.all([a.close(), b.close(), wp.close()]);
+      await Promise.all([a.close(), b.close(), ...waypoints.map((w) => w.close())]);
       await rm(dir, { recursive: true, force: true });
     },
   };
@@ -398,6 +411,29 @@ test('the waypoint stopped, or gone from the mesh: refused as waypoint_unavailab
     const m2 = await metricsText(s.a);
     t.is(metricSum(m2, 'ambit_connections_refused_total', { reason: 'waypoint_unavailable' }), 3);
     t.is(s.echoAccepted(), 0);
+  } finally {
+    await s.close();
+  }
+});
+
+test('two waypoint instances share the connections; with one stopped the other takes them all', async (t) => {
+  const s = await setup({ waypoints: 2 });
+  try {
+    const payload = Buffer.from('through one of the two');
+    for (let i = 0; i < 6; i++) t.is((await roundTrip(s.tcpPort, payload)).sha256, sha256(payload));
+    const carried = async (w: Ambitd): Promise<number> =>
+      metricSum(await metricsText(w), 'istio_tcp_connections_opened_total', {
+        destination_workload: 'echo-1',
+      });
+    const [first, second] = [await carried(s.waypoints[0]!), await carried(s.waypoints[1]!)];
+    t.is(first + second, 6);
+    t.true(first > 0 && second > 0, `spread ${first}/${second}`);
+    await s.waypoints[1]!.close();
+    for (let i = 0; i < 4; i++) t.is((await roundTrip(s.tcpPort, payload)).sha256, sha256(payload));
+    t.is(await carried(s.waypoints[0]!), first + 4);
+    const m = await metricsText(s.a);
+    t.is(metricSum(m, 'ambit_connections_refused_total', { direction: 'outbound' }), 0);
+    t.is(s.echoAccepted(), 10);
   } finally {
     await s.close();
   }
