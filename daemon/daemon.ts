@@ -2,7 +2,7 @@ import { mkdir } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { detectBackend, setGate } from '../lib/capture/iptables.js';
 import type { DaemonConfig } from '../lib/config.js';
-import { workloadRegistration } from '../lib/consul/catalog.js';
+import { NODE_CHECK_TTL_S, workloadRegistration } from '../lib/consul/catalog.js';
 import { ConfigError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { editMeshFile, upsertWorkload } from '../lib/mesh/edit.js';
@@ -73,6 +73,9 @@ export class Ambitd {
   readonly #reconciler: Reconciler;
   #http: Server[] = [];
   #identities = new Map<string, string>();
+  /** Consul mode: the waypoint workload this daemon registered, deregistered when it stops. */
+  #waypointRegistered: string | undefined;
+  #waypointBeat: NodeJS.Timeout | undefined;
   #ready = false;
   /** This host's addresses: the interfaces, loopback, the advertise address and this node's mesh address. */
   readonly #local: LocalAddresses;
@@ -278,7 +281,7 @@ export class Ambitd {
     await this.#reconciler.settled();
     if (config.registerNode) {
       const node = { name: config.nodeName, address: config.advertiseAddress, tunnelPort: this.ports.tunnel };
-      if (this.#consul) await this.#consul.registerNode(node, 'node');
+      if (this.#consul) await this.#consul.registerNode(node, config.role);
       else await registerInMeshFile(config.meshFile, this.store.node(config.nodeName), node, log);
       if (this.waypoint) await this.#registerWaypoint();
     }
@@ -310,10 +313,35 @@ export class Ambitd {
   async #registerWaypoint(): Promise<void> {
     const w = this.waypointWorkload();
     if (this.#consul) {
-      await this.#consul.client.put('/v1/agent/service/register', {
-        body: workloadRegistration(w),
-        permission: `service:write on "${w.service}"`,
-      });
+      // A TTL check it keeps passing, as the node check, not a TCP probe of the tunnel port (to the
+      // listener each probe is a failed handshake): a waypoint that dies goes critical within the TTL,
+      // one that stops deregisters at once.
+      const check = `${w.name}:alive`;
+      const body = {
+        ...workloadRegistration(w),
+        Checks: [
+          {
+            CheckID: check,
+            Name: `ambit: waypoint ${w.name}`,
+            TTL: `${NODE_CHECK_TTL_S}s`,
+            Status: 'passing',
+          },
+        ],
+      };
+      const consul = this.#consul;
+      const permission = `service:write on "${w.service}"`;
+      await consul.client.put('/v1/agent/service/register', { body, permission });
+      this.#waypointRegistered = w.name;
+      const beat = (): void =>
+        void consul.client
+          .put(`/v1/agent/check/update/${encodeURIComponent(check)}`, {
+            body: { Status: 'passing' },
+            permission,
+          })
+          .catch((err: Error) =>
+            this.log.warn({ err: err.message, check }, 'cannot update the waypoint check'),
+          );
+      this.#waypointBeat = setInterval(beat, (NODE_CHECK_TTL_S * 1000) / 3).unref();
     } else {
       const current = this.store.workload(w.name);
       const same =
@@ -433,6 +461,15 @@ export class Ambitd {
       this.capture.plaintext.close();
     }
     this.#source?.close();
+    clearInterval(this.#waypointBeat);
+    if (this.#consul && this.#waypointRegistered !== undefined) {
+      const name = this.#waypointRegistered;
+      await this.#consul.client
+        .put(`/v1/agent/service/deregister/${encodeURIComponent(name)}`, {
+          permission: `service:write on "${this.config.waypointService}"`,
+        })
+        .catch((err: Error) => this.log.warn({ err: err.message }, 'cannot deregister the waypoint'));
+    }
     await this.#consul?.close();
     this.listeners.close();
     if (drainMs > 0) {
