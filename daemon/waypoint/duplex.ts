@@ -90,7 +90,9 @@ export class StreamDuplex extends Duplex {
 
   setTimeout(ms: number, cb?: () => void): this {
     this.timeout = ms;
-    if (cb) this.once('timeout', cb);
+    // As net.Socket: a callback is a one-shot listener, and a timeout of 0 takes it off again.
+    if (cb && ms === 0) this.removeListener('timeout', cb);
+    else if (cb) this.once('timeout', cb);
     this.#touch();
     return this;
   }

@@ -39,6 +39,9 @@ export interface WaypointHttpDeps {
   readonly refusals: Refusals;
 }
 
+/** How long an upstream stream is kept for the next request of its client to that endpoint. */
+const IDLE_UPSTREAM_MS = 60_000;
+
 /** How long a connection the waypoint ended waits for the client to end its side before it is reset. */
 const CLOSE_GRACE_MS = 5_000;
 
@@ -66,6 +69,12 @@ class TunnelAgent extends Agent {
   constructor(opts: AgentOptions, hop: HopDeps) {
     super(opts);
     this.#hop = hop;
+  }
+
+  /** A kept stream idle this long is closed (the Agent destroys a free socket that times out). */
+  override keepSocketAlive(socket: Duplex): boolean {
+    (socket as StreamDuplex).setTimeout(IDLE_UPSTREAM_MS);
+    return true;
   }
 
   override getName(options?: ClientRequestArgs): string {
@@ -181,7 +190,7 @@ export class WaypointHttp {
     this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) =>
       this.#clientError(err, socket),
     );
-    this.#agent = new TunnelAgent({ keepAlive: true, maxFreeSockets: 64, timeout: 60_000 }, d.hop);
+    this.#agent = new TunnelAgent({ keepAlive: true, maxFreeSockets: 64 }, d.hop);
   }
 
   /** Serves one client's tunnel stream (answered 200 already) as an HTTP/1.1 connection. */
