@@ -13,7 +13,7 @@ import { WebSocket, WebSocketServer } from 'ws';
 import { Ambitd } from '../../daemon/daemon.js';
 import { spiffeId } from '../../daemon/identity/spiffe.js';
 import { type ConfigInput, loadConfig } from '../../lib/config.js';
-import { editMeshFile, removeWorkload } from '../../lib/mesh/edit.js';
+import { addPolicy, editMeshFile, removeWorkload } from '../../lib/mesh/edit.js';
 import {
   clientWorkload,
   echoServer,
@@ -434,6 +434,36 @@ test('two waypoint instances share the connections; with one stopped the other t
     const m = await metricsText(s.a);
     t.is(metricSum(m, 'ambit_connections_refused_total', { direction: 'outbound' }), 0);
     t.is(s.echoAccepted(), 10);
+  } finally {
+    await s.close();
+  }
+});
+
+test("the client's intentions apply at the destination: a deny for web is 403 (http) and a reset (tcp)", async (t) => {
+  const s = await setup();
+  try {
+    const from = [{ service: 'web', namespace: undefined, principal: undefined }];
+    await editMeshFile(join(s.dir, 'mesh.yaml'), (doc) => {
+      for (const svc of ['api', 'echo'])
+        addPolicy(doc, {
+          name: `no-web-${svc}`,
+          action: 'deny',
+          service: svc,
+          namespace: 'default',
+          ports: [],
+          from,
+        });
+    });
+    await until(() => s.b.store.policiesFor('default', 'echo').length === 1, 5000, 'node-b has the policies');
+    const res = await fetch(`http://127.0.0.1:${s.httpPort}/secret`);
+    t.is(res.status, 403);
+    t.is(await res.text(), 'RBAC: access denied');
+    await t.throwsAsync(roundTrip(s.tcpPort, Buffer.from('hello')));
+    t.is(s.seen.length, 0);
+    t.is(s.echoAccepted(), 0);
+    const m = await metricsText(s.b);
+    t.is(metricSum(m, 'ambit_connections_refused_total', { direction: 'inbound', reason: 'denied' }), 2);
+    t.like(requestLines(s)[0], { path: '/secret', status: 403, endpoint: 'api-1' });
   } finally {
     await s.close();
   }
