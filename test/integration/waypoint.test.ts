@@ -132,7 +132,11 @@ async function setup(opts: { waypoints?: number } = {}): Promise<Setup> {
     doc.setIn(['services', 'echo'], doc.createNode({ waypoint: 'wp' }));
   });
   await until(() => a.listeners.listening().length === 2, 5000, 'upstream listeners bound');
-  await until(() => a.store.service('default', 'echo')?.waypoint === 'wp', 5000, 'node-a sees the waypoints');
+  // Each daemon reads the mesh file on its own: all of them must hold the services' waypoints.
+  const optedIn = (d: Ambitd): boolean =>
+    d.store.service('default', 'echo')?.waypoint === 'wp' &&
+    d.store.service('default', 'api')?.protocol === 'http';
+  await until(() => [a, b, ...waypoints].every(optedIn), 5000, 'every daemon sees the waypoints');
   await until(() => b.readiness().ready && b.certs.list().length === 2, 5000, 'node-b ready');
   for (const w of waypoints)
     await until(() => w.readiness().ready && w.certs.has(WP), 5000, 'waypoint ready');
