@@ -2,12 +2,7 @@
 // with a keep-alive Agent whose connections are tunnel streams to the chosen endpoints' nodes. Requests
 // llhttp refuses (request smuggling among them) get 400 and are never forwarded.
 import {
-  Agent,
-  type AgentOptions,
-  type ClientRequestArgs,
-  type IncomingHttpHeaders,
   type IncomingMessage,
-  type OutgoingHttpHeaders,
   STATUS_CODES,
   type Server,
   type ServerResponse,
@@ -19,10 +14,12 @@ import type { Logger } from '../../lib/log.js';
 import type { Workload } from '../../lib/mesh/model.js';
 import type { Refusals } from '../limits/refusal.js';
 import type { OutboundPlan } from '../proxy/outbound/plan.js';
-import { StreamDuplex } from './duplex.js';
-import { type HopClient, type HopDeps, openHop } from './hop.js';
+import { HopFailure, type HopRequest, TunnelAgent } from './agent.js';
+import type { StreamDuplex } from './duplex.js';
+import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
+import type { HopClient, HopDeps } from './hop.js';
 import type { WaypointRouter } from './router.js';
-import { XFCC, formatXfcc } from './xfcc.js';
+import { XFCC } from './xfcc.js';
 
 /** What one client's tunnel stream to the waypoint is for. */
 export interface HttpContext {
@@ -39,124 +36,8 @@ export interface WaypointHttpDeps {
   readonly refusals: Refusals;
 }
 
-/** How long an upstream stream is kept for the next request of its client to that endpoint. */
-const IDLE_UPSTREAM_MS = 60_000;
-
 /** How long a connection the waypoint ended waits for the client to end its side before it is reset. */
 const CLOSE_GRACE_MS = 5_000;
-
-/** A hop that did not give a stream: the status the endpoint's daemon answered, or 503. */
-class HopFailure extends Error {
-  readonly status: number;
-  constructor(status: number, message: string) {
-    super(message);
-    this.status = status;
-  }
-}
-
-/** What each upstream request carries for the Agent: the endpoint and the client it is for. */
-interface HopRequest extends ClientRequestArgs {
-  readonly ambit: { readonly plan: OutboundPlan; readonly endpoint: Workload; readonly client: HopClient };
-}
-
-/**
- * Keep-alive connections to endpoints are tunnel streams, one client identity each: the destination
- * checks and logs the client a stream's CONNECT names, so two clients never share one.
- */
-class TunnelAgent extends Agent {
-  readonly #hop: HopDeps;
-
-  constructor(opts: AgentOptions, hop: HopDeps) {
-    super(opts);
-    this.#hop = hop;
-  }
-
-  /** A kept stream idle this long is closed (the Agent destroys a free socket that times out). */
-  override keepSocketAlive(socket: Duplex): boolean {
-    (socket as StreamDuplex).setTimeout(IDLE_UPSTREAM_MS);
-    return true;
-  }
-
-  override getName(options?: ClientRequestArgs): string {
-    const a = (options as HopRequest | undefined)?.ambit;
-    return a ? `${a.endpoint.name}|${a.plan.targetPort}|${a.client.principal}` : super.getName(options);
-  }
-
-  override createConnection(
-    options: ClientRequestArgs,
-    callback?: (err: Error | null, stream: Duplex) => void,
-  ): Duplex | null | undefined {
-    const { plan, endpoint, client } = (options as HopRequest).ambit;
-    const done = callback as (err: Error | null, stream?: Duplex) => void;
-    openHop(this.#hop, plan, endpoint, client).then(
-      (r) => {
-        if (r.kind === 'skip') return done(new HopFailure(503, r.why));
-        const { stream, status } = r.response;
-        if (status !== 200) {
-          stream.close();
-          return done(new HopFailure(status, `endpoint ${endpoint.name} answered ${status}`));
-        }
-        done(null, new StreamDuplex(stream));
-      },
-      (err: Error) => done(new HopFailure(503, err.message)),
-    );
-    return undefined;
-  }
-}
-
-/** Hop-by-hop fields (RFC 9110 7.6.1), and what the waypoint answers or sets itself. */
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'expect',
-  XFCC,
-]);
-
-/** The request's fields as the endpoint gets them: hop-by-hop ones dropped, the client's identity set. */
-export function forwardRequestHeaders(
-  h: IncomingHttpHeaders,
-  waypoint: string,
-  client: string,
-  upgrade: boolean,
-): OutgoingHttpHeaders {
-  const named = connectionTokens(h.connection);
-  const out: OutgoingHttpHeaders = {};
-  for (const [k, v] of Object.entries(h)) {
-    if (v === undefined || HOP_BY_HOP.has(k) || named.has(k)) continue;
-    out[k] = v;
-  }
-  if (h['transfer-encoding'] !== undefined) out['transfer-encoding'] = 'chunked';
-  if (upgrade && h.upgrade !== undefined) {
-    out.connection = 'upgrade';
-    out.upgrade = h.upgrade;
-  }
-  out[XFCC] = formatXfcc(waypoint, client);
-  return out;
-}
-
-/** The response's fields as the client gets them: hop-by-hop ones dropped (node:http frames the body). */
-export function forwardResponseHeaders(h: IncomingHttpHeaders): OutgoingHttpHeaders {
-  const named = connectionTokens(h.connection);
-  const out: OutgoingHttpHeaders = {};
-  for (const [k, v] of Object.entries(h)) {
-    if (v === undefined || (HOP_BY_HOP.has(k) && k !== XFCC) || named.has(k)) continue;
-    out[k] = v;
-  }
-  return out;
-}
-
-const connectionTokens = (v: string | undefined): Set<string> =>
-  new Set(
-    (v ?? '')
-      .split(',')
-      .map((t) => t.trim().toLowerCase())
-      .filter(Boolean),
-  );
 
 /** One request's account: its access-log line once it is over. */
 interface RequestLine {

@@ -1,7 +1,7 @@
 // The waypoint's pure parts: which target an authority names, which service it may serve, what headers go
 // on, and the trivial router's choice.
 import test from 'ava';
-import { forwardRequestHeaders, forwardResponseHeaders } from '../../daemon/waypoint/http.js';
+import { forwardRequestHeaders, forwardResponseHeaders } from '../../daemon/waypoint/headers.js';
 import { resolveForWaypoint, targetOfAuthority } from '../../daemon/waypoint/resolve.js';
 import { ServiceRouter } from '../../daemon/waypoint/router.js';
 import { node, service, storeOf, workload } from '../helpers/mesh.js';
