@@ -49,8 +49,6 @@ export interface InboundDeps {
   readonly originalSource?: { readonly enabled: boolean; readonly routed: () => ReadonlySet<Family> };
 }
 
-const NO_FAMILIES: ReadonlySet<Family> = new Set();
-
 /** What one inbound session holds now: its streams (connects in flight included) and its connects. */
 interface SessionLoad {
   streams: number;
@@ -307,19 +305,25 @@ export class Inbound {
     let upstream: Socket;
     try {
       const os = this.#d.originalSource;
-      const source = chooseSource({
-        claimed: src.forwarded,
-        principal: peer.principal,
-        catalog: this.#catalog,
-        target: target.ip,
-        destination: workload,
-        mark: this.#d.sockets.mark,
-        enabled: os?.enabled ?? false,
-        routed: os?.routed() ?? NO_FAMILIES,
-      });
+      const mark = this.#d.sockets.mark;
+      // Without capture (no mark) or with the setting off, the choice is the daemon's own address: not
+      // worth an object per connection.
+      const from =
+        mark !== undefined && os?.enabled
+          ? chooseSource({
+              claimed: src.forwarded,
+              principal: peer.principal,
+              catalog: this.#catalog,
+              target: target.ip,
+              destination: workload,
+              mark,
+              enabled: true,
+              routed: os.routed(),
+            }).from
+          : undefined;
       // Marked (when capture is on) so that the capture rules do not take it for plaintext inbound; from the
       // client's address when the choice says so.
-      upstream = await this.#d.sockets.upstream(target.ip, target.port, source.from);
+      upstream = await this.#d.sockets.upstream(target.ip, target.port, from);
     } catch (err) {
       // Revoked while connecting: refused already.
       if (entry.phase !== 'connecting') return;
