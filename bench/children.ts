@@ -4,22 +4,33 @@
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type Spawned, startProcess, stopProcess } from './proc.js';
-import type { Job, JobReply, JobResult, SinkReady } from './protocol.js';
+import type { Job, JobResult, SinkReady } from './protocol.js';
 
 const here = dirname(fileURLToPath(import.meta.url)); // dist/bench
 
 // ---- the load generator and sink, child processes spoken to over IPC
 
-export class LoadGen {
+/**
+ * A load generator child: by default bench/loadgen.ts; another script (the L7 bench's) may speak the same
+ * IPC exchange, `{ id, job }` in and `{ id, result | error }` out, with job and result types of its own.
+ */
+export class LoadGen<J extends { kind: string } = Job, R = JobResult> {
   #proc: Spawned | undefined;
   #next = 1;
-  #pending = new Map<number, { resolve: (r: JobResult) => void; reject: (e: Error) => void }>();
+  #pending = new Map<number, { resolve: (r: R) => void; reject: (e: Error) => void }>();
+  readonly #script: string;
+  readonly #name: string;
+
+  constructor(script = join(here, 'loadgen.js'), name = 'loadgen') {
+    this.#script = script;
+    this.#name = name;
+  }
 
   #start(): Spawned {
-    const p = startProcess('loadgen', process.execPath, ['--expose-gc', join(here, 'loadgen.js')], {
+    const p = startProcess(this.#name, process.execPath, ['--expose-gc', this.#script], {
       ipc: true,
     });
-    p.child.on('message', (m: JobReply) => {
+    p.child.on('message', (m: { id: number; result?: R; error?: string }) => {
       const waiter = this.#pending.get(m.id);
       if (!waiter) return;
       this.#pending.delete(m.id);
@@ -36,12 +47,12 @@ export class LoadGen {
   }
 
   /** Runs one job; a job that overruns `timeoutMs` kills the generator (the next job gets a fresh one). */
-  async run<T extends JobResult>(job: Job, timeoutMs: number): Promise<T> {
+  async run<T extends R>(job: J, timeoutMs: number): Promise<T> {
     const p = this.#proc ?? this.#start();
     const id = this.#next++;
     let timer: NodeJS.Timeout | undefined;
     try {
-      return (await new Promise<JobResult>((resolve, reject) => {
+      return (await new Promise<R>((resolve, reject) => {
         this.#pending.set(id, { resolve, reject });
         timer = setTimeout(() => {
           this.#pending.delete(id);

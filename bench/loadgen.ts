@@ -14,11 +14,11 @@ import {
   type JobReply,
   type JobRequest,
   type JobResult,
-  type LatencyResult,
   type LatencySet,
   MODE_BULK,
   MODE_ECHO,
 } from './protocol.js';
+import { TICKER, percentile, round, summarize } from './timing.js';
 
 const now = (): bigint => process.hrtime.bigint();
 const secondsSince = (t0: bigint): number => Number(now() - t0) / 1e9;
@@ -45,28 +45,6 @@ function countReplies(s: Socket, size: number, onReply: () => void): void {
     }
   });
 }
-
-function percentile(sorted: Float64Array, p: number): number {
-  if (sorted.length === 0) return 0;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[i]!;
-}
-
-function summarize(samplesUs: Float64Array, seconds: number): LatencyResult {
-  const sorted = Float64Array.from(samplesUs).sort();
-  let sum = 0;
-  for (const v of sorted) sum += v;
-  return {
-    count: sorted.length,
-    p50us: round(percentile(sorted, 50)),
-    p99us: round(percentile(sorted, 99)),
-    meanus: round(sorted.length ? sum / sorted.length : 0),
-    maxus: round(sorted.length ? sorted[sorted.length - 1]! : 0),
-    seconds: round(seconds, 3),
-  };
-}
-
-const round = (v: number, digits = 1): number => Math.round(v * 10 ** digits) / 10 ** digits;
 
 function echoMessage(size: number): Buffer {
   const b = randomBytes(size);
@@ -210,26 +188,6 @@ async function pingpong(
 // moment it was scheduled, so that queuing anywhere (the contender, or a late send) shows in the figures.
 // With several ports, the schedule is one: blocks of `block` consecutive requests go to one port after the
 // other (each turn in a shuffled order, as for ping-pong), so each sees the offered rate while its block runs.
-const TICKER = `
-const { parentPort, workerData } = require('node:worker_threads');
-const { intervalNs, count } = workerData;
-const cell = new Int32Array(new SharedArrayBuffer(4));
-parentPort.once('message', (t0) => {
-  const start = BigInt(t0);
-  const step = BigInt(intervalNs);
-  for (let i = 0; i < count; i++) {
-    const due = start + step * BigInt(i);
-    // Sleep until 200 us before the due time (a timed wait wakes late by ~100 us on a VM), then spin.
-    for (;;) {
-      const left = Number(due - process.hrtime.bigint());
-      if (left <= 0) break;
-      if (left > 200000) Atomics.wait(cell, 0, 0, (left - 200000) / 1e6);
-    }
-    parentPort.postMessage(i);
-  }
-});
-parentPort.postMessage('ready');
-`;
 
 async function rate(
   ports: number[],

@@ -2,7 +2,7 @@
 // process started here is registered, and killAll() ends each one by its pid, on success, error or signal.
 
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
-import { constants, accessSync, createWriteStream, readFileSync } from 'node:fs';
+import { constants, accessSync, createWriteStream, existsSync, readFileSync, readdirSync } from 'node:fs';
 import { cpus, release, totalmem } from 'node:os';
 import { sleep } from '../test/helpers/net.js';
 
@@ -107,6 +107,59 @@ export function killAllSync(): void {
   }
 }
 
+/**
+ * On SIGINT or SIGTERM: nothing new starts and what runs is killed, so the current step fails fast and the
+ * caller unwinds through its finally; a hard exit after 10 s in case something hangs. Every process left
+ * at exit is killed too. Returns whether a signal came.
+ */
+export function stopOnSignals(log: (msg: string) => void): () => boolean {
+  let interrupted = false;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (interrupted) return;
+    interrupted = true;
+    process.exitCode = 130;
+    log(`${sig}: stopping every process the bench started`);
+    refuseNewProcesses();
+    void killAll();
+    setTimeout(() => {
+      killAllSync();
+      process.exit(130);
+    }, 10_000).unref();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  process.on('exit', killAllSync);
+  return () => interrupted;
+}
+
+/** Peak resident set size of a process in bytes (VmHWM, over its whole life), or 0 if it is gone. */
+export function peakRssBytes(pid: number): number {
+  try {
+    const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** A process and its descendants (from /proc/<pid>/task/<tid>/children), e.g. nginx's master and workers. */
+export function processTree(pid: number): number[] {
+  const out: number[] = [];
+  const todo = [pid];
+  // A bench's process trees are small; the bound only guards against a pid loop.
+  while (todo.length > 0 && out.length < 256) {
+    const p = todo.shift()!;
+    out.push(p);
+    try {
+      const text = readFileSync(`/proc/${p}/task/${p}/children`, 'utf8').trim();
+      if (text) todo.push(...text.split(/\s+/).map(Number));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
 /** Resident set size of a process in bytes (VmRSS), or 0 if it is gone. */
 export function rssBytes(pid: number): number {
   try {
@@ -143,6 +196,34 @@ export function cpuSeconds(pid: number): number {
   }
 }
 
+/**
+ * CPU seconds used so far by a process's live threads, to the microsecond: the scheduler's
+ * se.sum_exec_runtime from /proc/<pid>/task/<tid>/sched (CONFIG_SCHED_DEBUG), where /proc/<pid>/stat counts
+ * in clock ticks (10 ms), too coarse for a short run. Falls back to cpuSeconds() where the file is absent.
+ * Threads that exited are not counted: compare it over runs that start and end no threads.
+ */
+export function cpuSecondsFine(pid: number): number {
+  if (!existsSync(`/proc/${pid}/sched`)) return cpuSeconds(pid);
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return 0;
+  }
+  let ms = 0;
+  for (const tid of tids) {
+    try {
+      const sched = readFileSync(`/proc/${pid}/task/${tid}/sched`, 'utf8');
+      ms += Number(/^se\.sum_exec_runtime\s*:\s*([\d.]+)/m.exec(sched)?.[1] ?? 0);
+    } catch {
+      // exited since the listing
+    }
+  }
+  return ms / 1000;
+}
+
+export const sumCpuFine = (pids: readonly number[]): number =>
+  pids.reduce((s, p) => s + cpuSecondsFine(p), 0);
 export const sumRss = (pids: readonly number[]): number => pids.reduce((s, p) => s + rssBytes(p), 0);
 export const sumCpu = (pids: readonly number[]): number => pids.reduce((s, p) => s + cpuSeconds(p), 0);
 

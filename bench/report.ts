@@ -205,13 +205,27 @@ function columns(report: Report): { head: string[]; rows: string[][] } {
   return { head, rows };
 }
 
-export function textTable(report: Report): string {
-  const { head, rows } = columns(report);
+/** Rows as aligned plain text: the first column to the left, the figures to the right. */
+export function alignedTable(head: readonly string[], rows: readonly (readonly string[])[]): string[] {
   const all = [head, ...rows];
   const widths = head.map((_, i) => Math.max(...all.map((r) => [...(r[i] ?? '')].length)));
-  const line = (r: string[]): string =>
+  const line = (r: readonly string[]): string =>
     r.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  ');
-  const out = [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)];
+  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)];
+}
+
+/** Rows as a Markdown table, the figures right-aligned. */
+export function markdownTable(head: readonly string[], rows: readonly (readonly string[])[]): string[] {
+  return [
+    `| ${head.join(' | ')} |`,
+    `| ${head.map((_, i) => (i === 0 ? '---' : '---:')).join(' | ')} |`,
+    ...rows.map((r) => `| ${r.join(' | ')} |`),
+  ];
+}
+
+export function textTable(report: Report): string {
+  const { head, rows } = columns(report);
+  const out = alignedTable(head, rows);
   out.push('', 'Targets (ambit against the better of stunnel and haproxy, same run):');
   for (const t of report.targets) out.push(`  ${targetLine(t)}`);
   return out.join('\n');
@@ -241,9 +255,7 @@ export function markdown(report: Report): string {
           '.'
         : ''),
     '',
-    `| ${head.join(' | ')} |`,
-    `| ${head.map((_, i) => (i === 0 ? '---' : '---:')).join(' | ')} |`,
-    ...rows.map((r) => `| ${r.join(' | ')} |`),
+    ...markdownTable(head, rows),
     '',
     '| Target | Result | Goal | Status |',
     '| --- | --- | --- | --- |',

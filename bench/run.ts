@@ -29,11 +29,10 @@ import {
   cpuPressure60,
   describeMachine,
   killAll,
-  killAllSync,
   quiesce,
   raiseFileLimit,
-  refuseNewProcesses,
   sleep,
+  stopOnSignals,
   stopProcess,
   sumCpu,
   sumRss,
@@ -367,24 +366,7 @@ async function main(): Promise<void> {
 
   const work = await mkdtemp(join(tmpdir(), 'ambit-bench-'));
   const gen = new LoadGen();
-  let interrupted = false;
-  const onSignal = (sig: NodeJS.Signals): void => {
-    if (interrupted) return;
-    interrupted = true;
-    process.exitCode = 130;
-    log(`${sig}: stopping every process the bench started`);
-    // Nothing new starts; what runs is killed, so the current step fails fast and main() unwinds through
-    // its finally (which removes the scratch directory). A hard exit in case something hangs.
-    refuseNewProcesses();
-    void killAll();
-    setTimeout(() => {
-      killAllSync();
-      process.exit(130);
-    }, 10_000).unref();
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  process.on('exit', killAllSync);
+  const interrupted = stopOnSignals(log);
 
   try {
     const machine = describeMachine(fileLimit);
@@ -429,7 +411,7 @@ async function main(): Promise<void> {
     const rounds: RoundResult[] = [];
     let seq = 0;
     for (let round = 1; round <= prof.rounds; round++) {
-      if (interrupted) throw new Error('interrupted');
+      if (interrupted()) throw new Error('interrupted');
       // Every contender of the round runs at once, on fresh processes; the order turns each round so that
       // none is always first after the start or last before the bulk.
       const order = selected.map((_, k) => selected[(k + round - 1) % selected.length]!);
@@ -523,7 +505,7 @@ async function main(): Promise<void> {
     await killAll();
     await rm(work, { recursive: true, force: true });
   }
-  if (interrupted) process.exit(130);
+  if (interrupted()) process.exit(130);
 }
 
 main().catch(async (err: unknown) => {

@@ -2,7 +2,10 @@ import { mkdir } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { detectBackend, setGate } from '../lib/capture/iptables.js';
 import type { DaemonConfig } from '../lib/config.js';
+import { NODE_CHECK_TTL_S, workloadRegistration } from '../lib/consul/catalog.js';
+import { ConfigError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
+import { editMeshFile, upsertWorkload } from '../lib/mesh/edit.js';
 import type { Workload } from '../lib/mesh/model.js';
 import { LocalAddresses } from '../lib/net/addresses.js';
 import { AdminToken, portOf, startHttp } from './admin/http.js';
@@ -31,6 +34,8 @@ import { Reconciler, checkHostMesh, missingCertificates, registerInMeshFile } fr
 import { ConsulControlPlane } from './state/consul-control-plane.js';
 import { MeshFileSource, lastGoodPath } from './state/file-source.js';
 import { StateStore } from './state/store.js';
+import { ServiceRouter } from './waypoint/router.js';
+import { Waypoint } from './waypoint/waypoint.js';
 
 export type { BoundPorts } from './own-listeners.js';
 
@@ -68,6 +73,8 @@ export class Ambitd {
   readonly outbound: Outbound;
   readonly listeners: ExplicitListeners;
   readonly tunnel: TunnelServer;
+  /** With role waypoint: what the tunnel's streams go to instead of local workloads (docs/waypoints.md). */
+  readonly waypoint: Waypoint | undefined;
   /** Transparent capture (15001 outbound, 15006 inbound plaintext); only when config.capture.enabled. */
   readonly capture: { outbound: CaptureListener; plaintext: PlaintextListener } | undefined;
   readonly ports: BoundPorts = { tunnel: 0, admin: 0, metrics: 0, ready: 0, outbound: 0, plaintext: 0 };
@@ -84,6 +91,9 @@ export class Ambitd {
     return this.#tapServer;
   }
   #identities = new Map<string, string>();
+  /** Consul mode: the waypoint workload this daemon registered, deregistered when it stops. */
+  #waypointRegistered: string | undefined;
+  #waypointBeat: NodeJS.Timeout | undefined;
   #ready = false;
   /** This host's addresses: the interfaces, loopback, the advertise address and this node's mesh address. */
   readonly #local: LocalAddresses;
@@ -97,7 +107,7 @@ export class Ambitd {
       const node = this.store.node(config.nodeName);
       return node ? [config.advertiseAddress, node.address] : [config.advertiseAddress];
     });
-    const identityOf = (w: Workload): string => this.identityOf(w);
+    const identityOf = (w: Pick<Workload, 'namespace' | 'service'>): string => this.identityOf(w);
     this.refusals = new Refusals(this.metrics, logger);
     this.fds = new FdReserve(config.limits.fdReserve, this.refusals);
     const mark = config.capture.enabled ? config.capture.mark : undefined;
@@ -153,8 +163,23 @@ export class Ambitd {
     });
     this.listeners = new ExplicitListeners(this.outbound, logger);
     this.listeners.gate = this.fds.gate('outbound', 'upstream listener');
+    this.waypoint =
+      config.role === 'waypoint'
+        ? new Waypoint({
+            store: this.store,
+            pool: this.pool,
+            router: new ServiceRouter(config.ejectMs),
+            metrics: this.metrics,
+            log: logger,
+            refusals: this.refusals,
+            identityOf,
+            self: { name: config.waypointService, namespace: 'default' },
+            maxStreams: config.limits.maxInboundStreams,
+            maxAttempts: config.maxAttempts,
+          })
+        : undefined;
     this.tunnel = new TunnelServer({
-      inbound: this.inbound,
+      inbound: this.waypoint ?? this.inbound,
       metrics: this.metrics,
       log: logger,
       refusals: this.refusals,
@@ -205,6 +230,8 @@ export class Ambitd {
   static async start(given: DaemonConfig, logger: Logger, worker?: WorkerParts): Promise<Ambitd> {
     // Before anything else: without the native binding there is no tunnel, and the reason is one line.
     binding();
+    if (given.role === 'waypoint' && given.capture.enabled)
+      throw new ConfigError('a waypoint captures nothing: turn capture off', { field: 'capture' });
     await mkdir(given.stateDir, { recursive: true, mode: 0o700 });
     let config = given;
     let consul: ConsulControlPlane | undefined;
@@ -277,13 +304,79 @@ export class Ambitd {
     await this.#reconciler.settled();
     if (config.registerNode && !this.#worker) {
       const node = { name: config.nodeName, address: config.advertiseAddress, tunnelPort: this.ports.tunnel };
-      if (this.#consul) await this.#consul.registerNode(node, 'node');
+      if (this.#consul) await this.#consul.registerNode(node, config.role);
       else await registerInMeshFile(config.meshFile, this.store.node(config.nodeName), node, log);
+      if (this.waypoint) await this.#registerWaypoint();
     }
     if (!this.#worker) await this.#startHttp();
     if (this.capture) await this.#startCapture();
     this.#ready = true;
     log.info({ node: config.nodeName, ports: this.ports, mesh: config.meshFile }, 'ambitd ready');
+  }
+
+  /**
+   * A waypoint instance is a workload of its waypoint service on its own node, at the advertise address
+   * and the tunnel port: sources reach its HBONE listener there directly.
+   */
+  waypointWorkload(): Workload {
+    const { config } = this;
+    return {
+      name: `${config.waypointService}-${config.nodeName}`,
+      service: config.waypointService,
+      namespace: 'default',
+      node: config.nodeName,
+      addresses: [config.advertiseAddress],
+      ports: [this.ports.tunnel],
+      uid: undefined,
+      mode: 'strict',
+      upstreams: [],
+    };
+  }
+
+  async #registerWaypoint(): Promise<void> {
+    const w = this.waypointWorkload();
+    if (this.#consul) {
+      // A TTL check it keeps passing, as the node check, not a TCP probe of the tunnel port (to the
+      // listener each probe is a failed handshake): a waypoint that dies goes critical within the TTL,
+      // one that stops deregisters at once.
+      const check = `${w.name}:alive`;
+      const body = {
+        ...workloadRegistration(w),
+        Checks: [
+          {
+            CheckID: check,
+            Name: `ambit: waypoint ${w.name}`,
+            TTL: `${NODE_CHECK_TTL_S}s`,
+            Status: 'passing',
+          },
+        ],
+      };
+      const consul = this.#consul;
+      const permission = `service:write on "${w.service}"`;
+      await consul.client.put('/v1/agent/service/register', { body, permission });
+      this.#waypointRegistered = w.name;
+      const beat = (): void =>
+        void consul.client
+          .put(`/v1/agent/check/update/${encodeURIComponent(check)}`, {
+            body: { Status: 'passing' },
+            permission,
+          })
+          .catch((err: Error) =>
+            this.log.warn({ err: err.message, check }, 'cannot update the waypoint check'),
+          );
+      this.#waypointBeat = setInterval(beat, (NODE_CHECK_TTL_S * 1000) / 3).unref();
+    } else {
+      const current = this.store.workload(w.name);
+      const same =
+        current?.node === w.node &&
+        current.addresses.join() === w.addresses.join() &&
+        current.ports.join() === w.ports.join();
+      if (!same) await editMeshFile(this.config.meshFile, (doc) => void upsertWorkload(doc, w));
+    }
+    this.log.info(
+      { workload: w.name, service: w.service, at: w.addresses, ports: w.ports },
+      'waypoint enrolled',
+    );
   }
 
   async #startCapture(): Promise<void> {
@@ -313,7 +406,7 @@ export class Ambitd {
     }
   }
 
-  identityOf(w: Workload): string {
+  identityOf(w: Pick<Workload, 'namespace' | 'service'>): string {
     const key = `${w.namespace}/${w.service}`;
     let id = this.#identities.get(key);
     if (id === undefined) {
@@ -393,6 +486,15 @@ export class Ambitd {
     }
     this.#source?.close();
     this.#worker?.source.close();
+    clearInterval(this.#waypointBeat);
+    if (this.#consul && this.#waypointRegistered !== undefined) {
+      const name = this.#waypointRegistered;
+      await this.#consul.client
+        .put(`/v1/agent/service/deregister/${encodeURIComponent(name)}`, {
+          permission: `service:write on "${this.config.waypointService}"`,
+        })
+        .catch((err: Error) => this.log.warn({ err: err.message }, 'cannot deregister the waypoint'));
+    }
     await this.#consul?.close();
     this.listeners.close();
     if (drainMs > 0) {
@@ -404,6 +506,7 @@ export class Ambitd {
       this.log.info({ remaining: this.#openConnections() }, 'drain finished');
       void draining;
     }
+    this.waypoint?.close();
     await this.tunnel.close(false);
     this.pool.close();
     this.certs.close();
@@ -418,6 +521,6 @@ export class Ambitd {
   }
 
   #openConnections(): number {
-    return this.inbound.openConnections + this.pool.stats().streams;
+    return this.inbound.openConnections + (this.waypoint?.openConnections ?? 0) + this.pool.stats().streams;
   }
 }

@@ -16,7 +16,8 @@ const program = new Command()
   .name('ambitd')
   .description(
     'Ambit node daemon: carries the traffic of the workloads enrolled on this host inside mutual TLS ' +
-      "to the destination host's daemon. Settings come from --config (YAML/JSON), AMBIT_* variables and " +
+      "to the destination host's daemon; with --role waypoint, the L7 hop of the services that name it " +
+      '(docs/waypoints.md). Settings come from --config (YAML/JSON), AMBIT_* variables and ' +
       'these flags, flags winning. Each flag is also a variable (--node-name: AMBIT_NODE_NAME) and a file ' +
       'key (nodeName); every setting: docs/configuration.md.',
   )

@@ -11,6 +11,7 @@ export type AmbitErrorCode =
   | 'AMBIT_DENIED'
   | 'AMBIT_UNKNOWN_WORKLOAD'
   | 'AMBIT_NO_ENDPOINT'
+  | 'AMBIT_WAYPOINT_UNAVAILABLE'
   | 'AMBIT_NOT_REDIRECTED'
   | 'AMBIT_UPSTREAM_FAILED'
   | 'AMBIT_TUNNEL_FAILED'
@@ -22,7 +23,8 @@ export type AmbitErrorCode =
   | 'AMBIT_CONSUL_REQUEST'
   | 'AMBIT_CAPTURE_UNAVAILABLE'
   | 'AMBIT_CAPTURE_FAILED'
-  | 'AMBIT_H2_PROTOCOL';
+  | 'AMBIT_H2_PROTOCOL'
+  | 'AMBIT_L7_CONFIG_INVALID';
 
 export class AmbitError extends Error {
   readonly code: AmbitErrorCode;
@@ -97,7 +99,9 @@ export type ConnectionRefusalReason =
   | 'upstream_failed'
   | 'peer_identity'
   | 'plaintext'
-  | 'not_redirected';
+  | 'not_redirected'
+  | 'waypoint_unavailable'
+  | 'waypoint_bypass';
 
 interface RefusalRow {
   readonly reason: ConnectionRefusalReason;
@@ -127,6 +131,15 @@ export const REFUSALS = {
   upstream_failed: { reason: 'upstream_failed', flag: 'UF', status: 503, code: 'AMBIT_UPSTREAM_FAILED' },
   connect_failed: { reason: 'upstream_failed', flag: 'CONNECT', status: 503, code: 'AMBIT_UPSTREAM_FAILED' },
   peer_identity: { reason: 'peer_identity', flag: 'TLS_FAILURE', status: 503, code: 'AMBIT_PEER_IDENTITY' },
+  /** A service with a waypoint whose waypoint has no instance that answers: failed closed, never sent around it. */
+  waypoint_unavailable: {
+    reason: 'waypoint_unavailable',
+    flag: 'UH',
+    status: 503,
+    code: 'AMBIT_WAYPOINT_UNAVAILABLE',
+  },
+  /** A CONNECT to a waypoint service's workload from a peer that is not its waypoint. */
+  waypoint_bypass: { reason: 'waypoint_bypass', flag: 'DENY', status: 401, code: 'AMBIT_DENIED' },
 } as const satisfies Record<string, RefusalRow>;
 
 export type RefusalKind = keyof typeof REFUSALS;

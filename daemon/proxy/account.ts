@@ -21,6 +21,8 @@ export interface Party {
   readonly namespace?: string | undefined;
   readonly service?: string | undefined;
   readonly principal?: string | undefined;
+  /** The waypoint that carried the connection for this source, when one did (its proven identity). */
+  readonly via?: string | undefined;
   /** The workload's Istio labels (app, version, canonical names), when its workload is known. */
   readonly meta?: WorkloadMeta | undefined;
 }

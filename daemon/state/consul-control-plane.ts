@@ -74,6 +74,7 @@ export class ConsulControlPlane {
       cache: this.cache,
       watch: watchOptions(config),
       startTimeoutMs: consul.startTimeoutMs,
+      followEvery: config.role === 'waypoint',
     });
     this.source = source;
     source.countAlso(() => ca.watches);

@@ -17,6 +17,7 @@
 import { EventEmitter } from 'node:events';
 import type { ConsulCache } from '../../lib/consul/cache.js';
 import {
+  AMBIT_TAG,
   type ConsulHealthEntry,
   META,
   NODE_SERVICE,
@@ -114,6 +115,11 @@ export interface ConsulSourceOptions {
   watch?: WatchOptions;
   /** How long start() waits for the first complete view of the mesh; default 10 s. */
   startTimeoutMs?: number;
+  /**
+   * A waypoint: follow every Ambit service, since which ones name it as their waypoint is only known from
+   * their instances' Meta (docs/waypoints.md).
+   */
+  followEvery?: boolean;
 }
 
 export interface ConsulSourceEvents {
@@ -334,6 +340,14 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
   /** Local and upstream services, whose instances the health feed keeps. */
   #followed(): Set<string> {
     const out = new Set([...this.#localServiceNames(), ...this.#upstreamServices()]);
+    if (this.#opts.followEvery) {
+      const catalog = this.#results.get(CATALOG);
+      if (isRecord(catalog))
+        for (const [name, tags] of Object.entries(catalog))
+          if (Array.isArray(tags) && tags.includes(AMBIT_TAG)) out.add(name);
+    }
+    // A followed service's waypoint instances are where its connections go.
+    for (const svc of this.#store.mesh.services) if (svc.waypoint && out.has(svc.name)) out.add(svc.waypoint);
     out.delete(NODE_SERVICE);
     return out;
   }
@@ -553,7 +567,11 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
   #services(waypoints: Map<string, string>): Service[] {
     const out = new Map<string, Service>();
     const defaults = this.#results.get('/v1/config/service-defaults');
+    // What a waypoint parses the service as (docs/waypoints.md); Consul's other protocols wait for lib/l7.
+    const http = new Set<string>();
     for (const entry of Array.isArray(defaults) ? defaults : []) {
+      if (isRecord(entry) && typeof entry.Name === 'string' && entry.Protocol === 'http')
+        http.add(entry.Name);
       if (!isRecord(entry) || typeof entry.Name !== 'string' || !isRecord(entry.Meta)) continue;
       const meta = entry.Meta as Record<string, unknown>;
       const vips =
@@ -576,6 +594,8 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
         if (!s.waypoint) out.set(key, { ...s, waypoint: wp });
       } else out.set(key, { name, namespace, vips: [], ports: [], waypoint: wp });
     }
-    return [...out.values()].sort((a, b) => a.name.localeCompare(b.name));
+    return [...out.values()]
+      .map((s): Service => (s.namespace === 'default' && http.has(s.name) ? { ...s, protocol: 'http' } : s))
+      .sort((a, b) => a.name.localeCompare(b.name));
   }
 }

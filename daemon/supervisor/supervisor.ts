@@ -5,6 +5,7 @@
 import type { Server } from 'node:http';
 import { detectBackend, setGate } from '../../lib/capture/iptables.js';
 import type { DaemonConfig } from '../../lib/config.js';
+import { ConfigError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import { AdminToken, portOf, startHttp } from '../admin/http.js';
 import { adminAuth } from '../admin/routes.js';
@@ -44,6 +45,9 @@ export class Supervisor implements SupervisorView {
   }
 
   static async start(config: DaemonConfig, log: Logger, count: number): Promise<Supervisor> {
+    // The waypoint's own registration and checks live in Ambitd's start, which workers skip.
+    if (config.role === 'waypoint')
+      throw new ConfigError('a waypoint runs in one process for now: set workers to 0', { field: 'workers' });
     // Fail here, in one line, rather than in every worker.
     binding();
     const plane = await ControlPlane.open(config, log);
@@ -73,7 +77,7 @@ export class Supervisor implements SupervisorView {
     });
     if (config.registerNode) {
       const node = { name: config.nodeName, address: config.advertiseAddress, tunnelPort: this.ports.tunnel };
-      if (plane.consul) await plane.consul.registerNode(node, 'node');
+      if (plane.consul) await plane.consul.registerNode(node, config.role);
       else await registerInMeshFile(config.meshFile, plane.store.node(config.nodeName), node, log);
     }
     if (config.capture.enabled) await this.#gate(true);

@@ -18,6 +18,10 @@ export interface DaemonConfig {
   readonly nodeName: string;
   readonly stateDir: string;
   readonly meshFile: string;
+  /** What this ambitd is: a node daemon, or a waypoint (docs/waypoints.md). */
+  readonly role: 'node' | 'waypoint';
+  /** With role waypoint: the waypoint service it enrols under. */
+  readonly waypointService: string;
   readonly registerNode: boolean;
   readonly advertiseAddress: string;
   readonly trustDomain: string;
@@ -95,6 +99,8 @@ export function daemonConfig(v: SettingValues, consul: ConsulSettings | undefine
     nodeName: v.nodeName,
     stateDir: v.stateDir,
     meshFile: v.meshFile,
+    role: v.role,
+    waypointService: v.waypointService,
     registerNode: v.registerNode,
     advertiseAddress: v.advertiseAddress,
     trustDomain: v.trustDomain,

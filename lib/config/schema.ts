@@ -79,6 +79,21 @@ const node = {
     shown: '<stateDir>/mesh.yaml',
     help: 'embedded mesh file',
   }),
+  role: setting({
+    parser: choice(['node', 'waypoint'] as const),
+    arg: '<role>',
+    default: 'node',
+    help:
+      'node: carry the traffic of the workloads on this host; waypoint: an L7 hop for the services that name ' +
+      'waypointService as their waypoint (docs/waypoints.md); no capture, no upstream listeners',
+  }),
+  waypointService: setting({
+    parser: pattern('<name>', /^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$/, 'must be a service name'),
+    default: 'waypoint',
+    help:
+      'with role waypoint: the waypoint service this instance enrols under (namespace default), which ' +
+      'services name in services.<svc>.waypoint or their ambit-waypoint Meta',
+  }),
   registerNode: setting({
     parser: bool,
     default: true,

@@ -55,6 +55,29 @@ export const isLocalSource = (i: ConsulIntention): boolean =>
   !i.SourceSamenessGroup &&
   (i.SourcePartition === undefined || i.SourcePartition === '' || i.SourcePartition === 'default');
 
+/**
+ * An intention's precedence: Consul's own figure when it sent one, else computed as Consul's
+ * UpdatePrecedence does from how exact the destination and the source are (a config entry read from the
+ * mesh file carries none): exact destination 9, 8, 7 for a source that is exact, `*` in a namespace, `*`
+ * in `*`; a destination `*` in a namespace 6, 5, 4.
+ */
+export function precedenceOf(i: ConsulIntention): number {
+  if (i.Precedence !== undefined) return i.Precedence;
+  const exact = (namespace: string | undefined, name: string): number =>
+    namespace === '*' ? 0 : name === '*' ? 1 : 2;
+  const max = [3, 6, 9][exact(i.DestinationNS, i.DestinationName)]!;
+  return max - (2 - exact(i.SourceNS, i.SourceName));
+}
+
+/** Intentions in Consul's evaluation order: precedence highest first; ties keep their given order. */
+export function inPrecedenceOrder<T extends ConsulIntention>(intentions: readonly T[]): T[] {
+  // Stable sort: Consul already answers in evaluation order; this only guards against one that does not.
+  return intentions
+    .map((i, n) => ({ i, n, p: precedenceOf(i) }))
+    .sort((a, b) => b.p - a.p || a.n - b.n)
+    .map((x) => x.i);
+}
+
 /** The intentions that apply to local sources, from a `/connect/intentions/match` answer. */
 export function parseIntentions(body: unknown, destination: string): ConsulIntention[] {
   // /connect/intentions/match answers {"<name>": [...]}.
@@ -75,11 +98,7 @@ export function compileIntentions(
   defaultPolicy: PolicyAction,
 ): CompiledIntentions {
   if (intentions.length === 0) return { policies: [], conflicts: [] };
-  // Stable sort: Consul already answers in evaluation order; this only guards against one that does not.
-  const ordered = intentions
-    .map((i, n) => ({ i, n }))
-    .sort((a, b) => (b.i.Precedence ?? 0) - (a.i.Precedence ?? 0) || a.n - b.n)
-    .map((x) => x.i);
+  const ordered = inPrecedenceOrder(intentions);
   const first = (pred: (i: ConsulIntention) => boolean): PolicyAction => {
     const hit = ordered.find(pred);
     return hit ? l4Action(hit) : defaultPolicy;

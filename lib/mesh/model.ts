@@ -94,7 +94,16 @@ export interface Service {
   readonly vips: readonly string[];
   readonly ports: readonly ServicePort[];
   readonly waypoint: string | undefined;
+  /**
+   * What its waypoint parses it as (Consul's service-defaults `Protocol`): absent means tcp. A stand-in
+   * until the L7 configuration entries (lib/l7) say it.
+   */
+  readonly protocol?: ServiceProtocol;
 }
+
+/** The protocols a waypoint speaks today; Consul's `http2` and `grpc` come with the L7 library. */
+export type ServiceProtocol = 'tcp' | 'http';
+export const SERVICE_PROTOCOLS: readonly ServiceProtocol[] = ['tcp', 'http'];
 
 /**
  * A source clause matches when every field it sets matches the peer: service and namespace compare with the

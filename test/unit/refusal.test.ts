@@ -44,6 +44,8 @@ test('the refusal table: every kind keeps the reason, flag, status and code it h
     upstream_failed: ['upstream_failed', 'UF', 503, 'AMBIT_UPSTREAM_FAILED'],
     connect_failed: ['upstream_failed', 'CONNECT', 503, 'AMBIT_UPSTREAM_FAILED'],
     peer_identity: ['peer_identity', 'TLS_FAILURE', 503, 'AMBIT_PEER_IDENTITY'],
+    waypoint_unavailable: ['waypoint_unavailable', 'UH', 503, 'AMBIT_WAYPOINT_UNAVAILABLE'],
+    waypoint_bypass: ['waypoint_bypass', 'DENY', 401, 'AMBIT_DENIED'],
   };
   t.deepEqual(Object.keys(REFUSALS).sort(), Object.keys(want).sort());
   for (const [kind, [reason, flag, status, code]] of Object.entries(want)) {

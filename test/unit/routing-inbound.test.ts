@@ -51,6 +51,7 @@ function scope(mesh: Partial<Mesh> = {}): InboundScope & { store: StateStore } {
     trustDomain: TRUST_DOMAIN,
     isSelf: (t) => (t.port === TUNNEL && isLocalAddress(t.ip)) || (t.port === ADMIN && isLoopback(t.ip)),
     isLocalAddress,
+    identityOf: (w) => identityOf(w),
   };
 }
 

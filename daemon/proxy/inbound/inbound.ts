@@ -10,6 +10,7 @@ import type { Refusals } from '../../limits/refusal.js';
 import type { Metrics } from '../../metrics/metrics.js';
 import type { Peer } from '../../rbac.js';
 import type { StateStore } from '../../state/store.js';
+import { XFCC } from '../../waypoint/xfcc.js';
 import { ConnectionAccount, type Party } from '../account.js';
 import { carry } from '../carry.js';
 import type { H2Session } from '../h2/session.js';
@@ -26,7 +27,7 @@ export interface InboundDeps {
   readonly nodeName: string;
   readonly metrics: Metrics;
   readonly log: Logger;
-  readonly identityOf: (w: Workload) => string;
+  readonly identityOf: (w: Pick<Workload, 'namespace' | 'service'>) => string;
   /** True when the target is one of the daemon's own listeners: such a CONNECT is a self-call and refused. */
   readonly isSelf: (target: HostPort) => boolean;
   /** True for an address of this host (loopback, an interface, the node's own address). */
@@ -47,8 +48,6 @@ export interface InboundDeps {
    */
   readonly originalSource?: { readonly enabled: boolean; readonly routed: () => ReadonlySet<Family> };
 }
-
-const NO_FAMILIES: ReadonlySet<Family> = new Set();
 
 /** What one inbound session holds now: its streams (connects in flight included) and its connects. */
 interface SessionLoad {
@@ -114,7 +113,8 @@ export class Inbound {
   }
 
   /** Whether the state in force still admits `c` (decided: it has its workload and peer). */
-  readonly #check = (c: Tunneled): Verdict => stillAdmits(this.#d, c.target!.name, c.proven!, c.port);
+  readonly #check = (c: Tunneled): Verdict =>
+    stillAdmits(this.#d, c.target!.name, c.proven!, c.port, c.client);
 
   /** `c` is no longer allowed: refused now if its upstream connect is in flight, reset if it is carried. */
   readonly #revoke = (c: Tunneled, reason: string): void => {
@@ -124,7 +124,7 @@ export class Inbound {
       return;
     }
     c.phase = 'done';
-    this.#refuse(c.stream, denied(why), c.proven, c.target, c.authority, c.src, c.started);
+    this.#refuse(c.stream, denied(why), c.proven, c.target, c.authority, c.src, c.started, c.client);
   };
 
   handleStream(stream: H2Stream, headers: H2Headers, session: H2Session): void {
@@ -158,13 +158,13 @@ export class Inbound {
       hold.release();
       this.rechecks.delete(entry);
     });
-    const to = decideInbound(this.#d, headers[':method'], authority, peer);
+    const to = decideInbound(this.#d, headers[':method'], authority, peer, headers[XFCC]);
     if (!to.ok) {
       entry.phase = 'done';
       this.#refuse(stream, to.refusal, peer, to.workload, authority, src, started);
       return;
     }
-    entry.admitted(to.peer, to.workload, to.target.port, authority);
+    entry.admitted(to.peer, to.workload, to.target.port, authority, to.client);
     void this.#connect(entry, to.target, load, hold);
   }
 
@@ -224,13 +224,19 @@ export class Inbound {
     identityOf: (w) => this.#d.identityOf(w),
   };
 
+  /**
+   * Through a waypoint, the source is the client it vouched for (`client`), the waypoint (`peer`) named as
+   * `via`: a client's own x-forwarded-client-cert never gets here (decide.ts reads it from a waypoint only).
+   */
   #account(
-    peer: Peer | undefined,
+    proven: Peer | undefined,
     w: Workload | undefined,
     authority: string | undefined,
     src: Source,
     started: number,
+    client?: Peer,
   ): ConnectionAccount {
+    const peer = client ?? proven;
     const sw = peer ? this.#sourceWorkload(peer, src.forwarded) : undefined;
     const from: Party = peer
       ? {
@@ -241,6 +247,7 @@ export class Inbound {
           namespace: peer.namespace,
           service: peer.service,
           principal: peer.principal,
+          ...(client ? { via: proven?.principal } : {}),
         }
       : { addr: src.addr, forwarded: src.forwarded };
     const to: Party = {
@@ -262,8 +269,9 @@ export class Inbound {
     authority: string | undefined,
     src: Source,
     started: number,
+    client?: Peer,
   ): void {
-    this.#account(peer, w, authority, src, started).refused(refusal, { status: refusal.status });
+    this.#account(peer, w, authority, src, started, client).refused(refusal, { status: refusal.status });
     if (!stream.destroyed && !stream.headersSent)
       stream.respond({ ':status': String(refusal.status) }, { endStream: true });
   }
@@ -297,19 +305,25 @@ export class Inbound {
     let upstream: Socket;
     try {
       const os = this.#d.originalSource;
-      const source = chooseSource({
-        claimed: src.forwarded,
-        principal: peer.principal,
-        catalog: this.#catalog,
-        target: target.ip,
-        destination: workload,
-        mark: this.#d.sockets.mark,
-        enabled: os?.enabled ?? false,
-        routed: os?.routed() ?? NO_FAMILIES,
-      });
+      const mark = this.#d.sockets.mark;
+      // Without capture (no mark) or with the setting off, the choice is the daemon's own address: not
+      // worth an object per connection.
+      const from =
+        mark !== undefined && os?.enabled
+          ? chooseSource({
+              claimed: src.forwarded,
+              principal: peer.principal,
+              catalog: this.#catalog,
+              target: target.ip,
+              destination: workload,
+              mark,
+              enabled: true,
+              routed: os.routed(),
+            }).from
+          : undefined;
       // Marked (when capture is on) so that the capture rules do not take it for plaintext inbound; from the
       // client's address when the choice says so.
-      upstream = await this.#d.sockets.upstream(target.ip, target.port, source.from);
+      upstream = await this.#d.sockets.upstream(target.ip, target.port, from);
     } catch (err) {
       // Revoked while connecting: refused already.
       if (entry.phase !== 'connecting') return;
@@ -320,7 +334,7 @@ export class Inbound {
       }
       const why = `connect to ${authority} failed: ${(err as Error).message}`;
       const failed = new ConnectionRefusal('connect_failed', why);
-      return this.#refuse(stream, failed, peer, workload, authority, src, started);
+      return this.#refuse(stream, failed, peer, workload, authority, src, started, entry.client);
     } finally {
       load.connects--;
       this.#connecting--;
@@ -336,7 +350,8 @@ export class Inbound {
     entry.phase = 'carried';
     this.#carried++;
     // The TCP side here faces the workload: what it wrote came from the client.
-    carry(this.#account(peer, workload, authority, src, started), upstream, stream, false, () => {
+    const account = this.#account(peer, workload, authority, src, started, entry.client);
+    carry(account, upstream, stream, false, () => {
       this.#carried--;
       entry.phase = 'done';
       this.rechecks.delete(entry);
@@ -351,6 +366,8 @@ class Tunneled implements Recheckable {
   phase: Phase = 'deciding';
   /** Set once policy admitted it: the peer it proved, the workload and port it reaches. */
   proven: Peer | undefined;
+  /** Through the service's waypoint: the client it vouched for. */
+  client: Peer | undefined;
   target: Workload | undefined;
   port = 0;
   authority: string | undefined;
@@ -374,8 +391,9 @@ class Tunneled implements Recheckable {
     this.#revoke = revoke;
   }
 
-  admitted(peer: Peer, w: Workload, port: number, authority: string | undefined): void {
+  admitted(peer: Peer, w: Workload, port: number, authority: string | undefined, client?: Peer): void {
     this.proven = peer;
+    this.client = client;
     this.target = w;
     this.port = port;
     this.authority = authority;

@@ -64,6 +64,13 @@ export function decidePlaintext(d: PlaintextScope, dst: { ip: string; port: numb
     const why = `plaintext connection to strict workload ${w.name} (mTLS required)`;
     return { ok: false, workload: w, kind: 'plaintext', why };
   }
+  // A waypoint service is reached through its waypoint only (docs/waypoints.md), permissive or not; the
+  // ports it takes plaintext on on purpose stay open.
+  const waypoint = d.store.service(w.namespace, w.service)?.waypoint;
+  if (waypoint !== undefined && !takesPlaintextOn(w, dst.port)) {
+    const why = `plaintext connection to ${w.name}: service ${w.service} is reached through waypoint ${waypoint} only`;
+    return { ok: false, workload: w, kind: 'waypoint_bypass', why };
+  }
   const decision = authorize(
     d.store.policiesFor(w.namespace, w.service),
     d.store.mesh.defaultPolicy,

@@ -13,7 +13,8 @@ import { h2Options } from '../hbone.js';
 import type { Inbound } from './inbound.js';
 
 export interface TunnelServerDeps {
-  readonly inbound: Inbound;
+  /** Where each CONNECT stream goes: the inbound data path, or a waypoint's (daemon/waypoint). */
+  readonly inbound: Pick<Inbound, 'handleStream'>;
   readonly metrics: Metrics;
   readonly log: Logger;
   /** Trust bundle every client certificate must chain to. */

@@ -15,7 +15,15 @@ import { ignoreError } from '../pipe.js';
 import type { Pool } from '../pool/pool.js';
 import type { SocketFactory } from '../sockets.js';
 import type { Balancer } from './lb.js';
-import { type OutboundTarget, type RoutedService, planHop, planOutbound } from './plan.js';
+import {
+  type OutboundTarget,
+  type RoutedService,
+  type WaypointRoute,
+  planHop,
+  planOutbound,
+  planWaypoint,
+  planWaypointHop,
+} from './plan.js';
 
 export type { OutboundTarget } from './plan.js';
 
@@ -35,6 +43,10 @@ export interface OutboundDeps {
   /** Opens the connection to a destination outside the mesh (passthrough). */
   readonly sockets: SocketFactory;
 }
+
+/** `forwarded` with the service the client meant (`;host=`), as ztunnel sends it to a waypoint. */
+const forwardedForHost = (ip: string | undefined, port: number | undefined, host: string): string =>
+  `${forwardedFor(ip, port)};host=${host}`;
 
 const baggageCache = new WeakMap<Workload, string>();
 const baggageOf = (w: Workload): string => {
@@ -85,6 +97,11 @@ export class Outbound {
     if (plan.kind === 'no_endpoint') {
       return this.#refuse(client, src, target, plan, 'no_endpoint', plan.why);
     }
+    const via = planWaypoint(d.store, plan, target, source);
+    if (via?.kind === 'waypoint_unavailable') {
+      return this.#refuse(client, src, target, via, 'waypoint_unavailable', via.why);
+    }
+    if (via) return this.#viaWaypoint(client, src, source, target, via);
 
     const tried = new Set<string>();
     let lastError = 'no endpoint could be tried';
@@ -150,6 +167,81 @@ export class Outbound {
       failure = 'upstream_failed';
     }
     return this.#refuse(client, src, target, plan, failure, lastError);
+  }
+
+  /**
+   * A service with a waypoint: to one of its instances (balanced, the ones that failed lately last), and to
+   * nothing else. No instance answers: refused as waypoint_unavailable, never sent around it.
+   */
+  async #viaWaypoint(
+    client: Socket,
+    src: Party,
+    source: Workload,
+    target: OutboundTarget,
+    via: WaypointRoute,
+  ): Promise<void> {
+    const d = this.#d;
+    const sourceId = d.identityOf(source);
+    const tried = new Set<string>();
+    let lastError = 'no waypoint instance could be tried';
+    // An instance that answered (503: it could not reach the service) is up: the failure is the service's.
+    let failure: RefusalKind = 'waypoint_unavailable';
+    for (let attempt = 0; attempt < d.maxAttempts; attempt++) {
+      const instance = d.balancer.pick(via.instances, tried);
+      if (!instance) break;
+      tried.add(instance.name);
+      const hop = planWaypointHop(via, instance, sourceId, d.identityOf);
+      if (hop.kind === 'skip') {
+        lastError = hop.why;
+        continue;
+      }
+      const headers: H2Headers = {
+        ':method': 'CONNECT',
+        ':authority': hop.authority,
+        forwarded: forwardedForHost(client.remoteAddress, client.remotePort, via.host),
+        traceparent: newTraceparent(randomBytes),
+        baggage: baggageOf(source),
+      };
+      d.balancer.opened(instance.name);
+      let answer: Awaited<ReturnType<Pool['connect']>>;
+      try {
+        answer = await d.pool.connect(hop.session, headers);
+      } catch (err) {
+        d.balancer.closed(instance.name);
+        d.balancer.eject(instance.name);
+        lastError = `waypoint ${instance.name}: ${(err as Error).message}`;
+        d.log.warn({ waypoint: instance.name, err: lastError }, 'waypoint instance failed, trying another');
+        continue;
+      }
+      const { stream, status } = answer;
+      if (status === 200) {
+        if (client.destroyed) {
+          d.balancer.closed(instance.name);
+          stream.close();
+          return;
+        }
+        d.balancer.succeeded(instance.name);
+        const dst: Party = {
+          ...toService(d, target, via),
+          workload: instance.name,
+          principal: d.identityOf(instance),
+        };
+        const account = new ConnectionAccount(d, 'outbound', src, dst, 'mutual_tls');
+        carry(account, client, stream, true, () => d.balancer.closed(instance.name));
+        return;
+      }
+      stream.close();
+      d.balancer.closed(instance.name);
+      // The waypoint answered for the service: its refusal is the service's, not a reason to try another.
+      if (status === 401) return this.#refuse(client, src, target, via, 'denied', 'waypoint answered 401');
+      if (status === 400) {
+        return this.#refuse(client, src, target, via, 'bad_request', 'waypoint answered 400');
+      }
+      d.balancer.eject(instance.name);
+      lastError = `waypoint ${instance.name} answered ${status}`;
+      failure = 'upstream_failed';
+    }
+    return this.#refuse(client, src, target, via, failure, lastError);
   }
 
   #refuse(

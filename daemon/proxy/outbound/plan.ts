@@ -157,3 +157,85 @@ export function planHop(
     session: { source, peer: identityOf(ep), address: node.address, port: node.tunnelPort },
   };
 }
+
+/**
+ * A connection for a service that has a waypoint: it goes to one of the waypoint's instances, never to the
+ * service's endpoints. `authority` is what the waypoint resolves the service from: the address the client
+ * targeted (`VIP:port`, or a workload's `ip:port`) as ztunnel sends it, or, for a target named by service
+ * (an explicit upstream), `<service>.<namespace>:<port>` (no port: the endpoints' only port).
+ */
+export interface WaypointRoute {
+  readonly kind: 'waypoint';
+  readonly service: RoutedService;
+  readonly waypoint: RoutedService;
+  /** The waypoint service's workloads, in catalog order (the balancer picks among the healthy ones). */
+  readonly instances: readonly Workload[];
+  readonly authority: string;
+  /** The service as `forwarded`'s `host=` names it. */
+  readonly host: string;
+}
+
+/** A waypoint service whose waypoint has no instance: refused (`waypoint_unavailable`), never sent around it. */
+export interface WaypointUnavailable {
+  readonly kind: 'waypoint_unavailable';
+  readonly service: RoutedService;
+  readonly why: string;
+}
+
+/** The `:authority` a waypoint is sent for a target named by service: `<service>.<namespace>[:<port>]`. */
+export const serviceAuthority = (service: RoutedService, port: number | undefined): string =>
+  `${service.name}.${service.namespace}${port !== undefined ? `:${port}` : ''}`;
+
+/**
+ * Whether a planned connection goes through a waypoint instead: when its service names one, unless the
+ * source is that waypoint itself (its own hop to the endpoint). Undefined: the plan stands as it is.
+ */
+export function planWaypoint(
+  state: Pick<OutboundState, 'service' | 'endpoints'>,
+  plan: OutboundPlan,
+  target: OutboundTarget,
+  source: Pick<Workload, 'service' | 'namespace'>,
+): WaypointRoute | WaypointUnavailable | undefined {
+  const { service } = plan;
+  const name = state.service(service.namespace, service.name)?.waypoint;
+  if (name === undefined) return undefined;
+  const waypoint = { name, namespace: service.namespace };
+  if (source.service === waypoint.name && source.namespace === waypoint.namespace) return undefined;
+  const instances = state.endpoints(waypoint.namespace, waypoint.name);
+  if (instances.length === 0) {
+    const why = `waypoint ${name} of service ${service.name} has no instance`;
+    return { kind: 'waypoint_unavailable', service, why };
+  }
+  const authority =
+    target.kind === 'address' ? joinHostPort(target.ip, target.port) : serviceAuthority(service, target.port);
+  return {
+    kind: 'waypoint',
+    service,
+    waypoint,
+    instances,
+    authority,
+    host: `${service.name}.${service.namespace}`,
+  };
+}
+
+/**
+ * The tunnel to one waypoint instance: straight to its own HBONE listener (its first address and first
+ * port, where it registered itself), the waypoint's identity as the one its certificate must prove.
+ */
+export function planWaypointHop(
+  route: WaypointRoute,
+  instance: Workload,
+  source: string,
+  identityOf: (w: Workload) => string,
+): OutboundHop | OutboundSkip {
+  const address = instance.addresses[0];
+  const port = instance.ports[0];
+  if (address === undefined || port === undefined)
+    return { kind: 'skip', reason: 'no_port', why: `waypoint instance ${instance.name} has no address:port` };
+  return {
+    kind: 'hop',
+    endpoint: instance,
+    authority: route.authority,
+    session: { source, peer: identityOf(instance), address, port },
+  };
+}

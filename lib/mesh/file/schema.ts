@@ -35,6 +35,7 @@
  *     vips: [198.18.10.1]         # optional IP literals; a service with vips must list ports
  *     ports: [{ port: 80, targetPort: 8080 }]   # or a bare 80 (targetPort = port)
  *     waypoint: null              # name of the waypoint service, or null
+ *     protocol: http              # what its waypoint parses: tcp (default) or http
  * policies:                       # L4 authorization, evaluated at the destination's daemon
  *   deny-evil:
  *     action: deny                # allow | deny; required
@@ -115,6 +116,7 @@ export const SERVICE_KEYS = [
   'vips',
   'ports',
   'waypoint',
+  'protocol',
 ] as const satisfies readonly (keyof ServiceDoc)[];
 export const SERVICE_PORT_KEYS = ['port', 'targetPort'] as const satisfies readonly (keyof ServicePortDoc)[];
 export const POLICY_KEYS = [
@@ -185,6 +187,7 @@ export interface ServiceDoc {
   vips?: string[];
   ports?: ServicePortDoc[];
   waypoint?: string | null;
+  protocol?: 'tcp' | 'http';
 }
 
 export interface MeshDoc {

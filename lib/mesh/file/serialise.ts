@@ -71,6 +71,7 @@ export function serviceToDoc(s: Service): ServiceDoc {
     );
   }
   if (s.waypoint !== undefined) d.waypoint = s.waypoint;
+  if (s.protocol !== undefined) d.protocol = s.protocol;
   return d;
 }
 
@@ -81,7 +82,9 @@ export function meshToDoc(mesh: Mesh): MeshDoc {
   if (mesh.nodes.length) d.nodes = Object.fromEntries(mesh.nodes.map((n) => [n.name, nodeToDoc(n)]));
   if (mesh.workloads.length)
     d.workloads = Object.fromEntries(mesh.workloads.map((w) => [w.name, workloadToDoc(w)]));
-  const services = mesh.services.filter((s) => s.vips.length || s.ports.length || s.waypoint !== undefined);
+  const services = mesh.services.filter(
+    (s) => s.vips.length || s.ports.length || s.waypoint !== undefined || s.protocol,
+  );
   if (services.length) d.services = Object.fromEntries(services.map((s) => [s.name, serviceToDoc(s)]));
   if (mesh.policies.length)
     d.policies = Object.fromEntries(mesh.policies.map((p) => [p.name, policyToDoc(p)]));

@@ -18,7 +18,7 @@ import type {
   Workload,
   WorkloadMeta,
 } from '../model.js';
-import { emptyMesh } from '../model.js';
+import { SERVICE_PROTOCOLS, type ServiceProtocol, emptyMesh } from '../model.js';
 import {
   DAEMON_PORTS,
   DEFAULT_NAMESPACE,
@@ -299,6 +299,9 @@ function parseService(key: string, v: unknown, path: PathSeg[]): Service {
       o.waypoint === undefined || o.waypoint === null
         ? undefined
         : name(o.waypoint, [...path, 'waypoint'], SERVICE_NAME, 'waypoint service name'),
+    ...(o.protocol === undefined
+      ? {}
+      : { protocol: oneOf<ServiceProtocol>(o.protocol, [...path, 'protocol'], SERVICE_PROTOCOLS, 'tcp') }),
   };
 }
 

@@ -1,0 +1,57 @@
+// Which header fields a waypoint hands on, each way (RFC 9110 7.6.1), and the client identity it sets.
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
+import { XFCC, formatXfcc } from './xfcc.js';
+
+/** Hop-by-hop fields (RFC 9110 7.6.1), and what the waypoint answers or sets itself. */
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'expect',
+  XFCC,
+]);
+
+/** The request's fields as the endpoint gets them: hop-by-hop ones dropped, the client's identity set. */
+export function forwardRequestHeaders(
+  h: IncomingHttpHeaders,
+  waypoint: string,
+  client: string,
+  upgrade: boolean,
+): OutgoingHttpHeaders {
+  const named = connectionTokens(h.connection);
+  const out: OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(h)) {
+    if (v === undefined || HOP_BY_HOP.has(k) || named.has(k)) continue;
+    out[k] = v;
+  }
+  if (h['transfer-encoding'] !== undefined) out['transfer-encoding'] = 'chunked';
+  if (upgrade && h.upgrade !== undefined) {
+    out.connection = 'upgrade';
+    out.upgrade = h.upgrade;
+  }
+  out[XFCC] = formatXfcc(waypoint, client);
+  return out;
+}
+
+/** The response's fields as the client gets them: hop-by-hop ones dropped (node:http frames the body). */
+export function forwardResponseHeaders(h: IncomingHttpHeaders): OutgoingHttpHeaders {
+  const named = connectionTokens(h.connection);
+  const out: OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(h)) {
+    if (v === undefined || (HOP_BY_HOP.has(k) && k !== XFCC) || named.has(k)) continue;
+    out[k] = v;
+  }
+  return out;
+}
+
+const connectionTokens = (v: string | undefined): Set<string> =>
+  new Set(
+    (v ?? '')
+      .split(',')
+      .map((t) => t.trim().toLowerCase())
+      .filter(Boolean),
+  );
