@@ -105,10 +105,7 @@ export class Supervisor implements SupervisorView {
       const { workers, log, config } = this;
       const old = workers.current();
       this.#systemd.reloading();
-      log.info(
-        { generation: workers.generation + 1, workers: workers.count },
-        'reload: starting new workers',
-      );
+      log.info({ workers: workers.count }, 'reload: starting new workers');
       try {
         await workers.startGeneration();
       } catch (err) {

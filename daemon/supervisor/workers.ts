@@ -67,7 +67,10 @@ export class Workers {
   readonly #plane: ControlPlane;
   readonly #log: Logger;
   readonly #members = new Set<Member>();
+  /** The generation in force: its workers accept, readiness is theirs. */
   #generation = 0;
+  /** The last generation forked (one ahead of #generation while a reload starts its workers). */
+  #forked = 0;
   #stopping = false;
   #respawns = 0;
   /** Counters of the workers that exited, so that a scrape's sums never go back on a reload. */
@@ -90,6 +93,7 @@ export class Workers {
     });
   }
 
+  /** The generation in force (a reload's new one counts once all its workers are ready). */
   get generation(): number {
     return this.#generation;
   }
@@ -105,16 +109,16 @@ export class Workers {
 
   /** Starts a generation and waits until all of its workers are ready; on failure, ends those started. */
   async startGeneration(): Promise<Member[]> {
-    const generation = ++this.#generation;
+    const generation = ++this.#forked;
     const members = Array.from({ length: this.count }, (_, i) => this.#fork(i, generation));
     try {
       await Promise.all(members.map((m) => this.#ready(m)));
-      return members;
     } catch (err) {
       for (const m of members) m.worker.process.kill('SIGKILL');
-      this.#generation = generation - 1;
       throw err;
     }
+    this.#generation = generation;
+    return members;
   }
 
   /** Tells these workers to drain (stop accepting, carry what is open for at most timeoutMs, exit). */

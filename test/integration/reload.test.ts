@@ -211,6 +211,17 @@ test.serial('a reload of either end refuses no new connection and cuts no open o
     await long.check(64 * 1024);
     let done = false;
     const clients = steadyClients(w.port, 2000, () => done);
+    // What a load balancer sees meanwhile: both hosts ready throughout.
+    const unready: string[] = [];
+    const probing = (async () => {
+      for (let i = 0; i < 2000 && !done; i++) {
+        for (const d of [w.a, w.b]) {
+          const r = await fetch(`http://127.0.0.1:${d.ports.ready}/healthz/ready`);
+          if (!r.ok) unready.push(`${d.name}: ${JSON.stringify(await r.json())}`);
+        }
+        await sleep(50);
+      }
+    })();
     await sleep(200);
     await reload(w.b); // the tunnel's end: new sessions from node-a go to node-b's new workers
     await sleep(200);
@@ -219,6 +230,8 @@ test.serial('a reload of either end refuses no new connection and cuts no open o
     done = true;
     const failures = await clients;
     t.deepEqual(failures, [], 'every new connection during both reloads was carried');
+    await probing;
+    t.deepEqual(unready, [], 'readiness never failed during the reloads');
     await long.check(256 * 1024);
     t.pass('the connection opened before both reloads carries on, bytes intact');
     // The old workers carry the long-lived connection; once it ends, they leave.
