@@ -225,7 +225,31 @@ export function cpuSecondsFine(pid: number): number {
 export const sumCpuFine = (pids: readonly number[]): number =>
   pids.reduce((s, p) => s + cpuSecondsFine(p), 0);
 export const sumRss = (pids: readonly number[]): number => pids.reduce((s, p) => s + rssBytes(p), 0);
-export const sumCpu = (pids: readonly number[]): number => pids.reduce((s, p) => s + cpuSeconds(p), 0);
+/** A process and every process below it (ambitd's workers under its supervisor), at most `depth` levels. */
+export function withDescendants(pid: number, depth = 3): number[] {
+  const out = [pid];
+  if (depth === 0) return out;
+  let tids: string[] = [];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    let children = '';
+    try {
+      children = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8');
+    } catch {
+      // exited since the listing, or a kernel without CONFIG_PROC_CHILDREN: the process alone
+    }
+    for (const c of children.split(' ').filter(Boolean)) out.push(...withDescendants(Number(c), depth - 1));
+  }
+  return out;
+}
+
+/** CPU of `pids` and their descendants, so that a contender that forks workers is charged for them. */
+export const sumCpu = (pids: readonly number[]): number =>
+  pids.flatMap((p) => withDescendants(p)).reduce((s, p) => s + cpuSeconds(p), 0);
 
 /**
  * Waits until `pids` together use under `belowCores` of a core over a 100 ms window (a contender still
