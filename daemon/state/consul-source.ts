@@ -535,24 +535,29 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
     }
     const policies: Policy[] = [];
     const defaultPolicy = this.#defaultPolicy().action;
+    const services = this.#services(waypoints);
+    // A service with a waypoint has its L7 intentions enforced there (lib/consul/intentions.ts).
+    const viaWaypoint = new Set(services.filter((s) => s.waypoint).map((s) => s.name));
     for (const names of batches(this.#localServiceNames())) {
       const body = this.#results.get(intentionsPath(names));
-      for (const svc of names) policies.push(...this.#policiesFor(svc, body, defaultPolicy));
+      for (const svc of names)
+        policies.push(...this.#policiesFor(svc, body, defaultPolicy, viaWaypoint.has(svc)));
     }
     return {
       defaultPolicy,
       nodes: [...nodes.values()].sort((a, b) => a.name.localeCompare(b.name)),
       workloads: [...workloads.values()].sort((a, b) => a.name.localeCompare(b.name)),
-      services: this.#services(waypoints),
+      services,
       policies,
     };
   }
 
-  #policiesFor(svc: string, body: unknown, defaultPolicy: PolicyAction): Policy[] {
+  #policiesFor(svc: string, body: unknown, defaultPolicy: PolicyAction, waypoint: boolean): Policy[] {
     const compiled = compileIntentions(
       { service: svc, namespace: 'default' },
       parseIntentions(body, svc),
       defaultPolicy,
+      { waypoint },
     );
     if (compiled.conflicts.length) {
       this.#log.warn(

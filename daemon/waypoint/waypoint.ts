@@ -61,6 +61,7 @@ export class Waypoint {
       router: d.router,
       log: d.log,
       refusals: d.refusals,
+      metrics: d.metrics,
     });
   }
 

@@ -1,5 +1,6 @@
 // The catalog model: what the control plane told us. Both backends (the embedded mesh file and Consul)
 // produce exactly this, so the data path never knows which one is in use.
+import type { ConfigEntry } from '../l7/entries.js';
 import { canonicalIp } from '../net/addresses.js';
 
 export type MeshMode = 'strict' | 'permissive';
@@ -135,6 +136,8 @@ export interface Mesh {
   readonly workloads: readonly Workload[];
   readonly services: readonly Service[];
   readonly policies: readonly Policy[];
+  /** Consul's config entries (service-router, -splitter, -resolver, -defaults, -intentions), as lib/l7 reads them. */
+  readonly configEntries?: readonly ConfigEntry[];
 }
 
 export const emptyMesh = (): Mesh => ({
