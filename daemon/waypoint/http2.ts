@@ -112,7 +112,9 @@ export function serverOptions(l: Http2Limits): ServerOptions {
       maxHeaderListSize: l.maxHeaderListSize,
       enablePush: false,
     },
-    maxHeaderListPairs: 128,
+    // Envoy's max_headers_count. With HPACK's 4 KiB table, a block of indexed references then decodes to
+    // at most 100 x 4 KiB before node resets it, whatever it claims.
+    maxHeaderListPairs: 100,
     maxSettings: 32,
     maxSessionMemory: 10,
     maxOutstandingPings: 10,
@@ -127,7 +129,17 @@ const IDLE_UPSTREAM_MS = 60_000;
 /** Resets a client may make faster than `streamResetRate` before its session ends: a short burst. */
 const RESET_BURST_FACTOR = 5;
 
+/** Oversized header blocks a session may send before it is ended (the tunnel's own rule: the fourth ends it). */
+const MAX_OVERSIZED_BLOCKS = 3;
+
 const PSEUDO = /^:/;
+
+/** A header list's size as SETTINGS_MAX_HEADER_LIST_SIZE counts it: name + value + 32 per field (RFC 9113 6.5.2). */
+export function headerListSize(rawHeaders: readonly string[]): number {
+  let n = 0;
+  for (const h of rawHeaders) n += h.length;
+  return n + 16 * rawHeaders.length;
+}
 
 /** The request as the endpoint gets it: its pseudo-headers, the shared rules for the rest, `te: trailers`. */
 export function h2RequestHeaders(
@@ -165,6 +177,7 @@ interface RequestLine {
   bytesIn: number;
   bytesOut: number;
   reason: string | undefined;
+  requestTrailers?: IncomingHttpHeaders;
 }
 
 /** An upstream session being opened or open, and how many requests it carries now. */
@@ -232,25 +245,51 @@ export class WaypointHttp2 {
       socket.destroy();
     });
     socket.once('close', () => session.destroy());
-    session.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
-      stream.once('close', () => {
-        // A reset the client sent before its answer was complete: what Rapid Reset is made of.
-        if (stream.rstCode === constants.NGHTTP2_NO_ERROR || resetByWaypoint.has(stream)) return;
-        if (resets.take() || session.destroyed) return;
-        this.#d.refusals.refuse(
-          'inbound',
-          'h2_reset_flood',
-          'waypoint HTTP/2 session ended: stream resets over the rate',
-          {
-            client: ctx.client.principal,
-            rate: this.#d.limits.streamResetRate,
-          },
-        );
-        session.goaway(constants.NGHTTP2_ENHANCE_YOUR_CALM);
-        session.destroy();
-      });
-      this.#request(ctx, stream, headers);
-    });
+    let oversized = 0;
+    session.on(
+      'stream',
+      (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, _f: number, rawHeaders: string[]) => {
+        // A stream's errors end it and show in its access-log line; none may reach the process.
+        stream.on('error', () => {});
+        stream.once('close', () => {
+          // A reset the client sent before its answer was complete: what Rapid Reset is made of.
+          if (stream.rstCode === constants.NGHTTP2_NO_ERROR || resetByWaypoint.has(stream)) return;
+          if (resets.take() || session.destroyed) return;
+          this.#d.refusals.refuse(
+            'inbound',
+            'h2_reset_flood',
+            'waypoint HTTP/2 session ended: stream resets over the rate',
+            {
+              client: ctx.client.principal,
+              rate: this.#d.limits.streamResetRate,
+            },
+          );
+          session.goaway(constants.NGHTTP2_ENHANCE_YOUR_CALM);
+          session.destroy();
+        });
+        // node:http2 advertises SETTINGS_MAX_HEADER_LIST_SIZE but does not hold a peer to it: we do.
+        const size = headerListSize(rawHeaders);
+        if (size > this.#d.limits.maxHeaderListSize) {
+          this.#d.refusals.refuse(
+            'inbound',
+            'h2_header_flood',
+            'waypoint HTTP/2 stream reset: header list too large',
+            {
+              client: ctx.client.principal,
+              size,
+              limit: this.#d.limits.maxHeaderListSize,
+            },
+          );
+          resetStream(stream, constants.NGHTTP2_ENHANCE_YOUR_CALM);
+          if (++oversized > MAX_OVERSIZED_BLOCKS) {
+            session.goaway(constants.NGHTTP2_ENHANCE_YOUR_CALM);
+            session.destroy();
+          }
+          return;
+        }
+        this.#request(ctx, stream, headers);
+      },
+    );
   }
 
   close(): void {
@@ -280,14 +319,19 @@ export class WaypointHttp2 {
       reason: undefined,
     };
     stream.on('error', () => {});
+    // Trailers can come with the headers' read, before the upstream stream exists.
+    stream.once('trailers', (t: IncomingHttpHeaders) => {
+      line.requestTrailers = t;
+    });
     stream.once('close', () =>
       this.#log(line, stream.rstCode === constants.NGHTTP2_NO_ERROR ? 'completed' : 'reset'),
     );
-    const fail = (failure: WaypointFailure, why: string): void => {
+    // The client is told what kind of failure, not which endpoint: that is in the access log.
+    const fail = (failure: WaypointFailure, why: string, message?: string): void => {
       line.reason = why;
       line.status = line.grpc ? 200 : FAILURES[failure].status;
       if (line.grpc) line.grpcStatus = String(FAILURES[failure].grpc);
-      respondFailure(stream, failure, line.grpc);
+      respondFailure(stream, failure, line.grpc, message);
     };
     const ep = d.router.pick(
       { plan: ctx.plan, client: ctx.client.principal, method: line.method, path: line.path, headers },
@@ -307,7 +351,7 @@ export class WaypointHttp2 {
         (err: Error) => {
           const failure = err instanceof HopRefused ? err.failure : 'unavailable';
           if (failure === 'unavailable') d.router.failed(ep);
-          fail(failure, err.message);
+          fail(failure, err.message, failure === 'unavailable' ? 'upstream connect error' : undefined);
         },
       );
     });
@@ -341,13 +385,9 @@ export class WaypointHttp2 {
       return;
     }
     up.once('close', upstream.release);
-    let requestTrailers: IncomingHttpHeaders | undefined;
     let responseTrailers: IncomingHttpHeaders | undefined;
-    stream.once('trailers', (t: IncomingHttpHeaders) => {
-      requestTrailers = t;
-    });
     up.once('wantTrailers', () => {
-      const t = requestTrailers ? h2ResponseHeaders(requestTrailers) : {};
+      const t = line.requestTrailers ? h2ResponseHeaders(line.requestTrailers) : {};
       delete t[XFCC];
       up.sendTrailers(t);
     });
