@@ -170,6 +170,7 @@ export class Ambitd {
             self: { name: config.waypointService, namespace: 'default' },
             maxStreams: config.limits.maxInboundStreams,
             maxAttempts: config.maxAttempts,
+            http2Limits: config.limits,
           })
         : undefined;
     this.tunnel = new TunnelServer({

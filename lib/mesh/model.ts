@@ -102,9 +102,9 @@ export interface Service {
   readonly protocol?: ServiceProtocol;
 }
 
-/** The protocols a waypoint speaks today; Consul's `http2` and `grpc` come with the L7 library. */
-export type ServiceProtocol = 'tcp' | 'http';
-export const SERVICE_PROTOCOLS: readonly ServiceProtocol[] = ['tcp', 'http'];
+/** The protocols a waypoint speaks: Consul's service-defaults `Protocol` values. */
+export type ServiceProtocol = 'tcp' | 'http' | 'http2' | 'grpc';
+export const SERVICE_PROTOCOLS: readonly ServiceProtocol[] = ['tcp', 'http', 'http2', 'grpc'];
 
 /**
  * A source clause matches when every field it sets matches the peer: service and namespace compare with the

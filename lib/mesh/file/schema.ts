@@ -187,7 +187,7 @@ export interface ServiceDoc {
   vips?: string[];
   ports?: ServicePortDoc[];
   waypoint?: string | null;
-  protocol?: 'tcp' | 'http';
+  protocol?: 'tcp' | 'http' | 'http2' | 'grpc';
 }
 
 export interface MeshDoc {
