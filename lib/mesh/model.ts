@@ -96,13 +96,14 @@ export interface Service {
   readonly ports: readonly ServicePort[];
   readonly waypoint: string | undefined;
   /**
-   * What its waypoint parses it as (Consul's service-defaults `Protocol`): absent means tcp. A stand-in
-   * until the L7 configuration entries (lib/l7) say it.
+   * What its waypoint parses it as, derived from the config entries as Consul derives it (its
+   * service-defaults `Protocol`, else proxy-defaults `Config.protocol`, else tcp; see protocols.ts).
+   * Absent means tcp.
    */
   readonly protocol?: ServiceProtocol;
 }
 
-/** The protocols a waypoint speaks: Consul's service-defaults `Protocol` values. */
+/** Consul's protocols that a waypoint may be asked to speak; any other value Consul holds is carried as tcp. */
 export type ServiceProtocol = 'tcp' | 'http' | 'http2' | 'grpc';
 export const SERVICE_PROTOCOLS: readonly ServiceProtocol[] = ['tcp', 'http', 'http2', 'grpc'];
 
@@ -136,7 +137,11 @@ export interface Mesh {
   readonly workloads: readonly Workload[];
   readonly services: readonly Service[];
   readonly policies: readonly Policy[];
-  /** Consul's config entries (service-router, -splitter, -resolver, -defaults, -intentions), as lib/l7 reads them. */
+  /**
+   * Consul's L7 config entries (service-defaults, proxy-defaults, service-router, -splitter, -resolver,
+   * -intentions), validated by lib/l7, in Consul's shape: from Consul, or from the mesh file's
+   * `configEntries`. Optional so that a hand-built mesh needs none; absent is none.
+   */
   readonly configEntries?: readonly ConfigEntry[];
 }
 
