@@ -121,11 +121,10 @@ async function consulEntries(client: ConsulClient): Promise<ConfigEntry[]> {
   return stripIndexes(validateLeniently(raw, 'consul').entries);
 }
 
-/** Consul's bookkeeping (indexes, hash) and Ambit's opt-in Meta are not part of what the entries say. */
+/** Consul's bookkeeping (its indexes) is not part of what the entries say. */
 function stripIndexes(entries: readonly ConfigEntry[]): ConfigEntry[] {
   return entries.map((e) => {
-    const { CreateIndex: _c, ModifyIndex: _m, ...rest } = e as ConfigEntry & { Hash?: unknown };
-    delete (rest as { Hash?: unknown }).Hash;
+    const { CreateIndex: _c, ModifyIndex: _m, ...rest } = e;
     return rest as ConfigEntry;
   });
 }

@@ -81,7 +81,14 @@ test("config_dump: each waypoint service's chain, on the node daemon and the way
     (ch['default/api'] as CompiledChain | undefined)?.StartNode === 'router:api.default.default';
   for (const d of [c.a, wp]) {
     let ch: Record<string, CompiledChain | { error: string }> = {};
-    await until(async () => routed((ch = await chains(d))), 5000, `${d.config.nodeName} has the router`);
+    await until(
+      async () => {
+        ch = await chains(d);
+        return routed(ch);
+      },
+      5000,
+      `${d.config.nodeName} has the router`,
+    );
     t.deepEqual(Object.keys(ch).sort(), ['default/api', 'default/echo'], 'only services with a waypoint');
     const api = ch['default/api'] as CompiledChain;
     t.is(api.Protocol, 'http');
