@@ -70,7 +70,9 @@ async function embedded(t: ExecutionContext): Promise<Backend> {
  * Consul, with a ConsulSource building the model as a daemon does; the waypoint opt-in is the
  * service-defaults' ambit-waypoint Meta (written by the same `ambit config write`).
  */
-async function consul(t: ExecutionContext): Promise<Backend & { logs: Record<string, unknown>[] }> {
+async function consul(
+  t: ExecutionContext,
+): Promise<Backend & { logs: Record<string, unknown>[]; put(entry: unknown): Promise<void> }> {
   const dir = await tmp(t);
   const c = await startConsul({ acl: true });
   const token = c.managementToken ? ['--consul-token', c.managementToken] : [];
@@ -99,6 +101,10 @@ async function consul(t: ExecutionContext): Promise<Backend & { logs: Record<str
     dir,
     logs: logs.lines.get('node-a')!,
     cli: (...args) => runCli(['--consul', c.address, ...token, ...args]),
+    /** Straight to Consul, past `ambit config`'s own check. */
+    async put(entry) {
+      await client.put('/v1/config', { body: entry });
+    },
     async model() {
       // The watches answer within their wait; a changed model is applied within a few of them.
       const want = JSON.stringify(await consulEntries(client));
@@ -309,4 +315,41 @@ test('the same entry files give the same entries in the model from both backends
   t.deepEqual(fromConsul, fromFile);
   // The embedded write kept the file's comment.
   t.regex(await readFile(join(e.dir, 'mesh.yaml'), 'utf8'), /^# the waypoint opt-in stays the file's own\n/);
+});
+
+test('consul: an entry Consul holds that lib/l7 refuses is logged once and left out, the rest kept', async (t) => {
+  const c = await consul(t);
+  const file = join(c.dir, 'api.yaml');
+  await writeFile(file, ENTRIES);
+  t.is((await c.cli('config', 'write', file)).code, 0);
+  // Consul leaves regexes to Envoy; RE2 (and so lib/l7) has no lookahead.
+  await c.put({
+    Kind: 'service-router',
+    Name: 'api',
+    Routes: [{ Match: { HTTP: { PathRegex: '/(?=v3)' } } }],
+  });
+  const mesh = await c.model();
+  t.deepEqual((mesh.configEntries ?? []).map((e) => `${e.Kind}/${e.Name}`).sort(), [
+    'service-defaults/api',
+    'service-resolver/api',
+    'service-splitter/api',
+  ]);
+  // More changes rebuild the model; the refusal is not said again.
+  await c.put({ Kind: 'service-defaults', Name: 'web', Protocol: 'http' });
+  await c.model();
+  const said = c.logs.filter((l) => l.entry === 'service-router/api');
+  t.is(said.length, 1);
+  t.like(said[0], {
+    level: 40,
+    field: 'Routes[0].Match.HTTP.PathRegex',
+    msg: 'a config entry Consul holds is not valid for Ambit; leaving it out and keeping the others',
+  });
+  // `ambit config` refuses to write it at all.
+  await writeFile(
+    file,
+    'Kind: service-router\nName: api\nRoutes: [{ Match: { HTTP: { PathRegex: "/(?=v3)" } } }]\n',
+  );
+  const r = await c.cli('config', 'write', file);
+  t.is(r.code, 1);
+  t.regex(r.err, /service-router\/api: Routes\[0\]\.Match\.HTTP\.PathRegex: .*\(line 3, column \d+\)/);
 });
