@@ -74,7 +74,7 @@ export function adminRoutes(d: AdminView, consul: { dump(): unknown } | undefine
         node: config.nodeName,
         config: configDump(config),
         mesh: d.store.mesh,
-        chains: waypointChains(d.store.mesh),
+        chains: waypointChains(d.store.mesh, config.datacenter),
         consul: consul?.dump(),
         certificates: certRows(),
         listeners: d.listeners.listening(),

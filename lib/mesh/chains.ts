@@ -5,14 +5,24 @@ import { L7ConfigError } from '../l7/errors.js';
 import { indexEntries } from '../l7/set.js';
 import type { Mesh } from './model.js';
 
-/** `<namespace>/<service>` → its chain, or the error that kept it from compiling (entries are validated). */
-export function waypointChains(mesh: Mesh): Record<string, CompiledChain | { error: string }> {
+/**
+ * `<namespace>/<service>` → its chain, or the error that kept it from compiling (entries are validated),
+ * compiled for `datacenter` as the waypoint's router compiles it.
+ */
+export function waypointChains(
+  mesh: Mesh,
+  datacenter = 'dc1',
+): Record<string, CompiledChain | { error: string }> {
   const set = indexEntries(mesh.configEntries ?? []);
   const out: Record<string, CompiledChain | { error: string }> = {};
   for (const s of mesh.services) {
     if (s.waypoint === undefined) continue;
     try {
-      out[`${s.namespace}/${s.name}`] = compileChain(set, s.name, { namespace: s.namespace, where: 'mesh' });
+      out[`${s.namespace}/${s.name}`] = compileChain(set, s.name, {
+        namespace: s.namespace,
+        datacenter,
+        where: 'mesh',
+      });
     } catch (err) {
       if (!(err instanceof L7ConfigError)) throw err;
       out[`${s.namespace}/${s.name}`] = { error: err.message };

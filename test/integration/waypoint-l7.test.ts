@@ -1,8 +1,7 @@
 // L7 at the waypoint, for real on loopback: two node daemons and ambitd --role waypoint sharing one mesh
 // file and CA; curl on node-a reaches servers on node-b through client daemon -> waypoint -> destination
 // daemon -> server, routed by Consul's config entries (service-router, -splitter, -resolver, -intentions).
-// The mesh file has no key for config entries yet (another branch adds it): the waypoint's store is given
-// them here, on top of the mesh the file gave it, and given them again whenever the file is read anew.
+// The entries are in the mesh file's configEntries, as every daemon reads them.
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { type IncomingMessage, type Server, createServer } from 'node:http';
@@ -14,9 +13,7 @@ import anyTest, { type TestFn } from 'ava';
 import { Ambitd } from '../../daemon/daemon.js';
 import { spiffeId } from '../../daemon/identity/spiffe.js';
 import { loadConfig } from '../../lib/config.js';
-import { type ConfigEntry, validateEntries } from '../../lib/l7/index.js';
-import { editMeshFile } from '../../lib/mesh/edit.js';
-import type { Mesh } from '../../lib/mesh/model.js';
+import { editMeshFile, setConfigEntry } from '../../lib/mesh/edit.js';
 import {
   clientWorkload,
   enroll,
@@ -167,16 +164,11 @@ test.before(async (t) => {
     workload({ name: 'api-2', service: 'api', node: 'node-b', ports: [v2.port], version: 'v2' }),
     workload({ name: 'legacy-1', service: 'legacy', node: 'node-b', ports: [legacy.port] }),
   );
+  // The entries in the mesh file's configEntries, as every daemon reads them.
   await editMeshFile(meshFile, (doc) => {
     doc.setIn(['services', 'api'], doc.createNode({ waypoint: 'wp', protocol: 'http' }));
+    for (const e of ENTRIES) setConfigEntry(doc, e as Record<string, unknown>);
   });
-  const entries: ConfigEntry[] = validateEntries(ENTRIES, 'waypoint-l7.test');
-  // The mesh the file gave, with the entries; given again if the file is read anew (a new mesh object).
-  const withEntries = (m: Mesh): void => {
-    if (m.configEntries === undefined) wp.store.replace({ ...m, configEntries: entries });
-  };
-  wp.store.on('change', withEntries);
-  withEntries(wp.store.mesh);
   await until(() => a.listeners.listening().length === 1, 5000, 'upstream listener bound');
   await until(
     () =>
