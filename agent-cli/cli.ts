@@ -7,6 +7,7 @@ import { AdminUnreachableError } from './admin.js';
 import { parseAdmin } from './args.js';
 import { registerCapture } from './commands/capture.js';
 import { registerCerts } from './commands/certs.js';
+import { registerConfig } from './commands/config.js';
 import { registerEnroll } from './commands/enroll.js';
 import { registerList } from './commands/list.js';
 import { registerLogLevel } from './commands/log-level.js';
@@ -28,6 +29,7 @@ const COMMANDS: readonly ((program: Command, io: Io) => void)[] = [
   registerList,
   registerNode,
   registerPolicy,
+  registerConfig,
   registerCerts,
   registerTap,
   registerLogLevel,
@@ -41,7 +43,7 @@ export function buildProgram(io: Io): Command {
         'Changes are written to the mesh file, which ambitd watches and applies within a second;\n' +
         'an edit that would make the file invalid is refused and nothing is written.\n' +
         'With --consul (or CONSUL_HTTP_ADDR), enroll, unenroll and list use the Consul catalog and\n' +
-        'policy uses Consul intentions instead.\n\n' +
+        'policy uses Consul intentions and config uses Consul config entries instead.\n\n' +
         'Exit codes: 0 ok, 1 usage error or not found, 2 invalid mesh file, 3 ambitd unreachable.',
     )
     .addOption(
@@ -63,7 +65,7 @@ export function buildProgram(io: Io): Command {
     .addOption(
       new Option(
         '--consul <addr>',
-        'use the Consul agent at addr instead of the mesh file (enroll, unenroll, list, policy)',
+        'use the Consul agent at addr instead of the mesh file (enroll, unenroll, list, policy, config)',
       ).env('CONSUL_HTTP_ADDR'),
     )
     .addOption(new Option('--consul-token <token>', 'Consul ACL token').env('CONSUL_HTTP_TOKEN'))

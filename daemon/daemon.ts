@@ -34,7 +34,7 @@ import { Reconciler, checkHostMesh, missingCertificates, registerInMeshFile } fr
 import { ConsulControlPlane } from './state/consul-control-plane.js';
 import { MeshFileSource, lastGoodPath } from './state/file-source.js';
 import { StateStore } from './state/store.js';
-import { ServiceRouter } from './waypoint/router.js';
+import { ChainRouter } from './waypoint/chain-router.js';
 import { Waypoint } from './waypoint/waypoint.js';
 
 export type { BoundPorts } from './own-listeners.js';
@@ -168,7 +168,12 @@ export class Ambitd {
         ? new Waypoint({
             store: this.store,
             pool: this.pool,
-            router: new ServiceRouter(config.ejectMs),
+            router: new ChainRouter({
+              store: this.store,
+              log: logger,
+              ejectMs: config.ejectMs,
+              datacenter: config.datacenter,
+            }),
             metrics: this.metrics,
             log: logger,
             refusals: this.refusals,
@@ -176,6 +181,7 @@ export class Ambitd {
             self: { name: config.waypointService, namespace: 'default' },
             maxStreams: config.limits.maxInboundStreams,
             maxAttempts: config.maxAttempts,
+            http2Limits: config.limits,
           })
         : undefined;
     this.tunnel = new TunnelServer({

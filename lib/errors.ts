@@ -88,7 +88,17 @@ export class CertUnavailableError extends AmbitError {
 }
 
 /** Istio / Envoy response flags as dashboards know them. */
-export type ResponseFlag = '-' | 'DENY' | 'CONNECT' | 'TLS_FAILURE' | 'NR' | 'UF' | 'UH' | 'BAD_REQUEST';
+export type ResponseFlag =
+  | '-'
+  | 'DENY'
+  | 'CONNECT'
+  | 'TLS_FAILURE'
+  | 'NR'
+  | 'UF'
+  | 'UH'
+  | 'BAD_REQUEST'
+  // Envoy's RbacAccessDenied: a request an L7 intention denied at the waypoint.
+  | 'RBAC';
 
 /** Why a connection was refused before it carried anything: the `reason` of ambit_connections_refused_total. */
 export type ConnectionRefusalReason =
@@ -101,7 +111,8 @@ export type ConnectionRefusalReason =
   | 'plaintext'
   | 'not_redirected'
   | 'waypoint_unavailable'
-  | 'waypoint_bypass';
+  | 'waypoint_bypass'
+  | 'l7_denied';
 
 interface RefusalRow {
   readonly reason: ConnectionRefusalReason;
@@ -140,6 +151,8 @@ export const REFUSALS = {
   },
   /** A CONNECT to a waypoint service's workload from a peer that is not its waypoint. */
   waypoint_bypass: { reason: 'waypoint_bypass', flag: 'DENY', status: 401, code: 'AMBIT_DENIED' },
+  /** A request an L7 intention (Permissions) denied at the waypoint: answered 403 `RBAC: access denied`. */
+  l7_denied: { reason: 'l7_denied', flag: 'RBAC', status: 401, code: 'AMBIT_DENIED' },
 } as const satisfies Record<string, RefusalRow>;
 
 export type RefusalKind = keyof typeof REFUSALS;

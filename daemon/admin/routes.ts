@@ -3,6 +3,7 @@
 import type { IncomingMessage } from 'node:http';
 import { type DaemonConfig, configDump } from '../../lib/config.js';
 import { LOG_LEVELS, type LogLevel, type Logger } from '../../lib/log.js';
+import { waypointChains } from '../../lib/mesh/chains.js';
 import type { Workload } from '../../lib/mesh/model.js';
 import type { CertificateInfo, CertificateManager } from '../identity/manager.js';
 import type { FdReserve } from '../limits/fds.js';
@@ -73,6 +74,7 @@ export function adminRoutes(d: AdminView, consul: { dump(): unknown } | undefine
         node: config.nodeName,
         config: configDump(config),
         mesh: d.store.mesh,
+        chains: waypointChains(d.store.mesh, config.datacenter),
         consul: consul?.dump(),
         certificates: certRows(),
         listeners: d.listeners.listening(),

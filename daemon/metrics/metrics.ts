@@ -1,11 +1,11 @@
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ConnectionRefusalReason, ResponseFlag } from '../../lib/errors.js';
 import type { WorkloadMeta } from '../../lib/mesh/model.js';
 import { ConnectionTable } from '../observe/connections.js';
 
 // Istio's metric names and labels, so existing Grafana and Kiali dashboards read Ambit as they read ztunnel.
 
-export type Reporter = 'source' | 'destination';
+export type Reporter = 'source' | 'destination' | 'waypoint';
 export type SecurityPolicy = 'mutual_tls' | 'unknown' | 'none';
 
 export interface ConnectionLabels {
@@ -58,6 +58,35 @@ const CONNECTION_LABELS: readonly (keyof ConnectionLabels)[] = [
   'request_protocol',
   'connection_security_policy',
   'response_flags',
+];
+
+/**
+ * The labels of Istio's request metrics: a connection's (reporter `waypoint` here, as Istio's waypoints
+ * report), with the request's protocol, status, gRPC status (empty for http) and Envoy's response flags.
+ */
+export interface RequestLabels extends Omit<ConnectionLabels, 'request_protocol' | 'response_flags'> {
+  request_protocol: 'http' | 'grpc';
+  response_code: string;
+  grpc_response_status: string;
+  /** Envoy's flags: `-`, RBAC, UH, UF, DENY, BAD_REQUEST, or DC when the client went away first. */
+  response_flags: string;
+}
+
+const REQUEST_LABELS: readonly (keyof RequestLabels)[] = [
+  ...CONNECTION_LABELS.filter((l) => l !== 'request_protocol' && l !== 'response_flags'),
+  'request_protocol',
+  'response_code',
+  'grpc_response_status',
+  'response_flags',
+] as (keyof RequestLabels)[];
+
+/**
+ * Envoy's default histogram buckets, which Istio's request histograms keep (milliseconds for the duration,
+ * bytes for the sizes).
+ */
+export const ISTIO_BUCKETS: readonly number[] = [
+  0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000,
+  3600000,
 ];
 
 /** One end of a connection as its labels need it; `meta` is its workload's, when the workload is known. */
@@ -131,6 +160,10 @@ export class Metrics {
   readonly sent: Counter<keyof ConnectionLabels>;
   readonly received: Counter<keyof ConnectionLabels>;
   readonly refused: Counter<'direction' | 'reason'>;
+  readonly requests: Counter<keyof RequestLabels>;
+  readonly requestDuration: Histogram<keyof RequestLabels>;
+  readonly requestBytes: Histogram<keyof RequestLabels>;
+  readonly responseBytes: Histogram<keyof RequestLabels>;
   readonly meshReloads: Counter<'result'>;
   readonly adminUnauthorized: Counter<'route'>;
   readonly tapsDropped: Counter;
@@ -186,6 +219,35 @@ export class Metrics {
       name: 'ambit_connections_refused_total',
       help: 'Connections refused, by direction and reason',
       labelNames: ['direction', 'reason'],
+      registers,
+    });
+    const requestLabels = REQUEST_LABELS as (keyof RequestLabels)[];
+    const buckets = [...ISTIO_BUCKETS];
+    this.requests = new Counter({
+      name: 'istio_requests_total',
+      help: 'Requests handled by the waypoint',
+      labelNames: requestLabels,
+      registers,
+    });
+    this.requestDuration = new Histogram({
+      name: 'istio_request_duration_milliseconds',
+      help: "Request duration at the waypoint, from its first byte to the response's last, in milliseconds",
+      labelNames: requestLabels,
+      buckets,
+      registers,
+    });
+    this.requestBytes = new Histogram({
+      name: 'istio_request_bytes',
+      help: 'Request body sizes, in bytes',
+      labelNames: requestLabels,
+      buckets,
+      registers,
+    });
+    this.responseBytes = new Histogram({
+      name: 'istio_response_bytes',
+      help: 'Response body sizes, in bytes',
+      labelNames: requestLabels,
+      buckets,
       registers,
     });
     this.adminUnauthorized = new Counter({
@@ -270,6 +332,14 @@ export class Metrics {
     this.opened.inc(labels);
     this.closed.inc(labels);
     this.refused.inc({ direction, reason });
+  }
+
+  /** One request over: counted, its duration and both body sizes observed. */
+  requestDone(labels: RequestLabels, durationMs: number, requestBytes: number, responseBytes: number): void {
+    this.requests.inc(labels);
+    this.requestDuration.observe(labels, durationMs);
+    this.requestBytes.observe(labels, requestBytes);
+    this.responseBytes.observe(labels, responseBytes);
   }
 
   /** Closes a connection's account: counts it closed and adds its bytes. */

@@ -5,7 +5,8 @@
 // default 200) whatever the host runs; the client holds at most MAX_CONNECTIONS (32) connections:
 //   1  /v1/catalog/services            which services exist; tags `ambit-node=<node>` say which run here
 //   1  /v1/health/service/ambit        where each node's daemon (tunnel listener) is
-//   4  /v1/config/<kind>               service-defaults, -router, -splitter, -resolver
+//   6  /v1/config/<kind>               service-defaults, proxy-defaults, service-router, -splitter,
+//                                      -resolver, -intentions (validated by lib/l7 into Mesh.configEntries)
 //   1  /v1/health/state/any            the health feed: which followed services changed; those (local
 //                                      and upstream) are then read without blocking (HealthFeed)
 //   1 per 64 local services: /v1/connect/intentions/match?by=destination&name=<a>&name=<b>…
@@ -36,9 +37,11 @@ import {
   type WatchOptions,
   permissionFor,
 } from '../../lib/consul/client.js';
+import { validateLeniently } from '../../lib/consul/config-entries.js';
 import { HealthFeed, healthPath } from '../../lib/consul/health-feed.js';
 import { compileIntentions, parseIntentions } from '../../lib/consul/intentions.js';
 import { AmbitError } from '../../lib/errors.js';
+import type { ConfigEntry } from '../../lib/l7/entries.js';
 import type { Logger } from '../../lib/log.js';
 import { ownAddress } from '../../lib/mesh/file/validate.js';
 import type {
@@ -50,14 +53,17 @@ import type {
   ServicePort,
   Workload,
 } from '../../lib/mesh/model.js';
+import { withProtocols } from '../../lib/mesh/protocols.js';
 import { LocalAddresses } from '../../lib/net/addresses.js';
 import type { StateStore } from './store.js';
 
 export const CONFIG_KINDS = [
   'service-defaults',
+  'proxy-defaults',
   'service-router',
   'service-splitter',
   'service-resolver',
+  'service-intentions',
 ] as const;
 
 const CATALOG = '/v1/catalog/services';
@@ -142,6 +148,8 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
   readonly #results = new Map<string, unknown>();
   readonly #failing = new Map<string, string>();
   readonly #filtered = new Set<string>();
+  /** The refusals of Consul's config entries last logged, so that each is said once. */
+  #refusedEntries = new Set<string>();
   #aclDefault: PolicyAction | undefined;
   #extraWatches: () => number = () => 0;
   #lastMeshText: string | undefined;
@@ -535,24 +543,54 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
     }
     const policies: Policy[] = [];
     const defaultPolicy = this.#defaultPolicy().action;
+    const services = this.#services(waypoints);
+    // A service with a waypoint has its L7 intentions enforced there (lib/consul/intentions.ts).
+    const viaWaypoint = new Set(services.filter((s) => s.waypoint).map((s) => s.name));
     for (const names of batches(this.#localServiceNames())) {
       const body = this.#results.get(intentionsPath(names));
-      for (const svc of names) policies.push(...this.#policiesFor(svc, body, defaultPolicy));
+      for (const svc of names)
+        policies.push(...this.#policiesFor(svc, body, defaultPolicy, viaWaypoint.has(svc)));
     }
+    const configEntries = this.#configEntries();
     return {
       defaultPolicy,
       nodes: [...nodes.values()].sort((a, b) => a.name.localeCompare(b.name)),
       workloads: [...workloads.values()].sort((a, b) => a.name.localeCompare(b.name)),
-      services: this.#services(waypoints),
+      services: withProtocols(services, configEntries),
       policies,
+      ...(configEntries.length ? { configEntries } : {}),
     };
   }
 
-  #policiesFor(svc: string, body: unknown, defaultPolicy: PolicyAction): Policy[] {
+  /**
+   * Consul's entries of every watched kind, validated by lib/l7; one it refuses is left out, the rest kept,
+   * and the refusal logged once (again only if it goes away and comes back).
+   */
+  #configEntries(): ConfigEntry[] {
+    const raw: unknown[] = [];
+    for (const kind of CONFIG_KINDS) {
+      const body = this.#results.get(`/v1/config/${kind}`);
+      if (Array.isArray(body)) raw.push(...body);
+    }
+    const { entries, refused } = validateLeniently(raw, 'consul');
+    const now = new Set(refused.map((e) => e.message));
+    for (const err of refused) {
+      if (this.#refusedEntries.has(err.message)) continue;
+      this.#log.warn(
+        { entry: err.entry, field: err.field, err: err.message },
+        'a config entry Consul holds is not valid for Ambit; leaving it out and keeping the others',
+      );
+    }
+    this.#refusedEntries = now;
+    return entries;
+  }
+
+  #policiesFor(svc: string, body: unknown, defaultPolicy: PolicyAction, waypoint: boolean): Policy[] {
     const compiled = compileIntentions(
       { service: svc, namespace: 'default' },
       parseIntentions(body, svc),
       defaultPolicy,
+      { waypoint },
     );
     if (compiled.conflicts.length) {
       this.#log.warn(
@@ -567,11 +605,7 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
   #services(waypoints: Map<string, string>): Service[] {
     const out = new Map<string, Service>();
     const defaults = this.#results.get('/v1/config/service-defaults');
-    // What a waypoint parses the service as (docs/waypoints.md); Consul's other protocols wait for lib/l7.
-    const http = new Set<string>();
     for (const entry of Array.isArray(defaults) ? defaults : []) {
-      if (isRecord(entry) && typeof entry.Name === 'string' && entry.Protocol === 'http')
-        http.add(entry.Name);
       if (!isRecord(entry) || typeof entry.Name !== 'string' || !isRecord(entry.Meta)) continue;
       const meta = entry.Meta as Record<string, unknown>;
       const vips =
@@ -594,8 +628,6 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
         if (!s.waypoint) out.set(key, { ...s, waypoint: wp });
       } else out.set(key, { name, namespace, vips: [], ports: [], waypoint: wp });
     }
-    return [...out.values()]
-      .map((s): Service => (s.namespace === 'default' && http.has(s.name) ? { ...s, protocol: 'http' } : s))
-      .sort((a, b) => a.name.localeCompare(b.name));
+    return [...out.values()].sort((a, b) => a.name.localeCompare(b.name));
   }
 }

@@ -301,6 +301,7 @@ export class MeshFileSource extends EventEmitter {
         workloads: mesh.workloads.length,
         services: mesh.services.length,
         policies: mesh.policies.length,
+        configEntries: mesh.configEntries?.length ?? 0,
       },
       save ? 'mesh applied' : 'mesh applied from the last good copy',
     );

@@ -1,8 +1,11 @@
 // HTTP/1.1 at the waypoint: node:http's server (llhttp) over each client's tunnel stream, and its client
 // with a keep-alive Agent whose connections are tunnel streams to the chosen endpoints' nodes. Requests
-// llhttp refuses (request smuggling among them) get 400 and are never forwarded.
+// llhttp refuses (request smuggling among them) get 400 and are never forwarded. Each request is first
+// authorized (L7 intentions: 403 `RBAC: access denied`), then routed (route, split, subset, endpoint,
+// header changes, path rewrite), and counted in Istio's request metrics with one access-log line.
 import {
   type IncomingMessage,
+  type OutgoingHttpHeaders,
   STATUS_CODES,
   type Server,
   type ServerResponse,
@@ -13,12 +16,15 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from '../../lib/log.js';
 import type { Workload } from '../../lib/mesh/model.js';
 import type { Refusals } from '../limits/refusal.js';
+import type { Metrics } from '../metrics/metrics.js';
 import type { OutboundPlan } from '../proxy/outbound/plan.js';
 import { HopFailure, type HopRequest, TunnelAgent } from './agent.js';
 import type { StreamDuplex } from './duplex.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 import type { HopClient, HopDeps } from './hop.js';
-import type { WaypointRouter } from './router.js';
+import { type Trace, addSetCookie, applyHeaderOps, ipOf, setTraceHeaders, traceOf } from './l7-headers.js';
+import type { RequestRoute, RouteLabels, RouteRequest, WaypointRouter } from './router.js';
+import { requestLabels } from './telemetry.js';
 import { XFCC } from './xfcc.js';
 
 /** What one client's tunnel stream to the waypoint is for. */
@@ -34,6 +40,7 @@ export interface WaypointHttpDeps {
   readonly router: WaypointRouter;
   readonly log: Logger;
   readonly refusals: Refusals;
+  readonly metrics: Metrics;
 }
 
 /** How long a connection the waypoint ended waits for the client to end its side before it is reset. */
@@ -52,7 +59,18 @@ interface RequestLine {
   bytesIn: number;
   bytesOut: number;
   reason: string | undefined;
+  /** Envoy's response flag: `-` unless the waypoint itself answered, or the client went away. */
+  flags: string;
+  labels: RouteLabels | undefined;
+  trace: Trace | undefined;
+  /** The service the request landed on, when it was routed. */
+  routed: OutboundPlan | undefined;
 }
+
+/** What the waypoint decided for one request before it went anywhere. */
+type Decision =
+  | { readonly ok: true; readonly route: RequestRoute }
+  | { readonly ok: false; readonly status: number; readonly body: string };
 
 export class WaypointHttp {
   readonly #d: WaypointHttpDeps;
@@ -100,7 +118,30 @@ export class WaypointHttp {
       bytesIn: 0,
       bytesOut: 0,
       reason: undefined,
+      flags: '-',
+      labels: undefined,
+      trace: undefined,
+      routed: undefined,
     };
+  }
+
+  /** Counts the request in Istio's metrics (every request, answered by the endpoint or by the waypoint). */
+  #count(l: RequestLine): void {
+    const d = this.#d;
+    const labels = requestLabels(
+      {
+        client: l.ctx?.client.principal,
+        service: l.routed?.service ?? l.ctx?.plan.service,
+        endpoint: l.endpoint,
+        endpointPrincipal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
+        protocol: 'http',
+        status: l.status,
+        grpcStatus: '',
+        flags: l.flags,
+      },
+      d.metrics.cluster,
+    );
+    d.metrics.requestDone(labels, Date.now() - l.started, l.bytesIn, l.bytesOut);
   }
 
   #log(l: RequestLine, outcome: string): void {
@@ -117,11 +158,21 @@ export class WaypointHttp {
         duration_ms: Date.now() - l.started,
         bytes_received: l.bytesIn,
         bytes_sent: l.bytesOut,
+        response_flags: l.flags,
+        route: l.labels?.route,
+        split: l.labels?.split,
+        subset: l.labels?.subset,
+        ...(l.labels?.failover ? { failover: l.labels.target } : {}),
         endpoint: l.endpoint?.name,
         upstream: l.upstream,
+        trace_id: l.trace?.traceId,
+        request_id: l.trace?.requestId,
         src: { addr: l.ctx?.clientAddr, principal: l.ctx?.client.principal },
         dst: {
           service: service ? `${service.name}.${service.namespace}` : undefined,
+          ...(l.routed && l.routed.service !== service
+            ? { routed: `${l.routed.service.name}.${l.routed.service.namespace}` }
+            : {}),
           principal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
         },
         outcome,
@@ -131,40 +182,87 @@ export class WaypointHttp {
     );
   }
 
-  #pick(ctx: HttpContext, req: IncomingMessage): Workload | undefined {
-    return this.#d.router.pick(
-      {
-        plan: ctx.plan,
+  /**
+   * L7 intentions, then the route: the one place both HTTP/1.1 paths (requests and upgrades) decide. A
+   * denial is refused (counted, logged) here; the caller answers it.
+   */
+  #decide(ctx: HttpContext, req: IncomingMessage, line: RequestLine): Decision {
+    const d = this.#d;
+    const rr: RouteRequest = {
+      plan: ctx.plan,
+      client: ctx.client.principal,
+      method: req.method,
+      path: req.url,
+      headers: req.headers,
+      sourceIp: ipOf(ctx.clientAddr),
+    };
+    const authz = d.router.authorize(rr);
+    if (!authz.allowed) {
+      line.reason = authz.reason;
+      line.flags = 'RBAC';
+      d.refusals.refuse('inbound', 'l7_denied', `waypoint denied a request: ${authz.reason}`, {
         client: ctx.client.principal,
+        service: `${ctx.plan.service.name}.${ctx.plan.service.namespace}`,
         method: req.method,
         path: req.url,
-        headers: req.headers,
-      },
-      new Set(),
-    );
+      });
+      return { ok: false, status: 403, body: 'RBAC: access denied' };
+    }
+    const route = d.router.route(rr);
+    line.labels = route.labels;
+    if (route.kind === 'none') {
+      line.reason = route.why;
+      line.flags = 'UH';
+      return { ok: false, status: 503, body: 'no healthy upstream' };
+    }
+    line.endpoint = route.endpoint;
+    line.routed = route.plan;
+    return { ok: true, route };
   }
 
-  #upstreamOptions(ctx: HttpContext, ep: Workload, req: IncomingMessage, upgrade: boolean): HopRequest {
+  #upstreamOptions(
+    ctx: HttpContext,
+    r: RequestRoute,
+    req: IncomingMessage,
+    trace: Trace,
+    upgrade: boolean,
+  ): HopRequest {
     const d = this.#d;
+    const headers = forwardRequestHeaders(req.headers, d.hop.self, ctx.client.principal, upgrade);
+    applyHeaderOps(headers, r.requestHeaders);
+    setTraceHeaders(headers, trace);
     return {
       agent: this.#agent,
       method: req.method,
-      path: req.url,
-      host: ep.addresses[0],
+      path: r.path,
+      host: r.endpoint.addresses[0],
       setHost: false,
-      headers: forwardRequestHeaders(req.headers, d.hop.self, ctx.client.principal, upgrade),
-      ambit: { plan: ctx.plan, endpoint: ep, client: ctx.client },
+      headers,
+      ambit: { plan: r.plan, endpoint: r.endpoint, client: ctx.client },
     };
+  }
+
+  /** The endpoint's response fields as the client gets them: hop-by-hop dropped, the route's changes made. */
+  #responseHeaders(r: RequestRoute, ur: IncomingMessage): OutgoingHttpHeaders {
+    const h = forwardResponseHeaders(ur.headers);
+    applyHeaderOps(h, r.responseHeaders);
+    if (r.cookie) addSetCookie(h, r.cookie);
+    return h;
   }
 
   #request(req: IncomingMessage, res: ServerResponse): void {
     const line = this.#line(req);
     const ctx = line.ctx;
     let finished = false;
+    // Known once routed; `done` must see it whenever the request ends.
+    const held: { route?: RequestRoute } = {};
     const finish = (outcome: string): void => {
       if (finished) return;
       finished = true;
-      line.status = res.statusCode;
+      line.status = res.headersSent ? res.statusCode : 0;
+      if (outcome === 'reset' && line.flags === '-') line.flags = 'DC';
+      if (held.route) this.#d.router.done(held.route);
+      this.#count(line);
       this.#log(line, outcome);
     };
     res.once('finish', () => finish('completed'));
@@ -176,25 +274,31 @@ export class WaypointHttp {
     // llhttp refuses both framings at once; should a lenient parser ever let one through, it stops here.
     if (req.headers['transfer-encoding'] !== undefined && req.headers['content-length'] !== undefined) {
       line.reason = 'both Content-Length and Transfer-Encoding';
+      line.flags = 'BAD_REQUEST';
       this.#refused(line, 'request smuggling: both Content-Length and Transfer-Encoding');
       res.shouldKeepAlive = false;
       this.#answer(res, 400, 'both Content-Length and Transfer-Encoding');
       return;
     }
-    const ep = this.#pick(ctx, req);
-    if (!ep) {
-      line.reason = 'no endpoint';
-      this.#answer(res, 503, 'no healthy upstream');
-      return;
-    }
-    line.endpoint = ep;
+    const trace = traceOf(req.headers);
+    line.trace = trace;
     req.on('data', (c: Buffer) => {
       line.bytesIn += c.length;
     });
-    const up = request(this.#upstreamOptions(ctx, ep, req, false));
+    const decision = this.#decide(ctx, req, line);
+    if (!decision.ok) {
+      // The body is not read: the connection cannot be kept for the next request unless it is drained.
+      if (!req.complete) res.shouldKeepAlive = false;
+      this.#answer(res, decision.status, decision.body);
+      return;
+    }
+    const r = decision.route;
+    held.route = r;
+    const ep = r.endpoint;
+    const up = request(this.#upstreamOptions(ctx, r, req, trace, false));
     up.on('response', (ur: IncomingMessage) => {
       this.#d.router.succeeded(ep);
-      res.writeHead(ur.statusCode ?? 502, ur.statusMessage, forwardResponseHeaders(ur.headers));
+      res.writeHead(ur.statusCode ?? 502, ur.statusMessage, this.#responseHeaders(r, ur));
       ur.on('data', (c: Buffer) => {
         line.bytesOut += c.length;
       });
@@ -205,6 +309,7 @@ export class WaypointHttp {
       const status = hopStatus(err);
       if (err instanceof HopFailure && status === 503) this.#d.router.failed(ep);
       line.reason = err.message;
+      if (line.flags === '-') line.flags = status === 403 ? 'DENY' : 'UF';
       if (!res.headersSent)
         this.#answer(res, status, status === 403 ? 'RBAC: access denied' : 'upstream connect error');
       else res.destroy();
@@ -245,12 +350,17 @@ export class WaypointHttp {
       bytesIn: 0,
       bytesOut: 0,
       reason: `${err.code ?? 'error'}: ${(err as { reason?: string }).reason ?? err.message}`,
+      flags: 'BAD_REQUEST',
+      labels: undefined,
+      trace: undefined,
+      routed: undefined,
     };
     if (err.code === 'ECONNRESET' || !socket.writable) {
       socket.destroy();
       return;
     }
     this.#refused(line, line.reason!);
+    this.#count(line);
     this.#log(line, 'refused');
     const text = STATUS_CODES[line.status] ?? 'Bad Request';
     // Ended, not reset: a reset could overtake the answer on its way to the client.
@@ -262,25 +372,41 @@ export class WaypointHttp {
   #upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const line = this.#line(req);
     const ctx = line.ctx;
-    const fail = (status: number, why: string): void => {
+    // Known once routed; `done` must see it whenever the request ends.
+    const held: { route?: RequestRoute } = {};
+    let over = false;
+    const end = (outcome: string): void => {
+      if (over) return;
+      over = true;
+      if (held.route) this.#d.router.done(held.route);
+      this.#count(line);
+      this.#log(line, outcome);
+    };
+    const fail = (status: number, why: string, body = ''): void => {
       line.status = status;
-      line.reason = why;
-      this.#log(line, 'refused');
+      line.reason ??= why;
+      end('refused');
       const text = STATUS_CODES[status] ?? '';
-      socket.end(`HTTP/1.1 ${status} ${text}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
+      socket.end(
+        `HTTP/1.1 ${status} ${text}\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+      );
     };
     socket.on('error', () => {});
     if (!ctx) {
       fail(500, 'no context for this connection');
       return;
     }
-    const ep = this.#pick(ctx, req);
-    if (!ep) {
-      fail(503, 'no endpoint');
+    const trace = traceOf(req.headers);
+    line.trace = trace;
+    const decision = this.#decide(ctx, req, line);
+    if (!decision.ok) {
+      fail(decision.status, decision.body, decision.body);
       return;
     }
-    line.endpoint = ep;
-    const up = request(this.#upstreamOptions(ctx, ep, req, true));
+    const r = decision.route;
+    held.route = r;
+    const ep = r.endpoint;
+    const up = request(this.#upstreamOptions(ctx, r, req, trace, true));
     up.on('upgrade', (ur: IncomingMessage, upSocket: Duplex, upHead: Buffer) => {
       this.#d.router.succeeded(ep);
       line.status = ur.statusCode ?? 101;
@@ -306,7 +432,7 @@ export class WaypointHttp {
       const onClose = (): void => {
         socket.destroy();
         upSocket.destroy();
-        if (++closed === 2) this.#log(line, 'upgraded');
+        if (++closed === 2) end('upgraded');
       };
       socket.once('close', onClose);
       upSocket.once('close', onClose);
@@ -314,17 +440,18 @@ export class WaypointHttp {
     up.on('response', (ur: IncomingMessage) => {
       // The endpoint declined the upgrade: its answer, then the connection ends.
       line.status = ur.statusCode ?? 502;
-      const headers = forwardResponseHeaders(ur.headers);
+      const headers = this.#responseHeaders(r, ur);
       let text = `HTTP/1.1 ${line.status} ${ur.statusMessage ?? ''}\r\nconnection: close\r\n`;
       for (const [k, v] of Object.entries(headers))
         text += `${k}: ${Array.isArray(v) ? v.join(', ') : v}\r\n`;
       socket.write(`${text}\r\n`);
       ur.pipe(socket);
-      ur.once('end', () => this.#log(line, 'completed'));
+      ur.once('end', () => end('completed'));
     });
     up.on('error', (err: Error) => {
       const status = hopStatus(err);
       if (err instanceof HopFailure && status === 503) this.#d.router.failed(ep);
+      line.flags = status === 403 ? 'DENY' : 'UF';
       fail(status, err.message);
     });
     up.end();

@@ -1,32 +1,91 @@
-// What the waypoint asks of its L7 configuration: how to parse a service, and which endpoint takes one
-// connection or one request. This session's router is trivial (the service itself, round robin); the L7
-// library (lib/l7: routers, splitters, resolvers, intentions) plugs in behind the same interface.
+// What the waypoint asks of its L7 configuration: how to parse a service, whether a request is allowed,
+// and where one connection or one request goes. Protocol-neutral: HTTP/1.1 and HTTP/2 (and gRPC) ask the
+// same questions with the same request shape. ServiceRouter is the trivial answer (the service itself,
+// round robin); ChainRouter (chain-router.ts) answers with Consul's discovery chain and intentions.
 import type { IncomingHttpHeaders } from 'node:http';
+import type { GeneratedCookie } from '../../lib/l7/lb.js';
+import type { HeaderOp } from '../../lib/l7/route.js';
 import type { Service, ServiceProtocol, Workload } from '../../lib/mesh/model.js';
 import type { OutboundPlan } from '../proxy/outbound/plan.js';
 
-/** One connection (tcp) or one request (http) to route. */
+/** One connection (tcp) or one request (http, http2, grpc) to route. */
 export interface RouteRequest {
   /** The resolved target: the service, its endpoints and the port at each. */
   readonly plan: OutboundPlan;
   /** The client's proven SPIFFE ID. */
   readonly client: string;
-  /** HTTP only. */
+  /** HTTP only: the method, the path with its query, and the fields (names lower-case; h2 pseudo-headers left out). */
   readonly method?: string | undefined;
   readonly path?: string | undefined;
   readonly headers?: IncomingHttpHeaders | undefined;
+  /** The client's IP (its daemon's `forwarded` claim, else the tunnel peer), for SourceIP hash policies. */
+  readonly sourceIp?: string | undefined;
+}
+
+/** Whether a request may go on: L7 intentions, evaluated before any routing. */
+export interface Authorization {
+  readonly allowed: boolean;
+  /** The deciding intention and permission, or the default, in words for the access log. */
+  readonly reason: string;
+}
+
+/** Where one request goes, and what is changed on its way. */
+export interface RequestRoute {
+  readonly kind: 'route';
+  /** The plan of the service the request lands on (another service's when a route or split says so). */
+  readonly plan: OutboundPlan;
+  readonly endpoint: Workload;
+  /** The path to send: PrefixRewrite applied, query kept. */
+  readonly path: string;
+  /** In the order they apply, on the request the endpoint gets and on the response the client gets. */
+  readonly requestHeaders: readonly HeaderOp[];
+  readonly responseHeaders: readonly HeaderOp[];
+  /** For the access log: the route (`<router>#<index>`, `default` for the catch-all), split, subset. */
+  readonly labels: RouteLabels;
+  /** A cookie to set on the response (a cookie hash policy with a TTL or Session, when the client had none). */
+  readonly cookie?: GeneratedCookie | undefined;
+}
+
+export interface RouteLabels {
+  readonly route: string | undefined;
+  readonly split: string | undefined;
+  readonly subset: string | undefined;
+  /** The chain target the endpoint was picked from (after failover). */
+  readonly target: string | undefined;
+  readonly failover: boolean;
+}
+
+/** A request no endpoint can take: the target (and its failovers) has none. */
+export interface NoRoute {
+  readonly kind: 'none';
+  readonly why: string;
+  readonly labels: RouteLabels;
 }
 
 export interface WaypointRouter {
   /** How the waypoint parses connections for `service`. */
   protocol(service: Service | undefined): ServiceProtocol;
-  /** The endpoint for one connection or request, none of `exclude` (tried already); undefined: none left. */
+  /** L7 intentions for one request. */
+  authorize(request: RouteRequest): Authorization;
+  /** The route, split, target and endpoint for one request; call `done` with it once it is over. */
+  route(request: RouteRequest): RequestRoute | NoRoute;
+  /** The request `route` gave is over (least_request counts the requests in flight). */
+  done(route: RequestRoute): void;
+  /** The endpoint for one tcp connection, none of `exclude` (tried already); undefined: none left. */
   pick(request: RouteRequest, exclude: ReadonlySet<string>): Workload | undefined;
   /** An endpoint could not be reached: it goes last for a while. */
   failed(endpoint: Workload): void;
   /** An endpoint was reached. */
   succeeded(endpoint: Workload): void;
 }
+
+const NO_LABELS: RouteLabels = {
+  route: undefined,
+  split: undefined,
+  subset: undefined,
+  target: undefined,
+  failover: false,
+};
 
 /**
  * Every request to the service itself, round robin over its endpoints; one that failed lately is passed
@@ -45,6 +104,26 @@ export class ServiceRouter implements WaypointRouter {
   protocol(service: Service | undefined): ServiceProtocol {
     return service?.protocol ?? 'tcp';
   }
+
+  authorize(): Authorization {
+    return { allowed: true, reason: 'no L7 intentions' };
+  }
+
+  route(request: RouteRequest): RequestRoute | NoRoute {
+    const endpoint = this.pick(request, new Set());
+    if (!endpoint) return { kind: 'none', why: 'no endpoint', labels: NO_LABELS };
+    return {
+      kind: 'route',
+      plan: request.plan,
+      endpoint,
+      path: request.path ?? '/',
+      requestHeaders: [],
+      responseHeaders: [],
+      labels: NO_LABELS,
+    };
+  }
+
+  done(): void {}
 
   pick(request: RouteRequest, exclude: ReadonlySet<string>, now = Date.now()): Workload | undefined {
     const { endpoints, service } = request.plan;

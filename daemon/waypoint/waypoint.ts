@@ -21,6 +21,7 @@ import type { Peer } from '../rbac.js';
 import { StreamDuplex } from './duplex.js';
 import { type HopClient, openHop } from './hop.js';
 import { WaypointHttp } from './http.js';
+import { DEFAULT_HTTP2_LIMITS, type Http2Limits, WaypointHttp2 } from './http2.js';
 import { resolveForWaypoint } from './resolve.js';
 import type { WaypointRouter } from './router.js';
 
@@ -38,6 +39,8 @@ export interface WaypointDeps {
   readonly maxStreams: number;
   /** Endpoints tried per tcp connection before giving up. */
   readonly maxAttempts: number;
+  /** The tunnel's HTTP/2 bounds, for the HTTP/2 inside it (http2 and grpc services). */
+  readonly http2Limits?: Omit<Http2Limits, 'maxStreams'>;
 }
 
 /** RST_STREAM REFUSED_STREAM: "not processed, safe to retry" (RFC 9113 section 8.7). */
@@ -50,6 +53,7 @@ export class Waypoint {
   readonly #d: WaypointDeps;
   readonly #selfId: string;
   readonly http: WaypointHttp;
+  readonly http2: WaypointHttp2;
   /** Connections and requests' streams being carried (what a drain waits for). */
   #carried = 0;
 
@@ -61,6 +65,18 @@ export class Waypoint {
       router: d.router,
       log: d.log,
       refusals: d.refusals,
+      metrics: d.metrics,
+    });
+    this.http2 = new WaypointHttp2({
+      hop: { store: d.store, pool: d.pool, identityOf: d.identityOf, self: this.#selfId },
+      router: d.router,
+      log: d.log,
+      refusals: d.refusals,
+      limits: {
+        maxStreams: d.maxStreams,
+        maxHeaderListSize: d.http2Limits?.maxHeaderListSize ?? DEFAULT_HTTP2_LIMITS.maxHeaderListSize,
+        streamResetRate: d.http2Limits?.streamResetRate ?? DEFAULT_HTTP2_LIMITS.streamResetRate,
+      },
     });
   }
 
@@ -128,12 +144,13 @@ export class Waypoint {
       traceparent: headers.traceparent,
     };
     const protocol = d.router.protocol(d.store.service(plan.service.namespace, plan.service.name));
-    if (protocol === 'http') {
+    if (protocol !== 'tcp') {
       stream.respond({ ':status': '200' });
       this.#carried++;
       const socket = new StreamDuplex(stream, { remoteAddress: src.forwarded ?? src.addr });
       socket.once('close', () => this.#carried--);
-      this.http.serve(socket, { plan, client, clientAddr: src.forwarded ?? src.addr });
+      const l7 = protocol === 'http' ? this.http : this.http2;
+      l7.serve(socket, { plan, client, clientAddr: src.forwarded ?? src.addr });
       return;
     }
     void this.#tcp(stream, plan, client, src, started, refuse);
@@ -238,5 +255,6 @@ export class Waypoint {
 
   close(): void {
     this.http.close();
+    this.http2.close();
   }
 }

@@ -6,8 +6,11 @@
 // admits; with none, the default). Sources in Consul are service names or `*` (per namespace in
 // Enterprise), so peers fall into finitely many classes: each named source, "any other service of
 // namespace N", "anyone else". The compiler decides each class by Consul's rule and writes policies that
-// give every class exactly that decision under the model's rule. An intention with `Permissions` is L7:
-// until a waypoint enforces it, a source it matches is denied at L4 (fail closed).
+// give every class exactly that decision under the model's rule. An intention with `Permissions` is L7: for
+// a destination with a waypoint, the waypoint enforces it per request (lib/l7/intentions.ts) and L4 admits
+// the sources it matches (the destination takes connections from its waypoint alone, so nothing reaches it
+// unchecked); for one without a waypoint nothing could enforce it, so its sources are denied at L4 (fail
+// closed).
 //
 // Sources of another cluster (`SourcePeer`), of a sameness group (`SourceSamenessGroup`) or of another
 // admin partition (`SourcePartition`) are never this partition's services: Ambit's names stand for local
@@ -45,9 +48,24 @@ export interface CompiledIntentions {
 
 const ns = (v: string | undefined): string => (v === undefined || v === '' ? 'default' : v);
 
-/** What an intention decides at L4: its Action, or deny for an L7 (Permissions) intention. */
-export const l4Action = (i: ConsulIntention): PolicyAction =>
-  (i.Permissions?.length ?? 0) > 0 ? 'deny' : i.Action === 'deny' ? 'deny' : 'allow';
+/** How the destination is reached: through a waypoint, which enforces L7 intentions, or not. */
+export interface CompileOptions {
+  /** The destination has a waypoint: its L7 intentions are the waypoint's to enforce. */
+  readonly waypoint?: boolean;
+}
+
+/**
+ * What an intention decides at L4: its Action; an L7 (Permissions) intention allows where a waypoint
+ * enforces its permissions, and denies where none does.
+ */
+export const l4Action = (i: ConsulIntention, opts: CompileOptions = {}): PolicyAction =>
+  (i.Permissions?.length ?? 0) > 0
+    ? opts.waypoint
+      ? 'allow'
+      : 'deny'
+    : i.Action === 'deny'
+      ? 'deny'
+      : 'allow';
 
 /** Whether an intention's source is of this partition and cluster: only those can match local sources. */
 export const isLocalSource = (i: ConsulIntention): boolean =>
@@ -96,12 +114,13 @@ export function compileIntentions(
   destination: { service: string; namespace: string },
   intentions: readonly ConsulIntention[],
   defaultPolicy: PolicyAction,
+  opts: CompileOptions = {},
 ): CompiledIntentions {
   if (intentions.length === 0) return { policies: [], conflicts: [] };
   const ordered = inPrecedenceOrder(intentions);
   const first = (pred: (i: ConsulIntention) => boolean): PolicyAction => {
     const hit = ordered.find(pred);
-    return hit ? l4Action(hit) : defaultPolicy;
+    return hit ? l4Action(hit, opts) : defaultPolicy;
   };
   const wildNs = (i: ConsulIntention): boolean => i.SourceNS === '*';
   const named = new Map<string, { namespace: string; service: string }>();

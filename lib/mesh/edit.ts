@@ -3,11 +3,12 @@
 // read a half-written file).
 import { mkdir, readFile, realpath } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { type Document, YAMLMap, type Node as YamlNode, isMap, isNode, isScalar, isSeq } from 'yaml';
+import { type Document, YAMLMap, YAMLSeq, type Node as YamlNode, isMap, isNode, isScalar, isSeq } from 'yaml';
 import { AmbitError, ConfigError, MeshFileError } from '../errors.js';
+import { CONFIG_ENTRIES_KEY } from './file/entries.js';
 import { acquireLock, releaseLock } from './file/lock.js';
 import { meshFromDocument, parseMesh, parseMeshDocument } from './file/parse.js';
-import { meshFormat } from './file/schema.js';
+import { DEFAULT_NAMESPACE, meshFormat } from './file/schema.js';
 import { nodeToDoc, policyToDoc, workloadToDoc } from './file/serialise.js';
 import { writeFileAtomic } from './file/write.js';
 import type { Mesh, MeshNode, Policy, PolicyAction, Workload } from './model.js';
@@ -178,4 +179,84 @@ export function setDefaultPolicy(doc: Document, action: PolicyAction): void {
   if (isScalar(cur)) cur.value = action;
   else if (isMap(doc.contents)) doc.contents.items.unshift(doc.createPair('defaultPolicy', action));
   else doc.set('defaultPolicy', action);
+}
+
+// ---- config entries: the `configEntries` list, one entry per Kind, Namespace and Name.
+
+/** What names a config entry in the list: its Kind, Namespace (absent is default) and Name. */
+export interface EntryRef {
+  kind: string;
+  name: string;
+  namespace?: string | undefined;
+}
+
+const fold = (k: string): string => k.replaceAll('_', '').toLowerCase();
+
+/** Kind, Name and Namespace of a raw entry, its keys matched as lib/l7 (and Consul) match them. */
+export function entryRefOf(raw: unknown): EntryRef | undefined {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return undefined;
+  const get = (want: string): unknown =>
+    Object.entries(raw as Record<string, unknown>).find(([k]) => fold(k) === want)?.[1];
+  const kind = get('kind');
+  const name = get('name');
+  const namespace = get('namespace');
+  if (typeof kind !== 'string' || typeof name !== 'string') return undefined;
+  return { kind, name, namespace: typeof namespace === 'string' && namespace !== '' ? namespace : undefined };
+}
+
+export const sameEntry = (a: EntryRef, b: EntryRef): boolean =>
+  a.kind === b.kind &&
+  a.name === b.name &&
+  (a.namespace ?? DEFAULT_NAMESPACE) === (b.namespace ?? DEFAULT_NAMESPACE);
+
+/** The `configEntries` list, created (block style) if absent or null. */
+function entryList(doc: Document): YAMLSeq {
+  const existing = doc.get(CONFIG_ENTRIES_KEY, true);
+  if (isSeq(existing)) return existing;
+  const seq = new YAMLSeq();
+  doc.set(CONFIG_ENTRIES_KEY, seq);
+  return seq;
+}
+
+const indexOfEntry = (doc: Document, seq: YAMLSeq, ref: EntryRef): number =>
+  seq.items.findIndex((it) => {
+    const r = entryRefOf(isNode(it) ? it.toJS(doc) : it);
+    return r !== undefined && sameEntry(r, ref);
+  });
+
+/**
+ * Adds `raw` (an entry in Consul's shape, as the user wrote it) to `configEntries`, or replaces the entry
+ * of the same Kind, Namespace and Name in place, keeping the comment above it. Returns whether one existed.
+ */
+export function setConfigEntry(doc: Document, raw: Record<string, unknown>): boolean {
+  const ref = entryRefOf(raw);
+  if (!ref) throw new ConfigError('a config entry needs a Kind and a Name');
+  const seq = entryList(doc);
+  const node = styled(doc, raw);
+  const i = indexOfEntry(doc, seq, ref);
+  if (i < 0) {
+    seq.items.push(node);
+    return false;
+  }
+  const old = seq.items[i];
+  if (isNode(old) && old.commentBefore) node.commentBefore = old.commentBefore;
+  seq.items[i] = node;
+  return true;
+}
+
+/** Removes the entry named by `ref`; returns false if there was none. An emptied list goes too. */
+export function removeConfigEntry(doc: Document, ref: EntryRef): boolean {
+  const seq = doc.get(CONFIG_ENTRIES_KEY, true);
+  if (!isSeq(seq)) return false;
+  const i = indexOfEntry(doc, seq, ref);
+  if (i < 0) return false;
+  seq.items.splice(i, 1);
+  if (seq.items.length === 0) doc.delete(CONFIG_ENTRIES_KEY);
+  return true;
+}
+
+/** The raw entries of the file's `configEntries` (not those the `protocol` shorthand stands for). */
+export function configEntriesIn(doc: Document): unknown[] {
+  const seq = doc.get(CONFIG_ENTRIES_KEY, true);
+  return isSeq(seq) ? (seq.toJS(doc) as unknown[]) : [];
 }

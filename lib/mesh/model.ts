@@ -1,5 +1,6 @@
 // The catalog model: what the control plane told us. Both backends (the embedded mesh file and Consul)
 // produce exactly this, so the data path never knows which one is in use.
+import type { ConfigEntry } from '../l7/entries.js';
 import { canonicalIp } from '../net/addresses.js';
 
 export type MeshMode = 'strict' | 'permissive';
@@ -95,15 +96,16 @@ export interface Service {
   readonly ports: readonly ServicePort[];
   readonly waypoint: string | undefined;
   /**
-   * What its waypoint parses it as (Consul's service-defaults `Protocol`): absent means tcp. A stand-in
-   * until the L7 configuration entries (lib/l7) say it.
+   * What its waypoint parses it as, derived from the config entries as Consul derives it (its
+   * service-defaults `Protocol`, else proxy-defaults `Config.protocol`, else tcp; see protocols.ts).
+   * Absent means tcp.
    */
   readonly protocol?: ServiceProtocol;
 }
 
-/** The protocols a waypoint speaks today; Consul's `http2` and `grpc` come with the L7 library. */
-export type ServiceProtocol = 'tcp' | 'http';
-export const SERVICE_PROTOCOLS: readonly ServiceProtocol[] = ['tcp', 'http'];
+/** Consul's protocols that a waypoint may be asked to speak; any other value Consul holds is carried as tcp. */
+export type ServiceProtocol = 'tcp' | 'http' | 'http2' | 'grpc';
+export const SERVICE_PROTOCOLS: readonly ServiceProtocol[] = ['tcp', 'http', 'http2', 'grpc'];
 
 /**
  * A source clause matches when every field it sets matches the peer: service and namespace compare with the
@@ -135,6 +137,12 @@ export interface Mesh {
   readonly workloads: readonly Workload[];
   readonly services: readonly Service[];
   readonly policies: readonly Policy[];
+  /**
+   * Consul's L7 config entries (service-defaults, proxy-defaults, service-router, -splitter, -resolver,
+   * -intentions), validated by lib/l7, in Consul's shape: from Consul, or from the mesh file's
+   * `configEntries`. Optional so that a hand-built mesh needs none; absent is none.
+   */
+  readonly configEntries?: readonly ConfigEntry[];
 }
 
 export const emptyMesh = (): Mesh => ({

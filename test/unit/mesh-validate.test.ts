@@ -78,6 +78,7 @@ workloads:
        upstreams: [{ service: u, namespace: y, port: 2, listen: 15101 }] }
 services: { s: { namespace: x, vips: [198.18.0.1], ports: [80], waypoint: wp } }
 policies: { p: { action: deny, service: s, namespace: x, ports: [1], from: [{ service: a }] } }
+configEntries: [{ Kind: service-defaults, Name: s, Namespace: x, Protocol: http }]
 `,
     'm.yaml',
   );

@@ -46,6 +46,7 @@ test('the refusal table: every kind keeps the reason, flag, status and code it h
     peer_identity: ['peer_identity', 'TLS_FAILURE', 503, 'AMBIT_PEER_IDENTITY'],
     waypoint_unavailable: ['waypoint_unavailable', 'UH', 503, 'AMBIT_WAYPOINT_UNAVAILABLE'],
     waypoint_bypass: ['waypoint_bypass', 'DENY', 401, 'AMBIT_DENIED'],
+    l7_denied: ['l7_denied', 'RBAC', 401, 'AMBIT_DENIED'],
   };
   t.deepEqual(Object.keys(REFUSALS).sort(), Object.keys(want).sort());
   for (const [kind, [reason, flag, status, code]] of Object.entries(want)) {

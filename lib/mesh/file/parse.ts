@@ -8,7 +8,7 @@ import { emptyMesh } from '../model.js';
 import { type PathSeg, meshFormat } from './schema.js';
 import { validateMesh } from './validate.js';
 
-const lineOf = (lc: LineCounter, offset: number): string => {
+export const lineOf = (lc: LineCounter, offset: number): string => {
   const { line, col } = lc.linePos(offset);
   return `line ${line}, column ${col}`;
 };
@@ -48,7 +48,7 @@ type Ranged = { range?: [number, number, number] | null };
  * Where the field at `path` is in the text: its value (or its key, for an unknown key), else the deepest
  * enclosing entry that exists (a required field that is missing is reported at its parent).
  */
-function locate(
+export function locate(
   doc: Document,
   path: readonly PathSeg[],
   atKey: boolean,

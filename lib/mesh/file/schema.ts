@@ -35,7 +35,7 @@
  *     vips: [198.18.10.1]         # optional IP literals; a service with vips must list ports
  *     ports: [{ port: 80, targetPort: 8080 }]   # or a bare 80 (targetPort = port)
  *     waypoint: null              # name of the waypoint service, or null
- *     protocol: http              # what its waypoint parses: tcp (default) or http
+ *     protocol: http              # deprecated shorthand for a service-defaults entry with this Protocol
  * policies:                       # L4 authorization, evaluated at the destination's daemon
  *   deny-evil:
  *     action: deny                # allow | deny; required
@@ -47,6 +47,10 @@
  *       - { service: evil }                     # every field a clause sets must match the peer
  *       - { namespace: x }
  *       - { principal: "spiffe://ambit.local/ns/x/dc/dc1/svc/y" }
+ * configEntries:                  # Consul's config entries in Consul's own shape, validated as Consul does
+ *   - Kind: service-defaults      # service-defaults, proxy-defaults, service-router, service-splitter,
+ *     Name: api                   # service-resolver, service-intentions (docs/l7-routing.md)
+ *     Protocol: http
  * ```
  *
  * Every section may be absent or empty; an empty file is an empty mesh. Unknown keys are errors (a typo must
@@ -56,7 +60,7 @@
 // This module says what the file may hold (its document types, keys, names and defaults); parse.ts reads
 // the text, validate.ts turns a document into the model, serialise.ts turns the model back into a document.
 import { extname } from 'node:path';
-import type { FailMode, MeshMode, PolicyAction } from '../model.js';
+import type { FailMode, MeshMode, PolicyAction, ServiceProtocol } from '../model.js';
 
 export const DEFAULT_TUNNEL_PORT = 15008;
 export const DEFAULT_NAMESPACE = 'default';
@@ -87,6 +91,7 @@ export const TOP_KEYS = [
   'workloads',
   'services',
   'policies',
+  'configEntries',
 ] as const satisfies readonly (keyof MeshDoc)[];
 export const NODE_KEYS = ['address', 'tunnelPort'] as const satisfies readonly (keyof NodeDoc)[];
 export const WORKLOAD_KEYS = [
@@ -187,7 +192,8 @@ export interface ServiceDoc {
   vips?: string[];
   ports?: ServicePortDoc[];
   waypoint?: string | null;
-  protocol?: 'tcp' | 'http';
+  /** Deprecated shorthand for a service-defaults entry with this Protocol. */
+  protocol?: ServiceProtocol;
 }
 
 export interface MeshDoc {
@@ -196,4 +202,6 @@ export interface MeshDoc {
   workloads?: Record<string, WorkloadDoc>;
   services?: Record<string, ServiceDoc>;
   policies?: Record<string, PolicyDoc>;
+  /** Consul's config entries in Consul's own shape (Kind, Name, Consul's field names). */
+  configEntries?: Record<string, unknown>[];
 }

@@ -2,6 +2,7 @@ import { joinHostPort } from '../../net/hostport.js';
 // Model -> document: the plain values the editor writes, leaving out what equals the default, so that files
 // stay as short as a human would write them.
 import type { Mesh, MeshNode, Policy, PolicySource, Service, Upstream, Workload } from '../model.js';
+import { isShorthand } from './entries.js';
 import {
   DEFAULT_NAMESPACE,
   DEFAULT_TUNNEL_PORT,
@@ -61,7 +62,8 @@ export function policyToDoc(p: Policy): PolicyDoc {
   return d;
 }
 
-export function serviceToDoc(s: Service): ServiceDoc {
+/** A service's entry; `protocol` only when the shorthand stood for it (it is otherwise the entries'). */
+export function serviceToDoc(s: Service, shorthand = false): ServiceDoc {
   const d: ServiceDoc = {};
   if (s.namespace !== DEFAULT_NAMESPACE) d.namespace = s.namespace;
   if (s.vips.length) d.vips = [...s.vips];
@@ -71,22 +73,34 @@ export function serviceToDoc(s: Service): ServiceDoc {
     );
   }
   if (s.waypoint !== undefined) d.waypoint = s.waypoint;
-  if (s.protocol !== undefined) d.protocol = s.protocol;
+  if (shorthand && s.protocol !== undefined) d.protocol = s.protocol;
   return d;
 }
 
-/** The whole mesh as a document; implied services (no vips, ports or waypoint) are left implied. */
+/**
+ * The whole mesh as a document; implied services (no vips, ports, waypoint or shorthand) are left implied.
+ * Config entries go back as written, except those that stand for a `protocol` shorthand, which go back as it.
+ * (Entries hold durations in milliseconds: an entry with durations does not survive this trip.)
+ */
 export function meshToDoc(mesh: Mesh): MeshDoc {
   const d: MeshDoc = {};
   if (mesh.defaultPolicy !== 'allow') d.defaultPolicy = mesh.defaultPolicy;
   if (mesh.nodes.length) d.nodes = Object.fromEntries(mesh.nodes.map((n) => [n.name, nodeToDoc(n)]));
   if (mesh.workloads.length)
     d.workloads = Object.fromEntries(mesh.workloads.map((w) => [w.name, workloadToDoc(w)]));
-  const services = mesh.services.filter(
-    (s) => s.vips.length || s.ports.length || s.waypoint !== undefined || s.protocol,
+  const entries = mesh.configEntries ?? [];
+  const short = new Set(
+    entries.filter(isShorthand).map((e) => `${e.Namespace ?? DEFAULT_NAMESPACE}/${e.Name}`),
   );
-  if (services.length) d.services = Object.fromEntries(services.map((s) => [s.name, serviceToDoc(s)]));
+  const isShort = (s: Service): boolean => short.has(`${s.namespace}/${s.name}`);
+  const services = mesh.services.filter(
+    (s) => s.vips.length || s.ports.length || s.waypoint !== undefined || isShort(s),
+  );
+  if (services.length)
+    d.services = Object.fromEntries(services.map((s) => [s.name, serviceToDoc(s, isShort(s))]));
   if (mesh.policies.length)
     d.policies = Object.fromEntries(mesh.policies.map((p) => [p.name, policyToDoc(p)]));
+  const own = entries.filter((e) => !isShorthand(e));
+  if (own.length) d.configEntries = own.map((e) => structuredClone(e) as Record<string, unknown>);
   return d;
 }

@@ -19,6 +19,9 @@ import type {
   WorkloadMeta,
 } from '../model.js';
 import { SERVICE_PROTOCOLS, type ServiceProtocol, emptyMesh } from '../model.js';
+import { withProtocols } from '../protocols.js';
+import { configEntriesOf } from './entries.js';
+import { Invalid } from './invalid.js';
 import {
   DAEMON_PORTS,
   DEFAULT_NAMESPACE,
@@ -56,16 +59,6 @@ const show = (v: unknown): string => {
   if (typeof v === 'object') return 'a mapping';
   return JSON.stringify(v);
 };
-
-/** Raised inside validation; converted to MeshFileError with the line number once the path is known. */
-class Invalid extends Error {
-  constructor(
-    readonly path: readonly PathSeg[],
-    readonly reason: string,
-  ) {
-    super(reason);
-  }
-}
 
 type Obj = Record<string, unknown>;
 
@@ -414,12 +407,16 @@ export function meshFromValue(value: unknown): Mesh {
     }
   }
 
+  const defaultPolicy = oneOf<PolicyAction>(top.defaultPolicy, ['defaultPolicy'], ['allow', 'deny'], 'allow');
+  const policies = entries(top.policies, ['policies']).map(([k, v]) => parsePolicy(k, v, ['policies', k]));
+  const configEntries = configEntriesOf(top.configEntries, explicit);
   return {
-    defaultPolicy: oneOf<PolicyAction>(top.defaultPolicy, ['defaultPolicy'], ['allow', 'deny'], 'allow'),
+    defaultPolicy,
     nodes,
     workloads,
-    services,
-    policies: entries(top.policies, ['policies']).map(([k, v]) => parsePolicy(k, v, ['policies', k])),
+    services: withProtocols(services, configEntries),
+    policies,
+    ...(configEntries.length ? { configEntries } : {}),
   };
 }
 
@@ -493,7 +490,7 @@ export function validateMesh(
     return meshFromValue(value);
   } catch (e) {
     if (!(e instanceof Invalid)) throw e;
-    const at = locate?.(e.path, e.reason.startsWith('unknown key'));
-    throw new MeshFileError(file, fieldPath(e.path), at ? `${e.reason} (${at})` : e.reason);
+    const at = locate?.(e.path, e.atKey || e.reason.startsWith('unknown key'));
+    throw new MeshFileError(file, e.display ?? fieldPath(e.path), at ? `${e.reason} (${at})` : e.reason);
   }
 }

@@ -1,0 +1,315 @@
+// The waypoint's router by Consul's discovery chain: per request, the target service's compiled chain
+// (compiled once per mesh, kept), its first matching route, a weighted split, the resolver's target with
+// its subset filter and failover, and the endpoint its LoadBalancer picks. L7 intentions decide first.
+// Everything it decides comes from lib/l7; this module maps the mesh model onto it and keeps the state
+// the decisions need (pickers, the compiled chains, the endpoints that failed lately).
+import {
+  type ChainTarget,
+  type CompiledChain,
+  type ConfigEntry,
+  type EntrySet,
+  type Instance,
+  type L7Request,
+  Picker,
+  type Random,
+  type ServiceDefaults,
+  authorizeRequest,
+  compileChain,
+  indexEntries,
+  resolveTarget,
+  routeRequest,
+} from '../../lib/l7/index.js';
+import { keyOf } from '../../lib/l7/set.js';
+import type { Logger } from '../../lib/log.js';
+import type { Mesh, Service, ServiceProtocol, Workload } from '../../lib/mesh/model.js';
+import { peerFromUris } from '../proxy/inbound/decide.js';
+import type { OutboundPlan, RoutedService } from '../proxy/outbound/plan.js';
+import type { StateStore } from '../state/store.js';
+import { instanceOf } from './instance.js';
+import type {
+  Authorization,
+  NoRoute,
+  RequestRoute,
+  RouteLabels,
+  RouteRequest,
+  WaypointRouter,
+} from './router.js';
+
+export interface ChainRouterDeps {
+  readonly store: Pick<StateStore, 'mesh' | 'endpoints' | 'node' | 'service'>;
+  readonly log: Logger;
+  /** How long an endpoint that failed is passed over while another is left. */
+  readonly ejectMs: number;
+  readonly datacenter?: string;
+  /** Draws in [0, 1) for splits and random picks; Math.random unless a test injects one. */
+  readonly random?: Random;
+}
+
+/** The instances of one chain target, and the workloads they stand for. */
+interface TargetInstances {
+  readonly list: Instance[];
+  readonly byId: ReadonlyMap<string, Workload>;
+}
+
+/** What one mesh (one state of the control plane) compiles into; rebuilt when the store holds another. */
+interface Generation {
+  readonly mesh: Mesh;
+  readonly set: EntrySet;
+  readonly chains: Map<string, CompiledChain>;
+  readonly instances: Map<string, TargetInstances>;
+  readonly pickers: Map<string, Picker>;
+}
+
+/**
+ * The entries the chain compiler reads, with a `service-defaults` Protocol for every service whose
+ * protocol the model gives (services.<svc>.protocol in the mesh file) and no entry sets: the waypoint
+ * parses a service as the model says, so its chain must be compiled for the same protocol.
+ */
+export function entrySetOf(mesh: Mesh): EntrySet {
+  const entries: ConfigEntry[] = [...(mesh.configEntries ?? [])];
+  const declared = new Set(
+    entries.filter((e) => e.Kind === 'service-defaults').map((e) => keyOf(e.Name, e.Namespace)),
+  );
+  for (const s of mesh.services) {
+    if (s.protocol === undefined || declared.has(keyOf(s.name, s.namespace))) continue;
+    const d: ServiceDefaults = { Kind: 'service-defaults', Name: s.name, Protocol: s.protocol };
+    if (s.namespace !== 'default') d.Namespace = s.namespace;
+    entries.push(d);
+  }
+  return indexEntries(entries);
+}
+
+const serviceKey = (s: RoutedService): string => keyOf(s.name, s.namespace);
+
+export class ChainRouter implements WaypointRouter {
+  readonly #d: ChainRouterDeps;
+  readonly #random: Random;
+  readonly #ejectedUntil = new Map<string, number>();
+  /** The last chain that compiled, per service: a later mesh whose entries do not compile keeps it. */
+  readonly #lastGood = new Map<string, CompiledChain>();
+  /** What `done` undoes for each request in flight (least_request's count). */
+  readonly #inFlight = new WeakMap<RequestRoute, () => void>();
+  #gen: Generation | undefined;
+
+  constructor(d: ChainRouterDeps) {
+    this.#d = d;
+    this.#random = d.random ?? Math.random;
+  }
+
+  protocol(service: Service | undefined): ServiceProtocol {
+    return service?.protocol ?? 'tcp';
+  }
+
+  /** The compiled chain of a service, as the waypoint routes by it now (for config_dump and explain). */
+  chain(service: RoutedService): CompiledChain {
+    return this.#chain(this.#generation(), service);
+  }
+
+  authorize(request: RouteRequest): Authorization {
+    const g = this.#generation();
+    const svc = request.plan.service;
+    const entry = g.set.intentions.get(serviceKey(svc));
+    const wildcard = g.set.intentions.get(keyOf('*', svc.namespace));
+    // Without service-intentions, L4 policy alone applies, and the destination checks it for the client
+    // the waypoint names; the waypoint has nothing of its own to add.
+    if (!entry && !wildcard) return { allowed: true, reason: 'no service-intentions entry' };
+    const peer = peerFromUris([request.client]);
+    if (!peer?.service)
+      return { allowed: false, reason: `client ${request.client} names no service of this mesh` };
+    const decision = authorizeRequest(
+      entry,
+      wildcard,
+      { service: peer.service, ...(peer.namespace ? { namespace: peer.namespace } : {}) },
+      l7Request(request),
+      g.mesh.defaultPolicy === 'allow',
+    );
+    return { allowed: decision.allowed, reason: decision.reason };
+  }
+
+  route(request: RouteRequest, now = Date.now()): RequestRoute | NoRoute {
+    const g = this.#generation();
+    const chain = this.#chain(g, request.plan.service);
+    const req = l7Request(request);
+    const r = routeRequest(chain, req, this.#random);
+    const resolved = resolveTarget(chain, r.target.id, (t) => this.#instances(g, t).list);
+    const splitter = r.nodes.find((n) => n.startsWith('splitter:'));
+    const labels: RouteLabels = {
+      route:
+        r.route === undefined
+          ? undefined
+          : r.implicit
+            ? 'default'
+            : `service-router/${chain.ServiceName}[${r.route}]`,
+      split:
+        r.split && splitter
+          ? `service-splitter/${splitter.slice('splitter:'.length).split('.')[0]}[${r.split.index}] ${r.split.weight}%`
+          : undefined,
+      subset: resolved.target.ServiceSubset || undefined,
+      target: resolved.target.ID,
+      failover: resolved.failover,
+    };
+    if (resolved.instances.length === 0)
+      return { kind: 'none', why: `no healthy endpoint for ${resolved.tried.join(', ')}`, labels };
+    const target = this.#instances(g, resolved.target);
+    const live = this.#live(resolved.instances, new Set(), now);
+    const picker = this.#picker(g, resolved.target.ID, r.LoadBalancer);
+    const picked = picker.pick(live, hashInput(request), this.#random);
+    const endpoint = picked.instance && target.byId.get(picked.instance.id);
+    if (!endpoint) return { kind: 'none', why: `no endpoint picked for ${resolved.target.ID}`, labels };
+    const out: RequestRoute = {
+      kind: 'route',
+      plan: this.#planFor(resolved.target, request.plan),
+      endpoint,
+      path: r.path,
+      requestHeaders: r.requestHeaders,
+      responseHeaders: r.responseHeaders,
+      labels,
+      ...(picked.cookie ? { cookie: picked.cookie } : {}),
+    };
+    if (r.LoadBalancer?.Policy === 'least_request') {
+      picker.least.begin(endpoint.name);
+      this.#inFlight.set(out, () => picker.least.end(endpoint.name));
+    }
+    return out;
+  }
+
+  done(route: RequestRoute): void {
+    this.#inFlight.get(route)?.();
+    this.#inFlight.delete(route);
+  }
+
+  /** tcp: the resolver's target of the service itself (subset, LoadBalancer), else its endpoints in turn. */
+  pick(request: RouteRequest, exclude: ReadonlySet<string>, now = Date.now()): Workload | undefined {
+    const g = this.#generation();
+    const chain = this.#chain(g, request.plan.service);
+    const r = routeRequest(chain, l7Request(request), this.#random);
+    const resolved = resolveTarget(chain, r.target.id, (t) => this.#instances(g, t).list);
+    const own = request.plan.service;
+    // A tcp connection is carried with the plan it came with: a resolver that sends it to another
+    // service is not followed here (the tcp path has one plan per connection).
+    const sameService = resolved.target.Service === own.name && resolved.target.Namespace === own.namespace;
+    const allowed = new Set(request.plan.endpoints.map((w) => w.name));
+    const candidates = (
+      sameService ? resolved.instances : request.plan.endpoints.map((w) => instanceOf(w, undefined))
+    ).filter((i) => allowed.has(i.id) && !exclude.has(i.id));
+    if (candidates.length === 0) return undefined;
+    const live = this.#live(candidates, exclude, now);
+    const picker = this.#picker(g, `tcp:${resolved.target.ID}`, r.LoadBalancer);
+    const id = picker.pick(live, hashInput(request), this.#random).instance?.id;
+    return request.plan.endpoints.find((w) => w.name === id);
+  }
+
+  failed(endpoint: Workload, now = Date.now()): void {
+    this.#ejectedUntil.set(endpoint.name, now + this.#d.ejectMs);
+  }
+
+  succeeded(endpoint: Workload): void {
+    this.#ejectedUntil.delete(endpoint.name);
+  }
+
+  /** The instances not ejected lately; all of them when every one is (a failed endpoint beats none). */
+  #live(list: Instance[], exclude: ReadonlySet<string>, now: number): Instance[] {
+    if (this.#ejectedUntil.size === 0) return list;
+    const ok = list.filter((i) => !exclude.has(i.id) && (this.#ejectedUntil.get(i.id) ?? 0) <= now);
+    return ok.length > 0 ? ok : list;
+  }
+
+  #generation(): Generation {
+    const mesh = this.#d.store.mesh;
+    if (this.#gen?.mesh === mesh) return this.#gen;
+    this.#gen = {
+      mesh,
+      set: entrySetOf(mesh),
+      chains: new Map(),
+      instances: new Map(),
+      pickers: new Map(),
+    };
+    return this.#gen;
+  }
+
+  #chain(g: Generation, svc: RoutedService): CompiledChain {
+    const key = serviceKey(svc);
+    const known = g.chains.get(key);
+    if (known) return known;
+    let chain: CompiledChain;
+    const options = {
+      namespace: svc.namespace,
+      datacenter: this.#d.datacenter ?? 'dc1',
+      where: 'config entries',
+    };
+    try {
+      chain = compileChain(g.set, svc.name, options);
+      this.#lastGood.set(key, chain);
+    } catch (err) {
+      // Entries are validated where they are read; one that still does not compile must not take the
+      // service down: its last good chain stays, else the service alone (the chain of no entries).
+      const last = this.#lastGood.get(key);
+      this.#d.log.warn(
+        { service: key, err: (err as Error).message, kept: last ? 'last good chain' : 'default chain' },
+        'discovery chain does not compile',
+      );
+      chain = last ?? compileChain(indexEntries(this.#protocolOnly(g, svc)), svc.name, options);
+    }
+    g.chains.set(key, chain);
+    return chain;
+  }
+
+  #protocolOnly(g: Generation, svc: RoutedService): ConfigEntry[] {
+    const p = g.set.serviceDefaults.get(serviceKey(svc))?.Protocol;
+    return p ? [{ Kind: 'service-defaults', Name: svc.name, Namespace: svc.namespace, Protocol: p }] : [];
+  }
+
+  #instances(g: Generation, t: ChainTarget): TargetInstances {
+    let got = g.instances.get(t.ID);
+    if (got) return got;
+    const byId = new Map<string, Workload>();
+    const list: Instance[] = [];
+    // Another datacenter or a peer is not this mesh's: it has no instances here.
+    const local = !t.Peer && t.Datacenter === (this.#d.datacenter ?? 'dc1');
+    for (const w of local ? this.#d.store.endpoints(t.Namespace, t.Service) : []) {
+      byId.set(w.name, w);
+      list.push(instanceOf(w, this.#d.store.node(w.node), t.Datacenter));
+    }
+    got = { list, byId };
+    g.instances.set(t.ID, got);
+    return got;
+  }
+
+  #picker(g: Generation, key: string, lb: Picker['lb']): Picker {
+    let p = g.pickers.get(key);
+    if (!p) {
+      p = new Picker(lb);
+      g.pickers.set(key, p);
+    }
+    return p;
+  }
+
+  /**
+   * The plan of the service a target belongs to: the request's own when it is that service, else that
+   * service's endpoints, at its one declared target port or each endpoint's only port.
+   */
+  #planFor(t: ChainTarget, from: OutboundPlan): OutboundPlan {
+    if (t.Service === from.service.name && t.Namespace === from.service.namespace) return from;
+    const svc = this.#d.store.service(t.Namespace, t.Service);
+    return {
+      kind: 'mesh',
+      service: { name: t.Service, namespace: t.Namespace },
+      endpoints: this.#d.store.endpoints(t.Namespace, t.Service),
+      targetPort: svc?.ports.length === 1 ? svc.ports[0]!.targetPort : undefined,
+      targeted: undefined,
+    };
+  }
+}
+
+const l7Request = (r: RouteRequest): L7Request => ({
+  method: r.method ?? '',
+  path: r.path ?? '/',
+  headers: r.headers ?? {},
+  sourceIp: r.sourceIp ?? '',
+});
+
+const hashInput = (r: RouteRequest): { path: string; headers: L7Request['headers']; sourceIp: string } => ({
+  path: r.path ?? '/',
+  headers: r.headers ?? {},
+  sourceIp: r.sourceIp ?? '',
+});

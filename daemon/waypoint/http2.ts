@@ -1,0 +1,562 @@
+// HTTP/2 and gRPC at the waypoint: node:http2's server (nghttp2) over each client's tunnel stream, with
+// prior knowledge, and to each endpoint one node:http2 client session per client identity over a tunnel
+// stream of the waypoint's own hop. Requests are streams on both sides; bodies are piped, so a slow reader
+// holds its writer through both sessions' flow control instead of filling the waypoint's memory.
+import {
+  constants,
+  type ClientHttp2Session,
+  type ClientHttp2Stream,
+  type IncomingHttpHeaders,
+  type OutgoingHttpHeaders,
+  type ServerHttp2Session,
+  type ServerHttp2Stream,
+  type ServerOptions,
+  connect,
+  performServerHandshake,
+} from 'node:http2';
+import type { Logger } from '../../lib/log.js';
+import type { Workload } from '../../lib/mesh/model.js';
+import type { Refusals } from '../limits/refusal.js';
+import { StreamDuplex } from './duplex.js';
+import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
+import { type HopDeps, openHop } from './hop.js';
+import type { HttpContext } from './http.js';
+import type { WaypointRouter } from './router.js';
+import { XFCC } from './xfcc.js';
+
+export interface WaypointHttp2Deps {
+  readonly hop: HopDeps;
+  readonly router: WaypointRouter;
+  readonly log: Logger;
+  readonly refusals: Refusals;
+  /** The tunnel's own bounds, applied to the HTTP/2 inside it too (docs/limits.md). */
+  readonly limits: Http2Limits;
+}
+
+export interface Http2Limits {
+  /** Concurrent streams a client session may open (SETTINGS_MAX_CONCURRENT_STREAMS). */
+  readonly maxStreams: number;
+  /** Decoded header bytes per header block (SETTINGS_MAX_HEADER_LIST_SIZE). */
+  readonly maxHeaderListSize: number;
+  /** Streams per second a client may reset before they are answered. */
+  readonly streamResetRate: number;
+}
+
+export const DEFAULT_HTTP2_LIMITS: Http2Limits = {
+  maxStreams: 200,
+  maxHeaderListSize: 16_384,
+  streamResetRate: 100,
+};
+
+/** What the waypoint itself answers a request it cannot carry. */
+export type WaypointFailure = 'unavailable' | 'timeout' | 'denied';
+
+/** Each failure as plain HTTP/2 and as gRPC (https://grpc.github.io/grpc/core/md_doc_statuscodes.html). */
+const FAILURES: Record<WaypointFailure, { status: number; grpc: number; text: string }> = {
+  unavailable: { status: 503, grpc: 14, text: 'no healthy upstream' },
+  timeout: { status: 504, grpc: 4, text: 'upstream request timeout' },
+  denied: { status: 403, grpc: 7, text: 'RBAC: access denied' },
+};
+
+/** A request is gRPC by its content-type, as gRPC over HTTP/2 defines it and as Envoy tells it. */
+export const isGrpc = (h: IncomingHttpHeaders): boolean =>
+  /^application\/grpc(?:[+;]|$)/i.test(String(h['content-type'] ?? ''));
+
+/**
+ * Answers `stream` with the waypoint's own error: for gRPC a trailers-only response (HTTP 200, grpc-status,
+ * grpc-message), so that a gRPC client reports the status instead of a transport failure; otherwise the
+ * HTTP status with a short text body. A stream already answered is reset instead. For the L7 router too:
+ * an intention's denial is `respondFailure(stream, 'denied', isGrpc(headers))`.
+ */
+export function respondFailure(
+  stream: ServerHttp2Stream,
+  failure: WaypointFailure,
+  grpc: boolean,
+  message: string = FAILURES[failure].text,
+): void {
+  if (stream.destroyed || stream.closed) return;
+  if (stream.headersSent) {
+    resetStream(stream, constants.NGHTTP2_INTERNAL_ERROR);
+    return;
+  }
+  const f = FAILURES[failure];
+  if (grpc) {
+    stream.respond(
+      {
+        ':status': 200,
+        'content-type': 'application/grpc',
+        'grpc-status': String(f.grpc),
+        'grpc-message': encodeURIComponent(message),
+      },
+      { endStream: true },
+    );
+    return;
+  }
+  stream.respond({ ':status': f.status, 'content-type': 'text/plain' });
+  stream.end(message);
+}
+
+/** Streams the waypoint reset itself: not the client's resets, which are counted against its rate. */
+const resetByWaypoint = new WeakSet<ServerHttp2Stream>();
+
+function resetStream(stream: ServerHttp2Stream, code: number): void {
+  resetByWaypoint.add(stream);
+  stream.close(code);
+}
+
+/** A server session's options: the tunnel's bounds, and nghttp2's own flood guards kept at their defaults. */
+export function serverOptions(l: Http2Limits): ServerOptions {
+  return {
+    settings: {
+      maxConcurrentStreams: l.maxStreams,
+      maxHeaderListSize: l.maxHeaderListSize,
+      enablePush: false,
+    },
+    // Envoy's max_headers_count. With HPACK's 4 KiB table, a block of indexed references then decodes to
+    // at most 100 x 4 KiB before node resets it, whatever it claims.
+    maxHeaderListPairs: 100,
+    maxSettings: 32,
+    maxSessionMemory: 10,
+    maxOutstandingPings: 10,
+    maxSessionRejectedStreams: 100,
+    maxSessionInvalidFrames: 1000,
+  };
+}
+
+/** How long an upstream session with no stream is kept for its client's next request. */
+const IDLE_UPSTREAM_MS = 60_000;
+
+/** Resets a client may make faster than `streamResetRate` before its session ends: a short burst. */
+const RESET_BURST_FACTOR = 5;
+
+/** Oversized header blocks a session may send before it is ended (the tunnel's own rule: the fourth ends it). */
+const MAX_OVERSIZED_BLOCKS = 3;
+
+const PSEUDO = /^:/;
+
+/** A header list's size as SETTINGS_MAX_HEADER_LIST_SIZE counts it: name + value + 32 per field (RFC 9113 6.5.2). */
+export function headerListSize(rawHeaders: readonly string[]): number {
+  let n = 0;
+  for (const h of rawHeaders) n += h.length;
+  return n + 16 * rawHeaders.length;
+}
+
+/** The request as the endpoint gets it: its pseudo-headers, the shared rules for the rest, `te: trailers`. */
+export function h2RequestHeaders(
+  h: IncomingHttpHeaders,
+  waypoint: string,
+  client: string,
+): OutgoingHttpHeaders {
+  const pseudo: OutgoingHttpHeaders = {};
+  const plain: IncomingHttpHeaders = {};
+  for (const [k, v] of Object.entries(h)) {
+    if (PSEUDO.test(k)) pseudo[k] = v;
+    else plain[k] = v;
+  }
+  // No transfer-encoding comes through: nghttp2 refuses it in an HTTP/2 request (RFC 9113 8.2.2).
+  const out = forwardRequestHeaders(plain, waypoint, client, false);
+  // The one TE value HTTP/2 allows (RFC 9113 8.2.2), and one gRPC servers require.
+  if (h.te === 'trailers') out.te = 'trailers';
+  return { ...pseudo, ...out };
+}
+
+/** A response's fields or trailers as the client gets them. */
+export const h2ResponseHeaders = (h: IncomingHttpHeaders): OutgoingHttpHeaders => forwardResponseHeaders(h);
+
+/** One request's account: its access-log line once it is over. */
+interface RequestLine {
+  readonly started: number;
+  readonly ctx: HttpContext;
+  readonly grpc: boolean;
+  readonly method: string | undefined;
+  readonly path: string | undefined;
+  readonly authority: string | undefined;
+  endpoint: Workload | undefined;
+  status: number;
+  grpcStatus: string | undefined;
+  bytesIn: number;
+  bytesOut: number;
+  reason: string | undefined;
+  requestTrailers?: IncomingHttpHeaders;
+}
+
+/** An upstream session being opened or open, and how many requests it carries now. */
+interface Upstream {
+  readonly session: Promise<ClientHttp2Session>;
+  resolved: ClientHttp2Session | undefined;
+  active: number;
+  idle: NodeJS.Timeout | undefined;
+}
+
+class HopRefused extends Error {
+  readonly failure: WaypointFailure;
+  constructor(failure: WaypointFailure, message: string) {
+    super(message);
+    this.failure = failure;
+  }
+}
+
+/** A token bucket: `rate` per second, `burst` at most. */
+class Bucket {
+  #tokens: number;
+  #at = Date.now();
+  constructor(
+    readonly rate: number,
+    readonly burst: number,
+  ) {
+    this.#tokens = burst;
+  }
+  take(now = Date.now()): boolean {
+    this.#tokens = Math.min(this.burst, this.#tokens + ((now - this.#at) / 1000) * this.rate);
+    this.#at = now;
+    if (this.#tokens < 1) return false;
+    this.#tokens -= 1;
+    return true;
+  }
+}
+
+export class WaypointHttp2 {
+  readonly #d: WaypointHttp2Deps;
+  readonly #options: ServerOptions;
+  readonly #upstreams = new Map<string, Upstream>();
+  readonly #open = new Set<ServerHttp2Session>();
+
+  constructor(d: WaypointHttp2Deps) {
+    this.#d = d;
+    this.#options = serverOptions(d.limits);
+  }
+
+  /** Upstream sessions open or opening now (one per endpoint and client identity). */
+  get upstreamSessions(): number {
+    return this.#upstreams.size;
+  }
+
+  /** Serves one client's tunnel stream (answered 200 already) as an HTTP/2 connection with prior knowledge. */
+  serve(socket: StreamDuplex, ctx: HttpContext): void {
+    const session = performServerHandshake(socket, this.#options);
+    this.#open.add(session);
+    const resets = new Bucket(
+      this.#d.limits.streamResetRate,
+      this.#d.limits.streamResetRate * RESET_BURST_FACTOR,
+    );
+    session.on('error', () => socket.destroy());
+    session.once('close', () => {
+      this.#open.delete(session);
+      socket.destroy();
+    });
+    socket.once('close', () => session.destroy());
+    let oversized = 0;
+    session.on(
+      'stream',
+      (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, _f: number, rawHeaders: string[]) => {
+        // A stream's errors end it and show in its access-log line; none may reach the process.
+        stream.on('error', () => {});
+        stream.once('close', () => {
+          // A reset the client sent before its answer was complete: what Rapid Reset is made of.
+          if (stream.rstCode === constants.NGHTTP2_NO_ERROR || resetByWaypoint.has(stream)) return;
+          if (resets.take() || session.destroyed) return;
+          this.#d.refusals.refuse(
+            'inbound',
+            'h2_reset_flood',
+            'waypoint HTTP/2 session ended: stream resets over the rate',
+            {
+              client: ctx.client.principal,
+              rate: this.#d.limits.streamResetRate,
+            },
+          );
+          session.goaway(constants.NGHTTP2_ENHANCE_YOUR_CALM);
+          session.destroy();
+        });
+        // node:http2 advertises SETTINGS_MAX_HEADER_LIST_SIZE but does not hold a peer to it: we do.
+        const size = headerListSize(rawHeaders);
+        if (size > this.#d.limits.maxHeaderListSize) {
+          this.#d.refusals.refuse(
+            'inbound',
+            'h2_header_flood',
+            'waypoint HTTP/2 stream reset: header list too large',
+            {
+              client: ctx.client.principal,
+              size,
+              limit: this.#d.limits.maxHeaderListSize,
+            },
+          );
+          resetStream(stream, constants.NGHTTP2_ENHANCE_YOUR_CALM);
+          if (++oversized > MAX_OVERSIZED_BLOCKS) {
+            session.goaway(constants.NGHTTP2_ENHANCE_YOUR_CALM);
+            session.destroy();
+          }
+          return;
+        }
+        this.#request(ctx, stream, headers);
+      },
+    );
+  }
+
+  close(): void {
+    for (const s of this.#open) s.destroy();
+    for (const u of this.#upstreams.values())
+      void u.session.then(
+        (s) => s.destroy(),
+        () => {},
+      );
+    this.#upstreams.clear();
+  }
+
+  #request(ctx: HttpContext, stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
+    const d = this.#d;
+    const line: RequestLine = {
+      started: Date.now(),
+      ctx,
+      grpc: isGrpc(headers),
+      method: headers[':method'],
+      path: headers[':path'],
+      authority: headers[':authority'],
+      endpoint: undefined,
+      status: 0,
+      grpcStatus: undefined,
+      bytesIn: 0,
+      bytesOut: 0,
+      reason: undefined,
+    };
+    stream.on('error', () => {});
+    // Trailers can come with the headers' read, before the upstream stream exists.
+    stream.once('trailers', (t: IncomingHttpHeaders) => {
+      line.requestTrailers = t;
+    });
+    stream.once('close', () =>
+      this.#log(line, stream.rstCode === constants.NGHTTP2_NO_ERROR ? 'completed' : 'reset'),
+    );
+    // The client is told what kind of failure, not which endpoint: that is in the access log.
+    const fail = (failure: WaypointFailure, why: string, message?: string): void => {
+      line.reason = why;
+      line.status = line.grpc ? 200 : FAILURES[failure].status;
+      if (line.grpc) line.grpcStatus = String(FAILURES[failure].grpc);
+      respondFailure(stream, failure, line.grpc, message);
+    };
+    const ep = d.router.pick(
+      { plan: ctx.plan, client: ctx.client.principal, method: line.method, path: line.path, headers },
+      new Set(),
+    );
+    if (!ep) {
+      fail('unavailable', 'no endpoint');
+      return;
+    }
+    line.endpoint = ep;
+    // After what the client sent with these headers is read: a stream it reset at once (HEADERS then
+    // RST_STREAM, Rapid Reset) is never opened upstream.
+    setImmediate(() => {
+      if (stream.destroyed || stream.closed) return;
+      this.#session(ctx, ep).then(
+        (upstream) => this.#forward(ctx, ep, line, stream, headers, upstream),
+        (err: Error) => {
+          const failure = err instanceof HopRefused ? err.failure : 'unavailable';
+          if (failure === 'unavailable') d.router.failed(ep);
+          fail(failure, err.message, failure === 'unavailable' ? 'upstream connect error' : undefined);
+        },
+      );
+    });
+  }
+
+  #forward(
+    ctx: HttpContext,
+    ep: Workload,
+    line: RequestLine,
+    stream: ServerHttp2Stream,
+    headers: IncomingHttpHeaders,
+    upstream: { session: ClientHttp2Session; release: () => void },
+  ): void {
+    const d = this.#d;
+    if (stream.destroyed || stream.closed) {
+      upstream.release();
+      return;
+    }
+    let up: ClientHttp2Stream;
+    try {
+      // A request without a body stays one HEADERS frame with END_STREAM upstream too.
+      const endStream = stream.endAfterHeaders;
+      up = upstream.session.request(h2RequestHeaders(headers, d.hop.self, ctx.client.principal), {
+        endStream,
+        waitForTrailers: !endStream,
+      });
+    } catch (err) {
+      upstream.release();
+      line.reason = (err as Error).message;
+      respondFailure(stream, 'unavailable', line.grpc);
+      return;
+    }
+    up.once('close', upstream.release);
+    let responseTrailers: IncomingHttpHeaders | undefined;
+    up.once('wantTrailers', () => {
+      const t = line.requestTrailers ? h2ResponseHeaders(line.requestTrailers) : {};
+      delete t[XFCC];
+      up.sendTrailers(t);
+    });
+    stream.on('data', (c: Buffer) => {
+      line.bytesIn += c.length;
+    });
+    if (!stream.endAfterHeaders) stream.pipe(up);
+    up.on('headers', (h: IncomingHttpHeaders) => {
+      // 1xx (103 Early Hints, 100 Continue) go on ahead of the response.
+      if (!stream.destroyed && !stream.headersSent) stream.additionalHeaders(h2ResponseHeaders(h));
+    });
+    up.once('response', (h: IncomingHttpHeaders, flags: number) => {
+      d.router.succeeded(ep);
+      if (stream.destroyed || stream.closed) {
+        up.close(constants.NGHTTP2_CANCEL);
+        return;
+      }
+      line.status = Number(h[':status'] ?? 0);
+      line.grpcStatus = h['grpc-status'] as string | undefined;
+      // A trailers-only answer (how gRPC sends an error) stays one HEADERS frame with END_STREAM.
+      if (flags & constants.NGHTTP2_FLAG_END_STREAM) {
+        stream.respond(h2ResponseHeaders(h), { endStream: true });
+        return;
+      }
+      stream.respond(h2ResponseHeaders(h), { waitForTrailers: true });
+      stream.once('wantTrailers', () => {
+        if (responseTrailers) line.grpcStatus = responseTrailers['grpc-status'] as string | undefined;
+        stream.sendTrailers(responseTrailers ? h2ResponseHeaders(responseTrailers) : {});
+      });
+      up.on('data', (c: Buffer) => {
+        line.bytesOut += c.length;
+      });
+      up.pipe(stream);
+    });
+    up.once('trailers', (t: IncomingHttpHeaders) => {
+      responseTrailers = t;
+    });
+    up.on('error', (err: Error) => {
+      line.reason = err.message;
+    });
+    up.once('close', () => {
+      if (up.rstCode === constants.NGHTTP2_NO_ERROR || stream.destroyed || stream.closed) return;
+      if (!stream.headersSent) {
+        d.router.failed(ep);
+        respondFailure(
+          stream,
+          'unavailable',
+          line.grpc,
+          line.reason ?? `upstream reset (code ${up.rstCode})`,
+        );
+      } else resetStream(stream, constants.NGHTTP2_CANCEL);
+    });
+    stream.once('close', () => {
+      if (!up.closed && !up.destroyed && stream.rstCode !== constants.NGHTTP2_NO_ERROR)
+        up.close(constants.NGHTTP2_CANCEL);
+    });
+  }
+
+  /** The session to `ep` for this client (one per endpoint, target port and client identity), opened once. */
+  async #session(
+    ctx: HttpContext,
+    ep: Workload,
+  ): Promise<{ session: ClientHttp2Session; release: () => void }> {
+    const key = `${ep.name}|${ctx.plan.targetPort}|${ctx.client.principal}`;
+    let u = this.#upstreams.get(key);
+    if (!u) {
+      const opened = this.#open2(ctx, ep, key);
+      const fresh: Upstream = { session: opened, resolved: undefined, active: 0, idle: undefined };
+      u = fresh;
+      this.#upstreams.set(key, fresh);
+      opened.then(
+        (s) => {
+          fresh.resolved = s;
+        },
+        () => {
+          if (this.#upstreams.get(key) === fresh) this.#upstreams.delete(key);
+        },
+      );
+    }
+    const held = u;
+    held.active++;
+    if (held.idle) clearTimeout(held.idle);
+    held.idle = undefined;
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      if (--held.active > 0) return;
+      held.idle = setTimeout(() => {
+        if (this.#upstreams.get(key) === held) this.#upstreams.delete(key);
+        void held.session.then(
+          (s) => s.close(),
+          () => {},
+        );
+      }, IDLE_UPSTREAM_MS);
+      held.idle.unref();
+    };
+    try {
+      return { session: await held.session, release };
+    } catch (err) {
+      release();
+      throw err;
+    }
+  }
+
+  async #open2(ctx: HttpContext, ep: Workload, key: string): Promise<ClientHttp2Session> {
+    const hop = await openHop(this.#d.hop, ctx.plan, ep, ctx.client).catch((err: Error) => {
+      throw new HopRefused('unavailable', `endpoint ${ep.name}: ${err.message}`);
+    });
+    if (hop.kind === 'skip') throw new HopRefused('unavailable', hop.why);
+    const { stream, status } = hop.response;
+    if (status !== 200) {
+      stream.close();
+      // The destination's 401 is the client's intentions: for the client, a denial.
+      throw new HopRefused(
+        status === 401 ? 'denied' : 'unavailable',
+        `endpoint ${ep.name} answered ${status}`,
+      );
+    }
+    const socket = new StreamDuplex(stream);
+    const session = connect(`http://${hop.authority}`, {
+      createConnection: () => socket,
+      settings: { enablePush: false },
+      maxSessionMemory: 10,
+    });
+    // A session going away takes no new request: the next one opens another.
+    const forget = (): void => {
+      const u = this.#upstreams.get(key);
+      if (u?.resolved !== session) return;
+      if (u.idle) clearTimeout(u.idle);
+      this.#upstreams.delete(key);
+    };
+    session.on('error', (err: Error) => {
+      this.#d.log.debug({ endpoint: ep.name, err: err.message }, 'waypoint upstream HTTP/2 session failed');
+    });
+    session.once('goaway', forget);
+    session.once('close', () => {
+      forget();
+      socket.destroy();
+    });
+    socket.once('close', () => session.destroy());
+    return session;
+  }
+
+  #log(l: RequestLine, outcome: string): void {
+    const d = this.#d;
+    const service = l.ctx.plan.service;
+    d.log.info(
+      {
+        access: 'waypoint',
+        protocol: l.grpc ? 'grpc' : 'http2',
+        method: l.method,
+        path: l.path,
+        authority: l.authority,
+        status: l.status,
+        ...(l.grpcStatus !== undefined ? { grpc_status: l.grpcStatus } : {}),
+        duration_ms: Date.now() - l.started,
+        bytes_received: l.bytesIn,
+        bytes_sent: l.bytesOut,
+        endpoint: l.endpoint?.name,
+        src: { addr: l.ctx.clientAddr, principal: l.ctx.client.principal },
+        dst: {
+          service: `${service.name}.${service.namespace}`,
+          principal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
+        },
+        outcome,
+        ...(l.reason ? { reason: l.reason } : {}),
+      },
+      'request',
+    );
+  }
+}
