@@ -86,8 +86,11 @@ export function supervisorAdminRoutes(s: SupervisorView): Record<string, Handler
       const filter = tapFilter(url.searchParams);
       if (typeof filter === 'string') return { status: 400, json: { error: filter } };
       const answers = await s.workers.askAll({ q: 'connections', filter });
-      // Ids are each worker's own: the worker's pid makes a row's (worker, id) unique on the host.
-      return { json: answers.flatMap((a) => a.answer.map((row) => ({ ...row, worker: a.member.pid }))) };
+      return {
+        json: answers.flatMap((a) =>
+          a.answer.map((row) => ({ ...row, id: a.member.hostId(row.id), worker: a.member.pid })),
+        ),
+      };
     },
     'GET /certs': () => ({ json: certRows() }),
     'GET /logging': () => ({ json: { level: s.log.level } }),

@@ -33,6 +33,10 @@ export function workerCount(config: Pick<DaemonConfig, 'workers' | 'workersMax'>
 
 export type WorkerState = 'starting' | 'ready' | 'draining';
 
+/** Workers whose connection ids may be alive at once, at most: ids are unique on the host below that. */
+const ID_SLOTS = 1024;
+let forks = 0;
+
 export class Member {
   readonly worker: Worker;
   readonly index: number;
@@ -41,12 +45,22 @@ export class Member {
   state: WorkerState = 'starting';
   ports: BoundPorts | undefined;
   readonly started = Date.now();
+  /** This worker's place in the host's connection ids (see hostId). */
+  readonly #slot = forks++ % ID_SLOTS;
 
   constructor(worker: Worker, index: number, generation: number, rpc: Rpc) {
     this.worker = worker;
     this.index = index;
     this.generation = generation;
     this.rpc = rpc;
+  }
+
+  /**
+   * A connection id unique on the host, from this worker's own (each counts from 1): so that `ambit top`,
+   * which follows rows by id between refreshes, never mixes two workers' connections.
+   */
+  hostId(id: number): number {
+    return id * ID_SLOTS + this.#slot;
   }
 
   get pid(): number | undefined {
@@ -229,7 +243,11 @@ export class Workers {
         break;
       }
       case 'event':
-        this.#plane.metrics.connections.relay({ ...msg.event, worker: m.pid } as typeof msg.event);
+        this.#plane.metrics.connections.relay({
+          ...msg.event,
+          id: msg.event.id === undefined ? undefined : m.hostId(msg.event.id),
+          worker: m.pid,
+        } as typeof msg.event);
         break;
       case 'ready':
         m.ports = msg.ports;

@@ -298,6 +298,7 @@ test.serial('with two workers, connections are spread over both and the scrape s
     for (const r of outbound) byWorker.set(r.worker, (byWorker.get(r.worker) ?? 0) + 1);
     t.log(`node-a: ${[...byWorker.values()].join(' and ')} connections per worker`);
     t.is(byWorker.size, 2, 'both workers carry some');
+    t.is(new Set(outbound.map((r) => r.id)).size, 40, 'ids are unique on the host, whichever worker');
     const text = await (await fetch(`http://127.0.0.1:${w.a.ports.metrics}/metrics`)).text();
     // 40, and the probe round trips of startWorld.
     const opened = metricSum(text, 'istio_tcp_connections_opened_total', { reporter: 'source' });
