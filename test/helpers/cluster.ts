@@ -22,6 +22,36 @@ export interface Cluster {
   close(): Promise<void>;
 }
 
+/**
+ * One in-process daemon on loopback (every port picked by the kernel) with its state in `<dir>/<node>`,
+ * sharing `meshFile` and the CA directory `<dir>/ca` with the others started in `dir`.
+ */
+export const startDaemon = (
+  dir: string,
+  meshFile: string,
+  node: string,
+  flags: ConfigInput = {},
+  logger?: Logger,
+): Promise<Ambitd> =>
+  Ambitd.start(
+    loadConfig({
+      env: {},
+      flags: {
+        nodeName: node,
+        stateDir: join(dir, node),
+        meshFile,
+        caDir: join(dir, 'ca'),
+        tunnel: '127.0.0.1:0',
+        admin: '127.0.0.1:0',
+        metrics: '127.0.0.1:0',
+        ready: '127.0.0.1:0',
+        meshPoll: '200ms',
+        ...flags,
+      },
+    }),
+    logger ?? (process.env.AMBIT_TEST_LOG ? createLogger('debug', 2) : silentLogger()),
+  );
+
 /** Two daemons on loopback sharing one mesh file and one CA directory, as two hosts would in embedded mode. */
 export async function startCluster(
   opts: { certTtl?: string; flags?: ConfigInput; logger?: (node: string) => Logger } = {},
@@ -29,25 +59,7 @@ export async function startCluster(
   const dir = await mkdtemp(join(tmpdir(), 'ambit-test-'));
   const meshFile = join(dir, 'mesh.yaml');
   const start = (node: string): Promise<Ambitd> =>
-    Ambitd.start(
-      loadConfig({
-        env: {},
-        flags: {
-          nodeName: node,
-          stateDir: join(dir, node),
-          meshFile,
-          caDir: join(dir, 'ca'),
-          tunnel: '127.0.0.1:0',
-          admin: '127.0.0.1:0',
-          metrics: '127.0.0.1:0',
-          ready: '127.0.0.1:0',
-          certTtl: opts.certTtl ?? '24h',
-          meshPoll: '200ms',
-          ...opts.flags,
-        },
-      }),
-      opts.logger?.(node) ?? (process.env.AMBIT_TEST_LOG ? createLogger('debug', 2) : silentLogger()),
-    );
+    startDaemon(dir, meshFile, node, { certTtl: opts.certTtl ?? '24h', ...opts.flags }, opts.logger?.(node));
   // One at a time: the first creates the shared CA, the second loads it.
   const a = await start('node-a');
   const b = await start('node-b');

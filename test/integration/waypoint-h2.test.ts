@@ -14,9 +14,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import test from 'ava';
-import { Ambitd } from '../../daemon/daemon.js';
+import type { Ambitd } from '../../daemon/daemon.js';
 import { spiffeId } from '../../daemon/identity/spiffe.js';
-import { type ConfigInput, loadConfig } from '../../lib/config.js';
+import type { ConfigInput } from '../../lib/config.js';
 import { editMeshFile } from '../../lib/mesh/edit.js';
 import {
   clientWorkload,
@@ -24,6 +24,7 @@ import {
   freePort,
   metricSum,
   metricsText,
+  startDaemon,
   until,
   upstreamTo,
   workload,
@@ -79,25 +80,7 @@ async function setup(): Promise<Setup> {
   const meshFile = join(dir, 'mesh.yaml');
   const { lines, logger } = captureLogs();
   const start = (node: string, extra: ConfigInput = {}): Promise<Ambitd> =>
-    Ambitd.start(
-      loadConfig({
-        env: {},
-        flags: {
-          nodeName: node,
-          stateDir: join(dir, node),
-          meshFile,
-          caDir: join(dir, 'ca'),
-          tunnel: '127.0.0.1:0',
-          admin: '127.0.0.1:0',
-          metrics: '127.0.0.1:0',
-          ready: '127.0.0.1:0',
-          meshPoll: '200ms',
-          ejectTime: '200ms',
-          ...extra,
-        },
-      }),
-      logger(node),
-    );
+    startDaemon(dir, meshFile, node, { ejectTime: '200ms', ...extra }, logger(node));
 
   const grpcSeen: grpc.Metadata[] = [];
   const gserver = new grpc.Server();

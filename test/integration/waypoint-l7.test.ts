@@ -10,9 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import anyTest, { type TestFn } from 'ava';
-import { Ambitd } from '../../daemon/daemon.js';
+import type { Ambitd } from '../../daemon/daemon.js';
 import { spiffeId } from '../../daemon/identity/spiffe.js';
-import { loadConfig } from '../../lib/config.js';
+import type { ConfigInput } from '../../lib/config.js';
 import { editMeshFile, setConfigEntry } from '../../lib/mesh/edit.js';
 import {
   clientWorkload,
@@ -20,6 +20,7 @@ import {
   freePort,
   metricSum,
   metricsText,
+  startDaemon,
   until,
   upstreamTo,
   workload,
@@ -130,25 +131,8 @@ test.before(async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'ambit-l7-'));
   const meshFile = join(dir, 'mesh.yaml');
   const { lines, logger } = captureLogs();
-  const start = (node: string, extra: Record<string, unknown> = {}): Promise<Ambitd> =>
-    Ambitd.start(
-      loadConfig({
-        env: {},
-        flags: {
-          nodeName: node,
-          stateDir: join(dir, node),
-          meshFile,
-          caDir: join(dir, 'ca'),
-          tunnel: '127.0.0.1:0',
-          admin: '127.0.0.1:0',
-          metrics: '127.0.0.1:0',
-          ready: '127.0.0.1:0',
-          meshPoll: '200ms',
-          ...extra,
-        },
-      }),
-      logger(node),
-    );
+  const start = (node: string, extra: ConfigInput = {}): Promise<Ambitd> =>
+    startDaemon(dir, meshFile, node, { ...extra }, logger(node));
   const seen: Seen[] = [];
   const v1 = await server('api-1', seen);
   const v2 = await server('api-2', seen);

@@ -10,9 +10,9 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
 import { WebSocket, WebSocketServer } from 'ws';
-import { Ambitd } from '../../daemon/daemon.js';
+import type { Ambitd } from '../../daemon/daemon.js';
 import { spiffeId } from '../../daemon/identity/spiffe.js';
-import { type ConfigInput, loadConfig } from '../../lib/config.js';
+import type { ConfigInput } from '../../lib/config.js';
 import { addPolicy, editMeshFile, removeWorkload } from '../../lib/mesh/edit.js';
 import {
   clientWorkload,
@@ -23,6 +23,7 @@ import {
   metricsText,
   roundTrip,
   sha256,
+  startDaemon,
   until,
   upstreamTo,
   workload,
@@ -65,25 +66,7 @@ async function setup(opts: { waypoints?: number } = {}): Promise<Setup> {
   const meshFile = join(dir, 'mesh.yaml');
   const { lines, logger } = captureLogs();
   const start = (node: string, extra: ConfigInput = {}): Promise<Ambitd> =>
-    Ambitd.start(
-      loadConfig({
-        env: {},
-        flags: {
-          nodeName: node,
-          stateDir: join(dir, node),
-          meshFile,
-          caDir: join(dir, 'ca'),
-          tunnel: '127.0.0.1:0',
-          admin: '127.0.0.1:0',
-          metrics: '127.0.0.1:0',
-          ready: '127.0.0.1:0',
-          meshPoll: '200ms',
-          ejectTime: '200ms',
-          ...extra,
-        },
-      }),
-      logger(node),
-    );
+    startDaemon(dir, meshFile, node, { ejectTime: '200ms', ...extra }, logger(node));
   // The server: every request it sees, with the keep-alive connection it came on; WebSocket echo on /ws.
   const seen: Seen[] = [];
   // Each connection the server accepted, numbered in order.
