@@ -1,7 +1,8 @@
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ConnectionRefusalReason, ResponseFlag } from '../../lib/errors.js';
 import type { WorkloadMeta } from '../../lib/mesh/model.js';
 import { ConnectionTable } from '../observe/connections.js';
+import { RequestMetrics } from './request-metrics.js';
 
 // Istio's metric names and labels, so existing Grafana and Kiali dashboards read Ambit as they read ztunnel.
 
@@ -71,14 +72,6 @@ export interface RequestLabels extends Omit<ConnectionLabels, 'request_protocol'
   /** Envoy's flags: `-`, RBAC, UH, UF, DENY, BAD_REQUEST, or DC when the client went away first. */
   response_flags: string;
 }
-
-const REQUEST_LABELS: readonly (keyof RequestLabels)[] = [
-  ...CONNECTION_LABELS.filter((l) => l !== 'request_protocol' && l !== 'response_flags'),
-  'request_protocol',
-  'response_code',
-  'grpc_response_status',
-  'response_flags',
-] as (keyof RequestLabels)[];
 
 /**
  * Envoy's default histogram buckets, which Istio's request histograms keep (milliseconds for the duration,
@@ -160,10 +153,8 @@ export class Metrics {
   readonly sent: Counter<keyof ConnectionLabels>;
   readonly received: Counter<keyof ConnectionLabels>;
   readonly refused: Counter<'direction' | 'reason'>;
-  readonly requests: Counter<keyof RequestLabels>;
-  readonly requestDuration: Histogram<keyof RequestLabels>;
-  readonly requestBytes: Histogram<keyof RequestLabels>;
-  readonly responseBytes: Histogram<keyof RequestLabels>;
+  /** istio_requests_total and its three histograms (request-metrics.ts). */
+  readonly requests: RequestMetrics<RequestLabels>;
   readonly meshReloads: Counter<'result'>;
   readonly adminUnauthorized: Counter<'route'>;
   readonly tapsDropped: Counter;
@@ -221,35 +212,21 @@ export class Metrics {
       labelNames: ['direction', 'reason'],
       registers,
     });
-    const requestLabels = REQUEST_LABELS as (keyof RequestLabels)[];
-    const buckets = [...ISTIO_BUCKETS];
-    this.requests = new Counter({
-      name: 'istio_requests_total',
-      help: 'Requests handled by the waypoint',
-      labelNames: requestLabels,
+    this.requests = new RequestMetrics(
+      {
+        total: { name: 'istio_requests_total', help: 'Requests handled by the waypoint' },
+        histograms: [
+          {
+            name: 'istio_request_duration_milliseconds',
+            help: "Request duration at the waypoint, from its first byte to the response's last, in milliseconds",
+          },
+          { name: 'istio_request_bytes', help: 'Request body sizes, in bytes' },
+          { name: 'istio_response_bytes', help: 'Response body sizes, in bytes' },
+        ],
+      },
+      ISTIO_BUCKETS,
       registers,
-    });
-    this.requestDuration = new Histogram({
-      name: 'istio_request_duration_milliseconds',
-      help: "Request duration at the waypoint, from its first byte to the response's last, in milliseconds",
-      labelNames: requestLabels,
-      buckets,
-      registers,
-    });
-    this.requestBytes = new Histogram({
-      name: 'istio_request_bytes',
-      help: 'Request body sizes, in bytes',
-      labelNames: requestLabels,
-      buckets,
-      registers,
-    });
-    this.responseBytes = new Histogram({
-      name: 'istio_response_bytes',
-      help: 'Response body sizes, in bytes',
-      labelNames: requestLabels,
-      buckets,
-      registers,
-    });
+    );
     this.adminUnauthorized = new Counter({
       name: 'ambit_admin_unauthorized_total',
       help: 'Admin API requests refused with 401 (no or wrong admin token), by route',
@@ -336,10 +313,7 @@ export class Metrics {
 
   /** One request over: counted, its duration and both body sizes observed. */
   requestDone(labels: RequestLabels, durationMs: number, requestBytes: number, responseBytes: number): void {
-    this.requests.inc(labels);
-    this.requestDuration.observe(labels, durationMs);
-    this.requestBytes.observe(labels, requestBytes);
-    this.responseBytes.observe(labels, responseBytes);
+    this.requests.record(labels, durationMs, requestBytes, responseBytes);
   }
 
   /** Closes a connection's account: counts it closed and adds its bytes. */

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { isIP } from 'node:net';
 import { DEFAULT_LIMITS, type Limits } from '../../lib/config.js';
 import { joinHostPort, splitHostPort } from '../../lib/net/hostport.js';
+import { randomHex } from '../../lib/random.js';
 import type { H2SessionOptions } from './h2/session.js';
 
 // HBONE as ztunnel speaks it: TLS 1.3, ALPN h2, an HTTP/2 CONNECT per tunneled connection whose :authority
@@ -79,6 +80,6 @@ export function sniForIdentity(identity: string): string {
 }
 
 /** A W3C traceparent with fresh random ids, sampled flag off. */
-export function newTraceparent(random: (n: number) => Buffer): string {
-  return `00-${random(16).toString('hex')}-${random(8).toString('hex')}-00`;
+export function newTraceparent(): string {
+  return `00-${randomHex(16)}-${randomHex(8)}-00`;
 }

@@ -1,6 +1,5 @@
 // The waypoint's own hop: a new HBONE CONNECT to the chosen endpoint's node, from the waypoint's identity,
 // `:authority` the endpoint's `ip:targetPort`, the client's identity in x-forwarded-client-cert.
-import { randomBytes } from 'node:crypto';
 import type { Workload } from '../../lib/mesh/model.js';
 import type { H2Headers } from '../proxy/h2/stream.js';
 import { newTraceparent } from '../proxy/hbone.js';
@@ -40,7 +39,7 @@ export async function openHop(
   const headers: H2Headers = {
     ':method': 'CONNECT',
     ':authority': hop.authority,
-    traceparent: client.traceparent ?? newTraceparent(randomBytes),
+    traceparent: client.traceparent ?? newTraceparent(),
     [XFCC]: formatXfcc(d.self, client.principal),
   };
   if (client.forwarded) headers.forwarded = client.forwarded;

@@ -1,31 +1,24 @@
-// HTTP/1.1 at the waypoint: node:http's server (llhttp) over each client's tunnel stream, and its client
-// with a keep-alive Agent whose connections are tunnel streams to the chosen endpoints' nodes. Requests
-// llhttp refuses (request smuggling among them) get 400 and are never forwarded. Each request is first
-// authorized (L7 intentions: 403 `RBAC: access denied`), then routed (route, split, subset, endpoint,
-// header changes, path rewrite), and counted in Istio's request metrics with one access-log line.
-import {
-  type IncomingMessage,
-  type OutgoingHttpHeaders,
-  STATUS_CODES,
-  type Server,
-  type ServerResponse,
-  createServer,
-  request,
-} from 'node:http';
-import type { Duplex } from 'node:stream';
+// HTTP/1.1 at the waypoint: each client's tunnel stream read by llhttp (h1/connection.ts), each request
+// first authorized (L7 intentions: 403 `RBAC: access denied`), then routed (route, split, subset, endpoint,
+// header changes, path rewrite) and handed to a kept connection to the endpoint's node (h1/upstream.ts),
+// then counted in Istio's request metrics with one access-log line. What llhttp refuses (request smuggling
+// among it) gets 400 and is never forwarded.
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 import type { Logger } from '../../lib/log.js';
 import type { Workload } from '../../lib/mesh/model.js';
 import type { Refusals } from '../limits/refusal.js';
 import type { Metrics } from '../metrics/metrics.js';
+import type { H2Stream } from '../proxy/h2/stream.js';
 import type { OutboundPlan } from '../proxy/outbound/plan.js';
-import { HopFailure, type HopRequest, TunnelAgent } from './agent.js';
-import type { StreamDuplex } from './duplex.js';
+import { ClientConnection, type Decision, type ExchangeHost, type ReadRequest } from './h1/connection.js';
+import { requestHead } from './h1/head.js';
+import type { ParseFailure } from './h1/parser.js';
+import { HopFailure, type UpstreamConnection, UpstreamPool, upstreamKey } from './h1/upstream.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 import type { HopClient, HopDeps } from './hop.js';
 import { type Trace, addSetCookie, applyHeaderOps, ipOf, setTraceHeaders, traceOf } from './l7-headers.js';
 import type { RequestRoute, RouteLabels, RouteRequest, WaypointRouter } from './router.js';
 import { requestLabels } from './telemetry.js';
-import { XFCC } from './xfcc.js';
 
 /** What one client's tunnel stream to the waypoint is for. */
 export interface HttpContext {
@@ -43,13 +36,10 @@ export interface WaypointHttpDeps {
   readonly metrics: Metrics;
 }
 
-/** How long a connection the waypoint ended waits for the client to end its side before it is reset. */
-const CLOSE_GRACE_MS = 5_000;
-
 /** One request's account: its access-log line once it is over. */
 interface RequestLine {
   readonly started: number;
-  readonly ctx: HttpContext | undefined;
+  readonly ctx: HttpContext;
   readonly method: string | undefined;
   readonly path: string | undefined;
   readonly authority: string | undefined;
@@ -67,134 +57,70 @@ interface RequestLine {
   routed: OutboundPlan | undefined;
 }
 
-/** What the waypoint decided for one request before it went anywhere. */
-type Decision =
-  | { readonly ok: true; readonly route: RequestRoute }
-  | { readonly ok: false; readonly status: number; readonly body: string };
-
 export class WaypointHttp {
   readonly #d: WaypointHttpDeps;
-  readonly #server: Server;
-  readonly #agent: TunnelAgent;
-  readonly #contexts = new WeakMap<Duplex, HttpContext>();
-  readonly #open = new Set<Duplex>();
+  readonly #pool: UpstreamPool;
+  readonly #open = new Set<ClientConnection<RequestLine>>();
 
   constructor(d: WaypointHttpDeps) {
     this.#d = d;
-    // No Expect handler: node:http answers 100 Continue itself and the body follows (Envoy's default too).
-    this.#server = createServer({ keepAliveTimeout: 60_000 }, (req, res) => this.#request(req, res));
-    this.#server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) =>
-      this.#upgrade(req, socket, head),
-    );
-    this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) =>
-      this.#clientError(err, socket),
-    );
-    this.#agent = new TunnelAgent({ keepAlive: true, maxFreeSockets: 64 }, d.hop);
+    this.#pool = new UpstreamPool(d.hop);
   }
 
   /** Serves one client's tunnel stream (answered 200 already) as an HTTP/1.1 connection. */
-  serve(socket: StreamDuplex, ctx: HttpContext): void {
-    this.#contexts.set(socket, ctx);
-    this.#open.add(socket);
-    socket.once('close', () => this.#open.delete(socket));
-    this.#server.emit('connection', socket);
+  serve(stream: H2Stream, ctx: HttpContext): void {
+    const c = new ClientConnection(new Exchanges(this.#d, this.#pool, ctx), stream, () =>
+      this.#open.delete(c),
+    );
+    this.#open.add(c);
   }
 
   close(): void {
-    for (const s of this.#open) s.destroy();
-    this.#agent.destroy();
+    for (const c of this.#open) c.destroy();
+    this.#pool.destroy();
+  }
+}
+
+/** One client connection's side of its exchanges: the decisions, the heads, and the account of each. */
+class Exchanges implements ExchangeHost<RequestLine> {
+  readonly #d: WaypointHttpDeps;
+  readonly #pool: UpstreamPool;
+  readonly #ctx: HttpContext;
+  readonly #sourceIp: string;
+
+  constructor(d: WaypointHttpDeps, pool: UpstreamPool, ctx: HttpContext) {
+    this.#d = d;
+    this.#pool = pool;
+    this.#ctx = ctx;
+    this.#sourceIp = ipOf(ctx.clientAddr);
   }
 
-  #line(req: IncomingMessage): RequestLine {
-    return {
-      started: Date.now(),
-      ctx: this.#contexts.get(req.socket),
-      method: req.method,
-      path: req.url,
-      authority: req.headers.host,
-      endpoint: undefined,
-      upstream: undefined,
-      status: 0,
-      bytesIn: 0,
-      bytesOut: 0,
-      reason: undefined,
-      flags: '-',
-      labels: undefined,
-      trace: undefined,
-      routed: undefined,
-    };
-  }
-
-  /** Counts the request in Istio's metrics (every request, answered by the endpoint or by the waypoint). */
-  #count(l: RequestLine): void {
-    const d = this.#d;
-    const labels = requestLabels(
-      {
-        client: l.ctx?.client.principal,
-        service: l.routed?.service ?? l.ctx?.plan.service,
-        endpoint: l.endpoint,
-        endpointPrincipal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
-        protocol: 'http',
-        status: l.status,
-        grpcStatus: '',
-        flags: l.flags,
-      },
-      d.metrics.cluster,
-    );
-    d.metrics.requestDone(labels, Date.now() - l.started, l.bytesIn, l.bytesOut);
-  }
-
-  #log(l: RequestLine, outcome: string): void {
-    const d = this.#d;
-    const service = l.ctx?.plan.service;
-    d.log.info(
-      {
-        access: 'waypoint',
-        protocol: 'http',
-        method: l.method,
-        path: l.path,
-        authority: l.authority,
-        status: l.status,
-        duration_ms: Date.now() - l.started,
-        bytes_received: l.bytesIn,
-        bytes_sent: l.bytesOut,
-        response_flags: l.flags,
-        route: l.labels?.route,
-        split: l.labels?.split,
-        subset: l.labels?.subset,
-        ...(l.labels?.failover ? { failover: l.labels.target } : {}),
-        endpoint: l.endpoint?.name,
-        upstream: l.upstream,
-        trace_id: l.trace?.traceId,
-        request_id: l.trace?.requestId,
-        src: { addr: l.ctx?.clientAddr, principal: l.ctx?.client.principal },
-        dst: {
-          service: service ? `${service.name}.${service.namespace}` : undefined,
-          ...(l.routed && l.routed.service !== service
-            ? { routed: `${l.routed.service.name}.${l.routed.service.namespace}` }
-            : {}),
-          principal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
-        },
-        outcome,
-        ...(l.reason ? { reason: l.reason } : {}),
-      },
-      'request',
-    );
+  begin(req: ReadRequest): RequestLine {
+    return newLine(this.#ctx, req.method, req.url, req.headers.host);
   }
 
   /**
-   * L7 intentions, then the route: the one place both HTTP/1.1 paths (requests and upgrades) decide. A
-   * denial is refused (counted, logged) here; the caller answers it.
+   * L7 intentions, then the route: the one place HTTP/1.1 requests and upgrades are decided. A denial is
+   * refused (counted, logged) here; the connection answers it.
    */
-  #decide(ctx: HttpContext, req: IncomingMessage, line: RequestLine): Decision {
+  decide(req: ReadRequest, line: RequestLine): Decision {
     const d = this.#d;
+    const ctx = this.#ctx;
+    // llhttp refuses both framings at once; should a lenient parser ever let one through, it stops here.
+    if (req.headers['transfer-encoding'] !== undefined && req.headers['content-length'] !== undefined) {
+      line.reason = 'both Content-Length and Transfer-Encoding';
+      line.flags = 'BAD_REQUEST';
+      refusedRequest(d, line, 'request smuggling: both Content-Length and Transfer-Encoding');
+      return { ok: false, status: 400, body: 'both Content-Length and Transfer-Encoding' };
+    }
+    line.trace = traceOf(req.headers);
     const rr: RouteRequest = {
       plan: ctx.plan,
       client: ctx.client.principal,
       method: req.method,
       path: req.url,
       headers: req.headers,
-      sourceIp: ipOf(ctx.clientAddr),
+      sourceIp: this.#sourceIp,
     };
     const authz = d.router.authorize(rr);
     if (!authz.allowed) {
@@ -220,244 +146,176 @@ export class WaypointHttp {
     return { ok: true, route };
   }
 
-  #upstreamOptions(
-    ctx: HttpContext,
-    r: RequestRoute,
-    req: IncomingMessage,
-    trace: Trace,
-    upgrade: boolean,
-  ): HopRequest {
-    const d = this.#d;
-    const headers = forwardRequestHeaders(req.headers, d.hop.self, ctx.client.principal, upgrade);
-    applyHeaderOps(headers, r.requestHeaders);
-    setTraceHeaders(headers, trace);
-    return {
-      agent: this.#agent,
-      method: req.method,
-      path: r.path,
-      host: r.endpoint.addresses[0],
-      setHost: false,
-      headers,
-      ambit: { plan: r.plan, endpoint: r.endpoint, client: ctx.client },
-    };
+  upstream(route: RequestRoute): UpstreamConnection | Promise<UpstreamConnection> {
+    const client = this.#ctx.client;
+    return (
+      this.#pool.take(upstreamKey(route.endpoint, route.plan, client)) ??
+      this.#pool.open(route.plan, route.endpoint, client)
+    );
   }
 
-  /** The endpoint's response fields as the client gets them: hop-by-hop dropped, the route's changes made. */
-  #responseHeaders(r: RequestRoute, ur: IncomingMessage): OutgoingHttpHeaders {
-    const h = forwardResponseHeaders(ur.headers);
-    applyHeaderOps(h, r.responseHeaders);
-    if (r.cookie) addSetCookie(h, r.cookie);
+  requestHead(req: ReadRequest, route: RequestRoute, line: RequestLine): string {
+    const headers = forwardRequestHeaders(
+      req.headers,
+      this.#d.hop.self,
+      this.#ctx.client.principal,
+      req.upgrade,
+    );
+    applyHeaderOps(headers, route.requestHeaders);
+    if (line.trace) setTraceHeaders(headers, line.trace);
+    return requestHead(req.method, route.path, headers);
+  }
+
+  responseFields(route: RequestRoute, headers: IncomingHttpHeaders): OutgoingHttpHeaders {
+    const h = forwardResponseHeaders(headers);
+    applyHeaderOps(h, route.responseHeaders);
+    if (route.cookie) addSetCookie(h, route.cookie);
     return h;
   }
 
-  #request(req: IncomingMessage, res: ServerResponse): void {
-    const line = this.#line(req);
-    const ctx = line.ctx;
-    let finished = false;
-    // Known once routed; `done` must see it whenever the request ends.
-    const held: { route?: RequestRoute } = {};
-    const finish = (outcome: string): void => {
-      if (finished) return;
-      finished = true;
-      line.status = res.headersSent ? res.statusCode : 0;
-      if (outcome === 'reset' && line.flags === '-') line.flags = 'DC';
-      if (held.route) this.#d.router.done(held.route);
-      this.#count(line);
-      this.#log(line, outcome);
-    };
-    res.once('finish', () => finish('completed'));
-    res.once('close', () => finish(res.writableFinished ? 'completed' : 'reset'));
-    if (!ctx) {
-      this.#answer(res, 500, 'no context for this connection');
-      return;
-    }
-    // llhttp refuses both framings at once; should a lenient parser ever let one through, it stops here.
-    if (req.headers['transfer-encoding'] !== undefined && req.headers['content-length'] !== undefined) {
-      line.reason = 'both Content-Length and Transfer-Encoding';
-      line.flags = 'BAD_REQUEST';
-      this.#refused(line, 'request smuggling: both Content-Length and Transfer-Encoding');
-      res.shouldKeepAlive = false;
-      this.#answer(res, 400, 'both Content-Length and Transfer-Encoding');
-      return;
-    }
-    const trace = traceOf(req.headers);
-    line.trace = trace;
-    req.on('data', (c: Buffer) => {
-      line.bytesIn += c.length;
-    });
-    const decision = this.#decide(ctx, req, line);
-    if (!decision.ok) {
-      // The body is not read: the connection cannot be kept for the next request unless it is drained.
-      if (!req.complete) res.shouldKeepAlive = false;
-      this.#answer(res, decision.status, decision.body);
-      return;
-    }
-    const r = decision.route;
-    held.route = r;
-    const ep = r.endpoint;
-    const up = request(this.#upstreamOptions(ctx, r, req, trace, false));
-    up.on('response', (ur: IncomingMessage) => {
-      this.#d.router.succeeded(ep);
-      res.writeHead(ur.statusCode ?? 502, ur.statusMessage, this.#responseHeaders(r, ur));
-      ur.on('data', (c: Buffer) => {
-        line.bytesOut += c.length;
-      });
-      ur.pipe(res);
-      ur.once('aborted', () => res.destroy());
-    });
-    up.on('error', (err: Error) => {
-      const status = hopStatus(err);
-      if (err instanceof HopFailure && status === 503) this.#d.router.failed(ep);
-      line.reason = err.message;
-      if (line.flags === '-') line.flags = status === 403 ? 'DENY' : 'UF';
-      if (!res.headersSent)
-        this.#answer(res, status, status === 403 ? 'RBAC: access denied' : 'upstream connect error');
-      else res.destroy();
-    });
-    res.once('close', () => {
-      if (!res.writableFinished) up.destroy();
-    });
-    req.pipe(up);
+  bodyIn(line: RequestLine, n: number): void {
+    line.bytesIn += n;
   }
 
-  #answer(res: ServerResponse, status: number, body: string): void {
-    if (res.headersSent) {
-      res.destroy();
-      return;
-    }
-    res.writeHead(status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) });
-    res.end(body);
+  bodyOut(line: RequestLine, n: number): void {
+    line.bytesOut += n;
   }
 
-  #refused(line: RequestLine, message: string): void {
-    this.#d.refusals.refuse('inbound', 'bad_request', `waypoint refused an HTTP request: ${message}`, {
-      client: line.ctx?.client.principal,
-      authority: line.authority,
-    });
+  answered(line: RequestLine, route: RequestRoute, _status: number, up: UpstreamConnection): void {
+    line.upstream = up.authority;
+    this.#d.router.succeeded(route.endpoint);
   }
 
-  /** llhttp refused what the client sent: 400 (431 for oversized headers), never forwarded, connection closed. */
-  #clientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-    const line: RequestLine = {
-      started: Date.now(),
-      ctx: this.#contexts.get(socket),
-      method: undefined,
-      path: undefined,
-      authority: undefined,
-      endpoint: undefined,
-      upstream: undefined,
-      status: err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400,
-      bytesIn: 0,
-      bytesOut: 0,
-      reason: `${err.code ?? 'error'}: ${(err as { reason?: string }).reason ?? err.message}`,
-      flags: 'BAD_REQUEST',
-      labels: undefined,
-      trace: undefined,
-      routed: undefined,
-    };
-    if (err.code === 'ECONNRESET' || !socket.writable) {
-      socket.destroy();
-      return;
-    }
-    this.#refused(line, line.reason!);
-    this.#count(line);
-    this.#log(line, 'refused');
-    const text = STATUS_CODES[line.status] ?? 'Bad Request';
-    // Ended, not reset: a reset could overtake the answer on its way to the client.
-    socket.end(`HTTP/1.1 ${line.status} ${text}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
-    setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
+  upstreamFailed(line: RequestLine, route: RequestRoute, err: Error): void {
+    if (err instanceof HopFailure && err.status !== 401 && err.status !== 400)
+      this.#d.router.failed(route.endpoint);
+    line.reason = err.message;
+    if (line.flags === '-') line.flags = err instanceof HopFailure && err.status === 401 ? 'DENY' : 'UF';
   }
 
-  /** Upgrade (WebSocket): the request is forwarded; on 101 the two connections are joined byte for byte. */
-  #upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    const line = this.#line(req);
-    const ctx = line.ctx;
-    // Known once routed; `done` must see it whenever the request ends.
-    const held: { route?: RequestRoute } = {};
-    let over = false;
-    const end = (outcome: string): void => {
-      if (over) return;
-      over = true;
-      if (held.route) this.#d.router.done(held.route);
-      this.#count(line);
-      this.#log(line, outcome);
-    };
-    const fail = (status: number, why: string, body = ''): void => {
-      line.status = status;
-      line.reason ??= why;
-      end('refused');
-      const text = STATUS_CODES[status] ?? '';
-      socket.end(
-        `HTTP/1.1 ${status} ${text}\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-      );
-    };
-    socket.on('error', () => {});
-    if (!ctx) {
-      fail(500, 'no context for this connection');
-      return;
-    }
-    const trace = traceOf(req.headers);
-    line.trace = trace;
-    const decision = this.#decide(ctx, req, line);
-    if (!decision.ok) {
-      fail(decision.status, decision.body, decision.body);
-      return;
-    }
-    const r = decision.route;
-    held.route = r;
-    const ep = r.endpoint;
-    const up = request(this.#upstreamOptions(ctx, r, req, trace, true));
-    up.on('upgrade', (ur: IncomingMessage, upSocket: Duplex, upHead: Buffer) => {
-      this.#d.router.succeeded(ep);
-      line.status = ur.statusCode ?? 101;
-      let head101 = `HTTP/1.1 ${line.status} ${ur.statusMessage ?? 'Switching Protocols'}\r\n`;
-      for (let i = 0; i + 1 < ur.rawHeaders.length; i += 2) {
-        if (ur.rawHeaders[i]!.toLowerCase() === XFCC) continue;
-        head101 += `${ur.rawHeaders[i]}: ${ur.rawHeaders[i + 1]}\r\n`;
-      }
-      socket.write(`${head101}\r\n`);
-      if (upHead.length > 0) socket.write(upHead);
-      if (head.length > 0) upSocket.write(head);
-      upSocket.on('error', () => socket.destroy());
-      socket.on('error', () => upSocket.destroy());
-      upSocket.on('data', (c: Buffer) => {
-        line.bytesOut += c.length;
-      });
-      socket.on('data', (c: Buffer) => {
-        line.bytesIn += c.length;
-      });
-      upSocket.pipe(socket);
-      socket.pipe(upSocket);
-      let closed = 0;
-      const onClose = (): void => {
-        socket.destroy();
-        upSocket.destroy();
-        if (++closed === 2) end('upgraded');
-      };
-      socket.once('close', onClose);
-      upSocket.once('close', onClose);
-    });
-    up.on('response', (ur: IncomingMessage) => {
-      // The endpoint declined the upgrade: its answer, then the connection ends.
-      line.status = ur.statusCode ?? 502;
-      const headers = this.#responseHeaders(r, ur);
-      let text = `HTTP/1.1 ${line.status} ${ur.statusMessage ?? ''}\r\nconnection: close\r\n`;
-      for (const [k, v] of Object.entries(headers))
-        text += `${k}: ${Array.isArray(v) ? v.join(', ') : v}\r\n`;
-      socket.write(`${text}\r\n`);
-      ur.pipe(socket);
-      ur.once('end', () => end('completed'));
-    });
-    up.on('error', (err: Error) => {
-      const status = hopStatus(err);
-      if (err instanceof HopFailure && status === 503) this.#d.router.failed(ep);
-      line.flags = status === 403 ? 'DENY' : 'UF';
-      fail(status, err.message);
-    });
-    up.end();
+  finished(
+    line: RequestLine,
+    route: RequestRoute | undefined,
+    status: number,
+    outcome: string,
+    flag?: string,
+  ): void {
+    line.status = status;
+    if (flag !== undefined && line.flags === '-') line.flags = flag;
+    if (route) this.#d.router.done(route);
+    countRequest(this.#d, line);
+    logRequest(this.#d, line, outcome);
+  }
+
+  malformed(f: ParseFailure, status: number): void {
+    const line = newLine(this.#ctx, undefined, undefined, undefined);
+    line.status = status;
+    line.reason = `${f.code}: ${f.reason}`;
+    line.flags = 'BAD_REQUEST';
+    refusedRequest(this.#d, line, line.reason);
+    countRequest(this.#d, line);
+    logRequest(this.#d, line, 'refused');
+  }
+
+  slow(ms: number): void {
+    const ctx = this.#ctx;
+    this.#d.refusals.refuse(
+      'inbound',
+      'idle_timeout',
+      `waypoint closed a connection: no whole request head in ${ms} ms`,
+      {
+        client: ctx.client.principal,
+        src: ctx.clientAddr,
+      },
+    );
   }
 }
 
-/** What the client is answered for a failed hop: the destination's 401 is the client's intentions, 403. */
-const hopStatus = (err: Error): number =>
-  err instanceof HopFailure ? (err.status === 401 ? 403 : err.status === 400 ? 400 : 503) : 503;
+function newLine(
+  ctx: HttpContext,
+  method: string | undefined,
+  path: string | undefined,
+  authority: string | undefined,
+): RequestLine {
+  return {
+    started: Date.now(),
+    ctx,
+    method,
+    path,
+    authority,
+    endpoint: undefined,
+    upstream: undefined,
+    status: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    reason: undefined,
+    flags: '-',
+    labels: undefined,
+    trace: undefined,
+    routed: undefined,
+  };
+}
+
+/** Counts the request in Istio's metrics (every request, answered by the endpoint or by the waypoint). */
+function countRequest(d: WaypointHttpDeps, l: RequestLine): void {
+  const labels = requestLabels(
+    {
+      client: l.ctx?.client.principal,
+      service: l.routed?.service ?? l.ctx?.plan.service,
+      endpoint: l.endpoint,
+      endpointPrincipal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
+      protocol: 'http',
+      status: l.status,
+      grpcStatus: '',
+      flags: l.flags,
+    },
+    d.metrics.cluster,
+  );
+  d.metrics.requestDone(labels, Date.now() - l.started, l.bytesIn, l.bytesOut);
+}
+
+/** The request's access-log line; nothing is built when info lines are not written. */
+function logRequest(d: WaypointHttpDeps, l: RequestLine, outcome: string): void {
+  if (!d.log.isLevelEnabled('info')) return;
+  const service = l.ctx?.plan.service;
+  d.log.info(
+    {
+      access: 'waypoint',
+      protocol: 'http',
+      method: l.method,
+      path: l.path,
+      authority: l.authority,
+      status: l.status,
+      duration_ms: Date.now() - l.started,
+      bytes_received: l.bytesIn,
+      bytes_sent: l.bytesOut,
+      response_flags: l.flags,
+      route: l.labels?.route,
+      split: l.labels?.split,
+      subset: l.labels?.subset,
+      ...(l.labels?.failover ? { failover: l.labels.target } : {}),
+      endpoint: l.endpoint?.name,
+      upstream: l.upstream,
+      trace_id: l.trace?.traceId,
+      request_id: l.trace?.requestId,
+      src: { addr: l.ctx?.clientAddr, principal: l.ctx?.client.principal },
+      dst: {
+        service: service ? `${service.name}.${service.namespace}` : undefined,
+        ...(l.routed && l.routed.service !== service
+          ? { routed: `${l.routed.service.name}.${l.routed.service.namespace}` }
+          : {}),
+        principal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
+      },
+      outcome,
+      ...(l.reason ? { reason: l.reason } : {}),
+    },
+    'request',
+  );
+}
+
+function refusedRequest(d: WaypointHttpDeps, line: RequestLine, message: string): void {
+  d.refusals.refuse('inbound', 'bad_request', `waypoint refused an HTTP request: ${message}`, {
+    client: line.ctx?.client.principal,
+    authority: line.authority,
+  });
+}

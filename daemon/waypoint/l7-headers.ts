@@ -3,7 +3,7 @@
 // tracing fields, propagated as they came and created when missing, so that every request the endpoint
 // sees carries a trace id and a request id. The waypoint reports no spans of its own, so it leaves a valid
 // traceparent as it is: a new parent-id would name a span nobody recorded.
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { OutgoingHttpHeaders } from 'node:http';
 import { isIP } from 'node:net';
 import type { GeneratedCookie } from '../../lib/l7/lb.js';
@@ -43,7 +43,7 @@ export function traceOf(headers: Readonly<Record<string, string | string[] | und
   const sent = one(headers.traceparent)?.trim().toLowerCase();
   const m = sent ? TRACEPARENT.exec(sent) : null;
   const valid = m !== null && m[1] !== 'ff' && !/^0+$/.test(m[2]!) && !/^0+$/.test(m[3]!);
-  const traceparent = valid ? sent! : newTraceparent(randomBytes);
+  const traceparent = valid ? sent! : newTraceparent();
   const rid = one(headers['x-request-id'])?.trim();
   return {
     traceparent,

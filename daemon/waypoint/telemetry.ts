@@ -18,15 +18,43 @@ export interface RequestOutcome {
   readonly flags: string;
 }
 
-const LABEL_CACHE_MAX = 10_000;
-const cache = new Map<string, Readonly<RequestLabels>>();
+const MAX_CLIENTS = 10_000;
+const MAX_OUTCOMES = 1_000;
+const NONE = {};
+/**
+ * client (and cluster) -> the endpoint (or the service, when none was chosen) -> outcome -> labels. Found
+ * by identity and a short key: a request's labels cost a few lookups, not a string of all 26 values.
+ * Endpoints are the mesh's objects, held weakly: a reloaded mesh's old ones go with it.
+ */
+const cache = new Map<string, WeakMap<object, Map<string, Readonly<RequestLabels>>>>();
 
 /** The labels of one request; requests alike share one frozen object (the mesh's pairs, not its requests). */
 export function requestLabels(o: RequestOutcome, cluster: string): RequestLabels {
   const e = o.endpoint;
-  const key = `${o.client}|${o.service?.name}|${o.service?.namespace}|${e?.name}|${o.endpointPrincipal}|${o.protocol}|${o.status}|${o.grpcStatus}|${o.flags}|${cluster}`;
-  const hit = cache.get(key);
+  const who = `${cluster}|${o.client}`;
+  let byTarget = cache.get(who);
+  if (byTarget === undefined) {
+    if (cache.size >= MAX_CLIENTS) cache.clear();
+    byTarget = new WeakMap();
+    cache.set(who, byTarget);
+  }
+  const target: object = e ?? o.service ?? NONE;
+  let byOutcome = byTarget.get(target);
+  if (byOutcome === undefined) {
+    byOutcome = new Map();
+    byTarget.set(target, byOutcome);
+  }
+  const key = `${o.status}|${o.grpcStatus}|${o.flags}|${o.protocol}|${o.endpointPrincipal}|${e ? o.service?.name : ''}`;
+  const hit = byOutcome.get(key);
   if (hit) return hit;
+  if (byOutcome.size >= MAX_OUTCOMES) byOutcome.clear();
+  const labels = makeLabels(o, cluster);
+  byOutcome.set(key, labels);
+  return labels;
+}
+
+function makeLabels(o: RequestOutcome, cluster: string): RequestLabels {
+  const e = o.endpoint;
   const peer = o.client ? peerFromUris([o.client]) : undefined;
   const src = { workload: peer?.service, service: peer?.service };
   const dst = e ? { workload: e.name, service: e.service, meta: e } : { service: o.service?.name };
@@ -61,7 +89,5 @@ export function requestLabels(o: RequestOutcome, cluster: string): RequestLabels
     grpc_response_status: o.grpcStatus,
     response_flags: o.flags,
   });
-  if (cache.size >= LABEL_CACHE_MAX) cache.clear();
-  cache.set(key, labels);
   return labels;
 }

@@ -147,10 +147,15 @@ export class Waypoint {
     if (protocol !== 'tcp') {
       stream.respond({ ':status': '200' });
       this.#carried++;
-      const socket = new StreamDuplex(stream, { remoteAddress: src.forwarded ?? src.addr });
+      const ctx = { plan, client, clientAddr: src.forwarded ?? src.addr };
+      if (protocol === 'http') {
+        stream.once('close', () => this.#carried--);
+        this.http.serve(stream, ctx);
+        return;
+      }
+      const socket = new StreamDuplex(stream, { remoteAddress: ctx.clientAddr });
       socket.once('close', () => this.#carried--);
-      const l7 = protocol === 'http' ? this.http : this.http2;
-      l7.serve(socket, { plan, client, clientAddr: src.forwarded ?? src.addr });
+      this.http2.serve(socket, ctx);
       return;
     }
     void this.#tcp(stream, plan, client, src, started, refuse);

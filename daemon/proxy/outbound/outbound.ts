@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { ConnectionRefusal, type RefusalKind, TunnelError } from '../../../lib/errors.js';
 import type { Logger } from '../../../lib/log.js';
@@ -119,7 +118,7 @@ export class Outbound {
         ':method': 'CONNECT',
         ':authority': hop.authority,
         forwarded: forwardedFor(client.remoteAddress, client.remotePort),
-        traceparent: newTraceparent(randomBytes),
+        traceparent: newTraceparent(),
         baggage: baggageOf(source),
       };
       // Counted from the pick, so that connections still being set up weigh in the next choice.
@@ -199,7 +198,7 @@ export class Outbound {
         ':method': 'CONNECT',
         ':authority': hop.authority,
         forwarded: forwardedForHost(client.remoteAddress, client.remotePort, via.host),
-        traceparent: newTraceparent(randomBytes),
+        traceparent: newTraceparent(),
         baggage: baggageOf(source),
       };
       d.balancer.opened(instance.name);

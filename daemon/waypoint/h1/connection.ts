@@ -1,0 +1,572 @@
+// One client's HTTP/1.1 connection through the waypoint: its tunnel stream read by llhttp, each request
+// decided (intentions, route) when its head is complete, its head rewritten and its body handed on to a
+// kept connection to the chosen endpoint, the response's head rewritten and its body handed back. Requests
+// are answered in order: while one is in flight nothing more is read than the rest of its body (a
+// pipelining client waits in its own buffers, not ours), so a client holds at most one read of ours.
+import { STATUS_CODES } from 'node:http';
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
+import type { H2Stream } from '../../proxy/h2/stream.js';
+import type { RequestRoute } from '../router.js';
+import { XFCC } from '../xfcc.js';
+import {
+  type Framing,
+  LAST_CHUNK,
+  chunkOf,
+  framingOf,
+  headersOf,
+  responseHead,
+  responseMayHaveBody,
+} from './head.js';
+import { Http1Parser, type ParseFailure, type ParsedHead } from './parser.js';
+import { HopFailure, type ResponseHandler, type UpstreamConnection } from './upstream.js';
+
+/** How long a connection waits, after its last response, for the next request's whole head. */
+export const IDLE_MS = 60_000;
+/** How long a connection the waypoint ended waits for the client to end its side before it is reset. */
+const CLOSE_GRACE_MS = 5_000;
+
+/** One request as read: what the waypoint decides on. */
+export interface ReadRequest {
+  readonly method: string;
+  readonly url: string;
+  readonly headers: IncomingHttpHeaders;
+  /** HTTP/1.0 or 1.1, for the response's framing. */
+  readonly http10: boolean;
+  readonly upgrade: boolean;
+}
+
+/** What the waypoint decided for a request before it went anywhere. */
+export type Decision =
+  | { readonly ok: true; readonly route: RequestRoute }
+  | { readonly ok: false; readonly status: number; readonly body: string };
+
+/** What a connection asks of the waypoint; `T` is the waypoint's account of one request. */
+export interface ExchangeHost<T> {
+  begin(req: ReadRequest): T;
+  decide(req: ReadRequest, account: T): Decision;
+  /** The endpoint's connection for this route: a kept one at once, else a promise of a new one. */
+  upstream(route: RequestRoute): UpstreamConnection | Promise<UpstreamConnection>;
+  /** The request head the endpoint gets. */
+  requestHead(req: ReadRequest, route: RequestRoute, account: T): string;
+  /** The response fields the client gets (hop-by-hop dropped, the route's changes made). */
+  responseFields(route: RequestRoute, headers: IncomingHttpHeaders): OutgoingHttpHeaders;
+  /** Bytes of the request's and the response's bodies, and what the account shows. */
+  bodyIn(account: T, n: number): void;
+  bodyOut(account: T, n: number): void;
+  /** The endpoint answered (its head), or could not be reached. */
+  answered(account: T, route: RequestRoute, status: number, upstream: UpstreamConnection): void;
+  upstreamFailed(account: T, route: RequestRoute, err: Error): void;
+  /** The exchange is over: status 0 if nothing was answered; `flag` Envoy's response flag if any. */
+  finished(account: T, route: RequestRoute | undefined, status: number, outcome: string, flag?: string): void;
+  /** llhttp refused the client's bytes. */
+  malformed(failure: ParseFailure, status: number): void;
+  /** A request's head did not arrive whole within `ms` of the connection going idle (slowloris). */
+  slow(ms: number): void;
+}
+
+class Exchange<T> implements ResponseHandler {
+  readonly conn: ClientConnection<T>;
+  readonly req: ReadRequest;
+  readonly account: T;
+  readonly keepAlive: boolean;
+  readonly reqFraming: Framing;
+  /** No body follows the head (neither a length above 0 nor chunks). */
+  readonly bodyless: boolean;
+  route: RequestRoute | undefined;
+  up: UpstreamConnection | undefined;
+  /** Body frames (framed for the endpoint) read before the endpoint's connection was ready. */
+  held: Buffer[] | undefined;
+  reqEnded = false;
+  /** The endpoint cannot take more now (its stream's buffer is full). */
+  blocked = false;
+  sent100 = false;
+  /** What the client gets of the response: how its body is framed, and whether it was started. */
+  resFraming: Framing = 'none';
+  status = 0;
+  interim = false;
+  started = false;
+  upgraded = false;
+  /** After this exchange the connection ends (the client asked, the body was not read, ...). */
+  closeAfter = false;
+  done = false;
+
+  constructor(conn: ClientConnection<T>, req: ReadRequest, account: T, keepAlive: boolean) {
+    this.conn = conn;
+    this.req = req;
+    this.account = account;
+    this.keepAlive = keepAlive;
+    const framing = framingOf(req.headers, true);
+    this.reqFraming = framing === 'chunked' ? 'chunked' : 'length';
+    this.bodyless =
+      framing === 'close' || (framing === 'length' && Number(req.headers['content-length']) === 0);
+  }
+
+  /** The request's body is all read, or there is none: the connection can carry the next request. */
+  get readWhole(): boolean {
+    return this.reqEnded || this.bodyless;
+  }
+
+  // ---- the endpoint's response (ResponseHandler)
+
+  head(h: ParsedHead): boolean {
+    return this.conn.responseHead(this, h);
+  }
+  body(chunk: Buffer): void {
+    this.conn.responseBody(this, chunk);
+  }
+  end(): void {
+    this.conn.responseEnd(this);
+  }
+  raw(chunk: Buffer): void {
+    this.conn.writeClient(chunk);
+  }
+  rawEnd(): void {
+    this.conn.upgradedEnd();
+  }
+  lost(why: string): void {
+    this.conn.upstreamLost(this, why);
+  }
+  drain(): void {
+    this.blocked = false;
+    this.conn.upstreamDrained();
+  }
+}
+
+export class ClientConnection<T> {
+  readonly #host: ExchangeHost<T>;
+  readonly stream: H2Stream;
+  readonly #parser: Http1Parser;
+  /** Requests read, in order; the first is the one in flight. */
+  readonly #queue: Exchange<T>[] = [];
+  /** The request whose body the parser is reading, if any. */
+  #reading: Exchange<T> | undefined;
+  #timer: NodeJS.Timeout;
+  #executing = false;
+  /** The client's bytes are no longer HTTP: after a 101, or after a refusal of what it sent. */
+  #upgradedTo: UpstreamConnection | undefined;
+  #poisoned: { readonly status: number } | undefined;
+  #clientEnded = false;
+  #ending = false;
+  /** Client bytes after an upgrade request's head, held until the endpoint answers 101. */
+  #upgradeHead: Buffer[] = [];
+  /** The client cannot take more now: the endpoint's connection is paused until it can. */
+  #clientBlocked = false;
+  /** After an upgrade: the endpoint cannot take more of the client's bytes now. */
+  #upgradeBlocked = false;
+  /** A request's head has begun and is not complete (what the idle timer then refuses as too slow). */
+  #inHead = false;
+  readonly #onDone: () => void;
+
+  constructor(host: ExchangeHost<T>, stream: H2Stream, onDone: () => void) {
+    this.#host = host;
+    this.stream = stream;
+    this.#onDone = onDone;
+    this.#parser = new Http1Parser('request', {
+      begin: () => {
+        this.#inHead = true;
+      },
+      head: (h) => this.#requestHead(h),
+      body: (c) => this.#requestBody(c),
+      end: () => this.#requestEnd(),
+    });
+    stream.on('data', (c: Buffer) => this.#data(c));
+    stream.on('end', () => this.#clientEnd());
+    stream.on('close', () => this.#closed());
+    stream.on('drain', () => this.#clientDrained());
+    stream.on('error', () => {});
+    this.#timer = setTimeout(() => this.#idle(), IDLE_MS);
+    this.#timer.unref();
+    stream.resume();
+  }
+
+  /** Ends the connection now (the waypoint is stopping). */
+  destroy(): void {
+    this.stream.destroy();
+  }
+
+  // ---- the client's bytes
+
+  #data(chunk: Buffer): void {
+    if (this.#upgradedTo) {
+      if (!this.#upgradedTo.stream.write(chunk)) {
+        this.#upgradeBlocked = true;
+        this.stream.pause();
+      }
+      return;
+    }
+    if (this.#poisoned || this.#ending) return;
+    const active = this.#queue[0];
+    if (active?.req.upgrade && !active.upgraded) {
+      this.#upgradeHead.push(Buffer.from(chunk));
+      this.flow();
+      return;
+    }
+    this.#executing = true;
+    const r = this.#parser.execute(chunk);
+    this.#executing = false;
+    if (!r.ok) {
+      this.#malformed(r.failure);
+      return;
+    }
+    if (r.consumed < chunk.length) {
+      // An upgrade's head ended inside this chunk: what follows is for the upgraded connection.
+      this.#upgradeHead.push(Buffer.from(chunk.subarray(r.consumed)));
+    }
+    this.flow();
+  }
+
+  #requestHead(h: ParsedHead): boolean {
+    this.#inHead = false;
+    const req: ReadRequest = {
+      method: h.method ?? 'GET',
+      url: h.url,
+      headers: headersOf(h.fields),
+      http10: h.versionMajor === 1 && h.versionMinor === 0,
+      upgrade: h.upgrade,
+    };
+    const ex = new Exchange(this, req, this.#host.begin(req), h.keepAlive);
+    this.#reading = ex;
+    this.#queue.push(ex);
+    if (this.#queue.length === 1) this.#start(ex);
+    return false;
+  }
+
+  #requestBody(chunk: Buffer): void {
+    const ex = this.#reading;
+    if (ex === undefined || ex.done) return;
+    this.#host.bodyIn(ex.account, chunk.length);
+    const frame = ex.reqFraming === 'chunked' ? chunkOf(chunk) : chunk;
+    this.#toEndpoint(ex, frame, frame !== chunk);
+  }
+
+  #requestEnd(): void {
+    const ex = this.#reading;
+    this.#reading = undefined;
+    if (ex === undefined) return;
+    ex.reqEnded = true;
+    if (ex.done) return;
+    if (ex.reqFraming === 'chunked') this.#toEndpoint(ex, LAST_CHUNK, true);
+  }
+
+  /** Hands a body frame on, or holds it (copied: `frame` may be a view of the read) until it can go. */
+  #toEndpoint(ex: Exchange<T>, frame: Buffer, owned: boolean): void {
+    if (ex === this.#queue[0] && ex.up !== undefined && ex.held === undefined) {
+      if (!ex.up.stream.write(frame)) ex.blocked = true;
+      return;
+    }
+    (ex.held ??= []).push(owned ? frame : Buffer.from(frame));
+  }
+
+  // ---- one exchange
+
+  #start(ex: Exchange<T>): void {
+    const { req } = ex;
+    const decision: Decision =
+      req.method === 'CONNECT'
+        ? { ok: false, status: 405, body: 'CONNECT is not forwarded' }
+        : this.#host.decide(req, ex.account);
+    if (!decision.ok) {
+      this.#answer(ex, decision.status, decision.body);
+      return;
+    }
+    const route = decision.route;
+    ex.route = route;
+    if (!req.http10 && !req.upgrade && /^\s*100-continue\s*$/i.test(req.headers.expect ?? '')) {
+      // As Envoy does by default: the waypoint says Continue itself, and the endpoint is not asked.
+      ex.sent100 = true;
+      this.writeClient(Buffer.from('HTTP/1.1 100 Continue\r\n\r\n'));
+    }
+    const up = this.#host.upstream(route);
+    if (up instanceof Promise) {
+      up.then(
+        (c) => this.#attach(ex, c),
+        (err: Error) => this.#unreachable(ex, err),
+      );
+    } else this.#attach(ex, up);
+  }
+
+  #attach(ex: Exchange<T>, up: UpstreamConnection): void {
+    if (ex.done || this.stream.destroyed) {
+      up.release();
+      return;
+    }
+    ex.up = up;
+    up.lend(ex);
+    const route = ex.route!;
+    let ok = up.stream.write(Buffer.from(this.#host.requestHead(ex.req, route, ex.account), 'latin1'));
+    const held = ex.held;
+    ex.held = undefined;
+    if (held) for (const f of held) ok = up.stream.write(f) && ok;
+    if (!ok) ex.blocked = true;
+    this.flow();
+  }
+
+  #unreachable(ex: Exchange<T>, err: Error): void {
+    if (ex.done) return;
+    const route = ex.route!;
+    this.#host.upstreamFailed(ex.account, route, err);
+    const status = err instanceof HopFailure ? hopStatus(err.status) : 503;
+    this.#answer(ex, status, status === 403 ? 'RBAC: access denied' : 'upstream connect error', 'UF');
+  }
+
+  /** The endpoint's head. 1xx go on ahead (but a second 100 Continue); a 101 joins the two connections. */
+  responseHead(ex: Exchange<T>, h: ParsedHead): boolean {
+    if (ex.done) return true;
+    const { status } = h;
+    if (status >= 100 && status < 200 && !(status === 101 && h.upgrade)) {
+      ex.interim = true;
+      if (status === 100 && ex.sent100) return false;
+      if (status === 100) ex.sent100 = true;
+      this.writeClient(Buffer.from(`HTTP/1.1 ${status} ${h.reason}\r\n${rawLines(h.fields)}\r\n`, 'latin1'));
+      return false;
+    }
+    const route = ex.route!;
+    ex.status = status;
+    ex.started = true;
+    this.#host.answered(ex.account, route, status, ex.up!);
+    if (status === 101) {
+      ex.upgraded = true;
+      this.#upgradedTo = ex.up;
+      this.writeClient(Buffer.from(`HTTP/1.1 101 ${h.reason}\r\n${rawLines(h.fields)}\r\n`, 'latin1'));
+      for (const c of this.#upgradeHead) ex.up!.stream.write(c);
+      this.#upgradeHead = [];
+      this.stream.resume();
+      return true;
+    }
+    const headers = headersOf(h.fields);
+    const fields = this.#host.responseFields(route, headers);
+    const framing = framingOf(headers, responseMayHaveBody(ex.req.method, status));
+    if (ex.req.upgrade) ex.closeAfter = true;
+    if (framing === 'chunked' || framing === 'close') {
+      Reflect.deleteProperty(fields, 'content-length');
+      if (ex.req.http10) {
+        ex.resFraming = 'close';
+        ex.closeAfter = true;
+      } else {
+        ex.resFraming = 'chunked';
+        fields['transfer-encoding'] = 'chunked';
+      }
+    } else ex.resFraming = framing;
+    if (!ex.keepAlive || ex.closeAfter || !ex.readWhole) {
+      // A body the client is still sending when the answer is over cannot be skipped safely.
+      if (!ex.readWhole) ex.closeAfter = true;
+      fields.connection = 'close';
+    } else if (ex.req.http10) fields.connection = 'keep-alive';
+    this.writeClient(Buffer.from(responseHead(status, h.reason, fields), 'latin1'));
+    return ex.req.method === 'HEAD';
+  }
+
+  responseBody(ex: Exchange<T>, chunk: Buffer): void {
+    if (ex.done) return;
+    this.#host.bodyOut(ex.account, chunk.length);
+    this.writeClient(ex.resFraming === 'chunked' ? chunkOf(chunk) : chunk);
+  }
+
+  responseEnd(ex: Exchange<T>): void {
+    if (ex.done) return;
+    if (ex.interim) {
+      ex.interim = false;
+      return;
+    }
+    if (ex.resFraming === 'chunked') this.writeClient(LAST_CHUNK);
+    if (!ex.reqEnded && ex.up) ex.up.reusable = false;
+    this.#finish(ex, 'completed');
+  }
+
+  upstreamLost(ex: Exchange<T>, why: string): void {
+    if (ex.done) return;
+    if (ex.upgraded) {
+      // Both ends closed cleanly is the end of the upgraded connection; a reset is passed on as one.
+      if (this.#upgradedTo?.stream.rstCode === 0) this.stream.end();
+      else this.stream.destroy();
+      return;
+    }
+    ex.up = undefined;
+    if (!ex.started) {
+      this.#host.upstreamFailed(ex.account, ex.route!, new HopFailure(503, why));
+      this.#answer(ex, 503, 'upstream connect error', 'UF');
+      return;
+    }
+    // The answer is cut short: the client must see it was (a reset, not a clean end).
+    this.#finish(ex, 'reset', 'UC');
+    this.stream.destroy();
+  }
+
+  upgradedEnd(): void {
+    this.stream.end();
+  }
+
+  /** A response the waypoint makes itself; the request's body, unread, ends the connection after it. */
+  #answer(ex: Exchange<T>, status: number, body: string, flag?: string): void {
+    if (ex.started) {
+      this.#finish(ex, 'reset', flag);
+      this.stream.destroy();
+      return;
+    }
+    ex.status = status;
+    ex.started = true;
+    if (!ex.readWhole || !ex.keepAlive || ex.req.upgrade) ex.closeAfter = true;
+    const fields: OutgoingHttpHeaders = {
+      'content-type': 'text/plain',
+      'content-length': Buffer.byteLength(body),
+    };
+    if (ex.closeAfter) fields.connection = 'close';
+    this.writeClient(Buffer.from(responseHead(status, STATUS_CODES[status] ?? '', fields) + body, 'latin1'));
+    this.#finish(ex, 'completed', flag);
+  }
+
+  #finish(ex: Exchange<T>, outcome: string, flag?: string): void {
+    if (ex.done) return;
+    ex.done = true;
+    const up = ex.up;
+    ex.up = undefined;
+    if (up && !ex.upgraded) {
+      if (!ex.reqEnded) up.reusable = false;
+      up.release();
+    }
+    this.#host.finished(ex.account, ex.route, ex.status, outcome, flag);
+    this.#queue.shift();
+    if (this.stream.destroyed) return;
+    if (ex.closeAfter || !ex.keepAlive) {
+      this.#end();
+      return;
+    }
+    const next = this.#queue[0];
+    if (next) this.#start(next);
+    else if (this.#clientEnded) this.#end();
+    else this.#timer.refresh();
+    this.flow();
+  }
+
+  // ---- flow
+
+  writeClient(chunk: Buffer): void {
+    if (this.stream.destroyed) return;
+    if (!this.stream.write(chunk)) {
+      const up = this.#queue[0]?.up ?? this.#upgradedTo;
+      if (up && !this.#clientBlocked) {
+        this.#clientBlocked = true;
+        up.stream.pause();
+      }
+    }
+  }
+
+  #clientDrained(): void {
+    if (!this.#clientBlocked) return;
+    this.#clientBlocked = false;
+    const up = this.#queue[0]?.up ?? this.#upgradedTo;
+    up?.stream.resume();
+  }
+
+  upstreamDrained(): void {
+    if (this.#upgradedTo) {
+      if (!this.#upgradeBlocked) return;
+      this.#upgradeBlocked = false;
+      this.stream.resume();
+      return;
+    }
+    this.flow();
+  }
+
+  /**
+   * Reads on only while what it reads can go somewhere: a new request's head when none is in flight, the
+   * body of the one in flight while its endpoint takes it. Never from inside the parser's own call.
+   */
+  flow(): void {
+    if (this.#executing || this.stream.destroyed || this.#upgradedTo) return;
+    // (After an upgrade, the two connections' own backpressure decides: see #data and upstreamDrained.)
+    const ex = this.#queue[0];
+    const read =
+      !this.#ending &&
+      !this.#poisoned &&
+      (ex === undefined ||
+        (!ex.reqEnded &&
+          !ex.done &&
+          ex.up !== undefined &&
+          !ex.blocked &&
+          !(ex.req.upgrade && !ex.upgraded)));
+    if (read) this.stream.resume();
+    else this.stream.pause();
+  }
+
+  // ---- the connection's end
+
+  #malformed(f: ParseFailure): void {
+    const status = f.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
+    this.#host.malformed(f, status);
+    this.#poisoned = { status };
+    const ex = this.#queue[0];
+    if (ex && !ex.done) {
+      // What came after a request in flight is refused once its answer is out.
+      ex.closeAfter = true;
+      this.stream.pause();
+      return;
+    }
+    this.writeClient(
+      Buffer.from(
+        `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`,
+      ),
+    );
+    this.#end();
+  }
+
+  #clientEnd(): void {
+    this.#clientEnded = true;
+    if (this.#upgradedTo) {
+      this.#upgradedTo.stream.end();
+      return;
+    }
+    if (this.#queue.length === 0) this.#end();
+  }
+
+  /** Ends our side (after what was written), and resets the stream if the client does not end its own. */
+  #end(): void {
+    if (this.#ending) return;
+    this.#ending = true;
+    clearTimeout(this.#timer);
+    this.stream.end();
+    setTimeout(() => this.stream.destroy(), CLOSE_GRACE_MS).unref();
+  }
+
+  /** The idle timer: a keep-alive connection unused, or a head that did not arrive whole in time. */
+  #idle(): void {
+    if (this.#queue.length > 0) return;
+    if (this.#inHead) {
+      this.#host.slow(IDLE_MS);
+      this.writeClient(
+        Buffer.from('HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n'),
+      );
+    }
+    this.#end();
+  }
+
+  #closed(): void {
+    clearTimeout(this.#timer);
+    this.#parser.close();
+    for (const ex of this.#queue.splice(0)) {
+      if (ex.done) continue;
+      ex.done = true;
+      if (ex.upgraded) {
+        this.#host.finished(ex.account, ex.route, ex.status, 'upgraded');
+        continue;
+      }
+      if (ex.up) ex.up.destroy();
+      this.#host.finished(ex.account, ex.route, ex.started ? ex.status : 0, 'reset', 'DC');
+    }
+    if (this.#upgradedTo) this.#upgradedTo.destroy();
+    this.#onDone();
+  }
+}
+
+/** Raw fields as lines, but the one only waypoints may set. */
+function rawLines(fields: readonly string[]): string {
+  let out = '';
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    if (fields[i]!.toLowerCase() === XFCC) continue;
+    out += `${fields[i]}: ${fields[i + 1]}\r\n`;
+  }
+  return out;
+}
+
+/** What the client is answered for a failed hop: the destination's 401 is the client's intentions, 403. */
+const hopStatus = (status: number): number => (status === 401 ? 403 : status === 400 ? 400 : 503);
