@@ -254,7 +254,9 @@ export class ClientConnection<T> {
       if (!ex.up.stream.write(frame)) ex.blocked = true;
       return;
     }
-    (ex.held ??= []).push(owned ? frame : Buffer.from(frame));
+    const own = owned ? frame : Buffer.from(frame);
+    if (ex.held === undefined) ex.held = [own];
+    else ex.held.push(own);
   }
 
   // ---- one exchange
