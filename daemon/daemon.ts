@@ -182,6 +182,10 @@ export class Ambitd {
             maxStreams: config.limits.maxInboundStreams,
             maxAttempts: config.maxAttempts,
             http2Limits: config.limits,
+            http1Limits: {
+              headTimeoutMs: config.limits.httpHeadTimeoutMs,
+              maxHeadBytes: config.limits.maxHeaderListSize,
+            },
           })
         : undefined;
     this.tunnel = new TunnelServer({

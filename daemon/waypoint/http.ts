@@ -12,7 +12,7 @@ import type { H2Stream } from '../proxy/h2/stream.js';
 import type { OutboundPlan } from '../proxy/outbound/plan.js';
 import { ClientConnection, type Decision, type ExchangeHost, type ReadRequest } from './h1/connection.js';
 import { requestHead } from './h1/head.js';
-import type { ParseFailure } from './h1/parser.js';
+import { MAX_HEAD_BYTES, type ParseFailure } from './h1/parser.js';
 import { HopFailure, type UpstreamConnection, UpstreamPool, upstreamKey } from './h1/upstream.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 import type { HopClient, HopDeps } from './hop.js';
@@ -28,12 +28,22 @@ export interface HttpContext {
   readonly clientAddr: string | undefined;
 }
 
+export interface Http1Limits {
+  /** A client connection idle this long is closed; one mid-head then is answered 408 (slowloris). */
+  readonly headTimeoutMs: number;
+  /** A request's or a response's head larger than this is refused (431 for a client's). */
+  readonly maxHeadBytes: number;
+}
+
+export const DEFAULT_HTTP1_LIMITS: Http1Limits = { headTimeoutMs: 60_000, maxHeadBytes: MAX_HEAD_BYTES };
+
 export interface WaypointHttpDeps {
   readonly hop: HopDeps;
   readonly router: WaypointRouter;
   readonly log: Logger;
   readonly refusals: Refusals;
   readonly metrics: Metrics;
+  readonly limits: Http1Limits;
 }
 
 /** One request's account: its access-log line once it is over. */
@@ -64,14 +74,13 @@ export class WaypointHttp {
 
   constructor(d: WaypointHttpDeps) {
     this.#d = d;
-    this.#pool = new UpstreamPool(d.hop);
+    this.#pool = new UpstreamPool(d.hop, d.limits.maxHeadBytes);
   }
 
   /** Serves one client's tunnel stream (answered 200 already) as an HTTP/1.1 connection. */
   serve(stream: H2Stream, ctx: HttpContext): void {
-    const c = new ClientConnection(new Exchanges(this.#d, this.#pool, ctx), stream, () =>
-      this.#open.delete(c),
-    );
+    const host = new Exchanges(this.#d, this.#pool, ctx);
+    const c = new ClientConnection(host, stream, this.#d.limits, () => this.#open.delete(c));
     this.#open.add(c);
   }
 

@@ -20,7 +20,7 @@ import type { Pool } from '../proxy/pool/pool.js';
 import type { Peer } from '../rbac.js';
 import { StreamDuplex } from './duplex.js';
 import { type HopClient, openHop } from './hop.js';
-import { WaypointHttp } from './http.js';
+import { DEFAULT_HTTP1_LIMITS, type Http1Limits, WaypointHttp } from './http.js';
 import { DEFAULT_HTTP2_LIMITS, type Http2Limits, WaypointHttp2 } from './http2.js';
 import { resolveForWaypoint } from './resolve.js';
 import type { WaypointRouter } from './router.js';
@@ -41,6 +41,8 @@ export interface WaypointDeps {
   readonly maxAttempts: number;
   /** The tunnel's HTTP/2 bounds, for the HTTP/2 inside it (http2 and grpc services). */
   readonly http2Limits?: Omit<Http2Limits, 'maxStreams'>;
+  /** HTTP/1.1 bounds: the idle and head timeout, and a head's bytes (defaults as node:http's). */
+  readonly http1Limits?: Partial<Http1Limits>;
 }
 
 /** RST_STREAM REFUSED_STREAM: "not processed, safe to retry" (RFC 9113 section 8.7). */
@@ -66,6 +68,7 @@ export class Waypoint {
       log: d.log,
       refusals: d.refusals,
       metrics: d.metrics,
+      limits: { ...DEFAULT_HTTP1_LIMITS, ...d.http1Limits },
     });
     this.http2 = new WaypointHttp2({
       hop: { store: d.store, pool: d.pool, identityOf: d.identityOf, self: this.#selfId },

@@ -380,7 +380,7 @@ const limits = {
   maxHeaderListSize: setting({
     parser: atLeast(count('<bytes>'), 1024, '1024'),
     default: 16_384,
-    help: 'decoded header list bytes per header block; at least 1024',
+    help: 'decoded header list bytes per header block (at the waypoint: an HTTP/1.1 head too); at least 1024',
   }),
   maxHeaderFrames: setting({
     parser: count(),
@@ -401,6 +401,13 @@ const limits = {
     parser: atLeast(duration, 1000, '1s'),
     default: '10m',
     help: 'an inbound session with no open stream this long gets GOAWAY and is closed; at least 1s',
+  }),
+  httpHeadTimeout: setting({
+    parser: atLeast(duration, 100, '100ms'),
+    default: '60s',
+    help:
+      'waypoint, HTTP/1.1: a client connection idle this long is closed, and one whose next request head is ' +
+      'not whole by then (slowloris) is answered 408 first; at least 100ms',
   }),
   // 0 is allowed: no reserve, refusals only when the kernel says EMFILE.
   fdReserve: setting({
@@ -452,7 +459,11 @@ export const CONFIG_KEYS = Object.keys(SETTINGS) as readonly SettingKey[];
 export const LIMIT_KEYS = Object.keys(limits) as readonly LimitKey[];
 
 /** The limits that are durations: their fields in `Limits` end in Ms. */
-const DURATION_LIMITS = ['handshakeTimeout', 'tunnelIdleTimeout'] as const satisfies readonly LimitKey[];
+const DURATION_LIMITS = [
+  'handshakeTimeout',
+  'tunnelIdleTimeout',
+  'httpHeadTimeout',
+] as const satisfies readonly LimitKey[];
 type DurationLimit = (typeof DURATION_LIMITS)[number];
 type LimitField<K extends LimitKey> = K extends DurationLimit ? `${K}Ms` : K;
 

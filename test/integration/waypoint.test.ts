@@ -61,7 +61,7 @@ interface Setup {
   close(): Promise<void>;
 }
 
-async function setup(opts: { waypoints?: number } = {}): Promise<Setup> {
+async function setup(opts: { waypoints?: number; waypointConfig?: ConfigInput } = {}): Promise<Setup> {
   const dir = await mkdtemp(join(tmpdir(), 'ambit-wp-'));
   const meshFile = join(dir, 'mesh.yaml');
   const { lines, logger } = captureLogs();
@@ -83,6 +83,12 @@ async function setup(opts: { waypoints?: number } = {}): Promise<Setup> {
     req.on('end', () => {
       seen.push({ method: req.method, url: req.url, headers: req.headers, body, socket });
       res.setHeader('x-served-by', 'api-1');
+      if (req.url === '/chunked') {
+        // No length: node:http frames it in chunks, written apart.
+        res.write('one,');
+        setTimeout(() => res.end('two'), 20);
+        return;
+      }
       res.end(`${req.method} ${req.url} ${body.length}\n`);
     });
   });
@@ -99,7 +105,11 @@ async function setup(opts: { waypoints?: number } = {}): Promise<Setup> {
   const waypoints: Ambitd[] = [];
   for (let i = 1; i <= (opts.waypoints ?? 1); i++)
     waypoints.push(
-      await start(i === 1 ? 'wp-node' : `wp-node-${i}`, { role: 'waypoint', waypointService: 'wp' }),
+      await start(i === 1 ? 'wp-node' : `wp-node-${i}`, {
+        role: 'waypoint',
+        waypointService: 'wp',
+        ...opts.waypointConfig,
+      }),
     );
   const wp = waypoints[0]!;
   const httpPort = await freePort();
@@ -227,6 +237,99 @@ test('curl with keep-alive: every request through the waypoint, one access-log l
         source_principal: WEB,
       }),
       1,
+    );
+  } finally {
+    await s.close();
+  }
+});
+
+/** Like rawExchange, and says whether the waypoint closed the connection (rather than the timer). */
+function rawSession(port: number, raw: string, ms = 3000): Promise<{ got: string; closed: boolean }> {
+  return new Promise((resolve) => {
+    const s = connect({ port, host: '127.0.0.1' });
+    let got = '';
+    const timer = setTimeout(() => {
+      s.destroy();
+      resolve({ got, closed: false });
+    }, ms);
+    s.setEncoding('utf8');
+    s.on('data', (c: string) => {
+      got += c;
+    });
+    s.on('close', () => {
+      clearTimeout(timer);
+      resolve({ got, closed: true });
+    });
+    s.on('error', () => {});
+    s.write(raw);
+  });
+}
+
+test('HTTP/1.1 as clients speak it: pipelined, 1.0, HEAD, chunked answers, CONNECT, a head too slow', async (t) => {
+  const s = await setup({ waypointConfig: { httpHeadTimeout: '500ms' } });
+  try {
+    // Three requests in one write: three answers, in order, and the last one's Connection: close kept.
+    const pipelined = await rawSession(
+      s.httpPort,
+      'GET /p1 HTTP/1.1\r\nHost: api\r\n\r\nPOST /p2 HTTP/1.1\r\nHost: api\r\nContent-Length: 3\r\n\r\nabc' +
+        'GET /p3 HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n',
+    );
+    t.true(pipelined.closed, 'closed after the request that asked for it');
+    const bodies = [...pipelined.got.matchAll(/^(GET|POST) (\/p\d) (\d+)$/gm)].map(
+      (m) => `${m[1]} ${m[2]} ${m[3]}`,
+    );
+    t.deepEqual(bodies, ['GET /p1 0', 'POST /p2 3', 'GET /p3 0']);
+    t.is(pipelined.got.match(/^HTTP\/1\.1 200 /gm)?.length, 3);
+
+    // HTTP/1.0 without keep-alive: one answer with a length, then the waypoint closes.
+    const old = await rawSession(s.httpPort, 'GET /old HTTP/1.0\r\nHost: api\r\n\r\n');
+    t.true(old.closed);
+    t.regex(old.got, /^HTTP\/1\.1 200 /);
+    t.regex(old.got, /\r\nconnection: close\r\n/i);
+    t.true(old.got.endsWith('GET /old 0\n'));
+
+    // HEAD: no body after its answer, and the connection still good for the next request.
+    const head = await rawSession(
+      s.httpPort,
+      'HEAD /h HTTP/1.1\r\nHost: api\r\n\r\nGET /after-head HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n',
+    );
+    t.regex(head.got, /^HTTP\/1\.1 200 /);
+    t.is(head.got.match(/^HTTP\/1\.1 200 /gm)?.length, 2);
+    t.true(head.got.endsWith('GET /after-head 0\n'));
+    t.is(head.got.match(/HEAD \/h/g), null, 'no body after the HEAD answer');
+
+    // A response without a length reaches curl whole, in chunks.
+    const { stdout } = await run('curl', ['-sS', '--http1.1', `http://127.0.0.1:${s.httpPort}/chunked`]);
+    t.is(stdout, 'one,two');
+
+    // CONNECT is not a request the waypoint forwards.
+    const connectReply = await rawSession(
+      s.httpPort,
+      'CONNECT 198.18.0.9:443 HTTP/1.1\r\nHost: 198.18.0.9:443\r\n\r\n',
+    );
+    t.regex(connectReply.got, /^HTTP\/1\.1 405 /);
+    t.true(connectReply.closed);
+
+    // A head that never completes: 408 once httpHeadTimeout passes, counted and logged.
+    const slow = await rawSession(s.httpPort, 'GET /slow HTTP/1.1\r\nHost: api\r\nX-Slow: a', 5000);
+    t.regex(slow.got, /^HTTP\/1\.1 408 /);
+    t.true(slow.closed);
+    const m = await metricsText(s.wp);
+    t.is(
+      metricSum(m, 'ambit_connections_refused_total', { direction: 'inbound', reason: 'idle_timeout' }),
+      1,
+    );
+    // An idle keep-alive connection is closed then too, quietly.
+    const idle = await rawSession(s.httpPort, 'GET /idle HTTP/1.1\r\nHost: api\r\n\r\n', 5000);
+    t.true(idle.closed);
+    t.true(idle.got.endsWith('GET /idle 0\n'));
+    t.is(
+      metricSum(await metricsText(s.wp), 'ambit_connections_refused_total', { reason: 'idle_timeout' }),
+      1,
+    );
+    t.false(
+      s.seen.some((r) => r.url === '/slow' || r.method === 'CONNECT'),
+      'neither reached the server',
     );
   } finally {
     await s.close();

@@ -72,6 +72,7 @@ test('the defaults are those of docs/configuration.md, field for field', (t) => 
       maxHandshakesPerSource: 32,
       handshakeTimeoutMs: 10_000,
       tunnelIdleTimeoutMs: 600_000,
+      httpHeadTimeoutMs: 60_000,
       maxConnections: 10_000,
       maxConnectionsPerIdentity: 1000,
       maxInboundStreams: 200,
@@ -153,6 +154,7 @@ const SAMPLES: Record<SettingKey, string> = {
   keyUpdateRate: '12',
   handshakeTimeout: '1s',
   tunnelIdleTimeout: '1h',
+  httpHeadTimeout: '30s',
   fdReserve: '0',
 };
 

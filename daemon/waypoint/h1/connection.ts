@@ -20,8 +20,6 @@ import {
 import { Http1Parser, type ParseFailure, type ParsedHead } from './parser.js';
 import { HopFailure, type ResponseHandler, type UpstreamConnection } from './upstream.js';
 
-/** How long a connection waits, after its last response, for the next request's whole head. */
-export const IDLE_MS = 60_000;
 /** How long a connection the waypoint ended waits for the client to end its side before it is reset. */
 const CLOSE_GRACE_MS = 5_000;
 
@@ -157,24 +155,36 @@ export class ClientConnection<T> {
   #inHead = false;
   readonly #onDone: () => void;
 
-  constructor(host: ExchangeHost<T>, stream: H2Stream, onDone: () => void) {
+  readonly #idleMs: number;
+
+  constructor(
+    host: ExchangeHost<T>,
+    stream: H2Stream,
+    limits: { readonly headTimeoutMs: number; readonly maxHeadBytes: number },
+    onDone: () => void,
+  ) {
     this.#host = host;
+    this.#idleMs = limits.headTimeoutMs;
     this.stream = stream;
     this.#onDone = onDone;
-    this.#parser = new Http1Parser('request', {
-      begin: () => {
-        this.#inHead = true;
+    this.#parser = new Http1Parser(
+      'request',
+      {
+        begin: () => {
+          this.#inHead = true;
+        },
+        head: (h) => this.#requestHead(h),
+        body: (c) => this.#requestBody(c),
+        end: () => this.#requestEnd(),
       },
-      head: (h) => this.#requestHead(h),
-      body: (c) => this.#requestBody(c),
-      end: () => this.#requestEnd(),
-    });
+      limits.maxHeadBytes,
+    );
     stream.on('data', (c: Buffer) => this.#data(c));
     stream.on('end', () => this.#clientEnd());
     stream.on('close', () => this.#closed());
     stream.on('drain', () => this.#clientDrained());
     stream.on('error', () => {});
-    this.#timer = setTimeout(() => this.#idle(), IDLE_MS);
+    this.#timer = setTimeout(() => this.#idle(), this.#idleMs);
     this.#timer.unref();
     stream.resume();
   }
@@ -534,7 +544,7 @@ export class ClientConnection<T> {
   #idle(): void {
     if (this.#queue.length > 0) return;
     if (this.#inHead) {
-      this.#host.slow(IDLE_MS);
+      this.#host.slow(this.#idleMs);
       this.writeClient(
         Buffer.from('HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n'),
       );

@@ -55,24 +55,35 @@ export class UpstreamConnection {
   #upgraded = false;
   #timer: NodeJS.Timeout;
 
-  constructor(pool: UpstreamPool, key: string, endpoint: Workload, authority: string, stream: H2Stream) {
+  constructor(
+    pool: UpstreamPool,
+    key: string,
+    endpoint: Workload,
+    authority: string,
+    stream: H2Stream,
+    maxHeadBytes: number,
+  ) {
     this.#pool = pool;
     this.key = key;
     this.endpoint = endpoint;
     this.authority = authority;
     this.stream = stream;
-    this.#parser = new Http1Parser('response', {
-      head: (h) => {
-        if (!h.keepAlive) this.reusable = false;
-        if (h.upgrade && h.status === 101) {
-          this.#upgraded = true;
-          this.reusable = false;
-        }
-        return this.#handler?.head(h) ?? true;
+    this.#parser = new Http1Parser(
+      'response',
+      {
+        head: (h) => {
+          if (!h.keepAlive) this.reusable = false;
+          if (h.upgrade && h.status === 101) {
+            this.#upgraded = true;
+            this.reusable = false;
+          }
+          return this.#handler?.head(h) ?? true;
+        },
+        body: (c) => this.#handler?.body(c),
+        end: () => this.#handler?.end(),
       },
-      body: (c) => this.#handler?.body(c),
-      end: () => this.#handler?.end(),
-    });
+      maxHeadBytes,
+    );
     stream.on('data', (c: Buffer) => this.#data(c));
     stream.on('end', () => this.#end());
     stream.on('close', () => this.#closed());
@@ -169,9 +180,11 @@ export class UpstreamPool {
   readonly #hop: HopDeps;
   readonly #free = new Map<string, UpstreamConnection[]>();
   readonly #all = new Set<UpstreamConnection>();
+  readonly #maxHeadBytes: number;
 
-  constructor(hop: HopDeps) {
+  constructor(hop: HopDeps, maxHeadBytes: number) {
     this.#hop = hop;
+    this.#maxHeadBytes = maxHeadBytes;
   }
 
   /** A kept connection for `key`, if one is free. */
@@ -196,7 +209,8 @@ export class UpstreamPool {
       stream.close();
       throw new HopFailure(status, `endpoint ${ep.name} answered ${status}`);
     }
-    const c = new UpstreamConnection(this, upstreamKey(ep, plan, client), ep, r.authority, stream);
+    const key = upstreamKey(ep, plan, client);
+    const c = new UpstreamConnection(this, key, ep, r.authority, stream, this.#maxHeadBytes);
     this.#all.add(c);
     return c;
   }

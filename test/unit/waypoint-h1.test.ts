@@ -1,0 +1,252 @@
+import test from 'ava';
+// The waypoint's HTTP/1.1 parts alone: what it relies on of llhttp through Node's undocumented HTTPParser
+// (pinned here, so that a Node upgrade that changes it fails a test rather than a proxy), its heads, and
+// the request metrics it keeps for prom-client's registry.
+import { AggregatorRegistry, Registry } from 'prom-client';
+import { RequestMetrics } from '../../daemon/metrics/request-metrics.js';
+import {
+  LAST_CHUNK,
+  chunkOf,
+  fieldLines,
+  framingOf,
+  headersOf,
+  requestHead,
+  responseMayHaveBody,
+} from '../../daemon/waypoint/h1/head.js';
+import { Http1Parser, type ParsedHead } from '../../daemon/waypoint/h1/parser.js';
+import { randomHex } from '../../lib/random.js';
+
+interface Message {
+  head: ParsedHead;
+  body: string;
+  ended: boolean;
+}
+
+function parse(kind: 'request' | 'response', chunks: string[], noBody = false) {
+  const msgs: Message[] = [];
+  let begins = 0;
+  const p = new Http1Parser('request' === kind ? 'request' : 'response', {
+    begin: () => {
+      begins++;
+    },
+    head: (head) => {
+      msgs.push({ head, body: '', ended: false });
+      return noBody;
+    },
+    body: (c) => {
+      msgs[msgs.length - 1]!.body += c.toString('latin1');
+    },
+    end: () => {
+      msgs[msgs.length - 1]!.ended = true;
+    },
+  });
+  const results = chunks.map((c) => p.execute(Buffer.from(c, 'latin1')));
+  return { msgs, results, p, begins: () => begins };
+}
+
+test('a request head: method, url, raw fields, keep-alive, and a chunked body de-chunked', (t) => {
+  const raw =
+    'POST /a?b=1 HTTP/1.1\r\nHost: api\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nTrailer-A: x\r\n\r\n';
+  const { msgs, results, begins } = parse('request', [raw]);
+  t.deepEqual(results, [{ ok: true, consumed: raw.length }]);
+  t.is(msgs.length, 1);
+  const m = msgs[0]!;
+  t.is(m.head.method, 'POST');
+  t.is(m.head.url, '/a?b=1');
+  t.deepEqual(m.head.fields, ['Host', 'api', 'X-A', '1', 'Transfer-Encoding', 'chunked']);
+  t.true(m.head.keepAlive);
+  t.false(m.head.upgrade);
+  t.is(m.body, 'abcde', 'the body without its chunk framing, the trailer dropped');
+  t.true(m.ended);
+  t.is(begins(), 1);
+});
+
+test('a head split across reads, and one with more fields than llhttp batches at once', (t) => {
+  const many = Array.from({ length: 60 }, (_, i) => `X-F${i}: v${i}\r\n`).join('');
+  const raw = `GET /long HTTP/1.1\r\nHost: api\r\n${many}\r\n`;
+  const { msgs } = parse('request', [raw.slice(0, 7), raw.slice(7, 300), raw.slice(300)]);
+  t.is(msgs.length, 1);
+  t.is(msgs[0]!.head.url, '/long');
+  t.is(msgs[0]!.head.fields.length, 2 * 61);
+  t.is(msgs[0]!.head.fields[121], 'v59');
+});
+
+test('llhttp refuses the smuggling shapes with their codes', (t) => {
+  const probes: Record<string, string> = {
+    HPE_UNEXPECTED_CONTENT_LENGTH: 'POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n',
+    'both framings': 'POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n',
+    'space before colon': 'POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n',
+    'bare LF in a field': 'GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n',
+  };
+  for (const [what, raw] of Object.entries(probes)) {
+    const { results, msgs } = parse('request', [raw]);
+    const r = results[0]!;
+    t.false(r.ok, what);
+    if (!r.ok) t.regex(r.failure.code, /^HPE_/, what);
+    t.true(
+      msgs.every((m) => !m.ended),
+      `${what}: no message completed`,
+    );
+  }
+});
+
+test('a head over the cap is HPE_HEADER_OVERFLOW', (t) => {
+  const p = new Http1Parser('request', { head: () => false, body: () => {}, end: () => {} }, 1024);
+  const r = p.execute(Buffer.from(`GET / HTTP/1.1\r\nX: ${'a'.repeat(2000)}\r\n\r\n`));
+  t.false(r.ok);
+  if (!r.ok) t.is(r.failure.code, 'HPE_HEADER_OVERFLOW');
+});
+
+test('responses: 1xx before the final one; a 101 stops at its head; HEAD has no body', (t) => {
+  const raw =
+    'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nFRAME';
+  const { msgs, results } = parse('response', [raw]);
+  t.deepEqual(
+    msgs.map((m) => [m.head.status, m.body, m.ended]),
+    [
+      [100, '', true],
+      [200, 'ok', true],
+      [101, '', true],
+    ],
+  );
+  t.true(msgs[2]!.head.upgrade);
+  const r = results[0]!;
+  t.true(r.ok);
+  if (r.ok) t.is(raw.slice(r.consumed), 'FRAME', 'what follows the 101 is left unread');
+  const head = parse(
+    'response',
+    ['HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n'],
+    true,
+  );
+  t.deepEqual(
+    head.msgs.map((m) => [m.head.status, m.body]),
+    [
+      [200, ''],
+      [204, ''],
+    ],
+    'told there is no body, the parser reads the next response at once',
+  );
+});
+
+test('a response without a length ends at finish(); Connection: close says not to keep it', (t) => {
+  const { msgs, p } = parse('response', [
+    'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart one, ',
+    'part two',
+  ]);
+  t.false(msgs[0]!.head.keepAlive);
+  t.false(msgs[0]!.ended);
+  t.is(p.finish(), undefined);
+  t.true(msgs[0]!.ended);
+  t.is(msgs[0]!.body, 'part one, part two');
+});
+
+test('a parser closed from inside its own callback frees itself after the call', (t) => {
+  let p: Http1Parser | undefined;
+  p = new Http1Parser('request', {
+    head: () => {
+      p!.close();
+      return false;
+    },
+    body: () => {},
+    end: () => {},
+  });
+  t.true(p.execute(Buffer.from('GET / HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n')).ok);
+  t.true(p.closed);
+  t.deepEqual(p.execute(Buffer.from('GET / HTTP/1.1\r\n\r\n')), { ok: true, consumed: 0 });
+});
+
+test('headersOf: names lower-cased, repeats joined, first Host wins, Set-Cookie a list', (t) => {
+  t.deepEqual(
+    headersOf([
+      'Host',
+      'a',
+      'HOST',
+      'b',
+      'Accept',
+      'x',
+      'accept',
+      'y',
+      'Set-Cookie',
+      'c=1',
+      'set-cookie',
+      'd=2',
+    ]),
+    { host: 'a', accept: 'x, y', 'set-cookie': ['c=1', 'd=2'] },
+  );
+});
+
+test('heads on the wire: fields in order, lists as lines, unsafe names and values left out', (t) => {
+  t.is(
+    requestHead('GET', '/x', {
+      host: 'api',
+      'x-list': ['1', '2'],
+      'bad name': 'v',
+      'x-inj': 'a\r\nX-Evil: 1',
+    }),
+    'GET /x HTTP/1.1\r\nhost: api\r\nx-list: 1\r\nx-list: 2\r\n\r\n',
+  );
+  t.is(fieldLines({ 'content-length': 12 }), 'content-length: 12\r\n');
+});
+
+test('framing and bodies: chunk frames, and which responses carry a body', (t) => {
+  t.is(chunkOf(Buffer.from('hello world!')).toString(), 'c\r\nhello world!\r\n');
+  t.is(LAST_CHUNK.toString(), '0\r\n\r\n');
+  t.is(framingOf({ 'transfer-encoding': 'chunked' }, true), 'chunked');
+  t.is(framingOf({ 'content-length': '3' }, true), 'length');
+  t.is(framingOf({}, true), 'close');
+  t.is(framingOf({ 'content-length': '3' }, false), 'none');
+  t.false(responseMayHaveBody('HEAD', 200));
+  t.false(responseMayHaveBody('GET', 204));
+  t.false(responseMayHaveBody('GET', 304));
+  t.true(responseMayHaveBody('GET', 200));
+});
+
+test('request metrics: counts and cumulative buckets as prom-client shows them, one series per label set', async (t) => {
+  const registry = new Registry();
+  const m = new RequestMetrics<{ a: string; b: string }>(
+    {
+      total: { name: 't_requests_total', help: 'requests' },
+      histograms: [
+        { name: 't_duration', help: 'd' },
+        { name: 't_req_bytes', help: 'q' },
+        { name: 't_res_bytes', help: 'r' },
+      ],
+    },
+    [1, 10, 100],
+    [registry],
+  );
+  const l1 = Object.freeze({ a: 'x', b: 'y' });
+  m.record(l1, 0.5, 5, 500);
+  m.record(l1, 50, 5, 5);
+  // The same values in another object (an emptied label cache): still one series.
+  m.record(Object.freeze({ a: 'x', b: 'y' }), 5, 0, 0);
+  m.record(Object.freeze({ a: 'z', b: 'y' }), 1, 1, 1);
+  const text = await registry.metrics();
+  t.regex(text, /^t_requests_total\{a="x",b="y"\} 3$/m);
+  t.regex(text, /^t_requests_total\{a="z",b="y"\} 1$/m);
+  t.regex(text, /^t_duration_bucket\{le="1",a="x",b="y"\} 1$/m);
+  t.regex(text, /^t_duration_bucket\{le="10",a="x",b="y"\} 2$/m);
+  t.regex(text, /^t_duration_bucket\{le="100",a="x",b="y"\} 3$/m);
+  t.regex(text, /^t_duration_bucket\{le="\+Inf",a="x",b="y"\} 3$/m);
+  t.regex(text, /^t_duration_sum\{a="x",b="y"\} 55.5$/m);
+  t.regex(text, /^t_duration_count\{a="x",b="y"\} 3$/m);
+  t.regex(text, /^t_res_bytes_bucket\{le="100",a="x",b="y"\} 2$/m);
+  t.regex(text, /^t_res_bytes_bucket\{le="\+Inf",a="x",b="y"\} 3$/m);
+  t.regex(text, /^# TYPE t_duration histogram$/m);
+  // Workers' registries are merged by summing, as prom-client's own metrics are.
+  const json = await registry.getMetricsAsJSON();
+  const merged = await AggregatorRegistry.aggregate([json, json]).metrics();
+  t.regex(merged, /^t_requests_total\{a="x",b="y"\} 6$/m);
+  t.regex(merged, /^t_duration_bucket\{le="10",a="x",b="y"\} 4$/m);
+});
+
+test('randomHex: the length asked, hex, and not the same twice', (t) => {
+  const seen = new Set<string>();
+  for (let i = 0; i < 1000; i++) {
+    const h = randomHex(16);
+    t.regex(h, /^[0-9a-f]{32}$/);
+    seen.add(h);
+  }
+  t.is(seen.size, 1000);
+  t.throws(() => randomHex(5000), { instanceOf: RangeError });
+});
