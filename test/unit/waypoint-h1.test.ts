@@ -141,15 +141,16 @@ test('a response without a length ends at finish(); Connection: close says not t
 });
 
 test('a parser closed from inside its own callback frees itself after the call', (t) => {
-  let p: Http1Parser | undefined;
-  p = new Http1Parser('request', {
+  const holder: { p?: Http1Parser } = {};
+  const p = new Http1Parser('request', {
     head: () => {
-      p!.close();
+      holder.p!.close();
       return false;
     },
     body: () => {},
     end: () => {},
   });
+  holder.p = p;
   t.true(p.execute(Buffer.from('GET / HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n')).ok);
   t.true(p.closed);
   t.deepEqual(p.execute(Buffer.from('GET / HTTP/1.1\r\n\r\n')), { ok: true, consumed: 0 });
