@@ -7,12 +7,17 @@ import type { Running } from '../contenders.js';
 export type { Running } from '../contenders.js';
 
 /** In the order of the table; the bench alternates them round by round in this order. */
-export const L7_NAMES = ['direct', 'nginx', 'haproxy', 'waypoint', 'ambit'] as const;
+export const L7_NAMES = ['direct', 'nginx', 'haproxy', 'hop', 'waypoint', 'ambit'] as const;
 export type L7Name = (typeof L7_NAMES)[number];
 /** The established proxies the L7 hop is held against. */
 export const L7_PEERS: readonly L7Name[] = ['nginx', 'haproxy'];
-/** The contender the targets are about: Ambit's L7 hop alone. */
+/**
+ * The contenders the issue's targets are about: the waypoint process in the real path for CPU and memory
+ * (Istio's figure is its waypoint's, mTLS included), and the same HTTP engine alone for requests/s and
+ * latency beside nginx and HAProxy (which run plaintext, one process).
+ */
 export const L7_SUBJECT: L7Name = 'waypoint';
+export const L7_HOP: L7Name = 'hop';
 
 export interface L7Context {
   /** Repository root (holds dist/). */

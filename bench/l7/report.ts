@@ -2,7 +2,7 @@
 
 import type { Machine } from '../proc.js';
 import { alignedTable, markdownTable, median } from '../report.js';
-import { type L7Name, L7_NAMES, L7_PEERS, L7_SUBJECT } from './contender.js';
+import { type L7Name, L7_HOP, L7_NAMES, L7_PEERS, L7_SUBJECT } from './contender.js';
 
 export const L7_METRICS = [
   { key: 'rps', label: 'Most requests/s (wrk, 16 connections)', unit: 'req/s', better: 'higher' },
@@ -94,6 +94,8 @@ export const RSS_TARGET_MB = 60;
 export function l7Targets(medians: Partial<Record<L7Name, L7Metrics>>): L7Target[] {
   const w = medians[L7_SUBJECT];
   if (!w) return [];
+  const hop = medians[L7_HOP] ?? w;
+  const hopName = medians[L7_HOP] ? 'the L7 hop alone' : 'the whole path';
   let peer: { name: L7Name; m: L7Metrics } | undefined;
   for (const p of L7_PEERS) {
     const m = medians[p];
@@ -101,9 +103,9 @@ export function l7Targets(medians: Partial<Record<L7Name, L7Metrics>>): L7Target
       peer = { name: p, m };
   }
   const status = (ok: boolean | null): L7Target['status'] => (ok === null ? 'n/a' : ok ? 'met' : 'missed');
-  const rpsRatio = w.rps !== null && peer?.m.rps ? roundTo(w.rps / peer.m.rps, 2) : null;
+  const rpsRatio = hop.rps !== null && peer?.m.rps ? roundTo(hop.rps / peer.m.rps, 2) : null;
   const peerAdded = peer?.m.p50AddedUs ?? null;
-  const mineAdded = w.p50AddedUs;
+  const mineAdded = hop.p50AddedUs;
   return [
     {
       id: 'cpu',
@@ -125,7 +127,7 @@ export function l7Targets(medians: Partial<Record<L7Name, L7Metrics>>): L7Target
     },
     {
       id: 'rps',
-      description: 'Waypoint requests/s ÷ the better peer',
+      description: `Requests/s ÷ the better peer (${hopName})`,
       value: rpsRatio,
       peer: peer?.name ?? null,
       peerValue: peer?.m.rps ?? null,
@@ -134,7 +136,7 @@ export function l7Targets(medians: Partial<Record<L7Name, L7Metrics>>): L7Target
     },
     {
       id: 'p50added',
-      description: 'Waypoint p50 added over direct (µs), against that peer',
+      description: `p50 added over direct (µs), against that peer (${hopName})`,
       value: mineAdded,
       peer: peer?.name ?? null,
       peerValue: peerAdded,

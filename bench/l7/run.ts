@@ -3,7 +3,7 @@
 // on loopback, plaintext, one worker or thread each, all forwarding to one shared upstream server. See
 // docs/benchmarks.md#l7-bench.
 //
-//   node dist/bench/l7/run.js [--smoke] [--only direct,nginx,haproxy,waypoint,ambit] [--rounds N] [--out DIR]
+//   node dist/bench/l7/run.js [--smoke] [--only direct,nginx,haproxy,hop,waypoint,ambit] [--rounds N] [--out DIR]
 //
 // Each round starts every hop afresh and measures them one after the other (A B C, then B C A, ...): a
 // warm-up, the fixed-rate run (latency, and the hop's CPU per request), then the most requests per second

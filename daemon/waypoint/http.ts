@@ -8,12 +8,19 @@ import type { Logger } from '../../lib/log.js';
 import type { Workload } from '../../lib/mesh/model.js';
 import type { Refusals } from '../limits/refusal.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { H2Stream } from '../proxy/h2/stream.js';
 import type { OutboundPlan } from '../proxy/outbound/plan.js';
+import type { ByteStream } from './h1/byte-stream.js';
 import { ClientConnection, type Decision, type ExchangeHost, type ReadRequest } from './h1/connection.js';
 import { requestHead } from './h1/head.js';
 import { MAX_HEAD_BYTES, type ParseFailure } from './h1/parser.js';
-import { HopFailure, type UpstreamConnection, UpstreamPool, upstreamKey } from './h1/upstream.js';
+import {
+  HopFailure,
+  type Opener,
+  type UpstreamConnection,
+  UpstreamPool,
+  hboneOpener,
+  upstreamKey,
+} from './h1/upstream.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 import type { HopClient, HopDeps } from './hop.js';
 import { type Trace, addSetCookie, applyHeaderOps, ipOf, setTraceHeaders, traceOf } from './l7-headers.js';
@@ -44,6 +51,8 @@ export interface WaypointHttpDeps {
   readonly refusals: Refusals;
   readonly metrics: Metrics;
   readonly limits: Http1Limits;
+  /** How connections to endpoints are opened: the HBONE hop unless told otherwise (the plain bench). */
+  readonly open?: Opener;
 }
 
 /** One request's account: its access-log line once it is over. */
@@ -74,11 +83,11 @@ export class WaypointHttp {
 
   constructor(d: WaypointHttpDeps) {
     this.#d = d;
-    this.#pool = new UpstreamPool(d.hop, d.limits.maxHeadBytes);
+    this.#pool = new UpstreamPool(d.open ?? hboneOpener(d.hop), d.limits.maxHeadBytes);
   }
 
   /** Serves one client's tunnel stream (answered 200 already) as an HTTP/1.1 connection. */
-  serve(stream: H2Stream, ctx: HttpContext): void {
+  serve(stream: ByteStream, ctx: HttpContext): void {
     const host = new Exchanges(this.#d, this.#pool, ctx);
     const c = new ClientConnection(host, stream, this.#d.limits, () => this.#open.delete(c));
     this.#open.add(c);

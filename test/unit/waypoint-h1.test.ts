@@ -1,9 +1,15 @@
-import test from 'ava';
 // The waypoint's HTTP/1.1 parts alone: what it relies on of llhttp through Node's undocumented HTTPParser
 // (pinned here, so that a Node upgrade that changes it fails a test rather than a proxy), its heads, and
-// the request metrics it keeps for prom-client's registry.
+// the request metrics it keeps for prom-client's registry. The last test drives the engine over fake streams:
+// a reader that is full at one exact moment cannot be made on a real socket.
+import { EventEmitter } from 'node:events';
+import test from 'ava';
 import { AggregatorRegistry, Registry } from 'prom-client';
+import { Refusals } from '../../daemon/limits/refusal.js';
+import { Metrics } from '../../daemon/metrics/metrics.js';
 import { RequestMetrics } from '../../daemon/metrics/request-metrics.js';
+import type { OutboundPlan } from '../../daemon/proxy/outbound/plan.js';
+import type { ByteStream } from '../../daemon/waypoint/h1/byte-stream.js';
 import {
   LAST_CHUNK,
   chunkOf,
@@ -14,7 +20,11 @@ import {
   responseMayHaveBody,
 } from '../../daemon/waypoint/h1/head.js';
 import { Http1Parser, type ParsedHead } from '../../daemon/waypoint/h1/parser.js';
+import { DEFAULT_HTTP1_LIMITS, WaypointHttp } from '../../daemon/waypoint/http.js';
+import { ServiceRouter } from '../../daemon/waypoint/router.js';
+import { silentLogger } from '../../lib/log.js';
 import { randomHex } from '../../lib/random.js';
+import { workload } from '../helpers/mesh.js';
 
 interface Message {
   head: ParsedHead;
@@ -250,4 +260,90 @@ test('randomHex: the length asked, hex, and not the same twice', (t) => {
   }
   t.is(seen.size, 1000);
   t.throws(() => randomHex(5000), { instanceOf: RangeError });
+});
+
+/** A ByteStream whose reader can be made full (write says wait): the state a slow client leaves. */
+class FakeStream extends EventEmitter implements ByteStream {
+  written = '';
+  full = false;
+  paused = false;
+  destroyed = false;
+  rstCode: number | undefined;
+  write(chunk: Buffer): boolean {
+    this.written += chunk.toString('latin1');
+    return !this.full;
+  }
+  end(): void {}
+  pause(): void {
+    this.paused = true;
+  }
+  resume(): void {
+    this.paused = false;
+  }
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.rstCode = 8;
+    this.emit('close');
+  }
+  push(s: string): void {
+    this.emit('data', Buffer.from(s, 'latin1'));
+  }
+}
+
+test('an endpoint connection paused for a slow client is not kept paused for the next one', async (t) => {
+  const upstreams: FakeStream[] = [];
+  const metrics = new Metrics({ processMetrics: false });
+  const log = silentLogger();
+  const plan: OutboundPlan = {
+    kind: 'mesh',
+    service: { name: 'api', namespace: 'default' },
+    endpoints: [workload({ name: 'api-1', service: 'api', node: 'n', ports: [8080] })],
+    targetPort: 8080,
+    targeted: undefined,
+  };
+  const http = new WaypointHttp({
+    hop: {
+      store: undefined as never,
+      pool: undefined as never,
+      identityOf: () => 'spiffe://x/api',
+      self: 'spiffe://x/wp',
+    },
+    router: new ServiceRouter(1000),
+    log,
+    refusals: new Refusals(metrics, log),
+    metrics,
+    limits: DEFAULT_HTTP1_LIMITS,
+    open: async () => {
+      const s = new FakeStream();
+      upstreams.push(s);
+      return { stream: s, authority: '198.18.0.2:8080' };
+    },
+  });
+  const ctx = {
+    plan,
+    client: { principal: 'spiffe://x/web', forwarded: undefined, traceparent: undefined },
+    clientAddr: undefined,
+  };
+  const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
+  const slow = new FakeStream();
+  http.serve(slow, ctx);
+  slow.push('GET /one HTTP/1.1\r\nHost: api\r\n\r\n');
+  await tick();
+  t.is(upstreams.length, 1);
+  t.regex(upstreams[0]!.written, /^GET \/one HTTP\/1\.1\r\n/);
+  // The client's stream is full when the whole answer arrives in one read: its endpoint is paused...
+  slow.full = true;
+  upstreams[0]!.push('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
+  t.true(slow.written.endsWith('ok'));
+  // ...yet the exchange is over and the connection is kept: it must read again for whoever takes it.
+  t.false(upstreams[0]!.paused);
+  const next = new FakeStream();
+  http.serve(next, ctx);
+  next.push('GET /two HTTP/1.1\r\nHost: api\r\n\r\n');
+  await tick();
+  t.is(upstreams.length, 1, 'the kept connection was reused');
+  upstreams[0]!.push('HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo');
+  t.regex(next.written, /^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\ntwo$/);
+  http.close();
 });

@@ -5,9 +5,9 @@
 // pipelining client waits in its own buffers, not ours), so a client holds at most one read of ours.
 import { STATUS_CODES } from 'node:http';
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
-import type { H2Stream } from '../../proxy/h2/stream.js';
 import type { RequestRoute } from '../router.js';
 import { XFCC } from '../xfcc.js';
+import type { ByteStream } from './byte-stream.js';
 import {
   type Framing,
   LAST_CHUNK,
@@ -132,7 +132,7 @@ class Exchange<T> implements ResponseHandler {
 
 export class ClientConnection<T> {
   readonly #host: ExchangeHost<T>;
-  readonly stream: H2Stream;
+  readonly stream: ByteStream;
   readonly #parser: Http1Parser;
   /** Requests read, in order; the first is the one in flight. */
   readonly #queue: Exchange<T>[] = [];
@@ -147,8 +147,8 @@ export class ClientConnection<T> {
   #ending = false;
   /** Client bytes after an upgrade request's head, held until the endpoint answers 101. */
   #upgradeHead: Buffer[] = [];
-  /** The client cannot take more now: the endpoint's connection is paused until it can. */
-  #clientBlocked = false;
+  /** The client cannot take more now: this endpoint connection is paused until it can. */
+  #pausedUp: UpstreamConnection | undefined;
   /** After an upgrade: the endpoint cannot take more of the client's bytes now. */
   #upgradeBlocked = false;
   /** A request's head has begun and is not complete (what the idle timer then refuses as too slow). */
@@ -159,7 +159,7 @@ export class ClientConnection<T> {
 
   constructor(
     host: ExchangeHost<T>,
-    stream: H2Stream,
+    stream: ByteStream,
     limits: { readonly headTimeoutMs: number; readonly maxHeadBytes: number },
     onDone: () => void,
   ) {
@@ -434,6 +434,8 @@ export class ClientConnection<T> {
     ex.up = undefined;
     if (up && !ex.upgraded) {
       if (!ex.reqEnded) up.reusable = false;
+      // Kept for another client's exchange: it must not stay paused for this one's reader.
+      if (this.#pausedUp === up) this.#unpause();
       up.release();
     }
     this.#host.finished(ex.account, ex.route, ex.status, outcome, flag);
@@ -456,17 +458,21 @@ export class ClientConnection<T> {
     if (this.stream.destroyed) return;
     if (!this.stream.write(chunk)) {
       const up = this.#queue[0]?.up ?? this.#upgradedTo;
-      if (up && !this.#clientBlocked) {
-        this.#clientBlocked = true;
+      if (up && this.#pausedUp === undefined) {
+        this.#pausedUp = up;
         up.stream.pause();
       }
     }
   }
 
   #clientDrained(): void {
-    if (!this.#clientBlocked) return;
-    this.#clientBlocked = false;
-    const up = this.#queue[0]?.up ?? this.#upgradedTo;
+    this.#unpause();
+  }
+
+  /** The endpoint connection paused for this client reads again (the client drained, or is done with it). */
+  #unpause(): void {
+    const up = this.#pausedUp;
+    this.#pausedUp = undefined;
     up?.stream.resume();
   }
 

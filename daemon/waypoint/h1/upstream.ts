@@ -3,9 +3,9 @@
 // client identity: the destination checks and logs the client its CONNECT names, so two clients never
 // share one.
 import type { Workload } from '../../../lib/mesh/model.js';
-import type { H2Stream } from '../../proxy/h2/stream.js';
 import type { OutboundPlan } from '../../proxy/outbound/plan.js';
 import { type HopClient, type HopDeps, openHop } from '../hop.js';
+import type { ByteStream } from './byte-stream.js';
 import { Http1Parser, type ParsedHead } from './parser.js';
 
 /** How long a kept connection waits for the next request of its client to that endpoint. */
@@ -43,7 +43,7 @@ export const upstreamKey = (ep: Workload, plan: OutboundPlan, client: HopClient)
 
 export class UpstreamConnection {
   readonly key: string;
-  readonly stream: H2Stream;
+  readonly stream: ByteStream;
   readonly endpoint: Workload;
   /** The `ip:port` the hop's CONNECT named, for the access log. */
   readonly authority: string;
@@ -60,7 +60,7 @@ export class UpstreamConnection {
     key: string,
     endpoint: Workload,
     authority: string,
-    stream: H2Stream,
+    stream: ByteStream,
     maxHeadBytes: number,
   ) {
     this.#pool = pool;
@@ -110,6 +110,8 @@ export class UpstreamConnection {
       this.destroy();
       return;
     }
+    // Whoever paused it for a slow reader is done with it; a kept connection reads (to see it close).
+    this.stream.resume();
     this.#timer.refresh();
   }
 
@@ -175,15 +177,41 @@ export class UpstreamConnection {
   }
 }
 
+/** How a connection to an endpoint is had: the waypoint's own HBONE hop (hbone below), in a bench a socket. */
+export type Opener = (
+  plan: OutboundPlan,
+  ep: Workload,
+  client: HopClient,
+) => Promise<{ readonly stream: ByteStream; readonly authority: string }>;
+
+/** The waypoint's hop: a CONNECT to the endpoint's node; anything but 200 is a HopFailure. */
+export const hboneOpener =
+  (hop: HopDeps): Opener =>
+  async (plan, ep, client) => {
+    let r: Awaited<ReturnType<typeof openHop>>;
+    try {
+      r = await openHop(hop, plan, ep, client);
+    } catch (err) {
+      throw new HopFailure(503, (err as Error).message);
+    }
+    if (r.kind === 'skip') throw new HopFailure(503, r.why);
+    const { stream, status } = r.response;
+    if (status !== 200) {
+      stream.close();
+      throw new HopFailure(status, `endpoint ${ep.name} answered ${status}`);
+    }
+    return { stream, authority: r.authority };
+  };
+
 /** Kept connections by (endpoint, port, client), most recently used last. */
 export class UpstreamPool {
-  readonly #hop: HopDeps;
+  readonly #opener: Opener;
   readonly #free = new Map<string, UpstreamConnection[]>();
   readonly #all = new Set<UpstreamConnection>();
   readonly #maxHeadBytes: number;
 
-  constructor(hop: HopDeps, maxHeadBytes: number) {
-    this.#hop = hop;
+  constructor(opener: Opener, maxHeadBytes: number) {
+    this.#opener = opener;
     this.#maxHeadBytes = maxHeadBytes;
   }
 
@@ -195,22 +223,11 @@ export class UpstreamPool {
     return c;
   }
 
-  /** Opens a new hop to `ep`; rejects with a HopFailure when the endpoint's daemon does not answer 200. */
+  /** Opens a new connection to `ep`; rejects with a HopFailure when there is none to have. */
   async open(plan: OutboundPlan, ep: Workload, client: HopClient): Promise<UpstreamConnection> {
-    let r: Awaited<ReturnType<typeof openHop>>;
-    try {
-      r = await openHop(this.#hop, plan, ep, client);
-    } catch (err) {
-      throw new HopFailure(503, (err as Error).message);
-    }
-    if (r.kind === 'skip') throw new HopFailure(503, r.why);
-    const { stream, status } = r.response;
-    if (status !== 200) {
-      stream.close();
-      throw new HopFailure(status, `endpoint ${ep.name} answered ${status}`);
-    }
+    const { stream, authority } = await this.#opener(plan, ep, client);
     const key = upstreamKey(ep, plan, client);
-    const c = new UpstreamConnection(this, key, ep, r.authority, stream, this.#maxHeadBytes);
+    const c = new UpstreamConnection(this, key, ep, authority, stream, this.#maxHeadBytes);
     this.#all.add(c);
     return c;
   }

@@ -1,0 +1,33 @@
+// The waypoint's HTTP/1.1 engine alone, as nginx and HAProxy run here: one process, plaintext in and out
+// (bench/l7/plain-hop.ts). This is the contender the requests/s and latency targets hold beside
+// them; the waypoint contender is the same engine inside the real path, with mTLS and HTTP/2 both sides.
+
+import { join } from 'node:path';
+import { freePort, startProcess } from '../../proc.js';
+import type { L7Contender } from '../contender.js';
+import { stopAll, untilAnswers } from '../ready.js';
+import { ambitMissing, ambitVersion } from './ambit.js';
+
+export const contender: L7Contender = {
+  name: 'hop',
+  description:
+    "the waypoint's HTTP/1.1 engine (daemon/waypoint/http.ts, llhttp) alone, one Node process, plaintext " +
+    'both sides, keep-alive upstream, request metrics on, access log off (bench/l7/plain-hop.ts)',
+  missing: ambitMissing,
+  version: ambitVersion,
+  async start(ctx) {
+    const port = await freePort();
+    const proc = startProcess('plain hop', process.execPath, [
+      join(ctx.root, 'dist/bench/l7/plain-hop.js'),
+      String(port),
+      String(ctx.upstreamPort),
+    ]);
+    try {
+      await untilAnswers(port, 10_000, 'hop', [proc]);
+      return { port, pids: [proc.pid], stop: () => stopAll([proc]) };
+    } catch (e) {
+      await stopAll([proc]);
+      throw e;
+    }
+  },
+};
