@@ -24,8 +24,9 @@ export function forwardRequestHeaders(
 ): OutgoingHttpHeaders {
   const named = connectionTokens(h.connection);
   const out: OutgoingHttpHeaders = {};
-  for (const [k, v] of Object.entries(h)) {
-    if (v === undefined || HOP_BY_HOP.has(k) || named.has(k)) continue;
+  for (const k in h) {
+    const v = h[k];
+    if (v === undefined || HOP_BY_HOP.has(k) || named?.has(k)) continue;
     out[k] = v;
   }
   if (h['transfer-encoding'] !== undefined) out['transfer-encoding'] = 'chunked';
@@ -41,17 +42,21 @@ export function forwardRequestHeaders(
 export function forwardResponseHeaders(h: IncomingHttpHeaders): OutgoingHttpHeaders {
   const named = connectionTokens(h.connection);
   const out: OutgoingHttpHeaders = {};
-  for (const [k, v] of Object.entries(h)) {
-    if (v === undefined || (HOP_BY_HOP.has(k) && k !== XFCC) || named.has(k)) continue;
+  for (const k in h) {
+    const v = h[k];
+    if (v === undefined || (HOP_BY_HOP.has(k) && k !== XFCC) || named?.has(k)) continue;
     out[k] = v;
   }
   return out;
 }
 
-const connectionTokens = (v: string | undefined): Set<string> =>
-  new Set(
-    (v ?? '')
-      .split(',')
-      .map((t) => t.trim().toLowerCase())
-      .filter(Boolean),
-  );
+/** The fields a Connection header names as hop-by-hop; undefined (the usual case) when it names none. */
+function connectionTokens(v: string | undefined): Set<string> | undefined {
+  if (v === undefined) return undefined;
+  const named = new Set<string>();
+  for (const t of v.split(',')) {
+    const name = t.trim().toLowerCase();
+    if (name) named.add(name);
+  }
+  return named;
+}

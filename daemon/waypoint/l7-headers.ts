@@ -47,7 +47,7 @@ export function traceOf(headers: Readonly<Record<string, string | string[] | und
   const rid = one(headers['x-request-id'])?.trim();
   return {
     traceparent,
-    traceId: traceparent.split('-')[1]!,
+    traceId: traceparent.slice(3, 35),
     requestId: rid || randomUUID(),
     createdTrace: !valid,
     createdRequestId: !rid,

@@ -283,7 +283,8 @@ export class ClientConnection<T> {
     }
     const route = decision.route;
     ex.route = route;
-    if (!req.http10 && !req.upgrade && /^\s*100-continue\s*$/i.test(req.headers.expect ?? '')) {
+    const expect = req.headers.expect;
+    if (expect !== undefined && !req.http10 && !req.upgrade && /^\s*100-continue\s*$/i.test(expect)) {
       // As Envoy does by default: the waypoint says Continue itself, and the endpoint is not asked.
       ex.sent100 = true;
       this.writeClient(Buffer.from('HTTP/1.1 100 Continue\r\n\r\n'));
