@@ -43,6 +43,27 @@ export interface OutboundDeps {
   readonly sockets: SocketFactory;
 }
 
+/** How one kind of destination is tunneled to: a service's endpoints, or its waypoint's instances. */
+interface TunnelKind {
+  /** The route, as the access log names what a refusal was for. */
+  readonly plan: Plan;
+  readonly hop: (candidate: Workload) => ReturnType<typeof planHop>;
+  readonly forwarded: string;
+  readonly baggage: string;
+  readonly dst: (candidate: Workload) => Party;
+  readonly firstFailure: RefusalKind;
+  readonly noneTried: string;
+  readonly named: (candidate: Workload) => string;
+  readonly failedMessage: string;
+  readonly logFields: (candidate: Workload) => Record<string, string>;
+  readonly answeredFor: (status: number) => string;
+  /**
+   * Endpoints: a refusal names the endpoint, and a failed connect says whether the peer's identity was
+   * the cause. Waypoint instances: the refusal is the service's.
+   */
+  readonly refusalEndpoint: boolean;
+}
+
 /** `forwarded` with the service the client meant (`;host=`), as ztunnel sends it to a waypoint. */
 const forwardedForHost = (ip: string | undefined, port: number | undefined, host: string): string =>
   `${forwardedFor(ip, port)};host=${host}`;
@@ -102,14 +123,77 @@ export class Outbound {
     }
     if (via) return this.#viaWaypoint(client, src, source, target, via);
 
+    return this.#tunnel(client, src, target, plan.endpoints, {
+      plan,
+      hop: (ep) => planHop(d.store, plan, ep, sourceId, d.identityOf),
+      forwarded: forwardedFor(client.remoteAddress, client.remotePort),
+      baggage: baggageOf(source),
+      dst: (ep) => toService(d, target, plan, ep),
+      firstFailure: 'no_endpoint',
+      noneTried: 'no endpoint could be tried',
+      named: (ep) => ep.name,
+      failedMessage: 'tunnel to endpoint failed, trying another',
+      logFields: (ep) => ({ endpoint: ep.name, node: ep.node }),
+      answeredFor: (status) => `peer answered ${status}`,
+      refusalEndpoint: true,
+    });
+  }
+
+  /**
+   * A service with a waypoint: to one of its instances (balanced, the ones that failed lately last), and to
+   * nothing else. No instance answers: refused as waypoint_unavailable, never sent around it.
+   */
+  #viaWaypoint(
+    client: Socket,
+    src: Party,
+    source: Workload,
+    target: OutboundTarget,
+    via: WaypointRoute,
+  ): Promise<void> {
+    const d = this.#d;
+    const sourceId = d.identityOf(source);
+    return this.#tunnel(client, src, target, via.instances, {
+      plan: via,
+      hop: (instance) => planWaypointHop(via, instance, sourceId, d.identityOf),
+      forwarded: forwardedForHost(client.remoteAddress, client.remotePort, via.host),
+      baggage: baggageOf(source),
+      dst: (instance) => ({
+        ...toService(d, target, via),
+        workload: instance.name,
+        principal: d.identityOf(instance),
+      }),
+      // An instance that answered (503: it could not reach the service) is up: the failure is the service's.
+      firstFailure: 'waypoint_unavailable',
+      noneTried: 'no waypoint instance could be tried',
+      named: (instance) => `waypoint ${instance.name}`,
+      failedMessage: 'waypoint instance failed, trying another',
+      logFields: (instance) => ({ waypoint: instance.name }),
+      answeredFor: (status) => `waypoint answered ${status}`,
+      refusalEndpoint: false,
+    });
+  }
+
+  /**
+   * The one connect loop: a candidate at a time (balanced, those that failed lately last), up to
+   * maxAttempts, until one answers 200 and is carried. 401 and 400 are the destination's answer for the
+   * service, not a reason to try another; anything else ejects the candidate and moves on.
+   */
+  async #tunnel(
+    client: Socket,
+    src: Party,
+    target: OutboundTarget,
+    candidates: readonly Workload[],
+    k: TunnelKind,
+  ): Promise<void> {
+    const d = this.#d;
     const tried = new Set<string>();
-    let lastError = 'no endpoint could be tried';
-    let failure: RefusalKind = 'no_endpoint';
+    let lastError = k.noneTried;
+    let failure: RefusalKind = k.firstFailure;
     for (let attempt = 0; attempt < d.maxAttempts; attempt++) {
-      const ep = d.balancer.pick(plan.endpoints, tried);
+      const ep = d.balancer.pick(candidates, tried);
       if (!ep) break;
       tried.add(ep.name);
-      const hop = planHop(d.store, plan, ep, sourceId, d.identityOf);
+      const hop = k.hop(ep);
       if (hop.kind === 'skip') {
         lastError = hop.why;
         continue;
@@ -117,9 +201,9 @@ export class Outbound {
       const headers: H2Headers = {
         ':method': 'CONNECT',
         ':authority': hop.authority,
-        forwarded: forwardedFor(client.remoteAddress, client.remotePort),
+        forwarded: k.forwarded,
         traceparent: newTraceparent(),
-        baggage: baggageOf(source),
+        baggage: k.baggage,
       };
       // Counted from the pick, so that connections still being set up weigh in the next choice.
       d.balancer.opened(ep.name);
@@ -129,12 +213,9 @@ export class Outbound {
       } catch (err) {
         d.balancer.closed(ep.name);
         d.balancer.eject(ep.name);
-        lastError = (err as Error).message;
-        failure = err instanceof TunnelError ? 'upstream_failed' : 'peer_identity';
-        d.log.warn(
-          { endpoint: ep.name, node: ep.node, err: lastError },
-          'tunnel to endpoint failed, trying another',
-        );
+        lastError = k.refusalEndpoint ? (err as Error).message : `${k.named(ep)}: ${(err as Error).message}`;
+        if (k.refusalEndpoint) failure = err instanceof TunnelError ? 'upstream_failed' : 'peer_identity';
+        d.log.warn({ ...k.logFields(ep), err: lastError }, k.failedMessage);
         continue;
       }
       const { stream, status } = answer;
@@ -145,102 +226,21 @@ export class Outbound {
           return;
         }
         d.balancer.succeeded(ep.name);
-        const account = new ConnectionAccount(
-          d,
-          'outbound',
-          src,
-          toService(d, target, plan, ep),
-          'mutual_tls',
-        );
+        const account = new ConnectionAccount(d, 'outbound', src, k.dst(ep), 'mutual_tls');
         carry(account, client, stream, true, () => d.balancer.closed(ep.name));
         return;
       }
       stream.close();
       d.balancer.closed(ep.name);
-      if (status === 401) return this.#refuse(client, src, target, plan, 'denied', 'peer answered 401', ep);
-      if (status === 400) {
-        return this.#refuse(client, src, target, plan, 'bad_request', 'peer answered 400', ep);
-      }
+      const at = k.refusalEndpoint ? ep : undefined;
+      if (status === 401) return this.#refuse(client, src, target, k.plan, 'denied', k.answeredFor(401), at);
+      if (status === 400)
+        return this.#refuse(client, src, target, k.plan, 'bad_request', k.answeredFor(400), at);
       d.balancer.eject(ep.name);
-      lastError = `peer answered ${status}`;
+      lastError = k.refusalEndpoint ? k.answeredFor(status) : `${k.named(ep)} answered ${status}`;
       failure = 'upstream_failed';
     }
-    return this.#refuse(client, src, target, plan, failure, lastError);
-  }
-
-  /**
-   * A service with a waypoint: to one of its instances (balanced, the ones that failed lately last), and to
-   * nothing else. No instance answers: refused as waypoint_unavailable, never sent around it.
-   */
-  async #viaWaypoint(
-    client: Socket,
-    src: Party,
-    source: Workload,
-    target: OutboundTarget,
-    via: WaypointRoute,
-  ): Promise<void> {
-    const d = this.#d;
-    const sourceId = d.identityOf(source);
-    const tried = new Set<string>();
-    let lastError = 'no waypoint instance could be tried';
-    // An instance that answered (503: it could not reach the service) is up: the failure is the service's.
-    let failure: RefusalKind = 'waypoint_unavailable';
-    for (let attempt = 0; attempt < d.maxAttempts; attempt++) {
-      const instance = d.balancer.pick(via.instances, tried);
-      if (!instance) break;
-      tried.add(instance.name);
-      const hop = planWaypointHop(via, instance, sourceId, d.identityOf);
-      if (hop.kind === 'skip') {
-        lastError = hop.why;
-        continue;
-      }
-      const headers: H2Headers = {
-        ':method': 'CONNECT',
-        ':authority': hop.authority,
-        forwarded: forwardedForHost(client.remoteAddress, client.remotePort, via.host),
-        traceparent: newTraceparent(),
-        baggage: baggageOf(source),
-      };
-      d.balancer.opened(instance.name);
-      let answer: Awaited<ReturnType<Pool['connect']>>;
-      try {
-        answer = await d.pool.connect(hop.session, headers);
-      } catch (err) {
-        d.balancer.closed(instance.name);
-        d.balancer.eject(instance.name);
-        lastError = `waypoint ${instance.name}: ${(err as Error).message}`;
-        d.log.warn({ waypoint: instance.name, err: lastError }, 'waypoint instance failed, trying another');
-        continue;
-      }
-      const { stream, status } = answer;
-      if (status === 200) {
-        if (client.destroyed) {
-          d.balancer.closed(instance.name);
-          stream.close();
-          return;
-        }
-        d.balancer.succeeded(instance.name);
-        const dst: Party = {
-          ...toService(d, target, via),
-          workload: instance.name,
-          principal: d.identityOf(instance),
-        };
-        const account = new ConnectionAccount(d, 'outbound', src, dst, 'mutual_tls');
-        carry(account, client, stream, true, () => d.balancer.closed(instance.name));
-        return;
-      }
-      stream.close();
-      d.balancer.closed(instance.name);
-      // The waypoint answered for the service: its refusal is the service's, not a reason to try another.
-      if (status === 401) return this.#refuse(client, src, target, via, 'denied', 'waypoint answered 401');
-      if (status === 400) {
-        return this.#refuse(client, src, target, via, 'bad_request', 'waypoint answered 400');
-      }
-      d.balancer.eject(instance.name);
-      lastError = `waypoint ${instance.name} answered ${status}`;
-      failure = 'upstream_failed';
-    }
-    return this.#refuse(client, src, target, via, failure, lastError);
+    return this.#refuse(client, src, target, k.plan, failure, lastError);
   }
 
   #refuse(
