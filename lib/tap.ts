@@ -28,9 +28,26 @@ export interface ConnectionRow {
 
 export type TapStatus = 'open' | 'closed' | 'reset' | 'refused';
 
-/** One event of the tap: an opened, closed (or reset) or refused connection. */
+/** What a waypoint's request event says of the request (L7 services only). */
+export interface TapRequest {
+  readonly protocol: 'http' | 'grpc';
+  readonly method: string | undefined;
+  readonly path: string | undefined;
+  readonly authority: string | undefined;
+  readonly response_code: number;
+  readonly route?: string | undefined;
+  readonly split?: string | undefined;
+  readonly subset?: string | undefined;
+  readonly endpoint?: string | undefined;
+  readonly trace_id?: string | undefined;
+}
+
+/**
+ * One event of the tap: an opened, closed (or reset) or refused connection, or (at a waypoint) a request
+ * that is over, with `request` set.
+ */
 export interface TapEvent {
-  readonly event: 'opened' | 'closed' | 'refused';
+  readonly event: 'opened' | 'closed' | 'refused' | 'request';
   readonly status: TapStatus;
   readonly time: string;
   readonly id: number | undefined;
@@ -43,6 +60,7 @@ export interface TapEvent {
   readonly bytes_received?: number;
   readonly reason?: string;
   readonly response_flags?: string;
+  readonly request?: TapRequest;
 }
 
 /** What a tap asks for; every field it sets must match (`to`: the destination service alone). */

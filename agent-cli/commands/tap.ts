@@ -39,6 +39,18 @@ export function tapLine(e: TapEvent): string {
   const time = e.time.slice(11, 23);
   const head = `${time} ${e.status.padEnd(7)} ${e.direction.padEnd(8)} ${who(e.src)} -> ${who(e.dst)}`;
   const id = e.src.principal ? ` from ${e.src.principal}` : '';
+  if (e.request) {
+    const r = e.request;
+    const via = [
+      r.route && `route ${r.route}`,
+      r.split && `split ${r.split}`,
+      r.subset && `subset ${r.subset}`,
+    ]
+      .filter(Boolean)
+      .join(', ');
+    const flags = e.response_flags && e.response_flags !== '-' ? ` [${e.response_flags}]` : '';
+    return `${head}${id} ${r.method ?? '-'} ${r.authority ?? ''}${r.path ?? ''} ${r.response_code}${flags}${via ? ` (${via})` : ''}, ${e.duration_ms ?? 0} ms`;
+  }
   if (e.event === 'refused') return `${head}${id}: ${e.reason ?? ''} [${e.response_flags ?? ''}]`;
   if (e.event === 'opened') return `${head}${id} ${e.security}`;
   return `${head} ${bytes(e.bytes_sent ?? 0)} sent, ${bytes(e.bytes_received ?? 0)} received, ${e.duration_ms ?? 0} ms`;

@@ -2,7 +2,15 @@
 // `GET /connections` and `ambit top`, and a stream of its events (opened, closed, refused) for whoever taps
 // (`/tap`, `ambit tap`). The table is a Set add and delete per connection; an event object is built only
 // while someone taps, and a tap that cannot keep up is dropped rather than let it hold memory.
-import type { ConnectionRow, Direction, End, TapEvent, TapFilter, TapStatus } from '../../lib/tap.js';
+import type {
+  ConnectionRow,
+  Direction,
+  End,
+  TapEvent,
+  TapFilter,
+  TapRequest,
+  TapStatus,
+} from '../../lib/tap.js';
 
 export type { ConnectionRow, End, TapEvent, TapFilter, TapStatus } from '../../lib/tap.js';
 export { TAP_FILTER_KEYS } from '../../lib/tap.js';
@@ -91,6 +99,40 @@ export class ConnectionTable {
   refused(t: Omit<Tracked, 'bytes'>, reason: string, flags: string): void {
     if (this.#taps.size === 0) return;
     this.#emit({ ...this.#event('refused', 'refused', t), reason, response_flags: flags });
+  }
+
+  /**
+   * A request a waypoint is done with, for the taps (nothing is kept). The caller builds the event only
+   * when `taps` is above 0: a request costs nothing while nobody taps.
+   */
+  request(e: {
+    readonly status: TapStatus;
+    readonly src: End;
+    readonly dst: End;
+    readonly started: number;
+    readonly bytesIn: number;
+    readonly bytesOut: number;
+    readonly flags: string;
+    readonly reason: string | undefined;
+    readonly request: TapRequest;
+  }): void {
+    if (this.#taps.size === 0) return;
+    this.#emit({
+      event: 'request',
+      status: e.status,
+      time: new Date().toISOString(),
+      id: undefined,
+      direction: 'inbound',
+      src: end(e.src),
+      dst: end(e.dst),
+      security: 'mutual_tls',
+      duration_ms: Date.now() - e.started,
+      bytes_sent: e.bytesIn,
+      bytes_received: e.bytesOut,
+      response_flags: e.flags,
+      ...(e.reason ? { reason: e.reason } : {}),
+      request: e.request,
+    });
   }
 
   /** The open connections, oldest first, with the bytes carried so far. */

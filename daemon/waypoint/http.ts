@@ -8,6 +8,7 @@ import type { Logger } from '../../lib/log.js';
 import type { Workload } from '../../lib/mesh/model.js';
 import type { Refusals } from '../limits/refusal.js';
 import type { Metrics } from '../metrics/metrics.js';
+import { peerFromUris } from '../proxy/inbound/decide.js';
 import type { OutboundPlan } from '../proxy/outbound/plan.js';
 import type { ByteStream } from './h1/byte-stream.js';
 import { ClientConnection, type Decision, type ExchangeHost, type ReadRequest } from './h1/connection.js';
@@ -223,6 +224,7 @@ class Exchanges implements ExchangeHost<RequestLine> {
     if (route) this.#d.router.done(route);
     countRequest(this.#d, line);
     logRequest(this.#d, line, outcome);
+    if (this.#d.metrics.connections.taps > 0) tapRequest(this.#d, line, outcome);
   }
 
   malformed(f: ParseFailure, status: number): void {
@@ -233,6 +235,7 @@ class Exchanges implements ExchangeHost<RequestLine> {
     refusedRequest(this.#d, line, line.reason);
     countRequest(this.#d, line);
     logRequest(this.#d, line, 'refused');
+    if (this.#d.metrics.connections.taps > 0) tapRequest(this.#d, line, 'refused');
   }
 
   slow(ms: number): void {
@@ -329,6 +332,45 @@ function logRequest(d: WaypointHttpDeps, l: RequestLine, outcome: string): void 
     },
     'request',
   );
+}
+
+/** The request as the taps see it (`ambit tap` on the waypoint): built only while someone taps. */
+function tapRequest(d: WaypointHttpDeps, l: RequestLine, outcome: string): void {
+  const peer = peerFromUris([l.ctx.client.principal]);
+  const service = l.routed?.service ?? l.ctx.plan.service;
+  d.metrics.connections.request({
+    status: outcome === 'reset' ? 'reset' : outcome === 'refused' || l.flags !== '-' ? 'refused' : 'closed',
+    src: {
+      addr: l.ctx.clientAddr,
+      principal: l.ctx.client.principal,
+      service: peer?.service,
+      namespace: peer?.namespace,
+    },
+    dst: {
+      addr: l.upstream,
+      service: service.name,
+      namespace: service.namespace,
+      workload: l.endpoint?.name,
+      principal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
+    },
+    started: l.started,
+    bytesIn: l.bytesIn,
+    bytesOut: l.bytesOut,
+    flags: l.flags,
+    reason: l.reason,
+    request: {
+      protocol: 'http',
+      method: l.method,
+      path: l.path,
+      authority: l.authority,
+      response_code: l.status,
+      route: l.labels?.route,
+      split: l.labels?.split,
+      subset: l.labels?.subset,
+      endpoint: l.endpoint?.name,
+      trace_id: l.trace?.traceId,
+    },
+  });
 }
 
 function refusedRequest(d: WaypointHttpDeps, line: RequestLine, message: string): void {

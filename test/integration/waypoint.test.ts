@@ -2,7 +2,7 @@
 // CA. curl and ws clients on node-a reach servers on node-b through client daemon -> waypoint ->
 // destination daemon -> server, and nothing reaches them around it.
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { type IncomingMessage, type Server, createServer } from 'node:http';
 import { type AddressInfo, connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -14,6 +14,7 @@ import type { Ambitd } from '../../daemon/daemon.js';
 import { spiffeId } from '../../daemon/identity/spiffe.js';
 import type { ConfigInput } from '../../lib/config.js';
 import { addPolicy, editMeshFile, removeWorkload } from '../../lib/mesh/edit.js';
+import type { TapEvent } from '../../lib/tap.js';
 import {
   clientWorkload,
   echoServer,
@@ -193,6 +194,18 @@ function rawExchange(port: number, raw: string): Promise<string> {
 test('curl with keep-alive: every request through the waypoint, one access-log line each', async (t) => {
   const s = await setup();
   try {
+    // The waypoint's tap sees each request as it ends (ambit tap on a waypoint).
+    const token = (await readFile(join(s.dir, 'wp-node', 'admin.token'), 'utf8')).trim();
+    const taps: TapEvent[] = [];
+    const ws = new WebSocket(`ws://127.0.0.1:${s.wp.ports.admin}/tap?to=api`, {
+      headers: { authorization: `Bearer ${token}` },
+    });
+    ws.on('message', (m) => taps.push(JSON.parse(String(m)) as TapEvent));
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    await until(() => s.wp.metrics.connections.taps > 0, 2000, 'the tap registered');
     const base = `http://127.0.0.1:${s.httpPort}`;
     const { stdout, stderr } = await run('curl', [
       '-sS',
@@ -228,6 +241,16 @@ test('curl with keep-alive: every request through the waypoint, one access-log l
     });
     t.true((lines[1]!.bytes_sent as number) > 0);
     t.is(typeof lines[1]!.duration_ms, 'number');
+    await until(() => taps.filter((e) => e.event === 'request').length === 3, 3000, 'three request events');
+    const second = taps.filter((e) => e.event === 'request')[1]!;
+    t.like(second, {
+      status: 'closed',
+      src: { principal: WEB },
+      dst: { service: 'api', workload: 'api-1', principal: id('api') },
+      request: { protocol: 'http', method: 'GET', path: '/two?q=1', response_code: 200, endpoint: 'api-1' },
+    });
+    t.regex(second.request?.trace_id ?? '', /^[0-9a-f]{32}$/);
+    ws.close();
     // The destination took one stream from the waypoint for all three, and names the client it carried for.
     const m = await metricsText(s.b);
     t.is(

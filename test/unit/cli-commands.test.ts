@@ -15,6 +15,7 @@ import {
   policySources,
   unknownServices,
 } from '../../agent-cli/commands/policy.js';
+import { tapLine } from '../../agent-cli/commands/tap.js';
 import { meshPath } from '../../agent-cli/context.js';
 import { humanDuration, jsonText, table } from '../../agent-cli/output.js';
 import type { ConsulIntention } from '../../lib/consul/intentions.js';
@@ -352,5 +353,33 @@ test('unknownServices: the destination and source services no workload or servic
       policy('api', 'prod', [src('web', 'default'), src('evil'), src(undefined, 'ops'), src('evil')]),
     ),
     ['api.prod', 'web.default', 'evil.*'],
+  );
+});
+
+test('tapLine: a waypoint request event says the request, its answer and its route', (t) => {
+  const line = tapLine({
+    event: 'request',
+    status: 'refused',
+    time: '2026-12-02T10:11:12.345Z',
+    id: undefined,
+    direction: 'inbound',
+    src: { principal: 'spiffe://ambit.local/ns/default/dc/dc1/svc/web', service: 'web' },
+    dst: { service: 'api', workload: 'api-2' },
+    security: 'mutual_tls',
+    duration_ms: 3,
+    response_flags: 'RBAC',
+    request: {
+      protocol: 'http',
+      method: 'DELETE',
+      path: '/admin',
+      authority: 'api',
+      response_code: 403,
+      route: 'api#1',
+      subset: 'v2',
+    },
+  });
+  t.is(
+    line,
+    '10:11:12.345 refused inbound  unknown -> api-2 from spiffe://ambit.local/ns/default/dc/dc1/svc/web DELETE api/admin 403 [RBAC] (route api#1, subset v2), 3 ms',
   );
 });
