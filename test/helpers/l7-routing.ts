@@ -1,0 +1,508 @@
+// The waypoint's L7 routing suite, run as it is against both backends from the same config entries: the
+// mesh file's configEntries (test/integration/waypoint-l7.test.ts) and Consul's /v1/config with catalog
+// registrations (waypoint-l7-consul.test.ts; the emulator, or a real agent when one is on PATH). Two node
+// daemons and ambitd --role waypoint on loopback; curl on node-a reaches servers on node-b through client
+// daemon -> waypoint -> destination daemon -> server.
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { type IncomingMessage, type Server, createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import type { TestFn } from 'ava';
+import { consulEnroll } from '../../agent-cli/consul.js';
+import { Ambitd } from '../../daemon/daemon.js';
+import { type ConfigInput, type DaemonConfig, loadConfig } from '../../lib/config.js';
+import { ConsulClient } from '../../lib/consul/client.js';
+import { Secret } from '../../lib/consul/secret.js';
+import { editMeshFile, setConfigEntry } from '../../lib/mesh/edit.js';
+import type { Workload } from '../../lib/mesh/model.js';
+import {
+  clientWorkload,
+  enroll,
+  freePort,
+  metricSum,
+  metricsText,
+  startDaemon,
+  until,
+  upstreamTo,
+  workload,
+} from './cluster.js';
+import { startConsul } from './consul-emulator.js';
+import { type LogLine, captureLogs } from './logs.js';
+
+const run = promisify(execFile);
+
+interface Seen {
+  server: string;
+  method: string | undefined;
+  url: string | undefined;
+  headers: IncomingMessage['headers'];
+}
+
+export interface L7World {
+  wp: Ambitd;
+  logs: Map<string, LogLine[]>;
+  base: string;
+  seen: Seen[];
+  /** A service's SPIFFE ID in this world's trust domain (Consul's is its cluster's). */
+  id(service: string): string;
+  close(): Promise<void>;
+}
+
+type Setup = L7World;
+
+/** The entries both backends hold, in an order Consul accepts them in (a router's subsets exist first). */
+export const ENTRIES: unknown[] = [
+  // The Meta opts api into its waypoint in Consul (and, in the mesh file, stands beside services.api).
+  { Kind: 'service-defaults', Name: 'api', Protocol: 'http', Meta: { 'ambit-waypoint': 'wp' } },
+  { Kind: 'service-defaults', Name: 'legacy', Protocol: 'http' },
+  {
+    Kind: 'service-resolver',
+    Name: 'api',
+    DefaultSubset: 'v1',
+    Subsets: {
+      v1: { Filter: 'Service.Meta.version == v1' },
+      v2: { Filter: 'Service.Meta.version == v2' },
+    },
+  },
+  {
+    Kind: 'service-router',
+    Name: 'api',
+    Routes: [
+      {
+        Match: { HTTP: { PathPrefix: '/v2/' } },
+        Destination: {
+          ServiceSubset: 'v2',
+          PrefixRewrite: '/internal/',
+          RequestHeaders: {
+            Set: { 'x-routed': 'v2-by-path' },
+            Add: { 'x-extra': 'added' },
+            Remove: ['x-drop'],
+          },
+          ResponseHeaders: { Set: { 'x-route': 'v2' }, Remove: ['x-server-secret'] },
+        },
+      },
+      {
+        Match: { HTTP: { Header: [{ Name: 'x-canary', Exact: 'true' }] } },
+        Destination: { ServiceSubset: 'v2' },
+      },
+      { Match: { HTTP: { PathPrefix: '/v1/' } }, Destination: { ServiceSubset: 'v1' } },
+      { Match: { HTTP: { PathPrefix: '/legacy/' } }, Destination: { Service: 'legacy' } },
+    ],
+  },
+  {
+    Kind: 'service-splitter',
+    Name: 'api',
+    Splits: [
+      { Weight: 90, ServiceSubset: 'v1' },
+      { Weight: 10, ServiceSubset: 'v2', ResponseHeaders: { Set: { 'x-canary-split': 'yes' } } },
+    ],
+  },
+  {
+    Kind: 'service-intentions',
+    Name: 'api',
+    Sources: [
+      {
+        Name: 'web',
+        Permissions: [
+          { Action: 'deny', HTTP: { PathPrefix: '/admin' } },
+          { Action: 'deny', HTTP: { PathPrefix: '/', Methods: ['DELETE'] } },
+          { Action: 'allow', HTTP: { PathPrefix: '/' } },
+        ],
+      },
+    ],
+  },
+];
+
+/** An HTTP server that records every request and answers with its name, what it saw, and a secret header. */
+async function server(name: string, seen: Seen[]): Promise<{ server: Server; port: number }> {
+  const s = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      seen.push({ server: name, method: req.method, url: req.url, headers: req.headers });
+      res.setHeader('x-server-secret', 'hidden');
+      res.end(`${name} ${req.method} ${req.url}\n`);
+    });
+  });
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  return { server: s, port: (s.address() as AddressInfo).port };
+}
+
+/** The three servers and the workloads they are: api v1 and v2, legacy, and the client on node-a. */
+async function servers(seen: Seen[], httpPort: number) {
+  const v1 = await server('api-1', seen);
+  const v2 = await server('api-2', seen);
+  const legacy = await server('legacy-1', seen);
+  const workloads: Workload[] = [
+    clientWorkload(9, upstreamTo('api', httpPort)),
+    workload({ name: 'api-1', service: 'api', node: 'node-b', ports: [v1.port], version: 'v1' }),
+    workload({ name: 'api-2', service: 'api', node: 'node-b', ports: [v2.port], version: 'v2' }),
+    workload({ name: 'legacy-1', service: 'legacy', node: 'node-b', ports: [legacy.port] }),
+  ];
+  return { workloads, list: [v1.server, v2.server, legacy.server] };
+}
+
+async function ready(a: Ambitd, b: Ambitd, wp: Ambitd, timeoutMs: number): Promise<void> {
+  await until(() => a.listeners.listening().length === 1, timeoutMs, 'upstream listener bound');
+  await until(
+    () =>
+      [a, b, wp].every((d) => d.store.service('default', 'api')?.protocol === 'http') &&
+      a.store.service('default', 'api')?.waypoint === 'wp' &&
+      (wp.store.mesh.configEntries?.length ?? 0) >= ENTRIES.length,
+    timeoutMs,
+    'every daemon sees the waypoint, the waypoint its entries',
+  );
+  await until(() => b.readiness().ready && b.certs.list().length >= 2, timeoutMs, 'node-b ready');
+  await until(() => wp.readiness().ready, timeoutMs, 'waypoint ready');
+  await until(() => a.store.endpoints('default', 'wp').length === 1, timeoutMs, 'node-a sees the waypoint');
+  await until(() => a.store.endpoints('default', 'api').length === 2, timeoutMs, 'node-a sees api');
+}
+
+const closing =
+  (list: Server[], daemons: Ambitd[], after: () => Promise<void>) => async (): Promise<void> => {
+    for (const srv of list) {
+      srv.closeAllConnections();
+      srv.close();
+    }
+    await Promise.all(daemons.map((d) => d.close()));
+    await after();
+  };
+
+/** Embedded mode: one mesh file and CA, the entries in its configEntries. */
+export async function startFileWorld(): Promise<L7World> {
+  const dir = await mkdtemp(join(tmpdir(), 'ambit-l7-'));
+  const meshFile = join(dir, 'mesh.yaml');
+  const { lines, logger } = captureLogs();
+  const start = (node: string, extra: ConfigInput = {}): Promise<Ambitd> =>
+    startDaemon(dir, meshFile, node, { ...extra }, logger(node));
+  const seen: Seen[] = [];
+  const httpPort = await freePort();
+  const s = await servers(seen, httpPort);
+  const a = await start('node-a');
+  const b = await start('node-b');
+  const wp = await start('wp-node', { role: 'waypoint', waypointService: 'wp' });
+  await enroll(meshFile, ...s.workloads);
+  await editMeshFile(meshFile, (doc) => {
+    doc.setIn(['services', 'api'], doc.createNode({ waypoint: 'wp', protocol: 'http' }));
+    for (const e of ENTRIES) setConfigEntry(doc, e as Record<string, unknown>);
+  });
+  await ready(a, b, wp, 5000);
+  return {
+    wp,
+    logs: lines,
+    base: `http://127.0.0.1:${httpPort}`,
+    seen,
+    id: (service) => wp.identityOf({ namespace: 'default', service }),
+    close: closing(s.list, [a, b, wp], () => rm(dir, { recursive: true, force: true })),
+  };
+}
+
+/** Consul mode: the same entries written to /v1/config, the workloads registered in the catalog. */
+export async function startConsulWorld(): Promise<L7World> {
+  const consul = await startConsul();
+  const dir = await mkdtemp(join(tmpdir(), 'ambit-l7-consul-'));
+  const { lines, logger } = captureLogs();
+  const daemons: Ambitd[] = [];
+  const start = async (node: string, extra: ConfigInput = {}): Promise<Ambitd> => {
+    const base = loadConfig({
+      env: {},
+      flags: {
+        nodeName: node,
+        stateDir: join(dir, node),
+        tunnel: '127.0.0.1:0',
+        admin: '127.0.0.1:0',
+        metrics: '127.0.0.1:0',
+        ready: '127.0.0.1:0',
+        consul: consul.address,
+        defaultPolicy: 'allow',
+        ...(consul.managementToken ? { consulToken: consul.managementToken } : {}),
+        ...extra,
+      },
+    });
+    const config: DaemonConfig = {
+      ...base,
+      consul: {
+        ...base.consul!,
+        minIntervalMs: 50,
+        backoffInitialMs: 100,
+        backoffMaxMs: 400,
+        startTimeoutMs: 5000,
+      },
+    };
+    const d = await Ambitd.start(config, logger(node));
+    daemons.push(d);
+    return d;
+  };
+  const seen: Seen[] = [];
+  const httpPort = await freePort();
+  const s = await servers(seen, httpPort);
+  const a = await start('node-a');
+  const b = await start('node-b');
+  const wp = await start('wp-node', { role: 'waypoint', waypointService: 'wp' });
+  const client = new ConsulClient({
+    address: consul.address,
+    token: consul.managementToken ? new Secret(consul.managementToken) : undefined,
+  });
+  for (const e of ENTRIES) {
+    const name = (e as { Name: string }).Name;
+    await client.put('/v1/config', { body: e, permission: `service:write on "${name}"` });
+  }
+  for (const w of s.workloads) await consulEnroll(client, w);
+  await ready(a, b, wp, 20_000);
+  return {
+    wp,
+    logs: lines,
+    base: `http://127.0.0.1:${httpPort}`,
+    seen,
+    id: (service) => wp.identityOf({ namespace: 'default', service }),
+    close: closing(s.list, daemons, async () => {
+      await consul.close();
+      await rm(dir, { recursive: true, force: true });
+    }),
+  };
+}
+
+/** Registers the suite's tests on `test`, whose context is the world a before hook started. */
+export function routingSuite(test: TestFn<L7World>): void {
+  const requestLines = (s: Setup): LogLine[] =>
+    (s.logs.get('wp-node') ?? []).filter((l) => l.access === 'waypoint' && l.msg === 'request');
+
+  /** The access-log line of the request that carried `x-request-id: rid`. */
+  const lineOf = (s: Setup, rid: string): LogLine | undefined =>
+    requestLines(s).find((l) => l.request_id === rid);
+
+  test.serial(
+    'curl keep-alive: by path and by header to v1 and v2, rewrite and header changes seen',
+    async (t) => {
+      const s = t.context;
+      s.seen.length = 0;
+      const { stdout, stderr } = await run('curl', [
+        '-sS',
+        '-v',
+        '--http1.1',
+        '-H',
+        'x-request-id: r-path-v2',
+        '-H',
+        'x-drop: please',
+        '-H',
+        'traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+        '-H',
+        'tracestate: vendor=1',
+        '-H',
+        'baggage: user=alice',
+        `${s.base}/v2/items?q=1`,
+        '--next',
+        '--http1.1',
+        '-H',
+        'x-request-id: r-header-v2',
+        '-H',
+        'x-canary: true',
+        `${s.base}/anything`,
+        '--next',
+        '--http1.1',
+        '-H',
+        'x-request-id: r-path-v1',
+        `${s.base}/v1/thing`,
+        '--next',
+        '--http1.1',
+        '-H',
+        'x-request-id: r-legacy',
+        `${s.base}/legacy/old`,
+      ]);
+      t.is(
+        stdout,
+        'api-2 GET /internal/items?q=1\napi-2 GET /anything\napi-1 GET /v1/thing\nlegacy-1 GET /legacy/old\n',
+      );
+      t.regex(stderr, /Re-using existing connection/);
+      // The response changes of the /v2/ route, and the endpoint's header it removes.
+      t.regex(stderr, /< x-route: v2/);
+      t.notRegex(stderr.split('r-header-v2')[0]!, /< x-server-secret/);
+      const [byPath, byHeader, v1, old] = s.seen;
+      t.like(byPath, { server: 'api-2', url: '/internal/items?q=1' });
+      t.is(byPath!.headers['x-routed'], 'v2-by-path');
+      t.is(byPath!.headers['x-extra'], 'added');
+      t.is(byPath!.headers['x-drop'], undefined);
+      // Trace context propagated as the client sent it.
+      t.is(byPath!.headers.traceparent, '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01');
+      t.is(byPath!.headers.tracestate, 'vendor=1');
+      t.is(byPath!.headers.baggage, 'user=alice');
+      t.is(byPath!.headers['x-request-id'], 'r-path-v2');
+      t.like(byHeader, { server: 'api-2', url: '/anything' });
+      t.is(byHeader!.headers['x-routed'], undefined);
+      t.like(v1, { server: 'api-1', url: '/v1/thing' });
+      t.like(old, { server: 'legacy-1', url: '/legacy/old' });
+      // Created when missing: a valid traceparent and a request id.
+      t.regex(v1!.headers.traceparent as string, /^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/);
+      t.is(v1!.headers['x-request-id'], 'r-path-v1');
+      t.like(lineOf(s, 'r-path-v2'), {
+        method: 'GET',
+        path: '/v2/items?q=1',
+        status: 200,
+        route: 'service-router/api[0]',
+        subset: 'v2',
+        endpoint: 'api-2',
+        trace_id: '0af7651916cd43dd8448eb211c80319c',
+        response_flags: '-',
+        src: { principal: s.id('web') },
+        dst: { service: 'api.default', principal: s.id('api') },
+      });
+      t.like(lineOf(s, 'r-header-v2'), { route: 'service-router/api[1]', subset: 'v2', endpoint: 'api-2' });
+      t.like(lineOf(s, 'r-path-v1'), { route: 'service-router/api[2]', subset: 'v1', endpoint: 'api-1' });
+      t.like(lineOf(s, 'r-legacy'), {
+        route: 'service-router/api[3]',
+        endpoint: 'legacy-1',
+        dst: { routed: 'legacy.default', principal: s.id('legacy') },
+      });
+      t.is(lineOf(s, 'r-path-v1')!.trace_id, (v1!.headers.traceparent as string).split('-')[1]);
+    },
+  );
+
+  test.serial('a 90/10 split over 1,000 keep-alive requests lands within 3 points of 10%', async (t) => {
+    const s = t.context;
+    s.seen.length = 0;
+    const before = await metricsText(s.wp);
+    const { stdout } = await run('curl', ['-sS', '--http1.1', `${s.base}/split/[1-1000]`], {
+      maxBuffer: 1 << 20,
+    });
+    const lines = stdout.trim().split('\n');
+    t.is(lines.length, 1000);
+    const v2 = lines.filter((l) => l.startsWith('api-2 ')).length;
+    const v1 = lines.filter((l) => l.startsWith('api-1 ')).length;
+    t.is(v1 + v2, 1000);
+    t.log(`measured split: v1 ${v1 / 10}%, v2 ${v2 / 10}% over 1000 requests`);
+    t.true(Math.abs(v2 / 10 - 10) <= 3, `v2 took ${v2 / 10}%`);
+    const after = await metricsText(s.wp);
+    const count = (text: string, version: string): number =>
+      metricSum(text, 'istio_requests_total', {
+        reporter: 'waypoint',
+        destination_service: 'api.default',
+        destination_version: version,
+        source_principal: s.id('web'),
+        response_code: '200',
+        request_protocol: 'http',
+      });
+    // The metrics agree with what the servers answered, request for request.
+    t.is(count(after, 'v2') - count(before, 'v2'), v2);
+    t.is(count(after, 'v1') - count(before, 'v1'), v1);
+    const splitLines = requestLines(s).filter((l) => String(l.path).startsWith('/split/'));
+    t.is(splitLines.length, 1000);
+    t.is(splitLines.filter((l) => l.split === 'service-splitter/api[1] 10%').length, v2);
+    t.true(splitLines.every((l) => l.route === 'default'));
+  });
+
+  test.serial('an L7 intention denies a path and a method with 403; other requests pass', async (t) => {
+    const s = t.context;
+    s.seen.length = 0;
+    const before = await metricsText(s.wp);
+    const status = async (method: string, path: string, rid: string): Promise<string> =>
+      (
+        await run('curl', [
+          '-sS',
+          '-o',
+          '-',
+          '-w',
+          ' %{http_code}',
+          '-X',
+          method,
+          '-H',
+          `x-request-id: ${rid}`,
+          '--http1.1',
+          `${s.base}${path}`,
+        ])
+      ).stdout;
+    t.is(await status('GET', '/admin/users', 'r-admin'), 'RBAC: access denied 403');
+    t.is(await status('DELETE', '/v1/thing', 'r-delete'), 'RBAC: access denied 403');
+    t.is(await status('GET', '/v1/thing', 'r-get'), 'api-1 GET /v1/thing\n 200');
+    t.is(await status('POST', '/v1/thing', 'r-post'), 'api-1 POST /v1/thing\n 200');
+    // The denied requests never reached a server.
+    t.deepEqual(
+      s.seen.map((r) => `${r.method} ${r.url}`),
+      ['GET /v1/thing', 'POST /v1/thing'],
+    );
+    t.like(lineOf(s, 'r-admin'), {
+      status: 403,
+      response_flags: 'RBAC',
+      method: 'GET',
+      path: '/admin/users',
+    });
+    t.regex(String(lineOf(s, 'r-admin')!.reason), /Permissions\[0\]: deny/);
+    t.like(lineOf(s, 'r-delete'), { status: 403, response_flags: 'RBAC' });
+    t.regex(String(lineOf(s, 'r-delete')!.reason), /Permissions\[1\]: deny/);
+    t.like(lineOf(s, 'r-get'), { status: 200, response_flags: '-' });
+    const after = await metricsText(s.wp);
+    const refused = (m: string): number =>
+      metricSum(m, 'ambit_connections_refused_total', { direction: 'inbound', reason: 'l7_denied' });
+    t.is(refused(after) - refused(before), 2);
+    const denied = (m: string): number =>
+      metricSum(m, 'istio_requests_total', {
+        reporter: 'waypoint',
+        response_code: '403',
+        response_flags: 'RBAC',
+        source_principal: s.id('web'),
+      });
+    t.is(denied(after) - denied(before), 2);
+  });
+
+  test.serial(
+    'request metrics: Istio names and labels, a histogram with its buckets, body sizes',
+    async (t) => {
+      const s = t.context;
+      const before = await metricsText(s.wp);
+      await run('curl', ['-sS', '--http1.1', '--data-binary', 'x'.repeat(1000), `${s.base}/v1/upload`]);
+      const m = await metricsText(s.wp);
+      const labels = {
+        reporter: 'waypoint',
+        source_workload: 'web',
+        source_workload_namespace: 'default',
+        source_principal: s.id('web'),
+        destination_service: 'api.default',
+        destination_service_name: 'api',
+        destination_workload: 'api-1',
+        destination_principal: s.id('api'),
+        destination_version: 'v1',
+        request_protocol: 'http',
+        response_code: '200',
+        grpc_response_status: '',
+        response_flags: '-',
+        connection_security_policy: 'mutual_tls',
+      };
+      const delta = (name: string, extra: Record<string, string> = {}): number =>
+        metricSum(m, name, { ...labels, ...extra }) - metricSum(before, name, { ...labels, ...extra });
+      t.is(delta('istio_requests_total'), 1);
+      t.is(delta('istio_request_duration_milliseconds_count'), 1);
+      t.is(delta('istio_request_bytes_sum'), 1000);
+      t.is(delta('istio_request_bytes_bucket', { le: '1000' }), 1);
+      t.is(delta('istio_request_bytes_bucket', { le: '500' }), 0);
+      t.is(delta('istio_response_bytes_sum'), 'api-1 POST /v1/upload\n'.length);
+      // Istio's buckets, every one of them.
+      for (const le of [
+        '0.5',
+        '1',
+        '5',
+        '10',
+        '25',
+        '50',
+        '100',
+        '250',
+        '500',
+        '1000',
+        '2500',
+        '5000',
+        '10000',
+        '30000',
+        '60000',
+        '300000',
+        '600000',
+        '1800000',
+        '3600000',
+        '+Inf',
+      ])
+        t.true(
+          m.split('\n').some((l) => l.startsWith(`istio_request_duration_milliseconds_bucket{le="${le}",`)),
+          `bucket ${le}`,
+        );
+    },
+  );
+}
