@@ -19,11 +19,12 @@ import type { Refusals } from '../limits/refusal.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { OutboundPlan } from '../proxy/outbound/plan.js';
 import { HopFailure, type HopRequest, TunnelAgent } from './agent.js';
+import { type Decision, decide } from './decide.js';
 import type { StreamDuplex } from './duplex.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 import type { HopClient, HopDeps } from './hop.js';
-import { type Trace, addSetCookie, applyHeaderOps, ipOf, setTraceHeaders, traceOf } from './l7-headers.js';
-import type { RequestRoute, RouteLabels, RouteRequest, WaypointRouter } from './router.js';
+import { type Trace, addSetCookie, applyHeaderOps, setTraceHeaders, traceOf } from './l7-headers.js';
+import type { RequestRoute, RouteLabels, WaypointRouter } from './router.js';
 import { requestLabels } from './telemetry.js';
 import { XFCC } from './xfcc.js';
 
@@ -66,11 +67,6 @@ interface RequestLine {
   /** The service the request landed on, when it was routed. */
   routed: OutboundPlan | undefined;
 }
-
-/** What the waypoint decided for one request before it went anywhere. */
-type Decision =
-  | { readonly ok: true; readonly route: RequestRoute }
-  | { readonly ok: false; readonly status: number; readonly body: string };
 
 export class WaypointHttp {
   readonly #d: WaypointHttpDeps;
@@ -187,37 +183,17 @@ export class WaypointHttp {
    * denial is refused (counted, logged) here; the caller answers it.
    */
   #decide(ctx: HttpContext, req: IncomingMessage, line: RequestLine): Decision {
-    const d = this.#d;
-    const rr: RouteRequest = {
-      plan: ctx.plan,
-      client: ctx.client.principal,
-      method: req.method,
-      path: req.url,
-      headers: req.headers,
-      sourceIp: ipOf(ctx.clientAddr),
-    };
-    const authz = d.router.authorize(rr);
-    if (!authz.allowed) {
-      line.reason = authz.reason;
-      line.flags = 'RBAC';
-      d.refusals.refuse('inbound', 'l7_denied', `waypoint denied a request: ${authz.reason}`, {
-        client: ctx.client.principal,
-        service: `${ctx.plan.service.name}.${ctx.plan.service.namespace}`,
-        method: req.method,
-        path: req.url,
-      });
-      return { ok: false, status: 403, body: 'RBAC: access denied' };
+    const dec = decide(this.#d, ctx, { method: req.method, path: req.url, headers: req.headers });
+    if (!dec.ok) {
+      line.labels = dec.labels;
+      line.reason = dec.reason;
+      line.flags = dec.flags;
+      return dec;
     }
-    const route = d.router.route(rr);
-    line.labels = route.labels;
-    if (route.kind === 'none') {
-      line.reason = route.why;
-      line.flags = 'UH';
-      return { ok: false, status: 503, body: 'no healthy upstream' };
-    }
-    line.endpoint = route.endpoint;
-    line.routed = route.plan;
-    return { ok: true, route };
+    line.labels = dec.route.labels;
+    line.endpoint = dec.route.endpoint;
+    line.routed = dec.route.plan;
+    return dec;
   }
 
   #upstreamOptions(
