@@ -24,7 +24,9 @@ const cache = new Map<string, Readonly<RequestLabels>>();
 /** The labels of one request; requests alike share one frozen object (the mesh's pairs, not its requests). */
 export function requestLabels(o: RequestOutcome, cluster: string): RequestLabels {
   const e = o.endpoint;
-  const key = `${o.client}|${o.service?.name}|${o.service?.namespace}|${e?.name}|${o.endpointPrincipal}|${o.protocol}|${o.status}|${o.grpcStatus}|${o.flags}|${cluster}`;
+  // The endpoint by its labels as well as its name: one relabelled (a new version) under the same name
+  // must not keep the labels it had.
+  const key = `${o.client}|${o.service?.name}|${o.service?.namespace}|${e?.name}|${e?.namespace}|${e?.service}|${e?.app}|${e?.version}|${e?.canonicalService}|${e?.canonicalRevision}|${o.endpointPrincipal}|${o.protocol}|${o.status}|${o.grpcStatus}|${o.flags}|${cluster}`;
   const hit = cache.get(key);
   if (hit) return hit;
   const peer = o.client ? peerFromUris([o.client]) : undefined;
