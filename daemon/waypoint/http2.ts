@@ -119,6 +119,20 @@ export function grpcMessage(text: string): string {
   return out;
 }
 
+/** Answers the waypoint's own failure, and records what the client got (a stream answered is reset). */
+function answerFailure(
+  stream: ServerHttp2Stream,
+  line: RequestLine,
+  failure: WaypointFailure,
+  message?: string,
+): void {
+  if (!stream.headersSent && !stream.destroyed && !stream.closed) {
+    line.status = line.grpc ? 200 : FAILURES[failure].status;
+    line.grpcStatus = line.grpc ? String(FAILURES[failure].grpc) : undefined;
+  }
+  respondFailure(stream, failure, line.grpc, message);
+}
+
 /** Streams the waypoint reset itself: not the client's resets, which are counted against its rate. */
 const resetByWaypoint = new WeakSet<ServerHttp2Stream>();
 
@@ -170,12 +184,7 @@ export function h2RequestHeaders(
   waypoint: string,
   client: string,
 ): OutgoingHttpHeaders {
-  const pseudo: OutgoingHttpHeaders = {};
-  const plain: IncomingHttpHeaders = {};
-  for (const [k, v] of Object.entries(h)) {
-    if (PSEUDO.test(k)) pseudo[k] = v;
-    else plain[k] = v;
-  }
+  const { pseudo, plain } = splitPseudo(h);
   // No transfer-encoding comes through: nghttp2 refuses it in an HTTP/2 request (RFC 9113 8.2.2).
   const out = forwardRequestHeaders(plain, waypoint, client, false);
   // The one TE value HTTP/2 allows (RFC 9113 8.2.2), and one gRPC servers require.
@@ -183,11 +192,18 @@ export function h2RequestHeaders(
   return { ...pseudo, ...out };
 }
 
-/** The request's fields as the router reads them (intentions, route matches, hash policies): no pseudo-headers. */
-export function plainHeaders(h: IncomingHttpHeaders): IncomingHttpHeaders {
-  const out: IncomingHttpHeaders = {};
-  for (const [k, v] of Object.entries(h)) if (!PSEUDO.test(k)) out[k] = v;
-  return out;
+/** A request's pseudo-headers apart from its fields (what the router reads: intentions, matches, hashes). */
+export function splitPseudo(h: IncomingHttpHeaders): {
+  pseudo: OutgoingHttpHeaders;
+  plain: IncomingHttpHeaders;
+} {
+  const pseudo: OutgoingHttpHeaders = {};
+  const plain: IncomingHttpHeaders = {};
+  for (const [k, v] of Object.entries(h)) {
+    if (PSEUDO.test(k)) pseudo[k] = v;
+    else plain[k] = v;
+  }
+  return { pseudo, plain };
 }
 
 /** A response's fields or trailers as the client gets them. */
@@ -376,17 +392,13 @@ export class WaypointHttp2 {
     const fail = (failure: WaypointFailure, why: string, flags: string, message?: string): void => {
       line.reason = why;
       if (line.flags === '-') line.flags = flags;
-      if (!stream.headersSent) {
-        line.status = line.grpc ? 200 : FAILURES[failure].status;
-        if (line.grpc) line.grpcStatus = String(FAILURES[failure].grpc);
-      }
-      respondFailure(stream, failure, line.grpc, message);
+      answerFailure(stream, line, failure, message);
       // The body nobody will read is drained, so that the client can finish sending and the stream close.
       stream.on('data', (c: Buffer) => {
         line.bytesIn += c.length;
       });
     };
-    const dec = decide(d, ctx, { method: line.method, path: line.path, headers: plainHeaders(headers) });
+    const dec = decide(d, ctx, { method: line.method, path: line.path, headers: splitPseudo(headers).plain });
     if (!dec.ok) {
       line.labels = dec.labels;
       fail(dec.failure, dec.reason, dec.flags);
@@ -425,7 +437,8 @@ export class WaypointHttp2 {
     headers: IncomingHttpHeaders,
   ): OutgoingHttpHeaders {
     const out = h2RequestHeaders(headers, this.#d.hop.self, ctx.client.principal);
-    out[':path'] = r.path;
+    // A CONNECT has no :path (RFC 9113 8.5), and gets none.
+    if (headers[':path'] !== undefined) out[':path'] = r.path;
     applyHeaderOps(out, r.requestHeaders);
     setTraceHeaders(out, line.trace);
     return out;
@@ -466,9 +479,7 @@ export class WaypointHttp2 {
       upstream.release();
       line.reason = (err as Error).message;
       line.flags = 'UF';
-      line.status = line.grpc ? 200 : FAILURES.unavailable.status;
-      if (line.grpc) line.grpcStatus = String(FAILURES.unavailable.grpc);
-      respondFailure(stream, 'unavailable', line.grpc);
+      answerFailure(stream, line, 'unavailable');
       return;
     }
     up.once('close', upstream.release);
@@ -503,10 +514,8 @@ export class WaypointHttp2 {
         // A response header op named a field HTTP/2 forbids: the client gets the waypoint's failure.
         line.reason = (err as Error).message;
         line.flags = 'UF';
-        line.status = line.grpc ? 200 : FAILURES.unavailable.status;
-        line.grpcStatus = line.grpc ? String(FAILURES.unavailable.grpc) : undefined;
         up.close(constants.NGHTTP2_CANCEL);
-        respondFailure(stream, 'unavailable', line.grpc);
+        answerFailure(stream, line, 'unavailable');
         return;
       }
       if (endStream) return;
@@ -530,14 +539,7 @@ export class WaypointHttp2 {
       if (line.flags === '-') line.flags = 'UR';
       if (!stream.headersSent) {
         d.router.failed(ep);
-        line.status = line.grpc ? 200 : FAILURES.unavailable.status;
-        if (line.grpc) line.grpcStatus = String(FAILURES.unavailable.grpc);
-        respondFailure(
-          stream,
-          'unavailable',
-          line.grpc,
-          line.reason ?? `upstream reset (code ${up.rstCode})`,
-        );
+        answerFailure(stream, line, 'unavailable', line.reason ?? `upstream reset (code ${up.rstCode})`);
       } else resetStream(stream, constants.NGHTTP2_CANCEL);
     });
     stream.once('close', () => {
