@@ -10,6 +10,7 @@ import type { Refusals } from '../limits/refusal.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { peerFromUris } from '../proxy/inbound/decide.js';
 import type { OutboundPlan } from '../proxy/outbound/plan.js';
+import { decide } from './decide.js';
 import type { ByteStream } from './h1/byte-stream.js';
 import { ClientConnection, type Decision, type ExchangeHost, type ReadRequest } from './h1/connection.js';
 import { requestHead } from './h1/head.js';
@@ -25,7 +26,7 @@ import {
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 import type { HopClient, HopDeps } from './hop.js';
 import { type Trace, addSetCookie, applyHeaderOps, ipOf, setTraceHeaders, traceOf } from './l7-headers.js';
-import type { RequestRoute, RouteLabels, RouteRequest, WaypointRouter } from './router.js';
+import type { RequestRoute, RouteLabels, WaypointRouter } from './router.js';
 import { requestLabels } from './telemetry.js';
 
 /** What one client's tunnel stream to the waypoint is for. */
@@ -133,33 +134,20 @@ class Exchanges implements ExchangeHost<RequestLine> {
       return { ok: false, status: 400, body: 'both Content-Length and Transfer-Encoding' };
     }
     line.trace = traceOf(req.headers);
-    const rr: RouteRequest = {
-      plan: ctx.plan,
-      client: ctx.client.principal,
+    const decision = decide(d, ctx, {
       method: req.method,
       path: req.url,
       headers: req.headers,
       sourceIp: this.#sourceIp,
-    };
-    const authz = d.router.authorize(rr);
-    if (!authz.allowed) {
-      line.reason = authz.reason;
-      line.flags = 'RBAC';
-      d.refusals.refuse('inbound', 'l7_denied', `waypoint denied a request: ${authz.reason}`, {
-        client: ctx.client.principal,
-        service: `${ctx.plan.service.name}.${ctx.plan.service.namespace}`,
-        method: req.method,
-        path: req.url,
-      });
-      return { ok: false, status: 403, body: 'RBAC: access denied' };
+    });
+    if (!decision.ok) {
+      line.reason = decision.reason;
+      line.flags = decision.flags;
+      line.labels = decision.labels;
+      return decision;
     }
-    const route = d.router.route(rr);
+    const { route } = decision;
     line.labels = route.labels;
-    if (route.kind === 'none') {
-      line.reason = route.why;
-      line.flags = 'UH';
-      return { ok: false, status: 503, body: 'no healthy upstream' };
-    }
     line.endpoint = route.endpoint;
     line.routed = route.plan;
     return { ok: true, route };

@@ -1,7 +1,9 @@
 // HTTP/2 and gRPC at the waypoint: node:http2's server (nghttp2) over each client's tunnel stream, with
 // prior knowledge, and to each endpoint one node:http2 client session per client identity over a tunnel
 // stream of the waypoint's own hop. Requests are streams on both sides; bodies are piped, so a slow reader
-// holds its writer through both sessions' flow control instead of filling the waypoint's memory.
+// holds its writer through both sessions' flow control instead of filling the waypoint's memory. Each
+// request is decided as HTTP/1.1's are (decide.ts: L7 intentions, then the route), carries the trace
+// fields, and is counted in Istio's request metrics with one access-log line.
 import {
   constants,
   type ClientHttp2Session,
@@ -17,11 +19,16 @@ import {
 import type { Logger } from '../../lib/log.js';
 import type { Workload } from '../../lib/mesh/model.js';
 import type { Refusals } from '../limits/refusal.js';
+import type { Metrics } from '../metrics/metrics.js';
+import type { OutboundPlan } from '../proxy/outbound/plan.js';
+import { decide } from './decide.js';
 import { StreamDuplex } from './duplex.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 import { type HopDeps, openHop } from './hop.js';
 import type { HttpContext } from './http.js';
-import type { WaypointRouter } from './router.js';
+import { type Trace, addSetCookie, applyHeaderOps, setTraceHeaders, traceOf } from './l7-headers.js';
+import type { RequestRoute, RouteLabels, WaypointRouter } from './router.js';
+import { requestLabels } from './telemetry.js';
 import { XFCC } from './xfcc.js';
 
 export interface WaypointHttp2Deps {
@@ -29,6 +36,7 @@ export interface WaypointHttp2Deps {
   readonly router: WaypointRouter;
   readonly log: Logger;
   readonly refusals: Refusals;
+  readonly metrics: Metrics;
   /** The tunnel's own bounds, applied to the HTTP/2 inside it too (docs/limits.md). */
   readonly limits: Http2Limits;
 }
@@ -86,7 +94,7 @@ export function respondFailure(
         ':status': 200,
         'content-type': 'application/grpc',
         'grpc-status': String(f.grpc),
-        'grpc-message': encodeURIComponent(message),
+        'grpc-message': grpcMessage(message),
       },
       { endStream: true },
     );
@@ -94,6 +102,35 @@ export function respondFailure(
   }
   stream.respond({ ':status': f.status, 'content-type': 'text/plain' });
   stream.end(message);
+}
+
+/**
+ * A grpc-message as gRPC over HTTP/2 encodes it: UTF-8, every byte outside printable ASCII (and `%`
+ * itself) percent-encoded, the rest as it is; grpc-js decodes it with decodeURI, which would leave the
+ * `%3A` of an encodeURIComponent in place.
+ */
+export function grpcMessage(text: string): string {
+  let out = '';
+  for (const b of Buffer.from(text, 'utf8'))
+    out +=
+      b >= 0x20 && b <= 0x7e && b !== 0x25
+        ? String.fromCharCode(b)
+        : `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
+  return out;
+}
+
+/** Answers the waypoint's own failure, and records what the client got (a stream answered is reset). */
+function answerFailure(
+  stream: ServerHttp2Stream,
+  line: RequestLine,
+  failure: WaypointFailure,
+  message?: string,
+): void {
+  if (!stream.headersSent && !stream.destroyed && !stream.closed) {
+    line.status = line.grpc ? 200 : FAILURES[failure].status;
+    line.grpcStatus = line.grpc ? String(FAILURES[failure].grpc) : undefined;
+  }
+  respondFailure(stream, failure, line.grpc, message);
 }
 
 /** Streams the waypoint reset itself: not the client's resets, which are counted against its rate. */
@@ -147,17 +184,26 @@ export function h2RequestHeaders(
   waypoint: string,
   client: string,
 ): OutgoingHttpHeaders {
+  const { pseudo, plain } = splitPseudo(h);
+  // No transfer-encoding comes through: nghttp2 refuses it in an HTTP/2 request (RFC 9113 8.2.2).
+  const out = forwardRequestHeaders(plain, waypoint, client, false);
+  // The one TE value HTTP/2 allows (RFC 9113 8.2.2), and one gRPC servers require.
+  if (h.te === 'trailers') out.te = 'trailers';
+  return { ...pseudo, ...out };
+}
+
+/** A request's pseudo-headers apart from its fields (what the router reads: intentions, matches, hashes). */
+export function splitPseudo(h: IncomingHttpHeaders): {
+  pseudo: OutgoingHttpHeaders;
+  plain: IncomingHttpHeaders;
+} {
   const pseudo: OutgoingHttpHeaders = {};
   const plain: IncomingHttpHeaders = {};
   for (const [k, v] of Object.entries(h)) {
     if (PSEUDO.test(k)) pseudo[k] = v;
     else plain[k] = v;
   }
-  // No transfer-encoding comes through: nghttp2 refuses it in an HTTP/2 request (RFC 9113 8.2.2).
-  const out = forwardRequestHeaders(plain, waypoint, client, false);
-  // The one TE value HTTP/2 allows (RFC 9113 8.2.2), and one gRPC servers require.
-  if (h.te === 'trailers') out.te = 'trailers';
-  return { ...pseudo, ...out };
+  return { pseudo, plain };
 }
 
 /** A response's fields or trailers as the client gets them. */
@@ -177,6 +223,12 @@ interface RequestLine {
   bytesIn: number;
   bytesOut: number;
   reason: string | undefined;
+  /** Envoy's response flag: `-` unless the waypoint itself answered, or either side reset the stream. */
+  flags: string;
+  labels: RouteLabels | undefined;
+  readonly trace: Trace;
+  /** The service the request landed on, once routed. */
+  routed: OutboundPlan | undefined;
   requestTrailers?: IncomingHttpHeaders;
 }
 
@@ -317,55 +369,99 @@ export class WaypointHttp2 {
       bytesIn: 0,
       bytesOut: 0,
       reason: undefined,
+      flags: '-',
+      labels: undefined,
+      trace: traceOf(headers),
+      routed: undefined,
     };
     stream.on('error', () => {});
     // Trailers can come with the headers' read, before the upstream stream exists.
     stream.once('trailers', (t: IncomingHttpHeaders) => {
       line.requestTrailers = t;
     });
-    stream.once('close', () =>
-      this.#log(line, stream.rstCode === constants.NGHTTP2_NO_ERROR ? 'completed' : 'reset'),
-    );
+    // Known once routed; `done` must see it whenever the stream ends.
+    const held: { route?: RequestRoute } = {};
+    stream.once('close', () => {
+      const outcome = stream.rstCode === constants.NGHTTP2_NO_ERROR ? 'completed' : 'reset';
+      if (outcome === 'reset' && line.flags === '-' && !resetByWaypoint.has(stream)) line.flags = 'DC';
+      if (held.route) d.router.done(held.route);
+      this.#count(line);
+      this.#log(line, outcome);
+    });
     // The client is told what kind of failure, not which endpoint: that is in the access log.
-    const fail = (failure: WaypointFailure, why: string, message?: string): void => {
+    const fail = (failure: WaypointFailure, why: string, flags: string, message?: string): void => {
       line.reason = why;
-      line.status = line.grpc ? 200 : FAILURES[failure].status;
-      if (line.grpc) line.grpcStatus = String(FAILURES[failure].grpc);
-      respondFailure(stream, failure, line.grpc, message);
+      if (line.flags === '-') line.flags = flags;
+      answerFailure(stream, line, failure, message);
+      // The body nobody will read is drained, so that the client can finish sending and the stream close.
+      stream.on('data', (c: Buffer) => {
+        line.bytesIn += c.length;
+      });
     };
-    const ep = d.router.pick(
-      { plan: ctx.plan, client: ctx.client.principal, method: line.method, path: line.path, headers },
-      new Set(),
-    );
-    if (!ep) {
-      fail('unavailable', 'no endpoint');
+    const dec = decide(d, ctx, { method: line.method, path: line.path, headers: splitPseudo(headers).plain });
+    if (!dec.ok) {
+      line.labels = dec.labels;
+      fail(dec.failure, dec.reason, dec.flags);
       return;
     }
-    line.endpoint = ep;
+    const r = dec.route;
+    held.route = r;
+    line.labels = r.labels;
+    line.endpoint = r.endpoint;
+    line.routed = r.plan;
     // After what the client sent with these headers is read: a stream it reset at once (HEADERS then
     // RST_STREAM, Rapid Reset) is never opened upstream.
     setImmediate(() => {
       if (stream.destroyed || stream.closed) return;
-      this.#session(ctx, ep).then(
-        (upstream) => this.#forward(ctx, ep, line, stream, headers, upstream),
+      this.#session(ctx, r).then(
+        (upstream) => this.#forward(ctx, r, line, stream, headers, upstream),
         (err: Error) => {
           const failure = err instanceof HopRefused ? err.failure : 'unavailable';
-          if (failure === 'unavailable') d.router.failed(ep);
-          fail(failure, err.message, failure === 'unavailable' ? 'upstream connect error' : undefined);
+          if (failure === 'unavailable') d.router.failed(r.endpoint);
+          fail(
+            failure,
+            err.message,
+            failure === 'denied' ? 'DENY' : 'UF',
+            failure === 'unavailable' ? 'upstream connect error' : undefined,
+          );
         },
       );
     });
   }
 
+  /** The request as the endpoint gets it: the route's path and header changes, the trace fields. */
+  #upstreamHeaders(
+    ctx: HttpContext,
+    r: RequestRoute,
+    line: RequestLine,
+    headers: IncomingHttpHeaders,
+  ): OutgoingHttpHeaders {
+    const out = h2RequestHeaders(headers, this.#d.hop.self, ctx.client.principal);
+    // A CONNECT has no :path (RFC 9113 8.5), and gets none.
+    if (headers[':path'] !== undefined) out[':path'] = r.path;
+    applyHeaderOps(out, r.requestHeaders);
+    setTraceHeaders(out, line.trace);
+    return out;
+  }
+
+  /** The endpoint's response fields as the client gets them, with the route's changes and its cookie. */
+  #clientHeaders(r: RequestRoute, h: IncomingHttpHeaders): OutgoingHttpHeaders {
+    const out = h2ResponseHeaders(h);
+    applyHeaderOps(out, r.responseHeaders);
+    if (r.cookie) addSetCookie(out, r.cookie);
+    return out;
+  }
+
   #forward(
     ctx: HttpContext,
-    ep: Workload,
+    r: RequestRoute,
     line: RequestLine,
     stream: ServerHttp2Stream,
     headers: IncomingHttpHeaders,
     upstream: { session: ClientHttp2Session; release: () => void },
   ): void {
     const d = this.#d;
+    const ep = r.endpoint;
     if (stream.destroyed || stream.closed) {
       upstream.release();
       return;
@@ -374,14 +470,16 @@ export class WaypointHttp2 {
     try {
       // A request without a body stays one HEADERS frame with END_STREAM upstream too.
       const endStream = stream.endAfterHeaders;
-      up = upstream.session.request(h2RequestHeaders(headers, d.hop.self, ctx.client.principal), {
+      up = upstream.session.request(this.#upstreamHeaders(ctx, r, line, headers), {
         endStream,
         waitForTrailers: !endStream,
       });
     } catch (err) {
+      // node:http2 refuses fields HTTP/2 forbids (a route's header op can name one): not sent at all.
       upstream.release();
       line.reason = (err as Error).message;
-      respondFailure(stream, 'unavailable', line.grpc);
+      line.flags = 'UF';
+      answerFailure(stream, line, 'unavailable');
       return;
     }
     up.once('close', upstream.release);
@@ -407,12 +505,20 @@ export class WaypointHttp2 {
       }
       line.status = Number(h[':status'] ?? 0);
       line.grpcStatus = h['grpc-status'] as string | undefined;
+      const out = this.#clientHeaders(r, h);
       // A trailers-only answer (how gRPC sends an error) stays one HEADERS frame with END_STREAM.
-      if (flags & constants.NGHTTP2_FLAG_END_STREAM) {
-        stream.respond(h2ResponseHeaders(h), { endStream: true });
+      const endStream = (flags & constants.NGHTTP2_FLAG_END_STREAM) !== 0;
+      try {
+        stream.respond(out, endStream ? { endStream: true } : { waitForTrailers: true });
+      } catch (err) {
+        // A response header op named a field HTTP/2 forbids: the client gets the waypoint's failure.
+        line.reason = (err as Error).message;
+        line.flags = 'UF';
+        up.close(constants.NGHTTP2_CANCEL);
+        answerFailure(stream, line, 'unavailable');
         return;
       }
-      stream.respond(h2ResponseHeaders(h), { waitForTrailers: true });
+      if (endStream) return;
       stream.once('wantTrailers', () => {
         if (responseTrailers) line.grpcStatus = responseTrailers['grpc-status'] as string | undefined;
         stream.sendTrailers(responseTrailers ? h2ResponseHeaders(responseTrailers) : {});
@@ -430,14 +536,10 @@ export class WaypointHttp2 {
     });
     up.once('close', () => {
       if (up.rstCode === constants.NGHTTP2_NO_ERROR || stream.destroyed || stream.closed) return;
+      if (line.flags === '-') line.flags = 'UR';
       if (!stream.headersSent) {
         d.router.failed(ep);
-        respondFailure(
-          stream,
-          'unavailable',
-          line.grpc,
-          line.reason ?? `upstream reset (code ${up.rstCode})`,
-        );
+        answerFailure(stream, line, 'unavailable', line.reason ?? `upstream reset (code ${up.rstCode})`);
       } else resetStream(stream, constants.NGHTTP2_CANCEL);
     });
     stream.once('close', () => {
@@ -446,15 +548,19 @@ export class WaypointHttp2 {
     });
   }
 
-  /** The session to `ep` for this client (one per endpoint, target port and client identity), opened once. */
+  /**
+   * The session to the route's endpoint for this client (one per endpoint, target port and client
+   * identity), opened once. The port is the routed service's: a route to another service has its own.
+   */
   async #session(
     ctx: HttpContext,
-    ep: Workload,
+    r: RequestRoute,
   ): Promise<{ session: ClientHttp2Session; release: () => void }> {
-    const key = `${ep.name}|${ctx.plan.targetPort}|${ctx.client.principal}`;
+    const ep = r.endpoint;
+    const key = `${ep.name}|${r.plan.targetPort}|${ctx.client.principal}`;
     let u = this.#upstreams.get(key);
     if (!u) {
-      const opened = this.#open2(ctx, ep, key);
+      const opened = this.#open2(ctx, r.plan, ep, key);
       const fresh: Upstream = { session: opened, resolved: undefined, active: 0, idle: undefined };
       u = fresh;
       this.#upstreams.set(key, fresh);
@@ -493,8 +599,8 @@ export class WaypointHttp2 {
     }
   }
 
-  async #open2(ctx: HttpContext, ep: Workload, key: string): Promise<ClientHttp2Session> {
-    const hop = await openHop(this.#d.hop, ctx.plan, ep, ctx.client).catch((err: Error) => {
+  async #open2(ctx: HttpContext, plan: OutboundPlan, ep: Workload, key: string): Promise<ClientHttp2Session> {
+    const hop = await openHop(this.#d.hop, plan, ep, ctx.client).catch((err: Error) => {
       throw new HopRefused('unavailable', `endpoint ${ep.name}: ${err.message}`);
     });
     if (hop.kind === 'skip') throw new HopRefused('unavailable', hop.why);
@@ -532,6 +638,26 @@ export class WaypointHttp2 {
     return session;
   }
 
+  /** Counts the request in Istio's metrics (every one, answered by the endpoint or by the waypoint). */
+  #count(l: RequestLine): void {
+    const d = this.#d;
+    const labels = requestLabels(
+      {
+        client: l.ctx.client.principal,
+        service: l.routed?.service ?? l.ctx.plan.service,
+        endpoint: l.endpoint,
+        endpointPrincipal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
+        // Istio's request_protocol is `http` for HTTP/2 too; gRPC alone is told apart.
+        protocol: l.grpc ? 'grpc' : 'http',
+        status: l.status,
+        grpcStatus: l.grpcStatus ?? '',
+        flags: l.flags,
+      },
+      d.metrics.cluster,
+    );
+    d.metrics.requestDone(labels, Date.now() - l.started, l.bytesIn, l.bytesOut);
+  }
+
   #log(l: RequestLine, outcome: string): void {
     const d = this.#d;
     const service = l.ctx.plan.service;
@@ -547,10 +673,20 @@ export class WaypointHttp2 {
         duration_ms: Date.now() - l.started,
         bytes_received: l.bytesIn,
         bytes_sent: l.bytesOut,
+        response_flags: l.flags,
+        route: l.labels?.route,
+        split: l.labels?.split,
+        subset: l.labels?.subset,
+        ...(l.labels?.failover ? { failover: l.labels.target } : {}),
         endpoint: l.endpoint?.name,
+        trace_id: l.trace.traceId,
+        request_id: l.trace.requestId,
         src: { addr: l.ctx.clientAddr, principal: l.ctx.client.principal },
         dst: {
           service: `${service.name}.${service.namespace}`,
+          ...(l.routed && l.routed.service !== service
+            ? { routed: `${l.routed.service.name}.${l.routed.service.namespace}` }
+            : {}),
           principal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
         },
         outcome,

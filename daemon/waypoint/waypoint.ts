@@ -75,6 +75,7 @@ export class Waypoint {
       router: d.router,
       log: d.log,
       refusals: d.refusals,
+      metrics: d.metrics,
       limits: {
         maxStreams: d.maxStreams,
         maxHeaderListSize: d.http2Limits?.maxHeaderListSize ?? DEFAULT_HTTP2_LIMITS.maxHeaderListSize,

@@ -3,8 +3,10 @@
 // waypoint -> destination daemon -> server, and raw frames test the waypoint's HTTP/2 bounds.
 import { mkdtemp, rm } from 'node:fs/promises';
 import {
+  type ClientHttp2Session,
   type Http2Server,
   type IncomingHttpHeaders,
+  type OutgoingHttpHeaders,
   type ServerHttp2Stream,
   connect as h2connect,
   createServer as h2server,
@@ -17,7 +19,7 @@ import test from 'ava';
 import type { Ambitd } from '../../daemon/daemon.js';
 import { spiffeId } from '../../daemon/identity/spiffe.js';
 import type { ConfigInput } from '../../lib/config.js';
-import { editMeshFile } from '../../lib/mesh/edit.js';
+import { editMeshFile, setConfigEntry } from '../../lib/mesh/edit.js';
 import {
   clientWorkload,
   enroll,
@@ -59,6 +61,8 @@ const method = (path: string, responseStream: boolean) => ({
 const ECHO = {
   Unary: method('/ambit.test.Echo/Unary', false),
   Stream: method('/ambit.test.Echo/Stream', true),
+  /** Served like Unary; the chain tests' intention denies it at the waypoint. */
+  Forbidden: method('/ambit.test.Echo/Forbidden', false),
 };
 
 interface Setup {
@@ -69,57 +73,81 @@ interface Setup {
   grpcPort: number;
   h2Port: number;
   deadPort: number;
-  /** What the http2 server saw: requests, the sessions they came on, the most streams open at once. */
-  h2: { requests: number; sessions: number; open: number; maxOpen: number; hold: number };
+  /** What the http2 servers saw: requests, the sessions they came on, the most streams open at once. */
+  h2: H2Seen;
   grpcSeen: grpc.Metadata[];
   close(): Promise<void>;
 }
 
-async function setup(): Promise<Setup> {
-  const dir = await mkdtemp(join(tmpdir(), 'ambit-wph2-'));
-  const meshFile = join(dir, 'mesh.yaml');
-  const { lines, logger } = captureLogs();
-  const start = (node: string, extra: ConfigInput = {}): Promise<Ambitd> =>
-    startDaemon(dir, meshFile, node, { ejectTime: '200ms', ...extra }, logger(node));
+interface H2Seen {
+  requests: number;
+  sessions: number;
+  open: number;
+  maxOpen: number;
+  hold: number;
+  /** Each request's fields as the server got them, pseudo-headers too. */
+  headers: IncomingHttpHeaders[];
+}
 
-  const grpcSeen: grpc.Metadata[] = [];
-  const gserver = new grpc.Server();
-  gserver.addService(ECHO, {
-    Unary: (call: grpc.ServerUnaryCall<Msg, Msg>, cb: grpc.sendUnaryData<Msg>) => {
-      grpcSeen.push(call.metadata);
-      const trailer = new grpc.Metadata();
-      trailer.set('x-trailer', `for ${call.request.text}`);
-      if (call.request.fail) {
-        cb({ code: grpc.status.NOT_FOUND, details: `no ${call.request.text}`, metadata: trailer });
-        return;
-      }
-      const head = new grpc.Metadata();
-      head.set('x-head', String(call.metadata.get('x-ping')[0] ?? ''));
-      call.sendMetadata(head);
-      const xfcc = String(call.metadata.get('x-forwarded-client-cert')[0] ?? '');
-      cb(null, { text: `${call.request.text}|${xfcc}` }, trailer);
-    },
+interface SetupOptions {
+  /**
+   * Consul config entries for the mesh file. With them, greet and h2 each have a second endpoint: greet-1
+   * and h2-1 are version v1, greet-2 and h2-2 version v2.
+   */
+  entries?: readonly Record<string, unknown>[];
+}
+
+/** A gRPC Echo server that names itself in its response's `x-server` metadata. */
+async function grpcServer(
+  name: string,
+  seen: grpc.Metadata[],
+): Promise<{ server: grpc.Server; port: number }> {
+  const server = new grpc.Server();
+  const unaryImpl = (call: grpc.ServerUnaryCall<Msg, Msg>, cb: grpc.sendUnaryData<Msg>): void => {
+    seen.push(call.metadata);
+    const trailer = new grpc.Metadata();
+    trailer.set('x-trailer', `for ${call.request.text}`);
+    if (call.request.fail) {
+      cb({ code: grpc.status.NOT_FOUND, details: `no ${call.request.text}`, metadata: trailer });
+      return;
+    }
+    const head = new grpc.Metadata();
+    head.set('x-head', String(call.metadata.get('x-ping')[0] ?? ''));
+    head.set('x-server', name);
+    call.sendMetadata(head);
+    const xfcc = String(call.metadata.get('x-forwarded-client-cert')[0] ?? '');
+    cb(null, { text: `${call.request.text}|${xfcc}` }, trailer);
+  };
+  server.addService(ECHO, {
+    Unary: unaryImpl,
+    Forbidden: unaryImpl,
     Stream: (call: grpc.ServerWritableStream<Msg, Msg>) => {
-      grpcSeen.push(call.metadata);
+      seen.push(call.metadata);
       for (let i = 0; i < (call.request.n ?? 0); i++) call.write({ text: call.request.text, n: i });
       const trailer = new grpc.Metadata();
       trailer.set('x-count', String(call.request.n ?? 0));
       call.end(trailer);
     },
   });
-  const grpcServerPort = await new Promise<number>((resolve, reject) =>
-    gserver.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, port) =>
-      err ? reject(err) : resolve(port),
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
     ),
   );
+  return { server, port };
+}
 
-  // The http2 server: answers each request once `hold` are open at once (or after 5 s), with trailers.
-  const h2 = { requests: 0, sessions: 0, open: 0, maxOpen: 0, hold: 1 };
+/**
+ * An http2 server that names itself in `x-server`: answers each request once `hold` are open at once
+ * (or after 5 s), with trailers.
+ */
+async function h2Server(name: string, h2: H2Seen): Promise<{ server: Http2Server; port: number }> {
   const waiting: Array<() => void> = [];
-  const hserver: Http2Server = h2server({ settings: { maxConcurrentStreams: 1000 } });
-  hserver.on('session', () => h2.sessions++);
-  hserver.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
+  const server: Http2Server = h2server({ settings: { maxConcurrentStreams: 1000 } });
+  server.on('session', () => h2.sessions++);
+  server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
     h2.requests++;
+    h2.headers.push(headers);
     h2.open++;
     h2.maxOpen = Math.max(h2.maxOpen, h2.open);
     stream.once('close', () => h2.open--);
@@ -137,8 +165,10 @@ async function setup(): Promise<Setup> {
       stream.respond(
         {
           ':status': 200,
+          'x-server': name,
           'x-path': String(headers[':path']),
           'x-xfcc': String(headers['x-forwarded-client-cert']),
+          'x-server-secret': 'hidden',
         },
         { waitForTrailers: true },
       );
@@ -161,25 +191,49 @@ async function setup(): Promise<Setup> {
     });
     stream.resume();
   });
-  await new Promise<void>((r) => hserver.listen(0, '127.0.0.1', r));
-  const h2ServerPort = (hserver.address() as AddressInfo).port;
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { server, port: (server.address() as AddressInfo).port };
+}
+
+async function setup(o: SetupOptions = {}): Promise<Setup> {
+  const dir = await mkdtemp(join(tmpdir(), 'ambit-wph2-'));
+  const meshFile = join(dir, 'mesh.yaml');
+  const { lines, logger } = captureLogs();
+  const start = (node: string, extra: ConfigInput = {}): Promise<Ambitd> =>
+    startDaemon(dir, meshFile, node, { ejectTime: '200ms', ...extra }, logger(node));
+  const versioned = o.entries !== undefined;
+
+  const grpcSeen: grpc.Metadata[] = [];
+  const h2: H2Seen = { requests: 0, sessions: 0, open: 0, maxOpen: 0, hold: 1, headers: [] };
+  const grpcs = [await grpcServer('greet-1', grpcSeen)];
+  const h2s = [await h2Server('h2-1', h2)];
+  if (versioned) {
+    grpcs.push(await grpcServer('greet-2', grpcSeen));
+    h2s.push(await h2Server('h2-2', h2));
+  }
   const nothingPort = await freePort();
 
   const a = await start('node-a');
   const b = await start('node-b');
   const wp = await start('wp-node', { role: 'waypoint', waypointService: 'wp' });
   const [grpcPort, h2Port, deadPort] = [await freePort(), await freePort(), await freePort()];
+  const version = (i: number): { version?: string } => (versioned ? { version: `v${i + 1}` } : {});
   await enroll(
     meshFile,
     clientWorkload(9, upstreamTo('greet', grpcPort), upstreamTo('h2', h2Port), upstreamTo('dead', deadPort)),
-    workload({ name: 'greet-1', service: 'greet', node: 'node-b', ports: [grpcServerPort] }),
-    workload({ name: 'h2-1', service: 'h2', node: 'node-b', ports: [h2ServerPort] }),
+    ...grpcs.map((g, i) =>
+      workload({ name: `greet-${i + 1}`, service: 'greet', node: 'node-b', ports: [g.port], ...version(i) }),
+    ),
+    ...h2s.map((h, i) =>
+      workload({ name: `h2-${i + 1}`, service: 'h2', node: 'node-b', ports: [h.port], ...version(i) }),
+    ),
     workload({ name: 'dead-1', service: 'dead', node: 'node-b', ports: [nothingPort] }),
   );
   await editMeshFile(meshFile, (doc) => {
     doc.setIn(['services', 'greet'], doc.createNode({ waypoint: 'wp', protocol: 'grpc' }));
     doc.setIn(['services', 'h2'], doc.createNode({ waypoint: 'wp', protocol: 'http2' }));
     doc.setIn(['services', 'dead'], doc.createNode({ waypoint: 'wp', protocol: 'grpc' }));
+    for (const e of o.entries ?? []) setConfigEntry(doc, e);
   });
   await until(() => a.listeners.listening().length === 3, 5000, 'upstream listeners bound');
   const optedIn = (d: Ambitd): boolean =>
@@ -187,6 +241,9 @@ async function setup(): Promise<Setup> {
     d.store.service('default', 'h2')?.protocol === 'http2' &&
     d.store.service('default', 'dead')?.protocol === 'grpc';
   await until(() => [a, b, wp].every(optedIn), 5000, 'every daemon sees the waypoints');
+  if (versioned)
+    await until(() => wp.store.mesh.configEntries !== undefined, 5000, 'the waypoint sees its entries');
+  // One certificate per service on node-b, however many of its endpoints are there.
   await until(() => b.readiness().ready && b.certs.list().length === 3, 5000, 'node-b ready');
   await until(() => wp.readiness().ready && wp.certs.has(WP), 5000, 'waypoint ready');
   await until(() => a.store.endpoints('default', 'wp').length === 1, 5000, 'node-a sees the waypoint');
@@ -200,8 +257,8 @@ async function setup(): Promise<Setup> {
     h2,
     grpcSeen,
     async close() {
-      gserver.forceShutdown();
-      hserver.close();
+      for (const g of grpcs) g.server.forceShutdown();
+      for (const h of h2s) h.server.close();
       await Promise.all([a.close(), b.close(), wp.close()]);
       await rm(dir, { recursive: true, force: true });
     },
@@ -218,7 +275,12 @@ interface UnaryResult {
   status: grpc.StatusObject | undefined;
 }
 
-function unary(c: grpc.Client, msg: Msg, md = new grpc.Metadata()): Promise<UnaryResult> {
+function unary(
+  c: grpc.Client,
+  msg: Msg,
+  md = new grpc.Metadata(),
+  path = ECHO.Unary.path,
+): Promise<UnaryResult> {
   return new Promise((resolve) => {
     const r: UnaryResult = { err: null, value: undefined, head: undefined, status: undefined };
     let left = 2;
@@ -227,7 +289,7 @@ function unary(c: grpc.Client, msg: Msg, md = new grpc.Metadata()): Promise<Unar
     };
     const deadline = Date.now() + 10_000;
     const call = c.makeUnaryRequest(
-      ECHO.Unary.path,
+      path,
       json.serialize,
       json.deserialize,
       msg,
@@ -496,6 +558,307 @@ test.serial(
       const m = await metricsText(s.wp);
       t.is(metricSum(m, 'ambit_connections_refused_total', { reason: 'h2_header_flood' }), 1);
     } finally {
+      await s.close();
+    }
+  },
+);
+
+const subsets = {
+  v1: { Filter: 'Service.Meta.version == v1' },
+  v2: { Filter: 'Service.Meta.version == v2' },
+  /** A subset no endpoint is in: what a route to it gets is the waypoint's own "no healthy upstream". */
+  gone: { Filter: 'Service.Meta.version == v9' },
+};
+
+/** The discovery chains and L7 intentions of greet (grpc) and h2 (http2), as Consul config entries. */
+const CHAIN: Record<string, unknown>[] = [
+  { Kind: 'service-resolver', Name: 'greet', DefaultSubset: 'v1', Subsets: subsets },
+  {
+    Kind: 'service-router',
+    Name: 'greet',
+    Routes: [
+      {
+        Match: { HTTP: { Header: [{ Name: 'x-canary', Exact: 'true' }] } },
+        Destination: { ServiceSubset: 'v2', RequestHeaders: { Set: { 'x-routed': 'grpc-v2' } } },
+      },
+      {
+        Match: { HTTP: { Header: [{ Name: 'x-nowhere', Present: true }] } },
+        Destination: { ServiceSubset: 'gone' },
+      },
+    ],
+  },
+  {
+    Kind: 'service-intentions',
+    Name: 'greet',
+    Sources: [
+      {
+        Name: 'web',
+        Permissions: [
+          { Action: 'deny', HTTP: { PathExact: ECHO.Forbidden.path } },
+          { Action: 'allow', HTTP: { PathPrefix: '/' } },
+        ],
+      },
+    ],
+  },
+  {
+    Kind: 'service-resolver',
+    Name: 'h2',
+    DefaultSubset: 'v1',
+    Subsets: subsets,
+    LoadBalancer: {
+      Policy: 'ring_hash',
+      HashPolicies: [{ Field: 'cookie', FieldValue: 'sticky', CookieConfig: { TTL: '60s', Path: '/' } }],
+    },
+  },
+  {
+    Kind: 'service-router',
+    Name: 'h2',
+    Routes: [
+      {
+        Match: { HTTP: { PathPrefix: '/v2/' } },
+        Destination: {
+          ServiceSubset: 'v2',
+          PrefixRewrite: '/internal/',
+          RequestHeaders: {
+            Set: { 'x-routed': 'v2-by-path' },
+            Add: { 'x-extra': 'added' },
+            Remove: ['x-drop'],
+          },
+          ResponseHeaders: { Set: { 'x-route': 'v2' }, Remove: ['x-server-secret'] },
+        },
+      },
+      {
+        Match: { HTTP: { Header: [{ Name: 'x-canary', Exact: 'true' }] } },
+        Destination: { ServiceSubset: 'v2' },
+      },
+    ],
+  },
+  {
+    Kind: 'service-intentions',
+    Name: 'h2',
+    Sources: [
+      {
+        Name: 'web',
+        Permissions: [
+          { Action: 'deny', HTTP: { PathPrefix: '/admin' } },
+          { Action: 'allow', HTTP: { PathPrefix: '/' } },
+        ],
+      },
+    ],
+  },
+];
+
+interface H2Answer {
+  headers: IncomingHttpHeaders;
+  body: string;
+}
+
+/** One request on `session`: the response's fields and its body. */
+const h2request = (session: ClientHttp2Session, headers: OutgoingHttpHeaders): Promise<H2Answer> =>
+  new Promise((resolve, reject) => {
+    const req = session.request(headers);
+    let got: IncomingHttpHeaders = {};
+    let body = '';
+    req.once('response', (h) => {
+      got = h;
+    });
+    req.setEncoding('utf8');
+    req.on('data', (c: string) => {
+      body += c;
+    });
+    req.once('end', () => resolve({ headers: got, body }));
+    req.once('error', reject);
+    req.end();
+  });
+
+/** The access-log line of the request that carried `x-request-id: rid`. */
+const lineOf = (s: Setup, rid: string): LogLine | undefined =>
+  requestLines(s).find((l) => l.request_id === rid);
+
+const TRACEPARENT = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+
+test.serial(
+  'HTTP/2 by the chain: path and header to v1/v2, rewrite, header changes, trace, cookie, 403',
+  async (t) => {
+    const s = await setup({ entries: CHAIN });
+    const session = h2connect(`http://127.0.0.1:${s.h2Port}`);
+    session.on('error', () => {});
+    try {
+      const before = await metricsText(s.wp);
+      const byPath = await h2request(session, {
+        ':path': '/v2/items?q=1',
+        'x-request-id': 'h-path',
+        'x-drop': 'please',
+        traceparent: TRACEPARENT,
+        tracestate: 'vendor=1',
+        baggage: 'user=alice',
+      });
+      const byHeader = await h2request(session, {
+        ':path': '/anything',
+        'x-request-id': 'h-header',
+        'x-canary': 'true',
+      });
+      const byDefault = await h2request(session, { ':path': '/v1/thing', cookie: 'sticky=abc' });
+      const denied = await h2request(session, { ':path': '/admin/users', 'x-request-id': 'h-admin' });
+
+      // The /v2/ route: subset v2, the prefix rewritten, its header changes both ways, a cookie set.
+      t.like(byPath.headers, { ':status': 200, 'x-server': 'h2-2', 'x-path': '/internal/items?q=1' });
+      t.is(byPath.headers['x-route'], 'v2');
+      t.is(byPath.headers['x-server-secret'], undefined);
+      t.regex(String(byPath.headers['set-cookie']), /^sticky=[0-9a-f]+; Path=\/; Max-Age=60; HttpOnly$/);
+      // By header to v2, untouched by the /v2/ route's changes; a client with the cookie gets none.
+      t.like(byHeader.headers, { ':status': 200, 'x-server': 'h2-2', 'x-path': '/anything' });
+      t.is(byHeader.headers['x-route'], undefined);
+      t.is(byHeader.headers['x-server-secret'], 'hidden');
+      t.like(byDefault.headers, { ':status': 200, 'x-server': 'h2-1', 'x-path': '/v1/thing' });
+      t.is(byDefault.headers['set-cookie'], undefined);
+      t.is(Number(denied.headers[':status']), 403);
+      t.is(denied.body, 'RBAC: access denied');
+
+      // What the servers got: three requests (the denied one never left the waypoint), changed as routed.
+      t.deepEqual(
+        s.h2.headers.map((h) => h[':path']),
+        ['/internal/items?q=1', '/anything', '/v1/thing'],
+      );
+      const [p, h, v1] = s.h2.headers;
+      t.is(p!['x-routed'], 'v2-by-path');
+      t.is(p!['x-extra'], 'added');
+      t.is(p!['x-drop'], undefined);
+      t.is(p!.traceparent, TRACEPARENT);
+      t.is(p!.tracestate, 'vendor=1');
+      t.is(p!.baggage, 'user=alice');
+      t.is(p!['x-request-id'], 'h-path');
+      t.is(h!['x-routed'], undefined);
+      // Created when missing: a valid traceparent and a request id, as the access log names them.
+      t.regex(String(v1!.traceparent), /^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/);
+      t.regex(String(v1!['x-request-id']), /^[0-9a-f-]{36}$/);
+
+      t.like(lineOf(s, 'h-path'), {
+        protocol: 'http2',
+        path: '/v2/items?q=1',
+        status: 200,
+        route: 'service-router/h2[0]',
+        subset: 'v2',
+        endpoint: 'h2-2',
+        trace_id: '0af7651916cd43dd8448eb211c80319c',
+        response_flags: '-',
+        dst: { service: 'h2.default', principal: id('h2') },
+      });
+      t.like(lineOf(s, 'h-header'), { route: 'service-router/h2[1]', subset: 'v2', endpoint: 'h2-2' });
+      const v1Line = lineOf(s, String(v1!['x-request-id']));
+      t.like(v1Line, { route: 'default', subset: 'v1', endpoint: 'h2-1' });
+      t.is(v1Line?.trace_id, String(v1!.traceparent).split('-')[1]);
+      t.like(lineOf(s, 'h-admin'), { status: 403, response_flags: 'RBAC', path: '/admin/users' });
+      t.regex(String(lineOf(s, 'h-admin')?.reason), /Permissions\[0\]: deny/);
+
+      // Every request in Istio's metrics, HTTP/2 as `http`, once each request's stream is over.
+      const istio = (m: string, labels: Record<string, string>): number =>
+        metricSum(m, 'istio_requests_total', {
+          reporter: 'waypoint',
+          destination_service: 'h2.default',
+          source_principal: WEB,
+          request_protocol: 'http',
+          ...labels,
+        });
+      await until(
+        async () => {
+          const m = await metricsText(s.wp);
+          return istio(m, {}) - istio(before, {}) === 4;
+        },
+        5000,
+        'four HTTP/2 requests counted',
+      );
+      const after = await metricsText(s.wp);
+      const delta = (labels: Record<string, string>): number => istio(after, labels) - istio(before, labels);
+      t.is(delta({ response_code: '200', destination_version: 'v2', response_flags: '-' }), 2);
+      t.is(delta({ response_code: '200', destination_version: 'v1', response_flags: '-' }), 1);
+      t.is(delta({ response_code: '403', response_flags: 'RBAC' }), 1);
+      const refused = (m: string): number =>
+        metricSum(m, 'ambit_connections_refused_total', { direction: 'inbound', reason: 'l7_denied' });
+      t.is(refused(after) - refused(before), 1);
+    } finally {
+      session.destroy();
+      await s.close();
+    }
+  },
+);
+
+test.serial(
+  'gRPC by the chain: a header routes to v2, an intention answers PERMISSION_DENIED, metrics by status',
+  async (t) => {
+    const s = await setup({ entries: CHAIN });
+    const c = grpcClient(s.grpcPort);
+    try {
+      const before = await metricsText(s.wp);
+      const plain = await unary(c, { text: 'one' });
+      const canaryMd = new grpc.Metadata();
+      canaryMd.set('x-canary', 'true');
+      const canary = await unary(c, { text: 'two' }, canaryMd);
+      const notFound = await unary(c, { text: 'thing', fail: true });
+      const seenBefore = s.grpcSeen.length;
+      const forbidden = await unary(c, { text: 'three' }, new grpc.Metadata(), ECHO.Forbidden.path);
+      const nowhereMd = new grpc.Metadata();
+      nowhereMd.set('x-nowhere', '1');
+      const nowhere = await unary(c, { text: 'four' }, nowhereMd);
+
+      t.is(plain.err, null);
+      t.deepEqual(plain.head?.get('x-server'), ['greet-1']);
+      t.is(canary.err, null);
+      t.deepEqual(canary.head?.get('x-server'), ['greet-2']);
+      t.deepEqual(s.grpcSeen[1]?.get('x-routed'), ['grpc-v2']);
+      t.deepEqual(s.grpcSeen[0]?.get('x-routed'), []);
+      t.is(notFound.err?.code, grpc.status.NOT_FOUND);
+      // The waypoint's answers, as grpc-js reports them: no server saw either call.
+      t.is(forbidden.err?.code, grpc.status.PERMISSION_DENIED);
+      t.is(forbidden.err?.details, 'RBAC: access denied');
+      t.is(nowhere.err?.code, grpc.status.UNAVAILABLE);
+      t.is(nowhere.err?.details, 'no healthy upstream');
+      t.is(s.grpcSeen.length, seenBefore);
+
+      t.like(
+        requestLines(s).find((l) => l.path === ECHO.Forbidden.path),
+        {
+          protocol: 'grpc',
+          status: 200,
+          grpc_status: '7',
+          response_flags: 'RBAC',
+        },
+      );
+      t.like(
+        requestLines(s).find((l) => l.grpc_status === '14'),
+        { status: 200, response_flags: 'UH', route: 'service-router/greet[1]', subset: 'gone' },
+      );
+      t.like(
+        requestLines(s).find((l) => l.endpoint === 'greet-2'),
+        { route: 'service-router/greet[0]', subset: 'v2', grpc_status: '0', response_flags: '-' },
+      );
+
+      const istio = (m: string, labels: Record<string, string>): number =>
+        metricSum(m, 'istio_requests_total', {
+          reporter: 'waypoint',
+          destination_service: 'greet.default',
+          source_principal: WEB,
+          request_protocol: 'grpc',
+          response_code: '200',
+          ...labels,
+        });
+      await until(
+        async () => istio(await metricsText(s.wp), {}) - istio(before, {}) === 5,
+        5000,
+        'five gRPC calls counted',
+      );
+      const after = await metricsText(s.wp);
+      const delta = (labels: Record<string, string>): number => istio(after, labels) - istio(before, labels);
+      t.is(delta({ grpc_response_status: '0', destination_version: 'v1' }), 1);
+      t.is(delta({ grpc_response_status: '0', destination_version: 'v2' }), 1);
+      t.is(
+        delta({ grpc_response_status: String(grpc.status.NOT_FOUND), destination_workload: 'greet-1' }),
+        1,
+      );
+      t.is(delta({ grpc_response_status: '7', response_flags: 'RBAC' }), 1);
+      t.is(delta({ grpc_response_status: '14', response_flags: 'UH' }), 1);
+    } finally {
+      c.close();
       await s.close();
     }
   },

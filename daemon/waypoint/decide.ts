@@ -1,0 +1,82 @@
+// What the waypoint decides for one request before it goes anywhere, whatever carried it (HTTP/1.1,
+// HTTP/2, gRPC): L7 intentions first, then the route. One place, so that a request is allowed and routed
+// the same whichever protocol it came in, and a denial is refused (counted, logged) the same.
+import type { IncomingHttpHeaders } from 'node:http';
+import type { Refusals } from '../limits/refusal.js';
+import type { HttpContext } from './http.js';
+import { ipOf } from './l7-headers.js';
+import type { RequestRoute, RouteLabels, RouteRequest, WaypointRouter } from './router.js';
+
+export interface DecideDeps {
+  readonly router: WaypointRouter;
+  readonly refusals: Refusals;
+}
+
+/** The request as the router sees it: fields with lower-case names, HTTP/2 pseudo-headers left out. */
+export interface DecideRequest {
+  readonly method: string | undefined;
+  readonly path: string | undefined;
+  readonly headers: IncomingHttpHeaders;
+  /** The client's IP, when the caller keeps it per connection; else read from the context. */
+  readonly sourceIp?: string;
+}
+
+/** Why the waypoint answers a request itself: an intention denied it, or no endpoint can take it. */
+export type RefusedFailure = 'denied' | 'unavailable';
+
+export type Decision =
+  | { readonly ok: true; readonly route: RequestRoute }
+  | {
+      readonly ok: false;
+      readonly failure: RefusedFailure;
+      /** The plain HTTP answer (HTTP/2 answers gRPC its own way, by `failure`). */
+      readonly status: number;
+      readonly body: string;
+      /** For the access log: the deciding intention, or why there is no endpoint. */
+      readonly reason: string;
+      /** Envoy's response flag: RBAC for a denial, UH for no healthy upstream. */
+      readonly flags: string;
+      /** The route taken up to where no endpoint was left; none for a denial (it is never routed). */
+      readonly labels: RouteLabels | undefined;
+    };
+
+export function decide(d: DecideDeps, ctx: HttpContext, req: DecideRequest): Decision {
+  const rr: RouteRequest = {
+    plan: ctx.plan,
+    client: ctx.client.principal,
+    method: req.method,
+    path: req.path,
+    headers: req.headers,
+    sourceIp: req.sourceIp ?? ipOf(ctx.clientAddr),
+  };
+  const authz = d.router.authorize(rr);
+  if (!authz.allowed) {
+    d.refusals.refuse('inbound', 'l7_denied', `waypoint denied a request: ${authz.reason}`, {
+      client: ctx.client.principal,
+      service: `${ctx.plan.service.name}.${ctx.plan.service.namespace}`,
+      method: req.method,
+      path: req.path,
+    });
+    return {
+      ok: false,
+      failure: 'denied',
+      status: 403,
+      body: 'RBAC: access denied',
+      reason: authz.reason,
+      flags: 'RBAC',
+      labels: undefined,
+    };
+  }
+  const route = d.router.route(rr);
+  if (route.kind === 'none')
+    return {
+      ok: false,
+      failure: 'unavailable',
+      status: 503,
+      body: 'no healthy upstream',
+      reason: route.why,
+      flags: 'UH',
+      labels: route.labels,
+    };
+  return { ok: true, route };
+}
