@@ -21,6 +21,8 @@ export function forwardRequestHeaders(
   waypoint: string,
   client: string,
   upgrade: boolean,
+  /** formatXfcc(waypoint, client), when the caller keeps it (it is the same for a whole connection). */
+  xfcc = formatXfcc(waypoint, client),
 ): OutgoingHttpHeaders {
   const named = connectionTokens(h.connection);
   const out: OutgoingHttpHeaders = {};
@@ -34,7 +36,7 @@ export function forwardRequestHeaders(
     out.connection = 'upgrade';
     out.upgrade = h.upgrade;
   }
-  out[XFCC] = formatXfcc(waypoint, client);
+  out[XFCC] = xfcc;
   return out;
 }
 

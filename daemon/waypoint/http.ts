@@ -13,7 +13,7 @@ import type { OutboundPlan } from '../proxy/outbound/plan.js';
 import { decide } from './decide.js';
 import type { ByteStream } from './h1/byte-stream.js';
 import { ClientConnection, type Decision, type ExchangeHost, type ReadRequest } from './h1/connection.js';
-import { requestHead } from './h1/head.js';
+import { requestHead, safeOps } from './h1/head.js';
 import { MAX_HEAD_BYTES, type ParseFailure } from './h1/parser.js';
 import {
   HopFailure,
@@ -28,6 +28,7 @@ import type { HopClient, HopDeps } from './hop.js';
 import { type Trace, addSetCookie, applyHeaderOps, ipOf, setTraceHeaders, traceOf } from './l7-headers.js';
 import type { RequestRoute, RouteLabels, WaypointRouter } from './router.js';
 import { requestLabels } from './telemetry.js';
+import { formatXfcc } from './xfcc.js';
 
 /** What one client's tunnel stream to the waypoint is for. */
 export interface HttpContext {
@@ -107,12 +108,15 @@ class Exchanges implements ExchangeHost<RequestLine> {
   readonly #pool: UpstreamPool;
   readonly #ctx: HttpContext;
   readonly #sourceIp: string;
+  /** The client's identity as the endpoint gets it: the same for every request of the connection. */
+  readonly #xfcc: string;
 
   constructor(d: WaypointHttpDeps, pool: UpstreamPool, ctx: HttpContext) {
     this.#d = d;
     this.#pool = pool;
     this.#ctx = ctx;
     this.#sourceIp = ipOf(ctx.clientAddr);
+    this.#xfcc = formatXfcc(d.hop.self, ctx.client.principal);
   }
 
   begin(req: ReadRequest): RequestLine {
@@ -167,15 +171,16 @@ class Exchanges implements ExchangeHost<RequestLine> {
       this.#d.hop.self,
       this.#ctx.client.principal,
       req.upgrade,
+      this.#xfcc,
     );
-    applyHeaderOps(headers, route.requestHeaders);
+    applyHeaderOps(headers, safeOps(route.requestHeaders));
     if (line.trace) setTraceHeaders(headers, line.trace);
     return requestHead(req.method, route.path, headers);
   }
 
   responseFields(route: RequestRoute, headers: IncomingHttpHeaders): OutgoingHttpHeaders {
     const h = forwardResponseHeaders(headers);
-    applyHeaderOps(h, route.responseHeaders);
+    applyHeaderOps(h, safeOps(route.responseHeaders));
     if (route.cookie) addSetCookie(h, route.cookie);
     return h;
   }

@@ -1,6 +1,7 @@
 // HTTP/1.1 heads as the waypoint reads and writes them: llhttp's raw fields as node:http's header object
 // (the shape the router, the intentions and the header operations take), and that object back on the wire.
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
+import type { HeaderOp } from '../../../lib/l7/route.js';
 
 /**
  * Fields of which a second copy is dropped rather than joined, as node:http does: their grammar has no list
@@ -41,24 +42,42 @@ export function headersOf(fields: readonly string[]): IncomingHttpHeaders {
   return h;
 }
 
-/** A value that would end the field or the head early (CR, LF, NUL) is never written. */
+/** A value that would end the field or the head early (CR, LF, NUL). */
 const UNSAFE = /[\r\n\0]/;
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
-/** `fields` as field lines, each ended with CRLF; unsafe names or values (from configuration) are skipped. */
+/** Whether a field may be written as it is: a token for a name, no CR, LF or NUL in the value. */
+export const safeField = (name: string, value: string): boolean => TOKEN.test(name) && !UNSAFE.test(value);
+
+/**
+ * `fields` as field lines, each ended with CRLF. Names and values are written as they are: what llhttp read
+ * is valid already, and what configuration adds is checked once, where it is compiled (safeOps below).
+ */
 export function fieldLines(fields: OutgoingHttpHeaders): string {
   let out = '';
   for (const name in fields) {
     const v = fields[name];
-    if (v === undefined || !TOKEN.test(name)) continue;
-    if (Array.isArray(v)) {
-      for (const one of v) if (!UNSAFE.test(one)) out += `${name}: ${one}\r\n`;
-    } else {
-      const s = String(v);
-      if (!UNSAFE.test(s)) out += `${name}: ${s}\r\n`;
-    }
+    if (v === undefined) continue;
+    if (Array.isArray(v)) for (const one of v) out += `${name}: ${one}\r\n`;
+    else out += `${name}: ${v}\r\n`;
   }
   return out;
+}
+
+const checked = new WeakMap<readonly HeaderOp[], readonly HeaderOp[]>();
+
+/**
+ * A route's header operations without any that would break the head (a name that is not a token, a value
+ * with CR, LF or NUL), worked out once per compiled list: a route's lists live as long as its chain.
+ */
+export function safeOps(ops: readonly HeaderOp[]): readonly HeaderOp[] {
+  if (ops.length === 0) return ops;
+  let ok = checked.get(ops);
+  if (ok === undefined) {
+    ok = ops.filter((o) => TOKEN.test(o.name) && (o.op === 'remove' || !UNSAFE.test(o.value)));
+    checked.set(ops, ok);
+  }
+  return ok;
 }
 
 /** How a body is framed on the wire: by a length, in chunks, to the close, or not at all. */
