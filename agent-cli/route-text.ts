@@ -40,20 +40,23 @@ function targetLines(t: TargetRow, role: string): string[] {
   return out;
 }
 
-function legLines(leg: Leg, heading: string, requestPath: string): string[] {
+function legLines(leg: Leg, heading: string, x: Explanation): string[] {
   const out = [heading];
   const resolver = leg.resolver ?? "no service-resolver: Consul's default";
   out.push(`  resolver: ${resolver}${leg.redirectedFrom ? ` (redirected by ${leg.redirectedFrom})` : ''}`);
   const [primary, ...failovers] = leg.targets;
   if (primary) out.push(...targetLines(primary, 'target'));
   for (const f of failovers) out.push(...targetLines(f, 'failover'));
-  if (leg.servedBy === undefined) out.push('  endpoints: none healthy: the waypoint answers 503');
+  if (leg.servedBy === undefined)
+    out.push(
+      `  endpoints: none healthy: the waypoint ${x.protocol === 'tcp' ? 'refuses the connection' : 'answers 503'}`,
+    );
   else {
     const via = leg.failover ? ` (failover to ${leg.servedBy})` : '';
     out.push(`  endpoints: ${leg.candidates.join(', ')}${via}`);
     out.push(`  load balancer: ${lbText(leg.loadBalancer)} picks one`);
   }
-  if (leg.path !== requestPath) out.push(`  path rewritten to ${leg.path}`);
+  if (x.protocol !== 'tcp' && leg.path !== x.request.path) out.push(`  path rewritten to ${leg.path}`);
   if (leg.requestHeaders.length) out.push(`  request headers: ${ops(leg.requestHeaders)}`);
   if (leg.responseHeaders.length) out.push(`  response headers: ${ops(leg.responseHeaders)}`);
   return out;
@@ -96,7 +99,7 @@ export function explanationText(x: Explanation): string {
   }
   for (const l of x.legs) {
     const heading = l.split ? `leg [${l.split.index}] ${l.split.weight}%:` : 'destination:';
-    lines.push('', ...legLines(l, heading, x.request.path));
+    lines.push('', ...legLines(l, heading, x));
   }
   if (x.authorization) {
     const a = x.authorization;
