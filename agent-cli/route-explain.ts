@@ -25,6 +25,7 @@ import {
 import { keyOf } from '../lib/l7/set.js';
 import type { Logger } from '../lib/log.js';
 import type { Workload } from '../lib/mesh/model.js';
+import { serviceProtocol } from '../lib/mesh/protocols.js';
 import type { RouteView } from './route-view.js';
 
 export interface ExplainRequest {
@@ -168,8 +169,11 @@ export function explain(view: RouteView, req: ExplainRequest): Explanation {
   const router = routerOf(store, datacenter, warnings);
   const svc = { name: req.service, namespace: req.namespace };
   const model = store.service(req.namespace, req.service);
-  const protocol = router.protocol(model);
   const chain = router.chain(svc);
+  // A service the model does not know (no workload, no services entry) is parsed as its entries say.
+  const protocol = model
+    ? router.protocol(model)
+    : serviceProtocol(entrySetOf(mesh), svc.name, svc.namespace);
   const l7: L7Request = { method: req.method, path: req.path, headers: req.headers, sourceIp: '' };
 
   // The waypoint's own view of a target's instances (ChainRouter keeps its copy private).

@@ -19,13 +19,11 @@ function lbText(lb: LoadBalancer): string {
 
 function endpointText(e: EndpointRow): string {
   const at = e.port ? `${e.address}:${e.port}` : e.address;
-  const why = e.used
-    ? 'selected, healthy'
-    : !e.selected
-      ? "not selected by the subset's Filter"
-      : !e.healthy
-        ? 'selected, but not passing: left out'
-        : 'selected, but not passing as OnlyPassing wants';
+  const why = !e.selected
+    ? "not selected by the subset's Filter"
+    : e.healthy
+      ? 'selected, healthy'
+      : 'selected, but not passing: left out';
   return `${e.name}  ${at}  ${why}`;
 }
 
@@ -43,7 +41,12 @@ function targetLines(t: TargetRow, role: string): string[] {
 function legLines(leg: Leg, heading: string, x: Explanation): string[] {
   const out = [heading];
   const resolver = leg.resolver ?? "no service-resolver: Consul's default";
-  out.push(`  resolver: ${resolver}${leg.redirectedFrom ? ` (redirected by ${leg.redirectedFrom})` : ''}`);
+  const service = leg.targets[0]?.service;
+  if (leg.redirectedFrom)
+    out.push(
+      `  resolver: ${leg.redirectedFrom} redirects to ${service}, whose resolver is ${leg.resolver ?? "Consul's default"}`,
+    );
+  else out.push(`  resolver: ${resolver}`);
   const [primary, ...failovers] = leg.targets;
   if (primary) out.push(...targetLines(primary, 'target'));
   for (const f of failovers) out.push(...targetLines(f, 'failover'));

@@ -74,6 +74,7 @@ configEntries:
     Failover:
       v3: { Targets: [{ ServiceSubset: v1 }] }
     LoadBalancer: { Policy: least_request }
+  - { Kind: service-resolver, Name: legacy, Redirect: { Service: api, ServiceSubset: v1 } }
   - Kind: service-intentions
     Name: api
     Sources:
@@ -185,7 +186,7 @@ test('the catch-all and a split: every leg with its weight, each its own subset'
   t.like(x.verdict, { routed: true, status: 200 });
 });
 
-test('a subset with no instance fails over to the next target the resolver lists', async (t) => {
+test('a subset with no instance fails over; a redirect is followed to the service it names', async (t) => {
   const explain = await meshFile(t);
   const r = await explain('--service', 'api', '--path', '/v3/a', '--source', 'web');
   t.is(r.code, 0, r.stderr);
@@ -197,6 +198,13 @@ test('a subset with no instance fails over to the next target the resolver lists
   ]);
   t.true(r.stdout.includes('\n  failover v1.api.default.default.dc1: api, subset v1'));
   t.true(r.stdout.includes('\n  endpoints: api-v1 (failover to v1.api.default.default.dc1)\n'));
+
+  const redirected = await explain('--service', 'legacy', '--path', '/x');
+  t.is(redirected.code, 0, redirected.stderr);
+  t.deepEqual(section(redirected.stdout, 'destination:').slice(1, 3), [
+    '  resolver: service-resolver/legacy redirects to api, whose resolver is service-resolver/api',
+    '  target v1.api.default.default.dc1: api, subset v1 (Filter "Service.Meta.version == v1")',
+  ]);
 });
 
 test('refused: a deny permission and the default policy are 403, exit 1', async (t) => {
