@@ -76,7 +76,8 @@ function requestOf(o: ExplainOpts, datacenter: string): ExplainRequest {
   };
 }
 
-const NOT_ROUTED = (status: number, reason: string): AmbitError =>
+/** Printed after the explanation; exit 1, as the CLI exits for any refusal. */
+const notRouted = (status: number, reason: string): AmbitError =>
   new AmbitError(status === 403 ? 'AMBIT_DENIED' : 'AMBIT_NO_ENDPOINT', `not routed: ${status} ${reason}`);
 
 async function viewOf(cmd: Command, o: ExplainOpts): Promise<RouteView> {
@@ -108,13 +109,16 @@ async function viewOf(cmd: Command, o: ExplainOpts): Promise<RouteView> {
 function registerExplain(route: Command, io: Io): void {
   route
     .command('explain')
+    .summary('Explain what a waypoint would do with one request to a service.')
     .description(
-      'Explain what a waypoint would do with one request to a service: each route of its service-router\n' +
-        'tried and why it does or does not match, the route chosen, the split (every leg, by weight), the\n' +
-        "resolver's target and subset (redirects and failover followed), the endpoints the subset selects\n" +
-        'and which are healthy, the load balancer, and the L7 intention decision for --source.\n' +
+      'Explain what a waypoint would do with one request to a service: the routes\n' +
+        'of its service-router tried and why each does or does not match, the route\n' +
+        "chosen, the split (every leg, by weight), the resolver's target and subset\n" +
+        '(redirects and failover followed), the endpoints the subset selects and which\n' +
+        'are healthy, the load balancer, and the L7 intention decision for --source.\n' +
         'Reads the mesh file or, with --consul, Consul, as ambitd does.\n\n' +
-        'Exit codes: 0 routed, 1 refused (403) or no route (503), 2 usage error or invalid mesh file.',
+        'Exit codes: 0 routed, 1 refused (403) or no route (503),\n' +
+        '2 usage error or invalid mesh file.',
     )
     .requiredOption('--service <name>', 'the service the request is for', (v) => checkServiceName(v))
     .option('--namespace <ns>', 'its namespace', (v) => checkServiceName(v, 'namespace'), 'default')
@@ -149,7 +153,7 @@ function registerExplain(route: Command, io: Io): void {
       const view = await viewOf(cmd, o);
       const x = explain(view, req);
       io.out(o.json ? jsonText(x) : explanationText(x));
-      if (!x.verdict.routed) throw NOT_ROUTED(x.verdict.status, x.verdict.reason);
+      if (!x.verdict.routed) throw notRouted(x.verdict.status, x.verdict.reason);
     });
 }
 
