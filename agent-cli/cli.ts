@@ -13,6 +13,7 @@ import { registerList } from './commands/list.js';
 import { registerLogLevel } from './commands/log-level.js';
 import { registerNode } from './commands/node.js';
 import { registerPolicy } from './commands/policy.js';
+import { registerRoute } from './commands/route.js';
 import { registerTap } from './commands/tap.js';
 import { registerUnenroll } from './commands/unenroll.js';
 import type { Io } from './context.js';
@@ -30,6 +31,7 @@ const COMMANDS: readonly ((program: Command, io: Io) => void)[] = [
   registerNode,
   registerPolicy,
   registerConfig,
+  registerRoute,
   registerCerts,
   registerTap,
   registerLogLevel,
@@ -65,7 +67,7 @@ export function buildProgram(io: Io): Command {
     .addOption(
       new Option(
         '--consul <addr>',
-        'use the Consul agent at addr instead of the mesh file (enroll, unenroll, list, policy, config)',
+        'use the Consul agent at addr instead of the mesh file (enroll, unenroll, list, policy, config, route)',
       ).env('CONSUL_HTTP_ADDR'),
     )
     .addOption(new Option('--consul-token <token>', 'Consul ACL token').env('CONSUL_HTTP_TOKEN'))

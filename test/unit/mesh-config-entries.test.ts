@@ -313,3 +313,94 @@ test('ambit config write FILE: entries from a list or several documents, refusal
   );
   t.throws(() => parseEntries('# nothing\n', 'e.yaml'), { message: /holds no config entry/ });
 });
+
+test('service-defaults Meta: ambit-waypoint opts the service in as services.<svc>.waypoint does', (t) => {
+  const mesh = parseMesh(
+    `services:
+  web: { waypoint: wp }
+configEntries:
+  - { Kind: service-defaults, Name: api, Protocol: http, Meta: { ambit-waypoint: wp } }
+  - { Kind: service-defaults, Name: web, Protocol: http, Meta: { ambit-waypoint: wp } }
+  - { Kind: service-defaults, Name: db, Meta: { owner: team-a } }
+`,
+    'mesh.yaml',
+  );
+  const byName = Object.fromEntries(mesh.services.map((s) => [s.name, s]));
+  // api is named by its entry alone; web says it twice, the same way; db's Meta opts into nothing.
+  t.like(byName.api, { namespace: 'default', waypoint: 'wp', protocol: 'http', vips: [], ports: [] });
+  t.like(byName.web, { waypoint: 'wp', protocol: 'http' });
+  t.false('db' in byName);
+  // The daemon's config_dump shows a chain for every service with a waypoint, whichever way it opted in.
+  t.deepEqual(Object.keys(waypointChains(mesh)).sort(), ['default/api', 'default/web']);
+});
+
+test('service-defaults Meta: ambit-vips and ambit-service-ports as services.<svc>.vips and ports', (t) => {
+  const mesh = parseMesh(
+    `configEntries:
+  - Kind: service-defaults
+    Name: api
+    Meta: { ambit-vips: "198.18.0.10, 2001:2:0:0::10", ambit-service-ports: "80:8080,443" }
+`,
+    'mesh.yaml',
+  );
+  t.like(mesh.services[0], {
+    name: 'api',
+    vips: ['198.18.0.10', '2001:2::10'],
+    ports: [
+      { port: 80, targetPort: 8080 },
+      { port: 443, targetPort: 443 },
+    ],
+    waypoint: undefined,
+  });
+  t.is(
+    refusal(
+      'configEntries:\n  - Kind: service-defaults\n    Name: api\n    Meta: { ambit-vips: 198.18.0.10 }\n',
+    ),
+    'mesh.yaml: configEntries[0] service-defaults/api: Meta["ambit-vips"]: a service with vips must list ' +
+      'the ports its vips accept (ambit-service-ports, or services.api.ports) (line 4, column 25)',
+  );
+  t.regex(
+    refusal(
+      'configEntries:\n  - { Kind: service-defaults, Name: api, Meta: { ambit-service-ports: "80:x" } }\n',
+    ),
+    /configEntries\[0\] service-defaults\/api: Meta\["ambit-service-ports"\]: "80:x" is not port or port:targetPort/,
+  );
+  t.regex(
+    refusal('configEntries:\n  - { Kind: service-defaults, Name: api, Meta: { ambit-waypoint: "w p" } }\n'),
+    /Meta\["ambit-waypoint"\]: waypoint service name "w p" must use only/,
+  );
+  // A vip another service holds at the same port is refused wherever each one says it.
+  t.regex(
+    refusal(
+      'services:\n  web: { vips: [198.18.0.10], ports: [80] }\nconfigEntries:\n' +
+        '  - { Kind: service-defaults, Name: api, Meta: { ambit-vips: 198.18.0.10, ambit-service-ports: "80" } }\n',
+    ),
+    /198\.18\.0\.10 port 80 is already a vip of service "web"/,
+  );
+});
+
+test('service-defaults Meta: a value services.<svc> contradicts is refused, naming both fields', (t) => {
+  t.is(
+    refusal(
+      'services:\n  api: { waypoint: wp-a }\nconfigEntries:\n' +
+        '  - { Kind: service-defaults, Name: api, Meta: { ambit-waypoint: wp-b } }\n',
+    ),
+    'mesh.yaml: services.api.waypoint: says wp-a but configEntries[0] service-defaults/api: ' +
+      'Meta["ambit-waypoint"] says wp-b: set it in one place (line 2, column 20)',
+  );
+  t.regex(
+    refusal(
+      'services:\n  api: { vips: [198.18.0.1], ports: [80] }\nconfigEntries:\n' +
+        '  - { Kind: service-defaults, Name: api, Meta: { ambit-vips: 198.18.0.2 } }\n',
+      'other.yaml',
+    ),
+    /^other\.yaml: services\.api\.vips: says 198\.18\.0\.1 but configEntries\[0\] service-defaults\/api: Meta\["ambit-vips"\] says 198\.18\.0\.2/,
+  );
+  t.regex(
+    refusal(
+      'services:\n  api: { ports: [80] }\nconfigEntries:\n' +
+        '  - { Kind: service-defaults, Name: api, Meta: { ambit-service-ports: "80:8080" } }\n',
+    ),
+    /services\.api\.ports: says 80 but .*Meta\["ambit-service-ports"\] says 80:8080/,
+  );
+});

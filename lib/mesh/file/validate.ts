@@ -40,6 +40,7 @@ import {
   UPSTREAM_KEYS,
   WORKLOAD_KEYS,
 } from './schema.js';
+import { withServiceMeta } from './service-meta.js';
 
 /** `workloads.web-1.ports[1]`; keys that would be ambiguous in dotted form are bracketed. */
 export function fieldPath(path: readonly PathSeg[]): string {
@@ -383,8 +384,11 @@ export function meshFromValue(value: unknown): Mesh {
   }
 
   const explicit = entries(top.services, ['services']).map(([k, v]) => parseService(k, v, ['services', k]));
+  // Entries come before the vip checks: a service-defaults' Meta may give a service its vips.
+  const configEntries = configEntriesOf(top.configEntries, explicit);
+  const declared = withServiceMeta(explicit, configEntries, top.configEntries);
   const vipOwners = new Map<string, string>();
-  for (const s of explicit) {
+  for (const s of declared) {
     for (const vip of s.vips) {
       for (const p of s.ports) {
         const k = `${vip}|${p.port}`;
@@ -400,7 +404,7 @@ export function meshFromValue(value: unknown): Mesh {
     }
   }
   // Services are implied by workloads: give every one a model entry so lookups need not special-case them.
-  const services = [...explicit];
+  const services = [...declared];
   for (const w of workloads) {
     if (!services.some((s) => s.name === w.service && s.namespace === w.namespace)) {
       services.push({ name: w.service, namespace: w.namespace, vips: [], ports: [], waypoint: undefined });
@@ -409,7 +413,6 @@ export function meshFromValue(value: unknown): Mesh {
 
   const defaultPolicy = oneOf<PolicyAction>(top.defaultPolicy, ['defaultPolicy'], ['allow', 'deny'], 'allow');
   const policies = entries(top.policies, ['policies']).map(([k, v]) => parsePolicy(k, v, ['policies', k]));
-  const configEntries = configEntriesOf(top.configEntries, explicit);
   return {
     defaultPolicy,
     nodes,

@@ -1,0 +1,118 @@
+// `ambit route explain` in words: the routes tried, the route, the split, each leg's target and endpoints,
+// its load balancer, then the L7 intention decision (which the waypoint takes first: a denied request is
+// never routed, but what it would have met is still worth seeing).
+import type { HeaderOp, LoadBalancer } from '../lib/l7/index.js';
+import type { EndpointRow, Explanation, Leg, TargetRow } from './route-explain.js';
+
+const ops = (list: readonly HeaderOp[]): string =>
+  list.map((o) => (o.op === 'remove' ? `remove ${o.name}` : `${o.op} ${o.name}: ${o.value}`)).join('; ');
+
+function lbText(lb: LoadBalancer): string {
+  const policy = lb.Policy ?? 'round_robin';
+  const hashes = (lb.HashPolicies ?? []).map((h) =>
+    h.SourceIP ? 'source IP' : `${h.Field} ${JSON.stringify(h.FieldValue)}`,
+  );
+  if ((policy === 'ring_hash' || policy === 'maglev') && hashes.length)
+    return `${policy}, hashing ${hashes.join(', then ')}`;
+  return policy;
+}
+
+function endpointText(e: EndpointRow): string {
+  const at = e.port ? `${e.address}:${e.port}` : e.address;
+  const why = !e.selected
+    ? "not selected by the subset's Filter"
+    : e.healthy
+      ? 'selected, healthy'
+      : 'selected, but not passing: left out';
+  return `${e.name}  ${at}  ${why}`;
+}
+
+function targetLines(t: TargetRow, role: string): string[] {
+  const subset = t.subset
+    ? `subset ${t.subset}${t.filter ? ` (Filter ${JSON.stringify(t.filter)}${t.onlyPassing ? ', OnlyPassing' : ''})` : ''}`
+    : 'every instance (no subset)';
+  const out = [`  ${role} ${t.id}: ${t.service}, ${subset}`];
+  if (t.remote) out.push(`    no endpoints here: ${t.remote}`);
+  else if (t.endpoints.length === 0) out.push(`    no instances of ${t.service} in ${t.namespace}`);
+  else for (const e of t.endpoints) out.push(`    ${endpointText(e)}`);
+  return out;
+}
+
+function legLines(leg: Leg, heading: string, x: Explanation): string[] {
+  const out = [heading];
+  const resolver = leg.resolver ?? "no service-resolver: Consul's default";
+  const service = leg.targets[0]?.service;
+  if (leg.redirectedFrom)
+    out.push(
+      `  resolver: ${leg.redirectedFrom} redirects to ${service}, whose resolver is ${leg.resolver ?? "Consul's default"}`,
+    );
+  else out.push(`  resolver: ${resolver}`);
+  const [primary, ...failovers] = leg.targets;
+  if (primary) out.push(...targetLines(primary, 'target'));
+  for (const f of failovers) out.push(...targetLines(f, 'failover'));
+  if (leg.servedBy === undefined)
+    out.push(
+      `  endpoints: none healthy: the waypoint ${x.protocol === 'tcp' ? 'refuses the connection' : 'answers 503'}`,
+    );
+  else {
+    const via = leg.failover ? ` (failover to ${leg.servedBy})` : '';
+    out.push(`  endpoints: ${leg.candidates.join(', ')}${via}`);
+    out.push(`  load balancer: ${lbText(leg.loadBalancer)} picks one`);
+  }
+  if (x.protocol !== 'tcp' && leg.path !== x.request.path) out.push(`  path rewritten to ${leg.path}`);
+  if (leg.requestHeaders.length) out.push(`  request headers: ${ops(leg.requestHeaders)}`);
+  if (leg.responseHeaders.length) out.push(`  response headers: ${ops(leg.responseHeaders)}`);
+  return out;
+}
+
+export function explanationText(x: Explanation): string {
+  const lines: string[] = [];
+  const ns = x.namespace === 'default' ? '' : ` (namespace ${x.namespace})`;
+  lines.push(`${x.request.method} ${x.request.path} to ${x.service}${ns} (read from ${x.where})`);
+  for (const [k, v] of Object.entries(x.request.headers)) lines.push(`  header ${k}: ${v}`);
+  lines.push(
+    x.waypoint
+      ? `waypoint: ${x.waypoint}; protocol ${x.protocol}`
+      : `waypoint: none (${x.service} opts into none): these rules apply only once it has one; protocol ${x.protocol}`,
+  );
+  for (const i of x.ignored) lines.push(`ignored, as the daemon ignores it: ${i}`);
+  if (x.chainError)
+    lines.push(
+      `warning: ${x.chainError}; the waypoint routes by its last good chain, else the service alone`,
+    );
+  if (x.protocol === 'tcp')
+    lines.push(
+      `no L7 routing: ${x.service} is tcp, so no route, split or L7 intention applies; the waypoint ` +
+        "carries each connection to the resolver's target",
+    );
+
+  if (x.routes) {
+    lines.push('', `routes of ${x.routes.router}, the first that matches wins:`);
+    for (const s of x.routes.tried) lines.push(`  ${s.label}: ${s.matched ? 'matches' : `no: ${s.reason}`}`);
+    lines.push(`route: ${x.routes.chosen}`);
+  } else if (x.protocol !== 'tcp')
+    lines.push('', `route: no service-router: every request goes to ${x.service}`);
+
+  if (x.splitter) {
+    lines.push('', `split by ${x.splitter}: weighted random, each request draws one leg:`);
+    for (const l of x.legs)
+      lines.push(
+        `  [${l.split!.index}] ${l.split!.weight}% to ${l.target}${l.split!.drawn ? '' : ' (never drawn)'}`,
+      );
+  }
+  for (const l of x.legs) {
+    const heading = l.split ? `leg [${l.split.index}] ${l.split.weight}%:` : 'destination:';
+    lines.push('', ...legLines(l, heading, x));
+  }
+  if (x.authorization) {
+    const a = x.authorization;
+    const verdict = a.allowed ? 'allowed' : 'denied: the waypoint answers 403, before any routing';
+    const who = a.source === a.client ? a.client : `${a.source} (${a.client})`;
+    lines.push('', `authorization of ${who}: ${verdict}`, `  ${a.reason}`);
+    if (/default (allow|deny)$/.test(a.reason))
+      lines.push(`  (the default policy is from ${x.defaultPolicy.from})`);
+  } else if (x.protocol !== 'tcp') lines.push('', 'authorization: not checked (no --source)');
+
+  lines.push('', `result: ${x.verdict.status} ${x.verdict.reason}`);
+  return `${lines.join('\n')}\n`;
+}
