@@ -55,7 +55,7 @@ type Setup = L7World;
 
 /** The entries both backends hold, in an order Consul accepts them in (a router's subsets exist first). */
 export const ENTRIES: unknown[] = [
-  // The Meta opts api into its waypoint in Consul (and, in the mesh file, stands beside services.api).
+  // The Meta opts api into its waypoint, in Consul and in the mesh file alike.
   { Kind: 'service-defaults', Name: 'api', Protocol: 'http', Meta: { 'ambit-waypoint': 'wp' } },
   { Kind: 'service-defaults', Name: 'legacy', Protocol: 'http' },
   {
@@ -184,8 +184,8 @@ export async function startFileWorld(): Promise<L7World> {
   const b = await start('node-b');
   const wp = await start('wp-node', { role: 'waypoint', waypointService: 'wp' });
   await enroll(meshFile, ...s.workloads);
+  // Nothing but the entries: service-defaults' Protocol and ambit-waypoint Meta opt api in, as in Consul.
   await editMeshFile(meshFile, (doc) => {
-    doc.setIn(['services', 'api'], doc.createNode({ waypoint: 'wp', protocol: 'http' }));
     for (const e of ENTRIES) setConfigEntry(doc, e as Record<string, unknown>);
   });
   await ready(a, b, wp, 5000);
