@@ -5,7 +5,6 @@
 // among it) gets 400 and is never forwarded.
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 import type { Logger } from '../../lib/log.js';
-import type { Workload } from '../../lib/mesh/model.js';
 import type { Refusals } from '../limits/refusal.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { peerFromUris } from '../proxy/inbound/decide.js';
@@ -25,9 +24,9 @@ import {
 } from './h1/upstream.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 import type { HopClient, HopDeps } from './hop.js';
-import { type Trace, addSetCookie, applyHeaderOps, ipOf, setTraceHeaders, traceOf } from './l7-headers.js';
-import type { RequestRoute, RouteLabels, WaypointRouter } from './router.js';
-import { requestLabels } from './telemetry.js';
+import { addSetCookie, applyHeaderOps, ipOf, setTraceHeaders, traceOf } from './l7-headers.js';
+import type { RequestRoute, WaypointRouter } from './router.js';
+import { type RequestRecord, countRequest, logRequest } from './telemetry.js';
 import { formatXfcc } from './xfcc.js';
 
 /** What one client's tunnel stream to the waypoint is for. */
@@ -58,26 +57,8 @@ export interface WaypointHttpDeps {
   readonly open?: Opener;
 }
 
-/** One request's account: its access-log line once it is over. */
-interface RequestLine {
-  readonly started: number;
-  readonly ctx: HttpContext;
-  readonly method: string | undefined;
-  readonly path: string | undefined;
-  readonly authority: string | undefined;
-  endpoint: Workload | undefined;
-  upstream: string | undefined;
-  status: number;
-  bytesIn: number;
-  bytesOut: number;
-  reason: string | undefined;
-  /** Envoy's response flag: `-` unless the waypoint itself answered, or the client went away. */
-  flags: string;
-  labels: RouteLabels | undefined;
-  trace: Trace | undefined;
-  /** The service the request landed on, when it was routed. */
-  routed: OutboundPlan | undefined;
-}
+/** One request's account: its metrics and access-log line once it is over. */
+type RequestLine = RequestRecord;
 
 export class WaypointHttp {
   readonly #d: WaypointHttpDeps;
@@ -215,8 +196,8 @@ class Exchanges implements ExchangeHost<RequestLine> {
     line.status = status;
     if (flag !== undefined && line.flags === '-') line.flags = flag;
     if (route) this.#d.router.done(route);
-    countRequest(this.#d, line);
-    logRequest(this.#d, line, outcome);
+    countRequest(this.#d, line, 'http');
+    logRequest(this.#d, line, 'http', outcome);
     if (this.#d.metrics.connections.taps > 0) tapRequest(this.#d, line, outcome);
   }
 
@@ -226,8 +207,8 @@ class Exchanges implements ExchangeHost<RequestLine> {
     line.reason = `${f.code}: ${f.reason}`;
     line.flags = 'BAD_REQUEST';
     refusedRequest(this.#d, line, line.reason);
-    countRequest(this.#d, line);
-    logRequest(this.#d, line, 'refused');
+    countRequest(this.#d, line, 'http');
+    logRequest(this.#d, line, 'http', 'refused');
     if (this.#d.metrics.connections.taps > 0) tapRequest(this.#d, line, 'refused');
   }
 
@@ -268,63 +249,6 @@ function newLine(
     trace: undefined,
     routed: undefined,
   };
-}
-
-/** Counts the request in Istio's metrics (every request, answered by the endpoint or by the waypoint). */
-function countRequest(d: WaypointHttpDeps, l: RequestLine): void {
-  const labels = requestLabels(
-    {
-      client: l.ctx?.client.principal,
-      service: l.routed?.service ?? l.ctx?.plan.service,
-      endpoint: l.endpoint,
-      endpointPrincipal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
-      protocol: 'http',
-      status: l.status,
-      grpcStatus: '',
-      flags: l.flags,
-    },
-    d.metrics.cluster,
-  );
-  d.metrics.requestDone(labels, Date.now() - l.started, l.bytesIn, l.bytesOut);
-}
-
-/** The request's access-log line; nothing is built when info lines are not written. */
-function logRequest(d: WaypointHttpDeps, l: RequestLine, outcome: string): void {
-  if (!d.log.isLevelEnabled('info')) return;
-  const service = l.ctx?.plan.service;
-  d.log.info(
-    {
-      access: 'waypoint',
-      protocol: 'http',
-      method: l.method,
-      path: l.path,
-      authority: l.authority,
-      status: l.status,
-      duration_ms: Date.now() - l.started,
-      bytes_received: l.bytesIn,
-      bytes_sent: l.bytesOut,
-      response_flags: l.flags,
-      route: l.labels?.route,
-      split: l.labels?.split,
-      subset: l.labels?.subset,
-      ...(l.labels?.failover ? { failover: l.labels.target } : {}),
-      endpoint: l.endpoint?.name,
-      upstream: l.upstream,
-      trace_id: l.trace?.traceId,
-      request_id: l.trace?.requestId,
-      src: { addr: l.ctx?.clientAddr, principal: l.ctx?.client.principal },
-      dst: {
-        service: service ? `${service.name}.${service.namespace}` : undefined,
-        ...(l.routed && l.routed.service !== service
-          ? { routed: `${l.routed.service.name}.${l.routed.service.namespace}` }
-          : {}),
-        principal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
-      },
-      outcome,
-      ...(l.reason ? { reason: l.reason } : {}),
-    },
-    'request',
-  );
 }
 
 /** The request as the taps see it (`ambit tap` on the waypoint): built only while someone taps. */

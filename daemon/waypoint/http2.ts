@@ -27,8 +27,8 @@ import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 import { type HopDeps, openHop } from './hop.js';
 import type { HttpContext } from './http.js';
 import { type Trace, addSetCookie, applyHeaderOps, setTraceHeaders, traceOf } from './l7-headers.js';
-import type { RequestRoute, RouteLabels, WaypointRouter } from './router.js';
-import { requestLabels } from './telemetry.js';
+import type { RequestRoute, WaypointRouter } from './router.js';
+import { type RequestRecord, countRequest, logRequest } from './telemetry.js';
 import { XFCC } from './xfcc.js';
 
 export interface WaypointHttp2Deps {
@@ -210,25 +210,9 @@ export function splitPseudo(h: IncomingHttpHeaders): {
 export const h2ResponseHeaders = (h: IncomingHttpHeaders): OutgoingHttpHeaders => forwardResponseHeaders(h);
 
 /** One request's account: its access-log line once it is over. */
-interface RequestLine {
-  readonly started: number;
-  readonly ctx: HttpContext;
+interface RequestLine extends RequestRecord {
   readonly grpc: boolean;
-  readonly method: string | undefined;
-  readonly path: string | undefined;
-  readonly authority: string | undefined;
-  endpoint: Workload | undefined;
-  status: number;
-  grpcStatus: string | undefined;
-  bytesIn: number;
-  bytesOut: number;
-  reason: string | undefined;
-  /** Envoy's response flag: `-` unless the waypoint itself answered, or either side reset the stream. */
-  flags: string;
-  labels: RouteLabels | undefined;
   readonly trace: Trace;
-  /** The service the request landed on, once routed. */
-  routed: OutboundPlan | undefined;
   requestTrailers?: IncomingHttpHeaders;
 }
 
@@ -385,8 +369,9 @@ export class WaypointHttp2 {
       const outcome = stream.rstCode === constants.NGHTTP2_NO_ERROR ? 'completed' : 'reset';
       if (outcome === 'reset' && line.flags === '-' && !resetByWaypoint.has(stream)) line.flags = 'DC';
       if (held.route) d.router.done(held.route);
-      this.#count(line);
-      this.#log(line, outcome);
+      // Istio's request_protocol is `http` for HTTP/2 too; gRPC alone is told apart.
+      countRequest(this.#d, line, line.grpc ? 'grpc' : 'http');
+      logRequest(this.#d, line, line.grpc ? 'grpc' : 'http2', outcome);
     });
     // The client is told what kind of failure, not which endpoint: that is in the access log.
     const fail = (failure: WaypointFailure, why: string, flags: string, message?: string): void => {
@@ -636,63 +621,5 @@ export class WaypointHttp2 {
     });
     socket.once('close', () => session.destroy());
     return session;
-  }
-
-  /** Counts the request in Istio's metrics (every one, answered by the endpoint or by the waypoint). */
-  #count(l: RequestLine): void {
-    const d = this.#d;
-    const labels = requestLabels(
-      {
-        client: l.ctx.client.principal,
-        service: l.routed?.service ?? l.ctx.plan.service,
-        endpoint: l.endpoint,
-        endpointPrincipal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
-        // Istio's request_protocol is `http` for HTTP/2 too; gRPC alone is told apart.
-        protocol: l.grpc ? 'grpc' : 'http',
-        status: l.status,
-        grpcStatus: l.grpcStatus ?? '',
-        flags: l.flags,
-      },
-      d.metrics.cluster,
-    );
-    d.metrics.requestDone(labels, Date.now() - l.started, l.bytesIn, l.bytesOut);
-  }
-
-  #log(l: RequestLine, outcome: string): void {
-    const d = this.#d;
-    const service = l.ctx.plan.service;
-    d.log.info(
-      {
-        access: 'waypoint',
-        protocol: l.grpc ? 'grpc' : 'http2',
-        method: l.method,
-        path: l.path,
-        authority: l.authority,
-        status: l.status,
-        ...(l.grpcStatus !== undefined ? { grpc_status: l.grpcStatus } : {}),
-        duration_ms: Date.now() - l.started,
-        bytes_received: l.bytesIn,
-        bytes_sent: l.bytesOut,
-        response_flags: l.flags,
-        route: l.labels?.route,
-        split: l.labels?.split,
-        subset: l.labels?.subset,
-        ...(l.labels?.failover ? { failover: l.labels.target } : {}),
-        endpoint: l.endpoint?.name,
-        trace_id: l.trace.traceId,
-        request_id: l.trace.requestId,
-        src: { addr: l.ctx.clientAddr, principal: l.ctx.client.principal },
-        dst: {
-          service: `${service.name}.${service.namespace}`,
-          ...(l.routed && l.routed.service !== service
-            ? { routed: `${l.routed.service.name}.${l.routed.service.namespace}` }
-            : {}),
-          principal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
-        },
-        outcome,
-        ...(l.reason ? { reason: l.reason } : {}),
-      },
-      'request',
-    );
   }
 }

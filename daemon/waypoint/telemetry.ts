@@ -1,10 +1,14 @@
 // Istio's request-metric labels for one request through the waypoint: the client as its certificate names
 // it (the waypoint knows its service, not its workload or metadata), the endpoint's workload as the mesh
 // knows it, and the request's outcome.
+import type { Logger } from '../../lib/log.js';
 import type { Workload } from '../../lib/mesh/model.js';
-import { type RequestLabels, workloadLabels } from '../metrics/metrics.js';
+import { type Metrics, type RequestLabels, workloadLabels } from '../metrics/metrics.js';
 import { peerFromUris } from '../proxy/inbound/decide.js';
-import type { RoutedService } from '../proxy/outbound/plan.js';
+import type { OutboundPlan, RoutedService } from '../proxy/outbound/plan.js';
+import type { HttpContext } from './http.js';
+import type { Trace } from './l7-headers.js';
+import type { RouteLabels } from './router.js';
 
 export interface RequestOutcome {
   readonly client: string | undefined;
@@ -90,4 +94,95 @@ function makeLabels(o: RequestOutcome, cluster: string): RequestLabels {
     response_flags: o.flags,
   });
   return labels;
+}
+
+/** One request's account, whichever engine carried it: what its metrics and its access-log line say. */
+export interface RequestRecord {
+  readonly started: number;
+  readonly ctx: HttpContext;
+  readonly method: string | undefined;
+  readonly path: string | undefined;
+  readonly authority: string | undefined;
+  endpoint: Workload | undefined;
+  /** The endpoint's `ip:port` as the hop named it, when the engine knows it. */
+  upstream?: string | undefined;
+  status: number;
+  /** gRPC only: the call's grpc-status. */
+  grpcStatus?: string | undefined;
+  bytesIn: number;
+  bytesOut: number;
+  reason: string | undefined;
+  /** Envoy's response flag: `-` unless the waypoint itself answered, or a side went away. */
+  flags: string;
+  labels: RouteLabels | undefined;
+  trace: Trace | undefined;
+  /** The service the request landed on, once routed. */
+  routed: OutboundPlan | undefined;
+}
+
+export interface RecordDeps {
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  readonly hop: { readonly identityOf: (w: Pick<Workload, 'namespace' | 'service'>) => string };
+}
+
+/** Counts the request in Istio's metrics (every one, answered by the endpoint or by the waypoint). */
+export function countRequest(d: RecordDeps, l: RequestRecord, protocol: 'http' | 'grpc'): void {
+  const labels = requestLabels(
+    {
+      client: l.ctx.client.principal,
+      service: l.routed?.service ?? l.ctx.plan.service,
+      endpoint: l.endpoint,
+      endpointPrincipal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
+      protocol,
+      status: l.status,
+      grpcStatus: l.grpcStatus ?? '',
+      flags: l.flags,
+    },
+    d.metrics.cluster,
+  );
+  d.metrics.requestDone(labels, Date.now() - l.started, l.bytesIn, l.bytesOut);
+}
+
+/**
+ * The request's access-log line (`protocol`: http, http2 or grpc, as the log tells them apart); nothing is
+ * built when info lines are not written.
+ */
+export function logRequest(d: RecordDeps, l: RequestRecord, protocol: string, outcome: string): void {
+  if (!d.log.isLevelEnabled('info')) return;
+  const service = l.ctx.plan.service;
+  d.log.info(
+    {
+      access: 'waypoint',
+      protocol,
+      method: l.method,
+      path: l.path,
+      authority: l.authority,
+      status: l.status,
+      ...(l.grpcStatus !== undefined ? { grpc_status: l.grpcStatus } : {}),
+      duration_ms: Date.now() - l.started,
+      bytes_received: l.bytesIn,
+      bytes_sent: l.bytesOut,
+      response_flags: l.flags,
+      route: l.labels?.route,
+      split: l.labels?.split,
+      subset: l.labels?.subset,
+      ...(l.labels?.failover ? { failover: l.labels.target } : {}),
+      endpoint: l.endpoint?.name,
+      ...(l.upstream !== undefined ? { upstream: l.upstream } : {}),
+      trace_id: l.trace?.traceId,
+      request_id: l.trace?.requestId,
+      src: { addr: l.ctx.clientAddr, principal: l.ctx.client.principal },
+      dst: {
+        service: `${service.name}.${service.namespace}`,
+        ...(l.routed && l.routed.service !== service
+          ? { routed: `${l.routed.service.name}.${l.routed.service.namespace}` }
+          : {}),
+        principal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
+      },
+      outcome,
+      ...(l.reason ? { reason: l.reason } : {}),
+    },
+    'request',
+  );
 }
