@@ -4,7 +4,7 @@ import { type AddressInfo, type Server, type Socket, connect, createServer } fro
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ambitd } from '../../daemon/daemon.js';
-import { type ConfigInput, loadConfig } from '../../lib/config.js';
+import { type ConfigInput, type DaemonConfig, loadConfig } from '../../lib/config.js';
 import { type Logger, createLogger, silentLogger } from '../../lib/log.js';
 import { editMeshFile, upsertWorkload } from '../../lib/mesh/edit.js';
 import type { Upstream, Workload } from '../../lib/mesh/model.js';
@@ -51,6 +51,44 @@ export const startDaemon = (
     }),
     logger ?? (process.env.AMBIT_TEST_LOG ? createLogger('debug', 2) : silentLogger()),
   );
+
+/**
+ * A daemon's configuration with Consul as its control plane (`consul`: the emulator or a real agent), on
+ * loopback with every port picked by the kernel and its state in `<dir>/<node>`; the management token when
+ * ACLs are on. Retry and rate-limit intervals are short, so that tests of outages do not wait for
+ * production backoffs.
+ */
+export function consulDaemonConfig(
+  consul: { readonly address: string; readonly managementToken?: string | undefined },
+  dir: string,
+  node: string,
+  flags: ConfigInput = {},
+): DaemonConfig {
+  const base = loadConfig({
+    env: {},
+    flags: {
+      nodeName: node,
+      stateDir: join(dir, node),
+      tunnel: '127.0.0.1:0',
+      admin: '127.0.0.1:0',
+      metrics: '127.0.0.1:0',
+      ready: '127.0.0.1:0',
+      consul: consul.address,
+      ...(consul.managementToken ? { consulToken: consul.managementToken } : {}),
+      ...flags,
+    },
+  });
+  return {
+    ...base,
+    consul: {
+      ...base.consul!,
+      minIntervalMs: 50,
+      backoffInitialMs: 100,
+      backoffMaxMs: 400,
+      startTimeoutMs: 5000,
+    },
+  };
+}
 
 /** Two daemons on loopback sharing one mesh file and one CA directory, as two hosts would in embedded mode. */
 export async function startCluster(

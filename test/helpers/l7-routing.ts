@@ -13,13 +13,14 @@ import { promisify } from 'node:util';
 import type { TestFn } from 'ava';
 import { consulEnroll } from '../../agent-cli/consul.js';
 import { Ambitd } from '../../daemon/daemon.js';
-import { type ConfigInput, type DaemonConfig, loadConfig } from '../../lib/config.js';
+import type { ConfigInput } from '../../lib/config.js';
 import { ConsulClient } from '../../lib/consul/client.js';
 import { Secret } from '../../lib/consul/secret.js';
 import { editMeshFile, setConfigEntry } from '../../lib/mesh/edit.js';
 import type { Workload } from '../../lib/mesh/model.js';
 import {
   clientWorkload,
+  consulDaemonConfig,
   enroll,
   freePort,
   metricSum,
@@ -206,31 +207,7 @@ export async function startConsulWorld(): Promise<L7World> {
   const { lines, logger } = captureLogs();
   const daemons: Ambitd[] = [];
   const start = async (node: string, extra: ConfigInput = {}): Promise<Ambitd> => {
-    const base = loadConfig({
-      env: {},
-      flags: {
-        nodeName: node,
-        stateDir: join(dir, node),
-        tunnel: '127.0.0.1:0',
-        admin: '127.0.0.1:0',
-        metrics: '127.0.0.1:0',
-        ready: '127.0.0.1:0',
-        consul: consul.address,
-        defaultPolicy: 'allow',
-        ...(consul.managementToken ? { consulToken: consul.managementToken } : {}),
-        ...extra,
-      },
-    });
-    const config: DaemonConfig = {
-      ...base,
-      consul: {
-        ...base.consul!,
-        minIntervalMs: 50,
-        backoffInitialMs: 100,
-        backoffMaxMs: 400,
-        startTimeoutMs: 5000,
-      },
-    };
+    const config = consulDaemonConfig(consul, dir, node, { defaultPolicy: 'allow', ...extra });
     const d = await Ambitd.start(config, logger(node));
     daemons.push(d);
     return d;

@@ -9,13 +9,21 @@ import test, { type ExecutionContext } from 'ava';
 import { run } from '../../agent-cli/cli.js';
 import { consulEnroll } from '../../agent-cli/consul.js';
 import { Ambitd } from '../../daemon/daemon.js';
-import { type DaemonConfig, loadConfig } from '../../lib/config.js';
 import { nodeCheckId, workloadRegistration } from '../../lib/consul/catalog.js';
 import { ConsulClient } from '../../lib/consul/client.js';
 import { Secret } from '../../lib/consul/secret.js';
 import { ConsulPermissionError } from '../../lib/errors.js';
 import { createLogger, silentLogger } from '../../lib/log.js';
-import { echoOnce, echoServer, freePort, openEcho, roundTrip, sha256, until } from '../helpers/cluster.js';
+import {
+  consulDaemonConfig,
+  echoOnce,
+  echoServer,
+  freePort,
+  openEcho,
+  roundTrip,
+  sha256,
+  until,
+} from '../helpers/cluster.js';
 import {
   ConsulEmulator,
   type ConsulUnderTest,
@@ -61,33 +69,11 @@ async function env(t: ExecutionContext, opts: { acl?: boolean } = {}): Promise<E
     dir,
     daemons,
     async start(node, extra = {}) {
-      const base = loadConfig({
-        env: {},
-        flags: {
-          nodeName: node,
-          stateDir: join(dir, node),
-          tunnel: extra.tunnel ?? '127.0.0.1:0',
-          admin: '127.0.0.1:0',
-          metrics: '127.0.0.1:0',
-          ready: '127.0.0.1:0',
-          consul: consul.address,
-          ...((extra.token ?? consul.managementToken)
-            ? { consulToken: extra.token ?? consul.managementToken }
-            : {}),
-          ...(extra.defaultPolicy === null ? {} : { defaultPolicy: extra.defaultPolicy ?? 'allow' }),
-        },
+      const config = consulDaemonConfig(consul, dir, node, {
+        ...(extra.tunnel ? { tunnel: extra.tunnel } : {}),
+        ...(extra.token ? { consulToken: extra.token } : {}),
+        ...(extra.defaultPolicy === null ? {} : { defaultPolicy: extra.defaultPolicy ?? 'allow' }),
       });
-      // Short retry and rate-limit intervals so that tests of outages do not wait for production backoffs.
-      const config: DaemonConfig = {
-        ...base,
-        consul: {
-          ...base.consul!,
-          minIntervalMs: 50,
-          backoffInitialMs: 100,
-          backoffMaxMs: 400,
-          startTimeoutMs: 5000,
-        },
-      };
       const d = await Ambitd.start(config, log());
       daemons.push(d);
       return d;

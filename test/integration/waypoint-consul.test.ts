@@ -9,10 +9,18 @@ import { join } from 'node:path';
 import test from 'ava';
 import { consulEnroll } from '../../agent-cli/consul.js';
 import { Ambitd } from '../../daemon/daemon.js';
-import { type ConfigInput, type DaemonConfig, loadConfig } from '../../lib/config.js';
+import type { ConfigInput } from '../../lib/config.js';
 import { ConsulClient } from '../../lib/consul/client.js';
 import { silentLogger } from '../../lib/log.js';
-import { echoServer, freePort, roundTrip, sha256, until, workload } from '../helpers/cluster.js';
+import {
+  consulDaemonConfig,
+  echoServer,
+  freePort,
+  roundTrip,
+  sha256,
+  until,
+  workload,
+} from '../helpers/cluster.js';
 import { startConsul } from '../helpers/consul-emulator.js';
 
 test('through Consul: the waypoint enrols itself, carries http and tcp, and leaves when it stops', async (t) => {
@@ -34,31 +42,7 @@ test('through Consul: the waypoint enrols itself, carries http and tcp, and leav
     await rm(dir, { recursive: true, force: true });
   });
   const start = async (node: string, extra: ConfigInput = {}): Promise<Ambitd> => {
-    const base = loadConfig({
-      env: {},
-      flags: {
-        nodeName: node,
-        stateDir: join(dir, node),
-        tunnel: '127.0.0.1:0',
-        admin: '127.0.0.1:0',
-        metrics: '127.0.0.1:0',
-        ready: '127.0.0.1:0',
-        consul: consul.address,
-        defaultPolicy: 'allow',
-        ...(consul.managementToken ? { consulToken: consul.managementToken } : {}),
-        ...extra,
-      },
-    });
-    const config: DaemonConfig = {
-      ...base,
-      consul: {
-        ...base.consul!,
-        minIntervalMs: 50,
-        backoffInitialMs: 100,
-        backoffMaxMs: 400,
-        startTimeoutMs: 5000,
-      },
-    };
+    const config = consulDaemonConfig(consul, dir, node, { defaultPolicy: 'allow', ...extra });
     const d = await Ambitd.start(config, silentLogger());
     daemons.push(d);
     return d;
