@@ -165,6 +165,7 @@ export class ChainRouter implements WaypointRouter {
       responseHeaders: r.responseHeaders,
       labels,
       ...(picked.cookie ? { cookie: picked.cookie } : {}),
+      timeouts: { requestMs: r.RequestTimeout, idleMs: r.IdleTimeout, connectMs: r.ConnectTimeout },
     };
     if (r.LoadBalancer?.Policy === 'least_request') {
       picker.least.begin(endpoint.name);

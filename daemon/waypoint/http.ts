@@ -142,7 +142,7 @@ class Exchanges implements ExchangeHost<RequestLine> {
     const client = this.#ctx.client;
     return (
       this.#pool.take(upstreamKey(route.endpoint, route.plan, client)) ??
-      this.#pool.open(route.plan, route.endpoint, client)
+      this.#pool.open(route.plan, route.endpoint, client, route.timeouts?.connectMs)
     );
   }
 
@@ -199,6 +199,10 @@ class Exchanges implements ExchangeHost<RequestLine> {
     countRequest(this.#d, line, 'http');
     logRequest(this.#d, line, 'http', outcome);
     if (this.#d.metrics.connections.taps > 0) tapRequest(this.#d, line, outcome);
+  }
+
+  timedOut(line: RequestLine, why: string): void {
+    line.reason = why;
   }
 
   malformed(f: ParseFailure, status: number): void {

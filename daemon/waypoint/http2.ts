@@ -133,6 +133,25 @@ function answerFailure(
   respondFailure(stream, failure, line.grpc, message);
 }
 
+/** The upstream session within the route's ConnectTimeout, else a failure to answer with (503, UF). */
+function withConnectTimeout<T>(p: Promise<T>, ms: number | undefined): Promise<T> {
+  if (ms === undefined || ms <= 0) return p;
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`connect timeout: no hop within ${ms} ms`)), ms);
+    timer.unref();
+    p.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(err);
+      },
+    );
+  });
+}
+
 /** Streams the waypoint reset itself: not the client's resets, which are counted against its rate. */
 const resetByWaypoint = new WeakSet<ServerHttp2Stream>();
 
@@ -398,7 +417,7 @@ export class WaypointHttp2 {
     // RST_STREAM, Rapid Reset) is never opened upstream.
     setImmediate(() => {
       if (stream.destroyed || stream.closed) return;
-      this.#session(ctx, r).then(
+      withConnectTimeout(this.#session(ctx, r), r.timeouts?.connectMs).then(
         (upstream) => this.#forward(ctx, r, line, stream, headers, upstream),
         (err: Error) => {
           const failure = err instanceof HopRefused ? err.failure : 'unavailable';
@@ -468,6 +487,35 @@ export class WaypointHttp2 {
       return;
     }
     up.once('close', upstream.release);
+    // Envoy's route timeout: from the end of the request to the end of the response.
+    let timedOut = false;
+    const timeoutMs = r.timeouts?.requestMs;
+    if (timeoutMs !== undefined && timeoutMs > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      const arm = (): void => {
+        timer = setTimeout(() => {
+          timedOut = true;
+          line.reason = `RequestTimeout of ${timeoutMs} ms`;
+          line.flags = 'UT';
+          const answered = stream.headersSent;
+          if (!answered) answerFailure(stream, line, 'timeout');
+          up.unpipe(stream);
+          up.close(constants.NGHTTP2_CANCEL);
+          if (!answered) return;
+          // A gRPC call already answered ends with DEADLINE_EXCEEDED in its trailers, as a client expects;
+          // anything else answered is cut (a reset).
+          if (line.grpc && !stream.closed && !stream.destroyed) {
+            line.grpcStatus = String(FAILURES.timeout.grpc);
+            stream.end();
+          } else resetStream(stream, constants.NGHTTP2_CANCEL);
+        }, timeoutMs);
+        timer.unref();
+      };
+      if (stream.endAfterHeaders || stream.readableEnded) arm();
+      else stream.once('end', arm);
+      up.once('close', () => clearTimeout(timer));
+      stream.once('close', () => clearTimeout(timer));
+    }
     let responseTrailers: IncomingHttpHeaders | undefined;
     up.once('wantTrailers', () => {
       const t = line.requestTrailers ? h2ResponseHeaders(line.requestTrailers) : {};
@@ -483,6 +531,7 @@ export class WaypointHttp2 {
       if (!stream.destroyed && !stream.headersSent) stream.additionalHeaders(h2ResponseHeaders(h));
     });
     up.once('response', (h: IncomingHttpHeaders, flags: number) => {
+      if (timedOut) return;
       d.router.succeeded(ep);
       if (stream.destroyed || stream.closed) {
         up.close(constants.NGHTTP2_CANCEL);
@@ -505,6 +554,13 @@ export class WaypointHttp2 {
       }
       if (endStream) return;
       stream.once('wantTrailers', () => {
+        if (timedOut) {
+          stream.sendTrailers({
+            'grpc-status': String(FAILURES.timeout.grpc),
+            'grpc-message': FAILURES.timeout.text,
+          });
+          return;
+        }
         if (responseTrailers) line.grpcStatus = responseTrailers['grpc-status'] as string | undefined;
         stream.sendTrailers(responseTrailers ? h2ResponseHeaders(responseTrailers) : {});
       });
@@ -520,7 +576,7 @@ export class WaypointHttp2 {
       line.reason = err.message;
     });
     up.once('close', () => {
-      if (up.rstCode === constants.NGHTTP2_NO_ERROR || stream.destroyed || stream.closed) return;
+      if (timedOut || up.rstCode === constants.NGHTTP2_NO_ERROR || stream.destroyed || stream.closed) return;
       if (line.flags === '-') line.flags = 'UR';
       if (!stream.headersSent) {
         d.router.failed(ep);

@@ -44,6 +44,18 @@ export interface RequestRoute {
   readonly labels: RouteLabels;
   /** A cookie to set on the response (a cookie hash policy with a TTL or Session, when the client had none). */
   readonly cookie?: GeneratedCookie | undefined;
+  /** The route's timeouts (router destination, else resolver), in ms; none: the waypoint's own bounds only. */
+  readonly timeouts?: RouteTimeouts | undefined;
+}
+
+/** Consul's timeouts for one request, as the chain gives them (Envoy's route and cluster timeouts). */
+export interface RouteTimeouts {
+  /** From the end of the request to the end of the response: 504 (gRPC 4), flag UT. */
+  readonly requestMs?: number | undefined;
+  /** No bytes either way for this long: 408 before a response (flag SI), a reset after. */
+  readonly idleMs?: number | undefined;
+  /** The hop to the endpoint's node must be up within this: else 503, flag UF. */
+  readonly connectMs?: number | undefined;
 }
 
 export interface RouteLabels {

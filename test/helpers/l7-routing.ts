@@ -91,6 +91,11 @@ export const ENTRIES: unknown[] = [
       },
       { Match: { HTTP: { PathPrefix: '/v1/' } }, Destination: { ServiceSubset: 'v1' } },
       { Match: { HTTP: { PathPrefix: '/legacy/' } }, Destination: { Service: 'legacy' } },
+      // Issue 16's RequestTimeout: a backend that takes 2 s is cut at 200 ms.
+      {
+        Match: { HTTP: { PathPrefix: '/slow' } },
+        Destination: { ServiceSubset: 'v1', RequestTimeout: '200ms' },
+      },
     ],
   },
   {
@@ -124,6 +129,10 @@ async function server(name: string, seen: Seen[]): Promise<{ server: Server; por
     req.on('end', () => {
       seen.push({ server: name, method: req.method, url: req.url, headers: req.headers });
       res.setHeader('x-server-secret', 'hidden');
+      if (req.url?.startsWith('/slow')) {
+        setTimeout(() => res.end(`${name} ${req.method} ${req.url}\n`), 2000).unref();
+        return;
+      }
       res.end(`${name} ${req.method} ${req.url}\n`);
     });
   });
@@ -367,6 +376,28 @@ export function routingSuite(test: TestFn<L7World>): void {
     t.is(splitLines.length, 1000);
     t.is(splitLines.filter((l) => l.split === 'service-splitter/api[1] 10%').length, v2);
     t.true(splitLines.every((l) => l.route === 'default'));
+  });
+
+  test.serial('RequestTimeout: a backend that takes 2 s is answered 504 (UT) at about 200 ms', async (t) => {
+    const s = t.context;
+    const before = await metricsText(s.wp);
+    const started = performance.now();
+    const res = await fetch(`${s.base}/slow/report`, { headers: { 'x-request-id': 'r-slow' } });
+    const body = await res.text();
+    const ms = performance.now() - started;
+    t.log(`504 after ${ms.toFixed(0)} ms (RequestTimeout 200ms, the backend answers at 2,000 ms)`);
+    t.is(res.status, 504);
+    t.is(body, 'upstream request timeout');
+    // Not before the timeout, and long before the backend's own answer.
+    t.true(ms >= 190 && ms < 1500, `${ms} ms`);
+    await until(() => lineOf(s, 'r-slow') !== undefined, 3000, 'the access-log line');
+    t.like(lineOf(s, 'r-slow'), { status: 504, response_flags: 'UT', endpoint: 'api-1' });
+    const after = await metricsText(s.wp);
+    const q = { response_code: '504', response_flags: 'UT', destination_workload: 'api-1' };
+    t.is(metricSum(after, 'istio_requests_total', q) - metricSum(before, 'istio_requests_total', q), 1);
+    // The connection it came on still serves the next request.
+    const next = await fetch(`${s.base}/v1/after-timeout`);
+    t.is(next.status, 200);
   });
 
   test.serial('an L7 intention denies a path and a method with 403; other requests pass', async (t) => {

@@ -44,6 +44,8 @@ interface Msg {
   text: string;
   n?: number;
   fail?: boolean;
+  /** The server answers this much later. */
+  delayMs?: number;
 }
 const json = {
   serialize: (v: Msg): Buffer => Buffer.from(JSON.stringify(v)),
@@ -116,7 +118,9 @@ async function grpcServer(
     head.set('x-server', name);
     call.sendMetadata(head);
     const xfcc = String(call.metadata.get('x-forwarded-client-cert')[0] ?? '');
-    cb(null, { text: `${call.request.text}|${xfcc}` }, trailer);
+    const answer = (): void => cb(null, { text: `${call.request.text}|${xfcc}` }, trailer);
+    if (call.request.delayMs) setTimeout(answer, call.request.delayMs).unref();
+    else answer();
   };
   server.addService(ECHO, {
     Unary: unaryImpl,
@@ -585,6 +589,11 @@ const CHAIN: Record<string, unknown>[] = [
         Match: { HTTP: { Header: [{ Name: 'x-nowhere', Present: true }] } },
         Destination: { ServiceSubset: 'gone' },
       },
+      // Issue 16's RequestTimeout, for gRPC: DEADLINE_EXCEEDED.
+      {
+        Match: { HTTP: { Header: [{ Name: 'x-slow', Present: true }] } },
+        Destination: { ServiceSubset: 'v1', RequestTimeout: '200ms' },
+      },
     ],
   },
   {
@@ -800,6 +809,15 @@ test.serial(
       const nowhereMd = new grpc.Metadata();
       nowhereMd.set('x-nowhere', '1');
       const nowhere = await unary(c, { text: 'four' }, nowhereMd);
+      const slowMd = new grpc.Metadata();
+      slowMd.set('x-slow', '1');
+      const slowStarted = performance.now();
+      const slow = await unary(c, { text: 'five', delayMs: 2000 }, slowMd);
+      const slowMs = performance.now() - slowStarted;
+      t.log(`DEADLINE_EXCEEDED after ${slowMs.toFixed(0)} ms (RequestTimeout 200ms, the server at 2,000 ms)`);
+      t.is(slow.err?.code, grpc.status.DEADLINE_EXCEEDED);
+      t.is(slow.err?.details, 'upstream request timeout');
+      t.true(slowMs >= 190 && slowMs < 1500, `${slowMs} ms`);
 
       t.is(plain.err, null);
       t.deepEqual(plain.head?.get('x-server'), ['greet-1']);
@@ -813,7 +831,8 @@ test.serial(
       t.is(forbidden.err?.details, 'RBAC: access denied');
       t.is(nowhere.err?.code, grpc.status.UNAVAILABLE);
       t.is(nowhere.err?.details, 'no healthy upstream');
-      t.is(s.grpcSeen.length, seenBefore);
+      // (The slow call, after them, did reach its server.)
+      t.is(s.grpcSeen.length, seenBefore + 1);
 
       t.like(
         requestLines(s).find((l) => l.path === ECHO.Forbidden.path),
@@ -843,9 +862,9 @@ test.serial(
           ...labels,
         });
       await until(
-        async () => istio(await metricsText(s.wp), {}) - istio(before, {}) === 5,
+        async () => istio(await metricsText(s.wp), {}) - istio(before, {}) === 6,
         5000,
-        'five gRPC calls counted',
+        'six gRPC calls counted',
       );
       const after = await metricsText(s.wp);
       const delta = (labels: Record<string, string>): number => istio(after, labels) - istio(before, labels);
@@ -857,6 +876,7 @@ test.serial(
       );
       t.is(delta({ grpc_response_status: '7', response_flags: 'RBAC' }), 1);
       t.is(delta({ grpc_response_status: '14', response_flags: 'UH' }), 1);
+      t.is(delta({ grpc_response_status: '4', response_flags: 'UT', destination_workload: 'greet-1' }), 1);
     } finally {
       c.close();
       await s.close();

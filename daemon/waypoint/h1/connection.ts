@@ -58,6 +58,8 @@ export interface ExchangeHost<T> {
   finished(account: T, route: RequestRoute | undefined, status: number, outcome: string, flag?: string): void;
   /** llhttp refused the client's bytes. */
   malformed(failure: ParseFailure, status: number): void;
+  /** One of the route's timeouts ended the exchange (`why` for the access log). */
+  timedOut(account: T, why: string): void;
   /** A request's head did not arrive whole within `ms` of the connection going idle (slowloris). */
   slow(ms: number): void;
 }
@@ -87,6 +89,9 @@ class Exchange<T> implements ResponseHandler {
   /** After this exchange the connection ends (the client asked, the body was not read, ...). */
   closeAfter = false;
   done = false;
+  /** The route's RequestTimeout, from the end of the request; its IdleTimeout, from the last byte. */
+  deadline: NodeJS.Timeout | undefined;
+  idle: NodeJS.Timeout | undefined;
 
   constructor(conn: ClientConnection<T>, req: ReadRequest, account: T, keepAlive: boolean) {
     this.conn = conn;
@@ -245,6 +250,7 @@ export class ClientConnection<T> {
     const ex = this.#reading;
     if (ex === undefined || ex.done) return;
     this.#host.bodyIn(ex.account, chunk.length);
+    ex.idle?.refresh();
     const frame = ex.reqFraming === 'chunked' ? chunkOf(chunk) : chunk;
     this.#toEndpoint(ex, frame, frame !== chunk);
   }
@@ -255,6 +261,7 @@ export class ClientConnection<T> {
     if (ex === undefined) return;
     ex.reqEnded = true;
     if (ex.done) return;
+    if (ex.route) this.#armDeadline(ex);
     if (ex.reqFraming === 'chunked') this.#toEndpoint(ex, LAST_CHUNK, true);
   }
 
@@ -283,6 +290,12 @@ export class ClientConnection<T> {
     }
     const route = decision.route;
     ex.route = route;
+    const idleMs = route.timeouts?.idleMs;
+    if (idleMs !== undefined && idleMs > 0) {
+      ex.idle = setTimeout(() => this.#timedOut(ex, 'idle'), idleMs);
+      ex.idle.unref();
+    }
+    if (ex.reqEnded) this.#armDeadline(ex);
     const expect = req.headers.expect;
     if (expect !== undefined && !req.http10 && !req.upgrade && /^\s*100-continue\s*$/i.test(expect)) {
       // As Envoy does by default: the waypoint says Continue itself, and the endpoint is not asked.
@@ -372,6 +385,7 @@ export class ClientConnection<T> {
   responseBody(ex: Exchange<T>, chunk: Buffer): void {
     if (ex.done) return;
     this.#host.bodyOut(ex.account, chunk.length);
+    ex.idle?.refresh();
     this.writeClient(ex.resFraming === 'chunked' ? chunkOf(chunk) : chunk);
   }
 
@@ -428,9 +442,34 @@ export class ClientConnection<T> {
     this.#finish(ex, 'completed', flag);
   }
 
+  /** As Envoy's route timeout: from the end of the request to the end of the response. */
+  #armDeadline(ex: Exchange<T>): void {
+    const ms = ex.route?.timeouts?.requestMs;
+    if (ms === undefined || ms <= 0 || ex.deadline) return;
+    ex.deadline = setTimeout(() => this.#timedOut(ex, 'request'), ms);
+    ex.deadline.unref();
+  }
+
+  /**
+   * A route timeout fired: before the endpoint answered, the waypoint answers (504 upstream request timeout,
+   * UT; 408 stream timeout, SI, for idleness); after, the answer is cut (a reset). Never reused: the
+   * endpoint may still be answering on that connection.
+   */
+  #timedOut(ex: Exchange<T>, which: 'request' | 'idle'): void {
+    if (ex.done) return;
+    const ms = which === 'request' ? ex.route?.timeouts?.requestMs : ex.route?.timeouts?.idleMs;
+    this.#host.timedOut(ex.account, `${which === 'request' ? 'RequestTimeout' : 'IdleTimeout'} of ${ms} ms`);
+    if (ex.up) ex.up.reusable = false;
+    const flag = which === 'request' ? 'UT' : 'SI';
+    if (which === 'request') this.#answer(ex, 504, 'upstream request timeout', flag);
+    else this.#answer(ex, 408, 'stream timeout', flag);
+  }
+
   #finish(ex: Exchange<T>, outcome: string, flag?: string): void {
     if (ex.done) return;
     ex.done = true;
+    clearTimeout(ex.deadline);
+    clearTimeout(ex.idle);
     const up = ex.up;
     ex.up = undefined;
     if (up && !ex.upgraded) {
@@ -565,6 +604,8 @@ export class ClientConnection<T> {
     for (const ex of this.#queue.splice(0)) {
       if (ex.done) continue;
       ex.done = true;
+      clearTimeout(ex.deadline);
+      clearTimeout(ex.idle);
       if (ex.upgraded) {
         this.#host.finished(ex.account, ex.route, ex.status, 'upgraded');
         continue;

@@ -203,6 +203,31 @@ export const hboneOpener =
     return { stream, authority: r.authority };
   };
 
+/** The opener's answer within `ms`, else a HopFailure (503); a stream that comes late is closed. */
+function withTimeout(
+  opening: ReturnType<Opener>,
+  ms: number,
+): Promise<{ readonly stream: ByteStream; readonly authority: string }> {
+  return new Promise((resolve, reject) => {
+    let late = false;
+    const timer = setTimeout(() => {
+      late = true;
+      reject(new HopFailure(503, `connect timeout: no hop within ${ms} ms`));
+    }, ms);
+    opening.then(
+      (r) => {
+        clearTimeout(timer);
+        if (late) r.stream.destroy();
+        else resolve(r);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        if (!late) reject(err);
+      },
+    );
+  });
+}
+
 /** Kept connections by (endpoint, port, client), most recently used last. */
 export class UpstreamPool {
   readonly #opener: Opener;
@@ -224,8 +249,9 @@ export class UpstreamPool {
   }
 
   /** Opens a new connection to `ep`; rejects with a HopFailure when there is none to have. */
-  async open(plan: OutboundPlan, ep: Workload, client: HopClient): Promise<UpstreamConnection> {
-    const { stream, authority } = await this.#opener(plan, ep, client);
+  async open(plan: OutboundPlan, ep: Workload, client: HopClient, timeoutMs?: number): Promise<UpstreamConnection> {
+    const opening = this.#opener(plan, ep, client);
+    const { stream, authority } = timeoutMs === undefined ? await opening : await withTimeout(opening, timeoutMs);
     const key = upstreamKey(ep, plan, client);
     const c = new UpstreamConnection(this, key, ep, authority, stream, this.#maxHeadBytes);
     this.#all.add(c);
