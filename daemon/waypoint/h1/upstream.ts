@@ -249,9 +249,15 @@ export class UpstreamPool {
   }
 
   /** Opens a new connection to `ep`; rejects with a HopFailure when there is none to have. */
-  async open(plan: OutboundPlan, ep: Workload, client: HopClient, timeoutMs?: number): Promise<UpstreamConnection> {
+  async open(
+    plan: OutboundPlan,
+    ep: Workload,
+    client: HopClient,
+    timeoutMs?: number,
+  ): Promise<UpstreamConnection> {
     const opening = this.#opener(plan, ep, client);
-    const { stream, authority } = timeoutMs === undefined ? await opening : await withTimeout(opening, timeoutMs);
+    const { stream, authority } =
+      timeoutMs === undefined ? await opening : await withTimeout(opening, timeoutMs);
     const key = upstreamKey(ep, plan, client);
     const c = new UpstreamConnection(this, key, ep, authority, stream, this.#maxHeadBytes);
     this.#all.add(c);
