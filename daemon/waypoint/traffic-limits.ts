@@ -184,7 +184,7 @@ export class TrafficLimits {
     };
   }
 
-  /** Requests in flight from `client`'s service to `target`'s (for tests and config_dump). */
+  /** Requests in flight from `client`'s service to `target`'s (what tests check). */
   inFlight(client: ServiceRef, target: ServiceRef): number {
     return (
       this.#inFlight.get(`${keyOf(client.name, client.namespace)}>${keyOf(target.name, target.namespace)}`) ??

@@ -257,7 +257,13 @@ test('ChainRouter refuses over a limit and gives the slot back on done', (t) => 
     targetPort: 8080,
     targeted: undefined,
   };
-  const req: RouteRequest = { plan, client: identityOf({ namespace: 'default', service: 'web' }), method: 'GET', path: '/', headers: {} };
+  const req: RouteRequest = {
+    plan,
+    client: identityOf({ namespace: 'default', service: 'web' }),
+    method: 'GET',
+    path: '/',
+    headers: {},
+  };
   const a = router.route(req, 0);
   const b = router.route(req, 0);
   t.is(a.kind, 'route');
