@@ -133,6 +133,21 @@ class Bucket {
   }
 }
 
+const pairKey = (client: ServiceRef, target: ServiceRef): string =>
+  `${keyOf(client.name, client.namespace)}\u0000${keyOf(target.name, target.namespace)}`;
+
+/** The rules of an entry, built once per entry read (a new mesh brings new entry objects). */
+const ruleCache = new WeakMap<ServiceDefaults, RateRule[]>();
+function rulesOf(sd: ServiceDefaults | undefined): RateRule[] {
+  if (!sd) return [];
+  let rules = ruleCache.get(sd);
+  if (!rules) {
+    rules = rateRules(sd);
+    ruleCache.set(sd, rules);
+  }
+  return rules;
+}
+
 export class TrafficLimits {
   readonly #now: () => number;
   /** Per service, per rule: bounded by the rules the entries hold (pruned when the entries change). */
@@ -152,9 +167,8 @@ export class TrafficLimits {
   admit(set: EntrySet, req: LimitRequest, now: number = this.#now()): Admission {
     if (set !== this.#set) this.#prune(set);
     const limit = req.client && concurrencyLimit(set, req.client, req.dialed);
-    const pair =
-      req.client &&
-      `${keyOf(req.client.name, req.client.namespace)}>${keyOf(req.target.name, req.target.namespace)}`;
+    // Counted whenever the client is known, limit or not: a limit set later sees what is in flight.
+    const pair = req.client && pairKey(req.client, req.target);
     if (limit !== undefined && pair !== undefined && (this.#inFlight.get(pair) ?? 0) >= limit)
       return {
         ok: false,
@@ -162,14 +176,14 @@ export class TrafficLimits {
         why: `${limit} requests from ${req.client?.name} to ${req.target.name} in flight (MaxConcurrentRequests)`,
       };
     const service = keyOf(req.target.name, req.target.namespace);
-    const rule = ruleFor(rateRules(set.serviceDefaults.get(service)), req.path);
+    const rule = ruleFor(rulesOf(set.serviceDefaults.get(service)), req.path);
     if (rule && !this.#bucket(service, rule, now).take(now))
       return {
         ok: false,
         refusal: 'rate_limited',
         why: `${req.target.name} over ${rule.perSecond}/s (burst ${rule.burst}) for ${rule.key === '*' ? 'the service' : rule.key}`,
       };
-    if (limit === undefined || pair === undefined) return { ok: true, release: () => {} };
+    if (pair === undefined) return { ok: true, release: () => {} };
     this.#inFlight.set(pair, (this.#inFlight.get(pair) ?? 0) + 1);
     let held = true;
     return {
@@ -186,10 +200,7 @@ export class TrafficLimits {
 
   /** Requests in flight from `client`'s service to `target`'s (what tests check). */
   inFlight(client: ServiceRef, target: ServiceRef): number {
-    return (
-      this.#inFlight.get(`${keyOf(client.name, client.namespace)}>${keyOf(target.name, target.namespace)}`) ??
-      0
-    );
+    return this.#inFlight.get(pairKey(client, target)) ?? 0;
   }
 
   #bucket(service: string, rule: RateRule, now: number): Bucket {
@@ -211,7 +222,7 @@ export class TrafficLimits {
   #prune(set: EntrySet): void {
     this.#set = set;
     for (const [service, rules] of this.#buckets) {
-      const keys = new Set(rateRules(set.serviceDefaults.get(service)).map((r) => r.key));
+      const keys = new Set(rulesOf(set.serviceDefaults.get(service)).map((r) => r.key));
       for (const k of rules.keys()) if (!keys.has(k)) rules.delete(k);
       if (rules.size === 0) this.#buckets.delete(service);
     }

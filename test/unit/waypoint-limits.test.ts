@@ -166,9 +166,24 @@ test('concurrency slots are taken and given back, once each, never below zero', 
   for (const a of held) if (a.ok) a.release();
   for (const a of held) if (a.ok) a.release();
   t.is(limits.inFlight(WEB, API), 1);
-  // Another client's service is not counted against web's limit, nor limited by it.
-  t.true(limits.admit(set, to('/', { client: { name: 'other', namespace: 'default' } }), 0).ok);
-  t.is(limits.inFlight({ name: 'other', namespace: 'default' }, API), 0);
+  // Another client's service has a count of its own, and web's entry does not limit it.
+  const other = { name: 'other', namespace: 'default' };
+  const others = Array.from({ length: 5 }, () => limits.admit(set, to('/', { client: other }), 0));
+  t.true(others.every((a) => a.ok));
+  t.is(limits.inFlight(other, API), 5);
+  t.is(limits.inFlight(WEB, API), 1);
+  // A limit set while they are in flight counts them: 5 held, a limit of 5 admits no sixth.
+  const later = setOf([
+    {
+      Kind: 'service-defaults',
+      Name: 'other',
+      UpstreamConfig: { Defaults: { Limits: { MaxConcurrentRequests: 5 } } },
+    },
+  ]);
+  t.like(limits.admit(later, to('/', { client: other }), 0), { ok: false, refusal: 'overflow' });
+  for (const a of others) if (a.ok) a.release();
+  t.true(limits.admit(later, to('/', { client: other }), 0).ok);
+  t.is(limits.inFlight(other, API), 1);
 });
 
 test('an overflow takes no token; a rate-limited request holds no slot', (t) => {
