@@ -98,7 +98,10 @@ export type ResponseFlag =
   | 'UH'
   | 'BAD_REQUEST'
   // Envoy's RbacAccessDenied: a request an L7 intention denied at the waypoint.
-  | 'RBAC';
+  | 'RBAC'
+  // Envoy's RateLimited and UpstreamOverflow: a waypoint's rate limit and circuit breaker.
+  | 'RL'
+  | 'UO';
 
 /** Why a connection was refused before it carried anything: the `reason` of ambit_connections_refused_total. */
 export type ConnectionRefusalReason =

@@ -137,6 +137,9 @@ export type RefusalReason =
   | 'connect_limit'
   | 'node_connect_limit'
   | 'fd_reserve'
+  // The waypoint's limits from service-defaults (RateLimits, UpstreamConfig Limits): one request refused.
+  | 'rate_limited'
+  | 'overflow'
   // A peer that broke or abused a protocol: the session is ended.
   | 'h2_protocol'
   | 'h2_reset_flood'

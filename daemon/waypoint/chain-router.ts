@@ -28,12 +28,14 @@ import type { StateStore } from '../state/store.js';
 import { instanceOf } from './instance.js';
 import type {
   Authorization,
+  LimitedRoute,
   NoRoute,
   RequestRoute,
   RouteLabels,
   RouteRequest,
   WaypointRouter,
 } from './router.js';
+import { TrafficLimits } from './traffic-limits.js';
 
 export interface ChainRouterDeps {
   readonly store: Pick<StateStore, 'mesh' | 'endpoints' | 'node' | 'service'>;
@@ -87,8 +89,9 @@ export class ChainRouter implements WaypointRouter {
   readonly #ejectedUntil = new Map<string, number>();
   /** The last chain that compiled, per service: a later mesh whose entries do not compile keeps it. */
   readonly #lastGood = new Map<string, CompiledChain>();
-  /** What `done` undoes for each request in flight (least_request's count). */
+  /** What `done` undoes for each request in flight (least_request's count, the concurrency slot). */
   readonly #inFlight = new WeakMap<RequestRoute, () => void>();
+  readonly #limits = new TrafficLimits();
   #gen: Generation | undefined;
 
   constructor(d: ChainRouterDeps) {
@@ -126,7 +129,7 @@ export class ChainRouter implements WaypointRouter {
     return { allowed: decision.allowed, reason: decision.reason };
   }
 
-  route(request: RouteRequest, now = Date.now()): RequestRoute | NoRoute {
+  route(request: RouteRequest, now = Date.now()): RequestRoute | NoRoute | LimitedRoute {
     const g = this.#generation();
     const chain = this.#chain(g, request.plan.service);
     const req = l7Request(request);
@@ -150,12 +153,28 @@ export class ChainRouter implements WaypointRouter {
     };
     if (resolved.instances.length === 0)
       return { kind: 'none', why: `no healthy endpoint for ${resolved.tried.join(', ')}`, labels };
+    // Limits before the pick: a refused request moves no round robin, hash ring or least_request count.
+    const peer = peerFromUris([request.client]);
+    const admitted = this.#limits.admit(
+      g.set,
+      {
+        client: peer?.service ? { name: peer.service, namespace: peer.namespace ?? 'default' } : undefined,
+        dialed: request.plan.service,
+        target: { name: resolved.target.Service, namespace: resolved.target.Namespace },
+        path: r.path,
+      },
+      now,
+    );
+    if (!admitted.ok) return { kind: 'limited', limit: admitted.refusal, why: admitted.why, labels };
     const target = this.#instances(g, resolved.target);
     const live = this.#live(resolved.instances, new Set(), now);
     const picker = this.#picker(g, resolved.target.ID, r.LoadBalancer);
     const picked = picker.pick(live, hashInput(request), this.#random);
     const endpoint = picked.instance && target.byId.get(picked.instance.id);
-    if (!endpoint) return { kind: 'none', why: `no endpoint picked for ${resolved.target.ID}`, labels };
+    if (!endpoint) {
+      admitted.release();
+      return { kind: 'none', why: `no endpoint picked for ${resolved.target.ID}`, labels };
+    }
     const out: RequestRoute = {
       kind: 'route',
       plan: this.#planFor(resolved.target, request.plan),
@@ -169,8 +188,11 @@ export class ChainRouter implements WaypointRouter {
     };
     if (r.LoadBalancer?.Policy === 'least_request') {
       picker.least.begin(endpoint.name);
-      this.#inFlight.set(out, () => picker.least.end(endpoint.name));
-    }
+      this.#inFlight.set(out, () => {
+        picker.least.end(endpoint.name);
+        admitted.release();
+      });
+    } else this.#inFlight.set(out, admitted.release);
     return out;
   }
 

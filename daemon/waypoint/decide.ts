@@ -21,8 +21,21 @@ export interface DecideRequest {
   readonly sourceIp?: string;
 }
 
-/** Why the waypoint answers a request itself: an intention denied it, or no endpoint can take it. */
-export type RefusedFailure = 'denied' | 'unavailable';
+/**
+ * Why the waypoint answers a request itself: an intention denied it, no endpoint can take it, the
+ * destination's rate is spent, or its client has MaxConcurrentRequests in flight to it already.
+ */
+export type RefusedFailure = 'denied' | 'unavailable' | 'rate_limited' | 'overflow';
+
+/** What a limit's refusal is answered with: Envoy's local_ratelimit (RL) and circuit breaker (UO) answers. */
+const LIMITED = {
+  rate_limited: { status: 429, body: 'local_rate_limited', flags: 'RL' },
+  overflow: {
+    status: 503,
+    body: 'upstream connect error or disconnect/reset before headers. reason: overflow',
+    flags: 'UO',
+  },
+} as const;
 
 export type Decision =
   | { readonly ok: true; readonly route: RequestRoute }
@@ -34,7 +47,7 @@ export type Decision =
       readonly body: string;
       /** For the access log: the deciding intention, or why there is no endpoint. */
       readonly reason: string;
-      /** Envoy's response flag: RBAC for a denial, UH for no healthy upstream. */
+      /** Envoy's response flag: RBAC for a denial, UH for no healthy upstream, RL and UO for the limits. */
       readonly flags: string;
       /** The route taken up to where no endpoint was left; none for a denial (it is never routed). */
       readonly labels: RouteLabels | undefined;
@@ -68,6 +81,21 @@ export function decide(d: DecideDeps, ctx: HttpContext, req: DecideRequest): Dec
     };
   }
   const route = d.router.route(rr);
+  if (route.kind === 'limited') {
+    d.refusals.refuse('inbound', route.limit, `waypoint refused a request: ${route.why}`, {
+      client: ctx.client.principal,
+      service: `${ctx.plan.service.name}.${ctx.plan.service.namespace}`,
+      method: req.method,
+      path: req.path,
+    });
+    return {
+      ok: false,
+      failure: route.limit,
+      ...LIMITED[route.limit],
+      reason: route.why,
+      labels: route.labels,
+    };
+  }
   if (route.kind === 'none')
     return {
       ok: false,

@@ -57,13 +57,19 @@ export const DEFAULT_HTTP2_LIMITS: Http2Limits = {
 };
 
 /** What the waypoint itself answers a request it cannot carry. */
-export type WaypointFailure = 'unavailable' | 'timeout' | 'denied';
+export type WaypointFailure = 'unavailable' | 'timeout' | 'denied' | 'rate_limited' | 'overflow';
 
 /** Each failure as plain HTTP/2 and as gRPC (https://grpc.github.io/grpc/core/md_doc_statuscodes.html). */
 const FAILURES: Record<WaypointFailure, { status: number; grpc: number; text: string }> = {
   unavailable: { status: 503, grpc: 14, text: 'no healthy upstream' },
   timeout: { status: 504, grpc: 4, text: 'upstream request timeout' },
   denied: { status: 403, grpc: 7, text: 'RBAC: access denied' },
+  rate_limited: { status: 429, grpc: 8, text: 'local_rate_limited' },
+  overflow: {
+    status: 503,
+    grpc: 14,
+    text: 'upstream connect error or disconnect/reset before headers. reason: overflow',
+  },
 };
 
 /** A request is gRPC by its content-type, as gRPC over HTTP/2 defines it and as Envoy tells it. */

@@ -74,14 +74,22 @@ export interface NoRoute {
   readonly labels: RouteLabels;
 }
 
+/** A request a limit of the destination refuses: its rate (RateLimits) or its concurrency (Limits). */
+export interface LimitedRoute {
+  readonly kind: 'limited';
+  readonly limit: 'rate_limited' | 'overflow';
+  readonly why: string;
+  readonly labels: RouteLabels;
+}
+
 export interface WaypointRouter {
   /** How the waypoint parses connections for `service`. */
   protocol(service: Service | undefined): ServiceProtocol;
   /** L7 intentions for one request. */
   authorize(request: RouteRequest): Authorization;
   /** The route, split, target and endpoint for one request; call `done` with it once it is over. */
-  route(request: RouteRequest): RequestRoute | NoRoute;
-  /** The request `route` gave is over (least_request counts the requests in flight). */
+  route(request: RouteRequest): RequestRoute | NoRoute | LimitedRoute;
+  /** The request `route` gave is over (least_request and MaxConcurrentRequests count those in flight). */
   done(route: RequestRoute): void;
   /** The endpoint for one tcp connection, none of `exclude` (tried already); undefined: none left. */
   pick(request: RouteRequest, exclude: ReadonlySet<string>): Workload | undefined;

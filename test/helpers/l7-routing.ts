@@ -154,13 +154,13 @@ async function servers(seen: Seen[], httpPort: number) {
   return { workloads, list: [v1.server, v2.server, legacy.server] };
 }
 
-async function ready(a: Ambitd, b: Ambitd, wp: Ambitd, timeoutMs: number): Promise<void> {
+async function ready(a: Ambitd, b: Ambitd, wp: Ambitd, timeoutMs: number, entries: number): Promise<void> {
   await until(() => a.listeners.listening().length === 1, timeoutMs, 'upstream listener bound');
   await until(
     () =>
       [a, b, wp].every((d) => d.store.service('default', 'api')?.protocol === 'http') &&
       a.store.service('default', 'api')?.waypoint === 'wp' &&
-      (wp.store.mesh.configEntries?.length ?? 0) >= ENTRIES.length,
+      (wp.store.mesh.configEntries?.length ?? 0) >= entries,
     timeoutMs,
     'every daemon sees the waypoint, the waypoint its entries',
   );
@@ -180,8 +180,11 @@ const closing =
     await after();
   };
 
-/** Embedded mode: one mesh file and CA, the entries in its configEntries. */
-export async function startFileWorld(): Promise<L7World> {
+/**
+ * Embedded mode: one mesh file and CA, the entries in its configEntries. Other entries must still opt
+ * api in (an http service-defaults with the `ambit-waypoint` Meta).
+ */
+export async function startFileWorld(entries: readonly unknown[] = ENTRIES): Promise<L7World> {
   const dir = await mkdtemp(join(tmpdir(), 'ambit-l7-'));
   const meshFile = join(dir, 'mesh.yaml');
   const { lines, logger } = captureLogs();
@@ -196,9 +199,9 @@ export async function startFileWorld(): Promise<L7World> {
   await enroll(meshFile, ...s.workloads);
   // Nothing but the entries: service-defaults' Protocol and ambit-waypoint Meta opt api in, as in Consul.
   await editMeshFile(meshFile, (doc) => {
-    for (const e of ENTRIES) setConfigEntry(doc, e as Record<string, unknown>);
+    for (const e of entries) setConfigEntry(doc, e as Record<string, unknown>);
   });
-  await ready(a, b, wp, 5000);
+  await ready(a, b, wp, 5000, entries.length);
   return {
     wp,
     logs: lines,
@@ -210,7 +213,7 @@ export async function startFileWorld(): Promise<L7World> {
 }
 
 /** Consul mode: the same entries written to /v1/config, the workloads registered in the catalog. */
-export async function startConsulWorld(): Promise<L7World> {
+export async function startConsulWorld(entries: readonly unknown[] = ENTRIES): Promise<L7World> {
   const consul = await startConsul();
   const dir = await mkdtemp(join(tmpdir(), 'ambit-l7-consul-'));
   const { lines, logger } = captureLogs();
@@ -231,12 +234,12 @@ export async function startConsulWorld(): Promise<L7World> {
     address: consul.address,
     token: consul.managementToken ? new Secret(consul.managementToken) : undefined,
   });
-  for (const e of ENTRIES) {
+  for (const e of entries) {
     const name = (e as { Name: string }).Name;
     await client.put('/v1/config', { body: e, permission: `service:write on "${name}"` });
   }
   for (const w of s.workloads) await consulEnroll(client, w);
-  await ready(a, b, wp, 20_000);
+  await ready(a, b, wp, 20_000, entries.length);
   return {
     wp,
     logs: lines,

@@ -1,0 +1,193 @@
+// Circuit breaking and rate limits at a real waypoint, from the same service-defaults entries in both
+// backends (the mesh file's configEntries, and Consul's /v1/config through the emulator): web's
+// UpstreamConfig override caps its requests in flight to api at 10, api's RateLimits give /paced/ 100/s.
+// Node's HTTP client on node-a reaches api on node-b through client daemon -> waypoint -> destination.
+import { Agent, type ClientRequest, type IncomingMessage, request } from 'node:http';
+import anyTest, { type ExecutionContext, type TestFn } from 'ava';
+import { metricSum, metricsText, until } from '../helpers/cluster.js';
+import { type L7World, startConsulWorld, startFileWorld } from '../helpers/l7-routing.js';
+import type { LogLine } from '../helpers/logs.js';
+
+interface Worlds {
+  file: L7World;
+  consul: L7World;
+}
+const test = anyTest as TestFn<Worlds>;
+
+const OVERFLOW = 'upstream connect error or disconnect/reset before headers. reason: overflow';
+
+const ENTRIES: unknown[] = [
+  {
+    Kind: 'service-defaults',
+    Name: 'api',
+    Protocol: 'http',
+    Meta: { 'ambit-waypoint': 'wp' },
+    RateLimits: { InstanceLevel: { Routes: [{ PathPrefix: '/paced/', RequestsPerSecond: 100 }] } },
+  },
+  {
+    Kind: 'service-defaults',
+    Name: 'web',
+    UpstreamConfig: { Overrides: [{ Name: 'api', Limits: { MaxConcurrentRequests: 10 } }] },
+  },
+  { Kind: 'service-intentions', Name: 'api', Sources: [{ Name: 'web', Action: 'allow' }] },
+];
+
+test.before(async (t) => {
+  const file = await startFileWorld(ENTRIES);
+  t.context = { file, consul: await startConsulWorld(ENTRIES) };
+});
+
+test.after.always(async (t) => {
+  await t.context?.file?.close();
+  await t.context?.consul?.close();
+});
+
+interface Answer {
+  status: number;
+  body: string;
+  /** Answered before the client sent its body: refused at once, never held. */
+  early: boolean;
+}
+
+const lines = (w: L7World, prefix: string): LogLine[] =>
+  (w.logs.get('wp-node') ?? []).filter(
+    (l) => l.access === 'waypoint' && l.msg === 'request' && String(l.path).startsWith(prefix),
+  );
+
+const refused = async (w: L7World, reason: string): Promise<number> =>
+  metricSum(await metricsText(w.wp), 'ambit_connections_refused_total', { direction: 'inbound', reason });
+
+function readAll(res: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let body = '';
+    res.setEncoding('utf8');
+    res.on('data', (c: string) => {
+      body += c;
+    });
+    res.on('end', () => resolve(body));
+    res.on('error', reject);
+  });
+}
+
+async function concurrency(t: ExecutionContext<Worlds>, w: L7World, mode: string): Promise<void> {
+  const before = await refused(w, 'overflow');
+  const url = new URL(w.base);
+  const answers: (Answer | undefined)[] = Array.from({ length: 50 }, () => undefined);
+  let released = false;
+  const done: Promise<void>[] = [];
+  const reqs: ClientRequest[] = [];
+  for (let i = 0; i < 50; i++) {
+    // Each request holds its one body byte back until 40 have been answered: the 10 the waypoint let
+    // through stay in flight (the server answers at the body's end), which no timer could promise.
+    const req = request({
+      host: url.hostname,
+      port: url.port,
+      method: 'POST',
+      path: `/slow/${i}`,
+      agent: false,
+      headers: { 'content-length': '1', 'x-request-id': `${mode}-c-${i}` },
+    });
+    reqs.push(req);
+    done.push(
+      new Promise<void>((resolve, reject) => {
+        req.on('response', (res) => {
+          const early = !released;
+          readAll(res).then((body) => {
+            answers[i] = { status: res.statusCode ?? 0, body, early };
+            resolve();
+          }, reject);
+        });
+        req.on('error', reject);
+      }),
+    );
+    req.flushHeaders();
+  }
+  await until(() => answers.filter(Boolean).length >= 40, 15_000, '40 requests answered at once');
+  released = true;
+  for (const [i, req] of reqs.entries()) {
+    if (answers[i]) req.destroy();
+    else req.end('x');
+  }
+  await Promise.race([
+    Promise.all(done),
+    new Promise((_, reject) => setTimeout(() => reject(new Error('requests still open after 15 s')), 15_000)),
+  ]);
+  const got = answers as Answer[];
+  const served = got.filter((a) => a.status === 200);
+  const over = got.filter((a) => a.status === 503);
+  t.log(`${mode}: ${served.length} served, ${over.length} overflow of 50 concurrent`);
+  t.is(served.length, 10);
+  t.is(over.length, 40);
+  t.true(over.every((a) => a.early && a.body === OVERFLOW));
+  t.true(served.every((a) => !a.early && /^api-[12] POST \/slow\/\d+\n$/.test(a.body)));
+  await until(() => lines(w, '/slow/').length >= 50, 5000, 'an access-log line per request');
+  const logged = lines(w, '/slow/').filter((l) => String(l.request_id).startsWith(`${mode}-c-`));
+  t.is(logged.filter((l) => l.response_flags === 'UO' && l.status === 503).length, 40);
+  t.is(logged.filter((l) => l.response_flags === '-' && l.status === 200).length, 10);
+  t.is((await refused(w, 'overflow')) - before, 40);
+}
+
+async function rate(t: ExecutionContext<Worlds>, w: L7World, mode: string): Promise<void> {
+  const before = await refused(w, 'rate_limited');
+  const url = new URL(w.base);
+  const agent = new Agent({ keepAlive: true, maxSockets: 32 });
+  const total = 600;
+  const every = 5; // ms: 200 requests a second for 3 s
+  const statuses: number[] = [];
+  const bodies = new Map<number, number>();
+  const one = (i: number): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const req = request({ host: url.hostname, port: url.port, path: `/paced/${i}`, agent }, (res) => {
+        readAll(res).then((body) => {
+          statuses.push(res.statusCode ?? 0);
+          if (res.statusCode === 429) bodies.set(i, body === 'local_rate_limited' ? 1 : 0);
+          resolve();
+        }, reject);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+  const start = Date.now();
+  const pending: Promise<void>[] = [];
+  for (let i = 0; i < total; i++) {
+    // Paced by the clock, not by the answers: a slow moment does not slow the offered rate.
+    const wait = start + i * every - Date.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    pending.push(one(i));
+  }
+  const lastSent = Date.now();
+  await Promise.race([
+    Promise.all(pending),
+    new Promise((_, reject) => setTimeout(() => reject(new Error('paced requests open after 15 s')), 15_000)),
+  ]);
+  agent.destroy();
+  const seconds = (lastSent - start) / 1000;
+  const served = statuses.filter((s) => s === 200).length;
+  const limited = statuses.filter((s) => s === 429).length;
+  // The bucket starts full (its burst, the rate when unset) and refills at 100/s while the load lasts.
+  const expected = 100 * seconds + 100;
+  t.log(
+    `${mode}: ${total} requests over ${seconds.toFixed(2)} s (${(total / seconds).toFixed(0)}/s offered):` +
+      ` ${served} served, ${limited} rate limited; expected ${expected.toFixed(0)} served` +
+      ` (${(((served - expected) / expected) * 100).toFixed(1)}%)`,
+  );
+  t.is(served + limited, total);
+  t.true(Math.abs(served - expected) <= expected * 0.1, `served ${served}, expected ${expected}`);
+  t.true(
+    [...bodies.values()].every((ok) => ok === 1),
+    'every 429 says local_rate_limited',
+  );
+  await until(() => lines(w, '/paced/').length >= total, 5000, 'an access-log line per paced request');
+  const rl = lines(w, '/paced/').filter((l) => l.response_flags === 'RL' && l.status === 429).length;
+  t.is(rl, limited);
+  t.is((await refused(w, 'rate_limited')) - before, limited);
+}
+
+for (const mode of ['file', 'consul'] as const) {
+  test.serial(`${mode}: MaxConcurrentRequests 10 of 50 in flight; the rest 503 overflow, UO`, (t) =>
+    concurrency(t, t.context[mode], mode),
+  );
+  test.serial(`${mode}: RequestsPerSecond 100 under 200/s for 3 s; the rest 429, RL`, (t) =>
+    rate(t, t.context[mode], mode),
+  );
+}
