@@ -160,19 +160,26 @@ async function rate(t: ExecutionContext<Worlds>, w: L7World, mode: string): Prom
     Promise.all(pending),
     new Promise((_, reject) => setTimeout(() => reject(new Error('paced requests open after 15 s')), 15_000)),
   ]);
+  const lastAnswered = Date.now();
   agent.destroy();
   const seconds = (lastSent - start) / 1000;
   const served = statuses.filter((s) => s === 200).length;
   const limited = statuses.filter((s) => s === 429).length;
-  // The bucket starts full (its burst, the rate when unset) and refills at 100/s while the load lasts.
+  // The bucket starts full (its burst, the rate when unset) and refills at 100/s while the load lasts. On a
+  // busy machine requests wait in the client's pool and reach the waypoint after the last was sent: the
+  // bucket refills until the last one is decided, so the window runs to the last answer at most.
   const expected = 100 * seconds + 100;
+  const most = 100 * ((lastAnswered - start) / 1000) + 100;
   t.log(
     `${mode}: ${total} requests over ${seconds.toFixed(2)} s (${(total / seconds).toFixed(0)}/s offered):` +
       ` ${served} served, ${limited} rate limited; expected ${expected.toFixed(0)} served` +
-      ` (${(((served - expected) / expected) * 100).toFixed(1)}%)`,
+      ` (${(((served - expected) / expected) * 100).toFixed(1)}%), at most ${most.toFixed(0)}`,
   );
   t.is(served + limited, total);
-  t.true(Math.abs(served - expected) <= expected * 0.1, `served ${served}, expected ${expected}`);
+  t.true(
+    served >= expected * 0.9 && served <= most * 1.1,
+    `served ${served}, expected ${expected} to ${most}`,
+  );
   t.true(
     [...bodies.values()].every((ok) => ok === 1),
     'every 429 says local_rate_limited',
