@@ -210,10 +210,23 @@ export class ConsulEmulator {
     });
     server.keepAliveTimeout = 60_000;
     server.on('connection', (sock: Socket) => this.#limit(sock));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(this.#port, '127.0.0.1', () => resolve());
-    });
+    // While it was down, another test's outgoing connection may have been given the port as its ephemeral
+    // local port: wait for it to go (bounded) rather than fail the restart.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await new Promise<void>((resolve, reject) => {
+          server.once('error', reject);
+          server.listen(this.#port, '127.0.0.1', () => {
+            server.removeListener('error', reject);
+            resolve();
+          });
+        });
+        break;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= 100) throw err;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
     this.#port = (server.address() as AddressInfo).port;
     this.#server = server;
   }
