@@ -53,6 +53,14 @@ export type Decision =
       readonly labels: RouteLabels | undefined;
     };
 
+/** What a refusal's log line names: the client, the service and the request. */
+const who = (ctx: HttpContext, req: DecideRequest): Record<string, string | undefined> => ({
+  client: ctx.client.principal,
+  service: `${ctx.plan.service.name}.${ctx.plan.service.namespace}`,
+  method: req.method,
+  path: req.path,
+});
+
 export function decide(d: DecideDeps, ctx: HttpContext, req: DecideRequest): Decision {
   const rr: RouteRequest = {
     plan: ctx.plan,
@@ -64,12 +72,7 @@ export function decide(d: DecideDeps, ctx: HttpContext, req: DecideRequest): Dec
   };
   const authz = d.router.authorize(rr);
   if (!authz.allowed) {
-    d.refusals.refuse('inbound', 'l7_denied', `waypoint denied a request: ${authz.reason}`, {
-      client: ctx.client.principal,
-      service: `${ctx.plan.service.name}.${ctx.plan.service.namespace}`,
-      method: req.method,
-      path: req.path,
-    });
+    d.refusals.refuse('inbound', 'l7_denied', `waypoint denied a request: ${authz.reason}`, who(ctx, req));
     return {
       ok: false,
       failure: 'denied',
@@ -82,12 +85,7 @@ export function decide(d: DecideDeps, ctx: HttpContext, req: DecideRequest): Dec
   }
   const route = d.router.route(rr);
   if (route.kind === 'limited') {
-    d.refusals.refuse('inbound', route.limit, `waypoint refused a request: ${route.why}`, {
-      client: ctx.client.principal,
-      service: `${ctx.plan.service.name}.${ctx.plan.service.namespace}`,
-      method: req.method,
-      path: req.path,
-    });
+    d.refusals.refuse('inbound', route.limit, `waypoint refused a request: ${route.why}`, who(ctx, req));
     return {
       ok: false,
       failure: route.limit,

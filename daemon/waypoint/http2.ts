@@ -23,6 +23,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { OutboundPlan } from '../proxy/outbound/plan.js';
 import { decide } from './decide.js';
 import { StreamDuplex } from './duplex.js';
+import { withConnectTimeout } from './h1/upstream.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 import { type HopDeps, openHop } from './hop.js';
 import type { HttpContext } from './http.js';
@@ -137,25 +138,6 @@ function answerFailure(
     line.grpcStatus = line.grpc ? String(FAILURES[failure].grpc) : undefined;
   }
   respondFailure(stream, failure, line.grpc, message);
-}
-
-/** The upstream session within the route's ConnectTimeout, else a failure to answer with (503, UF). */
-function withConnectTimeout<T>(p: Promise<T>, ms: number | undefined): Promise<T> {
-  if (ms === undefined || ms <= 0) return p;
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`connect timeout: no hop within ${ms} ms`)), ms);
-    timer.unref();
-    p.then(
-      (v) => {
-        clearTimeout(timer);
-        resolve(v);
-      },
-      (err: unknown) => {
-        clearTimeout(timer);
-        reject(err);
-      },
-    );
-  });
 }
 
 /** Streams the waypoint reset itself: not the client's resets, which are counted against its rate. */

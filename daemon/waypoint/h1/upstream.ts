@@ -203,26 +203,32 @@ export const hboneOpener =
     return { stream, authority: r.authority };
   };
 
-/** The opener's answer within `ms`, else a HopFailure (503); a stream that comes late is closed. */
-function withTimeout(
-  opening: ReturnType<Opener>,
-  ms: number,
-): Promise<{ readonly stream: ByteStream; readonly authority: string }> {
+/**
+ * The route's ConnectTimeout (Consul's resolver field), for both engines: what a hop gives within `ms`,
+ * else a HopFailure (503, flag UF). What arrives late is handed to `late` (a stream to close), never used.
+ */
+export function withConnectTimeout<T>(
+  opening: Promise<T>,
+  ms: number | undefined,
+  late?: (value: T) => void,
+): Promise<T> {
+  if (ms === undefined || ms <= 0) return opening;
   return new Promise((resolve, reject) => {
-    let late = false;
+    let expired = false;
     const timer = setTimeout(() => {
-      late = true;
+      expired = true;
       reject(new HopFailure(503, `connect timeout: no hop within ${ms} ms`));
     }, ms);
+    timer.unref();
     opening.then(
-      (r) => {
+      (v) => {
         clearTimeout(timer);
-        if (late) r.stream.destroy();
-        else resolve(r);
+        if (!expired) resolve(v);
+        else late?.(v);
       },
       (err: unknown) => {
         clearTimeout(timer);
-        if (!late) reject(err);
+        if (!expired) reject(err);
       },
     );
   });
@@ -256,8 +262,7 @@ export class UpstreamPool {
     timeoutMs?: number,
   ): Promise<UpstreamConnection> {
     const opening = this.#opener(plan, ep, client);
-    const { stream, authority } =
-      timeoutMs === undefined ? await opening : await withTimeout(opening, timeoutMs);
+    const { stream, authority } = await withConnectTimeout(opening, timeoutMs, (r) => r.stream.destroy());
     const key = upstreamKey(ep, plan, client);
     const c = new UpstreamConnection(this, key, ep, authority, stream, this.#maxHeadBytes);
     this.#all.add(c);
