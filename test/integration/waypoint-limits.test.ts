@@ -130,7 +130,9 @@ async function concurrency(t: ExecutionContext<Worlds>, w: L7World, mode: string
 async function rate(t: ExecutionContext<Worlds>, w: L7World, mode: string): Promise<void> {
   const before = await refused(w, 'rate_limited');
   const url = new URL(w.base);
-  const agent = new Agent({ keepAlive: true, maxSockets: 32 });
+  // Fewer sockets than web's MaxConcurrentRequests (10) to api: on a slow machine answers queue up, and with
+  // more in flight the excess is rightly refused as overflow (503 UO), which is not what this test measures.
+  const agent = new Agent({ keepAlive: true, maxSockets: 8 });
   const total = 600;
   const every = 5; // ms: 200 requests a second for 3 s
   const statuses: number[] = [];
@@ -175,11 +177,8 @@ async function rate(t: ExecutionContext<Worlds>, w: L7World, mode: string): Prom
       ` ${served} served, ${limited} rate limited; expected ${expected.toFixed(0)} served` +
       ` (${(((served - expected) / expected) * 100).toFixed(1)}%), at most ${most.toFixed(0)}`,
   );
-  // Under the whole suite on 2 cores a few answers were neither (seen once: 54 of 600, under
-  // investigation, see the stop's note): they are named here, and the share must stay small.
   const other = statuses.filter((s) => s !== 200 && s !== 429);
-  if (other.length > 0) t.log(`${mode}: ${other.length} other answers: ${[...new Set(other)].join(', ')}`);
-  t.true(served + limited >= total * 0.85, `${served + limited} of ${total} were 200 or 429`);
+  t.is(served + limited, total, `answers neither 200 nor 429: ${[...new Set(other)].join(', ')}`);
   t.true(
     served >= expected * 0.9 && served <= most * 1.1,
     `served ${served}, expected ${expected} to ${most}`,
