@@ -3,6 +3,12 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AmbitError } from '../lib/errors.js';
 import { ADMIN_TOKEN_FILE } from '../lib/paths.js';
+import {
+  RELOAD_ANSWER_TIMEOUT_MS,
+  type ReloadMode,
+  type ReloadOutcome,
+  isReloadOutcome,
+} from '../lib/reload.js';
 
 /** The daemon could not be asked: not running, wrong address, or it answered nonsense. Exit code 3. */
 export class AdminUnreachableError extends AmbitError {
@@ -23,6 +29,13 @@ export class AdminUnauthorizedError extends AmbitError {
   }
 }
 
+/** ambitd answered that the reload did not happen or failed; what served before carries on. Exit code 1. */
+export class ReloadFailedError extends AmbitError {
+  constructor(kind: string, reason: string) {
+    super('AMBIT_RELOAD_FAILED', `${kind === 'reexec' ? 're-exec' : 'reload'} failed: ${reason}`);
+  }
+}
+
 export interface CertInfo {
   workload: string;
   identity: string;
@@ -35,12 +48,12 @@ export interface CertInfo {
 
 const REQUEST_TIMEOUT_MS = 5_000;
 
-function reasonOf(err: unknown): string {
+function reasonOf(err: unknown, timeoutMs: number): string {
   // fetch wraps the socket error (ECONNREFUSED, ENOTFOUND, ...) in a generic "fetch failed".
   const cause = (err as { cause?: { code?: string; message?: string } }).cause;
   if (cause?.code)
     return `${cause.code}${cause.message && !cause.message.includes(cause.code) ? ` ${cause.message}` : ''}`;
-  if ((err as Error).name === 'TimeoutError') return `no answer within ${REQUEST_TIMEOUT_MS / 1000} s`;
+  if ((err as Error).name === 'TimeoutError') return `no answer within ${timeoutMs / 1000} s`;
   return cause?.message ?? (err as Error).message;
 }
 
@@ -66,6 +79,7 @@ export async function adminRequest(
   target: AdminTarget,
   method: 'GET' | 'POST',
   path: string,
+  timeoutMs = REQUEST_TIMEOUT_MS,
 ): Promise<unknown> {
   const { admin, token } = target;
   let res: Response;
@@ -73,10 +87,10 @@ export async function adminRequest(
     res = await fetch(`http://${admin}${path}`, {
       method,
       headers: token ? { authorization: `Bearer ${token}` } : {},
-      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+      signal: AbortSignal.timeout(timeoutMs),
     });
   } catch (err) {
-    throw new AdminUnreachableError(admin, reasonOf(err));
+    throw new AdminUnreachableError(admin, reasonOf(err, timeoutMs));
   }
   const body = await res.text().catch(() => '');
   if (res.status === 401) {
@@ -123,6 +137,19 @@ export async function fetchCerts(target: AdminTarget): Promise<CertInfo[]> {
       'GET /certs answered an unexpected shape (a different ambitd version?)',
     );
   }
+  return body;
+}
+
+/**
+ * A reload (or re-exec), answered once it is over: what `systemctl reload` waits for. Past the time the
+ * supervisor gives new workers to start, the answer cannot be a success any more.
+ */
+export async function reload(target: AdminTarget, mode: ReloadMode): Promise<ReloadOutcome> {
+  const body = await adminRequest(target, 'POST', `/reload?mode=${mode}`, RELOAD_ANSWER_TIMEOUT_MS);
+  if (!isReloadOutcome(body)) {
+    throw new AdminUnreachableError(target.admin, 'POST /reload answered an unexpected shape');
+  }
+  if (!body.ok) throw new ReloadFailedError(body.kind, body.error ?? 'no reason given');
   return body;
 }
 

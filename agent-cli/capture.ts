@@ -8,12 +8,11 @@ import {
   showCapture,
 } from '../lib/capture/iptables.js';
 import { installReplyRouting, removeReplyRouting } from '../lib/capture/reply-routing.js';
-import { type CaptureSpec, failModeOf } from '../lib/capture/rules.js';
-import type { ReplyRoutingSpec } from '../lib/capture/transparent.js';
+import { failModeOf } from '../lib/capture/rules.js';
+import { captureSpec, replySpec } from '../lib/capture/spec.js';
 import { checkersText, resolveUsers } from '../lib/capture/users.js';
 import { type DaemonConfig, loadConfig } from '../lib/config.js';
 import { CaptureError } from '../lib/errors.js';
-import type { Workload } from '../lib/mesh/model.js';
 import { type GlobalOpts, readMesh } from './context.js';
 
 export interface CaptureOpts {
@@ -32,35 +31,6 @@ function settings(g: Globals, o: CaptureOpts): { config: DaemonConfig; node: str
 /** ambitd's configuration as the daemon on this host reads it: --config (else AMBIT_CONFIG), the state dir. */
 export const daemonSettings = (g: Pick<GlobalOpts, 'stateDir'>, configFile?: string): DaemonConfig =>
   loadConfig({ configFile, flags: { stateDir: g.stateDir } });
-
-export function captureSpec(
-  config: DaemonConfig,
-  workloads: readonly Workload[],
-  host: { nodeAddress: string | undefined; checkUids: readonly number[] },
-): CaptureSpec {
-  return {
-    ...host,
-    workloads,
-    mark: config.capture.mark,
-    outboundPort: config.outbound.port,
-    inboundPort: config.inboundPlaintext.port,
-    tunnelPort: config.tunnel.port,
-    daemonPorts: [config.admin.port, config.metrics.port, config.ready.port].filter((p) => p > 0),
-    excludePorts: config.capture.excludePorts,
-    excludeCidrs: config.capture.excludeCidrs,
-    daemonUid: config.capture.daemonUid,
-  };
-}
-
-/** The reply routing the original source address needs; undefined when captureOriginalSource is off. */
-export const replySpec = (config: DaemonConfig): ReplyRoutingSpec | undefined =>
-  config.capture.originalSource
-    ? {
-        socketMark: config.capture.mark,
-        replyMark: config.capture.replyMark,
-        table: config.capture.replyTable,
-      }
-    : undefined;
 
 /** Whether ambitd answers on its readiness port on this host (1 s at most). */
 async function daemonAnswers(port: number): Promise<boolean> {

@@ -3,17 +3,21 @@
 import { Command, CommanderError, Option } from 'commander';
 import { AmbitError, MeshFileError } from '../lib/errors.js';
 import { DEFAULT_ADMIN, defaultStateDir } from '../lib/paths.js';
+import { ambitVersion } from '../lib/version.js';
 import { AdminUnreachableError } from './admin.js';
 import { parseAdmin } from './args.js';
 import { registerCapture } from './commands/capture.js';
 import { registerCerts } from './commands/certs.js';
+import { registerCompletion } from './commands/completion.js';
 import { registerConfig } from './commands/config.js';
 import { registerEnroll } from './commands/enroll.js';
 import { registerList } from './commands/list.js';
 import { registerLogLevel } from './commands/log-level.js';
 import { registerNode } from './commands/node.js';
 import { registerPolicy } from './commands/policy.js';
+import { registerReload } from './commands/reload.js';
 import { registerRoute } from './commands/route.js';
+import { registerStatus } from './commands/status.js';
 import { registerTap } from './commands/tap.js';
 import { registerUnenroll } from './commands/unenroll.js';
 import type { Io } from './context.js';
@@ -32,14 +36,18 @@ const COMMANDS: readonly ((program: Command, io: Io) => void)[] = [
   registerPolicy,
   registerConfig,
   registerRoute,
+  registerStatus,
   registerCerts,
   registerTap,
   registerLogLevel,
   registerCapture,
+  registerReload,
+  registerCompletion,
 ];
 
 export function buildProgram(io: Io): Command {
   const program = new Command('ambit')
+    .version(ambitVersion(), '-V, --version', 'print the version of Ambit')
     .description(
       'Enroll workloads in the Ambit mesh and manage its policy.\n\n' +
         'Changes are written to the mesh file, which ambitd watches and applies within a second;\n' +

@@ -25,7 +25,9 @@ import {
 } from './proc.js';
 import { MODE_ECHO } from './protocol.js';
 
-export const CONTENDERS = ['direct', 'ambit', 'stunnel', 'haproxy'] as const;
+export const CONTENDERS = ['direct', 'ambit', 'stunnel', 'haproxy', 'ambit-w1', 'ambit-w2'] as const;
+/** What a run measures unless told (--only): the workers' variants are asked for by name. */
+export const DEFAULT_CONTENDERS: readonly ContenderName[] = ['direct', 'ambit', 'stunnel', 'haproxy'];
 export type ContenderName = (typeof CONTENDERS)[number];
 export const PEERS: readonly ContenderName[] = ['stunnel', 'haproxy'];
 
@@ -187,8 +189,12 @@ function ambitEnv(): NodeJS.ProcessEnv {
   return env;
 }
 
-const ambit: Contender = {
-  name: 'ambit',
+/**
+ * ambitd in one process (`ambit`, workers 0), or a supervisor with that many workers (`ambit-w1`,
+ * `ambit-w2`): its workers are measured with it, as its descendants.
+ */
+const ambitWith = (name: 'ambit' | 'ambit-w1' | 'ambit-w2', workers: number): Contender => ({
+  name,
   fdsPerConn: 1,
   missing(root) {
     return existsSync(join(root, 'dist/daemon/main.js'))
@@ -239,6 +245,8 @@ const ambit: Contender = {
           `127.0.0.1:${ready[node]}`,
           '--log-level',
           'warn',
+          '--workers',
+          String(workers),
         ];
         procs.push(
           startProcess(`ambitd ${node}`, process.execPath, args, {
@@ -282,14 +290,16 @@ const ambit: Contender = {
           workload({ name: 'sink-1', service: 'sink', node: 'node-b', ports: [ctx.sinkPort] }),
         );
       });
-      await untilEchoes(upstream, 20_000, 'ambit', procs);
+      await untilEchoes(upstream, 20_000, name, procs);
+      // The workers are the supervisor's descendants: the measures count them with it.
       return { port: upstream, pids: procs.map((p) => p.pid), stop: () => stopAll(procs) };
     } catch (e) {
       await stopAll(procs);
       throw e;
     }
   },
-};
+});
+const ambit = ambitWith('ambit', 0);
 
 // ---------------------------------------------------------------------------------------------------------
 const INSTALL_HINT = 'install it with `apt-get install -y stunnel4 haproxy` (or run bench/install.sh)';
@@ -453,4 +463,11 @@ async function checkHaproxy(bin: string, cfg: string): Promise<string | undefine
   return status === 'code 0' ? undefined : `${status}\n${p.output()}\n${await readFile(cfg, 'utf8')}`;
 }
 
-export const ALL: Record<ContenderName, Contender> = { direct, ambit, stunnel, haproxy };
+export const ALL: Record<ContenderName, Contender> = {
+  direct,
+  ambit,
+  stunnel,
+  haproxy,
+  'ambit-w1': ambitWith('ambit-w1', 1),
+  'ambit-w2': ambitWith('ambit-w2', 2),
+};

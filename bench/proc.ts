@@ -224,7 +224,9 @@ export function cpuSecondsFine(pid: number): number {
 
 export const sumCpuFine = (pids: readonly number[]): number =>
   pids.reduce((s, p) => s + cpuSecondsFine(p), 0);
-export const sumRss = (pids: readonly number[]): number => pids.reduce((s, p) => s + rssBytes(p), 0);
+/** RSS of `pids` and their descendants (a supervisor's workers, nginx's), each process once. */
+export const sumRss = (pids: readonly number[]): number =>
+  [...new Set(pids.flatMap((p) => processTree(p)))].reduce((s, p) => s + rssBytes(p), 0);
 /** A process and every process below it (ambitd's workers under its supervisor), at most `depth` levels. */
 export function withDescendants(pid: number, depth = 3): number[] {
   const out = [pid];

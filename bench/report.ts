@@ -280,6 +280,8 @@ const COLORS: Record<ContenderName, string> = {
   ambit: '#1f77b4',
   stunnel: '#ff7f0e',
   haproxy: '#2ca02c',
+  'ambit-w1': '#6baed6',
+  'ambit-w2': '#08519c',
 };
 
 const esc = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');

@@ -20,6 +20,7 @@ import {
   CONTENDERS,
   type ContenderName,
   type Context,
+  DEFAULT_CONTENDERS,
   type PeerCerts,
   type Running,
   issuePeerCerts,
@@ -320,12 +321,12 @@ function parseCli(): Cli {
   });
   if (values.help) {
     process.stdout.write(
-      'usage: node dist/bench/run.js [--smoke] [--only direct,ambit,stunnel,haproxy] [--rounds N] [--out DIR]\n' +
+      'usage: node dist/bench/run.js [--smoke] [--only direct,ambit,stunnel,haproxy,ambit-w1,ambit-w2] [--rounds N] [--out DIR]\n' +
         '                              [--node-args "<node flags for each ambitd>"]\n',
     );
     process.exit(0);
   }
-  const only = (values.only ?? CONTENDERS.join(','))
+  const only = (values.only ?? DEFAULT_CONTENDERS.join(','))
     .split(',')
     .map((s) => s.trim())
     .filter(Boolean);

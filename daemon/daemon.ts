@@ -24,7 +24,7 @@ import { Inbound } from './proxy/inbound/inbound.js';
 import { PlaintextListener } from './proxy/inbound/plaintext.js';
 import { TunnelServer } from './proxy/inbound/server.js';
 import { CaptureListener } from './proxy/outbound/capture.js';
-import { ExplicitListeners } from './proxy/outbound/explicit.js';
+import { ExplicitListeners, type HeldSockets } from './proxy/outbound/explicit.js';
 import { Balancer } from './proxy/outbound/lb.js';
 import { Outbound } from './proxy/outbound/outbound.js';
 import { Pool } from './proxy/pool/pool.js';
@@ -33,7 +33,14 @@ import { type Readiness, readinessOf } from './readiness.js';
 import { Reconciler, checkHostMesh, missingCertificates, registerInMeshFile } from './reconcile.js';
 import { ConsulControlPlane } from './state/consul-control-plane.js';
 import { MeshFileSource, lastGoodPath } from './state/file-source.js';
-import { StateStore } from './state/store.js';
+import {
+  type ConsulPodRegistry,
+  type PodSource,
+  captureFollowsPods,
+  consulFollowsPods,
+  podSourceFor,
+} from './state/kubernetes/index.js';
+import { StateStore, baseNode } from './state/store.js';
 import { ChainRouter } from './waypoint/chain-router.js';
 import { Waypoint } from './waypoint/waypoint.js';
 
@@ -47,6 +54,12 @@ export type { BoundPorts } from './own-listeners.js';
 export interface WorkerParts {
   readonly ca: CertificateAuthority;
   readonly source: { start(store: StateStore): Promise<void>; close(): void };
+  /** The sockets the supervisor holds (listeners.ts) for the tunnel and capture, to listen on. */
+  readonly held?: (
+    name: 'tunnel' | 'outbound' | 'outbound6' | 'plaintext' | 'plaintext6',
+  ) => object | undefined;
+  /** The supervisor's sockets for explicit upstream listeners. */
+  readonly upstreams?: HeldSockets;
 }
 
 /**
@@ -79,6 +92,10 @@ export class Ambitd {
   readonly capture: { outbound: CaptureListener; plaintext: PlaintextListener } | undefined;
   readonly ports: BoundPorts = { tunnel: 0, admin: 0, metrics: 0, ready: 0, outbound: 0, plaintext: 0 };
   #source: MeshFileSource | undefined;
+  /** With `kubernetes`: the pods enrolled beside the control plane's mesh (daemon/state/kubernetes/). */
+  #pods: PodSource | undefined;
+  /** With `kubernetes` and Consul: this node's pods in the agent's catalog. */
+  #podRegistry: ConsulPodRegistry | undefined;
   #worker: WorkerParts | undefined;
   /** Consul mode: the control plane and CA (undefined: the embedded mesh file and CA). */
   #consul: ConsulControlPlane | undefined;
@@ -173,6 +190,14 @@ export class Ambitd {
               log: logger,
               ejectMs: config.ejectMs,
               datacenter: config.datacenter,
+              outlierMetrics: {
+                ejection: (service, reason) =>
+                  this.metrics.outlierEjections.inc({ destination_service: service, reason }),
+                ejected: (service, delta) => {
+                  if (delta > 0) this.metrics.outlierEjected.inc({ destination_service: service }, delta);
+                  else this.metrics.outlierEjected.dec({ destination_service: service }, -delta);
+                },
+              },
             }),
             metrics: this.metrics,
             log: logger,
@@ -185,6 +210,12 @@ export class Ambitd {
             http1Limits: {
               headTimeoutMs: config.limits.httpHeadTimeoutMs,
               maxHeadBytes: config.limits.maxHeaderListSize,
+            },
+            retryBufferBytes: config.limits.waypointRetryBufferBytes,
+            mirrorLimits: {
+              bufferBytes: config.limits.waypointMirrorBufferBytes,
+              maxInFlight: config.limits.waypointMirrorMaxInFlight,
+              timeoutMs: config.limits.waypointMirrorTimeoutMs,
             },
           })
         : undefined;
@@ -269,6 +300,7 @@ export class Ambitd {
     const d = new Ambitd(config, logger, certs);
     d.#consul = consul;
     d.#worker = worker;
+    d.listeners.held = worker?.upstreams;
     try {
       await d.#start();
     } catch (err) {
@@ -296,7 +328,7 @@ export class Ambitd {
     // Before the tunnel listens: where the reply routing is missing, not one connection from the client's
     // address (its replies would be lost).
     await this.replies?.start();
-    this.ports.tunnel = await this.tunnel.listen(config.tunnel);
+    this.ports.tunnel = await this.tunnel.listen(config.tunnel, this.#worker?.held?.('tunnel'));
     if (this.#worker) {
       await this.#worker.source.start(this.store);
     } else if (this.#consul) {
@@ -311,15 +343,21 @@ export class Ambitd {
       this.#source.on('rejected', () => this.metrics.meshReloads.inc({ result: 'rejected' }));
       await this.#source.start();
     }
+    if (!this.#worker) {
+      this.#pods = podSourceFor(config, this.ports.tunnel, log, this.metrics);
+      await this.#pods?.start(this.store);
+      this.#podRegistry = await consulFollowsPods(this.#pods, config, this.#consul?.client, log);
+    }
     await this.#reconciler.settled();
     if (config.registerNode && !this.#worker) {
       const node = { name: config.nodeName, address: config.advertiseAddress, tunnelPort: this.ports.tunnel };
       if (this.#consul) await this.#consul.registerNode(node, config.role);
-      else await registerInMeshFile(config.meshFile, this.store.node(config.nodeName), node, log);
+      else await registerInMeshFile(config.meshFile, baseNode(this.store, config.nodeName), node, log);
       if (this.waypoint) await this.#registerWaypoint();
     }
     if (!this.#worker) await this.#startHttp();
     if (this.capture) await this.#startCapture();
+    if (!this.#worker) await captureFollowsPods(this.#pods, config, this.store, log);
     this.#ready = true;
     log.info({ node: config.nodeName, ports: this.ports, mesh: config.meshFile }, 'ambitd ready');
   }
@@ -392,8 +430,13 @@ export class Ambitd {
   async #startCapture(): Promise<void> {
     const { config, log } = this;
     const c = this.capture!;
-    const outbound = await c.outbound.listen(config.outbound);
-    const inbound = await c.plaintext.listen(config.inboundPlaintext);
+    const held = this.#worker?.held;
+    const twins = (first: object | undefined, v6: object | undefined) => (first ? { first, v6 } : undefined);
+    const outbound = await c.outbound.listen(config.outbound, twins(held?.('outbound'), held?.('outbound6')));
+    const inbound = await c.plaintext.listen(
+      config.inboundPlaintext,
+      twins(held?.('plaintext'), held?.('plaintext6')),
+    );
     this.ports.outbound = outbound;
     this.ports.plaintext = inbound;
     log.info({ outbound, inbound, mark: config.capture.mark }, 'transparent capture listening');
@@ -495,6 +538,8 @@ export class Ambitd {
       this.capture.plaintext.close();
     }
     this.#source?.close();
+    this.#podRegistry?.close();
+    await this.#pods?.close();
     this.#worker?.source.close();
     clearInterval(this.#waypointBeat);
     if (this.#consul && this.#waypointRegistered !== undefined) {
@@ -530,7 +575,20 @@ export class Ambitd {
     return this.#openConnections();
   }
 
+  /**
+   * What a drain waits for: connections carried, and those accepted but not carried yet (an outbound one
+   * opening its stream, an inbound one connecting to its workload, a peer's tunnel still in its TLS
+   * handshake), which closing now would reset. A handshake that ends in a session gets GOAWAY, so its
+   * peer's first stream is refused and retried elsewhere; a handshake cut would fail the peer's connection.
+   */
   #openConnections(): number {
-    return this.inbound.openConnections + (this.waypoint?.openConnections ?? 0) + this.pool.stats().streams;
+    return (
+      this.tunnel.stats().handshaking +
+      this.inbound.openConnections +
+      this.inbound.connecting +
+      this.outbound.starting +
+      (this.waypoint?.openConnections ?? 0) +
+      this.pool.stats().streams
+    );
   }
 }

@@ -5,6 +5,7 @@ import { CONFIG_KEYS, type ConfigInput, loadConfig, optionOf } from '../lib/conf
 import { flagHelp } from '../lib/config/docs.js';
 import { AmbitError } from '../lib/errors.js';
 import { createLogger } from '../lib/log.js';
+import { ambitVersion } from '../lib/version.js';
 import { Ambitd } from './daemon.js';
 import { NODE_FLAGS, initialOldSpaceMb } from './proxy/reclaim.js';
 import { runSupervisor } from './supervisor/supervisor.js';
@@ -14,6 +15,7 @@ import { workerCount } from './supervisor/workers.js';
 
 const program = new Command()
   .name('ambitd')
+  .version(ambitVersion(), '-V, --version', 'print the version of Ambit')
   .description(
     'Ambit node daemon: carries the traffic of the workloads enrolled on this host inside mutual TLS ' +
       "to the destination host's daemon; with --role waypoint, the L7 hop of the services that name it " +

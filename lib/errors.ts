@@ -21,10 +21,13 @@ export type AmbitErrorCode =
   | 'AMBIT_CONSUL_UNAVAILABLE'
   | 'AMBIT_CONSUL_FORBIDDEN'
   | 'AMBIT_CONSUL_REQUEST'
+  | 'AMBIT_KUBERNETES_REQUEST'
   | 'AMBIT_CAPTURE_UNAVAILABLE'
   | 'AMBIT_CAPTURE_FAILED'
   | 'AMBIT_H2_PROTOCOL'
-  | 'AMBIT_L7_CONFIG_INVALID';
+  | 'AMBIT_L7_CONFIG_INVALID'
+  | 'AMBIT_LISTEN_FAILED'
+  | 'AMBIT_RELOAD_FAILED';
 
 export class AmbitError extends Error {
   readonly code: AmbitErrorCode;
@@ -101,7 +104,12 @@ export type ResponseFlag =
   | 'RBAC'
   // Envoy's RateLimited and UpstreamOverflow: a waypoint's rate limit and circuit breaker.
   | 'RL'
-  | 'UO';
+  | 'UO'
+  // Envoy's DelayInjected and FaultInjected: a route's fault at the waypoint (`DI,FI` when both hit).
+  | 'DI'
+  | 'FI'
+  // Envoy's UpstreamRetryLimitExceeded: the route's retries were spent (joins the last attempt's flag).
+  | 'URX';
 
 /** Why a connection was refused before it carried anything: the `reason` of ambit_connections_refused_total. */
 export type ConnectionRefusalReason =
@@ -235,6 +243,13 @@ export class ConsulRequestError extends AmbitError {
 }
 
 /** Transparent capture cannot work here: not Linux, or the native binding is not built. */
+/** The Kubernetes API server could not be asked, refused, or answered what the pod watch does not take. */
+export class KubernetesError extends AmbitError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('AMBIT_KUBERNETES_REQUEST', message, options);
+  }
+}
+
 export class CaptureUnavailableError extends AmbitError {
   constructor(message: string) {
     super('AMBIT_CAPTURE_UNAVAILABLE', message);
@@ -266,5 +281,20 @@ export class H2ProtocolError extends AmbitError {
     super('AMBIT_H2_PROTOCOL', message);
     this.h2Code = h2Code;
     this.reason = reason;
+  }
+}
+
+/** A port ambitd serves on cannot be bound: names the listener, the address and the system's reason. */
+export class ListenError extends AmbitError {
+  readonly listener: string;
+  readonly errno: string;
+  constructor(listener: string, at: string, errno: string, detail: string) {
+    const hint =
+      errno === 'EADDRINUSE'
+        ? '; is another ambitd running? To replace a running one without a gap, reload it (SIGHUP, or SIGUSR2 to re-exec)'
+        : '';
+    super('AMBIT_LISTEN_FAILED', `cannot listen on ${at} (${listener}): ${detail} (${errno})${hint}`);
+    this.listener = listener;
+    this.errno = errno;
   }
 }

@@ -1,5 +1,5 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { open, rename, unlink } from 'node:fs/promises';
+import { open, readFile, rename, unlink } from 'node:fs/promises';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -30,6 +30,8 @@ export function startHttp(
   routes: Record<string, Handler>,
   auth?: AdminAuth,
   upgrades: Record<string, UpgradeHandler> = {},
+  /** A socket already bound (the supervisor's, kept across a re-exec) to listen on, in place of `listen`. */
+  handle?: object,
 ): Promise<Server> {
   const server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://local');
@@ -73,10 +75,12 @@ export function startHttp(
   });
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(listen.port, listen.host, () => {
+    const listening = (): void => {
       server.removeListener('error', reject);
       resolve(server);
-    });
+    };
+    if (handle) server.listen(handle, listening);
+    else server.listen(listen.port, listen.host, listening);
   });
 }
 
@@ -117,9 +121,17 @@ export class AdminToken {
     this.#digest = digest(token);
   }
 
-  /** Writes a fresh token, mode 0600 from its creation (a temporary file renamed over the old one). */
-  static async create(stateDir: string): Promise<AdminToken> {
+  /**
+   * Writes a fresh token, mode 0600 from its creation (a temporary file renamed over the old one). With
+   * `keep` (a supervisor taking over from its predecessor), the token on disk stays, so that a re-exec
+   * does not lock out the scripts that read it at their start.
+   */
+  static async create(stateDir: string, keep = false): Promise<AdminToken> {
     const path = join(stateDir, ADMIN_TOKEN_FILE);
+    if (keep) {
+      const kept = (await readFile(path, 'utf8').catch(() => '')).trim();
+      if (kept) return new AdminToken(path, kept);
+    }
     const token = randomBytes(32).toString('base64url');
     const tmp = `${path}.${process.pid}.tmp`;
     await unlink(tmp).catch(() => {});

@@ -5,6 +5,8 @@ import { type DaemonConfig, configDump } from '../../lib/config.js';
 import { LOG_LEVELS, type LogLevel, type Logger } from '../../lib/log.js';
 import { waypointChains } from '../../lib/mesh/chains.js';
 import type { Workload } from '../../lib/mesh/model.js';
+import type { ReloadOutcome } from '../../lib/reload.js';
+import { type DaemonStatus, soonest } from '../../lib/status.js';
 import type { CertificateInfo, CertificateManager } from '../identity/manager.js';
 import type { FdReserve } from '../limits/fds.js';
 import { REFUSAL_LOG_INTERVAL_MS } from '../limits/refusal.js';
@@ -58,6 +60,9 @@ export interface AdminView {
   readonly tunnel: TunnelServer;
   readonly fds: FdReserve;
   readonly metrics: Metrics;
+  readonly ports: { readonly outbound: number; readonly plaintext: number };
+  /** With role waypoint: its outlier ejections in force. */
+  readonly waypoint?: { ejections(): unknown } | undefined;
   localWorkloads(): Workload[];
   identityOf(w: Workload): string;
   readiness(): Readiness;
@@ -75,6 +80,7 @@ export function adminRoutes(d: AdminView, consul: { dump(): unknown } | undefine
         config: configDump(config),
         mesh: d.store.mesh,
         chains: waypointChains(d.store.mesh, config.datacenter),
+        ...(d.waypoint ? { outliers: d.waypoint.ejections() } : {}),
         consul: consul?.dump(),
         certificates: certRows(),
         listeners: d.listeners.listening(),
@@ -89,6 +95,28 @@ export function adminRoutes(d: AdminView, consul: { dump(): unknown } | undefine
       },
     }),
     'GET /workloads': () => ({ json: d.localWorkloads() }),
+    'GET /status': () => {
+      const pool = d.pool.stats();
+      const status: DaemonStatus = {
+        ...statusHead(config),
+        mode: 'single',
+        workers: [],
+        readiness: d.readiness(),
+        certificates: certificateSummary(d.localWorkloads().length, d.certs.list()),
+        traffic: {
+          connections: d.metrics.connections.size,
+          poolSessions: pool.sessions,
+          poolStreams: pool.streams,
+          inboundOpen: d.inbound.openConnections,
+        },
+        capture: {
+          enabled: config.capture.enabled,
+          outbound: d.ports.outbound,
+          plaintext: d.ports.plaintext,
+        },
+      };
+      return { json: status };
+    },
     'GET /connections': (_req, url): Reply => {
       const filter = tapFilter(url.searchParams);
       if (typeof filter === 'string') return { status: 400, json: { error: filter } };
@@ -96,6 +124,16 @@ export function adminRoutes(d: AdminView, consul: { dump(): unknown } | undefine
     },
     'GET /certs': () => ({ json: certRows() }),
     'GET /logging': () => ({ json: { level: d.log.level } }),
+    'POST /reload': (): Reply => {
+      const outcome: ReloadOutcome = {
+        ok: false,
+        kind: 'reload',
+        pid: process.pid,
+        generation: null,
+        error: 'a reload needs workers >= 1 (this ambitd runs as one process): restart it instead',
+      };
+      return { json: outcome };
+    },
     'POST /logging': (_req, url): Reply => {
       const level = logLevelOf(url.searchParams.get('level') ?? '');
       if (level === undefined) {
@@ -104,6 +142,31 @@ export function adminRoutes(d: AdminView, consul: { dump(): unknown } | undefine
       d.log.level = level;
       return { json: { level } };
     },
+  };
+}
+
+/** `GET /status`'s certificates: how many local workloads, how many certificates held, the next expiry. */
+export const certificateSummary = (
+  workloads: number,
+  held: readonly CertificateInfo[],
+): DaemonStatus['certificates'] => ({
+  workloads,
+  held: held.length,
+  nextExpiry: soonest(held.map((c) => c.notAfter)),
+});
+
+/** What `GET /status` says of this process whichever way it runs: who, since when, from which control plane. */
+export function statusHead(
+  config: DaemonConfig,
+): Pick<DaemonStatus, 'node' | 'role' | 'pid' | 'uptimeSeconds' | 'controlPlane'> {
+  return {
+    node: config.nodeName,
+    role: config.role,
+    pid: process.pid,
+    uptimeSeconds: Math.round(process.uptime()),
+    controlPlane: config.consul
+      ? { kind: 'consul', source: config.consul.address }
+      : { kind: 'embedded', source: config.meshFile },
   };
 }
 

@@ -140,6 +140,11 @@ export type RefusalReason =
   // The waypoint's limits from service-defaults (RateLimits, UpstreamConfig Limits): one request refused.
   | 'rate_limited'
   | 'overflow'
+  // Logged only (daemon/waypoint/retry.ts counts it): a request body past waypointRetryBufferBytes.
+  | 'retry_buffer'
+  // Logged only (daemon/waypoint/mirror.ts counts them): a mirror copy given up, the client's request served.
+  | 'mirror_buffer'
+  | 'mirror_overflow'
   // A peer that broke or abused a protocol: the session is ended.
   | 'h2_protocol'
   | 'h2_reset_flood'
@@ -174,6 +179,13 @@ export class Metrics {
   readonly consulStale: Gauge;
   readonly consulLastContact: Gauge;
   readonly consulFilteredQueries: Gauge;
+  readonly kubernetesPods: Gauge;
+  readonly kubernetesEvents: Counter<'type'>;
+  readonly kubernetesRelists: Counter<'reason'>;
+  readonly kubernetesRefused: Counter<'bound'>;
+  /** The waypoint's outlier ejections (PassiveHealthCheck): per destination service and reason, and in force. */
+  readonly outlierEjections: Counter<'destination_service' | 'reason'>;
+  readonly outlierEjected: Gauge<'destination_service'>;
 
   /**
    * The `source_cluster`/`destination_cluster` of every known workload: one daemon sees one mesh, and a mesh
@@ -279,6 +291,18 @@ export class Metrics {
       labelNames: ['endpoint', 'code'],
       registers,
     });
+    this.outlierEjections = new Counter({
+      name: 'ambit_waypoint_outlier_ejections_total',
+      help: 'Endpoints the waypoint ejected (PassiveHealthCheck), by destination service and reason',
+      labelNames: ['destination_service', 'reason'],
+      registers,
+    });
+    this.outlierEjected = new Gauge({
+      name: 'ambit_waypoint_outlier_ejected',
+      help: "Endpoints ejected now, by destination service (one per client service's ejection)",
+      labelNames: ['destination_service'],
+      registers,
+    });
     this.consulStale = new Gauge({
       name: 'ambit_consul_stale',
       help: '1 while Consul cannot be reached and the last known state is serving, else 0',
@@ -299,6 +323,30 @@ export class Metrics {
       registers,
       // With workers, a scrape merges every process's registry: a timestamp or a state is not a sum.
       aggregator: 'max',
+    });
+    this.kubernetesPods = new Gauge({
+      name: 'ambit_kubernetes_pods',
+      help: 'Pods enrolled as workloads from the Kubernetes pod watch',
+      registers,
+      aggregator: 'max',
+    });
+    this.kubernetesEvents = new Counter({
+      name: 'ambit_kubernetes_watch_events_total',
+      help: 'Pod watch events, by type (ADDED|MODIFIED|DELETED|BOOKMARK|ERROR|unknown)',
+      labelNames: ['type'],
+      registers,
+    });
+    this.kubernetesRelists = new Counter({
+      name: 'ambit_kubernetes_relists_total',
+      help: 'Pod LISTs, by reason (start|gone: resourceVersion expired, 410|error: after a failure)',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.kubernetesRefused = new Counter({
+      name: 'ambit_kubernetes_refused_total',
+      help: 'Answers of the API server refused for a bound, by bound (line|page|pods)',
+      labelNames: ['bound'],
+      registers,
     });
     if (opts.processMetrics !== false) collectDefaultMetrics({ register: this.registry });
   }

@@ -26,6 +26,8 @@ export interface Addon {
   markedSocket(family: 4 | 6, mark: number, transparent?: boolean): number;
   /** One datagram to a Unix socket: systemd's $NOTIFY_SOCKET (`@name` for the abstract namespace). */
   notify(path: string, message: string): void;
+  /** A listening TCP socket nothing polls (the supervisor's, handed to the processes that accept). */
+  listenSocket(host: string, port: number, ipv6Only: boolean, backlog: number): { fd: number; port: number };
   /** Once: `dispatch` gets every connection's events (codes.ts, EV_*), `allocSlab` a new read buffer. */
   tlsInit(
     dispatch: (owner: object, event: number, a: unknown, b: unknown, c: unknown, d: unknown) => void,

@@ -15,26 +15,38 @@ export abstract class RedirectListener {
 
   protected abstract accept(client: Socket): void;
 
-  async listen(listen: Listen): Promise<number> {
+  /**
+   * Listens on `listen`, or on the supervisor's held sockets (`held`: the IPv4-or-given one and its IPv6
+   * twin), which outlive this process across reloads and re-execs.
+   */
+  async listen(listen: Listen, held?: { first: object; v6?: object }): Promise<number> {
     const onConnection = (s: Socket): void => {
       if (this.gate && !this.gate.admit(s)) return;
       this.accept(s);
     };
-    const first = createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConnection);
-    this.gate?.watch(first);
+    const server = (): Server => {
+      const s = createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConnection);
+      this.gate?.watch(s);
+      return s;
+    };
+    const first = server();
     await new Promise<void>((resolve, reject) => {
       first.once('error', reject);
-      first.listen({ host: listen.host, port: listen.port, ipv6Only: listen.host === '::' }, () => resolve());
+      if (held) first.listen(held.first, () => resolve());
+      else
+        first.listen({ host: listen.host, port: listen.port, ipv6Only: listen.host === '::' }, () =>
+          resolve(),
+        );
     });
     this.#servers.push(first);
     const addr = first.address();
     this.port = typeof addr === 'object' && addr ? addr.port : listen.port;
-    if (listen.host === '0.0.0.0') {
-      const v6 = createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConnection);
-      this.gate?.watch(v6);
+    if (held ? held.v6 : listen.host === '0.0.0.0') {
+      const v6 = server();
       const bound = await new Promise<boolean>((resolve) => {
         v6.once('error', () => resolve(false));
-        v6.listen({ host: '::', port: this.port, ipv6Only: true }, () => resolve(true));
+        if (held?.v6) v6.listen(held.v6, () => resolve(true));
+        else v6.listen({ host: '::', port: this.port, ipv6Only: true }, () => resolve(true));
       });
       if (bound) this.#servers.push(v6);
     }

@@ -42,6 +42,7 @@ import { HealthFeed, healthPath } from '../../lib/consul/health-feed.js';
 import { compileIntentions, parseIntentions } from '../../lib/consul/intentions.js';
 import { AmbitError } from '../../lib/errors.js';
 import type { ConfigEntry } from '../../lib/l7/entries.js';
+import { FAULT_META } from '../../lib/l7/fault.js';
 import type { Logger } from '../../lib/log.js';
 import { ownAddress } from '../../lib/mesh/file/validate.js';
 import type {
@@ -578,7 +579,9 @@ export class ConsulSource extends EventEmitter<ConsulSourceEvents> {
       if (this.#refusedEntries.has(err.message)) continue;
       this.#log.warn(
         { entry: err.entry, field: err.field, err: err.message },
-        'a config entry Consul holds is not valid for Ambit; leaving it out and keeping the others',
+        err.field.startsWith(`Meta.${FAULT_META}`)
+          ? "a fault in a service-router's Meta is not valid; keeping the router without its faults"
+          : 'a config entry Consul holds is not valid for Ambit; leaving it out and keeping the others',
       );
     }
     this.#refusedEntries = now;

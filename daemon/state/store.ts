@@ -11,6 +11,9 @@ const addrKey = (ip: string, port: number): string => `${ip}:${port}`;
  */
 export class StateStore extends EventEmitter {
   #mesh: Mesh = emptyMesh();
+  /** The control plane's mesh, as its source last replaced it; #mesh is it with #beside merged in. */
+  #base: Mesh = emptyMesh();
+  #beside: { nodes: readonly MeshNode[]; workloads: readonly Workload[] } = { nodes: [], workloads: [] };
   #nodes = new Map<string, MeshNode>();
   #workloads = new Map<string, Workload>();
   #endpoints = new Map<string, Workload[]>();
@@ -25,7 +28,40 @@ export class StateStore extends EventEmitter {
     return this.#mesh;
   }
 
+  /** The control plane's mesh alone, without what setBeside added: what the mesh file itself declares. */
+  get base(): Mesh {
+    return this.#base;
+  }
+
   replace(mesh: Mesh): void {
+    this.#base = mesh;
+    this.#index(this.#merged());
+  }
+
+  /**
+   * Workloads, and the nodes they run on, from a source beside the control plane (the Kubernetes pod watch):
+   * kept across every replace() and merged into the mesh. What the control plane names itself wins, so a
+   * pod cannot take over a workload or a node the mesh file or Consul declares.
+   */
+  setBeside(nodes: readonly MeshNode[], workloads: readonly Workload[]): void {
+    this.#beside = { nodes, workloads };
+    this.#index(this.#merged());
+  }
+
+  #merged(): Mesh {
+    const base = this.#base;
+    const { nodes, workloads } = this.#beside;
+    if (nodes.length === 0 && workloads.length === 0) return base;
+    const nodeNames = new Set(base.nodes.map((n) => n.name));
+    const names = new Set(base.workloads.map((w) => w.name));
+    return {
+      ...base,
+      nodes: [...base.nodes, ...nodes.filter((n) => !nodeNames.has(n.name))],
+      workloads: [...base.workloads, ...workloads.filter((w) => !names.has(w.name))],
+    };
+  }
+
+  #index(mesh: Mesh): void {
     const nodes = new Map<string, MeshNode>();
     for (const n of mesh.nodes) nodes.set(n.name, n);
     const workloads = new Map<string, Workload>();
@@ -124,3 +160,10 @@ function push<K, V>(map: Map<K, V[]>, k: K, v: V): void {
   if (list) list.push(v);
   else map.set(k, [v]);
 }
+
+/**
+ * `name` as the control plane itself declares it: the pod watch adds this node beside the mesh, and
+ * registering in the mesh file must not take that for the file's own entry.
+ */
+export const baseNode = (store: StateStore, name: string): MeshNode | undefined =>
+  store.base.nodes.find((n) => n.name === name);

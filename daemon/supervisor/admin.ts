@@ -3,8 +3,10 @@
 // their counters, whether they are ready). Workers serve none of these ports.
 import { type DaemonConfig, configDump } from '../../lib/config.js';
 import { LOG_LEVELS, type Logger } from '../../lib/log.js';
+import { RELOAD_MODES, type ReloadMode, type ReloadOutcome, isReloadMode } from '../../lib/reload.js';
+import type { DaemonStatus } from '../../lib/status.js';
 import type { Handler, Reply } from '../admin/http.js';
-import { certificateRows, logLevelOf } from '../admin/routes.js';
+import { certificateRows, certificateSummary, logLevelOf, statusHead } from '../admin/routes.js';
 import { tapFilter } from '../admin/tap.js';
 import { type Readiness, readinessOf, readinessStatus } from '../readiness.js';
 import { missingCertificates } from '../reconcile.js';
@@ -18,6 +20,11 @@ export interface SupervisorView {
   readonly workers: Workers;
   /** Started, and not stopping. */
   readonly accepting: boolean;
+  readonly ports: { readonly outbound: number; readonly plaintext: number };
+  /** A reload or re-exec, answered once it is over (`POST /reload`). */
+  reloadAs(mode: ReloadMode): Promise<ReloadOutcome>;
+  /** After a re-exec: the supervisor that took over (it serves these same ports now). */
+  readonly replacedBy?: number | undefined;
 }
 
 /** The host's readiness: the supervisor's control plane, and every worker of the generation in force. */
@@ -81,6 +88,36 @@ export function supervisorAdminRoutes(s: SupervisorView): Record<string, Handler
       },
     }),
     'GET /workers': async () => ({ json: await workerRows(s) }),
+    'GET /status': async () => {
+      const answers = await s.workers.askAll({ q: 'status' });
+      const by = new Map(answers.map((a) => [a.member, a.answer]));
+      const sum = (f: (a: (typeof answers)[number]['answer']) => number): number =>
+        answers.reduce((n, a) => n + f(a.answer), 0);
+      const status: DaemonStatus = {
+        ...statusHead(config),
+        mode: 'workers',
+        workers: s.workers.list().map((m) => ({
+          pid: m.pid ?? null,
+          generation: m.generation,
+          state: m.state,
+          connections: by.get(m)?.open ?? null,
+        })),
+        readiness: await readiness(s),
+        certificates: certificateSummary(plane.localWorkloads().length, plane.certs.list()),
+        traffic: {
+          connections: sum((a) => a.open),
+          poolSessions: sum((a) => a.pool.sessions),
+          poolStreams: sum((a) => a.pool.streams),
+          inboundOpen: sum((a) => a.inbound.open),
+        },
+        capture: {
+          enabled: config.capture.enabled,
+          outbound: s.ports.outbound,
+          plaintext: s.ports.plaintext,
+        },
+      };
+      return { json: status };
+    },
     'GET /workloads': () => ({ json: plane.localWorkloads() }),
     'GET /connections': async (_req, url): Promise<Reply> => {
       const filter = tapFilter(url.searchParams);
@@ -94,6 +131,14 @@ export function supervisorAdminRoutes(s: SupervisorView): Record<string, Handler
     },
     'GET /certs': () => ({ json: certRows() }),
     'GET /logging': () => ({ json: { level: s.log.level } }),
+    'POST /reload': async (_req, url): Promise<Reply> => {
+      const mode = url.searchParams.get('mode') ?? 'auto';
+      if (!isReloadMode(mode)) {
+        return { status: 400, json: { error: `mode must be one of ${RELOAD_MODES.join(', ')}` } };
+      }
+      // 200 either way: a failed reload is an answer (the old workers carry on), not an admin error.
+      return { json: await s.reloadAs(mode) };
+    },
     'POST /logging': (_req, url): Reply => {
       const level = logLevelOf(url.searchParams.get('level') ?? '');
       if (level === undefined) {
@@ -116,6 +161,11 @@ export const supervisorMetricsRoutes = (s: SupervisorView): Record<string, Handl
 
 export const supervisorReadyRoutes = (s: SupervisorView): Record<string, Handler> => ({
   'GET /healthz/ready': async () => {
+    // Both supervisors accept on the readiness socket while the old one lets go: a probe that lands on
+    // the old one is answered for the host, which its successor serves.
+    if (s.replacedBy !== undefined) {
+      return { json: { ready: true, checks: { supervisor: `replaced by pid ${s.replacedBy}` } } };
+    }
     const r = await readiness(s);
     return { status: readinessStatus(r), json: r };
   },

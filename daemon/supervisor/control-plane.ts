@@ -12,6 +12,13 @@ import { Metrics } from '../metrics/metrics.js';
 import { checkHostMesh } from '../reconcile.js';
 import { ConsulControlPlane } from '../state/consul-control-plane.js';
 import { MeshFileSource, lastGoodPath } from '../state/file-source.js';
+import {
+  type ConsulPodRegistry,
+  type PodSource,
+  captureFollowsPods,
+  consulFollowsPods,
+  podSourceFor,
+} from '../state/kubernetes/index.js';
 import { StateStore } from '../state/store.js';
 
 export class ControlPlane {
@@ -23,6 +30,8 @@ export class ControlPlane {
   readonly kind: CertificateAuthority['kind'];
   readonly consul: ConsulControlPlane | undefined;
   #source: MeshFileSource | undefined;
+  #pods: PodSource | undefined;
+  #podRegistry: ConsulPodRegistry | undefined;
   readonly #log: Logger;
 
   private constructor(
@@ -63,10 +72,24 @@ export class ControlPlane {
       const wanted = new Set(store.workloadsOn(config.nodeName).map((w) => this.identityOf(w)));
       for (const c of this.certs.list()) if (!wanted.has(c.identity)) this.certs.forget(c.identity);
     });
-    if (this.consul) {
-      await this.consul.start(store, this.certs, metrics);
-      return;
-    }
+    if (this.consul) await this.consul.start(store, this.certs, metrics);
+    else await this.#startMeshFile();
+  }
+
+  /** With `kubernetes`: the pods enrolled beside the mesh; the tunnel port is the workers' (one for all). */
+  async startPods(tunnelPort: number): Promise<void> {
+    this.#pods = podSourceFor(this.config, tunnelPort, this.#log, this.metrics);
+    await this.#pods?.start(this.store);
+    this.#podRegistry = await consulFollowsPods(this.#pods, this.config, this.consul?.client, this.#log);
+  }
+
+  /** With capture too: the rules follow the pods (the supervisor owns the rules, as it owns the gate). */
+  async captureFollowsPods(): Promise<void> {
+    await captureFollowsPods(this.#pods, this.config, this.store, this.#log);
+  }
+
+  async #startMeshFile(): Promise<void> {
+    const { config, store, metrics } = this;
     const source = new MeshFileSource(config.meshFile, store, this.#log, {
       pollMs: config.meshPollMs,
       check: (mesh) => checkHostMesh(mesh, config),
@@ -109,6 +132,8 @@ export class ControlPlane {
 
   async close(): Promise<void> {
     this.#source?.close();
+    this.#podRegistry?.close();
+    await this.#pods?.close();
     await this.consul?.close();
     this.certs.close();
   }

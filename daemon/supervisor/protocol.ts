@@ -64,6 +64,8 @@ export type ToWorker =
   | { t: 'logLevel'; level: LogLevel }
   /** Someone taps the supervisor's /tap (on), or nobody does any more (off): relay events, or stop. */
   | { t: 'tap'; on: boolean }
+  /** The answer to a `listen`, sent with the socket's handle (none when `error` says why not). */
+  | { t: 'listening'; id: number; error?: string }
   | Ask
   | Reply;
 
@@ -73,6 +75,10 @@ export type FromWorker =
   /** Sent last, before the worker exits: what it carried, so the supervisor's counters do not go back. */
   | { t: 'drained'; remaining: number; counters: MetricsJson }
   | { t: 'event'; event: TapEvent }
+  /** An explicit upstream's socket, held by the supervisor so that reloads and re-execs never close it. */
+  | { t: 'listen'; id: number; host: string; port: number }
+  /** That upstream was removed: the supervisor closes its socket once no worker listens there. */
+  | { t: 'unlisten'; host: string; port: number }
   | Ask
   | Reply;
 

@@ -33,6 +33,14 @@ export class Systemd {
     this.#notify(`READY=1\nMAINPID=${process.pid}\nSTATUS=${status}`);
   }
 
+  /**
+   * A re-exec's last word as the main process: the successor is the service's main process from now on
+   * (NotifyAccess=main then accepts its keep-alives), and it is ready.
+   */
+  handOver(pid: number, status: string): void {
+    this.#notify(`MAINPID=${pid}\nREADY=1\nSTATUS=${status}`);
+  }
+
   reloading(): void {
     // CLOCK_MONOTONIC, as systemd wants it: Node's hrtime is that clock on Linux.
     this.#notify(`RELOADING=1\nMONOTONIC_USEC=${process.hrtime.bigint() / 1000n}`);

@@ -1,11 +1,13 @@
 // One worker under the supervisor (supervisor.ts): today's daemon, fed the supervisor's mesh and
-// certificates, accepting on the listeners the supervisor holds (cluster's shared handles).
+// certificates, accepting on the listeners the supervisor holds (listeners.ts: inherited descriptors; the explicit
+// upstream listeners are cluster's shared handles).
 import type { DaemonConfig } from '../../lib/config.js';
 import type { Logger } from '../../lib/log.js';
 import { Ambitd } from '../daemon.js';
 import { RelayedCa } from '../identity/relayed-ca.js';
 import { IpcSource } from '../state/ipc-source.js';
 import { drainWorker } from './drain.js';
+import { inheritedListener } from './listeners.js';
 import { type FromWorker, type Init, type Question, type ToWorker, isMessage } from './protocol.js';
 import { Rpc } from './rpc.js';
 
@@ -51,6 +53,39 @@ export async function runWorker(loaded: DaemonConfig, log: Logger): Promise<void
   };
   const rpc = new Rpc((m) => void send(m), answer);
 
+  // Explicit upstreams' sockets come from the supervisor, which keeps them bound across reloads.
+  const listening = new Map<number, { resolve: (h: object) => void; reject: (e: Error) => void }>();
+  let nextListen = 1;
+  const upstreams = {
+    acquire: (host: string, port: number): Promise<object> =>
+      new Promise<object>((resolve, reject) => {
+        const id = nextListen++;
+        const timer = setTimeout(() => {
+          listening.delete(id);
+          reject(
+            new Error(
+              `the supervisor did not hand the socket of ${host}:${port} within ${ASK_TIMEOUT_MS} ms`,
+            ),
+          );
+        }, ASK_TIMEOUT_MS);
+        timer.unref();
+        listening.set(id, {
+          resolve: (h) => {
+            clearTimeout(timer);
+            resolve(h);
+          },
+          reject: (e) => {
+            clearTimeout(timer);
+            reject(e);
+          },
+        });
+        send({ t: 'listen', id, host, port });
+      }),
+    release: (host: string, port: number): void => {
+      if (process.connected) send({ t: 'unlisten', host, port });
+    },
+  };
+
   // Relaying tap events costs nothing until the supervisor has someone tapping.
   let untap: (() => void) | undefined;
   let tapping = false;
@@ -93,11 +128,20 @@ export async function runWorker(loaded: DaemonConfig, log: Logger): Promise<void
     });
   };
 
-  process.on('message', (m: unknown) => {
+  process.on('message', (m: unknown, handle: unknown) => {
     if (!isMessage(m)) return;
     const msg = m as ToWorker;
     if (rpc.handle(msg)) return;
     switch (msg.t) {
+      case 'listening': {
+        const p = listening.get(msg.id);
+        listening.delete(msg.id);
+        if (!p) break;
+        if (msg.error || typeof handle !== 'object' || handle === null)
+          p.reject(new Error(msg.error ?? 'the supervisor sent no socket'));
+        else p.resolve(handle);
+        break;
+      }
       case 'init':
         initialised(msg);
         break;
@@ -147,7 +191,12 @@ export async function runWorker(loaded: DaemonConfig, log: Logger): Promise<void
     issue: (identity, ttlMs) => rpc.ask({ q: 'issue', identity, ttlMs }, ASK_TIMEOUT_MS),
     roots: () => rpc.ask({ q: 'roots' }, ASK_TIMEOUT_MS),
   });
-  const daemon = await Ambitd.start(config, log, { ca, source });
+  const daemon = await Ambitd.start(config, log, {
+    ca,
+    source,
+    held: (name) => inheritedListener(name),
+    upstreams,
+  });
   parts.daemon = daemon;
   if (tapping) tap(true);
   if (deadline !== undefined) return; // asked to drain while starting

@@ -8,6 +8,7 @@ import type { DaemonConfig } from '../../lib/config.js';
 import type { Logger } from '../../lib/log.js';
 import type { BoundPorts } from '../own-listeners.js';
 import type { ControlPlane } from './control-plane.js';
+import { type HeldListeners, LISTEN_FDS_ENV, type ListenerName } from './listeners.js';
 import {
   type Answers,
   type FromWorker,
@@ -30,6 +31,14 @@ const RESPAWN_MAX_MS = 30_000;
 export function workerCount(config: Pick<DaemonConfig, 'workers' | 'workersMax'>): number {
   return config.workers === 'auto' ? Math.min(availableParallelism(), config.workersMax) : config.workers;
 }
+
+const WORKER_LISTENERS: readonly ListenerName[] = [
+  'tunnel',
+  'outbound',
+  'outbound6',
+  'plaintext',
+  'plaintext6',
+];
 
 export type WorkerState = 'starting' | 'ready' | 'draining';
 
@@ -91,10 +100,18 @@ export class Workers {
   #retired: MetricsJson = [];
   #allExited: (() => void) | undefined;
 
-  constructor(plane: ControlPlane, log: Logger, count: number) {
+  readonly #listenFds: string;
+  readonly #held: HeldListeners;
+
+  constructor(plane: ControlPlane, log: Logger, count: number, held: HeldListeners) {
+    this.#held = held;
     this.#plane = plane;
     this.#log = log;
     this.count = count;
+    // The data path's sockets, held by the supervisor, at the same descriptors in every worker; admin,
+    // metrics and readiness are the supervisor's own.
+    const { stdio, env } = held.forChild(WORKER_LISTENERS);
+    this.#listenFds = env;
     // Each worker accepts on the listening socket itself (the supervisor's, shared): no hop through the
     // supervisor per connection, as cluster's round-robin would make.
     cluster.schedulingPolicy = cluster.SCHED_NONE;
@@ -104,6 +121,7 @@ export class Workers {
       args: process.argv.slice(2),
       execArgv: process.execArgv,
       serialization: 'advanced',
+      stdio,
     });
   }
 
@@ -173,19 +191,26 @@ export class Workers {
     return AggregatorRegistry.aggregate([own, ...workers.map((w) => w.answer), this.#retired]);
   }
 
-  /** Stops every worker: each drains for at most timeoutMs; resolves once all have exited. */
-  async stop(timeoutMs: number): Promise<void> {
+  /**
+   * Stops every worker: each drains for at most timeoutMs; resolves once all have exited. `reload` when a
+   * successor supervisor carries on (its workers accept on the same sockets).
+   */
+  async stop(timeoutMs: number, reason: 'reload' | 'stop' = 'stop'): Promise<void> {
     this.#stopping = true;
     if (this.#members.size === 0) return;
     const exited = new Promise<void>((resolve) => {
       this.#allExited = resolve;
     });
-    this.drain(this.list(), timeoutMs, 'stop');
+    this.drain(this.list(), timeoutMs, reason);
     await exited;
   }
 
   #fork(index: number, generation: number): Member {
-    const worker = cluster.fork({ AMBIT_WORKER: String(index), AMBIT_WORKER_GENERATION: String(generation) });
+    const worker = cluster.fork({
+      AMBIT_WORKER: String(index),
+      AMBIT_WORKER_GENERATION: String(generation),
+      [LISTEN_FDS_ENV]: this.#listenFds,
+    });
     const rpc = new Rpc(
       (m) => {
         if (worker.isConnected()) worker.send(m);
@@ -256,6 +281,26 @@ export class Workers {
         this.#log.info({ worker: m.pid, index: m.index, generation: m.generation }, 'worker ready');
         m.worker.emit('ambit:ready');
         break;
+      case 'listen': {
+        const { id, host, port } = msg;
+        let handle: object | undefined;
+        let error: string | undefined;
+        try {
+          handle = this.#held.acquire(host, port, m.pid ?? -1);
+        } catch (err) {
+          error = (err as Error).message;
+        }
+        if (m.worker.isConnected()) {
+          m.worker.send(
+            { t: 'listening', id, ...(error ? { error } : {}) } satisfies ToWorker,
+            handle as never,
+          );
+        }
+        break;
+      }
+      case 'unlisten':
+        this.#held.release(msg.host, msg.port, m.pid ?? -1);
+        break;
       case 'drained':
         AggregatorRegistry.aggregate([this.#retired, msg.counters])
           .getMetricsAsJSON()
@@ -283,6 +328,7 @@ export class Workers {
 
   #onExit(m: Member, code: number | null, signal: string | null): void {
     this.#members.delete(m);
+    if (m.pid !== undefined) this.#held.forget(m.pid);
     m.rpc.close('the worker exited');
     const fields = { worker: m.pid, index: m.index, generation: m.generation, code, signal };
     if (m.state === 'draining') this.#log.info(fields, 'worker exited');

@@ -3,6 +3,7 @@
 // its subset filter and failover, and the endpoint its LoadBalancer picks. L7 intentions decide first.
 // Everything it decides comes from lib/l7; this module maps the mesh model onto it and keeps the state
 // the decisions need (pickers, the compiled chains, the endpoints that failed lately).
+import { drawFault, faultFor, faultsOf } from '../../lib/l7/fault.js';
 import {
   type ChainTarget,
   type CompiledChain,
@@ -18,7 +19,10 @@ import {
   indexEntries,
   resolveTarget,
   routeRequest,
+  targetId,
+  targetInstances,
 } from '../../lib/l7/index.js';
+import { drawMirror, mirrorFor, mirrorsOf } from '../../lib/l7/mirror.js';
 import { keyOf } from '../../lib/l7/set.js';
 import type { Logger } from '../../lib/log.js';
 import type { Mesh, Service, ServiceProtocol, Workload } from '../../lib/mesh/model.js';
@@ -26,16 +30,28 @@ import { peerFromUris } from '../proxy/inbound/decide.js';
 import type { OutboundPlan, RoutedService } from '../proxy/outbound/plan.js';
 import type { StateStore } from '../state/store.js';
 import { instanceOf } from './instance.js';
+import {
+  type GroupView,
+  OutlierDetector,
+  type OutlierMetrics,
+  type OutlierTicket,
+  type UpstreamResult,
+  passiveHealthCheck,
+  settingsOf,
+} from './outlier.js';
+import { type RetryPolicy, retryPolicy } from './retry.js';
 import type {
   Authorization,
+  FaultRoute,
   LimitedRoute,
+  MirrorTarget,
   NoRoute,
   RequestRoute,
   RouteLabels,
   RouteRequest,
   WaypointRouter,
 } from './router.js';
-import { TrafficLimits } from './traffic-limits.js';
+import { type ServiceRef, TrafficLimits } from './traffic-limits.js';
 
 export interface ChainRouterDeps {
   readonly store: Pick<StateStore, 'mesh' | 'endpoints' | 'node' | 'service'>;
@@ -43,8 +59,12 @@ export interface ChainRouterDeps {
   /** How long an endpoint that failed is passed over while another is left. */
   readonly ejectMs: number;
   readonly datacenter?: string;
-  /** Draws in [0, 1) for splits and random picks; Math.random unless a test injects one. */
+  /** Draws in [0, 1) for splits, random picks, faults and EnforcingConsecutive5xx; Math.random unless a test injects one. */
   readonly random?: Random;
+  /** Where outlier ejections are counted (ambit_waypoint_outlier_*). */
+  readonly outlierMetrics?: OutlierMetrics;
+  /** Outlier sweeps on timers (default); a test turns them off and sweeps with its own clock. */
+  readonly outlierTimers?: boolean;
 }
 
 /** The instances of one chain target, and the workloads they stand for. */
@@ -60,6 +80,21 @@ interface Generation {
   readonly chains: Map<string, CompiledChain>;
   readonly instances: Map<string, TargetInstances>;
   readonly pickers: Map<string, Picker>;
+  /** Per compiled chain, per route index: its destination's retry policy (null: none), parsed once. */
+  readonly retries: WeakMap<CompiledChain, Map<number | undefined, RetryPolicy | null>>;
+}
+
+/** What a retry of a request needs to pick again among the same target's endpoints. */
+interface Repick {
+  readonly instances: Instance[];
+  readonly byId: ReadonlyMap<string, Workload>;
+  readonly picker: Picker;
+  readonly least: boolean;
+  readonly hash: ReturnType<typeof hashInput>;
+  /** The request's concurrency slot (MaxConcurrentRequests), whichever endpoint it is at. */
+  readonly release: () => void;
+  /** Its outlier group under a PassiveHealthCheck: a retry avoids the ejected and reports its own result. */
+  readonly outliers: OutlierTicket | undefined;
 }
 
 /**
@@ -92,11 +127,32 @@ export class ChainRouter implements WaypointRouter {
   /** What `done` undoes for each request in flight (least_request's count, the concurrency slot). */
   readonly #inFlight = new WeakMap<RequestRoute, () => void>();
   readonly #limits = new TrafficLimits();
+  /** Only for routes with a retry policy: how `reroute` picks again. */
+  readonly #repick = new WeakMap<RequestRoute, Repick>();
+  readonly #outliers: OutlierDetector;
+  /** What each request routed under a PassiveHealthCheck reports its result to (once). */
+  readonly #tickets = new WeakMap<RequestRoute, OutlierTicket>();
   #gen: Generation | undefined;
 
   constructor(d: ChainRouterDeps) {
     this.#d = d;
     this.#random = d.random ?? Math.random;
+    this.#outliers = new OutlierDetector({
+      log: d.log,
+      metrics: d.outlierMetrics,
+      random: this.#random,
+      ...(d.outlierTimers === false ? { timers: false } : {}),
+    });
+  }
+
+  /** The outlier detector's state (for /config_dump, and tests that sweep it with their own clock). */
+  get outliers(): OutlierDetector {
+    return this.#outliers;
+  }
+
+  /** Every (client service, target) under a PassiveHealthCheck, with its endpoints ejected and until when. */
+  ejections(): GroupView[] {
+    return this.#outliers.dump();
   }
 
   protocol(service: Service | undefined): ServiceProtocol {
@@ -129,7 +185,7 @@ export class ChainRouter implements WaypointRouter {
     return { allowed: decision.allowed, reason: decision.reason };
   }
 
-  route(request: RouteRequest, now = Date.now()): RequestRoute | NoRoute | LimitedRoute {
+  route(request: RouteRequest, now = Date.now()): RequestRoute | NoRoute | LimitedRoute | FaultRoute {
     const g = this.#generation();
     const chain = this.#chain(g, request.plan.service);
     const req = l7Request(request);
@@ -151,14 +207,21 @@ export class ChainRouter implements WaypointRouter {
       target: resolved.target.ID,
       failover: resolved.failover,
     };
+    // As Envoy's fault filter, ahead of its router: an abort needs no endpoint and takes no limit's slot.
+    const fault = this.#fault(g, chain, r.route, r.implicit, request);
+    if (fault?.abort && fault.delayMs === undefined)
+      return { kind: 'fault', abort: fault.abort, why: `fault injected: abort ${fault.abort.http}`, labels };
     if (resolved.instances.length === 0)
       return { kind: 'none', why: `no healthy endpoint for ${resolved.tried.join(', ')}`, labels };
     // Limits before the pick: a refused request moves no round robin, hash ring or least_request count.
     const peer = peerFromUris([request.client]);
+    const client: ServiceRef | undefined = peer?.service
+      ? { name: peer.service, namespace: peer.namespace ?? 'default' }
+      : undefined;
     const admitted = this.#limits.admit(
       g.set,
       {
-        client: peer?.service ? { name: peer.service, namespace: peer.namespace ?? 'default' } : undefined,
+        client,
         dialed: request.plan.service,
         target: { name: resolved.target.Service, namespace: resolved.target.Namespace },
         path: r.path,
@@ -167,7 +230,20 @@ export class ChainRouter implements WaypointRouter {
     );
     if (!admitted.ok) return { kind: 'limited', limit: admitted.refusal, why: admitted.why, labels };
     const target = this.#instances(g, resolved.target);
-    const live = this.#live(resolved.instances, new Set(), now);
+    let live = this.#live(resolved.instances, new Set(), now);
+    const phc = client && passiveHealthCheck(g.set, client, request.plan.service);
+    const t = resolved.target;
+    const outliers =
+      phc && client
+        ? this.#outliers.ticket(
+            client,
+            { id: t.ID, service: { name: t.Service, namespace: t.Namespace } },
+            settingsOf(phc),
+            resolved.instances.length,
+            '',
+          )
+        : undefined;
+    if (outliers) live = this.#outliers.live(outliers, live);
     const picker = this.#picker(g, resolved.target.ID, r.LoadBalancer);
     const picked = picker.pick(live, hashInput(request), this.#random);
     const endpoint = picked.instance && target.byId.get(picked.instance.id);
@@ -175,6 +251,8 @@ export class ChainRouter implements WaypointRouter {
       admitted.release();
       return { kind: 'none', why: `no endpoint picked for ${resolved.target.ID}`, labels };
     }
+    // As Envoy's router: a request it forwards is copied (never one refused or aborted before it).
+    const mirror = this.#mirror(g, chain, r.route, r.implicit, request, now);
     const out: RequestRoute = {
       kind: 'route',
       plan: this.#planFor(resolved.target, request.plan),
@@ -185,7 +263,23 @@ export class ChainRouter implements WaypointRouter {
       labels,
       ...(picked.cookie ? { cookie: picked.cookie } : {}),
       timeouts: { requestMs: r.RequestTimeout, idleMs: r.IdleTimeout, connectMs: r.ConnectTimeout },
+      ...(fault ? { fault } : {}),
+      ...(mirror ? { mirror } : {}),
     };
+    const retry = this.#retryOf(g, chain, r);
+    if (retry) {
+      (out as { retry?: RetryPolicy }).retry = retry;
+      this.#repick.set(out, {
+        instances: resolved.instances,
+        byId: target.byId,
+        picker,
+        least: r.LoadBalancer?.Policy === 'least_request',
+        hash: hashInput(request),
+        release: admitted.release,
+        outliers,
+      });
+    }
+    if (outliers) this.#tickets.set(out, { group: outliers.group, host: endpoint.name });
     if (r.LoadBalancer?.Policy === 'least_request') {
       picker.least.begin(endpoint.name);
       this.#inFlight.set(out, () => {
@@ -199,6 +293,118 @@ export class ChainRouter implements WaypointRouter {
   done(route: RequestRoute): void {
     this.#inFlight.get(route)?.();
     this.#inFlight.delete(route);
+  }
+
+  reroute(route: RequestRoute, exclude: ReadonlySet<string>, now = Date.now()): RequestRoute | undefined {
+    const p = this.#repick.get(route);
+    if (!p) return undefined;
+    const fresh = p.instances.filter((i) => !exclude.has(i.id));
+    // Every endpoint tried: the retry goes to one of them again, as it must when there is one.
+    let live = this.#live(fresh.length > 0 ? fresh : p.instances, new Set(), now);
+    if (p.outliers) live = this.#outliers.live(p.outliers, live);
+    const endpoint = p.byId.get(p.picker.pick(live, p.hash, this.#random).instance?.id ?? '');
+    if (!endpoint) return undefined;
+    // A fault (delay, abort) is met once, by the first attempt, as Envoy's fault filter runs before the router.
+    // A copy too: the mirror gets the request once, not once per attempt.
+    const next: RequestRoute = { ...route, endpoint, fault: undefined, mirror: undefined };
+    this.#repick.set(next, p);
+    // Each attempt's result counts for its own endpoint, as Envoy's outlier detection sees every try.
+    if (p.outliers) this.#tickets.set(next, { group: p.outliers.group, host: endpoint.name });
+    // The request's hold (its concurrency slot) moves to the new route; least_request counts the new endpoint.
+    if (!this.#inFlight.delete(route)) return next;
+    if (p.least) {
+      p.picker.least.end(route.endpoint.name);
+      p.picker.least.begin(endpoint.name);
+      this.#inFlight.set(next, () => {
+        p.picker.least.end(endpoint.name);
+        p.release();
+      });
+    } else this.#inFlight.set(next, p.release);
+    return next;
+  }
+
+  /** The retry policy of the route `r` took, parsed once per compiled chain. */
+  #retryOf(g: Generation, chain: CompiledChain, r: ReturnType<typeof routeRequest>): RetryPolicy | undefined {
+    if (r.RetryOn === undefined && !r.RetryOnConnectFailure && r.RetryOnStatusCodes === undefined)
+      return undefined;
+    let byRoute = g.retries.get(chain);
+    if (!byRoute) {
+      byRoute = new Map();
+      g.retries.set(chain, byRoute);
+    }
+    let p = byRoute.get(r.route);
+    if (p === undefined) {
+      p = retryPolicy(r) ?? null;
+      byRoute.set(r.route, p);
+    }
+    return p ?? undefined;
+  }
+
+  outcome(route: RequestRoute, result: UpstreamResult, now = Date.now()): void {
+    const t = this.#tickets.get(route);
+    if (!t) return;
+    // A request's first result is the one that counts (a reset after its answer adds nothing).
+    this.#tickets.delete(route);
+    this.#outliers.observe(t, result, now);
+  }
+
+  /** The fault the request meets on its route, if its router's Meta sets one and the draw hits. */
+  #fault(
+    g: Generation,
+    chain: CompiledChain,
+    index: number | undefined,
+    implicit: boolean,
+    request: RouteRequest,
+  ): RequestRoute['fault'] {
+    if (index === undefined || g.set.routers.size === 0) return undefined;
+    const router = g.set.routers.get(keyOf(chain.ServiceName, chain.Namespace));
+    const faults = router && faultsOf(router);
+    const policy = faults && faultFor(faults, index, implicit);
+    return policy && drawFault(policy, request.headers ?? {}, this.#random);
+  }
+
+  /**
+   * The mirror the request's route draws, if its router's Meta sets one: the service (and subset, else its
+   * resolver's DefaultSubset, as a route Destination's) and an endpoint of it, round robin among the
+   * healthy ones its subset selects.
+   */
+  #mirror(
+    g: Generation,
+    chain: CompiledChain,
+    index: number | undefined,
+    implicit: boolean,
+    request: RouteRequest,
+    now: number,
+  ): MirrorTarget | undefined {
+    if (index === undefined || g.set.routers.size === 0) return undefined;
+    const router = g.set.routers.get(keyOf(chain.ServiceName, chain.Namespace));
+    const mirrors = router && mirrorsOf(router);
+    const policy = mirrors && mirrorFor(mirrors, index, implicit);
+    if (!policy || !drawMirror(policy, this.#random)) return undefined;
+    const namespace = policy.namespace ?? chain.Namespace;
+    const service = { name: policy.service, namespace };
+    const resolver = g.set.resolvers.get(keyOf(policy.service, namespace));
+    const subset = policy.subset || resolver?.DefaultSubset || '';
+    const def = subset ? resolver?.Subsets?.[subset] : undefined;
+    if (subset && !def) return { service, why: `service-resolver/${policy.service} has no subset ${subset}` };
+    const want = {
+      Service: policy.service,
+      ServiceSubset: subset,
+      Namespace: namespace,
+      Partition: 'default',
+      Datacenter: this.#d.datacenter ?? 'dc1',
+    };
+    const target: ChainTarget = { ID: targetId(want), ...want, Subset: def ?? {} };
+    const known = this.#instances(g, target);
+    const live = this.#live(targetInstances(target, known.list), new Set(), now);
+    const picked = this.#picker(g, `mirror:${target.ID}`, undefined).pick(
+      live,
+      hashInput(request),
+      this.#random,
+    );
+    const endpoint = picked.instance && known.byId.get(picked.instance.id);
+    if (!endpoint) return { service, why: `no healthy endpoint for ${target.ID}` };
+    return { service, plan: this.#planFor(target, request.plan), endpoint };
   }
 
   /** tcp: the resolver's target of the service itself (subset, LoadBalancer), else its endpoints in turn. */
@@ -240,13 +446,25 @@ export class ChainRouter implements WaypointRouter {
   #generation(): Generation {
     const mesh = this.#d.store.mesh;
     if (this.#gen?.mesh === mesh) return this.#gen;
+    const set = entrySetOf(mesh);
     this.#gen = {
       mesh,
-      set: entrySetOf(mesh),
+      set,
       chains: new Map(),
       instances: new Map(),
       pickers: new Map(),
+      retries: new WeakMap(),
     };
+    // A client whose entries no longer set a PassiveHealthCheck ends its ejections.
+    if (this.#outliers.size > 0)
+      this.#outliers.prune((client) => {
+        const uc = set.serviceDefaults.get(client)?.UpstreamConfig;
+        return !!uc?.Defaults?.PassiveHealthCheck || !!uc?.Overrides?.some((o) => o.PassiveHealthCheck);
+      });
+    if (this.#outliers.size > 0)
+      this.#outliers.forget(
+        (svc) => new Set(this.#d.store.endpoints(svc.namespace, svc.name).map((w) => w.name)),
+      );
     return this.#gen;
   }
 

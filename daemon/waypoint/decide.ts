@@ -3,6 +3,7 @@
 // the same whichever protocol it came in, and a denial is refused (counted, logged) the same.
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Refusals } from '../limits/refusal.js';
+import { FAULT_BODY } from './fault.js';
 import type { HttpContext } from './http.js';
 import { ipOf } from './l7-headers.js';
 import type { RequestRoute, RouteLabels, RouteRequest, WaypointRouter } from './router.js';
@@ -23,9 +24,10 @@ export interface DecideRequest {
 
 /**
  * Why the waypoint answers a request itself: an intention denied it, no endpoint can take it, the
- * destination's rate is spent, or its client has MaxConcurrentRequests in flight to it already.
+ * destination's rate is spent, its client has MaxConcurrentRequests in flight to it already, or its
+ * route's fault aborts it.
  */
-export type RefusedFailure = 'denied' | 'unavailable' | 'rate_limited' | 'overflow';
+export type RefusedFailure = 'denied' | 'unavailable' | 'rate_limited' | 'overflow' | 'fault';
 
 /** What a limit's refusal is answered with: Envoy's local_ratelimit (RL) and circuit breaker (UO) answers. */
 const LIMITED = {
@@ -51,6 +53,8 @@ export type Decision =
       readonly flags: string;
       /** The route taken up to where no endpoint was left; none for a denial (it is never routed). */
       readonly labels: RouteLabels | undefined;
+      /** A fault's abort: the gRPC status a gRPC call gets (HTTP/2 answers the other failures by `failure`). */
+      readonly grpcStatus?: number;
     };
 
 /** What a refusal's log line names: the client, the service and the request. */
@@ -94,6 +98,18 @@ export function decide(d: DecideDeps, ctx: HttpContext, req: DecideRequest): Dec
       labels: route.labels,
     };
   }
+  // An injected abort is what the user asked for: answered, not refused (nor counted as a refusal).
+  if (route.kind === 'fault')
+    return {
+      ok: false,
+      failure: 'fault',
+      status: route.abort.http,
+      body: FAULT_BODY,
+      reason: route.why,
+      flags: 'FI',
+      labels: route.labels,
+      grpcStatus: route.abort.grpc,
+    };
   if (route.kind === 'none')
     return {
       ok: false,

@@ -16,6 +16,8 @@ import {
   connect,
   performServerHandshake,
 } from 'node:http2';
+import { grpcToHttp } from '../../lib/l7/fault.js';
+import { shadowHost } from '../../lib/l7/mirror.js';
 import type { Logger } from '../../lib/log.js';
 import type { Workload } from '../../lib/mesh/model.js';
 import type { Refusals } from '../limits/refusal.js';
@@ -23,13 +25,16 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { OutboundPlan } from '../proxy/outbound/plan.js';
 import { decide } from './decide.js';
 import { StreamDuplex } from './duplex.js';
+import { FAULT_BODY, faultFlags } from './fault.js';
 import { withConnectTimeout } from './h1/upstream.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 import { type HopDeps, openHop } from './hop.js';
 import type { HttpContext } from './http.js';
 import { type Trace, addSetCookie, applyHeaderOps, setTraceHeaders, traceOf } from './l7-headers.js';
+import type { MirrorCopy, Mirrors } from './mirror.js';
+import { type Retries, type RetryCause, retryReason, withRetryFlag } from './retry.js';
 import type { RequestRoute, WaypointRouter } from './router.js';
-import { type RequestRecord, countRequest, logRequest } from './telemetry.js';
+import { type RequestRecord, countRequest, logRequest, tapRequest } from './telemetry.js';
 import { XFCC } from './xfcc.js';
 
 export interface WaypointHttp2Deps {
@@ -40,6 +45,10 @@ export interface WaypointHttp2Deps {
   readonly metrics: Metrics;
   /** The tunnel's own bounds, applied to the HTTP/2 inside it too (docs/limits.md). */
   readonly limits: Http2Limits;
+  /** Retries by the routes' policies; none: nothing is retried. */
+  readonly retries?: Retries;
+  /** Mirror copies by the routes' policies; none: nothing is mirrored. */
+  readonly mirrors?: Mirrors;
 }
 
 export interface Http2Limits {
@@ -140,6 +149,32 @@ function answerFailure(
   respondFailure(stream, failure, line.grpc, message);
 }
 
+/** Answers an injected abort: its HTTP status, or for gRPC a trailers-only answer with its gRPC status. */
+function answerAbort(
+  stream: ServerHttp2Stream,
+  line: RequestLine,
+  abort: { http: number; grpc: number },
+): void {
+  if (stream.destroyed || stream.closed || stream.headersSent) return;
+  if (line.grpc) {
+    line.status = 200;
+    line.grpcStatus = String(abort.grpc);
+    stream.respond(
+      {
+        ':status': 200,
+        'content-type': 'application/grpc',
+        'grpc-status': String(abort.grpc),
+        'grpc-message': FAULT_BODY,
+      },
+      { endStream: true },
+    );
+    return;
+  }
+  line.status = abort.http;
+  stream.respond({ ':status': abort.http, 'content-type': 'text/plain' });
+  stream.end(FAULT_BODY);
+}
+
 /** Streams the waypoint reset itself: not the client's resets, which are counted against its rate. */
 const resetByWaypoint = new WeakSet<ServerHttp2Stream>();
 
@@ -221,6 +256,100 @@ interface RequestLine extends RequestRecord {
   readonly grpc: boolean;
   readonly trace: Trace;
   requestTrailers?: IncomingHttpHeaders;
+  /** The request's mirror copy, fed by the attempt that reads the client's body. */
+  mirror?: H2Mirror;
+}
+
+/** Where a request's copy is sent from: the engine's sessions to endpoints. */
+type SessionOf = (r: {
+  readonly endpoint: Workload;
+  readonly plan: OutboundPlan;
+}) => Promise<{ session: ClientHttp2Session; release: () => void }>;
+
+/**
+ * One request's copy over HTTP/2: its body kept (mirror.ts bounds it), then sent as one stream on the
+ * session to the mirror's endpoint once the body is whole; the answer read and dropped.
+ */
+class H2Mirror {
+  readonly #copy: MirrorCopy;
+  readonly #headers: OutgoingHttpHeaders;
+  readonly #sessionOf: SessionOf;
+  #sent = false;
+
+  constructor(copy: MirrorCopy, headers: OutgoingHttpHeaders, sessionOf: SessionOf) {
+    this.#copy = copy;
+    this.#headers = headers;
+    this.#sessionOf = sessionOf;
+  }
+
+  /** Body bytes are being kept, or sent: the copy is still to be fed. */
+  get fed(): boolean {
+    return this.#sent || !this.#copy.open;
+  }
+
+  keep(chunk: Buffer): void {
+    if (!this.#sent) this.#copy.push(chunk);
+  }
+
+  abandon(): void {
+    if (!this.#sent) this.#copy.end('failed');
+  }
+
+  /** The body is whole (`bodyless`: there was none): the copy goes. */
+  whole(bodyless: boolean): void {
+    if (this.fed) return;
+    this.#sent = true;
+    const copy = this.#copy;
+    let up: ClientHttp2Stream | undefined;
+    const timer = setTimeout(() => {
+      if (up) up.close(constants.NGHTTP2_CANCEL);
+      else copy.end('failed');
+    }, copy.timeoutMs);
+    timer.unref();
+    this.#sessionOf(copy).then(
+      (s) => {
+        if (!copy.open) {
+          s.release();
+          return;
+        }
+        try {
+          up = s.session.request(this.#headers, { endStream: bodyless });
+        } catch {
+          s.release();
+          clearTimeout(timer);
+          copy.end('failed');
+          return;
+        }
+        let answered = false;
+        up.on('error', () => {});
+        up.once('response', () => {
+          answered = true;
+        });
+        // Read and dropped, so that the mirror's answer never holds the session's window.
+        up.resume();
+        up.once('close', () => {
+          s.release();
+          clearTimeout(timer);
+          copy.end(answered && up!.rstCode === constants.NGHTTP2_NO_ERROR ? 'sent' : 'failed');
+        });
+        if (!bodyless) {
+          // Bounded by waypointMirrorBufferBytes: written at once, the stream's buffer holds it.
+          for (const c of copy.body.chunks) up.write(c);
+          up.end();
+        }
+        copy.body.close();
+      },
+      () => {
+        clearTimeout(timer);
+        copy.end('failed');
+      },
+    );
+  }
+}
+
+/** When the request ended: its RequestTimeout runs from then, across its attempts. */
+interface Clock {
+  endedAt: number | undefined;
 }
 
 /** An upstream session being opened or open, and how many requests it carries now. */
@@ -375,10 +504,16 @@ export class WaypointHttp2 {
     stream.once('close', () => {
       const outcome = stream.rstCode === constants.NGHTTP2_NO_ERROR ? 'completed' : 'reset';
       if (outcome === 'reset' && line.flags === '-' && !resetByWaypoint.has(stream)) line.flags = 'DC';
+      if (line.retry) {
+        line.flags = withRetryFlag(line.flags, line.retry);
+        line.retry.end();
+      }
       if (held.route) d.router.done(held.route);
       // Istio's request_protocol is `http` for HTTP/2 too; gRPC alone is told apart.
       countRequest(this.#d, line, line.grpc ? 'grpc' : 'http');
       logRequest(this.#d, line, line.grpc ? 'grpc' : 'http2', outcome);
+      if (this.#d.metrics.connections.taps > 0)
+        tapRequest(this.#d, line, line.grpc ? 'grpc' : 'http', outcome);
     });
     // The client is told what kind of failure, not which endpoint: that is in the access log.
     const fail = (failure: WaypointFailure, why: string, flags: string, message?: string): void => {
@@ -391,8 +526,20 @@ export class WaypointHttp2 {
       });
     };
     const dec = decide(d, ctx, { method: line.method, path: line.path, headers: splitPseudo(headers).plain });
+    const drain = (): void => {
+      stream.on('data', (c: Buffer) => {
+        line.bytesIn += c.length;
+      });
+    };
     if (!dec.ok) {
       line.labels = dec.labels;
+      if (dec.failure === 'fault') {
+        line.reason = dec.reason;
+        line.flags = dec.flags;
+        answerAbort(stream, line, { http: dec.status, grpc: dec.grpcStatus ?? 2 });
+        drain();
+        return;
+      }
       fail(dec.failure, dec.reason, dec.flags);
       return;
     }
@@ -401,24 +548,128 @@ export class WaypointHttp2 {
     line.labels = r.labels;
     line.endpoint = r.endpoint;
     line.routed = r.plan;
-    // After what the client sent with these headers is read: a stream it reset at once (HEADERS then
-    // RST_STREAM, Rapid Reset) is never opened upstream.
-    setImmediate(() => {
-      if (stream.destroyed || stream.closed) return;
-      withConnectTimeout(this.#session(ctx, r), r.timeouts?.connectMs).then(
-        (upstream) => this.#forward(ctx, r, line, stream, headers, upstream),
+    const fault = r.fault;
+    if (fault) line.flags = faultFlags(fault);
+    if (r.retry !== undefined) line.retry = d.retries?.start(r);
+    if (r.mirror !== undefined) this.#mirror(ctx, r, line, headers, stream);
+    const clock: Clock = { endedAt: undefined };
+    /** Some attempt (or a failed connect) has read the client's body: no other listener may read it. */
+    let bodyRead = false;
+    /** Another attempt after `cause` ended one, when the route's policy and the budget allow: true if so. */
+    const again = (route: RequestRoute, cause: RetryCause): boolean => {
+      const state = line.retry;
+      if (!state || !d.retries) return false;
+      // Only what the client has not been answered, with its whole body kept (or none), is replayed.
+      const replayable =
+        !stream.headersSent && (stream.endAfterHeaders || (stream.readableEnded && !state.body.overflowed));
+      const next = d.retries.next(state, route, cause, replayable);
+      if (!next) return false;
+      // The attempt given up is reported as the one that answered would have been (outlier ejection).
+      if (cause.kind === 'response')
+        d.router.outcome(route, line.grpc ? grpcToHttp(Number(cause.grpcStatus ?? 2)) : cause.status);
+      else d.router.outcome(route, cause.kind === 'reset' ? 'reset' : 'connect_failure');
+      held.route = next.route;
+      line.endpoint = next.route.endpoint;
+      line.reason = cause.kind === 'response' ? `retried: ${cause.status}` : `retried: ${cause.kind}`;
+      setTimeout(() => {
+        if (!stream.destroyed && !stream.closed) attempt(next.route);
+      }, next.delayMs).unref();
+      return true;
+    };
+    const attempt = (route: RequestRoute): void => {
+      withConnectTimeout(this.#session(ctx, route), route.timeouts?.connectMs).then(
+        (upstream) => {
+          const first = !bodyRead;
+          bodyRead = true;
+          this.#forward(ctx, route, line, stream, headers, upstream, clock, again, first);
+        },
         (err: Error) => {
           const failure = err instanceof HopRefused ? err.failure : 'unavailable';
-          if (failure === 'unavailable') d.router.failed(r.endpoint);
-          fail(
-            failure,
-            err.message,
-            failure === 'denied' ? 'DENY' : 'UF',
-            failure === 'unavailable' ? 'upstream connect error' : undefined,
-          );
+          const answer = (): void =>
+            fail(
+              failure,
+              err.message,
+              failure === 'denied' ? 'DENY' : 'UF',
+              failure === 'unavailable' ? 'upstream connect error' : undefined,
+            );
+          if (failure !== 'unavailable') {
+            answer();
+            return;
+          }
+          d.router.failed(route.endpoint);
+          d.router.outcome(route, 'connect_failure');
+          const cause: RetryCause = { kind: 'connect-failure' };
+          const state = line.retry;
+          if (
+            state &&
+            route.retry &&
+            retryReason(route.retry, cause) &&
+            !bodyRead &&
+            !stream.endAfterHeaders
+          ) {
+            // No attempt has read the body yet: it is read into the replay buffer (within its bound),
+            // then the retry is decided.
+            bodyRead = true;
+            let settled = false;
+            const settle = (): void => {
+              if (settled) return;
+              settled = true;
+              if (!again(route, cause)) answer();
+            };
+            stream.on('data', (c: Buffer) => {
+              if (settled) return;
+              line.bytesIn += c.length;
+              if (!state.body.push(c)) {
+                d.retries?.overflowed(route, ctx.client.principal);
+                settle();
+              }
+            });
+            if (stream.readableEnded) settle();
+            else stream.once('end', settle);
+            return;
+          }
+          if (!again(route, cause)) answer();
         },
       );
-    });
+    };
+    // After what the client sent with these headers is read: a stream it reset at once (HEADERS then
+    // RST_STREAM, Rapid Reset) is never opened upstream. A delayed one waits its delay first.
+    const go = (): void => {
+      if (stream.destroyed || stream.closed) return;
+      if (fault?.abort) {
+        line.reason = `fault injected: delay ${fault.delayMs} ms, then abort ${fault.abort.http}`;
+        answerAbort(stream, line, fault.abort);
+        drain();
+        return;
+      }
+      attempt(r);
+    };
+    if (fault?.delayMs !== undefined) setTimeout(go, fault.delayMs).unref();
+    else setImmediate(go);
+  }
+
+  /**
+   * The request's copy, when its route drew a mirror and the bounds allow: a bodiless request's goes at
+   * once, another's when the attempt that reads the body has read it all (#forward).
+   */
+  #mirror(
+    ctx: HttpContext,
+    r: RequestRoute,
+    line: RequestLine,
+    headers: IncomingHttpHeaders,
+    stream: ServerHttp2Stream,
+  ): void {
+    const copy = this.#d.mirrors?.start(r, ctx.client.principal);
+    if (!copy) return;
+    const out = this.#upstreamHeaders(ctx, r, line, headers);
+    // As Envoy's shadow: the mirror's logs tell a copy from a request by its :authority.
+    out[':authority'] = shadowHost(String(headers[':authority'] ?? headers.host ?? r.plan.service.name));
+    Reflect.deleteProperty(out, 'x-envoy-attempt-count');
+    const m = new H2Mirror(copy, out, (t) => this.#session(ctx, t));
+    line.mirror = m;
+    if (stream.endAfterHeaders) m.whole(true);
+    // The client went before its body was whole: there is no whole copy to send.
+    else stream.once('close', () => m.abandon());
   }
 
   /** The request as the endpoint gets it: the route's path and header changes, the trace fields. */
@@ -433,6 +684,8 @@ export class WaypointHttp2 {
     if (headers[':path'] !== undefined) out[':path'] = r.path;
     applyHeaderOps(out, r.requestHeaders);
     setTraceHeaders(out, line.trace);
+    // Envoy's header, on every attempt of a request that may be retried.
+    if (line.retry) out['x-envoy-attempt-count'] = String(line.retry.attempts);
     return out;
   }
 
@@ -451,9 +704,18 @@ export class WaypointHttp2 {
     stream: ServerHttp2Stream,
     headers: IncomingHttpHeaders,
     upstream: { session: ClientHttp2Session; release: () => void },
+    clock: Clock,
+    again: (route: RequestRoute, cause: RetryCause) => boolean,
+    /** No attempt has read the client's body yet: this one pipes it (and keeps it for a retry). */
+    first = true,
   ): void {
     const d = this.#d;
     const ep = r.endpoint;
+    const retry = line.retry;
+    // A retry's attempt: the body was all read and kept, and is sent again whole.
+    const replay = retry && !first ? retry.body.chunks : undefined;
+    /** This attempt is being retried: none of its events reach the client. */
+    let abandoned = false;
     if (stream.destroyed || stream.closed) {
       upstream.release();
       return;
@@ -481,25 +743,31 @@ export class WaypointHttp2 {
     if (timeoutMs !== undefined && timeoutMs > 0) {
       let timer: NodeJS.Timeout | undefined;
       const arm = (): void => {
-        timer = setTimeout(() => {
-          timedOut = true;
-          line.reason = `RequestTimeout of ${timeoutMs} ms`;
-          line.flags = 'UT';
-          const answered = stream.headersSent;
-          if (!answered) answerFailure(stream, line, 'timeout');
-          up.unpipe(stream);
-          up.close(constants.NGHTTP2_CANCEL);
-          if (!answered) return;
-          // A gRPC call already answered ends with DEADLINE_EXCEEDED in its trailers, as a client expects;
-          // anything else answered is cut (a reset).
-          if (line.grpc && !stream.closed && !stream.destroyed) {
-            line.grpcStatus = String(FAILURES.timeout.grpc);
-            stream.end();
-          } else resetStream(stream, constants.NGHTTP2_CANCEL);
-        }, timeoutMs);
+        // One timeout for all the attempts, from the end of the request.
+        clock.endedAt ??= Date.now();
+        timer = setTimeout(
+          () => {
+            timedOut = true;
+            d.router.outcome(r, 'timeout');
+            line.reason = `RequestTimeout of ${timeoutMs} ms`;
+            line.flags = 'UT';
+            const answered = stream.headersSent;
+            if (!answered) answerFailure(stream, line, 'timeout');
+            up.unpipe(stream);
+            up.close(constants.NGHTTP2_CANCEL);
+            if (!answered) return;
+            // A gRPC call already answered ends with DEADLINE_EXCEEDED in its trailers, as a client expects;
+            // anything else answered is cut (a reset).
+            if (line.grpc && !stream.closed && !stream.destroyed) {
+              line.grpcStatus = String(FAILURES.timeout.grpc);
+              stream.end();
+            } else resetStream(stream, constants.NGHTTP2_CANCEL);
+          },
+          Math.max(0, timeoutMs - (Date.now() - clock.endedAt)),
+        );
         timer.unref();
       };
-      if (stream.endAfterHeaders || stream.readableEnded) arm();
+      if (stream.endAfterHeaders || stream.readableEnded || replay) arm();
       else stream.once('end', arm);
       up.once('close', () => clearTimeout(timer));
       stream.once('close', () => clearTimeout(timer));
@@ -510,16 +778,47 @@ export class WaypointHttp2 {
       delete t[XFCC];
       up.sendTrailers(t);
     });
-    stream.on('data', (c: Buffer) => {
-      line.bytesIn += c.length;
-    });
-    if (!stream.endAfterHeaders) stream.pipe(up);
+    const mirror = line.mirror && !line.mirror.fed ? line.mirror : undefined;
+    if (replay) {
+      // A request without a body went as one HEADERS frame with END_STREAM: nothing to replay.
+      if (!stream.endAfterHeaders) {
+        for (const c of replay) up.write(c);
+        up.end();
+        // The body read after a failed connect feeds the copy too.
+        if (mirror) {
+          for (const c of replay) mirror.keep(c);
+          mirror.whole(false);
+        }
+      }
+    } else {
+      if (mirror) stream.once('end', () => mirror.whole(false));
+      stream.on('data', (c: Buffer) => {
+        line.bytesIn += c.length;
+        mirror?.keep(c);
+        // Kept for a retry while the bound allows; past it, counted once and never retried.
+        if (retry && !retry.body.overflowed && !retry.body.push(c))
+          d.retries?.overflowed(r, ctx.client.principal);
+      });
+      if (!stream.endAfterHeaders) stream.pipe(up);
+    }
     up.on('headers', (h: IncomingHttpHeaders) => {
       // 1xx (103 Early Hints, 100 Continue) go on ahead of the response.
       if (!stream.destroyed && !stream.headersSent) stream.additionalHeaders(h2ResponseHeaders(h));
     });
     up.once('response', (h: IncomingHttpHeaders, flags: number) => {
-      if (timedOut) return;
+      if (timedOut || abandoned) return;
+      const cause: RetryCause | undefined = retry && {
+        kind: 'response',
+        status: Number(h[':status'] ?? 0),
+        grpcStatus: h['grpc-status'] as string | undefined,
+        rateLimited: h['x-envoy-ratelimited'] !== undefined,
+      };
+      if (cause && again(r, cause)) {
+        abandoned = true;
+        up.close(constants.NGHTTP2_CANCEL);
+        return;
+      }
+      retry?.body.close();
       d.router.succeeded(ep);
       if (stream.destroyed || stream.closed) {
         up.close(constants.NGHTTP2_CANCEL);
@@ -530,6 +829,9 @@ export class WaypointHttp2 {
       const out = this.#clientHeaders(r, h);
       // A trailers-only answer (how gRPC sends an error) stays one HEADERS frame with END_STREAM.
       const endStream = (flags & constants.NGHTTP2_FLAG_END_STREAM) !== 0;
+      // A gRPC call's outcome is its grpc-status (in trailers unless trailers-only), mapped as Envoy does.
+      if (!line.grpc) d.router.outcome(r, line.status);
+      else if (endStream) d.router.outcome(r, grpcToHttp(Number(line.grpcStatus ?? 2)));
       try {
         stream.respond(out, endStream ? { endStream: true } : { waitForTrailers: true });
       } catch (err) {
@@ -559,13 +861,30 @@ export class WaypointHttp2 {
     });
     up.once('trailers', (t: IncomingHttpHeaders) => {
       responseTrailers = t;
+      if (line.grpc) d.router.outcome(r, grpcToHttp(Number(t['grpc-status'] ?? 2)));
     });
     up.on('error', (err: Error) => {
       line.reason = err.message;
     });
     up.once('close', () => {
-      if (timedOut || up.rstCode === constants.NGHTTP2_NO_ERROR || stream.destroyed || stream.closed) return;
+      if (
+        abandoned ||
+        timedOut ||
+        up.rstCode === constants.NGHTTP2_NO_ERROR ||
+        stream.destroyed ||
+        stream.closed
+      )
+        return;
+      if (
+        retry &&
+        !stream.headersSent &&
+        again(r, { kind: 'reset', refused: up.rstCode === constants.NGHTTP2_REFUSED_STREAM })
+      ) {
+        abandoned = true;
+        return;
+      }
       if (line.flags === '-') line.flags = 'UR';
+      d.router.outcome(r, 'reset');
       if (!stream.headersSent) {
         d.router.failed(ep);
         answerFailure(stream, line, 'unavailable', line.reason ?? `upstream reset (code ${up.rstCode})`);
@@ -583,7 +902,7 @@ export class WaypointHttp2 {
    */
   async #session(
     ctx: HttpContext,
-    r: RequestRoute,
+    r: { readonly endpoint: Workload; readonly plan: OutboundPlan },
   ): Promise<{ session: ClientHttp2Session; release: () => void }> {
     const ep = r.endpoint;
     const key = `${ep.name}|${r.plan.targetPort}|${ctx.client.principal}`;

@@ -3,10 +3,13 @@
 // same questions with the same request shape. ServiceRouter is the trivial answer (the service itself,
 // round robin); ChainRouter (chain-router.ts) answers with Consul's discovery chain and intentions.
 import type { IncomingHttpHeaders } from 'node:http';
+import type { FaultDraw } from '../../lib/l7/fault.js';
 import type { GeneratedCookie } from '../../lib/l7/lb.js';
 import type { HeaderOp } from '../../lib/l7/route.js';
 import type { Service, ServiceProtocol, Workload } from '../../lib/mesh/model.js';
-import type { OutboundPlan } from '../proxy/outbound/plan.js';
+import type { OutboundPlan, RoutedService } from '../proxy/outbound/plan.js';
+import type { GroupView, UpstreamResult } from './outlier.js';
+import type { RetryPolicy } from './retry.js';
 
 /** One connection (tcp) or one request (http, http2, grpc) to route. */
 export interface RouteRequest {
@@ -46,6 +49,20 @@ export interface RequestRoute {
   readonly cookie?: GeneratedCookie | undefined;
   /** The route's timeouts (router destination, else resolver), in ms; none: the waypoint's own bounds only. */
   readonly timeouts?: RouteTimeouts | undefined;
+  /** The route destination's retries (retry.ts); none: a failed attempt goes to the client as it is. */
+  readonly retry?: RetryPolicy | undefined;
+  /** A fault the request met (its route's `ambit-fault` Meta): a delay before it goes on, then maybe an abort. */
+  readonly fault?: FaultDraw | undefined;
+  /** Where a copy of the request goes (its route's `ambit-mirror` Meta drew one): mirror.ts. */
+  readonly mirror?: MirrorTarget | undefined;
+}
+
+/** A request's mirror: its service, and the endpoint picked for the copy (none: `why`). */
+export interface MirrorTarget {
+  readonly service: RoutedService;
+  readonly plan?: OutboundPlan | undefined;
+  readonly endpoint?: Workload | undefined;
+  readonly why?: string | undefined;
 }
 
 /** Consul's timeouts for one request, as the chain gives them (Envoy's route and cluster timeouts). */
@@ -82,13 +99,27 @@ export interface LimitedRoute {
   readonly labels: RouteLabels;
 }
 
+/** A request its route's fault aborts at once (no delay drawn): answered at the waypoint, flag FI. */
+export interface FaultRoute {
+  readonly kind: 'fault';
+  readonly abort: NonNullable<FaultDraw['abort']>;
+  readonly why: string;
+  readonly labels: RouteLabels;
+}
+
 export interface WaypointRouter {
   /** How the waypoint parses connections for `service`. */
   protocol(service: Service | undefined): ServiceProtocol;
   /** L7 intentions for one request. */
   authorize(request: RouteRequest): Authorization;
   /** The route, split, target and endpoint for one request; call `done` with it once it is over. */
-  route(request: RouteRequest): RequestRoute | NoRoute | LimitedRoute;
+  route(request: RouteRequest): RequestRoute | NoRoute | LimitedRoute | FaultRoute;
+  /**
+   * Another endpoint for a retry of `route`, none of `exclude` where one is left (else any of the
+   * route's): the same target, labels and changes. It takes over `route`'s hold (the one to call `done`
+   * with); undefined: no endpoint at all.
+   */
+  reroute(route: RequestRoute, exclude: ReadonlySet<string>): RequestRoute | undefined;
   /** The request `route` gave is over (least_request and MaxConcurrentRequests count those in flight). */
   done(route: RequestRoute): void;
   /** The endpoint for one tcp connection, none of `exclude` (tried already); undefined: none left. */
@@ -97,6 +128,10 @@ export interface WaypointRouter {
   failed(endpoint: Workload): void;
   /** An endpoint was reached. */
   succeeded(endpoint: Workload): void;
+  /** What the endpoint made of a request `route` gave (its status, or a failure before one): outlier ejection. */
+  outcome(route: RequestRoute, result: UpstreamResult): void;
+  /** The outlier ejections in force, per client service and target (ChainRouter's; for /config_dump). */
+  ejections?(): GroupView[];
 }
 
 const NO_LABELS: RouteLabels = {
@@ -145,6 +180,12 @@ export class ServiceRouter implements WaypointRouter {
 
   done(): void {}
 
+  reroute(route: RequestRoute, exclude: ReadonlySet<string>): RequestRoute | undefined {
+    const plan = route.plan;
+    const endpoint = this.pick({ plan, client: '' }, exclude) ?? this.pick({ plan, client: '' }, new Set());
+    return endpoint ? { ...route, endpoint, fault: undefined, mirror: undefined } : undefined;
+  }
+
   pick(request: RouteRequest, exclude: ReadonlySet<string>, now = Date.now()): Workload | undefined {
     const { endpoints, service } = request.plan;
     const n = endpoints.length;
@@ -169,4 +210,6 @@ export class ServiceRouter implements WaypointRouter {
   succeeded(endpoint: Workload): void {
     this.#ejectedUntil.delete(endpoint.name);
   }
+
+  outcome(): void {}
 }

@@ -8,6 +8,7 @@ import { peerFromUris } from '../proxy/inbound/decide.js';
 import type { OutboundPlan, RoutedService } from '../proxy/outbound/plan.js';
 import type { HttpContext } from './http.js';
 import type { Trace } from './l7-headers.js';
+import type { RetryState } from './retry.js';
 import type { RouteLabels } from './router.js';
 
 export interface RequestOutcome {
@@ -118,6 +119,8 @@ export interface RequestRecord {
   trace: Trace | undefined;
   /** The service the request landed on, once routed. */
   routed: OutboundPlan | undefined;
+  /** Its retries, when its route has a retry policy: the access log's `attempts`. */
+  retry?: RetryState | undefined;
 }
 
 export interface RecordDeps {
@@ -170,6 +173,7 @@ export function logRequest(d: RecordDeps, l: RequestRecord, protocol: string, ou
       ...(l.labels?.failover ? { failover: l.labels.target } : {}),
       endpoint: l.endpoint?.name,
       ...(l.upstream !== undefined ? { upstream: l.upstream } : {}),
+      ...(l.retry !== undefined ? { attempts: l.retry.attempts } : {}),
       trace_id: l.trace?.traceId,
       request_id: l.trace?.requestId,
       src: { addr: l.ctx.clientAddr, principal: l.ctx.client.principal },
@@ -185,4 +189,48 @@ export function logRequest(d: RecordDeps, l: RequestRecord, protocol: string, ou
     },
     'request',
   );
+}
+
+/** The request as the taps see it (`ambit tap` on the waypoint), either engine's: only while someone taps. */
+export function tapRequest(
+  d: RecordDeps,
+  l: RequestRecord,
+  protocol: 'http' | 'grpc',
+  outcome: string,
+): void {
+  const peer = peerFromUris([l.ctx.client.principal]);
+  const service = l.routed?.service ?? l.ctx.plan.service;
+  d.metrics.connections.request({
+    status: outcome === 'reset' ? 'reset' : outcome === 'refused' || l.flags !== '-' ? 'refused' : 'closed',
+    src: {
+      addr: l.ctx.clientAddr,
+      principal: l.ctx.client.principal,
+      service: peer?.service,
+      namespace: peer?.namespace,
+    },
+    dst: {
+      addr: l.upstream,
+      service: service.name,
+      namespace: service.namespace,
+      workload: l.endpoint?.name,
+      principal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
+    },
+    started: l.started,
+    bytesIn: l.bytesIn,
+    bytesOut: l.bytesOut,
+    flags: l.flags,
+    reason: l.reason,
+    request: {
+      protocol,
+      method: l.method,
+      path: l.path,
+      authority: l.authority,
+      response_code: l.status,
+      route: l.labels?.route,
+      split: l.labels?.split,
+      subset: l.labels?.subset,
+      endpoint: l.endpoint?.name,
+      trace_id: l.trace?.traceId,
+    },
+  });
 }

@@ -79,6 +79,23 @@ export const ruleFor = (rules: readonly RateRule[], path: string): RateRule | un
  * is another cluster's service: never this one.
  */
 export function concurrencyLimit(set: EntrySet, client: ServiceRef, dialed: ServiceRef): number | undefined {
+  return (
+    upstreamFields(set, client, dialed, (f) => f.Limits !== undefined)?.Limits?.MaxConcurrentRequests ||
+    undefined
+  );
+}
+
+/**
+ * The client's UpstreamConfig fields for the dialled service: the override for it (by name, its Namespace
+ * defaulting to the entry's; never a peer's, another cluster's service) when it `has` the setting asked
+ * for, else Defaults, as Consul merges them per setting.
+ */
+export function upstreamFields(
+  set: EntrySet,
+  client: ServiceRef,
+  dialed: ServiceRef,
+  has: (f: UpstreamConfigFields) => boolean,
+): UpstreamConfigFields | undefined {
   const sd = set.serviceDefaults.get(keyOf(client.name, client.namespace));
   const uc = sd?.UpstreamConfig;
   if (!uc) return undefined;
@@ -87,8 +104,7 @@ export function concurrencyLimit(set: EntrySet, client: ServiceRef, dialed: Serv
     (o) =>
       o.Peer === undefined && o.Name === dialed.name && nsOf(o.Namespace ?? own) === nsOf(dialed.namespace),
   );
-  const fields: UpstreamConfigFields | undefined = override?.Limits ? override : uc.Defaults;
-  return fields?.Limits?.MaxConcurrentRequests || undefined;
+  return override && has(override) ? override : uc.Defaults;
 }
 
 /**

@@ -22,7 +22,10 @@ import { StreamDuplex } from './duplex.js';
 import { type HopClient, openHop } from './hop.js';
 import { DEFAULT_HTTP1_LIMITS, type Http1Limits, WaypointHttp } from './http.js';
 import { DEFAULT_HTTP2_LIMITS, type Http2Limits, WaypointHttp2 } from './http2.js';
+import { DEFAULT_MIRROR_LIMITS, Mirrors, type MirrorsDeps } from './mirror.js';
+import type { GroupView } from './outlier.js';
 import { resolveForWaypoint } from './resolve.js';
+import { DEFAULT_RETRY_BUFFER_BYTES, Retries } from './retry.js';
 import type { WaypointRouter } from './router.js';
 
 export interface WaypointDeps {
@@ -43,6 +46,10 @@ export interface WaypointDeps {
   readonly http2Limits?: Omit<Http2Limits, 'maxStreams'>;
   /** HTTP/1.1 bounds: the idle and head timeout, and a head's bytes (defaults as node:http's). */
   readonly http1Limits?: Partial<Http1Limits>;
+  /** Request-body bytes kept per request for a retry (waypointRetryBufferBytes). */
+  readonly retryBufferBytes?: number;
+  /** Mirror copies' bounds (waypointMirrorBufferBytes, waypointMirrorMaxInFlight, waypointMirrorTimeout). */
+  readonly mirrorLimits?: Partial<Pick<MirrorsDeps, 'bufferBytes' | 'maxInFlight' | 'timeoutMs'>>;
 }
 
 /** RST_STREAM REFUSED_STREAM: "not processed, safe to retry" (RFC 9113 section 8.7). */
@@ -62,7 +69,21 @@ export class Waypoint {
   constructor(d: WaypointDeps) {
     this.#d = d;
     this.#selfId = d.identityOf({ namespace: d.self.namespace, service: d.self.name });
+    const retries = new Retries({
+      router: d.router,
+      metrics: d.metrics,
+      refusals: d.refusals,
+      bufferBytes: d.retryBufferBytes ?? DEFAULT_RETRY_BUFFER_BYTES,
+    });
+    const mirrors = new Mirrors({
+      metrics: d.metrics,
+      refusals: d.refusals,
+      ...DEFAULT_MIRROR_LIMITS,
+      ...d.mirrorLimits,
+    });
     this.http = new WaypointHttp({
+      retries,
+      mirrors,
       hop: { store: d.store, pool: d.pool, identityOf: d.identityOf, self: this.#selfId },
       router: d.router,
       log: d.log,
@@ -71,6 +92,8 @@ export class Waypoint {
       limits: { ...DEFAULT_HTTP1_LIMITS, ...d.http1Limits },
     });
     this.http2 = new WaypointHttp2({
+      retries,
+      mirrors,
       hop: { store: d.store, pool: d.pool, identityOf: d.identityOf, self: this.#selfId },
       router: d.router,
       log: d.log,
@@ -82,6 +105,11 @@ export class Waypoint {
         streamResetRate: d.http2Limits?.streamResetRate ?? DEFAULT_HTTP2_LIMITS.streamResetRate,
       },
     });
+  }
+
+  /** The router's outlier ejections in force, for /config_dump. */
+  ejections(): GroupView[] {
+    return this.#d.router.ejections?.() ?? [];
   }
 
   get openConnections(): number {

@@ -48,6 +48,8 @@ export interface DaemonConfig {
   readonly defaultPolicy: 'allow' | 'deny' | undefined;
   /** Consul as the control plane and CA; undefined runs the embedded mesh file and CA. */
   readonly consul: ConsulSettings | undefined;
+  /** The pod watch (daemon/state/kubernetes/); undefined when off. */
+  readonly kubernetes: KubernetesSettings | undefined;
   readonly drainMs: number;
   /** Worker processes behind a supervisor (daemon/supervisor/); 0 runs the daemon in this one process. */
   readonly workers: number | 'auto';
@@ -70,6 +72,18 @@ export interface DaemonConfig {
     readonly backend: 'auto' | 'nft' | 'legacy';
   };
   readonly limits: Limits;
+}
+
+export interface KubernetesSettings {
+  readonly scope: 'node' | 'cluster';
+  readonly labelSelector: string;
+  /** Undefined: the in-cluster variables (KUBERNETES_SERVICE_HOST/PORT), read at start. */
+  readonly server: string | undefined;
+  readonly tokenFile: string;
+  readonly caFile: string;
+  readonly maxLineBytes: number;
+  readonly maxPageBytes: number;
+  readonly maxPods: number;
 }
 
 export interface ConsulSettings {
@@ -125,6 +139,18 @@ export function daemonConfig(v: SettingValues, consul: ConsulSettings | undefine
     meshPollMs: v.meshPoll,
     defaultPolicy: v.defaultPolicy,
     consul,
+    kubernetes: v.kubernetes
+      ? {
+          scope: v.kubernetesScope,
+          labelSelector: v.kubernetesLabelSelector,
+          server: v.kubernetesServer,
+          tokenFile: v.kubernetesTokenFile,
+          caFile: v.kubernetesCaFile,
+          maxLineBytes: v.kubernetesMaxLine,
+          maxPageBytes: v.kubernetesMaxPage,
+          maxPods: v.kubernetesMaxPods,
+        }
+      : undefined,
     drainMs: v.drainTimeout,
     workers: v.workers,
     workersMax: v.workersMax,

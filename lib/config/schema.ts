@@ -220,6 +220,57 @@ const consul = {
   }),
 };
 
+const kubernetes = {
+  kubernetes: setting({
+    parser: bool,
+    default: false,
+    help: 'enroll the pods labelled kubernetesLabelSelector as workloads, from a watch of the API server (docs/kubernetes.md)',
+  }),
+  kubernetesScope: setting({
+    parser: choice(['node', 'cluster'] as const),
+    default: 'cluster',
+    help:
+      "cluster: every enrolled pod of the cluster, so that this daemon knows the other nodes' workloads; " +
+      'node: only the pods of this node (fieldSelector spec.nodeName), for a control plane that carries the others',
+  }),
+  kubernetesLabelSelector: setting({
+    parser: text('<selector>'),
+    default: 'ambit.dev/mesh=enabled',
+    help: 'the pods enrolled: a Kubernetes label selector',
+  }),
+  kubernetesServer: setting({
+    parser: optional(text('<url>')),
+    default: undefined,
+    shown: 'https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT',
+    help: 'the API server',
+  }),
+  kubernetesTokenFile: setting({
+    parser: text('<file>'),
+    default: '/var/run/secrets/kubernetes.io/serviceaccount/token',
+    help: 'bearer token of the service account; read at every request, so a rotated token is used',
+  }),
+  kubernetesCaFile: setting({
+    parser: text('<file>'),
+    default: '/var/run/secrets/kubernetes.io/serviceaccount/ca.crt',
+    help: "CA bundle of the API server's certificate",
+  }),
+  kubernetesMaxLine: setting({
+    parser: count('<bytes>'),
+    default: 1_048_576,
+    help: 'longest pod watch event taken, in bytes; a longer one ends the watch and the pods are listed again',
+  }),
+  kubernetesMaxPage: setting({
+    parser: count('<bytes>'),
+    default: 16_777_216,
+    help: 'largest LIST page taken, in bytes; a larger one is refused and the list retried with backoff',
+  }),
+  kubernetesMaxPods: setting({
+    parser: count(),
+    default: 10_000,
+    help: 'most pods held from the watch; a LIST with more is refused whole, extra watched pods one by one',
+  }),
+};
+
 const shutdown = {
   drainTimeout: setting({
     parser: duration,
@@ -409,6 +460,32 @@ const limits = {
       'waypoint, HTTP/1.1: a client connection idle this long is closed, and one whose next request head is ' +
       'not whole by then (slowloris) is answered 408 first; at least 100ms',
   }),
+  // 0 is allowed: no request body is kept, so only bodiless requests are retried.
+  waypointRetryBufferBytes: setting({
+    parser: countOrZero('<bytes>'),
+    default: 65_536,
+    help:
+      'waypoint: request-body bytes kept per request for a retry (service-router RetryOn); a larger body is ' +
+      'not retried',
+  }),
+  // 0 is allowed: only bodiless requests are mirrored.
+  waypointMirrorBufferBytes: setting({
+    parser: countOrZero('<bytes>'),
+    default: 65_536,
+    help:
+      'waypoint: request-body bytes kept per request for its mirror copy (service-router ambit-mirror Meta); ' +
+      'a larger body is not mirrored',
+  }),
+  waypointMirrorMaxInFlight: setting({
+    parser: count(),
+    default: 256,
+    help: 'waypoint: mirror copies in flight at once; a request past it is not mirrored',
+  }),
+  waypointMirrorTimeout: setting({
+    parser: atLeast(duration, 100, '100ms'),
+    default: '10s',
+    help: 'waypoint: a mirror copy not answered by then is cancelled (the client never waits for it); at least 100ms',
+  }),
   // 0 is allowed: no reserve, refusals only when the kernel says EMFILE.
   fdReserve: setting({
     parser: countOrZero(),
@@ -423,6 +500,7 @@ export const SECTIONS = [
   { title: 'Listeners', settings: listeners },
   { title: 'Connections to peers and upstreams', settings: connections },
   { title: 'Consul', settings: consul },
+  { title: 'Kubernetes ([kubernetes.md](kubernetes.md))', settings: kubernetes },
   { title: 'Shutdown', settings: shutdown },
   { title: 'Workers and reloads ([operations.md](operations.md#workers-and-reloads))', settings: workers },
   { title: 'Transparent capture', settings: capture },
@@ -435,6 +513,7 @@ export const SETTINGS = {
   ...listeners,
   ...connections,
   ...consul,
+  ...kubernetes,
   ...shutdown,
   ...workers,
   ...capture,
@@ -463,6 +542,7 @@ const DURATION_LIMITS = [
   'handshakeTimeout',
   'tunnelIdleTimeout',
   'httpHeadTimeout',
+  'waypointMirrorTimeout',
 ] as const satisfies readonly LimitKey[];
 type DurationLimit = (typeof DURATION_LIMITS)[number];
 type LimitField<K extends LimitKey> = K extends DurationLimit ? `${K}Ms` : K;

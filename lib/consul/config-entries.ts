@@ -4,6 +4,7 @@
 // left out, the rest kept, and the caller logs it. Never throws for an entry.
 import { type ConfigEntry, entryLabel, validateEntry } from '../l7/entries.js';
 import { L7ConfigError } from '../l7/errors.js';
+import { FAULT_META } from '../l7/fault.js';
 import { checkGraph } from '../l7/graph.js';
 
 export interface LenientEntries {
@@ -20,6 +21,9 @@ export function validateLeniently(raw: readonly unknown[], where: string): Lenie
     } catch (err) {
       if (!(err instanceof L7ConfigError)) throw err;
       refused.push(err);
+      // Consul never refuses a fault in a router's Meta: a typo there costs the faults, not the routes.
+      const kept = err.field.startsWith(`Meta.${FAULT_META}`) ? withoutFaults(r) : undefined;
+      if (kept) entries.push(validateEntry(kept, where));
     }
   }
   // Each round leaves out the entry the graph check names; bounded by the number of entries.
@@ -37,4 +41,12 @@ export function validateLeniently(raw: readonly unknown[], where: string): Lenie
     }
   }
   return { entries, refused };
+}
+
+/** A router entry with its `ambit-fault...` Meta keys left out, or undefined if it is not one. */
+function withoutFaults(raw: unknown): unknown {
+  const e = raw as { Meta?: unknown };
+  if (typeof e?.Meta !== 'object' || e.Meta === null) return undefined;
+  const meta = Object.fromEntries(Object.entries(e.Meta).filter(([k]) => !k.startsWith(FAULT_META)));
+  return { ...e, Meta: meta };
 }

@@ -6,8 +6,10 @@
 // Fields Consul knows but the waypoint does not use (Mode, TransparentProxy, MeshGateway, ...) are
 // accepted and kept untouched, so that an entry read back from Consul validates.
 
+import { routerFaults } from './fault.js';
 import { compileFilter } from './filter.js';
 import { checkGraph } from './graph.js';
+import { routerMirrors } from './mirror.js';
 import { type Obj, Reader, canonicalKey, compact, join, keyed } from './read.js';
 
 export type Protocol = 'tcp' | 'http' | 'http2' | 'grpc';
@@ -665,9 +667,10 @@ function serviceRouter(r: Reader, raw: Obj, name: string): ServiceRouter {
     if (d) {
       const dp = `${p}.Destination`;
       const codes = r.arr(d, 'RetryOnStatusCodes', dp);
+      // Consul's []uint32: any such number is accepted (Envoy's retriable_status_codes is no stricter).
       codes?.forEach((c, j) => {
-        if (typeof c !== 'number' || !Number.isInteger(c) || c < 100 || c > 599)
-          r.fail(`${dp}.RetryOnStatusCodes[${j}]`, 'must be an HTTP status code');
+        if (typeof c !== 'number' || !Number.isInteger(c) || c < 0 || c > 0xffff_ffff)
+          r.fail(`${dp}.RetryOnStatusCodes[${j}]`, 'must be an unsigned 32-bit integer');
       });
       const dest: RouteDestination = compact({
         Service: r.nonEmpty(d, 'Service', dp),
@@ -696,7 +699,12 @@ function serviceRouter(r: Reader, raw: Obj, name: string): ServiceRouter {
     }
     return route;
   });
-  return { Kind: 'service-router', ...base(r, o, name), Routes: routes };
+  const router: ServiceRouter = { Kind: 'service-router', ...base(r, o, name), Routes: routes };
+  // Fault injection and mirroring live in Meta (Consul has no field for them): refused here, as a field
+  // would be.
+  routerFaults(r, router);
+  routerMirrors(r, router);
+  return router;
 }
 
 /** Consul's scaleWeight: percent to 0.01 units, rounded. */

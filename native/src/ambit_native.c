@@ -8,6 +8,11 @@
  *   notify(path, message)     -> undefined          one datagram to a Unix socket (systemd's $NOTIFY_SOCKET,
  *                                                   '@' for the abstract namespace): Node has no AF_UNIX
  *                                                   datagram socket
+ *   listenSocket(host, port, ipv6Only, backlog) -> { fd, port }
+ *                                                   a listening TCP socket that nothing polls: the supervisor
+ *                                                   holds it and hands it to the processes that accept on it
+ *                                                   (libuv's bind reports EADDRINUSE only at its listen, and
+ *                                                   its listen starts accepting)
  * Errors are thrown as Error objects whose `code` is the errno name (ENOENT, EPERM, ...).
  * On anything but Linux the module loads and every call throws ENOSYS with a clear message.
  */
@@ -50,6 +55,8 @@ static const char *errno_name(int e) {
     case ECONNREFUSED: return "ECONNREFUSED";
     case EACCES: return "EACCES";
     case EAGAIN: return "EAGAIN";
+    case EADDRINUSE: return "EADDRINUSE";
+    case EADDRNOTAVAIL: return "EADDRNOTAVAIL";
     default: return "EIO";
   }
 }
@@ -196,6 +203,71 @@ static napi_value Notify(napi_env env, napi_callback_info info) {
   if (n < 0) return throw_errno(env, "sendto(NOTIFY_SOCKET)", e);
   return NULL;
 }
+static napi_value ListenSocket(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  if (!args(env, info, 4, argv)) return NULL;
+  char host[INET6_ADDRSTRLEN + 1];
+  size_t hlen = 0;
+  int32_t port, backlog;
+  bool v6only = false;
+  if (napi_get_value_string_utf8(env, argv[0], host, sizeof host, &hlen) != napi_ok ||
+      !get_int(env, argv[1], &port) || port < 0 || port > 65535 ||
+      napi_get_value_bool(env, argv[2], &v6only) != napi_ok || !get_int(env, argv[3], &backlog) || backlog < 1) {
+    napi_throw_type_error(env, "EINVAL",
+                          "listenSocket(host: IP literal, port: 0-65535, ipv6Only: boolean, backlog: >= 1)");
+    return NULL;
+  }
+  struct sockaddr_storage ss;
+  socklen_t len;
+  memset(&ss, 0, sizeof ss);
+  int family;
+  if (inet_pton(AF_INET, host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+    struct sockaddr_in *sa = (struct sockaddr_in *)&ss;
+    family = sa->sin_family = AF_INET;
+    sa->sin_port = htons((uint16_t)port);
+    len = sizeof *sa;
+  } else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+    struct sockaddr_in6 *sa = (struct sockaddr_in6 *)&ss;
+    family = sa->sin6_family = AF_INET6;
+    sa->sin6_port = htons((uint16_t)port);
+    len = sizeof *sa;
+  } else {
+    napi_throw_type_error(env, "EINVAL", "listenSocket: the host must be an IPv4 or IPv6 literal");
+    return NULL;
+  }
+  int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket()", errno);
+  int on = 1;
+  int v6 = v6only ? 1 : 0;
+  const char *what = NULL;
+  /* As libuv does: a restarted daemon rebinds past TIME_WAIT. */
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0) what = "setsockopt(SO_REUSEADDR)";
+  else if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6, sizeof v6) != 0)
+    what = "setsockopt(IPV6_V6ONLY)";
+  else if (bind(fd, (struct sockaddr *)&ss, len) != 0) what = "bind()";
+  else if (listen(fd, backlog) != 0) what = "listen()";
+  if (what) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, what, e);
+  }
+  struct sockaddr_storage bound;
+  socklen_t blen = sizeof bound;
+  if (getsockname(fd, (struct sockaddr *)&bound, &blen) != 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, "getsockname()", e);
+  }
+  int got = family == AF_INET ? ntohs(((struct sockaddr_in *)&bound)->sin_port)
+                              : ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
+  napi_value obj, vfd, vport;
+  napi_create_object(env, &obj);
+  napi_create_int32(env, fd, &vfd);
+  napi_create_int32(env, got, &vport);
+  napi_set_named_property(env, obj, "fd", vfd);
+  napi_set_named_property(env, obj, "port", vport);
+  return obj;
+}
 #else
 static napi_value Unsupported(napi_env env, napi_callback_info info) {
   (void)info;
@@ -207,6 +279,7 @@ static napi_value Unsupported(napi_env env, napi_callback_info info) {
 #define SetMark Unsupported
 #define MarkedSocket Unsupported
 #define Notify Unsupported
+#define ListenSocket Unsupported
 #endif
 
 void ambit_conn_init(napi_env env, napi_value exports);
@@ -218,6 +291,7 @@ static napi_value Init(napi_env env, napi_value exports) {
     {"setMark", NULL, SetMark, NULL, NULL, NULL, napi_default, NULL},
     {"markedSocket", NULL, MarkedSocket, NULL, NULL, NULL, napi_default, NULL},
     {"notify", NULL, Notify, NULL, NULL, NULL, napi_default, NULL},
+    {"listenSocket", NULL, ListenSocket, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   ambit_conn_init(env, exports);

@@ -53,6 +53,8 @@ export interface WorldOptions {
   env?: NodeJS.ProcessEnv;
   /** What `snapshot` holds: iptables and ip6tables (the default), or those and the ip rules and routes too. */
   snapshot?: 'iptables' | 'routing';
+  /** The ambitd to run (an installed copy of the build, say); the repository's build by default. */
+  ambitd?: string;
 }
 
 export interface World {
@@ -182,7 +184,7 @@ export async function captureWorld<T extends object>(
     const logs: Record<string, () => string> = {};
     const daemons: Record<string, ChildProcess> = {};
     const startDaemon = async (host: string, node: Node): Promise<void> => {
-      const d = ns.spawn(host, [process.execPath, AMBITD], env(node));
+      const d = ns.spawn(host, [process.execPath, options.ambitd ?? AMBITD], env(node));
       logs[node] = output(d);
       daemons[node] = d;
       await waitForOutput(d, 'ambitd ready', 15_000);

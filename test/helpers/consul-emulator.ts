@@ -30,6 +30,7 @@
 
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { X509Certificate, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
@@ -211,12 +212,16 @@ export class ConsulEmulator {
     server.keepAliveTimeout = 60_000;
     server.on('connection', (sock: Socket) => this.#limit(sock));
     // While it was down, another test's outgoing connection may have been given the port as its ephemeral
-    // local port: wait for it to go (bounded) rather than fail the restart.
+    // local port, and held it past any wait (CI saw it). So the first port is drawn below the ephemeral
+    // range, where no outgoing connection is given one; a port taken by another listener, or one that went
+    // anyway, is waited for (bounded) or drawn again.
+    const first = this.#port === 0;
     for (let attempt = 0; ; attempt++) {
+      const port = first ? belowEphemeral() : this.#port;
       try {
         await new Promise<void>((resolve, reject) => {
           server.once('error', reject);
-          server.listen(this.#port, '127.0.0.1', () => {
+          server.listen(port, '127.0.0.1', () => {
             server.removeListener('error', reject);
             resolve();
           });
@@ -1332,4 +1337,20 @@ async function startRealAgent(bin: string, managementToken: string | undefined):
     return (await put('/v1/acl/token', { Policies: [{ ID: policy.ID }] })).SecretID!;
   };
   return { kind: 'real', address, emulator: undefined, managementToken, createToken, close };
+}
+
+/**
+ * A port below the kernel's ephemeral range (ip_local_port_range; Linux's default starts at 32768), drawn
+ * at random so that the emulators of tests running at once seldom meet.
+ */
+function belowEphemeral(): number {
+  let low = 32768;
+  try {
+    low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+  } catch {
+    // Not Linux: its default range starts at 49152, above this one.
+  }
+  if (!Number.isFinite(low)) low = 32768;
+  const top = Math.max(11_000, Math.min(low, 65_536));
+  return 10_000 + Math.floor(Math.random() * (top - 10_000));
 }

@@ -5,7 +5,8 @@
 // daemon -> waypoint -> destination daemon -> server.
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { type IncomingMessage, type Server, createServer } from 'node:http';
+import { type IncomingMessage, type ServerResponse, createServer } from 'node:http';
+import { type Http2Session, createServer as createH2Server } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -40,6 +41,8 @@ interface Seen {
   method: string | undefined;
   url: string | undefined;
   headers: IncomingMessage['headers'];
+  /** Request-body bytes it read. */
+  bytes: number;
 }
 
 export interface L7World {
@@ -47,12 +50,31 @@ export interface L7World {
   logs: Map<string, LogLine[]>;
   base: string;
   seen: Seen[];
+  /** Requests the `slow` server of WorldOptions holds now (read whole, not answered yet). */
+  holding(): number;
   /** A service's SPIFFE ID in this world's trust domain (Consul's is its cluster's). */
   id(service: string): string;
   close(): Promise<void>;
 }
 
 type Setup = L7World;
+
+export interface WorldOptions {
+  /** One server answers the requests on `prefix` `ms` late; the others answer them at once. */
+  readonly slow?: { readonly server: string; readonly prefix: string; readonly ms: number };
+  /** The servers speak HTTP/2 with prior knowledge (h2c), for entries that give api Protocol http2. */
+  readonly h2?: boolean;
+}
+
+/** What the servers of a world share: the slow rule, and how many requests it holds now. */
+interface Held {
+  readonly slow: WorldOptions['slow'];
+  readonly h2: boolean;
+  count: number;
+}
+
+/** A server to stop: every connection it has, then its listener. */
+type Stoppable = { close(): void };
 
 /** The entries both backends hold, in an order Consul accepts them in (a router's subsets exist first). */
 export const ENTRIES: unknown[] = [
@@ -123,28 +145,68 @@ export const ENTRIES: unknown[] = [
 ];
 
 /** An HTTP server that records every request and answers with its name, what it saw, and a secret header. */
-async function server(name: string, seen: Seen[]): Promise<{ server: Server; port: number }> {
-  const s = createServer((req, res) => {
-    req.resume();
+async function server(name: string, seen: Seen[], held: Held): Promise<{ server: Stoppable; port: number }> {
+  const handle = (req: IncomingMessage, res: ServerResponse): void => {
+    let bytes = 0;
+    req.on('data', (c: Buffer) => {
+      bytes += c.length;
+    });
     req.on('end', () => {
-      seen.push({ server: name, method: req.method, url: req.url, headers: req.headers });
+      seen.push({ server: name, method: req.method, url: req.url, headers: req.headers, bytes });
       res.setHeader('x-server-secret', 'hidden');
+      // `/fail/<name>/...`: the server of that name answers 500, the others as usual (outlier ejection).
+      if (req.url?.startsWith(`/fail/${name}/`)) res.statusCode = 500;
+      const slow = held.slow;
+      if (slow && slow.server === name && req.url?.startsWith(slow.prefix)) {
+        held.count++;
+        setTimeout(() => {
+          held.count--;
+          res.end(`${name} ${req.method} ${req.url}\n`);
+        }, slow.ms).unref();
+        return;
+      }
       if (req.url?.startsWith('/slow')) {
         setTimeout(() => res.end(`${name} ${req.method} ${req.url}\n`), 2000).unref();
         return;
       }
       res.end(`${name} ${req.method} ${req.url}\n`);
     });
-  });
+  };
+  if (held.h2) {
+    // node:http2's compatibility API: the same handler, `:authority` among the headers.
+    const sessions = new Set<Http2Session>();
+    const h2 = createH2Server((req, res) =>
+      handle(req as unknown as IncomingMessage, res as unknown as ServerResponse),
+    );
+    h2.on('session', (sess: Http2Session) => {
+      sessions.add(sess);
+      sess.once('close', () => sessions.delete(sess));
+    });
+    await new Promise<void>((r) => h2.listen(0, '127.0.0.1', r));
+    const stop = {
+      close(): void {
+        for (const sess of sessions) sess.destroy();
+        h2.close();
+      },
+    };
+    return { server: stop, port: (h2.address() as AddressInfo).port };
+  }
+  const s = createServer(handle);
   await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  return { server: s, port: (s.address() as AddressInfo).port };
+  const stop = {
+    close(): void {
+      s.closeAllConnections();
+      s.close();
+    },
+  };
+  return { server: stop, port: (s.address() as AddressInfo).port };
 }
 
 /** The three servers and the workloads they are: api v1 and v2, legacy, and the client on node-a. */
-async function servers(seen: Seen[], httpPort: number) {
-  const v1 = await server('api-1', seen);
-  const v2 = await server('api-2', seen);
-  const legacy = await server('legacy-1', seen);
+async function servers(seen: Seen[], httpPort: number, held: Held) {
+  const v1 = await server('api-1', seen, held);
+  const v2 = await server('api-2', seen, held);
+  const legacy = await server('legacy-1', seen, held);
   const workloads: Workload[] = [
     clientWorkload(9, upstreamTo('api', httpPort)),
     workload({ name: 'api-1', service: 'api', node: 'node-b', ports: [v1.port], version: 'v1' }),
@@ -154,11 +216,18 @@ async function servers(seen: Seen[], httpPort: number) {
   return { workloads, list: [v1.server, v2.server, legacy.server] };
 }
 
-async function ready(a: Ambitd, b: Ambitd, wp: Ambitd, timeoutMs: number, entries: number): Promise<void> {
+async function ready(
+  a: Ambitd,
+  b: Ambitd,
+  wp: Ambitd,
+  timeoutMs: number,
+  entries: number,
+  protocol = 'http',
+): Promise<void> {
   await until(() => a.listeners.listening().length === 1, timeoutMs, 'upstream listener bound');
   await until(
     () =>
-      [a, b, wp].every((d) => d.store.service('default', 'api')?.protocol === 'http') &&
+      [a, b, wp].every((d) => d.store.service('default', 'api')?.protocol === protocol) &&
       a.store.service('default', 'api')?.waypoint === 'wp' &&
       (wp.store.mesh.configEntries?.length ?? 0) >= entries,
     timeoutMs,
@@ -171,11 +240,8 @@ async function ready(a: Ambitd, b: Ambitd, wp: Ambitd, timeoutMs: number, entrie
 }
 
 const closing =
-  (list: Server[], daemons: Ambitd[], after: () => Promise<void>) => async (): Promise<void> => {
-    for (const srv of list) {
-      srv.closeAllConnections();
-      srv.close();
-    }
+  (list: Stoppable[], daemons: Ambitd[], after: () => Promise<void>) => async (): Promise<void> => {
+    for (const srv of list) srv.close();
     await Promise.all(daemons.map((d) => d.close()));
     await after();
   };
@@ -184,15 +250,19 @@ const closing =
  * Embedded mode: one mesh file and CA, the entries in its configEntries. Other entries must still opt
  * api in (an http service-defaults with the `ambit-waypoint` Meta).
  */
-export async function startFileWorld(entries: readonly unknown[] = ENTRIES): Promise<L7World> {
+export async function startFileWorld(
+  entries: readonly unknown[] = ENTRIES,
+  options: WorldOptions = {},
+): Promise<L7World> {
   const dir = await mkdtemp(join(tmpdir(), 'ambit-l7-'));
   const meshFile = join(dir, 'mesh.yaml');
   const { lines, logger } = captureLogs();
   const start = (node: string, extra: ConfigInput = {}): Promise<Ambitd> =>
     startDaemon(dir, meshFile, node, { ...extra }, logger(node));
   const seen: Seen[] = [];
+  const held: Held = { slow: options.slow, h2: options.h2 === true, count: 0 };
   const httpPort = await freePort();
-  const s = await servers(seen, httpPort);
+  const s = await servers(seen, httpPort, held);
   const a = await start('node-a');
   const b = await start('node-b');
   const wp = await start('wp-node', { role: 'waypoint', waypointService: 'wp' });
@@ -201,19 +271,23 @@ export async function startFileWorld(entries: readonly unknown[] = ENTRIES): Pro
   await editMeshFile(meshFile, (doc) => {
     for (const e of entries) setConfigEntry(doc, e as Record<string, unknown>);
   });
-  await ready(a, b, wp, 5000, entries.length);
+  await ready(a, b, wp, 5000, entries.length, options.h2 ? 'http2' : 'http');
   return {
     wp,
     logs: lines,
     base: `http://127.0.0.1:${httpPort}`,
     seen,
+    holding: () => held.count,
     id: (service) => wp.identityOf({ namespace: 'default', service }),
     close: closing(s.list, [a, b, wp], () => rm(dir, { recursive: true, force: true })),
   };
 }
 
 /** Consul mode: the same entries written to /v1/config, the workloads registered in the catalog. */
-export async function startConsulWorld(entries: readonly unknown[] = ENTRIES): Promise<L7World> {
+export async function startConsulWorld(
+  entries: readonly unknown[] = ENTRIES,
+  options: WorldOptions = {},
+): Promise<L7World> {
   const consul = await startConsul();
   const dir = await mkdtemp(join(tmpdir(), 'ambit-l7-consul-'));
   const { lines, logger } = captureLogs();
@@ -225,8 +299,9 @@ export async function startConsulWorld(entries: readonly unknown[] = ENTRIES): P
     return d;
   };
   const seen: Seen[] = [];
+  const held: Held = { slow: options.slow, h2: options.h2 === true, count: 0 };
   const httpPort = await freePort();
-  const s = await servers(seen, httpPort);
+  const s = await servers(seen, httpPort, held);
   const a = await start('node-a');
   const b = await start('node-b');
   const wp = await start('wp-node', { role: 'waypoint', waypointService: 'wp' });
@@ -239,12 +314,13 @@ export async function startConsulWorld(entries: readonly unknown[] = ENTRIES): P
     await client.put('/v1/config', { body: e, permission: `service:write on "${name}"` });
   }
   for (const w of s.workloads) await consulEnroll(client, w);
-  await ready(a, b, wp, 20_000, entries.length);
+  await ready(a, b, wp, 20_000, entries.length, options.h2 ? 'http2' : 'http');
   return {
     wp,
     logs: lines,
     base: `http://127.0.0.1:${httpPort}`,
     seen,
+    holding: () => held.count,
     id: (service) => wp.identityOf({ namespace: 'default', service }),
     close: closing(s.list, daemons, async () => {
       await consul.close();

@@ -83,16 +83,19 @@ async function consul(
   const store = new StateStore();
   const logs = captureLogs('info');
   const log = logs.logger('node-a');
+  const cache = new ConsulCache(dir, log);
   const source = new ConsulSource(client, store, {
     nodeName: 'node-a',
     defaultPolicy: 'allow',
     log,
-    cache: new ConsulCache(dir, log),
+    cache,
     watch: { waitMs: 2000, minIntervalMs: 10 },
   });
   t.teardown(async () => {
     source.close();
     client.close();
+    // The cache writes its file a moment after the last change: done before the folder is removed.
+    await cache.flush();
     await c.close();
   });
   await source.start();

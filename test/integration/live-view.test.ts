@@ -14,6 +14,7 @@ import {
   type Cluster,
   echoOnce,
   echoServer,
+  freePort,
   metricSum,
   metricsText,
   openEcho,
@@ -189,6 +190,52 @@ test('ambit tap and ambit top, as a user runs them', async (t) => {
       events.map((e) => e.event),
       ['opened', 'closed'],
     );
+  } finally {
+    echo.server.close();
+    await cluster.close();
+  }
+});
+
+test('ambit status: the daemon at a glance, with an open connection and its certificate', async (t) => {
+  const cluster = await startCluster();
+  const echo = await echoServer();
+  try {
+    const port = await throughTunnel(
+      cluster,
+      workload({ name: 'echo-1', service: 'echo', node: 'node-b', ports: [echo.port] }),
+    );
+    const s = await openEcho(port);
+    await echoOnce(s, 'ping');
+    const status = (json: boolean) =>
+      run(process.execPath, [
+        CLI,
+        '--admin',
+        `127.0.0.1:${cluster.b.ports.admin}`,
+        'status',
+        ...(json ? ['--json'] : []),
+      ]);
+    const text = (await status(false)).stdout;
+    t.regex(text, /^ambitd +node-b \(node\), pid \d+, up \d+s, one process$/m);
+    t.regex(text, /^ready +yes$/m);
+    t.regex(text, /^control +mesh file .*mesh\.yaml$/m);
+    t.regex(text, /^certs +1 held for 1 local workload\(s\), next expiry in \d+h \d+m$/m);
+    t.regex(text, /^traffic +1 connection\(s\) open; .*1 inbound$/m);
+    t.regex(text, /^capture +off$/m);
+    const json = JSON.parse((await status(true)).stdout) as {
+      traffic: { connections: number };
+      mode: string;
+    };
+    t.is(json.mode, 'single');
+    t.is(json.traffic.connections, 1);
+    s.end();
+    // Unreachable: exit code 3, as every admin command.
+    const gone = await run(process.execPath, [
+      CLI,
+      '--admin',
+      `127.0.0.1:${await freePort()}`,
+      'status',
+    ]).catch((e: { code: number; stderr: string }) => e);
+    t.is((gone as { code: number }).code, 3);
   } finally {
     echo.server.close();
     await cluster.close();

@@ -4,11 +4,16 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { Agent, type IncomingMessage, createServer, get, request } from 'node:http';
 import { type Socket, connect } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import WebSocket from 'ws';
+import { run as runCli } from '../../agent-cli/cli.js';
+import { editMeshFile } from '../../lib/mesh/edit.js';
+import type { DaemonStatus } from '../../lib/status.js';
 import type { ConnectionRow, TapEvent } from '../../lib/tap.js';
 import {
   clientWorkload,
@@ -80,7 +85,9 @@ async function spawnDaemon(dir: string, name: string, env: Record<string, string
   });
   const logged = (msg: string): LogLine[] => lines.filter((l) => l.msg === msg);
   // The supervisor's line (each worker logs its own first, without the admin ports).
-  const ready = (): LogLine | undefined => logged('ambitd ready').find((l) => l.workers !== undefined);
+  const single = env.AMBIT_WORKERS === '0';
+  const ready = (): LogLine | undefined =>
+    logged('ambitd ready').find((l) => single || l.workers !== undefined);
   await until(() => ready() !== undefined || proc.exitCode !== null, 30_000, `${name} ready`);
   if (proc.exitCode !== null) throw new Error(`${name} exited: ${stderr}`);
   const ports = ready()!.ports as Daemon['ports'];
@@ -111,7 +118,18 @@ async function startWorld(
   const echo = await echoServer();
   const procs: Daemon[] = [];
   const close = async (): Promise<void> => {
-    for (const d of procs) d.proc.kill('SIGKILL');
+    for (const d of procs) {
+      d.proc.kill('SIGKILL');
+      // A re-exec's successors: children of the first supervisor, not of this test.
+      for (const l of d.logged('ambitd ready')) {
+        if (l.tookOverFrom === undefined) continue;
+        try {
+          process.kill(l.pid as number, 'SIGKILL');
+        } catch {
+          // gone already
+        }
+      }
+    }
     if (process.env.AMBIT_TEST_LOG) {
       for (const d of procs)
         console.error(d.name, d.lines.map((l) => JSON.stringify(l)).join('\n'), d.stderr());
@@ -303,6 +321,12 @@ test.serial('with two workers, connections are spread over both and the scrape s
     // 40, and the probe round trips of startWorld.
     const opened = metricSum(text, 'istio_tcp_connections_opened_total', { reporter: 'source' });
     t.true(opened >= 40, `the scrape sums both workers: ${opened} opened`);
+    const status = await w.a.admin<{ mode: string; workers: unknown[]; traffic: { connections: number } }>(
+      '/status',
+    );
+    t.is(status.mode, 'workers');
+    t.is(status.workers.length, 2);
+    t.is(status.traffic.connections, 40, "GET /status sums the workers' open connections");
     for (const s of open) s.destroy();
   } finally {
     await w.close();
@@ -415,3 +439,264 @@ test.serial("the supervisor's /tap streams every worker's events", async (t) => 
     await w.close();
   }
 });
+
+/** SIGUSR2 to the supervisor now in charge, then waits for its successor to take over; returns its pid. */
+async function reexec(d: Daemon, from: number): Promise<number> {
+  process.kill(from, 'SIGUSR2');
+  const took = (): LogLine | undefined =>
+    d.logged('ambitd ready').find((l) => l.tookOverFrom === from && l.workers !== undefined);
+  await until(() => took() !== undefined, 60_000, `${d.name} re-exec'd`);
+  return took()!.pid as number;
+}
+
+test.serial(
+  'a re-exec of the supervisor (SIGUSR2) refuses nothing, cuts nothing, keeps the admin token',
+  async (t) => {
+    const w = await startWorld();
+    try {
+      const long = await longLived(w.port);
+      await long.check(64 * 1024);
+      let done = false;
+      const clients = steadyClients(w.port, 3000, () => done);
+      const unready: string[] = [];
+      const probing = (async () => {
+        for (let i = 0; i < 3000 && !done; i++) {
+          for (const d of [w.a, w.b]) {
+            const r = await fetch(`http://127.0.0.1:${d.ports.ready}/healthz/ready`);
+            if (!r.ok) unready.push(`${d.name}: ${r.status} ${await r.text()}`);
+          }
+          await sleep(50);
+        }
+      })();
+      const exited = (p: ChildProcess) => new Promise<number | null>((r) => p.once('exit', (c) => r(c)));
+      const bExit = exited(w.b.proc);
+      const aExit = exited(w.a.proc);
+      await sleep(200);
+      const b2 = await reexec(w.b, w.b.proc.pid!);
+      await sleep(300);
+      const a2 = await reexec(w.a, w.a.proc.pid!);
+      await sleep(300);
+      done = true;
+      const failures = await clients;
+      t.deepEqual(failures, [], 'every new connection during both re-execs was carried');
+      await probing;
+      t.deepEqual(unready, [], 'readiness never failed');
+      await long.check(256 * 1024);
+      t.pass('the connection opened before both re-execs carries on, bytes intact');
+      t.not(b2, w.b.proc.pid);
+      // The old supervisors' workers carry the long-lived connection; once it ends they, and then their
+      // supervisors, exit.
+      long.socket.end();
+      t.is(await bExit, 0, "node-b's old supervisor exits once drained");
+      t.is(await aExit, 0, "node-a's old supervisor exits once drained");
+      // The successors serve the same ports, with the token the scripts already read.
+      const token = (await readFile(join(w.dir, 'node-b', 'admin.token'), 'utf8')).trim();
+      t.is(token, w.b.token, 'the admin token on disk is the same');
+      const workers = await w.b.admin<{ pid: number; generation: number }[]>('/workers');
+      t.is(workers.length, 2, "the successor's two workers, on the same admin port, same token");
+      t.is((await roundTrip(w.port, Buffer.from('after'))).length, 5, 'carried by the successors');
+      // And a successor re-execs in turn.
+      const b3 = await reexec(w.b, b2);
+      t.not(b3, b2);
+      t.is((await roundTrip(w.port, Buffer.from('again'))).length, 5);
+      t.is(w.a.logged('re-exec failed: the new supervisor did not start; this one carries on').length, 0);
+      t.truthy(a2);
+    } finally {
+      await w.close();
+    }
+  },
+);
+
+test.serial(
+  "a waypoint's keep-alive HTTP connection carries on through reloads and re-execs of both hosts",
+  async (t) => {
+    const w = await startWorld();
+    const wp = await spawnDaemon(w.dir, 'wp-node', {
+      AMBIT_ROLE: 'waypoint',
+      AMBIT_WAYPOINT_SERVICE: 'wp',
+      AMBIT_WORKERS: '0',
+    });
+    const api = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => res.end(`${req.url}`));
+    });
+    await new Promise<void>((r) => api.listen(0, '127.0.0.1', r));
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const httpPort = await freePort();
+      await enroll(
+        w.meshFile,
+        clientWorkload(9, upstreamTo('echo', w.port), upstreamTo('api', httpPort)),
+        workload({
+          name: 'api-1',
+          service: 'api',
+          node: 'node-b',
+          ports: [(api.address() as AddressInfo).port],
+        }),
+      );
+      await editMeshFile(w.meshFile, (doc) => {
+        doc.setIn(['services', 'api'], doc.createNode({ waypoint: 'wp', protocol: 'http' }));
+      });
+      const sockets = new Set<unknown>();
+      const get = (path: string): Promise<string> =>
+        new Promise((resolve, reject) => {
+          const req = request({ host: '127.0.0.1', port: httpPort, path, agent }, (res: IncomingMessage) => {
+            sockets.add(res.socket);
+            let body = '';
+            res.setEncoding('utf8');
+            res.on('data', (c: string) => {
+              body += c;
+            });
+            res.on('end', () =>
+              res.statusCode === 200 ? resolve(body) : reject(new Error(`${res.statusCode} ${body}`)),
+            );
+          });
+          req.on('error', reject);
+          req.end();
+        });
+      await until(
+        async () => (await get('/probe').catch(() => '')) === '/probe',
+        20_000,
+        'api through the waypoint',
+      );
+      sockets.clear();
+      let done = false;
+      const failures: string[] = [];
+      let served = 0;
+      const client = (async () => {
+        for (let i = 0; i < 3000 && !done; i++) {
+          try {
+            if ((await get(`/r${i}`)) === `/r${i}`) served++;
+            else failures.push(`#${i}: wrong answer`);
+          } catch (err) {
+            failures.push(`#${i}: ${(err as Error).message}`);
+          }
+          await sleep(20);
+        }
+      })();
+      await sleep(200);
+      await reload(w.b);
+      await reload(w.a);
+      const b2 = await reexec(w.b, w.b.proc.pid!);
+      const a2 = await reexec(w.a, w.a.proc.pid!);
+      await sleep(300);
+      done = true;
+      await client;
+      t.deepEqual(failures, [], `${served} requests through the waypoint, none failed`);
+      t.is(sockets.size, 1, 'all of them on the one keep-alive connection the client opened before');
+      t.true(served > 20);
+      t.truthy(a2 && b2);
+      t.is(wp.logged('request').length >= served, true, 'each went through the waypoint');
+    } finally {
+      agent.destroy();
+      api.closeAllConnections();
+      api.close();
+      wp.proc.kill('SIGKILL');
+      await w.close();
+    }
+  },
+);
+
+/** `ambit` in-process, asking this daemon's admin API with the token from its state directory. */
+async function cli(
+  dir: string,
+  d: Daemon,
+  ...args: string[]
+): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await runCli(
+    ['--admin', `127.0.0.1:${d.ports.admin}`, '--state-dir', join(dir, d.name), ...args],
+    {
+      out: (s) => {
+        out += s;
+      },
+      err: (s) => {
+        err += s;
+      },
+    },
+  );
+  return { code, out, err };
+}
+
+test.serial(
+  "`ambit reload` (the unit's ExecReload) returns once the new workers or supervisor serve",
+  async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), 'ambit-reload-cli-'));
+    const d = await spawnDaemon(dir, 'node-a', {});
+    const single = await spawnDaemon(dir, 'node-s', { AMBIT_WORKERS: '0' });
+    const successors: number[] = [];
+    try {
+      const reloaded = await cli(dir, d, 'reload');
+      t.is(reloaded.code, 0, reloaded.err);
+      t.is(reloaded.out, 'reloaded: generation 2 serves\n');
+      // Asked at once, with nothing waited for: what systemctl (and Ansible after it) sees next.
+      const status = await d.admin<DaemonStatus>('/status');
+      t.true(status.readiness.ready, JSON.stringify(status.readiness));
+      t.deepEqual(
+        status.workers.filter((w) => w.state === 'ready').map((w) => w.generation),
+        [2, 2],
+        'both workers of the new generation serve',
+      );
+      const reexeced = await cli(dir, d, 'reload', '--reexec');
+      t.is(reexeced.code, 0, reexeced.err);
+      const m = /^re-exec'd: supervisor pid (\d+) serves\n$/.exec(reexeced.out);
+      t.truthy(m, reexeced.out);
+      const pid = Number(m![1]);
+      successors.push(pid);
+      t.not(pid, d.proc.pid);
+      // On a new connection, as the next `ambit` or curl opens one (the old supervisor answers those
+      // kept alive for a few seconds more, each with `connection: close`).
+      const after = JSON.parse(
+        await new Promise<string>((resolve, reject) =>
+          get(
+            {
+              host: '127.0.0.1',
+              port: d.ports.admin,
+              path: '/status',
+              agent: false,
+              headers: { authorization: `Bearer ${d.token}` },
+            },
+            (res) => {
+              let body = '';
+              res.on('data', (c: Buffer) => {
+                body += c;
+              });
+              res.on('end', () => resolve(body));
+            },
+          ).on('error', reject),
+        ),
+      ) as DaemonStatus;
+      t.is(after.pid, pid, "the admin port is the successor's already");
+      t.true(after.readiness.ready);
+      // One process has no workers to start: a clear refusal, and it carries on.
+      const refused = await cli(dir, single, 'reload');
+      t.is(refused.code, 1);
+      t.regex(refused.err, /^ambit: reload failed: a reload needs workers >= 1 .*restart it instead\n$/);
+      t.is((await fetch(`http://127.0.0.1:${single.ports.ready}/healthz/ready`)).status, 200);
+      // A reload is a change: without the token, 401.
+      let err = '';
+      const code = await runCli(
+        ['--admin', `127.0.0.1:${d.ports.admin}`, '--state-dir', join(dir, 'nowhere'), 'reload'],
+        {
+          out: () => {},
+          err: (s) => {
+            err += s;
+          },
+        },
+      );
+      t.is(code, 1);
+      t.regex(err, /answered 401/);
+    } finally {
+      for (const p of [d.proc, single.proc]) p.kill('SIGKILL');
+      for (const p of successors) {
+        try {
+          process.kill(p, 'SIGKILL');
+        } catch {
+          // gone already
+        }
+      }
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+);

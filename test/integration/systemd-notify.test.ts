@@ -42,6 +42,25 @@ async function receiver(path: string): Promise<{ messages: string[]; proc: Child
 const maybe = why ? test.skip : test.serial;
 if (why) test('systemd notify tests', (t) => t.log(`skipped: ${why}`));
 
+/** ambitd with workers, its notify socket at `path`, on ports of its own. */
+const notifying = (dir: string, path: string, env: NodeJS.ProcessEnv): ChildProcess =>
+  spawn(process.execPath, [AMBITD], {
+    env: {
+      PATH: process.env.PATH,
+      AMBIT_NODE_NAME: 'node-a',
+      AMBIT_STATE_DIR: join(dir, 'state'),
+      AMBIT_MESH_FILE: join(dir, 'mesh.yaml'),
+      AMBIT_TUNNEL: '127.0.0.1:0',
+      AMBIT_ADMIN: '127.0.0.1:0',
+      AMBIT_METRICS: '127.0.0.1:0',
+      AMBIT_READY: '127.0.0.1:0',
+      AMBIT_STOP_GRACE: '0s',
+      NOTIFY_SOCKET: path,
+      ...env,
+    },
+    stdio: 'ignore',
+  });
+
 maybe('notify() sends one datagram, to a path or an abstract name, and names what went wrong', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'ambit-notify-'));
   const path = join(dir, 'notify');
@@ -70,23 +89,7 @@ maybe(
     const dir = await mkdtemp(join(tmpdir(), 'ambit-notify-'));
     const path = join(dir, 'notify');
     const r = await receiver(path);
-    const d = spawn(process.execPath, [AMBITD], {
-      env: {
-        PATH: process.env.PATH,
-        AMBIT_NODE_NAME: 'node-a',
-        AMBIT_STATE_DIR: join(dir, 'state'),
-        AMBIT_MESH_FILE: join(dir, 'mesh.yaml'),
-        AMBIT_TUNNEL: '127.0.0.1:0',
-        AMBIT_ADMIN: '127.0.0.1:0',
-        AMBIT_METRICS: '127.0.0.1:0',
-        AMBIT_READY: '127.0.0.1:0',
-        AMBIT_WORKERS: '2',
-        AMBIT_STOP_GRACE: '0s',
-        NOTIFY_SOCKET: path,
-        WATCHDOG_USEC: '400000',
-      },
-      stdio: 'ignore',
-    });
+    const d = notifying(dir, path, { AMBIT_WORKERS: '2', WATCHDOG_USEC: '400000' });
     const has = (prefix: string): number => r.messages.filter((m) => m.startsWith(prefix)).length;
     try {
       await until(() => has('READY=1') === 1, 30_000, 'READY=1');
@@ -107,6 +110,52 @@ maybe(
       t.pass();
     } finally {
       d.kill('SIGKILL');
+      r.proc.kill();
+      await rm(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+maybe(
+  'a re-exec hands the service over: RELOADING=1, then MAINPID of the successor with READY=1',
+  async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), 'ambit-notify-'));
+    const path = join(dir, 'notify');
+    const r = await receiver(path);
+    const d = notifying(dir, path, { AMBIT_WORKERS: '1' });
+    let successor: number | undefined;
+    try {
+      await until(() => r.messages.some((m) => m.startsWith('READY=1')), 30_000, 'READY=1');
+      const exited = new Promise((resolve) => d.once('exit', resolve));
+      d.kill('SIGUSR2');
+      await until(() => r.messages.some((m) => m.startsWith('MAINPID=')), 30_000, 'the hand-over');
+      const handOver = r.messages.find((m) => m.startsWith('MAINPID='))!;
+      successor = Number(/^MAINPID=(\d+)$/m.exec(handOver)?.[1]);
+      t.not(successor, d.pid, 'the main process is the new supervisor');
+      t.regex(handOver, /^READY=1$/m, 'and it is ready');
+      t.regex(handOver, new RegExp(`^STATUS=replaced by pid ${successor}$`, 'm'));
+      t.true(
+        r.messages.findIndex((m) => m.startsWith('RELOADING=1')) < r.messages.indexOf(handOver),
+        'RELOADING=1 came first',
+      );
+      await exited;
+      t.pass('the old supervisor exited once its workers drained');
+      process.kill(successor, 'SIGTERM');
+      await until(
+        () => r.messages.some((m) => m.startsWith('STOPPING=1')),
+        10_000,
+        'STOPPING=1 from the successor',
+      );
+      t.pass();
+    } finally {
+      d.kill('SIGKILL');
+      if (successor) {
+        try {
+          process.kill(successor, 'SIGKILL');
+        } catch {
+          // gone
+        }
+      }
       r.proc.kill();
       await rm(dir, { recursive: true, force: true });
     }

@@ -1,7 +1,7 @@
 // HTTP/2 and gRPC through a waypoint, on loopback: two node daemons and ambitd --role waypoint. gRPC
 // (@grpc/grpc-js) and node:http2 clients on node-a reach servers on node-b through client daemon ->
 // waypoint -> destination daemon -> server, and raw frames test the waypoint's HTTP/2 bounds.
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import {
   type ClientHttp2Session,
   type Http2Server,
@@ -16,10 +16,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import test from 'ava';
+import WebSocket from 'ws';
 import type { Ambitd } from '../../daemon/daemon.js';
 import { spiffeId } from '../../daemon/identity/spiffe.js';
 import type { ConfigInput } from '../../lib/config.js';
 import { editMeshFile, setConfigEntry } from '../../lib/mesh/edit.js';
+import type { TapEvent } from '../../lib/tap.js';
 import {
   clientWorkload,
   enroll,
@@ -46,6 +48,8 @@ interface Msg {
   fail?: boolean;
   /** The server answers this much later. */
   delayMs?: number;
+  /** The server of this name answers INTERNAL, after its response's head (the status in trailers). */
+  failOn?: string;
 }
 const json = {
   serialize: (v: Msg): Buffer => Buffer.from(JSON.stringify(v)),
@@ -68,6 +72,7 @@ const ECHO = {
 };
 
 interface Setup {
+  dir: string;
   a: Ambitd;
   wp: Ambitd;
   logs: Map<string, LogLine[]>;
@@ -117,6 +122,10 @@ async function grpcServer(
     head.set('x-head', String(call.metadata.get('x-ping')[0] ?? ''));
     head.set('x-server', name);
     call.sendMetadata(head);
+    if (call.request.failOn === name) {
+      cb({ code: grpc.status.INTERNAL, details: `${name} fails`, metadata: trailer });
+      return;
+    }
     const xfcc = String(call.metadata.get('x-forwarded-client-cert')[0] ?? '');
     const answer = (): void => cb(null, { text: `${call.request.text}|${xfcc}` }, trailer);
     if (call.request.delayMs) setTimeout(answer, call.request.delayMs).unref();
@@ -252,6 +261,7 @@ async function setup(o: SetupOptions = {}): Promise<Setup> {
   await until(() => wp.readiness().ready && wp.certs.has(WP), 5000, 'waypoint ready');
   await until(() => a.store.endpoints('default', 'wp').length === 1, 5000, 'node-a sees the waypoint');
   return {
+    dir,
     a,
     wp,
     logs: lines,
@@ -883,3 +893,132 @@ test.serial(
     }
   },
 );
+
+test.serial(
+  'gRPC: a fault aborts with its gRPC status and delays by its time; INTERNAL in trailers ejects',
+  async (t) => {
+    const s = await setup({
+      entries: [
+        {
+          Kind: 'service-defaults',
+          Name: 'web',
+          UpstreamConfig: {
+            Overrides: [
+              {
+                Name: 'greet',
+                PassiveHealthCheck: {
+                  MaxFailures: 2,
+                  Interval: '1s',
+                  BaseEjectionTime: '1s',
+                  MaxEjectionPercent: 50,
+                },
+              },
+            ],
+          },
+        },
+        {
+          Kind: 'service-router',
+          Name: 'greet',
+          Meta: {
+            'ambit-fault':
+              '{"Abort": {"GRPCStatus": "RESOURCE_EXHAUSTED"}, "Header": {"Name": "x-fault", "Exact": "abort"}}',
+            'ambit-fault-0': '{"Delay": {"Fixed": "100ms"}}',
+          },
+          Routes: [{ Match: { HTTP: { Header: [{ Name: 'x-fault', Exact: 'delay' }] } } }],
+        },
+      ],
+    });
+    const c = grpcClient(s.grpcPort);
+    const md = (v: string): grpc.Metadata => {
+      const m = new grpc.Metadata();
+      m.set('x-fault', v);
+      return m;
+    };
+    try {
+      const seen = s.grpcSeen.length;
+      const aborted = await unary(c, { text: 'a' }, md('abort'));
+      t.is(aborted.err?.code, grpc.status.RESOURCE_EXHAUSTED);
+      t.is(aborted.err?.details, 'fault filter abort');
+      t.is(s.grpcSeen.length, seen, 'no server saw the aborted call');
+      const started = performance.now();
+      const delayed = await unary(c, { text: 'd' }, md('delay'));
+      const ms = performance.now() - started;
+      t.is(delayed.err, null);
+      t.true(ms >= 100, `${ms} ms`);
+      t.like(
+        requestLines(s).find((l) => l.response_flags === 'FI'),
+        { protocol: 'grpc', status: 200, grpc_status: '8' },
+      );
+      t.like(
+        requestLines(s).find((l) => l.response_flags === 'DI'),
+        { protocol: 'grpc', grpc_status: '0' },
+      );
+
+      // greet-1 answers INTERNAL (500 to outlier detection) in its trailers: twice in a row ejects it.
+      const servers: string[] = [];
+      const codes: number[] = [];
+      for (let i = 0; i < 12; i++) {
+        const r = await unary(c, { text: `o${i}`, failOn: 'greet-1' });
+        servers.push(String(r.head?.get('x-server')[0]));
+        codes.push(r.err?.code ?? 0);
+      }
+      t.is(codes.filter((x) => x === grpc.status.INTERNAL).length, 2);
+      t.deepEqual(servers.slice(-6), Array(6).fill('greet-2'));
+      t.true(
+        (s.logs.get('wp-node') ?? []).some(
+          (l) => l.msg === 'waypoint ejected an endpoint (outlier)' && l.endpoint === 'greet-1',
+        ),
+      );
+      t.is(
+        metricSum(await metricsText(s.wp), 'ambit_waypoint_outlier_ejected', {
+          destination_service: 'greet.default',
+        }),
+        1,
+      );
+    } finally {
+      c.close();
+      await s.close();
+    }
+  },
+);
+
+test.serial("the waypoint's tap streams HTTP/2 requests and gRPC calls as they end", async (t) => {
+  const s = await setup();
+  const c = grpcClient(s.grpcPort);
+  const token = (await readFile(join(s.dir, 'wp-node', 'admin.token'), 'utf8')).trim();
+  const ws = new WebSocket(`ws://127.0.0.1:${s.wp.ports.admin}/tap`, {
+    headers: { authorization: `Bearer ${token}` },
+  });
+  const taps: TapEvent[] = [];
+  ws.on('message', (m) => taps.push(JSON.parse(String(m)) as TapEvent));
+  try {
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    await until(() => s.wp.metrics.connections.taps > 0, 2000, 'the tap registered');
+    const r = await unary(c, { text: 'tapped' });
+    t.is(r.err, null);
+    const session = h2connect(`http://127.0.0.1:${s.h2Port}`);
+    try {
+      const answer = await h2request(session, { ':method': 'GET', ':path': '/tapped-h2' });
+      t.is(Number(answer.headers[':status']), 200);
+    } finally {
+      session.close();
+    }
+    const requests = (): TapEvent[] => taps.filter((e) => e.request !== undefined);
+    await until(() => requests().length >= 2, 5000, 'both requests tapped');
+    const grpcEvent = requests().find((e) => e.request?.protocol === 'grpc');
+    const h2Event = requests().find((e) => e.request?.path === '/tapped-h2');
+    t.is(grpcEvent?.request?.path, ECHO.Unary.path);
+    t.is(grpcEvent?.dst.service, 'greet');
+    t.is(h2Event?.request?.protocol, 'http', "Istio's request_protocol: http for HTTP/2 too");
+    t.is(h2Event?.request?.response_code, 200);
+    t.is(h2Event?.dst.workload, 'h2-1');
+    t.is(h2Event?.src.principal, WEB);
+  } finally {
+    ws.close();
+    c.close();
+    await s.close();
+  }
+});

@@ -49,6 +49,7 @@ test('the defaults are those of docs/configuration.md, field for field', (t) => 
     meshPollMs: 1000,
     defaultPolicy: undefined,
     consul: undefined,
+    kubernetes: undefined,
     drainMs: 30_000,
     workers: 0,
     workersMax: 8,
@@ -83,6 +84,10 @@ test('the defaults are those of docs/configuration.md, field for field', (t) => 
       maxHeaderListSize: 16_384,
       maxHeaderFrames: 8,
       keyUpdateRate: 10,
+      waypointRetryBufferBytes: 65_536,
+      waypointMirrorBufferBytes: 65_536,
+      waypointMirrorMaxInFlight: 256,
+      waypointMirrorTimeoutMs: 10_000,
       fdReserve: 64,
     },
   };
@@ -124,6 +129,15 @@ const SAMPLES: Record<SettingKey, string> = {
   consulToken: 'sample-token',
   consulTokenFile: 'token', // in the test's directory
   defaultPolicy: 'deny',
+  kubernetes: 'true',
+  kubernetesScope: 'node',
+  kubernetesLabelSelector: 'mesh=yes',
+  kubernetesServer: 'https://198.18.0.1:6443',
+  kubernetesTokenFile: '/other/token',
+  kubernetesCaFile: '/other/ca.crt',
+  kubernetesMaxLine: '4096',
+  kubernetesMaxPage: '65536',
+  kubernetesMaxPods: '50',
   drainTimeout: '1s',
   workers: '3',
   workersMax: '2',
@@ -155,6 +169,10 @@ const SAMPLES: Record<SettingKey, string> = {
   handshakeTimeout: '1s',
   tunnelIdleTimeout: '1h',
   httpHeadTimeout: '30s',
+  waypointRetryBufferBytes: '1024',
+  waypointMirrorBufferBytes: '2048',
+  waypointMirrorMaxInFlight: '8',
+  waypointMirrorTimeout: '3s',
   fdReserve: '0',
 };
 
@@ -166,7 +184,9 @@ test('every setting reaches the configuration, from a flag, a variable and the f
     // consulToken and consulTokenFile only count with an address; the token wins over the file.
     const context = (k: SettingKey): ConfigInput => {
       const { [k]: _, ...rest }: ConfigInput = base;
-      return k === 'consulToken' || k === 'consulTokenFile' ? { ...rest, consul: '127.0.0.1:8500' } : rest;
+      if (k === 'consulToken' || k === 'consulTokenFile') return { ...rest, consul: '127.0.0.1:8500' };
+      // The pod watch's settings only count with the watch on.
+      return k.startsWith('kubernetes') && k !== 'kubernetes' ? { ...rest, kubernetes: true } : rest;
     };
     const samples = { ...SAMPLES, consulTokenFile: join(dir, SAMPLES.consulTokenFile) };
     await writeFile(samples.consulTokenFile, 'file-token\n');

@@ -349,12 +349,30 @@ test('router match rules as Consul writes them', (t) => {
     'Routes[0].Destination.RequestTimeout',
     /unknown unit|invalid duration/,
   );
+  // Consul decodes RetryOnStatusCodes as []uint32: what that refuses is refused, nothing more.
   refused(
     t,
-    router({ Destination: { RetryOnStatusCodes: [42] } }),
+    router({ Destination: { RetryOnStatusCodes: [503, -1] } }),
+    'service-router/api',
+    'Routes[0].Destination.RetryOnStatusCodes[1]',
+  );
+  refused(
+    t,
+    router({ Destination: { RetryOnStatusCodes: [1.5] } }),
     'service-router/api',
     'Routes[0].Destination.RetryOnStatusCodes[0]',
   );
+  refused(
+    t,
+    router({ Destination: { NumRetries: -1 } }),
+    'service-router/api',
+    'Routes[0].Destination.NumRetries',
+  );
+  const odd = validateEntries(router({ Destination: { RetryOnStatusCodes: [42], NumRetries: 0 } }), W)[1]!;
+  t.deepEqual(odd.Kind === 'service-router' && odd.Routes[0]!.Destination, {
+    RetryOnStatusCodes: [42],
+    NumRetries: 0,
+  });
 });
 
 test('durations: Go strings everywhere, integer nanoseconds for PassiveHealthCheck', (t) => {

@@ -267,6 +267,29 @@ test('Consul side: an entry lib/l7 refuses is left out, the others kept', (t) =>
   t.true(refused.every((e) => e instanceof L7ConfigError && e.message.startsWith('consul: ')));
 });
 
+test('Consul side: a router whose fault Meta lib/l7 refuses keeps its routes, without the faults', (t) => {
+  const { entries, refused } = validateLeniently(
+    [
+      { Kind: 'service-defaults', Name: 'api', Protocol: 'http' },
+      {
+        Kind: 'service-router',
+        Name: 'api',
+        Meta: { owner: 'team-a', 'ambit-fault-0': '{"Abort": {"HTTPStatus": 5003}}' },
+        Routes: [{ Match: { HTTP: { PathPrefix: '/v2/' } } }],
+      },
+    ],
+    'consul',
+  );
+  t.is(refused.length, 1);
+  t.is(refused[0]?.field, 'Meta.ambit-fault-0.Abort.HTTPStatus');
+  const router = entries.find((e) => e.Kind === 'service-router') as {
+    Meta?: Record<string, string>;
+    Routes: unknown[];
+  };
+  t.deepEqual(router.Meta, { owner: 'team-a' });
+  t.is(router.Routes.length, 1);
+});
+
 test('waypointChains: one chain per service with a waypoint, tcp ones their resolver alone', (t) => {
   const mesh = parseMesh(
     `services:

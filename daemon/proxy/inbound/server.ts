@@ -42,6 +42,8 @@ export class TunnelServer {
   readonly #limits: Limits;
   readonly #sessions = new Set<H2Session>();
   readonly #handshaking = new Set<TlsConnection>();
+  /** A graceful close is under way: a handshake that completes now gets its GOAWAY at once. */
+  #draining = false;
   readonly #handshakesBySource = new Map<string, number>();
   readonly #sessionsByIdentity = new Map<string, number>();
   /** Accepted connections still open, handshaking or up. */
@@ -218,6 +220,9 @@ export class TunnelServer {
     this.#sessionsByIdentity.set(identity, held + 1);
     const session = new H2Session(tls, 'server', h2Options(l.maxInboundStreams, l));
     this.#sessions.add(session);
+    // Accepted just before a reload's drain: its peer opens its streams elsewhere (REFUSED_STREAM then
+    // GOAWAY, and the pool retries), where a cut handshake would have failed the peer's connection.
+    if (this.#draining) queueMicrotask(() => session.close());
     const idle = new IdleTimer(l.tunnelIdleTimeoutMs, () => {
       d.refusals.refuse('inbound', 'idle_timeout', 'tunnel session closed: idle', {
         src: tls.remoteAddress,
@@ -256,13 +261,16 @@ export class TunnelServer {
     this.#context = undefined;
   }
 
-  listen(at: Listen): Promise<number> {
+  /** Listens on `at`, or on `handle`: a socket the supervisor bound and holds across reloads and re-execs. */
+  listen(at: Listen, handle?: object): Promise<number> {
     return new Promise((resolve, reject) => {
       this.server.once('error', reject);
-      this.server.listen(at.port, at.host, () => {
+      const listening = (): void => {
         this.server.removeListener('error', reject);
         resolve((this.server.address() as AddressInfo).port);
-      });
+      };
+      if (handle) this.server.listen(handle, listening);
+      else this.server.listen(at.port, at.host, listening);
     });
   }
 
@@ -272,7 +280,9 @@ export class TunnelServer {
    */
   close(graceful = false): Promise<void> {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    for (const t of this.#handshaking) t.destroy();
+    // Graceful: handshakes under way finish (bounded by the handshake timeout), then get GOAWAY.
+    this.#draining = graceful;
+    if (!graceful) for (const t of this.#handshaking) t.destroy();
     for (const s of this.#sessions) {
       if (graceful) s.close();
       else s.destroy();

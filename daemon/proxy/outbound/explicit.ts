@@ -5,6 +5,12 @@ import { joinHostPort } from '../../../lib/net/hostport.js';
 import type { ListenerGate } from '../../limits/fds.js';
 import type { Outbound } from './outbound.js';
 
+/** Where a worker gets its upstream sockets from (the supervisor); release() when one is no longer wanted. */
+export interface HeldSockets {
+  acquire(host: string, port: number): Promise<object>;
+  release(host: string, port: number): void;
+}
+
 interface Binding {
   server: Server;
   workload: Workload;
@@ -26,6 +32,11 @@ export class ExplicitListeners {
   #closed = false;
   /** Admission of each accepted connection (the descriptor reserve); every connection when unset. */
   gate: ListenerGate | undefined;
+  /**
+   * Under a supervisor: the sockets it holds for each upstream (one per address, shared by its workers,
+   * kept across reloads and re-execs). Unset: each listener binds its own.
+   */
+  held: HeldSockets | undefined;
 
   constructor(outbound: Outbound, logger: Logger) {
     this.#outbound = outbound;
@@ -41,6 +52,7 @@ export class ExplicitListeners {
     for (const [addr, b] of this.#bindings) {
       if (!wanted.has(addr)) {
         b.server.close();
+        if (b.bound) this.held?.release(b.upstream.listenHost, b.upstream.listenPort);
         this.#bindings.delete(addr);
         this.#log.info({ listen: addr, workload: b.workload.name }, 'upstream listener removed');
       }
@@ -88,7 +100,7 @@ export class ExplicitListeners {
         );
         resolve();
       });
-      server.listen(upstream.listenPort, upstream.listenHost, () => {
+      const listening = (): void => {
         if (this.#closed) {
           server.close();
           resolve();
@@ -100,7 +112,23 @@ export class ExplicitListeners {
           'upstream listener bound',
         );
         resolve();
-      });
+      };
+      const held = this.held;
+      if (!held) {
+        server.listen(upstream.listenPort, upstream.listenHost, listening);
+        return;
+      }
+      held.acquire(upstream.listenHost, upstream.listenPort).then(
+        (handle) => {
+          if (this.#closed || this.#bindings.get(addr) !== binding) {
+            if (!this.#closed) held.release(upstream.listenHost, upstream.listenPort);
+            resolve();
+            return;
+          }
+          server.listen(handle, listening);
+        },
+        (err: Error) => server.emit('error', err),
+      );
     });
   }
 

@@ -84,6 +84,7 @@ const baggageOf = (w: Workload): string => {
  * The client's bytes are not read until the tunnel is up, so nothing is lost when an endpoint is retried.
  */
 export class Outbound {
+  #starting = 0;
   readonly #d: OutboundDeps;
 
   constructor(deps: OutboundDeps) {
@@ -93,10 +94,23 @@ export class Outbound {
   handle(client: Socket, source: Workload, target: OutboundTarget): void {
     client.on('error', ignoreError);
     client.setNoDelay(true);
-    this.#run(client, source, target).catch((err: Error) => {
-      this.#d.log.error({ err }, 'outbound connection failed unexpectedly');
-      if (!client.destroyed) client.resetAndDestroy();
-    });
+    this.#starting++;
+    this.#run(client, source, target)
+      .catch((err: Error) => {
+        this.#d.log.error({ err }, 'outbound connection failed unexpectedly');
+        if (!client.destroyed) client.resetAndDestroy();
+      })
+      .finally(() => {
+        this.#starting--;
+      });
+  }
+
+  /**
+   * Connections accepted whose way through is still being decided or opened (no stream yet): a drain
+   * waits for them as for the carried ones, or a connection accepted just before it would be cut.
+   */
+  get starting(): number {
+    return this.#starting;
   }
 
   async #run(client: Socket, source: Workload, target: OutboundTarget): Promise<void> {

@@ -9,6 +9,9 @@ import type { H2Limits } from '../hbone.js';
 import type { SocketFactory } from '../sockets.js';
 import { type PoolKey, TunnelSession, poolKeyString } from './session.js';
 
+/** Tries of a stream its peer refused unprocessed (REFUSED_STREAM), each on another or a new session. */
+const REFUSED_STREAM_TRIES = 3;
+
 export interface PoolOptions {
   /** Streams one session carries at once before another is opened (ztunnel: 100). */
   maxStreams: number;
@@ -59,12 +62,15 @@ export class Pool {
    * (RFC 9113, 8.7), so it is tried once more on another session rather than failing the connection.
    */
   async connect(key: PoolKey, headers: H2Headers): Promise<TunnelResponse> {
-    try {
-      return await this.#connectOnce(key, headers);
-    } catch (err) {
-      // Past a GOAWAY the session is closed to new streams, so the retry takes another (or a new) one.
-      if (!(err instanceof RefusedStream)) throw err;
-      return this.#connectOnce(key, headers);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.#connectOnce(key, headers);
+      } catch (err) {
+        // Past a GOAWAY the session is closed to new streams, so the retry takes another (or a new) one.
+        // More than one: during a peer's reload the new session itself may land on a worker that has just
+        // begun to drain, and refuses it too. Bounded, as each try is a refusal the peer chose to send.
+        if (!(err instanceof RefusedStream) || attempt >= REFUSED_STREAM_TRIES) throw err;
+      }
     }
   }
 

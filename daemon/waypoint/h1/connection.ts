@@ -5,6 +5,8 @@
 // pipelining client waits in its own buffers, not ours), so a client holds at most one read of ours.
 import { STATUS_CODES } from 'node:http';
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
+import { FAULT_BODY, FaultAbort } from '../fault.js';
+import { type NextAttempt, type RetryCause, type RetryState, retryReason } from '../retry.js';
 import type { RequestRoute } from '../router.js';
 import { XFCC } from '../xfcc.js';
 import type { ByteStream } from './byte-stream.js';
@@ -31,6 +33,16 @@ export interface ReadRequest {
   /** HTTP/1.0 or 1.1, for the response's framing. */
   readonly http10: boolean;
   readonly upgrade: boolean;
+}
+
+/** Where a request's mirror copy takes its body: the frames the endpoint gets, then the end of them. */
+export interface MirrorSink {
+  /** A body frame as the endpoint gets it (`owned`: not a view of a read). */
+  keep(frame: Buffer, owned: boolean): void;
+  /** The body is whole: the copy goes. */
+  whole(): void;
+  /** The request ended before its body was whole (the client went, the answer came first): no copy. */
+  abandon(): void;
 }
 
 /** What the waypoint decided for a request before it went anywhere. */
@@ -62,6 +74,20 @@ export interface ExchangeHost<T> {
   timedOut(account: T, why: string): void;
   /** A request's head did not arrive whole within `ms` of the connection going idle (slowloris). */
   slow(ms: number): void;
+  /** The request's retries, for a route with a retry policy (retry.ts). */
+  retrying?(account: T, route: RequestRoute): RetryState | undefined;
+  /** Another attempt after `cause` ended this one, or none (the client gets what ended it). */
+  retry?(
+    account: T,
+    state: RetryState,
+    route: RequestRoute,
+    cause: RetryCause,
+    replayable: boolean,
+  ): NextAttempt | undefined;
+  /** The request's body outgrew what is kept for a retry. */
+  replayOverflow?(account: T, route: RequestRoute): void;
+  /** The request's mirror copy, for a route that drew one (mirror.ts), within the waypoint's bounds. */
+  mirror?(req: ReadRequest, route: RequestRoute, account: T): MirrorSink | undefined;
 }
 
 class Exchange<T> implements ResponseHandler {
@@ -92,6 +118,16 @@ class Exchange<T> implements ResponseHandler {
   /** The route's RequestTimeout, from the end of the request; its IdleTimeout, from the last byte. */
   deadline: NodeJS.Timeout | undefined;
   idle: NodeJS.Timeout | undefined;
+  /** Its retries (a route with a retry policy): the body kept, the attempts made. */
+  retry: RetryState | undefined;
+  /** The endpoint's answer is being retried: its body is read and dropped, then the next attempt goes. */
+  discarding = false;
+  next: NextAttempt | undefined;
+  backoff: NodeJS.Timeout | undefined;
+  /** An attempt failed before the body was all read: the rest is read into the replay buffer, then decided. */
+  pending: { readonly cause: RetryCause; readonly otherwise: () => void } | undefined;
+  /** Its mirror copy, taking the same body frames until the body is whole. */
+  mirror: MirrorSink | undefined;
 
   constructor(conn: ClientConnection<T>, req: ReadRequest, account: T, keepAlive: boolean) {
     this.conn = conn;
@@ -263,10 +299,18 @@ export class ClientConnection<T> {
     if (ex.done) return;
     if (ex.route) this.#armDeadline(ex);
     if (ex.reqFraming === 'chunked') this.#toEndpoint(ex, LAST_CHUNK, true);
+    ex.mirror?.whole();
+    if (ex.pending) this.#settle(ex);
   }
 
   /** Hands a body frame on, or holds it (copied: `frame` may be a view of the read) until it can go. */
   #toEndpoint(ex: Exchange<T>, frame: Buffer, owned: boolean): void {
+    ex.mirror?.keep(frame, owned);
+    if (ex.retry !== undefined) {
+      this.#keep(ex, frame, owned);
+      // No endpoint to give it to: it is kept (or, past the bound, the failure goes to the client).
+      if (ex.pending) return;
+    }
     if (ex === this.#queue[0] && ex.up !== undefined && ex.held === undefined) {
       if (!ex.up.stream.write(frame)) ex.blocked = true;
       return;
@@ -274,6 +318,35 @@ export class ClientConnection<T> {
     const own = owned ? frame : Buffer.from(frame);
     if (ex.held === undefined) ex.held = [own];
     else ex.held.push(own);
+  }
+
+  /** A copy of a body frame for a replay, while the bound allows. */
+  #keep(ex: Exchange<T>, frame: Buffer, owned: boolean): void {
+    const body = ex.retry!.body;
+    if (body.overflowed || body.push(frame, owned)) return;
+    this.#host.replayOverflow?.(ex.account, ex.route!);
+    if (ex.pending) this.#settle(ex);
+  }
+
+  /**
+   * A retry that waits for the rest of the body: true if `cause` would be retried but the body is still
+   * arriving, and within the bound so far (what is read next decides).
+   */
+  #awaitBody(ex: Exchange<T>, cause: RetryCause, otherwise: () => void): boolean {
+    if (ex.readWhole || ex.retry!.body.overflowed || retryReason(ex.route!.retry!, cause) === undefined)
+      return false;
+    ex.pending = { cause, otherwise };
+    this.flow();
+    return true;
+  }
+
+  /** The body is all read, or over the bound: the failed attempt is retried now, or answered. */
+  #settle(ex: Exchange<T>): void {
+    const p = ex.pending!;
+    ex.pending = undefined;
+    if (!ex.done && this.#retries(ex, p.cause)) this.#again(ex);
+    else if (!ex.done) p.otherwise();
+    this.flow();
   }
 
   // ---- one exchange
@@ -290,6 +363,18 @@ export class ClientConnection<T> {
     }
     const route = decision.route;
     ex.route = route;
+    if (route.retry !== undefined && !req.upgrade) {
+      ex.retry = this.#host.retrying?.(ex.account, route);
+      // A pipelined request's body read before its turn: kept like the rest.
+      if (ex.retry && ex.held) for (const f of ex.held) this.#keep(ex, f, true);
+    }
+    if (route.mirror !== undefined && !req.upgrade) {
+      ex.mirror = this.#host.mirror?.(req, route, ex.account);
+      if (ex.mirror) {
+        for (const f of ex.held ?? []) ex.mirror.keep(f, true);
+        if (ex.readWhole) ex.mirror.whole();
+      }
+    }
     const idleMs = route.timeouts?.idleMs;
     if (idleMs !== undefined && idleMs > 0) {
       ex.idle = setTimeout(() => this.#timedOut(ex, 'idle'), idleMs);
@@ -302,7 +387,12 @@ export class ClientConnection<T> {
       ex.sent100 = true;
       this.writeClient(Buffer.from('HTTP/1.1 100 Continue\r\n\r\n'));
     }
-    const up = this.#host.upstream(route);
+    this.#connect(ex);
+  }
+
+  /** The attempt's connection to its endpoint: a kept one, else a new one. */
+  #connect(ex: Exchange<T>): void {
+    const up = this.#host.upstream(ex.route!);
     if (up instanceof Promise) {
       up.then(
         (c) => this.#attach(ex, c),
@@ -320,7 +410,8 @@ export class ClientConnection<T> {
     up.lend(ex);
     const route = ex.route!;
     let ok = up.stream.write(Buffer.from(this.#host.requestHead(ex.req, route, ex.account), 'latin1'));
-    const held = ex.held;
+    // A retry replays the whole body kept (it is only retried when that is all of it).
+    const held = ex.retry && ex.retry.attempts > 1 ? ex.retry.body.chunks : ex.held;
     ex.held = undefined;
     if (held) for (const f of held) ok = up.stream.write(f) && ok;
     if (!ok) ex.blocked = true;
@@ -329,8 +420,28 @@ export class ClientConnection<T> {
 
   #unreachable(ex: Exchange<T>, err: Error): void {
     if (ex.done) return;
+    // The destination's 401 (the client's intentions) and 400 are answers, and an injected abort is the
+    // waypoint's own: never retried.
+    const final =
+      err instanceof FaultAbort || (err instanceof HopFailure && (err.status === 401 || err.status === 400));
+    if (ex.retry && !final) {
+      const cause: RetryCause = { kind: 'connect-failure' };
+      if (this.#awaitBody(ex, cause, () => this.#unreachableAnswer(ex, err))) return;
+      if (this.#retries(ex, cause)) {
+        this.#again(ex);
+        return;
+      }
+    }
+    this.#unreachableAnswer(ex, err);
+  }
+
+  #unreachableAnswer(ex: Exchange<T>, err: Error): void {
     const route = ex.route!;
     this.#host.upstreamFailed(ex.account, route, err);
+    if (err instanceof FaultAbort) {
+      this.#answer(ex, err.status, FAULT_BODY, 'FI');
+      return;
+    }
     const status = err instanceof HopFailure ? hopStatus(err.status) : 503;
     this.#answer(ex, status, status === 403 ? 'RBAC: access denied' : 'upstream connect error', 'UF');
   }
@@ -346,9 +457,24 @@ export class ClientConnection<T> {
       this.writeClient(Buffer.from(`HTTP/1.1 ${status} ${h.reason}\r\n${rawLines(h.fields)}\r\n`, 'latin1'));
       return false;
     }
+    if (
+      ex.retry &&
+      status !== 101 &&
+      this.#retries(ex, {
+        kind: 'response',
+        status,
+        rateLimited:
+          ex.retry && h.fields.some((f, i) => i % 2 === 0 && f.toLowerCase() === 'x-envoy-ratelimited'),
+      })
+    ) {
+      // Read to its end and dropped: the connection then serves the next attempt or another request.
+      ex.discarding = true;
+      return ex.req.method === 'HEAD';
+    }
     const route = ex.route!;
     ex.status = status;
     ex.started = true;
+    ex.retry?.body.close();
     this.#host.answered(ex.account, route, status, ex.up!);
     if (status === 101) {
       ex.upgraded = true;
@@ -383,7 +509,7 @@ export class ClientConnection<T> {
   }
 
   responseBody(ex: Exchange<T>, chunk: Buffer): void {
-    if (ex.done) return;
+    if (ex.done || ex.discarding) return;
     this.#host.bodyOut(ex.account, chunk.length);
     ex.idle?.refresh();
     this.writeClient(ex.resFraming === 'chunked' ? chunkOf(chunk) : chunk);
@@ -393,6 +519,13 @@ export class ClientConnection<T> {
     if (ex.done) return;
     if (ex.interim) {
       ex.interim = false;
+      return;
+    }
+    if (ex.discarding) {
+      const up = ex.up;
+      ex.up = undefined;
+      up?.release();
+      this.#again(ex);
       return;
     }
     if (ex.resFraming === 'chunked') this.writeClient(LAST_CHUNK);
@@ -409,14 +542,59 @@ export class ClientConnection<T> {
       return;
     }
     ex.up = undefined;
+    if (ex.discarding) {
+      this.#again(ex);
+      return;
+    }
+    if (!ex.started && ex.retry) {
+      const cause: RetryCause = { kind: 'reset' };
+      if (this.#awaitBody(ex, cause, () => this.#lostAnswer(ex, why))) return;
+      if (this.#retries(ex, cause)) {
+        this.#again(ex);
+        return;
+      }
+    }
     if (!ex.started) {
-      this.#host.upstreamFailed(ex.account, ex.route!, new HopFailure(503, why));
-      this.#answer(ex, 503, 'upstream connect error', 'UF');
+      this.#lostAnswer(ex, why);
       return;
     }
     // The answer is cut short: the client must see it was (a reset, not a clean end).
     this.#finish(ex, 'reset', 'UC');
     this.stream.destroy();
+  }
+
+  /**
+   * Whether the attempt that ended with `cause` is retried (then `ex.next` holds where and when). Only
+   * before the client got anything of the answer, and with the whole body kept.
+   */
+  #retries(ex: Exchange<T>, cause: RetryCause): boolean {
+    const state = ex.retry!;
+    const replayable = ex.readWhole && !state.body.overflowed && !ex.started;
+    const next = this.#host.retry?.(ex.account, state, ex.route!, cause, replayable);
+    if (!next) return false;
+    ex.next = next;
+    return true;
+  }
+
+  /** The next attempt, after its backoff: the route (and its hold) is the new one from now on. */
+  #again(ex: Exchange<T>): void {
+    const next = ex.next;
+    if (!next) return;
+    ex.next = undefined;
+    ex.route = next.route;
+    ex.discarding = false;
+    ex.blocked = false;
+    ex.backoff = setTimeout(() => {
+      ex.backoff = undefined;
+      if (ex.done || this.stream.destroyed) return;
+      this.#connect(ex);
+    }, next.delayMs);
+    ex.backoff.unref();
+  }
+
+  #lostAnswer(ex: Exchange<T>, why: string): void {
+    this.#host.upstreamFailed(ex.account, ex.route!, new HopFailure(503, why));
+    this.#answer(ex, 503, 'upstream connect error', 'UF');
   }
 
   upgradedEnd(): void {
@@ -446,7 +624,9 @@ export class ClientConnection<T> {
   #armDeadline(ex: Exchange<T>): void {
     const ms = ex.route?.timeouts?.requestMs;
     if (ms === undefined || ms <= 0 || ex.deadline) return;
-    ex.deadline = setTimeout(() => this.#timedOut(ex, 'request'), ms);
+    // As Envoy's router, which a fault's delay holds the request ahead of: the delay is not the endpoint's.
+    const delay = ex.route?.fault?.delayMs ?? 0;
+    ex.deadline = setTimeout(() => this.#timedOut(ex, 'request'), ms + delay);
     ex.deadline.unref();
   }
 
@@ -468,8 +648,10 @@ export class ClientConnection<T> {
   #finish(ex: Exchange<T>, outcome: string, flag?: string): void {
     if (ex.done) return;
     ex.done = true;
+    ex.mirror?.abandon();
     clearTimeout(ex.deadline);
     clearTimeout(ex.idle);
+    clearTimeout(ex.backoff);
     const up = ex.up;
     ex.up = undefined;
     if (up && !ex.upgraded) {
@@ -540,8 +722,7 @@ export class ClientConnection<T> {
       (ex === undefined ||
         (!ex.reqEnded &&
           !ex.done &&
-          ex.up !== undefined &&
-          !ex.blocked &&
+          ((ex.up !== undefined && !ex.blocked) || ex.pending !== undefined) &&
           !(ex.req.upgrade && !ex.upgraded)));
     if (read) this.stream.resume();
     else this.stream.pause();
@@ -604,8 +785,10 @@ export class ClientConnection<T> {
     for (const ex of this.#queue.splice(0)) {
       if (ex.done) continue;
       ex.done = true;
+      ex.mirror?.abandon();
       clearTimeout(ex.deadline);
       clearTimeout(ex.idle);
+      clearTimeout(ex.backoff);
       if (ex.upgraded) {
         this.#host.finished(ex.account, ex.route, ex.status, 'upgraded');
         continue;

@@ -1,0 +1,116 @@
+// Request mirroring on a service-router's routes, Istio's `mirror` and `mirrorPercentage`, written where
+// fault injection is (fault.ts) and for the same reason: Consul has no field for it and refuses unknown
+// ones, so the policy is JSON in the router entry's Meta. `ambit-mirror` applies to every request the
+// router routes (each route and the catch-all); `ambit-mirror-<i>` to Routes[i] alone, in place of
+// `ambit-mirror`. The same entry, Meta and all, goes in the mesh file's configEntries. Pure: parsing, its
+// refusals, and one request's draw from an injected RNG.
+import type { ServiceRouter } from './entries.js';
+import { hits, percent } from './fault.js';
+import type { Random } from './lb.js';
+import { Reader, join } from './read.js';
+
+/** The Meta key of the mirror for every route of the router. */
+export const MIRROR_META = 'ambit-mirror';
+const ROUTE_KEY = /^ambit-mirror-(\d+)$/;
+
+export interface MirrorPolicy {
+  /** The service the copy goes to, in `namespace` (the router's own when unset). */
+  readonly service: string;
+  readonly namespace: string | undefined;
+  /** Its subset ('' for the resolver's DefaultSubset, else every endpoint), as a route Destination's. */
+  readonly subset: string;
+  /** The share of the route's requests copied, 0 to 100 with fractions; unset: 100. */
+  readonly percent: number;
+}
+
+/** A router's mirrors: per route index, and the one for the routes that have none of their own. */
+export interface RouterMirrors {
+  readonly all: MirrorPolicy | undefined;
+  readonly routes: ReadonlyMap<number, MirrorPolicy>;
+}
+
+/**
+ * The mirrors of a router entry, or undefined when its Meta names none (the cost of no mirror: one scan of
+ * its Meta keys, once per entry). Throws L7ConfigError naming the entry and `Meta.<key>.<field>`.
+ */
+export function routerMirrors(
+  r: Reader,
+  router: Pick<ServiceRouter, 'Meta' | 'Routes'>,
+): RouterMirrors | undefined {
+  const meta = router.Meta;
+  if (!meta) return undefined;
+  let all: MirrorPolicy | undefined;
+  const routes = new Map<number, MirrorPolicy>();
+  const count = router.Routes?.length ?? 0;
+  for (const [key, value] of Object.entries(meta)) {
+    if (!key.startsWith(MIRROR_META)) continue;
+    const path = `Meta.${key}`;
+    if (key === MIRROR_META) {
+      all = parseMirror(r, value, path);
+      continue;
+    }
+    const m = ROUTE_KEY.exec(key);
+    if (!m) r.fail(path, `is not a mirror key: ${MIRROR_META} (every route) or ${MIRROR_META}-<route index>`);
+    const i = Number(m[1]);
+    if (String(i) !== m[1]) r.fail(path, 'route index must be written without leading zeros');
+    if (i >= count) r.fail(path, `names Routes[${i}], and the router has ${count} route(s)`);
+    routes.set(i, parseMirror(r, value, path));
+  }
+  if (all === undefined && routes.size === 0) return undefined;
+  return { all, routes };
+}
+
+/** One policy from its Meta value: a JSON object of Service, ServiceSubset, Namespace and Percent. */
+export function parseMirror(r: Reader, text: string, path: string): MirrorPolicy {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    r.fail(path, `is not JSON: ${(err as Error).message}`);
+  }
+  const o = r.obj(raw, path, ['Service', 'ServiceSubset', 'Namespace', 'Percent']);
+  const service = r.nonEmpty(o, 'Service', path) ?? r.fail(join(path, 'Service'), 'is required');
+  const subset = r.str(o, 'ServiceSubset', path) ?? '';
+  if (subset !== '' && !/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(subset))
+    r.fail(join(path, 'ServiceSubset'), `"${subset}" is not a valid subset name`);
+  return { service, namespace: r.nonEmpty(o, 'Namespace', path), subset, percent: percent(r, o, path) };
+}
+
+/** The policy for route `index` of the router (`implicit`: the catch-all, which has no key of its own). */
+export function mirrorFor(
+  m: RouterMirrors,
+  index: number | undefined,
+  implicit: boolean,
+): MirrorPolicy | undefined {
+  if (index !== undefined && !implicit) return m.routes.get(index) ?? m.all;
+  return m.all;
+}
+
+/** Whether one request is copied: drawn from `random` in [0, 1); 100 always, 0 never. */
+export const drawMirror = (p: MirrorPolicy, random: Random): boolean => hits(p.percent, random);
+
+/**
+ * The copy's Host (or :authority) as Envoy's shadowAppendedHost makes it: `-shadow` after the host, ahead
+ * of a port (`api:8080` is `api-shadow:8080`), so that the mirror's logs tell copies apart.
+ */
+export function shadowHost(host: string): string {
+  const m = /^(\[[^\]]*\]|[^:]*)(:\d*)?$/.exec(host);
+  if (!m) return `${host}-shadow`;
+  return `${m[1]}-shadow${m[2] ?? ''}`;
+}
+
+/** The mirrors of a router entry as the waypoint reads them: parsed once per entry object. */
+const cache = new WeakMap<object, RouterMirrors | null>();
+export function mirrorsOf(router: ServiceRouter): RouterMirrors | undefined {
+  let m = cache.get(router);
+  if (m === undefined) {
+    // Validated when the entry was read: a failure here is an entry that bypassed the reader.
+    try {
+      m = routerMirrors(new Reader('waypoint', `service-router/${router.Name}`), router) ?? null;
+    } catch {
+      m = null;
+    }
+    cache.set(router, m);
+  }
+  return m ?? undefined;
+}
