@@ -218,7 +218,7 @@ test('ambit status: the daemon at a glance, with an open connection and its cert
     t.regex(text, /^ambitd +node-b \(node\), pid \d+, up \d+s, one process$/m);
     t.regex(text, /^ready +yes$/m);
     t.regex(text, /^control +mesh file .*mesh\.yaml$/m);
-    t.regex(text, /^certs +1 held for 1 local workload\(s\), next expiry in \d+h \d+m$/m);
+    t.regex(text, /^certs +1 held for 1 local workload\(s\), next expiry in (\d+d \d+h|\d+h \d+m)$/m);
     t.regex(text, /^traffic +1 connection\(s\) open; .*1 inbound$/m);
     t.regex(text, /^capture +off$/m);
     const json = JSON.parse((await status(true)).stdout) as {
