@@ -2,10 +2,8 @@ import { mkdir } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { detectBackend, setGate } from '../lib/capture/iptables.js';
 import type { DaemonConfig } from '../lib/config.js';
-import { NODE_CHECK_TTL_S, workloadRegistration } from '../lib/consul/catalog.js';
 import { ConfigError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
-import { editMeshFile, upsertWorkload } from '../lib/mesh/edit.js';
 import type { Workload } from '../lib/mesh/model.js';
 import { LocalAddresses } from '../lib/net/addresses.js';
 import { AdminToken, portOf, startHttp } from './admin/http.js';
@@ -42,6 +40,7 @@ import {
 } from './state/kubernetes/index.js';
 import { StateStore, baseNode } from './state/store.js';
 import { ChainRouter } from './waypoint/chain-router.js';
+import { WaypointRegistration, waypointWorkload } from './waypoint/registration.js';
 import { Waypoint } from './waypoint/waypoint.js';
 
 export type { BoundPorts } from './own-listeners.js';
@@ -108,9 +107,8 @@ export class Ambitd {
     return this.#tapServer;
   }
   #identities = new Map<string, string>();
-  /** Consul mode: the waypoint workload this daemon registered, deregistered when it stops. */
-  #waypointRegistered: string | undefined;
-  #waypointBeat: NodeJS.Timeout | undefined;
+  /** The waypoint workload this daemon registered (a single process), deregistered when it stops. */
+  #waypointRegistration: WaypointRegistration | undefined;
   #ready = false;
   /** This host's addresses: the interfaces, loopback, the advertise address and this node's mesh address. */
   readonly #local: LocalAddresses;
@@ -353,7 +351,10 @@ export class Ambitd {
       const node = { name: config.nodeName, address: config.advertiseAddress, tunnelPort: this.ports.tunnel };
       if (this.#consul) await this.#consul.registerNode(node, config.role);
       else await registerInMeshFile(config.meshFile, baseNode(this.store, config.nodeName), node, log);
-      if (this.waypoint) await this.#registerWaypoint();
+      if (this.waypoint) {
+        this.#waypointRegistration = new WaypointRegistration(config, this.store, this.#consul?.client, log);
+        await this.#waypointRegistration.register(this.ports.tunnel);
+      }
     }
     if (!this.#worker) await this.#startHttp();
     if (this.capture) await this.#startCapture();
@@ -362,69 +363,9 @@ export class Ambitd {
     log.info({ node: config.nodeName, ports: this.ports, mesh: config.meshFile }, 'ambitd ready');
   }
 
-  /**
-   * A waypoint instance is a workload of its waypoint service on its own node, at the advertise address
-   * and the tunnel port: sources reach its HBONE listener there directly.
-   */
+  /** The waypoint instance this daemon stands for in the catalog (its tunnel port bound). */
   waypointWorkload(): Workload {
-    const { config } = this;
-    return {
-      name: `${config.waypointService}-${config.nodeName}`,
-      service: config.waypointService,
-      namespace: 'default',
-      node: config.nodeName,
-      addresses: [config.advertiseAddress],
-      ports: [this.ports.tunnel],
-      uid: undefined,
-      mode: 'strict',
-      upstreams: [],
-    };
-  }
-
-  async #registerWaypoint(): Promise<void> {
-    const w = this.waypointWorkload();
-    if (this.#consul) {
-      // A TTL check it keeps passing, as the node check, not a TCP probe of the tunnel port (to the
-      // listener each probe is a failed handshake): a waypoint that dies goes critical within the TTL,
-      // one that stops deregisters at once.
-      const check = `${w.name}:alive`;
-      const body = {
-        ...workloadRegistration(w),
-        Checks: [
-          {
-            CheckID: check,
-            Name: `ambit: waypoint ${w.name}`,
-            TTL: `${NODE_CHECK_TTL_S}s`,
-            Status: 'passing',
-          },
-        ],
-      };
-      const consul = this.#consul;
-      const permission = `service:write on "${w.service}"`;
-      await consul.client.put('/v1/agent/service/register', { body, permission });
-      this.#waypointRegistered = w.name;
-      const beat = (): void =>
-        void consul.client
-          .put(`/v1/agent/check/update/${encodeURIComponent(check)}`, {
-            body: { Status: 'passing' },
-            permission,
-          })
-          .catch((err: Error) =>
-            this.log.warn({ err: err.message, check }, 'cannot update the waypoint check'),
-          );
-      this.#waypointBeat = setInterval(beat, (NODE_CHECK_TTL_S * 1000) / 3).unref();
-    } else {
-      const current = this.store.workload(w.name);
-      const same =
-        current?.node === w.node &&
-        current.addresses.join() === w.addresses.join() &&
-        current.ports.join() === w.ports.join();
-      if (!same) await editMeshFile(this.config.meshFile, (doc) => void upsertWorkload(doc, w));
-    }
-    this.log.info(
-      { workload: w.name, service: w.service, at: w.addresses, ports: w.ports },
-      'waypoint enrolled',
-    );
+    return waypointWorkload(this.config, this.ports.tunnel);
   }
 
   async #startCapture(): Promise<void> {
@@ -541,20 +482,13 @@ export class Ambitd {
     this.#podRegistry?.close();
     await this.#pods?.close();
     this.#worker?.source.close();
-    clearInterval(this.#waypointBeat);
-    if (this.#consul && this.#waypointRegistered !== undefined) {
-      const name = this.#waypointRegistered;
-      await this.#consul.client
-        .put(`/v1/agent/service/deregister/${encodeURIComponent(name)}`, {
-          permission: `service:write on "${this.config.waypointService}"`,
-        })
-        .catch((err: Error) => this.log.warn({ err: err.message }, 'cannot deregister the waypoint'));
-    }
+    await this.#waypointRegistration?.close(true);
     await this.#consul?.close();
     this.listeners.close();
     if (drainMs > 0) {
       const draining = this.tunnel.close(true);
       this.pool.drainAll();
+      this.waypoint?.drain();
       const deadline = Date.now() + drainMs;
       while (Date.now() < deadline && this.#openConnections() > 0)
         await new Promise((r) => setTimeout(r, 100));

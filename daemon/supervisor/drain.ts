@@ -17,6 +17,7 @@ export async function drainWorker(d: Ambitd, deadline: () => number, log: Logger
   d.capture?.plaintext.close();
   void d.tunnel.close(true);
   d.pool.drainAll();
+  d.waypoint?.drain();
   const open = (): number => Math.max(d.openConnections, d.metrics.connections.size);
   while (open() > 0 && Date.now() < deadline()) {
     await new Promise((r) => setTimeout(r, Math.max(1, Math.min(POLL_MS, deadline() - Date.now()))));

@@ -10,7 +10,6 @@ import type { Server } from 'node:http';
 import { Server as NetServer } from 'node:net';
 import { detectBackend, setGate } from '../../lib/capture/iptables.js';
 import type { DaemonConfig } from '../../lib/config.js';
-import { ConfigError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import type { ReloadKind, ReloadMode, ReloadOutcome } from '../../lib/reload.js';
 import { AdminToken, portOf, startHttp } from '../admin/http.js';
@@ -19,6 +18,7 @@ import { TapServer } from '../admin/tap.js';
 import { binding } from '../native/index.js';
 import { registerInMeshFile } from '../reconcile.js';
 import { baseNode } from '../state/store.js';
+import { WaypointRegistration } from '../waypoint/registration.js';
 import {
   type SupervisorView,
   supervisorAdminRoutes,
@@ -77,6 +77,8 @@ export class Supervisor implements SupervisorView {
   readonly #stamp: string;
   #successor: ChildProcess | undefined;
   replacedBy: number | undefined;
+  /** With role waypoint: its instance in the catalog, which the workers serve. */
+  #waypoint: WaypointRegistration | undefined;
 
   private constructor(plane: ControlPlane, log: Logger, count: number, held: HeldListeners) {
     this.plane = plane;
@@ -90,10 +92,17 @@ export class Supervisor implements SupervisorView {
     this.#stamp = codeStamp();
   }
 
-  static async start(config: DaemonConfig, log: Logger, count: number): Promise<Supervisor> {
-    // The waypoint's own registration and checks live in Ambitd's start, which workers skip.
-    if (config.role === 'waypoint')
-      throw new ConfigError('a waypoint runs in one process for now: set workers to 0', { field: 'workers' });
+  static async start(config: DaemonConfig, log: Logger, asked: number): Promise<Supervisor> {
+    // A waypoint's rate limits, circuit breakers and outlier ejections are per instance (Envoy's are per
+    // waypoint pod): two workers would be two instances under one catalog entry, each allowing the whole
+    // limit. One worker keeps reloads and re-execs that drop nothing.
+    const count = config.role === 'waypoint' ? Math.min(asked, 1) : asked;
+    if (count < asked) {
+      log.warn(
+        { workers: asked },
+        'a waypoint runs one worker (its limits are per instance): starting 1; run more waypoint instances to scale',
+      );
+    }
     // Fail here, in one line, rather than in every worker.
     binding();
     const held = HeldListeners.adopt() ?? HeldListeners.open(wanted(config));
@@ -141,6 +150,11 @@ export class Supervisor implements SupervisorView {
       const node = { name: config.nodeName, address: config.advertiseAddress, tunnelPort: this.ports.tunnel };
       if (plane.consul) await plane.consul.registerNode(node, config.role);
       else await registerInMeshFile(config.meshFile, baseNode(plane.store, config.nodeName), node, log);
+      if (config.role === 'waypoint') {
+        // A successor registers the same instance again: same id, same tunnel port, nothing changes.
+        this.#waypoint = new WaypointRegistration(config, plane.store, plane.consul?.client, log);
+        await this.#waypoint.register(this.ports.tunnel);
+      }
     }
     if (config.capture.enabled) await this.#gate(true);
     await plane.captureFollowsPods();
@@ -299,6 +313,8 @@ export class Supervisor implements SupervisorView {
         return new Promise<void>((resolve) => NetServer.prototype.close.call(server, () => resolve()));
       }),
     );
+    // The successor keeps the waypoint's check passing from now on; a deregistration would remove its entry.
+    await this.#waypoint?.close(false);
     await this.workers.stop(config.reloadDrainMs, 'reload');
     // Taps are upgraded sockets, which the HTTP servers' close would wait for: they end first (a tap
     // client reconnects, to the successor).
@@ -428,6 +444,7 @@ export class Supervisor implements SupervisorView {
     this.#successor?.kill('SIGKILL');
     this.#systemd.close();
     this.#tap?.close();
+    await this.#waypoint?.close(true);
     await this.plane.close();
     for (const s of this.#http) s.closeAllConnections();
     await Promise.all(this.#http.map((s) => new Promise((r) => s.close(r))));

@@ -78,6 +78,7 @@ export class WaypointHttp {
   readonly #d: WaypointHttpDeps;
   readonly #pool: UpstreamPool;
   readonly #open = new Set<ClientConnection<RequestLine>>();
+  #draining = false;
 
   constructor(d: WaypointHttpDeps) {
     this.#d = d;
@@ -89,6 +90,13 @@ export class WaypointHttp {
     const host = new Exchanges(this.#d, this.#pool, ctx, stream);
     const c = new ClientConnection(host, stream, this.#d.limits, () => this.#open.delete(c));
     this.#open.add(c);
+    if (this.#draining) c.drain();
+  }
+
+  /** A drain: each client connection's next answer is its last (`connection: close`). */
+  drain(): void {
+    this.#draining = true;
+    for (const c of this.#open) c.drain();
   }
 
   close(): void {

@@ -464,6 +464,15 @@ export class WaypointHttp2 {
     );
   }
 
+  /**
+   * A drain: GOAWAY on every client session (node's graceful close: the streams begun are answered, the
+   * session ends after them), so that the client's next streams go on a new connection, to the workers
+   * that accept now.
+   */
+  drain(): void {
+    for (const s of this.#open) s.close();
+  }
+
   close(): void {
     for (const s of this.#open) s.destroy();
     for (const u of this.#upstreams.values())

@@ -290,6 +290,12 @@ export class Waypoint {
     return peer ?? undefined;
   }
 
+  /** A reload's or a stop's drain: clients' HTTP connections are told to go elsewhere once answered. */
+  drain(): void {
+    this.http.drain();
+    this.http2.drain();
+  }
+
   close(): void {
     this.http.close();
     this.http2.close();

@@ -13,6 +13,7 @@ import test from 'ava';
 import WebSocket from 'ws';
 import { run as runCli } from '../../agent-cli/cli.js';
 import { editMeshFile } from '../../lib/mesh/edit.js';
+import { readMeshFile } from '../../lib/mesh/file/parse.js';
 import type { DaemonStatus } from '../../lib/status.js';
 import type { ConnectionRow, TapEvent } from '../../lib/tap.js';
 import {
@@ -507,73 +508,119 @@ test.serial(
   },
 );
 
+interface WaypointPath {
+  wp: Daemon;
+  /** A GET through node-a, the waypoint and node-b, on the client's one keep-alive agent. */
+  get(path: string): Promise<string>;
+  /** The client's TCP connections that carried an answer. */
+  sockets: Set<unknown>;
+  close(): Promise<void>;
+}
+
+/** The waypoint `wp` on its own host (`wpEnv`), and api on node-b behind it, reached from node-a's client. */
+async function waypointPath(w: World, wpEnv: Record<string, string>): Promise<WaypointPath> {
+  const wp = await spawnDaemon(w.dir, 'wp-node', {
+    AMBIT_ROLE: 'waypoint',
+    AMBIT_WAYPOINT_SERVICE: 'wp',
+    ...wpEnv,
+  });
+  const api = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => res.end(`${req.url}`));
+  });
+  await new Promise<void>((r) => api.listen(0, '127.0.0.1', r));
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  const close = async (): Promise<void> => {
+    agent.destroy();
+    api.closeAllConnections();
+    api.close();
+    wp.proc.kill('SIGKILL');
+    for (const l of wp.logged('ambitd ready')) {
+      if (l.tookOverFrom === undefined) continue;
+      try {
+        process.kill(l.pid as number, 'SIGKILL');
+      } catch {
+        // gone already
+      }
+    }
+  };
+  try {
+    const httpPort = await freePort();
+    await enroll(
+      w.meshFile,
+      clientWorkload(9, upstreamTo('echo', w.port), upstreamTo('api', httpPort)),
+      workload({
+        name: 'api-1',
+        service: 'api',
+        node: 'node-b',
+        ports: [(api.address() as AddressInfo).port],
+      }),
+    );
+    await editMeshFile(w.meshFile, (doc) => {
+      doc.setIn(['services', 'api'], doc.createNode({ waypoint: 'wp', protocol: 'http' }));
+    });
+    const sockets = new Set<unknown>();
+    const get = (path: string): Promise<string> =>
+      new Promise((resolve, reject) => {
+        const req = request({ host: '127.0.0.1', port: httpPort, path, agent }, (res: IncomingMessage) => {
+          sockets.add(res.socket);
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => {
+            body += c;
+          });
+          res.on('end', () =>
+            res.statusCode === 200 ? resolve(body) : reject(new Error(`${res.statusCode} ${body}`)),
+          );
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    await until(
+      async () => (await get('/probe').catch(() => '')) === '/probe',
+      20_000,
+      'api through the waypoint',
+    );
+    sockets.clear();
+    return { wp, get, sockets, close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
+
+/** A request every 20 ms until `stop`, each checked: the failures, and how many were served. */
+function steadyRequests(
+  get: (path: string) => Promise<string>,
+  stop: () => boolean,
+): Promise<{ failures: string[]; served: number }> {
+  return (async () => {
+    const failures: string[] = [];
+    let served = 0;
+    for (let i = 0; i < 3000 && !stop(); i++) {
+      try {
+        if ((await get(`/r${i}`)) === `/r${i}`) served++;
+        else failures.push(`#${i}: wrong answer`);
+      } catch (err) {
+        failures.push(`#${i}: ${(err as Error).message}`);
+      }
+      await sleep(20);
+    }
+    return { failures, served };
+  })();
+}
+
 test.serial(
   "a waypoint's keep-alive HTTP connection carries on through reloads and re-execs of both hosts",
   async (t) => {
     const w = await startWorld();
-    const wp = await spawnDaemon(w.dir, 'wp-node', {
-      AMBIT_ROLE: 'waypoint',
-      AMBIT_WAYPOINT_SERVICE: 'wp',
-      AMBIT_WORKERS: '0',
+    const p = await waypointPath(w, { AMBIT_WORKERS: '0' }).catch(async (err: unknown) => {
+      await w.close();
+      throw err;
     });
-    const api = createServer((req, res) => {
-      req.resume();
-      req.on('end', () => res.end(`${req.url}`));
-    });
-    await new Promise<void>((r) => api.listen(0, '127.0.0.1', r));
-    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
     try {
-      const httpPort = await freePort();
-      await enroll(
-        w.meshFile,
-        clientWorkload(9, upstreamTo('echo', w.port), upstreamTo('api', httpPort)),
-        workload({
-          name: 'api-1',
-          service: 'api',
-          node: 'node-b',
-          ports: [(api.address() as AddressInfo).port],
-        }),
-      );
-      await editMeshFile(w.meshFile, (doc) => {
-        doc.setIn(['services', 'api'], doc.createNode({ waypoint: 'wp', protocol: 'http' }));
-      });
-      const sockets = new Set<unknown>();
-      const get = (path: string): Promise<string> =>
-        new Promise((resolve, reject) => {
-          const req = request({ host: '127.0.0.1', port: httpPort, path, agent }, (res: IncomingMessage) => {
-            sockets.add(res.socket);
-            let body = '';
-            res.setEncoding('utf8');
-            res.on('data', (c: string) => {
-              body += c;
-            });
-            res.on('end', () =>
-              res.statusCode === 200 ? resolve(body) : reject(new Error(`${res.statusCode} ${body}`)),
-            );
-          });
-          req.on('error', reject);
-          req.end();
-        });
-      await until(
-        async () => (await get('/probe').catch(() => '')) === '/probe',
-        20_000,
-        'api through the waypoint',
-      );
-      sockets.clear();
       let done = false;
-      const failures: string[] = [];
-      let served = 0;
-      const client = (async () => {
-        for (let i = 0; i < 3000 && !done; i++) {
-          try {
-            if ((await get(`/r${i}`)) === `/r${i}`) served++;
-            else failures.push(`#${i}: wrong answer`);
-          } catch (err) {
-            failures.push(`#${i}: ${(err as Error).message}`);
-          }
-          await sleep(20);
-        }
-      })();
+      const client = steadyRequests(p.get, () => done);
       await sleep(200);
       await reload(w.b);
       await reload(w.a);
@@ -581,17 +628,62 @@ test.serial(
       const a2 = await reexec(w.a, w.a.proc.pid!);
       await sleep(300);
       done = true;
-      await client;
+      const { failures, served } = await client;
       t.deepEqual(failures, [], `${served} requests through the waypoint, none failed`);
-      t.is(sockets.size, 1, 'all of them on the one keep-alive connection the client opened before');
+      t.is(p.sockets.size, 1, 'all of them on the one keep-alive connection the client opened before');
       t.true(served > 20);
       t.truthy(a2 && b2);
-      t.is(wp.logged('request').length >= served, true, 'each went through the waypoint');
+      t.is(p.wp.logged('request').length >= served, true, 'each went through the waypoint');
     } finally {
-      agent.destroy();
-      api.closeAllConnections();
-      api.close();
-      wp.proc.kill('SIGKILL');
+      await p.close();
+      await w.close();
+    }
+  },
+);
+
+test.serial(
+  'a waypoint under a supervisor: one worker, and its own reload and re-exec fail no request',
+  async (t) => {
+    const w = await startWorld({ a: { AMBIT_WORKERS: '0' }, b: { AMBIT_WORKERS: '0' } });
+    // Two asked: a waypoint's limits are per instance, so it runs one, and says so.
+    const p = await waypointPath(w, { AMBIT_WORKERS: '2' }).catch(async (err: unknown) => {
+      await w.close();
+      throw err;
+    });
+    try {
+      t.is(
+        p.wp.lines.filter((l) => String(l.msg).startsWith('a waypoint runs one worker')).length,
+        1,
+        'the warning, once',
+      );
+      t.is((await p.wp.admin<unknown[]>('/workers')).length, 1, 'one worker');
+      const enrolled = (): LogLine[] => p.wp.logged('waypoint enrolled');
+      t.is(enrolled().length, 1, 'the supervisor enrolled the waypoint instance');
+      const exited = new Promise<number | null>((r) => p.wp.proc.once('exit', (c) => r(c)));
+      let done = false;
+      const client = steadyRequests(p.get, () => done);
+      await sleep(300);
+      await reload(p.wp);
+      await sleep(300);
+      const wp2 = await reexec(p.wp, p.wp.proc.pid!);
+      await sleep(300);
+      done = true;
+      const { failures, served } = await client;
+      t.deepEqual(failures, [], `${served} requests through the waypoint's reload and re-exec, none failed`);
+      t.true(served > 20);
+      // The old workers answered their last request with `connection: close`: the client went on anew.
+      t.true(p.sockets.size >= 2, `the client was moved to new connections (${p.sockets.size} in all)`);
+      t.is(await exited, 0, 'the old supervisor exits once drained');
+      const instances = (await readMeshFile(w.meshFile)).workloads.filter((x) => x.service === 'wp');
+      t.deepEqual(
+        instances.map((x) => `${x.name} ${x.ports.join()}`),
+        [`wp-wp-node ${p.wp.ports.tunnel}`],
+        'the mesh file holds one waypoint instance, at the tunnel port the successor shares',
+      );
+      t.is((await p.get('/after')) === '/after', true, 'the successor serves');
+      t.not(wp2, p.wp.proc.pid);
+    } finally {
+      await p.close();
       await w.close();
     }
   },

@@ -186,6 +186,8 @@ export class ClientConnection<T> {
   #poisoned: { readonly status: number } | undefined;
   #clientEnded = false;
   #ending = false;
+  /** Draining: the next answer is the last, with `connection: close` (see drain). */
+  #draining = false;
   /** Client bytes after an upgrade request's head, held until the endpoint answers 101. */
   #upgradeHead: Buffer[] = [];
   /** The client cannot take more now: this endpoint connection is paused until it can. */
@@ -499,6 +501,7 @@ export class ClientConnection<T> {
         fields['transfer-encoding'] = 'chunked';
       }
     } else ex.resFraming = framing;
+    if (this.#lastBeforeDrain(ex)) ex.closeAfter = true;
     if (!ex.keepAlive || ex.closeAfter || !ex.readWhole) {
       // A body the client is still sending when the answer is over cannot be skipped safely.
       if (!ex.readWhole) ex.closeAfter = true;
@@ -610,7 +613,7 @@ export class ClientConnection<T> {
     }
     ex.status = status;
     ex.started = true;
-    if (!ex.readWhole || !ex.keepAlive || ex.req.upgrade) ex.closeAfter = true;
+    if (!ex.readWhole || !ex.keepAlive || ex.req.upgrade || this.#lastBeforeDrain(ex)) ex.closeAfter = true;
     const fields: OutgoingHttpHeaders = {
       'content-type': 'text/plain',
       'content-length': Buffer.byteLength(body),
@@ -729,6 +732,21 @@ export class ClientConnection<T> {
   }
 
   // ---- the connection's end
+
+  /**
+   * A drain (a reload, a re-exec, a stop), as Envoy's for HTTP/1.1: the answer of the last request read says
+   * `connection: close` and the connection ends after it, so that the client opens its next one to the
+   * workers that accept now. One idle now is not closed at once, which would race a request the client
+   * is sending on it: its next answer says close, or its idle timeout ends it.
+   */
+  drain(): void {
+    this.#draining = true;
+  }
+
+  /** Draining, and no other request read behind this one, nor one begun: its answer can be the last. */
+  #lastBeforeDrain(ex: Exchange<T>): boolean {
+    return this.#draining && this.#queue[this.#queue.length - 1] === ex && !this.#inHead;
+  }
 
   #malformed(f: ParseFailure): void {
     const status = f.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
