@@ -22,6 +22,7 @@ import {
   routeRequest,
   targetInstances,
 } from '../lib/l7/index.js';
+import { mirrorsOf } from '../lib/l7/mirror.js';
 import { keyOf } from '../lib/l7/set.js';
 import type { Logger } from '../lib/log.js';
 import type { Workload } from '../lib/mesh/model.js';
@@ -157,7 +158,8 @@ function routerOf(store: StateStore, datacenter: string, warnings: string[]): Ch
 }
 
 /**
- * The services whose instances an explanation of `service` shows: its chain's targets (failover ones too).
+ * The services whose instances an explanation of `service` shows: its chain's targets (failover ones too)
+ * and the services its router mirrors to.
  * They follow from the config entries alone, so Consul mode reads them before it reads any instance.
  */
 export function chainServices(
@@ -169,7 +171,13 @@ export function chainServices(
   const store = new StateStore();
   store.replace(mesh);
   const chain = routerOf(store, datacenter, []).chain({ name: service, namespace });
-  return [...new Set(Object.values(chain.Targets).map((t) => t.Service))];
+  // The services its router's routes mirror to: their endpoints are where the copies go.
+  const router = entrySetOf(mesh).routers.get(keyOf(chain.ServiceName, chain.Namespace));
+  const mirrors = router && mirrorsOf(router);
+  const mirrored = mirrors
+    ? [mirrors.all, ...mirrors.routes.values()].flatMap((m) => (m ? [m.service] : []))
+    : [];
+  return [...new Set([...Object.values(chain.Targets).map((t) => t.Service), ...mirrored])];
 }
 
 export function explain(view: RouteView, req: ExplainRequest): Explanation {
