@@ -161,9 +161,11 @@ function routePolicyLines(p: RoutePolicies): string[] {
 function policyLines(x: Explanation): string[] {
   if (!x.policies) return [];
   const lines = ['', 'policies:'];
-  const split = x.splitter !== undefined;
-  for (const l of x.legs)
-    if (l.policies) lines.push(...legPolicyLines(l.policies, split ? `leg [${l.split!.index}] ` : ''));
+  const legs = x.legs.flatMap((l) => (l.policies ? [{ l, text: legPolicyLines(l.policies, '') }] : []));
+  // Legs that meet the same policies are said once; else each leg's are named by its index.
+  const same = legs.every((g) => g.text.join('\n') === legs[0]?.text.join('\n'));
+  if (same) lines.push(...(legs[0]?.text ?? []));
+  else for (const g of legs) lines.push(...legPolicyLines(g.l.policies!, `leg [${g.l.split!.index}] `));
   const route = routePolicyLines(x.policies);
   lines.push(...route);
   const rated = x.legs.some((l) => l.policies?.rateLimit);

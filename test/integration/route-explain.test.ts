@@ -166,6 +166,12 @@ test('the catch-all and a split: every leg with its weight, each its own subset'
   t.true(canary.includes('  request headers: set x-leg: canary'));
   t.false(section(r.stdout, 'leg [0]').some((l) => l.includes('x-leg')));
   t.true(r.stdout.includes('\nauthorization: not checked (no --source)\n'));
+  // Both legs meet the same (default) timeouts, said once; nothing else is set.
+  t.deepEqual(section(r.stdout, 'policies:'), [
+    'policies:',
+    '  timeouts: RequestTimeout none, IdleTimeout none, ConnectTimeout 5s (default)',
+    '  nothing else: no fault, rate limit, retries or mirror',
+  ]);
 
   // The same as JSON, for scripts.
   const j = await explain('--service', 'api', '--path', '/v2/x', '--json');
@@ -443,6 +449,15 @@ const POLICY_ENTRIES = [
     ],
   },
   { Kind: 'service-resolver', Name: 'api', ConnectTimeout: '3s' },
+  { Kind: 'service-defaults', Name: 'split', Protocol: 'http', Meta: { 'ambit-waypoint': 'wp' } },
+  {
+    Kind: 'service-splitter',
+    Name: 'split',
+    Splits: [
+      { Weight: 50, Service: 'api' },
+      { Weight: 50, Service: 'plain' },
+    ],
+  },
 ];
 
 const POLICY_MESH = `defaultPolicy: allow
@@ -511,6 +526,16 @@ async function checkPolicies(
     'policies:',
     '  timeouts: RequestTimeout none, IdleTimeout none, ConnectTimeout 5s (default)',
     '  nothing else: no fault, rate limit, limits, outlier ejection, retries or mirror',
+  ]);
+
+  // Split legs that meet different policies: each leg's are named by its index.
+  r = await explain('--service', 'split', '--path', '/search/x', '--source', 'web');
+  t.is(r.code, 0, r.stderr);
+  t.deepEqual(section(r.stdout, 'policies:'), [
+    'policies:',
+    '  leg [0] timeouts: RequestTimeout none, IdleTimeout none, ConnectTimeout 3s (service-resolver/api)',
+    '  leg [0] rate limit (service-defaults/api RateLimits.InstanceLevel): Routes[0] PathPrefix "/search/" matches /search/x: 10/s, burst 20, per waypoint instance; over it 429',
+    '  leg [1] timeouts: RequestTimeout none, IdleTimeout none, ConnectTimeout 5s (default)',
   ]);
 
   // The same as JSON.
