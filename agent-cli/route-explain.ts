@@ -2,7 +2,8 @@
 // made by the code the daemon runs: the waypoint's own ChainRouter compiles the chain (falling back as it
 // does when the entries do not compile) and decides L7 intentions; lib/l7 walks the routes (explainRoutes),
 // routes the request down each split leg (routeRequest), resolves the target with its failover
-// (resolveTarget) and selects the subset's endpoints (targetInstances). Nothing here decides on its own.
+// (resolveTarget) and selects the subset's endpoints (targetInstances); route-policies.ts finds the
+// timeouts, retries, fault, limits and mirror the same way. Nothing here decides on its own.
 import pino from 'pino';
 import { StateStore } from '../daemon/state/store.js';
 import { ChainRouter, entrySetOf } from '../daemon/waypoint/chain-router.js';
