@@ -2,7 +2,8 @@
 // made by the code the daemon runs: the waypoint's own ChainRouter compiles the chain (falling back as it
 // does when the entries do not compile) and decides L7 intentions; lib/l7 walks the routes (explainRoutes),
 // routes the request down each split leg (routeRequest), resolves the target with its failover
-// (resolveTarget) and selects the subset's endpoints (targetInstances). Nothing here decides on its own.
+// (resolveTarget) and selects the subset's endpoints (targetInstances); route-policies.ts finds the
+// timeouts, retries, fault, limits and mirror the same way. Nothing here decides on its own.
 import pino from 'pino';
 import { StateStore } from '../daemon/state/store.js';
 import { ChainRouter, entrySetOf } from '../daemon/waypoint/chain-router.js';
@@ -22,10 +23,18 @@ import {
   routeRequest,
   targetInstances,
 } from '../lib/l7/index.js';
+import { mirrorsOf } from '../lib/l7/mirror.js';
 import { keyOf } from '../lib/l7/set.js';
 import type { Logger } from '../lib/log.js';
 import type { Workload } from '../lib/mesh/model.js';
 import { serviceProtocol } from '../lib/mesh/protocols.js';
+import {
+  type LegPolicies,
+  type PolicyContext,
+  type RoutePolicies,
+  legPolicies,
+  routePolicies,
+} from './route-policies.js';
 import type { RouteView } from './route-view.js';
 
 export interface ExplainRequest {
@@ -88,6 +97,8 @@ export interface Leg {
   path: string;
   requestHeaders: HeaderOp[];
   responseHeaders: HeaderOp[];
+  /** Its timeouts and the rate limit it meets; undefined for tcp. */
+  policies: LegPolicies | undefined;
 }
 
 export interface Authorization {
@@ -112,6 +123,8 @@ export interface Explanation {
   /** The splitter met, when there is one: every leg is listed, each request draws one by weight. */
   splitter: string | undefined;
   legs: Leg[];
+  /** The route's fault, retries, mirror and the client's limits and outlier ejection; undefined for tcp. */
+  policies: RoutePolicies | undefined;
   authorization: Authorization | undefined;
   defaultPolicy: { action: string; from: string };
   verdict: { routed: boolean; status: 200 | 403 | 503; reason: string };
@@ -146,7 +159,8 @@ function routerOf(store: StateStore, datacenter: string, warnings: string[]): Ch
 }
 
 /**
- * The services whose instances an explanation of `service` shows: its chain's targets (failover ones too).
+ * The services whose instances an explanation of `service` shows: its chain's targets (failover ones too)
+ * and the services its router mirrors to.
  * They follow from the config entries alone, so Consul mode reads them before it reads any instance.
  */
 export function chainServices(
@@ -158,7 +172,13 @@ export function chainServices(
   const store = new StateStore();
   store.replace(mesh);
   const chain = routerOf(store, datacenter, []).chain({ name: service, namespace });
-  return [...new Set(Object.values(chain.Targets).map((t) => t.Service))];
+  // The services its router's routes mirror to: their endpoints are where the copies go.
+  const router = entrySetOf(mesh).routers.get(keyOf(chain.ServiceName, chain.Namespace));
+  const mirrors = router && mirrorsOf(router);
+  const mirrored = mirrors
+    ? [mirrors.all, ...mirrors.routes.values()].flatMap((m) => (m ? [m.service] : []))
+    : [];
+  return [...new Set([...Object.values(chain.Targets).map((t) => t.Service), ...mirrored])];
 }
 
 export function explain(view: RouteView, req: ExplainRequest): Explanation {
@@ -207,6 +227,19 @@ export function explain(view: RouteView, req: ExplainRequest): Explanation {
   }
 
   const first = routeRequest(chain, l7, () => 0);
+  const route = start?.Type === 'router' ? start.Routes[first.route ?? 0] : undefined;
+  const ctx: PolicyContext | undefined = http
+    ? {
+        set: entrySetOf(mesh),
+        chain,
+        route: first.route,
+        implicit: first.implicit,
+        routeLabel: `service-router/${chain.ServiceName} ${first.implicit ? 'catch-all' : `Routes[${first.route}]`}`,
+        dest: route?.Definition.Destination,
+        datacenter,
+        instances,
+      }
+    : undefined;
   const splitterName = first.nodes.find((n) => n.startsWith('splitter:'));
   const splitter = splitterName ? (chain.Nodes[splitterName] as SplitterNode) : undefined;
   const legs: Leg[] = [];
@@ -225,13 +258,13 @@ export function explain(view: RouteView, req: ExplainRequest): Explanation {
           instances,
           { index: i, weight: leg.Weight, drawn: r !== undefined },
           leg.Definition.Service ?? splitter.Name.split('.')[0]!,
+          ctx,
         ),
       );
     });
   } else {
-    const route = start?.Type === 'router' ? start.Routes[first.route ?? 0] : undefined;
     const asked = route?.Definition.Destination?.Service ?? chain.ServiceName;
-    legs.push(legOf(view, chain, first, first.target.id, instances, undefined, asked));
+    legs.push(legOf(view, chain, first, first.target.id, instances, undefined, asked, ctx));
   }
 
   let authorization: Authorization | undefined;
@@ -257,6 +290,7 @@ export function explain(view: RouteView, req: ExplainRequest): Explanation {
     routes,
     splitter: splitter ? `service-splitter/${splitter.Name.split('.')[0]}` : undefined,
     legs,
+    policies: ctx && routePolicies(ctx, svc, req.headers, req.source?.id),
     authorization,
     defaultPolicy: { action: mesh.defaultPolicy, from: view.defaultFrom },
     verdict: verdictOf(authorization, legs),
@@ -290,6 +324,7 @@ function legOf(
   instances: (t: ChainTarget) => Instance[],
   split: Leg['split'],
   asked: string,
+  ctx: PolicyContext | undefined,
 ): Leg {
   const resolved = resolveTarget(chain, targetId, instances);
   const node = chain.Nodes[`resolver:${targetId}`];
@@ -314,6 +349,7 @@ function legOf(
     path: r.path,
     requestHeaders: r.requestHeaders,
     responseHeaders: r.responseHeaders,
+    policies: ctx && legPolicies(ctx, targetId, resolved.target, r.path),
   };
 }
 

@@ -3,6 +3,7 @@
 // never routed, but what it would have met is still worth seeing).
 import type { HeaderOp, LoadBalancer } from '../lib/l7/index.js';
 import type { EndpointRow, Explanation, Leg, TargetRow } from './route-explain.js';
+import type { LegPolicies, RoutePolicies, TimeoutView } from './route-policies.js';
 
 const ops = (list: readonly HeaderOp[]): string =>
   list.map((o) => (o.op === 'remove' ? `remove ${o.name}` : `${o.op} ${o.name}: ${o.value}`)).join('; ');
@@ -65,6 +66,116 @@ function legLines(leg: Leg, heading: string, x: Explanation): string[] {
   return out;
 }
 
+/** A duration as Consul's entries write it: 250ms, 2s, 1.5s, 5m. */
+function dur(ms: number): string {
+  if (ms >= 60_000 && ms % 60_000 === 0) return `${ms / 60_000}m`;
+  return ms >= 1000 ? `${ms / 1000}s` : `${ms}ms`;
+}
+
+const pct = (p: number): string => `${p}%`;
+
+function timeoutText(name: string, t: TimeoutView): string {
+  if (t.ms === undefined) return `${name} none`;
+  return `${name} ${dur(t.ms)} (${t.from})`;
+}
+
+/** The leg's lines: its timeouts, and its rate limit when its service sets one. */
+function legPolicyLines(p: LegPolicies, prefix: string): string[] {
+  const t = p.timeouts;
+  const out = [
+    `  ${prefix}timeouts: ${timeoutText('RequestTimeout', t.request)}, ${timeoutText('IdleTimeout', t.idle)}, ${timeoutText('ConnectTimeout', t.connect)}`,
+  ];
+  const r = p.rateLimit;
+  if (r) {
+    const what =
+      r.rule === undefined
+        ? `no rate for ${r.path}: no Routes entry matches it and the service sets no RequestsPerSecond`
+        : `${r.rule === 'service' ? `the service's own rate (no Routes entry matches ${r.path})` : `${r.rule} ${r.match} matches ${r.path}`}: ${r.perSecond}/s, burst ${r.burst}, per waypoint instance; over it 429`;
+    out.push(`  ${prefix}rate limit (${r.entry} RateLimits.InstanceLevel): ${what}`);
+  }
+  return out;
+}
+
+function routePolicyLines(p: RoutePolicies): string[] {
+  const out: string[] = [];
+  const f = p.fault;
+  if (f) {
+    const gate = f.header
+      ? `header ${f.header.name} ${JSON.stringify(f.header.exact)} ${f.header.matches ? 'matches' : 'does not match: no fault'}`
+      : 'every request';
+    const parts: string[] = [];
+    if (f.delay) parts.push(`delay ${dur(f.delay.ms)} for ${pct(f.delay.percent)}`);
+    if (f.abort) parts.push(`abort ${f.abort.http} (gRPC ${f.abort.grpc}) for ${pct(f.abort.percent)}`);
+    out.push(`  fault (${f.from}): ${gate}${f.applies ? `: ${parts.join(', ')} of requests` : ''}`);
+  }
+  const l = p.limits;
+  if (l) {
+    const parts: string[] = [];
+    if (l.maxConcurrentRequests)
+      parts.push(
+        `MaxConcurrentRequests ${l.maxConcurrentRequests} in flight from ${p.client}, then 503 (UO)`,
+      );
+    const unenforced = [
+      l.maxConnections ? `MaxConnections ${l.maxConnections}` : '',
+      l.maxPendingRequests ? `MaxPendingRequests ${l.maxPendingRequests}` : '',
+    ].filter(Boolean);
+    if (unenforced.length) parts.push(`${unenforced.join(', ')} read, not enforced`);
+    out.push(`  limits (${l.from}): ${parts.join('; ')}`);
+  }
+  const o = p.outlier;
+  if (o)
+    out.push(
+      `  outlier ejection (${o.from} PassiveHealthCheck): after ${o.maxFailures} consecutive 5xx, ` +
+        `EnforcingConsecutive5xx ${pct(o.enforcingPercent)}, MaxEjectionPercent ${pct(o.maxEjectionPercent)}, ` +
+        `BaseEjectionTime ${dur(o.baseEjectionMs)} (at most ${dur(o.maxEjectionMs)}), Interval ${dur(o.intervalMs)}`,
+    );
+  if (!p.client && p.clientEntries)
+    out.push(
+      "  limits, outlier ejection: set by the client's service-defaults UpstreamConfig: not checked (no --source)",
+    );
+  const r = p.retry;
+  if (r) {
+    const n = r.numRetriesSet ? `${r.numRetries} (NumRetries)` : `${r.numRetries} (NumRetries unset: 1)`;
+    const on = r.on.map((c) =>
+      c === 'retriable-status-codes' ? `retriable-status-codes ${r.statusCodes.join(', ')}` : c,
+    );
+    out.push(
+      `  retries (${r.from}): up to ${n}, on ${on.join(', ')}; backoff jittered, ${r.backoffMs.base}ms base, ` +
+        `${r.backoffMs.max}ms cap; budget ${r.budget.percent}% of requests in flight (at least ${r.budget.min})`,
+    );
+  }
+  const m = p.mirror;
+  if (m) {
+    const to = m.target ?? `${m.service} (${m.namespace})`;
+    const where = m.why
+      ? `: ${m.why}, so no copy is sent`
+      : m.endpoints.length
+        ? `, endpoints ${m.endpoints.join(', ')}`
+        : ': no healthy endpoint, so copies fail';
+    out.push(`  mirror (${m.from}): ${pct(m.percent)} of requests copied to ${to}${where}`);
+  }
+  return out;
+}
+
+/** The policies the request meets, in the order the waypoint applies them; "none" for what sets none. */
+function policyLines(x: Explanation): string[] {
+  if (!x.policies) return [];
+  const lines = ['', 'policies:'];
+  const legs = x.legs.flatMap((l) => (l.policies ? [{ l, text: legPolicyLines(l.policies, '') }] : []));
+  // Legs that meet the same policies are said once; else each leg's are named by its index.
+  const same = legs.every((g) => g.text.join('\n') === legs[0]?.text.join('\n'));
+  if (same) lines.push(...(legs[0]?.text ?? []));
+  else for (const g of legs) lines.push(...legPolicyLines(g.l.policies!, `leg [${g.l.split!.index}] `));
+  const route = routePolicyLines(x.policies);
+  lines.push(...route);
+  const rated = x.legs.some((l) => l.policies?.rateLimit);
+  if (route.length === 0 && !rated)
+    lines.push(
+      `  nothing else: no fault, rate limit, ${x.policies.client ? 'limits, outlier ejection, ' : ''}retries or mirror`,
+    );
+  return lines;
+}
+
 export function explanationText(x: Explanation): string {
   const lines: string[] = [];
   const ns = x.namespace === 'default' ? '' : ` (namespace ${x.namespace})`;
@@ -104,6 +215,7 @@ export function explanationText(x: Explanation): string {
     const heading = l.split ? `leg [${l.split.index}] ${l.split.weight}%:` : 'destination:';
     lines.push('', ...legLines(l, heading, x));
   }
+  lines.push(...policyLines(x));
   if (x.authorization) {
     const a = x.authorization;
     const verdict = a.allowed ? 'allowed' : 'denied: the waypoint answers 403, before any routing';

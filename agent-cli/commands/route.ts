@@ -1,5 +1,5 @@
 // `ambit route explain`: what a waypoint would do with one request (routes, split, target, endpoints,
-// load balancer, L7 intentions), from the same sources the daemon reads: the mesh file, or Consul.
+// load balancer, the policies it meets, L7 intentions), from the same sources the daemon reads: the mesh file, or Consul.
 // Exit codes: 0 routed, 1 refused (403) or no route (503), 2 a usage error or an invalid mesh file.
 import { type Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { spiffeId } from '../../daemon/identity/spiffe.js';
@@ -115,7 +115,9 @@ function registerExplain(route: Command, io: Io): void {
         'of its service-router tried and why each does or does not match, the route\n' +
         "chosen, the split (every leg, by weight), the resolver's target and subset\n" +
         '(redirects and failover followed), the endpoints the subset selects and which\n' +
-        'are healthy, the load balancer, and the L7 intention decision for --source.\n' +
+        'are healthy, the load balancer, the policies the request meets (timeouts,\n' +
+        'fault, rate limit, limits and outlier ejection, retries, mirror), and the\n' +
+        'L7 intention decision for --source.\n' +
         'Reads the mesh file or, with --consul, Consul, as ambitd does.\n\n' +
         'Exit codes: 0 routed, 1 refused (403) or no route (503),\n' +
         '2 usage error or invalid mesh file.',

@@ -3,7 +3,7 @@
 // its subset filter and failover, and the endpoint its LoadBalancer picks. L7 intentions decide first.
 // Everything it decides comes from lib/l7; this module maps the mesh model onto it and keeps the state
 // the decisions need (pickers, the compiled chains, the endpoints that failed lately).
-import { drawFault, faultFor, faultsOf } from '../../lib/l7/fault.js';
+import { drawFault, routeFault } from '../../lib/l7/fault.js';
 import {
   type ChainTarget,
   type CompiledChain,
@@ -19,10 +19,9 @@ import {
   indexEntries,
   resolveTarget,
   routeRequest,
-  targetId,
   targetInstances,
 } from '../../lib/l7/index.js';
-import { drawMirror, mirrorFor, mirrorsOf } from '../../lib/l7/mirror.js';
+import { drawMirror, mirrorTarget, routeMirror } from '../../lib/l7/mirror.js';
 import { keyOf } from '../../lib/l7/set.js';
 import type { Logger } from '../../lib/log.js';
 import type { Mesh, Service, ServiceProtocol, Workload } from '../../lib/mesh/model.js';
@@ -356,10 +355,7 @@ export class ChainRouter implements WaypointRouter {
     implicit: boolean,
     request: RouteRequest,
   ): RequestRoute['fault'] {
-    if (index === undefined || g.set.routers.size === 0) return undefined;
-    const router = g.set.routers.get(keyOf(chain.ServiceName, chain.Namespace));
-    const faults = router && faultsOf(router);
-    const policy = faults && faultFor(faults, index, implicit);
+    const policy = routeFault(g.set, chain, index, implicit)?.policy;
     return policy && drawFault(policy, request.headers ?? {}, this.#random);
   }
 
@@ -376,25 +372,15 @@ export class ChainRouter implements WaypointRouter {
     request: RouteRequest,
     now: number,
   ): MirrorTarget | undefined {
-    if (index === undefined || g.set.routers.size === 0) return undefined;
-    const router = g.set.routers.get(keyOf(chain.ServiceName, chain.Namespace));
-    const mirrors = router && mirrorsOf(router);
-    const policy = mirrors && mirrorFor(mirrors, index, implicit);
+    const policy = routeMirror(g.set, chain, index, implicit)?.policy;
     if (!policy || !drawMirror(policy, this.#random)) return undefined;
-    const namespace = policy.namespace ?? chain.Namespace;
-    const service = { name: policy.service, namespace };
-    const resolver = g.set.resolvers.get(keyOf(policy.service, namespace));
-    const subset = policy.subset || resolver?.DefaultSubset || '';
-    const def = subset ? resolver?.Subsets?.[subset] : undefined;
-    if (subset && !def) return { service, why: `service-resolver/${policy.service} has no subset ${subset}` };
-    const want = {
-      Service: policy.service,
-      ServiceSubset: subset,
-      Namespace: namespace,
-      Partition: 'default',
-      Datacenter: this.#d.datacenter ?? 'dc1',
-    };
-    const target: ChainTarget = { ID: targetId(want), ...want, Subset: def ?? {} };
+    const { service, target, why } = mirrorTarget(
+      g.set,
+      policy,
+      chain.Namespace,
+      this.#d.datacenter ?? 'dc1',
+    );
+    if (!target) return { service, why };
     const known = this.#instances(g, target);
     const live = this.#live(targetInstances(target, known.list), new Set(), now);
     const picked = this.#picker(g, `mirror:${target.ID}`, undefined).pick(

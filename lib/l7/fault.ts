@@ -5,10 +5,12 @@
 // `ambit-fault-<i>` to Routes[i] alone, in place of `ambit-fault`. The same entry, Meta and all, goes in
 // the mesh file's configEntries. Pure: parsing, its refusals, and one request's draw from an injected RNG.
 import type { IncomingHttpHeaders } from 'node:http';
+import type { CompiledChain } from './chain.js';
 import { durationMs } from './duration.js';
 import type { ServiceRouter } from './entries.js';
 import type { Random } from './lb.js';
 import { type Obj, Reader, join } from './read.js';
+import { type EntrySet, keyOf } from './set.js';
 
 /** The Meta key of the policy for every route of the router. */
 export const FAULT_META = 'ambit-fault';
@@ -190,6 +192,10 @@ const headerValue = (h: IncomingHttpHeaders, name: string): string | undefined =
   return Array.isArray(v) ? v.join(',') : v;
 };
 
+/** Whether the request passes the policy's header gate (a policy without Header lets every request in). */
+export const faultHeaderMatches = (p: FaultPolicy, headers: IncomingHttpHeaders): boolean =>
+  !p.header || headerValue(headers, p.header.name) === p.header.exact;
+
 /**
  * One request's draw: the header gate, then the delay and the abort each drawn on its own (as Envoy's
  * fault filter does), from `random` in [0, 1). Undefined: the request meets no fault.
@@ -199,7 +205,7 @@ export function drawFault(
   headers: IncomingHttpHeaders,
   random: Random,
 ): FaultDraw | undefined {
-  if (p.header && headerValue(headers, p.header.name) !== p.header.exact) return undefined;
+  if (!faultHeaderMatches(p, headers)) return undefined;
   const delayed = p.delay !== undefined && hits(p.delay.percent, random);
   const aborted = p.abort !== undefined && hits(p.abort.percent, random);
   if (!delayed && !aborted) return undefined;
@@ -227,4 +233,23 @@ export function faultsOf(router: ServiceRouter): RouterFaults | undefined {
     cache.set(router, f);
   }
   return f ?? undefined;
+}
+
+/**
+ * The fault policy a request's route meets, and the Meta key that sets it: the chain's router's
+ * `ambit-fault-<index>`, else its `ambit-fault`; undefined without a router (route index) or a fault.
+ */
+export function routeFault(
+  set: EntrySet,
+  chain: Pick<CompiledChain, 'ServiceName' | 'Namespace'>,
+  index: number | undefined,
+  implicit: boolean,
+): { key: string; policy: FaultPolicy } | undefined {
+  if (index === undefined || set.routers.size === 0) return undefined;
+  const router = set.routers.get(keyOf(chain.ServiceName, chain.Namespace));
+  const faults = router && faultsOf(router);
+  const policy = faults && faultFor(faults, index, implicit);
+  if (!policy) return undefined;
+  const own = !implicit && faults.routes.get(index) === policy;
+  return { key: own ? `${FAULT_META}-${index}` : FAULT_META, policy };
 }

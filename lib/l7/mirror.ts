@@ -4,10 +4,12 @@
 // router routes (each route and the catch-all); `ambit-mirror-<i>` to Routes[i] alone, in place of
 // `ambit-mirror`. The same entry, Meta and all, goes in the mesh file's configEntries. Pure: parsing, its
 // refusals, and one request's draw from an injected RNG.
+import { type ChainTarget, type CompiledChain, targetId } from './chain.js';
 import type { ServiceRouter } from './entries.js';
 import { hits, percent } from './fault.js';
 import type { Random } from './lb.js';
 import { Reader, join } from './read.js';
+import { type EntrySet, keyOf } from './set.js';
 
 /** The Meta key of the mirror for every route of the router. */
 export const MIRROR_META = 'ambit-mirror';
@@ -113,4 +115,49 @@ export function mirrorsOf(router: ServiceRouter): RouterMirrors | undefined {
     cache.set(router, m);
   }
   return m ?? undefined;
+}
+
+/**
+ * The mirror policy a request's route has, and the Meta key that sets it: the chain's router's
+ * `ambit-mirror-<index>`, else its `ambit-mirror`; undefined without a router (route index) or a mirror.
+ */
+export function routeMirror(
+  set: EntrySet,
+  chain: Pick<CompiledChain, 'ServiceName' | 'Namespace'>,
+  index: number | undefined,
+  implicit: boolean,
+): { key: string; policy: MirrorPolicy } | undefined {
+  if (index === undefined || set.routers.size === 0) return undefined;
+  const router = set.routers.get(keyOf(chain.ServiceName, chain.Namespace));
+  const mirrors = router && mirrorsOf(router);
+  const policy = mirrors && mirrorFor(mirrors, index, implicit);
+  if (!policy) return undefined;
+  const own = !implicit && mirrors.routes.get(index) === policy;
+  return { key: own ? `${MIRROR_META}-${index}` : MIRROR_META, policy };
+}
+
+/**
+ * Where the copies go: the mirror's service in its namespace (the router's when unset), its subset, else
+ * its resolver's DefaultSubset, as a route Destination's; `why` when the resolver has no such subset.
+ */
+export function mirrorTarget(
+  set: EntrySet,
+  policy: MirrorPolicy,
+  routerNamespace: string,
+  datacenter: string,
+): { service: { name: string; namespace: string }; target?: ChainTarget; why?: string } {
+  const namespace = policy.namespace ?? routerNamespace;
+  const service = { name: policy.service, namespace };
+  const resolver = set.resolvers.get(keyOf(policy.service, namespace));
+  const subset = policy.subset || resolver?.DefaultSubset || '';
+  const def = subset ? resolver?.Subsets?.[subset] : undefined;
+  if (subset && !def) return { service, why: `service-resolver/${policy.service} has no subset ${subset}` };
+  const want = {
+    Service: policy.service,
+    ServiceSubset: subset,
+    Namespace: namespace,
+    Partition: 'default',
+    Datacenter: datacenter,
+  };
+  return { service, target: { ID: targetId(want), ...want, Subset: def ?? {} } };
 }

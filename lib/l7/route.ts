@@ -113,6 +113,19 @@ export function chooseSplit(node: SplitterNode, random: Random): number {
   return node.Splits.length - 1;
 }
 
+/**
+ * A request's RequestTimeout and where it is set: the route destination's, else its resolver's; undefined:
+ * neither sets one (the waypoint then has no route timeout, only its own bounds).
+ */
+export function requestTimeoutOf(
+  dest: RouteDestination | undefined,
+  resolver: ResolverNode['Resolver'],
+): { ms: number; from: 'route' | 'resolver' } | undefined {
+  if (dest?.RequestTimeout !== undefined) return { ms: dest.RequestTimeout, from: 'route' };
+  if (resolver.RequestTimeout !== undefined) return { ms: resolver.RequestTimeout, from: 'resolver' };
+  return undefined;
+}
+
 function rewrite(path: string, match: HTTPMatch | undefined, to: string | undefined): string {
   if (to === undefined || !match) return path;
   const prefix = match.PathPrefix ?? match.PathExact;
@@ -170,8 +183,8 @@ export function routeRequest(chain: CompiledChain, req: L7Request, random: Rando
     ConnectTimeout: res.Resolver.ConnectTimeout,
     nodes,
   };
-  const timeout = dest?.RequestTimeout ?? res.Resolver.RequestTimeout;
-  if (timeout !== undefined) out.RequestTimeout = timeout;
+  const timeout = requestTimeoutOf(dest, res.Resolver);
+  if (timeout !== undefined) out.RequestTimeout = timeout.ms;
   if (dest?.IdleTimeout !== undefined) out.IdleTimeout = dest.IdleTimeout;
   if (dest?.NumRetries !== undefined) out.NumRetries = dest.NumRetries;
   if (dest?.RetryOnConnectFailure) out.RetryOnConnectFailure = true;

@@ -166,6 +166,12 @@ test('the catch-all and a split: every leg with its weight, each its own subset'
   t.true(canary.includes('  request headers: set x-leg: canary'));
   t.false(section(r.stdout, 'leg [0]').some((l) => l.includes('x-leg')));
   t.true(r.stdout.includes('\nauthorization: not checked (no --source)\n'));
+  // Both legs meet the same (default) timeouts, said once; nothing else is set.
+  t.deepEqual(section(r.stdout, 'policies:'), [
+    'policies:',
+    '  timeouts: RequestTimeout none, IdleTimeout none, ConnectTimeout 5s (default)',
+    '  nothing else: no fault, rate limit, retries or mirror',
+  ]);
 
   // The same as JSON, for scripts.
   const j = await explain('--service', 'api', '--path', '/v2/x', '--json');
@@ -389,4 +395,228 @@ test('Consul mode: the entries, the instances and their health, and the default 
   r = await explain('--path', '/x', '--namespace', 'prod');
   t.is(r.code, 2);
   t.regex(r.stderr, /--namespace "prod": Consul CE has no namespaces/);
+});
+
+// The resilience policies: api's /search/ route sets a RequestTimeout and retries, its router's Meta a
+// fault (for x-fault: on) on that route and a mirror to shadow on every route; api's service-defaults a
+// rate for /search/ and one for the service; web's UpstreamConfig limits and ejects for api. plain sets none.
+const POLICY_ENTRIES = [
+  { Kind: 'proxy-defaults', Name: 'global', Config: { protocol: 'http' } },
+  {
+    Kind: 'service-defaults',
+    Name: 'api',
+    Protocol: 'http',
+    Meta: { 'ambit-waypoint': 'wp' },
+    RateLimits: {
+      InstanceLevel: {
+        RequestsPerSecond: 100,
+        Routes: [{ PathPrefix: '/search/', RequestsPerSecond: 10, RequestsMaxBurst: 20 }],
+      },
+    },
+  },
+  { Kind: 'service-defaults', Name: 'plain', Protocol: 'http', Meta: { 'ambit-waypoint': 'wp' } },
+  { Kind: 'service-defaults', Name: 'shadow', Protocol: 'http' },
+  {
+    Kind: 'service-defaults',
+    Name: 'web',
+    Protocol: 'http',
+    UpstreamConfig: {
+      Overrides: [
+        {
+          Name: 'api',
+          Limits: { MaxConcurrentRequests: 10, MaxConnections: 100 },
+          PassiveHealthCheck: { MaxFailures: 3 },
+        },
+      ],
+    },
+  },
+  {
+    Kind: 'service-router',
+    Name: 'api',
+    Meta: {
+      'ambit-fault-0': JSON.stringify({
+        Header: { Name: 'x-fault', Exact: 'on' },
+        Delay: { Fixed: '100ms', Percent: 50 },
+        Abort: { HTTPStatus: 503, Percent: 10 },
+      }),
+      'ambit-mirror': JSON.stringify({ Service: 'shadow', Percent: 25 }),
+    },
+    Routes: [
+      {
+        Match: { HTTP: { PathPrefix: '/search/' } },
+        Destination: { RequestTimeout: '2s', NumRetries: 3, RetryOn: ['5xx'], RetryOnStatusCodes: [429] },
+      },
+    ],
+  },
+  { Kind: 'service-resolver', Name: 'api', ConnectTimeout: '3s' },
+  { Kind: 'service-defaults', Name: 'split', Protocol: 'http', Meta: { 'ambit-waypoint': 'wp' } },
+  {
+    Kind: 'service-splitter',
+    Name: 'split',
+    Splits: [
+      { Weight: 50, Service: 'api' },
+      { Weight: 50, Service: 'plain' },
+    ],
+  },
+];
+
+const POLICY_MESH = `defaultPolicy: allow
+nodes:
+  node-a: { address: 127.0.0.1 }
+workloads:
+  api-1: { service: api, node: node-a, addresses: [127.0.0.31], ports: [9001] }
+  shadow-1: { service: shadow, node: node-a, addresses: [127.0.0.32], ports: [9002] }
+  plain-1: { service: plain, node: node-a, addresses: [127.0.0.33], ports: [9003] }
+  web-1: { service: web, node: node-a, addresses: [127.0.0.34], ports: [9004] }
+configEntries: ${JSON.stringify(POLICY_ENTRIES)}
+`;
+
+/** What a user reads of the policies, the same whichever source `explain` reads the entries from. */
+async function checkPolicies(
+  t: ExecutionContext,
+  explain: (...args: string[]) => Promise<Result>,
+): Promise<void> {
+  let r = await explain(
+    '--service',
+    'api',
+    '--path',
+    '/search/x',
+    '--header',
+    'x-fault=on',
+    '--source',
+    'web',
+  );
+  t.is(r.code, 0, r.stderr);
+  t.deepEqual(section(r.stdout, 'policies:'), [
+    'policies:',
+    '  timeouts: RequestTimeout 2s (service-router/api Routes[0]), IdleTimeout none, ConnectTimeout 3s (service-resolver/api)',
+    '  rate limit (service-defaults/api RateLimits.InstanceLevel): Routes[0] PathPrefix "/search/" matches /search/x: 10/s, burst 20, per waypoint instance; over it 429',
+    '  fault (service-router/api Meta.ambit-fault-0): header x-fault "on" matches: delay 100ms for 50%, abort 503 (gRPC 14) for 10% of requests',
+    '  limits (service-defaults/web UpstreamConfig.Overrides[0]): MaxConcurrentRequests 10 in flight from web, then 503 (UO); MaxConnections 100 read, not enforced',
+    '  outlier ejection (service-defaults/web UpstreamConfig.Overrides[0] PassiveHealthCheck): after 3 consecutive 5xx, EnforcingConsecutive5xx 100%, MaxEjectionPercent 10%, BaseEjectionTime 30s (at most 5m), Interval 10s',
+    '  retries (service-router/api Routes[0]): up to 3 (NumRetries), on 5xx, retriable-status-codes 429; backoff jittered, 25ms base, 250ms cap; budget 20% of requests in flight (at least 3)',
+    '  mirror (service-router/api Meta.ambit-mirror): 25% of requests copied to shadow.default.default.dc1, endpoints shadow-1',
+  ]);
+
+  // The fault's header condition does not hold: the request meets no fault, the rest is as before.
+  r = await explain('--service', 'api', '--path', '/search/x', '--header', 'x-fault=off', '--source', 'web');
+  t.is(r.code, 0, r.stderr);
+  t.true(
+    r.stdout.includes(
+      '\n  fault (service-router/api Meta.ambit-fault-0): header x-fault "on" does not match: no fault\n',
+    ),
+    r.stdout,
+  );
+
+  // The catch-all: no timeout, retry or fault of its own; the service's rate; the client's entries unread.
+  r = await explain('--service', 'api', '--path', '/other');
+  t.is(r.code, 0, r.stderr);
+  t.deepEqual(section(r.stdout, 'policies:'), [
+    'policies:',
+    '  timeouts: RequestTimeout none, IdleTimeout none, ConnectTimeout 3s (service-resolver/api)',
+    "  rate limit (service-defaults/api RateLimits.InstanceLevel): the service's own rate (no Routes entry matches /other): 100/s, burst 100, per waypoint instance; over it 429",
+    "  limits, outlier ejection: set by the client's service-defaults UpstreamConfig: not checked (no --source)",
+    '  mirror (service-router/api Meta.ambit-mirror): 25% of requests copied to shadow.default.default.dc1, endpoints shadow-1',
+  ]);
+
+  // A service that sets none: the default ConnectTimeout, and one line saying so.
+  r = await explain('--service', 'plain', '--path', '/x', '--source', 'web');
+  t.is(r.code, 0, r.stderr);
+  t.deepEqual(section(r.stdout, 'policies:'), [
+    'policies:',
+    '  timeouts: RequestTimeout none, IdleTimeout none, ConnectTimeout 5s (default)',
+    '  nothing else: no fault, rate limit, limits, outlier ejection, retries or mirror',
+  ]);
+
+  // Split legs that meet different policies: each leg's are named by its index.
+  r = await explain('--service', 'split', '--path', '/search/x', '--source', 'web');
+  t.is(r.code, 0, r.stderr);
+  t.deepEqual(section(r.stdout, 'policies:'), [
+    'policies:',
+    '  leg [0] timeouts: RequestTimeout none, IdleTimeout none, ConnectTimeout 3s (service-resolver/api)',
+    '  leg [0] rate limit (service-defaults/api RateLimits.InstanceLevel): Routes[0] PathPrefix "/search/" matches /search/x: 10/s, burst 20, per waypoint instance; over it 429',
+    '  leg [1] timeouts: RequestTimeout none, IdleTimeout none, ConnectTimeout 5s (default)',
+  ]);
+
+  // The same as JSON.
+  r = await explain(
+    '--service',
+    'api',
+    '--path',
+    '/search/x',
+    '--header',
+    'x-fault=on',
+    '--source',
+    'web',
+    '--json',
+  );
+  t.is(r.code, 0, r.stderr);
+  const x = JSON.parse(r.stdout);
+  t.like(x.policies, {
+    client: 'web',
+    fault: {
+      header: { name: 'x-fault', exact: 'on', matches: true },
+      applies: true,
+      abort: { http: 503, percent: 10 },
+    },
+    limits: { maxConcurrentRequests: 10, maxConnections: 100 },
+    outlier: { maxFailures: 3, baseEjectionMs: 30_000 },
+    retry: { numRetries: 3, on: ['5xx', 'retriable-status-codes'], statusCodes: [429] },
+    mirror: { service: 'shadow', percent: 25, endpoints: ['shadow-1'] },
+  });
+  t.deepEqual(x.legs[0].policies, {
+    timeouts: {
+      request: { ms: 2000, from: 'service-router/api Routes[0]' },
+      idle: { from: 'unset' },
+      connect: { ms: 3000, from: 'service-resolver/api' },
+    },
+    rateLimit: {
+      entry: 'service-defaults/api',
+      rule: 'Routes[0]',
+      match: 'PathPrefix "/search/"',
+      path: '/search/x',
+      perSecond: 10,
+      burst: 20,
+    },
+  });
+  r = await explain('--service', 'plain', '--path', '/x', '--source', 'web', '--json');
+  t.deepEqual(JSON.parse(r.stdout).policies, { client: 'web', clientEntries: true });
+}
+
+test('policies from the mesh file: timeouts, retries, limits, a fault, a rate limit, a mirror', async (t) => {
+  await checkPolicies(t, await meshFile(t, POLICY_MESH));
+});
+
+test('policies from Consul: the same entries, the same lines', async (t) => {
+  const consul = await startConsul({ acl: true });
+  const client = new ConsulClient({
+    address: consul.address,
+    token: consul.managementToken ? new Secret(consul.managementToken) : undefined,
+  });
+  t.teardown(async () => {
+    client.close();
+    await consul.close();
+  });
+  for (const body of POLICY_ENTRIES) t.true((await client.put<boolean>('/v1/config', { body })).body);
+  for (const [id, service, address, port] of [
+    ['api-1', 'api', '127.0.0.31', 9001],
+    ['shadow-1', 'shadow', '127.0.0.32', 9002],
+    ['plain-1', 'plain', '127.0.0.33', 9003],
+  ] as const) {
+    await client.put('/v1/agent/service/register', {
+      body: {
+        ID: id,
+        Name: service,
+        Address: address,
+        Port: port,
+        Tags: ['ambit'],
+        Meta: { 'ambit-node': 'node-a' },
+        Checks: [{ Name: 'alive', TTL: '300s', Status: 'passing' }],
+      },
+    });
+  }
+  const token = consul.managementToken ? ['--consul-token', consul.managementToken] : [];
+  await checkPolicies(t, (...args) =>
+    ambit(['--consul', consul.address, ...token, 'route', 'explain', ...args]),
+  );
 });
