@@ -4,7 +4,9 @@
 // every 5 ms (bounded in count and time), each a 64-byte verified round trip, while one action runs on
 // one host. Per case: new connections that failed (target 0), the longest gap between two successful
 // completions, and the slowest connection. A restart (SIGTERM, then a new ambitd) is measured alongside,
-// as what a reload replaces. Prints a table; --json prints the figures as JSON.
+// as what a reload replaces. Prints a table; --json prints the figures as JSON. --repeat N runs the
+// destination reload alone N times (at most 100), with both hosts' warnings when a connection fails, and
+// with --timeline (daemons at debug) what each host logged around the longest gap.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -45,6 +47,8 @@ interface Figures {
   /** The first few failures' messages. */
   why: string[];
   longestGapMs: number;
+  /** When the longest gap began (ms since the epoch, as the daemons' log lines' time). */
+  gapStartedAt: number;
   slowestMs: number;
   p99Ms: number;
 }
@@ -64,7 +68,7 @@ function env(dir: string, name: string, fixed?: Host['ports']): NodeJS.ProcessEn
     AMBIT_WORKERS: '2',
     AMBIT_STOP_GRACE: '0s',
     AMBIT_DRAIN_TIMEOUT: '2s',
-    AMBIT_LOG_LEVEL: 'info',
+    AMBIT_LOG_LEVEL: process.argv.includes('--timeline') ? 'debug' : 'info',
   };
 }
 
@@ -135,7 +139,13 @@ async function measure(label: string, port: number, action: () => Promise<void>)
   await Promise.all(runs);
   done.sort((a, b) => a - b);
   let gap = 0;
-  for (let i = 1; i < done.length; i++) gap = Math.max(gap, done[i]! - done[i - 1]!);
+  let gapAt = 0;
+  for (let i = 1; i < done.length; i++) {
+    if (done[i]! - done[i - 1]! > gap) {
+      gap = done[i]! - done[i - 1]!;
+      gapAt = done[i - 1]!;
+    }
+  }
   latencies.sort((a, b) => a - b);
   return {
     case: label,
@@ -143,6 +153,7 @@ async function measure(label: string, port: number, action: () => Promise<void>)
     failed,
     why,
     longestGapMs: Math.round(gap * 10) / 10,
+    gapStartedAt: Math.round(performance.timeOrigin + gapAt),
     slowestMs: Math.round((latencies.at(-1) ?? 0) * 10) / 10,
     p99Ms: Math.round((latencies[Math.floor(latencies.length * 0.99)] ?? 0) * 10) / 10,
   };
@@ -154,6 +165,11 @@ function logged(h: Host, msg: string): number {
 
 async function main(): Promise<void> {
   const json = process.argv.includes('--json');
+  const timeline = process.argv.includes('--timeline');
+  const arg = (name: string): string | undefined => {
+    const i = process.argv.indexOf(name);
+    return i > 0 ? process.argv[i + 1] : undefined;
+  };
   const dir = await mkdtemp(join(tmpdir(), 'ambit-bench-restart-'));
   const echo = await echoServer();
   const hosts: Host[] = [];
@@ -200,6 +216,30 @@ async function main(): Promise<void> {
       );
       h.pid = next!;
     };
+    const repeat = Number(arg('--repeat') ?? 0);
+    if (repeat > 0) {
+      // The destination reload alone, again and again: a rare failure, with both hosts' warnings at the
+      // time, and (--timeline) what each host logged around the longest gap.
+      for (let n = 0; n < Math.min(repeat, 100); n++) {
+        const mark = [a.out.length, b.out.length] as const;
+        const r = await measure('reload (SIGHUP) of the destination host', port, () => reload(b));
+        console.log(
+          `#${n}: ${r.connections} connections, ${r.failed} failed, longest gap ${r.longestGapMs} ms ${r.why.join('; ')}`,
+        );
+        for (const [h, from] of [
+          [a, mark[0]],
+          [b, mark[1]],
+        ] as const) {
+          for (const l of h.out.slice(from)) {
+            const j = JSON.parse(l) as { time?: string; msg?: string; level?: number; worker?: number };
+            const t = Date.parse(String(j.time)) - r.gapStartedAt;
+            if ((r.failed > 0 && (j.level ?? 0) >= 40) || (timeline && t > -60 && t < r.longestGapMs + 10))
+              console.log(`  ${h.name} ${t >= 0 ? '+' : ''}${t} ms ${j.worker ?? 'supervisor'}: ${j.msg}`);
+          }
+        }
+      }
+      return;
+    }
     results.push(await measure('reload (SIGHUP) of the destination host', port, () => reload(b)));
     results.push(await measure('reload (SIGHUP) of the source host', port, () => reload(a)));
     results.push(await measure('re-exec (SIGUSR2) of the destination host', port, () => reexec(b)));

@@ -514,10 +514,15 @@ export class Ambitd {
    * opening its stream, an inbound one connecting to its workload, a peer's tunnel still in its TLS
    * handshake), which closing now would reset. A handshake that ends in a session gets GOAWAY, so its
    * peer's first stream is refused and retried elsewhere; a handshake cut would fail the peer's connection.
+   * And every inbound session until its peer has closed it: past our GOAWAY the peer may still be sending a
+   * stream it opened before reading it, and a close then would reset the connection, GOAWAY unread, where
+   * the peer, having read it, retries that stream elsewhere (a session's own timer bounds the wait).
    */
   #openConnections(): number {
+    const tunnel = this.tunnel.stats();
     return (
-      this.tunnel.stats().handshaking +
+      tunnel.handshaking +
+      tunnel.sessions +
       this.inbound.openConnections +
       this.inbound.connecting +
       this.outbound.starting +
