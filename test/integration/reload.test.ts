@@ -110,6 +110,18 @@ async function spawnDaemon(dir: string, name: string, env: Record<string, string
   };
 }
 
+/** A re-exec's successors: children of the first supervisor, not of this test, so not ended with it. */
+function killSuccessors(d: Daemon): void {
+  for (const l of d.logged('ambitd ready')) {
+    if (l.tookOverFrom === undefined) continue;
+    try {
+      process.kill(l.pid as number, 'SIGKILL');
+    } catch {
+      // gone already
+    }
+  }
+}
+
 /** Two hosts, each a supervisor with two workers; node-a's client reaches node-b's echo service. */
 async function startWorld(
   env: { a?: Record<string, string>; b?: Record<string, string> } = {},
@@ -121,15 +133,7 @@ async function startWorld(
   const close = async (): Promise<void> => {
     for (const d of procs) {
       d.proc.kill('SIGKILL');
-      // A re-exec's successors: children of the first supervisor, not of this test.
-      for (const l of d.logged('ambitd ready')) {
-        if (l.tookOverFrom === undefined) continue;
-        try {
-          process.kill(l.pid as number, 'SIGKILL');
-        } catch {
-          // gone already
-        }
-      }
+      killSuccessors(d);
     }
     if (process.env.AMBIT_TEST_LOG) {
       for (const d of procs)
@@ -535,14 +539,7 @@ async function waypointPath(w: World, wpEnv: Record<string, string>): Promise<Wa
     api.closeAllConnections();
     api.close();
     wp.proc.kill('SIGKILL');
-    for (const l of wp.logged('ambitd ready')) {
-      if (l.tookOverFrom === undefined) continue;
-      try {
-        process.kill(l.pid as number, 'SIGKILL');
-      } catch {
-        // gone already
-      }
-    }
+    killSuccessors(wp);
   };
   try {
     const httpPort = await freePort();
