@@ -58,6 +58,8 @@ export interface L7Report {
   medians: Partial<Record<L7Name, L7Metrics>>;
   /** Empty until the waypoint exists: the issue's targets are about it. */
   targets: L7Target[];
+  /** Issue 16's policy cost, for each pair of contenders measured (empty when none is). */
+  policyCost?: L7PolicyCost[];
   missing: string[];
 }
 
@@ -84,6 +86,61 @@ export function l7Medians(rounds: readonly L7Round[]): Partial<Record<L7Name, L7
     out[c] = m;
   }
   return out;
+}
+
+/** What configured policies cost in CPU per request: a contender with them against the one without. */
+export interface L7PolicyCost {
+  readonly with: L7Name;
+  readonly without: L7Name;
+  /** The medians of CPU per request (µs). */
+  readonly withUs: number | null;
+  readonly withoutUs: number | null;
+  /** Each round's `with` over its `without`, minus one, in percent (the pair ran in the same round). */
+  readonly roundsPercent: number[];
+  /** Their median: the figure, held against issue 16's 10%. */
+  readonly percent: number | null;
+}
+
+/** The pairs issue 16's figure is read from: each with its policies, then the same without. */
+export const POLICY_PAIRS: readonly (readonly [L7Name, L7Name])[] = [
+  ['hop-policies', 'hop-chain'],
+  ['hop-policies', 'hop'],
+  ['waypoint-policies', 'waypoint'],
+];
+export const POLICY_COST_LIMIT_PERCENT = 10;
+
+export function l7PolicyCost(
+  rounds: readonly L7Round[],
+  medians: Partial<Record<L7Name, L7Metrics>>,
+): L7PolicyCost[] {
+  const out: L7PolicyCost[] = [];
+  for (const [w, wo] of POLICY_PAIRS) {
+    if (!medians[w] || !medians[wo]) continue;
+    const roundsPercent: number[] = [];
+    for (const r of rounds) {
+      if (r.contender !== w || r.metrics.cpuUsPerReq === null) continue;
+      const base = rounds.find((b) => b.round === r.round && b.contender === wo)?.metrics.cpuUsPerReq;
+      if (base) roundsPercent.push(roundTo((r.metrics.cpuUsPerReq / base - 1) * 100, 1)!);
+    }
+    out.push({
+      with: w,
+      without: wo,
+      withUs: medians[w].cpuUsPerReq,
+      withoutUs: medians[wo].cpuUsPerReq,
+      roundsPercent,
+      percent: roundTo(median(roundsPercent), 1),
+    });
+  }
+  return out;
+}
+
+function policyLines(report: L7Report): string[] {
+  return (report.policyCost ?? []).map(
+    (p) =>
+      `CPU per request, ${p.with} over ${p.without}: ${fmt(p.percent)}% (median of the rounds: ` +
+      `${p.roundsPercent.map((x) => `${x}%`).join(', ')}; medians ${fmt(p.withUs)} vs ${fmt(p.withoutUs)} µs; ` +
+      `issue 16: ≤ ${POLICY_COST_LIMIT_PERCENT}%)`,
+  );
 }
 
 export const CPU_TARGET_US = 100;
@@ -193,6 +250,8 @@ export function l7TextTable(report: L7Report): string {
     out.push('Targets (issue 15; the peer is the better of nginx and haproxy by requests/s, same run):');
     for (const t of report.targets) out.push(`  ${targetLine(t)}`);
   }
+  const policies = policyLines(report);
+  if (policies.length) out.push('', 'Policy cost (issue 16):', ...policies.map((l) => `  ${l}`));
   return out.join('\n');
 }
 
@@ -220,6 +279,8 @@ export function l7Markdown(report: L7Report): string {
       lines.push(`| ${t.description} | ${v} | ${peer} | ${t.goal} | ${t.status} |`);
     }
   }
+  const policies = policyLines(report);
+  if (policies.length) lines.push('', ...policies.map((l) => `- ${l}`));
   lines.push(
     '',
     `Versions: ${Object.entries(report.versions)
