@@ -5,7 +5,15 @@
 // node-b) through client daemon -> waypoint -> destination daemon; the copies go from the waypoint to
 // legacy-1, which holds those of /held/ (the gRPC method Held) 2 s before it answers.
 import { mkdtemp, rm } from 'node:fs/promises';
-import { type ClientHttp2Session, type IncomingHttpHeaders, connect as h2connect } from 'node:http2';
+import {
+  type ClientHttp2Session,
+  type Http2Server,
+  type IncomingHttpHeaders,
+  type ServerHttp2Stream,
+  connect as h2connect,
+  createServer as h2server,
+} from 'node:http2';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -37,6 +45,8 @@ type Mode = 'file' | 'consul';
 interface Worlds {
   h2: Record<Mode, L7World>;
   grpc: Record<Mode, GrpcWorld>;
+  /** node:http2 servers that see trailers, in the mesh file. */
+  trailers: GrpcWorld;
 }
 const test = anyTest as TestFn<Worlds>;
 
@@ -100,8 +110,10 @@ interface Call {
   /** The call's :authority as the server got it. */
   host: string;
   rid: string;
-  /** The request message's length. */
+  /** The request message's length (node:http2 servers: its body's). */
   bytes: number;
+  /** node:http2 servers: the request's trailers. */
+  trailers?: IncomingHttpHeaders;
 }
 
 interface GrpcWorld {
@@ -154,17 +166,52 @@ async function grpcServer(
   return { server, port };
 }
 
-/** api-1, api-2 and legacy-1 speaking gRPC, the client on node-a, in the mesh file or in Consul. */
-async function startGrpcWorld(mode: Mode): Promise<GrpcWorld> {
+/** A node:http2 server that records each request with its trailers, and answers with its name. */
+async function rawH2Server(name: string, seen: Call[]): Promise<{ server: Http2Server; port: number }> {
+  const server = h2server();
+  server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
+    stream.on('error', () => {});
+    let bytes = 0;
+    let trailers: IncomingHttpHeaders | undefined;
+    stream.on('data', (c: Buffer) => {
+      bytes += c.length;
+    });
+    stream.once('trailers', (t: IncomingHttpHeaders) => {
+      trailers = t;
+    });
+    stream.once('end', () => {
+      const path = String(headers[':path']);
+      const rid = String(headers['x-request-id'] ?? '');
+      seen.push({ server: name, path, host: String(headers[':authority']), rid, bytes, trailers });
+      stream.respond({ ':status': 200 });
+      stream.end(`${name} ${path}`);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { server, port: (server.address() as AddressInfo).port };
+}
+
+/**
+ * api-1, api-2 and legacy-1, the client on node-a, in the mesh file or in Consul: grpc-js servers (protocol
+ * grpc), or node:http2 ones that record trailers (`h2`, protocol http2).
+ */
+async function startGrpcWorld(mode: Mode, kind: 'grpc' | 'h2' = 'grpc'): Promise<GrpcWorld> {
   const dir = await mkdtemp(join(tmpdir(), 'ambit-h2-mirror-'));
   const { lines, logger } = captureLogs();
   const seen: Call[] = [];
   const held = { count: 0 };
-  const servers = [
-    await grpcServer('api-1', seen, held),
-    await grpcServer('api-2', seen, held),
-    await grpcServer('legacy-1', seen, held),
-  ];
+  const protocol = kind === 'grpc' ? 'grpc' : 'http2';
+  const ENTRIES = kind === 'grpc' ? GRPC_ENTRIES : H2_ENTRIES;
+  const servers: { server: { close(): void }; port: number }[] = [];
+  for (const name of ['api-1', 'api-2', 'legacy-1']) {
+    if (kind === 'h2') {
+      const s = await rawH2Server(name, seen);
+      servers.push({ server: { close: () => s.server.close() }, port: s.port });
+    } else {
+      const s = await grpcServer(name, seen, held);
+      servers.push({ server: { close: () => s.server.forceShutdown() }, port: s.port });
+    }
+  }
   const port = await freePort();
   const workloads = [
     clientWorkload(9, upstreamTo('api', port)),
@@ -182,7 +229,7 @@ async function startGrpcWorld(mode: Mode): Promise<GrpcWorld> {
     daemons.push(await start('wp-node', { role: 'waypoint', waypointService: 'wp' }));
     await enroll(meshFile, ...workloads);
     await editMeshFile(meshFile, (doc) => {
-      for (const e of GRPC_ENTRIES) setConfigEntry(doc, e as Record<string, unknown>);
+      for (const e of ENTRIES) setConfigEntry(doc, e as Record<string, unknown>);
     });
   } else {
     const consul = await startConsul();
@@ -194,7 +241,7 @@ async function startGrpcWorld(mode: Mode): Promise<GrpcWorld> {
       address: consul.address,
       token: consul.managementToken ? new Secret(consul.managementToken) : undefined,
     });
-    for (const e of GRPC_ENTRIES) {
+    for (const e of ENTRIES) {
       const name = (e as { Name: string }).Name;
       await client.put('/v1/config', { body: e, permission: `service:write on "${name}"` });
     }
@@ -210,9 +257,9 @@ async function startGrpcWorld(mode: Mode): Promise<GrpcWorld> {
   await until(() => a.listeners.listening().length === 1, ms, 'upstream listener bound');
   await until(
     () =>
-      [a, b, wp].every((d) => d.store.service('default', 'api')?.protocol === 'grpc') &&
+      [a, b, wp].every((d) => d.store.service('default', 'api')?.protocol === protocol) &&
       a.store.service('default', 'api')?.waypoint === 'wp' &&
-      (wp.store.mesh.configEntries?.length ?? 0) >= GRPC_ENTRIES.length,
+      (wp.store.mesh.configEntries?.length ?? 0) >= ENTRIES.length,
     ms,
     'every daemon sees the waypoint, the waypoint its entries',
   );
@@ -227,7 +274,7 @@ async function startGrpcWorld(mode: Mode): Promise<GrpcWorld> {
     seen,
     holding: () => held.count,
     async close() {
-      for (const s of servers) s.server.forceShutdown();
+      for (const s of servers) s.server.close();
       await Promise.all(daemons.map((d) => d.close()));
       await after();
     },
@@ -241,17 +288,13 @@ test.before(async (t) => {
       consul: await startConsulWorld(H2_ENTRIES, { slow: SLOW, h2: true }),
     },
     grpc: { file: await startGrpcWorld('file'), consul: await startGrpcWorld('consul') },
+    trailers: await startGrpcWorld('file', 'h2'),
   };
 });
 
 test.after.always(async (t) => {
-  for (const w of [
-    t.context?.h2?.file,
-    t.context?.h2?.consul,
-    t.context?.grpc?.file,
-    t.context?.grpc?.consul,
-  ])
-    await w?.close();
+  const c = t.context;
+  for (const w of [c?.h2?.file, c?.h2?.consul, c?.grpc?.file, c?.grpc?.consul, c?.trailers]) await w?.close();
 });
 
 // ---- what both protocols' tests share ----
@@ -596,3 +639,46 @@ for (const mode of ['file', 'consul'] as const) {
     grpcBigBody(t, t.context.grpc[mode], mode),
   );
 }
+
+test.serial("http2 file: a request's trailers go with its copy, as with the request", async (t) => {
+  const w = t.context.trailers;
+  const session = h2connect(`http://127.0.0.1:${w.port}`);
+  session.on('error', () => {});
+  t.teardown(() => session.close());
+  const rid = 'h2-trailers-';
+  const send = (i: number): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const req = session.request(
+        { ':method': 'POST', ':path': `/mirror/t${i}`, 'x-request-id': `${rid}${i}` },
+        { waitForTrailers: true },
+      );
+      req.once('wantTrailers', () =>
+        req.sendTrailers({ 'x-client-trailer': `t${i}`, 'x-forwarded-client-cert': 'By=spiffe://evil/x' }),
+      );
+      let text = '';
+      req.setEncoding('utf8');
+      req.on('data', (c: string) => {
+        text += c;
+      });
+      req.once('end', () => resolve(text));
+      req.once('error', reject);
+      req.end(Buffer.alloc(1000, 't'));
+    });
+  const answers = await load(10, 4, send);
+  t.true(answers.every((a) => /^api-[12] \/mirror\/t\d$/.test(a)));
+  await until(() => grpcSeen(w, 'legacy-1', rid).length >= 10, 5000, 'a copy of each request at the mirror');
+  const primaries = [...grpcSeen(w, 'api-1', rid), ...grpcSeen(w, 'api-2', rid)];
+  const copies = grpcSeen(w, 'legacy-1', rid);
+  t.is(primaries.length, 10);
+  t.is(copies.length, 10);
+  for (const p of primaries) {
+    const copy = copies.find((c) => c.rid === p.rid);
+    const i = p.rid.slice(rid.length);
+    t.is(p.trailers?.['x-client-trailer'], `t${i}`);
+    t.like(copy, { path: p.path, bytes: 1000, host: shadowed(p.host) });
+    t.is(copy?.trailers?.['x-client-trailer'], `t${i}`, 'the copy has the trailers the request had');
+    // An identity the client wrote in its trailers reaches neither.
+    t.is(p.trailers?.['x-forwarded-client-cert'], undefined);
+    t.is(copy?.trailers?.['x-forwarded-client-cert'], undefined);
+  }
+});
