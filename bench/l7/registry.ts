@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { type L7Contender, type L7Name, L7_DEFAULT } from './contender.js';
+import { type L7Contender, type L7Name, L7_NAMES } from './contender.js';
 
 const here = dirname(fileURLToPath(import.meta.url)); // dist/bench/l7
 
@@ -26,7 +26,7 @@ function isContender(v: unknown, name: L7Name): v is L7Contender {
 }
 
 /** Loads each named contender's module; a module that exists but is malformed is an error, not a gap. */
-export async function findContenders(names: readonly L7Name[] = L7_DEFAULT): Promise<Found> {
+export async function findContenders(names: readonly L7Name[] = L7_NAMES): Promise<Found> {
   const available = new Map<L7Name, L7Contender>();
   const notBuilt: L7Name[] = [];
   for (const name of names) {

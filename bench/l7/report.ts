@@ -2,7 +2,7 @@
 
 import type { Machine } from '../proc.js';
 import { alignedTable, markdownTable, median } from '../report.js';
-import { type L7Name, L7_HOP, L7_NAMES, L7_PEERS, L7_SUBJECT } from './contender.js';
+import { type L7Name, L7_ALL, L7_HOP, L7_PEERS, L7_SUBJECT } from './contender.js';
 
 export const L7_METRICS = [
   { key: 'rps', label: 'Most requests/s (wrk, 16 connections)', unit: 'req/s', better: 'higher' },
@@ -78,7 +78,7 @@ export function fillAdded(rounds: L7Round[]): void {
 
 export function l7Medians(rounds: readonly L7Round[]): Partial<Record<L7Name, L7Metrics>> {
   const out: Partial<Record<L7Name, L7Metrics>> = {};
-  for (const c of L7_NAMES) {
+  for (const c of L7_ALL) {
     const mine = rounds.filter((r) => r.contender === c);
     if (mine.length === 0) continue;
     const m = emptyL7Metrics();
@@ -216,7 +216,7 @@ function fmt(v: number | null | undefined): string {
 }
 
 function columns(report: L7Report): { head: string[]; rows: string[][] } {
-  const present = L7_NAMES.filter((c) => report.medians[c]);
+  const present = L7_ALL.filter((c) => report.medians[c]);
   const head = ['Measure', ...present];
   const rows = L7_METRICS.map((m) => [
     `${m.label} (${m.unit}, ${m.better} is better)`,

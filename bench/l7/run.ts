@@ -33,7 +33,7 @@ import {
   sumCpuFine,
   sumRss,
 } from '../proc.js';
-import { type L7Contender, type L7Name, L7_DEFAULT, L7_NAMES, type Running } from './contender.js';
+import { type L7Contender, type L7Name, L7_ALL, L7_NAMES, type Running } from './contender.js';
 import { nginxBin, nginxVersion } from './nginx.js';
 import type { RateJob, RateResult } from './protocol.js';
 import { findContenders } from './registry.js';
@@ -210,17 +210,17 @@ function parseCli(): Cli {
   });
   if (values.help) {
     process.stdout.write(
-      `usage: node dist/bench/l7/run.js [--smoke] [--only ${L7_NAMES.join(',')}] [--rounds N] [--out DIR]\n`,
+      `usage: node dist/bench/l7/run.js [--smoke] [--only ${L7_ALL.join(',')}] [--rounds N] [--out DIR]\n`,
     );
     process.exit(0);
   }
-  const only = (values.only ?? L7_DEFAULT.join(','))
+  const only = (values.only ?? L7_NAMES.join(','))
     .split(',')
     .map((s) => s.trim())
     .filter(Boolean);
   for (const o of only) {
-    if (!(L7_NAMES as readonly string[]).includes(o)) {
-      throw new Error(`--only: unknown contender "${o}" (known: ${L7_NAMES.join(', ')})`);
+    if (!(L7_ALL as readonly string[]).includes(o)) {
+      throw new Error(`--only: unknown contender "${o}" (known: ${L7_ALL.join(', ')})`);
     }
   }
   let rounds: number | undefined;
