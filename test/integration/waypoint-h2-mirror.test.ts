@@ -3,7 +3,8 @@
 // entries in the mesh file's configEntries and in Consul's /v1/config (the emulator). A node:http2 client
 // (service protocol http2) and a grpc-js client (protocol grpc) on node-a reach api (api-1, api-2 on
 // node-b) through client daemon -> waypoint -> destination daemon; the copies go from the waypoint to
-// legacy-1, which holds those of /held/ (the gRPC method Held) 2 s before it answers.
+// legacy-1, which holds those of /held/ (the gRPC method Held) 2 s before it answers. A last world of
+// node:http2 servers that record trailers checks that a copy carries the request's.
 import { mkdtemp, rm } from 'node:fs/promises';
 import {
   type ClientHttp2Session,
@@ -44,9 +45,9 @@ type Mode = 'file' | 'consul';
 
 interface Worlds {
   h2: Record<Mode, L7World>;
-  grpc: Record<Mode, GrpcWorld>;
+  grpc: Record<Mode, CallWorld>;
   /** node:http2 servers that see trailers, in the mesh file. */
-  trailers: GrpcWorld;
+  trailers: CallWorld;
 }
 const test = anyTest as TestFn<Worlds>;
 
@@ -79,7 +80,7 @@ const GRPC_ENTRIES = entries('grpc', METHOD);
 
 const SLOW = { server: 'legacy-1', prefix: '/held/', ms: 2000 };
 
-// ---- gRPC: servers that record what they were called with, and a world in either backend ----
+// ---- servers that record each call (grpc-js, or node:http2 with trailers), in either backend ----
 
 interface Msg {
   text: string;
@@ -116,7 +117,7 @@ interface Call {
   trailers?: IncomingHttpHeaders;
 }
 
-interface GrpcWorld {
+interface CallWorld {
   wp: Ambitd;
   logs: Map<string, LogLine[]>;
   port: number;
@@ -195,7 +196,7 @@ async function rawH2Server(name: string, seen: Call[]): Promise<{ server: Http2S
  * api-1, api-2 and legacy-1, the client on node-a, in the mesh file or in Consul: grpc-js servers (protocol
  * grpc), or node:http2 ones that record trailers (`h2`, protocol http2).
  */
-async function startGrpcWorld(mode: Mode, kind: 'grpc' | 'h2' = 'grpc'): Promise<GrpcWorld> {
+async function startCallWorld(mode: Mode, kind: 'grpc' | 'h2' = 'grpc'): Promise<CallWorld> {
   const dir = await mkdtemp(join(tmpdir(), 'ambit-h2-mirror-'));
   const { lines, logger } = captureLogs();
   const seen: Call[] = [];
@@ -287,8 +288,8 @@ test.before(async (t) => {
       file: await startFileWorld(H2_ENTRIES, { slow: SLOW, h2: true }),
       consul: await startConsulWorld(H2_ENTRIES, { slow: SLOW, h2: true }),
     },
-    grpc: { file: await startGrpcWorld('file'), consul: await startGrpcWorld('consul') },
-    trailers: await startGrpcWorld('file', 'h2'),
+    grpc: { file: await startCallWorld('file'), consul: await startCallWorld('consul') },
+    trailers: await startCallWorld('file', 'h2'),
   };
 });
 
@@ -509,7 +510,7 @@ function unary(c: grpc.Client, name: keyof typeof ECHO, rid: string, text: strin
   });
 }
 
-function grpcClient(t: ExecutionContext<Worlds>, w: GrpcWorld): grpc.Client {
+function grpcClient(t: ExecutionContext<Worlds>, w: CallWorld): grpc.Client {
   const c = new grpc.Client(`127.0.0.1:${w.port}`, grpc.credentials.createInsecure());
   t.teardown(() => c.close());
   return c;
@@ -527,19 +528,19 @@ function fromPrimary(a: GrpcAnswer): boolean {
   );
 }
 
-const grpcSeen = (w: GrpcWorld, server: string, rid: string): Call[] =>
+const callsAt = (w: CallWorld, server: string, rid: string): Call[] =>
   w.seen.filter((s) => s.server === server && s.rid.startsWith(rid));
 
-async function grpcEvery(t: ExecutionContext<Worlds>, w: GrpcWorld, mode: Mode): Promise<void> {
+async function grpcEvery(t: ExecutionContext<Worlds>, w: CallWorld, mode: Mode): Promise<void> {
   const c = grpcClient(t, w);
   const before = await mirrored(w.wp, 'sent');
   const rid = `grpc-${mode}-m-`;
   const answers = await load(50, 8, (i) => unary(c, 'Mirror', `${rid}${i}`, 'm'.repeat(i * 100)));
   t.true(answers.every(fromPrimary), 'every answer, head and trailer the primary sent');
-  await until(() => grpcSeen(w, 'legacy-1', rid).length >= 50, 5000, 'a copy of each call at the mirror');
-  const copies = grpcSeen(w, 'legacy-1', rid);
+  await until(() => callsAt(w, 'legacy-1', rid).length >= 50, 5000, 'a copy of each call at the mirror');
+  const copies = callsAt(w, 'legacy-1', rid);
   t.is(copies.length, 50);
-  const primaries = [...grpcSeen(w, 'api-1', rid), ...grpcSeen(w, 'api-2', rid)];
+  const primaries = [...callsAt(w, 'api-1', rid), ...callsAt(w, 'api-2', rid)];
   t.is(primaries.length, 50);
   for (const p of primaries) {
     const copy = copies.find((k) => k.rid === p.rid);
@@ -552,7 +553,7 @@ async function grpcEvery(t: ExecutionContext<Worlds>, w: GrpcWorld, mode: Mode):
   t.is((await mirrored(w.wp, 'sent')) - before, 50);
 }
 
-async function grpcSlow(t: ExecutionContext<Worlds>, w: GrpcWorld, mode: Mode): Promise<void> {
+async function grpcSlow(t: ExecutionContext<Worlds>, w: CallWorld, mode: Mode): Promise<void> {
   const c = grpcClient(t, w);
   const plain = await load(20, 20, (i) => unary(c, 'Plain', `grpc-${mode}-n-${i}`, 'n'));
   const before = await mirrored(w.wp, 'sent');
@@ -560,7 +561,7 @@ async function grpcSlow(t: ExecutionContext<Worlds>, w: GrpcWorld, mode: Mode): 
   const held = await load(20, 20, (i) => unary(c, 'Held', `${rid}${i}`, 'h'));
   t.true(held.every(fromPrimary));
   // Every call is answered (status and trailers), and the mirror has all 20 copies, answered none.
-  await until(() => grpcSeen(w, 'legacy-1', rid).length >= 20, 1500, 'the copies at the mirror');
+  await until(() => callsAt(w, 'legacy-1', rid).length >= 20, 1500, 'the copies at the mirror');
   t.is(w.holding(), 20, 'the mirror still holds every copy');
   t.is((await mirrored(w.wp, 'sent')) - before, 0);
   t.log(
@@ -573,7 +574,7 @@ async function grpcSlow(t: ExecutionContext<Worlds>, w: GrpcWorld, mode: Mode): 
   t.is((await mirrored(w.wp, 'sent')) - before, 20);
 }
 
-async function grpcPercent(t: ExecutionContext<Worlds>, w: GrpcWorld, mode: Mode): Promise<void> {
+async function grpcPercent(t: ExecutionContext<Worlds>, w: CallWorld, mode: Mode): Promise<void> {
   const c = grpcClient(t, w);
   const before = await mirrored(w.wp, 'sent');
   const rid = `grpc-${mode}-p-`;
@@ -581,18 +582,18 @@ async function grpcPercent(t: ExecutionContext<Worlds>, w: GrpcWorld, mode: Mode
   t.true(answers.every(fromPrimary));
   await until(async () => (await mirrored(w.wp, 'sent')) - before >= 1, 3000, 'some copies');
   await until(
-    async () => (await mirrored(w.wp, 'sent')) - before === grpcSeen(w, 'legacy-1', rid).length,
+    async () => (await mirrored(w.wp, 'sent')) - before === callsAt(w, 'legacy-1', rid).length,
     3000,
     'the copies answered',
   );
-  const copies = grpcSeen(w, 'legacy-1', rid).length;
+  const copies = callsAt(w, 'legacy-1', rid).length;
   const share = (copies / 400) * 100;
   t.log(`${mode}: ${copies} of 400 calls mirrored (${share.toFixed(1)}%, Percent 50)`);
   t.true(share >= 40 && share <= 60, `${share}% mirrored`);
   t.is((await mirrored(w.wp, 'sent')) - before, copies);
 }
 
-async function grpcBigBody(t: ExecutionContext<Worlds>, w: GrpcWorld, mode: Mode): Promise<void> {
+async function grpcBigBody(t: ExecutionContext<Worlds>, w: CallWorld, mode: Mode): Promise<void> {
   const c = grpcClient(t, w);
   const before = await mirrored(w.wp, 'skipped-body');
   const logged = (): number => (w.logs.get('wp-node') ?? []).filter((l) => l.msg === BUFFER_LOG).length;
@@ -601,13 +602,13 @@ async function grpcBigBody(t: ExecutionContext<Worlds>, w: GrpcWorld, mode: Mode
   // A message over waypointMirrorBufferBytes: the primary gets it whole, the mirror nothing.
   const answers = await load(3, 1, (i) => unary(c, 'Mirror', `${rid}${i}`, 'x'.repeat(100_000)));
   t.true(answers.every(fromPrimary));
-  const primaries = [...grpcSeen(w, 'api-1', rid), ...grpcSeen(w, 'api-2', rid)];
+  const primaries = [...callsAt(w, 'api-1', rid), ...callsAt(w, 'api-2', rid)];
   t.deepEqual(
     primaries.map((p) => p.bytes),
     [100_000, 100_000, 100_000],
   );
   t.is((await mirrored(w.wp, 'skipped-body')) - before, 3);
-  t.is(grpcSeen(w, 'legacy-1', rid).length, 0);
+  t.is(callsAt(w, 'legacy-1', rid).length, 0);
   t.is(logged() - loggedBefore, 1, 'logged once for the three');
 }
 
@@ -666,9 +667,9 @@ test.serial("http2 file: a request's trailers go with its copy, as with the requ
     });
   const answers = await load(10, 4, send);
   t.true(answers.every((a) => /^api-[12] \/mirror\/t\d$/.test(a)));
-  await until(() => grpcSeen(w, 'legacy-1', rid).length >= 10, 5000, 'a copy of each request at the mirror');
-  const primaries = [...grpcSeen(w, 'api-1', rid), ...grpcSeen(w, 'api-2', rid)];
-  const copies = grpcSeen(w, 'legacy-1', rid);
+  await until(() => callsAt(w, 'legacy-1', rid).length >= 10, 5000, 'a copy of each request at the mirror');
+  const primaries = [...callsAt(w, 'api-1', rid), ...callsAt(w, 'api-2', rid)];
+  const copies = callsAt(w, 'legacy-1', rid);
   t.is(primaries.length, 10);
   t.is(copies.length, 10);
   for (const p of primaries) {
