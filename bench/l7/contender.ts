@@ -6,9 +6,16 @@ import type { Running } from '../contenders.js';
 
 export type { Running } from '../contenders.js';
 
-/** In the order of the table; the bench alternates them round by round in this order. */
+/** What a run measures unless --only says otherwise, in the order of the table and of each round. */
 export const L7_NAMES = ['direct', 'nginx', 'haproxy', 'hop', 'waypoint', 'ambit'] as const;
-export type L7Name = (typeof L7_NAMES)[number];
+/**
+ * Issue 16's policy cost, run by name only (`--only hop-chain,hop-policies`): the hop routed by the chain
+ * router without and with a retry policy and limits, and the waypoint with them (bench/l7/policies.ts).
+ */
+export const L7_POLICY = ['hop-chain', 'hop-policies', 'waypoint-policies'] as const;
+/** Every contender, in the order of the table; the bench alternates those selected round by round. */
+export const L7_ALL = [...L7_NAMES, ...L7_POLICY] as const;
+export type L7Name = (typeof L7_ALL)[number];
 /** The established proxies the L7 hop is held against. */
 export const L7_PEERS: readonly L7Name[] = ['nginx', 'haproxy'];
 /**

@@ -2,7 +2,7 @@
 
 import type { Machine } from '../proc.js';
 import { alignedTable, markdownTable, median } from '../report.js';
-import { type L7Name, L7_HOP, L7_NAMES, L7_PEERS, L7_SUBJECT } from './contender.js';
+import { type L7Name, L7_ALL, L7_HOP, L7_PEERS, L7_SUBJECT } from './contender.js';
 
 export const L7_METRICS = [
   { key: 'rps', label: 'Most requests/s (wrk, 16 connections)', unit: 'req/s', better: 'higher' },
@@ -58,6 +58,8 @@ export interface L7Report {
   medians: Partial<Record<L7Name, L7Metrics>>;
   /** Empty until the waypoint exists: the issue's targets are about it. */
   targets: L7Target[];
+  /** Issue 16's policy cost, for each pair of contenders measured (empty when none is). */
+  policyCost?: L7PolicyCost[];
   missing: string[];
 }
 
@@ -76,7 +78,7 @@ export function fillAdded(rounds: L7Round[]): void {
 
 export function l7Medians(rounds: readonly L7Round[]): Partial<Record<L7Name, L7Metrics>> {
   const out: Partial<Record<L7Name, L7Metrics>> = {};
-  for (const c of L7_NAMES) {
+  for (const c of L7_ALL) {
     const mine = rounds.filter((r) => r.contender === c);
     if (mine.length === 0) continue;
     const m = emptyL7Metrics();
@@ -84,6 +86,61 @@ export function l7Medians(rounds: readonly L7Round[]): Partial<Record<L7Name, L7
     out[c] = m;
   }
   return out;
+}
+
+/** What configured policies cost in CPU per request: a contender with them against the one without. */
+export interface L7PolicyCost {
+  readonly with: L7Name;
+  readonly without: L7Name;
+  /** The medians of CPU per request (µs). */
+  readonly withUs: number | null;
+  readonly withoutUs: number | null;
+  /** Each round's `with` over its `without`, minus one, in percent (the pair ran in the same round). */
+  readonly roundsPercent: number[];
+  /** Their median: the figure, held against issue 16's 10%. */
+  readonly percent: number | null;
+}
+
+/** The pairs issue 16's figure is read from: each with its policies, then the same without. */
+export const POLICY_PAIRS: readonly (readonly [L7Name, L7Name])[] = [
+  ['hop-policies', 'hop-chain'],
+  ['hop-policies', 'hop'],
+  ['waypoint-policies', 'waypoint'],
+];
+export const POLICY_COST_LIMIT_PERCENT = 10;
+
+export function l7PolicyCost(
+  rounds: readonly L7Round[],
+  medians: Partial<Record<L7Name, L7Metrics>>,
+): L7PolicyCost[] {
+  const out: L7PolicyCost[] = [];
+  for (const [w, wo] of POLICY_PAIRS) {
+    if (!medians[w] || !medians[wo]) continue;
+    const roundsPercent: number[] = [];
+    for (const r of rounds) {
+      if (r.contender !== w || r.metrics.cpuUsPerReq === null) continue;
+      const base = rounds.find((b) => b.round === r.round && b.contender === wo)?.metrics.cpuUsPerReq;
+      if (base) roundsPercent.push(roundTo((r.metrics.cpuUsPerReq / base - 1) * 100, 1)!);
+    }
+    out.push({
+      with: w,
+      without: wo,
+      withUs: medians[w].cpuUsPerReq,
+      withoutUs: medians[wo].cpuUsPerReq,
+      roundsPercent,
+      percent: roundTo(median(roundsPercent), 1),
+    });
+  }
+  return out;
+}
+
+function policyLines(report: L7Report): string[] {
+  return (report.policyCost ?? []).map(
+    (p) =>
+      `CPU per request, ${p.with} over ${p.without}: ${fmt(p.percent)}% (median of the rounds: ` +
+      `${p.roundsPercent.map((x) => `${x}%`).join(', ')}; medians ${fmt(p.withUs)} vs ${fmt(p.withoutUs)} µs; ` +
+      `issue 16: ≤ ${POLICY_COST_LIMIT_PERCENT}%)`,
+  );
 }
 
 export const CPU_TARGET_US = 100;
@@ -159,7 +216,7 @@ function fmt(v: number | null | undefined): string {
 }
 
 function columns(report: L7Report): { head: string[]; rows: string[][] } {
-  const present = L7_NAMES.filter((c) => report.medians[c]);
+  const present = L7_ALL.filter((c) => report.medians[c]);
   const head = ['Measure', ...present];
   const rows = L7_METRICS.map((m) => [
     `${m.label} (${m.unit}, ${m.better} is better)`,
@@ -193,6 +250,8 @@ export function l7TextTable(report: L7Report): string {
     out.push('Targets (issue 15; the peer is the better of nginx and haproxy by requests/s, same run):');
     for (const t of report.targets) out.push(`  ${targetLine(t)}`);
   }
+  const policies = policyLines(report);
+  if (policies.length) out.push('', 'Policy cost (issue 16):', ...policies.map((l) => `  ${l}`));
   return out.join('\n');
 }
 
@@ -220,6 +279,8 @@ export function l7Markdown(report: L7Report): string {
       lines.push(`| ${t.description} | ${v} | ${peer} | ${t.goal} | ${t.status} |`);
     }
   }
+  const policies = policyLines(report);
+  if (policies.length) lines.push('', ...policies.map((l) => `- ${l}`));
   lines.push(
     '',
     `Versions: ${Object.entries(report.versions)

@@ -5,6 +5,9 @@
 //
 //   node dist/bench/l7/run.js [--smoke] [--only direct,nginx,haproxy,hop,waypoint,ambit] [--rounds N] [--out DIR]
 //
+// --only may also name hop-chain, hop-policies and waypoint-policies (issue 16's policy cost: see
+// policies.ts); a run without --only measures the six above.
+//
 // Each round starts every hop afresh and measures them one after the other (A B C, then B C A, ...): a
 // warm-up, the fixed-rate run (latency, and the hop's CPU per request), then the most requests per second
 // (wrk). The load generators are processes of their own, so only the hop's processes are charged.
@@ -30,7 +33,7 @@ import {
   sumCpuFine,
   sumRss,
 } from '../proc.js';
-import { type L7Contender, type L7Name, L7_NAMES, type Running } from './contender.js';
+import { type L7Contender, type L7Name, L7_ALL, L7_NAMES, type Running } from './contender.js';
 import { nginxBin, nginxVersion } from './nginx.js';
 import type { RateJob, RateResult } from './protocol.js';
 import { findContenders } from './registry.js';
@@ -41,6 +44,7 @@ import {
   fillAdded,
   l7Markdown,
   l7Medians,
+  l7PolicyCost,
   l7Targets,
   l7TextTable,
 } from './report.js';
@@ -206,7 +210,7 @@ function parseCli(): Cli {
   });
   if (values.help) {
     process.stdout.write(
-      `usage: node dist/bench/l7/run.js [--smoke] [--only ${L7_NAMES.join(',')}] [--rounds N] [--out DIR]\n`,
+      `usage: node dist/bench/l7/run.js [--smoke] [--only ${L7_ALL.join(',')}] [--rounds N] [--out DIR]\n`,
     );
     process.exit(0);
   }
@@ -215,8 +219,8 @@ function parseCli(): Cli {
     .map((s) => s.trim())
     .filter(Boolean);
   for (const o of only) {
-    if (!(L7_NAMES as readonly string[]).includes(o)) {
-      throw new Error(`--only: unknown contender "${o}" (known: ${L7_NAMES.join(', ')})`);
+    if (!(L7_ALL as readonly string[]).includes(o)) {
+      throw new Error(`--only: unknown contender "${o}" (known: ${L7_ALL.join(', ')})`);
     }
   }
   let rounds: number | undefined;
@@ -336,6 +340,7 @@ async function main(): Promise<void> {
       rounds,
       medians,
       targets: l7Targets(medians),
+      policyCost: l7PolicyCost(rounds, medians),
       missing,
     };
     await mkdir(cli.out, { recursive: true });

@@ -251,6 +251,13 @@ export function splitPseudo(h: IncomingHttpHeaders): {
 /** A response's fields or trailers as the client gets them. */
 export const h2ResponseHeaders = (h: IncomingHttpHeaders): OutgoingHttpHeaders => forwardResponseHeaders(h);
 
+/** A request's trailers as its endpoint and its mirror get them: never an identity the client set. */
+function requestTrailers(t: IncomingHttpHeaders | undefined): OutgoingHttpHeaders {
+  const out = t ? h2ResponseHeaders(t) : {};
+  delete out[XFCC];
+  return out;
+}
+
 /** One request's account: its access-log line once it is over. */
 interface RequestLine extends RequestRecord {
   readonly grpc: boolean;
@@ -274,12 +281,20 @@ class H2Mirror {
   readonly #copy: MirrorCopy;
   readonly #headers: OutgoingHttpHeaders;
   readonly #sessionOf: SessionOf;
+  /** The request's trailers, once its body is whole (undefined: it had none). */
+  readonly #trailers: () => IncomingHttpHeaders | undefined;
   #sent = false;
 
-  constructor(copy: MirrorCopy, headers: OutgoingHttpHeaders, sessionOf: SessionOf) {
+  constructor(
+    copy: MirrorCopy,
+    headers: OutgoingHttpHeaders,
+    sessionOf: SessionOf,
+    trailers: () => IncomingHttpHeaders | undefined,
+  ) {
     this.#copy = copy;
     this.#headers = headers;
     this.#sessionOf = sessionOf;
+    this.#trailers = trailers;
   }
 
   /** Body bytes are being kept, or sent: the copy is still to be fed. */
@@ -312,8 +327,13 @@ class H2Mirror {
           s.release();
           return;
         }
+        // A copy is the whole request: its trailers (gRPC clients' metadata at the end) go too.
+        const trailers = bodyless ? undefined : this.#trailers();
         try {
-          up = s.session.request(this.#headers, { endStream: bodyless });
+          up = s.session.request(this.#headers, {
+            endStream: bodyless,
+            waitForTrailers: trailers !== undefined,
+          });
         } catch {
           s.release();
           clearTimeout(timer);
@@ -322,6 +342,8 @@ class H2Mirror {
         }
         let answered = false;
         up.on('error', () => {});
+        if (trailers !== undefined)
+          up.once('wantTrailers', () => up!.sendTrailers(requestTrailers(trailers)));
         up.once('response', () => {
           answered = true;
         });
@@ -674,7 +696,12 @@ export class WaypointHttp2 {
     // As Envoy's shadow: the mirror's logs tell a copy from a request by its :authority.
     out[':authority'] = shadowHost(String(headers[':authority'] ?? headers.host ?? r.plan.service.name));
     Reflect.deleteProperty(out, 'x-envoy-attempt-count');
-    const m = new H2Mirror(copy, out, (t) => this.#session(ctx, t));
+    const m = new H2Mirror(
+      copy,
+      out,
+      (t) => this.#session(ctx, t),
+      () => line.requestTrailers,
+    );
     line.mirror = m;
     if (stream.endAfterHeaders) m.whole(true);
     // The client went before its body was whole: there is no whole copy to send.
@@ -782,11 +809,7 @@ export class WaypointHttp2 {
       stream.once('close', () => clearTimeout(timer));
     }
     let responseTrailers: IncomingHttpHeaders | undefined;
-    up.once('wantTrailers', () => {
-      const t = line.requestTrailers ? h2ResponseHeaders(line.requestTrailers) : {};
-      delete t[XFCC];
-      up.sendTrailers(t);
-    });
+    up.once('wantTrailers', () => up.sendTrailers(requestTrailers(line.requestTrailers)));
     const mirror = line.mirror && !line.mirror.fed ? line.mirror : undefined;
     if (replay) {
       // A request without a body went as one HEADERS frame with END_STREAM: nothing to replay.

@@ -7,14 +7,14 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EmbeddedCa } from '../../../daemon/identity/ca.js';
-import { editMeshFile, upsertWorkload } from '../../../lib/mesh/edit.js';
+import { editMeshFile, setConfigEntry, upsertWorkload } from '../../../lib/mesh/edit.js';
 import { workload } from '../../../test/helpers/mesh.js';
 import { type Spawned, freePort, gitCommit, sleep, startProcess } from '../../proc.js';
 import type { L7Contender, L7Context, Running } from '../contender.js';
+import { CLIENT_SERVICE, SERVICE } from '../policies.js';
 import { stopAll, untilAnswers } from '../ready.js';
 
 const TRUST_DOMAIN = 'ambit.local';
-const SERVICE = 'l7-upstream';
 const WAYPOINT_SERVICE = 'l7-wp';
 const NODES = ['node-a', 'node-b', 'wp-node'] as const;
 type Node = (typeof NODES)[number];
@@ -62,8 +62,14 @@ export interface AmbitPath {
   stop(): Promise<void>;
 }
 
-/** Starts the three daemons, opts the service into the waypoint, and returns once a request came back. */
-export async function startAmbitPath(ctx: L7Context): Promise<AmbitPath> {
+/**
+ * Starts the three daemons, opts the service into the waypoint (with `entries` in the mesh file's
+ * configEntries), and returns once a request came back.
+ */
+export async function startAmbitPath(
+  ctx: L7Context,
+  entries: readonly Record<string, unknown>[] = [],
+): Promise<AmbitPath> {
   const meshFile = join(ctx.dir, 'mesh.yaml');
   const caDir = join(ctx.dir, 'ca');
   await mkdir(ctx.dir, { recursive: true });
@@ -123,7 +129,7 @@ export async function startAmbitPath(ctx: L7Context): Promise<AmbitPath> {
         doc,
         workload({
           name: 'client',
-          service: 'l7-client',
+          service: CLIENT_SERVICE,
           node: 'node-a',
           // A client only; at a loopback address it must still list a port (nothing listens on discard).
           ports: [9],
@@ -143,6 +149,7 @@ export async function startAmbitPath(ctx: L7Context): Promise<AmbitPath> {
         workload({ name: `${SERVICE}-1`, service: SERVICE, node: 'node-b', ports: [ctx.upstreamPort] }),
       );
       doc.setIn(['services', SERVICE], doc.createNode({ waypoint: WAYPOINT_SERVICE, protocol: 'http' }));
+      for (const e of entries) setConfigEntry(doc, { ...e });
     });
     // The first answer may take a mesh poll or two (each daemon reads the file on its own): bounded.
     await untilAnswers(port, 20_000, 'ambit', procs);

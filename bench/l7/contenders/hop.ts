@@ -4,7 +4,7 @@
 
 import { join } from 'node:path';
 import { freePort, startProcess } from '../../proc.js';
-import type { L7Contender } from '../contender.js';
+import type { L7Contender, L7Context, Running } from '../contender.js';
 import { stopAll, untilAnswers } from '../ready.js';
 import { ambitMissing, ambitVersion } from './ambit.js';
 
@@ -15,19 +15,23 @@ export const contender: L7Contender = {
     'both sides, keep-alive upstream, request metrics on, access log off (bench/l7/plain-hop.ts)',
   missing: ambitMissing,
   version: ambitVersion,
-  async start(ctx) {
-    const port = await freePort();
-    const proc = startProcess('plain hop', process.execPath, [
-      join(ctx.root, 'dist/bench/l7/plain-hop.js'),
-      String(port),
-      String(ctx.upstreamPort),
-    ]);
-    try {
-      await untilAnswers(port, 10_000, 'hop', [proc]);
-      return { port, pids: [proc.pid], stop: () => stopAll([proc]) };
-    } catch (e) {
-      await stopAll([proc]);
-      throw e;
-    }
-  },
+  start: (ctx) => startPlainHop(ctx, 'plain'),
 };
+
+/** plain-hop.js in one of its modes (its header says what each routes with). */
+export async function startPlainHop(ctx: L7Context, mode: 'plain' | 'chain' | 'policies'): Promise<Running> {
+  const port = await freePort();
+  const proc = startProcess(`plain hop (${mode})`, process.execPath, [
+    join(ctx.root, 'dist/bench/l7/plain-hop.js'),
+    String(port),
+    String(ctx.upstreamPort),
+    mode,
+  ]);
+  try {
+    await untilAnswers(port, 10_000, 'hop', [proc]);
+    return { port, pids: [proc.pid], stop: () => stopAll([proc]) };
+  } catch (e) {
+    await stopAll([proc]);
+    throw e;
+  }
+}
