@@ -3,6 +3,7 @@
 // them; the waypoint contender is the same engine inside the real path, with mTLS and HTTP/2 both sides.
 
 import { join } from 'node:path';
+import { WAYPOINT_ENV, WAYPOINT_NODE_FLAGS } from '../../../daemon/waypoint/runtime.js';
 import { freePort, startProcess } from '../../proc.js';
 import type { L7Contender } from '../contender.js';
 import { stopAll, untilAnswers } from '../ready.js';
@@ -12,16 +13,24 @@ export const contender: L7Contender = {
   name: 'hop',
   description:
     "the waypoint's HTTP/1.1 engine (daemon/waypoint/http.ts, llhttp) alone, one Node process, plaintext " +
-    'both sides, keep-alive upstream, request metrics on, access log off (bench/l7/plain-hop.ts)',
+    "both sides, keep-alive upstream, request metrics on, access log off, node started as a waypoint's " +
+    '(bench/l7/plain-hop.ts)',
   missing: ambitMissing,
   version: ambitVersion,
   async start(ctx) {
     const port = await freePort();
-    const proc = startProcess('plain hop', process.execPath, [
-      join(ctx.root, 'dist/bench/l7/plain-hop.js'),
-      String(port),
-      String(ctx.upstreamPort),
-    ]);
+    // Node as a waypoint's is started (daemon/waypoint/runtime.ts): the engine's footprint as it runs there.
+    const proc = startProcess(
+      'plain hop',
+      process.execPath,
+      [
+        ...WAYPOINT_NODE_FLAGS,
+        join(ctx.root, 'dist/bench/l7/plain-hop.js'),
+        String(port),
+        String(ctx.upstreamPort),
+      ],
+      { env: { ...process.env, ...WAYPOINT_ENV } },
+    );
     try {
       await untilAnswers(port, 10_000, 'hop', [proc]);
       return { port, pids: [proc.pid], stop: () => stopAll([proc]) };
