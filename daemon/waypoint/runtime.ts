@@ -5,8 +5,9 @@
 //
 // - No --initial-old-space-size=64: with it the old generation is not collected until it holds 64 MB,
 //   and the objects a scavenge promotes under load stay there; the waypoint's peak RSS was 140 MB.
-// - --max-semi-space-size=1: the young generation stays at 1 MB semi-spaces instead of growing to 16 MB
-//   ones (up to 48 MB committed) when requests come fast; its scavenges stay short and frequent.
+// - --max-semi-space-size=2: the young generation stays at 2 MB semi-spaces instead of growing to 16 MB
+//   ones (up to 48 MB committed) when requests come fast. 1 MB saved another 2 MB of RSS, but scavenged
+//   twice as often, and cost CPU per request in the bench; 4 MB kept 5 MB more.
 // - --max-old-space-size=1024: V8 lets the old generation grow by up to 4x its live size between
 //   mark-compacts when the cap is its default (4 GB on the bench's 24 GB host), so the 20 MB a
 //   waypoint keeps became 40 MB and more before the first one; under a 1 GB cap the factor is about 1.6.
@@ -16,7 +17,7 @@
 // Measured in bench/NOTES.md (2026-12-07).
 
 /** The node flags of a waypoint (in place of NODE_FLAGS). */
-export const WAYPOINT_NODE_FLAGS = ['--max-semi-space-size=1', '--max-old-space-size=1024'] as const;
+export const WAYPOINT_NODE_FLAGS = ['--max-semi-space-size=2', '--max-old-space-size=1024'] as const;
 
 /** The environment a waypoint's node is started with. */
 export const WAYPOINT_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: '2' };

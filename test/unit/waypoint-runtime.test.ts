@@ -68,7 +68,7 @@ test('a node started as the drop-in starts it lacks none of the waypoint runtime
 
 test('what is missing: each flag and variable absent; a flag given another value is not', (t) => {
   t.deepEqual(missingWaypointRuntime([], {}), [
-    '--max-semi-space-size=1',
+    '--max-semi-space-size=2',
     '--max-old-space-size=1024',
     'MALLOC_ARENA_MAX=2',
   ]);
@@ -82,6 +82,6 @@ test('what is missing: each flag and variable absent; a flag given another value
     missingWaypointRuntime(['--initial-old-space-size=64', '--max-old-space-size=1024'], {
       MALLOC_ARENA_MAX: '2',
     }),
-    ['--max-semi-space-size=1'],
+    ['--max-semi-space-size=2'],
   );
 });
