@@ -12,6 +12,7 @@ import { runSupervisor } from './supervisor/supervisor.js';
 import { Systemd } from './supervisor/systemd.js';
 import { runWorker } from './supervisor/worker.js';
 import { workerCount } from './supervisor/workers.js';
+import { missingWaypointRuntime, waypointRuntime } from './waypoint/runtime.js';
 
 const program = new Command()
   .name('ambitd')
@@ -39,7 +40,15 @@ async function main(): Promise<void> {
   }
   const config = loadConfig({ flags: flags as ConfigInput, configFile });
   const log = createLogger(config.logLevel);
-  if ((initialOldSpaceMb() ?? 0) < 64) {
+  if (config.role === 'waypoint') {
+    const missing = missingWaypointRuntime();
+    if (missing.length > 0 || initialOldSpaceMb() !== undefined) {
+      log.info(
+        { want: waypointRuntime(), missing },
+        'node was not started as a waypoint is tuned (systemd/waypoint.conf): expect a larger footprint',
+      );
+    }
+  } else if ((initialOldSpaceMb() ?? 0) < 64) {
     log.info(
       { want: NODE_FLAGS.join(' ') },
       'node was started without the flags ambitd is tuned for: expect more garbage collection under load',

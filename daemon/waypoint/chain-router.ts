@@ -117,6 +117,22 @@ export function entrySetOf(mesh: Mesh): EntrySet {
 
 const serviceKey = (s: RoutedService): string => keyOf(s.name, s.namespace);
 
+const MAX_CLIENTS = 10_000;
+/** Each client principal's service, parsed once: every request names one, and there are few. */
+const clients = new Map<string, ServiceRef | null>();
+
+/** The client's service as its SPIFFE ID names it (undefined: none of this mesh); shared, frozen. */
+function clientOf(principal: string): ServiceRef | undefined {
+  let c = clients.get(principal);
+  if (c === undefined) {
+    const peer = peerFromUris([principal]);
+    c = peer?.service ? Object.freeze({ name: peer.service, namespace: peer.namespace ?? 'default' }) : null;
+    if (clients.size >= MAX_CLIENTS) clients.clear();
+    clients.set(principal, c);
+  }
+  return c ?? undefined;
+}
+
 export class ChainRouter implements WaypointRouter {
   readonly #d: ChainRouterDeps;
   readonly #random: Random;
@@ -213,10 +229,7 @@ export class ChainRouter implements WaypointRouter {
     if (resolved.instances.length === 0)
       return { kind: 'none', why: `no healthy endpoint for ${resolved.tried.join(', ')}`, labels };
     // Limits before the pick: a refused request moves no round robin, hash ring or least_request count.
-    const peer = peerFromUris([request.client]);
-    const client: ServiceRef | undefined = peer?.service
-      ? { name: peer.service, namespace: peer.namespace ?? 'default' }
-      : undefined;
+    const client = clientOf(request.client);
     const admitted = this.#limits.admit(
       g.set,
       {

@@ -129,6 +129,24 @@ export interface RecordDeps {
   readonly hop: { readonly identityOf: (w: Pick<Workload, 'namespace' | 'service'>) => string };
 }
 
+/** Endpoints' SPIFFE IDs, per daemon's identityOf (a trust domain) and the mesh's workload objects. */
+const principals = new WeakMap<RecordDeps['hop']['identityOf'], WeakMap<Workload, string>>();
+
+/** The endpoint's SPIFFE ID, made once per workload object rather than once per request. */
+function principalOf(d: RecordDeps, w: Workload): string {
+  let byWorkload = principals.get(d.hop.identityOf);
+  if (byWorkload === undefined) {
+    byWorkload = new WeakMap();
+    principals.set(d.hop.identityOf, byWorkload);
+  }
+  let p = byWorkload.get(w);
+  if (p === undefined) {
+    p = d.hop.identityOf(w);
+    byWorkload.set(w, p);
+  }
+  return p;
+}
+
 /** Counts the request in Istio's metrics (every one, answered by the endpoint or by the waypoint). */
 export function countRequest(d: RecordDeps, l: RequestRecord, protocol: 'http' | 'grpc'): void {
   const labels = requestLabels(
@@ -136,7 +154,7 @@ export function countRequest(d: RecordDeps, l: RequestRecord, protocol: 'http' |
       client: l.ctx.client.principal,
       service: l.routed?.service ?? l.ctx.plan.service,
       endpoint: l.endpoint,
-      endpointPrincipal: l.endpoint ? d.hop.identityOf(l.endpoint) : undefined,
+      endpointPrincipal: l.endpoint ? principalOf(d, l.endpoint) : undefined,
       protocol,
       status: l.status,
       grpcStatus: l.grpcStatus ?? '',

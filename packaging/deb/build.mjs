@@ -88,6 +88,7 @@ function build() {
   put('usr/bin/ambit', wrapper('agent-cli/main.js', ''), 0o755);
   put('lib/systemd/system/ambitd.service', readFileSync(join(root, 'systemd', 'ambitd.service')), 0o644);
   put('usr/share/ambit/capture.conf', readFileSync(join(root, 'systemd', 'capture.conf')), 0o644);
+  put('usr/share/ambit/waypoint.conf', readFileSync(join(root, 'systemd', 'waypoint.conf')), 0o644);
   put('etc/ambit/ambitd.yaml', readFileSync(join(here, 'ambitd.yaml')), 0o644);
   put('usr/share/doc/ambit/copyright', `Ambit\nLicense: ${pkg.license}\n`, 0o644);
 

@@ -274,12 +274,15 @@ test('randomHex: the length asked, hex, and not the same twice', (t) => {
 /** A ByteStream whose reader can be made full (write says wait): the state a slow client leaves. */
 class FakeStream extends EventEmitter implements ByteStream {
   written = '';
+  /** Each write as it was made: what is one syscall (one tunnel frame) on a real stream. */
+  writes: string[] = [];
   full = false;
   paused = false;
   destroyed = false;
   rstCode: number | undefined;
   write(chunk: Buffer): boolean {
     this.written += chunk.toString('latin1');
+    this.writes.push(chunk.toString('latin1'));
     return !this.full;
   }
   end(): void {}
@@ -300,7 +303,8 @@ class FakeStream extends EventEmitter implements ByteStream {
   }
 }
 
-test('an endpoint connection paused for a slow client is not kept paused for the next one', async (t) => {
+/** The engine over fake streams, one endpoint: `upstreams` are the connections it opened to it. */
+function fakeEngine() {
   const upstreams: FakeStream[] = [];
   const metrics = new Metrics({ processMetrics: false });
   const log = silentLogger();
@@ -334,7 +338,13 @@ test('an endpoint connection paused for a slow client is not kept paused for the
     client: { principal: 'spiffe://x/web', forwarded: undefined, traceparent: undefined },
     clientAddr: undefined,
   };
-  const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
+  return { http, ctx, upstreams };
+}
+
+const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+test('an endpoint connection paused for a slow client is not kept paused for the next one', async (t) => {
+  const { http, ctx, upstreams } = fakeEngine();
   const slow = new FakeStream();
   http.serve(slow, ctx);
   slow.push('GET /one HTTP/1.1\r\nHost: api\r\n\r\n');
@@ -354,5 +364,51 @@ test('an endpoint connection paused for a slow client is not kept paused for the
   t.is(upstreams.length, 1, 'the kept connection was reused');
   upstreams[0]!.push('HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo');
   t.regex(next.written, /^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\ntwo$/);
+  http.close();
+});
+
+test('a head and the body of the same read go on in one write; a head whose body comes later goes alone', async (t) => {
+  const { http, ctx, upstreams } = fakeEngine();
+  const client = new FakeStream();
+  http.serve(client, ctx);
+  // The first request opens the endpoint's connection; the next ones find it kept.
+  client.push('GET /open HTTP/1.1\r\nHost: api\r\n\r\n');
+  await tick();
+  const up = upstreams[0]!;
+  up.push('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
+  await tick();
+  up.writes = [];
+  client.writes = [];
+
+  client.push('POST /one HTTP/1.1\r\nHost: api\r\ncontent-length: 5\r\n\r\nhello');
+  t.is(up.writes.length, 1);
+  t.regex(up.writes[0]!, /^POST \/one HTTP\/1\.1\r\n[\s\S]*content-length: 5\r\n[\s\S]*\r\n\r\nhello$/);
+  up.push('HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none');
+  t.is(client.writes.length, 1);
+  t.regex(client.writes[0]!, /^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\none$/);
+  await tick();
+
+  // The body a read behind its head: the head is not held for it.
+  up.writes = [];
+  client.writes = [];
+  client.push('POST /two HTTP/1.1\r\nHost: api\r\ncontent-length: 5\r\n\r\n');
+  t.is(up.writes.length, 1);
+  t.regex(up.writes[0]!, /^POST \/two HTTP\/1\.1\r\n[\s\S]*\r\n\r\n$/);
+  client.push('world');
+  t.deepEqual(up.writes.slice(1), ['world']);
+  up.push('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n');
+  t.is(client.writes.length, 1);
+  t.regex(client.writes[0]!, /^HTTP\/1\.1 200 OK\r\n[\s\S]*transfer-encoding: chunked\r\n\r\n$/);
+  up.push('3\r\ntwo\r\n0\r\n\r\n');
+  t.is(client.writes.slice(1).join(''), '3\r\ntwo\r\n0\r\n\r\n');
+  await tick();
+
+  // A response whose head, body and end come in one read: the end of a chunked body follows its head.
+  client.writes = [];
+  client.push('GET /three HTTP/1.1\r\nHost: api\r\n\r\n');
+  up.push('HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n');
+  t.is(client.writes.length, 1);
+  t.regex(client.writes[0]!, /^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\n0\r\n\r\n$/);
+  t.is(upstreams.length, 1, 'one kept connection carried them all');
   http.close();
 });

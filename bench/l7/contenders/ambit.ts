@@ -7,6 +7,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EmbeddedCa } from '../../../daemon/identity/ca.js';
+import { NODE_FLAGS } from '../../../daemon/proxy/reclaim.js';
+import { WAYPOINT_ENV, WAYPOINT_NODE_FLAGS } from '../../../daemon/waypoint/runtime.js';
 import { editMeshFile, setConfigEntry, upsertWorkload } from '../../../lib/mesh/edit.js';
 import { workload } from '../../../test/helpers/mesh.js';
 import { type Spawned, freePort, gitCommit, sleep, startProcess } from '../../proc.js';
@@ -81,10 +83,11 @@ export async function startAmbitPath(
     for (const node of NODES) {
       const readyPort = await freePort();
       ready.set(node, readyPort);
-      const role = node === 'wp-node' ? ['--role', 'waypoint', '--waypoint-service', WAYPOINT_SERVICE] : [];
+      const wp = node === 'wp-node';
+      const role = wp ? ['--role', 'waypoint', '--waypoint-service', WAYPOINT_SERVICE] : [];
       const args = [
-        // What ambitd's launchers pass (see daemon/proxy/reclaim.ts).
-        '--initial-old-space-size=64',
+        // What ambitd's launchers pass (daemon/proxy/reclaim.ts; a waypoint's: daemon/waypoint/runtime.ts).
+        ...(wp ? WAYPOINT_NODE_FLAGS : NODE_FLAGS),
         join(ctx.root, 'dist/daemon/main.js'),
         ...role,
         '--node-name',
@@ -109,7 +112,7 @@ export async function startAmbitPath(
       ];
       procs.push(
         startProcess(`ambitd ${node}`, process.execPath, args, {
-          env: ambitEnv(),
+          env: wp ? { ...ambitEnv(), ...WAYPOINT_ENV } : ambitEnv(),
           logFile: join(ctx.dir, `${node}.log`),
         }),
       );

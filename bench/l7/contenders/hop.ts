@@ -3,6 +3,7 @@
 // them; the waypoint contender is the same engine inside the real path, with mTLS and HTTP/2 both sides.
 
 import { join } from 'node:path';
+import { WAYPOINT_ENV, WAYPOINT_NODE_FLAGS } from '../../../daemon/waypoint/runtime.js';
 import { freePort, startProcess } from '../../proc.js';
 import type { L7Contender, L7Context, Running } from '../contender.js';
 import { stopAll, untilAnswers } from '../ready.js';
@@ -12,7 +13,8 @@ export const contender: L7Contender = {
   name: 'hop',
   description:
     "the waypoint's HTTP/1.1 engine (daemon/waypoint/http.ts, llhttp) alone, one Node process, plaintext " +
-    'both sides, keep-alive upstream, request metrics on, access log off (bench/l7/plain-hop.ts)',
+    "both sides, keep-alive upstream, request metrics on, access log off, node started as a waypoint's " +
+    '(bench/l7/plain-hop.ts)',
   missing: ambitMissing,
   version: ambitVersion,
   start: (ctx) => startPlainHop(ctx, 'plain'),
@@ -21,12 +23,19 @@ export const contender: L7Contender = {
 /** plain-hop.js in one of its modes (its header says what each routes with). */
 export async function startPlainHop(ctx: L7Context, mode: 'plain' | 'chain' | 'policies'): Promise<Running> {
   const port = await freePort();
-  const proc = startProcess(`plain hop (${mode})`, process.execPath, [
-    join(ctx.root, 'dist/bench/l7/plain-hop.js'),
-    String(port),
-    String(ctx.upstreamPort),
-    mode,
-  ]);
+  // Node as a waypoint's is started (daemon/waypoint/runtime.ts): the engine's footprint as it runs there.
+  const proc = startProcess(
+    `plain hop (${mode})`,
+    process.execPath,
+    [
+      ...WAYPOINT_NODE_FLAGS,
+      join(ctx.root, 'dist/bench/l7/plain-hop.js'),
+      String(port),
+      String(ctx.upstreamPort),
+      mode,
+    ],
+    { env: { ...process.env, ...WAYPOINT_ENV } },
+  );
   try {
     await untilAnswers(port, 10_000, 'hop', [proc]);
     return { port, pids: [proc.pid], stop: () => stopAll([proc]) };

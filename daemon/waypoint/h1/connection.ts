@@ -128,6 +128,13 @@ class Exchange<T> implements ResponseHandler {
   pending: { readonly cause: RetryCause; readonly otherwise: () => void } | undefined;
   /** Its mirror copy, taking the same body frames until the body is whole. */
   mirror: MirrorSink | undefined;
+  /**
+   * A head not written yet because a body frame is likely in the same read: the two go in one write
+   * (one syscall, one tunnel frame) instead of two. The request's, to the endpoint; the response's, to
+   * the client. Written alone once the read is parsed if nothing came to join it.
+   */
+  reqHeadOut: Buffer | undefined = undefined;
+  resHeadOut: Buffer | undefined = undefined;
 
   constructor(conn: ClientConnection<T>, req: ReadRequest, account: T, keepAlive: boolean) {
     this.conn = conn;
@@ -169,6 +176,9 @@ class Exchange<T> implements ResponseHandler {
     this.blocked = false;
     this.conn.upstreamDrained();
   }
+  parsed(): void {
+    if (this.resHeadOut !== undefined) this.conn.flushResponseHead(this);
+  }
 }
 
 export class ClientConnection<T> {
@@ -196,6 +206,8 @@ export class ClientConnection<T> {
   #upgradeBlocked = false;
   /** A request's head has begun and is not complete (what the idle timer then refuses as too slow). */
   #inHead = false;
+  /** The exchange whose request head waits for its first body frame of the read being parsed. */
+  #headHeld: Exchange<T> | undefined;
   readonly #onDone: () => void;
 
   readonly #idleMs: number;
@@ -257,6 +269,11 @@ export class ClientConnection<T> {
     this.#executing = true;
     const r = this.#parser.execute(chunk);
     this.#executing = false;
+    const held = this.#headHeld;
+    if (held !== undefined) {
+      this.#headHeld = undefined;
+      this.#flushRequestHead(held);
+    }
     if (!r.ok) {
       this.#malformed(r.failure);
       return;
@@ -314,7 +331,14 @@ export class ClientConnection<T> {
       if (ex.pending) return;
     }
     if (ex === this.#queue[0] && ex.up !== undefined && ex.held === undefined) {
-      if (!ex.up.stream.write(frame)) ex.blocked = true;
+      const head = ex.reqHeadOut;
+      let out = frame;
+      if (head !== undefined) {
+        ex.reqHeadOut = undefined;
+        if (this.#headHeld === ex) this.#headHeld = undefined;
+        out = Buffer.concat([head, frame], head.length + frame.length);
+      }
+      if (!ex.up.stream.write(out)) ex.blocked = true;
       return;
     }
     const own = owned ? frame : Buffer.from(frame);
@@ -411,13 +435,36 @@ export class ClientConnection<T> {
     ex.up = up;
     up.lend(ex);
     const route = ex.route!;
-    let ok = up.stream.write(Buffer.from(this.#host.requestHead(ex.req, route, ex.account), 'latin1'));
+    const head = Buffer.from(this.#host.requestHead(ex.req, route, ex.account), 'latin1');
     // A retry replays the whole body kept (it is only retried when that is all of it).
     const held = ex.retry && ex.retry.attempts > 1 ? ex.retry.body.chunks : ex.held;
+    if (
+      held === undefined &&
+      this.#executing &&
+      this.#reading === ex &&
+      !ex.readWhole &&
+      ex.retry === undefined &&
+      !ex.req.upgrade
+    ) {
+      // Its head was just parsed and its body follows, usually in the same read: they go together.
+      ex.reqHeadOut = head;
+      this.#headHeld = ex;
+      this.flow();
+      return;
+    }
+    let ok = up.stream.write(head);
     ex.held = undefined;
     if (held) for (const f of held) ok = up.stream.write(f) && ok;
     if (!ok) ex.blocked = true;
     this.flow();
+  }
+
+  /** The request's head, alone: no body frame came in the read that completed it. */
+  #flushRequestHead(ex: Exchange<T>): void {
+    const head = ex.reqHeadOut;
+    ex.reqHeadOut = undefined;
+    if (head === undefined || ex.done || ex.up === undefined) return;
+    if (!ex.up.stream.write(head)) ex.blocked = true;
   }
 
   #unreachable(ex: Exchange<T>, err: Error): void {
@@ -507,15 +554,35 @@ export class ClientConnection<T> {
       if (!ex.readWhole) ex.closeAfter = true;
       fields.connection = 'close';
     } else if (ex.req.http10) fields.connection = 'keep-alive';
-    this.writeClient(Buffer.from(responseHead(status, h.reason, fields), 'latin1'));
+    const head = Buffer.from(responseHead(status, h.reason, fields), 'latin1');
+    // Its body (or its end) follows, usually in the same read: written with it (parsed() flushes it).
+    if (ex.resFraming !== 'none' && ex.req.method !== 'HEAD') ex.resHeadOut = head;
+    else this.writeClient(head);
     return ex.req.method === 'HEAD';
+  }
+
+  /** The response's head, alone: the read that completed it held none of its body. */
+  flushResponseHead(ex: Exchange<T>): void {
+    const head = ex.resHeadOut;
+    ex.resHeadOut = undefined;
+    if (head !== undefined) this.writeClient(head);
   }
 
   responseBody(ex: Exchange<T>, chunk: Buffer): void {
     if (ex.done || ex.discarding) return;
     this.#host.bodyOut(ex.account, chunk.length);
     ex.idle?.refresh();
-    this.writeClient(ex.resFraming === 'chunked' ? chunkOf(chunk) : chunk);
+    const head = ex.resHeadOut;
+    if (head === undefined) {
+      this.writeClient(ex.resFraming === 'chunked' ? chunkOf(chunk) : chunk);
+      return;
+    }
+    ex.resHeadOut = undefined;
+    this.writeClient(
+      ex.resFraming === 'chunked'
+        ? Buffer.concat([head, chunkOf(chunk)])
+        : Buffer.concat([head, chunk], head.length + chunk.length),
+    );
   }
 
   responseEnd(ex: Exchange<T>): void {
@@ -531,7 +598,11 @@ export class ClientConnection<T> {
       this.#again(ex);
       return;
     }
-    if (ex.resFraming === 'chunked') this.writeClient(LAST_CHUNK);
+    const head = ex.resHeadOut;
+    ex.resHeadOut = undefined;
+    if (ex.resFraming === 'chunked')
+      this.writeClient(head === undefined ? LAST_CHUNK : Buffer.concat([head, LAST_CHUNK]));
+    else if (head !== undefined) this.writeClient(head);
     if (!ex.reqEnded && ex.up) ex.up.reusable = false;
     this.#finish(ex, 'completed');
   }
@@ -650,6 +721,12 @@ export class ClientConnection<T> {
 
   #finish(ex: Exchange<T>, outcome: string, flag?: string): void {
     if (ex.done) return;
+    this.flushResponseHead(ex);
+    if (ex.reqHeadOut !== undefined) {
+      // Never sent: the endpoint's connection carries nothing of this request.
+      ex.reqHeadOut = undefined;
+      if (this.#headHeld === ex) this.#headHeld = undefined;
+    }
     ex.done = true;
     ex.mirror?.abandon();
     clearTimeout(ex.deadline);

@@ -36,6 +36,8 @@ export interface ResponseHandler {
   lost(why: string): void;
   /** The connection can take more of the request body. */
   drain(): void;
+  /** A read of the response is parsed: what was held to go out with the next part can go now. */
+  parsed?(): void;
 }
 
 export const upstreamKey = (ep: Workload, plan: OutboundPlan, client: HopClient): string =>
@@ -134,7 +136,10 @@ export class UpstreamConnection {
       this.destroy();
       return;
     }
+    const h = this.#handler;
     const r = this.#parser.execute(c);
+    // Still lent to it: an exchange that ended inside the read has written all it held.
+    if (r.ok && this.#handler === h) h.parsed?.();
     if (!r.ok) {
       this.#fail(`endpoint sent an invalid response: ${r.failure.code} ${r.failure.reason}`);
       return;
