@@ -443,10 +443,12 @@ export class ClientConnection<T> {
       this.#executing &&
       this.#reading === ex &&
       !ex.readWhole &&
-      ex.retry === undefined &&
+      (ex.retry === undefined || ex.retry.attempts === 1) &&
       !ex.req.upgrade
     ) {
-      // Its head was just parsed and its body follows, usually in the same read: they go together.
+      // Its head was just parsed and its body follows, usually in the same read: they go together. A first
+      // attempt under a retry policy too (its body frames are kept for a replay as they go); a replay
+      // writes what was kept.
       ex.reqHeadOut = head;
       this.#headHeld = ex;
       this.flow();
