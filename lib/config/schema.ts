@@ -289,7 +289,7 @@ const workers = {
   workers: setting({
     parser: workerCount,
     default: 0,
-    help: 'worker processes behind a supervisor that holds the listeners and the control plane (auto: the cores available); 0: one process, no supervisor',
+    help: 'worker processes behind a supervisor that holds the listeners and the control plane (auto: the cores available; a waypoint runs 1 at most); 0: one process, no supervisor',
   }),
   workersMax: setting({
     parser: count(),
