@@ -593,3 +593,34 @@ export function routingSuite(test: TestFn<L7World>): void {
     },
   );
 }
+
+/** A suite's two worlds: the same entries in embedded mode and through Consul. */
+export interface L7Worlds {
+  file: L7World;
+  consul: L7World;
+}
+
+/**
+ * Registers the suite's hooks: both worlds started from `entries` before its tests, closed after them.
+ * Each test then runs its checks in both, from `t.context`.
+ */
+export function inBothWorlds(
+  test: TestFn<L7Worlds>,
+  entries: readonly unknown[],
+  options: WorldOptions = {},
+): void {
+  test.before(async (t) => {
+    const file = await startFileWorld(entries, options);
+    t.context = { file, consul: await startConsulWorld(entries, options) };
+  });
+  test.after.always(async (t) => {
+    await t.context?.file?.close();
+    await t.context?.consul?.close();
+  });
+}
+
+/** A service-router route by path prefix, to `service` itself. */
+export const prefixRoute = (prefix: string, service = 'api'): unknown => ({
+  Match: { HTTP: { PathPrefix: prefix } },
+  Destination: { Service: service },
+});

@@ -5,14 +5,10 @@
 import { Agent, type ClientRequest, type IncomingMessage, request } from 'node:http';
 import anyTest, { type ExecutionContext, type TestFn } from 'ava';
 import { metricSum, metricsText, until } from '../helpers/cluster.js';
-import { type L7World, startConsulWorld, startFileWorld } from '../helpers/l7-routing.js';
+import { type L7World, type L7Worlds, inBothWorlds } from '../helpers/l7-routing.js';
 import type { LogLine } from '../helpers/logs.js';
 
-interface Worlds {
-  file: L7World;
-  consul: L7World;
-}
-const test = anyTest as TestFn<Worlds>;
+const test = anyTest as TestFn<L7Worlds>;
 
 const OVERFLOW = 'upstream connect error or disconnect/reset before headers. reason: overflow';
 
@@ -32,15 +28,7 @@ const ENTRIES: unknown[] = [
   { Kind: 'service-intentions', Name: 'api', Sources: [{ Name: 'web', Action: 'allow' }] },
 ];
 
-test.before(async (t) => {
-  const file = await startFileWorld(ENTRIES);
-  t.context = { file, consul: await startConsulWorld(ENTRIES) };
-});
-
-test.after.always(async (t) => {
-  await t.context?.file?.close();
-  await t.context?.consul?.close();
-});
+inBothWorlds(test, ENTRIES);
 
 interface Answer {
   status: number;
@@ -69,7 +57,7 @@ function readAll(res: IncomingMessage): Promise<string> {
   });
 }
 
-async function concurrency(t: ExecutionContext<Worlds>, w: L7World, mode: string): Promise<void> {
+async function concurrency(t: ExecutionContext<L7Worlds>, w: L7World, mode: string): Promise<void> {
   const before = await refused(w, 'overflow');
   const url = new URL(w.base);
   const answers: (Answer | undefined)[] = Array.from({ length: 50 }, () => undefined);
@@ -127,7 +115,7 @@ async function concurrency(t: ExecutionContext<Worlds>, w: L7World, mode: string
   t.is((await refused(w, 'overflow')) - before, 40);
 }
 
-async function rate(t: ExecutionContext<Worlds>, w: L7World, mode: string): Promise<void> {
+async function rate(t: ExecutionContext<L7Worlds>, w: L7World, mode: string): Promise<void> {
   const before = await refused(w, 'rate_limited');
   const url = new URL(w.base);
   // Fewer sockets than web's MaxConcurrentRequests (10) to api: on a slow machine answers queue up, and with

@@ -6,18 +6,9 @@
 import { Agent, type IncomingMessage, request } from 'node:http';
 import anyTest, { type ExecutionContext, type TestFn } from 'ava';
 import { metricSum, metricsText, until } from '../helpers/cluster.js';
-import { type L7World, startConsulWorld, startFileWorld } from '../helpers/l7-routing.js';
+import { type L7World, type L7Worlds, inBothWorlds, prefixRoute } from '../helpers/l7-routing.js';
 
-interface Worlds {
-  file: L7World;
-  consul: L7World;
-}
-const test = anyTest as TestFn<Worlds>;
-
-const route = (prefix: string): unknown => ({
-  Match: { HTTP: { PathPrefix: prefix } },
-  Destination: { Service: 'api' },
-});
+const test = anyTest as TestFn<L7Worlds>;
 
 const ENTRIES: unknown[] = [
   { Kind: 'service-defaults', Name: 'api', Protocol: 'http', Meta: { 'ambit-waypoint': 'wp' } },
@@ -30,22 +21,14 @@ const ENTRIES: unknown[] = [
       'ambit-mirror-1': '{"Service": "legacy"}',
       'ambit-mirror-2': '{"Service": "legacy", "Percent": 50}',
     },
-    Routes: [route('/mirror/'), route('/held/'), route('/half/'), route('/plain/')],
+    Routes: [prefixRoute('/mirror/'), prefixRoute('/held/'), prefixRoute('/half/'), prefixRoute('/plain/')],
   },
   { Kind: 'service-intentions', Name: 'api', Sources: [{ Name: 'web', Action: 'allow' }] },
 ];
 
 const SLOW = { server: 'legacy-1', prefix: '/held/', ms: 2000 };
 
-test.before(async (t) => {
-  const file = await startFileWorld(ENTRIES, { slow: SLOW });
-  t.context = { file, consul: await startConsulWorld(ENTRIES, { slow: SLOW }) };
-});
-
-test.after.always(async (t) => {
-  await t.context?.file?.close();
-  await t.context?.consul?.close();
-});
+inBothWorlds(test, ENTRIES, { slow: SLOW });
 
 interface Answer {
   status: number;
@@ -109,7 +92,7 @@ const seenBy = (w: L7World, server: string, rid: string): L7World['seen'] =>
 /** `-shadow` after the host, ahead of its port. */
 const shadowed = (host: string): string => host.replace(/(:\d+)?$/, '-shadow$1');
 
-async function every(t: ExecutionContext<Worlds>, w: L7World, mode: string): Promise<void> {
+async function every(t: ExecutionContext<L7Worlds>, w: L7World, mode: string): Promise<void> {
   const agent = new Agent({ keepAlive: true, maxSockets: 4 });
   t.teardown(() => agent.destroy());
   const before = await mirrored(w, 'sent');
@@ -137,7 +120,7 @@ async function every(t: ExecutionContext<Worlds>, w: L7World, mode: string): Pro
   t.is((await mirrored(w, 'sent')) - before, 55);
 }
 
-async function slow(t: ExecutionContext<Worlds>, w: L7World, mode: string): Promise<void> {
+async function slow(t: ExecutionContext<L7Worlds>, w: L7World, mode: string): Promise<void> {
   const agent = new Agent({ keepAlive: true, maxSockets: 20 });
   t.teardown(() => agent.destroy());
   const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
@@ -161,7 +144,7 @@ async function slow(t: ExecutionContext<Worlds>, w: L7World, mode: string): Prom
   t.is((await mirrored(w, 'sent')) - before, 20);
 }
 
-async function percent(t: ExecutionContext<Worlds>, w: L7World, mode: string): Promise<void> {
+async function percent(t: ExecutionContext<L7Worlds>, w: L7World, mode: string): Promise<void> {
   const agent = new Agent({ keepAlive: true, maxSockets: 8 });
   t.teardown(() => agent.destroy());
   const before = await mirrored(w, 'sent');
@@ -183,7 +166,7 @@ async function percent(t: ExecutionContext<Worlds>, w: L7World, mode: string): P
   t.is((await mirrored(w, 'sent')) - before, copies);
 }
 
-async function bigBody(t: ExecutionContext<Worlds>, w: L7World, mode: string): Promise<void> {
+async function bigBody(t: ExecutionContext<L7Worlds>, w: L7World, mode: string): Promise<void> {
   const agent = new Agent({ keepAlive: true, maxSockets: 1 });
   t.teardown(() => agent.destroy());
   const before = await mirrored(w, 'skipped-body');

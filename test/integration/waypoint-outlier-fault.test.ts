@@ -11,19 +11,10 @@ import anyTest, { type ExecutionContext, type TestFn } from 'ava';
 import type { GroupView } from '../../daemon/waypoint/outlier.js';
 import { ADMIN_TOKEN_FILE } from '../../lib/paths.js';
 import { metricSum, metricsText, until } from '../helpers/cluster.js';
-import { type L7World, startConsulWorld, startFileWorld } from '../helpers/l7-routing.js';
+import { type L7World, type L7Worlds, inBothWorlds, prefixRoute } from '../helpers/l7-routing.js';
 import type { LogLine } from '../helpers/logs.js';
 
-interface Worlds {
-  file: L7World;
-  consul: L7World;
-}
-const test = anyTest as TestFn<Worlds>;
-
-const route = (prefix: string): unknown => ({
-  Match: { HTTP: { PathPrefix: prefix } },
-  Destination: { Service: 'api' },
-});
+const test = anyTest as TestFn<L7Worlds>;
 
 const ENTRIES: unknown[] = [
   { Kind: 'service-defaults', Name: 'api', Protocol: 'http', Meta: { 'ambit-waypoint': 'wp' } },
@@ -53,20 +44,12 @@ const ENTRIES: unknown[] = [
       'ambit-fault-2': '{"Abort": {"HTTPStatus": 418}, "Header": {"Name": "x-chaos", "Exact": "on"}}',
       'ambit-fault-3': '{"Delay": {"Fixed": "50ms"}, "Abort": {"HTTPStatus": 502}}',
     },
-    Routes: [route('/abort/'), route('/delay/'), route('/gated/'), route('/both/')],
+    Routes: [prefixRoute('/abort/'), prefixRoute('/delay/'), prefixRoute('/gated/'), prefixRoute('/both/')],
   },
   { Kind: 'service-intentions', Name: 'api', Sources: [{ Name: 'web', Action: 'allow' }] },
 ];
 
-test.before(async (t) => {
-  const file = await startFileWorld(ENTRIES);
-  t.context = { file, consul: await startConsulWorld(ENTRIES) };
-});
-
-test.after.always(async (t) => {
-  await t.context?.file?.close();
-  await t.context?.consul?.close();
-});
+inBothWorlds(test, ENTRIES);
 
 interface Answer {
   status: number;
@@ -139,7 +122,7 @@ const ejected = async (w: L7World): Promise<number> =>
     destination_service: 'api.default',
   });
 
-async function ejection(t: ExecutionContext<Worlds>, w: L7World, mode: string): Promise<void> {
+async function ejection(t: ExecutionContext<L7Worlds>, w: L7World, mode: string): Promise<void> {
   const agent = new Agent({ keepAlive: true, maxSockets: 1 });
   t.teardown(() => agent.destroy());
   const before = await ejections(w);
@@ -201,7 +184,7 @@ async function ejection(t: ExecutionContext<Worlds>, w: L7World, mode: string): 
   t.like(await outliers(w), [{ ejected: [] }]);
 }
 
-async function abort(t: ExecutionContext<Worlds>, w: L7World, mode: string): Promise<void> {
+async function abort(t: ExecutionContext<L7Worlds>, w: L7World, mode: string): Promise<void> {
   const agent = new Agent({ keepAlive: true, maxSockets: 8 });
   t.teardown(() => agent.destroy());
   const answers = await load(1000, 8, (i) => get(w, agent, `/abort/${i}`, `${mode}-a-${i}`));
@@ -218,7 +201,7 @@ async function abort(t: ExecutionContext<Worlds>, w: L7World, mode: string): Pro
   t.true(lines.filter((l) => l.response_flags === 'FI').every((l) => l.endpoint === undefined));
 }
 
-async function delay(t: ExecutionContext<Worlds>, w: L7World, mode: string): Promise<void> {
+async function delay(t: ExecutionContext<L7Worlds>, w: L7World, mode: string): Promise<void> {
   const agent = new Agent({ keepAlive: true, maxSockets: 4 });
   t.teardown(() => agent.destroy());
   const answers = await load(60, 4, (i) => get(w, agent, `/delay/${i}`, `${mode}-d-${i}`));
@@ -253,7 +236,7 @@ async function delay(t: ExecutionContext<Worlds>, w: L7World, mode: string): Pro
   t.true(median(missed.map((a) => a.ms)) < 100);
 }
 
-async function gated(t: ExecutionContext<Worlds>, w: L7World, mode: string): Promise<void> {
+async function gated(t: ExecutionContext<L7Worlds>, w: L7World, mode: string): Promise<void> {
   const agent = new Agent({ keepAlive: true, maxSockets: 4 });
   t.teardown(() => agent.destroy());
   const plain = await load(20, 4, (i) => get(w, agent, `/gated/${i}`, `${mode}-g-${i}`));
