@@ -12,6 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { parseArgs } from 'node:util';
 import {
   clientWorkload,
   echoServer,
@@ -25,6 +26,14 @@ import {
   workload,
 } from '../test/helpers/cluster.js';
 import { AMBITD } from '../test/helpers/paths.js';
+
+const OPTIONS = parseArgs({
+  options: {
+    json: { type: 'boolean', default: false },
+    timeline: { type: 'boolean', default: false },
+    repeat: { type: 'string' },
+  },
+}).values;
 
 const EVERY_MS = 5;
 /** Each case's client: at most this many connections, for at most this long. */
@@ -68,7 +77,7 @@ function env(dir: string, name: string, fixed?: Host['ports']): NodeJS.ProcessEn
     AMBIT_WORKERS: '2',
     AMBIT_STOP_GRACE: '0s',
     AMBIT_DRAIN_TIMEOUT: '2s',
-    AMBIT_LOG_LEVEL: process.argv.includes('--timeline') ? 'debug' : 'info',
+    AMBIT_LOG_LEVEL: OPTIONS.timeline ? 'debug' : 'info',
   };
 }
 
@@ -164,12 +173,7 @@ function logged(h: Host, msg: string): number {
 }
 
 async function main(): Promise<void> {
-  const json = process.argv.includes('--json');
-  const timeline = process.argv.includes('--timeline');
-  const arg = (name: string): string | undefined => {
-    const i = process.argv.indexOf(name);
-    return i > 0 ? process.argv[i + 1] : undefined;
-  };
+  const { json, timeline, repeat: repeatArg } = OPTIONS;
   const dir = await mkdtemp(join(tmpdir(), 'ambit-bench-restart-'));
   const echo = await echoServer();
   const hosts: Host[] = [];
@@ -216,7 +220,7 @@ async function main(): Promise<void> {
       );
       h.pid = next!;
     };
-    const repeat = Number(arg('--repeat') ?? 0);
+    const repeat = Number(repeatArg ?? 0);
     if (repeat > 0) {
       // The destination reload alone, again and again: a rare failure, with both hosts' warnings at the
       // time, and (--timeline) what each host logged around the longest gap.
