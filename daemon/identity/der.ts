@@ -1,9 +1,15 @@
 // Thin DER helpers over forge.asn1, so certificate code reads as structure and deals in Buffers rather
 // than forge's binary strings.
 
-import forge from 'node-forge';
+import { createRequire } from 'node:module';
+import type forge from 'node-forge';
 
-const { asn1 } = forge;
+// Only forge's ASN.1 module (with its util and OIDs), not the package's index: that one loads all of
+// forge (its TLS, PKCS#7/#12, ciphers, RSA, SSH), about 9 MB of RSS in every process that signs or reads
+// a certificate, a waypoint's 60 MB included (issue 15). Certificates are signed by node:crypto.
+const load = createRequire(import.meta.url);
+const asn1 = load('node-forge/lib/asn1.js') as typeof forge.asn1;
+const util = load('node-forge/lib/util.js') as typeof forge.util;
 export type Asn1 = forge.asn1.Asn1;
 
 const U = asn1.Class.UNIVERSAL;
@@ -20,7 +26,7 @@ export const smallInt = (n: number): Asn1 =>
 /** A non-negative INTEGER from its big-endian magnitude; the caller keeps the top bit clear. */
 export const int = (magnitude: Buffer): Asn1 => asn1.create(U, T.INTEGER, false, bin(magnitude));
 export const octets = (bytes: Buffer): Asn1 => asn1.create(U, T.OCTETSTRING, false, bin(bytes));
-export const utf8 = (text: string): Asn1 => asn1.create(U, T.UTF8, false, forge.util.encodeUtf8(text));
+export const utf8 = (text: string): Asn1 => asn1.create(U, T.UTF8, false, util.encodeUtf8(text));
 export const bits = (bytes: Buffer, unusedBits = 0): Asn1 =>
   asn1.create(U, T.BITSTRING, false, String.fromCharCode(unusedBits) + bin(bytes));
 
