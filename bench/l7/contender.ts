@@ -7,7 +7,7 @@ import type { Running } from '../contenders.js';
 export type { Running } from '../contenders.js';
 
 /** What a run measures unless --only says otherwise, in the order of the table and of each round. */
-export const L7_NAMES = ['direct', 'nginx', 'haproxy', 'hop', 'waypoint', 'ambit'] as const;
+export const L7_NAMES = ['direct', 'nginx', 'haproxy', 'node-floor', 'hop', 'waypoint', 'ambit'] as const;
 /**
  * Issue 16's policy cost, run by name only (`--only hop-chain,hop-policies`): the hop routed by the chain
  * router without and with a retry policy and limits, and the waypoint with them (bench/l7/policies.ts).
