@@ -3,7 +3,7 @@
 // its subset filter and failover, and the endpoint its LoadBalancer picks. L7 intentions decide first.
 // Everything it decides comes from lib/l7; this module maps the mesh model onto it and keeps the state
 // the decisions need (pickers, the compiled chains, the endpoints that failed lately).
-import { drawFault, routeFault } from '../../lib/l7/fault.js';
+import { type FaultPolicy, drawFault, routeFault } from '../../lib/l7/fault.js';
 import {
   type ChainTarget,
   type CompiledChain,
@@ -21,7 +21,7 @@ import {
   routeRequest,
   targetInstances,
 } from '../../lib/l7/index.js';
-import { drawMirror, mirrorTarget, routeMirror } from '../../lib/l7/mirror.js';
+import { type MirrorPolicy, drawMirror, mirrorTarget, routeMirror } from '../../lib/l7/mirror.js';
 import { keyOf } from '../../lib/l7/set.js';
 import type { Logger } from '../../lib/log.js';
 import type { Mesh, Service, ServiceProtocol, Workload } from '../../lib/mesh/model.js';
@@ -33,6 +33,7 @@ import {
   type GroupView,
   OutlierDetector,
   type OutlierMetrics,
+  type OutlierSettings,
   type OutlierTicket,
   type UpstreamResult,
   passiveHealthCheck,
@@ -50,7 +51,7 @@ import type {
   RouteRequest,
   WaypointRouter,
 } from './router.js';
-import { type ServiceRef, TrafficLimits } from './traffic-limits.js';
+import { type Lane, type ServiceRef, TrafficLimits } from './traffic-limits.js';
 
 export interface ChainRouterDeps {
   readonly store: Pick<StateStore, 'mesh' | 'endpoints' | 'node' | 'service'>;
@@ -79,8 +80,32 @@ interface Generation {
   readonly chains: Map<string, CompiledChain>;
   readonly instances: Map<string, TargetInstances>;
   readonly pickers: Map<string, Picker>;
-  /** Per compiled chain, per route index: its destination's retry policy (null: none), parsed once. */
-  readonly retries: WeakMap<CompiledChain, Map<number | undefined, RetryPolicy | null>>;
+  /** Each compiled chain's policies, per route and per (client, target): read from the entries once. */
+  readonly policies: WeakMap<CompiledChain, ChainPolicies>;
+}
+
+/**
+ * What a request's route and its (client, target) pair meet, as far as it depends only on the entry set:
+ * kept per compiled chain (so per generation), so that a request reads no entry for them again.
+ */
+interface ChainPolicies {
+  /** Per route index (undefined: the chain has no router). */
+  readonly routes: Map<number | undefined, RoutePolicies>;
+  /** Per client service (undefined: no client of this mesh), per chain target ID. */
+  readonly pairs: Map<ServiceRef | undefined, Map<string, PairPolicies>>;
+}
+
+interface RoutePolicies {
+  readonly retry: RetryPolicy | undefined;
+  readonly fault: FaultPolicy | undefined;
+  readonly mirror: MirrorPolicy | undefined;
+}
+
+interface PairPolicies {
+  /** What TrafficLimits admits it by. */
+  readonly lane: Lane;
+  /** Its PassiveHealthCheck's settings; undefined: none. */
+  readonly outliers: OutlierSettings | undefined;
 }
 
 /** What a retry of a request needs to pick again among the same target's endpoints. */
@@ -94,6 +119,16 @@ interface Repick {
   readonly release: () => void;
   /** Its outlier group under a PassiveHealthCheck: a retry avoids the ejected and reports its own result. */
   readonly outliers: OutlierTicket | undefined;
+}
+
+/** What one route handed out holds until it is done, moved or reported. */
+interface Held {
+  /** What `done` undoes (least_request's count, the concurrency slot); undefined once done or moved. */
+  end: (() => void) | undefined;
+  /** Only for routes with a retry policy: how `reroute` picks again. */
+  readonly repick: Repick | undefined;
+  /** Under a PassiveHealthCheck: what its result is reported to (once); undefined once reported. */
+  ticket: OutlierTicket | undefined;
 }
 
 /**
@@ -117,6 +152,9 @@ export function entrySetOf(mesh: Mesh): EntrySet {
 
 const serviceKey = (s: RoutedService): string => keyOf(s.name, s.namespace);
 
+/** No endpoint excluded: the first pick of a request. */
+const NO_ONE: ReadonlySet<string> = new Set();
+
 const MAX_CLIENTS = 10_000;
 /** Each client principal's service, parsed once: every request names one, and there are few. */
 const clients = new Map<string, ServiceRef | null>();
@@ -139,14 +177,13 @@ export class ChainRouter implements WaypointRouter {
   readonly #ejectedUntil = new Map<string, number>();
   /** The last chain that compiled, per service: a later mesh whose entries do not compile keeps it. */
   readonly #lastGood = new Map<string, CompiledChain>();
-  /** What `done` undoes for each request in flight (least_request's count, the concurrency slot). */
-  readonly #inFlight = new WeakMap<RequestRoute, () => void>();
+  /**
+   * What each route handed out holds: one entry per route, one WeakMap insert per request (each insert
+   * is an ephemeron the collector traces: the three things a route may hold share it).
+   */
+  readonly #held = new WeakMap<RequestRoute, Held>();
   readonly #limits = new TrafficLimits();
-  /** Only for routes with a retry policy: how `reroute` picks again. */
-  readonly #repick = new WeakMap<RequestRoute, Repick>();
   readonly #outliers: OutlierDetector;
-  /** What each request routed under a PassiveHealthCheck reports its result to (once). */
-  readonly #tickets = new WeakMap<RequestRoute, OutlierTicket>();
   #gen: Generation | undefined;
 
   constructor(d: ChainRouterDeps) {
@@ -222,49 +259,42 @@ export class ChainRouter implements WaypointRouter {
       target: resolved.target.ID,
       failover: resolved.failover,
     };
+    const policies = this.#routePolicies(g, chain, r);
     // As Envoy's fault filter, ahead of its router: an abort needs no endpoint and takes no limit's slot.
-    const fault = this.#fault(g, chain, r.route, r.implicit, request);
+    const fault = policies.fault && drawFault(policies.fault, request.headers ?? {}, this.#random);
     if (fault?.abort && fault.delayMs === undefined)
       return { kind: 'fault', abort: fault.abort, why: `fault injected: abort ${fault.abort.http}`, labels };
     if (resolved.instances.length === 0)
       return { kind: 'none', why: `no healthy endpoint for ${resolved.tried.join(', ')}`, labels };
     // Limits before the pick: a refused request moves no round robin, hash ring or least_request count.
     const client = clientOf(request.client);
-    const admitted = this.#limits.admit(
-      g.set,
-      {
-        client,
-        dialed: request.plan.service,
-        target: { name: resolved.target.Service, namespace: resolved.target.Namespace },
-        path: r.path,
-      },
-      now,
-    );
+    const pair = this.#pair(g, chain, client, request.plan.service, resolved.target);
+    const admitted = this.#limits.admitLane(pair.lane, r.path, now);
     if (!admitted.ok) return { kind: 'limited', limit: admitted.refusal, why: admitted.why, labels };
     const target = this.#instances(g, resolved.target);
-    let live = this.#live(resolved.instances, new Set(), now);
-    const phc = client && passiveHealthCheck(g.set, client, request.plan.service);
+    let live = this.#live(resolved.instances, NO_ONE, now);
     const t = resolved.target;
     const outliers =
-      phc && client
+      pair.outliers && client
         ? this.#outliers.ticket(
             client,
             { id: t.ID, service: { name: t.Service, namespace: t.Namespace } },
-            settingsOf(phc),
+            pair.outliers,
             resolved.instances.length,
             '',
           )
         : undefined;
     if (outliers) live = this.#outliers.live(outliers, live);
     const picker = this.#picker(g, resolved.target.ID, r.LoadBalancer);
-    const picked = picker.pick(live, hashInput(request), this.#random);
+    const hash = hashInput(request);
+    const picked = picker.pick(live, hash, this.#random);
     const endpoint = picked.instance && target.byId.get(picked.instance.id);
     if (!endpoint) {
       admitted.release();
       return { kind: 'none', why: `no endpoint picked for ${resolved.target.ID}`, labels };
     }
     // As Envoy's router: a request it forwards is copied (never one refused or aborted before it).
-    const mirror = this.#mirror(g, chain, r.route, r.implicit, request, now);
+    const mirror = policies.mirror && this.#mirror(g, chain, policies.mirror, request, now);
     const out: RequestRoute = {
       kind: 'route',
       plan: this.#planFor(resolved.target, request.plan),
@@ -273,103 +303,140 @@ export class ChainRouter implements WaypointRouter {
       requestHeaders: r.requestHeaders,
       responseHeaders: r.responseHeaders,
       labels,
-      ...(picked.cookie ? { cookie: picked.cookie } : {}),
+      // Every field written, set or not: each route has the one shape.
+      cookie: picked.cookie,
       timeouts: { requestMs: r.RequestTimeout, idleMs: r.IdleTimeout, connectMs: r.ConnectTimeout },
-      ...(fault ? { fault } : {}),
-      ...(mirror ? { mirror } : {}),
+      retry: policies.retry,
+      fault,
+      mirror,
     };
-    const retry = this.#retryOf(g, chain, r);
-    if (retry) {
-      (out as { retry?: RetryPolicy }).retry = retry;
-      this.#repick.set(out, {
+    const least = r.LoadBalancer?.Policy === 'least_request';
+    if (least) picker.least.begin(endpoint.name);
+    this.#held.set(out, {
+      end: least
+        ? () => {
+            picker.least.end(endpoint.name);
+            admitted.release();
+          }
+        : admitted.release,
+      repick: policies.retry && {
         instances: resolved.instances,
         byId: target.byId,
         picker,
-        least: r.LoadBalancer?.Policy === 'least_request',
-        hash: hashInput(request),
+        least,
+        hash,
         release: admitted.release,
         outliers,
-      });
-    }
-    if (outliers) this.#tickets.set(out, { group: outliers.group, host: endpoint.name });
-    if (r.LoadBalancer?.Policy === 'least_request') {
-      picker.least.begin(endpoint.name);
-      this.#inFlight.set(out, () => {
-        picker.least.end(endpoint.name);
-        admitted.release();
-      });
-    } else this.#inFlight.set(out, admitted.release);
+      },
+      ticket: outliers && { group: outliers.group, host: endpoint.name },
+    });
     return out;
   }
 
   done(route: RequestRoute): void {
-    this.#inFlight.get(route)?.();
-    this.#inFlight.delete(route);
+    const h = this.#held.get(route);
+    if (h === undefined) return;
+    const end = h.end;
+    h.end = undefined;
+    end?.();
   }
 
   reroute(route: RequestRoute, exclude: ReadonlySet<string>, now = Date.now()): RequestRoute | undefined {
-    const p = this.#repick.get(route);
-    if (!p) return undefined;
+    const held = this.#held.get(route);
+    const p = held?.repick;
+    if (!held || !p) return undefined;
     const fresh = p.instances.filter((i) => !exclude.has(i.id));
     // Every endpoint tried: the retry goes to one of them again, as it must when there is one.
-    let live = this.#live(fresh.length > 0 ? fresh : p.instances, new Set(), now);
+    let live = this.#live(fresh.length > 0 ? fresh : p.instances, NO_ONE, now);
     if (p.outliers) live = this.#outliers.live(p.outliers, live);
     const endpoint = p.byId.get(p.picker.pick(live, p.hash, this.#random).instance?.id ?? '');
     if (!endpoint) return undefined;
     // A fault (delay, abort) is met once, by the first attempt, as Envoy's fault filter runs before the router.
     // A copy too: the mirror gets the request once, not once per attempt.
     const next: RequestRoute = { ...route, endpoint, fault: undefined, mirror: undefined };
-    this.#repick.set(next, p);
     // Each attempt's result counts for its own endpoint, as Envoy's outlier detection sees every try.
-    if (p.outliers) this.#tickets.set(next, { group: p.outliers.group, host: endpoint.name });
+    const h: Held = {
+      end: undefined,
+      repick: p,
+      ticket: p.outliers && { group: p.outliers.group, host: endpoint.name },
+    };
+    this.#held.set(next, h);
     // The request's hold (its concurrency slot) moves to the new route; least_request counts the new endpoint.
-    if (!this.#inFlight.delete(route)) return next;
+    if (held.end === undefined) return next;
+    held.end = undefined;
     if (p.least) {
       p.picker.least.end(route.endpoint.name);
       p.picker.least.begin(endpoint.name);
-      this.#inFlight.set(next, () => {
+      h.end = () => {
         p.picker.least.end(endpoint.name);
         p.release();
-      });
-    } else this.#inFlight.set(next, p.release);
+      };
+    } else h.end = p.release;
     return next;
   }
 
-  /** The retry policy of the route `r` took, parsed once per compiled chain. */
-  #retryOf(g: Generation, chain: CompiledChain, r: ReturnType<typeof routeRequest>): RetryPolicy | undefined {
-    if (r.RetryOn === undefined && !r.RetryOnConnectFailure && r.RetryOnStatusCodes === undefined)
-      return undefined;
-    let byRoute = g.retries.get(chain);
-    if (!byRoute) {
-      byRoute = new Map();
-      g.retries.set(chain, byRoute);
+  #chainPolicies(g: Generation, chain: CompiledChain): ChainPolicies {
+    let p = g.policies.get(chain);
+    if (!p) {
+      p = { routes: new Map(), pairs: new Map() };
+      g.policies.set(chain, p);
     }
-    let p = byRoute.get(r.route);
+    return p;
+  }
+
+  /** The retry, fault and mirror policies of the route `r` took, read once per compiled chain. */
+  #routePolicies(g: Generation, chain: CompiledChain, r: ReturnType<typeof routeRequest>): RoutePolicies {
+    const routes = this.#chainPolicies(g, chain).routes;
+    let p = routes.get(r.route);
     if (p === undefined) {
-      p = retryPolicy(r) ?? null;
-      byRoute.set(r.route, p);
+      p = {
+        retry:
+          r.RetryOn === undefined && !r.RetryOnConnectFailure && r.RetryOnStatusCodes === undefined
+            ? undefined
+            : retryPolicy(r),
+        fault: routeFault(g.set, chain, r.route, r.implicit)?.policy,
+        mirror: routeMirror(g.set, chain, r.route, r.implicit)?.policy,
+      };
+      routes.set(r.route, p);
     }
-    return p ?? undefined;
+    return p;
+  }
+
+  /** What the (client, target) pair is limited and watched by, read once per compiled chain. */
+  #pair(
+    g: Generation,
+    chain: CompiledChain,
+    client: ServiceRef | undefined,
+    dialed: RoutedService,
+    t: ChainTarget,
+  ): PairPolicies {
+    const pairs = this.#chainPolicies(g, chain).pairs;
+    let byTarget = pairs.get(client);
+    if (!byTarget) {
+      // Clients are few, but bounded all the same (clientOf's own bound makes new refs past it).
+      if (pairs.size >= MAX_CLIENTS) pairs.clear();
+      byTarget = new Map();
+      pairs.set(client, byTarget);
+    }
+    let p = byTarget.get(t.ID);
+    if (!p) {
+      const phc = client && passiveHealthCheck(g.set, client, dialed);
+      p = {
+        lane: this.#limits.lane(g.set, client, dialed, { name: t.Service, namespace: t.Namespace }),
+        outliers: phc ? settingsOf(phc) : undefined,
+      };
+      byTarget.set(t.ID, p);
+    }
+    return p;
   }
 
   outcome(route: RequestRoute, result: UpstreamResult, now = Date.now()): void {
-    const t = this.#tickets.get(route);
-    if (!t) return;
+    const h = this.#held.get(route);
+    const t = h?.ticket;
+    if (!h || !t) return;
     // A request's first result is the one that counts (a reset after its answer adds nothing).
-    this.#tickets.delete(route);
+    h.ticket = undefined;
     this.#outliers.observe(t, result, now);
-  }
-
-  /** The fault the request meets on its route, if its router's Meta sets one and the draw hits. */
-  #fault(
-    g: Generation,
-    chain: CompiledChain,
-    index: number | undefined,
-    implicit: boolean,
-    request: RouteRequest,
-  ): RequestRoute['fault'] {
-    const policy = routeFault(g.set, chain, index, implicit)?.policy;
-    return policy && drawFault(policy, request.headers ?? {}, this.#random);
   }
 
   /**
@@ -380,13 +447,11 @@ export class ChainRouter implements WaypointRouter {
   #mirror(
     g: Generation,
     chain: CompiledChain,
-    index: number | undefined,
-    implicit: boolean,
+    policy: MirrorPolicy,
     request: RouteRequest,
     now: number,
   ): MirrorTarget | undefined {
-    const policy = routeMirror(g.set, chain, index, implicit)?.policy;
-    if (!policy || !drawMirror(policy, this.#random)) return undefined;
+    if (!drawMirror(policy, this.#random)) return undefined;
     const { service, target, why } = mirrorTarget(
       g.set,
       policy,
@@ -395,7 +460,7 @@ export class ChainRouter implements WaypointRouter {
     );
     if (!target) return { service, why };
     const known = this.#instances(g, target);
-    const live = this.#live(targetInstances(target, known.list), new Set(), now);
+    const live = this.#live(targetInstances(target, known.list), NO_ONE, now);
     const picked = this.#picker(g, `mirror:${target.ID}`, undefined).pick(
       live,
       hashInput(request),
@@ -452,7 +517,7 @@ export class ChainRouter implements WaypointRouter {
       chains: new Map(),
       instances: new Map(),
       pickers: new Map(),
-      retries: new WeakMap(),
+      policies: new WeakMap(),
     };
     // A client whose entries no longer set a PassiveHealthCheck ends its ejections.
     if (this.#outliers.size > 0)

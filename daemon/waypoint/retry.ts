@@ -115,9 +115,14 @@ export const MIN_RETRY_CONCURRENCY = 3;
 export const budgetCap = (inFlight: number): number =>
   Math.max(MIN_RETRY_CONCURRENCY, Math.floor((inFlight * BUDGET_PERCENT) / 100));
 
+/** Services at zero kept for their next request before they are swept (a sweep is O(services)). */
+const IDLE_SERVICES = 1024;
+
 /**
  * Requests with a retry policy in flight per destination service, and the retries among them (from the
- * decision to retry until that attempt ends). A service at zero of both is dropped.
+ * decision to retry until that attempt ends). A service at zero of both stays for its next request (a
+ * Map delete and insert per request cost more than the rest of the count); they are swept once more than
+ * IDLE_SERVICES are kept.
  */
 export class RetryBudget {
   readonly #by = new Map<string, { requests: number; retries: number }>();
@@ -126,6 +131,7 @@ export class RetryBudget {
   begin(service: string): () => void {
     let s = this.#by.get(service);
     if (!s) {
+      if (this.#by.size >= IDLE_SERVICES) this.#sweep();
       s = { requests: 0, retries: 0 };
       this.#by.set(service, s);
     }
@@ -136,21 +142,20 @@ export class RetryBudget {
       if (!open) return;
       open = false;
       held.requests--;
-      this.#drop(service, held);
     };
   }
 
   /** A retry if the budget has room, with the function that ends it (idempotent); else undefined. */
   retry(service: string): (() => void) | undefined {
     const s = this.#by.get(service);
-    if (!s || s.retries >= budgetCap(s.requests)) return undefined;
+    // A service kept at zero is one with nothing in flight: it retries nothing, as one never counted.
+    if (!s || s.requests <= 0 || s.retries >= budgetCap(s.requests)) return undefined;
     s.retries++;
     let open = true;
     return () => {
       if (!open) return;
       open = false;
       s.retries--;
-      this.#drop(service, s);
     };
   }
 
@@ -160,8 +165,13 @@ export class RetryBudget {
     return { requests: s?.requests ?? 0, retries: s?.retries ?? 0 };
   }
 
-  #drop(service: string, s: { requests: number; retries: number }): void {
-    if (s.requests <= 0 && s.retries <= 0 && this.#by.get(service) === s) this.#by.delete(service);
+  /** Services counted, at zero or not (what tests check of the bound). */
+  get size(): number {
+    return this.#by.size;
+  }
+
+  #sweep(): void {
+    for (const [service, s] of this.#by) if (s.requests <= 0 && s.retries <= 0) this.#by.delete(service);
   }
 }
 
@@ -239,7 +249,16 @@ function counters(m: Metrics): RetryCounters {
   return c;
 }
 
-const serviceLabel = (s: RoutedService): string => `${s.name}.${s.namespace}`;
+/** Each routed service's label, made once: every request under a retry policy names its service twice. */
+const labels = new WeakMap<RoutedService, string>();
+function serviceLabel(s: RoutedService): string {
+  let l = labels.get(s);
+  if (l === undefined) {
+    l = `${s.name}.${s.namespace}`;
+    labels.set(s, l);
+  }
+  return l;
+}
 
 /** One request's retries: attempts made, endpoints tried, its hold on the budget. */
 export class RetryState {
@@ -247,7 +266,8 @@ export class RetryState {
   attempts = 1;
   /** The last attempt met a condition with no retry left: flag URX. */
   exhausted = false;
-  readonly tried = new Set<string>();
+  /** The endpoints tried, made on the first retry (most requests never need it). */
+  #tried: Set<string> | undefined;
   /** The request body kept for a replay; undefined: it has none (or the engine keeps it its own way). */
   readonly body: ReplayBuffer;
   readonly #end: () => void;
@@ -256,6 +276,11 @@ export class RetryState {
   constructor(end: () => void, bufferBytes: number) {
     this.#end = end;
     this.body = new ReplayBuffer(bufferBytes);
+  }
+
+  get tried(): Set<string> {
+    this.#tried ??= new Set();
+    return this.#tried;
   }
 
   /** The attempt in flight is over: a retry's hold on the budget ends with it. */

@@ -164,13 +164,49 @@ function rulesOf(sd: ServiceDefaults | undefined): RateRule[] {
   return rules;
 }
 
+/** Pairs and services at zero kept for their next request before they are swept (a sweep is O(pairs)). */
+const IDLE_KEPT = 10_000;
+
+/** Requests in flight of one (client service, destination service) pair. */
+interface Count {
+  n: number;
+}
+
+/**
+ * What one (client, dialled service, target service) is admitted by under one entry set: its
+ * MaxConcurrentRequests, its count, its service's rates and their buckets. Resolved once (`lane`) and
+ * kept by the caller for as long as that set is in force, so that a request asks no entry again; the
+ * count and buckets are looked up again after a sweep or a new set (`epoch`).
+ */
+export interface Lane {
+  readonly set: EntrySet;
+  readonly client: ServiceRef | undefined;
+  readonly target: ServiceRef;
+  readonly limit: number | undefined;
+  /** The pair's key; undefined without a client (nothing counted). */
+  readonly pair: string | undefined;
+  readonly service: string;
+  readonly rules: readonly RateRule[];
+  /** Its rule when it has one alone and that one matches every path (the service-wide rate). */
+  readonly only: RateRule | undefined;
+  epoch: number;
+  count: Count | undefined;
+  buckets: (Bucket | undefined)[];
+}
+
 export class TrafficLimits {
   readonly #now: () => number;
   /** Per service, per rule: bounded by the rules the entries hold (pruned when the entries change). */
   readonly #buckets = new Map<string, Map<string, Bucket>>();
-  /** Requests in flight per (client service, destination service); a pair at zero is dropped. */
-  readonly #inFlight = new Map<string, number>();
+  /**
+   * Requests in flight per (client service, destination service). A pair at zero stays for its next
+   * request (a Map delete and insert per request cost more than the rest of the check); pairs at zero
+   * are dropped when the entries change and when more than IDLE_KEPT are kept.
+   */
+  readonly #inFlight = new Map<string, Count>();
   #set: EntrySet | undefined;
+  /** Bumped when counts or buckets are dropped: a lane looks its own up again. */
+  #epoch = 0;
 
   constructor(now: () => number = Date.now) {
     this.#now = now;
@@ -181,42 +217,103 @@ export class TrafficLimits {
    * reaches the instance whose rate it is); a rate-limited one holds no slot. `release` is idempotent.
    */
   admit(set: EntrySet, req: LimitRequest, now: number = this.#now()): Admission {
+    return this.admitLane(this.lane(set, req.client, req.dialed, req.target), req.path, now);
+  }
+
+  /** What `admitLane` needs of (client, dialled, target) under `set`, read from its entries once. */
+  lane(set: EntrySet, client: ServiceRef | undefined, dialed: ServiceRef, target: ServiceRef): Lane {
     if (set !== this.#set) this.#prune(set);
-    const limit = req.client && concurrencyLimit(set, req.client, req.dialed);
-    // Counted whenever the client is known, limit or not: a limit set later sees what is in flight.
-    const pair = req.client && pairKey(req.client, req.target);
-    if (limit !== undefined && pair !== undefined && (this.#inFlight.get(pair) ?? 0) >= limit)
+    const service = keyOf(target.name, target.namespace);
+    const rules = rulesOf(set.serviceDefaults.get(service));
+    return {
+      set,
+      client,
+      target,
+      limit: client && concurrencyLimit(set, client, dialed),
+      // Counted whenever the client is known, limit or not: a limit set later sees what is in flight.
+      pair: client && pairKey(client, target),
+      service,
+      rules,
+      only: rules.length === 1 && rules[0]!.match === undefined ? rules[0] : undefined,
+      epoch: -1,
+      count: undefined,
+      buckets: [],
+    };
+  }
+
+  /** admit, for a lane resolved (and kept) by the caller. */
+  admitLane(lane: Lane, path: string, now: number = this.#now()): Admission {
+    if (lane.set !== this.#set) this.#prune(lane.set);
+    if (lane.epoch !== this.#epoch) {
+      lane.epoch = this.#epoch;
+      lane.count = lane.pair === undefined ? undefined : this.#countOf(lane.pair);
+      lane.buckets = [];
+    }
+    const { limit, count } = lane;
+    if (limit !== undefined && count !== undefined && count.n >= limit)
       return {
         ok: false,
         refusal: 'overflow',
-        why: `${limit} requests from ${req.client?.name} to ${req.target.name} in flight (MaxConcurrentRequests)`,
+        why: `${limit} requests from ${lane.client?.name} to ${lane.target.name} in flight (MaxConcurrentRequests)`,
       };
-    const service = keyOf(req.target.name, req.target.namespace);
-    const rule = ruleFor(rulesOf(set.serviceDefaults.get(service)), req.path);
-    if (rule && !this.#bucket(service, rule, now).take(now))
-      return {
-        ok: false,
-        refusal: 'rate_limited',
-        why: `${req.target.name} over ${rule.perSecond}/s (burst ${rule.burst}) for ${rule.key === '*' ? 'the service' : rule.key}`,
-      };
-    if (pair === undefined) return { ok: true, release: () => {} };
-    this.#inFlight.set(pair, (this.#inFlight.get(pair) ?? 0) + 1);
+    const rules = lane.rules;
+    if (rules.length > 0) {
+      let i = 0;
+      if (lane.only === undefined) {
+        while (i < rules.length && !(rules[i]!.match === undefined || pathMatches(rules[i]!.match!, path)))
+          i++;
+      }
+      const rule = rules[i];
+      if (rule !== undefined) {
+        let b = lane.buckets[i];
+        if (b === undefined) {
+          b = this.#bucket(lane.service, rule, now);
+          lane.buckets[i] = b;
+        }
+        if (!b.take(now))
+          return {
+            ok: false,
+            refusal: 'rate_limited',
+            why: `${lane.target.name} over ${rule.perSecond}/s (burst ${rule.burst}) for ${rule.key === '*' ? 'the service' : rule.key}`,
+          };
+      }
+    }
+    if (count === undefined) return { ok: true, release: () => {} };
+    count.n++;
     let held = true;
     return {
       ok: true,
       release: () => {
         if (!held) return;
         held = false;
-        const n = (this.#inFlight.get(pair) ?? 1) - 1;
-        if (n > 0) this.#inFlight.set(pair, n);
-        else this.#inFlight.delete(pair);
+        count.n--;
       },
     };
   }
 
   /** Requests in flight from `client`'s service to `target`'s (what tests check). */
   inFlight(client: ServiceRef, target: ServiceRef): number {
-    return this.#inFlight.get(pairKey(client, target)) ?? 0;
+    return this.#inFlight.get(pairKey(client, target))?.n ?? 0;
+  }
+
+  /** Pairs counted, at zero or not (what tests check of the bound). */
+  get pairs(): number {
+    return this.#inFlight.size;
+  }
+
+  #countOf(pair: string): Count {
+    let c = this.#inFlight.get(pair);
+    if (c === undefined) {
+      if (this.#inFlight.size >= IDLE_KEPT) this.#sweep();
+      c = { n: 0 };
+      this.#inFlight.set(pair, c);
+    }
+    return c;
+  }
+
+  #sweep(): void {
+    for (const [pair, c] of this.#inFlight) if (c.n <= 0) this.#inFlight.delete(pair);
+    this.#epoch++;
   }
 
   #bucket(service: string, rule: RateRule, now: number): Bucket {
@@ -242,5 +339,6 @@ export class TrafficLimits {
       for (const k of rules.keys()) if (!keys.has(k)) rules.delete(k);
       if (rules.size === 0) this.#buckets.delete(service);
     }
+    this.#sweep();
   }
 }

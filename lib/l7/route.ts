@@ -32,8 +32,9 @@ export interface RouteResult {
   IdleTimeout?: number;
   NumRetries?: number;
   RetryOnConnectFailure?: boolean;
-  RetryOn?: string[];
-  RetryOnStatusCodes?: number[];
+  /** The route destination's own lists (the compiled chain's, shared): read, never changed. */
+  RetryOn?: readonly string[];
+  RetryOnStatusCodes?: readonly number[];
   ConnectTimeout: number;
   LoadBalancer?: LoadBalancer;
   /** The chain nodes passed through, for `ambit route explain`. */
@@ -142,7 +143,9 @@ export function routeRequest(chain: CompiledChain, req: L7Request, random: Rando
   let match: HTTPMatch | undefined;
   if (node.Type === 'router') {
     const r = node as RouterNode;
-    const i = r.Routes.findIndex((x) => routeMatches(x.Definition.Match?.HTTP, req));
+    let i = 0;
+    while (i < r.Routes.length && !routeMatches(r.Routes[i]!.Definition.Match?.HTTP, req)) i++;
+    if (i === r.Routes.length) i = -1;
     // The catch-all (PathPrefix "/") is last, so a request whose path starts with "/" always meets a route.
     const hit = i < 0 ? r.Routes.length - 1 : i;
     route = hit;
@@ -166,8 +169,8 @@ export function routeRequest(chain: CompiledChain, req: L7Request, random: Rando
     nodes.push(leg.NextNode);
     node = chain.Nodes[leg.NextNode]!;
   }
-  requestHeaders.push(...ops(dest?.RequestHeaders));
-  responseHeaders.push(...ops(dest?.ResponseHeaders));
+  if (dest?.RequestHeaders) requestHeaders.push(...ops(dest.RequestHeaders));
+  if (dest?.ResponseHeaders) responseHeaders.push(...ops(dest.ResponseHeaders));
   const res = node as ResolverNode;
   lb ??= res.LoadBalancer;
   const t = chain.Targets[res.Resolver.Target]!;
@@ -188,8 +191,8 @@ export function routeRequest(chain: CompiledChain, req: L7Request, random: Rando
   if (dest?.IdleTimeout !== undefined) out.IdleTimeout = dest.IdleTimeout;
   if (dest?.NumRetries !== undefined) out.NumRetries = dest.NumRetries;
   if (dest?.RetryOnConnectFailure) out.RetryOnConnectFailure = true;
-  if (dest?.RetryOn) out.RetryOn = [...dest.RetryOn];
-  if (dest?.RetryOnStatusCodes) out.RetryOnStatusCodes = [...dest.RetryOnStatusCodes];
+  if (dest?.RetryOn) out.RetryOn = dest.RetryOn;
+  if (dest?.RetryOnStatusCodes) out.RetryOnStatusCodes = dest.RetryOnStatusCodes;
   if (lb) out.LoadBalancer = lb;
   return out;
 }

@@ -56,6 +56,21 @@ function parse(kind: 'request' | 'response', chunks: string[], noBody = false) {
   return { msgs, results, p, begins: () => begins };
 }
 
+test('a body chunk is a copy of its own: the read it came in may be reused at once', (t) => {
+  // The engine keeps body chunks as they are (held for a connection, kept for a retry or a mirror):
+  // that is only sound while llhttp's binding hands each one over as a copy, never a view of the read.
+  const chunks: Buffer[] = [];
+  const p = new Http1Parser('request', { head: () => false, body: (c) => chunks.push(c), end: () => {} });
+  const read = Buffer.from('POST / HTTP/1.1\r\nHost: api\r\nContent-Length: 10\r\n\r\nhello', 'latin1');
+  const rest = Buffer.from('world', 'latin1');
+  p.execute(read);
+  p.execute(rest);
+  read.fill(0x2a);
+  rest.fill(0x2a);
+  t.is(Buffer.concat(chunks).toString('latin1'), 'helloworld');
+  for (const c of chunks) t.false(c.buffer === read.buffer || c.buffer === rest.buffer);
+});
+
 test('a request head: method, url, raw fields, keep-alive, and a chunked body de-chunked', (t) => {
   const raw =
     'POST /a?b=1 HTTP/1.1\r\nHost: api\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nTrailer-A: x\r\n\r\n';

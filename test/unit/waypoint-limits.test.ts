@@ -294,3 +294,34 @@ test('ChainRouter refuses over a limit and gives the slot back on done', (t) => 
   // A client that names no service has no client entry: the rate alone applies.
   t.like(router.route({ ...req, client: 'spiffe://elsewhere/x' }, 1000), { kind: 'route' });
 });
+
+test('a lane kept by the caller counts with admit, and pairs at zero go when the entries change', (t) => {
+  const set = setOf([
+    webLimits({ Defaults: { Limits: { MaxConcurrentRequests: 2 } } }),
+    apiRates({ RequestsPerSecond: 3 }),
+  ]);
+  const limits = new TrafficLimits();
+  const lane = limits.lane(set, WEB, API, API);
+  const a = limits.admitLane(lane, '/', 0);
+  t.true(a.ok);
+  // The same pair through admit: one count, one limit, one bucket.
+  const b = limits.admit(set, to('/'), 0);
+  t.true(b.ok);
+  t.like(limits.admitLane(lane, '/', 0), { ok: false, refusal: 'overflow' });
+  t.is(limits.inFlight(WEB, API), 2);
+  if (a.ok) a.release();
+  if (b.ok) b.release();
+  t.like(limits.admitLane(lane, '/', 0), { ok: true });
+  t.like(limits.admit(set, to('/'), 0), { ok: false, refusal: 'rate_limited' }, 'the fourth token of 3');
+  // Another client's pair, released: at zero, kept for its next request until the entries change.
+  const other = { name: 'other', namespace: 'default' };
+  const o = limits.admit(set, to('/', { client: other }), 1000);
+  if (o.ok) o.release();
+  t.is(limits.pairs, 2);
+  const next = setOf([webLimits({ Defaults: { Limits: { MaxConcurrentRequests: 2 } } })]);
+  // web holds 1 (the rate-limited one holds none): counted on under the new entries, a second fits, a third not.
+  t.true(limits.admit(next, to('/'), 1000).ok);
+  t.is(limits.pairs, 1, 'the pair at zero was dropped, the one in flight kept');
+  t.like(limits.admit(next, to('/'), 1000), { ok: false, refusal: 'overflow' });
+  t.is(limits.inFlight(WEB, API), 2);
+});

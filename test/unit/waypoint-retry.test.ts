@@ -146,6 +146,11 @@ test('budget: at least 3 concurrent retries, else 20% of the requests in flight'
   for (const r of retries) r?.();
   for (const e of ends) e();
   t.deepEqual(b.load('api.default'), { requests: 0, retries: 1 });
+  // Kept at zero for its next request, then swept: the services counted stay bounded.
+  t.is(b.retry('api.default'), undefined);
+  for (let i = 0; i < 2000; i++) b.begin(`svc-${i}.default`)();
+  t.true(b.size <= 1024, `${b.size} services kept`);
+  t.deepEqual(b.load('svc-1999.default'), { requests: 0, retries: 0 });
 });
 
 test('the body kept for a replay stops at its bound, and then keeps nothing', (t) => {

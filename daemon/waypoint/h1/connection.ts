@@ -306,8 +306,7 @@ export class ClientConnection<T> {
     if (ex === undefined || ex.done) return;
     this.#host.bodyIn(ex.account, chunk.length);
     ex.idle?.refresh();
-    const frame = ex.reqFraming === 'chunked' ? chunkOf(chunk) : chunk;
-    this.#toEndpoint(ex, frame, frame !== chunk);
+    this.#toEndpoint(ex, ex.reqFraming === 'chunked' ? chunkOf(chunk) : chunk);
   }
 
   #requestEnd(): void {
@@ -317,16 +316,20 @@ export class ClientConnection<T> {
     ex.reqEnded = true;
     if (ex.done) return;
     if (ex.route) this.#armDeadline(ex);
-    if (ex.reqFraming === 'chunked') this.#toEndpoint(ex, LAST_CHUNK, true);
+    if (ex.reqFraming === 'chunked') this.#toEndpoint(ex, LAST_CHUNK);
     ex.mirror?.whole();
     if (ex.pending) this.#settle(ex);
   }
 
-  /** Hands a body frame on, or holds it (copied: `frame` may be a view of the read) until it can go. */
-  #toEndpoint(ex: Exchange<T>, frame: Buffer, owned: boolean): void {
-    ex.mirror?.keep(frame, owned);
+  /**
+   * Hands a body frame on, or holds it until it can go. Held and kept (for a replay, a mirror) as it is,
+   * never copied: the parser's chunk is its own copy (parser.ts), a chunk frame or LAST_CHUNK a buffer
+   * nothing writes into again.
+   */
+  #toEndpoint(ex: Exchange<T>, frame: Buffer): void {
+    ex.mirror?.keep(frame, true);
     if (ex.retry !== undefined) {
-      this.#keep(ex, frame, owned);
+      this.#keep(ex, frame);
       // No endpoint to give it to: it is kept (or, past the bound, the failure goes to the client).
       if (ex.pending) return;
     }
@@ -341,15 +344,14 @@ export class ClientConnection<T> {
       if (!ex.up.stream.write(out)) ex.blocked = true;
       return;
     }
-    const own = owned ? frame : Buffer.from(frame);
-    if (ex.held === undefined) ex.held = [own];
-    else ex.held.push(own);
+    if (ex.held === undefined) ex.held = [frame];
+    else ex.held.push(frame);
   }
 
-  /** A copy of a body frame for a replay, while the bound allows. */
-  #keep(ex: Exchange<T>, frame: Buffer, owned: boolean): void {
+  /** A body frame kept for a replay, while the bound allows. */
+  #keep(ex: Exchange<T>, frame: Buffer): void {
     const body = ex.retry!.body;
-    if (body.overflowed || body.push(frame, owned)) return;
+    if (body.overflowed || body.push(frame, true)) return;
     this.#host.replayOverflow?.(ex.account, ex.route!);
     if (ex.pending) this.#settle(ex);
   }
@@ -392,7 +394,7 @@ export class ClientConnection<T> {
     if (route.retry !== undefined && !req.upgrade) {
       ex.retry = this.#host.retrying?.(ex.account, route);
       // A pipelined request's body read before its turn: kept like the rest.
-      if (ex.retry && ex.held) for (const f of ex.held) this.#keep(ex, f, true);
+      if (ex.retry && ex.held) for (const f of ex.held) this.#keep(ex, f);
     }
     if (route.mirror !== undefined && !req.upgrade) {
       ex.mirror = this.#host.mirror?.(req, route, ex.account);
@@ -514,8 +516,8 @@ export class ClientConnection<T> {
       this.#retries(ex, {
         kind: 'response',
         status,
-        rateLimited:
-          ex.retry && h.fields.some((f, i) => i % 2 === 0 && f.toLowerCase() === 'x-envoy-ratelimited'),
+        // Only looked for when a condition asks: every other answer would lower-case each field name.
+        rateLimited: ex.route!.retry!.on.has('envoy-ratelimited') && rateLimitedHead(h.fields),
       })
     ) {
       // Read to its end and dropped: the connection then serves the next attempt or another request.
@@ -910,3 +912,10 @@ function rawLines(fields: readonly string[]): string {
 
 /** What the client is answered for a failed hop: the destination's 401 is the client's intentions, 403. */
 const hopStatus = (status: number): number => (status === 401 ? 403 : status === 400 ? 400 : 503);
+
+/** The head carries x-envoy-ratelimited (what RetryOn envoy-ratelimited retries). */
+function rateLimitedHead(fields: readonly string[]): boolean {
+  for (let i = 0; i < fields.length; i += 2)
+    if (fields[i]!.toLowerCase() === 'x-envoy-ratelimited') return true;
+  return false;
+}

@@ -16,7 +16,10 @@ export interface ParserEvents {
    * whatever its fields say (a response to HEAD).
    */
   head(h: ParsedHead): boolean;
-  /** Part of the message's body, de-chunked: a view of the buffer being executed, valid only now. */
+  /**
+   * Part of the message's body, de-chunked: llhttp's binding hands each one over as its own copy (never a
+   * view of the buffer being executed), so it may be kept as it is (test/unit/waypoint-h1.test.ts pins it).
+   */
   body(chunk: Buffer): void;
   /** The message is over (its trailers, if any, are dropped). */
   end(): void;
