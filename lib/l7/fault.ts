@@ -9,12 +9,19 @@ import type { CompiledChain } from './chain.js';
 import { durationMs } from './duration.js';
 import type { ServiceRouter } from './entries.js';
 import type { Random } from './lb.js';
-import { type Obj, Reader, join } from './read.js';
-import { type EntrySet, keyOf } from './set.js';
+import { type Obj, type Reader, join } from './read.js';
+import {
+  type RouteMetaKind,
+  type RoutePolicies,
+  cachedRouteMeta,
+  policyFor,
+  readRouteMeta,
+  routeMetaPolicy,
+} from './route-meta.js';
+import type { EntrySet } from './set.js';
 
 /** The Meta key of the policy for every route of the router. */
 export const FAULT_META = 'ambit-fault';
-const ROUTE_KEY = /^ambit-fault-(\d+)$/;
 
 export interface FaultPolicy {
   /** Hold the request this long before it goes on, for `percent` of the requests. */
@@ -26,10 +33,7 @@ export interface FaultPolicy {
 }
 
 /** A router's faults: per route index, and the one for the routes that have none of their own. */
-export interface RouterFaults {
-  readonly all: FaultPolicy | undefined;
-  readonly routes: ReadonlyMap<number, FaultPolicy>;
-}
+export type RouterFaults = RoutePolicies<FaultPolicy>;
 
 /** What one request meets: a delay (ms), an abort, both (the delay first, as Envoy's filter), or nothing. */
 export interface FaultDraw {
@@ -81,36 +85,13 @@ const GRPC_NAMES = [
   'UNAUTHENTICATED',
 ];
 
-/**
- * The faults of a router entry, or undefined when its Meta names none (the cost of no faults: one scan of
- * its Meta keys, once per entry). Throws L7ConfigError naming the entry and `Meta.<key>.<field>`.
- */
-export function routerFaults(
+const FAULTS: RouteMetaKind<FaultPolicy> = { key: FAULT_META, noun: 'fault', parse: parsePolicy };
+
+/** The faults of a router entry, or undefined when its Meta names none (route-meta.ts). */
+export const routerFaults = (
   r: Reader,
   router: Pick<ServiceRouter, 'Meta' | 'Routes'>,
-): RouterFaults | undefined {
-  const meta = router.Meta;
-  if (!meta) return undefined;
-  let all: FaultPolicy | undefined;
-  const routes = new Map<number, FaultPolicy>();
-  const count = router.Routes?.length ?? 0;
-  for (const [key, value] of Object.entries(meta)) {
-    if (!key.startsWith(FAULT_META)) continue;
-    const path = `Meta.${key}`;
-    if (key === FAULT_META) {
-      all = parsePolicy(r, value, path);
-      continue;
-    }
-    const m = ROUTE_KEY.exec(key);
-    if (!m) r.fail(path, `is not a fault key: ${FAULT_META} (every route) or ${FAULT_META}-<route index>`);
-    const i = Number(m[1]);
-    if (String(i) !== m[1]) r.fail(path, 'route index must be written without leading zeros');
-    if (i >= count) r.fail(path, `names Routes[${i}], and the router has ${count} route(s)`);
-    routes.set(i, parsePolicy(r, value, path));
-  }
-  if (all === undefined && routes.size === 0) return undefined;
-  return { all, routes };
-}
+): RouterFaults | undefined => readRouteMeta(FAULTS, r, router);
 
 /** One policy from its Meta value: a JSON object of Delay, Abort and Header. */
 export function parsePolicy(r: Reader, text: string, path: string): FaultPolicy {
@@ -178,14 +159,11 @@ function grpcStatus(r: Reader, o: Obj, path: string): number | undefined {
 }
 
 /** The policy for route `index` of the router (`implicit`: the catch-all, which has no key of its own). */
-export function faultFor(
+export const faultFor: (
   f: RouterFaults,
   index: number | undefined,
   implicit: boolean,
-): FaultPolicy | undefined {
-  if (index !== undefined && !implicit) return f.routes.get(index) ?? f.all;
-  return f.all;
-}
+) => FaultPolicy | undefined = policyFor;
 
 const headerValue = (h: IncomingHttpHeaders, name: string): string | undefined => {
   const v = h[name];
@@ -220,36 +198,16 @@ export const hits = (percent: number, random: Random): boolean =>
   percent >= 100 || (percent > 0 && random() * 100 < percent);
 
 /** The faults of a router entry as the waypoint reads them: parsed once per entry object. */
-const cache = new WeakMap<object, RouterFaults | null>();
-export function faultsOf(router: ServiceRouter): RouterFaults | undefined {
-  let f = cache.get(router);
-  if (f === undefined) {
-    // Validated when the entry was read: a failure here is an entry that bypassed the reader.
-    try {
-      f = routerFaults(new Reader('waypoint', `service-router/${router.Name}`), router) ?? null;
-    } catch {
-      f = null;
-    }
-    cache.set(router, f);
-  }
-  return f ?? undefined;
-}
+export const faultsOf = cachedRouteMeta(FAULTS);
 
 /**
  * The fault policy a request's route meets, and the Meta key that sets it: the chain's router's
  * `ambit-fault-<index>`, else its `ambit-fault`; undefined without a router (route index) or a fault.
  */
-export function routeFault(
+export const routeFault = (
   set: EntrySet,
   chain: Pick<CompiledChain, 'ServiceName' | 'Namespace'>,
   index: number | undefined,
   implicit: boolean,
-): { key: string; policy: FaultPolicy } | undefined {
-  if (index === undefined || set.routers.size === 0) return undefined;
-  const router = set.routers.get(keyOf(chain.ServiceName, chain.Namespace));
-  const faults = router && faultsOf(router);
-  const policy = faults && faultFor(faults, index, implicit);
-  if (!policy) return undefined;
-  const own = !implicit && faults.routes.get(index) === policy;
-  return { key: own ? `${FAULT_META}-${index}` : FAULT_META, policy };
-}
+): { key: string; policy: FaultPolicy } | undefined =>
+  routeMetaPolicy(FAULTS, faultsOf, set, chain, index, implicit);

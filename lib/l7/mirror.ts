@@ -8,12 +8,19 @@ import { type ChainTarget, type CompiledChain, targetId } from './chain.js';
 import type { ServiceRouter } from './entries.js';
 import { hits, percent } from './fault.js';
 import type { Random } from './lb.js';
-import { Reader, join } from './read.js';
+import { type Reader, join } from './read.js';
+import {
+  type RouteMetaKind,
+  type RoutePolicies,
+  cachedRouteMeta,
+  policyFor,
+  readRouteMeta,
+  routeMetaPolicy,
+} from './route-meta.js';
 import { type EntrySet, keyOf } from './set.js';
 
 /** The Meta key of the mirror for every route of the router. */
 export const MIRROR_META = 'ambit-mirror';
-const ROUTE_KEY = /^ambit-mirror-(\d+)$/;
 
 export interface MirrorPolicy {
   /** The service the copy goes to, in `namespace` (the router's own when unset). */
@@ -26,41 +33,15 @@ export interface MirrorPolicy {
 }
 
 /** A router's mirrors: per route index, and the one for the routes that have none of their own. */
-export interface RouterMirrors {
-  readonly all: MirrorPolicy | undefined;
-  readonly routes: ReadonlyMap<number, MirrorPolicy>;
-}
+export type RouterMirrors = RoutePolicies<MirrorPolicy>;
 
-/**
- * The mirrors of a router entry, or undefined when its Meta names none (the cost of no mirror: one scan of
- * its Meta keys, once per entry). Throws L7ConfigError naming the entry and `Meta.<key>.<field>`.
- */
-export function routerMirrors(
+const MIRRORS: RouteMetaKind<MirrorPolicy> = { key: MIRROR_META, noun: 'mirror', parse: parseMirror };
+
+/** The mirrors of a router entry, or undefined when its Meta names none (route-meta.ts). */
+export const routerMirrors = (
   r: Reader,
   router: Pick<ServiceRouter, 'Meta' | 'Routes'>,
-): RouterMirrors | undefined {
-  const meta = router.Meta;
-  if (!meta) return undefined;
-  let all: MirrorPolicy | undefined;
-  const routes = new Map<number, MirrorPolicy>();
-  const count = router.Routes?.length ?? 0;
-  for (const [key, value] of Object.entries(meta)) {
-    if (!key.startsWith(MIRROR_META)) continue;
-    const path = `Meta.${key}`;
-    if (key === MIRROR_META) {
-      all = parseMirror(r, value, path);
-      continue;
-    }
-    const m = ROUTE_KEY.exec(key);
-    if (!m) r.fail(path, `is not a mirror key: ${MIRROR_META} (every route) or ${MIRROR_META}-<route index>`);
-    const i = Number(m[1]);
-    if (String(i) !== m[1]) r.fail(path, 'route index must be written without leading zeros');
-    if (i >= count) r.fail(path, `names Routes[${i}], and the router has ${count} route(s)`);
-    routes.set(i, parseMirror(r, value, path));
-  }
-  if (all === undefined && routes.size === 0) return undefined;
-  return { all, routes };
-}
+): RouterMirrors | undefined => readRouteMeta(MIRRORS, r, router);
 
 /** One policy from its Meta value: a JSON object of Service, ServiceSubset, Namespace and Percent. */
 export function parseMirror(r: Reader, text: string, path: string): MirrorPolicy {
@@ -79,14 +60,11 @@ export function parseMirror(r: Reader, text: string, path: string): MirrorPolicy
 }
 
 /** The policy for route `index` of the router (`implicit`: the catch-all, which has no key of its own). */
-export function mirrorFor(
+export const mirrorFor: (
   m: RouterMirrors,
   index: number | undefined,
   implicit: boolean,
-): MirrorPolicy | undefined {
-  if (index !== undefined && !implicit) return m.routes.get(index) ?? m.all;
-  return m.all;
-}
+) => MirrorPolicy | undefined = policyFor;
 
 /** Whether one request is copied: drawn from `random` in [0, 1); 100 always, 0 never. */
 export const drawMirror = (p: MirrorPolicy, random: Random): boolean => hits(p.percent, random);
@@ -102,39 +80,19 @@ export function shadowHost(host: string): string {
 }
 
 /** The mirrors of a router entry as the waypoint reads them: parsed once per entry object. */
-const cache = new WeakMap<object, RouterMirrors | null>();
-export function mirrorsOf(router: ServiceRouter): RouterMirrors | undefined {
-  let m = cache.get(router);
-  if (m === undefined) {
-    // Validated when the entry was read: a failure here is an entry that bypassed the reader.
-    try {
-      m = routerMirrors(new Reader('waypoint', `service-router/${router.Name}`), router) ?? null;
-    } catch {
-      m = null;
-    }
-    cache.set(router, m);
-  }
-  return m ?? undefined;
-}
+export const mirrorsOf = cachedRouteMeta(MIRRORS);
 
 /**
  * The mirror policy a request's route has, and the Meta key that sets it: the chain's router's
  * `ambit-mirror-<index>`, else its `ambit-mirror`; undefined without a router (route index) or a mirror.
  */
-export function routeMirror(
+export const routeMirror = (
   set: EntrySet,
   chain: Pick<CompiledChain, 'ServiceName' | 'Namespace'>,
   index: number | undefined,
   implicit: boolean,
-): { key: string; policy: MirrorPolicy } | undefined {
-  if (index === undefined || set.routers.size === 0) return undefined;
-  const router = set.routers.get(keyOf(chain.ServiceName, chain.Namespace));
-  const mirrors = router && mirrorsOf(router);
-  const policy = mirrors && mirrorFor(mirrors, index, implicit);
-  if (!policy) return undefined;
-  const own = !implicit && mirrors.routes.get(index) === policy;
-  return { key: own ? `${MIRROR_META}-${index}` : MIRROR_META, policy };
-}
+): { key: string; policy: MirrorPolicy } | undefined =>
+  routeMetaPolicy(MIRRORS, mirrorsOf, set, chain, index, implicit);
 
 /**
  * Where the copies go: the mirror's service in its namespace (the router's when unset), its subset, else
