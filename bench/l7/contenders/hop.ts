@@ -21,23 +21,28 @@ export const contender: L7Contender = {
 };
 
 /** plain-hop.js in one of its modes (its header says what each routes with). */
-export async function startPlainHop(ctx: L7Context, mode: 'plain' | 'chain' | 'policies'): Promise<Running> {
+export const startPlainHop = (ctx: L7Context, mode: 'plain' | 'chain' | 'policies'): Promise<Running> =>
+  startNodeHop(ctx, `plain hop (${mode})`, 'dist/bench/l7/plain-hop.js', [mode]);
+
+/**
+ * A bench hop script (`<script> <listen port> <upstream port> ...args`) in a node started as a waypoint's
+ * is (daemon/waypoint/runtime.ts): the engine's footprint as it runs there. Returns once it answers.
+ */
+export async function startNodeHop(
+  ctx: L7Context,
+  name: string,
+  script: string,
+  args: readonly string[] = [],
+): Promise<Running> {
   const port = await freePort();
-  // Node as a waypoint's is started (daemon/waypoint/runtime.ts): the engine's footprint as it runs there.
   const proc = startProcess(
-    `plain hop (${mode})`,
+    name,
     process.execPath,
-    [
-      ...WAYPOINT_NODE_FLAGS,
-      join(ctx.root, 'dist/bench/l7/plain-hop.js'),
-      String(port),
-      String(ctx.upstreamPort),
-      mode,
-    ],
+    [...WAYPOINT_NODE_FLAGS, join(ctx.root, script), String(port), String(ctx.upstreamPort), ...args],
     { env: { ...process.env, ...WAYPOINT_ENV } },
   );
   try {
-    await untilAnswers(port, 10_000, 'hop', [proc]);
+    await untilAnswers(port, 10_000, name, [proc]);
     return { port, pids: [proc.pid], stop: () => stopAll([proc]) };
   } catch (e) {
     await stopAll([proc]);
