@@ -159,6 +159,13 @@ export async function echoServer(): Promise<{ server: Server; port: number; acce
   return { server, port: (server.address() as AddressInfo).port, accepted: () => accepted };
 }
 
+/**
+ * libuv arms a timer from its loop's cached clock, which may be up to a millisecond behind the moment
+ * the request was read: a delay of N ms can end N - 0.x ms after it by the client's clock. A test that
+ * checks a delay was served in full allows this much.
+ */
+export const LOOP_CLOCK_SLACK_MS = 1;
+
 /** Polls `check` until it holds (bounded in time). */
 export async function until(
   check: () => boolean | Promise<boolean>,
