@@ -85,7 +85,12 @@ const GRPC_NAMES = [
   'UNAUTHENTICATED',
 ];
 
-const FAULTS: RouteMetaKind<FaultPolicy> = { key: FAULT_META, noun: 'fault', parse: parsePolicy };
+const FAULTS: RouteMetaKind<FaultPolicy> = {
+  key: FAULT_META,
+  noun: 'fault',
+  fields: ['Delay', 'Abort', 'Header'],
+  parse: parsePolicy,
+};
 
 /** The faults of a router entry, or undefined when its Meta names none (route-meta.ts). */
 export const routerFaults = (
@@ -93,15 +98,8 @@ export const routerFaults = (
   router: Pick<ServiceRouter, 'Meta' | 'Routes'>,
 ): RouterFaults | undefined => readRouteMeta(FAULTS, r, router);
 
-/** One policy from its Meta value: a JSON object of Delay, Abort and Header. */
-export function parsePolicy(r: Reader, text: string, path: string): FaultPolicy {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (err) {
-    r.fail(path, `is not JSON: ${(err as Error).message}`);
-  }
-  const o = r.obj(raw, path, ['Delay', 'Abort', 'Header']);
+/** One policy from its Meta value's object of Delay, Abort and Header. */
+function parsePolicy(r: Reader, o: Obj, path: string): FaultPolicy {
   const out: { -readonly [K in keyof FaultPolicy]: FaultPolicy[K] } = {};
   const d = r.optObj(o, 'Delay', path, ['Fixed', 'Percent']);
   if (d) {

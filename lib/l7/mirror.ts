@@ -8,7 +8,7 @@ import { type ChainTarget, type CompiledChain, targetId } from './chain.js';
 import type { ServiceRouter } from './entries.js';
 import { hits, percent } from './fault.js';
 import type { Random } from './lb.js';
-import { type Reader, join } from './read.js';
+import { type Obj, type Reader, join } from './read.js';
 import {
   type RouteMetaKind,
   type RoutePolicies,
@@ -35,7 +35,12 @@ export interface MirrorPolicy {
 /** A router's mirrors: per route index, and the one for the routes that have none of their own. */
 export type RouterMirrors = RoutePolicies<MirrorPolicy>;
 
-const MIRRORS: RouteMetaKind<MirrorPolicy> = { key: MIRROR_META, noun: 'mirror', parse: parseMirror };
+const MIRRORS: RouteMetaKind<MirrorPolicy> = {
+  key: MIRROR_META,
+  noun: 'mirror',
+  fields: ['Service', 'ServiceSubset', 'Namespace', 'Percent'],
+  parse: parseMirror,
+};
 
 /** The mirrors of a router entry, or undefined when its Meta names none (route-meta.ts). */
 export const routerMirrors = (
@@ -43,15 +48,8 @@ export const routerMirrors = (
   router: Pick<ServiceRouter, 'Meta' | 'Routes'>,
 ): RouterMirrors | undefined => readRouteMeta(MIRRORS, r, router);
 
-/** One policy from its Meta value: a JSON object of Service, ServiceSubset, Namespace and Percent. */
-export function parseMirror(r: Reader, text: string, path: string): MirrorPolicy {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (err) {
-    r.fail(path, `is not JSON: ${(err as Error).message}`);
-  }
-  const o = r.obj(raw, path, ['Service', 'ServiceSubset', 'Namespace', 'Percent']);
+/** One policy from its Meta value's object of Service, ServiceSubset, Namespace and Percent. */
+function parseMirror(r: Reader, o: Obj, path: string): MirrorPolicy {
   const service = r.nonEmpty(o, 'Service', path) ?? r.fail(join(path, 'Service'), 'is required');
   const subset = r.str(o, 'ServiceSubset', path) ?? '';
   if (subset !== '' && !/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(subset))

@@ -4,7 +4,7 @@
 // in place of `<key>`). One reading of the keys, one lookup by route, one parse per entry object.
 import type { CompiledChain } from './chain.js';
 import type { ServiceRouter } from './entries.js';
-import { Reader } from './read.js';
+import { type Obj, Reader } from './read.js';
 import { type EntrySet, keyOf } from './set.js';
 
 /** A router's policies of one kind: per route index, and the one for the routes that have none of their own. */
@@ -13,11 +13,26 @@ export interface RoutePolicies<P> {
   readonly routes: ReadonlyMap<number, P>;
 }
 
-/** One kind of policy: its Meta key, the noun its errors use, and the parser of one value. */
+/**
+ * One kind of policy: its Meta key, the noun its errors use, the fields of its JSON object, and the
+ * parser of one object (unknown fields already refused).
+ */
 export interface RouteMetaKind<P> {
   readonly key: string;
   readonly noun: string;
-  readonly parse: (r: Reader, text: string, path: string) => P;
+  readonly fields: readonly string[];
+  readonly parse: (r: Reader, o: Obj, path: string) => P;
+}
+
+/** One Meta value: a JSON object of the kind's fields, parsed. */
+function parseValue<P>(kind: RouteMetaKind<P>, r: Reader, text: string, path: string): P {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    r.fail(path, `is not JSON: ${(err as Error).message}`);
+  }
+  return kind.parse(r, r.obj(raw, path, kind.fields), path);
 }
 
 /**
@@ -39,7 +54,7 @@ export function readRouteMeta<P>(
     if (!key.startsWith(kind.key)) continue;
     const path = `Meta.${key}`;
     if (key === kind.key) {
-      all = kind.parse(r, value, path);
+      all = parseValue(kind, r, value, path);
       continue;
     }
     const m = routeKey.exec(key);
@@ -47,7 +62,7 @@ export function readRouteMeta<P>(
     const i = Number(m[1]);
     if (String(i) !== m[1]) r.fail(path, 'route index must be written without leading zeros');
     if (i >= count) r.fail(path, `names Routes[${i}], and the router has ${count} route(s)`);
-    routes.set(i, kind.parse(r, value, path));
+    routes.set(i, parseValue(kind, r, value, path));
   }
   if (all === undefined && routes.size === 0) return undefined;
   return { all, routes };
