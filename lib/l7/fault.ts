@@ -5,20 +5,10 @@
 // `ambit-fault-<i>` to Routes[i] alone, in place of `ambit-fault`. The same entry, Meta and all, goes in
 // the mesh file's configEntries. Pure: parsing, its refusals, and one request's draw from an injected RNG.
 import type { IncomingHttpHeaders } from 'node:http';
-import type { CompiledChain } from './chain.js';
 import { durationMs } from './duration.js';
-import type { ServiceRouter } from './entries.js';
 import type { Random } from './lb.js';
 import { type Obj, type Reader, join } from './read.js';
-import {
-  type RouteMetaKind,
-  type RoutePolicies,
-  cachedRouteMeta,
-  policyFor,
-  readRouteMeta,
-  routeMetaPolicy,
-} from './route-meta.js';
-import type { EntrySet } from './set.js';
+import { type RoutePolicies, policyFor, routeMeta } from './route-meta.js';
 
 /** The Meta key of the policy for every route of the router. */
 export const FAULT_META = 'ambit-fault';
@@ -85,18 +75,15 @@ const GRPC_NAMES = [
   'UNAUTHENTICATED',
 ];
 
-const FAULTS: RouteMetaKind<FaultPolicy> = {
+const FAULTS = routeMeta<FaultPolicy>({
   key: FAULT_META,
   noun: 'fault',
   fields: ['Delay', 'Abort', 'Header'],
   parse: parsePolicy,
-};
+});
 
 /** The faults of a router entry, or undefined when its Meta names none (route-meta.ts). */
-export const routerFaults = (
-  r: Reader,
-  router: Pick<ServiceRouter, 'Meta' | 'Routes'>,
-): RouterFaults | undefined => readRouteMeta(FAULTS, r, router);
+export const routerFaults = FAULTS.read;
 
 /** One policy from its Meta value's object of Delay, Abort and Header. */
 function parsePolicy(r: Reader, o: Obj, path: string): FaultPolicy {
@@ -196,16 +183,10 @@ export const hits = (percent: number, random: Random): boolean =>
   percent >= 100 || (percent > 0 && random() * 100 < percent);
 
 /** The faults of a router entry as the waypoint reads them: parsed once per entry object. */
-export const faultsOf = cachedRouteMeta(FAULTS);
+export const faultsOf = FAULTS.of;
 
 /**
  * The fault policy a request's route meets, and the Meta key that sets it: the chain's router's
  * `ambit-fault-<index>`, else its `ambit-fault`; undefined without a router (route index) or a fault.
  */
-export const routeFault = (
-  set: EntrySet,
-  chain: Pick<CompiledChain, 'ServiceName' | 'Namespace'>,
-  index: number | undefined,
-  implicit: boolean,
-): { key: string; policy: FaultPolicy } | undefined =>
-  routeMetaPolicy(FAULTS, faultsOf, set, chain, index, implicit);
+export const routeFault = FAULTS.route;

@@ -4,19 +4,11 @@
 // router routes (each route and the catch-all); `ambit-mirror-<i>` to Routes[i] alone, in place of
 // `ambit-mirror`. The same entry, Meta and all, goes in the mesh file's configEntries. Pure: parsing, its
 // refusals, and one request's draw from an injected RNG.
-import { type ChainTarget, type CompiledChain, targetId } from './chain.js';
-import type { ServiceRouter } from './entries.js';
+import { type ChainTarget, targetId } from './chain.js';
 import { hits, percent } from './fault.js';
 import type { Random } from './lb.js';
 import { type Obj, type Reader, join } from './read.js';
-import {
-  type RouteMetaKind,
-  type RoutePolicies,
-  cachedRouteMeta,
-  policyFor,
-  readRouteMeta,
-  routeMetaPolicy,
-} from './route-meta.js';
+import { type RoutePolicies, policyFor, routeMeta } from './route-meta.js';
 import { type EntrySet, keyOf } from './set.js';
 
 /** The Meta key of the mirror for every route of the router. */
@@ -35,18 +27,15 @@ export interface MirrorPolicy {
 /** A router's mirrors: per route index, and the one for the routes that have none of their own. */
 export type RouterMirrors = RoutePolicies<MirrorPolicy>;
 
-const MIRRORS: RouteMetaKind<MirrorPolicy> = {
+const MIRRORS = routeMeta<MirrorPolicy>({
   key: MIRROR_META,
   noun: 'mirror',
   fields: ['Service', 'ServiceSubset', 'Namespace', 'Percent'],
   parse: parseMirror,
-};
+});
 
 /** The mirrors of a router entry, or undefined when its Meta names none (route-meta.ts). */
-export const routerMirrors = (
-  r: Reader,
-  router: Pick<ServiceRouter, 'Meta' | 'Routes'>,
-): RouterMirrors | undefined => readRouteMeta(MIRRORS, r, router);
+export const routerMirrors = MIRRORS.read;
 
 /** One policy from its Meta value's object of Service, ServiceSubset, Namespace and Percent. */
 function parseMirror(r: Reader, o: Obj, path: string): MirrorPolicy {
@@ -78,19 +67,13 @@ export function shadowHost(host: string): string {
 }
 
 /** The mirrors of a router entry as the waypoint reads them: parsed once per entry object. */
-export const mirrorsOf = cachedRouteMeta(MIRRORS);
+export const mirrorsOf = MIRRORS.of;
 
 /**
  * The mirror policy a request's route has, and the Meta key that sets it: the chain's router's
  * `ambit-mirror-<index>`, else its `ambit-mirror`; undefined without a router (route index) or a mirror.
  */
-export const routeMirror = (
-  set: EntrySet,
-  chain: Pick<CompiledChain, 'ServiceName' | 'Namespace'>,
-  index: number | undefined,
-  implicit: boolean,
-): { key: string; policy: MirrorPolicy } | undefined =>
-  routeMetaPolicy(MIRRORS, mirrorsOf, set, chain, index, implicit);
+export const routeMirror = MIRRORS.route;
 
 /**
  * Where the copies go: the mirror's service in its namespace (the router's when unset), its subset, else

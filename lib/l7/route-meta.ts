@@ -39,7 +39,7 @@ function parseValue<P>(kind: RouteMetaKind<P>, r: Reader, text: string, path: st
  * The policies of a router entry, or undefined when its Meta names none (the cost of none: one scan of
  * its Meta keys, once per entry). Throws L7ConfigError naming the entry and `Meta.<key>.<field>`.
  */
-export function readRouteMeta<P>(
+function readRouteMeta<P>(
   kind: RouteMetaKind<P>,
   r: Reader,
   router: Pick<ServiceRouter, 'Meta' | 'Routes'>,
@@ -78,17 +78,34 @@ export function policyFor<P>(
   return p.all;
 }
 
-/** The policies of a router entry as the waypoint reads them: parsed once per entry object. */
-export function cachedRouteMeta<P>(
-  kind: RouteMetaKind<P>,
-): (router: ServiceRouter) => RoutePolicies<P> | undefined {
+/** What a kind of route Meta policy gives its users, made once per kind by routeMeta. */
+export interface RouteMeta<P> {
+  /** The policies of a router entry, checked: throws L7ConfigError naming the entry and the Meta field. */
+  readonly read: (r: Reader, router: Pick<ServiceRouter, 'Meta' | 'Routes'>) => RoutePolicies<P> | undefined;
+  /** The policies of a router entry as the waypoint reads them: parsed once per entry object. */
+  readonly of: (router: ServiceRouter) => RoutePolicies<P> | undefined;
+  /**
+   * The policy a request's route meets, and the Meta key that sets it: the chain's router's
+   * `<key>-<index>`, else its `<key>`; undefined without a router (route index) or a policy.
+   */
+  readonly route: (
+    set: EntrySet,
+    chain: Pick<CompiledChain, 'ServiceName' | 'Namespace'>,
+    index: number | undefined,
+    implicit: boolean,
+  ) => { key: string; policy: P } | undefined;
+}
+
+export function routeMeta<P>(kind: RouteMetaKind<P>): RouteMeta<P> {
+  const read = (r: Reader, router: Pick<ServiceRouter, 'Meta' | 'Routes'>): RoutePolicies<P> | undefined =>
+    readRouteMeta(kind, r, router);
   const cache = new WeakMap<object, RoutePolicies<P> | null>();
-  return (router) => {
+  const of = (router: ServiceRouter): RoutePolicies<P> | undefined => {
     let p = cache.get(router);
     if (p === undefined) {
       // Validated when the entry was read: a failure here is an entry that bypassed the reader.
       try {
-        p = readRouteMeta(kind, new Reader('waypoint', `service-router/${router.Name}`), router) ?? null;
+        p = read(new Reader('waypoint', `service-router/${router.Name}`), router) ?? null;
       } catch {
         p = null;
       }
@@ -96,25 +113,14 @@ export function cachedRouteMeta<P>(
     }
     return p ?? undefined;
   };
-}
-
-/**
- * The policy a request's route meets, and the Meta key that sets it: the chain's router's `<key>-<index>`,
- * else its `<key>`; undefined without a router (route index) or a policy.
- */
-export function routeMetaPolicy<P>(
-  kind: RouteMetaKind<P>,
-  of: (router: ServiceRouter) => RoutePolicies<P> | undefined,
-  set: EntrySet,
-  chain: Pick<CompiledChain, 'ServiceName' | 'Namespace'>,
-  index: number | undefined,
-  implicit: boolean,
-): { key: string; policy: P } | undefined {
-  if (index === undefined || set.routers.size === 0) return undefined;
-  const router = set.routers.get(keyOf(chain.ServiceName, chain.Namespace));
-  const policies = router && of(router);
-  const policy = policies && policyFor(policies, index, implicit);
-  if (!policy) return undefined;
-  const own = !implicit && policies.routes.get(index) === policy;
-  return { key: own ? `${kind.key}-${index}` : kind.key, policy };
+  const route: RouteMeta<P>['route'] = (set, chain, index, implicit) => {
+    if (index === undefined || set.routers.size === 0) return undefined;
+    const router = set.routers.get(keyOf(chain.ServiceName, chain.Namespace));
+    const policies = router && of(router);
+    const policy = policies && policyFor(policies, index, implicit);
+    if (!policy) return undefined;
+    const own = !implicit && policies.routes.get(index) === policy;
+    return { key: own ? `${kind.key}-${index}` : kind.key, policy };
+  };
+  return { read, of, route };
 }
