@@ -6,18 +6,16 @@ import { ConnectionRefusal } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import type { Workload } from '../../lib/mesh/model.js';
 import { socketAddress } from '../../lib/net/hostport.js';
-import { uriSans } from '../identity/spiffe.js';
 import type { Refusals } from '../limits/refusal.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { ConnectionAccount, type Party } from '../proxy/account.js';
 import type { H2Session } from '../proxy/h2/session.js';
 import type { H2Headers, H2Stream } from '../proxy/h2/stream.js';
 import { parseForwardedFor } from '../proxy/hbone.js';
-import { peerFromUris } from '../proxy/inbound/decide.js';
+import { sessionPeer } from '../proxy/inbound/peer.js';
 import type { OutboundPlan, OutboundState, RoutedService } from '../proxy/outbound/plan.js';
 import { ignoreError } from '../proxy/pipe.js';
 import type { Pool } from '../proxy/pool/pool.js';
-import type { Peer } from '../rbac.js';
 import { StreamDuplex } from './duplex.js';
 import { type HopClient, openHop } from './hop.js';
 import { DEFAULT_HTTP1_LIMITS, type Http1Limits, WaypointHttp } from './http.js';
@@ -55,7 +53,6 @@ export interface WaypointDeps {
 /** RST_STREAM REFUSED_STREAM: "not processed, safe to retry" (RFC 9113 section 8.7). */
 const REFUSED_STREAM = 7;
 
-const peerOf = new WeakMap<H2Session, Peer | null>();
 const streamsOf = new WeakMap<H2Session, { n: number }>();
 
 export class Waypoint {
@@ -81,7 +78,8 @@ export class Waypoint {
       ...DEFAULT_MIRROR_LIMITS,
       ...d.mirrorLimits,
     });
-    this.http = new WaypointHttp({
+    // What the HTTP/1.1 and HTTP/2 engines share: one retry budget, one mirror bound, one hop.
+    const engine = {
       retries,
       mirrors,
       hop: { store: d.store, pool: d.pool, identityOf: d.identityOf, self: this.#selfId },
@@ -89,16 +87,10 @@ export class Waypoint {
       log: d.log,
       refusals: d.refusals,
       metrics: d.metrics,
-      limits: { ...DEFAULT_HTTP1_LIMITS, ...d.http1Limits },
-    });
+    };
+    this.http = new WaypointHttp({ ...engine, limits: { ...DEFAULT_HTTP1_LIMITS, ...d.http1Limits } });
     this.http2 = new WaypointHttp2({
-      retries,
-      mirrors,
-      hop: { store: d.store, pool: d.pool, identityOf: d.identityOf, self: this.#selfId },
-      router: d.router,
-      log: d.log,
-      refusals: d.refusals,
-      metrics: d.metrics,
+      ...engine,
       limits: {
         maxStreams: d.maxStreams,
         maxHeaderListSize: d.http2Limits?.maxHeaderListSize ?? DEFAULT_HTTP2_LIMITS.maxHeaderListSize,
@@ -137,7 +129,7 @@ export class Waypoint {
     stream.once('close', () => held.n--);
     const started = Date.now();
     const authority = headers[':authority'];
-    const peer = this.#peer(session);
+    const peer = sessionPeer(session);
     const forwarded = headers.forwarded;
     const src: Party = {
       addr: socketAddress(session.socket.remoteAddress, session.socket.remotePort),
@@ -278,16 +270,6 @@ export class Waypoint {
     b.once('close', onClose);
     a.pipe(b);
     b.pipe(a);
-  }
-
-  #peer(session: H2Session): Peer | undefined {
-    let peer = peerOf.get(session);
-    if (peer === undefined) {
-      const cert = session.socket.peerCertificate;
-      peer = peerFromUris(cert ? uriSans(cert) : []) ?? null;
-      peerOf.set(session, peer);
-    }
-    return peer ?? undefined;
   }
 
   /** A reload's or a stop's drain: clients' HTTP connections are told to go elsewhere once answered. */

@@ -4,7 +4,6 @@ import { ConnectionRefusal, denied } from '../../../lib/errors.js';
 import type { Logger } from '../../../lib/log.js';
 import type { Workload } from '../../../lib/mesh/model.js';
 import { joinHostPort, socketAddress } from '../../../lib/net/hostport.js';
-import { uriSans } from '../../identity/spiffe.js';
 import { type FdReserve, isFdExhaustion } from '../../limits/fds.js';
 import type { Refusals } from '../../limits/refusal.js';
 import type { Metrics } from '../../metrics/metrics.js';
@@ -18,8 +17,9 @@ import type { H2Headers, H2Stream } from '../h2/stream.js';
 import { type HostPort, parseForwardedFor } from '../hbone.js';
 import { ignoreError } from '../pipe.js';
 import type { SocketFactory } from '../sockets.js';
-import { decideInbound, peerFromUris, stillAdmits } from './decide.js';
+import { decideInbound, stillAdmits } from './decide.js';
 import { type Catalog, type Family, chooseSource, provenSource } from './original-source.js';
+import { sessionPeer } from './peer.js';
 import { OpenConnections, type Recheckable, type Verdict } from './rechecks.js';
 
 export interface InboundDeps {
@@ -58,7 +58,6 @@ interface SessionLoad {
 /** RST_STREAM REFUSED_STREAM: "not processed, safe to retry" (RFC 9113 section 8.7). */
 const REFUSED_STREAM = 7;
 
-const peerOf = new WeakMap<H2Session, Peer | null>();
 const loadOf = new WeakMap<H2Session, SessionLoad>();
 
 /**
@@ -148,7 +147,7 @@ export class Inbound {
     load.streams++;
     const hold = new Hold(() => load.streams--);
     const started = Date.now();
-    const peer = this.#peer(session);
+    const peer = sessionPeer(session);
     const authority = headers[':authority'];
     const src = this.#source(session, headers);
     // Registered before the decision: a policy change from here on re-checks it, whatever phase it is in.
@@ -191,16 +190,6 @@ export class Inbound {
     if (reason === 'fd_reserve' && this.#d.fds) this.#d.fds.refuse('inbound', message, fields);
     else this.#refusals.refuse('inbound', reason, message, fields);
     if (!stream.destroyed && !stream.headersSent) stream.respond({ ':status': '503' }, { endStream: true });
-  }
-
-  #peer(session: H2Session): Peer | undefined {
-    let peer = peerOf.get(session);
-    if (peer === undefined) {
-      const cert = session.socket.peerCertificate;
-      peer = peerFromUris(cert ? uriSans(cert) : []) ?? null;
-      peerOf.set(session, peer);
-    }
-    return peer ?? undefined;
   }
 
   #source(session: H2Session, headers: H2Headers): Source {
