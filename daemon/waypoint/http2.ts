@@ -67,12 +67,14 @@ export const DEFAULT_HTTP2_LIMITS: Http2Limits = {
 };
 
 /** What the waypoint itself answers a request it cannot carry. */
-export type WaypointFailure = 'unavailable' | 'timeout' | 'denied' | 'rate_limited' | 'overflow';
+export type WaypointFailure = 'unavailable' | 'timeout' | 'idle' | 'denied' | 'rate_limited' | 'overflow';
 
 /** Each failure as plain HTTP/2 and as gRPC (https://grpc.github.io/grpc/core/md_doc_statuscodes.html). */
 const FAILURES: Record<WaypointFailure, { status: number; grpc: number; text: string }> = {
   unavailable: { status: 503, grpc: 14, text: 'no healthy upstream' },
   timeout: { status: 504, grpc: 4, text: 'upstream request timeout' },
+  // Envoy's stream idle timeout is a local 408, and its gRPC status the HTTP mapping's: 2 UNKNOWN.
+  idle: { status: 408, grpc: 2, text: 'stream timeout' },
   denied: { status: 403, grpc: 7, text: 'RBAC: access denied' },
   rate_limited: { status: 429, grpc: 8, text: 'local_rate_limited' },
   overflow: {
@@ -808,6 +810,25 @@ export class WaypointHttp2 {
       up.once('close', () => clearTimeout(timer));
       stream.once('close', () => clearTimeout(timer));
     }
+    // The route's IdleTimeout: no byte either way for that long, from the attempt's start.
+    const idleMs = r.timeouts?.idleMs;
+    let idle: NodeJS.Timeout | undefined;
+    if (idleMs !== undefined && idleMs > 0) {
+      idle = setTimeout(() => {
+        if (abandoned || timedOut || stream.destroyed || stream.closed) return;
+        timedOut = true;
+        d.router.outcome(r, 'timeout');
+        line.reason = `IdleTimeout of ${idleMs} ms`;
+        line.flags = 'SI';
+        up.unpipe(stream);
+        up.close(constants.NGHTTP2_CANCEL);
+        if (stream.headersSent) resetStream(stream, constants.NGHTTP2_CANCEL);
+        else answerFailure(stream, line, 'idle');
+      }, idleMs);
+      idle.unref();
+      up.once('close', () => clearTimeout(idle));
+      stream.once('close', () => clearTimeout(idle));
+    }
     let responseTrailers: IncomingHttpHeaders | undefined;
     up.once('wantTrailers', () => up.sendTrailers(requestTrailers(line.requestTrailers)));
     const mirror = line.mirror && !line.mirror.fed ? line.mirror : undefined;
@@ -826,6 +847,7 @@ export class WaypointHttp2 {
       if (mirror) stream.once('end', () => mirror.whole(false));
       stream.on('data', (c: Buffer) => {
         line.bytesIn += c.length;
+        idle?.refresh();
         mirror?.keep(c);
         // Kept for a retry while the bound allows; past it, counted once and never retried.
         if (retry && !retry.body.overflowed && !retry.body.push(c))
@@ -839,6 +861,7 @@ export class WaypointHttp2 {
     });
     up.once('response', (h: IncomingHttpHeaders, flags: number) => {
       if (timedOut || abandoned) return;
+      idle?.refresh();
       const cause: RetryCause | undefined = retry && {
         kind: 'response',
         status: Number(h[':status'] ?? 0),
@@ -888,6 +911,7 @@ export class WaypointHttp2 {
       });
       up.on('data', (c: Buffer) => {
         line.bytesOut += c.length;
+        idle?.refresh();
       });
       up.pipe(stream);
     });

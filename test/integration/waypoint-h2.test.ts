@@ -605,6 +605,11 @@ const CHAIN: Record<string, unknown>[] = [
         Match: { HTTP: { Header: [{ Name: 'x-slow', Present: true }] } },
         Destination: { ServiceSubset: 'v1', RequestTimeout: '200ms' },
       },
+      // Issue 16's IdleTimeout: a call whose answer has begun and then goes quiet is cut.
+      {
+        Match: { HTTP: { Header: [{ Name: 'x-idle', Present: true }] } },
+        Destination: { ServiceSubset: 'v1', IdleTimeout: '300ms' },
+      },
     ],
   },
   {
@@ -650,6 +655,11 @@ const CHAIN: Record<string, unknown>[] = [
       {
         Match: { HTTP: { Header: [{ Name: 'x-canary', Exact: 'true' }] } },
         Destination: { ServiceSubset: 'v2' },
+      },
+      // Issue 16's IdleTimeout: a request with no answer and no byte either way is answered 408.
+      {
+        Match: { HTTP: { PathPrefix: '/idle/' } },
+        Destination: { ServiceSubset: 'v1', IdleTimeout: '300ms' },
       },
     ],
   },
@@ -978,6 +988,63 @@ test.serial(
       );
     } finally {
       c.close();
+      await s.close();
+    }
+  },
+);
+
+test.serial(
+  'IdleTimeout over HTTP/2: no answer in 300 ms is 408 stream timeout; a quiet gRPC answer is cut; SI',
+  async (t) => {
+    const s = await setup({ entries: CHAIN });
+    // The h2 servers hold every request until 100 are open (or 5 s): this one gets no answer in time.
+    s.h2.hold = 100;
+    const session = h2connect(`http://127.0.0.1:${s.h2Port}`);
+    session.on('error', () => {});
+    const c = grpcClient(s.grpcPort);
+    try {
+      const before = await metricsText(s.wp);
+      const started = performance.now();
+      const quiet = await h2request(session, { ':path': '/idle/report', 'x-request-id': 'h-idle' });
+      const ms = performance.now() - started;
+      t.log(
+        `HTTP/2: ${quiet.headers[':status']} after ${ms.toFixed(0)} ms (IdleTimeout 300ms, the server at 5 s)`,
+      );
+      t.is(Number(quiet.headers[':status']), 408);
+      t.is(quiet.body, 'stream timeout');
+      t.true(ms >= 300 - LOOP_CLOCK_SLACK_MS && ms < 4000, `${ms} ms`);
+      // A gRPC answer that began (the server sends its metadata at once) and then says nothing for 300 ms.
+      const md = new grpc.Metadata();
+      md.set('x-idle', '1');
+      const callStarted = performance.now();
+      const cut = await unary(c, { text: 'quiet', delayMs: 2000 }, md);
+      const callMs = performance.now() - callStarted;
+      t.log(`gRPC: ${cut.err?.code} ${cut.err?.details} after ${callMs.toFixed(0)} ms`);
+      t.not(cut.err, null, 'the call does not end as if answered');
+      t.deepEqual(cut.head?.get('x-server'), ['greet-1'], 'its answer had begun');
+      t.true(callMs < 1500, `cut at ${callMs} ms, not the server's 2,000`);
+      await until(
+        () => lineOf(s, 'h-idle') !== undefined && requestLines(s).some((l) => l.protocol === 'grpc'),
+        3000,
+        'the access-log lines',
+      );
+      const h2line = lineOf(s, 'h-idle');
+      t.like(h2line, { protocol: 'http2', status: 408, response_flags: 'SI', endpoint: 'h2-1' });
+      t.is(h2line?.reason, 'IdleTimeout of 300 ms');
+      const grpcLine = requestLines(s).find((l) => l.protocol === 'grpc');
+      t.like(grpcLine, { response_flags: 'SI', endpoint: 'greet-1', reason: 'IdleTimeout of 300 ms' });
+      for (const l of [h2line, grpcLine]) {
+        const took = Number(l?.duration_ms);
+        t.true(took >= 300 - LOOP_CLOCK_SLACK_MS && took < 1500, `the waypoint took ${took} ms`);
+      }
+      const after = await metricsText(s.wp);
+      const si = (m: string, service: string): number =>
+        metricSum(m, 'istio_requests_total', { destination_service: service, response_flags: 'SI' });
+      t.is(si(after, 'h2.default') - si(before, 'h2.default'), 1);
+      t.is(si(after, 'greet.default') - si(before, 'greet.default'), 1);
+    } finally {
+      c.close();
+      session.destroy();
       await s.close();
     }
   },
