@@ -15,10 +15,11 @@ import type { TestFn } from 'ava';
 import { consulEnroll } from '../../agent-cli/consul.js';
 import { Ambitd } from '../../daemon/daemon.js';
 import type { ConfigInput } from '../../lib/config.js';
+import { NODE_SERVICE, nodeRegistration } from '../../lib/consul/catalog.js';
 import { ConsulClient } from '../../lib/consul/client.js';
 import { Secret } from '../../lib/consul/secret.js';
-import { editMeshFile, setConfigEntry } from '../../lib/mesh/edit.js';
-import type { Workload } from '../../lib/mesh/model.js';
+import { editMeshFile, setConfigEntry, setNode } from '../../lib/mesh/edit.js';
+import type { MeshNode, Workload } from '../../lib/mesh/model.js';
 import {
   LOOP_CLOCK_SLACK_MS,
   clientWorkload,
@@ -65,6 +66,8 @@ export interface WorldOptions {
   readonly slow?: { readonly server: string; readonly prefix: string; readonly ms: number };
   /** The servers speak HTTP/2 with prior knowledge (h2c), for entries that give api Protocol http2. */
   readonly h2?: boolean;
+  /** More workloads, and nodes of their own that no daemon of the world runs (registered as a daemon's). */
+  readonly more?: { readonly workloads: readonly Workload[]; readonly nodes: readonly MeshNode[] };
 }
 
 /** What the servers of a world share: the slow rule, and how many requests it holds now. */
@@ -170,6 +173,12 @@ async function server(name: string, seen: Seen[], held: Held): Promise<{ server:
         setTimeout(() => res.end(`${name} ${req.method} ${req.url}\n`), 2000).unref();
         return;
       }
+      // `/drip/...`: the head and a first line at once, the rest 2 s later.
+      if (req.url?.startsWith('/drip')) {
+        res.write(`${name} ${req.method} ${req.url}\n`);
+        setTimeout(() => res.end('the rest\n'), 2000).unref();
+        return;
+      }
       res.end(`${name} ${req.method} ${req.url}\n`);
     });
   };
@@ -267,7 +276,9 @@ export async function startFileWorld(
   const a = await start('node-a');
   const b = await start('node-b');
   const wp = await start('wp-node', { role: 'waypoint', waypointService: 'wp' });
-  await enroll(meshFile, ...s.workloads);
+  const nodes = options.more?.nodes ?? [];
+  if (nodes.length > 0) await editMeshFile(meshFile, (doc) => nodes.forEach((n) => setNode(doc, n)));
+  await enroll(meshFile, ...s.workloads, ...(options.more?.workloads ?? []));
   // Nothing but the entries: service-defaults' Protocol and ambit-waypoint Meta opt api in, as in Consul.
   await editMeshFile(meshFile, (doc) => {
     for (const e of entries) setConfigEntry(doc, e as Record<string, unknown>);
@@ -314,7 +325,14 @@ export async function startConsulWorld(
     const name = (e as { Name: string }).Name;
     await client.put('/v1/config', { body: e, permission: `service:write on "${name}"` });
   }
-  for (const w of s.workloads) await consulEnroll(client, w);
+  for (const n of options.more?.nodes ?? []) {
+    // As its daemon would register it, less the TTL check nothing here would keep passing.
+    await client.put('/v1/agent/service/register', {
+      body: { ...nodeRegistration(n, { role: 'node' }), Checks: [] },
+      permission: `service:write on "${NODE_SERVICE}"`,
+    });
+  }
+  for (const w of [...s.workloads, ...(options.more?.workloads ?? [])]) await consulEnroll(client, w);
   await ready(a, b, wp, 20_000, entries.length, options.h2 ? 'http2' : 'http');
   return {
     wp,
@@ -608,16 +626,18 @@ export interface L7Worlds {
 
 /**
  * Registers the suite's hooks: both worlds started from `entries` before its tests, closed after them.
- * Each test then runs its checks in both, from `t.context`.
+ * Each test then runs its checks in both, from `t.context`. Options a suite must make first (a server's
+ * port) come from a function, called once before both worlds.
  */
 export function inBothWorlds(
   test: TestFn<L7Worlds>,
   entries: readonly unknown[],
-  options: WorldOptions = {},
+  options: WorldOptions | (() => Promise<WorldOptions>) = {},
 ): void {
   test.before(async (t) => {
-    const file = await startFileWorld(entries, options);
-    t.context = { file, consul: await startConsulWorld(entries, options) };
+    const o = typeof options === 'function' ? await options() : options;
+    const file = await startFileWorld(entries, o);
+    t.context = { file, consul: await startConsulWorld(entries, o) };
   });
   test.after.always(async (t) => {
     await t.context?.file?.close();
