@@ -309,6 +309,7 @@ export class ChainRouter implements WaypointRouter {
       retry: policies.retry,
       fault,
       mirror,
+      connections: pair.lane.connections,
     };
     const least = r.LoadBalancer?.Policy === 'least_request';
     if (least) picker.least.begin(endpoint.name);

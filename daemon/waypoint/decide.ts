@@ -1,8 +1,9 @@
+import type { IncomingHttpHeaders } from 'node:http';
+import type { Refusals } from '../limits/refusal.js';
 // What the waypoint decides for one request before it goes anywhere, whatever carried it (HTTP/1.1,
 // HTTP/2, gRPC): L7 intentions first, then the route. One place, so that a request is allowed and routed
 // the same whichever protocol it came in, and a denial is refused (counted, logged) the same.
-import type { IncomingHttpHeaders } from 'node:http';
-import type { Refusals } from '../limits/refusal.js';
+import { OVERFLOW_BODY, type PendingOverflow } from './conn-gate.js';
 import { FAULT_BODY } from './fault.js';
 import type { HttpContext } from './http.js';
 import { ipOf } from './l7-headers.js';
@@ -32,11 +33,7 @@ export type RefusedFailure = 'denied' | 'unavailable' | 'rate_limited' | 'overfl
 /** What a limit's refusal is answered with: Envoy's local_ratelimit (RL) and circuit breaker (UO) answers. */
 const LIMITED = {
   rate_limited: { status: 429, body: 'local_rate_limited', flags: 'RL' },
-  overflow: {
-    status: 503,
-    body: 'upstream connect error or disconnect/reset before headers. reason: overflow',
-    flags: 'UO',
-  },
+  overflow: { status: 503, body: OVERFLOW_BODY, flags: 'UO' },
 } as const;
 
 export type Decision =
@@ -58,12 +55,28 @@ export type Decision =
     };
 
 /** What a refusal's log line names: the client, the service and the request. */
-const who = (ctx: HttpContext, req: DecideRequest): Record<string, string | undefined> => ({
+const who = (
+  ctx: HttpContext,
+  req: Pick<DecideRequest, 'method' | 'path'>,
+): Record<string, string | undefined> => ({
   client: ctx.client.principal,
   service: `${ctx.plan.service.name}.${ctx.plan.service.namespace}`,
   method: req.method,
   path: req.path,
 });
+
+/**
+ * A routed request that found MaxConnections of its pair open and MaxPendingRequests waiting: refused as
+ * MaxConcurrentRequests' overflow is, counted and logged the same way (the engines answer it).
+ */
+export function refusePending(
+  d: Pick<DecideDeps, 'refusals'>,
+  ctx: HttpContext,
+  req: Pick<DecideRequest, 'method' | 'path'>,
+  err: PendingOverflow,
+): void {
+  d.refusals.refuse('inbound', 'overflow', `waypoint refused a request: ${err.message}`, who(ctx, req));
+}
 
 export function decide(d: DecideDeps, ctx: HttpContext, req: DecideRequest): Decision {
   const rr: RouteRequest = {

@@ -1,15 +1,16 @@
-// HTTP/1.1 at the waypoint: each client's tunnel stream read by llhttp (h1/connection.ts), each request
-// first authorized (L7 intentions: 403 `RBAC: access denied`), then routed (route, split, subset, endpoint,
-// header changes, path rewrite) and handed to a kept connection to the endpoint's node (h1/upstream.ts),
-// then counted in Istio's request metrics with one access-log line. What llhttp refuses (request smuggling
-// among it) gets 400 and is never forwarded.
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 import { shadowHost } from '../../lib/l7/mirror.js';
 import type { Logger } from '../../lib/log.js';
 import type { Refusals } from '../limits/refusal.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { OutboundPlan } from '../proxy/outbound/plan.js';
-import { decide } from './decide.js';
+// HTTP/1.1 at the waypoint: each client's tunnel stream read by llhttp (h1/connection.ts), each request
+// first authorized (L7 intentions: 403 `RBAC: access denied`), then routed (route, split, subset, endpoint,
+// header changes, path rewrite) and handed to a kept connection to the endpoint's node (h1/upstream.ts),
+// then counted in Istio's request metrics with one access-log line. What llhttp refuses (request smuggling
+// among it) gets 400 and is never forwarded.
+import { PendingOverflow } from './conn-gate.js';
+import { decide, refusePending } from './decide.js';
 import { FaultAbort, afterDelay, faultFlags } from './fault.js';
 import type { ByteStream } from './h1/byte-stream.js';
 import {
@@ -177,7 +178,7 @@ class Exchanges implements ExchangeHost<RequestLine> {
     const client = this.#ctx.client;
     const connect = (): UpstreamConnection | Promise<UpstreamConnection> =>
       this.#pool.take(upstreamKey(route.endpoint, route.plan, client)) ??
-      this.#pool.open(route.plan, route.endpoint, client, route.timeouts?.connectMs);
+      this.#pool.open(route.plan, route.endpoint, client, route.timeouts?.connectMs, route.connections);
     if (!route.fault) return connect();
     // A delayed request meets its endpoint (or the abort drawn with the delay) once the delay is over.
     return afterDelay(route.fault, () => {
@@ -225,6 +226,12 @@ class Exchanges implements ExchangeHost<RequestLine> {
   upstreamFailed(line: RequestLine, route: RequestRoute, err: Error): void {
     if (err instanceof FaultAbort) {
       line.reason = `fault injected: delay ${route.fault?.delayMs} ms, then abort ${err.status}`;
+      return;
+    }
+    if (err instanceof PendingOverflow) {
+      line.reason = err.message;
+      line.flags = 'UO';
+      refusePending(this.#d, this.#ctx, line, err);
       return;
     }
     if (err instanceof HopFailure && err.status !== 401 && err.status !== 400) {

@@ -1,9 +1,3 @@
-// HTTP/2 and gRPC at the waypoint: node:http2's server (nghttp2) over each client's tunnel stream, with
-// prior knowledge, and to each endpoint one node:http2 client session per client identity over a tunnel
-// stream of the waypoint's own hop. Requests are streams on both sides; bodies are piped, so a slow reader
-// holds its writer through both sessions' flow control instead of filling the waypoint's memory. Each
-// request is decided as HTTP/1.1's are (decide.ts: L7 intentions, then the route), carries the trace
-// fields, and is counted in Istio's request metrics with one access-log line.
 import {
   constants,
   type ClientHttp2Session,
@@ -23,7 +17,14 @@ import type { Workload } from '../../lib/mesh/model.js';
 import type { Refusals } from '../limits/refusal.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { OutboundPlan } from '../proxy/outbound/plan.js';
-import { decide } from './decide.js';
+// HTTP/2 and gRPC at the waypoint: node:http2's server (nghttp2) over each client's tunnel stream, with
+// prior knowledge, and to each endpoint one node:http2 client session per client identity over a tunnel
+// stream of the waypoint's own hop. Requests are streams on both sides; bodies are piped, so a slow reader
+// holds its writer through both sessions' flow control instead of filling the waypoint's memory. Each
+// request is decided as HTTP/1.1's are (decide.ts: L7 intentions, then the route), carries the trace
+// fields, and is counted in Istio's request metrics with one access-log line.
+import { ConnectionGate, type ConnectionLimit, OVERFLOW_BODY, PendingOverflow } from './conn-gate.js';
+import { decide, refusePending } from './decide.js';
 import { StreamDuplex } from './duplex.js';
 import { FAULT_BODY, faultFlags } from './fault.js';
 import { withConnectTimeout } from './h1/upstream.js';
@@ -77,11 +78,7 @@ const FAILURES: Record<WaypointFailure, { status: number; grpc: number; text: st
   idle: { status: 408, grpc: 2, text: 'stream timeout' },
   denied: { status: 403, grpc: 7, text: 'RBAC: access denied' },
   rate_limited: { status: 429, grpc: 8, text: 'local_rate_limited' },
-  overflow: {
-    status: 503,
-    grpc: 14,
-    text: 'upstream connect error or disconnect/reset before headers. reason: overflow',
-  },
+  overflow: { status: 503, grpc: 14, text: OVERFLOW_BODY },
 };
 
 /** A request is gRPC by its content-type, as gRPC over HTTP/2 defines it and as Envoy tells it. */
@@ -382,6 +379,8 @@ interface Upstream {
   resolved: ClientHttp2Session | undefined;
   active: number;
   idle: NodeJS.Timeout | undefined;
+  /** The MaxConnections pair whose slot the session holds (conn-gate.ts), until it closes. */
+  pair: string | undefined;
 }
 
 class HopRefused extends Error {
@@ -415,6 +414,7 @@ export class WaypointHttp2 {
   readonly #d: WaypointHttp2Deps;
   readonly #options: ServerOptions;
   readonly #upstreams = new Map<string, Upstream>();
+  readonly #gate = new ConnectionGate();
   readonly #open = new Set<ServerHttp2Session>();
 
   constructor(d: WaypointHttp2Deps) {
@@ -617,6 +617,12 @@ export class WaypointHttp2 {
           this.#forward(ctx, route, line, stream, headers, upstream, clock, again, first);
         },
         (err: Error) => {
+          if (err instanceof PendingOverflow) {
+            // The circuit breaker's answer, as MaxConcurrentRequests': never retried, no endpoint's fault.
+            refusePending(d, ctx, line, err);
+            fail('overflow', err.message, 'UO');
+            return;
+          }
           const failure = err instanceof HopRefused ? err.failure : 'unavailable';
           const answer = (): void =>
             fail(
@@ -958,22 +964,41 @@ export class WaypointHttp2 {
    */
   async #session(
     ctx: HttpContext,
-    r: { readonly endpoint: Workload; readonly plan: OutboundPlan },
+    r: {
+      readonly endpoint: Workload;
+      readonly plan: OutboundPlan;
+      readonly connections?: ConnectionLimit | undefined;
+    },
   ): Promise<{ session: ClientHttp2Session; release: () => void }> {
     const ep = r.endpoint;
     const key = `${ep.name}|${r.plan.targetPort}|${ctx.client.principal}`;
     let u = this.#upstreams.get(key);
+    const limit = r.connections;
+    if (!u && limit) {
+      await this.#slot(limit);
+      u = this.#upstreams.get(key);
+      // Another request opened the session while this one waited: the slot goes back.
+      if (u) this.#gate.release(limit.key);
+    }
     if (!u) {
       const opened = this.#open2(ctx, r.plan, ep, key);
-      const fresh: Upstream = { session: opened, resolved: undefined, active: 0, idle: undefined };
+      const fresh: Upstream = {
+        session: opened,
+        resolved: undefined,
+        active: 0,
+        idle: undefined,
+        pair: limit?.key,
+      };
       u = fresh;
       this.#upstreams.set(key, fresh);
       opened.then(
         (s) => {
           fresh.resolved = s;
+          s.once('close', () => this.#unpair(fresh));
         },
         () => {
           if (this.#upstreams.get(key) === fresh) this.#upstreams.delete(key);
+          this.#unpair(fresh);
         },
       );
     }
@@ -986,6 +1011,11 @@ export class WaypointHttp2 {
       if (released) return;
       released = true;
       if (--held.active > 0) return;
+      // A request waits for a connection of the pair: this idle one closes now, and its slot goes to it.
+      if (held.pair !== undefined && this.#gate.waiting(held.pair) > 0) {
+        this.#evict(key, held);
+        return;
+      }
       held.idle = setTimeout(() => {
         if (this.#upstreams.get(key) === held) this.#upstreams.delete(key);
         void held.session.then(
@@ -1001,6 +1031,44 @@ export class WaypointHttp2 {
       release();
       throw err;
     }
+  }
+
+  /**
+   * A slot for one more session of the pair under MaxConnections: at once; or by closing an idle one of
+   * the pair (to another endpoint); or by waiting for one to close, while fewer than MaxPendingRequests
+   * wait. Else PendingOverflow.
+   */
+  async #slot(l: ConnectionLimit): Promise<void> {
+    if (this.#gate.tryAcquire(l)) return;
+    for (const [key, u] of this.#upstreams) {
+      if (u.pair === l.key && u.active === 0) {
+        this.#evict(key, u);
+        if (this.#gate.tryAcquire(l)) return;
+        break;
+      }
+    }
+    const waiting = this.#gate.wait(l);
+    if (!waiting) throw new PendingOverflow(l);
+    await waiting;
+  }
+
+  /** Closes an idle session now, its slot given back at once (its close event comes later). */
+  #evict(key: string, u: Upstream): void {
+    if (this.#upstreams.get(key) === u) this.#upstreams.delete(key);
+    if (u.idle) clearTimeout(u.idle);
+    u.idle = undefined;
+    this.#unpair(u);
+    void u.session.then(
+      (s) => s.close(),
+      () => {},
+    );
+  }
+
+  #unpair(u: Upstream): void {
+    if (u.pair === undefined) return;
+    const pair = u.pair;
+    u.pair = undefined;
+    this.#gate.release(pair);
   }
 
   async #open2(ctx: HttpContext, plan: OutboundPlan, ep: Workload, key: string): Promise<ClientHttp2Session> {

@@ -1,13 +1,14 @@
-// What the waypoint asks of its L7 configuration: how to parse a service, whether a request is allowed,
-// and where one connection or one request goes. Protocol-neutral: HTTP/1.1 and HTTP/2 (and gRPC) ask the
-// same questions with the same request shape. ServiceRouter is the trivial answer (the service itself,
-// round robin); ChainRouter (chain-router.ts) answers with Consul's discovery chain and intentions.
 import type { IncomingHttpHeaders } from 'node:http';
 import type { FaultDraw } from '../../lib/l7/fault.js';
 import type { GeneratedCookie } from '../../lib/l7/lb.js';
 import type { HeaderOp } from '../../lib/l7/route.js';
 import type { Service, ServiceProtocol, Workload } from '../../lib/mesh/model.js';
 import type { OutboundPlan, RoutedService } from '../proxy/outbound/plan.js';
+// What the waypoint asks of its L7 configuration: how to parse a service, whether a request is allowed,
+// and where one connection or one request goes. Protocol-neutral: HTTP/1.1 and HTTP/2 (and gRPC) ask the
+// same questions with the same request shape. ServiceRouter is the trivial answer (the service itself,
+// round robin); ChainRouter (chain-router.ts) answers with Consul's discovery chain and intentions.
+import type { ConnectionLimit } from './conn-gate.js';
 import type { GroupView, UpstreamResult } from './outlier.js';
 import type { RetryPolicy } from './retry.js';
 
@@ -55,6 +56,8 @@ export interface RequestRoute {
   readonly fault?: FaultDraw | undefined;
   /** Where a copy of the request goes (its route's `ambit-mirror` Meta drew one): mirror.ts. */
   readonly mirror?: MirrorTarget | undefined;
+  /** The client's MaxConnections and MaxPendingRequests to the routed service (conn-gate.ts); none: no cap. */
+  readonly connections?: ConnectionLimit | undefined;
 }
 
 /** A request's mirror: its service, and the endpoint picked for the copy (none: `why`). */

@@ -1,12 +1,13 @@
+import type { InstanceLevelRoute, ServiceDefaults, UpstreamConfigFields } from '../../lib/l7/entries.js';
+import { pathMatches } from '../../lib/l7/match.js';
+import { type EntrySet, keyOf, nsOf } from '../../lib/l7/set.js';
 // Circuit breaking and local rate limits at the waypoint, from `service-defaults` as Consul writes them
 // for Envoy: RateLimits.InstanceLevel of the service a request lands on (a token bucket per waypoint
 // instance, Envoy's local_ratelimit), and UpstreamConfig Limits.MaxConcurrentRequests of the client's
 // service for that destination (Envoy's circuit breaker max_requests). Pure state and arithmetic over an
 // injected clock: the router asks, this answers; the entries in force are passed in on every ask, so a
 // limit changed in Consul or the mesh file applies to the next request while the counts carry over.
-import type { InstanceLevelRoute, ServiceDefaults, UpstreamConfigFields } from '../../lib/l7/entries.js';
-import { pathMatches } from '../../lib/l7/match.js';
-import { type EntrySet, keyOf, nsOf } from '../../lib/l7/set.js';
+import { type ConnectionLimit, DEFAULT_MAX_PENDING } from './conn-gate.js';
 
 export interface ServiceRef {
   readonly name: string;
@@ -83,6 +84,27 @@ export function concurrencyLimit(set: EntrySet, client: ServiceRef, dialed: Serv
     upstreamFields(set, client, dialed, (f) => f.Limits !== undefined)?.Limits?.MaxConcurrentRequests ||
     undefined
   );
+}
+
+/**
+ * MaxConnections and MaxPendingRequests the client's service-defaults sets for `dialed` (as
+ * concurrencyLimit reads them), counted per (client, target); undefined without a MaxConnections (0 is
+ * none, as for MaxConcurrentRequests). An unset MaxPendingRequests is Envoy's default; 0 waits for none.
+ */
+export function connectionLimit(
+  set: EntrySet,
+  client: ServiceRef,
+  dialed: ServiceRef,
+  target: ServiceRef,
+): ConnectionLimit | undefined {
+  const limits = upstreamFields(set, client, dialed, (f) => f.Limits !== undefined)?.Limits;
+  if (!limits?.MaxConnections) return undefined;
+  return {
+    key: pairKey(client, target),
+    maxConnections: limits.MaxConnections,
+    maxPending: limits.MaxPendingRequests ?? DEFAULT_MAX_PENDING,
+    names: `${client.name} to ${target.name}`,
+  };
 }
 
 /**
@@ -183,6 +205,8 @@ export interface Lane {
   readonly client: ServiceRef | undefined;
   readonly target: ServiceRef;
   readonly limit: number | undefined;
+  /** MaxConnections and MaxPendingRequests, for the engines' pools; undefined: no cap. */
+  readonly connections: ConnectionLimit | undefined;
   /** The pair's key; undefined without a client (nothing counted). */
   readonly pair: string | undefined;
   readonly service: string;
@@ -230,6 +254,7 @@ export class TrafficLimits {
       client,
       target,
       limit: client && concurrencyLimit(set, client, dialed),
+      connections: client && connectionLimit(set, client, dialed, target),
       // Counted whenever the client is known, limit or not: a limit set later sees what is in flight.
       pair: client && pairKey(client, target),
       service,

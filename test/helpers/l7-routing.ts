@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { type IncomingMessage, type ServerResponse, createServer } from 'node:http';
 import { type Http2Session, createServer as createH2Server } from 'node:http2';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -54,6 +54,10 @@ export interface L7World {
   seen: Seen[];
   /** Requests the `slow` server of WorldOptions holds now (read whole, not answered yet). */
   holding(): number;
+  /** TCP connections the servers have open now, and the most at once since `peak` was last set. */
+  readonly connections: { open: number; peak: number };
+  /** Requests the servers have begun and not answered, and the most at once since `peak` was last set. */
+  readonly serving: { open: number; peak: number };
   /** A service's SPIFFE ID in this world's trust domain (Consul's is its cluster's). */
   id(service: string): string;
   close(): Promise<void>;
@@ -75,6 +79,15 @@ interface Held {
   readonly slow: WorldOptions['slow'];
   readonly h2: boolean;
   count: number;
+  readonly connections: { open: number; peak: number };
+  readonly serving: { open: number; peak: number };
+}
+
+/** One more connection open at a server, until it closes. */
+function count(held: Held, socket: Socket): void {
+  const c = held.connections;
+  c.peak = Math.max(c.peak, ++c.open);
+  socket.once('close', () => c.open--);
 }
 
 /** A server to stop: every connection it has, then its listener. */
@@ -151,6 +164,9 @@ export const ENTRIES: unknown[] = [
 /** An HTTP server that records every request and answers with its name, what it saw, and a secret header. */
 async function server(name: string, seen: Seen[], held: Held): Promise<{ server: Stoppable; port: number }> {
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
+    const serving = held.serving;
+    serving.peak = Math.max(serving.peak, ++serving.open);
+    res.once('close', () => serving.open--);
     let bytes = 0;
     req.on('data', (c: Buffer) => {
       bytes += c.length;
@@ -192,6 +208,7 @@ async function server(name: string, seen: Seen[], held: Held): Promise<{ server:
       sessions.add(sess);
       sess.once('close', () => sessions.delete(sess));
     });
+    h2.on('connection', (socket: Socket) => count(held, socket));
     await new Promise<void>((r) => h2.listen(0, '127.0.0.1', r));
     const stop = {
       close(): void {
@@ -202,6 +219,7 @@ async function server(name: string, seen: Seen[], held: Held): Promise<{ server:
     return { server: stop, port: (h2.address() as AddressInfo).port };
   }
   const s = createServer(handle);
+  s.on('connection', (socket) => count(held, socket));
   await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
   const stop = {
     close(): void {
@@ -270,7 +288,13 @@ export async function startFileWorld(
   const start = (node: string, extra: ConfigInput = {}): Promise<Ambitd> =>
     startDaemon(dir, meshFile, node, { ...extra }, logger(node));
   const seen: Seen[] = [];
-  const held: Held = { slow: options.slow, h2: options.h2 === true, count: 0 };
+  const held: Held = {
+    slow: options.slow,
+    h2: options.h2 === true,
+    count: 0,
+    connections: { open: 0, peak: 0 },
+    serving: { open: 0, peak: 0 },
+  };
   const httpPort = await freePort();
   const s = await servers(seen, httpPort, held);
   const a = await start('node-a');
@@ -290,6 +314,8 @@ export async function startFileWorld(
     base: `http://127.0.0.1:${httpPort}`,
     seen,
     holding: () => held.count,
+    connections: held.connections,
+    serving: held.serving,
     id: (service) => wp.identityOf({ namespace: 'default', service }),
     close: closing(s.list, [a, b, wp], () => rm(dir, { recursive: true, force: true })),
   };
@@ -311,7 +337,13 @@ export async function startConsulWorld(
     return d;
   };
   const seen: Seen[] = [];
-  const held: Held = { slow: options.slow, h2: options.h2 === true, count: 0 };
+  const held: Held = {
+    slow: options.slow,
+    h2: options.h2 === true,
+    count: 0,
+    connections: { open: 0, peak: 0 },
+    serving: { open: 0, peak: 0 },
+  };
   const httpPort = await freePort();
   const s = await servers(seen, httpPort, held);
   const a = await start('node-a');
@@ -340,6 +372,8 @@ export async function startConsulWorld(
     base: `http://127.0.0.1:${httpPort}`,
     seen,
     holding: () => held.count,
+    connections: held.connections,
+    serving: held.serving,
     id: (service) => wp.identityOf({ namespace: 'default', service }),
     close: closing(s.list, daemons, async () => {
       await consul.close();

@@ -1,10 +1,11 @@
+import { STATUS_CODES } from 'node:http';
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 // One client's HTTP/1.1 connection through the waypoint: its tunnel stream read by llhttp, each request
 // decided (intentions, route) when its head is complete, its head rewritten and its body handed on to a
 // kept connection to the chosen endpoint, the response's head rewritten and its body handed back. Requests
 // are answered in order: while one is in flight nothing more is read than the rest of its body (a
 // pipelining client waits in its own buffers, not ours), so a client holds at most one read of ours.
-import { STATUS_CODES } from 'node:http';
-import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
+import { OVERFLOW_BODY, PendingOverflow } from '../conn-gate.js';
 import { FAULT_BODY, FaultAbort } from '../fault.js';
 import { type NextAttempt, type RetryCause, type RetryState, retryReason } from '../retry.js';
 import type { RequestRoute } from '../router.js';
@@ -476,7 +477,9 @@ export class ClientConnection<T> {
     // The destination's 401 (the client's intentions) and 400 are answers, and an injected abort is the
     // waypoint's own: never retried.
     const final =
-      err instanceof FaultAbort || (err instanceof HopFailure && (err.status === 401 || err.status === 400));
+      err instanceof FaultAbort ||
+      err instanceof PendingOverflow ||
+      (err instanceof HopFailure && (err.status === 401 || err.status === 400));
     if (ex.retry && !final) {
       const cause: RetryCause = { kind: 'connect-failure' };
       if (this.#awaitBody(ex, cause, () => this.#unreachableAnswer(ex, err))) return;
@@ -493,6 +496,10 @@ export class ClientConnection<T> {
     this.#host.upstreamFailed(ex.account, route, err);
     if (err instanceof FaultAbort) {
       this.#answer(ex, err.status, FAULT_BODY, 'FI');
+      return;
+    }
+    if (err instanceof PendingOverflow) {
+      this.#answer(ex, 503, OVERFLOW_BODY, 'UO');
       return;
     }
     const status = err instanceof HopFailure ? hopStatus(err.status) : 503;

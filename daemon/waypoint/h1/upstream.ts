@@ -1,9 +1,10 @@
+import type { Workload } from '../../../lib/mesh/model.js';
+import type { OutboundPlan } from '../../proxy/outbound/plan.js';
 // The waypoint's HTTP/1.1 connections to endpoints: tunnel streams opened to the endpoint's node as the
 // waypoint's own hop, each with a response parser, kept between requests. A kept connection belongs to one
 // client identity: the destination checks and logs the client its CONNECT names, so two clients never
 // share one.
-import type { Workload } from '../../../lib/mesh/model.js';
-import type { OutboundPlan } from '../../proxy/outbound/plan.js';
+import { ConnectionGate, type ConnectionLimit, PendingOverflow } from '../conn-gate.js';
 import { type HopClient, type HopDeps, openHop } from '../hop.js';
 import type { ByteStream } from './byte-stream.js';
 import { Http1Parser, type ParsedHead } from './parser.js';
@@ -54,6 +55,8 @@ export class UpstreamConnection {
   readonly #pool: UpstreamPool;
   /** False once the connection must not carry another request (closed, `Connection: close`, upgraded). */
   reusable = true;
+  /** The MaxConnections pair whose slot it holds (conn-gate.ts), until it is forgotten. */
+  pair: string | undefined;
   #upgraded = false;
   #timer: NodeJS.Timeout;
 
@@ -245,10 +248,30 @@ export class UpstreamPool {
   readonly #free = new Map<string, UpstreamConnection[]>();
   readonly #all = new Set<UpstreamConnection>();
   readonly #maxHeadBytes: number;
+  readonly #gate = new ConnectionGate();
 
   constructor(opener: Opener, maxHeadBytes: number) {
     this.#opener = opener;
     this.#maxHeadBytes = maxHeadBytes;
+  }
+
+  /**
+   * A slot for one more connection of the route's pair under MaxConnections: at once; or by closing a
+   * kept one of the pair (to another endpoint); or by waiting for one to close, while fewer than
+   * MaxPendingRequests wait. Else PendingOverflow.
+   */
+  async #slot(l: ConnectionLimit): Promise<void> {
+    if (this.#gate.tryAcquire(l)) return;
+    for (const c of this.#all) {
+      if (c.pair === l.key && !c.busy) {
+        c.destroy();
+        if (this.#gate.tryAcquire(l)) return;
+        break;
+      }
+    }
+    const waiting = this.#gate.wait(l);
+    if (!waiting) throw new PendingOverflow(l);
+    await waiting;
   }
 
   /** A kept connection for `key`, if one is free. */
@@ -265,17 +288,28 @@ export class UpstreamPool {
     ep: Workload,
     client: HopClient,
     timeoutMs?: number,
+    limit?: ConnectionLimit,
   ): Promise<UpstreamConnection> {
-    const opening = this.#opener(plan, ep, client);
-    const { stream, authority } = await withConnectTimeout(opening, timeoutMs, (r) => r.stream.destroy());
-    const key = upstreamKey(ep, plan, client);
-    const c = new UpstreamConnection(this, key, ep, authority, stream, this.#maxHeadBytes);
-    this.#all.add(c);
-    return c;
+    if (limit) await this.#slot(limit);
+    let c: UpstreamConnection | undefined;
+    try {
+      const opening = this.#opener(plan, ep, client);
+      const { stream, authority } = await withConnectTimeout(opening, timeoutMs, (r) => r.stream.destroy());
+      const key = upstreamKey(ep, plan, client);
+      c = new UpstreamConnection(this, key, ep, authority, stream, this.#maxHeadBytes);
+      c.pair = limit?.key;
+      this.#all.add(c);
+      return c;
+    } finally {
+      // A hop that failed gives its slot back at once.
+      if (limit && !c) this.#gate.release(limit.key);
+    }
   }
 
   /** Puts `c` back among the free; false when its key has enough kept already. */
   keep(c: UpstreamConnection): boolean {
+    // A request waits for a connection of the pair: this one closes, and its slot goes to that request.
+    if (c.pair !== undefined && this.#gate.waiting(c.pair) > 0) return false;
     let list = this.#free.get(c.key);
     if (!list) {
       list = [];
@@ -288,6 +322,11 @@ export class UpstreamPool {
 
   forget(c: UpstreamConnection): void {
     this.#all.delete(c);
+    if (c.pair !== undefined) {
+      const pair = c.pair;
+      c.pair = undefined;
+      this.#gate.release(pair);
+    }
     const list = this.#free.get(c.key);
     if (!list) return;
     const i = list.indexOf(c);
