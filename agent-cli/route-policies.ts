@@ -103,8 +103,9 @@ export interface ClientEntry {
 export interface LimitsView extends ClientEntry {
   /** Enforced: requests in flight from the client's service; undefined (or 0): no limit. */
   maxConcurrentRequests: number | undefined;
-  /** Read, not enforced by the waypoint (it queues nothing and keeps no per-client connections). */
+  /** Enforced: connections from the client's service; undefined (or 0): no limit. */
   maxConnections: number | undefined;
+  /** Requests that may wait for one of those connections; undefined: Envoy's default. */
   maxPendingRequests: number | undefined;
 }
 
@@ -189,12 +190,13 @@ export function routePolicies(
     const lf = upstreamFields(c.set, client, dialed, (x) => x.Limits !== undefined);
     const l = lf?.Limits;
     const max = concurrencyLimit(c.set, client, dialed);
-    if (l && (max || l.MaxConnections || l.MaxPendingRequests))
+    if (l && (max || l.MaxConnections || l.MaxPendingRequests !== undefined))
       limits = {
         from: upstreamFrom(c.set, client, lf),
         maxConcurrentRequests: max,
         maxConnections: l.MaxConnections || undefined,
-        maxPendingRequests: l.MaxPendingRequests || undefined,
+        // 0 is kept: with MaxConnections, nothing waits.
+        maxPendingRequests: l.MaxPendingRequests,
       };
     const phc = passiveHealthCheck(c.set, client, dialed);
     if (phc) {

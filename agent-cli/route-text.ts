@@ -1,6 +1,7 @@
 // `ambit route explain` in words: the routes tried, the route, the split, each leg's target and endpoints,
 // its load balancer, then the L7 intention decision (which the waypoint takes first: a denied request is
 // never routed, but what it would have met is still worth seeing).
+import { DEFAULT_MAX_PENDING } from '../daemon/waypoint/conn-gate.js';
 import type { HeaderOp, LoadBalancer } from '../lib/l7/index.js';
 import type { EndpointRow, Explanation, Leg, TargetRow } from './route-explain.js';
 import type { LegPolicies, RoutePolicies, TimeoutView } from './route-policies.js';
@@ -115,11 +116,13 @@ function routePolicyLines(p: RoutePolicies): string[] {
       parts.push(
         `MaxConcurrentRequests ${l.maxConcurrentRequests} in flight from ${p.client}, then 503 (UO)`,
       );
-    const unenforced = [
-      l.maxConnections ? `MaxConnections ${l.maxConnections}` : '',
-      l.maxPendingRequests ? `MaxPendingRequests ${l.maxPendingRequests}` : '',
-    ].filter(Boolean);
-    if (unenforced.length) parts.push(`${unenforced.join(', ')} read, not enforced`);
+    if (l.maxConnections)
+      parts.push(
+        `MaxConnections ${l.maxConnections} open from ${p.client}, then up to ` +
+          `MaxPendingRequests ${l.maxPendingRequests ?? DEFAULT_MAX_PENDING} wait, then 503 (UO)`,
+      );
+    else if (l.maxPendingRequests !== undefined)
+      parts.push(`MaxPendingRequests ${l.maxPendingRequests} read, without MaxConnections nothing waits`);
     out.push(`  limits (${l.from}): ${parts.join('; ')}`);
   }
   const o = p.outlier;

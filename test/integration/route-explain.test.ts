@@ -492,7 +492,7 @@ async function checkPolicies(
     '  timeouts: RequestTimeout 2s (service-router/api Routes[0]), IdleTimeout none, ConnectTimeout 3s (service-resolver/api)',
     '  rate limit (service-defaults/api RateLimits.InstanceLevel): Routes[0] PathPrefix "/search/" matches /search/x: 10/s, burst 20, per waypoint instance; over it 429',
     '  fault (service-router/api Meta.ambit-fault-0): header x-fault "on" matches: delay 100ms for 50%, abort 503 (gRPC 14) for 10% of requests',
-    '  limits (service-defaults/web UpstreamConfig.Overrides[0]): MaxConcurrentRequests 10 in flight from web, then 503 (UO); MaxConnections 100 read, not enforced',
+    '  limits (service-defaults/web UpstreamConfig.Overrides[0]): MaxConcurrentRequests 10 in flight from web, then 503 (UO); MaxConnections 100 open from web, then up to MaxPendingRequests 1024 wait, then 503 (UO)',
     '  outlier ejection (service-defaults/web UpstreamConfig.Overrides[0] PassiveHealthCheck): after 3 consecutive 5xx, EnforcingConsecutive5xx 100%, MaxEjectionPercent 10%, BaseEjectionTime 30s (at most 5m), Interval 10s',
     '  retries (service-router/api Routes[0]): up to 3 (NumRetries), on 5xx, retriable-status-codes 429; backoff jittered, 25ms base, 250ms cap; budget 20% of requests in flight (at least 3)',
     '  mirror (service-router/api Meta.ambit-mirror): 25% of requests copied to shadow.default.default.dc1, endpoints shadow-1',

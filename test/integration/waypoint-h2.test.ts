@@ -19,6 +19,7 @@ import test from 'ava';
 import WebSocket from 'ws';
 import type { Ambitd } from '../../daemon/daemon.js';
 import { spiffeId } from '../../daemon/identity/spiffe.js';
+import { OVERFLOW_BODY } from '../../daemon/waypoint/conn-gate.js';
 import type { ConfigInput } from '../../lib/config.js';
 import { editMeshFile, setConfigEntry } from '../../lib/mesh/edit.js';
 import type { TapEvent } from '../../lib/tap.js';
@@ -95,6 +96,8 @@ interface H2Seen {
   hold: number;
   /** Each request's fields as the server got them, pseudo-headers too. */
   headers: IncomingHttpHeaders[];
+  /** Per server: answers every request it holds now. */
+  flushers: Array<() => void>;
 }
 
 interface SetupOptions {
@@ -157,6 +160,9 @@ async function grpcServer(
  */
 async function h2Server(name: string, h2: H2Seen): Promise<{ server: Http2Server; port: number }> {
   const waiting: Array<() => void> = [];
+  h2.flushers.push(() => {
+    for (const f of waiting.splice(0)) f();
+  });
   const server: Http2Server = h2server({ settings: { maxConcurrentStreams: 1000 } });
   server.on('session', () => h2.sessions++);
   server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
@@ -218,7 +224,7 @@ async function setup(o: SetupOptions = {}): Promise<Setup> {
   const versioned = o.entries !== undefined;
 
   const grpcSeen: grpc.Metadata[] = [];
-  const h2: H2Seen = { requests: 0, sessions: 0, open: 0, maxOpen: 0, hold: 1, headers: [] };
+  const h2: H2Seen = { requests: 0, sessions: 0, open: 0, maxOpen: 0, hold: 1, headers: [], flushers: [] };
   const grpcs = [await grpcServer('greet-1', grpcSeen)];
   const h2s = [await h2Server('h2-1', h2)];
   if (versioned) {
@@ -1044,6 +1050,71 @@ test.serial(
       t.is(si(after, 'greet.default') - si(before, 'greet.default'), 1);
     } finally {
       c.close();
+      session.destroy();
+      await s.close();
+    }
+  },
+);
+
+test.serial(
+  'MaxConnections 1, MaxPendingRequests 1 over HTTP/2: a stream shares the session, one waits, one is UO',
+  async (t) => {
+    const limits = {
+      Kind: 'service-defaults',
+      Name: 'web',
+      UpstreamConfig: { Overrides: [{ Name: 'h2', Limits: { MaxConnections: 1, MaxPendingRequests: 1 } }] },
+    };
+    const s = await setup({ entries: [...CHAIN, limits] });
+    // The servers hold every request until told (or 5 s).
+    s.h2.hold = 100;
+    const session = h2connect(`http://127.0.0.1:${s.h2Port}`);
+    session.on('error', () => {});
+    try {
+      const before = metricSum(await metricsText(s.wp), 'ambit_connections_refused_total', {
+        direction: 'inbound',
+        reason: 'overflow',
+      });
+      const at = (path: string, rid: string): Promise<H2Answer> =>
+        h2request(session, { ':path': path, 'x-request-id': rid });
+      // h2-2's session is the one connection; a second stream to h2-2 shares it.
+      const a = at('/v2/a', 'c-a');
+      await until(() => s.h2.open === 1, 5000, 'the first stream at h2-2');
+      const d = at('/v2/d', 'c-d');
+      await until(() => s.h2.open === 2, 5000, 'the second stream on the same session');
+      // h2-1 needs a connection of its own: the first waits, the second is refused at once.
+      let waited: H2Answer | undefined;
+      const b = at('/v1/b', 'c-b').then((r) => {
+        waited = r;
+        return r;
+      });
+      const c = await at('/v1/c', 'c-c');
+      t.is(Number(c.headers[':status']), 503);
+      t.is(c.body, OVERFLOW_BODY);
+      t.is(waited, undefined, 'the waiting request is not answered while the connection is busy');
+      t.is(s.h2.sessions, 1, 'one session at the servers');
+      for (const f of s.h2.flushers) f();
+      const [ra, rd] = await Promise.all([a, d]);
+      t.like(ra.headers, { ':status': 200, 'x-server': 'h2-2' });
+      t.like(rd.headers, { ':status': 200, 'x-server': 'h2-2' });
+      // Its slot came when h2-2's idle session closed; then it reached h2-1 on a session of its own.
+      s.h2.hold = 1;
+      const rb = await b;
+      t.like(rb.headers, { ':status': 200, 'x-server': 'h2-1' });
+      // (The /v2/ route rewrites its prefix to /internal/.)
+      t.deepEqual(
+        s.h2.headers.map((h) => h[':path']),
+        ['/internal/a', '/internal/d', '/v1/b'],
+      );
+      t.is(s.h2.sessions, 2);
+      await until(() => lineOf(s, 'c-c') !== undefined, 3000, 'the access-log line');
+      t.like(lineOf(s, 'c-c'), { protocol: 'http2', status: 503, response_flags: 'UO' });
+      t.regex(String(lineOf(s, 'c-c')?.reason), /^1 connections from web to h2 open \(MaxConnections\)/);
+      const after = metricSum(await metricsText(s.wp), 'ambit_connections_refused_total', {
+        direction: 'inbound',
+        reason: 'overflow',
+      });
+      t.is(after - before, 1);
+    } finally {
       session.destroy();
       await s.close();
     }
