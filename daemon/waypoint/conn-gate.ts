@@ -38,6 +38,19 @@ interface PairState {
 export class ConnectionGate {
   readonly #pairs = new Map<string, PairState>();
 
+  /**
+   * A slot for one more connection of the pair: at once; or by closing an idle one of the pair (`evictIdle`
+   * closes one and gives its slot back now, or says there is none); or by waiting for one to close, while
+   * fewer than MaxPendingRequests wait. Else PendingOverflow.
+   */
+  async take(l: ConnectionLimit, evictIdle: () => boolean): Promise<void> {
+    if (this.tryAcquire(l)) return;
+    if (evictIdle() && this.tryAcquire(l)) return;
+    const waiting = this.wait(l);
+    if (!waiting) throw new PendingOverflow(l);
+    await waiting;
+  }
+
   /** Takes a slot for a new connection of the pair if one is free. */
   tryAcquire(l: ConnectionLimit): boolean {
     let p = this.#pairs.get(l.key);

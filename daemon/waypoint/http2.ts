@@ -975,7 +975,7 @@ export class WaypointHttp2 {
     let u = this.#upstreams.get(key);
     const limit = r.connections;
     if (!u && limit) {
-      await this.#slot(limit);
+      await this.#gate.take(limit, () => this.#evictIdle(limit.key));
       u = this.#upstreams.get(key);
       // Another request opened the session while this one waited: the slot goes back.
       if (u) this.#gate.release(limit.key);
@@ -1033,23 +1033,15 @@ export class WaypointHttp2 {
     }
   }
 
-  /**
-   * A slot for one more session of the pair under MaxConnections: at once; or by closing an idle one of
-   * the pair (to another endpoint); or by waiting for one to close, while fewer than MaxPendingRequests
-   * wait. Else PendingOverflow.
-   */
-  async #slot(l: ConnectionLimit): Promise<void> {
-    if (this.#gate.tryAcquire(l)) return;
+  /** Closes an idle session of the pair, giving its slot back; false when there is none. */
+  #evictIdle(pair: string): boolean {
     for (const [key, u] of this.#upstreams) {
-      if (u.pair === l.key && u.active === 0) {
+      if (u.pair === pair && u.active === 0) {
         this.#evict(key, u);
-        if (this.#gate.tryAcquire(l)) return;
-        break;
+        return true;
       }
     }
-    const waiting = this.#gate.wait(l);
-    if (!waiting) throw new PendingOverflow(l);
-    await waiting;
+    return false;
   }
 
   /** Closes an idle session now, its slot given back at once (its close event comes later). */

@@ -112,3 +112,25 @@ test("the limit: the client entry's override for the destination, else Defaults;
   // Counted per destination service: a split's or a redirect's target is its own pair.
   t.not(connectionLimit(set, WEB, API, API)?.key, connectionLimit(set, WEB, API, legacy)?.key);
 });
+
+test('take: a free slot, else an idle connection closed for it, else a wait, else PendingOverflow', async (t) => {
+  const g = new ConnectionGate();
+  const l = limit(1, 1);
+  let evicted = 0;
+  const none = (): boolean => false;
+  await g.take(l, none);
+  // An idle connection of the pair is closed, and its slot taken.
+  await g.take(l, () => {
+    evicted++;
+    g.release(l.key);
+    return true;
+  });
+  t.is(evicted, 1);
+  t.is(g.open(l.key), 1);
+  // None idle: the next waits, and the one after is refused.
+  const waiting = g.take(l, none);
+  await t.throwsAsync(g.take(l, none), { instanceOf: PendingOverflow });
+  g.release(l.key);
+  await waiting;
+  t.is(g.open(l.key), 1);
+});

@@ -4,7 +4,7 @@ import type { OutboundPlan } from '../../proxy/outbound/plan.js';
 // waypoint's own hop, each with a response parser, kept between requests. A kept connection belongs to one
 // client identity: the destination checks and logs the client its CONNECT names, so two clients never
 // share one.
-import { ConnectionGate, type ConnectionLimit, PendingOverflow } from '../conn-gate.js';
+import { ConnectionGate, type ConnectionLimit } from '../conn-gate.js';
 import { type HopClient, type HopDeps, openHop } from '../hop.js';
 import type { ByteStream } from './byte-stream.js';
 import { Http1Parser, type ParsedHead } from './parser.js';
@@ -255,23 +255,15 @@ export class UpstreamPool {
     this.#maxHeadBytes = maxHeadBytes;
   }
 
-  /**
-   * A slot for one more connection of the route's pair under MaxConnections: at once; or by closing a
-   * kept one of the pair (to another endpoint); or by waiting for one to close, while fewer than
-   * MaxPendingRequests wait. Else PendingOverflow.
-   */
-  async #slot(l: ConnectionLimit): Promise<void> {
-    if (this.#gate.tryAcquire(l)) return;
+  /** Closes a kept, idle connection of the pair, giving its slot back; false when there is none. */
+  #evictIdle(pair: string): boolean {
     for (const c of this.#all) {
-      if (c.pair === l.key && !c.busy) {
+      if (c.pair === pair && !c.busy) {
         c.destroy();
-        if (this.#gate.tryAcquire(l)) return;
-        break;
+        return true;
       }
     }
-    const waiting = this.#gate.wait(l);
-    if (!waiting) throw new PendingOverflow(l);
-    await waiting;
+    return false;
   }
 
   /** A kept connection for `key`, if one is free. */
@@ -290,7 +282,7 @@ export class UpstreamPool {
     timeoutMs?: number,
     limit?: ConnectionLimit,
   ): Promise<UpstreamConnection> {
-    if (limit) await this.#slot(limit);
+    if (limit) await this.#gate.take(limit, () => this.#evictIdle(limit.key));
     let c: UpstreamConnection | undefined;
     try {
       const opening = this.#opener(plan, ep, client);
