@@ -5,9 +5,15 @@
 // daemon -> waypoint -> destination daemon -> server.
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { type IncomingMessage, type ServerResponse, createServer } from 'node:http';
+import {
+  type ClientRequest,
+  type IncomingMessage,
+  type ServerResponse,
+  createServer,
+  request,
+} from 'node:http';
 import { type Http2Session, createServer as createH2Server } from 'node:http2';
-import type { AddressInfo, Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -54,8 +60,6 @@ export interface L7World {
   seen: Seen[];
   /** Requests the `slow` server of WorldOptions holds now (read whole, not answered yet). */
   holding(): number;
-  /** TCP connections the servers have open now, and the most at once since `peak` was last set. */
-  readonly connections: { open: number; peak: number };
   /** Requests the servers have begun and not answered, and the most at once since `peak` was last set. */
   readonly serving: { open: number; peak: number };
   /** A service's SPIFFE ID in this world's trust domain (Consul's is its cluster's). */
@@ -79,16 +83,15 @@ interface Held {
   readonly slow: WorldOptions['slow'];
   readonly h2: boolean;
   count: number;
-  readonly connections: { open: number; peak: number };
   readonly serving: { open: number; peak: number };
 }
 
-/** One more connection open at a server, until it closes. */
-function count(held: Held, socket: Socket): void {
-  const c = held.connections;
-  c.peak = Math.max(c.peak, ++c.open);
-  socket.once('close', () => c.open--);
-}
+const heldFor = (options: WorldOptions): Held => ({
+  slow: options.slow,
+  h2: options.h2 === true,
+  count: 0,
+  serving: { open: 0, peak: 0 },
+});
 
 /** A server to stop: every connection it has, then its listener. */
 type Stoppable = { close(): void };
@@ -208,7 +211,6 @@ async function server(name: string, seen: Seen[], held: Held): Promise<{ server:
       sessions.add(sess);
       sess.once('close', () => sessions.delete(sess));
     });
-    h2.on('connection', (socket: Socket) => count(held, socket));
     await new Promise<void>((r) => h2.listen(0, '127.0.0.1', r));
     const stop = {
       close(): void {
@@ -219,7 +221,6 @@ async function server(name: string, seen: Seen[], held: Held): Promise<{ server:
     return { server: stop, port: (h2.address() as AddressInfo).port };
   }
   const s = createServer(handle);
-  s.on('connection', (socket) => count(held, socket));
   await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
   const stop = {
     close(): void {
@@ -288,13 +289,7 @@ export async function startFileWorld(
   const start = (node: string, extra: ConfigInput = {}): Promise<Ambitd> =>
     startDaemon(dir, meshFile, node, { ...extra }, logger(node));
   const seen: Seen[] = [];
-  const held: Held = {
-    slow: options.slow,
-    h2: options.h2 === true,
-    count: 0,
-    connections: { open: 0, peak: 0 },
-    serving: { open: 0, peak: 0 },
-  };
+  const held = heldFor(options);
   const httpPort = await freePort();
   const s = await servers(seen, httpPort, held);
   const a = await start('node-a');
@@ -314,7 +309,6 @@ export async function startFileWorld(
     base: `http://127.0.0.1:${httpPort}`,
     seen,
     holding: () => held.count,
-    connections: held.connections,
     serving: held.serving,
     id: (service) => wp.identityOf({ namespace: 'default', service }),
     close: closing(s.list, [a, b, wp], () => rm(dir, { recursive: true, force: true })),
@@ -337,13 +331,7 @@ export async function startConsulWorld(
     return d;
   };
   const seen: Seen[] = [];
-  const held: Held = {
-    slow: options.slow,
-    h2: options.h2 === true,
-    count: 0,
-    connections: { open: 0, peak: 0 },
-    serving: { open: 0, peak: 0 },
-  };
+  const held = heldFor(options);
   const httpPort = await freePort();
   const s = await servers(seen, httpPort, held);
   const a = await start('node-a');
@@ -372,7 +360,6 @@ export async function startConsulWorld(
     base: `http://127.0.0.1:${httpPort}`,
     seen,
     holding: () => held.count,
-    connections: held.connections,
     serving: held.serving,
     id: (service) => wp.identityOf({ namespace: 'default', service }),
     close: closing(s.list, daemons, async () => {
@@ -684,3 +671,82 @@ export const prefixRoute = (prefix: string, service = 'api'): unknown => ({
   Match: { HTTP: { PathPrefix: prefix } },
   Destination: { Service: service },
 });
+
+/** A response's body, whole, as text. */
+export function readAll(res: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let body = '';
+    res.setEncoding('utf8');
+    res.on('data', (c: string) => {
+      body += c;
+    });
+    res.on('end', () => resolve(body));
+    res.on('error', reject);
+  });
+}
+
+export interface HeldAnswer {
+  status: number;
+  body: string;
+  /** Answered before the bodies were sent: refused at once, never held. */
+  early: boolean;
+}
+
+/**
+ * `n` POSTs to the world at once, each on its own connection, each holding its one body byte back: those
+ * the waypoint lets through stay in flight (the servers answer at the body's end), which no timer could
+ * promise. `release` sends the bodies of those not answered yet and gives every answer (within 15 s).
+ */
+export function heldPosts(
+  w: L7World,
+  n: number,
+  path: (i: number) => string,
+  id: (i: number) => string,
+): { answered(): number; release(): Promise<HeldAnswer[]> } {
+  const url = new URL(w.base);
+  const answers: (HeldAnswer | undefined)[] = Array.from({ length: n }, () => undefined);
+  let released = false;
+  const reqs: ClientRequest[] = [];
+  const done: Promise<void>[] = [];
+  for (let i = 0; i < n; i++) {
+    const req = request({
+      host: url.hostname,
+      port: url.port,
+      method: 'POST',
+      path: path(i),
+      agent: false,
+      headers: { 'content-length': '1', 'x-request-id': id(i) },
+    });
+    reqs.push(req);
+    done.push(
+      new Promise<void>((resolve, reject) => {
+        req.on('response', (res) => {
+          const early = !released;
+          readAll(res).then((body) => {
+            answers[i] = { status: res.statusCode ?? 0, body, early };
+            resolve();
+          }, reject);
+        });
+        req.on('error', reject);
+      }),
+    );
+    req.flushHeaders();
+  }
+  return {
+    answered: () => answers.filter(Boolean).length,
+    async release(): Promise<HeldAnswer[]> {
+      released = true;
+      for (const [i, req] of reqs.entries()) {
+        if (answers[i]) req.destroy();
+        else req.end('x');
+      }
+      await Promise.race([
+        Promise.all(done),
+        new Promise((_, reject) =>
+          setTimeout(() => reject(new Error('requests still open after 15 s')), 15_000),
+        ),
+      ]);
+      return answers as HeldAnswer[];
+    },
+  };
+}

@@ -3,11 +3,10 @@
 // for api allows 2 connections and 3 requests waiting for one. Ten requests at once, each holding its body
 // back: 2 go to the endpoints, 3 wait, 5 are refused at once (503 overflow, UO); with the bodies sent, the
 // 5 are served on no more than 2 connections. (HTTP/2: waypoint-h2.test.ts.)
-import { type ClientRequest, type IncomingMessage, request } from 'node:http';
 import anyTest, { type ExecutionContext, type TestFn } from 'ava';
 import { OVERFLOW_BODY } from '../../daemon/waypoint/conn-gate.js';
 import { metricSum, metricsText, until } from '../helpers/cluster.js';
-import { type L7World, type L7Worlds, inBothWorlds } from '../helpers/l7-routing.js';
+import { type L7World, type L7Worlds, heldPosts, inBothWorlds } from '../helpers/l7-routing.js';
 import type { LogLine } from '../helpers/logs.js';
 
 const test = anyTest as TestFn<L7Worlds>;
@@ -24,25 +23,6 @@ const ENTRIES: unknown[] = [
 
 inBothWorlds(test, ENTRIES);
 
-interface Answer {
-  status: number;
-  body: string;
-  /** Answered before any body was sent: refused at once, never held. */
-  early: boolean;
-}
-
-function readAll(res: IncomingMessage): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let body = '';
-    res.setEncoding('utf8');
-    res.on('data', (c: string) => {
-      body += c;
-    });
-    res.on('end', () => resolve(body));
-    res.on('error', reject);
-  });
-}
-
 const lines = (w: L7World, mode: string): LogLine[] =>
   (w.logs.get('wp-node') ?? []).filter(
     (l) => l.access === 'waypoint' && l.msg === 'request' && String(l.request_id).startsWith(`${mode}-m-`),
@@ -56,52 +36,19 @@ const overflowed = async (w: L7World): Promise<number> =>
 
 async function capped(t: ExecutionContext<L7Worlds>, w: L7World, mode: string): Promise<void> {
   const before = await overflowed(w);
-  const url = new URL(w.base);
   w.serving.peak = w.serving.open;
-  const answers: (Answer | undefined)[] = Array.from({ length: 10 }, () => undefined);
-  let sent = false;
-  const reqs: ClientRequest[] = [];
-  const done: Promise<void>[] = [];
-  for (let i = 0; i < 10; i++) {
-    // Each request holds its one body byte back: the two with connections stay on them, and the three
-    // waiting stay waiting, until the bodies go.
-    const req = request({
-      host: url.hostname,
-      port: url.port,
-      method: 'POST',
-      path: `/held/${i}`,
-      agent: false,
-      headers: { 'content-length': '1', 'x-request-id': `${mode}-m-${i}` },
-    });
-    reqs.push(req);
-    done.push(
-      new Promise<void>((resolve, reject) => {
-        req.on('response', (res) => {
-          const early = !sent;
-          readAll(res).then((body) => {
-            answers[i] = { status: res.statusCode ?? 0, body, early };
-            resolve();
-          }, reject);
-        });
-        req.on('error', reject);
-      }),
-    );
-    req.flushHeaders();
-  }
-  await until(() => answers.filter(Boolean).length >= 5, 15_000, '5 requests refused at once');
+  // The two with connections stay on them, and the three waiting stay waiting, until the bodies go.
+  const posts = heldPosts(
+    w,
+    10,
+    (i) => `/held/${i}`,
+    (i) => `${mode}-m-${i}`,
+  );
+  await until(() => posts.answered() >= 5, 15_000, '5 requests refused at once');
   // The two are on their connections (the servers have their heads), the three still wait for one.
   await until(() => w.serving.open >= 2, 5000, 'two requests at the servers');
   const peakHeld = w.serving.peak;
-  sent = true;
-  for (const [i, req] of reqs.entries()) {
-    if (answers[i]) req.destroy();
-    else req.end('x');
-  }
-  await Promise.race([
-    Promise.all(done),
-    new Promise((_, reject) => setTimeout(() => reject(new Error('requests still open after 15 s')), 15_000)),
-  ]);
-  const got = answers as Answer[];
+  const got = await posts.release();
   const served = got.filter((a) => a.status === 200);
   const over = got.filter((a) => a.status === 503);
   t.log(

@@ -2,10 +2,10 @@
 // backends (the mesh file's configEntries, and Consul's /v1/config through the emulator): web's
 // UpstreamConfig override caps its requests in flight to api at 10, api's RateLimits give /paced/ 100/s.
 // Node's HTTP client on node-a reaches api on node-b through client daemon -> waypoint -> destination.
-import { Agent, type ClientRequest, type IncomingMessage, request } from 'node:http';
+import { Agent, request } from 'node:http';
 import anyTest, { type ExecutionContext, type TestFn } from 'ava';
 import { metricSum, metricsText, until } from '../helpers/cluster.js';
-import { type L7World, type L7Worlds, inBothWorlds } from '../helpers/l7-routing.js';
+import { type L7World, type L7Worlds, heldPosts, inBothWorlds, readAll } from '../helpers/l7-routing.js';
 import type { LogLine } from '../helpers/logs.js';
 
 const test = anyTest as TestFn<L7Worlds>;
@@ -30,13 +30,6 @@ const ENTRIES: unknown[] = [
 
 inBothWorlds(test, ENTRIES);
 
-interface Answer {
-  status: number;
-  body: string;
-  /** Answered before the client sent its body: refused at once, never held. */
-  early: boolean;
-}
-
 const lines = (w: L7World, prefix: string): LogLine[] =>
   (w.logs.get('wp-node') ?? []).filter(
     (l) => l.access === 'waypoint' && l.msg === 'request' && String(l.path).startsWith(prefix),
@@ -45,62 +38,17 @@ const lines = (w: L7World, prefix: string): LogLine[] =>
 const refused = async (w: L7World, reason: string): Promise<number> =>
   metricSum(await metricsText(w.wp), 'ambit_connections_refused_total', { direction: 'inbound', reason });
 
-function readAll(res: IncomingMessage): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let body = '';
-    res.setEncoding('utf8');
-    res.on('data', (c: string) => {
-      body += c;
-    });
-    res.on('end', () => resolve(body));
-    res.on('error', reject);
-  });
-}
-
 async function concurrency(t: ExecutionContext<L7Worlds>, w: L7World, mode: string): Promise<void> {
   const before = await refused(w, 'overflow');
-  const url = new URL(w.base);
-  const answers: (Answer | undefined)[] = Array.from({ length: 50 }, () => undefined);
-  let released = false;
-  const done: Promise<void>[] = [];
-  const reqs: ClientRequest[] = [];
-  for (let i = 0; i < 50; i++) {
-    // Each request holds its one body byte back until 40 have been answered: the 10 the waypoint let
-    // through stay in flight (the server answers at the body's end), which no timer could promise.
-    const req = request({
-      host: url.hostname,
-      port: url.port,
-      method: 'POST',
-      path: `/slow/${i}`,
-      agent: false,
-      headers: { 'content-length': '1', 'x-request-id': `${mode}-c-${i}` },
-    });
-    reqs.push(req);
-    done.push(
-      new Promise<void>((resolve, reject) => {
-        req.on('response', (res) => {
-          const early = !released;
-          readAll(res).then((body) => {
-            answers[i] = { status: res.statusCode ?? 0, body, early };
-            resolve();
-          }, reject);
-        });
-        req.on('error', reject);
-      }),
-    );
-    req.flushHeaders();
-  }
-  await until(() => answers.filter(Boolean).length >= 40, 15_000, '40 requests answered at once');
-  released = true;
-  for (const [i, req] of reqs.entries()) {
-    if (answers[i]) req.destroy();
-    else req.end('x');
-  }
-  await Promise.race([
-    Promise.all(done),
-    new Promise((_, reject) => setTimeout(() => reject(new Error('requests still open after 15 s')), 15_000)),
-  ]);
-  const got = answers as Answer[];
+  // The 10 the waypoint lets through stay in flight until 40 have been answered.
+  const posts = heldPosts(
+    w,
+    50,
+    (i) => `/slow/${i}`,
+    (i) => `${mode}-c-${i}`,
+  );
+  await until(() => posts.answered() >= 40, 15_000, '40 requests answered at once');
+  const got = await posts.release();
   const served = got.filter((a) => a.status === 200);
   const over = got.filter((a) => a.status === 503);
   t.log(`${mode}: ${served.length} served, ${over.length} overflow of 50 concurrent`);
